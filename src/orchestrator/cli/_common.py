@@ -1,0 +1,118 @@
+"""What every command shares: settings, the engine, errors as one clear line, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+
+from orchestrator.config import Settings, load_settings
+from orchestrator.errors import OrchestratorError, UsageError
+
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+T = TypeVar("T")
+
+# Set by the root callback from --home; None means the environment decides.
+_home_override: dict[str, Path | None] = {"home": None}
+
+
+def set_home(home: Path | None) -> None:
+    """Remember ``--home`` for every later settings load."""
+    _home_override["home"] = home
+
+
+def settings() -> Settings:
+    """The settings in force (environment, .env, then --home)."""
+    home = _home_override["home"]
+    return load_settings(home=home) if home is not None else load_settings()
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print one clear line on stderr and exit."""
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn our errors into one line and the documented exit code."""
+    try:
+        yield
+    except UsageError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except OrchestratorError as exc:
+        fail(str(exc), EXIT_FAILURE)
+    except sa.exc.OperationalError as exc:
+        fail(f"database error: {exc.orig}", EXIT_FAILURE)
+
+
+def run(fn: Callable[[], T]) -> T:
+    """Call ``fn`` with errors handled."""
+    with handled():
+        return fn()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def engine() -> sa.Engine:
+    """The engine on the configured database, migrated to the newest schema."""
+    from orchestrator.ops import open_engine
+
+    return open_engine(settings())
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths and the like as plain JSON values."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_jsonable(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, for machines."""
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n")
+
+
+def read_input_file(path: Path, option: str) -> bytes:
+    """A file named on the command line, or a clear usage error."""
+    try:
+        return path.expanduser().read_bytes()
+    except OSError as exc:
+        msg = f"{option}: cannot read {path}: {exc.strerror}"
+        raise UsageError(msg) from exc
+
+
+def ago(ts: float | None, now: float) -> str:
+    """A short 'how long ago' for tables."""
+    if ts is None:
+        return "-"
+    s = max(0, int(now - ts))
+    if s < 60:
+        return f"{s}s ago"
+    if s < 3600:
+        return f"{s // 60}m ago"
+    if s < 86400:
+        return f"{s // 3600}h ago"
+    return f"{s // 86400}d ago"
+
+
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")

@@ -1,0 +1,176 @@
+"""`orch repo add|set|list|show`: the repositories the orchestrator manages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from orchestrator.cli._common import console, engine, print_json, run
+from orchestrator.ops import RepoInput, add_repo, require_repo, set_repo
+from orchestrator.store import queries
+from orchestrator.store.queries import RepoRow
+
+app = typer.Typer(help="Register and inspect managed repositories.", no_args_is_help=True)
+
+MainOpt = Annotated[str | None, typer.Option("--main", help="Main branch (default: current).")]
+RemoteOpt = Annotated[str | None, typer.Option(help="Remote to fetch from and push main to.")]
+TestOpt = Annotated[
+    str | None, typer.Option("--test-cmd", help="Test command, one string split like a shell.")
+]
+StagingOpt = Annotated[str | None, typer.Option("--staging-cmd", help="Staging command.")]
+DeployOpt = Annotated[str | None, typer.Option("--deploy-cmd", help="Deploy command.")]
+HealthOpt = Annotated[str | None, typer.Option("--health-url", help="Loopback health URL.")]
+StagesOpt = Annotated[
+    str | None, typer.Option("--stages", help="CSV of stages, e.g. development,testing,...")
+]
+AgentOpt = Annotated[
+    list[str] | None,
+    typer.Option("--agent", help="STAGE=SPEC (claude, patch, manual, test-runner, command:...)."),
+]
+AgentEnvOpt = Annotated[
+    str | None, typer.Option("--agent-env", help="CSV of env var names passed to agents.")
+]
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _repo_dict(r: RepoRow) -> dict[str, object]:
+    return {
+        "name": r.name,
+        "path": r.path,
+        "main_branch": r.main_branch,
+        "remote": r.remote,
+        "key_prefix": r.key_prefix,
+        "test_cmd": r.test_cmd,
+        "staging_cmd": r.staging_cmd,
+        "deploy_cmd": r.deploy_cmd,
+        "health_url": r.health_url,
+        "stages": list(r.stages),
+        "agents": dict(r.agents),
+        "agent_env": list(r.agent_env),
+        "self_hosting": r.self_hosting,
+    }
+
+
+@app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="Short name of the repo.")],
+    path: Annotated[Path, typer.Argument(help="Local clone (top of a git work tree).")],
+    main: MainOpt = None,
+    remote: RemoteOpt = None,
+    test_cmd: TestOpt = None,
+    staging_cmd: StagingOpt = None,
+    deploy_cmd: DeployOpt = None,
+    health_url: HealthOpt = None,
+    stages: StagesOpt = None,
+    agent: AgentOpt = None,
+    agent_env: AgentEnvOpt = None,
+    prefix: Annotated[str | None, typer.Option(help="Task key prefix (default from name).")] = None,
+    self_hosting: Annotated[
+        bool, typer.Option("--self-hosting", help="This is the orchestrator's own repo.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Register a repository."""
+    spec = RepoInput(
+        main_branch=main,
+        remote=remote,
+        test_cmd=test_cmd,
+        staging_cmd=staging_cmd,
+        deploy_cmd=deploy_cmd,
+        health_url=health_url,
+        stages=_csv(stages),
+        agents=agent or [],
+        agent_env=_csv(agent_env),
+        prefix=prefix,
+        self_hosting=self_hosting,
+    )
+    repo = run(lambda: add_repo(engine(), name, path, spec))
+    if as_json:
+        print_json(_repo_dict(repo))
+        return
+    console.print(f"registered [bold]{repo.name}[/bold] ({repo.path}), tasks {repo.key_prefix}-<n>")
+
+
+@app.command("set")
+def set_(
+    name: Annotated[str, typer.Argument(help="The repo to change.")],
+    main: MainOpt = None,
+    remote: RemoteOpt = None,
+    test_cmd: TestOpt = None,
+    staging_cmd: StagingOpt = None,
+    deploy_cmd: DeployOpt = None,
+    health_url: HealthOpt = None,
+    stages: StagesOpt = None,
+    agent: AgentOpt = None,
+    agent_env: AgentEnvOpt = None,
+    self_hosting: Annotated[
+        bool | None, typer.Option("--self-hosting/--not-self-hosting", help="Self-hosting.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Change a registered repository (only the options given)."""
+    spec = RepoInput(
+        main_branch=main,
+        remote=remote,
+        test_cmd=test_cmd,
+        staging_cmd=staging_cmd,
+        deploy_cmd=deploy_cmd,
+        health_url=health_url,
+        stages=_csv(stages),
+        agents=agent or [],
+        agent_env=_csv(agent_env),
+        self_hosting=self_hosting,
+    )
+    repo = run(lambda: set_repo(engine(), name, spec))
+    if as_json:
+        print_json(_repo_dict(repo))
+        return
+    console.print(f"updated [bold]{repo.name}[/bold]")
+
+
+@app.command("list")
+def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List registered repositories."""
+
+    def load() -> list[RepoRow]:
+        with engine().connect() as conn:
+            return queries.list_repos(conn)
+
+    repos = run(load)
+    if as_json:
+        print_json([_repo_dict(r) for r in repos])
+        return
+    table = Table("name", "prefix", "main", "path", "stages")
+    for r in repos:
+        table.add_row(r.name, r.key_prefix, r.main_branch, r.path, ",".join(r.stages))
+    console.print(table if repos else "no repos yet: `orch repo add NAME PATH`")
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="The repo to show.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one repository's settings."""
+
+    def load() -> RepoRow:
+        with engine().connect() as conn:
+            return require_repo(conn, name)
+
+    repo = run(load)
+    data = _repo_dict(repo)
+    if as_json:
+        print_json(data)
+        return
+    table = Table("field", "value", show_header=False)
+    for k, v in data.items():
+        table.add_row(k, "-" if v in (None, [], {}) else str(v))
+    console.print(table)

@@ -1,0 +1,268 @@
+"""`orch task add|list|show|cancel|retry|approve`: tasks and their history."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from orchestrator import taskdir
+from orchestrator.cli._common import (
+    ago,
+    console,
+    engine,
+    fail,
+    print_json,
+    read_input_file,
+    run,
+    settings,
+)
+from orchestrator.domain.stages import State, parse_stage
+from orchestrator.ops import (
+    add_task,
+    approve_task,
+    cancel_task,
+    require_repo,
+    require_task,
+    retry_task,
+)
+from orchestrator.store import queries
+from orchestrator.store.queries import TaskRow
+
+app = typer.Typer(help="File, inspect and steer tasks.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def task_summary(t: TaskRow, repo_name: str) -> dict[str, Any]:
+    """A task as listed by `task list --json`."""
+    return {
+        "key": t.key,
+        "repo": repo_name,
+        "title": t.title,
+        "stage": t.stage,
+        "state": t.state,
+        "reasons": list(t.reasons or []),
+        "developer_retries": t.developer_retries,
+        "infra_retries": t.infra_retries,
+        "created_at": t.created_at,
+        "updated_at": t.updated_at,
+    }
+
+
+@app.command("add")
+def add(
+    repo: Annotated[str, typer.Argument(help="The repo the task is for.")],
+    title: Annotated[str, typer.Argument(help="One-line title.")],
+    body: Annotated[str | None, typer.Option(help="The task's description.")] = None,
+    body_file: Annotated[
+        Path | None, typer.Option("--body-file", help="Read the description from a file.")
+    ] = None,
+    patch: Annotated[
+        Path | None, typer.Option(help="A patch for the `patch` developer to apply.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """File a task; prints its key."""
+    if body is not None and body_file is not None:
+        fail("give --body or --body-file, not both")
+
+    def go() -> Any:
+        text = body or ""
+        if body_file is not None:
+            text = read_input_file(body_file, "--body-file").decode("utf-8", errors="replace")
+        patch_bytes = read_input_file(patch, "--patch") if patch is not None else None
+        return add_task(engine(), settings(), repo, title, text, patch_bytes)
+
+    new = run(go)
+    if as_json:
+        print_json({**task_summary(new.task, repo), "folder": str(new.folder)})
+        return
+    typer.echo(new.task.key)
+
+
+@app.command("list")
+def list_(
+    repo: Annotated[str | None, typer.Option(help="Only this repo's tasks.")] = None,
+    state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
+    stage: Annotated[str | None, typer.Option(help="Only tasks at this stage.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List tasks, newest last."""
+
+    def load() -> list[dict[str, Any]]:
+        if state is not None and state not in {s.value for s in State}:
+            fail(f"unknown state {state!r} (known: {', '.join(s.value for s in State)})")
+        stage_name = parse_stage(stage).value if stage is not None else None
+        with engine().connect() as conn:
+            repo_id = require_repo(conn, repo).id if repo is not None else None
+            names = {r.id: r.name for r in queries.list_repos(conn)}
+            rows = queries.list_tasks(conn, repo_id=repo_id, state=state, stage=stage_name)
+            return [task_summary(t, names.get(t.repo_id, "?")) for t in rows]
+
+    tasks = run(load)
+    if as_json:
+        print_json(tasks)
+        return
+    if not tasks:
+        console.print("no tasks: `orch task add REPO TITLE`")
+        return
+    now = time.time()
+    table = Table("key", "repo", "stage", "state", "title", "updated", "last reason")
+    for t in tasks:
+        last = t["reasons"][-1] if t["reasons"] else ""
+        table.add_row(
+            t["key"], t["repo"], t["stage"], t["state"], t["title"], ago(t["updated_at"], now), last
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    key: Annotated[str, typer.Argument(help="Task key, e.g. DEMO-7.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a task: stage, state, jobs, artifacts and history with reasons."""
+
+    def load() -> dict[str, Any]:
+        st = settings()
+        with engine().connect() as conn:
+            t = require_task(conn, key)
+            repo = queries.get_repo_by_id(conn, t.repo_id)
+            history = queries.list_transitions(conn, t.id)
+            jobs = queries.list_jobs(conn, task_id=t.id)
+        folder = taskdir.task_dir(st.tasks_dir, t.key)
+        return {
+            **task_summary(t, repo.name if repo else "?"),
+            "body": t.body,
+            "folder": str(folder),
+            "artifacts": taskdir.list_artifacts(folder),
+            "history": [
+                {
+                    "kind": h.kind,
+                    "from_stage": h.from_stage,
+                    "to_stage": h.to_stage,
+                    "from_state": h.from_state,
+                    "to_state": h.to_state,
+                    "reasons": list(h.reasons or []),
+                    "actor": h.actor,
+                    "at": h.at,
+                }
+                for h in history
+            ],
+            "jobs": [
+                {
+                    "id": j.id,
+                    "stage": j.stage,
+                    "agent": j.agent,
+                    "attempt": j.attempt,
+                    "state": j.state,
+                    "outcome": j.outcome,
+                    "verdict": j.verdict,
+                    "exit_code": j.exit_code,
+                    "reasons": list(j.reasons or []),
+                    "log_path": j.log_path,
+                    "started_at": j.started_at,
+                    "finished_at": j.finished_at,
+                    "cost_usd": j.cost_usd,
+                }
+                for j in jobs
+            ],
+        }
+
+    data = run(load)
+    if as_json:
+        print_json(data)
+        return
+    console.print(f"[bold]{data['key']}[/bold] {data['title']}  ({data['repo']})")
+    console.print(
+        f"stage [cyan]{data['stage']}[/cyan]  state [cyan]{data['state']}[/cyan]  "
+        f"developer retries {data['developer_retries']}  "
+        f"infra retries {data['infra_retries']}"
+    )
+    console.print(f"folder {data['folder']}")
+    if data["artifacts"]:
+        console.print("artifacts: " + ", ".join(data["artifacts"]))
+    now = time.time()
+    hist = Table("when", "kind", "from", "to", "reasons", title="history")
+    for h in data["history"]:
+        hist.add_row(
+            ago(h["at"], now),
+            h["kind"],
+            f"{h['from_stage'] or '-'}/{h['from_state'] or '-'}",
+            f"{h['to_stage']}/{h['to_state']}",
+            "\n".join(h["reasons"]),
+        )
+    console.print(hist)
+    if data["jobs"]:
+        jobs = Table(
+            "job", "stage", "agent", "attempt", "state", "outcome", "verdict", title="jobs"
+        )
+        for j in data["jobs"]:
+            jobs.add_row(
+                str(j["id"]),
+                j["stage"],
+                j["agent"],
+                str(j["attempt"]),
+                j["state"],
+                j["outcome"] or "-",
+                j["verdict"] or "-",
+            )
+        console.print(jobs)
+
+
+@app.command("cancel")
+def cancel(
+    key: Annotated[str, typer.Argument(help="Task key.")],
+    reason: Annotated[str, typer.Option(help="Why, for the history.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Cancel a task; a running job is killed."""
+    t = run(lambda: cancel_task(engine(), key, reason=reason))
+    if as_json:
+        print_json({"key": t.key, "state": t.state, "stage": t.stage})
+        return
+    console.print(f"{t.key} cancelled")
+
+
+@app.command("retry")
+def retry(
+    key: Annotated[str, typer.Argument(help="Task key.")],
+    patch: Annotated[Path | None, typer.Option(help="A new patch; back to development.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Retry a blocked or deferred task, optionally with a new patch."""
+
+    def go() -> TaskRow:
+        patch_bytes = read_input_file(patch, "--patch") if patch is not None else None
+        return retry_task(engine(), settings(), key, patch=patch_bytes)
+
+    t = run(go)
+    if as_json:
+        print_json({"key": t.key, "state": t.state, "stage": t.stage})
+        return
+    console.print(f"{t.key} queued again at {t.stage}")
+
+
+@app.command("approve")
+def approve(
+    key: Annotated[str, typer.Argument(help="Task key.")],
+    artifact: Annotated[
+        Path | None, typer.Option(help="The stage's artifact, written by a human.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Complete a blocked stage by hand; the stage's gates still run."""
+
+    def go() -> TaskRow:
+        data = read_input_file(artifact, "--artifact") if artifact is not None else None
+        return approve_task(engine(), settings(), key, artifact=data)
+
+    t = run(go)
+    if as_json:
+        print_json({"key": t.key, "state": t.state, "stage": t.stage})
+        return
+    console.print(f"{t.key} approved: {t.stage} will be gated")

@@ -1,0 +1,264 @@
+"""Settings: every knob declared once, with type, default, unit and a one-line description.
+
+Each field reads the environment variable ``ORCH_<NAME>`` (and a ``.env`` file in the
+working directory). ``.env.example`` and ``docs/configuration.md`` are rendered from this
+class; a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.errors import ConfigError
+
+ENV_PREFIX = "ORCH_"
+
+
+def _default_home() -> Path:
+    return Path(os.path.expanduser("~")) / ".orchestrator"
+
+
+class Settings(BaseSettings):
+    """Every setting of the orchestrator. Environment: ``ORCH_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    home: Path = Field(
+        default_factory=_default_home,
+        description="State directory: database, task folders, worktrees, logs.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means SQLite at <home>/orchestrator.db.",
+    )
+    max_parallel_jobs: int = Field(default=4, ge=1, description="Jobs running at once, all repos.")
+    max_parallel_jobs_per_repo: int = Field(
+        default=2, ge=1, description="Jobs running at once for one repo."
+    )
+    developer_retry_budget: int = Field(
+        default=3, ge=0, description="Rollbacks to development before the task is blocked."
+    )
+    infra_retry_budget: int = Field(
+        default=3, ge=0, description="Deferrals for tool errors (timeout, crash) before blocking."
+    )
+    infra_retry_backoff_s: float = Field(
+        default=5.0, ge=0, description="First backoff of a deferred job; doubles on each retry."
+    )
+    agent_timeout_s: float = Field(
+        default=1800.0, gt=0, description="Wall-clock limit of one agent job."
+    )
+    test_runner_timeout_s: float = Field(
+        default=900.0, gt=0, description="Wall-clock limit of the test-runner's suite run."
+    )
+    kill_grace_s: float = Field(
+        default=5.0, ge=0, description="Wait between SIGTERM and SIGKILL of a process group."
+    )
+    reaper_max_running_s: float = Field(
+        default=3600.0, gt=0, description="A job running longer than this is killed (timeout)."
+    )
+    merge_retest_timeout_s: float = Field(
+        default=900.0, gt=0, description="Wall-clock limit of the merge gate's re-test."
+    )
+    test_runner_enabled: bool = Field(
+        default=True, description="Kill-switch: run tests with the deterministic test-runner."
+    )
+    test_runner_repos: str = Field(
+        default="*", description="CSV of repos the test-runner serves; * means all."
+    )
+    staging_runner_enabled: bool = Field(
+        default=True, description="Kill-switch: run staging with the deterministic runner."
+    )
+    staging_runner_repos: str = Field(
+        default="*", description="CSV of repos the staging-runner serves; * means all."
+    )
+    staging_runner_timeout_s: float = Field(
+        default=900.0, gt=0, description="Wall-clock limit of the staging command."
+    )
+    staging_runner_infra_retry_budget: int = Field(
+        default=2, ge=0, description="Deferrals of a staging tool error before blocking."
+    )
+    subprocess_tree_kill_enabled: bool = Field(
+        default=True,
+        description="Run commands in their own process group and kill the whole tree.",
+    )
+    merge_retest_skip_when_current_enabled: bool = Field(
+        default=True, description="Skip the merge re-test when the exact tree was validated."
+    )
+    job_lease_s: float = Field(
+        default=30.0, gt=0, description="Lease of a claimed job; heartbeats renew it."
+    )
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, description="How often a worker renews its leases."
+    )
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a worker looks for work other processes made."
+    )
+    paused: bool = Field(default=False, description="Global kill switch: claim no new jobs.")
+    api_token: str = Field(
+        default="", description="Bearer token required for API mutations; empty: none."
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address the API binds to.")
+    api_port: int = Field(default=8765, ge=0, le=65535, description="Port the API binds to.")
+    alert_webhook_url: str = Field(
+        default="", description="POST alerts as JSON here (Slack-compatible); empty: off."
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        # `~/.orchestrator` as written in .env.example must mean the user's home.
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _check_invariants(self) -> Settings:
+        problems = invariant_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in use: the setting, or SQLite under ``home``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'orchestrator.db'}"
+
+    @property
+    def tasks_dir(self) -> Path:
+        """Where each task's folder (``00-task.md``, artifacts, ``runs/``) lives."""
+        return self.home / "tasks"
+
+    @property
+    def worktrees_dir(self) -> Path:
+        """Where per-task git worktrees live."""
+        return self.home / "worktrees"
+
+
+def invariant_problems(s: Settings) -> list[str]:
+    """Cross-key rules, each broken one named by its keys."""
+    problems: list[str] = []
+    # The reaper kills any job running longer than reaper_max_running_s. A re-test or a
+    # suite that is allowed longer would be killed while legitimate.
+    for key in (
+        "merge_retest_timeout_s",
+        "test_runner_timeout_s",
+        "staging_runner_timeout_s",
+        "agent_timeout_s",
+    ):
+        value = getattr(s, key)
+        if value >= s.reaper_max_running_s:
+            problems.append(
+                f"{key} ({value:g}) must be below reaper_max_running_s "
+                f"({s.reaper_max_running_s:g}), or the reaper would kill a legitimate run"
+            )
+    if s.heartbeat_interval_s * 2 > s.job_lease_s:
+        # One missed heartbeat must not cost a healthy worker its jobs.
+        problems.append(
+            f"heartbeat_interval_s ({s.heartbeat_interval_s:g}) must be at most half of "
+            f"job_lease_s ({s.job_lease_s:g})"
+        )
+    if s.max_parallel_jobs_per_repo > s.max_parallel_jobs:
+        problems.append(
+            f"max_parallel_jobs_per_repo ({s.max_parallel_jobs_per_repo}) must not exceed "
+            f"max_parallel_jobs ({s.max_parallel_jobs})"
+        )
+    if s.api_host not in ("127.0.0.1", "localhost", "::1") and not s.api_token:
+        problems.append(
+            f"api_host ({s.api_host}) is beyond loopback: set api_token, or bind 127.0.0.1"
+        )
+    return problems
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings from the environment and ``.env``; a broken invariant is a ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            where = f"ORCH_{loc.upper()}: " if loc else ""
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{where}{msg}")
+        msg = "invalid settings: " + "; ".join(lines)
+        raise ConfigError(msg) from exc
+
+
+def in_scope(csv: str, repo: str) -> bool:
+    """Whether ``repo`` is in a CSV scope such as ``test_runner_repos`` (``*`` is all)."""
+    names = {part.strip() for part in csv.split(",") if part.strip()}
+    return "*" in names or repo in names
+
+
+def _render_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def settings_rows() -> list[tuple[str, str, str, str]]:
+    """(env var, type, default, description) for every setting, in declaration order."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "~/.orchestrator" if name == "home" else ""
+        else:
+            default = _render_default(field.default)
+        annotation = field.annotation
+        type_name = getattr(annotation, "__name__", str(annotation))
+        rows.append((ENV_PREFIX + name.upper(), type_name, default, field.description or ""))
+    return rows
+
+
+def render_env_example() -> str:
+    """The text of ``.env.example``: every key, its default and what it does."""
+    out = [
+        "# orchestrator settings. Every key with its default; generated from",
+        "# src/orchestrator/config.py by `orch config env-example` (a test keeps it in sync).",
+        "",
+    ]
+    for env, type_name, default, description in settings_rows():
+        out.append(f"# {description} ({type_name})")
+        out.append(f"{env}={default}")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_configuration_md() -> str:
+    """The text of ``docs/configuration.md``, rendered from the settings class."""
+    out = [
+        "# Configuration",
+        "",
+        "Every setting is an environment variable (or a line in `.env`). This page is",
+        "generated from `src/orchestrator/config.py` by `orch config docs`; a test keeps it",
+        "in sync.",
+        "",
+        "| variable | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    for env, type_name, default, description in settings_rows():
+        shown = f"`{default}`" if default else "(empty)"
+        out.append(f"| `{env}` | {type_name} | {shown} | {description} |")
+    out.append("")
+    out.append("Invariants checked at load (a broken one stops start-up with the keys named):")
+    out.append("")
+    out.append("- every run timeout (`ORCH_AGENT_TIMEOUT_S`, `ORCH_TEST_RUNNER_TIMEOUT_S`,")
+    out.append("  `ORCH_STAGING_RUNNER_TIMEOUT_S`, `ORCH_MERGE_RETEST_TIMEOUT_S`) is below")
+    out.append("  `ORCH_REAPER_MAX_RUNNING_S`;")
+    out.append("- `ORCH_MAX_PARALLEL_JOBS_PER_REPO` does not exceed `ORCH_MAX_PARALLEL_JOBS`;")
+    out.append("- `ORCH_API_HOST` beyond loopback needs `ORCH_API_TOKEN`.")
+    out.append("")
+    return "\n".join(out)

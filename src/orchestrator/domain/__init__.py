@@ -1,0 +1,1 @@
+"""Pure domain: stages, transitions, the artifact contract, verdict parsers. No I/O."""

@@ -1,0 +1,294 @@
+"""The pipeline as data, and the one pure function that decides what happens after a job.
+
+``STAGE_TRANSITIONS`` holds DESIGN.md's pipeline table. ``next_transition`` reads it with
+the job's outcome and verdict and the task's budgets, and returns a ``Transition`` value
+with reasons; only the engine applies it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.verdicts import Verdict
+from orchestrator.errors import UsageError
+
+
+class Stage(StrEnum):
+    """A step of the pipeline, in pipeline order."""
+
+    ANALYSIS = "analysis"
+    DEVELOPMENT = "development"
+    TESTING = "testing"
+    DEPLOY_STAGING = "deploy-staging"
+    DEPLOY = "deploy"
+    POST_DEPLOY_MONITOR = "post-deploy-monitor"
+
+
+class State(StrEnum):
+    """Where a task stands."""
+
+    ACTIVE = "active"
+    DEFERRED = "deferred"
+    BLOCKED = "blocked"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({State.DONE, State.CANCELLED})
+
+
+class TransitionKind(StrEnum):
+    """The decision taken from outcome + verdict."""
+
+    ADVANCE = "advance"
+    ROLLBACK = "rollback"
+    DEFER = "defer"
+    BLOCK = "block"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One row of the pipeline table."""
+
+    stage: Stage
+    default_agent: str
+    artifact: str
+    checks: tuple[str, ...]
+    # Where a FAIL verdict goes: back to development, or blocked for a human.
+    on_fail: Stage | None
+    # Whether the stage can be left out of a repo's pipeline.
+    optional: bool
+    # Serialized per repo: one task of a repo holds the stage at a time (the serial gate).
+    serialized: bool = False
+
+
+PIPELINE: tuple[Stage, ...] = tuple(Stage)
+
+STAGE_TRANSITIONS: dict[Stage, StageSpec] = {
+    Stage.ANALYSIS: StageSpec(
+        Stage.ANALYSIS,
+        "analyst",
+        "03-analysis.md",
+        ("check_analysis_ready",),
+        on_fail=None,
+        optional=True,
+    ),
+    Stage.DEVELOPMENT: StageSpec(
+        Stage.DEVELOPMENT,
+        "developer",
+        "10-dev-report.md",
+        ("check_dev_report", "check_branch_has_diff"),
+        on_fail=Stage.DEVELOPMENT,
+        optional=False,
+    ),
+    Stage.TESTING: StageSpec(
+        Stage.TESTING,
+        "test-runner",
+        "13-test-report.md",
+        ("check_tests_passed",),
+        on_fail=Stage.DEVELOPMENT,
+        optional=False,
+    ),
+    Stage.DEPLOY_STAGING: StageSpec(
+        Stage.DEPLOY_STAGING,
+        "staging-runner",
+        "15-staging-log.md",
+        ("check_staging_status", "check_branch_mergeable"),
+        on_fail=Stage.DEVELOPMENT,
+        optional=False,
+        serialized=True,
+    ),
+    Stage.DEPLOY: StageSpec(
+        Stage.DEPLOY,
+        "deploy-finalizer",
+        "17-deploy-log.md",
+        ("check_deploy_status",),
+        on_fail=None,
+        optional=True,
+        serialized=True,
+    ),
+    Stage.POST_DEPLOY_MONITOR: StageSpec(
+        Stage.POST_DEPLOY_MONITOR,
+        "post-deploy-monitor",
+        "18-monitor-report.md",
+        ("check_monitor_status",),
+        on_fail=None,
+        optional=True,
+        serialized=True,
+    ),
+}
+
+SERIAL_STAGES = frozenset(s for s, spec in STAGE_TRANSITIONS.items() if spec.serialized)
+DEFAULT_STAGES: tuple[Stage, ...] = tuple(s for s in PIPELINE if s is not Stage.ANALYSIS)
+
+
+def parse_stage(name: str) -> Stage:
+    """A stage from its name; an unknown name is a UsageError listing the known ones."""
+    try:
+        return Stage(name.strip())
+    except ValueError:
+        known = ", ".join(s.value for s in PIPELINE)
+        msg = f"unknown stage {name!r} (known: {known})"
+        raise UsageError(msg) from None
+
+
+def validate_pipeline(names: Iterable[str]) -> tuple[Stage, ...]:
+    """A repo's stages in pipeline order; required stages present, no unknown names."""
+    chosen = {parse_stage(n) for n in names}
+    missing = [s.value for s in PIPELINE if not STAGE_TRANSITIONS[s].optional and s not in chosen]
+    if missing:
+        msg = f"stages {', '.join(missing)} cannot be left out of a pipeline"
+        raise UsageError(msg)
+    if Stage.POST_DEPLOY_MONITOR in chosen and Stage.DEPLOY not in chosen:
+        msg = "post-deploy-monitor needs the deploy stage"
+        raise UsageError(msg)
+    return tuple(s for s in PIPELINE if s in chosen)
+
+
+def next_stage(pipeline: Sequence[Stage], stage: Stage) -> Stage | None:
+    """The stage after ``stage`` in a repo's pipeline; None when it is the last."""
+    later = [s for s in pipeline if PIPELINE.index(s) > PIPELINE.index(stage)]
+    return later[0] if later else None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What ``next_transition`` needs to know of a task."""
+
+    key: str
+    pipeline: tuple[Stage, ...]
+    developer_retries: int = 0
+    infra_retries: int = 0
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Retry budgets in force for this decision."""
+
+    developer_retry_budget: int
+    infra_retry_budget: int
+    infra_retry_backoff_s: float
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A decision, with the reasons a human reads."""
+
+    kind: TransitionKind
+    from_stage: Stage
+    to_stage: Stage
+    to_state: State
+    reasons: list[str] = field(default_factory=list)
+    # Seconds to wait before the deferred job may run again.
+    backoff_s: float | None = None
+    # An alert a human must see, by kind (None: nothing to raise).
+    alert: str | None = None
+    spends_developer_retry: bool = False
+    spends_infra_retry: bool = False
+
+
+def next_transition(
+    task: TaskView,
+    stage: Stage,
+    outcome: OutcomeKind,
+    verdict: Verdict | None,
+    budgets: Budgets,
+) -> Transition:
+    """Decide what follows a job: advance, rollback, defer, block or done.
+
+    Level one: a tool error (or a gate that found infra trouble) is never the code's
+    fault: defer within the infra budget, then block and treat as FAILED (fail closed).
+    Level two: the tool ran, the verdict decides. Nothing advances without a PASS verdict.
+    """
+    spec = STAGE_TRANSITIONS[stage]
+    verdict_reasons = list(verdict.reasons) if verdict is not None else []
+    tool_error: str | None = None
+    if outcome.is_tool_error:
+        tool_error = outcome.value
+    elif verdict is not None and verdict.tool_error:
+        tool_error = verdict.tool_error
+
+    if tool_error is not None:
+        reasons = [
+            f"{stage.value}: tool error {tool_error}; the code is not blamed",
+            *verdict_reasons,
+        ]
+        if task.infra_retries < budgets.infra_retry_budget:
+            backoff = budgets.infra_retry_backoff_s * (2**task.infra_retries)
+            reasons.append(
+                f"deferred {backoff:g}s (infra retry {task.infra_retries + 1} "
+                f"of {budgets.infra_retry_budget})"
+            )
+            return Transition(
+                TransitionKind.DEFER,
+                stage,
+                stage,
+                State.DEFERRED,
+                reasons,
+                backoff_s=backoff,
+                spends_infra_retry=True,
+            )
+        reasons.append(
+            f"infra retry budget spent ({budgets.infra_retry_budget}); treated as FAILED"
+        )
+        return Transition(
+            TransitionKind.BLOCK,
+            stage,
+            stage,
+            State.BLOCKED,
+            reasons,
+            alert="infra-budget-exhausted",
+        )
+
+    if verdict is None:
+        reasons = [f"{stage.value}: no verdict was read; fail closed"]
+        return _on_fail(task, stage, spec, reasons, budgets)
+
+    if verdict.passed:
+        following = next_stage(task.pipeline, stage)
+        reasons = [f"{stage.value}: PASS", *verdict_reasons]
+        if following is None:
+            return Transition(TransitionKind.DONE, stage, stage, State.DONE, reasons)
+        return Transition(TransitionKind.ADVANCE, stage, following, State.ACTIVE, reasons)
+
+    reasons = [f"{stage.value}: FAIL", *verdict_reasons]
+    return _on_fail(task, stage, spec, reasons, budgets)
+
+
+def _on_fail(
+    task: TaskView, stage: Stage, spec: StageSpec, reasons: list[str], budgets: Budgets
+) -> Transition:
+    if spec.on_fail is None:
+        return Transition(
+            TransitionKind.BLOCK,
+            stage,
+            stage,
+            State.BLOCKED,
+            [*reasons, f"{stage.value} failed: a human must look"],
+            alert="task-blocked",
+        )
+    if task.developer_retries < budgets.developer_retry_budget:
+        return Transition(
+            TransitionKind.ROLLBACK,
+            stage,
+            spec.on_fail,
+            State.ACTIVE,
+            [
+                *reasons,
+                f"rolled back to {spec.on_fail.value} (developer retry "
+                f"{task.developer_retries + 1} of {budgets.developer_retry_budget})",
+            ],
+            spends_developer_retry=True,
+        )
+    return Transition(
+        TransitionKind.BLOCK,
+        stage,
+        stage,
+        State.BLOCKED,
+        [*reasons, f"developer retry budget spent ({budgets.developer_retry_budget})"],
+        alert="developer-budget-exhausted",
+    )

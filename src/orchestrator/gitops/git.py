@@ -1,0 +1,88 @@
+"""The one helper every git call goes through: argv only, a timeout on every call."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_GIT_TIMEOUT_S = 60.0
+
+# Git must never wait for a person: no editor, no pager, no credential prompt.
+_GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_EDITOR": "true",
+    "GIT_PAGER": "cat",
+    "GIT_ASKPASS": "true",
+}
+
+
+@dataclass(frozen=True)
+class GitResult:
+    """What a git call did. ``timed_out`` is an infra condition, not an error of the code."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+    def __bool__(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+def git(
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    timeout_s: float = DEFAULT_GIT_TIMEOUT_S,
+    env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+) -> GitResult:
+    """Run ``git <args>`` in ``cwd`` with a timeout; never raises for a failing git."""
+    import os
+
+    argv = ("git", *args)
+    full_env = {**os.environ, **_GIT_ENV, **(env or {})}
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=full_env,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        return GitResult(argv, -1, out, f"git timed out after {timeout_s:g}s", timed_out=True)
+    except OSError as exc:
+        return GitResult(argv, -1, "", f"git could not start: {exc}")
+    return GitResult(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+def is_git_repo(path: Path) -> bool:
+    """Whether ``path`` is the top of a git work tree (or a bare repository)."""
+    if not path.is_dir():
+        return False
+    res = git(["rev-parse", "--is-inside-work-tree", "--show-toplevel"], path, timeout_s=15)
+    if not res:
+        return False
+    lines = res.stdout.split()
+    return len(lines) >= 2 and Path(lines[1]).resolve() == path.resolve()
+
+
+def current_branch(path: Path) -> str | None:
+    """The branch HEAD points at, or None when detached."""
+    res = git(["symbolic-ref", "--quiet", "--short", "HEAD"], path, timeout_s=15)
+    return res.stdout.strip() if res else None
+
+
+def branch_exists(path: Path, branch: str) -> bool:
+    """Whether ``refs/heads/<branch>`` exists in the repository at ``path``."""
+    return bool(
+        git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], path, timeout_s=15)
+    )

@@ -1,0 +1,503 @@
+"""User operations shared by the CLI and the API: register repos, file and steer tasks.
+
+Each operation validates all of its input first, then writes in one transaction; files it
+writes are removed again if the transaction does not commit, so nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator import taskdir
+from orchestrator.agents.registry import (
+    default_agents,
+    parse_agent_assignments,
+    parse_agent_spec,
+)
+from orchestrator.config import Settings
+from orchestrator.domain import artifacts as A
+from orchestrator.domain.stages import (
+    DEFAULT_STAGES,
+    PIPELINE,
+    SERIAL_STAGES,
+    STAGE_TRANSITIONS,
+    Stage,
+    State,
+    TransitionKind,
+    next_stage,
+    validate_pipeline,
+)
+from orchestrator.domain.verdicts import PARSERS
+from orchestrator.errors import NotFoundError, UsageError
+from orchestrator.gitops.git import branch_exists, current_branch, is_git_repo
+from orchestrator.store import jobs as jobq
+from orchestrator.store import make_engine, queries, upgrade
+from orchestrator.store.queries import JobRow, RepoRow, TaskRow, TransitionRow
+
+_REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")
+
+# The agent that stands for "a human finished this stage": no process, only the gates.
+APPROVED_AGENT = "approved"
+
+
+def open_engine(settings: Settings, *, migrate: bool = True) -> sa.Engine:
+    """An engine on the configured database, upgraded to the newest schema."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    if migrate:
+        upgrade(engine)
+    return engine
+
+
+def split_command(value: str | None, option: str) -> list[str] | None:
+    """A command given as one string, split with shlex into argv (never a shell)."""
+    import shlex
+
+    if value is None:
+        return None
+    if not value.strip():
+        return []
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        msg = f"{option}: cannot split {value!r}: {exc}"
+        raise UsageError(msg) from exc
+    return argv
+
+
+def default_prefix(name: str) -> str:
+    """A task-key prefix from a repo name: ``my-app`` → ``MYAPP``."""
+    letters = re.sub(r"[^A-Za-z0-9]", "", name).upper()
+    letters = letters.lstrip("0123456789")
+    return letters[:10]
+
+
+@dataclass(frozen=True)
+class RepoInput:
+    """What a user may give when registering or changing a repo."""
+
+    main_branch: str | None = None
+    remote: str | None = None
+    test_cmd: str | None = None
+    staging_cmd: str | None = None
+    deploy_cmd: str | None = None
+    health_url: str | None = None
+    stages: Sequence[str] | None = None
+    agents: Sequence[str] = ()
+    agent_env: Sequence[str] | None = None
+    prefix: str | None = None
+    self_hosting: bool | None = None
+
+
+def _check_health_url(url: str | None) -> None:
+    if url is None or url == "":
+        return
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        msg = f"--health-url must be an http(s) URL, got {url!r}"
+        raise UsageError(msg)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        # Health checks only ever go to this machine's loopback.
+        msg = f"--health-url must be on loopback (127.0.0.1 or localhost), got {parts.hostname}"
+        raise UsageError(msg)
+
+
+def _check_env_names(names: Sequence[str]) -> list[str]:
+    out = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            msg = f"--agent-env: {name!r} is not an environment variable name"
+            raise UsageError(msg)
+        out.append(name)
+    return out
+
+
+def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoRow:
+    """Register a managed repository after checking every input."""
+    if not _REPO_NAME_RE.match(name):
+        msg = f"repo name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
+        raise UsageError(msg)
+    path = path.expanduser().resolve()
+    if not path.exists():
+        msg = f"{path}: no such directory"
+        raise UsageError(msg)
+    if not is_git_repo(path):
+        msg = f"{path} is not the top of a git repository"
+        raise UsageError(msg)
+    main = spec.main_branch or current_branch(path) or "main"
+    if not branch_exists(path, main):
+        msg = f"{path}: branch {main!r} does not exist (give --main BRANCH)"
+        raise UsageError(msg)
+    stages = validate_pipeline(spec.stages) if spec.stages else DEFAULT_STAGES
+    agents = default_agents(stages)
+    agents.update(parse_agent_assignments(list(spec.agents), stages))
+    prefix = (spec.prefix or default_prefix(name)).upper()
+    if not _PREFIX_RE.match(prefix):
+        msg = f"task key prefix {prefix!r}: give --prefix with letters and digits"
+        raise UsageError(msg)
+    _check_health_url(spec.health_url)
+    test_cmd = split_command(spec.test_cmd, "--test-cmd")
+    staging_cmd = split_command(spec.staging_cmd, "--staging-cmd")
+    deploy_cmd = split_command(spec.deploy_cmd, "--deploy-cmd")
+    agent_env = _check_env_names(spec.agent_env or ())
+    now = time.time()
+    with engine.begin() as conn:
+        if queries.get_repo(conn, name) is not None:
+            msg = f"repo {name!r} is already registered (use `orch repo set`)"
+            raise UsageError(msg)
+        taken = [r.name for r in queries.list_repos(conn) if r.key_prefix == prefix]
+        if taken:
+            msg = f"task key prefix {prefix} is used by repo {taken[0]}; give --prefix"
+            raise UsageError(msg)
+        return queries.insert_repo(
+            conn,
+            name=name,
+            path=str(path),
+            key_prefix=prefix,
+            now=now,
+            main_branch=main,
+            remote=spec.remote,
+            test_cmd=test_cmd,
+            staging_cmd=staging_cmd,
+            deploy_cmd=deploy_cmd,
+            health_url=spec.health_url or None,
+            stages=[s.value for s in stages],
+            agents=agents,
+            agent_env=agent_env,
+            options={},
+            self_hosting=bool(spec.self_hosting),
+        )
+
+
+def set_repo(engine: sa.Engine, name: str, spec: RepoInput) -> RepoRow:
+    """Change a registered repo; only the given fields move."""
+    with engine.begin() as conn:
+        repo = require_repo(conn, name)
+        fields: dict[str, Any] = {}
+        path = Path(repo.path)
+        if spec.main_branch is not None:
+            if not branch_exists(path, spec.main_branch):
+                msg = f"{path}: branch {spec.main_branch!r} does not exist"
+                raise UsageError(msg)
+            fields["main_branch"] = spec.main_branch
+        if spec.remote is not None:
+            fields["remote"] = spec.remote or None
+        for attr, option in (
+            ("test_cmd", "--test-cmd"),
+            ("staging_cmd", "--staging-cmd"),
+            ("deploy_cmd", "--deploy-cmd"),
+        ):
+            value = getattr(spec, attr)
+            if value is not None:
+                fields[attr] = split_command(value, option) or None
+        if spec.health_url is not None:
+            _check_health_url(spec.health_url)
+            fields["health_url"] = spec.health_url or None
+        stages = tuple(Stage(s) for s in repo.stages)
+        agents = dict(repo.agents)
+        if spec.stages:
+            stages = validate_pipeline(spec.stages)
+            fresh = default_agents(stages)
+            agents = {s: agents.get(s, fresh[s]) for s in fresh}
+            fields["stages"] = [s.value for s in stages]
+        if spec.agents:
+            agents.update(parse_agent_assignments(list(spec.agents), stages))
+        if spec.stages or spec.agents:
+            fields["agents"] = agents
+        if spec.agent_env is not None:
+            fields["agent_env"] = _check_env_names(spec.agent_env)
+        if spec.self_hosting is not None:
+            fields["self_hosting"] = spec.self_hosting
+        if spec.prefix is not None:
+            msg = "the task key prefix cannot change once tasks may exist"
+            raise UsageError(msg)
+        if not fields:
+            msg = "nothing to change: give at least one option"
+            raise UsageError(msg)
+        return queries.update_repo(conn, name, now=time.time(), **fields)
+
+
+def require_repo(conn: sa.Connection, name: str) -> RepoRow:
+    """A repo by name, or a NotFoundError that says how to list them."""
+    repo = queries.get_repo(conn, name)
+    if repo is None:
+        msg = f"unknown repo {name!r} (see `orch repo list`)"
+        raise NotFoundError(msg)
+    return repo
+
+
+def require_task(conn: sa.Connection, key: str) -> TaskRow:
+    """A task by key, or a clear error for a bad or unknown key."""
+    if not taskdir.valid_key(key):
+        msg = f"not a task key: {key!r} (keys look like DEMO-7)"
+        raise UsageError(msg)
+    task = queries.get_task(conn, key)
+    if task is None:
+        msg = f"unknown task {key} (see `orch task list`)"
+        raise NotFoundError(msg)
+    return task
+
+
+def _first_stage(repo: RepoRow) -> Stage:
+    return Stage(repo.stages[0])
+
+
+def agent_for(repo: RepoRow, stage: Stage) -> str:
+    """The agent spec a repo gives a stage."""
+    spec = repo.agents.get(stage.value) or STAGE_TRANSITIONS[stage].default_agent
+    return parse_agent_spec(spec, stage).spec
+
+
+def queue_job(
+    conn: sa.Connection,
+    repo: RepoRow,
+    task: TaskRow,
+    stage: Stage,
+    *,
+    now: float,
+    not_before: float | None = None,
+    agent: str | None = None,
+) -> JobRow:
+    """Queue the next attempt of ``stage`` for a task."""
+    attempt = queries.next_attempt(conn, task.id, stage.value)
+    return queries.insert_job(
+        conn,
+        task_id=task.id,
+        stage=stage.value,
+        agent=agent or agent_for(repo, stage),
+        attempt=attempt,
+        now=now,
+        not_before=not_before if not_before is not None else now,
+        serial_key=repo.name if stage in SERIAL_STAGES else None,
+    )
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """The result of filing a task."""
+
+    task: TaskRow
+    folder: Path
+    patch: Path | None
+
+
+def add_task(
+    engine: sa.Engine,
+    settings: Settings,
+    repo_name: str,
+    title: str,
+    body: str = "",
+    patch: bytes | None = None,
+) -> NewTask:
+    """File a task: a row, its first job, ``00-task.md`` and an optional patch."""
+    title = title.strip()
+    if not title:
+        msg = "a task needs a title"
+        raise UsageError(msg)
+    if "\n" in title or len(title) > 200:
+        msg = "a task title is one line of at most 200 characters"
+        raise UsageError(msg)
+    if patch is not None and not patch.strip():
+        msg = "the patch file is empty"
+        raise UsageError(msg)
+    now = time.time()
+    folder: Path | None = None
+    try:
+        with engine.begin() as conn:
+            repo = require_repo(conn, repo_name)
+            stage = _first_stage(repo)
+            task = queries.insert_task(
+                conn, repo_id=repo.id, title=title, body=body, stage=stage.value, now=now
+            )
+            queue_job(conn, repo, task, stage, now=now)
+            folder = taskdir.task_dir(settings.tasks_dir, task.key)
+            if folder.exists():
+                # A leftover folder of a key that never committed (a crash between the
+                # two). It holds nothing that the DB knows of: start it afresh.
+                shutil.rmtree(folder)
+            taskdir.write_atomic(
+                folder / A.TASK, taskdir.render_task_md(task.key, repo.name, title, body)
+            )
+            patch_path = taskdir.add_patch(folder, patch) if patch is not None else None
+    except BaseException:
+        if folder is not None and folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return NewTask(task, folder, patch_path)
+
+
+def _record(
+    conn: sa.Connection,
+    task: TaskRow,
+    kind: str,
+    *,
+    to_stage: str,
+    to_state: str,
+    reasons: list[str],
+    actor: str,
+    now: float,
+    **fields: Any,
+) -> TransitionRow:
+    queries.update_task(
+        conn, task.id, now=now, stage=to_stage, state=to_state, reasons=reasons, **fields
+    )
+    return queries.insert_transition(
+        conn,
+        task_id=task.id,
+        kind=kind,
+        from_stage=task.stage,
+        to_stage=to_stage,
+        from_state=task.state,
+        to_state=to_state,
+        reasons=reasons,
+        actor=actor,
+        now=now,
+    )
+
+
+def cancel_task(engine: sa.Engine, key: str, *, actor: str = "cli", reason: str = "") -> TaskRow:
+    """Cancel a task; its running job is asked to stop (the engine kills it)."""
+    now = time.time()
+    with engine.begin() as conn:
+        task = require_task(conn, key)
+        if task.state in (State.DONE, State.CANCELLED):
+            msg = f"{key} is {task.state}; nothing to cancel"
+            raise UsageError(msg)
+        reasons = [f"cancelled by {actor}" + (f": {reason}" if reason else "")]
+        jobq.request_cancel(conn, task.id, now=now)
+        _record(
+            conn,
+            task,
+            "cancel",
+            to_stage=task.stage,
+            to_state=State.CANCELLED,
+            reasons=reasons,
+            actor=actor,
+            now=now,
+        )
+        return require_task(conn, key)
+
+
+def retry_task(
+    engine: sa.Engine,
+    settings: Settings,
+    key: str,
+    *,
+    patch: bytes | None = None,
+    actor: str = "cli",
+) -> TaskRow:
+    """Give a blocked or deferred task another go; budgets start afresh.
+
+    With a patch, the task goes back to development, which applies the newest patch.
+    """
+    if patch is not None and not patch.strip():
+        msg = "the patch file is empty"
+        raise UsageError(msg)
+    now = time.time()
+    with engine.begin() as conn:
+        task = require_task(conn, key)
+        if task.state not in (State.BLOCKED, State.DEFERRED):
+            msg = f"{key} is {task.state}; only a blocked or deferred task can be retried"
+            raise UsageError(msg)
+        if queries.list_jobs(conn, task_id=task.id, state="running"):
+            msg = f"{key} has a running job; wait for it or cancel the task"
+            raise UsageError(msg)
+        repo = queries.get_repo_by_id(conn, task.repo_id)
+        assert repo is not None
+        stage = Stage(task.stage)
+        reasons = [f"retried by {actor}; retry budgets start afresh"]
+        if patch is not None:
+            stage = Stage.DEVELOPMENT
+            reasons.append("a new patch was attached; back to development")
+        jobq.drop_queued(conn, task.id, now=now, reason=f"superseded by a retry by {actor}")
+        _record(
+            conn,
+            task,
+            "retry",
+            to_stage=stage.value,
+            to_state=State.ACTIVE,
+            reasons=reasons,
+            actor=actor,
+            now=now,
+            developer_retries=0,
+            infra_retries=0,
+        )
+        fresh = require_task(conn, key)
+        queue_job(conn, repo, fresh, stage, now=now)
+        if patch is not None:
+            taskdir.add_patch(taskdir.task_dir(settings.tasks_dir, key), patch)
+        return fresh
+
+
+def approve_task(
+    engine: sa.Engine,
+    settings: Settings,
+    key: str,
+    *,
+    artifact: bytes | None = None,
+    actor: str = "cli",
+) -> TaskRow:
+    """A human says the blocked stage's work is done. The stage's gates still decide.
+
+    The optional artifact becomes the stage's artifact. A job with the ``approved`` agent
+    is queued: the engine starts no process for it and runs the stage's gates, so a human
+    can supply work but cannot skip a check (the merge gate included).
+    """
+    now = time.time()
+    with engine.begin() as conn:
+        task = require_task(conn, key)
+        if task.state != State.BLOCKED:
+            msg = f"{key} is {task.state}; only a blocked task can be approved"
+            raise UsageError(msg)
+        repo = queries.get_repo_by_id(conn, task.repo_id)
+        assert repo is not None
+        stage = Stage(task.stage)
+        name = STAGE_TRANSITIONS[stage].artifact
+        reasons = [f"approved by {actor}: {stage.value} is to be gated"]
+        if artifact is not None:
+            text = artifact.decode("utf-8", errors="replace")
+            verdict = PARSERS[name](text)
+            if not verdict.passed:
+                msg = f"the artifact does not pass as {name}: " + "; ".join(verdict.reasons)
+                raise UsageError(msg)
+            taskdir.write_atomic(taskdir.task_dir(settings.tasks_dir, key) / name, artifact)
+            reasons.append(f"{name} supplied by {actor}")
+        jobq.drop_queued(conn, task.id, now=now, reason=f"superseded by an approval by {actor}")
+        _record(
+            conn,
+            task,
+            "approve",
+            to_stage=stage.value,
+            to_state=State.ACTIVE,
+            reasons=reasons,
+            actor=actor,
+            now=now,
+        )
+        fresh = require_task(conn, key)
+        queue_job(conn, repo, fresh, stage, now=now, agent=APPROVED_AGENT)
+        return fresh
+
+
+def stage_after(repo: RepoRow, stage: Stage) -> Stage | None:
+    """The stage after ``stage`` in a repo's pipeline."""
+    return next_stage(tuple(Stage(s) for s in repo.stages), stage)
+
+
+KNOWN_TRANSITION_KINDS = frozenset(
+    {"create", "cancel", "retry", "approve", *(k.value for k in TransitionKind)}
+)
+ALL_STAGES = tuple(s.value for s in PIPELINE)

@@ -1,0 +1,36 @@
+"""The store: the one part of the orchestrator that touches the database.
+
+SQLAlchemy Core on SQLite (WAL, the default) or PostgreSQL, one schema for both, Alembic
+migrations shipped in the package. Reads and writes live in ``queries`` and take the
+caller's connection, so callers decide what one transaction holds::
+
+    engine = make_engine(url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        task = queries.insert_task(conn, repo_id=repo.id, title=..., body=..., stage=..., now=now)
+"""
+
+from __future__ import annotations
+
+from orchestrator.store import queries
+from orchestrator.store.db import make_engine, normalize_url, reader
+from orchestrator.store.migrate import current_revision, head_revision, is_current, upgrade
+from orchestrator.store.queries import AlertRow, JobRow, RepoRow, TaskRow, TransitionRow
+from orchestrator.store.schema import metadata
+
+__all__ = [
+    "AlertRow",
+    "JobRow",
+    "RepoRow",
+    "TaskRow",
+    "TransitionRow",
+    "current_revision",
+    "head_revision",
+    "is_current",
+    "make_engine",
+    "metadata",
+    "normalize_url",
+    "queries",
+    "reader",
+    "upgrade",
+]

@@ -1,0 +1,109 @@
+"""Engines, with every dialect quirk in this one module.
+
+SQLite: WAL journal, ``busy_timeout``, foreign keys on, ``synchronous=NORMAL``, and each
+transaction opened with ``BEGIN IMMEDIATE``. PostgreSQL: ``postgresql://`` means psycopg 3,
+connections are pinged before use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+DEFAULT_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_POOL_SIZE = 5
+DEFAULT_MAX_OVERFLOW = 10
+
+_PG_DRIVERLESS = {"postgresql", "postgres"}
+
+# Execution option read by the SQLite "begin" hook below; see ``reader``.
+_DEFERRED_BEGIN = "orch_deferred_begin"
+
+
+def normalize_url(url: str | sa.URL) -> sa.URL:
+    """The URL SQLAlchemy should open: plain ``postgresql://`` gets the psycopg 3 driver."""
+    parsed = sa.make_url(url)
+    if parsed.drivername in _PG_DRIVERLESS:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(
+    url: str | sa.URL,
+    *,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    max_overflow: int = DEFAULT_MAX_OVERFLOW,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    echo: bool = False,
+) -> sa.Engine:
+    """An engine for ``url``; pool sizes apply to PostgreSQL, the busy timeout to SQLite."""
+    parsed = normalize_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.get_driver_name() != "pysqlite":
+            msg = f"unsupported SQLite driver {parsed.drivername!r} (use sqlite://)"
+            raise ValueError(msg)
+        return _sqlite_engine(parsed, busy_timeout_ms=busy_timeout_ms, echo=echo)
+    if backend == "postgresql":
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            echo=echo,
+        )
+    msg = f"unsupported database backend {backend!r} (use sqlite or postgresql)"
+    raise ValueError(msg)
+
+
+def reader(engine: sa.Engine) -> sa.Engine:
+    """The same engine, but SQLite transactions begin DEFERRED: for reads only.
+
+    Under WAL a deferred reader never waits for a writer, while an IMMEDIATE one queues
+    behind it. A write inside such a transaction may fail with "database is locked" instead
+    of waiting, so use it for status pages and listings, not for read-then-write.
+    """
+    return engine.execution_options(**{_DEFERRED_BEGIN: True})
+
+
+def _sqlite_engine(url: sa.URL, *, busy_timeout_ms: int, echo: bool) -> sa.Engine:
+    database = url.database or ""
+    in_memory = database in {"", ":memory:"} or database.startswith("file::memory:")
+    if not in_memory:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, echo=echo)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite opens transactions lazily with a plain BEGIN (DEFERRED) and only before
+        # DML. Hand transaction control to SQLAlchemy: see _on_begin.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            # busy_timeout first: switching to WAL below needs a lock another process may hold.
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if not in_memory:
+                (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+                if str(mode).lower() != "wal":
+                    cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # A DEFERRED transaction that reads and then writes must upgrade its SHARED lock;
+        # when another process writes meanwhile SQLite fails at once with "database is
+        # locked" (busy_timeout cannot help: waiting could deadlock). IMMEDIATE takes the
+        # write lock up front, so concurrent writers queue on busy_timeout instead, and
+        # read-then-write sequences (task key allocation) are serialized across processes.
+        if conn.get_execution_options().get(_DEFERRED_BEGIN):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

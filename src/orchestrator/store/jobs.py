@@ -1,0 +1,321 @@
+"""Jobs under leases: claim, heartbeat, fence, finish, re-queue, cancel.
+
+A claimed job carries its lease owner (a worker id) and an expiry that heartbeats renew.
+Every write a worker makes about a running job is *fenced* by ``lease_owner``: once a
+lease has expired and another worker took the job over, the old owner's writes match no
+row, so a job's bookkeeping happens once even when two workers both believe they own it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.store.queries import JobRow
+from orchestrator.store.schema import jobs, repos, tasks
+
+# Task states whose queued jobs may be claimed.
+_CLAIMABLE_TASK_STATES = ("active", "deferred")
+
+
+def _rows(result: sa.Result[Any]) -> list[JobRow]:
+    return [JobRow(**r._mapping) for r in result]
+
+
+@dataclass(frozen=True)
+class ClaimLimits:
+    """How many jobs may run at once."""
+
+    total: int
+    per_repo: int
+
+
+def running_counts(conn: sa.Connection) -> tuple[int, dict[int, int], set[str]]:
+    """Running jobs: in all, per repo id, and the serial keys they hold."""
+    stmt = (
+        sa.select(tasks.c.repo_id, jobs.c.serial_key)
+        .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
+        .where(jobs.c.state == "running")
+    )
+    total = 0
+    per_repo: dict[int, int] = {}
+    serial: set[str] = set()
+    for repo_id, serial_key in conn.execute(stmt):
+        total += 1
+        per_repo[repo_id] = per_repo.get(repo_id, 0) + 1
+        if serial_key is not None:
+            serial.add(serial_key)
+    return total, per_repo, serial
+
+
+def claim_jobs(
+    conn: sa.Connection,
+    *,
+    owner: str,
+    host: str,
+    now: float,
+    lease_s: float,
+    limits: ClaimLimits,
+    exclude_agents: Sequence[str] = (),
+) -> list[JobRow]:
+    """Claim queued jobs whose time has come, within the limits and the serial gate.
+
+    On PostgreSQL candidate rows are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
+    workers never claim one job twice; on SQLite ``BEGIN IMMEDIATE`` serializes claims. The
+    unique index on running serial keys is the last word: a claim that would break it is
+    undone by its savepoint and the job stays queued.
+    """
+    total, per_repo, serial = running_counts(conn)
+    room = limits.total - total
+    if room <= 0:
+        return []
+    stmt = (
+        sa.select(jobs.c.id, jobs.c.serial_key, tasks.c.repo_id)
+        .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
+        .where(
+            jobs.c.state == "queued",
+            jobs.c.not_before <= now,
+            jobs.c.cancel_requested.is_(False),
+            tasks.c.state.in_(_CLAIMABLE_TASK_STATES),
+        )
+        .order_by(jobs.c.not_before, jobs.c.id)
+        .limit(max(room * 4, 16))
+    )
+    if exclude_agents:
+        stmt = stmt.where(jobs.c.agent.not_in(list(exclude_agents)))
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True, of=jobs)
+    claimed: list[JobRow] = []
+    for job_id, serial_key, repo_id in conn.execute(stmt).all():
+        if len(claimed) >= room:
+            break
+        if per_repo.get(repo_id, 0) >= limits.per_repo:
+            continue
+        if serial_key is not None and serial_key in serial:
+            continue
+        try:
+            with conn.begin_nested():
+                row = conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.state == "queued")
+                    .values(
+                        state="running",
+                        lease_owner=owner,
+                        lease_expires_at=now + lease_s,
+                        host=host,
+                        started_at=now,
+                        pid=None,
+                        pgid=None,
+                    )
+                    .returning(*jobs.c)
+                ).one_or_none()
+        except sa.exc.IntegrityError:
+            # Another worker took the serial gate between our read and our write.
+            continue
+        if row is None:
+            continue
+        job = JobRow(**row._mapping)
+        conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.id == job.task_id, tasks.c.state == "deferred")
+            .values(state="active", updated_at=now)
+        )
+        claimed.append(job)
+        per_repo[repo_id] = per_repo.get(repo_id, 0) + 1
+        if serial_key is not None:
+            serial.add(serial_key)
+    return claimed
+
+
+def record_process(
+    conn: sa.Connection, job_id: int, owner: str, *, pid: int, pgid: int, log_path: str
+) -> bool:
+    """Remember the process group of a job (the registry the reaper reads); fenced."""
+    result = conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.state == "running")
+        .values(pid=pid, pgid=pgid, log_path=log_path)
+    )
+    return result.rowcount == 1
+
+
+def heartbeat(conn: sa.Connection, owner: str, *, now: float, lease_s: float) -> list[int]:
+    """Renew this worker's leases; returns the ids of its jobs asked to cancel."""
+    conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.lease_owner == owner, jobs.c.state == "running")
+        .values(lease_expires_at=now + lease_s)
+    )
+    stmt = sa.select(jobs.c.id).where(
+        jobs.c.lease_owner == owner, jobs.c.state == "running", jobs.c.cancel_requested.is_(True)
+    )
+    return [r[0] for r in conn.execute(stmt)]
+
+
+def still_owned(conn: sa.Connection, job_id: int, owner: str) -> JobRow | None:
+    """The running job if ``owner`` still holds its lease (the fence), else None."""
+    row = conn.execute(
+        sa.select(jobs).where(
+            jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.state == "running"
+        )
+    ).one_or_none()
+    return None if row is None else JobRow(**row._mapping)
+
+
+def finish_job(
+    conn: sa.Connection,
+    job_id: int,
+    owner: str,
+    *,
+    now: float,
+    outcome: str,
+    verdict: str | None,
+    reasons: Sequence[str],
+    exit_code: int | None,
+    cost_usd: float | None = None,
+    tokens_in: int | None = None,
+    tokens_out: int | None = None,
+) -> bool:
+    """Mark the job finished if ``owner`` still holds it; False means someone else does.
+
+    Reasons recorded earlier (a recovery, a re-queue) are kept ahead of the new ones.
+    """
+    earlier = conn.execute(
+        sa.select(jobs.c.reasons).where(jobs.c.id == job_id)
+    ).scalar_one_or_none()
+    result = conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.state == "running")
+        .values(
+            state="finished",
+            outcome=outcome,
+            verdict=verdict,
+            reasons=[*list(earlier or []), *reasons],
+            exit_code=exit_code,
+            finished_at=now,
+            lease_expires_at=None,
+            cost_usd=cost_usd,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+        )
+    )
+    return result.rowcount == 1
+
+
+def requeue(
+    conn: sa.Connection, job_id: int, *, now: float, reason: str, owner: str | None = None
+) -> bool:
+    """Put a running job back in the queue without spending a retry (same attempt).
+
+    With ``owner`` the write is fenced to that lease holder; without it (recovery of an
+    expired lease) it applies to any running job.
+    """
+    where = [jobs.c.id == job_id, jobs.c.state == "running"]
+    if owner is not None:
+        where.append(jobs.c.lease_owner == owner)
+    job = conn.execute(sa.select(jobs.c.reasons).where(*where)).one_or_none()
+    if job is None:
+        return False
+    reasons = [*list(job[0] or []), reason]
+    result = conn.execute(
+        sa.update(jobs)
+        .where(*where)
+        .values(
+            state="queued",
+            lease_owner=None,
+            lease_expires_at=None,
+            host=None,
+            pid=None,
+            pgid=None,
+            started_at=None,
+            not_before=now,
+            reasons=reasons,
+        )
+    )
+    return result.rowcount == 1
+
+
+def expired_leases(conn: sa.Connection, *, now: float) -> list[JobRow]:
+    """Running jobs whose lease ran out: their worker died or hangs."""
+    stmt = (
+        sa.select(jobs)
+        .where(jobs.c.state == "running", jobs.c.lease_expires_at < now)
+        .order_by(jobs.c.id)
+    )
+    return _rows(conn.execute(stmt))
+
+
+def owned_running(conn: sa.Connection, owner: str) -> list[JobRow]:
+    """Running jobs under ``owner``'s lease."""
+    stmt = sa.select(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == "running")
+    return _rows(conn.execute(stmt))
+
+
+def running_on_host(conn: sa.Connection, host: str) -> list[JobRow]:
+    """Running jobs whose processes live on ``host`` (the per-host pgid registry)."""
+    stmt = sa.select(jobs).where(jobs.c.host == host, jobs.c.state == "running")
+    return _rows(conn.execute(stmt))
+
+
+def request_cancel(conn: sa.Connection, task_id: int, *, now: float) -> None:
+    """Cancel a task's jobs: queued ones end at once; running ones are flagged for a kill."""
+    conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.task_id == task_id, jobs.c.state == "queued")
+        .values(state="finished", finished_at=now, reasons=["cancelled before it started"])
+    )
+    conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.task_id == task_id, jobs.c.state == "running")
+        .values(cancel_requested=True)
+    )
+
+
+def drop_queued(conn: sa.Connection, task_id: int, *, now: float, reason: str) -> int:
+    """End a task's queued jobs (superseded by a retry or an approval)."""
+    result = conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.task_id == task_id, jobs.c.state == "queued")
+        .values(state="finished", finished_at=now, reasons=[reason])
+    )
+    return int(result.rowcount)
+
+
+def next_wakeup(conn: sa.Connection) -> float | None:
+    """The earliest ``not_before`` of a claimable queued job, or None."""
+    stmt = (
+        sa.select(sa.func.min(jobs.c.not_before))
+        .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
+        .where(jobs.c.state == "queued", tasks.c.state.in_(_CLAIMABLE_TASK_STATES))
+    )
+    value = conn.execute(stmt).scalar()
+    return None if value is None else float(value)
+
+
+def change_marker(conn: sa.Connection) -> tuple[int, float, float]:
+    """A cheap fingerprint of the work: changes when any process adds, ends or steers work.
+
+    Every path that changes what can run writes either a new job (max id) or a task's
+    ``updated_at`` (transitions, cancel, retry), or finishes a job.
+    """
+    max_job = conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.id), 0))).scalar()
+    last_task = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.max(tasks.c.updated_at), 0.0))
+    ).scalar()
+    last_finished = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.max(jobs.c.finished_at), 0.0))
+    ).scalar()
+    return int(max_job or 0), float(last_task or 0.0), float(last_finished or 0.0)
+
+
+def repo_of_job(conn: sa.Connection, job_id: int) -> str:
+    """The repo name of a job's task."""
+    stmt = (
+        sa.select(repos.c.name)
+        .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id).join(repos))
+        .where(jobs.c.id == job_id)
+    )
+    return str(conn.execute(stmt).scalar_one())

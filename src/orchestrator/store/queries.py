@@ -1,0 +1,523 @@
+"""Small reads and writes, each taking the caller's ``sa.Connection``.
+
+Callers own transactions: the engine composes "finish job + record transition + queue next
+job" from these functions inside one ``engine.begin()`` block, so no function here commits.
+Every function returns frozen row dataclasses whose fields mirror the table's columns.
+Times come from the caller's ``now`` (epoch seconds), never from the database clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.errors import NotFoundError
+from orchestrator.store.schema import alerts, jobs, repos, tasks, transitions
+
+
+@dataclass(frozen=True)
+class RepoRow:
+    """A managed repository."""
+
+    id: int
+    name: str
+    path: str
+    main_branch: str
+    remote: str | None
+    key_prefix: str
+    next_task_number: int
+    test_cmd: list[str] | None
+    staging_cmd: list[str] | None
+    deploy_cmd: list[str] | None
+    health_url: str | None
+    stages: list[str]
+    agents: dict[str, str]
+    agent_env: list[str]
+    options: dict[str, Any]
+    self_hosting: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task (ticket) and where it stands."""
+
+    id: int
+    key: str
+    repo_id: int
+    number: int
+    title: str
+    body: str
+    stage: str
+    state: str
+    reasons: list[str]
+    developer_retries: int
+    infra_retries: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One run of one agent for one task at one stage."""
+
+    id: int
+    task_id: int
+    stage: str
+    agent: str
+    attempt: int
+    state: str
+    outcome: str | None
+    verdict: str | None
+    reasons: list[str]
+    exit_code: int | None
+    pid: int | None
+    pgid: int | None
+    host: str | None
+    lease_owner: str | None
+    lease_expires_at: float | None
+    not_before: float
+    cancel_requested: bool
+    serial_key: str | None
+    log_path: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    cost_usd: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+
+
+@dataclass(frozen=True)
+class TransitionRow:
+    """One entry of a task's append-only history."""
+
+    id: int
+    task_id: int
+    job_id: int | None
+    kind: str
+    from_stage: str | None
+    to_stage: str | None
+    from_state: str | None
+    to_state: str | None
+    reasons: list[str]
+    actor: str
+    at: float
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """Something a human must see."""
+
+    id: int
+    task_id: int | None
+    repo_id: int | None
+    kind: str
+    severity: str
+    message: str
+    reasons: list[str]
+    created_at: float
+    delivered_at: float | None
+    delivery_attempts: int
+    acknowledged_at: float | None
+
+
+# Columns that update_* refuse: identity, history, and the key allocator (only insert_task
+# may move next_task_number, or two tasks could get one key).
+_FIXED = {
+    "repos": frozenset({"id", "next_task_number", "created_at", "updated_at"}),
+    "tasks": frozenset({"id", "key", "repo_id", "number", "created_at", "updated_at"}),
+    "jobs": frozenset({"id", "task_id", "stage", "attempt", "created_at"}),
+    "alerts": frozenset({"id", "task_id", "repo_id", "created_at"}),
+}
+
+
+def _checked_fields(table: sa.Table, fields: Mapping[str, object]) -> dict[str, object]:
+    fixed = _FIXED[table.name]
+    unknown = sorted(set(fields) - set(table.c.keys()))
+    if unknown:
+        msg = f"unknown {table.name} column(s): {', '.join(unknown)}"
+        raise ValueError(msg)
+    refused = sorted(set(fields) & fixed)
+    if refused:
+        msg = f"{table.name} column(s) not updatable: {', '.join(refused)}"
+        raise ValueError(msg)
+    return {name: _jsonable(value) for name, value in fields.items()}
+
+
+def _update(
+    conn: sa.Connection,
+    table: sa.Table,
+    where: sa.ColumnElement[bool],
+    values: Mapping[str, object],
+    missing: str,
+) -> sa.Row[Any]:
+    """UPDATE one row and return it as it is now; NotFoundError(missing) when absent."""
+    # An UPDATE needs a SET; "id = id" makes an empty update a plain existence check.
+    to_set: Mapping[str, object] = values or {"id": table.c.id}
+    stmt = sa.update(table).where(where).values(to_set).returning(*table.c)
+    row = conn.execute(stmt).one_or_none()
+    if row is None:
+        raise NotFoundError(missing)
+    return row
+
+
+def _jsonable(value: object) -> object:
+    # Tuples are the natural immutable argv; JSON columns store them as lists.
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _list(values: Iterable[str] | None) -> list[str] | None:
+    return None if values is None else list(values)
+
+
+# ---- repos -------------------------------------------------------------------------------
+
+
+def insert_repo(
+    conn: sa.Connection,
+    *,
+    name: str,
+    path: str,
+    key_prefix: str,
+    now: float,
+    stages: Sequence[str],
+    agents: Mapping[str, str],
+    main_branch: str = "main",
+    remote: str | None = None,
+    test_cmd: Sequence[str] | None = None,
+    staging_cmd: Sequence[str] | None = None,
+    deploy_cmd: Sequence[str] | None = None,
+    health_url: str | None = None,
+    agent_env: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+    self_hosting: bool = False,
+) -> RepoRow:
+    """Add a repo; its first task will be ``<key_prefix>-1``."""
+    stmt = (
+        sa.insert(repos)
+        .values(
+            name=name,
+            path=path,
+            main_branch=main_branch,
+            remote=remote,
+            key_prefix=key_prefix,
+            next_task_number=1,
+            test_cmd=_list(test_cmd),
+            staging_cmd=_list(staging_cmd),
+            deploy_cmd=_list(deploy_cmd),
+            health_url=health_url,
+            stages=list(stages),
+            agents=dict(agents),
+            agent_env=list(agent_env),
+            options=dict(options or {}),
+            self_hosting=self_hosting,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(*repos.c)
+    )
+    return RepoRow(**conn.execute(stmt).one()._mapping)
+
+
+def get_repo(conn: sa.Connection, name: str) -> RepoRow | None:
+    """The repo called ``name``, or None."""
+    row = conn.execute(sa.select(repos).where(repos.c.name == name)).one_or_none()
+    return None if row is None else RepoRow(**row._mapping)
+
+
+def get_repo_by_id(conn: sa.Connection, repo_id: int) -> RepoRow | None:
+    """The repo with id ``repo_id``, or None."""
+    row = conn.execute(sa.select(repos).where(repos.c.id == repo_id)).one_or_none()
+    return None if row is None else RepoRow(**row._mapping)
+
+
+def list_repos(conn: sa.Connection) -> list[RepoRow]:
+    """All repos, by name."""
+    rows = conn.execute(sa.select(repos).order_by(repos.c.name))
+    return [RepoRow(**row._mapping) for row in rows]
+
+
+def update_repo(conn: sa.Connection, name: str, *, now: float, **fields: object) -> RepoRow:
+    """Set ``fields`` of repo ``name``; an unknown or fixed column is a ValueError."""
+    values = {**_checked_fields(repos, fields), "updated_at": now}
+    row = _update(conn, repos, repos.c.name == name, values, f"no repo named {name!r}")
+    return RepoRow(**row._mapping)
+
+
+# ---- tasks -------------------------------------------------------------------------------
+
+
+def insert_task(
+    conn: sa.Connection,
+    *,
+    repo_id: int,
+    title: str,
+    body: str,
+    stage: str,
+    now: float,
+    state: str = "active",
+    actor: str = "cli",
+) -> TaskRow:
+    """Add a task with the repo's next key, and its ``create`` transition."""
+    # One UPDATE both reads and bumps the counter. On PostgreSQL the row lock makes a
+    # concurrent allocator wait and then see our value; on SQLite the transaction's
+    # BEGIN IMMEDIATE (store.db) already holds the write lock. Either way no two tasks
+    # get one number, and a rolled-back insert gives its number back.
+    bump = (
+        sa.update(repos)
+        .where(repos.c.id == repo_id)
+        .values(next_task_number=repos.c.next_task_number + 1)
+        .returning(repos.c.key_prefix, repos.c.next_task_number)
+    )
+    allocated = conn.execute(bump).one_or_none()
+    if allocated is None:
+        msg = f"no repo with id {repo_id}"
+        raise NotFoundError(msg)
+    number = int(allocated.next_task_number) - 1
+    stmt = (
+        sa.insert(tasks)
+        .values(
+            key=f"{allocated.key_prefix}-{number}",
+            repo_id=repo_id,
+            number=number,
+            title=title,
+            body=body,
+            stage=stage,
+            state=state,
+            reasons=[],
+            developer_retries=0,
+            infra_retries=0,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(*tasks.c)
+    )
+    task = TaskRow(**conn.execute(stmt).one()._mapping)
+    insert_transition(
+        conn,
+        task_id=task.id,
+        kind="create",
+        from_stage=None,
+        to_stage=stage,
+        from_state=None,
+        to_state=state,
+        reasons=[f"task created at stage {stage}"],
+        actor=actor,
+        now=now,
+    )
+    return task
+
+
+def get_task(conn: sa.Connection, key: str) -> TaskRow | None:
+    """The task with ``key`` (e.g. ``DEMO-7``), or None."""
+    row = conn.execute(sa.select(tasks).where(tasks.c.key == key)).one_or_none()
+    return None if row is None else TaskRow(**row._mapping)
+
+
+def get_task_by_id(conn: sa.Connection, task_id: int) -> TaskRow | None:
+    """The task with id ``task_id``, or None."""
+    row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one_or_none()
+    return None if row is None else TaskRow(**row._mapping)
+
+
+def list_tasks(
+    conn: sa.Connection,
+    *,
+    repo_id: int | None = None,
+    state: str | None = None,
+    stage: str | None = None,
+    limit: int | None = None,
+) -> list[TaskRow]:
+    """Tasks matching every given filter, oldest first."""
+    stmt = sa.select(tasks).order_by(tasks.c.id)
+    if repo_id is not None:
+        stmt = stmt.where(tasks.c.repo_id == repo_id)
+    if state is not None:
+        stmt = stmt.where(tasks.c.state == state)
+    if stage is not None:
+        stmt = stmt.where(tasks.c.stage == stage)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [TaskRow(**row._mapping) for row in conn.execute(stmt)]
+
+
+def update_task(conn: sa.Connection, task_id: int, *, now: float, **fields: object) -> TaskRow:
+    """Set ``fields`` of the task; an unknown or fixed column is a ValueError."""
+    values = {**_checked_fields(tasks, fields), "updated_at": now}
+    row = _update(conn, tasks, tasks.c.id == task_id, values, f"no task with id {task_id}")
+    return TaskRow(**row._mapping)
+
+
+def count_tasks_by(conn: sa.Connection) -> dict[tuple[str, str], int]:
+    """How many tasks stand at each (stage, state)."""
+    stmt = sa.select(tasks.c.stage, tasks.c.state, sa.func.count()).group_by(
+        tasks.c.stage, tasks.c.state
+    )
+    return {(stage, state): int(n) for stage, state, n in conn.execute(stmt)}
+
+
+# ---- transitions -------------------------------------------------------------------------
+
+
+def insert_transition(
+    conn: sa.Connection,
+    *,
+    task_id: int,
+    kind: str,
+    from_stage: str | None,
+    to_stage: str | None,
+    from_state: str | None,
+    to_state: str | None,
+    reasons: Iterable[str],
+    actor: str,
+    now: float,
+    job_id: int | None = None,
+) -> TransitionRow:
+    """Append one entry to the task's history."""
+    stmt = (
+        sa.insert(transitions)
+        .values(
+            task_id=task_id,
+            job_id=job_id,
+            kind=kind,
+            from_stage=from_stage,
+            to_stage=to_stage,
+            from_state=from_state,
+            to_state=to_state,
+            reasons=list(reasons),
+            actor=actor,
+            at=now,
+        )
+        .returning(*transitions.c)
+    )
+    return TransitionRow(**conn.execute(stmt).one()._mapping)
+
+
+def list_transitions(conn: sa.Connection, task_id: int) -> list[TransitionRow]:
+    """The task's history, in the order it happened."""
+    stmt = sa.select(transitions).where(transitions.c.task_id == task_id).order_by(transitions.c.id)
+    return [TransitionRow(**row._mapping) for row in conn.execute(stmt)]
+
+
+# ---- jobs --------------------------------------------------------------------------------
+
+
+def insert_job(
+    conn: sa.Connection,
+    *,
+    task_id: int,
+    stage: str,
+    agent: str,
+    attempt: int,
+    now: float,
+    not_before: float | None = None,
+    serial_key: str | None = None,
+) -> JobRow:
+    """Queue a job; it may start once ``now >= not_before`` (None: at once)."""
+    stmt = (
+        sa.insert(jobs)
+        .values(
+            task_id=task_id,
+            stage=stage,
+            agent=agent,
+            attempt=attempt,
+            state="queued",
+            reasons=[],
+            not_before=0.0 if not_before is None else not_before,
+            cancel_requested=False,
+            serial_key=serial_key,
+            created_at=now,
+        )
+        .returning(*jobs.c)
+    )
+    return JobRow(**conn.execute(stmt).one()._mapping)
+
+
+def get_job(conn: sa.Connection, job_id: int) -> JobRow | None:
+    """The job with id ``job_id``, or None."""
+    row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
+    return None if row is None else JobRow(**row._mapping)
+
+
+def list_jobs(
+    conn: sa.Connection, *, task_id: int | None = None, state: str | None = None
+) -> list[JobRow]:
+    """Jobs matching every given filter, oldest first."""
+    stmt = sa.select(jobs).order_by(jobs.c.id)
+    if task_id is not None:
+        stmt = stmt.where(jobs.c.task_id == task_id)
+    if state is not None:
+        stmt = stmt.where(jobs.c.state == state)
+    return [JobRow(**row._mapping) for row in conn.execute(stmt)]
+
+
+def update_job(conn: sa.Connection, job_id: int, **fields: object) -> JobRow:
+    """Set ``fields`` of the job; an unknown or fixed column is a ValueError."""
+    values = _checked_fields(jobs, fields)
+    row = _update(conn, jobs, jobs.c.id == job_id, values, f"no job with id {job_id}")
+    return JobRow(**row._mapping)
+
+
+def next_attempt(conn: sa.Connection, task_id: int, stage: str) -> int:
+    """The attempt number the task's next job at ``stage`` gets: 1 for the first."""
+    stmt = sa.select(sa.func.max(jobs.c.attempt)).where(
+        jobs.c.task_id == task_id, jobs.c.stage == stage
+    )
+    last = conn.execute(stmt).scalar_one()
+    return 1 if last is None else int(last) + 1
+
+
+# ---- alerts ------------------------------------------------------------------------------
+
+
+def insert_alert(
+    conn: sa.Connection,
+    *,
+    kind: str,
+    severity: str,
+    message: str,
+    reasons: Iterable[str],
+    now: float,
+    task_id: int | None = None,
+    repo_id: int | None = None,
+) -> AlertRow:
+    """Record an alert; sinks deliver it later and set ``delivered_at``."""
+    stmt = (
+        sa.insert(alerts)
+        .values(
+            task_id=task_id,
+            repo_id=repo_id,
+            kind=kind,
+            severity=severity,
+            message=message,
+            reasons=list(reasons),
+            created_at=now,
+            delivery_attempts=0,
+        )
+        .returning(*alerts.c)
+    )
+    return AlertRow(**conn.execute(stmt).one()._mapping)
+
+
+def list_alerts(
+    conn: sa.Connection, *, limit: int | None = 100, undelivered: bool = False
+) -> list[AlertRow]:
+    """Alerts, newest first; ``undelivered`` keeps those no sink has delivered yet."""
+    stmt = sa.select(alerts).order_by(alerts.c.created_at.desc(), alerts.c.id.desc())
+    if undelivered:
+        stmt = stmt.where(alerts.c.delivered_at.is_(None))
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [AlertRow(**row._mapping) for row in conn.execute(stmt)]
+
+
+def update_alert(conn: sa.Connection, alert_id: int, **fields: object) -> AlertRow:
+    """Set ``fields`` of the alert (delivery, acknowledgement); unknown is a ValueError."""
+    values = _checked_fields(alerts, fields)
+    row = _update(conn, alerts, alerts.c.id == alert_id, values, f"no alert with id {alert_id}")
+    return AlertRow(**row._mapping)

@@ -1,0 +1,230 @@
+"""The one schema, for SQLite and PostgreSQL alike (SQLAlchemy Core, no ORM).
+
+Conventions that every table follows:
+
+- Times are epoch seconds as floats, in columns named ``*_at``, and are always written from
+  a ``now`` the caller passes: no server default reads a clock, so tests control time.
+- JSON columns become JSONB on PostgreSQL; Python ``None`` is stored as SQL NULL, not as the
+  JSON literal ``null``, so ``IS NULL`` means what it says.
+- Closed vocabularies (states, outcomes, kinds) are CHECK constraints; the allowed values
+  are the tuples below, and a test keeps them in step with ``orchestrator.domain``.
+
+Changing anything here needs a migration in ``migrations/versions``; the schema-snapshot
+test fails until there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+TASK_STATES = ("active", "deferred", "blocked", "done", "cancelled")
+JOB_STATES = ("queued", "running", "finished")
+JOB_OUTCOMES = ("completed", "timeout", "crashed", "lock-busy", "not-started")
+VERDICTS = ("PASS", "FAIL")
+TRANSITION_KINDS = (
+    "create",
+    "advance",
+    "rollback",
+    "defer",
+    "block",
+    "done",
+    "cancel",
+    "retry",
+    "approve",
+)
+ALERT_SEVERITIES = ("info", "warning", "critical")
+
+# Deterministic constraint names: Alembic's batch mode on SQLite can only drop or alter a
+# constraint it can name, and the snapshot test compares names across both backends.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def json_type() -> sa.types.TypeEngine[object]:
+    """JSON, JSONB on PostgreSQL; ``None`` is SQL NULL."""
+    return sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def in_check(column: str, values: Sequence[str]) -> str:
+    """The SQL of a CHECK that ``column`` holds one of ``values``."""
+    listed = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({listed})"
+
+
+class Float(sa.types.TypeDecorator[float]):
+    """``sa.Float`` that always reads back a Python float.
+
+    SQLite's RETURNING hands back a REAL column's integral value (``1.0``) as the integer
+    ``1``, before the column affinity applies; a plain SELECT would give ``1.0``.
+    """
+
+    impl = sa.Float
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> float | None:
+        return None if value is None else float(value)
+
+
+def time_column(name: str, *, nullable: bool = False) -> sa.Column[float]:
+    """An epoch-seconds column, written by the caller's ``now``."""
+    return sa.Column(name, Float(), nullable=nullable)
+
+
+# The serial gate: at most one *running* job per serial key (a repo's serialized stages).
+# The database enforces it, so two workers on two machines cannot both start a deploy.
+SERIAL_GATE_WHERE = "state = 'running' AND serial_key IS NOT NULL"
+
+repos = sa.Table(
+    "repos",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("name", sa.String(), nullable=False, unique=True),
+    sa.Column("path", sa.String(), nullable=False),
+    sa.Column("main_branch", sa.String(), nullable=False, server_default="main"),
+    sa.Column("remote", sa.String(), nullable=True),
+    sa.Column("key_prefix", sa.String(), nullable=False, unique=True),
+    sa.Column("next_task_number", sa.Integer(), nullable=False, server_default=sa.text("1")),
+    sa.Column("test_cmd", json_type(), nullable=True),
+    sa.Column("staging_cmd", json_type(), nullable=True),
+    sa.Column("deploy_cmd", json_type(), nullable=True),
+    sa.Column("health_url", sa.String(), nullable=True),
+    sa.Column("stages", json_type(), nullable=False),
+    sa.Column("agents", json_type(), nullable=False),
+    sa.Column("agent_env", json_type(), nullable=False),
+    sa.Column("options", json_type(), nullable=False),
+    sa.Column("self_hosting", sa.Boolean(), nullable=False, server_default=sa.false()),
+    time_column("created_at"),
+    time_column("updated_at"),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("key", sa.String(), nullable=False, unique=True),
+    sa.Column("repo_id", sa.Integer(), sa.ForeignKey("repos.id"), nullable=False),
+    sa.Column("number", sa.Integer(), nullable=False),
+    sa.Column("title", sa.String(), nullable=False),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("stage", sa.String(), nullable=False),
+    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("reasons", json_type(), nullable=False),
+    sa.Column("developer_retries", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Column("infra_retries", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    time_column("created_at"),
+    time_column("updated_at"),
+    sa.UniqueConstraint("repo_id", "number"),
+    sa.CheckConstraint(in_check("state", TASK_STATES), name="state"),
+    sa.Index(None, "state", "stage"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("stage", sa.String(), nullable=False),
+    sa.Column("agent", sa.String(), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("outcome", sa.String(), nullable=True),
+    sa.Column("verdict", sa.String(), nullable=True),
+    sa.Column("reasons", json_type(), nullable=False),
+    sa.Column("exit_code", sa.Integer(), nullable=True),
+    sa.Column("pid", sa.Integer(), nullable=True),
+    sa.Column("pgid", sa.Integer(), nullable=True),
+    sa.Column("host", sa.String(), nullable=True),
+    sa.Column("lease_owner", sa.String(), nullable=True),
+    time_column("lease_expires_at", nullable=True),
+    sa.Column("not_before", Float(), nullable=False),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("serial_key", sa.String(), nullable=True),
+    sa.Column("log_path", sa.String(), nullable=True),
+    time_column("created_at"),
+    time_column("started_at", nullable=True),
+    time_column("finished_at", nullable=True),
+    sa.Column("cost_usd", Float(), nullable=True),
+    sa.Column("tokens_in", sa.Integer(), nullable=True),
+    sa.Column("tokens_out", sa.Integer(), nullable=True),
+    sa.UniqueConstraint("task_id", "stage", "attempt"),
+    sa.CheckConstraint(in_check("state", JOB_STATES), name="state"),
+    sa.CheckConstraint(in_check("outcome", JOB_OUTCOMES), name="outcome"),
+    sa.CheckConstraint(in_check("verdict", VERDICTS), name="verdict"),
+    sa.Index(None, "state", "not_before"),
+    sa.Index(
+        "uq_jobs_running_serial_key",
+        "serial_key",
+        unique=True,
+        sqlite_where=sa.text(SERIAL_GATE_WHERE),
+        postgresql_where=sa.text(SERIAL_GATE_WHERE),
+    ),
+)
+
+transitions = sa.Table(
+    "transitions",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("job_id", sa.Integer(), sa.ForeignKey("jobs.id"), nullable=True),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("from_stage", sa.String(), nullable=True),
+    sa.Column("to_stage", sa.String(), nullable=True),
+    sa.Column("from_state", sa.String(), nullable=True),
+    sa.Column("to_state", sa.String(), nullable=True),
+    sa.Column("reasons", json_type(), nullable=False),
+    sa.Column("actor", sa.String(), nullable=False),
+    time_column("at"),
+    sa.CheckConstraint(in_check("kind", TRANSITION_KINDS), name="kind"),
+    sa.Index(None, "task_id"),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=True),
+    sa.Column("repo_id", sa.Integer(), sa.ForeignKey("repos.id"), nullable=True),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("severity", sa.String(), nullable=False),
+    sa.Column("message", sa.Text(), nullable=False),
+    sa.Column("reasons", json_type(), nullable=False),
+    time_column("created_at"),
+    time_column("delivered_at", nullable=True),
+    sa.Column("delivery_attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    time_column("acknowledged_at", nullable=True),
+    sa.CheckConstraint(in_check("severity", ALERT_SEVERITIES), name="severity"),
+    sa.Index(None, "delivered_at"),
+)
+
+# Settings every worker on this database obeys, by key (e.g. "paused": the kill switch).
+control = sa.Table(
+    "control",
+    metadata,
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("value", json_type(), nullable=False),
+    time_column("updated_at"),
+)
+
+# Live workers and their last heartbeat; a clean stop deletes the row.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("name", sa.String(), nullable=False),
+    sa.Column("host", sa.String(), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    time_column("started_at"),
+    time_column("heartbeat_at"),
+    sa.Index(None, "heartbeat_at"),
+)

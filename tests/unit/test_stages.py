@@ -1,0 +1,152 @@
+"""next_transition: every edge of STAGE_TRANSITIONS, with budgets and reasons."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import (
+    DEFAULT_STAGES,
+    PIPELINE,
+    SERIAL_STAGES,
+    STAGE_TRANSITIONS,
+    Budgets,
+    Stage,
+    State,
+    TaskView,
+    TransitionKind,
+    next_stage,
+    next_transition,
+    validate_pipeline,
+)
+from orchestrator.domain.verdicts import Verdict, VerdictStatus, failed, passed
+from orchestrator.errors import UsageError
+
+BUDGETS = Budgets(developer_retry_budget=2, infra_retry_budget=2, infra_retry_backoff_s=5)
+TASK = TaskView("DEMO-1", DEFAULT_STAGES)
+OK = passed("ok")
+BAD = failed("tests red")
+
+
+def test_table_matches_design() -> None:
+    assert PIPELINE == (
+        Stage.ANALYSIS,
+        Stage.DEVELOPMENT,
+        Stage.TESTING,
+        Stage.DEPLOY_STAGING,
+        Stage.DEPLOY,
+        Stage.POST_DEPLOY_MONITOR,
+    )
+    assert {Stage.DEPLOY_STAGING, Stage.DEPLOY, Stage.POST_DEPLOY_MONITOR} == SERIAL_STAGES
+    assert STAGE_TRANSITIONS[Stage.TESTING].artifact == "13-test-report.md"
+    assert "check_branch_mergeable" in STAGE_TRANSITIONS[Stage.DEPLOY_STAGING].checks
+
+
+@pytest.mark.parametrize(
+    ("stage", "to"),
+    [
+        (Stage.DEVELOPMENT, Stage.TESTING),
+        (Stage.TESTING, Stage.DEPLOY_STAGING),
+        (Stage.DEPLOY_STAGING, Stage.DEPLOY),
+        (Stage.DEPLOY, Stage.POST_DEPLOY_MONITOR),
+    ],
+)
+def test_pass_advances(stage: Stage, to: Stage) -> None:
+    t = next_transition(TASK, stage, OutcomeKind.COMPLETED, OK, BUDGETS)
+    assert (t.kind, t.to_stage, t.to_state) == (TransitionKind.ADVANCE, to, State.ACTIVE)
+    assert t.reasons[0] == f"{stage.value}: PASS"
+
+
+def test_last_stage_pass_is_done() -> None:
+    t = next_transition(TASK, Stage.POST_DEPLOY_MONITOR, OutcomeKind.COMPLETED, OK, BUDGETS)
+    assert (t.kind, t.to_state) == (TransitionKind.DONE, State.DONE)
+    short = TaskView("X-1", validate_pipeline(["development", "testing", "deploy-staging"]))
+    t = next_transition(short, Stage.DEPLOY_STAGING, OutcomeKind.COMPLETED, OK, BUDGETS)
+    assert t.kind is TransitionKind.DONE
+
+
+@pytest.mark.parametrize("stage", [Stage.DEVELOPMENT, Stage.TESTING, Stage.DEPLOY_STAGING])
+def test_fail_rolls_back_within_budget_then_blocks(stage: Stage) -> None:
+    t = next_transition(TASK, stage, OutcomeKind.COMPLETED, BAD, BUDGETS)
+    assert (t.kind, t.to_stage) == (TransitionKind.ROLLBACK, Stage.DEVELOPMENT)
+    assert t.spends_developer_retry
+    assert "tests red" in t.reasons
+    spent = TaskView("DEMO-1", DEFAULT_STAGES, developer_retries=2)
+    t = next_transition(spent, stage, OutcomeKind.COMPLETED, BAD, BUDGETS)
+    assert (t.kind, t.to_state, t.alert) == (
+        TransitionKind.BLOCK,
+        State.BLOCKED,
+        "developer-budget-exhausted",
+    )
+
+
+@pytest.mark.parametrize("stage", [Stage.ANALYSIS, Stage.DEPLOY, Stage.POST_DEPLOY_MONITOR])
+def test_fail_blocks_where_no_rollback(stage: Stage) -> None:
+    t = next_transition(TASK, stage, OutcomeKind.COMPLETED, BAD, BUDGETS)
+    assert (t.kind, t.to_state, t.alert) == (TransitionKind.BLOCK, State.BLOCKED, "task-blocked")
+
+
+@pytest.mark.parametrize("outcome", [o for o in OutcomeKind if o.is_tool_error])
+def test_tool_error_defers_with_backoff_then_blocks(outcome: OutcomeKind) -> None:
+    t = next_transition(TASK, Stage.TESTING, outcome, None, BUDGETS)
+    assert (t.kind, t.to_stage, t.to_state) == (
+        TransitionKind.DEFER,
+        Stage.TESTING,
+        State.DEFERRED,
+    )
+    assert t.backoff_s == 5
+    assert not t.spends_developer_retry
+    second = TaskView("DEMO-1", DEFAULT_STAGES, infra_retries=1)
+    assert next_transition(second, Stage.TESTING, outcome, None, BUDGETS).backoff_s == 10
+    spent = TaskView("DEMO-1", DEFAULT_STAGES, infra_retries=2)
+    t = next_transition(spent, Stage.TESTING, outcome, OK, BUDGETS)
+    assert (t.kind, t.alert) == (TransitionKind.BLOCK, "infra-budget-exhausted")
+    assert any("treated as FAILED" in r for r in t.reasons)
+
+
+def test_gate_infra_trouble_defers_and_keeps_stage() -> None:
+    v = Verdict(VerdictStatus.FAIL, ["re-test timed out"], tool_error="timeout")
+    t = next_transition(TASK, Stage.DEPLOY_STAGING, OutcomeKind.COMPLETED, v, BUDGETS)
+    assert (t.kind, t.to_stage) == (TransitionKind.DEFER, Stage.DEPLOY_STAGING)
+    assert "re-test timed out" in t.reasons
+
+
+def test_no_verdict_fails_closed() -> None:
+    t = next_transition(TASK, Stage.TESTING, OutcomeKind.COMPLETED, None, BUDGETS)
+    assert t.kind is TransitionKind.ROLLBACK
+
+
+@given(
+    st.sampled_from(PIPELINE),
+    st.sampled_from(list(OutcomeKind)),
+    st.one_of(st.none(), st.sampled_from([OK, BAD])),
+    st.integers(0, 5),
+    st.integers(0, 5),
+)
+def test_property_only_completed_pass_moves_forward(
+    stage: Stage, outcome: OutcomeKind, verdict: Verdict | None, dev: int, infra: int
+) -> None:
+    task = TaskView("P-1", PIPELINE, developer_retries=dev, infra_retries=infra)
+    t = next_transition(task, stage, outcome, verdict, BUDGETS)
+    forward = t.kind in (TransitionKind.ADVANCE, TransitionKind.DONE)
+    assert forward == (outcome is OutcomeKind.COMPLETED and verdict is OK)
+    assert t.reasons
+    if outcome.is_tool_error:
+        assert t.kind in (TransitionKind.DEFER, TransitionKind.BLOCK)
+
+
+def test_validate_pipeline() -> None:
+    assert validate_pipeline(["testing", "development", "deploy-staging"]) == (
+        Stage.DEVELOPMENT,
+        Stage.TESTING,
+        Stage.DEPLOY_STAGING,
+    )
+    with pytest.raises(UsageError, match="unknown stage 'qa'"):
+        validate_pipeline(["development", "qa"])
+    with pytest.raises(UsageError, match="cannot be left out"):
+        validate_pipeline(["development"])
+    with pytest.raises(UsageError, match="needs the deploy stage"):
+        validate_pipeline(["development", "testing", "deploy-staging", "post-deploy-monitor"])
+    assert next_stage(DEFAULT_STAGES, Stage.DEPLOY_STAGING) is Stage.DEPLOY
