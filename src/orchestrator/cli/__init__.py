@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from orchestrator import __version__
-from orchestrator.cli import misc, repo, task
+from orchestrator.cli import engine_cmds, misc, repo, task
 from orchestrator.cli._common import set_home
 
 app = typer.Typer(
@@ -41,6 +41,11 @@ def root(
 
 app.command("init")(misc.init)
 app.command("status")(misc.status)
+app.command("run")(engine_cmds.run_cmd)
+app.command("worker")(engine_cmds.worker_cmd)
+app.command("pause")(engine_cmds.pause)
+app.command("resume")(engine_cmds.resume)
+app.command("alerts")(engine_cmds.alerts_cmd)
 app.add_typer(repo.app, name="repo")
 app.add_typer(task.app, name="task")
 app.add_typer(misc.db_app, name="db")

@@ -1,0 +1,128 @@
+"""Alerts: what a human must see. Stored in the DB, logged, and POSTed to a webhook.
+
+The DB row is written in the same transaction as the decision that raised it, so an alert
+is never lost and never raised for a decision that did not commit. Delivery to the webhook
+happens afterwards, in the background, with bounded retries: a webhook that is down never
+stalls the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from orchestrator.store import queries
+from orchestrator.store.queries import AlertRow
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_ATTEMPTS = 3
+WEBHOOK_TIMEOUT_S = 5.0
+WEBHOOK_BACKOFF_S = 0.5
+
+SEVERITY = {
+    "infra-budget-exhausted": "critical",
+    "developer-budget-exhausted": "warning",
+    "task-blocked": "warning",
+    "awaiting-human": "info",
+}
+
+
+def raise_alert(
+    conn: sa.Connection,
+    *,
+    kind: str,
+    message: str,
+    reasons: Sequence[str],
+    now: float,
+    task_id: int | None = None,
+    repo_id: int | None = None,
+) -> AlertRow:
+    """Store an alert inside the caller's transaction."""
+    return queries.insert_alert(
+        conn,
+        kind=kind,
+        severity=SEVERITY.get(kind, "warning"),
+        message=message,
+        reasons=list(reasons),
+        now=now,
+        task_id=task_id,
+        repo_id=repo_id,
+    )
+
+
+def payload(alert: AlertRow) -> dict[str, object]:
+    """The webhook body: Slack-compatible ``text`` plus the structured fields."""
+    text = f"[{alert.severity}] {alert.message}"
+    if alert.reasons:
+        text += "\n" + "\n".join(f"- {r}" for r in alert.reasons)
+    return {
+        "text": text,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "message": alert.message,
+        "reasons": list(alert.reasons),
+        "alert_id": alert.id,
+        "created_at": alert.created_at,
+    }
+
+
+def post_webhook(url: str, body: dict[str, object], *, timeout_s: float = WEBHOOK_TIMEOUT_S) -> str:
+    """POST JSON once; returns '' on a 2xx, else what went wrong."""
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(  # noqa: S310 (the URL is the operator's own setting)
+        url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
+            code = int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        return f"unreachable: {exc}"
+    return "" if 200 <= code < 300 else f"HTTP {code}"
+
+
+def deliver(
+    engine: sa.Engine,
+    alert: AlertRow,
+    url: str,
+    *,
+    attempts: int = WEBHOOK_ATTEMPTS,
+    backoff_s: float = WEBHOOK_BACKOFF_S,
+) -> bool:
+    """Log the alert and POST it, retrying a bounded number of times."""
+    log.warning("alert: %s", alert.message, extra={"action": "alert", "kind": alert.kind})
+    if not url:
+        return False
+    body = payload(alert)
+    for attempt in range(1, attempts + 1):
+        problem = post_webhook(url, body)
+        with engine.begin() as conn:
+            queries.update_alert(
+                conn,
+                alert.id,
+                delivery_attempts=attempt,
+                **({"delivered_at": time.time()} if not problem else {}),
+            )
+        if not problem:
+            return True
+        log.warning("alert webhook failed (%s), attempt %d of %d", problem, attempt, attempts)
+        if attempt < attempts:
+            time.sleep(backoff_s * (2 ** (attempt - 1)))
+    return False
+
+
+def deliver_in_background(engine: sa.Engine, alerts: Sequence[AlertRow], url: str) -> None:
+    """Deliver after commit without holding up the caller."""
+    for alert in alerts:
+        threading.Thread(
+            target=deliver, args=(engine, alert, url), name=f"alert-{alert.id}", daemon=True
+        ).start()

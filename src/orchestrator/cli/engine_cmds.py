@@ -1,0 +1,134 @@
+"""`orch run`, `orch worker`, `orch pause`, `orch resume`, `orch alerts`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from orchestrator.cli._common import ago, console, print_json, run, settings
+from orchestrator.store import control, queries
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+LogFormat = Annotated[str, typer.Option("--log-format", help="text or json.")]
+
+
+def _setup_logging(fmt: str) -> None:
+    from orchestrator.logs import configure
+
+    configure(fmt)
+
+
+def _loop(name: str, until_idle: bool, drain: bool, log_format: str) -> None:
+    from orchestrator.engine.worker import Worker
+    from orchestrator.ops import open_engine
+
+    _setup_logging(log_format)
+    st = run(settings)
+    engine = run(lambda: open_engine(st))
+    worker = Worker(st, engine, name=name)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).warning(
+            "signal %d: stopping (%s)", signum, "draining" if drain else "re-queueing"
+        )
+        worker.stop(drain=drain)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run(until_idle=until_idle)
+    engine.dispose()
+
+
+def run_cmd(
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Return when no task can move.")
+    ] = False,
+    drain: Annotated[
+        bool, typer.Option("--drain", help="On SIGTERM wait for running jobs.")
+    ] = False,
+    log_format: LogFormat = "text",
+) -> None:
+    """Run the scheduler in the foreground."""
+    _loop("run", until_idle, drain, log_format)
+
+
+def worker_cmd(
+    drain: Annotated[
+        bool, typer.Option("--drain", help="On SIGTERM wait for running jobs.")
+    ] = False,
+    log_format: LogFormat = "text",
+) -> None:
+    """Run an extra worker process on the same database."""
+    _loop("worker", False, drain, log_format)
+
+
+def _set_paused(paused: bool) -> None:
+    from orchestrator.ops import open_engine
+
+    def go() -> None:
+        with open_engine(settings()).begin() as conn:
+            control.set_paused(conn, paused, now=time.time())
+
+    run(go)
+    console.print("paused: no new jobs are claimed" if paused else "resumed")
+
+
+def pause() -> None:
+    """Global kill switch: workers claim no new jobs (running ones finish)."""
+    _set_paused(True)
+
+
+def resume() -> None:
+    """Let workers claim jobs again."""
+    _set_paused(False)
+
+
+def alerts_cmd(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List alerts, newest first."""
+    from orchestrator.ops import open_engine
+
+    def load() -> list[dict[str, Any]]:
+        with open_engine(settings()).connect() as conn:
+            keys = {t.id: t.key for t in queries.list_tasks(conn)}
+            return [
+                {
+                    "id": a.id,
+                    "kind": a.kind,
+                    "severity": a.severity,
+                    "message": a.message,
+                    "reasons": list(a.reasons),
+                    "task": keys.get(a.task_id or -1),
+                    "created_at": a.created_at,
+                    "delivered_at": a.delivered_at,
+                    "delivery_attempts": a.delivery_attempts,
+                }
+                for a in queries.list_alerts(conn, limit=limit)
+            ]
+
+    rows = run(load)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no alerts")
+        return
+    now = time.time()
+    table = Table("id", "when", "severity", "task", "message")
+    for a in rows:
+        table.add_row(
+            str(a["id"]),
+            ago(a["created_at"], now),
+            str(a["severity"]),
+            str(a["task"] or "-"),
+            str(a["message"]),
+        )
+    console.print(table)

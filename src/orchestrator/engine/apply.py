@@ -1,0 +1,193 @@
+"""Apply the end of a job in ONE transaction: finish it, move the task, record, queue next.
+
+A crash leaves either the old state (the job still running under a dead lease, to be
+re-queued) or the whole new one; never a finished job without its transition, or a
+transition without its next job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from orchestrator.alerts import raise_alert
+from orchestrator.config import Settings
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import (
+    Budgets,
+    Stage,
+    State,
+    TaskView,
+    Transition,
+    TransitionKind,
+    next_transition,
+)
+from orchestrator.domain.verdicts import Verdict
+from orchestrator.engine.launch import JobResult
+from orchestrator.ops import queue_job
+from orchestrator.store import jobs as jobq
+from orchestrator.store import queries
+from orchestrator.store.queries import AlertRow, JobRow
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying a job's end did."""
+
+    transition: Transition | None
+    alerts: list[AlertRow] = field(default_factory=list)
+    next_job: JobRow | None = None
+    # Our lease was gone (another worker took the job over): nothing was written.
+    fenced_out: bool = False
+
+
+def budgets_for(settings: Settings, stage: Stage, agent: str) -> Budgets:
+    """The budgets in force for a job of ``agent`` at ``stage``."""
+    infra = settings.infra_retry_budget
+    if stage is Stage.DEPLOY_STAGING and agent == "staging-runner":
+        infra = settings.staging_runner_infra_retry_budget
+    return Budgets(
+        developer_retry_budget=settings.developer_retry_budget,
+        infra_retry_budget=infra,
+        infra_retry_backoff_s=settings.infra_retry_backoff_s,
+    )
+
+
+def apply_job_end(
+    conn: sa.Connection,
+    *,
+    settings: Settings,
+    job: JobRow,
+    owner: str,
+    result: JobResult,
+    verdict: Verdict | None,
+    now: float,
+) -> Applied:
+    """Finish ``job`` and apply the decision; must run inside the caller's transaction."""
+    task = queries.get_task_by_id(conn, job.task_id)
+    assert task is not None
+    repo = queries.get_repo_by_id(conn, task.repo_id)
+    assert repo is not None
+    stage = Stage(job.stage)
+    verdict_name = None if verdict is None else verdict.status.value
+
+    if task.state == State.CANCELLED:
+        ok = jobq.finish_job(
+            conn,
+            job.id,
+            owner,
+            now=now,
+            outcome=result.outcome.value,
+            verdict=None,
+            reasons=["task was cancelled", *result.reasons],
+            exit_code=result.exit_code,
+        )
+        return Applied(None, fenced_out=not ok)
+
+    if result.awaiting_human:
+        ok = jobq.finish_job(
+            conn,
+            job.id,
+            owner,
+            now=now,
+            outcome=OutcomeKind.COMPLETED.value,
+            verdict=None,
+            reasons=result.reasons,
+            exit_code=None,
+        )
+        if not ok:
+            return Applied(None, fenced_out=True)
+        reasons = [f"{stage.value}: awaiting human", *result.reasons]
+        t = Transition(
+            TransitionKind.BLOCK, stage, stage, State.BLOCKED, reasons, alert="awaiting-human"
+        )
+    else:
+        view = TaskView(
+            task.key,
+            tuple(Stage(s) for s in repo.stages),
+            developer_retries=task.developer_retries,
+            infra_retries=task.infra_retries,
+        )
+        job_reasons = list(result.reasons)
+        t = next_transition(
+            view, stage, result.outcome, verdict, budgets_for(settings, stage, job.agent)
+        )
+        # What the process said (a patch that does not apply, a timeout) belongs with the
+        # decision's reasons, so the history explains itself without opening the job.
+        extra = [r for r in job_reasons if r not in t.reasons]
+        t = dataclasses.replace(t, reasons=[*t.reasons, *extra])
+        ok = jobq.finish_job(
+            conn,
+            job.id,
+            owner,
+            now=now,
+            outcome=result.outcome.value,
+            verdict=verdict_name,
+            reasons=[*job_reasons, *(verdict.reasons if verdict else [])],
+            exit_code=result.exit_code,
+            cost_usd=result.cost_usd,
+            tokens_in=result.tokens_in,
+            tokens_out=result.tokens_out,
+        )
+        if not ok:
+            return Applied(None, fenced_out=True)
+
+    developer_retries = task.developer_retries + (1 if t.spends_developer_retry else 0)
+    infra_retries = task.infra_retries + (1 if t.spends_infra_retry else 0)
+    if t.to_stage is not stage:
+        # The infra budget is spent per stage visit: a new stage starts with a full one.
+        infra_retries = 0
+    queries.update_task(
+        conn,
+        task.id,
+        now=now,
+        stage=t.to_stage.value,
+        state=t.to_state.value,
+        reasons=t.reasons,
+        developer_retries=developer_retries,
+        infra_retries=infra_retries,
+    )
+    queries.insert_transition(
+        conn,
+        task_id=task.id,
+        job_id=job.id,
+        kind=t.kind.value,
+        from_stage=stage.value,
+        to_stage=t.to_stage.value,
+        from_state=task.state,
+        to_state=t.to_state.value,
+        reasons=t.reasons,
+        actor="engine",
+        now=now,
+    )
+    fresh = queries.get_task_by_id(conn, task.id)
+    assert fresh is not None
+    next_job: JobRow | None = None
+    if t.kind in (TransitionKind.ADVANCE, TransitionKind.ROLLBACK):
+        next_job = queue_job(conn, repo, fresh, t.to_stage, now=now)
+    elif t.kind is TransitionKind.DEFER:
+        next_job = queue_job(
+            conn,
+            repo,
+            fresh,
+            t.to_stage,
+            now=now,
+            not_before=now + (t.backoff_s or 0.0),
+            agent=job.agent,
+        )
+    alerts: list[AlertRow] = []
+    if t.alert is not None:
+        alerts.append(
+            raise_alert(
+                conn,
+                kind=t.alert,
+                message=f"{task.key} {t.kind.value} at {stage.value}",
+                reasons=t.reasons,
+                now=now,
+                task_id=task.id,
+                repo_id=repo.id,
+            )
+        )
+    return Applied(t, alerts, next_job)

@@ -1,0 +1,313 @@
+"""``launch_job``: decide who does a claimed job, run it, and say what the process did.
+
+Reserved deterministic runners are intercepted here, before ``_spawn``, when their
+kill-switch is on and the repo is in scope; otherwise the stage's agent is spawned (the
+hybrid fallback). Whatever happens, the result is a value: an outcome and reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import string
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import proc_group, taskdir
+from orchestrator.agents.registry import (
+    DEFAULT_LLM_BACKEND,
+    RESERVED_RUNNERS,
+    STAGE_ROLES,
+    AgentKind,
+    parse_agent_spec,
+)
+from orchestrator.config import Settings
+from orchestrator.domain import artifacts as A
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
+from orchestrator.errors import UsageError
+from orchestrator.gitops import worktrees
+from orchestrator.runners import deploy_finalizer, post_deploy_monitor, staging_runner, test_runner
+from orchestrator.runners.base import RunContext, RunnerResult, runner_available
+from orchestrator.self_deploy import map_outcome
+from orchestrator.store.queries import JobRow, RepoRow, TaskRow
+
+log = logging.getLogger(__name__)
+
+APPROVED_AGENT = "approved"
+
+# What an agent or runner process may see of our environment. Everything else, the API
+# token and the database URL included, stays with the orchestrator.
+ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "VIRTUAL_ENV")
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything ``launch_job`` needs about one claimed job."""
+
+    job: JobRow
+    task: TaskRow
+    repo: RepoRow
+    settings: Settings
+    task_dir: Path
+    log_path: Path
+    cancel: threading.Event
+    on_start: Callable[[int, int], None] | None = None
+    # Why the previous attempt failed, for the next developer prompt (rollbacks).
+    previous_failure: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What the job's process did (level one of the outcome)."""
+
+    outcome: OutcomeKind
+    reasons: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    worktree: Path | None = None
+    awaiting_human: bool = False
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+def job_marker(job: JobRow) -> str:
+    """The env marker of a job's processes, derivable from its row after a crash."""
+    started = int((job.started_at or 0) * 1000)
+    return f"orch-job-{job.id}-{job.attempt}-{started}"
+
+
+def scrubbed_env(repo: RepoRow, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An allowlisted environment plus the repo's named agent variables."""
+    env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    for name in repo.agent_env:
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.update(extra or {})
+    return env
+
+
+def launch_job(ctx: JobContext) -> JobResult:
+    """Run the job's agent; never raises (an internal error is a tool error)."""
+    try:
+        return _launch(ctx)
+    except Exception as exc:
+        log.exception("launch failed", extra={"task": ctx.task.key, "job": ctx.job.id})
+        return JobResult(OutcomeKind.CRASHED, [f"internal error while launching: {exc!r}"])
+
+
+def _launch(ctx: JobContext) -> JobResult:
+    job, repo, st = ctx.job, ctx.repo, ctx.settings
+    stage = Stage(job.stage)
+    wt = worktrees.ensure_worktree(
+        Path(repo.path), repo.main_branch, st.worktrees_dir, repo.name, ctx.task.key
+    )
+    if wt.path is None:
+        return JobResult(OutcomeKind.NOT_STARTED, [wt.error or "no worktree"])
+    worktree = wt.path
+    if job.agent == APPROVED_AGENT:
+        return JobResult(OutcomeKind.COMPLETED, ["approved by a human; no process"], 0, worktree)
+    try:
+        spec = parse_agent_spec(job.agent, stage)
+    except UsageError as exc:
+        return JobResult(OutcomeKind.NOT_STARTED, [str(exc)], worktree=worktree)
+
+    if spec.kind is AgentKind.RUNNER:
+        ok, why = runner_available(st, spec.backend, repo.name)
+        if ok:
+            res = _run_runner(ctx, spec.backend, worktree)
+            return JobResult(res.outcome, list(res.reasons), res.exit_code, worktree)
+        fallback = repo.agents.get(f"{stage.value}:fallback", DEFAULT_LLM_BACKEND)
+        log.info("runner unavailable, falling back", extra={"task": ctx.task.key, "action": why})
+        result = _spawn(ctx, fallback, stage, worktree)
+        return JobResult(
+            result.outcome,
+            [why, f"fell back to {fallback}", *result.reasons],
+            result.exit_code,
+            worktree,
+            result.awaiting_human,
+        )
+    return _spawn(ctx, job.agent, stage, worktree)
+
+
+def _runner_ctx(ctx: JobContext, worktree: Path) -> RunContext:
+    return RunContext(
+        task_key=ctx.task.key,
+        repo_name=ctx.repo.name,
+        worktree=worktree,
+        artifact_dir=ctx.task_dir,
+        log_path=ctx.log_path,
+        env=scrubbed_env(ctx.repo, {"HOME": os.environ.get("HOME", str(ctx.task_dir))}),
+        settings=ctx.settings,
+        cancel=ctx.cancel,
+        on_start=ctx.on_start,
+        marker=job_marker(ctx.job),
+    )
+
+
+def _run_runner(ctx: JobContext, runner: str, worktree: Path) -> RunnerResult:
+    rctx = _runner_ctx(ctx, worktree)
+    repo = ctx.repo
+    if runner == "test-runner":
+        return test_runner.run_tests(rctx, repo.test_cmd)
+    if runner == "staging-runner":
+        return staging_runner.run_staging(rctx, repo.staging_cmd)
+    if runner == "deploy-finalizer":
+        return deploy_finalizer.run_deploy(rctx, repo.deploy_cmd)
+    if runner == "post-deploy-monitor":
+        opts = repo.options.get("monitor", {}) if isinstance(repo.options, dict) else {}
+        return post_deploy_monitor.run_monitor(
+            rctx,
+            repo.health_url,
+            checks=int(opts.get("checks", 5)),
+            interval_s=float(opts.get("interval_s", 1.0)),
+        )
+    msg = f"no runner {runner!r}"
+    raise AssertionError(msg)
+
+
+def _spawn(ctx: JobContext, agent: str, stage: Stage, worktree: Path) -> JobResult:
+    """Run a non-reserved agent: ``command``, ``patch``, ``manual``; LLM CLIs come later."""
+    spec = parse_agent_spec(agent, stage)
+    if spec.backend == "patch":
+        return _run_patch(ctx, worktree)
+    if spec.backend == "manual":
+        return JobResult(
+            OutcomeKind.COMPLETED,
+            ["awaiting human: `orch task approve KEY` completes it"],
+            worktree=worktree,
+            awaiting_human=True,
+        )
+    if spec.backend == "command":
+        return _run_command(ctx, spec.template, stage, worktree)
+    return JobResult(
+        OutcomeKind.NOT_STARTED,
+        [f"the {spec.backend} backend ({STAGE_ROLES[stage]}) is not available in this version"],
+        worktree=worktree,
+    )
+
+
+def write_prompt(ctx: JobContext, stage: Stage) -> Path:
+    """The prompt file of a job: the task, the artifact to write, and any failure to fix."""
+    artifact = STAGE_TRANSITIONS[stage].artifact
+    keys = ", ".join(
+        f"{k.name}: {'|'.join(sorted(k.values)) if k.values else '<n>'}"
+        for k in A.ARTIFACTS[artifact].keys
+    )
+    task_md = taskdir.read_artifact(ctx.task_dir, A.TASK) or ""
+    parts = [
+        f"# {STAGE_ROLES[stage]} for {ctx.task.key}: {stage.value}",
+        "",
+        task_md,
+        "",
+        f"Write `{artifact}` in {ctx.task_dir} with these keys in YAML front matter: {keys}.",
+    ]
+    if ctx.previous_failure:
+        parts += ["", "## The previous attempt failed", "", ctx.previous_failure]
+    path = ctx.task_dir / "runs" / f"{ctx.job.id}-prompt.md"
+    taskdir.write_atomic(path, "\n".join(parts) + "\n")
+    return path
+
+
+def _run_command(
+    ctx: JobContext, template: tuple[str, ...], stage: Stage, worktree: Path
+) -> JobResult:
+    prompt = write_prompt(ctx, stage)
+    fields = {
+        "prompt_file": str(prompt),
+        "worktree": str(worktree),
+        "artifact_dir": str(ctx.task_dir),
+        "task": ctx.task.key,
+        "stage": stage.value,
+    }
+    # Each argv element is formatted on its own: task text never joins a command line.
+    argv = [string.Formatter().vformat(part, (), fields) for part in template]
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    job_home = ctx.task_dir / "runs" / f"{ctx.job.id}-home"
+    job_home.mkdir(parents=True, exist_ok=True)
+    env = scrubbed_env(
+        ctx.repo,
+        {
+            "HOME": str(job_home),
+            "ORCH_TASK": ctx.task.key,
+            "ORCH_STAGE": stage.value,
+            "ORCH_ATTEMPT": str(ctx.job.attempt),
+            "ORCH_ARTIFACT_DIR": str(ctx.task_dir),
+            "ORCH_WORKTREE": str(worktree),
+            "ORCH_PROMPT_FILE": str(prompt),
+        },
+    )
+    outcome = proc_group.run(
+        proc_group.ExecuteRequest(
+            argv=argv,
+            cwd=worktree,
+            env=env,
+            log_path=ctx.log_path,
+            timeout_s=ctx.settings.agent_timeout_s,
+            grace_s=ctx.settings.kill_grace_s,
+            marker=job_marker(ctx.job),
+        ),
+        cancel=ctx.cancel,
+        on_start=ctx.on_start,
+        tree_kill=ctx.settings.subprocess_tree_kill_enabled,
+    )
+    mapping = map_outcome(outcome, kind="command")
+    reasons = list(mapping.reasons)
+    if mapping.tool_error is not None:
+        return JobResult(OutcomeKind(mapping.tool_error), reasons, outcome.exit_code, worktree)
+    if stage is Stage.DEVELOPMENT:
+        committed, _detail = worktrees.commit_all(
+            worktree, f"{ctx.task.key}: development attempt {ctx.job.attempt} (uncommitted work)"
+        )
+        if committed:
+            reasons.append("the orchestrator committed what the agent left uncommitted")
+    # A non-zero exit is the agent's word; the gate reads the artifact and decides.
+    return JobResult(OutcomeKind.COMPLETED, reasons, outcome.exit_code, worktree)
+
+
+def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
+    """The deterministic developer: apply the newest attached patch and commit it."""
+    patch = taskdir.latest_patch(ctx.task_dir)
+    if patch is None:
+        reasons = ["no patch attached: `orch task retry KEY --patch FILE`"]
+        _dev_report(ctx, "FAILED", reasons)
+        return JobResult(OutcomeKind.COMPLETED, reasons, 1, worktree)
+    applied, detail = worktrees.apply_patch(worktree, patch)
+    if not applied:
+        reasons = [f"{patch.name}: {detail}"]
+        _dev_report(ctx, "FAILED", reasons)
+        return JobResult(OutcomeKind.COMPLETED, reasons, 1, worktree)
+    committed, cdetail = worktrees.commit_all(
+        worktree,
+        f"{ctx.task.key}: {ctx.task.title} (patch {patch.name}, attempt {ctx.job.attempt})",
+    )
+    if not committed:
+        reasons = [f"{patch.name} applied but {cdetail}"]
+        _dev_report(ctx, "FAILED", reasons)
+        return JobResult(OutcomeKind.COMPLETED, reasons, 1, worktree)
+    reasons = [f"applied and committed {patch.name}"]
+    _dev_report(ctx, "DONE", reasons)
+    return JobResult(OutcomeKind.COMPLETED, reasons, 0, worktree)
+
+
+def _dev_report(ctx: JobContext, status: str, reasons: list[str]) -> None:
+    body = "\n".join(f"- {r}" for r in reasons)
+    taskdir.write_atomic(
+        ctx.task_dir / A.DEV_REPORT,
+        A.render_artifact(
+            A.DEV_REPORT,
+            {"dev_status": status, "agent": "patch", "attempt": ctx.job.attempt},
+            body,
+        ),
+    )
+    ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with ctx.log_path.open("a") as fh:
+        fh.write(f"patch backend: {status}\n{body}\n")
+
+
+RESERVED = frozenset(RESERVED_RUNNERS)

@@ -1,0 +1,353 @@
+"""The scheduler loop: claim jobs under leases, run them, apply their ends, recover.
+
+One ``Worker`` per process (``orch run``, ``orch worker``, later ``orch serve``). Jobs run in
+threads that wait on their process groups; the loop itself only claims, heartbeats,
+watches for cancels and the reaper, and sleeps on an Event that a finishing job or a new
+task sets. Changes made by other processes are noticed by a cheap poll about once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from orchestrator import alerts, proc_group, taskdir
+from orchestrator.config import Settings
+from orchestrator.domain import artifacts as A
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage, State
+from orchestrator.engine.apply import apply_job_end
+from orchestrator.engine.launch import JobContext, JobResult, job_marker, launch_job
+from orchestrator.gates.registry import GateContext, run_gates
+from orchestrator.gitops import worktrees
+from orchestrator.store import control, queries
+from orchestrator.store import jobs as jobq
+from orchestrator.store.queries import JobRow
+
+log = logging.getLogger(__name__)
+
+
+def make_worker_id(host: str, pid: int, started: float) -> str:
+    """``host:pid:start-ms``: unique per process start, and names the host it runs on."""
+    return f"{host}:{pid}:{int(started * 1000)}"
+
+
+def parse_worker_id(worker_id: str) -> tuple[str, int | None]:
+    """(host, pid) of a worker id; pid None when it cannot be read."""
+    head, _, _started = worker_id.rpartition(":")
+    host, _, pid = head.rpartition(":")
+    try:
+        return host, int(pid)
+    except ValueError:
+        return host, None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Running:
+    job: JobRow
+    thread: threading.Thread
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.time)
+    stop_reason: str | None = None
+
+
+class Worker:
+    """Claims and runs jobs until stopped (or, with ``until_idle``, until nothing can move)."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine, *, name: str = "worker") -> None:
+        self.settings = settings
+        self.engine = engine
+        self.name = name
+        self.host = socket.gethostname()
+        self.started = time.time()
+        self.id = make_worker_id(self.host, os.getpid(), self.started)
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.drain = False
+        self._running: dict[int, _Running] = {}
+        self._lock = threading.Lock()
+        self.jobs_finished = 0
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def run(self, *, until_idle: bool = False) -> None:
+        """The scheduler loop."""
+        self.recover()
+        st = self.settings
+        last_heartbeat = 0.0
+        last_recovery = time.time()
+        while not self.stopping.is_set():
+            now = time.time()
+            if now - last_heartbeat >= st.heartbeat_interval_s:
+                self._heartbeat(now)
+                last_heartbeat = now
+            if now - last_recovery >= st.job_lease_s / 2:
+                self.recover(startup=False)
+                last_recovery = now
+            self._watch_running(now)
+            if not self._paused():
+                self._claim()
+            if until_idle and self._idle():
+                break
+            self.wake.wait(self._sleep_for())
+            self.wake.clear()
+        self._shutdown()
+
+    def stop(self, *, drain: bool = False) -> None:
+        """Stop claiming; with ``drain`` wait for running jobs, else kill and re-queue them."""
+        self.drain = drain
+        self.stopping.set()
+        self.wake.set()
+
+    def _paused(self) -> bool:
+        if self.settings.paused:
+            return True
+        with self.engine.connect() as conn:
+            return control.is_paused(conn)
+
+    def _sleep_for(self) -> float:
+        timeout = self.settings.poll_interval_s
+        with self.engine.connect() as conn:
+            due = jobq.next_wakeup(conn)
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - time.time()) + 0.01)
+        return max(timeout, 0.01)
+
+    def _idle(self) -> bool:
+        with self._lock:
+            if self._running:
+                return False
+        with self.engine.connect() as conn:
+            return not control.work_pending(conn)
+
+    def _claim(self) -> None:
+        st = self.settings
+        with self._lock:
+            mine = len(self._running)
+        if mine >= st.max_parallel_jobs:
+            return
+        with self.engine.begin() as conn:
+            # The clock is read inside the transaction: on SQLite BEGIN IMMEDIATE may have
+            # waited for another worker, and started_at must not predate the claim.
+            claimed = jobq.claim_jobs(
+                conn,
+                owner=self.id,
+                host=self.host,
+                now=time.time(),
+                lease_s=st.job_lease_s,
+                limits=jobq.ClaimLimits(st.max_parallel_jobs, st.max_parallel_jobs_per_repo),
+            )
+        for job in claimed:
+            thread = threading.Thread(
+                target=self._job_thread, args=(job,), name=f"job-{job.id}", daemon=True
+            )
+            with self._lock:
+                self._running[job.id] = _Running(job, thread)
+            thread.start()
+
+    def _heartbeat(self, now: float) -> None:
+        with self.engine.begin() as conn:
+            jobq.heartbeat(conn, self.id, now=now, lease_s=self.settings.job_lease_s)
+            control.worker_heartbeat(
+                conn,
+                self.id,
+                name=self.name,
+                host=self.host,
+                pid=os.getpid(),
+                started_at=self.started,
+                now=now,
+            )
+
+    def _watch_running(self, now: float) -> None:
+        """Cancels asked for in the DB, and the reaper, for this worker's jobs."""
+        with self._lock:
+            running = list(self._running.values())
+        if not running:
+            return
+        with self.engine.connect() as conn:
+            cancelled = set(control.cancel_requested(conn, [r.job.id for r in running]))
+        for r in running:
+            if r.job.id in cancelled and not r.cancel.is_set():
+                r.stop_reason = "cancel"
+                r.cancel.set()
+            elif now - r.started > self.settings.reaper_max_running_s and not r.cancel.is_set():
+                log.warning("reaper: killing job", extra={"job": r.job.id, "action": "reap"})
+                r.stop_reason = "reaper"
+                r.cancel.set()
+
+    # ---- one job ------------------------------------------------------------------------
+
+    def _job_thread(self, job: JobRow) -> None:
+        with self._lock:
+            running = self._running[job.id]
+        try:
+            self._run_one(job, running)
+        except Exception:
+            log.exception("job thread failed", extra={"job": job.id})
+        finally:
+            with self._lock:
+                self._running.pop(job.id, None)
+            self.jobs_finished += 1
+            self.wake.set()
+
+    def _run_one(self, job: JobRow, running: _Running) -> None:
+        st = self.settings
+        with self.engine.connect() as conn:
+            task = queries.get_task_by_id(conn, job.task_id)
+            assert task is not None
+            repo = queries.get_repo_by_id(conn, task.repo_id)
+            assert repo is not None
+            previous = _previous_failure(conn, job, st.tasks_dir / task.key)
+        folder = taskdir.task_dir(st.tasks_dir, task.key)
+        log_path = taskdir.run_log_path(folder, job.id, job.stage, job.agent)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        def on_start(pid: int, pgid: int) -> None:
+            with self.engine.begin() as conn:
+                jobq.record_process(
+                    conn, job.id, self.id, pid=pid, pgid=pgid, log_path=str(log_path)
+                )
+
+        ctx = JobContext(job, task, repo, st, folder, log_path, running.cancel, on_start, previous)
+        result = launch_job(ctx)
+        if running.stop_reason == "shutdown":
+            with self.engine.begin() as conn:
+                jobq.requeue(
+                    conn,
+                    job.id,
+                    now=time.time(),
+                    owner=self.id,
+                    reason="worker stopped; re-queued without spending a retry",
+                )
+            return
+        if running.stop_reason == "reaper":
+            result = JobResult(
+                OutcomeKind.TIMEOUT,
+                [
+                    f"reaper: ran longer than reaper_max_running_s ({st.reaper_max_running_s:g}s)",
+                    *result.reasons,
+                ],
+                result.exit_code,
+                result.worktree,
+            )
+        verdict = None
+        if result.outcome is OutcomeKind.COMPLETED and not result.awaiting_human:
+            verdict = run_gates(
+                GateContext(task, repo, Stage(job.stage), folder, result.worktree, st)
+            )
+        with self.engine.begin() as conn:
+            applied = apply_job_end(
+                conn,
+                settings=st,
+                job=job,
+                owner=self.id,
+                result=result,
+                verdict=verdict,
+                now=time.time(),
+            )
+        if applied.fenced_out:
+            log.warning("lost the lease; another worker owns the job now", extra={"job": job.id})
+            return
+        if applied.alerts:
+            alerts.deliver_in_background(self.engine, applied.alerts, st.alert_webhook_url)
+        t = applied.transition
+        log.info(
+            "%s %s: %s",
+            task.key,
+            job.stage,
+            t.kind.value if t else "cancelled",
+            extra={"task": task.key, "job": job.id, "action": t.kind.value if t else "cancel"},
+        )
+        if t is None or t.to_state in (State.DONE, State.CANCELLED):
+            worktrees.remove_worktree(Path(repo.path), st.worktrees_dir, repo.name, task.key)
+
+    # ---- recovery and shutdown ----------------------------------------------------------
+
+    def recover(self, *, startup: bool = True) -> int:
+        """Re-queue jobs whose worker is gone, killing what is left of them on this host.
+
+        A job is taken back when its lease expired, or (at once, on this host) when the
+        worker that owns it is a dead process. No retry is spent: infra trouble of ours is
+        never the code's fault.
+        """
+        now = time.time()
+        with self.engine.connect() as conn:
+            candidates = {j.id: j for j in jobq.expired_leases(conn, now=now)}
+            for j in jobq.running_on_host(conn, self.host):
+                candidates.setdefault(j.id, j)
+        taken = 0
+        for job in candidates.values():
+            owner = job.lease_owner or ""
+            if owner == self.id:
+                continue
+            owner_host, owner_pid = parse_worker_id(owner)
+            expired = job.lease_expires_at is not None and job.lease_expires_at < now
+            dead_here = owner_host == self.host and (owner_pid is None or not _pid_alive(owner_pid))
+            if not (expired or dead_here):
+                continue
+            if job.host == self.host:
+                # Each worker reaps only its own host's leftovers: the pgid registry is per host.
+                if job.pgid:
+                    proc_group.kill_process_group(job.pgid, grace_s=self.settings.kill_grace_s)
+                proc_group.kill_marked(job_marker(job))
+            with self.engine.begin() as conn:
+                if jobq.requeue(
+                    conn,
+                    job.id,
+                    now=now,
+                    reason=f"recovered from {owner or 'no owner'}; no retry spent",
+                ):
+                    taken += 1
+        if taken:
+            log.warning("recovered %d job(s)", taken, extra={"action": "recover"})
+        return taken
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            running = list(self._running.values())
+        if not self.drain:
+            for r in running:
+                r.stop_reason = "shutdown"
+                r.cancel.set()
+        for r in running:
+            r.thread.join()
+        with self.engine.begin() as conn:
+            control.worker_gone(conn, self.id)
+
+
+def _previous_failure(conn: sa.Connection, job: JobRow, folder: Path) -> str | None:
+    """For a development attempt after a rollback: why, and the failing report."""
+    if job.stage != Stage.DEVELOPMENT.value or job.attempt <= 1:
+        return None
+    history = queries.list_transitions(conn, job.task_id)
+    rollbacks = [h for h in history if h.kind == "rollback"]
+    if not rollbacks:
+        return None
+    last = rollbacks[-1]
+    parts = [f"- {r}" for r in last.reasons]
+    if last.from_stage:
+        name = STAGE_TRANSITIONS[Stage(last.from_stage)].artifact
+        text = taskdir.read_artifact(folder, name)
+        if text:
+            parts += ["", f"### {name}", "", text]
+    return "\n".join(parts)
+
+
+__all__ = ["A", "Worker", "make_worker_id", "parse_worker_id"]

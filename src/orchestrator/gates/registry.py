@@ -1,0 +1,88 @@
+"""``QG_CHECKS``: each stage's ordered gate checks, and the checks themselves.
+
+A check reads what a stage left (an artifact, the task branch) and returns a Verdict with
+reasons. Checks run in order; the first that does not pass decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import taskdir
+from orchestrator.config import Settings
+from orchestrator.domain import artifacts as A
+from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
+from orchestrator.domain.verdicts import PARSERS, Verdict, VerdictStatus, failed, passed
+from orchestrator.gitops import worktrees
+from orchestrator.store.queries import RepoRow, TaskRow
+
+
+@dataclass(frozen=True)
+class GateContext:
+    """What a check may look at."""
+
+    task: TaskRow
+    repo: RepoRow
+    stage: Stage
+    task_dir: Path
+    worktree: Path | None
+    settings: Settings
+
+
+Check = Callable[[GateContext], Verdict]
+
+
+def _artifact_check(name: str) -> Check:
+    def check(ctx: GateContext) -> Verdict:
+        return PARSERS[name](taskdir.read_artifact(ctx.task_dir, name))
+
+    check.__name__ = f"check_{name}"
+    return check
+
+
+def check_branch_has_diff(ctx: GateContext) -> Verdict:
+    """The development gate: the task branch changes something against main."""
+    if ctx.worktree is None:
+        return failed("no worktree to look at")
+    ok, detail = worktrees.has_diff_vs(ctx.worktree, ctx.repo.main_branch)
+    return passed(f"branch diff: {detail}") if ok else failed(detail)
+
+
+CHECKS: dict[str, Check] = {
+    "check_analysis_ready": _artifact_check(A.ANALYSIS),
+    "check_dev_report": _artifact_check(A.DEV_REPORT),
+    "check_branch_has_diff": check_branch_has_diff,
+    "check_tests_passed": _artifact_check(A.TEST_REPORT),
+    "check_staging_status": _artifact_check(A.STAGING_LOG),
+    "check_deploy_status": _artifact_check(A.DEPLOY_LOG),
+    "check_monitor_status": _artifact_check(A.MONITOR_REPORT),
+}
+
+QG_CHECKS: dict[Stage, tuple[str, ...]] = {
+    stage: tuple(c for c in spec.checks if c in CHECKS) for stage, spec in STAGE_TRANSITIONS.items()
+}
+
+
+def register_check(name: str, check: Check) -> None:
+    """Plug a check in (the merge gate does); its stage must already name it."""
+    CHECKS[name] = check
+    for stage, spec in STAGE_TRANSITIONS.items():
+        QG_CHECKS[stage] = tuple(c for c in spec.checks if c in CHECKS)
+
+
+def run_gates(ctx: GateContext) -> Verdict:
+    """Run the stage's checks in order; the first non-pass decides, reasons add up."""
+    names = QG_CHECKS[ctx.stage]
+    if not names:
+        return failed(f"{ctx.stage.value} has no gate checks; fail closed")
+    reasons: list[str] = []
+    fields: dict[str, str] = {}
+    for name in names:
+        verdict = CHECKS[name](ctx)
+        reasons.extend(f"{name}: {r}" for r in verdict.reasons)
+        fields.update(verdict.fields)
+        if not verdict.passed:
+            return Verdict(VerdictStatus.FAIL, reasons, fields, verdict.tool_error)
+    return Verdict(VerdictStatus.PASS, reasons, fields)

@@ -1,0 +1,237 @@
+"""`orch run` and `orch worker` as real processes: sharing work, kill -9, SIGTERM, pause."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator import ops
+from orchestrator.config import load_settings
+from orchestrator.store import make_engine, queries
+from orchestrator.store.schema import jobs as jobs_table
+
+ORCH = Path(sys.executable).with_name("orch")
+FAKE = Path(__file__).resolve().parents[1] / "integration" / "agents" / "fake_agent.py"
+
+
+class Env:
+    """A home on a real database, a repo with fake agents, and `orch` to run against it."""
+
+    def __init__(self, tmp_path: Path, db_url: str, repo: Path) -> None:
+        self.tmp = tmp_path
+        self.db_url = db_url
+        self.home = tmp_path / "home"
+        self.plan = tmp_path / "plan" / "plan.json"
+        self.plan.parent.mkdir()
+        self.plan.write_text("{}")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        self.env.update(
+            ORCH_HOME=str(self.home),
+            ORCH_DATABASE_URL=db_url,
+            ORCH_POLL_INTERVAL_S="0.2",
+            ORCH_HEARTBEAT_INTERVAL_S="0.5",
+            ORCH_JOB_LEASE_S="3",
+            ORCH_KILL_GRACE_S="0.5",
+            ORCH_MAX_PARALLEL_JOBS="4",
+            ORCH_MAX_PARALLEL_JOBS_PER_REPO="4",
+        )
+        self.repo = repo
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def orch(self, *args: str, code: int = 0, timeout: float = 120) -> str:
+        proc = subprocess.run(
+            [str(ORCH), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert proc.returncode == code, (args, proc.stdout, proc.stderr)
+        return proc.stdout
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [str(ORCH), *args],
+            env=self.env,
+            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def register(self, plan: dict[str, Any]) -> None:
+        self.plan.write_text(json.dumps(plan))
+        agent = (
+            f"command:{sys.executable} {FAKE} {self.plan} {{task}} {{stage}} "
+            f"{{artifact_dir}} {{worktree}}"
+        )
+        args = [
+            "repo",
+            "add",
+            "demo",
+            str(self.repo),
+            "--stages",
+            "development,testing,deploy-staging",
+        ]
+        for stage in ("development", "testing", "deploy-staging"):
+            args += ["--agent", f"{stage}={agent}"]
+        self.orch(*args)
+
+    def starts(self) -> list[str]:
+        log = self.plan.parent / "STARTS.log"
+        return log.read_text().split() if log.exists() else []
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.orch("task", "list", "--json")))
+
+    def wait_for(self, what: Callable[[], bool], deadline_s: float = 240) -> None:
+        end = time.monotonic() + deadline_s
+        while not what():
+            if time.monotonic() > end:
+                pytest.fail("the condition was not reached")
+            for p in self.procs:
+                if p.poll() not in (None, 0, -signal.SIGKILL, -signal.SIGTERM):
+                    pytest.fail(
+                        f"orch exited {p.returncode}: {p.stderr.read() if p.stderr else ''}"
+                    )
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def env(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Env]:
+    assert ORCH.exists(), f"orch is not installed next to {sys.executable}"
+    e = Env(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}))
+    yield e
+    for p in e.procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
+
+
+@pytest.mark.timeout(600)
+def test_two_workers_share_100_tasks(env: Env) -> None:
+    env.register({"*:deploy-staging:*": {"sleep": 0.02}})
+    # Filed in-process: a hundred `orch task add` start-ups would only measure Python.
+    eng = make_engine(env.db_url)
+    settings = load_settings(home=env.home, database_url=env.db_url)
+    for n in range(100):
+        ops.add_task(eng, settings, "demo", f"task {n}")
+    eng.dispose()
+    first = env.spawn("worker")
+    second = env.spawn("worker")
+    env.wait_for(lambda: all(t["state"] == "done" for t in env.tasks()))
+    for p in (first, second):
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0
+
+    # No job ran twice: every (task, stage, attempt) started exactly once.
+    starts = [s.rsplit(":", 1)[0] for s in env.starts()]
+    assert len(starts) == 300
+    assert len(set(starts)) == 300
+    eng = make_engine(env.db_url)
+    with eng.connect() as conn:
+        rows = conn.execute(sa.select(jobs_table)).all()
+        workers_used = {r.lease_owner for r in rows}
+        history = {t.key: queries.list_transitions(conn, t.id) for t in queries.list_tasks(conn)}
+    eng.dispose()
+    extra = [(r.stage, r.attempt, r.outcome, r.reasons) for r in rows if r.attempt > 1]
+    assert extra == []
+    assert len(rows) == 300
+    # Both workers did work (lease_owner stays on the finished row).
+    assert len({o for o in workers_used if o}) == 2
+    # The serial gate: no two deploy-staging processes of the repo ever overlapped, as the
+    # agents themselves saw the clock.
+    spans = sorted(
+        (float(start), float(end), task)
+        for task, stage, start, end in (
+            line.split() for line in (env.plan.parent / "SPANS.log").read_text().splitlines()
+        )
+        if stage == "deploy-staging"
+    )
+    assert len(spans) == 100
+    for first, second in itertools.pairwise(spans):
+        assert first[1] <= second[0], (first, second)
+    assert all(
+        [h.kind for h in hs] == ["create", "advance", "advance", "done"] for hs in history.values()
+    )
+
+
+def test_kill_9_mid_job_then_restart_completes_once(env: Env) -> None:
+    env.register({"*:testing:*": {"hold_once": True}})
+    key = env.orch("task", "add", "demo", "survive a crash").strip()
+    run = env.spawn("run")
+    env.wait_for(lambda: any(":testing:" in s for s in env.starts()))
+    held_pid = int((env.plan.parent / f"HELD-{key}-testing").read_text())
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait(timeout=30)
+    # The agent lives in its own session: the crash left it running.
+    os.kill(held_pid, 0)
+
+    env.orch("run", "--until-idle", timeout=240)
+    (task,) = env.tasks()
+    assert task["state"] == "done"
+    shown = json.loads(env.orch("task", "show", key, "--json"))
+    assert [h["kind"] for h in shown["history"]] == ["create", "advance", "advance", "done"]
+    testing = [j for j in shown["jobs"] if j["stage"] == "testing"]
+    assert len(testing) == 1
+    assert testing[0]["attempt"] == 1
+    assert any("recovered from" in r for r in testing[0]["reasons"])
+    # Nothing of the killed run is left.
+    with pytest.raises(ProcessLookupError):
+        os.kill(held_pid, 0)
+
+
+def test_sigterm_requeues_running_jobs_without_spending_a_retry(env: Env) -> None:
+    env.register({"*:development:*": {"hold_once": True}})
+    key = env.orch("task", "add", "demo", "stop politely").strip()
+    run = env.spawn("run")
+    env.wait_for(lambda: any(":development:" in s for s in env.starts()))
+    held_pid = int((env.plan.parent / f"HELD-{key}-development").read_text())
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(held_pid, 0)
+    shown = json.loads(env.orch("task", "show", key, "--json"))
+    (job,) = shown["jobs"]
+    assert (job["state"], job["attempt"]) == ("queued", 1)
+    assert shown["developer_retries"] == 0
+    env.orch("run", "--until-idle", timeout=240)
+    assert env.tasks()[0]["state"] == "done"
+
+
+def test_pause_and_resume(env: Env) -> None:
+    env.register({})
+    env.orch("pause")
+    env.orch("task", "add", "demo", "wait for resume")
+    run = env.spawn("run")
+    time.sleep(1.5)  # several loop ticks
+    assert env.starts() == []
+    assert json.loads(env.orch("task", "list", "--json"))[0]["state"] == "active"
+    env.orch("resume")
+    env.wait_for(lambda: env.tasks()[0]["state"] == "done")
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == 0
+
+
+def test_alerts_listed(env: Env) -> None:
+    env.register({"*:testing:*": {"verdict": "FAIL"}})
+    env.env["ORCH_DEVELOPER_RETRY_BUDGET"] = "0"
+    env.orch("task", "add", "demo", "always red")
+    env.orch("run", "--until-idle")
+    alerts = json.loads(env.orch("alerts", "--json"))
+    assert [a["kind"] for a in alerts] == ["developer-budget-exhausted"]
+    assert alerts[0]["task"] == "DEMO-1"
+    assert "DEMO-1" in env.orch("alerts")

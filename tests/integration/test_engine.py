@@ -1,0 +1,427 @@
+"""The engine, Zuul style: real git, a real database, fake agents as real child processes.
+
+Fake agents can be held and released, so each test decides the order things happen in;
+every edge of STAGE_TRANSITIONS is driven and its artifacts, reasons and alerts checked.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import ops, proc_group
+from orchestrator.config import Settings, load_settings
+from orchestrator.engine.launch import job_marker
+from orchestrator.engine.worker import Worker
+from orchestrator.store import control, make_engine, queries, upgrade
+from orchestrator.store import jobs as jobq
+
+FAKE = Path(__file__).parent / "agents" / "fake_agent.py"
+STAGES = ["development", "testing", "deploy-staging"]
+FULL = [*STAGES, "deploy", "post-deploy-monitor"]
+
+
+class Harness:
+    """A home, a repo, a plan for the fake agents, and a worker to run."""
+
+    def __init__(self, tmp_path: Path, db_url: str, repo: Path, **overrides: Any) -> None:
+        self.tmp = tmp_path
+        self.plan_path = tmp_path / "plan" / "plan.json"
+        self.plan_path.parent.mkdir()
+        self.plan: dict[str, Any] = {}
+        self.save_plan()
+        values = dict(
+            home=tmp_path / "home",
+            database_url=db_url,
+            infra_retry_backoff_s=0.05,
+            developer_retry_budget=2,
+            infra_retry_budget=2,
+            agent_timeout_s=30,
+            kill_grace_s=0.5,
+            poll_interval_s=0.2,
+            heartbeat_interval_s=0.5,
+            job_lease_s=5,
+        )
+        values.update(overrides)
+        self.settings: Settings = load_settings(**values)
+        self.engine = make_engine(db_url)
+        upgrade(self.engine)
+        self.repo_path = repo
+        self.worker: Worker | None = None
+        self.thread: threading.Thread | None = None
+
+    def agent(self) -> str:
+        return (
+            f"command:{sys.executable} {FAKE} {self.plan_path} {{task}} {{stage}} "
+            f"{{artifact_dir}} {{worktree}}"
+        )
+
+    def add_repo(self, stages: list[str] = STAGES, **agents: str) -> None:
+        specs = [f"{s}={agents.get(s.replace('-', '_'), self.agent())}" for s in stages]
+        ops.add_repo(
+            self.engine, "demo", self.repo_path, ops.RepoInput(stages=stages, agents=specs)
+        )
+
+    def save_plan(self) -> None:
+        self.plan_path.write_text(json.dumps(self.plan))
+
+    def add_task(self, title: str = "T", patch: bytes | None = None) -> str:
+        return ops.add_task(self.engine, self.settings, "demo", title, "body", patch).task.key
+
+    def release(self, key: str, stage: str, attempt: int = 1) -> None:
+        (self.plan_path.parent / f"RELEASE-{key}-{stage}-{attempt}").write_text("go")
+
+    def starts(self) -> list[str]:
+        log = self.plan_path.parent / "STARTS.log"
+        return log.read_text().split() if log.exists() else []
+
+    def run_until_idle(self) -> None:
+        Worker(self.settings, self.engine).run(until_idle=True)
+
+    def start(self) -> Worker:
+        self.worker = Worker(self.settings, self.engine)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+        return self.worker
+
+    def stop(self) -> None:
+        if self.worker is not None and self.thread is not None:
+            self.worker.stop()
+            self.thread.join(timeout=60)
+            assert not self.thread.is_alive()
+
+    def task(self, key: str) -> Any:
+        with self.engine.connect() as conn:
+            return queries.get_task(conn, key)
+
+    def history(self, key: str) -> list[Any]:
+        with self.engine.connect() as conn:
+            t = queries.get_task(conn, key)
+            assert t is not None
+            return queries.list_transitions(conn, t.id)
+
+    def jobs(self, key: str) -> list[Any]:
+        with self.engine.connect() as conn:
+            t = queries.get_task(conn, key)
+            assert t is not None
+            return queries.list_jobs(conn, task_id=t.id)
+
+    def alerts(self) -> list[Any]:
+        with self.engine.connect() as conn:
+            return queries.list_alerts(conn)
+
+    def folder(self, key: str) -> Path:
+        return self.settings.tasks_dir / key
+
+    def wait_for(self, what: Callable[[], bool], deadline_s: float = 60) -> None:
+        end = time.monotonic() + deadline_s
+        while not what():
+            if time.monotonic() > end:
+                pytest.fail("the condition was not reached")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def h(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+    harness = Harness(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}))
+    yield harness
+    harness.stop()
+    harness.engine.dispose()
+
+
+def kinds(history: list[Any]) -> list[str]:
+    return [t.kind for t in history]
+
+
+def test_straight_through_to_done(h: Harness) -> None:
+    h.add_repo(FULL)
+    key = h.add_task()
+    h.run_until_idle()
+    t = h.task(key)
+    assert (t.stage, t.state) == ("post-deploy-monitor", "done")
+    assert kinds(h.history(key)) == ["create", "advance", "advance", "advance", "advance", "done"]
+    for name in (
+        "10-dev-report.md",
+        "13-test-report.md",
+        "15-staging-log.md",
+        "17-deploy-log.md",
+        "18-monitor-report.md",
+    ):
+        assert (h.folder(key) / name).exists(), name
+    # Every job has its log under runs/ and a finished state.
+    jobs = h.jobs(key)
+    assert all(j.state == "finished" and j.outcome == "completed" for j in jobs)
+    assert all(Path(j.log_path).exists() for j in jobs if j.log_path)
+    # Done: the worktree is removed, the branch with the work stays.
+    assert not (h.settings.worktrees_dir / "demo" / key).exists()
+
+
+def test_rollback_attaches_the_failing_report_then_passes(h: Harness) -> None:
+    h.plan = {"*:testing:1": {"verdict": "FAIL"}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    hist = h.history(key)
+    assert kinds(hist) == ["create", "advance", "rollback", "advance", "advance", "done"]
+    rollback = hist[2]
+    assert rollback.to_stage == "development"
+    assert any("13-test-report.md: result=FAILED" in r for r in rollback.reasons)
+    assert h.task(key).developer_retries == 1
+    # The second developer attempt was told why the first failed.
+    dev_jobs = [j for j in h.jobs(key) if j.stage == "development"]
+    assert [j.attempt for j in dev_jobs] == [1, 2]
+    prompt = (h.folder(key) / "runs" / f"{dev_jobs[1].id}-prompt.md").read_text()
+    assert "The previous attempt failed" in prompt
+    assert "result: FAILED" in prompt
+
+
+def test_rollback_budget_spent_blocks_with_alert(h: Harness) -> None:
+    h.plan = {"*:testing:*": {"verdict": "FAIL"}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    t = h.task(key)
+    assert (t.stage, t.state) == ("testing", "blocked")
+    assert kinds(h.history(key)).count("rollback") == 2
+    assert any("developer retry budget spent (2)" in r for r in t.reasons)
+    assert [a.kind for a in h.alerts()] == ["developer-budget-exhausted"]
+
+
+def test_tool_error_defers_without_blaming_the_code(h: Harness) -> None:
+    # The first testing attempt hangs past the agent timeout: a tool error, not a FAIL.
+    h.settings = load_settings(**{**h.settings.model_dump(), "agent_timeout_s": 1.0})
+    h.plan = {"*:testing:1": {"sleep": 60}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    hist = h.history(key)
+    assert kinds(hist) == ["create", "advance", "defer", "advance", "done"]
+    defer = hist[2]
+    assert (defer.from_stage, defer.to_stage, defer.to_state) == ("testing", "testing", "deferred")
+    assert any("tool error timeout" in r for r in defer.reasons)
+    t = h.task(key)
+    assert t.developer_retries == 0
+    timed_out = next(j for j in h.jobs(key) if j.outcome == "timeout")
+    assert proc_group.find_marked(job_marker(timed_out)) == []
+
+
+def test_infra_budget_spent_fails_closed_and_alerts(h: Harness) -> None:
+    h.settings = load_settings(**{**h.settings.model_dump(), "agent_timeout_s": 0.5})
+    h.plan = {"*:testing:*": {"sleep": 60}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    t = h.task(key)
+    assert (t.stage, t.state) == ("testing", "blocked")
+    assert kinds(h.history(key)).count("defer") == 2
+    assert any("treated as FAILED" in r for r in t.reasons)
+    assert [a.kind for a in h.alerts()] == ["infra-budget-exhausted"]
+    # Deferred jobs waited their backoff: each retry's not_before is later than the last end.
+    testing = [j for j in h.jobs(key) if j.stage == "testing"]
+    assert len(testing) == 3
+
+
+@pytest.mark.parametrize("variant", ["missing", "contradicting"])
+def test_bad_artifacts_never_pass(h: Harness, variant: str) -> None:
+    action = {"no_artifact": True} if variant == "missing" else {"contradict": True}
+    h.plan = {"*:testing:*": action}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    t = h.task(key)
+    assert t.state == "blocked"
+    assert "deploy-staging" not in {j.stage for j in h.jobs(key)}
+
+
+def test_deploy_failure_blocks_for_a_human(h: Harness) -> None:
+    h.plan = {"*:deploy:*": {"verdict": "FAIL"}}
+    h.save_plan()
+    h.add_repo(FULL)
+    key = h.add_task()
+    h.run_until_idle()
+    t = h.task(key)
+    assert (t.stage, t.state) == ("deploy", "blocked")
+    assert [a.kind for a in h.alerts()] == ["task-blocked"]
+    # A blocked task keeps its worktree for the human to look at.
+    assert (h.settings.worktrees_dir / "demo" / key).exists()
+
+
+def test_cancel_kills_the_running_job(h: Harness) -> None:
+    h.plan = {"*:development:*": {"hold": True}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.start()
+    h.wait_for(lambda: len(h.starts()) == 1)
+    running = next(j for j in h.jobs(key) if j.state == "running")
+    h.wait_for(lambda: bool(proc_group.find_marked(job_marker(running))))
+    ops.cancel_task(h.engine, key, reason="changed my mind")
+    h.wait_for(lambda: all(j.state == "finished" for j in h.jobs(key)))
+    assert proc_group.find_marked(job_marker(running)) == []
+    assert h.task(key).state == "cancelled"
+    assert kinds(h.history(key)) == ["create", "cancel"]
+
+
+def test_manual_stage_waits_for_approval_and_is_still_gated(h: Harness, tmp_path: Path) -> None:
+    h.add_repo(STAGES, deploy_staging="manual")
+    key = h.add_task()
+    h.run_until_idle()
+    t = h.task(key)
+    assert (t.stage, t.state) == ("deploy-staging", "blocked")
+    assert any("awaiting human" in r for r in t.reasons)
+    # An approval with an artifact that does not pass is refused.
+    bad = tmp_path / "bad.md"
+    bad.write_text("staging_status: FAILED\n")
+    with pytest.raises(ops.UsageError, match="does not pass"):
+        ops.approve_task(h.engine, h.settings, key, artifact=bad.read_bytes())
+    good = tmp_path / "good.md"
+    good.write_text("---\nstaging_status: PASSED\n---\nchecked by hand\n")
+    ops.approve_task(h.engine, h.settings, key, artifact=good.read_bytes())
+    h.run_until_idle()
+    assert h.task(key).state == "done"
+    assert kinds(h.history(key))[-2:] == ["approve", "done"]
+
+
+def test_patch_developer_applies_then_retry_with_new_patch(h: Harness) -> None:
+    good = (
+        b"diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n"
+        b"@@ -1 +1,2 @@\n demo\n+hello\n"
+    )
+    bad = good.replace(b" demo\n", b" nothing like this\n")
+    h.add_repo(STAGES, development="patch")
+    key = h.add_task(patch=bad)
+    h.settings = load_settings(**{**h.settings.model_dump(), "developer_retry_budget": 0})
+    h.run_until_idle()
+    t = h.task(key)
+    assert (t.stage, t.state) == ("development", "blocked")
+    assert any("does not apply" in r for r in t.reasons)
+    ops.retry_task(h.engine, h.settings, key, patch=good)
+    h.run_until_idle()
+    assert h.task(key).state == "done"
+    branch_file = h.settings.worktrees_dir  # removed when done; read the branch instead
+    assert not (branch_file / "demo" / key).exists()
+    import subprocess
+
+    shown = subprocess.run(
+        ["git", "show", f"orch/{key}:README.md"],
+        cwd=h.repo_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert shown.stdout == "demo\nhello\n"
+
+
+def test_pause_stops_claiming(h: Harness) -> None:
+    h.add_repo()
+    with h.engine.begin() as conn:
+        control.set_paused(conn, True, now=time.time())
+    key = h.add_task()
+    h.start()
+    time.sleep(1.0)  # a few loop ticks: nothing may be claimed while paused
+    assert h.starts() == []
+    with h.engine.begin() as conn:
+        control.set_paused(conn, False, now=time.time())
+    h.wait_for(lambda: h.task(key).state == "done")
+
+
+@pytest.mark.parametrize("case", ["dead-process-on-this-host", "expired-lease-elsewhere"])
+def test_recovery_requeues_without_spending_a_retry(h: Harness, case: str) -> None:
+    h.add_repo()
+    key = h.add_task()
+    here = Worker(h.settings, h.engine).host
+    if case == "dead-process-on-this-host":
+        # Its lease is still valid, but its process is gone: taken back at once.
+        owner, host, lease_s = f"{here}:999999999:1", here, 300.0
+    else:
+        # Another machine's worker whose lease ran out; its processes are not ours to kill.
+        owner, host, lease_s = "elsewhere:4242:1", "elsewhere", -1.0
+    with h.engine.begin() as conn:
+        claimed = jobq.claim_jobs(
+            conn,
+            owner=owner,
+            host=host,
+            now=time.time(),
+            lease_s=lease_s,
+            limits=jobq.ClaimLimits(4, 4),
+        )
+    assert len(claimed) == 1
+    h.run_until_idle()
+    t = h.task(key)
+    assert t.state == "done"
+    assert t.developer_retries == 0
+    assert t.infra_retries == 0
+    dev = [j for j in h.jobs(key) if j.stage == "development"]
+    assert len(dev) == 1
+    assert any(f"recovered from {owner}" in r for r in dev[0].reasons)
+    assert [s.split(":")[1] for s in h.starts()].count("development") == 1
+
+
+def test_a_live_workers_job_is_not_taken(h: Harness) -> None:
+    h.add_repo()
+    h.add_task()
+    import os
+
+    here = Worker(h.settings, h.engine).host
+    with h.engine.begin() as conn:
+        (job,) = jobq.claim_jobs(
+            conn,
+            owner=f"{here}:{os.getpid()}:1",
+            host=here,
+            now=time.time(),
+            lease_s=300,
+            limits=jobq.ClaimLimits(4, 4),
+        )
+    assert Worker(h.settings, h.engine).recover() == 0
+    with h.engine.connect() as conn:
+        assert queries.get_job(conn, job.id).state == "running"  # type: ignore[union-attr]
+
+
+def test_fenced_out_worker_writes_nothing(h: Harness) -> None:
+    h.add_repo()
+    key = h.add_task()
+    now = time.time()
+    with h.engine.begin() as conn:
+        (job,) = jobq.claim_jobs(
+            conn, owner="a:1:1", host="a", now=now, lease_s=30, limits=jobq.ClaimLimits(4, 4)
+        )
+        assert jobq.requeue(conn, job.id, now=now, reason="taken over")
+        (again,) = jobq.claim_jobs(
+            conn, owner="b:2:2", host="b", now=now, lease_s=30, limits=jobq.ClaimLimits(4, 4)
+        )
+        assert again.id == job.id
+        # The first owner's late bookkeeping matches no row.
+        assert not jobq.finish_job(
+            conn,
+            job.id,
+            "a:1:1",
+            now=now,
+            outcome="completed",
+            verdict="PASS",
+            reasons=[],
+            exit_code=0,
+        )
+        assert jobq.finish_job(
+            conn,
+            job.id,
+            "b:2:2",
+            now=now,
+            outcome="completed",
+            verdict="PASS",
+            reasons=[],
+            exit_code=0,
+        )
+    assert h.task(key).state == "active"
