@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -457,6 +458,39 @@ def _signal_name(sig: int | None) -> str:
 # --------------------------------------------------------------------------- run
 
 
+class _ExitWaiter:
+    """A wait that returns as soon as the child exits, or after the given seconds.
+
+    On Linux a pidfd becomes readable the moment the child exits, so the exit is seen at
+    once instead of on the next tick (about half a tick saved on every job). Elsewhere, or
+    if the pidfd cannot be had, it is a plain sleep.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._fd: int | None = None
+        self._poller: select.poll | None = None
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is None:
+            return
+        try:
+            self._fd = pidfd_open(pid)
+        except OSError:
+            return
+        self._poller = select.poll()
+        self._poller.register(self._fd, select.POLLIN)
+
+    def wait(self, seconds: float) -> None:
+        if self._poller is None:
+            time.sleep(seconds)
+        else:
+            self._poller.poll(max(0, int(seconds * 1000)))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def _watch(
     proc: subprocess.Popen[bytes],
     timeout_s: float | None,
@@ -467,25 +501,27 @@ def _watch(
     start = time.monotonic()
     deadline = None if timeout_s is None else start + timeout_s
     next_hook = start + _POLL_HOOK_INTERVAL_S
-    # Exit is checked first on every turn: a child that finished just as the timeout fired
-    # finished, and is not reported as timed out.
-    while proc.poll() is None:
-        now = time.monotonic()
-        if cancel is not None and cancel.is_set():
-            return "cancelled", False
-        if deadline is not None and now >= deadline:
-            return f"timeout after {timeout_s:g}s", True
-        if poll is not None and now >= next_hook:
-            reason = poll()
-            if reason is not None:
-                return reason or "stopped by poll hook", False
-            next_hook = time.monotonic() + _POLL_HOOK_INTERVAL_S
-        wait = _TICK_S if deadline is None else max(min(_TICK_S, deadline - now), 0.0)
-        if cancel is not None:
-            cancel.wait(wait)  # wakes at once on cancel
-        else:
-            time.sleep(wait)
-    return None, False
+    waiter = _ExitWaiter(proc.pid)
+    try:
+        # Exit is checked first on every turn: a child that finished just as the timeout
+        # fired finished, and is not reported as timed out.
+        while proc.poll() is None:
+            now = time.monotonic()
+            if cancel is not None and cancel.is_set():
+                return "cancelled", False
+            if deadline is not None and now >= deadline:
+                return f"timeout after {timeout_s:g}s", True
+            if poll is not None and now >= next_hook:
+                reason = poll()
+                if reason is not None:
+                    return reason or "stopped by poll hook", False
+                next_hook = time.monotonic() + _POLL_HOOK_INTERVAL_S
+            wait = _TICK_S if deadline is None else max(min(_TICK_S, deadline - now), 0.0)
+            # A cancel is seen within a tick; the child's exit at once.
+            waiter.wait(wait)
+        return None, False
+    finally:
+        waiter.close()
 
 
 @dataclass

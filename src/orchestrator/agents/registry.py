@@ -7,6 +7,7 @@ with shlex into argv; they never reach a shell.
 
 from __future__ import annotations
 
+import functools
 import shlex
 from dataclasses import dataclass
 from enum import StrEnum
@@ -68,8 +69,9 @@ class AgentSpec:
         return self.backend
 
 
+@functools.lru_cache(maxsize=256)
 def parse_agent_spec(spec: str, stage: Stage | None = None) -> AgentSpec:
-    """Parse and validate an agent spec, optionally for a given stage."""
+    """Parse and validate an agent spec, optionally for a given stage (pure, so cached)."""
     spec = spec.strip()
     if spec.startswith("command:"):
         template = spec.removeprefix("command:").strip()

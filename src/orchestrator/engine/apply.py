@@ -82,6 +82,7 @@ def apply_job_end(
             outcome=result.outcome.value,
             verdict=None,
             reasons=["task was cancelled", *result.reasons],
+            earlier=job.reasons,
             exit_code=result.exit_code,
         )
         return Applied(None, fenced_out=not ok)
@@ -96,6 +97,7 @@ def apply_job_end(
             verdict=None,
             reasons=result.reasons,
             exit_code=None,
+            earlier=job.reasons,
         )
         if not ok:
             return Applied(None, fenced_out=True)
@@ -130,6 +132,7 @@ def apply_job_end(
             cost_usd=result.cost_usd,
             tokens_in=result.tokens_in,
             tokens_out=result.tokens_out,
+            earlier=job.reasons,
         )
         if not ok:
             return Applied(None, fenced_out=True)
@@ -139,7 +142,7 @@ def apply_job_end(
     if t.to_stage is not stage:
         # The infra budget is spent per stage visit: a new stage starts with a full one.
         infra_retries = 0
-    queries.update_task(
+    fresh = queries.update_task(
         conn,
         task.id,
         now=now,
@@ -162,8 +165,6 @@ def apply_job_end(
         actor="engine",
         now=now,
     )
-    fresh = queries.get_task_by_id(conn, task.id)
-    assert fresh is not None
     next_job: JobRow | None = None
     if t.kind in (TransitionKind.ADVANCE, TransitionKind.ROLLBACK):
         next_job = queue_job(conn, repo, fresh, t.to_stage, now=now)

@@ -209,7 +209,8 @@ def write_prompt(ctx: JobContext, stage: Stage) -> Path:
     if ctx.previous_failure:
         parts += ["", "## The previous attempt failed", "", ctx.previous_failure]
     path = ctx.task_dir / "runs" / f"{ctx.job.id}-prompt.md"
-    taskdir.write_atomic(path, "\n".join(parts) + "\n")
+    # Rewritten on every attempt: whole-or-nothing matters, surviving a power cut does not.
+    taskdir.write_atomic(path, "\n".join(parts) + "\n", durable=False)
     return path
 
 

@@ -33,6 +33,10 @@ from orchestrator.store.queries import JobRow
 
 log = logging.getLogger(__name__)
 
+# How often running jobs are checked for a cancel asked in the DB, and for the reaper: a
+# cancelled job is killed well within a second.
+WATCH_INTERVAL_S = 0.25
+
 
 def make_worker_id(host: str, pid: int, started: float) -> str:
     """``host:pid:start-ms``: unique per process start, and names the host it runs on."""
@@ -93,6 +97,7 @@ class Worker:
         st = self.settings
         last_heartbeat = 0.0
         last_recovery = time.time()
+        last_watch = 0.0
         while not self.stopping.is_set():
             now = time.time()
             if now - last_heartbeat >= st.heartbeat_interval_s:
@@ -101,9 +106,10 @@ class Worker:
             if now - last_recovery >= st.job_lease_s / 2:
                 self.recover(startup=False)
                 last_recovery = now
-            self._watch_running(now)
-            if not self._paused():
-                self._claim()
+            if now - last_watch >= WATCH_INTERVAL_S:
+                self._watch_running(now)
+                last_watch = now
+            self._claim()
             if until_idle and self._idle():
                 break
             self.wake.wait(self._sleep_for())
@@ -116,18 +122,18 @@ class Worker:
         self.stopping.set()
         self.wake.set()
 
-    def _paused(self) -> bool:
-        if self.settings.paused:
-            return True
-        with self.engine.connect() as conn:
-            return control.is_paused(conn)
-
     def _sleep_for(self) -> float:
+        """Until the next poll, or until a deferred job's ``not_before`` comes, if sooner.
+
+        Jobs already due that were not claimed are waiting for room (a limit or the serial
+        gate): a job ending wakes the loop for them, so they must not make it spin.
+        """
         timeout = self.settings.poll_interval_s
+        now = time.time()
         with self.engine.connect() as conn:
-            due = jobq.next_wakeup(conn)
+            due = jobq.next_wakeup(conn, after=now)
         if due is not None:
-            timeout = min(timeout, max(0.0, due - time.time()) + 0.01)
+            timeout = min(timeout, max(0.0, due - now) + 0.01)
         return max(timeout, 0.01)
 
     def _idle(self) -> bool:
@@ -140,20 +146,11 @@ class Worker:
     def _claim(self) -> None:
         st = self.settings
         with self._lock:
-            mine = len(self._running)
-        if mine >= st.max_parallel_jobs:
+            room = st.max_parallel_jobs - len(self._running)
+        if room <= 0:
             return
         with self.engine.begin() as conn:
-            # The clock is read inside the transaction: on SQLite BEGIN IMMEDIATE may have
-            # waited for another worker, and started_at must not predate the claim.
-            claimed = jobq.claim_jobs(
-                conn,
-                owner=self.id,
-                host=self.host,
-                now=time.time(),
-                lease_s=st.job_lease_s,
-                limits=jobq.ClaimLimits(st.max_parallel_jobs, st.max_parallel_jobs_per_repo),
-            )
+            claimed = self._claim_in(conn, max_jobs=room)
         for job in claimed:
             thread = threading.Thread(
                 target=self._job_thread, args=(job,), name=f"job-{job.id}", daemon=True
@@ -161,6 +158,27 @@ class Worker:
             with self._lock:
                 self._running[job.id] = _Running(job, thread)
             thread.start()
+
+    def _claim_in(
+        self, conn: sa.Connection, *, max_jobs: int, task_id: int | None = None
+    ) -> list[JobRow]:
+        """Claim within the caller's transaction, unless paused."""
+        st = self.settings
+        # `orch pause` is read where it matters: in the claim's own transaction.
+        if st.paused or control.is_paused(conn):
+            return []
+        # The clock is read inside the transaction: on SQLite BEGIN IMMEDIATE may have
+        # waited for another worker, and started_at must not predate the claim.
+        return jobq.claim_jobs(
+            conn,
+            owner=self.id,
+            host=self.host,
+            now=time.time(),
+            lease_s=st.job_lease_s,
+            limits=jobq.ClaimLimits(st.max_parallel_jobs, st.max_parallel_jobs_per_repo),
+            max_jobs=max_jobs,
+            task_id=task_id,
+        )
 
     def _heartbeat(self, now: float) -> None:
         with self.engine.begin() as conn:
@@ -195,19 +213,40 @@ class Worker:
     # ---- one job ------------------------------------------------------------------------
 
     def _job_thread(self, job: JobRow) -> None:
-        with self._lock:
-            running = self._running[job.id]
-        try:
-            self._run_one(job, running)
-        except Exception:
-            log.exception("job thread failed", extra={"job": job.id})
-        finally:
+        """Run a job; then the job claimed with its end, if any, in the same thread."""
+        current: JobRow | None = job
+        while current is not None:
             with self._lock:
-                self._running.pop(job.id, None)
-            self.jobs_finished += 1
-            self.wake.set()
+                running = self._running[current.id]
+            following: JobRow | None = None
+            try:
+                if self.stopping.is_set() and not self.drain:
+                    self._requeue(current, "worker stopped before the job started")
+                else:
+                    following = self._run_one(current, running)
+            except Exception:
+                log.exception("job thread failed", extra={"job": current.id})
+            finally:
+                with self._lock:
+                    self._running.pop(current.id, None)
+                    if following is not None:
+                        self._running[following.id] = _Running(following, running.thread)
+                self.jobs_finished += 1
+                self.wake.set()
+            current = following
 
-    def _run_one(self, job: JobRow, running: _Running) -> None:
+    def _requeue(self, job: JobRow, reason: str) -> None:
+        with self.engine.begin() as conn:
+            jobq.requeue(
+                conn,
+                job.id,
+                now=time.time(),
+                owner=self.id,
+                reason=f"{reason}; re-queued without spending a retry",
+            )
+
+    def _run_one(self, job: JobRow, running: _Running) -> JobRow | None:
+        """Run one job to its applied end; returns a next job claimed in the same breath."""
         st = self.settings
         with self.engine.connect() as conn:
             task = queries.get_task_by_id(conn, job.task_id)
@@ -228,15 +267,8 @@ class Worker:
         ctx = JobContext(job, task, repo, st, folder, log_path, running.cancel, on_start, previous)
         result = launch_job(ctx)
         if running.stop_reason == "shutdown":
-            with self.engine.begin() as conn:
-                jobq.requeue(
-                    conn,
-                    job.id,
-                    now=time.time(),
-                    owner=self.id,
-                    reason="worker stopped; re-queued without spending a retry",
-                )
-            return
+            self._requeue(job, "worker stopped")
+            return None
         if running.stop_reason == "reaper":
             result = JobResult(
                 OutcomeKind.TIMEOUT,
@@ -250,7 +282,7 @@ class Worker:
         verdict = None
         if result.outcome is OutcomeKind.COMPLETED and not result.awaiting_human:
             verdict = run_gates(
-                GateContext(task, repo, Stage(job.stage), folder, result.worktree, st)
+                GateContext(task, repo, Stage(job.stage), folder, result.worktree, st, self.engine)
             )
         with self.engine.begin() as conn:
             applied = apply_job_end(
@@ -262,9 +294,17 @@ class Worker:
                 verdict=verdict,
                 now=time.time(),
             )
+            # Follow the task through its pipeline: its next job, if due now, is claimed in
+            # the same transaction, so the slot is refilled without a wake-up round trip.
+            # Only this task's job: other tasks are left to every worker's claim, so one
+            # worker's chains never starve the others.
+            following = None
+            nxt = applied.next_job
+            if nxt is not None and not self.stopping.is_set() and nxt.not_before <= time.time():
+                following = self._claim_in(conn, max_jobs=1, task_id=nxt.task_id)
         if applied.fenced_out:
             log.warning("lost the lease; another worker owns the job now", extra={"job": job.id})
-            return
+            return None
         if applied.alerts:
             alerts.deliver_in_background(self.engine, applied.alerts, st.alert_webhook_url)
         t = applied.transition
@@ -277,6 +317,7 @@ class Worker:
         )
         if t is None or t.to_state in (State.DONE, State.CANCELLED):
             worktrees.remove_worktree(Path(repo.path), st.worktrees_dir, repo.name, task.key)
+        return following[0] if following else None
 
     # ---- recovery and shutdown ----------------------------------------------------------
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from orchestrator import taskdir
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
@@ -29,6 +31,8 @@ class GateContext:
     task_dir: Path
     worktree: Path | None
     settings: Settings
+    # For checks that keep state (the merge gate's validated trees and results).
+    engine: sa.Engine | None = None
 
 
 Check = Callable[[GateContext], Verdict]

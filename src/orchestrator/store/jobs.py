@@ -60,6 +60,8 @@ def claim_jobs(
     lease_s: float,
     limits: ClaimLimits,
     exclude_agents: Sequence[str] = (),
+    max_jobs: int | None = None,
+    task_id: int | None = None,
 ) -> list[JobRow]:
     """Claim queued jobs whose time has come, within the limits and the serial gate.
 
@@ -70,10 +72,12 @@ def claim_jobs(
     """
     total, per_repo, serial = running_counts(conn)
     room = limits.total - total
+    if max_jobs is not None:
+        room = min(room, max_jobs)
     if room <= 0:
         return []
     stmt = (
-        sa.select(jobs.c.id, jobs.c.serial_key, tasks.c.repo_id)
+        sa.select(jobs.c.id, jobs.c.serial_key, tasks.c.repo_id, tasks.c.state)
         .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
         .where(
             jobs.c.state == "queued",
@@ -86,43 +90,53 @@ def claim_jobs(
     )
     if exclude_agents:
         stmt = stmt.where(jobs.c.agent.not_in(list(exclude_agents)))
+    if task_id is not None:
+        stmt = stmt.where(jobs.c.task_id == task_id)
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True, of=jobs)
     claimed: list[JobRow] = []
-    for job_id, serial_key, repo_id in conn.execute(stmt).all():
+    # On SQLite BEGIN IMMEDIATE already serializes claims, so the index cannot be hit and
+    # a savepoint per claim would only cost two statements.
+    guard = conn.dialect.name != "sqlite"
+    for job_id, serial_key, repo_id, task_state in conn.execute(stmt).all():
         if len(claimed) >= room:
             break
         if per_repo.get(repo_id, 0) >= limits.per_repo:
             continue
         if serial_key is not None and serial_key in serial:
             continue
+        update = (
+            sa.update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.state == "queued")
+            .values(
+                state="running",
+                lease_owner=owner,
+                lease_expires_at=now + lease_s,
+                host=host,
+                started_at=now,
+                pid=None,
+                pgid=None,
+            )
+            .returning(*jobs.c)
+        )
         try:
-            with conn.begin_nested():
-                row = conn.execute(
-                    sa.update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.state == "queued")
-                    .values(
-                        state="running",
-                        lease_owner=owner,
-                        lease_expires_at=now + lease_s,
-                        host=host,
-                        started_at=now,
-                        pid=None,
-                        pgid=None,
-                    )
-                    .returning(*jobs.c)
-                ).one_or_none()
+            if guard:
+                with conn.begin_nested():
+                    row = conn.execute(update).one_or_none()
+            else:
+                row = conn.execute(update).one_or_none()
         except sa.exc.IntegrityError:
             # Another worker took the serial gate between our read and our write.
             continue
         if row is None:
             continue
         job = JobRow(**row._mapping)
-        conn.execute(
-            sa.update(tasks)
-            .where(tasks.c.id == job.task_id, tasks.c.state == "deferred")
-            .values(state="active", updated_at=now)
-        )
+        if task_state == "deferred":
+            conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.id == job.task_id, tasks.c.state == "deferred")
+                .values(state="active", updated_at=now)
+            )
         claimed.append(job)
         per_repo[repo_id] = per_repo.get(repo_id, 0) + 1
         if serial_key is not None:
@@ -178,14 +192,14 @@ def finish_job(
     cost_usd: float | None = None,
     tokens_in: int | None = None,
     tokens_out: int | None = None,
+    earlier: Sequence[str] = (),
 ) -> bool:
     """Mark the job finished if ``owner`` still holds it; False means someone else does.
 
-    Reasons recorded earlier (a recovery, a re-queue) are kept ahead of the new ones.
+    ``earlier``: the reasons the job carried when it was claimed (a recovery, a re-queue),
+    kept ahead of the new ones. They cannot have changed since: anything that writes them
+    also takes the lease, and then this fenced update matches no row.
     """
-    earlier = conn.execute(
-        sa.select(jobs.c.reasons).where(jobs.c.id == job_id)
-    ).scalar_one_or_none()
     result = conn.execute(
         sa.update(jobs)
         .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.state == "running")
@@ -193,7 +207,7 @@ def finish_job(
             state="finished",
             outcome=outcome,
             verdict=verdict,
-            reasons=[*list(earlier or []), *reasons],
+            reasons=[*earlier, *reasons],
             exit_code=exit_code,
             finished_at=now,
             lease_expires_at=None,
@@ -284,31 +298,17 @@ def drop_queued(conn: sa.Connection, task_id: int, *, now: float, reason: str) -
     return int(result.rowcount)
 
 
-def next_wakeup(conn: sa.Connection) -> float | None:
-    """The earliest ``not_before`` of a claimable queued job, or None."""
+def next_wakeup(conn: sa.Connection, *, after: float | None = None) -> float | None:
+    """The earliest ``not_before`` of a claimable queued job (later than ``after``)."""
     stmt = (
         sa.select(sa.func.min(jobs.c.not_before))
         .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
         .where(jobs.c.state == "queued", tasks.c.state.in_(_CLAIMABLE_TASK_STATES))
     )
+    if after is not None:
+        stmt = stmt.where(jobs.c.not_before > after)
     value = conn.execute(stmt).scalar()
     return None if value is None else float(value)
-
-
-def change_marker(conn: sa.Connection) -> tuple[int, float, float]:
-    """A cheap fingerprint of the work: changes when any process adds, ends or steers work.
-
-    Every path that changes what can run writes either a new job (max id) or a task's
-    ``updated_at`` (transitions, cancel, retry), or finishes a job.
-    """
-    max_job = conn.execute(sa.select(sa.func.coalesce(sa.func.max(jobs.c.id), 0))).scalar()
-    last_task = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.max(tasks.c.updated_at), 0.0))
-    ).scalar()
-    last_finished = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.max(jobs.c.finished_at), 0.0))
-    ).scalar()
-    return int(max_job or 0), float(last_task or 0.0), float(last_finished or 0.0)
 
 
 def repo_of_job(conn: sa.Connection, job_id: int) -> str:
