@@ -212,6 +212,23 @@ def test_sigterm_requeues_running_jobs_without_spending_a_retry(env: Env) -> Non
     assert env.tasks()[0]["state"] == "done"
 
 
+def test_drain_waits_for_the_running_job(env: Env) -> None:
+    env.register({"*:development:*": {"hold": True}})
+    key = env.orch("task", "add", "demo", "finish what you started").strip()
+    run = env.spawn("run", "--drain")
+    env.wait_for(lambda: any(":development:" in s for s in env.starts()))
+    run.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert run.poll() is None  # still draining: the job is running
+    (env.plan.parent / f"RELEASE-{key}-development-1").write_text("go")
+    assert run.wait(timeout=60) == 0
+    shown = json.loads(env.orch("task", "show", key, "--json"))
+    dev = [j for j in shown["jobs"] if j["stage"] == "development"]
+    assert [(j["state"], j["outcome"]) for j in dev] == [("finished", "completed")]
+    # It stopped claiming: the next stage is queued, not started.
+    assert [j["state"] for j in shown["jobs"] if j["stage"] == "testing"] == ["queued"]
+
+
 def test_pause_and_resume(env: Env) -> None:
     env.register({})
     env.orch("pause")

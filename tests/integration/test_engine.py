@@ -425,3 +425,20 @@ def test_fenced_out_worker_writes_nothing(h: Harness) -> None:
             exit_code=0,
         )
     assert h.task(key).state == "active"
+
+
+def test_reaper_kills_a_job_whose_own_timeout_failed(h: Harness) -> None:
+    # The settings refuse a reaper limit below the agent timeout; build them unchecked to
+    # stand for a job whose own timeout did not fire (a hung git call, a lost timer).
+    values = {**h.settings.model_dump(), "agent_timeout_s": 600.0, "reaper_max_running_s": 1.0}
+    h.settings = Settings.model_construct(**values)
+    h.plan = {"*:testing:1": {"sleep": 120}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    hist = h.history(key)
+    assert kinds(hist) == ["create", "advance", "defer", "advance", "done"]
+    assert any("reaper: ran longer than reaper_max_running_s" in r for r in hist[2].reasons)
+    reaped = next(j for j in h.jobs(key) if j.outcome == "timeout")
+    assert proc_group.find_marked(job_marker(reaped)) == []
