@@ -258,6 +258,7 @@ def render_configuration_md() -> str:
     out.append("- every run timeout (`ORCH_AGENT_TIMEOUT_S`, `ORCH_TEST_RUNNER_TIMEOUT_S`,")
     out.append("  `ORCH_STAGING_RUNNER_TIMEOUT_S`, `ORCH_MERGE_RETEST_TIMEOUT_S`) is below")
     out.append("  `ORCH_REAPER_MAX_RUNNING_S`;")
+    out.append("- `ORCH_HEARTBEAT_INTERVAL_S` is at most half of `ORCH_JOB_LEASE_S`;")
     out.append("- `ORCH_MAX_PARALLEL_JOBS_PER_REPO` does not exceed `ORCH_MAX_PARALLEL_JOBS`;")
     out.append("- `ORCH_API_HOST` beyond loopback needs `ORCH_API_TOKEN`.")
     out.append("")

@@ -231,6 +231,14 @@ def set_repo(engine: sa.Engine, name: str, spec: RepoInput) -> RepoRow:
         return queries.update_repo(conn, name, now=time.time(), **fields)
 
 
+def set_repo_options(engine: sa.Engine, name: str, options: dict[str, Any]) -> RepoRow:
+    """Merge free-form per-repo options (monitor checks, regression markers, ...)."""
+    with engine.begin() as conn:
+        repo = require_repo(conn, name)
+        merged = {**dict(repo.options or {}), **options}
+        return queries.update_repo(conn, name, now=time.time(), options=merged)
+
+
 def require_repo(conn: sa.Connection, name: str) -> RepoRow:
     """A repo by name, or a NotFoundError that says how to list them."""
     repo = queries.get_repo(conn, name)
@@ -258,7 +266,7 @@ def _first_stage(repo: RepoRow) -> Stage:
 
 def agent_for(repo: RepoRow, stage: Stage) -> str:
     """The agent spec a repo gives a stage."""
-    spec = repo.agents.get(stage.value) or STAGE_TRANSITIONS[stage].default_agent
+    spec = repo.agents.get(stage.value) or default_agents((stage,))[stage.value]
     return parse_agent_spec(spec, stage).spec
 
 

@@ -86,10 +86,16 @@ def add_patch(folder: Path, content: bytes) -> Path:
     return path
 
 
-def latest_patch(folder: Path) -> Path | None:
-    """The newest attached patch, or None."""
+def patch_for_attempt(folder: Path, attempt: int) -> Path | None:
+    """The patch development attempt ``attempt`` applies: the n-th attached, else the newest.
+
+    Patches attached up front stand for a developer's successive attempts; one attached by
+    `orch task retry --patch` is the newest, and so the one the retry applies.
+    """
     found = sorted(patches_dir(folder).glob("*.patch"))
-    return found[-1] if found else None
+    if not found:
+        return None
+    return found[attempt - 1] if 0 < attempt <= len(found) else found[-1]
 
 
 def list_artifacts(folder: Path) -> list[str]:

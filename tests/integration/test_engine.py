@@ -442,3 +442,39 @@ def test_reaper_kills_a_job_whose_own_timeout_failed(h: Harness) -> None:
     assert any("reaper: ran longer than reaper_max_running_s" in r for r in hist[2].reasons)
     reaped = next(j for j in h.jobs(key) if j.outcome == "timeout")
     assert proc_group.find_marked(job_marker(reaped)) == []
+
+
+def test_serial_gate_is_held_between_a_tasks_deploy_and_its_watch(h: Harness) -> None:
+    h.add_repo(FULL)
+    a, b = h.add_task("A"), h.add_task("B")
+    now = time.time()
+    with h.engine.begin() as conn:
+        ta, tb = queries.get_task(conn, a), queries.get_task(conn, b)
+        assert ta is not None and tb is not None
+        for t in (ta, tb):
+            jobq.drop_queued(conn, t.id, now=now, reason="test set-up")
+        # A has deployed and waits (deferred) for its health watch; B wants to merge.
+        queries.update_task(conn, ta.id, now=now, stage="post-deploy-monitor", state="deferred")
+        queries.update_task(conn, tb.id, now=now, stage="deploy-staging")
+        repo = queries.get_repo(conn, "demo")
+        assert repo is not None
+        tb = queries.get_task(conn, b)
+        assert tb is not None
+        ops.queue_job(conn, repo, tb, ops.Stage.DEPLOY_STAGING, now=now)
+    limits = jobq.ClaimLimits(4, 4)
+    hold = ("deploy", "post-deploy-monitor")
+    with h.engine.begin() as conn:
+        assert jobq.serial_gate_holders(conn, hold) == {"demo": ta.id}
+        assert (
+            jobq.claim_jobs(
+                conn, owner="w:1:1", host="w", now=now, lease_s=30, limits=limits, hold_stages=hold
+            )
+            == []
+        )
+    with h.engine.begin() as conn:
+        queries.update_task(conn, ta.id, now=now, state="done")
+    with h.engine.begin() as conn:
+        (claimed,) = jobq.claim_jobs(
+            conn, owner="w:1:1", host="w", now=now, lease_s=30, limits=limits, hold_stages=hold
+        )
+    assert (claimed.task_id, claimed.stage) == (tb.id, "deploy-staging")

@@ -272,8 +272,8 @@ def _run_command(
 
 
 def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
-    """The deterministic developer: apply the newest attached patch and commit it."""
-    patch = taskdir.latest_patch(ctx.task_dir)
+    """The deterministic developer: apply the attempt's patch and commit it."""
+    patch = taskdir.patch_for_attempt(ctx.task_dir, ctx.job.attempt)
     if patch is None:
         reasons = ["no patch attached: `orch task retry KEY --patch FILE`"]
         _dev_report(ctx, "FAILED", reasons)

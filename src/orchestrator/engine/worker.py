@@ -22,7 +22,7 @@ from orchestrator import alerts, proc_group, taskdir
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
-from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage, State
+from orchestrator.domain.stages import SERIAL_STAGES, STAGE_TRANSITIONS, Stage, State
 from orchestrator.engine.apply import apply_job_end
 from orchestrator.engine.launch import JobContext, JobResult, job_marker, launch_job
 from orchestrator.gates.registry import GateContext, run_gates
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # How often running jobs are checked for a cancel asked in the DB, and for the reaper: a
 # cancelled job is killed well within a second.
 WATCH_INTERVAL_S = 0.25
+
+# Between its serialized jobs a task keeps its repo's serial gate at these stages.
+SERIAL_HOLD_STAGES = tuple(s.value for s in SERIAL_STAGES if s is not Stage.DEPLOY_STAGING)
 
 
 def make_worker_id(host: str, pid: int, started: float) -> str:
@@ -178,6 +181,7 @@ class Worker:
             limits=jobq.ClaimLimits(st.max_parallel_jobs, st.max_parallel_jobs_per_repo),
             max_jobs=max_jobs,
             task_id=task_id,
+            hold_stages=SERIAL_HOLD_STAGES,
         )
 
     def _heartbeat(self, now: float) -> None:

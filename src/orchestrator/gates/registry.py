@@ -84,7 +84,12 @@ def run_gates(ctx: GateContext) -> Verdict:
     reasons: list[str] = []
     fields: dict[str, str] = {}
     for name in names:
-        verdict = CHECKS[name](ctx)
+        check = CHECKS.get(name)
+        if check is None:
+            return Verdict(
+                VerdictStatus.FAIL, [*reasons, f"{name}: not available; fail closed"], fields
+            )
+        verdict = check(ctx)
         reasons.extend(f"{name}: {r}" for r in verdict.reasons)
         fields.update(verdict.fields)
         if not verdict.passed:

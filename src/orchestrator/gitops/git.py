@@ -18,6 +18,24 @@ _GIT_ENV = {
 }
 
 
+_SECRET_PARTS = ("TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "DATABASE_URL", "API_KEY")
+
+
+def git_environment() -> dict[str, str]:
+    """Our environment without the orchestrator's settings and secrets.
+
+    Git runs hooks (post-checkout on `worktree add`, say) from the managed repository;
+    they must not see the API token or the database URL.
+    """
+    import os
+
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ORCH_") and not any(part in k.upper() for part in _SECRET_PARTS)
+    }
+
+
 @dataclass(frozen=True)
 class GitResult:
     """What a git call did. ``timed_out`` is an infra condition, not an error of the code."""
@@ -41,10 +59,9 @@ def git(
     input_text: str | None = None,
 ) -> GitResult:
     """Run ``git <args>`` in ``cwd`` with a timeout; never raises for a failing git."""
-    import os
 
     argv = ("git", *args)
-    full_env = {**os.environ, **_GIT_ENV, **(env or {})}
+    full_env = {**git_environment(), **_GIT_ENV, **(env or {})}
     try:
         proc = subprocess.run(
             argv,

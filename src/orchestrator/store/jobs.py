@@ -33,6 +33,31 @@ class ClaimLimits:
     per_repo: int
 
 
+def serial_gate_holders(conn: sa.Connection, hold_stages: Sequence[str] = ()) -> dict[str, int]:
+    """Serial key → the task holding that serial gate.
+
+    A task holds it while one of its serialized jobs runs, and also between them: while it
+    is live at one of ``hold_stages`` (deploy, post-deploy-monitor), so that no other task
+    of the repo merges or deploys between its deploy and its health watch.
+    """
+    holders: dict[str, int] = {}
+    running = sa.select(jobs.c.serial_key, jobs.c.task_id).where(
+        jobs.c.state == "running", jobs.c.serial_key.is_not(None)
+    )
+    for key, task_id in conn.execute(running):
+        holders[key] = task_id
+    if hold_stages:
+        between = (
+            sa.select(repos.c.name, tasks.c.id)
+            .select_from(tasks.join(repos, repos.c.id == tasks.c.repo_id))
+            .where(tasks.c.stage.in_(list(hold_stages)), tasks.c.state.in_(_CLAIMABLE_TASK_STATES))
+            .order_by(tasks.c.updated_at)
+        )
+        for key, task_id in conn.execute(between):
+            holders.setdefault(key, task_id)
+    return holders
+
+
 def running_counts(conn: sa.Connection) -> tuple[int, dict[int, int], set[str]]:
     """Running jobs: in all, per repo id, and the serial keys they hold."""
     stmt = (
@@ -62,6 +87,7 @@ def claim_jobs(
     exclude_agents: Sequence[str] = (),
     max_jobs: int | None = None,
     task_id: int | None = None,
+    hold_stages: Sequence[str] = (),
 ) -> list[JobRow]:
     """Claim queued jobs whose time has come, within the limits and the serial gate.
 
@@ -70,14 +96,15 @@ def claim_jobs(
     unique index on running serial keys is the last word: a claim that would break it is
     undone by its savepoint and the job stays queued.
     """
-    total, per_repo, serial = running_counts(conn)
+    total, per_repo, _running_keys = running_counts(conn)
+    holders = serial_gate_holders(conn, hold_stages)
     room = limits.total - total
     if max_jobs is not None:
         room = min(room, max_jobs)
     if room <= 0:
         return []
     stmt = (
-        sa.select(jobs.c.id, jobs.c.serial_key, tasks.c.repo_id, tasks.c.state)
+        sa.select(jobs.c.id, jobs.c.serial_key, tasks.c.repo_id, tasks.c.state, jobs.c.task_id)
         .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
         .where(
             jobs.c.state == "queued",
@@ -98,12 +125,12 @@ def claim_jobs(
     # On SQLite BEGIN IMMEDIATE already serializes claims, so the index cannot be hit and
     # a savepoint per claim would only cost two statements.
     guard = conn.dialect.name != "sqlite"
-    for job_id, serial_key, repo_id, task_state in conn.execute(stmt).all():
+    for job_id, serial_key, repo_id, task_state, job_task in conn.execute(stmt).all():
         if len(claimed) >= room:
             break
         if per_repo.get(repo_id, 0) >= limits.per_repo:
             continue
-        if serial_key is not None and serial_key in serial:
+        if serial_key is not None and holders.get(serial_key, job_task) != job_task:
             continue
         update = (
             sa.update(jobs)
@@ -140,7 +167,7 @@ def claim_jobs(
         claimed.append(job)
         per_repo[repo_id] = per_repo.get(repo_id, 0) + 1
         if serial_key is not None:
-            serial.add(serial_key)
+            holders[serial_key] = job_task
     return claimed
 
 
