@@ -32,6 +32,7 @@ SEVERITY = {
     "developer-budget-exhausted": "warning",
     "task-blocked": "warning",
     "awaiting-human": "info",
+    "llm-budget-exhausted": "critical",
 }
 
 

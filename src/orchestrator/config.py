@@ -18,6 +18,17 @@ from orchestrator.errors import ConfigError
 
 ENV_PREFIX = "ORCH_"
 
+# Claude Code's --permission-mode choices, plus the flag that skips every check.
+CLAUDE_PERMISSION_MODES = (
+    "acceptEdits",
+    "auto",
+    "dontAsk",
+    "plan",
+    "bypassPermissions",
+    "dangerously-skip-permissions",
+)
+CODEX_SANDBOXES = ("read-only", "workspace-write", "danger-full-access")
+
 
 def _default_home() -> Path:
     return Path(os.path.expanduser("~")) / ".orchestrator"
@@ -113,12 +124,92 @@ class Settings(BaseSettings):
     alert_webhook_url: str = Field(
         default="", description="POST alerts as JSON here (Slack-compatible); empty: off."
     )
+    agent_stall_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Kill an LLM agent whose log and worktree stay unchanged this long.",
+    )
+    llm_budget_per_task_usd: float = Field(
+        default=10.0, ge=0, description="LLM spend allowed for one task; 0 means no limit."
+    )
+    llm_budget_per_day_usd: float = Field(
+        default=100.0,
+        ge=0,
+        description="LLM spend allowed over the last 24 hours, all tasks; 0 means no limit.",
+    )
+    claude_command: str = Field(
+        default="claude", description="The Claude Code executable (split with shlex)."
+    )
+    claude_model: str = Field(
+        default="", description="Model for Claude Code (--model); empty: the CLI's default."
+    )
+    claude_max_turns: int = Field(
+        default=50, ge=1, description="Claude Code --max-turns: agent turns in one job."
+    )
+    claude_max_retries: int = Field(
+        default=2, ge=0, description="CLAUDE_CODE_MAX_RETRIES: API retries inside one job."
+    )
+    claude_permission_mode: str = Field(
+        default="acceptEdits",
+        description="acceptEdits, auto, dontAsk, plan, bypassPermissions or "
+        "dangerously-skip-permissions.",
+    )
+    claude_allowed_tools: str = Field(
+        default="", description="CSV of tool rules Claude Code may use unasked (--allowedTools)."
+    )
+    codex_command: str = Field(
+        default="codex", description="The Codex executable (split with shlex)."
+    )
+    codex_model: str = Field(default="gpt-5-codex", description="Model for Codex.")
+    codex_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        description="Codex model provider base_url; the repo's OPENAI_BASE_URL wins.",
+    )
+    codex_api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="Env var (passed with --agent-env) holding Codex's API key.",
+    )
+    codex_sandbox: str = Field(
+        default="workspace-write",
+        description="Codex sandbox_mode: read-only, workspace-write or danger-full-access.",
+    )
+    codex_max_retries: int = Field(
+        default=2, ge=0, description="Codex request and stream retries inside one job."
+    )
+    codex_price_in_per_mtok_usd: float = Field(
+        default=1.25, ge=0, description="USD per million input tokens, for Codex's cost."
+    )
+    codex_price_out_per_mtok_usd: float = Field(
+        default=10.0, ge=0, description="USD per million output tokens, for Codex's cost."
+    )
+    aider_command: str = Field(
+        default="aider", description="The aider executable (split with shlex)."
+    )
+    aider_model: str = Field(
+        default="", description="Model for aider (--model); empty: aider's default."
+    )
 
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         # `~/.orchestrator` as written in .env.example must mean the user's home.
         return value.expanduser()
+
+    @field_validator("claude_permission_mode", mode="after")
+    @classmethod
+    def _check_permission_mode(cls, value: str) -> str:
+        if value not in CLAUDE_PERMISSION_MODES:
+            msg = f"{value!r} is not one of {', '.join(CLAUDE_PERMISSION_MODES)}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("codex_sandbox", mode="after")
+    @classmethod
+    def _check_codex_sandbox(cls, value: str) -> str:
+        if value not in CODEX_SANDBOXES:
+            msg = f"{value!r} is not one of {', '.join(CODEX_SANDBOXES)}"
+            raise ValueError(msg)
+        return value
 
     @model_validator(mode="after")
     def _check_invariants(self) -> Settings:

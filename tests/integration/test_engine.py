@@ -65,8 +65,13 @@ class Harness:
 
     def add_repo(self, stages: list[str] = STAGES, **agents: str) -> None:
         specs = [f"{s}={agents.get(s.replace('-', '_'), self.agent())}" for s in stages]
+        # The merge gate re-tests the merged tree with the repo's test command: here a
+        # command that passes, since the fake agents' repo has no suite.
         ops.add_repo(
-            self.engine, "demo", self.repo_path, ops.RepoInput(stages=stages, agents=specs)
+            self.engine,
+            "demo",
+            self.repo_path,
+            ops.RepoInput(stages=stages, agents=specs, test_cmd=f"{sys.executable} -c pass"),
         )
 
     def save_plan(self) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from orchestrator import __version__
-from orchestrator.cli import engine_cmds, misc, repo, task
+from orchestrator.cli import demo_cmd, engine_cmds, misc, repo, task
 from orchestrator.cli._common import set_home
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ def root(
 
 app.command("init")(misc.init)
 app.command("status")(misc.status)
+app.command("demo")(demo_cmd.demo)
 app.command("run")(engine_cmds.run_cmd)
 app.command("worker")(engine_cmds.worker_cmd)
 app.command("pause")(engine_cmds.pause)

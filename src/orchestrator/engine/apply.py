@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from orchestrator.agents.budget import check_budgets
 from orchestrator.alerts import raise_alert
 from orchestrator.config import Settings
 from orchestrator.domain.outcomes import OutcomeKind
@@ -25,10 +26,10 @@ from orchestrator.domain.stages import (
     next_transition,
 )
 from orchestrator.domain.verdicts import Verdict
-from orchestrator.engine.launch import JobResult
+from orchestrator.engine.launch import GATE_ONLY_AGENT, JobResult
 from orchestrator.ops import queue_job
 from orchestrator.store import jobs as jobq
-from orchestrator.store import queries
+from orchestrator.store import queries, spend
 from orchestrator.store.queries import AlertRow, JobRow
 
 
@@ -87,7 +88,31 @@ def apply_job_end(
         )
         return Applied(None, fenced_out=not ok)
 
-    if result.awaiting_human:
+    if result.over_budget:
+        # Refused before it started: an LLM budget is spent. Blocked, not deferred: waiting
+        # would not make money appear, and a retry loop would hide the reason.
+        ok = jobq.finish_job(
+            conn,
+            job.id,
+            owner,
+            now=now,
+            outcome=OutcomeKind.NOT_STARTED.value,
+            verdict=None,
+            reasons=result.reasons,
+            exit_code=None,
+            earlier=job.reasons,
+        )
+        if not ok:
+            return Applied(None, fenced_out=True)
+        t = Transition(
+            TransitionKind.BLOCK,
+            stage,
+            stage,
+            State.BLOCKED,
+            [f"{stage.value}: blocked before dispatch", *result.reasons],
+            alert="llm-budget-exhausted",
+        )
+    elif result.awaiting_human:
         ok = jobq.finish_job(
             conn,
             job.id,
@@ -137,6 +162,28 @@ def apply_job_end(
         if not ok:
             return Applied(None, fenced_out=True)
 
+    moving = (TransitionKind.ADVANCE, TransitionKind.ROLLBACK, TransitionKind.DEFER)
+    if result.cost_usd is not None and t.kind in moving:
+        # After an LLM job: its spend (just recorded) may have crossed a budget. Then the
+        # task stops here with an alert rather than spending on in the next stage.
+        check = check_budgets(
+            task_spent_usd=spend.task_spend_usd(conn, task.id),
+            day_spent_usd=spend.day_spend_usd(conn, since=now - 86400),
+            task_budget_usd=settings.llm_budget_per_task_usd,
+            day_budget_usd=settings.llm_budget_per_day_usd,
+            before_dispatch=False,
+        )
+        if not check.ok:
+            # Blocked where the task was going, so a retry (after the budget is raised)
+            # goes on from there instead of paying for this stage again.
+            t = Transition(
+                TransitionKind.BLOCK,
+                stage,
+                t.to_stage,
+                State.BLOCKED,
+                [*t.reasons, "LLM budget crossed by this job", *check.reasons],
+                alert="llm-budget-exhausted",
+            )
     developer_retries = task.developer_retries + (1 if t.spends_developer_retry else 0)
     infra_retries = task.infra_retries + (1 if t.spends_infra_retry else 0)
     if t.to_stage is not stage:
@@ -169,6 +216,10 @@ def apply_job_end(
     if t.kind in (TransitionKind.ADVANCE, TransitionKind.ROLLBACK):
         next_job = queue_job(conn, repo, fresh, t.to_stage, now=now)
     elif t.kind is TransitionKind.DEFER:
+        # The process ran and its work stands when only a gate met infra trouble: then the
+        # retry re-runs the gates alone (the merge gate's bounded infra retry), never the
+        # stage's agent again.
+        gate_trouble = not result.outcome.is_tool_error and verdict is not None
         next_job = queue_job(
             conn,
             repo,
@@ -176,7 +227,7 @@ def apply_job_end(
             t.to_stage,
             now=now,
             not_before=now + (t.backoff_s or 0.0),
-            agent=job.agent,
+            agent=GATE_ONLY_AGENT if gate_trouble else job.agent,
         )
     alerts: list[AlertRow] = []
     if t.alert is not None:

@@ -7,6 +7,7 @@ hybrid fallback). Whatever happens, the result is a value: an outcome and reason
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import string
@@ -38,6 +39,10 @@ from orchestrator.store.queries import JobRow, RepoRow, TaskRow
 log = logging.getLogger(__name__)
 
 APPROVED_AGENT = "approved"
+# Re-runs only the stage's gates: after a gate met infra trouble (the merge gate's re-test
+# timed out, main was locked) the stage's own work stands and must not run again.
+GATE_ONLY_AGENT = "gate-only"
+NO_PROCESS_AGENTS = frozenset({APPROVED_AGENT, GATE_ONLY_AGENT})
 
 # What an agent or runner process may see of our environment. Everything else, the API
 # token and the database URL included, stays with the orchestrator.
@@ -69,6 +74,8 @@ class JobResult:
     exit_code: int | None = None
     worktree: Path | None = None
     awaiting_human: bool = False
+    # Refused before dispatch: an LLM budget is spent (the task is blocked, not deferred).
+    over_budget: bool = False
     cost_usd: float | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -91,6 +98,21 @@ def scrubbed_env(repo: RepoRow, extra: Mapping[str, str] | None = None) -> dict[
     return env
 
 
+def uses_llm(job: JobRow, repo: RepoRow, settings: Settings) -> bool:
+    """Whether this job will call an LLM: an LLM backend, or a runner falling back to one."""
+    if job.agent in NO_PROCESS_AGENTS:
+        return False
+    try:
+        spec = parse_agent_spec(job.agent, Stage(job.stage))
+    except UsageError:
+        return False
+    if spec.kind is AgentKind.LLM:
+        return True
+    if spec.kind is AgentKind.RUNNER:
+        return not runner_available(settings, spec.backend, repo.name)[0]
+    return False
+
+
 def launch_job(ctx: JobContext) -> JobResult:
     """Run the job's agent; never raises (an internal error is a tool error)."""
     try:
@@ -111,6 +133,8 @@ def _launch(ctx: JobContext) -> JobResult:
     worktree = wt.path
     if job.agent == APPROVED_AGENT:
         return JobResult(OutcomeKind.COMPLETED, ["approved by a human; no process"], 0, worktree)
+    if job.agent == GATE_ONLY_AGENT:
+        return JobResult(OutcomeKind.COMPLETED, ["the gates run again; no process"], 0, worktree)
     try:
         spec = parse_agent_spec(job.agent, stage)
     except UsageError as exc:
@@ -124,12 +148,8 @@ def _launch(ctx: JobContext) -> JobResult:
         fallback = repo.agents.get(f"{stage.value}:fallback", DEFAULT_LLM_BACKEND)
         log.info("runner unavailable, falling back", extra={"task": ctx.task.key, "action": why})
         result = _spawn(ctx, fallback, stage, worktree)
-        return JobResult(
-            result.outcome,
-            [why, f"fell back to {fallback}", *result.reasons],
-            result.exit_code,
-            worktree,
-            result.awaiting_human,
+        return dataclasses.replace(
+            result, reasons=[why, f"fell back to {fallback}", *result.reasons], worktree=worktree
         )
     return _spawn(ctx, job.agent, stage, worktree)
 
@@ -184,11 +204,9 @@ def _spawn(ctx: JobContext, agent: str, stage: Stage, worktree: Path) -> JobResu
         )
     if spec.backend == "command":
         return _run_command(ctx, spec.template, stage, worktree)
-    return JobResult(
-        OutcomeKind.NOT_STARTED,
-        [f"the {spec.backend} backend ({STAGE_ROLES[stage]}) is not available in this version"],
-        worktree=worktree,
-    )
+    from orchestrator.agents.backends import run_llm_backend
+
+    return run_llm_backend(ctx, spec.backend, STAGE_ROLES[stage], stage, worktree)
 
 
 def write_prompt(ctx: JobContext, stage: Stage) -> Path:

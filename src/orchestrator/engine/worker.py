@@ -8,6 +8,7 @@ task sets. Changes made by other processes are noticed by a cheap poll about onc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -19,15 +20,17 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from orchestrator import alerts, proc_group, taskdir
+from orchestrator.agents.budget import check_budgets
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import SERIAL_STAGES, STAGE_TRANSITIONS, Stage, State
 from orchestrator.engine.apply import apply_job_end
-from orchestrator.engine.launch import JobContext, JobResult, job_marker, launch_job
+from orchestrator.engine.launch import JobContext, JobResult, job_marker, launch_job, uses_llm
+from orchestrator.gates import merge_gate  # registers check_branch_mergeable
 from orchestrator.gates.registry import GateContext, run_gates
 from orchestrator.gitops import worktrees
-from orchestrator.store import control, queries
+from orchestrator.store import control, queries, spend
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import JobRow
 
@@ -239,6 +242,18 @@ class Worker:
                 self.wake.set()
             current = following
 
+    def _over_budget(self, task_id: int) -> list[str] | None:
+        """Why the LLM budgets forbid dispatching another LLM job now, or None."""
+        st = self.settings
+        with self.engine.connect() as conn:
+            check = check_budgets(
+                task_spent_usd=spend.task_spend_usd(conn, task_id),
+                day_spent_usd=spend.day_spend_usd(conn, since=time.time() - 86400),
+                task_budget_usd=st.llm_budget_per_task_usd,
+                day_budget_usd=st.llm_budget_per_day_usd,
+            )
+        return None if check.ok else ["not dispatched: LLM budget", *check.reasons]
+
     def _requeue(self, job: JobRow, reason: str) -> None:
         with self.engine.begin() as conn:
             jobq.requeue(
@@ -269,25 +284,48 @@ class Worker:
                 )
 
         ctx = JobContext(job, task, repo, st, folder, log_path, running.cancel, on_start, previous)
+        if uses_llm(job, repo, st):
+            refusal = self._over_budget(task.id)
+            if refusal is not None:
+                result = JobResult(OutcomeKind.COMPLETED, refusal, None, None, over_budget=True)
+                with self.engine.begin() as conn:
+                    applied = apply_job_end(
+                        conn,
+                        settings=st,
+                        job=job,
+                        owner=self.id,
+                        result=result,
+                        verdict=None,
+                        now=time.time(),
+                    )
+                if applied.alerts:
+                    alerts.deliver_in_background(self.engine, applied.alerts, st.alert_webhook_url)
+                return None
         result = launch_job(ctx)
         if running.stop_reason == "shutdown":
             self._requeue(job, "worker stopped")
             return None
         if running.stop_reason == "reaper":
-            result = JobResult(
-                OutcomeKind.TIMEOUT,
-                [
-                    f"reaper: ran longer than reaper_max_running_s ({st.reaper_max_running_s:g}s)",
-                    *result.reasons,
-                ],
-                result.exit_code,
-                result.worktree,
+            limit = f"reaper: ran longer than reaper_max_running_s ({st.reaper_max_running_s:g}s)"
+            result = dataclasses.replace(
+                result, outcome=OutcomeKind.TIMEOUT, reasons=[limit, *result.reasons]
             )
         verdict = None
         if result.outcome is OutcomeKind.COMPLETED and not result.awaiting_human:
             verdict = run_gates(
                 GateContext(task, repo, Stage(job.stage), folder, result.worktree, st, self.engine)
             )
+            if (
+                verdict.passed
+                and job.stage == Stage.TESTING.value
+                and job.agent == "test-runner"
+                and result.worktree is not None
+            ):
+                # The merge gate may skip its re-test for a tree the suite already passed.
+                _ok, note = merge_gate.record_validated_tree(
+                    self.engine, repo, result.worktree, repo.test_cmd
+                )
+                log.info(note, extra={"task": task.key, "job": job.id, "action": "validated"})
         with self.engine.begin() as conn:
             applied = apply_job_end(
                 conn,

@@ -228,3 +228,48 @@ workers = sa.Table(
     time_column("heartbeat_at"),
     sa.Index(None, "heartbeat_at"),
 )
+
+# ---- the merge gate ----------------------------------------------------------------------
+
+VALIDATED_TREE_SOURCES = ("test-runner", "merge-retest")
+MERGE_STATUSES = ("MERGED", "CONFLICT", "RED", "INFRA")
+MERGE_CLASSIFICATIONS = ("timeout", "red", "lock-busy", "other", "conflict")
+MERGE_RETESTS = ("ran", "skipped", "none")
+
+# Trees whose suite passed, per repo and test command: the merge gate skips its re-test
+# when the tree it is about to put on main is one of them. Keyed by the tree, not the
+# commit, so an equivalent rebase (another commit, the same tree) is recognised too.
+validated_trees = sa.Table(
+    "validated_trees",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("repo_id", sa.Integer(), sa.ForeignKey("repos.id"), nullable=False),
+    sa.Column("tree", sa.String(), nullable=False),
+    # A stable hash of the test command's argv (store.merges.cmd_key).
+    sa.Column("test_cmd_key", sa.String(), nullable=False),
+    sa.Column("source", sa.String(), nullable=False),
+    time_column("at"),
+    sa.UniqueConstraint("repo_id", "tree", "test_cmd_key"),
+    sa.CheckConstraint(in_check("source", VALIDATED_TREE_SOURCES), name="source"),
+)
+
+# One row per run of the merge gate: what it decided and why. The merge counters are
+# derived from these rows, so they survive restarts and add up across workers.
+merge_results = sa.Table(
+    "merge_results",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("job_id", sa.Integer(), sa.ForeignKey("jobs.id"), nullable=True),
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("classification", sa.String(), nullable=True),
+    sa.Column("retest", sa.String(), nullable=False),
+    sa.Column("merged_sha", sa.String(), nullable=True),
+    sa.Column("rounds", sa.Integer(), nullable=False),
+    sa.Column("reasons", json_type(), nullable=False),
+    time_column("at"),
+    sa.CheckConstraint(in_check("status", MERGE_STATUSES), name="status"),
+    sa.CheckConstraint(in_check("classification", MERGE_CLASSIFICATIONS), name="classification"),
+    sa.CheckConstraint(in_check("retest", MERGE_RETESTS), name="retest"),
+    sa.Index(None, "task_id"),
+)

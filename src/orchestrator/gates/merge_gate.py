@@ -1,0 +1,598 @@
+"""The merge gate: the last check of deploy-staging, and the only way main ever moves.
+
+``check_branch_mergeable`` rebases the task branch onto current main, makes it one commit
+(main must hold only trees that passed the suite), re-tests unless that exact tree already
+passed the same test command, checks the repo's regression markers, then advances main by
+compare-and-swap (and pushes it, never forced, when the repo has a remote). Main moved
+meanwhile: rebase and go round again, a bounded number of times.
+
+Every expected condition is a value: a conflict or a red re-test is a FAIL verdict (the
+engine rolls back to development); a timeout, a busy lock or a rejected push is a verdict
+with ``tool_error`` set (the domain defers on the same stage within the infra budget, then
+blocks and alerts). The check never raises. It writes ``16-merge-report.md`` and one
+``merge_results`` row per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import sqlalchemy as sa
+
+from orchestrator import taskdir
+from orchestrator.domain import artifacts as A
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.verdicts import Verdict, VerdictStatus
+from orchestrator.gates import registry
+from orchestrator.gates.registry import GateContext
+from orchestrator.gitops import merge as gm
+from orchestrator.gitops import worktrees
+from orchestrator.runners.base import (
+    RunContext,
+    argv_json,
+    argv_problem,
+    execute,
+    one_line,
+    output_block,
+    reasons_block,
+)
+from orchestrator.runners.test_runner import (
+    DEFAULT_COMMAND,
+    JUnitCounts,
+    is_pytest_command,
+    read_junit,
+    with_pytest_evidence,
+)
+from orchestrator.self_deploy import ExitMapping, ExitStatus, map_outcome
+from orchestrator.store import merges
+from orchestrator.store.queries import RepoRow
+
+log = logging.getLogger(__name__)
+
+CHECK_NAME = "check_branch_mergeable"
+# Rounds of rebase + re-test + CAS before giving up on a main that keeps moving.
+MAX_ROUNDS = 3
+# What a re-test process may see of our environment (as agents and runners do), plus the
+# repo's named variables. No bytecode: the re-test must leave the worktree as it found it.
+_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "VIRTUAL_ENV")
+
+MergeStatus = Literal["MERGED", "CONFLICT", "RED", "INFRA"]
+RetestClass = Literal["timeout", "red", "lock-busy", "other"]
+Retest = Literal["ran", "skipped", "none"]
+# Tool errors the domain understands, by failure class.
+_TOOL_ERROR: dict[str, str] = {
+    "timeout": OutcomeKind.TIMEOUT.value,
+    "lock-busy": OutcomeKind.LOCK_BUSY.value,
+    "other": OutcomeKind.CRASHED.value,
+}
+
+
+# --------------------------------------------------------------------------- re-test
+
+
+@dataclass(frozen=True)
+class RetestResult:
+    """What the re-test did: the mapped outcome, the JUnit counts, where its log is."""
+
+    passed: bool
+    mapping: ExitMapping
+    counts: JUnitCounts | None
+    argv: list[str]
+    log_path: Path
+    duration_s: float
+    reasons: list[str]
+
+
+def _retest_env(repo: RepoRow) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _ENV_ALLOWLIST if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    for name in repo.agent_env:
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def retest_branch(
+    ctx: GateContext, worktree: Path, command: Sequence[str], *, log_path: Path
+) -> RetestResult:
+    """Run the repo's test command in ``worktree`` through proc_group, bounded by
+    ``merge_retest_timeout_s``. Its log goes to ``log_path`` (under ``runs/``); the
+    test-runner's ``13-test-report.md`` is left as it is."""
+    rctx = RunContext(
+        task_key=ctx.task.key,
+        repo_name=ctx.repo.name,
+        worktree=worktree,
+        artifact_dir=ctx.task_dir,
+        log_path=log_path,
+        env=_retest_env(ctx.repo),
+        settings=ctx.settings,
+    )
+    argv = list(command)
+    junit: Path | None = None
+    if is_pytest_command(argv):
+        junit = log_path.with_name(f"junit-{log_path.stem}.xml")
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.unlink(missing_ok=True)  # never read an earlier run's evidence
+        argv = with_pytest_evidence(argv, junit)
+    outcome = execute(rctx, argv, timeout_s=ctx.settings.merge_retest_timeout_s)
+    counts: JUnitCounts | None = None
+    reasons: list[str] = []
+    if junit is not None:
+        counts, why = read_junit(junit)
+        if counts is None and outcome.start_error is None:
+            reasons.append(why)
+        mapping = map_outcome(
+            outcome,
+            kind="pytest",
+            tests_ran=None if counts is None else counts.tests_ran,
+            collection_failed=counts is not None and counts.collection_errors > 0,
+        )
+    else:
+        mapping = map_outcome(outcome, kind="command")
+    passed = mapping.outcome is OutcomeKind.COMPLETED and mapping.status is ExitStatus.PASS
+    if counts is not None and counts.failed:
+        if passed:
+            reasons.append(f"exit code 0, but the JUnit XML shows {counts.failed} failed")
+        passed = False
+    return RetestResult(
+        passed,
+        mapping,
+        counts,
+        argv,
+        outcome.log_path,
+        outcome.duration_s,
+        [*mapping.reasons, *reasons],
+    )
+
+
+def classify_retest_failure(result: RetestResult) -> RetestClass:
+    """Why a re-test did not pass: ``timeout`` (ours), ``lock-busy``, ``red`` (the suite
+    ran and failed: the code's fault) or ``other`` (it did not really run)."""
+    kind = result.mapping.outcome
+    if kind is OutcomeKind.TIMEOUT:
+        return "timeout"
+    if kind is OutcomeKind.LOCK_BUSY:
+        return "lock-busy"
+    if kind is OutcomeKind.COMPLETED:
+        return "red"
+    return "other"
+
+
+# --------------------------------------------------------------------------- markers
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A symbol a task put on main, which every later merge must keep."""
+
+    task: str
+    symbol: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.task}: {self.symbol!r} in {self.path}"
+
+
+def parse_markers(options: Mapping[str, object]) -> tuple[list[Marker], list[str]]:
+    """``MAIN_REGRESSION_MARKERS``: ``options["regression_markers"]``, and what is malformed."""
+    raw = options.get("regression_markers") or []
+    if not isinstance(raw, list):
+        return [], [f"regression_markers must be a list, got {type(raw).__name__}"]
+    found: list[Marker] = []
+    problems: list[str] = []
+    for i, item in enumerate(raw):
+        fields = item if isinstance(item, dict) else {}
+        values = [fields.get(k) for k in ("task", "symbol", "path")]
+        if not all(isinstance(v, str) and v for v in values):
+            problems.append(f"regression_markers[{i}] needs task, symbol and path: {item!r}")
+            continue
+        found.append(Marker(*(str(v) for v in values)))
+    return found, problems
+
+
+def check_markers(
+    worktree: Path, base: str, candidate: str, markers: Sequence[Marker]
+) -> tuple[list[str], list[str], list[str]]:
+    """(dropped, notes, git problems): markers on ``base`` that ``candidate`` would drop.
+
+    A marker already missing from main is noted, not held against this merge.
+    """
+    dropped: list[str] = []
+    notes: list[str] = []
+    problems: list[str] = []
+    for marker in markers:
+        on_main, why = gm.path_has_symbol(worktree, base, marker.path, marker.symbol)
+        if on_main is None:
+            problems.append(f"regression marker {marker}: {why}")
+            continue
+        if not on_main:
+            notes.append(f"regression marker {marker} is already missing on main: {why}")
+            continue
+        kept, why = gm.path_has_symbol(worktree, candidate, marker.path, marker.symbol)
+        if kept is None:
+            problems.append(f"regression marker {marker}: {why}")
+        elif not kept:
+            dropped.append(f"the merge would drop regression marker {marker}: {why}")
+    return dropped, notes, problems
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+@dataclass
+class _Run:
+    """What one run of the gate found; becomes the report, the DB row and the verdict."""
+
+    status: MergeStatus = "INFRA"
+    classification: str | None = None
+    merged_sha: str | None = None
+    base_sha: str | None = None
+    candidate: str | None = None
+    tree: str | None = None
+    retest: Retest = "none"
+    retest_reason: str = "no re-test was needed"
+    retest_log: Path | None = None
+    rounds: int = 0
+    command: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def infra(self, kind: str, *why: str) -> _Run:
+        self.status = "INFRA"
+        self.classification = kind
+        self.reasons.extend(why)
+        return self
+
+    def end(self, status: MergeStatus, classification: str | None, *why: str) -> _Run:
+        self.status = status
+        self.classification = classification
+        self.reasons.extend(why)
+        return self
+
+    @property
+    def tool_error(self) -> str | None:
+        if self.status != "INFRA":
+            return None
+        return _TOOL_ERROR.get(self.classification or "other", OutcomeKind.CRASHED.value)
+
+
+def check_branch_mergeable(ctx: GateContext) -> Verdict:
+    """The merge gate (see the module docstring); never raises."""
+    run = _Run()
+    try:
+        _merge(ctx, run)
+    except Exception as exc:
+        log.exception("merge gate crashed", extra={"task": ctx.task.key, "action": "merge"})
+        run.infra("other", f"merge gate internal error: {type(exc).__name__}: {exc}")
+    summary = _summary(run)
+    run.reasons.insert(0, summary)
+    _write_report(ctx, run)
+    _record_result(ctx, run)
+    fields = {
+        "merge_status": run.status,
+        "merged_sha": run.merged_sha or "none",
+        "retest": run.retest,
+        "rounds": str(run.rounds),
+        "classification": run.classification or "none",
+    }
+    status = VerdictStatus.PASS if run.status == "MERGED" else VerdictStatus.FAIL
+    return Verdict(status, list(run.reasons), fields, run.tool_error)
+
+
+def _summary(run: _Run) -> str:
+    if run.status == "MERGED":
+        sha = (run.merged_sha or "?")[:12]
+        return f"merge gate: MERGED {sha} (re-test {run.retest}; rounds {run.rounds})"
+    if run.status == "INFRA":
+        return (
+            f"merge gate: INFRA ({run.classification}); the code is not blamed, main was not moved"
+        )
+    return f"merge gate: {run.status}; main was not moved"
+
+
+def _merge(ctx: GateContext, run: _Run) -> None:
+    repo, key = ctx.repo, ctx.task.key
+    main = repo.main_branch
+    branch = worktrees.branch_name(key)
+    worktree = ctx.worktree or worktrees.worktree_path(ctx.settings.worktrees_dir, repo.name, key)
+    if not (worktree / ".git").exists():
+        run.infra("other", f"no worktree at {worktree}")
+        return
+    bad = argv_problem(repo.test_cmd)
+    if bad is not None:
+        run.infra("other", f"the repo's test command: {bad}")
+        return
+    run.command = list(repo.test_cmd) if repo.test_cmd else list(DEFAULT_COMMAND)
+    cmd_key = merges.cmd_key(run.command)
+    markers, malformed = parse_markers(repo.options)
+    if malformed:
+        run.infra("other", *malformed)
+        return
+
+    # A rebase a crash left half-done would hide the branch's real tip from what follows.
+    gm.abort_rebase(worktree)
+    tracked_clean, detail = gm.is_clean(worktree, untracked=False)
+    if not tracked_clean:
+        # The re-test runs in this worktree: with edits to tracked files it would test a
+        # tree other than the one that would land on main. Not the code's fault, not ours
+        # to discard: a human looks if it persists.
+        run.infra("other", f"the worktree has uncommitted changes to tracked files: {detail}")
+        return
+
+    for round_no in range(1, MAX_ROUNDS + 1):
+        run.rounds = round_no
+        fresh = gm.refresh_main(Path(repo.path), main, repo.remote)
+        if fresh.status != "ok" or fresh.sha is None:
+            kind = "timeout" if fresh.status == "timeout" else "other"
+            run.infra(kind, f"cannot read current main: {fresh.detail}")
+            return
+        base = run.base_sha = fresh.sha
+        head = gm.rev_parse(worktree, "HEAD")
+        if head is not None and _already_merged(worktree, head, base, key):
+            # A crash between moving main and the bookkeeping: recognise, never merge twice.
+            run.merged_sha = head
+            run.retest_reason = "already merged: nothing was re-tested"
+            run.end(
+                "MERGED", None, f"{branch} ({head[:12]}) is already on {main}: not merged again"
+            )
+            return
+
+        rebased = gm.rebase_onto(worktree, base)
+        if rebased.status == "conflict":
+            listed = ", ".join(rebased.files)
+            run.end(
+                "CONFLICT",
+                "conflict",
+                f"rebase of {branch} onto {main} ({base[:12]}) conflicts in: {listed}",
+                "the rebase was aborted; the worktree is as it was before",
+            )
+            return
+        if rebased.status == "error":
+            run.infra(rebased.error_kind or "other", f"rebase failed: {rebased.detail}")
+            return
+        run.reasons.append(f"round {round_no}: {rebased.detail}")
+
+        commit = gm.single_commit(worktree, branch, base, key, ctx.task.title)
+        if commit.status == "error" or commit.sha is None:
+            run.infra("other", f"cannot make the task's commit: {commit.detail}")
+            return
+        if commit.status == "empty":
+            # Every change of the branch is on main already (git dropped them as applied).
+            run.merged_sha = base
+            run.retest_reason = "nothing to merge: nothing was re-tested"
+            run.end("MERGED", None, f"{commit.detail}: its changes are already on {main}")
+            return
+        candidate = run.candidate = commit.sha
+        tree = run.tree = gm.tree_of(worktree, candidate)
+        if tree is None:
+            run.infra("other", f"cannot read the tree of {candidate[:12]}")
+            return
+
+        dropped, notes, problems = check_markers(worktree, base, candidate, markers)
+        run.reasons.extend(notes)
+        if problems:
+            run.infra("other", *problems)
+            return
+        if dropped:
+            run.end("RED", "red", *dropped)
+            return
+
+        if not _retest_or_skip(ctx, run, worktree, tree, cmd_key, rebased.status, round_no):
+            return
+
+        if _move_main(repo, run, candidate, base, round_no):
+            return
+    run.infra("lock-busy", f"main kept moving: gave up after {MAX_ROUNDS} rounds")
+
+
+def _move_main(repo: RepoRow, run: _Run, candidate: str, base: str, round_no: int) -> bool:
+    """Put ``candidate`` on main, never forced; False when main moved (go round again)."""
+    repo_path, main = Path(repo.path), repo.main_branch
+    if repo.remote:
+        pushed = gm.publish_main(repo_path, repo.remote, main, candidate, base)
+        if pushed.status == "ok":
+            run.merged_sha = candidate
+            run.end("MERGED", None, pushed.detail, *(pushed.local.notes if pushed.local else ()))
+        elif pushed.status == "rejected":
+            # Never forced: the remote's main moved, or a hook said no. Local main has not
+            # moved (push first, local CAS after), so it is not left ahead of the remote.
+            run.infra("lock-busy", f"push rejected: {pushed.detail}")
+        else:
+            run.infra("timeout" if pushed.status == "timeout" else "other", pushed.detail)
+        return True
+    cas = gm.advance_main(repo_path, main, candidate, base)
+    if cas.status == "ok":
+        run.merged_sha = candidate
+        run.end("MERGED", None, cas.detail, *cas.notes)
+        return True
+    if cas.status == "moved":
+        run.reasons.append(f"round {round_no}: main moved under us ({cas.detail}); again")
+        return False
+    kind = cas.status if cas.status in ("lock-busy", "timeout") else "other"
+    run.infra(kind, f"compare-and-swap of {main} failed: {cas.detail}")
+    return True
+
+
+def _already_merged(worktree: Path, head: str, main_sha: str, key: str) -> bool:
+    """The branch tip is the gate's own commit for this task and main already holds it."""
+    return gm.task_of_commit(worktree, head) == key and bool(
+        gm.is_ancestor(worktree, head, main_sha)
+    )
+
+
+def _skip_reason(ctx: GateContext, tree: str, cmd_key: str, rebase_status: str) -> tuple[bool, str]:
+    """(skip?, why): skip only when this tree provably passed this test command."""
+    if not ctx.settings.merge_retest_skip_when_current_enabled:
+        return False, "skip switched off (ORCH_MERGE_RETEST_SKIP_WHEN_CURRENT_ENABLED=false)"
+    if ctx.engine is None:
+        return False, "no database to look up validated trees: re-test"
+    try:
+        with ctx.engine.connect() as conn:
+            row = merges.find_validated_tree(conn, repo_id=ctx.repo.id, tree=tree, cmd_key=cmd_key)
+    except sa.exc.SQLAlchemyError as exc:
+        return False, f"validated trees unreadable ({type(exc).__name__}): re-test"
+    if row is None:
+        return False, f"tree {tree[:12]} has not passed this test command yet: re-test"
+    how = "the rebase was a no-op" if rebase_status == "noop" else "an equivalent rebase"
+    return True, f"tree {tree[:12]} already passed this test command ({row.source}); {how}"
+
+
+def _retest_or_skip(
+    ctx: GateContext,
+    run: _Run,
+    worktree: Path,
+    tree: str,
+    cmd_key: str,
+    rebase_status: str,
+    round_no: int,
+) -> bool:
+    """Skip or run the re-test; False when the gate ends here (red or infra)."""
+    skip, why = _skip_reason(ctx, tree, cmd_key, rebase_status)
+    if skip:
+        if run.retest != "ran":
+            run.retest = "skipped"
+        run.retest_reason = why
+        run.reasons.append(f"round {round_no}: re-test skipped: {why}")
+        return True
+    clean, clean_detail = gm.is_clean(worktree)
+    stamp = int(time.time() * 1000)
+    log_path = ctx.task_dir / "runs" / f"merge-retest-{stamp}-r{round_no}.log"
+    result = retest_branch(ctx, worktree, run.command, log_path=log_path)
+    run.retest = "ran"
+    run.retest_reason = why
+    run.retest_log = result.log_path
+    counts = result.counts.as_dict() if result.counts else {}
+    tally = f" ({counts['passed']} passed, {counts['failed']} failed)" if counts else ""
+    if not result.passed:
+        cls = classify_retest_failure(result)
+        text = f"re-test {'failed' if cls == 'red' else 'did not run to the end'}{tally}"
+        details = [f"round {round_no}: {text}", *result.reasons, f"log: {result.log_path}"]
+        if cls == "red":
+            run.end("RED", "red", *details)
+        else:
+            run.infra(cls, *details)
+        return False
+    run.reasons.append(f"round {round_no}: re-test passed{tally} ({why})")
+    if clean and ctx.engine is not None:
+        _remember(ctx.engine, ctx.repo.id, tree, cmd_key, "merge-retest", run.reasons)
+    elif not clean:
+        run.reasons.append(f"tree not recorded as validated: worktree not clean ({clean_detail})")
+    return True
+
+
+def _remember(
+    engine: sa.Engine, repo_id: int, tree: str, cmd_key: str, source: str, notes: list[str]
+) -> None:
+    try:
+        with engine.begin() as conn:
+            merges.record_validated_tree(
+                conn, repo_id=repo_id, tree=tree, cmd_key=cmd_key, source=source, now=time.time()
+            )
+    except sa.exc.SQLAlchemyError as exc:
+        notes.append(f"could not record the validated tree: {type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- report, DB
+
+
+def _write_report(ctx: GateContext, run: _Run) -> None:
+    keys: dict[str, object] = {
+        "merge_status": run.status,
+        "merged_sha": run.merged_sha or "none",
+        "base_sha": run.base_sha or "none",
+        "candidate_sha": run.candidate or "none",
+        "tree": run.tree or "none",
+        "retest": run.retest,
+        "retest_reason": one_line(run.retest_reason),
+        "classification": run.classification or "none",
+        "tool_error": run.tool_error or "none",
+        "rounds": run.rounds,
+        "test_command": argv_json(run.command or None),
+        "retest_log": one_line(run.retest_log) if run.retest_log else "none",
+    }
+    sections = [reasons_block(run.reasons)]
+    if run.retest_log is not None:
+        sections.append(output_block(run.retest_log))
+    path = ctx.task_dir / A.MERGE_REPORT
+    try:
+        taskdir.write_atomic(path, A.render_artifact(A.MERGE_REPORT, keys, "\n\n".join(sections)))
+    except Exception as exc:  # a full disk must not turn a merge into a crash of the gate
+        run.reasons.append(f"cannot write {path}: {type(exc).__name__}: {exc}")
+
+
+def _record_result(ctx: GateContext, run: _Run) -> None:
+    if ctx.engine is None:
+        run.reasons.append("no database: this merge result is not recorded")
+        return
+    try:
+        with ctx.engine.begin() as conn:
+            merges.insert_merge_result(
+                conn,
+                task_id=ctx.task.id,
+                status=run.status,
+                classification=run.classification,
+                retest=run.retest,
+                merged_sha=run.merged_sha,
+                rounds=run.rounds,
+                reasons=run.reasons,
+                now=time.time(),
+            )
+    except sa.exc.SQLAlchemyError as exc:
+        run.reasons.append(f"could not record the merge result: {type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- testing stage
+
+
+def record_validated_tree(
+    engine: sa.Engine, repo: RepoRow, worktree: Path, test_cmd: Sequence[str] | None
+) -> tuple[bool, str]:
+    """After the test-runner passed: remember HEAD's tree as validated for ``test_cmd``.
+
+    Only a clean worktree counts (an untracked file could have changed the outcome), and
+    ``test_cmd`` must be the argv the test-runner ran before its evidence flags (None: its
+    default). Never raises: (recorded?, why).
+    """
+    try:
+        clean, detail = gm.is_clean(worktree)
+        if not clean:
+            return False, f"not recorded: worktree not clean ({detail})"
+        head = gm.rev_parse(worktree, "HEAD")
+        tree = gm.tree_of(worktree, head) if head else None
+        if tree is None:
+            return False, f"not recorded: cannot read HEAD's tree in {worktree}"
+        argv = list(test_cmd) if test_cmd else list(DEFAULT_COMMAND)
+        with engine.begin() as conn:
+            merges.record_validated_tree(
+                conn,
+                repo_id=repo.id,
+                tree=tree,
+                cmd_key=merges.cmd_key(argv),
+                source="test-runner",
+                now=time.time(),
+            )
+    except Exception as exc:
+        return False, f"not recorded: {type(exc).__name__}: {exc}"
+    return True, f"tree {tree[:12]} recorded as validated"
+
+
+registry.register_check(CHECK_NAME, check_branch_mergeable)
+
+__all__ = [
+    "CHECK_NAME",
+    "MAX_ROUNDS",
+    "Marker",
+    "RetestResult",
+    "check_branch_mergeable",
+    "check_markers",
+    "classify_retest_failure",
+    "parse_markers",
+    "record_validated_tree",
+    "retest_branch",
+]

@@ -1,0 +1,502 @@
+"""Git operations of the merge gate: fetch, rebase, one commit per task, CAS of main, push.
+
+Expected conditions are returned values: a conflict, main moved under us, a rejected push,
+a held lock, a timeout. Nothing here ever forces anything: no ``--force`` of any kind, no
+``+refspec``, no ``reset --hard``. Every git call goes through ``_git``, which refuses such
+arguments outright (a second line of defence behind the code simply not writing them), and
+then through ``orchestrator.gitops.git.git``, which bounds it with a timeout.
+
+Locking: functions named ``*_locked`` expect the caller to hold ``worktrees.repo_lock`` on
+the repo; the public entry points that move main (``refresh_main``, ``advance_main``,
+``publish_main``) take it themselves. flock is not re-entrant across open files, so a
+caller that already holds the lock (worktree creation) uses the ``*_locked`` forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from orchestrator.gitops import git as gitcmd
+from orchestrator.gitops.git import GitResult
+from orchestrator.gitops.worktrees import repo_lock
+
+# Network operations get longer than local ones; both are bounded.
+NETWORK_TIMEOUT_S = 300.0
+LOCAL_TIMEOUT_S = 120.0
+# The trailer that marks a commit the merge gate made for a task.
+TASK_TRAILER = "Orch-Task"
+_ORCH_IDENTITY = {
+    "GIT_COMMITTER_NAME": "orchestrator",
+    "GIT_COMMITTER_EMAIL": "orchestrator@localhost",
+}
+_REFLOG_MESSAGE = "orchestrator merge gate"
+
+FailureKind = Literal["timeout", "lock-busy", "other"]
+
+# Arguments that would let a git call rewrite history someone else may hold.
+_FORCE_ARGS = frozenset({"--force", "-f", "--mirror", "--delete", "-d", "--hard", "--prune"})
+_FORCE_PREFIXES = ("--force-", "+")
+
+
+def force_problem(args: Sequence[str]) -> str | None:
+    """Why ``args`` could force something, or None. ``commit-tree -F -`` style is fine."""
+    for arg in args:
+        if arg in _FORCE_ARGS or arg.startswith(_FORCE_PREFIXES):
+            return f"refused git argument {arg!r}: the merge gate never forces"
+    return None
+
+
+def _git(
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    timeout_s: float = LOCAL_TIMEOUT_S,
+    env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+) -> GitResult:
+    problem = force_problem(args)
+    if problem is not None:
+        return GitResult(("git", *args), -1, "", problem)
+    # Through the module attribute, so a test that wraps gitops.git.git sees every call.
+    return gitcmd.git(args, cwd, timeout_s=timeout_s, env=env, input_text=input_text)
+
+
+def explain(res: GitResult) -> str:
+    """The last line git printed, for a reason."""
+    text = (res.stderr or res.stdout).strip()
+    return text.splitlines()[-1] if text else f"git exited {res.returncode}"
+
+
+def classify_git_failure(res: GitResult) -> FailureKind:
+    """A failed git call: our timeout, a lock another process holds, or anything else."""
+    if res.timed_out:
+        return "timeout"
+    text = f"{res.stderr}\n{res.stdout}"
+    if ".lock" in text and ("File exists" in text or "Unable to create" in text):
+        return "lock-busy"
+    if "cannot lock ref" in text:
+        return "lock-busy"
+    return "other"
+
+
+# --------------------------------------------------------------------------- small reads
+
+
+def rev_parse(cwd: Path, rev: str) -> str | None:
+    """The full SHA of ``rev`` (peeled to a commit or tree as asked), or None."""
+    res = _git(["rev-parse", "--verify", "--quiet", rev], cwd)
+    if not res:
+        return None
+    return res.stdout.strip() or None
+
+
+def tree_of(cwd: Path, commit: str) -> str | None:
+    """The tree hash of ``commit``."""
+    return rev_parse(cwd, f"{commit}^{{tree}}")
+
+
+def is_ancestor(cwd: Path, ancestor: str, descendant: str) -> bool | None:
+    """Whether ``ancestor`` is reachable from ``descendant`` (equal counts); None on error."""
+    res = _git(["merge-base", "--is-ancestor", ancestor, descendant], cwd)
+    if res.returncode in (0, 1) and not res.timed_out:
+        return res.returncode == 0
+    return None
+
+
+def commits_between(cwd: Path, base: str, head: str) -> list[str] | None:
+    """Commits reachable from ``head`` and not from ``base``, oldest first; None on error."""
+    res = _git(["rev-list", "--reverse", f"{base}..{head}"], cwd)
+    return res.stdout.split() if res else None
+
+
+def commit_message(cwd: Path, commit: str) -> str | None:
+    """The full message of ``commit``."""
+    res = _git(["log", "-1", "--format=%B", commit], cwd)
+    return res.stdout if res else None
+
+
+def task_of_commit(cwd: Path, commit: str) -> str | None:
+    """The task key in ``commit``'s ``Orch-Task:`` trailer, when the merge gate made it."""
+    message = commit_message(cwd, commit)
+    if message is None:
+        return None
+    found = None
+    for line in message.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == TASK_TRAILER:
+            found = value.strip()
+    return found
+
+
+def is_clean(worktree: Path, *, untracked: bool = True) -> tuple[bool | None, str]:
+    """(clean?, detail): no tracked change and (``untracked``) no untracked file either.
+
+    Ignored files never count.
+    """
+    mode = "--untracked-files=normal" if untracked else "--untracked-files=no"
+    res = _git(["status", "--porcelain", mode], worktree)
+    if not res:
+        return None, f"git status failed: {explain(res)}"
+    dirty = [line for line in res.stdout.splitlines() if line.strip()]
+    if dirty:
+        return False, f"{len(dirty)} uncommitted path(s), e.g. {dirty[0][3:]}"
+    return True, "clean"
+
+
+def path_has_symbol(cwd: Path, commit: str, path: str, symbol: str) -> tuple[bool | None, str]:
+    """Whether ``path`` exists in ``commit`` and contains ``symbol`` (None: git failed)."""
+    exists = _git(["cat-file", "-e", f"{commit}:{path}"], cwd)
+    if exists.timed_out:
+        return None, f"git cat-file timed out on {path}"
+    if not exists:
+        return False, f"{path} does not exist"
+    # git grep reads the blob from the object store: no checkout, no decoding of our own.
+    found = _git(["grep", "-q", "-F", "-e", symbol, commit, "--", f":(literal){path}"], cwd)
+    if found.returncode == 0:
+        return True, f"{path} contains {symbol!r}"
+    if found.returncode == 1 and not found.timed_out:
+        return False, f"{path} no longer contains {symbol!r}"
+    return None, f"git grep failed on {path}: {explain(found)}"
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The remote's main after a fetch, or why it could not be read."""
+
+    status: Literal["ok", "timeout", "error"]
+    sha: str | None = None
+    detail: str = ""
+
+
+def fetch_main_locked(repo_path: Path, remote: str, main: str) -> FetchResult:
+    """Fetch the remote's ``main`` into the repo (objects + FETCH_HEAD); its SHA.
+
+    FETCH_HEAD is one file per repository: the caller holds repo_lock, so no other fetch
+    of this host can overwrite it between the fetch and the read.
+    """
+    res = _git(
+        ["fetch", "--no-tags", "--quiet", remote, f"refs/heads/{main}"],
+        repo_path,
+        timeout_s=NETWORK_TIMEOUT_S,
+    )
+    if res.timed_out:
+        return FetchResult("timeout", detail=f"git fetch {remote} timed out")
+    if not res:
+        return FetchResult("error", detail=f"git fetch {remote} {main}: {explain(res)}")
+    sha = rev_parse(repo_path, "FETCH_HEAD^{commit}")
+    if sha is None:
+        return FetchResult("error", detail=f"git fetch {remote} {main}: no FETCH_HEAD")
+    return FetchResult("ok", sha, f"{remote}/{main} is at {sha[:12]}")
+
+
+# --------------------------------------------------------------------------- CAS of main
+
+
+@dataclass(frozen=True)
+class CasResult:
+    """A compare-and-swap of ``refs/heads/<main>``, and what became of the checkout."""
+
+    status: Literal["ok", "moved", "lock-busy", "timeout", "error"]
+    detail: str
+    current: str | None = None  # where main is now, when known
+    # The main repo's checkout: "synced", "dirty" (left alone), "not-checked-out",
+    # "failed" (ref moved, files could not follow), or "" when the ref did not move.
+    checkout: str = ""
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Checkout:
+    checked_out: bool
+    clean: bool
+    detail: str
+
+
+def _checkout_state(repo_path: Path, main: str) -> _Checkout:
+    head = _git(["symbolic-ref", "--quiet", "HEAD"], repo_path)
+    if not head or head.stdout.strip() != f"refs/heads/{main}":
+        return _Checkout(False, False, f"{main} is not checked out in {repo_path}")
+    bare = _git(["rev-parse", "--is-bare-repository"], repo_path)
+    if bare.stdout.strip() == "true":
+        return _Checkout(False, False, f"{repo_path} is bare")
+    # Tracked changes only: an untracked file is the user's and read-tree below refuses
+    # to overwrite one anyway.
+    res = _git(["status", "--porcelain", "--untracked-files=no"], repo_path)
+    if not res:
+        return _Checkout(True, False, f"git status failed: {explain(res)}")
+    if res.stdout.strip():
+        return _Checkout(True, False, f"the checkout of {main} in {repo_path} has local changes")
+    return _Checkout(True, True, "clean")
+
+
+def cas_ref(cwd: Path, ref: str, new: str, old: str) -> CasResult:
+    """``git update-ref <ref> <new> <old>``: moves ``ref`` only if it still is ``old``.
+
+    For main, call it under repo_lock (``advance_main``); a task branch is the task's own.
+    """
+    res = _git(["update-ref", "-m", _REFLOG_MESSAGE, ref, new, old], cwd)
+    if res:
+        return CasResult("ok", f"{ref}: {old[:12]} -> {new[:12]}", new)
+    now = rev_parse(cwd, ref)
+    if res.timed_out:
+        return CasResult("timeout", f"git update-ref {ref} timed out", now)
+    if now is not None and now != old:
+        return CasResult("moved", f"{ref} moved to {now[:12]} (expected {old[:12]})", now)
+    kind = classify_git_failure(res)
+    status: Literal["lock-busy", "error"] = "lock-busy" if kind == "lock-busy" else "error"
+    return CasResult(status, f"git update-ref {ref}: {explain(res)}", now)
+
+
+def advance_main_locked(repo_path: Path, main: str, new: str, old: str) -> CasResult:
+    """CAS ``refs/heads/<main>`` from ``old`` to ``new`` and keep a clean checkout in step.
+
+    The ref moves only by ``update-ref <new> <old>``, never by ``merge`` or ``checkout``:
+    the CAS is what guarantees nobody's commit on main is lost. When the main repo has
+    ``main`` checked out, its index and files still show ``old`` after the CAS; if they
+    were clean, ``git read-tree -m -u <old> <new>`` moves them to ``new`` (a two-tree
+    fast-forward that refuses, without touching anything, to overwrite a local change or
+    an untracked file). A dirty checkout is left alone and the result says so: its owner
+    sees main ahead of their files and decides.
+    """
+    checkout = _checkout_state(repo_path, main)
+    cas = cas_ref(repo_path, f"refs/heads/{main}", new, old)
+    if cas.status != "ok":
+        return cas
+    if not checkout.checked_out:
+        return CasResult("ok", cas.detail, new, "not-checked-out", (checkout.detail,))
+    if not checkout.clean:
+        note = f"{checkout.detail}: left alone (main moved to {new[:12]}; its files did not)"
+        return CasResult("ok", cas.detail, new, "dirty", (note,))
+    res = _git(["read-tree", "-m", "-u", old, new], repo_path)
+    if not res:
+        note = f"main moved, but its checkout in {repo_path} could not follow: {explain(res)}"
+        return CasResult("ok", cas.detail, new, "failed", (note,))
+    return CasResult("ok", cas.detail, new, "synced", (f"checkout of {main} updated",))
+
+
+def fast_forward_local_locked(repo_path: Path, main: str, target: str) -> CasResult:
+    """Bring local ``main`` to ``target`` when that is a fast-forward; else leave it alone."""
+    local = rev_parse(repo_path, f"refs/heads/{main}")
+    if local is None:
+        return CasResult("error", f"{repo_path} has no branch {main}")
+    if local == target:
+        return CasResult("ok", f"local {main} is at {target[:12]}", target)
+    ahead = is_ancestor(repo_path, local, target)
+    if not ahead:
+        note = (
+            f"local {main} ({local[:12]}) is not an ancestor of {target[:12]}: left alone "
+            f"(it holds commits the remote does not have)"
+        )
+        return CasResult("ok", note, local, notes=(note,))
+    return advance_main_locked(repo_path, main, target, local)
+
+
+def refresh_main_locked(repo_path: Path, main: str, remote: str | None) -> FetchResult:
+    """Current main: the remote's after a fetch (local main fast-forwarded to it), or local."""
+    if not remote:
+        sha = rev_parse(repo_path, f"refs/heads/{main}^{{commit}}")
+        if sha is None:
+            return FetchResult("error", detail=f"{repo_path} has no branch {main}")
+        return FetchResult("ok", sha, f"{main} is at {sha[:12]}")
+    fetched = fetch_main_locked(repo_path, remote, main)
+    if fetched.status != "ok" or fetched.sha is None:
+        return fetched
+    synced = fast_forward_local_locked(repo_path, main, fetched.sha)
+    notes = "; ".join(synced.notes)
+    return FetchResult("ok", fetched.sha, f"{fetched.detail}{'; ' + notes if notes else ''}")
+
+
+def refresh_main(repo_path: Path, main: str, remote: str | None) -> FetchResult:
+    """``refresh_main_locked`` under the repo lock."""
+    with repo_lock(repo_path):
+        return refresh_main_locked(repo_path, main, remote)
+
+
+def advance_main(repo_path: Path, main: str, new: str, old: str) -> CasResult:
+    """``advance_main_locked`` under the repo lock: two workers of a host never move main
+    at once; the CAS itself guards against anyone else (another host, a human)."""
+    with repo_lock(repo_path):
+        return advance_main_locked(repo_path, main, new, old)
+
+
+# --------------------------------------------------------------------------- push
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """A push of main to the remote, never forced."""
+
+    status: Literal["ok", "rejected", "timeout", "error"]
+    detail: str
+    local: CasResult | None = None  # local main brought in step after an accepted push
+
+
+def push_main_locked(repo_path: Path, remote: str, main: str, sha: str) -> PushResult:
+    """``git push <remote> <sha>:refs/heads/<main>``: a fast-forward, or rejected."""
+    res = _git(
+        ["push", "--porcelain", remote, f"{sha}:refs/heads/{main}"],
+        repo_path,
+        timeout_s=NETWORK_TIMEOUT_S,
+    )
+    if res.timed_out:
+        return PushResult("timeout", f"git push {remote} timed out")
+    if res:
+        return PushResult("ok", f"pushed {sha[:12]} to {remote}/{main}")
+    text = f"{res.stdout}\n{res.stderr}"
+    flagged = [line for line in res.stdout.splitlines() if line.startswith("!")]
+    if flagged or "[rejected]" in text or "[remote rejected]" in text:
+        why = flagged[0].split("\t")[-1] if flagged else explain(res)
+        return PushResult("rejected", f"the remote refused {sha[:12]} on {main}: {why}")
+    return PushResult("error", f"git push {remote}: {explain(res)}")
+
+
+def publish_main(repo_path: Path, remote: str, main: str, new: str, old: str) -> PushResult:
+    """Push ``new`` as the remote's main, then bring local main in step; under the lock.
+
+    The remote is the authority when there is one, so the order is push first, local CAS
+    second. A rejected push therefore never leaves local main ahead of the remote: the
+    local ref has not moved yet and is left as it was. A crash after the push and before
+    the local CAS leaves local main behind, which the next ``refresh_main`` fast-forwards.
+    """
+    with repo_lock(repo_path):
+        pushed = push_main_locked(repo_path, remote, main, new)
+        if pushed.status != "ok":
+            return pushed
+        local = rev_parse(repo_path, f"refs/heads/{main}")
+        if local == old:
+            synced = advance_main_locked(repo_path, main, new, old)
+        else:
+            synced = fast_forward_local_locked(repo_path, main, new)
+        return PushResult("ok", pushed.detail, synced)
+
+
+# --------------------------------------------------------------------------- rebase
+
+
+@dataclass(frozen=True)
+class RebaseResult:
+    """A rebase of the task branch onto main, in the task's worktree."""
+
+    status: Literal["ok", "noop", "conflict", "error"]
+    head: str | None = None
+    files: list[str] = field(default_factory=list)  # conflicting files
+    detail: str = ""
+    error_kind: FailureKind | None = None
+
+
+def _rebase_in_progress(worktree: Path) -> bool:
+    for name in ("rebase-merge", "rebase-apply"):
+        res = _git(["rev-parse", "--git-path", name], worktree)
+        if res:
+            path = Path(res.stdout.strip())
+            if not path.is_absolute():
+                path = worktree / path
+            if path.exists():
+                return True
+    return False
+
+
+def abort_rebase(worktree: Path) -> GitResult | None:
+    """Abort a rebase left in progress (by a conflict, a timeout or a crash), if any."""
+    if not _rebase_in_progress(worktree):
+        return None
+    return _git(["rebase", "--abort"], worktree)
+
+
+def rebase_onto(worktree: Path, onto: str) -> RebaseResult:
+    """Rebase the worktree's branch onto ``onto``; a conflict is aborted and returned."""
+    abort_rebase(worktree)  # a crash mid-rebase must not wedge every later attempt
+    head = rev_parse(worktree, "HEAD")
+    if head is None:
+        return RebaseResult("error", detail=f"no HEAD in {worktree}", error_kind="other")
+    on_top = is_ancestor(worktree, onto, head)
+    if on_top is None:
+        return RebaseResult("error", head, detail="git merge-base failed", error_kind="other")
+    if on_top:
+        return RebaseResult("noop", head, detail=f"already on top of {onto[:12]}")
+    res = _git(
+        ["-c", "rebase.autoStash=false", "rebase", "--no-verify", onto],
+        worktree,
+        env=_ORCH_IDENTITY,
+    )
+    if res:
+        new_head = rev_parse(worktree, "HEAD")
+        return RebaseResult("ok", new_head, detail=f"rebased onto {onto[:12]}")
+    unmerged = _git(["diff", "--name-only", "--diff-filter=U"], worktree)
+    files = sorted(set(unmerged.stdout.split("\n")) - {""}) if unmerged else []
+    aborted = abort_rebase(worktree)
+    abort_note = "" if aborted is None or aborted else f"; rebase --abort: {explain(aborted)}"
+    if files and not res.timed_out:
+        return RebaseResult(
+            "conflict", head, files, f"conflict rebasing onto {onto[:12]}{abort_note}"
+        )
+    return RebaseResult(
+        "error",
+        head,
+        detail=f"git rebase onto {onto[:12]}: {explain(res)}{abort_note}",
+        error_kind=classify_git_failure(res),
+    )
+
+
+# --------------------------------------------------------------------------- one commit
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """The commit the merge gate puts on main for a task."""
+
+    status: Literal["ok", "empty", "error"]
+    sha: str | None = None
+    detail: str = ""
+    squashed: int = 0  # how many branch commits it stands for
+
+
+def single_commit(worktree: Path, branch: str, base: str, key: str, title: str) -> CommitResult:
+    """Make the branch one commit on ``base``, carrying the ``Orch-Task: <key>`` trailer.
+
+    Why one commit: main must hold only trees that passed the suite, and the intermediate
+    commits of a branch never ran it. The commit keeps the branch tip's tree exactly, so
+    the worktree stays clean, and the branch moves to it by CAS (``update-ref new old``).
+    A branch that already is such a commit on ``base`` is kept as it is (same SHA), so a
+    no-op rebase stays a no-op.
+    """
+    head = rev_parse(worktree, "HEAD")
+    commits = commits_between(worktree, base, "HEAD") if head else None
+    if head is None or commits is None:
+        return CommitResult("error", detail=f"cannot list the commits of {branch} on {base[:12]}")
+    if not commits:
+        return CommitResult("empty", base, f"{branch} has no commit on top of {base[:12]}")
+    if len(commits) == 1 and task_of_commit(worktree, head) == key:
+        return CommitResult("ok", head, f"{head[:12]} is already the task's commit", 1)
+    tree = tree_of(worktree, head)
+    log = _git(["log", "--reverse", "--format=%h %s", f"{base}..{head}"], worktree)
+    first = _git(["log", "-1", "--format=%an%n%ae%n%aI", commits[0]], worktree)
+    author = first.stdout.splitlines() if first else []
+    if tree is None or not log or len(author) < 3:
+        return CommitResult("error", detail=f"cannot read the commits of {branch}")
+    subject = " ".join(title.split())[:200] or "merge"
+    listed = "\n".join(f"- {line}" for line in log.stdout.splitlines())
+    message = (
+        f"{key}: {subject}\n\nSquashed from {len(commits)} commit(s) of {branch}:\n"
+        f"{listed}\n\n{TASK_TRAILER}: {key}\n"
+    )
+    env = {
+        **_ORCH_IDENTITY,
+        "GIT_AUTHOR_NAME": author[0],
+        "GIT_AUTHOR_EMAIL": author[1],
+        "GIT_AUTHOR_DATE": author[2],
+    }
+    made = _git(["commit-tree", tree, "-p", base, "-F", "-"], worktree, env=env, input_text=message)
+    sha = made.stdout.strip()
+    if not made or not sha:
+        return CommitResult("error", detail=f"git commit-tree: {explain(made)}")
+    moved = cas_ref(worktree, f"refs/heads/{branch}", sha, head)
+    if moved.status != "ok":
+        return CommitResult("error", detail=f"moving {branch} to its commit: {moved.detail}")
+    return CommitResult("ok", sha, f"{len(commits)} commit(s) made one: {sha[:12]}", len(commits))

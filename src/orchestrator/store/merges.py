@@ -1,0 +1,209 @@
+"""The merge gate's rows: validated trees, merge results, and the counters derived from them.
+
+Every function takes the caller's ``sa.Connection``; callers own transactions. Times come
+from the caller's ``now``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from orchestrator.store.schema import alerts, merge_results, validated_trees
+
+# The alert the domain raises when a stage's infra budget is spent (stages.next_transition).
+INFRA_BUDGET_ALERT = "infra-budget-exhausted"
+# The name the merge gate's check is registered under; run_gates prefixes every reason of a
+# check with it, so an alert raised on a merge-gate verdict quotes it.
+MERGE_CHECK_NAME = "check_branch_mergeable"
+
+
+@dataclass(frozen=True)
+class ValidatedTreeRow:
+    """A tree whose suite passed, for one repo and one test command."""
+
+    id: int
+    repo_id: int
+    tree: str
+    test_cmd_key: str
+    source: str
+    at: float
+
+
+@dataclass(frozen=True)
+class MergeResultRow:
+    """One run of the merge gate and what it decided."""
+
+    id: int
+    task_id: int
+    job_id: int | None
+    status: str
+    classification: str | None
+    retest: str
+    merged_sha: str | None
+    rounds: int
+    reasons: list[str]
+    at: float
+
+
+def cmd_key(argv: Sequence[str]) -> str:
+    """A stable key of a test command: sha256 of its argv as a JSON list."""
+    text = json.dumps(list(argv), ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---- validated trees ---------------------------------------------------------------------
+
+
+def find_validated_tree(
+    conn: sa.Connection, *, repo_id: int, tree: str, cmd_key: str
+) -> ValidatedTreeRow | None:
+    """The record that ``tree`` passed ``cmd_key``'s suite in repo ``repo_id``, or None."""
+    stmt = sa.select(validated_trees).where(
+        validated_trees.c.repo_id == repo_id,
+        validated_trees.c.tree == tree,
+        validated_trees.c.test_cmd_key == cmd_key,
+    )
+    row = conn.execute(stmt).one_or_none()
+    return None if row is None else ValidatedTreeRow(**row._mapping)
+
+
+def record_validated_tree(
+    conn: sa.Connection, *, repo_id: int, tree: str, cmd_key: str, source: str, now: float
+) -> bool:
+    """Remember that ``tree`` passed; False when it was already known (the first record stays).
+
+    Insert-if-absent, so two workers recording the same tree never fail each other's
+    transaction on the unique key.
+    """
+    values = {
+        "repo_id": repo_id,
+        "tree": tree,
+        "test_cmd_key": cmd_key,
+        "source": source,
+        "at": now,
+    }
+    name = conn.dialect.name
+    stmt: sa.Insert
+    if name == "postgresql":
+        stmt = postgresql.insert(validated_trees).values(values).on_conflict_do_nothing()
+    elif name == "sqlite":
+        stmt = sqlite.insert(validated_trees).values(values).on_conflict_do_nothing()
+    else:  # pragma: no cover - make_engine only opens the two backends above
+        msg = f"unsupported database backend {name!r}"
+        raise ValueError(msg)
+    # RETURNING, not rowcount: with psycopg an INSERT that did nothing may still report 1.
+    return conn.execute(stmt.returning(validated_trees.c.id)).first() is not None
+
+
+# ---- merge results -----------------------------------------------------------------------
+
+
+def insert_merge_result(
+    conn: sa.Connection,
+    *,
+    task_id: int,
+    status: str,
+    retest: str,
+    rounds: int,
+    reasons: Iterable[str],
+    now: float,
+    job_id: int | None = None,
+    classification: str | None = None,
+    merged_sha: str | None = None,
+) -> MergeResultRow:
+    """Record one run of the merge gate."""
+    stmt = (
+        sa.insert(merge_results)
+        .values(
+            task_id=task_id,
+            job_id=job_id,
+            status=status,
+            classification=classification,
+            retest=retest,
+            merged_sha=merged_sha,
+            rounds=rounds,
+            reasons=list(reasons),
+            at=now,
+        )
+        .returning(*merge_results.c)
+    )
+    return MergeResultRow(**conn.execute(stmt).one()._mapping)
+
+
+def list_merge_results(conn: sa.Connection, *, task_id: int | None = None) -> list[MergeResultRow]:
+    """Merge results, oldest first; ``task_id`` keeps one task's."""
+    stmt = sa.select(merge_results).order_by(merge_results.c.at, merge_results.c.id)
+    if task_id is not None:
+        stmt = stmt.where(merge_results.c.task_id == task_id)
+    return [MergeResultRow(**r._mapping) for r in conn.execute(stmt)]
+
+
+# ---- counters ----------------------------------------------------------------------------
+
+COUNTER_NAMES = (
+    "merged",
+    "conflicts",
+    "red",
+    "timeouts",
+    "lock_busy",
+    "retests_skipped",
+    "retests_run",
+    "infra_retries",
+    "alerts",
+)
+
+
+def merge_counters(conn: sa.Connection) -> dict[str, int]:
+    """The merge gate's counters, derived from the database (ready for ``/queue``).
+
+    - ``merged``, ``conflicts``, ``red``: results by status;
+    - ``timeouts``, ``lock_busy``: results by classification (INFRA results);
+    - ``retests_run``, ``retests_skipped``: results by whether the re-test ran;
+    - ``infra_retries``: INFRA results: each one asked the engine for an infra retry (the
+      domain turns it into a deferral, or a block when the budget is spent);
+    - ``alerts``: ``infra-budget-exhausted`` alerts raised on a merge-gate verdict, i.e.
+      whose reasons quote ``check_branch_mergeable`` (run_gates prefixes each reason of a
+      check with its name, and the domain copies a verdict's reasons into the transition
+      and its alert). A budget spent by the staging suite itself is not counted.
+    """
+    m = merge_results.c
+    by_status = dict(
+        conn.execute(sa.select(m.status, sa.func.count()).group_by(m.status)).tuples().all()
+    )
+    by_class = dict(
+        conn.execute(
+            sa.select(m.classification, sa.func.count())
+            .where(m.classification.is_not(None))
+            .group_by(m.classification)
+        )
+        .tuples()
+        .all()
+    )
+    by_retest = dict(
+        conn.execute(sa.select(m.retest, sa.func.count()).group_by(m.retest)).tuples().all()
+    )
+    alert_count = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(alerts)
+        .where(
+            alerts.c.kind == INFRA_BUDGET_ALERT,
+            sa.cast(alerts.c.reasons, sa.Text).contains(MERGE_CHECK_NAME, autoescape=True),
+        )
+    ).scalar_one()
+    return {
+        "merged": int(by_status.get("MERGED", 0)),
+        "conflicts": int(by_status.get("CONFLICT", 0)),
+        "red": int(by_status.get("RED", 0)),
+        "timeouts": int(by_class.get("timeout", 0)),
+        "lock_busy": int(by_class.get("lock-busy", 0)),
+        "retests_skipped": int(by_retest.get("skipped", 0)),
+        "retests_run": int(by_retest.get("ran", 0)),
+        "infra_retries": int(by_status.get("INFRA", 0)),
+        "alerts": int(alert_count),
+    }
