@@ -1,0 +1,188 @@
+"""The ``aider`` backend: aider, one message (``aider --message``), analytics log as evidence.
+
+Plan::
+
+    aider --message=<prompt> --yes-always --no-analytics --analytics-log <home>/...jsonl
+          --no-check-update --no-gitignore --no-stream --no-pretty --no-fancy-input
+          --no-show-model-warnings --no-detect-urls --no-auto-commits --no-dirty-commits
+          --input-history-file <home>/... --chat-history-file <home>/...
+          --llm-history-file <home>/... [--model M]
+
+``--message=<prompt>`` in one element, so a prompt starting with ``-`` is never an option.
+History files live in the job home, outside the repository (``--no-gitignore``: aider must
+not edit the repo's ``.gitignore`` either). aider commits nothing; the orchestrator commits
+what it left. Offline hygiene: ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (litellm's bundled price
+table, not a download) and a non-empty model-info cache in the job home (aider downloads
+its own copy when the cache is missing or empty). ``OPENAI_API_BASE`` / ``OPENAI_API_KEY``
+(or the key of the model's provider) come from the repo's ``--agent-env``.
+
+Roles: aider edits only files inside the repository, so it cannot write an artifact to the
+task folder. It does the developer role only, and the orchestrator writes
+``10-dev-report.md`` itself from the evidence, as the ``patch`` backend does.
+
+Parse: aider exits 0 even when every API call failed. Success needs a ``message_send`` event
+in the analytics log (the model answered) AND a non-empty diff:
+
+- no analytics log, or no ``message_send`` event → ``crashed`` (it never got an answer);
+- ``message_send`` and a diff → ``completed``, ``dev_status: DONE``;
+- ``message_send`` and no diff → ``completed``, ``dev_status: FAILED`` (the gate rolls back).
+
+Cost is the sum of the events' ``cost`` (aider prices known models itself); tokens are the
+sums of ``prompt_tokens`` and ``completion_tokens``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+
+from orchestrator.agents.common import (
+    LlmPlan,
+    LlmResult,
+    PlanError,
+    PlanRequest,
+    as_cost,
+    as_int,
+    json_objects,
+    money,
+    snippet,
+    tool_error_of,
+)
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.proc_group import Outcome
+
+__all__ = ["AIDER_ROLES", "AiderResult", "parse_aider", "plan_aider"]
+
+AIDER_ROLES = frozenset({"developer"})
+ANALYTICS_LOG = "aider-analytics.jsonl"
+# aider's model-info cache: present and non-empty, so it does not fetch one at start.
+MODEL_INFO_CACHE = (".aider", "caches", "model_prices_and_context_window.json")
+# aider's repo-map cache directory, made in the repository root: removed after a run so it
+# is never committed.
+TAGS_CACHE_GLOB = ".aider.tags.cache.v*"
+
+
+def plan_aider(req: PlanRequest) -> LlmPlan:
+    """argv, env and files of an aider job (developer role only)."""
+    if req.role not in AIDER_ROLES:
+        msg = (
+            f"aider can only do the developer role, not {req.role}: it edits files inside the "
+            "repository only, and the artifact belongs in the task folder; use claude or codex"
+        )
+        raise PlanError(msg)
+    try:
+        command = shlex.split(req.settings.aider_command)
+    except ValueError as exc:
+        msg = f"ORCH_AIDER_COMMAND cannot be split: {exc}"
+        raise PlanError(msg) from exc
+    if not command:
+        msg = "ORCH_AIDER_COMMAND is empty"
+        raise PlanError(msg)
+    home = req.job_home
+    analytics = home / ANALYTICS_LOG
+    argv = [
+        *command,
+        f"--message={req.prompt}",
+        "--yes-always",
+        "--no-analytics",
+        "--analytics-log",
+        str(analytics),
+        "--no-check-update",
+        "--no-gitignore",
+        "--no-stream",
+        "--no-pretty",
+        "--no-fancy-input",
+        "--no-show-model-warnings",
+        "--no-detect-urls",
+        "--no-auto-commits",
+        "--no-dirty-commits",
+        "--input-history-file",
+        str(home / "aider.input.history"),
+        "--chat-history-file",
+        str(home / "aider.chat.history.md"),
+        "--llm-history-file",
+        str(home / "aider.llm.history"),
+    ]
+    if req.settings.aider_model:
+        argv += ["--model", req.settings.aider_model]
+    env = {"HOME": str(home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    cache = home.joinpath(*MODEL_INFO_CACHE)
+    files = {cache: json.dumps({"_orchestrator": "offline: use litellm's bundled table"})}
+    return LlmPlan(argv=argv, env=env, files=files, side_output=analytics)
+
+
+@dataclass(frozen=True)
+class AiderResult:
+    """The parse, and the ``dev_status`` the orchestrator writes when it completed."""
+
+    result: LlmResult
+    dev_status: str | None
+
+
+def parse_aider(
+    outcome: Outcome,
+    analytics_log: str | None,
+    *,
+    has_diff: bool,
+    diff_detail: str = "",
+    output: str = "",
+) -> AiderResult:
+    """aider's outcome, cost and tokens from how it ended, its analytics log and the diff."""
+    sends = 0
+    exceptions: list[str] = []
+    tokens_in = 0
+    tokens_out = 0
+    cost_sum = 0.0
+    priced = False
+    for event in json_objects(analytics_log or ""):
+        name = event.get("event")
+        props = event.get("properties")
+        props = props if isinstance(props, dict) else {}
+        if name == "message_send":
+            sends += 1
+            tokens_in += as_int(props.get("prompt_tokens"))
+            tokens_out += as_int(props.get("completion_tokens"))
+            cost = as_cost(props.get("cost"))
+            if cost is not None:
+                cost_sum += cost
+                priced = True
+        elif name == "message_send_exception":
+            exceptions.append(str(props.get("exception", "")))
+    cost_usd = cost_sum if priced else None
+    t_in = tokens_in if sends else None
+    t_out = tokens_out if sends else None
+
+    def done(kind: OutcomeKind, status: str | None, *reasons: str) -> AiderResult:
+        return AiderResult(LlmResult(kind, list(reasons), cost_usd, t_in, t_out), status)
+
+    killed = tool_error_of(outcome, "aider")
+    if killed is not None:
+        return done(killed.outcome, None, *killed.reasons)
+    if analytics_log is None:
+        return done(
+            OutcomeKind.CRASHED,
+            None,
+            f"aider left no analytics log (exit code {outcome.exit_code}); fail closed",
+            *([f"last output: {snippet(output)}"] if output.strip() else []),
+        )
+    if sends == 0:
+        why = f": {snippet(exceptions[-1])}" if exceptions else ""
+        return done(
+            OutcomeKind.CRASHED,
+            None,
+            f"aider got no answer from the model (no message_send event){why}; "
+            "an API error, not the code's fault",
+            *([f"last output: {snippet(output)}"] if output.strip() else []),
+        )
+    summary = (
+        f"aider: {sends} message(s), tokens in {tokens_in} out {tokens_out}, {money(cost_usd)}"
+    )
+    if not has_diff:
+        return done(
+            OutcomeKind.COMPLETED,
+            "FAILED",
+            summary,
+            f"aider changed nothing: {diff_detail or 'no diff'}",
+        )
+    return done(OutcomeKind.COMPLETED, "DONE", summary, f"diff: {diff_detail or 'non-empty'}")

@@ -1,0 +1,258 @@
+"""Run an LLM coding agent (``claude``, ``codex``, ``aider``) for one job.
+
+``run_llm_backend`` is what ``engine.launch._spawn`` calls for an LLM backend. It renders
+the role prompt (a template error ends the job ``not-started``; no half prompt is sent),
+asks the backend for its plan (argv, env additions, files), prepares the job's own home,
+runs the plan through ``proc_group.run`` (scrubbed environment, stdin /dev/null, the agent
+timeout, tree kill, and the stall detector as the poll hook), reads the run's output back
+from the job log, and lets the backend's pure parser say what happened: an outcome with
+reasons, cost and tokens. At the development stage whatever the agent left uncommitted is
+committed, as for the ``command`` backend.
+
+The result is never the agent's word: ``completed`` only means the tool really ran; the
+gate reads the artifact and the engine decides.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator import proc_group, taskdir
+from orchestrator.agents import aider, claude, codex
+from orchestrator.agents.common import (
+    LlmPlan,
+    LlmResult,
+    PlanError,
+    PlanRequest,
+    log_size,
+    run_output,
+    tool_error_of,
+)
+from orchestrator.agents.prompts import PromptError, render_prompt
+from orchestrator.agents.stall import StallDetector
+from orchestrator.config import Settings
+from orchestrator.domain import artifacts as A
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
+from orchestrator.gitops import worktrees
+
+if TYPE_CHECKING:
+    # engine.launch imports this module from _spawn; importing it back at module level
+    # would be a cycle, so run_llm_backend imports it when called.
+    from orchestrator.engine.launch import JobContext, JobResult
+
+__all__ = ["LLM_PLANNERS", "prepare_files", "run_llm_backend"]
+
+LLM_PLANNERS: dict[str, Callable[[PlanRequest], LlmPlan]] = {
+    "claude": claude.plan_claude,
+    "codex": codex.plan_codex,
+    "aider": aider.plan_aider,
+}
+
+
+@dataclass(frozen=True)
+class _Run:
+    outcome: proc_group.Outcome
+    output: str
+    detector: StallDetector
+
+
+def prepare_files(files: dict[Path, str]) -> None:
+    """Write a plan's files whole, readable by the job's user only (they may name keys)."""
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        taskdir.write_atomic(path, text, durable=False)
+        os.chmod(path, 0o600)
+
+
+def _append_log(log_path: Path, lines: list[str]) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write(f"[orchestrator] {line}\n")
+
+
+def run_llm_backend(
+    ctx: JobContext, backend: str, role: str, stage: Stage, worktree: Path
+) -> JobResult:
+    """Run ``backend`` as ``role`` at ``stage`` in ``worktree``; what the process did."""
+    from orchestrator.engine.launch import JobResult, job_marker, scrubbed_env
+
+    def not_started(*reasons: str) -> JobResult:
+        _append_log(ctx.log_path, [f"{backend}: not started: {r}" for r in reasons])
+        return JobResult(OutcomeKind.NOT_STARTED, list(reasons), worktree=worktree)
+
+    planner = LLM_PLANNERS.get(backend)
+    if planner is None:
+        return not_started(f"no LLM backend {backend!r} (known: {', '.join(LLM_PLANNERS)})")
+    st = ctx.settings
+    artifact = STAGE_TRANSITIONS[stage].artifact
+    task_md = taskdir.read_artifact(ctx.task_dir, A.TASK) or ""
+    try:
+        prompt = render_prompt(
+            role, stage, ctx.task.key, task_md, ctx.task_dir, ctx.previous_failure, worktree
+        )
+    except PromptError as exc:
+        return not_started(f"role prompt: {exc}")
+    prompt_file = ctx.task_dir / "runs" / f"{ctx.job.id}-prompt.md"
+    taskdir.write_atomic(prompt_file, prompt, durable=False)
+    job_home = ctx.task_dir / "runs" / f"{ctx.job.id}-home"
+    job_home.mkdir(parents=True, exist_ok=True)
+    env = scrubbed_env(
+        ctx.repo,
+        {
+            "HOME": str(job_home),
+            "ORCH_TASK": ctx.task.key,
+            "ORCH_STAGE": stage.value,
+            "ORCH_ATTEMPT": str(ctx.job.attempt),
+            "ORCH_ARTIFACT_DIR": str(ctx.task_dir),
+            "ORCH_WORKTREE": str(worktree),
+            "ORCH_PROMPT_FILE": str(prompt_file),
+        },
+    )
+    request = PlanRequest(
+        backend=backend,
+        role=role,
+        stage=stage,
+        task_key=ctx.task.key,
+        prompt=prompt,
+        worktree=worktree,
+        artifact_dir=ctx.task_dir,
+        artifact=artifact,
+        job_home=job_home,
+        settings=st,
+        env=env,
+        is_root=hasattr(os, "geteuid") and os.geteuid() == 0,
+    )
+    try:
+        plan = planner(request)
+        prepare_files(plan.files)
+    except PlanError as exc:
+        return not_started(str(exc))
+    except OSError as exc:
+        return not_started(f"cannot prepare the job home {job_home}: {exc}")
+
+    run = _execute(ctx, plan, {**env, **plan.env}, worktree, artifact, job_marker(ctx.job))
+    reasons_extra: list[str] = []
+    if backend == "aider":
+        result = _finish_aider(ctx, plan, run, worktree, reasons_extra)
+    else:
+        result = _parse(backend, st, run)
+        if result.outcome is OutcomeKind.COMPLETED and stage is Stage.DEVELOPMENT:
+            committed, _ = worktrees.commit_all(
+                worktree,
+                f"{ctx.task.key}: development attempt {ctx.job.attempt} ({backend})",
+            )
+            if committed:
+                reasons_extra.append("the orchestrator committed what the agent left uncommitted")
+    reasons = [*result.reasons, *reasons_extra]
+    _append_log(ctx.log_path, [f"{backend}: {result.outcome.value}", *reasons])
+    return JobResult(
+        result.outcome,
+        reasons,
+        run.outcome.exit_code,
+        worktree,
+        cost_usd=result.cost_usd,
+        tokens_in=result.tokens_in,
+        tokens_out=result.tokens_out,
+    )
+
+
+def _execute(
+    ctx: JobContext,
+    plan: LlmPlan,
+    env: dict[str, str],
+    worktree: Path,
+    artifact: str,
+    marker: str,
+) -> _Run:
+    st = ctx.settings
+    # Activity is output in the log or a changed file in the worktree or the artifact. The
+    # task folder as a whole is not watched: the job home inside it holds the CLI's own
+    # state files, which a hung CLI may still touch.
+    detector = StallDetector(
+        ctx.log_path, [worktree, ctx.task_dir / artifact], st.agent_stall_timeout_s
+    )
+    start = log_size(ctx.log_path)
+    outcome = proc_group.run(
+        proc_group.ExecuteRequest(
+            argv=plan.argv,
+            cwd=worktree,
+            env=env,
+            log_path=ctx.log_path,
+            timeout_s=st.agent_timeout_s,
+            grace_s=st.kill_grace_s,
+            marker=marker,
+            secret_names=frozenset(ctx.repo.agent_env),
+        ),
+        cancel=ctx.cancel,
+        on_start=ctx.on_start,
+        poll=detector,
+        tree_kill=st.subprocess_tree_kill_enabled,
+    )
+    return _Run(outcome, run_output(ctx.log_path, start), detector)
+
+
+def _parse(backend: str, st: Settings, run: _Run) -> LlmResult:
+    if backend == "claude":
+        return claude.parse_claude(
+            run.outcome,
+            run.output,
+            max_turns=st.claude_max_turns,
+            permission_mode=st.claude_permission_mode,
+        )
+    return codex.parse_codex(
+        run.outcome,
+        run.output,
+        price_in_per_mtok=st.codex_price_in_per_mtok_usd,
+        price_out_per_mtok=st.codex_price_out_per_mtok_usd,
+    )
+
+
+def _finish_aider(
+    ctx: JobContext, plan: LlmPlan, run: _Run, worktree: Path, extra: list[str]
+) -> LlmResult:
+    """aider's end: clean its cache out of the tree, commit, judge, write the dev report."""
+    for cache in worktree.glob(aider.TAGS_CACHE_GLOB):
+        if cache.is_dir() and not cache.is_symlink():
+            shutil.rmtree(cache, ignore_errors=True)
+    analytics: str | None = None
+    if plan.side_output is not None:
+        try:
+            analytics = plan.side_output.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            analytics = None
+    committed, diff_detail = False, "not looked at: the run did not end by itself"
+    if tool_error_of(run.outcome, "aider") is None:
+        # The diff of *this* attempt: aider commits nothing itself (--no-auto-commits), so
+        # what it changed is exactly what is left to commit. Earlier attempts' commits on
+        # the branch do not count for it.
+        committed, diff_detail = worktrees.commit_all(
+            worktree, f"{ctx.task.key}: development attempt {ctx.job.attempt} (aider)"
+        )
+    if committed:
+        _, diff_detail = worktrees.has_diff_vs(worktree, ctx.repo.main_branch)
+    parsed = aider.parse_aider(
+        run.outcome,
+        analytics,
+        has_diff=committed,
+        diff_detail=f"this attempt: {diff_detail}",
+        output=run.output,
+    )
+    if parsed.dev_status is not None:
+        body = "\n".join(f"- {r}" for r in parsed.result.reasons)
+        taskdir.write_atomic(
+            ctx.task_dir / A.DEV_REPORT,
+            A.render_artifact(
+                A.DEV_REPORT,
+                {"dev_status": parsed.dev_status, "agent": "aider", "attempt": ctx.job.attempt},
+                body,
+            ),
+        )
+        extra.append(f"the orchestrator wrote {A.DEV_REPORT}: dev_status {parsed.dev_status}")
+    return parsed.result

@@ -1,0 +1,208 @@
+"""The ``claude`` backend: Claude Code, headless (``claude -p``), one JSON result.
+
+Plan::
+
+    claude -p --output-format json --max-turns N --no-session-persistence
+           --add-dir <artifact dir> (--permission-mode MODE | --dangerously-skip-permissions)
+           [--model M] [--allowedTools RULES] -- <prompt>
+
+The prompt comes last, after ``--``: ``--add-dir`` takes several values and would swallow
+it, and a prompt starting with ``-`` must not read as an option. Environment: its own
+``HOME`` and ``CLAUDE_CONFIG_DIR`` in the job home (no state shared between jobs),
+``CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`` (no telemetry, updater or error reports),
+``CLAUDE_CODE_MAX_RETRIES``; ``IS_SANDBOX=1`` only when skipping permissions as root (the
+CLI refuses that otherwise). ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL`` come from the
+repo's ``--agent-env``. stdin is /dev/null (proc_group): with an open pipe it would wait.
+
+Parse: the exit code is not the verdict (it is 0 when a tool was denied, 1 on an API error
+or max-turns); the last ``{"type": "result", ...}`` object of the output is. Mapping:
+
+- no result object → ``crashed`` (fail closed);
+- ``subtype: error_max_turns`` → ``timeout`` (the run used up its turn allowance);
+- ``is_error`` with ``api_error_status`` → ``crashed`` (an API error: not the code's fault);
+- any other ``is_error`` or a non-``success`` subtype → ``crashed``;
+- ``permission_denials`` not empty → ``crashed`` (the agent could not do what it set out to);
+- a non-zero exit with a clean result → ``crashed`` (the two disagree);
+- else ``completed``: the gate reads the artifact.
+
+Cost is ``total_cost_usd``; tokens in are ``usage.input_tokens`` plus the cache creation and
+cache read input tokens, tokens out ``usage.output_tokens``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from orchestrator.agents.common import (
+    LlmPlan,
+    LlmResult,
+    PlanError,
+    PlanRequest,
+    as_cost,
+    as_int,
+    json_objects,
+    money,
+    snippet,
+    tool_error_of,
+)
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.proc_group import Outcome
+
+__all__ = ["parse_claude", "plan_claude"]
+
+SKIP_PERMISSIONS = "dangerously-skip-permissions"
+BYPASS_MODES = frozenset({SKIP_PERMISSIONS, "bypassPermissions"})
+
+
+def plan_claude(req: PlanRequest) -> LlmPlan:
+    """argv, env and files of a Claude Code job."""
+    st = req.settings
+    try:
+        command = shlex.split(st.claude_command)
+    except ValueError as exc:
+        msg = f"ORCH_CLAUDE_COMMAND cannot be split: {exc}"
+        raise PlanError(msg) from exc
+    if not command:
+        msg = "ORCH_CLAUDE_COMMAND is empty"
+        raise PlanError(msg)
+    mode = st.claude_permission_mode
+    argv = [
+        *command,
+        "-p",
+        "--output-format",
+        "json",
+        "--max-turns",
+        str(st.claude_max_turns),
+        "--no-session-persistence",
+        "--add-dir",
+        str(req.artifact_dir),
+    ]
+    if mode == SKIP_PERMISSIONS:
+        argv.append("--dangerously-skip-permissions")
+    else:
+        argv += ["--permission-mode", mode]
+    if st.claude_model:
+        argv += ["--model", st.claude_model]
+    tools = [t.strip() for t in st.claude_allowed_tools.split(",") if t.strip()]
+    if tools:
+        argv += ["--allowedTools", ",".join(tools)]
+    argv += ["--", req.prompt]
+    env = {
+        "HOME": str(req.job_home),
+        "CLAUDE_CONFIG_DIR": str(req.job_home / ".claude"),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_MAX_RETRIES": str(st.claude_max_retries),
+    }
+    if mode in BYPASS_MODES and req.is_root:
+        # Claude Code refuses to skip permission checks as root unless told it is sandboxed.
+        env["IS_SANDBOX"] = "1"
+    return LlmPlan(argv=argv, env=env)
+
+
+def _result_object(output: str) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = None
+    for obj in json_objects(output):
+        if obj.get("type") == "result":
+            found = obj
+    return found
+
+
+def _denial(d: object) -> str:
+    if not isinstance(d, dict):
+        return "an unknown tool"
+    name = str(d.get("tool_name", "?"))
+    tool_input = d.get("tool_input")
+    detail = ""
+    if isinstance(tool_input, dict):
+        for key in ("command", "file_path", "path", "url"):
+            if key in tool_input:
+                detail = str(tool_input[key])
+                break
+    return f"{name}({snippet(detail, 80)})" if detail else name
+
+
+def parse_claude(
+    outcome: Outcome,
+    output: str,
+    *,
+    max_turns: int | None = None,
+    permission_mode: str | None = None,
+) -> LlmResult:
+    """Claude Code's outcome, cost and tokens from how it ended and what it printed."""
+    result = _result_object(output)
+    cost: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    if result is not None:
+        cost = as_cost(result.get("total_cost_usd"))
+        usage = result.get("usage")
+        if isinstance(usage, dict):
+            tokens_in = (
+                as_int(usage.get("input_tokens"))
+                + as_int(usage.get("cache_creation_input_tokens"))
+                + as_int(usage.get("cache_read_input_tokens"))
+            )
+            tokens_out = as_int(usage.get("output_tokens"))
+
+    def done(kind: OutcomeKind, *reasons: str) -> LlmResult:
+        return LlmResult(kind, list(reasons), cost, tokens_in, tokens_out)
+
+    killed = tool_error_of(outcome, "claude")
+    if killed is not None:
+        return done(killed.outcome, *killed.reasons)
+    code = outcome.exit_code
+    if result is None:
+        return done(
+            OutcomeKind.CRASHED,
+            f"claude printed no result JSON (exit code {code}); fail closed",
+            *([f"last output: {snippet(output)}"] if output.strip() else []),
+        )
+    subtype = str(result.get("subtype", ""))
+    turns = result.get("num_turns")
+    said = snippet(str(result.get("result") or ""))
+    errors = result.get("errors")
+    detail = "; ".join(str(e) for e in errors) if isinstance(errors, list) and errors else said
+    if subtype == "error_max_turns":
+        limit = f" (--max-turns {max_turns})" if max_turns is not None else ""
+        return done(
+            OutcomeKind.TIMEOUT,
+            f"claude stopped at its turn limit{limit} after {turns} turn(s): error_max_turns",
+            *([detail] if detail else []),
+        )
+    if result.get("is_error") is True or subtype != "success":
+        status = result.get("api_error_status")
+        if status is not None:
+            return done(
+                OutcomeKind.CRASHED,
+                f"claude: API error (HTTP {status}); the model server failed, not the code",
+                *([said] if said else []),
+            )
+        return done(
+            OutcomeKind.CRASHED,
+            f"claude reported an error (subtype {subtype or '?'}, "
+            f"terminal_reason {result.get('terminal_reason', '?')})",
+            *([detail] if detail else []),
+        )
+    denials = result.get("permission_denials")
+    if isinstance(denials, list) and denials:
+        mode = f" by permission mode {permission_mode}" if permission_mode else ""
+        shown = ", ".join(_denial(d) for d in denials[:5])
+        more = f" and {len(denials) - 5} more" if len(denials) > 5 else ""
+        return done(
+            OutcomeKind.CRASHED,
+            f"claude was denied {len(denials)} tool call(s){mode}: {shown}{more}",
+            "allow them with ORCH_CLAUDE_ALLOWED_TOOLS or another ORCH_CLAUDE_PERMISSION_MODE",
+        )
+    if code != 0:
+        return done(
+            OutcomeKind.CRASHED,
+            f"claude exited with code {code} but reported success; fail closed",
+        )
+    return done(
+        OutcomeKind.COMPLETED,
+        f"claude: success in {turns} turn(s), {money(cost)}, "
+        f"tokens in {tokens_in if tokens_in is not None else '?'} "
+        f"out {tokens_out if tokens_out is not None else '?'}",
+    )

@@ -1,0 +1,177 @@
+"""What the LLM backends share: the plan a backend makes, the result its parser returns, and
+reading a run's output back from the job log.
+
+A backend is two things: a *planner* (role, task, prompt, worktree, job home, settings →
+argv, env additions, files to prepare) and a pure *parser* (how the process ended, what it
+printed or left in files → outcome, reasons, cost, tokens). ``agents.backends`` runs the
+plan through ``proc_group.run`` and hands the result to the parser.
+
+Output: proc_group sends stdout and stderr straight to the job log, after a header ending
+in ``----- output -----`` and before the ``[orchestrator] end:`` footer. No CLI here can
+write its machine output (claude's JSON, codex's JSONL) to a file of its own, so parsers
+read the run's section of the log: the bytes appended since the run started, between the
+header and the footer. Machine output is one JSON object per line; a line that does not
+parse (a warning on stderr) is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.agents.stall import is_stall
+from orchestrator.config import Settings
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import Stage
+from orchestrator.errors import OrchestratorError
+from orchestrator.proc_group import Outcome
+from orchestrator.self_deploy import map_outcome
+
+OUTPUT_MARK = b"----- output -----\n"
+FOOTER_PREFIX = "[orchestrator] "
+# A run's output is read from its tail when it is larger than this: every result a parser
+# needs (claude's result object, codex's turn events) is at the end.
+MAX_OUTPUT_BYTES = 32 * 1024 * 1024
+# How much of an agent's last words a reason quotes.
+SNIPPET_CHARS = 300
+
+
+class PlanError(OrchestratorError):
+    """A backend cannot run this job as configured; the job ends ``not-started``."""
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything a backend needs to plan one job."""
+
+    backend: str
+    role: str
+    stage: Stage
+    task_key: str
+    prompt: str
+    worktree: Path
+    artifact_dir: Path
+    artifact: str
+    job_home: Path
+    settings: Settings
+    # The environment the job will get before the plan's additions (scrubbed, with the
+    # repo's --agent-env names): a backend reads e.g. OPENAI_BASE_URL from it.
+    env: Mapping[str, str] = field(default_factory=dict)
+    is_root: bool = False
+
+
+@dataclass(frozen=True)
+class LlmPlan:
+    """How to run one job: argv, env additions, files to write first."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    files: dict[Path, str] = field(default_factory=dict)
+    # Where the backend leaves machine output of its own (aider's analytics log).
+    side_output: Path | None = None
+
+
+@dataclass(frozen=True)
+class LlmResult:
+    """What a parser read: the outcome with reasons, and what the job cost."""
+
+    outcome: OutcomeKind
+    reasons: list[str]
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+def tool_error_of(outcome: Outcome, backend: str) -> LlmResult | None:
+    """The tool error of a run that did not end by itself, else None (the parser decides).
+
+    Not started → ``not-started``; stopped by stall detection or our timeout → ``timeout``;
+    cancelled, or killed by any signal → ``crashed`` (``self_deploy.map_outcome``'s words).
+    """
+    if outcome.start_error is None and is_stall(outcome.stop_reason):
+        return LlmResult(
+            OutcomeKind.TIMEOUT,
+            [f"{backend}: {outcome.stop_reason}; killed the process tree"],
+        )
+    if outcome.exit_code is not None and not outcome.signal_sent_by_us:
+        return None
+    mapping = map_outcome(outcome, kind="command")
+    if mapping.tool_error is None:  # exited by itself after all
+        return None
+    return LlmResult(OutcomeKind(mapping.tool_error), [f"{backend}: {r}" for r in mapping.reasons])
+
+
+def log_size(path: Path) -> int:
+    """The job log's size now: where the next run's section will start."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def run_output(log_path: Path, start: int) -> str:
+    """The output of the run that began at byte ``start`` of the log, without our lines."""
+    try:
+        with open(log_path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(start)
+            head = fh.read(64 * 1024)
+            mark = head.find(OUTPUT_MARK)
+            if mark < 0:
+                return ""
+            begin = start + mark + len(OUTPUT_MARK)
+            begin = max(begin, size - MAX_OUTPUT_BYTES)
+            fh.seek(begin)
+            raw = fh.read()
+    except OSError:
+        return ""
+    lines = raw.decode("utf-8", "replace").splitlines()
+    return "\n".join(line for line in lines if not line.startswith(FOOTER_PREFIX))
+
+
+def json_objects(text: str) -> Iterator[dict[str, Any]]:
+    """Every line of ``text`` that is a JSON object, in order."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("{"):
+            continue
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
+def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """The tail of ``text`` on one line, for a reason."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else "..." + flat[-limit:]
+
+
+def as_int(value: object) -> int:
+    """A token count from JSON: ints (and integral floats) count, anything else is 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and value.is_integer():
+        return max(int(value), 0)
+    return 0
+
+
+def as_cost(value: object) -> float | None:
+    """A USD amount from JSON, or None when it is not a non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    cost = float(value)
+    return cost if cost >= 0 and cost == cost else None  # NaN fails the second test
+
+
+def money(cost: float | None) -> str:
+    """``$0.0123`` or ``cost unknown``."""
+    return "cost unknown" if cost is None else f"${cost:.4f}"

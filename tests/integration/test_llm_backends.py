@@ -1,0 +1,604 @@
+"""The LLM backends against the REAL coding-agent CLIs and a fake model server on 127.0.0.1.
+
+``claude`` (Claude Code) and ``codex`` (Codex CLI) are the pinned npm packages that
+``scripts/install-agent-clis.sh`` installs into ``.agent-clis/`` (or the directory named by
+``ORCH_TEST_AGENT_CLI_DIR``); the tests skip with that instruction when they are missing.
+aider runs when ``ORCH_TEST_AIDER_COMMAND`` names it or ``aider`` is on PATH; it is a heavy
+pip install, not a test dependency.
+
+Each test drives ``agents.backends.run_llm_backend`` as the engine does, on a real git repo,
+a real task folder and a real SQLite store, with the fake server scripted to make the agent
+write a file and the artifact, fail with an API error, run out of turns, be denied a tool,
+or hang. The CLIs reach the fake server through the repo's ``--agent-env`` names
+(``ANTHROPIC_BASE_URL``, ``OPENAI_BASE_URL`` ...), as a user would configure them. Every
+other address is made unreachable: a proxy on a closed loopback port for anything that is
+not 127.0.0.1, and the CLIs' own telemetry switched off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fake_model_server as F
+import pytest
+import sqlalchemy as sa
+
+from orchestrator import ops, taskdir
+from orchestrator.agents.backends import run_llm_backend
+from orchestrator.agents.codex import codex_cost_usd
+from orchestrator.config import Settings, load_settings
+from orchestrator.domain import artifacts as A
+from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import Stage
+from orchestrator.domain.verdicts import VerdictStatus, parse_artifact
+from orchestrator.engine.launch import JobContext, JobResult
+from orchestrator.gitops import worktrees
+from orchestrator.store import queries, spend
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI_DIR_ENV = "ORCH_TEST_AGENT_CLI_DIR"
+AIDER_ENV = "ORCH_TEST_AIDER_COMMAND"
+INSTALL_HINT = "run scripts/install-agent-clis.sh (or set ORCH_TEST_AGENT_CLI_DIR)"
+# A loopback port nothing listens on: any request that tries to leave the machine through
+# the proxy fails at once instead of reaching the internet.
+DEAD_PROXY = "http://127.0.0.1:9"
+TEST_KEY = "sk-orch-test-not-a-real-key"
+
+
+def cli(name: str) -> Path:
+    """The pinned CLI binary, or a skip that says how to install it."""
+    base = Path(os.environ.get(CLI_DIR_ENV) or ROOT / ".agent-clis" / "node_modules" / ".bin")
+    path = base / name
+    if not path.exists():
+        # CI installs the pinned CLIs and sets this, so a missing one fails there instead of
+        # hiding behind a skip.
+        if os.environ.get("ORCH_TEST_REQUIRE_AGENT_CLIS"):
+            pytest.fail(f"{name} CLI not installed at {path}: {INSTALL_HINT}")
+        pytest.skip(f"{name} CLI not installed at {path}: {INSTALL_HINT}")
+    return path
+
+
+def aider_command() -> str:
+    named = os.environ.get(AIDER_ENV) or shutil.which("aider")
+    if not named:
+        pytest.skip(f"aider is not installed (pip install aider-chat, or set {AIDER_ENV})")
+    return named
+
+
+@dataclass
+class Job:
+    """A filed task's first job, ready to run as the engine would."""
+
+    settings: Settings
+    engine: sa.Engine
+    repo: Any
+    task: Any
+    job: Any
+    folder: Path
+    worktree: Path
+
+    def context(self, previous_failure: str | None = None) -> JobContext:
+        log_path = taskdir.run_log_path(self.folder, self.job.id, self.job.stage, self.job.agent)
+        return JobContext(
+            self.job,
+            self.task,
+            self.repo,
+            self.settings,
+            self.folder,
+            log_path,
+            threading.Event(),
+            None,
+            previous_failure,
+        )
+
+    def run(
+        self, backend: str, role: str = "developer", stage: Stage = Stage.DEVELOPMENT
+    ) -> JobResult:
+        return run_llm_backend(self.context(), backend, role, stage, self.worktree)
+
+    @property
+    def log_text(self) -> str:
+        return self.context().log_path.read_text(errors="replace")
+
+    def artifact(self, name: str) -> str | None:
+        return taskdir.read_artifact(self.folder, name)
+
+
+@pytest.fixture
+def offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orchestrator's own environment: a secret it must not pass on, and a dead proxy."""
+    monkeypatch.setenv("ORCH_API_TOKEN", "orch-secret-must-not-leak")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, DEAD_PROXY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+PASS_ENV = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+]
+
+
+@pytest.fixture
+def make_job(tmp_path: Path, db_url: str, make_repo: Any, offline_env: None) -> Iterator[Any]:
+    engines: list[sa.Engine] = []
+
+    def _make(agent_env: list[str], **overrides: Any) -> Job:
+        values: dict[str, Any] = dict(
+            home=tmp_path / "home",
+            database_url=db_url,
+            agent_timeout_s=120,
+            # Generous: a CLI starting on a loaded machine shows no activity for a while. The
+            # hang tests set a short one, and only they may stall.
+            agent_stall_timeout_s=60,
+            kill_grace_s=1,
+            claude_max_retries=0,
+            codex_max_retries=0,
+        )
+        values.update(overrides)
+        settings = load_settings(**values)
+        engine = ops.open_engine(settings)
+        engines.append(engine)
+        repo_path = make_repo(files={"README.md": "# demo\n", "app.py": "print('hi')\n"})
+        repo = ops.add_repo(
+            engine,
+            "demo",
+            repo_path,
+            ops.RepoInput(agent_env=[*agent_env, *PASS_ENV], prefix="DEMO"),
+        )
+        new = ops.add_task(engine, settings, "demo", "Add hello.txt", "Create hello.txt.")
+        with engine.connect() as conn:
+            job = queries.list_jobs(conn, task_id=new.task.id)[0]
+        wt = worktrees.ensure_worktree(
+            repo_path, repo.main_branch, settings.worktrees_dir, repo.name, new.task.key
+        )
+        assert wt.path is not None, wt.error
+        return Job(settings, engine, repo, new.task, job, new.folder, wt.path)
+
+    yield _make
+    for engine in engines:
+        engine.dispose()
+
+
+def dev_report(status: str = "DONE") -> str:
+    return A.render_artifact(A.DEV_REPORT, {"dev_status": status}, "scripted by the fake model")
+
+
+# ------------------------------------------------------------------------------- claude
+
+
+@pytest.fixture
+def claude_job(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    binary = cli("claude")
+    servers: list[F.FakeModelServer] = []
+
+    def _make(
+        turns: list[F.Turn], *, then: F.Turn | None = None, **overrides: Any
+    ) -> tuple[Job, F.FakeModelServer]:
+        server = F.FakeModelServer(turns, then=then).start()
+        servers.append(server)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
+        job = make_job(
+            ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"], claude_command=str(binary), **overrides
+        )
+        return job, server
+
+    yield _make
+    for server in servers:
+        server.stop()
+
+
+def test_claude_writes_the_file_and_the_artifact(claude_job: Any) -> None:
+    job, server = claude_job([])  # the paths need the job: scripted once it exists
+    wt, art = job.worktree, job.folder / A.DEV_REPORT
+    server.script(
+        [
+            F.tool("Write", {"file_path": str(wt / "hello.txt"), "content": "hello\n"}),
+            F.tool("Write", {"file_path": str(art), "content": dev_report("DONE")}),
+            F.text("Done: hello.txt added."),
+        ]
+    )
+    result = job.run("claude")
+
+    assert result.outcome is OutcomeKind.COMPLETED, result.reasons
+    assert (wt / "hello.txt").read_text() == "hello\n"
+    assert parse_artifact(A.DEV_REPORT, job.artifact(A.DEV_REPORT)).status is VerdictStatus.PASS
+    # Three scripted requests of 100 tokens in and 20 out each, as the fake server said.
+    assert (result.tokens_in, result.tokens_out) == (300, 60)
+    assert result.cost_usd is not None
+    assert result.cost_usd > 0
+    # Development: what the agent left uncommitted is committed on the task branch.
+    assert worktrees.has_diff_vs(wt, job.repo.main_branch)[0]
+    assert "committed what the agent left uncommitted" in " ".join(result.reasons)
+    # What reached the model: our prompt, with the task and the exact artifact path, and
+    # the key from the repo's --agent-env; nothing of the orchestrator's own secrets.
+    first = server.scripted_requests(F.ANTHROPIC)[0]
+    sent = json.dumps(first.body)
+    assert job.task.key in sent
+    assert str(art) in sent
+    assert first.headers.get("x-api-key") == TEST_KEY
+    log = job.log_text
+    assert "ORCH_API_TOKEN" not in log
+    assert "orch-secret-must-not-leak" not in log
+    assert TEST_KEY not in log  # masked in the header
+    assert '"--no-session-persistence"' in log
+
+
+def test_claude_api_error_is_a_tool_error(claude_job: Any) -> None:
+    job, _server = claude_job([F.http_error(500)], then=F.http_error(500))
+    result = job.run("claude")
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "API error (HTTP 500)" in result.reasons[0]
+    assert job.artifact(A.DEV_REPORT) is None
+
+
+def test_claude_overloaded_is_a_tool_error(claude_job: Any) -> None:
+    job, _server = claude_job([], then=F.http_error(529, "Overloaded"))
+    result = job.run("claude")
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "HTTP 529" in result.reasons[0]
+
+
+def test_claude_max_turns_is_a_timeout(claude_job: Any) -> None:
+    job, server = claude_job([], claude_max_turns=2)
+    server.script(
+        [], then=F.tool("Write", {"file_path": str(job.worktree / "again.txt"), "content": "x"})
+    )
+    result = job.run("claude")
+    assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
+    assert "error_max_turns" in result.reasons[0]
+    assert "--max-turns 2" in result.reasons[0]
+    assert result.tokens_in
+    assert result.tokens_in > 0
+
+
+def test_claude_denied_tool_is_a_tool_error(claude_job: Any) -> None:
+    job, server = claude_job([])
+    marker = job.worktree / "ran-python"
+    server.script(
+        [
+            F.tool(
+                "Bash",
+                {"command": f"python3 -c \"open('{marker}', 'w')\"", "description": "run python"},
+            ),
+            F.text("I could not run it."),
+        ]
+    )
+    result = job.run("claude")
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "denied 1 tool call(s) by permission mode acceptEdits" in result.reasons[0]
+    assert "Bash(" in result.reasons[0]
+    assert not marker.exists()
+
+
+def test_claude_hang_is_stopped_by_stall_detection(claude_job: Any) -> None:
+    job, server = claude_job([F.hang()], agent_stall_timeout_s=3)
+    result = job.run("claude")
+    assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
+    assert "stalled: no output and no file change for 3s" in result.reasons[0]
+    assert server.turns_taken == 1
+    assert "stopping: stalled" in job.log_text
+
+
+def test_a_broken_repo_prompt_never_starts_the_agent(claude_job: Any) -> None:
+    job, server = claude_job([F.text("never asked")])
+    override = job.worktree / ".orchestrator" / "agents" / "developer.md"
+    override.parent.mkdir(parents=True)
+    override.write_text("Do {{ task_key }} and {{ no_such_variable }}\n")
+    result = job.run("claude")
+    assert result.outcome is OutcomeKind.NOT_STARTED
+    assert "no_such_variable" in result.reasons[0]
+    assert server.requests == []
+
+
+def test_a_repo_prompt_override_is_what_the_model_gets(claude_job: Any) -> None:
+    job, server = claude_job([F.text("ok")])
+    override = job.worktree / ".orchestrator" / "agents" / "developer.md"
+    override.parent.mkdir(parents=True)
+    override.write_text("HOUSE RULES for {{ task_key }}: write {{ artifact_path }}\n")
+    job.run("claude")
+    sent = json.dumps(server.scripted_requests(F.ANTHROPIC)[0].body)
+    assert f"HOUSE RULES for {job.task.key}: write {job.folder / A.DEV_REPORT}" in sent
+
+
+# ------------------------------------------------------------------------------- codex
+
+
+@pytest.fixture
+def codex_job(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    binary = cli("codex")
+    servers: list[F.FakeModelServer] = []
+
+    def _make(
+        turns: list[F.Turn],
+        *,
+        then: F.Turn | None = None,
+        base_url: str | None = None,
+        **overrides: Any,
+    ) -> tuple[Job, F.FakeModelServer]:
+        server = F.FakeModelServer(turns, then=then).start()
+        servers.append(server)
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url or server.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+        job = make_job(
+            ["OPENAI_BASE_URL", "OPENAI_API_KEY"],
+            codex_command=str(binary),
+            codex_model="gpt-5.1-codex",
+            **overrides,
+        )
+        return job, server
+
+    yield _make
+    for server in servers:
+        server.stop()
+
+
+def test_codex_writes_the_file_and_the_artifact(codex_job: Any) -> None:
+    job, server = codex_job([])
+    wt, art = job.worktree, job.folder / A.DEV_REPORT
+    report = dev_report("DONE").replace("'", "'\\''")
+    server.script(
+        [
+            F.tool("exec_command", {"cmd": f"printf 'hello\\n' > {wt / 'hello.txt'}"}),
+            F.tool("exec_command", {"cmd": f"printf '%s' '{report}' > {art}"}),
+            F.text("Done."),
+        ]
+    )
+    result = job.run("codex")
+
+    assert result.outcome is OutcomeKind.COMPLETED, result.reasons
+    assert (wt / "hello.txt").read_text() == "hello\n"
+    assert parse_artifact(A.DEV_REPORT, job.artifact(A.DEV_REPORT)).status is VerdictStatus.PASS
+    assert (result.tokens_in, result.tokens_out) == (300, 60)
+    st = job.settings
+    expected = codex_cost_usd(
+        300, 60, st.codex_price_in_per_mtok_usd, st.codex_price_out_per_mtok_usd
+    )
+    assert result.cost_usd == pytest.approx(expected)
+    assert worktrees.has_diff_vs(wt, job.repo.main_branch)[0]
+    first = server.scripted_requests(F.RESPONSES)[0]
+    assert first.headers.get("authorization") == f"Bearer {TEST_KEY}"
+    assert job.task.key in json.dumps(first.body)
+    # Its own CODEX_HOME, with the config we wrote.
+    config = job.folder / "runs" / f"{job.job.id}-home" / "codex" / "config.toml"
+    assert 'wire_api = "responses"' in config.read_text()
+
+
+def test_codex_sandbox_refuses_a_write_outside_the_worktree(codex_job: Any) -> None:
+    # Outside /tmp: codex's workspace-write sandbox lets agents write /tmp and $TMPDIR (a
+    # test suite needs them), and every path of this test's own tree is under /tmp.
+    outside = Path("/var/tmp") / f"orch-sandbox-{uuid.uuid4().hex}"
+    job, server = codex_job([F.tool("exec_command", {"cmd": f"touch {outside}"}), F.text("ok")])
+    try:
+        result = job.run("codex")
+        assert result.outcome is OutcomeKind.COMPLETED, result.reasons
+        assert not outside.exists()
+        # The refusal reached the agent as a failed command, not as a job failure.
+        assert any("Read-only file system" in r for r in F.tool_results(server, F.RESPONSES))
+    finally:
+        outside.unlink(missing_ok=True)
+
+
+def test_codex_api_error_is_a_tool_error(codex_job: Any) -> None:
+    job, _server = codex_job([], then=F.http_error(500))
+    result = job.run("codex")
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "turn failed" in result.reasons[0]
+
+
+def test_codex_stream_error_is_a_tool_error(codex_job: Any) -> None:
+    job, _server = codex_job([], then=F.stream_error("scripted overload"))
+    result = job.run("codex")
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "scripted overload" in result.reasons[0]
+
+
+def test_codex_hang_is_stopped_by_stall_detection(codex_job: Any) -> None:
+    job, server = codex_job([F.hang()], agent_stall_timeout_s=3)
+    result = job.run("codex")
+    assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
+    assert "stalled:" in result.reasons[0]
+    assert server.turns_taken == 1
+
+
+def test_codex_unreachable_server_is_owned_by_our_timeout(codex_job: Any) -> None:
+    # Codex retries forever while the server is unreachable, printing a line now and then
+    # (so the stall detector may not see it as stalled): the job timeout ends it.
+    job, server = codex_job([], base_url="http://127.0.0.1:9/v1", agent_timeout_s=8)
+    result = job.run("codex")
+    assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
+    assert server.requests == []
+
+
+# ------------------------------------------------------------------------------- aider
+
+
+@pytest.fixture
+def aider_job(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    command = aider_command()
+    servers: list[F.FakeModelServer] = []
+
+    def _make(
+        turns: list[F.Turn], *, then: F.Turn | None = None, **overrides: Any
+    ) -> tuple[Job, F.FakeModelServer]:
+        server = F.FakeModelServer(turns, then=then).start()
+        servers.append(server)
+        monkeypatch.setenv("OPENAI_API_BASE", server.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+        job = make_job(
+            ["OPENAI_API_BASE", "OPENAI_API_KEY"],
+            aider_command=command,
+            aider_model="openai/gpt-fake",
+            **overrides,
+        )
+        return job, server
+
+    yield _make
+    for server in servers:
+        server.stop()
+
+
+# aider's "whole" edit format, its default for a model it does not know: the file's path,
+# then its whole new content in a fence.
+AIDER_EDIT = "hello.txt\n```\nhello\n```\n"
+
+
+def test_aider_edit_is_committed_and_reported(aider_job: Any) -> None:
+    job, _server = aider_job([F.text(AIDER_EDIT)])
+    result = job.run("aider")
+    assert result.outcome is OutcomeKind.COMPLETED, result.reasons
+    assert (job.worktree / "hello.txt").read_text() == "hello\n"
+    assert parse_artifact(A.DEV_REPORT, job.artifact(A.DEV_REPORT)).status is VerdictStatus.PASS
+    assert (result.tokens_in, result.tokens_out) == (100, 20)
+    assert worktrees.has_diff_vs(job.worktree, job.repo.main_branch)[0]
+    # Its history and caches stay out of the repository.
+    assert not list(job.worktree.glob(".aider*"))
+
+
+def test_aider_answer_without_edit_fails_the_report(aider_job: Any) -> None:
+    job, _server = aider_job([F.text("I will not change anything.")])
+    result = job.run("aider")
+    assert result.outcome is OutcomeKind.COMPLETED, result.reasons
+    assert parse_artifact(A.DEV_REPORT, job.artifact(A.DEV_REPORT)).status is VerdictStatus.FAIL
+
+
+def test_aider_api_error_is_a_tool_error(aider_job: Any) -> None:
+    # 401: litellm does not retry it, so the run is quick; aider still exits 0.
+    job, _server = aider_job([], then=F.http_error(401, "bad key"))
+    result = job.run("aider")
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "no message_send" in result.reasons[0]
+    assert result.exit_code == 0
+    assert job.artifact(A.DEV_REPORT) is None
+
+
+def test_aider_hang_is_stopped_by_stall_detection(aider_job: Any) -> None:
+    job, _server = aider_job([F.hang()], agent_stall_timeout_s=4)
+    result = job.run("aider")
+    assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
+    assert "stalled:" in result.reasons[0]
+
+
+def test_aider_cannot_take_a_role_it_cannot_report_for(make_job: Any) -> None:
+    job = make_job([], aider_command="aider-not-needed")
+    result = job.run("aider", role="analyst", stage=Stage.ANALYSIS)
+    assert result.outcome is OutcomeKind.NOT_STARTED
+    assert "developer role" in result.reasons[0]
+
+
+# ------------------------------------------------------------------------------- no CLI
+
+
+def test_a_missing_cli_is_not_started(make_job: Any) -> None:
+    job = make_job([], claude_command="/nonexistent/claude")
+    result = job.run("claude")
+    assert result.outcome is OutcomeKind.NOT_STARTED
+    assert "not started" in result.reasons[0]
+
+
+# ------------------------------------------------------------------------------- spend
+
+
+def test_spend_sums_job_costs(make_job: Any) -> None:
+    job = make_job([])
+    with job.engine.begin() as conn:
+        queries.update_job(
+            conn, job.job.id, cost_usd=0.25, tokens_in=1000, tokens_out=50, finished_at=1000.0
+        )
+    with job.engine.connect() as conn:
+        assert spend.task_spend_usd(conn, job.task.id) == pytest.approx(0.25)
+        assert spend.task_spend(conn, job.task.id).tokens_in == 1000
+        assert spend.day_spend_usd(conn, since=999.0) == pytest.approx(0.25)
+        assert spend.day_spend_usd(conn, since=1001.0) == 0.0
+        assert spend.task_spend_usd(conn, job.task.id + 1) == 0.0
+
+
+# ------------------------------------------------------------------- through the engine
+
+
+def _hello_script(job: Job) -> list[F.Turn]:
+    wt, art = job.worktree, job.folder / A.DEV_REPORT
+    return [
+        F.tool("Write", {"file_path": str(wt / "hello.txt"), "content": "hello\n"}),
+        F.tool("Write", {"file_path": str(art), "content": dev_report("DONE")}),
+        F.text("Done: hello.txt added."),
+    ]
+
+
+def _deterministic_rest(job: Job) -> None:
+    # The repo has no suite: its tests (and the merge gate's re-test) are a passing command.
+    import sys
+
+    ops.set_repo(job.engine, "demo", ops.RepoInput(test_cmd=f"{sys.executable} -c pass"))
+
+
+def test_claude_developer_through_the_whole_pipeline(claude_job: Any) -> None:
+    from orchestrator.engine.worker import Worker
+    from orchestrator.gitops.git import git
+
+    job, server = claude_job([])
+    server.script(_hello_script(job))
+    _deterministic_rest(job)
+    Worker(job.settings, job.engine).run(until_idle=True)
+
+    with job.engine.connect() as conn:
+        task = queries.get_task(conn, job.task.key)
+        jobs = queries.list_jobs(conn, task_id=job.task.id)
+    assert task is not None
+    assert (task.stage, task.state) == ("post-deploy-monitor", "done"), task.reasons
+    dev = next(j for j in jobs if j.stage == "development")
+    assert dev.agent == "claude"
+    assert (dev.tokens_in, dev.tokens_out) == (300, 60)
+    assert dev.cost_usd is not None
+    assert dev.cost_usd > 0
+    shown = git(["show", "main:hello.txt"], Path(job.repo.path))
+    assert shown.stdout == "hello\n"
+
+
+def test_llm_budget_blocks_and_the_next_job_is_not_dispatched(claude_job: Any) -> None:
+    from orchestrator.engine.worker import Worker
+
+    job, server = claude_job([], llm_budget_per_task_usd=1e-9)
+    server.script(_hello_script(job))
+    _deterministic_rest(job)
+    Worker(job.settings, job.engine).run(until_idle=True)
+    with job.engine.connect() as conn:
+        task = queries.get_task(conn, job.task.key)
+        alerts = queries.list_alerts(conn)
+    assert task is not None
+    # The first job crossed the budget: blocked where it was going, with an alert.
+    assert (task.stage, task.state) == ("testing", "blocked"), task.reasons
+    assert any("LLM budget crossed" in r for r in task.reasons)
+    assert [a.kind for a in alerts] == ["llm-budget-exhausted"]
+    asked = len(server.scripted_requests(F.ANTHROPIC))
+    assert asked == 3
+
+    # A second LLM job of this task is refused before dispatch: the model is not asked.
+    ops.set_repo(
+        job.engine, "demo", ops.RepoInput(stages=["development", "testing", "deploy-staging"])
+    )
+    ops.retry_task(job.engine, job.settings, job.task.key, patch=b"unused")
+    Worker(job.settings, job.engine).run(until_idle=True)
+    with job.engine.connect() as conn:
+        task = queries.get_task(conn, job.task.key)
+        dev = [j for j in queries.list_jobs(conn, task_id=job.task.id) if j.stage == "development"]
+    assert task is not None
+    assert (task.stage, task.state) == ("development", "blocked")
+    assert any("not dispatched: LLM budget" in r for r in task.reasons)
+    assert dev[-1].outcome == "not-started"
+    assert len(server.scripted_requests(F.ANTHROPIC)) == asked
