@@ -455,7 +455,8 @@ def test_serial_gate_is_held_between_a_tasks_deploy_and_its_watch(h: Harness) ->
     now = time.time()
     with h.engine.begin() as conn:
         ta, tb = queries.get_task(conn, a), queries.get_task(conn, b)
-        assert ta is not None and tb is not None
+        assert ta is not None
+        assert tb is not None
         for t in (ta, tb):
             jobq.drop_queued(conn, t.id, now=now, reason="test set-up")
         # A has deployed and waits (deferred) for its health watch; B wants to merge.
@@ -483,3 +484,28 @@ def test_serial_gate_is_held_between_a_tasks_deploy_and_its_watch(h: Harness) ->
             conn, owner="w:1:1", host="w", now=now, lease_s=30, limits=limits, hold_stages=hold
         )
     assert (claimed.task_id, claimed.stage) == (tb.id, "deploy-staging")
+
+
+def test_start_up_prunes_worktrees_of_tasks_that_are_gone(h: Harness) -> None:
+    from orchestrator.gitops import worktrees
+
+    h.add_repo()
+    key = h.add_task()
+    ops.cancel_task(h.engine, key)
+    for orphan in ("DEMO-99", key):
+        made = worktrees.ensure_worktree(
+            h.repo_path, "main", h.settings.worktrees_dir, "demo", orphan
+        )
+        assert made.path is not None
+    blocked = h.add_task("kept while blocked")
+    with h.engine.begin() as conn:
+        bt = queries.get_task(conn, blocked)
+        assert bt is not None
+        jobq.drop_queued(conn, bt.id, now=time.time(), reason="test set-up")
+        queries.update_task(conn, bt.id, now=time.time(), state="blocked")
+    kept = worktrees.ensure_worktree(h.repo_path, "main", h.settings.worktrees_dir, "demo", blocked)
+    assert kept.path is not None
+    h.run_until_idle()
+    assert not (h.settings.worktrees_dir / "demo" / "DEMO-99").exists()
+    assert not (h.settings.worktrees_dir / "demo" / key).exists()
+    assert (h.settings.worktrees_dir / "demo" / blocked).exists()

@@ -126,7 +126,12 @@ def _launch(ctx: JobContext) -> JobResult:
     job, repo, st = ctx.job, ctx.repo, ctx.settings
     stage = Stage(job.stage)
     wt = worktrees.ensure_worktree(
-        Path(repo.path), repo.main_branch, st.worktrees_dir, repo.name, ctx.task.key
+        Path(repo.path),
+        repo.main_branch,
+        st.worktrees_dir,
+        repo.name,
+        ctx.task.key,
+        remote=repo.remote,
     )
     if wt.path is None:
         return JobResult(OutcomeKind.NOT_STARTED, [wt.error or "no worktree"])

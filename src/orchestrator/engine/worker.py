@@ -100,6 +100,7 @@ class Worker:
     def run(self, *, until_idle: bool = False) -> None:
         """The scheduler loop."""
         self.recover()
+        self.prune_worktrees()
         st = self.settings
         last_heartbeat = 0.0
         last_recovery = time.time()
@@ -362,6 +363,27 @@ class Worker:
         return following[0] if following else None
 
     # ---- recovery and shutdown ----------------------------------------------------------
+
+    def prune_worktrees(self) -> list[str]:
+        """Remove worktrees of tasks that no longer exist or have ended (done, cancelled).
+
+        Blocked tasks keep theirs: a human may want to look.
+        """
+        removed: list[str] = []
+        with self.engine.connect() as conn:
+            repos = queries.list_repos(conn)
+            live = {
+                t.key
+                for t in queries.list_tasks(conn)
+                if t.state not in (State.DONE.value, State.CANCELLED.value)
+            }
+        for repo in repos:
+            removed += worktrees.prune_orphan_worktrees(
+                Path(repo.path), self.settings.worktrees_dir, repo.name, live
+            )
+        if removed:
+            log.info("pruned %d orphan worktree(s)", len(removed), extra={"action": "prune"})
+        return removed
 
     def recover(self, *, startup: bool = True) -> int:
         """Re-queue jobs whose worker is gone, killing what is left of them on this host.
