@@ -147,6 +147,14 @@ def stage_status(stage: Stage) -> str:
     return "deterministic"
 
 
+def _llm_for(backend: str, stage: Stage) -> bool:
+    """Whether the registry accepts ``backend`` as an LLM agent of ``stage``."""
+    try:
+        return parse_agent_spec(backend, stage).kind is AgentKind.LLM
+    except UsageError:
+        return False
+
+
 def code_call_sites() -> dict[str, Row]:
     """Every stage's LLM call site as the code has it (the registry and STAGE_TRANSITIONS)."""
     defaults = default_agents(PIPELINE)
@@ -157,9 +165,7 @@ def code_call_sites() -> dict[str, Row]:
             "role": STAGE_ROLES[stage],
             "default_agent": defaults[stage.value],
             "status": status,
-            "llm_backends": sorted(
-                b for b in LLM_BACKENDS if parse_agent_spec(b, stage).kind is AgentKind.LLM
-            ),
+            "llm_backends": sorted(b for b in LLM_BACKENDS if _llm_for(b, stage)),
             "alternatives": _alternatives(stage),
             "llm_fallback": DEFAULT_LLM_BACKEND if status == "hybrid" else None,
             "checks": list(STAGE_TRANSITIONS[stage].checks),

@@ -92,6 +92,10 @@ def parse_agent_spec(spec: str, stage: Stage | None = None) -> AgentSpec:
             raise UsageError(msg)
         return AgentSpec(spec, spec, AgentKind.RUNNER)
     if spec in LLM_BACKENDS:
+        if spec == "aider" and stage is not None and stage is not Stage.DEVELOPMENT:
+            # aider edits the repository and cannot write an artifact outside it.
+            msg = f"aider can only do the development stage, not {stage.value}"
+            raise UsageError(msg)
         return AgentSpec(spec, spec, AgentKind.LLM)
     if spec in HUMAN_BACKENDS:
         return AgentSpec(spec, spec, AgentKind.HUMAN)

@@ -320,9 +320,11 @@ class Worker:
                 verdict.passed
                 and job.stage == Stage.TESTING.value
                 and job.agent == "test-runner"
+                and not uses_llm(job, repo, st)
                 and result.worktree is not None
             ):
-                # The merge gate may skip its re-test for a tree the suite already passed.
+                # The merge gate may skip its re-test for a tree the suite already passed:
+                # only when the deterministic runner ran it, never an LLM tester's word.
                 _ok, note = merge_gate.record_validated_tree(
                     self.engine, repo, result.worktree, repo.test_cmd
                 )
