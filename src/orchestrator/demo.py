@@ -357,7 +357,8 @@ def check(
                 text = taskdir.read_artifact(folder, name)
                 found = A.parse_keys(text or "")
                 key_name = A.ARTIFACTS[name].keys[0].name
-                verdicts.append(f"{key_name}={(found.get(key_name) or ['-'])[-1]}")
+                label = key_name.removesuffix("_status")
+                verdicts.append(f"{label} {(found.get(key_name) or ['-'])[-1]}")
             report = TaskReport(
                 key,
                 t.title,

@@ -76,8 +76,10 @@ def _summary(result: object, keep: bool) -> None:
 
     assert isinstance(result, DemoResult)
     table = Table(title="summary")
-    for col in ("task", "title", "state", "jobs", "rollbacks", "time", "verdicts", "problems"):
+    for col in ("task", "title", "state", "jobs", "rollbacks", "time"):
         table.add_column(col)
+    table.add_column("verdicts", no_wrap=True)
+    table.add_column("problems")
     for t in result.tasks:
         table.add_row(
             t.key,
