@@ -301,6 +301,18 @@ def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
         reasons = ["no patch attached: `orch task retry KEY --patch FILE`"]
         _dev_report(ctx, "FAILED", reasons)
         return JobResult(OutcomeKind.COMPLETED, reasons, 1, worktree)
+    rerun = any("recovered from" in r or "re-queued" in r for r in ctx.job.reasons)
+    if (
+        rerun
+        and worktrees.patch_present(worktree, patch)
+        and worktrees.has_diff_vs(worktree, ctx.repo.main_branch)[0]
+    ):
+        # A re-run of this same attempt after a crash between the commit and its
+        # bookkeeping: the branch holds the change already. Applying again would find
+        # nothing to commit and blame the task. (A rollback's new attempt is no re-run.)
+        reasons = [f"{patch.name} is already committed on the task branch"]
+        _dev_report(ctx, "DONE", reasons)
+        return JobResult(OutcomeKind.COMPLETED, reasons, 0, worktree)
     applied, detail = worktrees.apply_patch(worktree, patch)
     if not applied:
         reasons = [f"{patch.name}: {detail}"]

@@ -39,6 +39,11 @@ def _explain(res: GitResult) -> str:
     return text.splitlines()[-1] if text else f"git exited {res.returncode}"
 
 
+def patch_present(worktree: Path, patch: Path) -> bool:
+    """Whether the worktree already holds the patch's changes (it would apply in reverse)."""
+    return bool(gitcmd.git(["apply", "--reverse", "--check", str(patch)], worktree))
+
+
 def apply_patch(worktree: Path, patch: Path) -> tuple[bool, str]:
     """Apply a patch with a three-way merge; (applied?, detail)."""
     res = gitcmd.git(["apply", "--3way", "--whitespace=nowarn", str(patch)], worktree)

@@ -1,0 +1,596 @@
+"""The fault matrix: each fault injected into a real engine run, and where it ends.
+
+``FAULTS`` is the single source of ``docs/reliability.md``: ``test_reliability_doc_is_current``
+renders the table and compares it with the file, so the doc cannot drift. Regenerate with
+``python -m tests.integration.test_fault_matrix --write`` (from the repo root) or by running
+the suite with ``ORCH_WRITE_RELIABILITY_DOC=1``.
+
+Every row is driven through the engine with real git, a real database and real child
+processes (the fake agent of ``test_engine.py``, or a small agent of this module), and the
+row's end state, transition kinds and alert are checked against what really happened.
+"never a PASS": the faulted jobs never carry a PASS verdict and the task never moves past
+the faulted stage on their account.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+WRITE_ENV = "ORCH_WRITE_RELIABILITY_DOC"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One row of the matrix: the fault, how it is injected, and where it must end."""
+
+    id: str
+    fault: str
+    injection: str
+    stage: str
+    state: str
+    kinds: tuple[str, ...]
+    alert: str | None
+    never_pass: str
+    note: str = ""
+
+
+FAULTS: list[Fault] = [
+    Fault(
+        "agent-crash",
+        "Agent crash",
+        "the testing agent writes a PASS report, then kills itself with SIGKILL",
+        "testing",
+        "blocked",
+        ("create", "advance", "defer", "defer", "block"),
+        "infra-budget-exhausted",
+        "a signal death is a tool error: the PASS report it left is not read as a PASS",
+    ),
+    Fault(
+        "agent-hang",
+        "Agent hang",
+        "the testing agent sleeps 60 s; agent_timeout_s=0.5 (tree-kill each time)",
+        "testing",
+        "blocked",
+        ("create", "advance", "defer", "defer", "block"),
+        "infra-budget-exhausted",
+        "each timeout is a tool error; spent infra budget is FAILED, not PASS",
+    ),
+    Fault(
+        "merge-retest-timeout",
+        "Timeout (merge re-test)",
+        "the repo's test command sleeps 30 s; merge_retest_timeout_s=1",
+        "deploy-staging",
+        "blocked",
+        ("create", "advance", "advance", "defer", "defer", "block"),
+        "infra-budget-exhausted",
+        "main is not moved; the retries are gate-only",
+    ),
+    Fault(
+        "missing-artifact",
+        "Missing artifact",
+        "the testing agent exits 0 and writes no 13-test-report.md",
+        "testing",
+        "blocked",
+        ("create", "advance", "rollback", "advance", "rollback", "advance", "block"),
+        "developer-budget-exhausted",
+        "no artifact is a FAIL with a reason; deploy-staging never runs",
+        "a bad report is read as the code's FAIL: it rolls back to development and spends "
+        "the developer budget, rather than deferring as a tool error",
+    ),
+    Fault(
+        "malformed-artifact",
+        "Malformed artifact",
+        "the testing agent writes binary garbage with an unterminated front matter",
+        "testing",
+        "blocked",
+        ("create", "advance", "rollback", "advance", "rollback", "advance", "block"),
+        "developer-budget-exhausted",
+        "unparseable keys are a FAIL; deploy-staging never runs",
+        "a bad report is read as the code's FAIL: it rolls back to development and spends "
+        "the developer budget, rather than deferring as a tool error",
+    ),
+    Fault(
+        "contradicting-keys",
+        "Contradicting keys",
+        "the testing report says result: PASSED and then result: FAILED",
+        "testing",
+        "blocked",
+        ("create", "advance", "rollback", "advance", "rollback", "advance", "block"),
+        "developer-budget-exhausted",
+        "contradiction is a FAIL; deploy-staging never runs",
+        "a bad report is read as the code's FAIL: it rolls back to development and spends "
+        "the developer budget, rather than deferring as a tool error",
+    ),
+    Fault(
+        "git-conflict",
+        "Git conflict",
+        "two patch tasks change the same line of README.md; the second merges after the first",
+        "development",
+        "blocked",
+        ("create", "advance", "advance", "rollback", "rollback", "block"),
+        "developer-budget-exhausted",
+        "the merge gate reports CONFLICT and rolls back; main keeps the first change only",
+        "the patch backend re-applies the same stale patch on each rollback, so the "
+        "developer budget is spent without a chance of success",
+    ),
+    Fault(
+        "lock-busy",
+        "Lock busy",
+        "a held .git/refs/heads/main.lock while the merge gate runs; removed after the defer",
+        "deploy-staging",
+        "done",
+        ("create", "advance", "advance", "defer", "done"),
+        None,
+        "lock-busy defers on deploy-staging; the gate-only retry merges once",
+    ),
+    Fault(
+        "db-locked",
+        "DB locked for a moment",
+        "a second connection holds the write lock ~1 s (SQLite BEGIN IMMEDIATE; "
+        "PostgreSQL LOCK TABLE tasks) while a job ends",
+        "deploy-staging",
+        "done",
+        ("create", "advance", "advance", "done"),
+        None,
+        "the engine waits (busy_timeout / lock wait) and completes; nothing is skipped",
+    ),
+    Fault(
+        "webhook-down",
+        "Webhook down",
+        "ORCH_ALERT_WEBHOOK_URL points at a closed 127.0.0.1 port; testing always FAILs",
+        "testing",
+        "blocked",
+        ("create", "advance", "block"),
+        "developer-budget-exhausted",
+        "the engine finishes; the alert is stored, every delivery attempt recorded, "
+        "delivered_at empty",
+    ),
+    Fault(
+        "disk-full",
+        "Disk full writing an artifact",
+        "write_atomic raises OSError(ENOSPC) for 13-test-report.md (the real test-runner)",
+        "testing",
+        "blocked",
+        ("create", "advance", "defer", "defer", "block"),
+        "infra-budget-exhausted",
+        "the runner's result is a tool error (crashed) with no report; never a PASS",
+        "the job's reasons still carry the suite's own line 'test-runner: PASS' next to "
+        "the ENOSPC error: the state is right, the wording can mislead a reader",
+    ),
+    Fault(
+        "kill-after-patch-commit",
+        "Orchestrator killed between the patch commit and its bookkeeping",
+        "the patch (a new file) is committed on the task's branch, the development job left "
+        "running under a dead worker (what a kill -9 at that moment leaves); a worker starts",
+        "deploy-staging",
+        "done",
+        ("create", "advance", "advance", "done"),
+        None,
+        "the re-run recognises the committed patch (DONE) instead of applying it again; the "
+        "testing and merge gates still decide, and the change lands on main once",
+        "was an engine bug, found by the chaos suite on PostgreSQL: the re-run applied the "
+        "patch again, found nothing to commit, reported FAILED and burned the developer "
+        "budget. Fixed in engine.launch._run_patch",
+    ),
+]
+
+
+def render(faults: list[Fault]) -> str:
+    """docs/reliability.md, from ``faults``."""
+    lines = [
+        "# Reliability: the fault matrix",
+        "",
+        "<!-- Generated from tests/integration/test_fault_matrix.py (FAULTS); do not edit.",
+        "     Regenerate: python -m tests.integration.test_fault_matrix --write -->",
+        "",
+        "Each fault is injected into a real engine run (real git, a real database, real child",
+        "processes) by `tests/integration/test_fault_matrix.py`, which checks the end state,",
+        "the transition kinds, the alert and that no faulted job is ever read as a PASS.",
+        "A budget of 2 developer retries and 2 infra retries is used throughout.",
+        "",
+        "| Fault | Injection | End state (stage / state) | Transitions | Alert | Never a PASS |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for f in faults:
+        cell = f.never_pass
+        if f.note:
+            notes.append(f"- **{f.fault}**: {f.note}")
+            cell += " (see note)"
+        lines.append(
+            f"| {f.fault} | {f.injection} | {f.stage} / {f.state} | {', '.join(f.kinds)} "
+            f"| {f.alert or 'none'} | {cell} |"
+        )
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    lines += [
+        "",
+        "The chaos suite (`tests/chaos/`, `bench/chaos.py`) covers `kill -9` of the",
+        "orchestrator itself at random moments.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def test_reliability_doc_is_current() -> None:
+    text = render(FAULTS)
+    if os.environ.get(WRITE_ENV):
+        DOC.write_text(text)
+    assert DOC.exists(), "docs/reliability.md is missing: run with ORCH_WRITE_RELIABILITY_DOC=1"
+    assert DOC.read_text() == text, "docs/reliability.md is stale: regenerate it"
+
+
+if __name__ == "__main__":
+    if "--write" in sys.argv[1:]:
+        DOC.write_text(render(FAULTS))
+        print(f"wrote {DOC}")
+    else:
+        sys.stdout.write(render(FAULTS))
+    sys.exit(0)
+
+
+# --------------------------------------------------------------------------- the drivers
+# (below the __main__ block's exit: --write needs none of the engine's imports)
+
+from orchestrator import alerts, ops  # noqa: E402
+from orchestrator.config import load_settings  # noqa: E402
+from orchestrator.store import make_engine  # noqa: E402
+
+try:
+    from test_engine import STAGES, Harness
+except ImportError:  # imported as tests.integration.test_fault_matrix
+    from tests.integration.test_engine import STAGES, Harness
+
+AGENT = """
+import os, signal, sys
+from pathlib import Path
+mode, artifact_dir = sys.argv[1], Path(sys.argv[2])
+if mode == "crash":
+    (artifact_dir / "13-test-report.md").write_text(
+        "---\\nresult: PASSED\\nstatus: PASS\\nfailed: 0\\n---\\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+if mode == "malformed":
+    (artifact_dir / "13-test-report.md").write_bytes(
+        b"---\\nresult: PASS\\xff\\xfe\\x00ED\\nstatus: P\\x00ASS\\nfailed 0\\n")
+"""
+
+
+@dataclass
+class Seen:
+    """What a driver saw: the task's end, its history, alerts, and the faulted verdicts."""
+
+    stage: str
+    state: str
+    kinds: tuple[str, ...]
+    alerts: list[str]
+    faulted_verdicts: list[str | None]
+    jobs: list[tuple[str, int, str | None, str | None]]
+    reasons: list[str]
+
+
+def seen(h: Harness, key: str, faulted: Callable[[Any], bool]) -> Seen:
+    t = h.task(key)
+    return Seen(
+        t.stage,
+        t.state,
+        tuple(x.kind for x in h.history(key)),
+        [a.kind for a in h.alerts() if a.task_id == t.id],
+        [j.verdict for j in h.jobs(key) if faulted(j)],
+        [(j.stage, j.attempt, j.outcome, j.verdict) for j in h.jobs(key)],
+        list(t.reasons),
+    )
+
+
+def _agent_script(h: Harness) -> Path:
+    path = h.tmp / "fault_agent.py"
+    path.write_text(AGENT)
+    return path
+
+
+def _custom_agent(h: Harness, mode: str) -> str:
+    return f"command:{sys.executable} {_agent_script(h)} {mode} {{artifact_dir}}"
+
+
+def _testing(j: Any) -> bool:
+    return bool(j.stage == "testing")
+
+
+def drive_agent_crash(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.add_repo(testing=_custom_agent(h, "crash"))
+    key = h.add_task()
+    h.run_until_idle()
+    return seen(h, key, _testing)
+
+
+def drive_agent_hang(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.settings = load_settings(**{**h.settings.model_dump(), "agent_timeout_s": 0.5})
+    h.plan = {"*:testing:*": {"sleep": 60}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    return seen(h, key, _testing)
+
+
+def drive_merge_retest_timeout(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.settings = load_settings(**{**h.settings.model_dump(), "merge_retest_timeout_s": 1.0})
+    specs = [f"{s}={h.agent()}" for s in STAGES]
+    sleeper = f"{sys.executable} -c 'import time; time.sleep(30)'"
+    ops.add_repo(
+        h.engine, "demo", h.repo_path, ops.RepoInput(stages=STAGES, agents=specs, test_cmd=sleeper)
+    )
+    key = h.add_task()
+    h.run_until_idle()
+    return seen(h, key, lambda j: j.stage == "deploy-staging")
+
+
+def drive_missing_artifact(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.plan = {"*:testing:*": {"no_artifact": True}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    return seen(h, key, _testing)
+
+
+def drive_malformed_artifact(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.add_repo(testing=_custom_agent(h, "malformed"))
+    key = h.add_task()
+    h.run_until_idle()
+    return seen(h, key, _testing)
+
+
+def drive_contradicting_keys(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.plan = {"*:testing:*": {"contradict": True}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    return seen(h, key, _testing)
+
+
+def _readme_patch(line: str) -> bytes:
+    return (
+        b"diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n"
+        b"@@ -1 +1 @@\n-demo\n+" + line.encode() + b"\n"
+    )
+
+
+def drive_git_conflict(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    # Both pass development and testing off the same main before either merges.
+    h.plan = {"*:testing:1": {"hold": True}}
+    h.save_plan()
+    h.add_repo(development="patch")
+    first = h.add_task("first", patch=_readme_patch("first"))
+    second = h.add_task("second", patch=_readme_patch("second"))
+    h.start()
+    h.wait_for(lambda: sum(":testing:" in s for s in h.starts()) == 2)
+    h.release(first, "testing")
+    h.wait_for(lambda: h.task(first).state == "done")
+    h.release(second, "testing")
+    h.wait_for(lambda: h.task(second).state not in ("active", "deferred"), deadline_s=120)
+    h.stop()
+    shown = subprocess.run(
+        ["git", "show", "main:README.md"],
+        cwd=h.repo_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert shown.stdout == "first\n"
+    merge = h.folder(second) / "16-merge-report.md"
+    assert "CONFLICT" in merge.read_text()
+    return seen(h, second, lambda j: j.stage == "deploy-staging")
+
+
+def drive_lock_busy(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.settings = load_settings(**{**h.settings.model_dump(), "infra_retry_backoff_s": 2.0})
+    h.plan = {"*:deploy-staging:*": {"hold": True}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    lock = h.repo_path / ".git" / "refs" / "heads" / "main.lock"
+    h.start()
+    h.wait_for(lambda: any(":deploy-staging:" in s for s in h.starts()))
+    lock.write_text("held by a test\n")
+    try:
+        h.release(key, "deploy-staging")
+        h.wait_for(lambda: "defer" in [x.kind for x in h.history(key)])
+    finally:
+        lock.unlink()
+    h.wait_for(lambda: h.task(key).state == "done")
+    h.stop()
+    return seen(h, key, lambda j: j.stage == "deploy-staging" and j.attempt == 1)
+
+
+def drive_db_locked(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.plan = {"*:development:*": {"hold": True}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.start()
+    h.wait_for(lambda: any(":development:" in s for s in h.starts()))
+    other = make_engine(h.settings.database_url)
+    held = threading.Event()
+
+    def hold() -> None:
+        # Straight through the driver: SQLAlchemy's pysqlite set-up issues its own BEGIN.
+        if h.settings.database_url.startswith("sqlite"):
+            raw = sqlite3.connect(h.settings.database_url.split(":///", 1)[1], isolation_level=None)
+            raw.execute("BEGIN IMMEDIATE")
+            held.set()
+            time.sleep(1.0)
+            raw.execute("ROLLBACK")
+            raw.close()
+            return
+        with other.begin() as conn:
+            conn.exec_driver_sql("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            held.set()
+            time.sleep(1.0)
+
+    locker = threading.Thread(target=hold)
+    locker.start()
+    assert held.wait(10), "the second connection never took the lock"
+    h.release(key, "development")
+    locker.join()
+    other.dispose()
+    h.wait_for(lambda: h.task(key).state == "done")
+    h.stop()
+    return seen(h, key, lambda j: False)
+
+
+def drive_webhook_down(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nobody listens
+    h.settings = load_settings(
+        **{
+            **h.settings.model_dump(),
+            "alert_webhook_url": f"http://127.0.0.1:{port}/hook",
+            "developer_retry_budget": 0,
+        }
+    )
+    h.plan = {"*:testing:*": {"verdict": "FAIL"}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    # Every bounded attempt is made and recorded, none delivered; then the delivery
+    # threads are done (they must not outlive the test's database).
+    h.wait_for(lambda: all(a.delivery_attempts == alerts.WEBHOOK_ATTEMPTS for a in h.alerts()))
+    for thread in threading.enumerate():
+        if thread.name.startswith("alert-"):
+            thread.join(30)
+    assert h.alerts()
+    assert all(a.delivered_at is None for a in h.alerts())
+    return seen(h, key, _testing)
+
+
+def drive_disk_full(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    from orchestrator import taskdir
+    from orchestrator.runners import base
+
+    real = taskdir.write_atomic
+
+    def full(path: Path, data: str | bytes, *, durable: bool = True) -> None:
+        if Path(path).name == "13-test-report.md":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data, durable=durable)
+
+    mp.setattr(taskdir, "write_atomic", full)
+    mp.setattr(base, "write_atomic", full)
+    specs = [f"development={h.agent()}", "deploy-staging=" + h.agent()]
+    ops.add_repo(
+        h.engine,
+        "demo",
+        h.repo_path,
+        ops.RepoInput(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} -m pytest -q"),
+    )
+    key = h.add_task()
+    h.run_until_idle()
+    assert not (h.folder(key) / "13-test-report.md").exists()
+    return seen(h, key, _testing)
+
+
+def drive_kill_after_patch_commit(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    from orchestrator import taskdir
+    from orchestrator.engine.worker import Worker
+    from orchestrator.gitops import worktrees
+    from orchestrator.store import jobs as jobq
+
+    h.add_repo(development="patch")
+    # A patch that adds a file, as the chaos suite's tasks do.
+    new_file = (
+        b"diff --git a/NEW.md b/NEW.md\nnew file mode 100644\n--- /dev/null\n+++ b/NEW.md\n"
+        b"@@ -0,0 +1 @@\n+after a crash\n"
+    )
+    key = h.add_task(patch=new_file)
+    made = worktrees.ensure_worktree(h.repo_path, "main", h.settings.worktrees_dir, "demo", key)
+    assert made.path is not None
+    patch = taskdir.patch_for_attempt(h.folder(key), 1)
+    assert patch is not None
+    assert worktrees.apply_patch(made.path, patch)[0]
+    assert worktrees.commit_all(made.path, f"{key}: T (patch {patch.name}, attempt 1)")[0]
+    here = Worker(h.settings, h.engine).host
+    with h.engine.begin() as conn:
+        claimed = jobq.claim_jobs(
+            conn,
+            owner=f"{here}:999999999:1",
+            host=here,
+            now=time.time(),
+            lease_s=300,
+            limits=jobq.ClaimLimits(4, 4),
+        )
+    assert [j.stage for j in claimed] == ["development"]
+    h.run_until_idle()
+    first = next(j for j in h.jobs(key) if j.stage == "development")
+    assert any("recovered from" in r for r in first.reasons)
+    assert any("already committed on the task branch" in r for r in first.reasons), first.reasons
+    log = subprocess.run(
+        ["git", "log", "--format=%s", "main", "--", "NEW.md"],
+        cwd=h.repo_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert len(log.stdout.splitlines()) == 1  # on main exactly once
+    # No faulted job here: the killed run's work was real and the re-run may pass.
+    return seen(h, key, lambda j: False)
+
+
+DRIVERS: dict[str, Callable[[Harness, pytest.MonkeyPatch], Seen]] = {
+    "agent-crash": drive_agent_crash,
+    "agent-hang": drive_agent_hang,
+    "merge-retest-timeout": drive_merge_retest_timeout,
+    "missing-artifact": drive_missing_artifact,
+    "malformed-artifact": drive_malformed_artifact,
+    "contradicting-keys": drive_contradicting_keys,
+    "git-conflict": drive_git_conflict,
+    "lock-busy": drive_lock_busy,
+    "db-locked": drive_db_locked,
+    "webhook-down": drive_webhook_down,
+    "disk-full": drive_disk_full,
+    "kill-after-patch-commit": drive_kill_after_patch_commit,
+}
+
+
+@pytest.fixture
+def fh(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+    files = {"README.md": "demo\n", "test_ok.py": "def test_ok():\n    assert True\n"}
+    harness = Harness(tmp_path, db_url, make_repo(files=files))
+    yield harness
+    harness.stop()
+    harness.engine.dispose()
+
+
+def test_every_fault_has_a_driver() -> None:
+    assert sorted(DRIVERS) == sorted(f.id for f in FAULTS)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
+def test_fault_ends_where_documented(
+    fault: Fault, fh: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = DRIVERS[fault.id](fh, monkeypatch)
+    assert (got.stage, got.state) == (fault.stage, fault.state), got
+    assert got.kinds == fault.kinds, got
+    assert got.alerts == ([fault.alert] if fault.alert else []), got
+    # Never a PASS: no faulted job was read as a PASS.
+    assert "PASS" not in got.faulted_verdicts, got
