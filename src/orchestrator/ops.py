@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,6 +127,11 @@ def _check_env_names(names: Sequence[str]) -> list[str]:
     return out
 
 
+def selfhost_staging_cmd() -> list[str]:
+    """A self-hosting repo's default staging command: smoke the worktree's own orchestrator."""
+    return [sys.executable, "-m", "orchestrator.selfhost_staging"]
+
+
 def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoRow:
     """Register a managed repository after checking every input."""
     if not _REPO_NAME_RE.match(name):
@@ -152,6 +158,8 @@ def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoR
     _check_health_url(spec.health_url)
     test_cmd = split_command(spec.test_cmd, "--test-cmd")
     staging_cmd = split_command(spec.staging_cmd, "--staging-cmd")
+    if spec.self_hosting and staging_cmd is None:
+        staging_cmd = selfhost_staging_cmd()
     deploy_cmd = split_command(spec.deploy_cmd, "--deploy-cmd")
     agent_env = _check_env_names(spec.agent_env or ())
     now = time.time()

@@ -9,6 +9,7 @@ import typer
 
 from orchestrator import __version__
 from orchestrator.cli import demo_cmd, engine_cmds, misc, repo, task
+from orchestrator.cli import serve as serve_cmd
 from orchestrator.cli._common import set_home
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ app.command("worker")(engine_cmds.worker_cmd)
 app.command("pause")(engine_cmds.pause)
 app.command("resume")(engine_cmds.resume)
 app.command("alerts")(engine_cmds.alerts_cmd)
+app.command("serve")(serve_cmd.serve)
 app.add_typer(repo.app, name="repo")
 app.add_typer(task.app, name="task")
 app.add_typer(misc.db_app, name="db")

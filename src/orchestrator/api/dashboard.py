@@ -1,0 +1,306 @@
+"""The dashboard: server-rendered pages (Jinja2, autoescaped) that refresh themselves.
+
+htmx (vendored under ``static/``) polls small fragments; without JavaScript a
+``<meta http-equiv="refresh">`` in ``<noscript>`` reloads the page, so it reads fine either
+way. The dashboard only reads: every change goes through the API's mutations.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+import jinja2
+import sqlalchemy as sa
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse
+
+from orchestrator import taskdir
+from orchestrator.api import files, reads
+from orchestrator.api import models as M
+from orchestrator.domain import artifacts as A
+from orchestrator.domain.stages import PIPELINE
+from orchestrator.store import queries
+from orchestrator.store.queries import JobRow, TaskRow
+from orchestrator.store.schema import jobs, repos, tasks
+
+if TYPE_CHECKING:
+    from orchestrator.api.app import Api
+
+CARDS_PER_COLUMN = 50
+FINISHED_CARDS = 20
+POLL_S = 2
+NOSCRIPT_REFRESH_S = 5
+LOG_LINES = 120
+
+_HEADERS = {
+    # Only our own files: no inline script, no third party, no framing.
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``3m 04s``, ``2h 05m``, ``3d 4h``."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def clock(ts: float | None) -> str:
+    """An epoch as local ``YYYY-MM-DD HH:MM:SS``."""
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _environment() -> jinja2.Environment:
+    from orchestrator.api.app import PACKAGE_DIR
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
+        # Task titles, bodies, reasons, artifacts and logs are written by agents and users:
+        # every value is escaped, always.
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["duration"] = duration
+    env.filters["clock"] = clock
+    return env
+
+
+@dataclass(frozen=True)
+class Card:
+    """One task on the board."""
+
+    key: str
+    title: str
+    repo: str
+    stage: str
+    state: str
+    agent: str
+    attempt: int
+    job_state: str
+    elapsed: str
+    last_reason: str
+
+
+@dataclass(frozen=True)
+class Column:
+    """A stage (or the finished tasks) and its cards."""
+
+    name: str
+    count: int
+    cards: list[Card]
+
+
+def _latest_jobs(conn: sa.Connection, task_ids: list[int]) -> dict[int, JobRow]:
+    if not task_ids:
+        return {}
+    newest = (
+        sa.select(sa.func.max(jobs.c.id))
+        .where(jobs.c.task_id.in_(task_ids))
+        .group_by(jobs.c.task_id)
+        .scalar_subquery()
+    )
+    rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(newest)))
+    return {r.task_id: JobRow(**r._mapping) for r in rows}
+
+
+def _cards(
+    conn: sa.Connection, rows: list[TaskRow], names: dict[int, str], now: float
+) -> list[Card]:
+    latest = _latest_jobs(conn, [t.id for t in rows])
+    cards = []
+    for t in rows:
+        job = latest.get(t.id)
+        if job is not None and job.state == "running" and job.started_at is not None:
+            elapsed = f"running {duration(now - job.started_at)}"
+        else:
+            elapsed = f"{t.state} {duration(now - t.updated_at)}"
+        cards.append(
+            Card(
+                key=t.key,
+                title=t.title,
+                repo=names.get(t.repo_id, "?"),
+                stage=t.stage,
+                state=t.state,
+                agent=job.agent if job else "-",
+                attempt=job.attempt if job else 0,
+                job_state=job.state if job else "-",
+                elapsed=elapsed,
+                last_reason=(t.reasons or [""])[-1],
+            )
+        )
+    return cards
+
+
+def board_columns(conn: sa.Connection, now: float) -> list[Column]:
+    """A column per stage in use (live tasks), then the finished ones."""
+    names = reads.repo_names(conn)
+    in_use: set[str] = set()
+    for stages in conn.execute(sa.select(repos.c.stages)).scalars():
+        in_use.update(stages or [])
+    t = tasks.c
+    counts = dict(
+        conn.execute(
+            sa.select(t.stage, sa.func.count())
+            .where(t.state.in_(reads.LIVE_STATES))
+            .group_by(t.stage)
+        )
+        .tuples()
+        .all()
+    )
+    in_use.update(counts)
+    columns = []
+    for stage in (s.value for s in PIPELINE):
+        if in_use and stage not in in_use:
+            continue
+        stmt = (
+            sa.select(tasks)
+            .where(t.stage == stage, t.state.in_(reads.LIVE_STATES))
+            .order_by(t.updated_at.desc(), t.id.desc())
+            .limit(CARDS_PER_COLUMN)
+        )
+        rows = [TaskRow(**r._mapping) for r in conn.execute(stmt)]
+        columns.append(Column(stage, int(counts.get(stage, 0)), _cards(conn, rows, names, now)))
+    finished_where = t.state.in_(("done", "cancelled"))
+    done_count = conn.execute(
+        sa.select(sa.func.count()).select_from(tasks).where(finished_where)
+    ).scalar_one()
+    stmt = (
+        sa.select(tasks)
+        .where(finished_where)
+        .order_by(t.updated_at.desc(), t.id.desc())
+        .limit(FINISHED_CARDS)
+    )
+    rows = [TaskRow(**r._mapping) for r in conn.execute(stmt)]
+    columns.append(Column("finished", int(done_count), _cards(conn, rows, names, now)))
+    return columns
+
+
+@dataclass(frozen=True)
+class ArtifactView:
+    """An artifact as the task page shows it: its verdict keys, then its text."""
+
+    name: str
+    keys: list[tuple[str, str]]
+    text: str
+
+
+def artifact_views(api: Api, key: str, names: list[str]) -> list[ArtifactView]:
+    """Each artifact's keys and text, read through the same checks as the API."""
+    out = []
+    for name in names:
+        path = files.artifact_path(api.settings.tasks_dir, key, name)
+        if path is None:
+            continue
+        text = files.read_artifact(path)
+        keys = [(k, ", ".join(v)) for k, v in A.parse_keys(text).items()]
+        out.append(ArtifactView(name, keys, text))
+    return out
+
+
+def dashboard_router(api: Api) -> APIRouter:
+    """``/`` and ``/ui/...``: the board, the task page, and the fragments they poll."""
+    env = _environment()
+    router = APIRouter(include_in_schema=False)
+
+    def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(name).render(
+            poll_s=POLL_S, refresh_s=NOSCRIPT_REFRESH_S, now=time.time(), **ctx
+        )
+        return HTMLResponse(html, status_code=status, headers=_HEADERS)
+
+    def board_ctx() -> dict[str, Any]:
+        now = time.time()
+        with api.reader.connect() as conn:
+            return {
+                "columns": board_columns(conn, now),
+                "queue": reads.queue(conn, now=now, limit=20, totals=api.totals.get()),
+                "alerts": reads.list_alerts(conn, 10),
+                "switches": reads.kill_switches(conn, api.settings),
+            }
+
+    @router.get("/", response_class=HTMLResponse)
+    def board() -> HTMLResponse:
+        return page("board.html", **board_ctx())
+
+    @router.get("/ui/board", response_class=HTMLResponse)
+    def board_fragment() -> HTMLResponse:
+        return page("_board.html", **board_ctx())
+
+    def task_ctx(key: str, job_id: int | None) -> dict[str, Any] | None:
+        if not taskdir.valid_key(key):
+            return None
+        with api.reader.connect() as conn:
+            task = queries.get_task(conn, key)
+            if task is None:
+                return None
+            detail = reads.task_detail(conn, api.settings, task)
+        log_job = _log_job(detail.jobs, job_id)
+        log_text = None
+        if log_job is not None:
+            path = files.job_log(api.settings.tasks_dir, key, log_job)
+            if path is not None:
+                log_text, _size = files.tail(path, LOG_LINES)
+        return {"task": detail, "log_job": log_job, "log_text": log_text}
+
+    def not_found(key: str) -> HTMLResponse:
+        return page("missing.html", status=404, key=key)
+
+    @router.get("/ui/tasks/{key}", response_class=HTMLResponse)
+    def task_page(key: str, job: Annotated[int | None, Query(ge=1)] = None) -> HTMLResponse:
+        ctx = task_ctx(key, job)
+        if ctx is None:
+            return not_found(key)
+        ctx["artifacts"] = artifact_views(api, key, ctx["task"].artifacts)
+        return page("task.html", **ctx)
+
+    @router.get("/ui/tasks/{key}/summary", response_class=HTMLResponse)
+    def task_summary(key: str) -> HTMLResponse:
+        ctx = task_ctx(key, None)
+        if ctx is None:
+            return not_found(key)
+        return page("_task_summary.html", **ctx)
+
+    @router.get("/ui/tasks/{key}/artifacts", response_class=HTMLResponse)
+    def task_artifacts(key: str) -> HTMLResponse:
+        ctx = task_ctx(key, None)
+        if ctx is None:
+            return not_found(key)
+        ctx["artifacts"] = artifact_views(api, key, ctx["task"].artifacts)
+        return page("_task_artifacts.html", **ctx)
+
+    @router.get("/ui/tasks/{key}/log", response_class=HTMLResponse)
+    def task_log(key: str, job: Annotated[int | None, Query(ge=1)] = None) -> HTMLResponse:
+        ctx = task_ctx(key, job)
+        if ctx is None:
+            return not_found(key)
+        return page("_task_log.html", **ctx)
+
+    return router
+
+
+def _log_job(jobs_: list[M.JobOut], job_id: int | None) -> M.JobOut | None:
+    """The job whose log the task page tails: the one asked for, else the newest that ran."""
+    if job_id is not None:
+        return next((j for j in jobs_ if j.id == job_id), None)
+    ran = [j for j in jobs_ if j.started_at is not None]
+    return ran[-1] if ran else None

@@ -1,0 +1,203 @@
+"""``GET /metrics``: Prometheus text, computed from the database at each scrape.
+
+A fresh ``CollectorRegistry`` per app (never the process-global one, so two apps in one
+process, as in tests, do not collide) holds one collector that reads the database when
+scraped. Counters are derived from rows, so they survive restarts and add up across every
+worker on the database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from orchestrator import __version__
+from orchestrator.store import control, merges
+from orchestrator.store.schema import alerts, jobs, tasks, transitions, workers
+
+if TYPE_CHECKING:
+    from orchestrator.api.app import Api
+
+# Job duration buckets, seconds: from a quick runner to the reaper's hour.
+DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+class DatabaseCollector(Collector):
+    """Every orchestrator metric, read from the database when scraped."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def collect(self) -> Iterator[Metric]:
+        with self.api.reader.connect() as conn:
+            yield from self._collect(conn)
+
+    def _collect(self, conn: sa.Connection) -> Iterator[Metric]:
+        st = self.api.settings
+        info = GaugeMetricFamily("orch_info", "The orchestrator's version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "orch_uptime_seconds",
+            "Seconds since this API started.",
+            time.time() - self.api.started_at,
+        )
+        paused = st.paused or control.is_paused(conn)
+        yield GaugeMetricFamily("orch_paused", "1 when no new jobs are claimed.", float(paused))
+
+        j, t = jobs.c, tasks.c
+        by_task = GaugeMetricFamily(
+            "orch_tasks", "Tasks by stage and state.", labels=["stage", "state"]
+        )
+        for stage, state, n in conn.execute(
+            sa.select(t.stage, t.state, sa.func.count()).group_by(t.stage, t.state)
+        ):
+            by_task.add_metric([stage, state], n)
+        yield by_task
+
+        depth = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(jobs.join(tasks, t.id == j.task_id))
+            .where(j.state == "queued", t.state.in_(("active", "deferred")))
+        ).scalar_one()
+        yield GaugeMetricFamily("orch_queue_depth", "Queued jobs of live tasks.", depth)
+        by_state = GaugeMetricFamily("orch_jobs", "Jobs by state.", labels=["state"])
+        counts = dict(
+            conn.execute(sa.select(j.state, sa.func.count()).group_by(j.state)).tuples().all()
+        )
+        for state in ("queued", "running", "finished"):
+            by_state.add_metric([state], counts.get(state, 0))
+        yield by_state
+
+        finished = CounterMetricFamily(
+            "orch_jobs_finished",
+            "Finished jobs by stage, agent and outcome (`none`: ended before it ran).",
+            labels=["stage", "agent", "outcome"],
+        )
+        for stage, agent, outcome, n in conn.execute(
+            sa.select(j.stage, j.agent, j.outcome, sa.func.count())
+            .where(j.state == "finished")
+            .group_by(j.stage, j.agent, j.outcome)
+        ):
+            finished.add_metric([stage, agent, outcome or "none"], n)
+        yield finished
+
+        yield self._durations(conn)
+
+        kinds = CounterMetricFamily(
+            "orch_transitions", "Task transitions by kind.", labels=["kind"]
+        )
+        for kind, n in conn.execute(
+            sa.select(transitions.c.kind, sa.func.count()).group_by(transitions.c.kind)
+        ):
+            kinds.add_metric([kind], n)
+        yield kinds
+
+        cost = CounterMetricFamily(
+            "orch_llm_cost_usd", "LLM spend (sum of jobs' cost_usd) by agent.", labels=["agent"]
+        )
+        tokens = CounterMetricFamily(
+            "orch_llm_tokens", "LLM tokens by agent and direction.", labels=["agent", "direction"]
+        )
+        for agent, usd, tin, tout in conn.execute(
+            sa.select(
+                j.agent,
+                sa.func.coalesce(sa.func.sum(j.cost_usd), 0.0),
+                sa.func.coalesce(sa.func.sum(j.tokens_in), 0),
+                sa.func.coalesce(sa.func.sum(j.tokens_out), 0),
+            )
+            .where(j.cost_usd.is_not(None))
+            .group_by(j.agent)
+        ):
+            cost.add_metric([agent], float(usd))
+            tokens.add_metric([agent, "in"], int(tin))
+            tokens.add_metric([agent, "out"], int(tout))
+        yield cost
+        yield tokens
+
+        alert_family = CounterMetricFamily(
+            "orch_alerts", "Alerts raised, by kind and severity.", labels=["kind", "severity"]
+        )
+        for kind, severity, n in conn.execute(
+            sa.select(alerts.c.kind, alerts.c.severity, sa.func.count()).group_by(
+                alerts.c.kind, alerts.c.severity
+            )
+        ):
+            alert_family.add_metric([kind, severity], n)
+        yield alert_family
+
+        merge = CounterMetricFamily(
+            "orch_merge_gate", "The merge gate's counters.", labels=["counter"]
+        )
+        for name, n in sorted(merges.merge_counters(conn).items()):
+            merge.add_metric([name], n)
+        yield merge
+
+        live = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(workers)
+            .where(workers.c.heartbeat_at >= time.time() - st.job_lease_s)
+        ).scalar_one()
+        yield GaugeMetricFamily("orch_workers", "Workers with a heartbeat within a lease.", live)
+
+    def _durations(self, conn: sa.Connection) -> Metric:
+        """A histogram of finished jobs' run times, by stage, bucketed in SQL."""
+        j = jobs.c
+        duration = j.finished_at - j.started_at
+        columns: list[sa.ColumnElement[object]] = [
+            sa.func.sum(sa.case((duration <= le, 1), else_=0)) for le in DURATION_BUCKETS_S
+        ]
+        stmt = (
+            sa.select(j.stage, sa.func.count(), sa.func.sum(duration), *columns)
+            .where(j.state == "finished", j.started_at.is_not(None), j.finished_at.is_not(None))
+            .group_by(j.stage)
+        )
+        family = HistogramMetricFamily(
+            "orch_job_duration_seconds", "Run time of finished jobs, by stage.", labels=["stage"]
+        )
+        for row in conn.execute(stmt):
+            stage, count, total = row[0], int(row[1]), float(row[2] or 0.0)
+            buckets = [
+                (_le(le), int(n or 0)) for le, n in zip(DURATION_BUCKETS_S, row[3:], strict=True)
+            ]
+            buckets.append(("+Inf", count))
+            family.add_metric([stage], buckets, total)
+        return family
+
+
+def _le(value: float) -> str:
+    # The spelling client libraries give a finite bucket bound: "30.0".
+    return repr(float(value))
+
+
+def metrics_router(api: Api) -> APIRouter:
+    """``GET /metrics`` with a registry of its own."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(api))
+    router = APIRouter()
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}
+        },
+        tags=["status"],
+    )
+    def metrics() -> Response:
+        """Prometheus metrics: jobs, transitions, queue depth, durations, LLM cost, alerts."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,366 @@
+"""Request and response bodies of the HTTP API, so ``/openapi.json`` says exactly what is sent.
+
+Times are epoch seconds (floats), as in the database and in the CLI's ``--json`` output.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SettingValue = str | int | float | bool | None
+
+# Some character that is not whitespace (a blank patch is no patch).
+NOT_BLANK = r"\S"
+# One line with something in it: no line breaks, not only blanks.
+ONE_LINE = r"^[^\r\n]*\S[^\r\n]*$"
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _In(BaseModel):
+    # An unknown field is a typo the caller wants to hear about (422), not silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(_Out):
+    """Every error: one human-readable message, never a stack trace."""
+
+    error: str = Field(description="What went wrong, for a human.")
+
+
+# ---- health and status -------------------------------------------------------------------
+
+
+class HealthOut(_Out):
+    """Liveness: the process answers and the database is reachable."""
+
+    status: str = Field(description="`ok`, or `unavailable` when the database is not.")
+    database: str = Field(description="`ok`, or why the database could not be reached.")
+
+
+class KillSwitches(_Out):
+    """The switches that stop or reroute work."""
+
+    paused: bool = Field(description="No new jobs are claimed (the setting or `orch pause`).")
+    paused_by_setting: bool
+    paused_in_db: bool
+    test_runner_enabled: bool
+    staging_runner_enabled: bool
+    subprocess_tree_kill_enabled: bool
+    merge_retest_skip_when_current_enabled: bool
+
+
+class StageStateCount(_Out):
+    """How many tasks stand at one (stage, state)."""
+
+    stage: str
+    state: str
+    count: int
+
+
+class TaskCounts(_Out):
+    """Tasks by state and by (stage, state)."""
+
+    total: int
+    by_state: dict[str, int]
+    by_stage_state: list[StageStateCount]
+
+
+class LlmSpend(_Out):
+    """What LLM jobs cost: the sum of ``jobs.cost_usd`` (0 when none reported any)."""
+
+    as_of: float = Field(description="When it was summed (refreshed every few seconds).")
+    total_usd: float
+    last_24h_usd: float
+    tokens_in: int
+    tokens_out: int
+    jobs_with_cost: int
+
+
+class WorkerOut(_Out):
+    """A worker process and its last heartbeat."""
+
+    id: str
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    heartbeat_age_s: float
+    stale: bool = Field(description="No heartbeat for longer than a job lease.")
+
+
+class StatusOut(_Out):
+    """The process, its settings (secrets masked) and the state of the work."""
+
+    version: str
+    started_at: float
+    uptime_s: float
+    now: float
+    scheduler: bool = Field(description="Whether this process also runs a worker.")
+    settings: dict[str, SettingValue] = Field(description="Every setting; secrets masked.")
+    kill_switches: KillSwitches
+    repos: list[str]
+    tasks: TaskCounts
+    llm_spend: LlmSpend
+    workers: list[WorkerOut]
+    serial_gate: dict[str, str | None] = Field(
+        description="Per repo: the task holding its serial gate, or null."
+    )
+    alerts: int = Field(description="Alerts stored (all time).")
+
+
+# ---- queue -------------------------------------------------------------------------------
+
+
+class QueuedJobOut(_Out):
+    """A job waiting to be claimed."""
+
+    job: int
+    task: str
+    repo: str
+    stage: str
+    agent: str
+    attempt: int
+    not_before: float
+    created_at: float
+    waiting_s: float
+
+
+class RunningJobOut(_Out):
+    """A job being run by a worker."""
+
+    job: int
+    task: str
+    repo: str
+    stage: str
+    agent: str
+    attempt: int
+    started_at: float | None
+    elapsed_s: float
+    host: str | None
+    worker: str | None
+    pid: int | None
+
+
+class DeferredTaskOut(_Out):
+    """A task waiting after infra trouble; its next attempt may start at ``not_before``."""
+
+    task: str
+    repo: str
+    stage: str
+    not_before: float | None = Field(description="When its retry may start (null: none queued).")
+    infra_retries: int
+    reasons: list[str]
+    updated_at: float
+
+
+class BlockedTaskOut(_Out):
+    """A task that needs a human, and why."""
+
+    task: str
+    repo: str
+    stage: str
+    reasons: list[str]
+    developer_retries: int
+    infra_retries: int
+    updated_at: float
+
+
+class QueuedSection(_Out):
+    """Queued jobs: how many, and the first ``limit`` in claim order."""
+
+    count: int
+    items: list[QueuedJobOut]
+
+
+class RunningSection(_Out):
+    """Running jobs: how many, and the longest-running ``limit``."""
+
+    count: int
+    items: list[RunningJobOut]
+
+
+class DeferredSection(_Out):
+    """Deferred tasks: how many, and the ``limit`` deferred most recently."""
+
+    count: int
+    items: list[DeferredTaskOut]
+
+
+class BlockedSection(_Out):
+    """Blocked tasks: how many, and the ``limit`` blocked most recently."""
+
+    count: int
+    items: list[BlockedTaskOut]
+
+
+class RunnerCounters(_Out):
+    """Jobs of one deterministic runner, counted from the database."""
+
+    agent: str
+    enabled: bool = Field(description="The runner's kill-switch.")
+    repos: str = Field(description="The repos it serves (CSV, * for all).")
+    jobs: int
+    queued: int
+    running: int
+    finished: int
+    by_outcome: dict[str, int] = Field(description="Finished jobs by outcome (`none`: never ran).")
+    by_verdict: dict[str, int] = Field(description="Finished jobs by verdict (`none`: no verdict).")
+
+
+class QueueOut(_Out):
+    """What waits, what runs, what is stuck, and the counters of the deterministic parts.
+
+    Each list holds at most ``limit`` items (queued in claim order, running longest first,
+    deferred and blocked newest first); ``count`` is always the full number.
+    """
+
+    now: float
+    limit: int
+    counters_as_of: float = Field(
+        description="When the runner and merge counters were computed (every few seconds)."
+    )
+    queued: QueuedSection
+    running: RunningSection
+    deferred: DeferredSection
+    blocked: BlockedSection
+    serial_gate: dict[str, str | None] = Field(
+        description="Per repo: the task holding its serial gate, or null."
+    )
+    test_runner: RunnerCounters
+    staging_runner: RunnerCounters
+    merge_gate: dict[str, int] = Field(description="The merge gate's counters (store.merges).")
+
+
+# ---- tasks -------------------------------------------------------------------------------
+
+
+class TaskOut(_Out):
+    """A task, as `orch task list --json` shows it."""
+
+    key: str
+    repo: str
+    title: str
+    stage: str
+    state: str
+    reasons: list[str]
+    developer_retries: int
+    infra_retries: int
+    created_at: float
+    updated_at: float
+
+
+class NewTaskOut(TaskOut):
+    """A task just filed, and its folder."""
+
+    folder: str
+
+
+class TransitionOut(_Out):
+    """One entry of a task's history, with the reasons for it."""
+
+    kind: str
+    from_stage: str | None
+    to_stage: str | None
+    from_state: str | None
+    to_state: str | None
+    reasons: list[str]
+    actor: str
+    at: float
+
+
+class JobOut(_Out):
+    """One run of one agent for the task."""
+
+    id: int
+    stage: str
+    agent: str
+    attempt: int
+    state: str
+    outcome: str | None
+    verdict: str | None
+    exit_code: int | None
+    reasons: list[str]
+    log_path: str | None
+    started_at: float | None
+    finished_at: float | None
+    cost_usd: float | None
+
+
+class TaskDetailOut(TaskOut):
+    """A task with its history, jobs and artifacts, as `orch task show --json` shows it."""
+
+    body: str
+    folder: str
+    artifacts: list[str]
+    history: list[TransitionOut]
+    jobs: list[JobOut]
+
+
+class TaskIn(_In):
+    """File a task."""
+
+    repo: str = Field(min_length=1, max_length=64, description="A registered repo's name.")
+    title: str = Field(min_length=1, max_length=200, pattern=ONE_LINE, description="One line.")
+    body: str = Field(default="", max_length=200_000)
+    patch: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=5_000_000,
+        pattern=NOT_BLANK,
+        description="A patch for the `patch` developer to apply (unified diff text).",
+    )
+
+
+class CancelIn(_In):
+    """Cancel a task."""
+
+    reason: str = Field(default="", max_length=2000, description="Why, for the history.")
+
+
+class RetryIn(_In):
+    """Retry a blocked or deferred task."""
+
+    patch: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=5_000_000,
+        pattern=NOT_BLANK,
+        description="A new patch: back to development.",
+    )
+
+
+class ApproveIn(_In):
+    """Complete a blocked stage by hand."""
+
+    artifact: str | None = Field(
+        default=None,
+        max_length=1_000_000,
+        description="The stage's artifact, written by a human; the stage's gates still run.",
+    )
+
+
+# ---- alerts and control ------------------------------------------------------------------
+
+
+class AlertOut(_Out):
+    """Something a human must see, as `orch alerts --json` shows it."""
+
+    id: int
+    kind: str
+    severity: str
+    message: str
+    reasons: list[str]
+    task: str | None
+    created_at: float
+    delivered_at: float | None
+    delivery_attempts: int
+
+
+class PausedOut(_Out):
+    """The global kill switch after the change."""
+
+    paused: bool

@@ -1,0 +1,164 @@
+"""`orch serve`: the HTTP API, the dashboard and the scheduler, in one process.
+
+uvicorn serves the app in the main thread; a ``Worker`` runs the scheduler loop in a thread
+of its own. SIGTERM or SIGINT stops both: the server finishes its open requests, the worker
+re-queues its running jobs (or, with ``--drain``, waits for them), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli._common import EXIT_FAILURE, fail, run, settings
+from orchestrator.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+# Seconds the server waits for open requests (a followed log) once asked to stop.
+GRACEFUL_SHUTDOWN_S = 5
+
+
+def _settings(host: str | None, port: int | None) -> Settings:
+    """The settings in force, with --host / --port applied and checked like the env vars.
+
+    Going through ``load_settings`` again means ``--host 0.0.0.0`` meets the same invariant
+    as ``ORCH_API_HOST=0.0.0.0``: beyond loopback only with ``ORCH_API_TOKEN`` set.
+    """
+    base = settings()
+    overrides: dict[str, object] = {"home": base.home}
+    if host is not None:
+        overrides["api_host"] = host
+    if port is not None:
+        overrides["api_port"] = port
+    return load_settings(**overrides)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before uvicorn starts, so a busy port is one clear error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        fail(f"cannot resolve --host {host!r}: {exc.strerror}", EXIT_FAILURE)
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_FAILURE)
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="Address to bind (default ORCH_API_HOST, 127.0.0.1). Beyond loopback needs "
+            "ORCH_API_TOKEN.",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="Port (default ORCH_API_PORT, 8765; 0 picks a free one)."),
+    ] = None,
+    no_scheduler: Annotated[
+        bool,
+        typer.Option("--no-scheduler", help="Serve the API and dashboard only; run no jobs."),
+    ] = False,
+    drain: Annotated[
+        bool, typer.Option("--drain", help="On SIGTERM wait for running jobs.")
+    ] = False,
+    log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
+) -> None:
+    """Run the API, the dashboard and the scheduler in one process (127.0.0.1 by default)."""
+    import uvicorn
+
+    from orchestrator.api import create_app
+    from orchestrator.engine.worker import Worker
+    from orchestrator.logs import configure
+    from orchestrator.ops import open_engine
+
+    configure(log_format)
+    st = run(lambda: _settings(host, port))
+    engine = run(lambda: open_engine(st))
+    worker = None if no_scheduler else Worker(st, engine, name="serve")
+    app = create_app(
+        st, engine, scheduler=worker is not None, wake=worker.wake.set if worker else None
+    )
+    sock = _bind(st.api_host, st.api_port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    failed = threading.Event()
+
+    def stop_all() -> None:
+        # Open log streams end now instead of holding the shutdown up; the scheduler stops
+        # claiming at once, while the server finishes its requests.
+        app.state.api.stopping.set()
+        if worker is not None:
+            worker.stop(drain=drain)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            stop_all()
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
+
+    def scheduler() -> None:
+        assert worker is not None
+        try:
+            worker.run()
+        except Exception:
+            log.exception("the scheduler stopped on an error", extra={"action": "serve"})
+            failed.set()
+            server.should_exit = True
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # While it serves, uvicorn takes the signals (Server.handle_exit above); once it has
+        # stopped it raises them again, and they land here: nothing is left to do but log.
+        log.warning("signal %d: stopped", signum, extra={"action": "serve"})
+        server.should_exit = True
+        stop_all()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    thread = threading.Thread(target=scheduler, name="scheduler", daemon=True)
+    if worker is not None:
+        thread.start()
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    # One line on stderr that scripts can wait for (the port, when --port 0 picked one).
+    sys.stderr.write(
+        f"orch serve: listening on http://{shown}:{bound_port} "
+        f"(scheduler {'on' if worker else 'off'})\n"
+    )
+    sys.stderr.flush()
+    try:
+        server.run(sockets=[sock])
+        if not server.started:
+            failed.set()
+    finally:
+        if worker is not None:
+            worker.stop(drain=drain)
+            thread.join()
+        sock.close()
+        engine.dispose()
+    if failed.is_set():
+        raise typer.Exit(EXIT_FAILURE)

@@ -1,0 +1,111 @@
+"""The dashboard in a real browser: Playwright driving Debian's Chromium, headless.
+
+A task moves while the board is open: its card changes column by itself (htmx polling),
+then the task page shows its history, an artifact and the log. The fake agents are held and
+released by the test, so it decides when the task moves. No `playwright install`: the
+browser is the distribution's /usr/bin/chromium (`apt-get install chromium`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from api_server import FakeRepo, Server, base_env, wait_for
+from playwright.sync_api import Browser, expect, sync_playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# How long the page may take to show a change: several of its 2 s polls.
+SEEN_MS = 30_000
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def fake(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[FakeRepo]:
+    repo = FakeRepo(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}), plan={})
+    yield repo
+    repo.close()
+
+
+def test_a_card_moves_and_the_task_page_reads_an_artifact(
+    tmp_path: Path, db_url: str, fake: FakeRepo, browser: Browser
+) -> None:
+    fake.set_plan({"*:development:*": {"hold": True}, "*:testing:*": {"hold": True}})
+    server = Server(tmp_path, base_env(fake.home, db_url))
+    try:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(server.url + "/")
+        expect(page.locator("section.column[data-stage=development] h2")).to_contain_text(
+            "development"
+        )
+        # Filed after the page loaded: the board shows it without a reload.
+        key = server.client.post(
+            "/tasks", json={"repo": "demo", "title": "Move across the board"}
+        ).json()["key"]
+        wait_for(lambda: fake.started(key, "development"), 60, "development starts")
+        dev_card = page.locator(f"section.column[data-stage=development] article#card-{key}")
+        expect(dev_card).to_be_visible(timeout=SEEN_MS)
+        expect(dev_card).to_contain_text("Move across the board")
+        expect(dev_card).to_contain_text("running")
+
+        fake.release(key, "development")
+        wait_for(lambda: fake.started(key, "testing"), 60, "testing starts")
+        test_card = page.locator(f"section.column[data-stage=testing] article#card-{key}")
+        expect(test_card).to_be_visible(timeout=SEEN_MS)
+        expect(dev_card).to_have_count(0, timeout=SEEN_MS)
+
+        # The task page: history with reasons, the development report, the log.
+        test_card.locator(f"a[href='/ui/tasks/{key}']").click()
+        expect(page).to_have_url(f"{server.url}/ui/tasks/{key}")
+        expect(page.locator("#task-stage")).to_have_text("testing")
+        expect(page.locator("#history")).to_contain_text("advance")
+        expect(page.locator("#history")).to_contain_text("task created at stage development")
+        report = page.locator('details[id="artifact-10-dev-report.md"]')
+        expect(report).to_contain_text("dev_status")
+        expect(report).to_contain_text("DONE")
+        expect(page.locator("#log")).to_contain_text("testing")
+
+        # It keeps refreshing itself: testing ends, the stage shown moves on.
+        fake.release(key, "testing")
+        expect(page.locator("#task-stage")).not_to_have_text("testing", timeout=SEEN_MS * 2)
+        assert errors == [], errors
+        page.close()
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+def test_the_board_reads_without_javascript(
+    tmp_path: Path, db_url: str, fake: FakeRepo, browser: Browser
+) -> None:
+    server = Server(tmp_path, base_env(fake.home, db_url), scheduler=False)
+    try:
+        key = server.client.post(
+            "/tasks", json={"repo": "demo", "title": "<b>not bold</b>"}
+        ).json()["key"]
+        context = browser.new_context(java_script_enabled=False)
+        page = context.new_page()
+        page.goto(server.url + "/")
+        item = page.locator(f"section.column[data-stage=development] article#card-{key}")
+        expect(item).to_contain_text("<b>not bold</b>")
+        assert page.locator("article b").count() == 0
+        page.goto(f"{server.url}/ui/tasks/{key}")
+        expect(page.locator('details[id="artifact-00-task.md"]')).to_contain_text(f"task: {key}")
+        context.close()
+    finally:
+        assert server.stop() == 0, server.output()
