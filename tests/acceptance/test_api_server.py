@@ -332,7 +332,10 @@ def test_selfhost_staging_smoke_runs_the_worktree_orchestrator(
         repo = ops.require_repo(conn, "orchestrator")
     engine.dispose()
     assert repo.self_hosting
-    assert repo.staging_cmd == [sys.executable, "-m", "orchestrator.selfhost_staging"]
+    assert repo.staging_cmd is not None
+    # The interpreter `orch` runs under (its script's shebang: python or python3 of this venv).
+    assert Path(repo.staging_cmd[0]).parent == Path(sys.executable).parent
+    assert repo.staging_cmd[1:] == ["-m", "orchestrator.selfhost_staging"]
 
     # The staging-runner runs that command in the task's worktree (here: the copy), with
     # the scrubbed environment the engine gives runners.
