@@ -84,6 +84,8 @@ def test_a_card_moves_and_the_task_page_reads_an_artifact(
         # It keeps refreshing itself: testing ends, the stage shown moves on.
         fake.release(key, "testing")
         expect(page.locator("#task-stage")).not_to_have_text("testing", timeout=SEEN_MS * 2)
+        # The log tail follows the task to its next job.
+        expect(page.locator("#log h2")).to_contain_text("deploy-staging", timeout=SEEN_MS * 2)
         assert errors == [], errors
         page.close()
     finally:

@@ -763,6 +763,10 @@ def test_task_page_shows_history_artifacts_and_log(env: Env) -> None:
     assert "hello &lt;from&gt; the agent" in html
     assert "&lt;b&gt;body&lt;/b&gt;" in html
     assert "hello &lt;from&gt;" in env.client.get(f"/ui/tasks/{key}/log").text
+    # Unpinned, the tail follows the task's newest job; with ?job= it stays on that job.
+    assert f'hx-get="/ui/tasks/{key}/log"' in html
+    pinned = env.client.get(f"/ui/tasks/{key}?job={job.id}").text
+    assert f'hx-get="/ui/tasks/{key}/log?job={job.id}"' in pinned
     assert "task created" in env.client.get(f"/ui/tasks/{key}/summary").text
     assert "dev_status" in env.client.get(f"/ui/tasks/{key}/artifacts").text
     r = env.client.get("/ui/tasks/NOPE-1")

@@ -246,7 +246,7 @@ def dashboard_router(api: Api) -> APIRouter:
     def board_fragment() -> HTMLResponse:
         return page("_board.html", **board_ctx())
 
-    def task_ctx(key: str, job_id: int | None) -> dict[str, Any] | None:
+    def task_ctx(key: str, job_id: int | None, *, log: bool = True) -> dict[str, Any] | None:
         if not taskdir.valid_key(key):
             return None
         with api.reader.connect() as conn:
@@ -254,13 +254,14 @@ def dashboard_router(api: Api) -> APIRouter:
             if task is None:
                 return None
             detail = reads.task_detail(conn, api.settings, task)
-        log_job = _log_job(detail.jobs, job_id)
+        log_job = _log_job(detail.jobs, job_id) if log else None
         log_text = None
         if log_job is not None:
             path = files.job_log(api.settings.tasks_dir, key, log_job)
             if path is not None:
                 log_text, _size = files.tail(path, LOG_LINES)
-        return {"task": detail, "log_job": log_job, "log_text": log_text}
+        # Without a job asked for, the tail follows the task to its newest job.
+        return {"task": detail, "log_job": log_job, "log_text": log_text, "pinned": job_id}
 
     def not_found(key: str) -> HTMLResponse:
         return page("missing.html", status=404, key=key)
@@ -275,14 +276,14 @@ def dashboard_router(api: Api) -> APIRouter:
 
     @router.get("/ui/tasks/{key}/summary", response_class=HTMLResponse)
     def task_summary(key: str) -> HTMLResponse:
-        ctx = task_ctx(key, None)
+        ctx = task_ctx(key, None, log=False)
         if ctx is None:
             return not_found(key)
         return page("_task_summary.html", **ctx)
 
     @router.get("/ui/tasks/{key}/artifacts", response_class=HTMLResponse)
     def task_artifacts(key: str) -> HTMLResponse:
-        ctx = task_ctx(key, None)
+        ctx = task_ctx(key, None, log=False)
         if ctx is None:
             return not_found(key)
         ctx["artifacts"] = artifact_views(api, key, ctx["task"].artifacts)

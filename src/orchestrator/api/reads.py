@@ -282,17 +282,31 @@ def _job_task_repo() -> sa.Join:
     return jobs.join(tasks, _T.id == _J.task_id).join(repos, repos.c.id == _T.repo_id)
 
 
-def _count(conn: sa.Connection, stmt: sa.Select[Any]) -> int:
-    return int(conn.execute(stmt).scalar_one())
+def queue_counts(conn: sa.Connection) -> dict[str, int]:
+    """How many jobs are queued (of active tasks) and running, tasks deferred and blocked.
+
+    One statement: the four counts are read in one round trip.
+    """
+
+    def count(table: sa.FromClause, *where: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
+        return sa.select(sa.func.count()).select_from(table).where(*where).scalar_subquery()
+
+    row = conn.execute(
+        sa.select(
+            count(
+                jobs.join(tasks, _T.id == _J.task_id), _J.state == "queued", _T.state == "active"
+            ),
+            count(jobs, _J.state == "running"),
+            count(tasks, _T.state == "deferred"),
+            count(tasks, _T.state == "blocked"),
+        )
+    ).one()
+    return dict(zip(("queued", "running", "deferred", "blocked"), map(int, row), strict=True))
 
 
-def queued_section(conn: sa.Connection, now: float, limit: int) -> M.QueuedSection:
+def queued_section(conn: sa.Connection, now: float, limit: int, count: int) -> M.QueuedSection:
     """Queued jobs of active tasks, in the order a worker claims them."""
     where = (_J.state == "queued", _T.state == "active")
-    count = _count(
-        conn,
-        sa.select(sa.func.count()).select_from(jobs.join(tasks, _T.id == _J.task_id)).where(*where),
-    )
     stmt = (
         sa.select(
             _J.id,
@@ -326,9 +340,8 @@ def queued_section(conn: sa.Connection, now: float, limit: int) -> M.QueuedSecti
     return M.QueuedSection(count=count, items=items)
 
 
-def running_section(conn: sa.Connection, now: float, limit: int) -> M.RunningSection:
+def running_section(conn: sa.Connection, now: float, limit: int, count: int) -> M.RunningSection:
     """Running jobs, longest-running first, with their agent and elapsed time."""
-    count = _count(conn, sa.select(sa.func.count()).select_from(jobs).where(_J.state == "running"))
     stmt = (
         sa.select(
             _J.id,
@@ -366,11 +379,7 @@ def running_section(conn: sa.Connection, now: float, limit: int) -> M.RunningSec
     return M.RunningSection(count=count, items=items)
 
 
-def _state_count(conn: sa.Connection, state: str) -> int:
-    return _count(conn, sa.select(sa.func.count()).select_from(tasks).where(_T.state == state))
-
-
-def deferred_section(conn: sa.Connection, limit: int) -> M.DeferredSection:
+def deferred_section(conn: sa.Connection, limit: int, count: int) -> M.DeferredSection:
     """Deferred tasks, most recently deferred first, with their retry's ``not_before``.
 
     Tasks first (their state index), then only their own queued jobs (the task_id index):
@@ -413,10 +422,10 @@ def deferred_section(conn: sa.Connection, limit: int) -> M.DeferredSection:
         )
         for r in rows
     ]
-    return M.DeferredSection(count=_state_count(conn, "deferred"), items=items)
+    return M.DeferredSection(count=count, items=items)
 
 
-def blocked_section(conn: sa.Connection, limit: int) -> M.BlockedSection:
+def blocked_section(conn: sa.Connection, limit: int, count: int) -> M.BlockedSection:
     """Blocked tasks, most recently blocked first, with the reasons."""
     stmt = (
         sa.select(
@@ -445,7 +454,7 @@ def blocked_section(conn: sa.Connection, limit: int) -> M.BlockedSection:
         )
         for r in conn.execute(stmt)
     ]
-    return M.BlockedSection(count=_state_count(conn, "blocked"), items=items)
+    return M.BlockedSection(count=count, items=items)
 
 
 def runner_counters(conn: sa.Connection, st: Settings) -> dict[str, M.RunnerCounters]:
@@ -494,14 +503,15 @@ def queue(
 ) -> M.QueueOut:
     """Everything ``GET /queue`` shows: live lists, and the counters of ``totals``."""
     runners = totals.value.runners
+    counts = queue_counts(conn)
     return M.QueueOut(
         now=now,
         limit=limit,
         counters_as_of=totals.as_of,
-        queued=queued_section(conn, now, limit),
-        running=running_section(conn, now, limit),
-        deferred=deferred_section(conn, limit),
-        blocked=blocked_section(conn, limit),
+        queued=queued_section(conn, now, limit, counts["queued"]),
+        running=running_section(conn, now, limit, counts["running"]),
+        deferred=deferred_section(conn, limit, counts["deferred"]),
+        blocked=blocked_section(conn, limit, counts["blocked"]),
         serial_gate=serial_gate(conn),
         test_runner=runners[TEST_RUNNER],
         staging_runner=runners[STAGING_RUNNER],
