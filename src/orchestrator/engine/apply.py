@@ -74,16 +74,30 @@ def apply_job_end(
     stage = Stage(job.stage)
     verdict_name = None if verdict is None else verdict.status.value
 
-    if task.state == State.CANCELLED:
-        ok = jobq.finish_job(
+    def finish(
+        outcome: str, reasons: list[str], *, verdict: str | None = None, exit_code: int | None
+    ) -> bool:
+        # Fenced by the lease owner; spend is kept whatever the decision (a cancelled LLM
+        # job cost money too).
+        return jobq.finish_job(
             conn,
             job.id,
             owner,
             now=now,
-            outcome=result.outcome.value,
-            verdict=None,
-            reasons=["task was cancelled", *result.reasons],
+            outcome=outcome,
+            verdict=verdict,
+            reasons=reasons,
+            exit_code=exit_code,
+            cost_usd=result.cost_usd,
+            tokens_in=result.tokens_in,
+            tokens_out=result.tokens_out,
             earlier=job.reasons,
+        )
+
+    if task.state == State.CANCELLED:
+        ok = finish(
+            result.outcome.value,
+            ["task was cancelled", *result.reasons],
             exit_code=result.exit_code,
         )
         return Applied(None, fenced_out=not ok)
@@ -91,18 +105,7 @@ def apply_job_end(
     if result.over_budget:
         # Refused before it started: an LLM budget is spent. Blocked, not deferred: waiting
         # would not make money appear, and a retry loop would hide the reason.
-        ok = jobq.finish_job(
-            conn,
-            job.id,
-            owner,
-            now=now,
-            outcome=OutcomeKind.NOT_STARTED.value,
-            verdict=None,
-            reasons=result.reasons,
-            exit_code=None,
-            earlier=job.reasons,
-        )
-        if not ok:
+        if not finish(OutcomeKind.NOT_STARTED.value, list(result.reasons), exit_code=None):
             return Applied(None, fenced_out=True)
         t = Transition(
             TransitionKind.BLOCK,
@@ -113,18 +116,7 @@ def apply_job_end(
             alert="llm-budget-exhausted",
         )
     elif result.awaiting_human:
-        ok = jobq.finish_job(
-            conn,
-            job.id,
-            owner,
-            now=now,
-            outcome=OutcomeKind.COMPLETED.value,
-            verdict=None,
-            reasons=result.reasons,
-            exit_code=None,
-            earlier=job.reasons,
-        )
-        if not ok:
+        if not finish(OutcomeKind.COMPLETED.value, list(result.reasons), exit_code=None):
             return Applied(None, fenced_out=True)
         reasons = [f"{stage.value}: awaiting human", *result.reasons]
         t = Transition(
@@ -145,19 +137,11 @@ def apply_job_end(
         # decision's reasons, so the history explains itself without opening the job.
         extra = [r for r in job_reasons if r not in t.reasons]
         t = dataclasses.replace(t, reasons=[*t.reasons, *extra])
-        ok = jobq.finish_job(
-            conn,
-            job.id,
-            owner,
-            now=now,
-            outcome=result.outcome.value,
+        ok = finish(
+            result.outcome.value,
+            [*job_reasons, *(verdict.reasons if verdict else [])],
             verdict=verdict_name,
-            reasons=[*job_reasons, *(verdict.reasons if verdict else [])],
             exit_code=result.exit_code,
-            cost_usd=result.cost_usd,
-            tokens_in=result.tokens_in,
-            tokens_out=result.tokens_out,
-            earlier=job.reasons,
         )
         if not ok:
             return Applied(None, fenced_out=True)
