@@ -52,12 +52,12 @@ AGENTS = {
 }
 BATCH = 5000
 
-# Indexes the API's lists would like (a migration, proposed; not in the schema yet):
+# Indexes the API's lists need; migration 0004 has them, so this step is a no-op now:
 # tasks by state, newest first (deferred and blocked lists), and queued jobs by task
 # (the queue's counts join them to their task without reading each job's row).
 PROPOSED_INDEXES = (
-    "CREATE INDEX ix_tasks_state_updated_at ON tasks (state, updated_at)",
-    "CREATE INDEX ix_jobs_state_task_id ON jobs (state, task_id)",
+    "CREATE INDEX IF NOT EXISTS ix_tasks_state_updated_at ON tasks (state, updated_at)",
+    "CREATE INDEX IF NOT EXISTS ix_jobs_state_task_id ON jobs (state, task_id)",
 )
 
 

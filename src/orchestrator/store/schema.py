@@ -127,6 +127,7 @@ tasks = sa.Table(
     sa.UniqueConstraint("repo_id", "number"),
     sa.CheckConstraint(in_check("state", TASK_STATES), name="state"),
     sa.Index(None, "state", "stage"),
+    sa.Index(None, "state", "updated_at"),
 )
 
 jobs = sa.Table(
@@ -162,6 +163,7 @@ jobs = sa.Table(
     sa.CheckConstraint(in_check("outcome", JOB_OUTCOMES), name="outcome"),
     sa.CheckConstraint(in_check("verdict", VERDICTS), name="verdict"),
     sa.Index(None, "state", "not_before"),
+    sa.Index(None, "state", "task_id"),
     sa.Index(
         "uq_jobs_running_serial_key",
         "serial_key",
