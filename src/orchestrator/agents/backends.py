@@ -81,7 +81,8 @@ def run_llm_backend(
     ctx: JobContext, backend: str, role: str, stage: Stage, worktree: Path
 ) -> JobResult:
     """Run ``backend`` as ``role`` at ``stage`` in ``worktree``; what the process did."""
-    from orchestrator.engine.launch import JobResult, job_marker, scrubbed_env
+    from orchestrator.agent_env import scrubbed_env
+    from orchestrator.engine.launch import JobResult, job_marker
 
     def not_started(*reasons: str) -> JobResult:
         _append_log(ctx.log_path, [f"{backend}: not started: {r}" for r in reasons])

@@ -13,11 +13,12 @@ import os
 import string
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import proc_group, taskdir
+from orchestrator.agent_env import scrubbed_env
 from orchestrator.agents.registry import (
     DEFAULT_LLM_BACKEND,
     RESERVED_RUNNERS,
@@ -43,10 +44,6 @@ APPROVED_AGENT = "approved"
 # timed out, main was locked) the stage's own work stands and must not run again.
 GATE_ONLY_AGENT = "gate-only"
 NO_PROCESS_AGENTS = frozenset({APPROVED_AGENT, GATE_ONLY_AGENT})
-
-# What an agent or runner process may see of our environment. Everything else, the API
-# token and the database URL included, stays with the orchestrator.
-ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "VIRTUAL_ENV")
 
 
 @dataclass(frozen=True)
@@ -85,17 +82,6 @@ def job_marker(job: JobRow) -> str:
     """The env marker of a job's processes, derivable from its row after a crash."""
     started = int((job.started_at or 0) * 1000)
     return f"orch-job-{job.id}-{job.attempt}-{started}"
-
-
-def scrubbed_env(repo: RepoRow, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """An allowlisted environment plus the repo's named agent variables."""
-    env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
-    env.setdefault("PATH", os.defpath)
-    for name in repo.agent_env:
-        if name in os.environ:
-            env[name] = os.environ[name]
-    env.update(extra or {})
-    return env
 
 
 def uses_llm(job: JobRow, repo: RepoRow, settings: Settings) -> bool:

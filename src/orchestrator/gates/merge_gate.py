@@ -16,7 +16,6 @@ blocks and alerts). The check never raises. It writes ``16-merge-report.md`` and
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Literal
 import sqlalchemy as sa
 
 from orchestrator import taskdir
+from orchestrator.agent_env import scrubbed_env
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import Verdict, VerdictStatus
@@ -58,9 +58,6 @@ log = logging.getLogger(__name__)
 CHECK_NAME = "check_branch_mergeable"
 # Rounds of rebase + re-test + CAS before giving up on a main that keeps moving.
 MAX_ROUNDS = 3
-# What a re-test process may see of our environment (as agents and runners do), plus the
-# repo's named variables. No bytecode: the re-test must leave the worktree as it found it.
-_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "VIRTUAL_ENV")
 
 MergeStatus = Literal["MERGED", "CONFLICT", "RED", "INFRA"]
 RetestClass = Literal["timeout", "red", "lock-busy", "other"]
@@ -90,13 +87,9 @@ class RetestResult:
 
 
 def _retest_env(repo: RepoRow) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _ENV_ALLOWLIST if k in os.environ}
-    env.setdefault("PATH", os.defpath)
-    for name in repo.agent_env:
-        if name in os.environ:
-            env[name] = os.environ[name]
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+    # What agents and runners see; no bytecode: the re-test must leave the worktree as it
+    # found it.
+    return scrubbed_env(repo, {"PYTHONDONTWRITEBYTECODE": "1"})
 
 
 def retest_branch(
