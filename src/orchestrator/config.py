@@ -53,6 +53,19 @@ class Settings(BaseSettings):
         default="",
         description="SQLAlchemy URL; empty means SQLite at <home>/orchestrator.db.",
     )
+    db_pool_size: int = Field(
+        default=5, ge=1, description="Database connections each process keeps open."
+    )
+    db_max_overflow: int = Field(
+        default=10, ge=0, description="Connections a process may open beyond the pool at peaks."
+    )
+    db_pool_timeout_s: float = Field(
+        default=30.0, gt=0, description="Wait for a free pooled connection before an error."
+    )
+    db_listen_enabled: bool = Field(
+        default=True,
+        description="PostgreSQL: wake workers by LISTEN/NOTIFY; off, they find work by polling.",
+    )
     max_parallel_jobs: int = Field(default=4, ge=1, description="Jobs running at once, all repos.")
     max_parallel_jobs_per_repo: int = Field(
         default=2, ge=1, description="Jobs running at once for one repo."
@@ -263,6 +276,13 @@ def invariant_problems(s: Settings) -> list[str]:
         problems.append(
             f"max_parallel_jobs_per_repo ({s.max_parallel_jobs_per_repo}) must not exceed "
             f"max_parallel_jobs ({s.max_parallel_jobs})"
+        )
+    if s.db_pool_size + s.db_max_overflow < s.max_parallel_jobs + 1:
+        # Each running job and the scheduler loop may hold a connection at the same moment;
+        # a smaller pool would make finished jobs queue for a connection.
+        problems.append(
+            f"db_pool_size + db_max_overflow ({s.db_pool_size} + {s.db_max_overflow}) must be "
+            f"at least max_parallel_jobs + 1 ({s.max_parallel_jobs + 1})"
         )
     if s.api_host not in ("127.0.0.1", "localhost", "::1") and not s.api_token:
         problems.append(

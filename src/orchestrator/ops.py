@@ -39,8 +39,8 @@ from orchestrator.domain.stages import (
 from orchestrator.domain.verdicts import PARSERS
 from orchestrator.errors import NotFoundError, UsageError
 from orchestrator.gitops.git import branch_exists, current_branch, is_git_repo
+from orchestrator.store import PoolSizes, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
-from orchestrator.store import make_engine, queries, upgrade
 from orchestrator.store.queries import JobRow, RepoRow, TaskRow, TransitionRow
 
 _REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -48,12 +48,19 @@ _PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")
 
 # The agent that stands for "a human finished this stage": no process, only the gates.
 APPROVED_AGENT = "approved"
+# C0 controls, DEL and C1 controls: never part of a one-line title.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def pool_sizes(settings: Settings) -> PoolSizes:
+    """The connection pool the settings ask for."""
+    return PoolSizes(settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s)
 
 
 def open_engine(settings: Settings, *, migrate: bool = True) -> sa.Engine:
     """An engine on the configured database, upgraded to the newest schema."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, pool=pool_sizes(settings))
     if migrate:
         upgrade(engine)
     return engine
@@ -327,6 +334,16 @@ def add_task(
     if "\n" in title or len(title) > 200:
         msg = "a task title is one line of at most 200 characters"
         raise UsageError(msg)
+    bad = _CONTROL_RE.search(title)
+    if bad:
+        # A carriage return or an escape sequence rewrites the terminal line a title is
+        # printed on (`orch task list`); a NUL no PostgreSQL text column can hold.
+        msg = f"a task title holds no control characters (found {bad.group()!r})"
+        raise UsageError(msg)
+    if "\0" in body:
+        # PostgreSQL refuses it (SQLite would keep it): one answer on both backends.
+        msg = "a task body holds no NUL character"
+        raise UsageError(msg)
     if patch is not None and not patch.strip():
         msg = "the patch file is empty"
         raise UsageError(msg)
@@ -485,8 +502,12 @@ def approve_task(
         name = STAGE_TRANSITIONS[stage].artifact
         reasons = [f"approved by {actor}: {stage.value} is to be gated"]
         if artifact is not None:
-            text = artifact.decode("utf-8", errors="replace")
-            verdict = PARSERS[name](text)
+            # Read as the gate will read it: an artifact the gate refuses is refused here.
+            got = taskdir.decode_artifact(artifact)
+            if got.problem is not None:
+                msg = f"the artifact does not pass as {name}: {got.problem}"
+                raise UsageError(msg)
+            verdict = PARSERS[name](got.text)
             if not verdict.passed:
                 msg = f"the artifact does not pass as {name}: " + "; ".join(verdict.reasons)
                 raise UsageError(msg)

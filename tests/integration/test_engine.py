@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from orchestrator import ops, proc_group
 from orchestrator.config import Settings, load_settings
@@ -22,6 +23,7 @@ from orchestrator.engine.launch import job_marker
 from orchestrator.engine.worker import Worker
 from orchestrator.store import control, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
+from orchestrator.store.schema import jobs as jobs_table
 
 FAKE = Path(__file__).parent / "agents" / "fake_agent.py"
 STAGES = ["development", "testing", "deploy-staging"]
@@ -393,6 +395,40 @@ def test_a_live_workers_job_is_not_taken(h: Harness) -> None:
     assert Worker(h.settings, h.engine).recover() == 0
     with h.engine.connect() as conn:
         assert queries.get_job(conn, job.id).state == "running"  # type: ignore[union-attr]
+
+
+def test_an_own_job_no_thread_runs_lapses_and_is_taken_back(h: Harness) -> None:
+    # What a job thread that gave up leaves (the database was gone when its job ended): the
+    # job still running under this worker's lease. Heartbeats renew only the jobs the worker
+    # really runs, so the lease runs out and recovery re-queues the job, no retry spent.
+    h.add_repo()
+    key = h.add_task()
+    w = Worker(h.settings, h.engine)
+    now = time.time()
+    with h.engine.begin() as conn:
+        (job,) = jobq.claim_jobs(
+            conn, owner=w.id, host=w.host, now=now, lease_s=30, limits=jobq.ClaimLimits(4, 4)
+        )
+    w._heartbeat(now + 1)
+    with h.engine.connect() as conn:
+        held = queries.get_job(conn, job.id)
+    assert held is not None
+    assert held.lease_expires_at == pytest.approx(now + 30)  # not renewed
+    assert w.recover() == 0  # its lease is still valid
+    assert w.recover() == 0
+    with h.engine.begin() as conn:
+        conn.execute(
+            sa.update(jobs_table).where(jobs_table.c.id == job.id).values(lease_expires_at=now - 1)
+        )
+    assert w.recover() == 1
+    with h.engine.connect() as conn:
+        back = queries.get_job(conn, job.id)
+    assert back is not None
+    assert back.state == "queued"
+    assert back.attempt == 1
+    w.run(until_idle=True)
+    assert h.task(key).state == "done"
+    assert h.task(key).developer_retries == 0
 
 
 def test_fenced_out_worker_writes_nothing(h: Harness) -> None:

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 WRITE_ENV = "ORCH_WRITE_RELIABILITY_DOC"
@@ -149,6 +151,19 @@ FAULTS: list[Fault] = [
         "the engine waits (busy_timeout / lock wait) and completes; nothing is skipped",
     ),
     Fault(
+        "db-gone",
+        "DB gone for a moment",
+        "while the development job ends, the database refuses every connection for ~2 s "
+        "(PostgreSQL: ALLOW_CONNECTIONS false and every session terminated; SQLite: every "
+        "statement fails with OperationalError)",
+        "deploy-staging",
+        "done",
+        ("create", "advance", "advance", "done"),
+        None,
+        "the worker outlives the outage, applies the job's end once the database is back "
+        "(the agent ran once), and completes; nothing is skipped",
+    ),
+    Fault(
         "webhook-down",
         "Webhook down",
         "ORCH_ALERT_WEBHOOK_URL points at a closed 127.0.0.1 port; testing always FAILs",
@@ -248,7 +263,7 @@ if __name__ == "__main__":
 
 from orchestrator import alerts, ops  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
-from orchestrator.store import make_engine  # noqa: E402
+from orchestrator.store import make_engine, normalize_url  # noqa: E402
 
 try:
     from test_engine import STAGES, Harness
@@ -454,6 +469,89 @@ def drive_db_locked(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     return seen(h, key, lambda j: False)
 
 
+class Outage:
+    """The database refuses everything for a moment.
+
+    Real on PostgreSQL: the test database stops taking connections and every session on it
+    is terminated. On SQLite a file cannot go away from under open connections, so the
+    outage is injected: every statement of the harness's engine fails with the driver's
+    ``OperationalError`` until it ends.
+    """
+
+    def __init__(self, h: Harness) -> None:
+        self.url = sa.make_url(h.settings.database_url)
+        self.engine = h.engine
+        self.down = threading.Event()
+        self.pg = self.url.get_backend_name() == "postgresql"
+        if not self.pg:
+            sa_event.listen(self.engine, "before_cursor_execute", self._refuse)
+
+    def _refuse(
+        self, _conn: Any, _cursor: Any, statement: str, params: Any, *_rest: Any
+    ) -> None:
+        if self.down.is_set():
+            # What SQLAlchemy raises when the driver fails a statement (an event hook runs
+            # before its wrapping, so the hook wraps it itself).
+            cause = sqlite3.OperationalError("disk I/O error (an injected outage)")
+            raise sa.exc.OperationalError(statement, params, cause)
+
+    def _admin(self, *statements: str) -> None:
+        admin = sa.create_engine(
+            normalize_url(self.url.set(database="postgres")),
+            isolation_level="AUTOCOMMIT",
+            poolclass=sa.NullPool,
+        )
+        try:
+            with admin.connect() as conn:
+                for sql in statements:
+                    conn.exec_driver_sql(sql)
+        finally:
+            admin.dispose()
+
+    def begin(self) -> None:
+        self.down.set()
+        if self.pg:
+            name = self.url.database
+            self._admin(
+                f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+            )
+
+    def end(self) -> None:
+        if self.pg:
+            self._admin(f'ALTER DATABASE "{self.url.database}" ALLOW_CONNECTIONS true')
+        self.down.clear()
+
+
+def drive_db_gone(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.plan = {"*:development:*": {"hold": True}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.start()
+    h.wait_for(lambda: any(":development:" in s for s in h.starts()))
+    spans = h.plan_path.parent / "SPANS.log"
+    outage = Outage(h)
+    outage.begin()
+    try:
+        h.release(key, "development")
+        h.wait_for(lambda: spans.exists() and " development " in spans.read_text())
+        # The agent has exited: its end, the heartbeats and the claims now meet a dead
+        # database for a while (a duration of the fault, not a timing assert).
+        time.sleep(2.0)
+        assert h.thread is not None
+        assert h.thread.is_alive(), "the worker died in the outage"
+    finally:
+        outage.end()
+    h.wait_for(lambda: h.task(key).state == "done")
+    assert h.thread.is_alive()
+    h.stop()
+    # The job's end was applied after the outage, not its work redone.
+    assert sum(":development:" in s for s in h.starts()) == 1, h.starts()
+    return seen(h, key, lambda j: False)
+
+
 def drive_webhook_down(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -564,6 +662,7 @@ DRIVERS: dict[str, Callable[[Harness, pytest.MonkeyPatch], Seen]] = {
     "git-conflict": drive_git_conflict,
     "lock-busy": drive_lock_busy,
     "db-locked": drive_db_locked,
+    "db-gone": drive_db_gone,
     "webhook-down": drive_webhook_down,
     "disk-full": drive_disk_full,
     "kill-after-patch-commit": drive_kill_after_patch_commit,

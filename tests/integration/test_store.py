@@ -10,14 +10,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from orchestrator import ops
+from orchestrator.config import load_settings
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import State, TransitionKind
 from orchestrator.domain.verdicts import VerdictStatus
 from orchestrator.errors import NotFoundError
 from orchestrator.store import (
+    PoolSizes,
     current_revision,
     head_revision,
     is_current,
+    is_transient,
     make_engine,
     normalize_url,
     queries,
@@ -563,12 +567,50 @@ def test_postgres_urls_use_psycopg3() -> None:
     assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("sqlite:///x.db").drivername == "sqlite"
-    eng = make_engine("postgresql://u@127.0.0.1:1/db", pool_size=3, max_overflow=1)
+    eng = make_engine("postgresql://u@127.0.0.1:1/db", pool=PoolSizes(3, 1, 2.5))
     try:
         assert eng.dialect.driver == "psycopg"
         assert eng.pool.size() == 3  # type: ignore[attr-defined]
+        assert eng.pool._max_overflow == 1  # type: ignore[attr-defined]
+        assert eng.pool.timeout() == 2.5  # type: ignore[attr-defined]
     finally:
         eng.dispose()
+
+
+def test_pool_settings_reach_the_engine(tmp_path: Path, db_url: str) -> None:
+    st = load_settings(
+        home=tmp_path / "home",
+        database_url=db_url,
+        db_pool_size=2,
+        db_max_overflow=3,
+        db_pool_timeout_s=0.5,
+        max_parallel_jobs=4,
+    )
+    eng = ops.open_engine(st)
+    try:
+        assert eng.pool.size() == 2  # type: ignore[attr-defined]
+        assert eng.pool.timeout() == 0.5  # type: ignore[attr-defined]
+        # Past size + overflow, a checkout waits db_pool_timeout_s, then fails as a
+        # transient error (the worker tries again), not a hang.
+        held = [eng.connect() for _ in range(5)]
+        try:
+            with pytest.raises(sa.exc.TimeoutError) as caught:
+                eng.connect()
+            assert is_transient(caught.value)
+        finally:
+            for conn in held:
+                conn.close()
+    finally:
+        eng.dispose()
+
+
+def test_transient_errors_are_told_from_bugs() -> None:
+    assert is_transient(sa.exc.OperationalError("SELECT 1", {}, Exception("gone")))
+    assert is_transient(sa.exc.TimeoutError("pool"))
+    assert not is_transient(sa.exc.IntegrityError("INSERT", {}, Exception("unique")))
+    assert not is_transient(sa.exc.ProgrammingError("SELEC", {}, Exception("syntax")))
+    dropped = sa.exc.DBAPIError("SELECT 1", {}, Exception("eof"), connection_invalidated=True)
+    assert is_transient(dropped)
 
 
 def test_make_engine_rejects_other_backends() -> None:

@@ -3,7 +3,10 @@
 One ``Worker`` per process (``orch run``, ``orch worker``, later ``orch serve``). Jobs run in
 threads that wait on their process groups; the loop itself only claims, heartbeats,
 watches for cancels and the reaper, and sleeps on an Event that a finishing job or a new
-task sets. Changes made by other processes are noticed by a cheap poll about once a second.
+task sets. On PostgreSQL a LISTEN/NOTIFY listener sets it too when another process queues
+or ends a job; changes are also noticed by a cheap poll (``poll_interval_s``), the only way
+on SQLite and the fallback on PostgreSQL. A database that is gone for a while is waited
+out: the loop and each job's bookkeeping try again until it answers.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -25,16 +30,20 @@ from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import SERIAL_STAGES, STAGE_TRANSITIONS, Stage, State
-from orchestrator.engine.apply import apply_job_end
+from orchestrator.domain.verdicts import Verdict
+from orchestrator.engine.apply import Applied, apply_job_end
 from orchestrator.engine.launch import JobContext, JobResult, job_marker, launch_job, uses_llm
 from orchestrator.gates import merge_gate  # registers check_branch_mergeable
 from orchestrator.gates.registry import GateContext, run_gates
 from orchestrator.gitops import worktrees
-from orchestrator.store import control, queries, spend
+from orchestrator.store import control, is_transient, queries, spend
 from orchestrator.store import jobs as jobq
-from orchestrator.store.queries import JobRow
+from orchestrator.store.queries import JobRow, RepoRow, TaskRow
+from orchestrator.store.wake import WakeListener
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # How often running jobs are checked for a cancel asked in the DB, and for the reaper: a
 # cancelled job is killed well within a second.
@@ -69,6 +78,44 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# While the database is unreachable, tries are spaced from the first to the most.
+DB_RETRY_FIRST_S = 0.1
+DB_RETRY_MAX_S = 2.0
+
+
+class _Outage:
+    """Backoff between tries while the database is gone, logged once as it goes and comes."""
+
+    def __init__(self, where: str, job: int | None = None) -> None:
+        self.where = where
+        self.job = job
+        self.since: float | None = None
+        self.delay_s = DB_RETRY_FIRST_S
+
+    def failed(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                "database unavailable (%s): %s; trying again",
+                self.where,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                extra={"job": self.job, "action": "db-down"},
+            )
+        else:
+            self.delay_s = min(self.delay_s * 2, DB_RETRY_MAX_S)
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.warning(
+                "database back (%s) after %.1f s",
+                self.where,
+                time.monotonic() - self.since,
+                extra={"job": self.job, "action": "db-up"},
+            )
+            self.since = None
+            self.delay_s = DB_RETRY_FIRST_S
+
+
 @dataclass
 class _Running:
     job: JobRow
@@ -94,34 +141,84 @@ class Worker:
         self._running: dict[int, _Running] = {}
         self._lock = threading.Lock()
         self.jobs_finished = 0
+        self._started_up = False
+        self.listener: WakeListener | None = None
+        self._last_heartbeat = 0.0
+        self._last_recovery = 0.0
+        self._last_watch = 0.0
+        self._last_claim = 0.0
+        self._next_due: float | None = None
 
     # ---- the loop -----------------------------------------------------------------------
 
     def run(self, *, until_idle: bool = False) -> None:
-        """The scheduler loop."""
-        self.recover()
-        self.prune_worktrees()
+        """The scheduler loop. It outlives a database that is gone for a while."""
+        outage = _Outage("scheduler loop")
+        listener = self._listen()
+        woken = True
+        try:
+            while not self.stopping.is_set():
+                try:
+                    idle, sleep_s = self._tick(woken=woken, until_idle=until_idle)
+                except sa.exc.SQLAlchemyError as exc:
+                    if not is_transient(exc):
+                        raise
+                    outage.failed(exc)
+                    self.stopping.wait(outage.delay_s)
+                    continue
+                outage.ok()
+                if idle:
+                    break
+                woken = self.wake.wait(sleep_s)
+                self.wake.clear()
+        finally:
+            # Also when the loop dies of a bug: running jobs are stopped and re-queued, so
+            # their processes do not outlive the worker.
+            self._shutdown()
+            if listener is not None:
+                listener.stop()
+
+    def _listen(self) -> WakeListener | None:
+        """On PostgreSQL, wake this loop whenever another process queues or ends a job."""
+        if self.engine.dialect.name != "postgresql" or not self.settings.db_listen_enabled:
+            return None
+        listener = WakeListener(self.engine.url, lambda _why: self.wake.set())
+        listener.start()
+        self.listener = listener
+        return listener
+
+    def _tick(self, *, woken: bool, until_idle: bool) -> tuple[bool, float]:
+        """One turn of the loop: (nothing can move?, how long to sleep).
+
+        Each duty has its own interval: heartbeats, recovery, the look for cancels (only
+        while jobs run) and the claim, which runs when something woke the loop, when the
+        poll interval has passed, or when a deferred job falls due.
+        """
         st = self.settings
-        last_heartbeat = 0.0
-        last_recovery = time.time()
-        last_watch = 0.0
-        while not self.stopping.is_set():
-            now = time.time()
-            if now - last_heartbeat >= st.heartbeat_interval_s:
-                self._heartbeat(now)
-                last_heartbeat = now
-            if now - last_recovery >= st.job_lease_s / 2:
-                self.recover(startup=False)
-                last_recovery = now
-            if now - last_watch >= WATCH_INTERVAL_S:
-                self._watch_running(now)
-                last_watch = now
+        if not self._started_up:
+            self.recover()
+            self.prune_worktrees()
+            self._started_up = True
+            self._last_recovery = time.time()
+        now = time.time()
+        if now - self._last_heartbeat >= st.heartbeat_interval_s:
+            self._heartbeat(now)
+            self._last_heartbeat = now
+        if now - self._last_recovery >= st.job_lease_s / 2:
+            self.recover(startup=False)
+            self._last_recovery = now
+        if now - self._last_watch >= WATCH_INTERVAL_S:
+            self._watch_running(now)
+            self._last_watch = now
+        due = self._next_due is not None and self._next_due <= now
+        if woken or due or now - self._last_claim >= st.poll_interval_s:
             self._claim()
-            if until_idle and self._idle():
-                break
-            self.wake.wait(self._sleep_for())
-            self.wake.clear()
-        self._shutdown()
+            self._last_claim = now
+            with self.engine.connect() as conn:
+                self._next_due = jobq.next_wakeup(conn, after=time.time())
+        if until_idle and self._idle():
+            return True, 0.0
+        return False, self._sleep_for()
 
     def stop(self, *, drain: bool = False) -> None:
         """Stop claiming; with ``drain`` wait for running jobs, else kill and re-queue them."""
@@ -130,18 +227,22 @@ class Worker:
         self.wake.set()
 
     def _sleep_for(self) -> float:
-        """Until the next poll, or until a deferred job's ``not_before`` comes, if sooner.
+        """Until the first duty of the loop falls due; a wake-up cuts it short.
 
-        Jobs already due that were not claimed are waiting for room (a limit or the serial
-        gate): a job ending wakes the loop for them, so they must not make it spin.
+        The next poll, a deferred job's ``not_before``, the next heartbeat (a long poll
+        must not cost running jobs their leases) and, while jobs run, the next look for
+        cancels and the reaper. Jobs already due that were not claimed are waiting for room
+        (a limit or the serial gate): a job ending wakes the loop for them, so they must
+        not make it spin.
         """
-        timeout = self.settings.poll_interval_s
-        now = time.time()
-        with self.engine.connect() as conn:
-            due = jobq.next_wakeup(conn, after=now)
-        if due is not None:
-            timeout = min(timeout, max(0.0, due - now) + 0.01)
-        return max(timeout, 0.01)
+        st = self.settings
+        at = [self._last_claim + st.poll_interval_s, self._last_heartbeat + st.heartbeat_interval_s]
+        if self._next_due is not None:
+            at.append(self._next_due + 0.01)
+        with self._lock:
+            if self._running:
+                at.append(self._last_watch + WATCH_INTERVAL_S)
+        return max(min(at) - time.time(), 0.01)
 
     def _idle(self) -> bool:
         with self._lock:
@@ -189,8 +290,10 @@ class Worker:
         )
 
     def _heartbeat(self, now: float) -> None:
+        with self._lock:
+            mine = list(self._running)
         with self.engine.begin() as conn:
-            jobq.heartbeat(conn, self.id, now=now, lease_s=self.settings.job_lease_s)
+            jobq.heartbeat(conn, self.id, now=now, lease_s=self.settings.job_lease_s, job_ids=mine)
             control.worker_heartbeat(
                 conn,
                 self.id,
@@ -243,6 +346,27 @@ class Worker:
                 self.wake.set()
             current = following
 
+    def _until_db_answers(self, what: str, job: int, fn: Callable[[], _T]) -> _T:
+        """``fn()``, tried again while the database is unreachable, until it answers.
+
+        The job's work is done (or not yet started) and must not be lost or redone because
+        the database was gone for a moment. Gives up only when the worker stops without
+        draining: the job then stays running under this worker's lease, and recovery
+        re-queues it without spending a retry.
+        """
+        outage = _Outage(what, job)
+        while True:
+            try:
+                value = fn()
+            except sa.exc.SQLAlchemyError as exc:
+                if not is_transient(exc) or (self.stopping.is_set() and not self.drain):
+                    raise
+                outage.failed(exc)
+                time.sleep(outage.delay_s)
+                continue
+            outage.ok()
+            return value
+
     def _over_budget(self, task_id: int) -> list[str] | None:
         """Why the LLM budgets forbid dispatching another LLM job now, or None."""
         st = self.settings
@@ -256,49 +380,60 @@ class Worker:
         return None if check.ok else ["not dispatched: LLM budget", *check.reasons]
 
     def _requeue(self, job: JobRow, reason: str) -> None:
-        with self.engine.begin() as conn:
-            jobq.requeue(
-                conn,
-                job.id,
-                now=time.time(),
-                owner=self.id,
-                reason=f"{reason}; re-queued without spending a retry",
-            )
+        def write() -> None:
+            with self.engine.begin() as conn:
+                jobq.requeue(
+                    conn,
+                    job.id,
+                    now=time.time(),
+                    owner=self.id,
+                    reason=f"{reason}; re-queued without spending a retry",
+                )
+
+        self._until_db_answers("re-queue a job", job.id, write)
 
     def _run_one(self, job: JobRow, running: _Running) -> JobRow | None:
         """Run one job to its applied end; returns a next job claimed in the same breath."""
         st = self.settings
-        with self.engine.connect() as conn:
-            task = queries.get_task_by_id(conn, job.task_id)
-            assert task is not None
-            repo = queries.get_repo_by_id(conn, task.repo_id)
-            assert repo is not None
-            previous = _previous_failure(conn, job, st.tasks_dir / task.key)
+
+        def read() -> tuple[TaskRow, RepoRow, str | None]:
+            with self.engine.connect() as conn:
+                task = queries.get_task_by_id(conn, job.task_id)
+                assert task is not None
+                repo = queries.get_repo_by_id(conn, task.repo_id)
+                assert repo is not None
+                return task, repo, _previous_failure(conn, job, st.tasks_dir / task.key)
+
+        task, repo, previous = self._until_db_answers("read a claimed job", job.id, read)
         folder = taskdir.task_dir(st.tasks_dir, task.key)
         log_path = taskdir.run_log_path(folder, job.id, job.stage, job.agent)
         log_path.parent.mkdir(parents=True, exist_ok=True)
 
         def on_start(pid: int, pgid: int) -> None:
-            with self.engine.begin() as conn:
-                jobq.record_process(
-                    conn, job.id, self.id, pid=pid, pgid=pgid, log_path=str(log_path)
+            try:
+                with self.engine.begin() as conn:
+                    jobq.record_process(
+                        conn, job.id, self.id, pid=pid, pgid=pgid, log_path=str(log_path)
+                    )
+            except sa.exc.SQLAlchemyError as exc:
+                if not is_transient(exc):
+                    raise
+                # The pgid registry is a help, not the only way back: recovery also finds
+                # the job's processes by their marker. Not worth killing a started job for.
+                log.warning(
+                    "could not record the job's process group: %s",
+                    type(exc).__name__,
+                    extra={"job": job.id, "action": "db-down"},
                 )
 
         ctx = JobContext(job, task, repo, st, folder, log_path, running.cancel, on_start, previous)
         if uses_llm(job, repo, st):
-            refusal = self._over_budget(task.id)
+            refusal = self._until_db_answers(
+                "check the LLM budgets", job.id, lambda: self._over_budget(task.id)
+            )
             if refusal is not None:
                 result = JobResult(OutcomeKind.COMPLETED, refusal, None, None, over_budget=True)
-                with self.engine.begin() as conn:
-                    applied = apply_job_end(
-                        conn,
-                        settings=st,
-                        job=job,
-                        owner=self.id,
-                        result=result,
-                        verdict=None,
-                        now=time.time(),
-                    )
+                applied, _ = self._apply(job, result, None, follow=False)
                 if applied.alerts:
                     alerts.deliver_in_background(self.engine, applied.alerts, st.alert_webhook_url)
                 return None
@@ -329,24 +464,7 @@ class Worker:
                     self.engine, repo, result.worktree, repo.test_cmd
                 )
                 log.info(note, extra={"task": task.key, "job": job.id, "action": "validated"})
-        with self.engine.begin() as conn:
-            applied = apply_job_end(
-                conn,
-                settings=st,
-                job=job,
-                owner=self.id,
-                result=result,
-                verdict=verdict,
-                now=time.time(),
-            )
-            # Follow the task through its pipeline: its next job, if due now, is claimed in
-            # the same transaction, so the slot is refilled without a wake-up round trip.
-            # Only this task's job: other tasks are left to every worker's claim, so one
-            # worker's chains never starve the others.
-            following = None
-            nxt = applied.next_job
-            if nxt is not None and not self.stopping.is_set() and nxt.not_before <= time.time():
-                following = self._claim_in(conn, max_jobs=1, task_id=nxt.task_id)
+        applied, following = self._apply(job, result, verdict, follow=True)
         if applied.fenced_out:
             log.warning("lost the lease; another worker owns the job now", extra={"job": job.id})
             return None
@@ -363,6 +481,44 @@ class Worker:
         if t is None or t.to_state in (State.DONE, State.CANCELLED):
             worktrees.remove_worktree(Path(repo.path), st.worktrees_dir, repo.name, task.key)
         return following[0] if following else None
+
+    def _apply(
+        self, job: JobRow, result: JobResult, verdict: Verdict | None, *, follow: bool
+    ) -> tuple[Applied, list[JobRow]]:
+        """Apply the job's end in one transaction, tried again while the database is gone.
+
+        A try that failed rolled back whole, so the next one starts from the same state;
+        a commit that did happen before the connection dropped makes the next try a no-op,
+        since ``finish_job`` is fenced on the job still running.
+        """
+
+        def once() -> tuple[Applied, list[JobRow]]:
+            with self.engine.begin() as conn:
+                applied = apply_job_end(
+                    conn,
+                    settings=self.settings,
+                    job=job,
+                    owner=self.id,
+                    result=result,
+                    verdict=verdict,
+                    now=time.time(),
+                )
+                # Follow the task through its pipeline: its next job, if due now, is claimed
+                # in the same transaction, so the slot is refilled without a wake-up round
+                # trip. Only this task's job: other tasks are left to every worker's claim,
+                # so one worker's chains never starve the others.
+                following: list[JobRow] = []
+                nxt = applied.next_job
+                if (
+                    follow
+                    and nxt is not None
+                    and not self.stopping.is_set()
+                    and nxt.not_before <= time.time()
+                ):
+                    following = self._claim_in(conn, max_jobs=1, task_id=nxt.task_id)
+                return applied, following
+
+        return self._until_db_answers("apply a job's end", job.id, once)
 
     # ---- recovery and shutdown ----------------------------------------------------------
 
@@ -399,11 +555,15 @@ class Worker:
             candidates = {j.id: j for j in jobq.expired_leases(conn, now=now)}
             for j in jobq.running_on_host(conn, self.host):
                 candidates.setdefault(j.id, j)
+        with self._lock:
+            mine = set(self._running)
         taken = 0
         for job in candidates.values():
             owner = job.lease_owner or ""
-            if owner == self.id:
+            if owner == self.id and job.id in mine:
                 continue
+            # A job of ours that no thread runs any more (it gave up while the database
+            # was gone) is no longer heartbeated: it is taken back once its lease expires.
             owner_host, owner_pid = parse_worker_id(owner)
             expired = job.lease_expires_at is not None and job.lease_expires_at < now
             dead_here = owner_host == self.host and (owner_pid is None or not _pid_alive(owner_pid))
@@ -435,8 +595,12 @@ class Worker:
                 r.cancel.set()
         for r in running:
             r.thread.join()
-        with self.engine.begin() as conn:
-            control.worker_gone(conn, self.id)
+        try:
+            with self.engine.begin() as conn:
+                control.worker_gone(conn, self.id)
+        except sa.exc.SQLAlchemyError as exc:
+            # Only the workers list is left stale; its heartbeat time tells it is gone.
+            log.warning("could not remove this worker from the list: %s", type(exc).__name__)
 
 
 def _previous_failure(conn: sa.Connection, job: JobRow, folder: Path) -> str | None:

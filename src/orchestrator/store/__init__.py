@@ -13,7 +13,7 @@ caller's connection, so callers decide what one transaction holds::
 from __future__ import annotations
 
 from orchestrator.store import queries
-from orchestrator.store.db import make_engine, normalize_url, reader
+from orchestrator.store.db import PoolSizes, is_transient, make_engine, normalize_url, reader
 from orchestrator.store.migrate import current_revision, head_revision, is_current, upgrade
 from orchestrator.store.queries import AlertRow, JobRow, RepoRow, TaskRow, TransitionRow
 from orchestrator.store.schema import metadata
@@ -21,12 +21,14 @@ from orchestrator.store.schema import metadata
 __all__ = [
     "AlertRow",
     "JobRow",
+    "PoolSizes",
     "RepoRow",
     "TaskRow",
     "TransitionRow",
     "current_revision",
     "head_revision",
     "is_current",
+    "is_transient",
     "make_engine",
     "metadata",
     "normalize_url",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from orchestrator.store import wake
 from orchestrator.store.schema import control, jobs, tasks, workers
 
 PAUSED_KEY = "paused"
@@ -27,6 +28,8 @@ def set_paused(conn: sa.Connection, paused: bool, *, now: float) -> None:
     )
     if updated.rowcount == 0:
         conn.execute(sa.insert(control).values(key=PAUSED_KEY, value=paused, updated_at=now))
+    if not paused:
+        wake.notify(conn, "resumed")
 
 
 def work_pending(conn: sa.Connection) -> bool:

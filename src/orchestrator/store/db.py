@@ -7,6 +7,7 @@ connections are pinged before use.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import event
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 DEFAULT_POOL_SIZE = 5
 DEFAULT_MAX_OVERFLOW = 10
+DEFAULT_POOL_TIMEOUT_S = 30.0
 
 _PG_DRIVERLESS = {"postgresql", "postgres"}
 
@@ -31,32 +33,54 @@ def normalize_url(url: str | sa.URL) -> sa.URL:
     return parsed
 
 
+@dataclass(frozen=True)
+class PoolSizes:
+    """How many connections an engine keeps, may add at peaks, and waits for one."""
+
+    size: int = DEFAULT_POOL_SIZE
+    max_overflow: int = DEFAULT_MAX_OVERFLOW
+    timeout_s: float = DEFAULT_POOL_TIMEOUT_S
+
+
 def make_engine(
     url: str | sa.URL,
     *,
-    pool_size: int = DEFAULT_POOL_SIZE,
-    max_overflow: int = DEFAULT_MAX_OVERFLOW,
+    pool: PoolSizes | None = None,
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     echo: bool = False,
 ) -> sa.Engine:
-    """An engine for ``url``; pool sizes apply to PostgreSQL, the busy timeout to SQLite."""
+    """An engine for ``url``; the busy timeout applies to SQLite, the pool to a file or server."""
+    pool = pool or PoolSizes()
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.get_driver_name() != "pysqlite":
             msg = f"unsupported SQLite driver {parsed.drivername!r} (use sqlite://)"
             raise ValueError(msg)
-        return _sqlite_engine(parsed, busy_timeout_ms=busy_timeout_ms, echo=echo)
+        return _sqlite_engine(parsed, pool=pool, busy_timeout_ms=busy_timeout_ms, echo=echo)
     if backend == "postgresql":
         return sa.create_engine(
             parsed,
             pool_pre_ping=True,
-            pool_size=pool_size,
-            max_overflow=max_overflow,
+            pool_size=pool.size,
+            max_overflow=pool.max_overflow,
+            pool_timeout=pool.timeout_s,
             echo=echo,
         )
     msg = f"unsupported database backend {backend!r} (use sqlite or postgresql)"
     raise ValueError(msg)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error means "unreachable or busy for now", not a bug of ours.
+
+    A dropped or refused connection, a lock wait that ran out (SQLite "database is locked"),
+    a deadlock or serialization failure, an exhausted pool: each may succeed when tried
+    again. A constraint violation or a programming error will not.
+    """
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
 
 
 def reader(engine: sa.Engine) -> sa.Engine:
@@ -69,12 +93,21 @@ def reader(engine: sa.Engine) -> sa.Engine:
     return engine.execution_options(**{_DEFERRED_BEGIN: True})
 
 
-def _sqlite_engine(url: sa.URL, *, busy_timeout_ms: int, echo: bool) -> sa.Engine:
+def _sqlite_engine(url: sa.URL, *, pool: PoolSizes, busy_timeout_ms: int, echo: bool) -> sa.Engine:
     database = url.database or ""
     in_memory = database in {"", ":memory:"} or database.startswith("file::memory:")
-    if not in_memory:
+    if in_memory:
+        # One connection per thread (SingletonThreadPool): pool sizes do not apply.
+        engine = sa.create_engine(url, echo=echo)
+    else:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, echo=echo)
+        engine = sa.create_engine(
+            url,
+            pool_size=pool.size,
+            max_overflow=pool.max_overflow,
+            pool_timeout=pool.timeout_s,
+            echo=echo,
+        )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from orchestrator.store import wake
 from orchestrator.store.queries import JobRow
 from orchestrator.store.schema import jobs, repos, tasks
 
@@ -183,13 +184,24 @@ def record_process(
     return result.rowcount == 1
 
 
-def heartbeat(conn: sa.Connection, owner: str, *, now: float, lease_s: float) -> list[int]:
-    """Renew this worker's leases; returns the ids of its jobs asked to cancel."""
-    conn.execute(
-        sa.update(jobs)
-        .where(jobs.c.lease_owner == owner, jobs.c.state == "running")
-        .values(lease_expires_at=now + lease_s)
-    )
+def heartbeat(
+    conn: sa.Connection, owner: str, *, now: float, lease_s: float, job_ids: Sequence[int]
+) -> list[int]:
+    """Renew this worker's leases on ``job_ids``; returns those of its jobs asked to cancel.
+
+    Only the jobs the worker really runs: a job whose thread gave up (the database was gone
+    when it ended) must let its lease run out, so that recovery takes it back.
+    """
+    if job_ids:
+        conn.execute(
+            sa.update(jobs)
+            .where(
+                jobs.c.lease_owner == owner,
+                jobs.c.state == "running",
+                jobs.c.id.in_(list(job_ids)),
+            )
+            .values(lease_expires_at=now + lease_s)
+        )
     stmt = sa.select(jobs.c.id).where(
         jobs.c.lease_owner == owner, jobs.c.state == "running", jobs.c.cancel_requested.is_(True)
     )
@@ -243,7 +255,11 @@ def finish_job(
             tokens_out=tokens_out,
         )
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    # Its slot, and perhaps its repo's serial gate, are free for any worker now.
+    wake.notify(conn, "job-finished")
+    return True
 
 
 def requeue(
@@ -276,7 +292,10 @@ def requeue(
             reasons=reasons,
         )
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    wake.notify(conn, "job-queued")
+    return True
 
 
 def expired_leases(conn: sa.Connection, *, now: float) -> list[JobRow]:

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.errors import NotFoundError
+from orchestrator.store import wake
 from orchestrator.store.schema import alerts, jobs, repos, tasks, transitions
 
 
@@ -435,7 +436,9 @@ def insert_job(
         )
         .returning(*jobs.c)
     )
-    return JobRow(**conn.execute(stmt).one()._mapping)
+    row = JobRow(**conn.execute(stmt).one()._mapping)
+    wake.notify(conn, "job-queued")
+    return row
 
 
 def get_job(conn: sa.Connection, job_id: int) -> JobRow | None:
