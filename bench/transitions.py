@@ -1,6 +1,8 @@
-"""Orchestration overhead per stage transition, throughput, and idle CPU.
+"""Orchestration overhead per stage transition, throughput, wake-ups and idle CPU.
 
     python bench/transitions.py [--transitions 500] [--tasks 1000] [--parallel 8] [--idle-s 10]
+        [--workers 1,2,4] [--worker-tasks 300] [--repos 4] [--wake-samples 20]
+        [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--only SECTIONS]
 
 1. Overhead: tasks go one at a time through development → testing → deploy-staging →
    deploy → post-deploy-monitor with no-op agents (``sh`` writing the artifact). For each
@@ -8,34 +10,52 @@
    timestamps the agents themselves write. Baseline, in the same process: the same agent
    commands run back to back by a bare loop (subprocess.run). Printed as median and p95,
    and the overhead as the difference and the ratio.
-2. Throughput: ``--tasks`` tasks through the same pipeline with ``--parallel`` jobs at once.
-3. Idle CPU: a worker with nothing to do, CPU seconds per wall second.
+2. Throughput: ``--tasks`` tasks through the same pipeline with ``--parallel`` jobs at once,
+   one in-process worker.
+3. Workers: 1, 2 and 4 ``orch worker`` processes on one database, on SQLite and, with
+   ``--database-url``, on PostgreSQL side by side. Overhead per transition as in 1 (one
+   job at a time, the workers competing for each claim); throughput with
+   ``--worker-tasks`` tasks over ``--repos`` repos (the serial gate lets one task per repo
+   deploy at a time) in ``--parallel`` slots, the same for every count since the limit
+   is global.
+4. Wake-up (PostgreSQL): a task filed by another process while the worker sleeps, to its
+   first job's start, with LISTEN/NOTIFY on and off (then only the 1 s poll finds it).
+5. Idle CPU: a worker with nothing to do, CPU seconds per wall second.
 
-No asserts: figures to read. The database is SQLite unless --database-url is given.
+No asserts: figures to read. ``--database-url`` names a PostgreSQL server; each run makes a
+database of its own there and drops it afterwards. Sections: overhead, throughput,
+workers, wake, idle (default all).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import random
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import itertools
 
+import sqlalchemy as sa
+
 from orchestrator import ops
-from orchestrator.config import load_settings
+from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
-from orchestrator.store import make_engine, upgrade
+from orchestrator.store import make_engine, normalize_url, upgrade
 
 STAGES = ["development", "testing", "deploy-staging", "deploy", "post-deploy-monitor"]
 KEYS = {
@@ -78,7 +98,10 @@ def make_repo(path: Path) -> None:
         subprocess.run(["git", *args], cwd=path, env=env, check=True)
 
 
-def setup(root: Path, db_url: str | None, parallel: int, stamps: Path) -> tuple[object, object]:
+def setup(
+    root: Path, db_url: str | None, parallel: int, stamps: Path, repos: int = 1
+) -> tuple[Settings, sa.Engine, list[str]]:
+    """A home, ``repos`` repos with the no-op agents, and their names."""
     home = root / "home"
     settings = load_settings(
         home=home,
@@ -89,14 +112,21 @@ def setup(root: Path, db_url: str | None, parallel: int, stamps: Path) -> tuple[
     )
     engine = make_engine(settings.effective_database_url)
     upgrade(engine)
-    repo = root / "repo"
-    make_repo(repo)
     agents = []
     for stage in STAGES:
         script = agent_script(stage, stamps).replace("'", "'\\''")
         agents.append(f"{stage}=command:sh -c '{script}'")
-    ops.add_repo(engine, "bench", repo, ops.RepoInput(stages=STAGES, agents=agents))
-    return settings, engine
+    names = []
+    for i in range(repos):
+        name = "bench" if i == 0 else f"bench{i + 1}"
+        repo = root / name
+        make_repo(repo)
+        # The merge gate re-tests the merged tree with the repo's test command: one that
+        # passes at once, as the no-op agents have no suite.
+        spec = ops.RepoInput(stages=STAGES, agents=agents, test_cmd=f"{sys.executable} -c pass")
+        ops.add_repo(engine, name, repo, spec)
+        names.append(name)
+    return settings, engine, names
 
 
 def read_stamps(stamps: Path) -> dict[str, list[tuple[str, float, float]]]:
@@ -132,11 +162,11 @@ def bench_overhead(transitions: int, db_url: str | None) -> tuple[list[float], l
     root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     try:
         stamps = root / "stamps.log"
-        settings, engine = setup(root, db_url, 1, stamps)
+        settings, engine, _ = setup(root, db_url, 1, stamps)
         n_tasks = max(1, transitions // (len(STAGES) - 1))
         for i in range(n_tasks):
-            ops.add_task(engine, settings, "bench", f"t{i}")  # type: ignore[arg-type]
-        Worker(settings, engine).run(until_idle=True)  # type: ignore[arg-type]
+            ops.add_task(engine, settings, "bench", f"t{i}")
+        Worker(settings, engine).run(until_idle=True)
         orch = gaps(read_stamps(stamps))
 
         # Baseline: the same commands, back to back, in a bare loop.
@@ -151,7 +181,7 @@ def bench_overhead(transitions: int, db_url: str | None) -> tuple[list[float], l
                     ["sh", "-c", agent_script(stage, bare_stamps)], cwd=work, env=env, check=True
                 )
         bare = gaps(read_stamps(bare_stamps))
-        engine.dispose()  # type: ignore[attr-defined]
+        engine.dispose()
         return orch, bare
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -161,10 +191,10 @@ def bench_throughput(tasks: int, parallel: int, db_url: str | None) -> tuple[flo
     root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     try:
         stamps = root / "stamps.log"
-        settings, engine = setup(root, db_url, parallel, stamps)
+        settings, engine, _ = setup(root, db_url, parallel, stamps)
         for i in range(tasks):
-            ops.add_task(engine, settings, "bench", f"t{i}")  # type: ignore[arg-type]
-        worker = Worker(settings, engine)  # type: ignore[arg-type]
+            ops.add_task(engine, settings, "bench", f"t{i}")
+        worker = Worker(settings, engine)
         start = time.perf_counter()
         done = threading.Event()
 
@@ -176,7 +206,7 @@ def bench_throughput(tasks: int, parallel: int, db_url: str | None) -> tuple[flo
         worker.run(until_idle=True)
         done.set()
         elapsed = time.perf_counter() - start
-        engine.dispose()  # type: ignore[attr-defined]
+        engine.dispose()
         return tasks / elapsed, worker.jobs_finished
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -185,8 +215,8 @@ def bench_throughput(tasks: int, parallel: int, db_url: str | None) -> tuple[flo
 def bench_idle(seconds: float, db_url: str | None) -> float:
     root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     try:
-        settings, engine = setup(root, db_url, 1, root / "stamps.log")
-        worker = Worker(settings, engine)  # type: ignore[arg-type]
+        settings, engine, _ = setup(root, db_url, 1, root / "stamps.log")
+        worker = Worker(settings, engine)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         time.sleep(1.0)
@@ -197,11 +227,171 @@ def bench_idle(seconds: float, db_url: str | None) -> float:
         wall = time.perf_counter() - t0
         worker.stop()
         thread.join()
-        engine.dispose()  # type: ignore[attr-defined]
+        engine.dispose()
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         return cpu / wall
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str | None, root: Path) -> Iterator[str]:
+    """A new empty database: SQLite under ``root``, or one made on the PostgreSQL server."""
+    if not server_url:
+        yield f"sqlite:///{root / 'orchestrator.db'}"
+        return
+    base = normalize_url(server_url)
+    name = f"orch_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def spawn_workers(
+    n: int, st: Settings, db_url: str, log: Path, **env: str
+) -> list[subprocess.Popen[bytes]]:
+    """``n`` real ``orch worker`` processes on ``db_url``."""
+    base = {
+        **os.environ,
+        "ORCH_HOME": str(st.home),
+        "ORCH_DATABASE_URL": db_url,
+        "ORCH_MAX_PARALLEL_JOBS": str(st.max_parallel_jobs),
+        "ORCH_MAX_PARALLEL_JOBS_PER_REPO": str(st.max_parallel_jobs_per_repo),
+        **env,
+    }
+    procs = []
+    for i in range(n):
+        out = (log.parent / f"{log.name}.{i}").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "worker"],
+                env=base,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        )
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def count_done(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM tasks WHERE state = 'done'").scalar())
+
+
+def run_workers(
+    workers: int, tasks: int, parallel: int, repos: int, server_url: str | None
+) -> dict[str, list[tuple[str, float, float]]]:
+    """``tasks`` tasks through ``workers`` worker processes; the agents' stamps per task."""
+    root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+    try:
+        with fresh_database(server_url, root) as db_url:
+            stamps = root / "stamps.log"
+            settings, engine, names = setup(root, db_url, parallel, stamps, repos)
+            for i in range(tasks):
+                ops.add_task(engine, settings, names[i % len(names)], f"t{i}")
+            procs = spawn_workers(workers, settings, db_url, root / "worker.log")
+            try:
+                last = time.perf_counter()
+                while (done := count_done(engine)) < tasks:
+                    if any(p.poll() is not None for p in procs):
+                        msg = f"a worker exited early; see {root}/worker.log.*"
+                        raise SystemExit(msg)
+                    if time.perf_counter() - last > 10:
+                        print(f"  ... {done}/{tasks} tasks done", flush=True)
+                        last = time.perf_counter()
+                    time.sleep(0.05)
+            finally:
+                stop_workers(procs)
+            engine.dispose()
+            return read_stamps(stamps)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_workers(
+    workers: int, transitions: int, tasks: int, parallel: int, repos: int, server_url: str | None
+) -> tuple[list[float], float]:
+    """(gaps of one job at a time, tasks per second under load) for ``workers`` processes.
+
+    Overhead: one slot, so each gap is the orchestration between two jobs while the other
+    workers compete for the claim. Throughput: from the first job's start to the last
+    job's end, by the agents' clocks (the workers' own start-up is not counted).
+    """
+    serial = run_workers(workers, max(1, transitions // (len(STAGES) - 1)), 1, 1, server_url)
+    loaded = run_workers(workers, tasks, parallel, repos, server_url)
+    spans = [(start, end) for rows in loaded.values() for _stage, start, end in rows]
+    elapsed = max(e for _s, e in spans) - min(s for s, _e in spans)
+    return gaps(serial), tasks / elapsed
+
+
+def bench_wake(samples: int, server_url: str, listen: bool) -> list[float]:
+    """Seconds from filing a task (another process) to its first job's start."""
+    root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+    rng = random.Random(7)
+    try:
+        with fresh_database(server_url, root) as db_url:
+            stamps = root / "stamps.log"
+            settings, engine, _ = setup(root, db_url, 1, stamps)
+            procs = spawn_workers(
+                1,
+                settings,
+                db_url,
+                root / "worker.log",
+                ORCH_DB_LISTEN_ENABLED="true" if listen else "false",
+            )
+            latencies = []
+            try:
+                time.sleep(2.0)  # the worker is up and asleep
+                for i in range(samples):
+                    # Somewhere in the poll's phase, so the poll is not favoured.
+                    time.sleep(rng.uniform(0.2, 1.2))
+                    filed = time.time()
+                    key = ops.add_task(engine, settings, "bench", f"w{i}").task.key
+                    while True:
+                        starts = (
+                            [
+                                float(line.split()[3])
+                                for line in stamps.read_text().splitlines()
+                                if line.startswith(f"s {key} development ")
+                            ]
+                            if stamps.exists()
+                            else []
+                        )
+                        if starts:
+                            latencies.append(starts[0] - filed)
+                            break
+                        time.sleep(0.002)
+                    while count_done(engine) < i + 1:
+                        time.sleep(0.02)
+            finally:
+                stop_workers(procs)
+            engine.dispose()
+            return latencies
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def figures(values: list[float]) -> tuple[float, float]:
+    """(median, p95) in milliseconds."""
+    return statistics.median(values) * 1e3, pct(values, 0.95) * 1e3
 
 
 def main() -> None:
@@ -210,27 +400,88 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=1000)
     p.add_argument("--parallel", type=int, default=8)
     p.add_argument("--idle-s", type=float, default=10.0)
-    p.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
-    args = p.parse_args()
-    backend = "postgresql" if args.database_url else "sqlite"
-
-    print(f"== overhead per transition ({backend}, {args.transitions} transitions)")
-    orch, bare = bench_overhead(args.transitions, args.database_url)
-    om, op95 = statistics.median(orch) * 1e3, pct(orch, 0.95) * 1e3
-    bm, bp95 = statistics.median(bare) * 1e3, pct(bare, 0.95) * 1e3
-    print(f"  transitions measured : {len(orch)}")
-    print(f"  orchestrated gap     : median {om:7.2f} ms   p95 {op95:7.2f} ms")
-    print(f"  bare loop gap        : median {bm:7.2f} ms   p95 {bp95:7.2f} ms")
-    print(
-        f"  overhead (median)    : {om - bm:7.2f} ms   ratio {om / bm if bm else float('inf'):.1f}x"
+    p.add_argument("--workers", default="1,2,4", help="worker process counts to compare")
+    p.add_argument("--worker-tasks", type=int, default=300)
+    p.add_argument("--repos", type=int, default=4, help="repos the worker tasks are spread over")
+    p.add_argument("--wake-samples", type=int, default=20)
+    p.add_argument(
+        "--database-url", default=None, help="a PostgreSQL server (default: SQLite only)"
     )
+    p.add_argument("--only", default="overhead,throughput,workers,wake,idle")
+    args = p.parse_args()
+    only = set(args.only.split(","))
+    backend = "postgresql" if args.database_url else "sqlite"
+    bm = bp95 = 0.0
 
-    print(f"== throughput ({args.tasks} tasks x {len(STAGES)} stages, {args.parallel} parallel)")
-    tps, jobs = bench_throughput(args.tasks, args.parallel, args.database_url)
-    print(f"  tasks per second     : {tps:.2f}   ({jobs} jobs)")
+    if "overhead" in only:
+        print(f"== overhead per transition ({backend}, {args.transitions} transitions)")
+        root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+        with fresh_database(args.database_url, root) as db_url:
+            orch, bare = bench_overhead(args.transitions, db_url)
+        shutil.rmtree(root, ignore_errors=True)
+        om, op95 = figures(orch)
+        bm, bp95 = figures(bare)
+        print(f"  transitions measured : {len(orch)}")
+        print(f"  orchestrated gap     : median {om:7.2f} ms   p95 {op95:7.2f} ms")
+        print(f"  bare loop gap        : median {bm:7.2f} ms   p95 {bp95:7.2f} ms")
+        ratio = om / bm if bm else float("inf")
+        print(f"  overhead (median)    : {om - bm:7.2f} ms   ratio {ratio:.1f}x")
 
-    print(f"== idle CPU ({args.idle_s:g} s, one worker, nothing to do)")
-    print(f"  CPU                  : {bench_idle(args.idle_s, args.database_url) * 100:.2f} %")
+    if "throughput" in only:
+        print(
+            f"== throughput ({args.tasks} tasks x {len(STAGES)} stages, {args.parallel} parallel)"
+        )
+        root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+        with fresh_database(args.database_url, root) as db_url:
+            tps, jobs = bench_throughput(args.tasks, args.parallel, db_url)
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"  tasks per second     : {tps:.2f}   ({jobs} jobs)")
+
+    if "workers" in only:
+        counts = [int(n) for n in args.workers.split(",")]
+        backends: list[tuple[str, str | None]] = [("sqlite", None)]
+        if args.database_url:
+            backends.append(("postgresql", args.database_url))
+        print(
+            f"== workers: orch worker processes on one database. Overhead: "
+            f"{args.transitions} transitions one job at a time; throughput: "
+            f"{args.worker_tasks} tasks over {args.repos} repos, {args.parallel} slots in all"
+        )
+        print(
+            f"  {'backend':<10} {'workers':>7} {'overhead median':>15} {'p95':>9} "
+            f"{'tasks/s':>8} {'vs 1 worker':>11}"
+        )
+        for name, url in backends:
+            first: float | None = None
+            for n in counts:
+                serial, tps = bench_workers(
+                    n, args.transitions, args.worker_tasks, args.parallel, args.repos, url
+                )
+                first = first or tps
+                gm, gp = figures(serial)
+                print(
+                    f"  {name:<10} {n:>7} {gm:>12.2f} ms {gp:>6.1f} ms "
+                    f"{tps:>8.2f} {tps / first:>10.2f}x",
+                    flush=True,
+                )
+        if bm:
+            print(f"  (bare loop gap, same agents: median {bm:.2f} ms, p95 {bp95:.2f} ms)")
+
+    if "wake" in only and args.database_url:
+        print(f"== wake-up: a task filed by another process to its first job ({backend})")
+        for listen in (True, False):
+            lat = bench_wake(args.wake_samples, args.database_url, listen)
+            wm, wp = figures(lat)
+            label = "LISTEN/NOTIFY on " if listen else "off (1 s poll)   "
+            print(f"  {label}: median {wm:7.1f} ms   p95 {wp:7.1f} ms   ({len(lat)} tasks)")
+
+    if "idle" in only:
+        print(f"== idle CPU ({args.idle_s:g} s, one worker, nothing to do)")
+        root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+        with fresh_database(args.database_url, root) as db_url:
+            cpu = bench_idle(args.idle_s, db_url)
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"  CPU                  : {cpu * 100:.2f} %")
 
 
 if __name__ == "__main__":
