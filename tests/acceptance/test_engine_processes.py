@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from api_server import Server
 
 from orchestrator import ops
 from orchestrator.config import load_settings
@@ -125,20 +126,28 @@ def env(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator
 
 
 @pytest.mark.timeout(600)
-def test_two_workers_share_100_tasks(env: Env) -> None:
+def test_two_workers_and_a_server_share_100_tasks(env: Env) -> None:
     env.register({"*:deploy-staging:*": {"sleep": 0.02}})
-    # Filed in-process: a hundred `orch task add` start-ups would only measure Python.
+    first = env.spawn("worker")
+    second = env.spawn("worker")
+    server = Server(env.tmp, env.env)
+    # Half filed in-process while the workers run (a hundred `orch task add` start-ups
+    # would only measure Python), half through the server's API: work filed by any of
+    # them reaches every process on the database.
     eng = make_engine(env.db_url)
     settings = load_settings(home=env.home, database_url=env.db_url)
     for n in range(100):
-        ops.add_task(eng, settings, "demo", f"task {n}")
+        if n % 2:
+            ops.add_task(eng, settings, "demo", f"task {n}")
+        else:
+            reply = server.client.post("/tasks", json={"repo": "demo", "title": f"task {n}"})
+            assert reply.status_code == 201, reply.text
     eng.dispose()
-    first = env.spawn("worker")
-    second = env.spawn("worker")
-    env.wait_for(lambda: all(t["state"] == "done" for t in env.tasks()))
+    env.wait_for(lambda: len(env.tasks()) == 100 and all(t["state"] == "done" for t in env.tasks()))
     for p in (first, second):
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=60) == 0
+    assert server.stop() == 0
 
     # No job ran twice: every (task, stage, attempt) started exactly once.
     starts = [s.rsplit(":", 1)[0] for s in env.starts()]
@@ -153,8 +162,8 @@ def test_two_workers_share_100_tasks(env: Env) -> None:
     extra = [(r.stage, r.attempt, r.outcome, r.reasons) for r in rows if r.attempt > 1]
     assert extra == []
     assert len(rows) == 300
-    # Both workers did work (lease_owner stays on the finished row).
-    assert len({o for o in workers_used if o}) == 2
+    # Every process did work (lease_owner stays on the finished row).
+    assert len({o for o in workers_used if o}) == 3
     # The serial gate: no two deploy-staging processes of the repo ever overlapped, as the
     # agents themselves saw the clock.
     spans = sorted(
