@@ -409,6 +409,8 @@ def main() -> None:
     )
     p.add_argument("--only", default="overhead,throughput,workers,wake,idle")
     args = p.parse_args()
+    # A SIGTERM runs the finally blocks too: no worker process or database is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     only = set(args.only.split(","))
     backend = "postgresql" if args.database_url else "sqlite"
     bm = bp95 = 0.0
