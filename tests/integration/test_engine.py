@@ -7,6 +7,7 @@ every edge of STAGE_TRANSITIONS is driven and its artifacts, reasons and alerts 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -429,6 +430,49 @@ def test_an_own_job_no_thread_runs_lapses_and_is_taken_back(h: Harness) -> None:
     w.run(until_idle=True)
     assert h.task(key).state == "done"
     assert h.task(key).developer_retries == 0
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_job_taken_over_elsewhere_is_stopped_here(h: Harness) -> None:
+    # Our lease ran out (a database outage longer than the lease, a stalled process) and
+    # another worker took the job: the next heartbeat sees it, and this copy of the job is
+    # killed instead of running twice.
+    # No timeout of its own can end the held agent within the test: only the kill can.
+    h.settings = load_settings(**{**h.settings.model_dump(), "agent_timeout_s": 3000})
+    h.plan = {"*:development:*": {"hold": True}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.start()
+    h.wait_for(lambda: any(":development:" in s for s in h.starts()))
+    pid = int(next(s for s in h.starts() if ":development:" in s).rsplit(":", 1)[1])
+    with h.engine.begin() as conn:
+        (job,) = [j for j in queries.list_jobs(conn) if j.state == "running"]
+        assert jobq.requeue(conn, job.id, now=time.time(), reason="taken over")
+        (again,) = jobq.claim_jobs(
+            conn,
+            owner="elsewhere:1:1",
+            host="elsewhere",
+            now=time.time(),
+            lease_s=300,
+            limits=jobq.ClaimLimits(4, 4),
+        )
+    assert again.id == job.id
+    h.wait_for(lambda: _gone(pid))
+    h.stop()
+    with h.engine.connect() as conn:
+        row = queries.get_job(conn, job.id)
+    assert row is not None
+    # Nothing was written by the old owner: the job is the other worker's, still running.
+    assert (row.state, row.lease_owner) == ("running", "elsewhere:1:1")
+    assert h.task(key).stage == "development"
 
 
 def test_fenced_out_worker_writes_nothing(h: Harness) -> None:

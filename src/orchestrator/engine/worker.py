@@ -291,9 +291,11 @@ class Worker:
 
     def _heartbeat(self, now: float) -> None:
         with self._lock:
-            mine = list(self._running)
+            mine = dict(self._running)
         with self.engine.begin() as conn:
-            jobq.heartbeat(conn, self.id, now=now, lease_s=self.settings.job_lease_s, job_ids=mine)
+            held = jobq.heartbeat(
+                conn, self.id, now=now, lease_s=self.settings.job_lease_s, job_ids=list(mine)
+            )
             control.worker_heartbeat(
                 conn,
                 self.id,
@@ -303,6 +305,17 @@ class Worker:
                 started_at=self.started,
                 now=now,
             )
+        for job_id, r in mine.items():
+            if job_id not in held and not r.cancel.is_set():
+                # Our lease ran out (the database was gone longer than job_lease_s, or this
+                # process stalled) and another worker took the job over: it runs there now,
+                # so this copy is stopped rather than left running twice.
+                log.warning(
+                    "lost the lease of a running job; stopping it here",
+                    extra={"job": job_id, "action": "lease-lost"},
+                )
+                r.stop_reason = "lease-lost"
+                r.cancel.set()
 
     def _watch_running(self, now: float) -> None:
         """Cancels asked for in the DB, and the reaper, for this worker's jobs."""
@@ -440,6 +453,9 @@ class Worker:
         result = launch_job(ctx)
         if running.stop_reason == "shutdown":
             self._requeue(job, "worker stopped")
+            return None
+        if running.stop_reason == "lease-lost":
+            # Another worker owns the job now; anything written here would be fenced out.
             return None
         if running.stop_reason == "reaper":
             limit = f"reaper: ran longer than reaper_max_running_s ({st.reaper_max_running_s:g}s)"

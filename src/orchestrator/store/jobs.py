@@ -186,26 +186,26 @@ def record_process(
 
 def heartbeat(
     conn: sa.Connection, owner: str, *, now: float, lease_s: float, job_ids: Sequence[int]
-) -> list[int]:
-    """Renew this worker's leases on ``job_ids``; returns those of its jobs asked to cancel.
+) -> set[int]:
+    """Renew this worker's leases on ``job_ids``; returns the ids it still holds.
 
     Only the jobs the worker really runs: a job whose thread gave up (the database was gone
-    when it ended) must let its lease run out, so that recovery takes it back.
+    when it ended) must let its lease run out, so that recovery takes it back. An id that
+    is not returned was taken over by another worker (our lease ran out meanwhile).
     """
-    if job_ids:
-        conn.execute(
-            sa.update(jobs)
-            .where(
-                jobs.c.lease_owner == owner,
-                jobs.c.state == "running",
-                jobs.c.id.in_(list(job_ids)),
-            )
-            .values(lease_expires_at=now + lease_s)
+    if not job_ids:
+        return set()
+    renewed = conn.execute(
+        sa.update(jobs)
+        .where(
+            jobs.c.lease_owner == owner,
+            jobs.c.state == "running",
+            jobs.c.id.in_(list(job_ids)),
         )
-    stmt = sa.select(jobs.c.id).where(
-        jobs.c.lease_owner == owner, jobs.c.state == "running", jobs.c.cancel_requested.is_(True)
+        .values(lease_expires_at=now + lease_s)
+        .returning(jobs.c.id)
     )
-    return [r[0] for r in conn.execute(stmt)]
+    return {row[0] for row in renewed}
 
 
 def still_owned(conn: sa.Connection, job_id: int, owner: str) -> JobRow | None:
