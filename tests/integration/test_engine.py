@@ -475,6 +475,37 @@ def test_a_job_taken_over_elsewhere_is_stopped_here(h: Harness) -> None:
     assert h.task(key).stage == "development"
 
 
+def test_heartbeat_tells_a_taken_job_from_a_finished_one(h: Harness) -> None:
+    h.add_repo()
+    h.add_task()
+    h.add_task("second")
+    now = time.time()
+    limits = jobq.ClaimLimits(4, 4)
+    with h.engine.begin() as conn:
+        done, taken = jobq.claim_jobs(
+            conn, owner="a:1:1", host="a", now=now, lease_s=30, limits=limits
+        )
+        # One ends in the instant before the heartbeat: not renewed, but not taken either.
+        assert jobq.finish_job(
+            conn,
+            done.id,
+            "a:1:1",
+            now=now,
+            outcome="completed",
+            verdict=None,
+            reasons=[],
+            exit_code=0,
+        )
+        # The other was re-queued and claimed by another worker.
+        assert jobq.requeue(conn, taken.id, now=now, reason="lease ran out")
+        (again,) = jobq.claim_jobs(
+            conn, owner="b:2:2", host="b", now=now, lease_s=30, limits=limits
+        )
+        assert again.id == taken.id
+        lost = jobq.heartbeat(conn, "a:1:1", now=now + 1, lease_s=30, job_ids=[done.id, taken.id])
+    assert lost == {taken.id}
+
+
 def test_fenced_out_worker_writes_nothing(h: Harness) -> None:
     h.add_repo()
     key = h.add_task()

@@ -293,7 +293,7 @@ class Worker:
         with self._lock:
             mine = dict(self._running)
         with self.engine.begin() as conn:
-            held = jobq.heartbeat(
+            taken = jobq.heartbeat(
                 conn, self.id, now=now, lease_s=self.settings.job_lease_s, job_ids=list(mine)
             )
             control.worker_heartbeat(
@@ -305,8 +305,9 @@ class Worker:
                 started_at=self.started,
                 now=now,
             )
-        for job_id, r in mine.items():
-            if job_id not in held and not r.cancel.is_set():
+        for job_id in taken:
+            r = mine[job_id]
+            if not r.cancel.is_set():
                 # Our lease ran out (the database was gone longer than job_lease_s, or this
                 # process stalled) and another worker took the job over: it runs there now,
                 # so this copy is stopped rather than left running twice.

@@ -187,11 +187,12 @@ def record_process(
 def heartbeat(
     conn: sa.Connection, owner: str, *, now: float, lease_s: float, job_ids: Sequence[int]
 ) -> set[int]:
-    """Renew this worker's leases on ``job_ids``; returns the ids it still holds.
+    """Renew this worker's leases on ``job_ids``; returns those taken over by someone else.
 
     Only the jobs the worker really runs: a job whose thread gave up (the database was gone
-    when it ended) must let its lease run out, so that recovery takes it back. An id that
-    is not returned was taken over by another worker (our lease ran out meanwhile).
+    when it ended) must let its lease run out, so that recovery takes it back. A job that
+    is not renewed because it has just finished is not taken over; one that is queued again
+    or running under another owner is (our lease ran out meanwhile).
     """
     if not job_ids:
         return set()
@@ -205,7 +206,13 @@ def heartbeat(
         .values(lease_expires_at=now + lease_s)
         .returning(jobs.c.id)
     )
-    return {row[0] for row in renewed}
+    missing = set(job_ids) - {row[0] for row in renewed}
+    if not missing:
+        return set()
+    taken = conn.execute(
+        sa.select(jobs.c.id).where(jobs.c.id.in_(sorted(missing)), jobs.c.state != "finished")
+    )
+    return {row[0] for row in taken}
 
 
 def still_owned(conn: sa.Connection, job_id: int, owner: str) -> JobRow | None:
