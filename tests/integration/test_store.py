@@ -458,6 +458,46 @@ def test_serial_gate_allows_one_running_job_per_key(engine: sa.Engine) -> None:
         assert queries.update_job(conn, second.id, state="running").state == "running"
 
 
+def test_claims_look_past_jobs_the_serial_gate_holds_back(engine: sa.Engine) -> None:
+    # Found by bench/transitions.py with four workers: forty tasks queued to merge (their
+    # deploy-staging jobs oldest) behind a task that holds the gate at deploy. Candidates
+    # were read oldest first, a window of room x 4; all blocked, so the holder's own
+    # deploy job, and the other repo's work, were never claimed, and nothing moved again.
+    from orchestrator.store import jobs as jobq
+
+    with engine.begin() as conn:
+        repo = add_repo(conn)
+        other = add_repo(conn, "other", "OTHER")
+        waiting = [add_task(conn, repo.id) for _ in range(40)]
+        for t in waiting:
+            queries.update_task(conn, t.id, now=300.0, stage="deploy-staging")
+            queries.insert_job(
+                conn, task_id=t.id, stage="deploy-staging", agent="a", attempt=1, now=300.0,
+                not_before=300.0, serial_key="demo",
+            )  # fmt: skip
+        holder = add_task(conn, repo.id)
+        queries.update_task(conn, holder.id, now=400.0, stage="deploy")
+        deploy = queries.insert_job(
+            conn, task_id=holder.id, stage="deploy", agent="a", attempt=1, now=400.0,
+            not_before=400.0, serial_key="demo",
+        )  # fmt: skip
+        elsewhere = add_task(conn, other.id)
+        free = queries.insert_job(
+            conn, task_id=elsewhere.id, stage="testing", agent="a", attempt=1, now=500.0,
+            not_before=500.0,
+        )  # fmt: skip
+        claimed = jobq.claim_jobs(
+            conn,
+            owner="w:1:1",
+            host="w",
+            now=1000.0,
+            lease_s=30,
+            limits=jobq.ClaimLimits(2, 2),
+            hold_stages=("deploy", "post-deploy-monitor"),
+        )
+    assert sorted(j.id for j in claimed) == sorted([deploy.id, free.id])
+
+
 # ---- alerts ------------------------------------------------------------------------------
 
 

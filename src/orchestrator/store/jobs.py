@@ -116,6 +116,21 @@ def claim_jobs(
         .order_by(jobs.c.not_before, jobs.c.id)
         .limit(max(room * 4, 16))
     )
+    # Leave out, in SQL, what cannot be claimed now: jobs whose serial gate another task
+    # holds, and repos at their limit. Else the LIMIT window can fill with blocked jobs (a
+    # queue of tasks waiting to merge) while a claimable one, even the gate holder's own
+    # next job, lies beyond it, and nothing is claimed ever again.
+    if holders:
+        stmt = stmt.where(
+            sa.or_(
+                jobs.c.serial_key.is_(None),
+                jobs.c.serial_key.not_in(sorted(holders)),
+                jobs.c.task_id.in_(sorted(set(holders.values()))),
+            )
+        )
+    full = sorted(repo for repo, n in per_repo.items() if n >= limits.per_repo)
+    if full:
+        stmt = stmt.where(tasks.c.repo_id.not_in(full))
     if exclude_agents:
         stmt = stmt.where(jobs.c.agent.not_in(list(exclude_agents)))
     if task_id is not None:
