@@ -43,8 +43,9 @@ from orchestrator.store import PoolSizes, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import JobRow, RepoRow, TaskRow, TransitionRow
 
-_REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")
+# \Z, not $: "$" also matches before a trailing newline ("demo\n" is no repo name).
+_REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}\Z")
 
 # The agent that stands for "a human finished this stage": no process, only the gates.
 APPROVED_AGENT = "approved"
@@ -109,15 +110,14 @@ class RepoInput:
 def _check_health_url(url: str | None) -> None:
     if url is None or url == "":
         return
-    from urllib.parse import urlsplit
+    # The monitor's own parser: a URL registered here is one the monitor will probe (not
+    # refuse after a deploy), and a malformed one ("http://[::1") is a usage error, not a
+    # ValueError out of urlsplit. Health checks only ever go to this machine's loopback.
+    from orchestrator.runners.base import parse_loopback_url
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        msg = f"--health-url must be an http(s) URL, got {url!r}"
-        raise UsageError(msg)
-    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        # Health checks only ever go to this machine's loopback.
-        msg = f"--health-url must be on loopback (127.0.0.1 or localhost), got {parts.hostname}"
+    parsed, why = parse_loopback_url(url, schemes=("http", "https"))
+    if parsed is None:
+        msg = f"--health-url: {why}"
         raise UsageError(msg)
 
 
@@ -339,6 +339,10 @@ def add_task(
         # A carriage return or an escape sequence rewrites the terminal line a title is
         # printed on (`orch task list`); a NUL no PostgreSQL text column can hold.
         msg = f"a task title holds no control characters (found {bad.group()!r})"
+        raise UsageError(msg)
+    if len(title.splitlines()) > 1:
+        # U+2028 and U+2029 end a line too (str.splitlines, the artifact reader).
+        msg = "a task title is one line of at most 200 characters"
         raise UsageError(msg)
     if "\0" in body:
         # PostgreSQL refuses it (SQLite would keep it): one answer on both backends.

@@ -6,17 +6,25 @@ a full disk never leaves a half-written artifact for a gate to read.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.domain import artifacts as A
 
-# Artifacts larger than this are not read whole: a gate gets a FAIL with a reason instead.
+# The most of an artifact that is ever read. An agent can write a file of any size (a
+# runaway loop, a log pasted in whole); reading it whole would cost the worker, the API and
+# the dashboard that much memory, and a verdict hidden past this point is no verdict: such an
+# artifact is a FAIL with the reason. Our own reports stay far below it (a runner quotes at
+# most 40 lines of output). A constant for now; see ``load_artifact``.
 MAX_ARTIFACT_BYTES = 1_000_000
 
-_KEY_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}-[1-9][0-9]{0,8}$")
+# \Z, not $: "$" also matches before a trailing newline, and "DEMO-7\n" is not a key.
+_KEY_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}-[1-9][0-9]{0,8}\Z")
 
 
 def valid_key(key: str) -> bool:
@@ -55,20 +63,107 @@ def render_task_md(key: str, repo: str, title: str, body: str) -> str:
     return A.render_artifact(A.TASK, {"task": key, "repo": repo}, text)
 
 
-def read_artifact(folder: Path, name: str) -> str | None:
-    """An artifact's text, or None when it is missing. Oversized files are refused."""
+class RefusedFile(OSError):
+    """A path that is not a regular file of its own (a symlink, a FIFO, a directory)."""
+
+
+def read_bounded(path: Path, limit: int, *, follow: bool = False) -> tuple[bytes, int]:
+    """At most ``limit + 1`` bytes of the regular file ``path``, and its size when opened.
+
+    Reading one byte past ``limit`` tells a caller the file is larger than that without
+    reading it all, even when it grows while we read. The open never blocks (``O_NONBLOCK``:
+    a FIFO with no writer would hang the reader forever) and, unless ``follow``, never
+    follows a symlink (``O_NOFOLLOW``). Anything but a regular file is a ``RefusedFile``;
+    a missing one is ``FileNotFoundError``.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            msg = "a symbolic link, not a regular file; not followed"
+            raise RefusedFile(msg) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO, socket or device"
+            msg = f"{kind}, not a regular file; not read"
+            raise RefusedFile(msg)
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks), st.st_size
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ArtifactRead:
+    """An artifact as a gate may trust it: its text, or none with the reason why."""
+
+    text: str | None
+    # Set when the file is there but is not an artifact a gate may read: the reason.
+    problem: str | None = None
+
+
+def decode_artifact(raw: bytes, size: int | None = None) -> ArtifactRead:
+    """The text of an artifact's bytes, or the problem that keeps a gate from trusting it.
+
+    An artifact is UTF-8 markdown. Bytes that are not (a NUL, invalid UTF-8) mean a broken
+    producer or a damaged file (a crash can leave a block of zeros), and its keys could be
+    damaged too, so no claim in it is read: fail closed.
+    """
+    size = max(size or 0, len(raw))
+    if size > MAX_ARTIFACT_BYTES:
+        return ArtifactRead(
+            None, f"artifact too large ({size} bytes > {MAX_ARTIFACT_BYTES} bytes cap); not read"
+        )
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        return ArtifactRead(None, f"not text: a NUL byte at offset {nul}; not read")
+    try:
+        return ArtifactRead(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return ArtifactRead(None, f"not text: invalid UTF-8 at offset {exc.start}; not read")
+
+
+def load_artifact(folder: Path, name: str) -> ArtifactRead:
+    """Artifact ``name`` of a task folder for a gate: missing (no text), refused, or its text.
+
+    Refused, with the reason: a symlink (never followed, so no file outside the folder is
+    read), anything but a regular file, a file over ``MAX_ARTIFACT_BYTES`` (never read
+    whole), and bytes that are not UTF-8 text.
+    """
     if not A.ARTIFACT_NAME_RE.match(name):
         msg = f"not an artifact name: {name!r}"
         raise ValueError(msg)
-    path = folder / name
     try:
-        size = path.stat().st_size
+        raw, size = read_bounded(folder / name, MAX_ARTIFACT_BYTES)
     except FileNotFoundError:
-        return None
-    if size > MAX_ARTIFACT_BYTES:
-        # A gate reads this as a missing key: fail closed, with the reason in the text.
-        return f"artifact too large: {size} bytes (limit {MAX_ARTIFACT_BYTES})"
-    return path.read_bytes().decode("utf-8", errors="replace")
+        return ArtifactRead(None)
+    except RefusedFile as exc:
+        return ArtifactRead(None, str(exc))
+    except OSError as exc:
+        return ArtifactRead(None, f"cannot be read: {exc.strerror or exc}")
+    return decode_artifact(raw, size)
+
+
+def read_artifact(folder: Path, name: str) -> str | None:
+    """An artifact's text for a person or a prompt: None when missing, a note when refused.
+
+    Gates use ``load_artifact``, which keeps the reason apart from the text.
+    """
+    got = load_artifact(folder, name)
+    if got.problem is not None:
+        return f"({name}: {got.problem})"
+    return got.text
 
 
 def patches_dir(folder: Path) -> Path:

@@ -202,18 +202,26 @@ class ArtifactView:
     name: str
     keys: list[tuple[str, str]]
     text: str
+    # Why the gate does not read it (too large, not text, not a regular file), if so.
+    problem: str | None = None
 
 
 def artifact_views(api: Api, key: str, names: list[str]) -> list[ArtifactView]:
-    """Each artifact's keys and text, read through the same checks as the API."""
+    """Each artifact's keys and text, read through the same checks as the API.
+
+    The keys shown are the ones the gate reads: none, and the gate's reason instead, for an
+    artifact the gate refuses, so the page never shows a PASS the gate did not see.
+    """
+    folder = taskdir.task_dir(api.settings.tasks_dir, key)
     out = []
     for name in names:
+        problem = taskdir.load_artifact(folder, name).problem
         path = files.artifact_path(api.settings.tasks_dir, key, name)
-        if path is None:
+        text = files.read_artifact(path) if path is not None else None
+        if text is None and problem is None:
             continue
-        text = files.read_artifact(path)
-        keys = [(k, ", ".join(v)) for k, v in A.parse_keys(text).items()]
-        out.append(ArtifactView(name, keys, text))
+        keys = [] if problem else [(k, ", ".join(v)) for k, v in A.parse_keys(text or "").items()]
+        out.append(ArtifactView(name, keys, text or "", problem))
     return out
 
 

@@ -48,13 +48,19 @@ def artifact_path(tasks_dir: Path, key: str, name: str) -> Path | None:
     return inside(folder, folder / name)
 
 
-def read_artifact(path: Path) -> str:
-    """An artifact's text, cut at the size limit gates read (with a note when it is)."""
-    with path.open("rb") as fh:
-        raw = fh.read(taskdir.MAX_ARTIFACT_BYTES + 1)
+def read_artifact(path: Path) -> str | None:
+    """An artifact's text, cut at the size limit gates read (with a note when it is).
+
+    None when it is no longer a regular file: ``path`` was checked by ``inside`` but may have
+    been swapped since, for a FIFO (the bounded read never blocks) or a symlink.
+    """
+    try:
+        raw, size = taskdir.read_bounded(path, taskdir.MAX_ARTIFACT_BYTES)
+    except OSError:
+        return None
     text = raw[: taskdir.MAX_ARTIFACT_BYTES].decode("utf-8", errors="replace")
     if len(raw) > taskdir.MAX_ARTIFACT_BYTES:
-        text += f"\n[cut at {taskdir.MAX_ARTIFACT_BYTES} bytes]\n"
+        text += f"\n[cut at {taskdir.MAX_ARTIFACT_BYTES} of {max(size, len(raw))} bytes]\n"
     return text
 
 

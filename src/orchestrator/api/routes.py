@@ -156,10 +156,11 @@ def json_router(api: Api) -> APIRouter:
         with api.reader.connect() as conn:
             task = api.task(conn, key)
         path = files.artifact_path(st.tasks_dir, task.key, name)
-        if path is None:
+        text = files.read_artifact(path) if path is not None else None
+        if text is None:
             raise ApiError(404, f"{task.key} has no artifact {name}")
         return PlainTextResponse(
-            files.read_artifact(path),
+            text,
             media_type="text/markdown; charset=utf-8",
             headers={"X-Content-Type-Options": "nosniff"},
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import sqlalchemy as sa
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from orchestrator.config import Settings, load_settings
 from orchestrator.errors import OrchestratorError, UsageError
@@ -41,9 +43,38 @@ def settings() -> Settings:
     return load_settings(home=home) if home is not None else load_settings()
 
 
+# Control characters but tab and newline: in a terminal they move the cursor, recolour or
+# rewrite what is shown (a carriage return, an escape sequence).
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(value: object) -> Text:
+    """Text from users and agents (titles, reasons, paths), shown as it is.
+
+    Rich reads markup in plain strings: a title such as ``[/x]`` would raise and kill the
+    command, ``[red]`` would restyle the line. A ``Text`` is never markup; control
+    characters are shown as U+FFFD instead of reaching the terminal.
+    """
+    return Text(_CONTROL_RE.sub("\ufffd", str(value)))
+
+
+# Every character str.splitlines() ends a line at.
+_LINE_BREAK_RE = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr, on one line whatever the message quotes."""
+    # The message may quote user input (an unknown repo's name, a path): never read as
+    # markup, and a line break in it is shown escaped (\n) so the error stays one line.
+    flat = _LINE_BREAK_RE.sub(lambda m: m.group().encode("unicode_escape").decode(), message)
+    err_console.print(
+        Text.assemble(("error:", "red"), " ", plain(flat)), highlight=False, soft_wrap=True
+    )
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print one clear line on stderr and exit."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from orchestrator.cli._common import ago, console, print_json, run, settings
+from orchestrator.cli._common import ago, console, plain, print_json, run, settings
 from orchestrator.store import control, queries
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -90,7 +90,8 @@ def resume() -> None:
 
 
 def alerts_cmd(
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    # Bounded: a negative LIMIT is an error on PostgreSQL, a huge one on SQLite.
+    limit: Annotated[int, typer.Option(min=0, max=100_000, help="How many, newest first.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """List alerts, newest first."""
@@ -129,6 +130,6 @@ def alerts_cmd(
             ago(a["created_at"], now),
             str(a["severity"]),
             str(a["task"] or "-"),
-            str(a["message"]),
+            plain(a["message"]),
         )
     console.print(table)

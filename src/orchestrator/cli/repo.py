@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from orchestrator.cli._common import console, engine, print_json, run
+from orchestrator.cli._common import console, engine, plain, print_json, run
 from orchestrator.ops import RepoInput, add_repo, require_repo, set_repo
 from orchestrator.store import queries
 from orchestrator.store.queries import RepoRow
@@ -96,7 +97,15 @@ def add(
     if as_json:
         print_json(_repo_dict(repo))
         return
-    console.print(f"registered [bold]{repo.name}[/bold] ({repo.path}), tasks {repo.key_prefix}-<n>")
+    console.print(
+        Text.assemble(
+            "registered ",
+            (repo.name, "bold"),
+            " (",
+            plain(repo.path),
+            f"), tasks {repo.key_prefix}-<n>",
+        )
+    )
 
 
 @app.command("set")
@@ -150,7 +159,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
         return
     table = Table("name", "prefix", "main", "path", "stages")
     for r in repos:
-        table.add_row(r.name, r.key_prefix, r.main_branch, r.path, ",".join(r.stages))
+        table.add_row(r.name, r.key_prefix, plain(r.main_branch), plain(r.path), ",".join(r.stages))
     console.print(table if repos else "no repos yet: `orch repo add NAME PATH`")
 
 
@@ -172,5 +181,5 @@ def show(
         return
     table = Table("field", "value", show_header=False)
     for k, v in data.items():
-        table.add_row(k, "-" if v in (None, [], {}) else str(v))
+        table.add_row(k, "-" if v in (None, [], {}) else plain(v))
     console.print(table)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator import taskdir
 from orchestrator.cli._common import (
@@ -15,6 +16,7 @@ from orchestrator.cli._common import (
     console,
     engine,
     fail,
+    plain,
     print_json,
     read_input_file,
     run,
@@ -115,7 +117,13 @@ def list_(
     for t in tasks:
         last = t["reasons"][-1] if t["reasons"] else ""
         table.add_row(
-            t["key"], t["repo"], t["stage"], t["state"], t["title"], ago(t["updated_at"], now), last
+            t["key"],
+            plain(t["repo"]),
+            t["stage"],
+            t["state"],
+            plain(t["title"]),
+            ago(t["updated_at"], now),
+            plain(last),
         )
     console.print(table)
 
@@ -177,13 +185,18 @@ def show(
     if as_json:
         print_json(data)
         return
-    console.print(f"[bold]{data['key']}[/bold] {data['title']}  ({data['repo']})")
+    console.print(
+        Text.assemble(
+            (data["key"], "bold"), " ", plain(data["title"]), "  (", plain(data["repo"]), ")"
+        ),
+        soft_wrap=True,
+    )
     console.print(
         f"stage [cyan]{data['stage']}[/cyan]  state [cyan]{data['state']}[/cyan]  "
         f"developer retries {data['developer_retries']}  "
         f"infra retries {data['infra_retries']}"
     )
-    console.print(f"folder {data['folder']}")
+    console.print(Text.assemble("folder ", plain(data["folder"])), soft_wrap=True)
     if data["artifacts"]:
         console.print("artifacts: " + ", ".join(data["artifacts"]))
     now = time.time()
@@ -194,7 +207,7 @@ def show(
             h["kind"],
             f"{h['from_stage'] or '-'}/{h['from_state'] or '-'}",
             f"{h['to_stage']}/{h['to_state']}",
-            "\n".join(h["reasons"]),
+            plain("\n".join(h["reasons"])),
         )
     console.print(hist)
     if data["jobs"]:
@@ -205,7 +218,7 @@ def show(
             jobs.add_row(
                 str(j["id"]),
                 j["stage"],
-                j["agent"],
+                plain(j["agent"]),
                 str(j["attempt"]),
                 j["state"],
                 j["outcome"] or "-",

@@ -145,10 +145,15 @@ def parse_keys(text: str) -> dict[str, list[str]]:
     return found
 
 
+# Every character str.splitlines() (and so parse_keys) ends a line at.
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+
 def _render_value(value: object) -> str:
     text = str(value)
-    if "\n" in text:
-        msg = "artifact key values are one line"
+    if not _LINE_BREAKS.isdisjoint(text):
+        # A value split in two would be read back as two claims, the second one any key.
+        msg = f"artifact key values are one line: {text!r}"
         raise ValueError(msg)
     return text
 
@@ -174,6 +179,8 @@ def render_artifact(name: str, keys: Mapping[str, object], body: str = "") -> st
     lines.append(f"# {spec.title}")
     lines.append("")
     if body:
-        lines.append(body.rstrip("\n"))
+        # A NUL makes a file "not text", which no gate reads (taskdir.decode_artifact): output
+        # quoted in a body (a suite that printed one) must not turn a green report into a FAIL.
+        lines.append(body.rstrip("\n").replace("\0", "\ufffd"))
         lines.append("")
     return "\n".join(lines)

@@ -40,7 +40,11 @@ Check = Callable[[GateContext], Verdict]
 
 def _artifact_check(name: str) -> Check:
     def check(ctx: GateContext) -> Verdict:
-        return PARSERS[name](taskdir.read_artifact(ctx.task_dir, name))
+        got = taskdir.load_artifact(ctx.task_dir, name)
+        if got.problem is not None:
+            # There, but not a file a gate may read (too large, not text, a symlink...).
+            return failed(f"{name}: {got.problem}")
+        return PARSERS[name](got.text)
 
     check.__name__ = f"check_{name}"
     return check
