@@ -83,10 +83,10 @@ def _map_pytest(exit_code: int, *, tests_ran: int | None, collection_failed: boo
         if collection_failed:
             # Contradicts itself: fail closed rather than trust the exit code.
             return _failed(f"{code} but collection errors were reported")
-        if not tests_ran:
+        if tests_ran is None or tests_ran <= 0:
             # 0 without evidence (JUnit) that a test ran: an empty or deselected suite is
-            # not a green one.
-            ran = "unknown" if tests_ran is None else "0"
+            # not a green one, and a negative count is no evidence either.
+            ran = "unknown" if tests_ran is None else str(tests_ran)
             return _failed(f"{code} but no tests ran (tests run: {ran})")
         return _passed(f"{code}: {tests_ran} test(s) ran and passed")
     if exit_code == _PYTEST_TESTS_FAILED:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import (
@@ -118,23 +116,8 @@ def test_no_verdict_fails_closed() -> None:
     assert t.kind is TransitionKind.ROLLBACK
 
 
-@given(
-    st.sampled_from(PIPELINE),
-    st.sampled_from(list(OutcomeKind)),
-    st.one_of(st.none(), st.sampled_from([OK, BAD])),
-    st.integers(0, 5),
-    st.integers(0, 5),
-)
-def test_property_only_completed_pass_moves_forward(
-    stage: Stage, outcome: OutcomeKind, verdict: Verdict | None, dev: int, infra: int
-) -> None:
-    task = TaskView("P-1", PIPELINE, developer_retries=dev, infra_retries=infra)
-    t = next_transition(task, stage, outcome, verdict, BUDGETS)
-    forward = t.kind in (TransitionKind.ADVANCE, TransitionKind.DONE)
-    assert forward == (outcome is OutcomeKind.COMPLETED and verdict is OK)
-    assert t.reasons
-    if outcome.is_tool_error:
-        assert t.kind in (TransitionKind.DEFER, TransitionKind.BLOCK)
+# The property "only a completed PASS moves forward" is only_completed_pass_moves_forward in
+# parser_properties/props_domain.py (run by test_parser_properties.py and the fuzz bench).
 
 
 def test_validate_pipeline() -> None:

@@ -24,6 +24,7 @@ Parse: aider exits 0 even when every API call failed. Success needs a ``message_
 in the analytics log (the model answered) AND a non-empty diff:
 
 - no analytics log, or no ``message_send`` event → ``crashed`` (it never got an answer);
+- a non-zero exit code → ``crashed`` (it answered but did not finish; fail closed);
 - ``message_send`` and a diff → ``completed``, ``dev_status: DONE``;
 - ``message_send`` and no diff → ``completed``, ``dev_status: FAILED`` (the gate rolls back).
 
@@ -178,6 +179,13 @@ def parse_aider(
     summary = (
         f"aider: {sends} message(s), tokens in {tokens_in} out {tokens_out}, {money(cost_usd)}"
     )
+    if outcome.exit_code != 0:
+        return done(
+            OutcomeKind.CRASHED,
+            None,
+            f"aider exited with code {outcome.exit_code} after an answer; fail closed",
+            summary,
+        )
     if not has_diff:
         return done(
             OutcomeKind.COMPLETED,

@@ -20,7 +20,8 @@ or max-turns); the last ``{"type": "result", ...}`` object of the output is. Map
 - no result object → ``crashed`` (fail closed);
 - ``subtype: error_max_turns`` → ``timeout`` (the run used up its turn allowance);
 - ``is_error`` with ``api_error_status`` → ``crashed`` (an API error: not the code's fault);
-- any other ``is_error`` or a non-``success`` subtype → ``crashed``;
+- ``is_error`` anything but ``false`` (true, missing, "false") or a non-``success`` subtype
+  → ``crashed``;
 - ``permission_denials`` not empty → ``crashed`` (the agent could not do what it set out to);
 - a non-zero exit with a clean result → ``crashed`` (the two disagree);
 - else ``completed``: the gate reads the artifact.
@@ -171,7 +172,7 @@ def parse_claude(
             f"claude stopped at its turn limit{limit} after {turns} turn(s): error_max_turns",
             *([detail] if detail else []),
         )
-    if result.get("is_error") is True or subtype != "success":
+    if result.get("is_error") is not False or subtype != "success":
         status = result.get("api_error_status")
         if status is not None:
             return done(

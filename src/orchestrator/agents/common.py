@@ -17,6 +17,7 @@ parse (a warning on stderr) is skipped.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -97,8 +98,8 @@ def tool_error_of(outcome: Outcome, backend: str) -> LlmResult | None:
             OutcomeKind.TIMEOUT,
             [f"{backend}: {outcome.stop_reason}; killed the process tree"],
         )
-    if outcome.exit_code is not None and not outcome.signal_sent_by_us:
-        return None
+    # Always through the one mapping, without a shortcut on "it has an exit code": an outcome
+    # that also says timed out, cancelled or not started is not a clean end (fail closed).
     mapping = map_outcome(outcome, kind="command")
     if mapping.tool_error is None:  # exited by itself after all
         return None
@@ -141,7 +142,8 @@ def json_objects(text: str) -> Iterator[dict[str, Any]]:
             continue
         try:
             value = json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: nesting deeper than the decoder goes is not an object we read.
             continue
         if isinstance(value, dict):
             yield value
@@ -165,11 +167,15 @@ def as_int(value: object) -> int:
 
 
 def as_cost(value: object) -> float | None:
-    """A USD amount from JSON, or None when it is not a non-negative number."""
+    """A USD amount from JSON, or None when it is not a finite non-negative number."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    cost = float(value)
-    return cost if cost >= 0 and cost == cost else None  # NaN fails the second test
+    try:
+        cost = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    # Not NaN, not Infinity (JSON allows both): neither is an amount, nor storable as one.
+    return cost if math.isfinite(cost) and cost >= 0 else None
 
 
 def money(cost: float | None) -> str:

@@ -114,10 +114,20 @@ def _check_template(argv: tuple[str, ...], spec: str) -> None:
 
     for part in argv:
         try:
-            names = [f for _, f, _, _ in string.Formatter().parse(part) if f is not None]
+            fields = [(f, c, s) for _, f, s, c in string.Formatter().parse(part) if f is not None]
         except ValueError as exc:
             msg = f"agent {spec!r}: bad template {part!r}: {exc}"
             raise UsageError(msg) from exc
+        # A conversion or format spec ({task!x}, {task:d}, {task:{stage}}) passes parse()
+        # but can fail when the job is launched: a template names plain fields only.
+        decorated = [f for f, conversion, format_spec in fields if conversion or format_spec]
+        if decorated:
+            msg = (
+                f"agent {spec!r}: template {part!r}: fields take no conversion or format spec "
+                f"({', '.join(decorated)}); write plain fields such as {{task}}"
+            )
+            raise UsageError(msg)
+        names = [f for f, _, _ in fields]
         unknown = [n for n in names if n not in TEMPLATE_FIELDS]
         if unknown:
             msg = (

@@ -2,17 +2,70 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from orchestrator import __version__
 from orchestrator.cli import demo_cmd, engine_cmds, misc, repo, task
 from orchestrator.cli import serve as serve_cmd
-from orchestrator.cli._common import set_home
+from orchestrator.cli._common import EXIT_USAGE, print_error, set_home
+
+
+def _click_class(name: str) -> type[Exception]:
+    """A class of the click that typer runs on (newer typers vendor their own copy): found
+    among the bases of the ``BadParameter`` typer exports, so no private module is named."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+_CLICK_ERROR = _click_class("ClickException")
+_USAGE_ERROR = _click_class("UsageError")
+
+
+class _OneLineErrors(TyperGroup):
+    """The root group: click's own usage errors (an unknown option, a missing argument or
+    value) are one ``error:`` line, as every error of ours is, not a framed panel that
+    wraps a long value over many lines. Help, --version and exit codes are unchanged."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        own = (args, prog_name, complete_var, False, windows_expand_args)
+        if not standalone_mode:
+            return super().main(*own, **extra)
+        try:
+            code = super().main(*own, **extra)
+        except _CLICK_ERROR as exc:
+            error: Any = exc
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.exit(EXIT_USAGE)  # no arguments: the help is printed already
+            ctx = getattr(error, "ctx", None)
+            where = ""
+            if isinstance(exc, _USAGE_ERROR) and ctx is not None:
+                sys.stderr.write(ctx.get_usage().strip() + "\n")
+                where = f" (see `{ctx.command_path} --help`)"
+            print_error(error.format_message() + where)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        # Not standalone, click returns the exit code of a typer.Exit, or the command's
+        # return value (None) when it simply ended.
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="orch",
     help="orchestrator: tasks from ticket to merged, deployed and watched.",
     no_args_is_help=True,

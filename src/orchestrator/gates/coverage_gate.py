@@ -92,10 +92,13 @@ def read_total(path: Path) -> tuple[float | None, str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         value = data["totals"]["percent_covered"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         return None, f"cannot read the coverage total from {path}: {type(exc).__name__}: {exc}"
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None, f"coverage total in {path} is not a number: {value!r}"
+    if not 0 <= value <= 100:
+        # A total no coverage.py writes; it must not clear any threshold (fail closed).
+        return None, f"coverage total in {path} is not a percent: {value!r}"
     return float(value), ""
 
 

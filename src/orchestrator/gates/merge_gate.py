@@ -175,7 +175,11 @@ class Marker:
 
 def parse_markers(options: Mapping[str, object]) -> tuple[list[Marker], list[str]]:
     """``MAIN_REGRESSION_MARKERS``: ``options["regression_markers"]``, and what is malformed."""
-    raw = options.get("regression_markers") or []
+    raw = options.get("regression_markers")
+    if raw is None:
+        return [], []
+    # Anything else that is not a list ("", {}, 0 ...) is malformed, not "no markers": read
+    # as none, it would switch the check off without a word.
     if not isinstance(raw, list):
         return [], [f"regression_markers must be a list, got {type(raw).__name__}"]
     found: list[Marker] = []

@@ -394,8 +394,13 @@ def parse_loopback_url(
     Only the host parsed here is ever connected to (no proxy, no redirect, no second URL
     parser), so what was checked is what is reached.
     """
-    if not isinstance(url, str) or not url or any(c.isspace() or ord(c) < 32 for c in url):
-        return None, f"refused URL {url!r}: empty or holds whitespace/control characters"
+    # Printable ASCII only: http.client sends the target as ASCII and raises (not an OSError)
+    # on anything else, so a URL with a non-ASCII path would crash the probe, not fail it.
+    if not isinstance(url, str) or not url or not all(32 < ord(c) < 127 for c in url):
+        return None, (
+            f"refused URL {url!r}: empty, or holds whitespace, control or non-ASCII characters "
+            "(percent-encode them)"
+        )
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port

@@ -131,7 +131,9 @@ def read_junit(path: Path) -> tuple[JUnitCounts | None, str]:
         # The file is written by the suite under test, which runs arbitrary code anyway;
         # ElementTree resolves no external entities and expat bounds entity expansion.
         root = ET.parse(path).getroot()  # noqa: S314
-    except (ET.ParseError, OSError) as exc:
+    except (ET.ParseError, OSError, LookupError, ValueError) as exc:
+        # LookupError, ValueError (UnicodeError among them): an XML declaration naming an
+        # encoding expat cannot read (unknown, multi-byte, or not a text codec at all).
         return None, f"JUnit XML {path} cannot be read: {exc}"
     passed = failures = errors = skipped = total = collection = 0
     for case in root.iter("testcase"):
