@@ -486,9 +486,7 @@ class Outage:
         if not self.pg:
             sa_event.listen(self.engine, "before_cursor_execute", self._refuse)
 
-    def _refuse(
-        self, _conn: Any, _cursor: Any, statement: str, params: Any, *_rest: Any
-    ) -> None:
+    def _refuse(self, _conn: Any, _cursor: Any, statement: str, params: Any, *_rest: Any) -> None:
         if self.down.is_set():
             # What SQLAlchemy raises when the driver fails a statement (an event hook runs
             # before its wrapping, so the hook wraps it itself).
