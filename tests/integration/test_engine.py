@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -376,6 +377,50 @@ def test_recovery_requeues_without_spending_a_retry(h: Harness, case: str) -> No
     assert len(dev) == 1
     assert any(f"recovered from {owner}" in r for r in dev[0].reasons)
     assert [s.split(":")[1] for s in h.starts()].count("development") == 1
+
+
+def test_recovery_reaps_only_this_hosts_leftover_processes(h: Harness) -> None:
+    # Two jobs whose leases ran out, each with a live process group recorded: one started on
+    # this host, one on another machine (whose pgid means nothing here: it may be any of our
+    # own processes). Both are taken back; only this host's group is killed.
+    h.add_repo()
+    keys = [h.add_task("here"), h.add_task("there")]
+    w = Worker(h.settings, h.engine)
+    sleepers = {
+        key: subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+        )
+        for key in keys
+    }
+    try:
+        for key, host in zip(keys, [w.host, "elsewhere"], strict=True):
+            with h.engine.begin() as conn:
+                task = queries.get_task(conn, key)
+                assert task is not None
+                (job,) = jobq.claim_jobs(
+                    conn,
+                    owner=f"{host}:4242:1",
+                    host=host,
+                    now=time.time(),
+                    lease_s=-1.0,
+                    limits=jobq.ClaimLimits(4, 4),
+                    task_id=task.id,
+                )
+                conn.execute(
+                    sa.update(jobs_table)
+                    .where(jobs_table.c.id == job.id)
+                    .values(pgid=sleepers[key].pid)
+                )
+        assert w.recover() == 2
+        assert sleepers[keys[0]].wait(timeout=30) is not None  # this host's: killed
+        assert sleepers[keys[1]].poll() is None  # the other host's pgid: left alone
+        for key in keys:
+            (dev,) = h.jobs(key)
+            assert dev.state == "queued"
+    finally:
+        for p in sleepers.values():
+            p.kill()
+            p.wait()
 
 
 def test_a_live_workers_job_is_not_taken(h: Harness) -> None:
