@@ -237,6 +237,13 @@ def render(faults: list[Fault]) -> str:
         "The chaos suite (`tests/chaos/`, `bench/chaos.py`) covers `kill -9` of the",
         "orchestrator itself at random moments.",
         "",
+        "Bad input has its own tests: hostile artifacts (binary, over 1 MB, a symlink out of",
+        "the task folder, a FIFO, a directory) and hostile titles run end to end in",
+        "`tests/integration/test_bad_input.py`; every parser has a Hypothesis property",
+        "(`tests/unit/parser_properties`, at 100,000 examples by `bench/parsers_fuzz.py`);",
+        "`tests/integration/test_cli_properties.py` generates the CLI's argv and",
+        "`tests/acceptance/test_api_schema.py` runs schemathesis on the API.",
+        "",
     ]
     return "\n".join(lines)
 
