@@ -106,12 +106,22 @@ def deliver(
     body = payload(alert)
     for attempt in range(1, attempts + 1):
         problem = post_webhook(url, body)
-        with engine.begin() as conn:
-            queries.update_alert(
-                conn,
+        try:
+            with engine.begin() as conn:
+                queries.update_alert(
+                    conn,
+                    alert.id,
+                    delivery_attempts=attempt,
+                    **({"delivered_at": time.time()} if not problem else {}),
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            # The database is gone for a moment: the human still gets the alert; only the
+            # record of this attempt is lost (the thread would die here, retries unsent).
+            log.warning(
+                "could not record webhook attempt %d of alert %d: %s",
+                attempt,
                 alert.id,
-                delivery_attempts=attempt,
-                **({"delivered_at": time.time()} if not problem else {}),
+                type(exc).__name__,
             )
         if not problem:
             return True

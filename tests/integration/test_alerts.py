@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -98,6 +99,25 @@ def test_webhook_down_never_raises_and_does_not_block_the_caller(engine: sa.Engi
     url = _closed_port_url()
     assert not alerts.deliver(engine, alert, url, attempts=2, backoff_s=0.01)
     # In the background the caller returns at once; the thread finishes on its own.
+    before = set(threading.enumerate())
     alerts.deliver_in_background(engine, [alert], url)
     with engine.connect() as conn:
         assert queries.list_alerts(conn)[0].delivered_at is None
+    # Wait for it here: left running, it outlives this test's database.
+    (thread,) = [t for t in threading.enumerate() if t not in before and t.name == "alert-1"]
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+
+
+def test_a_database_outage_does_not_stop_the_delivery(
+    engine: sa.Engine, hook: Hook, tmp_path: Path
+) -> None:
+    alert = _alert(engine)
+    # Every connection fails: a database that cannot be reached at that moment.
+    gone = sa.create_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 'orch.db'}")
+    hook.status = 500
+    assert not alerts.deliver(gone, alert, hook.url, attempts=2, backoff_s=0.01)
+    assert len(hook.bodies) == 2  # retried although neither attempt could be recorded
+    hook.status = 200
+    assert alerts.deliver(gone, alert, hook.url, attempts=2, backoff_s=0.01)
+    assert len(hook.bodies) == 3
