@@ -66,9 +66,13 @@ class Settings(BaseSettings):
         default=True,
         description="PostgreSQL: wake workers by LISTEN/NOTIFY; off, they find work by polling.",
     )
-    max_parallel_jobs: int = Field(default=4, ge=1, description="Jobs running at once, all repos.")
+    max_parallel_jobs: int = Field(
+        default=4,
+        ge=1,
+        description="Jobs running at once, all repos and all workers of the database.",
+    )
     max_parallel_jobs_per_repo: int = Field(
-        default=2, ge=1, description="Jobs running at once for one repo."
+        default=2, ge=1, description="Jobs running at once for one repo, all workers."
     )
     developer_retry_budget: int = Field(
         default=3, ge=0, description="Rollbacks to development before the task is blocked."
