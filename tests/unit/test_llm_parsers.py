@@ -9,6 +9,7 @@ some they must ignore.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,13 @@ from typing import Any
 import pytest
 
 from orchestrator.agents import aider, claude, codex
-from orchestrator.agents.common import PlanError, PlanRequest, run_output, tool_error_of
+from orchestrator.agents.common import (
+    MAX_TOKENS,
+    PlanError,
+    PlanRequest,
+    run_output,
+    tool_error_of,
+)
 from orchestrator.agents.stall import STALL_PREFIX, StallDetector, tree_signature
 from orchestrator.config import load_settings
 from orchestrator.domain.outcomes import OutcomeKind
@@ -506,3 +513,26 @@ def test_stall_scans_no_more_often_than_its_interval(tmp_path: Path) -> None:
     stall2 = StallDetector(log, [], 5, scan_interval_s=100, clock=clock)
     clock.now += 50
     assert stall2() is None  # idle 50s, but no scan is due yet: nothing decided
+
+
+# --------------------------------------------------------------------------- absurd figures
+
+# An integral float JSON allows (found by bench/parsers_fuzz.py: codex's cost came out inf).
+HUGE = 8.98846567431158e307
+
+
+def test_absurd_token_claims_are_capped_and_the_cost_stays_finite() -> None:
+    out = f'{{"type": "turn.completed", "usage": {{"input_tokens": {HUGE}, "output_tokens": 1}}}}'
+    r = codex.parse_codex(ended(0), out + "\n" + out, price_in_per_mtok=2, price_out_per_mtok=0)
+    assert r.tokens_in == MAX_TOKENS
+    assert r.cost_usd == pytest.approx(MAX_TOKENS * 2 / 1_000_000)
+
+    usage = {"input_tokens": 10**30, "cache_read_input_tokens": MAX_TOKENS, "output_tokens": -5}
+    r = claude.parse_claude(ended(0), claude_result(usage=usage))
+    assert (r.tokens_in, r.tokens_out) == (MAX_TOKENS, 0)
+
+    send = {**SEND, "prompt_tokens": HUGE, "cost": 1.7e308}
+    p = aider.parse_aider(ended(0), analytics(dict(send), dict(send)), has_diff=True)
+    assert p.result.tokens_in == MAX_TOKENS
+    assert p.result.cost_usd is not None
+    assert math.isfinite(p.result.cost_usd)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from dataclasses import dataclass
 
 from orchestrator.agents.common import (
@@ -44,10 +45,10 @@ from orchestrator.agents.common import (
     PlanError,
     PlanRequest,
     as_cost,
-    as_int,
     json_objects,
     money,
     snippet,
+    token_sum,
     tool_error_of,
 )
 from orchestrator.domain.outcomes import OutcomeKind
@@ -142,11 +143,12 @@ def parse_aider(
         props = props if isinstance(props, dict) else {}
         if name == "message_send":
             sends += 1
-            tokens_in += as_int(props.get("prompt_tokens"))
-            tokens_out += as_int(props.get("completion_tokens"))
+            tokens_in = token_sum(tokens_in, props.get("prompt_tokens"))
+            tokens_out = token_sum(tokens_out, props.get("completion_tokens"))
             cost = as_cost(props.get("cost"))
             if cost is not None:
-                cost_sum += cost
+                # Each cost is finite, their sum need not be: a huge total, never infinity.
+                cost_sum = min(cost_sum + cost, sys.float_info.max)
                 priced = True
         elif name == "message_send_exception":
             exceptions.append(str(props.get("exception", "")))

@@ -41,10 +41,10 @@ from orchestrator.agents.common import (
     PlanError,
     PlanRequest,
     as_cost,
-    as_int,
     json_objects,
     money,
     snippet,
+    token_sum,
     tool_error_of,
 )
 from orchestrator.domain.outcomes import OutcomeKind
@@ -140,12 +140,12 @@ def parse_claude(
         cost = as_cost(result.get("total_cost_usd"))
         usage = result.get("usage")
         if isinstance(usage, dict):
-            tokens_in = (
-                as_int(usage.get("input_tokens"))
-                + as_int(usage.get("cache_creation_input_tokens"))
-                + as_int(usage.get("cache_read_input_tokens"))
+            tokens_in = token_sum(
+                usage.get("input_tokens"),
+                usage.get("cache_creation_input_tokens"),
+                usage.get("cache_read_input_tokens"),
             )
-            tokens_out = as_int(usage.get("output_tokens"))
+            tokens_out = token_sum(usage.get("output_tokens"))
 
     def done(kind: OutcomeKind, *reasons: str) -> LlmResult:
         return LlmResult(kind, list(reasons), cost, tokens_in, tokens_out)

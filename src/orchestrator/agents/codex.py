@@ -42,10 +42,10 @@ from orchestrator.agents.common import (
     LlmResult,
     PlanError,
     PlanRequest,
-    as_int,
     json_objects,
     money,
     snippet,
+    token_sum,
     tool_error_of,
 )
 from orchestrator.domain.outcomes import OutcomeKind
@@ -135,8 +135,8 @@ def parse_codex(
             completed += 1
             usage = event.get("usage")
             if isinstance(usage, dict):
-                tokens_in += as_int(usage.get("input_tokens"))
-                tokens_out += as_int(usage.get("output_tokens"))
+                tokens_in = token_sum(tokens_in, usage.get("input_tokens"))
+                tokens_out = token_sum(tokens_out, usage.get("output_tokens"))
         elif kind == "turn.failed":
             err = event.get("error")
             message = err.get("message") if isinstance(err, dict) else err

@@ -155,15 +155,27 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
     return flat if len(flat) <= limit else "..." + flat[-limit:]
 
 
+# The most tokens a job is counted for: far above any real run, and what the 32-bit INTEGER
+# columns hold on both databases. A larger claim (an integral 9e307 is valid JSON) is counted
+# as this much, the safe side of a budget, instead of an infinite cost or a row PostgreSQL
+# refuses, which would leave the job's end unrecorded.
+MAX_TOKENS = 2**31 - 1
+
+
 def as_int(value: object) -> int:
     """A token count from JSON: ints (and integral floats) count, anything else is 0."""
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
-        return max(value, 0)
+        return min(max(value, 0), MAX_TOKENS)
     if isinstance(value, float) and value.is_integer():
-        return max(int(value), 0)
+        return min(max(int(value), 0), MAX_TOKENS)
     return 0
+
+
+def token_sum(*values: object) -> int:
+    """Token counts from JSON added up, at most ``MAX_TOKENS``."""
+    return min(sum(as_int(v) for v in values), MAX_TOKENS)
 
 
 def as_cost(value: object) -> float | None:

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from orchestrator.agents import aider, claude, codex, registry
-from orchestrator.agents.common import LlmResult
+from orchestrator.agents.common import MAX_TOKENS, LlmResult
 from orchestrator.agents.stall import is_stall
 from orchestrator.domain import stages
 from orchestrator.domain.outcomes import OutcomeKind
@@ -130,7 +130,8 @@ def _check_figures(r: LlmResult) -> None:
     assert r.reasons
     assert r.cost_usd is None or (math.isfinite(r.cost_usd) and r.cost_usd >= 0), r.cost_usd
     for tokens in (r.tokens_in, r.tokens_out):
-        assert tokens is None or (isinstance(tokens, int) and tokens >= 0), tokens
+        # At most MAX_TOKENS: what the jobs table's INTEGER columns hold on PostgreSQL.
+        assert tokens is None or (isinstance(tokens, int) and 0 <= tokens <= MAX_TOKENS), tokens
 
 
 # --------------------------------------------------------------------------- claude
