@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from parser_properties.props_domain import outcome_of
 
 from orchestrator.agents import aider, claude, codex
 from orchestrator.agents.common import (
@@ -42,22 +43,8 @@ def ended(
     start_error: str | None = None,
 ) -> Outcome:
     by_us = timed_out or cancelled
-    return Outcome(
-        exit_code=exit_code,
-        signal=signal,
-        timed_out=timed_out,
-        cancelled=cancelled,
-        signal_sent_by_us=by_us,
-        duration_s=1.0,
-        started_at=0.0,
-        finished_at=1.0,
-        log_path=Path("/nonexistent.log"),
-        pid=None if start_error else 1234,
-        pgid=None,
-        marker="m",
-        termination_uncertain=False,
-        start_error=start_error,
-        stop_reason=stop_reason,
+    return outcome_of(
+        exit_code, signal, timed_out, cancelled, by_us, False, start_error, stop_reason
     )
 
 

@@ -167,14 +167,14 @@ def as_int(value: object) -> int:
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
-        return min(max(value, 0), MAX_TOKENS)
+        return max(value, 0)
     if isinstance(value, float) and value.is_integer():
-        return min(max(int(value), 0), MAX_TOKENS)
+        return max(int(value), 0)
     return 0
 
 
 def token_sum(*values: object) -> int:
-    """Token counts from JSON added up, at most ``MAX_TOKENS``."""
+    """Token counts from JSON added up, at most ``MAX_TOKENS`` (the one place they are capped)."""
     return min(sum(as_int(v) for v in values), MAX_TOKENS)
 
 
