@@ -215,13 +215,16 @@ def artifact_views(api: Api, key: str, names: list[str]) -> list[ArtifactView]:
     folder = taskdir.task_dir(api.settings.tasks_dir, key)
     out = []
     for name in names:
-        problem = taskdir.load_artifact(folder, name).problem
+        got = taskdir.load_artifact(folder, name)
+        if got.problem is None:
+            if got.text is not None:  # else gone since the folder was listed
+                keys = [(k, ", ".join(v)) for k, v in A.parse_keys(got.text).items()]
+                out.append(ArtifactView(name, keys, got.text))
+            continue
+        # Refused: read once more only to show it as the raw view does (cut, bytes replaced).
         path = files.artifact_path(api.settings.tasks_dir, key, name)
         text = files.read_artifact(path) if path is not None else None
-        if text is None and problem is None:
-            continue
-        keys = [] if problem else [(k, ", ".join(v)) for k, v in A.parse_keys(text or "").items()]
-        out.append(ArtifactView(name, keys, text or "", problem))
+        out.append(ArtifactView(name, [], text or "", got.problem))
     return out
 
 
