@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from orchestrator.config import Settings, load_settings
+from orchestrator.domain import artifacts as A
 from orchestrator.errors import OrchestratorError, UsageError
 
 console = Console()
@@ -58,8 +59,7 @@ def plain(value: object) -> Text:
     return Text(_CONTROL_RE.sub("\ufffd", str(value)))
 
 
-# Every character str.splitlines() ends a line at.
-_LINE_BREAK_RE = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+_LINE_BREAK_RE = re.compile(f"[{re.escape(A.LINE_BREAKS)}]")
 
 
 def print_error(message: str) -> None:

@@ -146,12 +146,12 @@ def parse_keys(text: str) -> dict[str, list[str]]:
 
 
 # Every character str.splitlines() (and so parse_keys) ends a line at.
-_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 def _render_value(value: object) -> str:
     text = str(value)
-    if not _LINE_BREAKS.isdisjoint(text):
+    if any(c in LINE_BREAKS for c in text):
         # A value split in two would be read back as two claims, the second one any key.
         msg = f"artifact key values are one line: {text!r}"
         raise ValueError(msg)
