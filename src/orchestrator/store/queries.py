@@ -60,6 +60,8 @@ class TaskRow:
     infra_retries: int
     created_at: float
     updated_at: float
+    gate_retries: int = 0
+    author: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ class AlertRow:
     delivered_at: float | None
     delivery_attempts: int
     acknowledged_at: float | None
+    resolved_at: float | None = None
+    occurrences: int = 1
 
 
 # Columns that update_* refuse: identity, history, and the key allocator (only insert_task
@@ -263,6 +267,7 @@ def insert_task(
     now: float,
     state: str = "active",
     actor: str = "cli",
+    author: str | None = None,
 ) -> TaskRow:
     """Add a task with the repo's next key, and its ``create`` transition."""
     # One UPDATE both reads and bumps the counter. On PostgreSQL the row lock makes a
@@ -293,6 +298,8 @@ def insert_task(
             reasons=[],
             developer_retries=0,
             infra_retries=0,
+            gate_retries=0,
+            author=author,
             created_at=now,
             updated_at=now,
         )

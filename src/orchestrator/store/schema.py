@@ -122,6 +122,10 @@ tasks = sa.Table(
     sa.Column("reasons", json_type(), nullable=False),
     sa.Column("developer_retries", sa.Integer(), nullable=False, server_default=sa.text("0")),
     sa.Column("infra_retries", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    # Gate-only retries of this stage visit: the merge gate's own infra budget counts these.
+    sa.Column("gate_retries", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    # "Name <email>" for the task's commit on main; NULL: the repo's configured git user.
+    sa.Column("author", sa.String(), nullable=True),
     time_column("created_at"),
     time_column("updated_at"),
     sa.UniqueConstraint("repo_id", "number"),
@@ -205,8 +209,22 @@ alerts = sa.Table(
     time_column("delivered_at", nullable=True),
     sa.Column("delivery_attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
     time_column("acknowledged_at", nullable=True),
+    # Closed when the task moves on (retry, approve, cancel, done); while open, the same
+    # kind for the same task updates this row instead of stacking a new one.
+    time_column("resolved_at", nullable=True),
+    sa.Column("occurrences", sa.Integer(), nullable=False, server_default=sa.text("1")),
     sa.CheckConstraint(in_check("severity", ALERT_SEVERITIES), name="severity"),
     sa.Index(None, "delivered_at"),
+    sa.Index(None, "task_id", "kind", "resolved_at"),
+)
+
+# A task waits for these tasks to be done (their change on main) before its first job runs.
+task_deps = sa.Table(
+    "task_deps",
+    metadata,
+    sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), primary_key=True),
+    sa.Column("after_id", sa.Integer(), sa.ForeignKey("tasks.id"), primary_key=True),
+    sa.Index(None, "after_id"),
 )
 
 # Settings every worker on this database obeys, by key (e.g. "paused": the kill switch).
