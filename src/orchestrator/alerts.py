@@ -4,6 +4,12 @@ The DB row is written in the same transaction as the decision that raised it, so
 is never lost and never raised for a decision that did not commit. Delivery to the webhook
 happens afterwards, in the background, with bounded retries: a webhook that is down never
 stalls the engine.
+
+A task has one alert per kind. Raised again while it is open, the alert counts one more
+occurrence (newest message and reasons) and is not delivered again: nobody has acted on it
+since it was delivered. Retrying, approving, cancelling or finishing the task resolves its
+alerts; raised again after that, the alert reopens with one more occurrence and is
+delivered again, since whoever resolved it needs to hear that it is back.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -36,6 +43,16 @@ SEVERITY = {
 }
 
 
+@dataclass(frozen=True)
+class Raised:
+    """An alert as ``raise_alert`` left it, and whether it is news to deliver."""
+
+    alert: AlertRow
+    # Inserted, or reopened after it was resolved: a human has not been told of it yet.
+    # False when an open alert counted one more occurrence: it was delivered already.
+    new: bool
+
+
 def raise_alert(
     conn: sa.Connection,
     *,
@@ -45,23 +62,45 @@ def raise_alert(
     now: float,
     task_id: int | None = None,
     repo_id: int | None = None,
-) -> AlertRow:
-    """Store an alert inside the caller's transaction."""
-    return queries.insert_alert(
+) -> Raised:
+    """Store an alert inside the caller's transaction: one per task and kind (see above).
+
+    Alerts of no task are always new rows.
+    """
+    severity = SEVERITY.get(kind, "warning")
+    known = None if task_id is None else queries.task_alert(conn, task_id=task_id, kind=kind)
+    if known is not None:
+        reopen = known.resolved_at is not None
+        row = queries.repeat_alert(
+            conn, known.id, severity=severity, message=message, reasons=reasons, reopen=reopen
+        )
+        return Raised(row, new=reopen)
+    row = queries.insert_alert(
         conn,
         kind=kind,
-        severity=SEVERITY.get(kind, "warning"),
+        severity=severity,
         message=message,
         reasons=list(reasons),
         now=now,
         task_id=task_id,
         repo_id=repo_id,
     )
+    return Raised(row, new=True)
+
+
+def resolve_task_alerts(
+    conn: sa.Connection, task_id: int, now: float, kinds: Iterable[str] | None = None
+) -> list[int]:
+    """Resolve the task's open alerts (of ``kinds``; None: every kind) in the caller's
+    transaction: the task moved on. The ids of the alerts resolved."""
+    return queries.resolve_alerts(conn, task_id=task_id, now=now, kinds=kinds)
 
 
 def payload(alert: AlertRow) -> dict[str, object]:
     """The webhook body: Slack-compatible ``text`` plus the structured fields."""
     text = f"[{alert.severity}] {alert.message}"
+    if alert.occurrences > 1:
+        text += f" (occurrence {alert.occurrences})"
     if alert.reasons:
         text += "\n" + "\n".join(f"- {r}" for r in alert.reasons)
     return {
@@ -72,6 +111,7 @@ def payload(alert: AlertRow) -> dict[str, object]:
         "reasons": list(alert.reasons),
         "alert_id": alert.id,
         "created_at": alert.created_at,
+        "occurrences": alert.occurrences,
     }
 
 

@@ -1,4 +1,7 @@
-"""Alerts: stored, then POSTed to a real webhook on 127.0.0.1; a dead webhook stalls nothing."""
+"""Alerts: stored, then POSTed to a real webhook on 127.0.0.1; a dead webhook stalls nothing.
+
+One alert per task and kind: a repeat counts an occurrence, the task moving on resolves it.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,24 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from tests.integration.test_engine import STAGES, Harness
+from typer.testing import CliRunner
 
-from orchestrator import alerts
+from orchestrator import alerts, ops, taskdir
+from orchestrator.api import create_app
+from orchestrator.cli import app as cli_app
+from orchestrator.config import load_settings
 from orchestrator.store import queries
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 class Hook:
@@ -66,7 +78,7 @@ def _alert(engine: sa.Engine) -> queries.AlertRow:
             message="DEMO-1 block at testing",
             reasons=["testing: tool error timeout"],
             now=time.time(),
-        )
+        ).alert
 
 
 def test_delivered_as_slack_compatible_json(engine: sa.Engine, hook: Hook) -> None:
@@ -121,3 +133,174 @@ def test_a_database_outage_does_not_stop_the_delivery(
     hook.status = 200
     assert alerts.deliver(gone, alert, hook.url, attempts=2, backoff_s=0.01)
     assert len(hook.bodies) == 3
+
+
+# ---- one alert per task and kind: repeats count, the task moving on resolves -------------
+
+
+@pytest.fixture
+def h(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+    harness = Harness(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}))
+    yield harness
+    harness.stop()
+    harness.engine.dispose()
+
+
+def _raise(h: Harness, key: str, *, kind: str = "task-blocked", **kw: Any) -> alerts.Raised:
+    task = h.task(key)
+    values: dict[str, Any] = {"message": f"{key} blocked", "reasons": ["why"], "now": 10.0}
+    values.update(kw)
+    with h.engine.begin() as conn:
+        return alerts.raise_alert(conn, kind=kind, task_id=task.id, **values)
+
+
+def _open(h: Harness) -> list[queries.AlertRow]:
+    return [a for a in h.alerts() if a.resolved_at is None]
+
+
+def _join_deliveries() -> None:
+    # Left running, a delivery thread outlives the test's database.
+    for thread in threading.enumerate():
+        if thread.name.startswith("alert-"):
+            thread.join(60)
+
+
+def test_raised_again_while_open_counts_one_more_occurrence(h: Harness) -> None:
+    h.add_repo()
+    key = h.add_task()
+    first = _raise(h, key, message="first", reasons=["one"], now=10.0)
+    again = _raise(h, key, message="again", reasons=["two"], now=20.0)
+    assert first.new
+    assert not again.new  # delivered already: the worker does not send it twice
+    assert again.alert.id == first.alert.id
+    assert (again.alert.occurrences, again.alert.message, again.alert.reasons) == (
+        2,
+        "again",
+        ["two"],
+    )
+    assert again.alert.created_at == 10.0  # first seen
+    # Another kind is another alert; so is every alert of no task.
+    assert _raise(h, key, kind="awaiting-human").new
+    with h.engine.begin() as conn:
+        for _ in range(2):
+            alerts.raise_alert(conn, kind="note", message="m", reasons=[], now=1.0)
+    assert sorted(a.kind for a in h.alerts()) == ["awaiting-human", "note", "note", "task-blocked"]
+
+
+def test_resolved_alert_reopens_when_raised_again(h: Harness) -> None:
+    h.add_repo()
+    key = h.add_task()
+    first = _raise(h, key).alert
+    task_id = h.task(key).id
+    with h.engine.begin() as conn:
+        queries.update_alert(conn, first.id, delivered_at=11.0, delivery_attempts=1)
+        assert alerts.resolve_task_alerts(conn, task_id, 12.0, kinds=["other"]) == []
+        assert alerts.resolve_task_alerts(conn, task_id, 12.0) == [first.id]
+        assert alerts.resolve_task_alerts(conn, task_id, 13.0) == []
+        assert queries.list_alerts(conn, open_only=True) == []
+    (row,) = h.alerts()
+    assert row.resolved_at == 12.0
+    back = _raise(h, key, message="back", now=30.0)
+    assert back.new  # news to whoever resolved it: delivered again
+    (row,) = h.alerts()
+    assert (row.id, row.occurrences, row.message) == (first.id, 2, "back")
+    assert (row.resolved_at, row.delivered_at, row.delivery_attempts) == (None, None, 0)
+
+
+def test_a_retried_task_that_blocks_again_has_one_open_alert(h: Harness, hook: Hook) -> None:
+    h.settings = load_settings(
+        **{**h.settings.model_dump(), "developer_retry_budget": 0, "alert_webhook_url": hook.url}
+    )
+    h.plan = {"*:testing:*": {"verdict": "FAIL"}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.run_until_idle()
+    assert h.task(key).state == "blocked"
+    (alert,) = h.alerts()
+    first_testing = [j for j in h.jobs(key) if j.stage == "testing"][-1]
+    log = taskdir.run_log_path(h.folder(key), first_testing.id, "testing", first_testing.agent)
+    assert log.exists()
+    assert alert.reasons[-1] == f"log: {log}"
+    assert alert.reasons[:-1] == h.task(key).reasons  # the decision's reasons
+
+    ops.retry_task(h.engine, h.settings, key)
+    (alert,) = h.alerts()
+    assert alert.resolved_at is not None
+    h.run_until_idle()
+    assert h.task(key).state == "blocked"
+
+    (alert,) = h.alerts()  # not stacked: the one alert, open again
+    assert (alert.kind, alert.resolved_at, alert.occurrences) == (
+        "developer-budget-exhausted",
+        None,
+        2,
+    )
+    second_testing = [j for j in h.jobs(key) if j.stage == "testing"][-1]
+    assert second_testing.id != first_testing.id
+    second_log = taskdir.run_log_path(
+        h.folder(key), second_testing.id, "testing", second_testing.agent
+    )
+    assert alert.reasons[-1] == f"log: {second_log}"
+    # Both times a human had to hear it: the first raise, and the reopening after the retry.
+    h.wait_for(lambda: len(hook.bodies) == 2)
+    _join_deliveries()
+    assert [b["occurrences"] for b in hook.bodies] == [1, 2]
+    assert {b["alert_id"] for b in hook.bodies} == {alert.id}
+
+
+def test_approve_cancel_and_done_resolve(h: Harness, tmp_path: Path) -> None:
+    h.add_repo(STAGES, deploy_staging="manual")
+    approved, cancelled = h.add_task("approved"), h.add_task("cancelled")
+    h.run_until_idle()
+    assert [h.task(k).state for k in (approved, cancelled)] == ["blocked", "blocked"]
+    assert sorted(a.kind for a in _open(h)) == ["awaiting-human", "awaiting-human"]
+
+    ops.approve_task(h.engine, h.settings, approved, artifact=b"---\nstaging_status: PASSED\n---\n")
+    ops.cancel_task(h.engine, cancelled, reason="not needed")
+    assert _open(h) == []
+    assert all(a.resolved_at is not None for a in h.alerts())
+
+    # Done resolves too: an alert still open when the task finishes is closed with it.
+    note = _raise(h, approved, kind="note").alert
+    h.run_until_idle()
+    assert h.task(approved).state == "done"
+    (row,) = [a for a in h.alerts() if a.id == note.id]
+    assert row.resolved_at is not None
+    assert _open(h) == []
+
+
+def test_listings_show_open_alerts_and_all_on_request(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h.add_repo()
+    key, other = h.add_task(), h.add_task()
+    _raise(h, key, now=10.0)
+    _raise(h, key, now=11.0)
+    closed = _raise(h, other, kind="awaiting-human", now=12.0).alert
+    other_id = h.task(other).id
+    with h.engine.begin() as conn:
+        alerts.resolve_task_alerts(conn, other_id, 13.0)
+
+    client = TestClient(create_app(h.settings, h.engine), raise_server_exceptions=False)
+    shown = client.get("/alerts").json()
+    assert [(a["task"], a["kind"], a["occurrences"]) for a in shown] == [(key, "task-blocked", 2)]
+    assert shown[0]["resolved_at"] is None
+    every = client.get("/alerts", params={"all": "true"}).json()
+    assert [(a["task"], a["resolved_at"]) for a in every] == [(other, 13.0), (key, None)]
+    assert every[0]["id"] == closed.id
+    page = client.get("/").text
+    assert 'data-kind="task-blocked" data-occurrences="2"' in page
+    assert "awaiting-human" not in page
+    client.close()
+
+    monkeypatch.setenv("ORCH_HOME", str(h.settings.home))
+    monkeypatch.setenv("ORCH_DATABASE_URL", h.settings.database_url)
+    cli = json.loads(CliRunner().invoke(cli_app, ["alerts", "--json"]).stdout)
+    assert cli == shown
+    cli_all = json.loads(CliRunner().invoke(cli_app, ["alerts", "--json", "--all"]).stdout)
+    assert cli_all == every
+    table = CliRunner().invoke(cli_app, ["alerts"], env={"COLUMNS": "160"})
+    assert table.exit_code == 0, table.output
+    assert key in table.output
+    assert other not in table.output

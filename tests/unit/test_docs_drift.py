@@ -343,7 +343,12 @@ def code_artifacts() -> dict[str, Row]:
                 keys[key.name] = sorted(key.values)
             else:
                 keys[key.name] = "count" if key.integer else "text"
-        out[name] = {"title": spec.title, "keys": keys, "success": dict(spec.success)}
+        out[name] = {
+            "title": spec.title,
+            "keys": keys,
+            "success": dict(spec.success),
+            "also_success": {k: sorted(v) for k, v in spec.also_success.items()},
+        }
     return out
 
 
@@ -373,6 +378,15 @@ def test_artifact_check_fails_on_mutated_copies() -> None:
     )
     assert artifact_contract_problems(text.replace(line, line.replace("NEEDS_INFO", "NEEDS_MORE")))
     assert artifact_contract_problems(text.replace(line, line.replace('": "READY"}', '": "DONE"}')))
+    staging = next(ln for ln in text.splitlines() if '"15-staging-log.md"' in ln and "{" in ln)
+    assert any(
+        "also_success" in p
+        for p in artifact_contract_problems(
+            text.replace(
+                staging, staging.replace(', "also_success": {"staging_status": ["SKIPPED"]}', "")
+            )
+        )
+    )
     test_line = next(ln for ln in text.splitlines() if '"13-test-report.md"' in ln and "{" in ln)
     assert artifact_contract_problems(
         text.replace(test_line, test_line.replace('"count"', '"text"'))

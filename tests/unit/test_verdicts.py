@@ -57,10 +57,36 @@ def test_bullets_and_bold_keys_are_read() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "ok"), [("PASSED", True), ("FAILED", False), ("SKIPPED", False), ("", False)]
+    ("value", "ok"),
+    [
+        ("PASSED", True),
+        ("FAILED", False),
+        # Nothing to stage (no staging command) passes, and says so.
+        ("SKIPPED", True),
+        ("skipped", False),
+        ("SKIP", False),
+        ("", False),
+    ],
 )
 def test_staging_status(value: str, ok: bool) -> None:
     assert _parse_staging_status(f"staging_status: {value}\n").passed is ok
+
+
+def test_skipped_staging_fails_closed_like_any_value() -> None:
+    v = _parse_staging_status("staging_status: SKIPPED\n")
+    assert v.reasons == ["15-staging-log.md: staging_status=SKIPPED"]
+    contradicted = _parse_staging_status("staging_status: SKIPPED\nstaging_status: PASSED\n")
+    assert not contradicted.passed
+    assert "contradicting" in contradicted.reasons[0]
+
+
+def test_also_success_holds_only_allowed_values_of_a_success_key() -> None:
+    keys = (A.KeySpec("s", frozenset({"OK", "NO", "SKIPPED"})), A.KeySpec("n", integer=True))
+    spec = A.ArtifactSpec("99-x.md", "X", keys, {"s": "OK"}, {"s": frozenset({"SKIPPED"})})
+    assert spec.success_values("s") == {"OK", "SKIPPED"}
+    for bad in ({"s": frozenset({"MAYBE"})}, {"n": frozenset({"0"})}, {"x": frozenset({"OK"})}):
+        with pytest.raises(ValueError, match="also_success"):
+            A.ArtifactSpec("99-x.md", "X", keys, {"s": "OK"}, bad)
 
 
 @pytest.mark.parametrize("name", sorted(PARSERS))

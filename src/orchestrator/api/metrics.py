@@ -24,7 +24,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from orchestrator import __version__
-from orchestrator.store import control, merges
+from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
+from orchestrator.store import control, counters, merges
 from orchestrator.store.schema import alerts, jobs, tasks, transitions, workers
 
 if TYPE_CHECKING:
@@ -128,15 +129,30 @@ class DatabaseCollector(Collector):
         yield tokens
 
         alert_family = CounterMetricFamily(
-            "orch_alerts", "Alerts raised, by kind and severity.", labels=["kind", "severity"]
+            "orch_alerts",
+            "Alerts raised, by kind and severity (each occurrence of an alert counted).",
+            labels=["kind", "severity"],
         )
-        for kind, severity, n in conn.execute(
-            sa.select(alerts.c.kind, alerts.c.severity, sa.func.count()).group_by(
-                alerts.c.kind, alerts.c.severity
-            )
+        open_family = GaugeMetricFamily(
+            "orch_alerts_open",
+            "Open (unresolved) alerts, by kind and severity.",
+            labels=["kind", "severity"],
+        )
+        a = alerts.c
+        for kind, severity, raised, still_open in conn.execute(
+            sa.select(
+                a.kind,
+                a.severity,
+                sa.func.sum(a.occurrences),
+                sa.func.sum(sa.case((a.resolved_at.is_(None), 1), else_=0)),
+            ).group_by(a.kind, a.severity)
         ):
-            alert_family.add_metric([kind, severity], n)
+            alert_family.add_metric([kind, severity], int(raised or 0))
+            open_family.add_metric([kind, severity], int(still_open or 0))
         yield alert_family
+        yield open_family
+
+        yield from self._runners(conn)
 
         merge = CounterMetricFamily(
             "orch_merge_gate", "The merge gate's counters.", labels=["counter"]
@@ -151,6 +167,38 @@ class DatabaseCollector(Collector):
             .where(workers.c.heartbeat_at >= time.time() - st.job_lease_s)
         ).scalar_one()
         yield GaugeMetricFamily("orch_workers", "Workers with a heartbeat within a lease.", live)
+
+    def _runners(self, conn: sa.Connection) -> Iterator[Metric]:
+        """The deterministic runners' own verdicts, told apart from what is not theirs."""
+        verdicts = CounterMetricFamily(
+            "orch_runner_verdicts",
+            "Finished jobs a runner ran itself, by its own check's verdict "
+            "(SKIPPED: no staging command; `none`: no verdict).",
+            labels=["agent", "verdict"],
+        )
+        merge_failed = CounterMetricFamily(
+            "orch_runner_merge_gate_failed",
+            "Runner jobs whose own check passed but whose merge gate then failed.",
+            labels=["agent"],
+        )
+        infra = CounterMetricFamily(
+            "orch_runner_infra_retries",
+            "Re-queues (DEFER) after a tool error of the runner's own process.",
+            labels=["agent"],
+        )
+        fallback = CounterMetricFamily(
+            "orch_runner_llm_fallback",
+            "Finished jobs of a runner's stage that its LLM fallback did, by verdict.",
+            labels=["agent", "verdict"],
+        )
+        for agent, tally in counters.runner_counters(conn, (TEST_RUNNER, STAGING_RUNNER)).items():
+            for verdict, n in sorted(tally.own.by_verdict.items()):
+                verdicts.add_metric([agent, verdict], n)
+            merge_failed.add_metric([agent], tally.merge_gate_failed)
+            infra.add_metric([agent], tally.infra_retries)
+            for verdict, n in sorted(tally.llm_fallback.by_verdict.items()):
+                fallback.add_metric([agent, verdict], n)
+        yield from (verdicts, merge_failed, infra, fallback)
 
     def _durations(self, conn: sa.Connection) -> Metric:
         """A histogram of finished jobs' run times, by stage, bucketed in SQL."""

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.cli._common import ago, console, plain, print_json, run, settings
 from orchestrator.store import control, queries
@@ -92,9 +93,12 @@ def resume() -> None:
 def alerts_cmd(
     # Bounded: a negative LIMIT is an error on PostgreSQL, a huge one on SQLite.
     limit: Annotated[int, typer.Option(min=0, max=100_000, help="How many, newest first.")] = 50,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Resolved alerts too, not only open ones.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """List alerts, newest first."""
+    """List open alerts (one per task and kind), newest first; --all adds resolved ones."""
     from orchestrator.ops import open_engine
 
     def load() -> list[dict[str, Any]]:
@@ -111,8 +115,10 @@ def alerts_cmd(
                     "created_at": a.created_at,
                     "delivered_at": a.delivered_at,
                     "delivery_attempts": a.delivery_attempts,
+                    "occurrences": a.occurrences,
+                    "resolved_at": a.resolved_at,
                 }
-                for a in queries.list_alerts(conn, limit=limit)
+                for a in queries.list_alerts(conn, limit=limit, open_only=not show_all)
             ]
 
     rows = run(load)
@@ -120,16 +126,21 @@ def alerts_cmd(
         print_json(rows)
         return
     if not rows:
-        console.print("no alerts")
+        console.print("no alerts" if show_all else "no open alerts (--all lists resolved ones)")
         return
     now = time.time()
-    table = Table("id", "when", "severity", "task", "message")
+    columns = ["id", "first raised", "times", "severity", "task", "message"]
+    table = Table(*columns, *(["resolved"] if show_all else []))
     for a in rows:
-        table.add_row(
+        cells: list[str | Text] = [
             str(a["id"]),
             ago(a["created_at"], now),
+            str(a["occurrences"]),
             str(a["severity"]),
             str(a["task"] or "-"),
             plain(a["message"]),
-        )
+        ]
+        if show_all:
+            cells.append("open" if a["resolved_at"] is None else ago(a["resolved_at"], now))
+        table.add_row(*cells)
     console.print(table)

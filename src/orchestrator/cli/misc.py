@@ -52,7 +52,7 @@ def status(as_json: JsonFlag = False) -> None:
         with open_engine(st).connect() as conn:
             counts = queries.count_tasks_by(conn)
             repos = [r.name for r in queries.list_repos(conn)]
-            alerts = len(queries.list_alerts(conn, limit=1000))
+            alerts = len(queries.list_alerts(conn, limit=1000, open_only=True))
         return {
             "version": __version__,
             "home": str(st.home),

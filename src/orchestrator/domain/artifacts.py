@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TASK = "00-task.md"
 ANALYSIS = "03-analysis.md"
@@ -38,8 +38,24 @@ class ArtifactSpec:
     name: str
     title: str
     keys: tuple[KeySpec, ...]
-    # The key and value that, alone or with the others, mean success.
+    # The key and value that, alone or with the others, mean success: what a producer
+    # writes when its stage succeeded.
     success: Mapping[str, str]
+    # Further values of a success key that pass too, each saying how: a stage that had
+    # nothing to do and says so (staging_status: SKIPPED, no staging command), so that a
+    # report never claims a run that did not happen. Only values the key allows.
+    also_success: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, values in self.also_success.items():
+            allowed = self.key(key).values if key in self.success else None
+            if allowed is None or not values <= allowed:
+                msg = f"{self.name}: also_success[{key!r}] must be allowed values of a success key"
+                raise ValueError(msg)
+
+    def success_values(self, key: str) -> frozenset[str]:
+        """Every value of the success key ``key`` that passes."""
+        return frozenset({self.success[key]}) | self.also_success.get(key, frozenset())
 
     def key(self, name: str) -> KeySpec:
         """The spec of one of this artifact's keys."""
@@ -89,8 +105,9 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
         ArtifactSpec(
             STAGING_LOG,
             "Staging log",
-            (KeySpec("staging_status", _enum("PASSED", "FAILED")),),
+            (KeySpec("staging_status", _enum("PASSED", "FAILED", "SKIPPED")),),
             success={"staging_status": "PASSED"},
+            also_success={"staging_status": _enum("SKIPPED")},
         ),
         ArtifactSpec(
             MERGE_REPORT,

@@ -80,7 +80,9 @@ def parse_artifact(name: str, text: str | None) -> Verdict:
     if reasons:
         return failed(*reasons, fields=fields)
     wrong = [
-        f"{name}: {k}={fields[k]}" for k, want in spec.success.items() if fields.get(k) != want
+        f"{name}: {k}={fields[k]}"
+        for k in spec.success
+        if fields.get(k) not in spec.success_values(k)
     ]
     if wrong:
         return failed(*wrong, fields=fields)
@@ -94,7 +96,7 @@ def _parse_tests_verdict(text: str | None) -> Verdict:
 
 
 def _parse_staging_status(text: str | None) -> Verdict:
-    """``15-staging-log.md``: ``staging_status: PASSED``."""
+    """``15-staging-log.md``: ``staging_status: PASSED``, or ``SKIPPED`` (nothing to stage)."""
     return parse_artifact(A.STAGING_LOG, text)
 
 

@@ -297,6 +297,9 @@ class CommandStage:
     # The stage's wall-clock limit when the caller gives none.
     default_timeout_s: Callable[[Settings], float]
     sweep_on_exit: bool = True
+    # The status written when no command is configured (None: ``ok``). A stage that then
+    # ran nothing says so (staging: SKIPPED) rather than claim a run that passed.
+    none_status: str | None = None
 
 
 def run_command_stage(
@@ -324,7 +327,7 @@ def _run_command_stage(
     fail_keys: dict[str, object] = {stage.status_key: stage.fail, "command": argv_json(command)}
     if not command:
         keys: dict[str, object] = {
-            stage.status_key: stage.ok,
+            stage.status_key: stage.none_status or stage.ok,
             "outcome": OutcomeKind.COMPLETED.value,
             "exit_code": "none",
             "duration_s": "0",

@@ -29,6 +29,7 @@ STAGE = CommandStage(
     fail="FAILED",
     none_reason=NO_COMMAND_REASON,
     default_timeout_s=_default_timeout_s,
+    none_status="SKIPPED",
 )
 
 
@@ -37,7 +38,8 @@ def run_staging(
 ) -> RunnerResult:
     """Run ``command`` (exit 0 is PASSED) in the worktree; never raises.
 
-    No command configured is PASSED, and the report says so. A tool error (timeout, not
+    No command configured is SKIPPED (the gate lets it pass), and the report says why;
+    counters tell it from a staging run that passed. A tool error (timeout, not
     started, killed) writes FAILED and returns that tool error as the outcome, so the engine
     defers instead of rolling back.
     """

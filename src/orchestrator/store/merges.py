@@ -10,11 +10,12 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from orchestrator.store.schema import alerts, merge_results, validated_trees
+from orchestrator.store.schema import alerts, merge_results, transitions, validated_trees
 
 # The alert the domain raises when a stage's infra budget is spent (stages.next_transition).
 INFRA_BUDGET_ALERT = "infra-budget-exhausted"
@@ -150,6 +151,7 @@ COUNTER_NAMES = (
     "merged",
     "conflicts",
     "red",
+    "infra",
     "timeouts",
     "lock_busy",
     "retests_skipped",
@@ -159,18 +161,52 @@ COUNTER_NAMES = (
 )
 
 
+def reason_starts(column: sa.ColumnElement[Any], mark: str) -> sa.ColumnElement[bool]:
+    """SQL: some element of the JSON list of strings ``column`` starts with ``mark``.
+
+    Matched on the column's JSON text, where an element starts right after ``[`` or ``, ``
+    with an unescaped quote: a quote inside a string is escaped (``\\"``), so text that
+    merely quotes ``mark`` inside a reason does not match. Both backends print a list that
+    way (SQLite stores json.dumps' text, PostgreSQL prints JSONB so). ``mark`` is plain text
+    without quotes or backslashes.
+    """
+    if any(c in mark for c in '"\\') or not mark.isascii():
+        msg = f"reason_starts: {mark!r} would not match as JSON text"
+        raise ValueError(msg)
+    text = sa.cast(column, sa.Text)
+    opening = '"' + mark
+    return sa.or_(
+        text.startswith("[" + opening, autoescape=True),
+        text.contains(", " + opening, autoescape=True),
+    )
+
+
+def merge_gate_ran(
+    job_id: sa.ColumnElement[Any], reasons: sa.ColumnElement[Any]
+) -> sa.ColumnElement[bool]:
+    """SQL: the merge gate ran for this job (its check ran, so every check before it passed).
+
+    By its ``merge_results`` row when the gate recorded the job's id, else by a reason of
+    the job that run_gates prefixed with the check's name.
+    """
+    recorded = sa.select(merge_results.c.job_id).where(merge_results.c.job_id.is_not(None))
+    return sa.or_(job_id.in_(recorded), reason_starts(reasons, f"{MERGE_CHECK_NAME}: "))
+
+
 def merge_counters(conn: sa.Connection) -> dict[str, int]:
     """The merge gate's counters, derived from the database (ready for ``/queue``).
 
-    - ``merged``, ``conflicts``, ``red``: results by status;
+    - ``merged``, ``conflicts``, ``red``, ``infra``: results by status;
     - ``timeouts``, ``lock_busy``: results by classification (INFRA results);
     - ``retests_run``, ``retests_skipped``: results by whether the re-test ran;
-    - ``infra_retries``: INFRA results: each one asked the engine for an infra retry (the
-      domain turns it into a deferral, or a block when the budget is spent);
+    - ``infra_retries``: re-queues: DEFER transitions on a merge-gate verdict, each of which
+      queued a gate-only retry. An INFRA result is not one when the budget was spent (the
+      task was blocked instead) or the task was cancelled meanwhile;
     - ``alerts``: ``infra-budget-exhausted`` alerts raised on a merge-gate verdict, i.e.
       whose reasons quote ``check_branch_mergeable`` (run_gates prefixes each reason of a
       check with its name, and the domain copies a verdict's reasons into the transition
-      and its alert). A budget spent by the staging suite itself is not counted.
+      and its alert), each occurrence counted. A budget spent by the staging suite itself
+      is not counted.
     """
     m = merge_results.c
     by_status = dict(
@@ -188,22 +224,27 @@ def merge_counters(conn: sa.Connection) -> dict[str, int]:
     by_retest = dict(
         conn.execute(sa.select(m.retest, sa.func.count()).group_by(m.retest)).tuples().all()
     )
-    alert_count = conn.execute(
+    t = transitions.c
+    requeues = conn.execute(
         sa.select(sa.func.count())
-        .select_from(alerts)
-        .where(
+        .select_from(transitions)
+        .where(t.kind == "defer", merge_gate_ran(t.job_id, t.reasons))
+    ).scalar_one()
+    alert_count = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(alerts.c.occurrences), 0)).where(
             alerts.c.kind == INFRA_BUDGET_ALERT,
-            sa.cast(alerts.c.reasons, sa.Text).contains(MERGE_CHECK_NAME, autoescape=True),
+            reason_starts(alerts.c.reasons, f"{MERGE_CHECK_NAME}: "),
         )
     ).scalar_one()
     return {
         "merged": int(by_status.get("MERGED", 0)),
         "conflicts": int(by_status.get("CONFLICT", 0)),
         "red": int(by_status.get("RED", 0)),
+        "infra": int(by_status.get("INFRA", 0)),
         "timeouts": int(by_class.get("timeout", 0)),
         "lock_busy": int(by_class.get("lock-busy", 0)),
         "retests_skipped": int(by_retest.get("skipped", 0)),
         "retests_run": int(by_retest.get("ran", 0)),
-        "infra_retries": int(by_status.get("INFRA", 0)),
+        "infra_retries": int(requeues),
         "alerts": int(alert_count),
     }
