@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -34,6 +34,28 @@ AgentOpt = Annotated[
 AgentEnvOpt = Annotated[
     str | None, typer.Option("--agent-env", help="CSV of env var names passed to agents.")
 ]
+SmokeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--smoke-url",
+        help="Loopback http URL the test-runner GETs after a green suite (repeatable; '' clears).",
+    ),
+]
+MarkerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--regression-marker",
+        help="ID:SYMBOL:PATH that main must keep; a merge dropping it is RED (repeatable; "
+        "'' clears).",
+    ),
+]
+KeepOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-branches/--no-keep-branches",
+        help="Keep a done task's orch/<KEY> branch (default: deleted once main holds it).",
+    ),
+]
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -57,7 +79,28 @@ def _repo_dict(r: RepoRow) -> dict[str, object]:
         "agents": dict(r.agents),
         "agent_env": list(r.agent_env),
         "self_hosting": r.self_hosting,
+        "smoke_urls": _option(r, "smoke_urls", []),
+        "regression_markers": _option(r, "regression_markers", []),
+        "keep_branches": _option(r, "keep_branches", False),
     }
+
+
+def _option(r: RepoRow, key: str, default: Any) -> Any:
+    # As stored: a value written some other way is shown as it is, not tidied into a lie.
+    options = r.options if isinstance(r.options, dict) else {}
+    return options.get(key, default)
+
+
+def _shown(key: str, value: object) -> object:
+    """A value as `orch repo show` prints it: markers as the ID:SYMBOL:PATH a user types."""
+    if key == "regression_markers" and isinstance(value, list):
+        return ", ".join(
+            f"{m.get('task')}:{m.get('symbol')}:{m.get('path')}" if isinstance(m, dict) else str(m)
+            for m in value
+        )
+    if key == "smoke_urls" and isinstance(value, list):
+        return ", ".join(str(u) for u in value)
+    return value
 
 
 @app.command("add")
@@ -73,6 +116,9 @@ def add(
     stages: StagesOpt = None,
     agent: AgentOpt = None,
     agent_env: AgentEnvOpt = None,
+    smoke_url: SmokeOpt = None,
+    regression_marker: MarkerOpt = None,
+    keep_branches: KeepOpt = None,
     prefix: Annotated[str | None, typer.Option(help="Task key prefix (default from name).")] = None,
     self_hosting: Annotated[
         bool, typer.Option("--self-hosting", help="This is the orchestrator's own repo.")
@@ -92,6 +138,9 @@ def add(
         agent_env=_csv(agent_env),
         prefix=prefix,
         self_hosting=self_hosting,
+        smoke_urls=smoke_url,
+        regression_markers=regression_marker,
+        keep_branches=keep_branches,
     )
     repo = run(lambda: add_repo(engine(), name, path, spec))
     if as_json:
@@ -120,6 +169,9 @@ def set_(
     stages: StagesOpt = None,
     agent: AgentOpt = None,
     agent_env: AgentEnvOpt = None,
+    smoke_url: SmokeOpt = None,
+    regression_marker: MarkerOpt = None,
+    keep_branches: KeepOpt = None,
     self_hosting: Annotated[
         bool | None, typer.Option("--self-hosting/--not-self-hosting", help="Self-hosting.")
     ] = None,
@@ -137,6 +189,9 @@ def set_(
         agents=agent or [],
         agent_env=_csv(agent_env),
         self_hosting=self_hosting,
+        smoke_urls=smoke_url,
+        regression_markers=regression_marker,
+        keep_branches=keep_branches,
     )
     repo = run(lambda: set_repo(engine(), name, spec))
     if as_json:
@@ -181,5 +236,5 @@ def show(
         return
     table = Table("field", "value", show_header=False)
     for k, v in data.items():
-        table.add_row(k, "-" if v in (None, [], {}) else plain(v))
+        table.add_row(k, "-" if v in (None, [], {}) else plain(_shown(k, v)))
     console.print(table)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from orchestrator.store import wake
+from orchestrator.store.queries import waits_for_dependency
 from orchestrator.store.schema import control, jobs, tasks, workers
 
 PAUSED_KEY = "paused"
@@ -33,11 +34,25 @@ def set_paused(conn: sa.Connection, paused: bool, *, now: float) -> None:
 
 
 def work_pending(conn: sa.Connection) -> bool:
-    """Whether any task can still move: a queued or running job of a live task."""
-    stmt = (
-        sa.select(sa.func.count())
-        .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
-        .where(jobs.c.state.in_(("queued", "running")), tasks.c.state.in_(("active", "deferred")))
+    """Whether any task can still move: a running job, or a queued one free to be claimed.
+
+    A queued job of a task that waits for another task is not counted: if that task can
+    move, its own job is counted; if it cannot (blocked, cancelled, or itself waiting on
+    such a task), the waiting job never moves either, and counting it would keep
+    `orch run --until-idle` turning forever.
+    """
+    stmt = sa.select(
+        sa.exists(
+            sa.select(jobs.c.id)
+            .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
+            .where(
+                tasks.c.state.in_(("active", "deferred")),
+                sa.or_(
+                    jobs.c.state == "running",
+                    sa.and_(jobs.c.state == "queued", ~waits_for_dependency(jobs.c.task_id)),
+                ),
+            )
+        )
     )
     return bool(conn.execute(stmt).scalar())
 

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.store import wake
-from orchestrator.store.queries import JobRow
+from orchestrator.store.queries import JobRow, waits_for_dependency
 from orchestrator.store.schema import jobs, repos, tasks
 
 # Task states whose queued jobs may be claimed.
@@ -112,14 +112,16 @@ def claim_jobs(
             jobs.c.not_before <= now,
             jobs.c.cancel_requested.is_(False),
             tasks.c.state.in_(_CLAIMABLE_TASK_STATES),
+            ~waits_for_dependency(jobs.c.task_id),
         )
         .order_by(jobs.c.not_before, jobs.c.id)
         .limit(max(room * 4, 16))
     )
-    # Leave out, in SQL, what cannot be claimed now: jobs whose serial gate another task
-    # holds, and repos at their limit. Else the LIMIT window can fill with blocked jobs (a
-    # queue of tasks waiting to merge) while a claimable one, even the gate holder's own
-    # next job, lies beyond it, and nothing is claimed ever again.
+    # Leave out, in SQL, what cannot be claimed now: jobs of tasks still waiting for a
+    # dependency (above), jobs whose serial gate another task holds, and repos at their
+    # limit. Else the LIMIT window can fill with blocked jobs (a queue of tasks waiting to
+    # merge, or for another task to be done) while a claimable one, even the gate holder's
+    # own next job, lies beyond it, and nothing is claimed ever again.
     if holders:
         stmt = stmt.where(
             sa.or_(
