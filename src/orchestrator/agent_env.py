@@ -12,6 +12,11 @@ from collections.abc import Mapping
 
 from orchestrator.store.queries import RepoRow
 
+# Every suite we run on a task's code (test-runner, merge re-test, coverage, staging): no
+# bytecode in the worktree, a by-product a later step could commit and that spoils the
+# validated-tree record.
+SUITE_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "VIRTUAL_ENV")
 
 

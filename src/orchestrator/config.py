@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     staging_runner_infra_retry_budget: int = Field(
         default=2, ge=0, description="Deferrals of a staging tool error before blocking."
     )
+    merge_gate_infra_retry_budget: int = Field(
+        default=3,
+        ge=0,
+        description="Gate-only retries of the merge gate's infra trouble before blocking.",
+    )
+    merge_gate_infra_retry_backoff_s: float = Field(
+        default=30.0, ge=0, description="First backoff of a merge-gate retry; doubles each time."
+    )
     subprocess_tree_kill_enabled: bool = Field(
         default=True,
         description="Run commands in their own process group and kill the whole tree.",

@@ -23,6 +23,7 @@ from orchestrator.agents.registry import (
     parse_agent_assignments,
     parse_agent_spec,
 )
+from orchestrator.alerts import resolve_task_alerts
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import (
@@ -105,6 +106,21 @@ class RepoInput:
     agent_env: Sequence[str] | None = None
     prefix: str | None = None
     self_hosting: bool | None = None
+    # Repeatable options: None is "not given"; a list holding only empty values clears.
+    smoke_urls: Sequence[str] | None = None
+    regression_markers: Sequence[str] | None = None
+    keep_branches: bool | None = None
+
+
+# The seed's marker of the self-hosting repo: the merge gate's own re-test classifier, which
+# a task once dropped from main without a red test (ORCH-110).
+SELFHOST_MARKER = {
+    "task": "ORCH-110",
+    "symbol": "classify_retest_failure",
+    "path": "src/orchestrator/gates/merge_gate.py",
+}
+_MARKER_TASK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_MAX_OPTION_VALUES = 50
 
 
 def _check_health_url(url: str | None) -> None:
@@ -119,6 +135,98 @@ def _check_health_url(url: str | None) -> None:
     if parsed is None:
         msg = f"--health-url: {why}"
         raise UsageError(msg)
+
+
+def _given(values: Sequence[str], option: str) -> list[str]:
+    """The non-empty values of a repeatable option (``[]``: the user cleared it)."""
+    if isinstance(values, str):
+        values = [values]
+    out = [v.strip() for v in values if v.strip()]
+    if len(out) > _MAX_OPTION_VALUES:
+        msg = f"{option}: at most {_MAX_OPTION_VALUES} values (got {len(out)})"
+        raise UsageError(msg)
+    return out
+
+
+def check_smoke_urls(urls: Sequence[str]) -> list[str]:
+    """``--smoke-url`` values: plain-http loopback URLs only, as the test-runner probes them."""
+    from orchestrator.runners.base import parse_loopback_url
+
+    out: list[str] = []
+    for url in _given(urls, "--smoke-url"):
+        # The smoke check's own parser and schemes: a URL taken here is one it will GET,
+        # never one it refuses after a green suite.
+        parsed, why = parse_loopback_url(url, schemes=("http",))
+        if parsed is None:
+            msg = f"--smoke-url: {why}"
+            raise UsageError(msg)
+        if url not in out:
+            out.append(url)
+    return out
+
+
+def parse_marker(value: str) -> dict[str, str]:
+    """``ID:SYMBOL:PATH`` as the merge gate reads a marker: ``{task, symbol, path}``.
+
+    The symbol may hold ``:`` (``Foo::bar``); the ID and the path may not.
+    """
+    task, sep, rest = value.partition(":")
+    symbol, sep2, path = rest.rpartition(":")
+    task, path = task.strip(), path.strip()
+    problem = None
+    if not (sep and sep2 and task and symbol.strip() and path):
+        problem = "give ID:SYMBOL:PATH, e.g. ORCH-110:classify_retest_failure:src/app.py"
+    elif not _MARKER_TASK_RE.match(task):
+        problem = f"the ID {task!r} is letters, digits, '.', '_' or '-'"
+    elif _CONTROL_RE.search(value):
+        problem = "no control characters"
+    elif path.startswith("/") or ".." in Path(path).parts:
+        problem = f"the path {path!r} is relative to the top of the repo, without '..'"
+    if problem is not None:
+        msg = f"--regression-marker {value!r}: {problem}"
+        raise UsageError(msg)
+    return {"task": task, "symbol": symbol, "path": path}
+
+
+def parse_markers(values: Sequence[str]) -> list[dict[str, str]]:
+    """Every ``--regression-marker`` value, checked, without repeats."""
+    out: list[dict[str, str]] = []
+    for value in _given(values, "--regression-marker"):
+        marker = parse_marker(value)
+        if marker not in out:
+            out.append(marker)
+    return out
+
+
+def _check_known_options(options: dict[str, Any]) -> None:
+    """Options written as data (``set_repo_options``) pass the checks the CLI's do."""
+    if "smoke_urls" in options:
+        urls = options["smoke_urls"]
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            msg = "smoke_urls must be a list of URLs"
+            raise UsageError(msg)
+        check_smoke_urls(urls)
+    if "regression_markers" in options:
+        from orchestrator.gates.merge_gate import parse_markers as gate_markers
+
+        _found, problems = gate_markers(options)
+        if problems:
+            raise UsageError("; ".join(problems))
+    if "keep_branches" in options and not isinstance(options["keep_branches"], bool):
+        msg = "keep_branches must be true or false"
+        raise UsageError(msg)
+
+
+def _option_changes(spec: RepoInput) -> dict[str, Any]:
+    """The ``repo.options`` keys a RepoInput sets, checked."""
+    changes: dict[str, Any] = {}
+    if spec.smoke_urls is not None:
+        changes["smoke_urls"] = check_smoke_urls(spec.smoke_urls)
+    if spec.regression_markers is not None:
+        changes["regression_markers"] = parse_markers(spec.regression_markers)
+    if spec.keep_branches is not None:
+        changes["keep_branches"] = spec.keep_branches
+    return changes
 
 
 def _check_env_names(names: Sequence[str]) -> list[str]:
@@ -169,6 +277,9 @@ def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoR
         staging_cmd = selfhost_staging_cmd()
     deploy_cmd = split_command(spec.deploy_cmd, "--deploy-cmd")
     agent_env = _check_env_names(spec.agent_env or ())
+    options = _option_changes(spec)
+    if spec.self_hosting and "regression_markers" not in options:
+        options["regression_markers"] = [dict(SELFHOST_MARKER)]
     now = time.time()
     with engine.begin() as conn:
         if queries.get_repo(conn, name) is not None:
@@ -193,7 +304,7 @@ def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoR
             stages=[s.value for s in stages],
             agents=agents,
             agent_env=agent_env,
-            options={},
+            options=options,
             self_hosting=bool(spec.self_hosting),
         )
 
@@ -240,6 +351,14 @@ def set_repo(engine: sa.Engine, name: str, spec: RepoInput) -> RepoRow:
         if spec.prefix is not None:
             msg = "the task key prefix cannot change once tasks may exist"
             raise UsageError(msg)
+        changes = _option_changes(spec)
+        options = dict(repo.options or {})
+        if spec.self_hosting and "regression_markers" not in {**options, **changes}:
+            # Made self-hosting now: the seed's marker, unless markers were chosen already
+            # (an empty list is a choice too).
+            changes["regression_markers"] = [dict(SELFHOST_MARKER)]
+        if changes:
+            fields["options"] = {**options, **changes}
         if not fields:
             msg = "nothing to change: give at least one option"
             raise UsageError(msg)
@@ -247,7 +366,12 @@ def set_repo(engine: sa.Engine, name: str, spec: RepoInput) -> RepoRow:
 
 
 def set_repo_options(engine: sa.Engine, name: str, options: dict[str, Any]) -> RepoRow:
-    """Merge free-form per-repo options (monitor checks, regression markers, ...)."""
+    """Merge free-form per-repo options (monitor checks, regression markers, ...).
+
+    The options the CLI sets (smoke URLs, markers, keep_branches) are checked as it checks
+    them: a malformed value is refused here, not found by the engine later.
+    """
+    _check_known_options(options)
     with engine.begin() as conn:
         repo = require_repo(conn, name)
         merged = {**dict(repo.options or {}), **options}
@@ -294,8 +418,9 @@ def queue_job(
     now: float,
     not_before: float | None = None,
     agent: str | None = None,
+    fresh_start: str | None = None,
 ) -> JobRow:
-    """Queue the next attempt of ``stage`` for a task."""
+    """Queue the next attempt of ``stage`` for a task (``fresh_start``: see jobs.fresh_start)."""
     attempt = queries.next_attempt(conn, task.id, stage.value)
     return queries.insert_job(
         conn,
@@ -306,6 +431,7 @@ def queue_job(
         now=now,
         not_before=not_before if not_before is not None else now,
         serial_key=repo.name if stage in SERIAL_STAGES else None,
+        fresh_start=fresh_start,
     )
 
 
@@ -316,6 +442,104 @@ class NewTask:
     task: TaskRow
     folder: Path
     patch: Path | None
+    after: tuple[str, ...] = ()
+
+
+# More than this many dependencies is a mistake, not a plan (and one IN list per claim).
+MAX_AFTER = 100
+MAX_AUTHOR_CHARS = 200
+# "Name <email>": a name with no angle brackets, one space, an address with one "@" and
+# no blanks. What git takes as an identity (the merge gate commits with it).
+_AUTHOR_RE = re.compile(r"(?P<name>[^<>]+) <(?P<email>[^<>\s@]+@[^<>\s@]+)>\Z")
+_AUTHOR_EXAMPLE = "Ada Lovelace <ada@example.org>"
+
+
+def parse_after(keys: Sequence[str]) -> list[str]:
+    """The task keys a new task is to wait for: checked, without repeats, in order given."""
+    given = [keys] if isinstance(keys, str) else list(keys)
+    out: list[str] = []
+    for raw in given:
+        key = raw.strip(" ")  # blanks around a key, not line breaks: no silent repair
+        if not taskdir.valid_key(key):
+            msg = f"not a task key to wait for: {raw!r} (keys look like DEMO-7)"
+            raise UsageError(msg)
+        if key not in out:
+            out.append(key)
+    if len(out) > MAX_AFTER:
+        msg = f"a task waits for at most {MAX_AFTER} tasks (got {len(out)})"
+        raise UsageError(msg)
+    return out
+
+
+def parse_author(value: str | None) -> str | None:
+    """A task's author as ``Name <email>``, checked; None when not given."""
+    if value is None:
+        return None
+    text = value.strip(" ")
+    if len(text) > MAX_AUTHOR_CHARS:
+        msg = f"an author is at most {MAX_AUTHOR_CHARS} characters (got {len(text)})"
+        raise UsageError(msg)
+    if any(c in A.LINE_BREAKS for c in text):
+        msg = f"an author is one line: 'Name <email>', e.g. {_AUTHOR_EXAMPLE!r}"
+        raise UsageError(msg)
+    bad = _CONTROL_RE.search(text)
+    if bad:
+        # It becomes a git identity and is printed by `orch task show`: an escape
+        # sequence or a NUL has no place in either.
+        msg = f"an author holds no control characters (found {bad.group()!r})"
+        raise UsageError(msg)
+    match = _AUTHOR_RE.match(text)
+    name = match.group("name").strip() if match else ""
+    if match is None or not any(c.isalnum() for c in name):
+        msg = f"an author is 'Name <email>', e.g. {_AUTHOR_EXAMPLE!r} (got {text!r})"
+        raise UsageError(msg)
+    return f"{name} <{match.group('email')}>"
+
+
+def waiting_text(deps: Sequence[queries.DepRow]) -> str | None:
+    """``waiting on DEMO-1 (blocked), DEMO-4 (active)``; None when nothing is waited for."""
+    if not deps:
+        return None
+    return "waiting on " + ", ".join(f"{d.key} ({d.state})" for d in deps)
+
+
+def task_waiting_on(conn: sa.Connection, task: TaskRow) -> list[queries.DepRow]:
+    """What holds a live task's jobs back: its dependencies not done; none if it is not live."""
+    if task.state not in (State.ACTIVE, State.DEFERRED):
+        return []
+    return queries.waiting_on(conn, task.id)
+
+
+def _resolve_after(conn: sa.Connection, repo: RepoRow, keys: list[str]) -> list[TaskRow]:
+    """The tasks behind ``keys``, or a UsageError naming the first key that is not one."""
+    found = queries.get_tasks_by_keys(conn, keys)
+    own = f"{repo.key_prefix}-{repo.next_task_number}"
+    for key in keys:
+        if key in found:
+            continue
+        if key == own:
+            msg = f"a task cannot wait for itself: {key} is the key this task gets"
+            raise UsageError(msg)
+        msg = f"unknown task {key} to wait for (see `orch task list`)"
+        raise UsageError(msg)
+    return [found[key] for key in keys]
+
+
+def _check_no_cycle(conn: sa.Connection, task: TaskRow, after: list[TaskRow]) -> None:
+    """Refuse dependencies that would make ``task`` wait, in the end, for itself."""
+    # With dependencies set only when a task is filed, a new task has no waiters and only
+    # a self-reference closes a cycle; the walk keeps this true if they are ever edited.
+    path = queries.dependency_path(conn, [t.id for t in after], task.id)
+    if path is None:
+        return
+    keys = {t.id: t.key for t in after} | {task.id: task.key}
+    missing = [i for i in path if i not in keys]
+    for row in (queries.get_task_by_id(conn, i) for i in missing):
+        if row is not None:
+            keys[row.id] = row.key
+    chain = " -> ".join(keys.get(i, f"#{i}") for i in [task.id, *path])
+    msg = f"dependencies of {task.key} would make a cycle: {chain}"
+    raise UsageError(msg)
 
 
 def add_task(
@@ -325,8 +549,16 @@ def add_task(
     title: str,
     body: str = "",
     patch: bytes | None = None,
+    *,
+    after: Sequence[str] = (),
+    author: str | None = None,
 ) -> NewTask:
-    """File a task: a row, its first job, ``00-task.md`` and an optional patch."""
+    """File a task: a row, its first job, ``00-task.md`` and an optional patch.
+
+    ``after``: keys of tasks (of any repo) that must be done, their change on main,
+    before the task's first job is claimed. ``author``: ``Name <email>``, kept for the
+    task's commit on main.
+    """
     title = title.strip()
     if not title:
         msg = "a task needs a title"
@@ -351,15 +583,28 @@ def add_task(
     if patch is not None and not patch.strip():
         msg = "the patch file is empty"
         raise UsageError(msg)
+    after_keys = parse_after(after)
+    author = parse_author(author)
     now = time.time()
     folder: Path | None = None
     try:
         with engine.begin() as conn:
             repo = require_repo(conn, repo_name)
             stage = _first_stage(repo)
+            waits_for = _resolve_after(conn, repo, after_keys)
             task = queries.insert_task(
-                conn, repo_id=repo.id, title=title, body=body, stage=stage.value, now=now
+                conn,
+                repo_id=repo.id,
+                title=title,
+                body=body,
+                stage=stage.value,
+                now=now,
+                author=author,
             )
+            # The same transaction: no worker sees the task without its dependencies (the
+            # claim would take its first job at once), and a refusal writes nothing.
+            _check_no_cycle(conn, task, waits_for)
+            queries.insert_deps(conn, task.id, [t.id for t in waits_for])
             queue_job(conn, repo, task, stage, now=now)
             folder = taskdir.task_dir(settings.tasks_dir, task.key)
             if folder.exists():
@@ -374,7 +619,7 @@ def add_task(
         if folder is not None and folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    return NewTask(task, folder, patch_path)
+    return NewTask(task, folder, patch_path, tuple(after_keys))
 
 
 def _record(
@@ -416,6 +661,7 @@ def cancel_task(engine: sa.Engine, key: str, *, actor: str = "cli", reason: str 
             raise UsageError(msg)
         reasons = [f"cancelled by {actor}" + (f": {reason}" if reason else "")]
         jobq.request_cancel(conn, task.id, now=now)
+        resolve_task_alerts(conn, task.id, now)
         _record(
             conn,
             task,
@@ -435,11 +681,14 @@ def retry_task(
     key: str,
     *,
     patch: bytes | None = None,
+    fresh: bool = False,
     actor: str = "cli",
 ) -> TaskRow:
     """Give a blocked or deferred task another go; budgets start afresh.
 
     With a patch, the task goes back to development, which applies the newest patch.
+    ``fresh`` sends it back to development on a worktree rebuilt from current main: the
+    newest patch (when one is attached now) or the branch's old change is applied there.
     """
     if patch is not None and not patch.strip():
         msg = "the patch file is empty"
@@ -460,7 +709,13 @@ def retry_task(
         if patch is not None:
             stage = Stage.DEVELOPMENT
             reasons.append("a new patch was attached; back to development")
+        fresh_start = None
+        if fresh:
+            stage = Stage.DEVELOPMENT
+            fresh_start = "patch" if patch is not None else "carry"
+            reasons.append("a fresh start: the worktree is rebuilt from current main")
         jobq.drop_queued(conn, task.id, now=now, reason=f"superseded by a retry by {actor}")
+        resolve_task_alerts(conn, task.id, now)
         _record(
             conn,
             task,
@@ -472,12 +727,13 @@ def retry_task(
             now=now,
             developer_retries=0,
             infra_retries=0,
+            gate_retries=0,
         )
-        fresh = require_task(conn, key)
-        queue_job(conn, repo, fresh, stage, now=now)
+        again = require_task(conn, key)
+        queue_job(conn, repo, again, stage, now=now, fresh_start=fresh_start)
         if patch is not None:
             taskdir.add_patch(taskdir.task_dir(settings.tasks_dir, key), patch)
-        return fresh
+        return again
 
 
 def approve_task(
@@ -518,6 +774,7 @@ def approve_task(
             taskdir.write_atomic(taskdir.task_dir(settings.tasks_dir, key) / name, artifact)
             reasons.append(f"{name} supplied by {actor}")
         jobq.drop_queued(conn, task.id, now=now, reason=f"superseded by an approval by {actor}")
+        resolve_task_alerts(conn, task.id, now)
         _record(
             conn,
             task,

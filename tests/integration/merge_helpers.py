@@ -329,10 +329,15 @@ class MergeBed:
         return sorted((self.task_dir(task) / "runs").glob("merge-retest-*.log"))
 
 
-def decide(verdict: Verdict, *, infra_retries: int = 0, infra_budget: int = 2) -> Transition:
-    """What the domain makes of a deploy-staging job that completed with ``verdict``."""
-    view = TaskView("DEMO-1", PIPELINE, developer_retries=0, infra_retries=infra_retries)
+def decide(verdict: Verdict, *, gate_retries: int = 0, gate_budget: int = 2) -> Transition:
+    """What the domain makes of a deploy-staging job that completed with ``verdict``: a
+    gate's infra trouble spends the gate's own budget (gate-only retries)."""
+    view = TaskView("DEMO-1", PIPELINE, developer_retries=0, gate_retries=gate_retries)
     budgets = Budgets(
-        developer_retry_budget=3, infra_retry_budget=infra_budget, infra_retry_backoff_s=1.0
+        developer_retry_budget=3,
+        infra_retry_budget=0,
+        infra_retry_backoff_s=1.0,
+        gate_retry_budget=gate_budget,
+        gate_retry_backoff_s=1.0,
     )
     return next_transition(view, Stage.DEPLOY_STAGING, OutcomeKind.COMPLETED, verdict, budgets)

@@ -47,6 +47,8 @@ class Harness:
             infra_retry_backoff_s=0.05,
             developer_retry_budget=2,
             infra_retry_budget=2,
+            merge_gate_infra_retry_budget=2,
+            merge_gate_infra_retry_backoff_s=0.05,
             agent_timeout_s=30,
             kill_grace_s=0.5,
             poll_interval_s=0.2,
@@ -319,12 +321,12 @@ def test_patch_developer_applies_then_retry_with_new_patch(h: Harness) -> None:
     ops.retry_task(h.engine, h.settings, key, patch=good)
     h.run_until_idle()
     assert h.task(key).state == "done"
-    branch_file = h.settings.worktrees_dir  # removed when done; read the branch instead
-    assert not (branch_file / "demo" / key).exists()
+    # The worktree and the task branch are removed when the task is done: read main.
+    assert not (h.settings.worktrees_dir / "demo" / key).exists()
     import subprocess
 
     shown = subprocess.run(
-        ["git", "show", f"orch/{key}:README.md"],
+        ["git", "show", "main:README.md"],
         cwd=h.repo_path,
         capture_output=True,
         text=True,

@@ -201,6 +201,99 @@ FAULTS: list[Fault] = [
         "patch again, found nothing to commit, reported FAILED and burned the developer "
         "budget. Fixed in engine.launch._run_patch",
     ),
+    Fault(
+        "conflicted-patch-then-retry",
+        "A patch that does not apply, then a retry with another patch",
+        "the first patch meets a changed line (git apply --3way writes conflict markers); "
+        "`orch task retry --patch` attaches a patch that adds a new file",
+        "deploy-staging",
+        "done",
+        ("create", "rollback", "rollback", "block", "retry", "advance", "advance", "done"),
+        "developer-budget-exhausted",
+        "each failed apply is undone (the worktree is back at the branch's last commit) and "
+        "its reason is git's own message; main receives the new file and no conflict marker",
+    ),
+    Fault(
+        "fresh-retry",
+        "A retry that needs current main",
+        "the patch edits a file that main gains only after the task's worktree was made; "
+        "`orch task retry --fresh` once main has it",
+        "deploy-staging",
+        "done",
+        ("create", "rollback", "rollback", "block", "retry", "advance", "advance", "done"),
+        "developer-budget-exhausted",
+        "the old base never passes; the fresh worktree starts from current main and the "
+        "patch applies there",
+    ),
+    Fault(
+        "branch-no-longer-rebases",
+        "A branch that no longer rebases onto main",
+        "the second task's branch changes README.md and changes it back (two commits) while "
+        "the first task's change to README.md lands",
+        "deploy-staging",
+        "done",
+        (
+            "create",
+            "advance",
+            "rollback",
+            "advance",
+            "advance",
+            "rollback",
+            "advance",
+            "advance",
+            "done",
+        ),
+        None,
+        "the merge gate names the conflict and sends the task back; its next attempt starts "
+        "from current main with the branch's old change (for `patch`, re-applied there)",
+    ),
+    Fault(
+        "no-gitignore-bytecode",
+        "A Python repo without .gitignore",
+        "the real test-runner runs pytest; the first patch fails its test, the second fixes it",
+        "deploy-staging",
+        "done",
+        ("create", "advance", "rollback", "advance", "advance", "done"),
+        None,
+        "no bytecode, cache or coverage file is committed or dirties the worktree; the merge "
+        "re-test is skipped for the tree the test-runner validated",
+    ),
+    Fault(
+        "merge-gate-own-budget",
+        "Merge-gate infra trouble with the staging-runner's budget at 0",
+        "a held .git/refs/heads/main.lock for the whole run; the real staging-runner; "
+        "staging_runner_infra_retry_budget=0",
+        "deploy-staging",
+        "blocked",
+        ("create", "advance", "advance", "defer", "defer", "block"),
+        "infra-budget-exhausted",
+        "the merge gate's gate-only retries spend ORCH_MERGE_GATE_INFRA_RETRY_BUDGET, not the "
+        "staging-runner's; main is not moved",
+    ),
+    Fault(
+        "kill-9-during-retest",
+        "`kill -9` of the worker during the merge re-test",
+        "`orch run` is killed while the repo's test command runs as the merge re-test; "
+        "`orch run --until-idle` after",
+        "deploy-staging",
+        "done",
+        ("create", "advance", "advance", "done"),
+        None,
+        "the re-test is a job process: recovery kills it with the job; the task is merged "
+        "once by the re-run",
+    ),
+    Fault(
+        "dependency-blocked",
+        "A dependent task whose dependency is still in flight, then blocks",
+        "`orch task add --after` the first task, filed while the first is at testing; the "
+        "first task's tests always fail",
+        "development",
+        "active",
+        ("create",),
+        None,
+        "its first job is never claimed while the dependency is not done; "
+        "`orch run --until-idle` still ends and the task says what it waits on",
+    ),
 ]
 
 
@@ -215,7 +308,8 @@ def render(faults: list[Fault]) -> str:
         "Each fault is injected into a real engine run (real git, a real database, real child",
         "processes) by `tests/integration/test_fault_matrix.py`, which checks the end state,",
         "the transition kinds, the alert and that no faulted job is ever read as a PASS.",
-        "A budget of 2 developer retries and 2 infra retries is used throughout.",
+        "A budget of 2 developer retries, 2 infra retries and 2 merge-gate retries is used",
+        "throughout.",
         "",
         "| Fault | Injection | End state (stage / state) | Transitions | Alert | Never a PASS |",
         "|---|---|---|---|---|---|",
@@ -270,7 +364,7 @@ if __name__ == "__main__":
 
 from orchestrator import alerts, ops  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
-from orchestrator.store import make_engine, normalize_url  # noqa: E402
+from orchestrator.store import make_engine, normalize_url, queries  # noqa: E402
 
 try:
     from test_engine import STAGES, Harness
@@ -421,7 +515,9 @@ def drive_git_conflict(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
 
 
 def drive_lock_busy(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
-    h.settings = load_settings(**{**h.settings.model_dump(), "infra_retry_backoff_s": 2.0})
+    h.settings = load_settings(
+        **{**h.settings.model_dump(), "merge_gate_infra_retry_backoff_s": 2.0}
+    )
     h.plan = {"*:deploy-staging:*": {"hold": True}}
     h.save_plan()
     h.add_repo()
@@ -628,7 +724,7 @@ def drive_kill_after_patch_commit(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     patch = taskdir.patch_for_attempt(h.folder(key), 1)
     assert patch is not None
     assert worktrees.apply_patch(made.path, patch)[0]
-    assert worktrees.commit_all(made.path, f"{key}: T (patch {patch.name}, attempt 1)")[0]
+    assert worktrees.commit_staged(made.path, f"{key}: T (patch {patch.name}, attempt 1)")
     here = Worker(h.settings, h.engine).host
     with h.engine.begin() as conn:
         claimed = jobq.claim_jobs(
@@ -657,6 +753,273 @@ def drive_kill_after_patch_commit(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     return seen(h, key, lambda j: False)
 
 
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
+
+
+def _patch_of(repo: Path, files: dict[str, str | None]) -> bytes:
+    """A real patch (full blob ids, so --3way can merge) of ``files`` against HEAD; the
+    repo is left as it was. None deletes a file."""
+    for rel, text in files.items():
+        if text is None:
+            (repo / rel).unlink()
+        else:
+            (repo / rel).write_text(text)
+    _git(repo, "add", "-A")
+    patch = _git(repo, "diff", "--cached", "--full-index", "--binary").encode()
+    _git(repo, "read-tree", "HEAD")
+    _git(repo, "checkout-index", "-a", "-u", "-q", "-f")
+    for rel in files:
+        if not _git(repo, "ls-files", rel).strip():
+            (repo / rel).unlink(missing_ok=True)
+    return patch
+
+
+def _commit_on_main(repo: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (repo / rel).write_text(text)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "a human commits on main")
+
+
+def _main_tree(h: Harness) -> list[str]:
+    return _git(h.repo_path, "ls-tree", "-r", "--name-only", "main").split()
+
+
+def drive_conflicted_patch_then_retry(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.add_repo(development="patch")
+    conflicting = _patch_of(h.repo_path, {"README.md": "the task's line\n"})
+    _commit_on_main(h.repo_path, {"README.md": "main's line\n"})
+    key = h.add_task(patch=conflicting)
+    h.run_until_idle()
+    assert h.task(key).state == "blocked"
+    dev = [j for j in h.jobs(key) if j.stage == "development"]
+    for job in dev:
+        # git's own message, every time: not the debris of the attempt before.
+        assert any("with conflicts" in r or "patch failed" in r for r in job.reasons), job.reasons
+        assert not any("does not exist in index" in r for r in job.reasons), job.reasons
+    worktree = h.settings.worktrees_dir / "demo" / key
+    assert _git(worktree, "status", "--porcelain") == ""
+    new_file = _patch_of(h.repo_path, {"NEW.md": "a new file\n"})
+    ops.retry_task(h.engine, h.settings, key, patch=new_file)
+    h.run_until_idle()
+    shown = _git(h.repo_path, "show", "main:README.md")
+    assert shown == "main's line\n"
+    assert "NEW.md" in _main_tree(h)
+    grep = subprocess.run(
+        ["git", "grep", "-n", "-e", "<<<<<<<", "-e", ">>>>>>>", "main"],
+        cwd=h.repo_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert grep.returncode == 1, grep.stdout  # no conflict marker anywhere on main
+    return seen(h, key, lambda j: j.stage == "development" and j.attempt <= 3)
+
+
+def drive_fresh_retry(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.add_repo(development="patch")
+    _commit_on_main(h.repo_path, {"LATER.md": "later\n"})
+    needs_later = _patch_of(h.repo_path, {"LATER.md": "later, edited\n"})
+    _git(h.repo_path, "rm", "-q", "LATER.md")
+    _git(h.repo_path, "commit", "-q", "-m", "not yet")
+    key = h.add_task(patch=needs_later)
+    h.run_until_idle()
+    assert h.task(key).state == "blocked"
+    _commit_on_main(h.repo_path, {"LATER.md": "later\n"})
+    ops.retry_task(h.engine, h.settings, key, fresh=True)
+    h.run_until_idle()
+    assert _git(h.repo_path, "show", "main:LATER.md") == "later, edited\n"
+    fresh = [j for j in h.jobs(key) if j.stage == "development"][-1]
+    assert fresh.fresh_start == "carry"
+    return seen(h, key, lambda j: j.stage == "development" and j.attempt <= 3)
+
+
+def drive_branch_no_longer_rebases(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    # The second task: README.md demo -> x, then (after a failed test) x -> demo plus a new
+    # file. Its branch cannot be rebased over the first task's README.md change, but its
+    # change as a whole (the new file) still applies to current main.
+    h.plan = {"DEMO-2:testing:1": {"verdict": "FAIL"}, "DEMO-2:testing:2": {"hold": True}}
+    h.save_plan()
+    h.add_repo(development="patch")
+    first = h.add_task("first", patch=_readme_patch("first"))
+    second = h.add_task("second", patch=_patch_of(h.repo_path, {"README.md": "x\n"}))
+    _git(h.repo_path, "checkout", "-q", "-b", "scratch")
+    _commit_on_main(h.repo_path, {"README.md": "x\n"})
+    back = _patch_of(h.repo_path, {"README.md": "demo\n", "NEW.md": "new\n"})
+    _git(h.repo_path, "checkout", "-q", "main")
+    from orchestrator import taskdir
+
+    taskdir.add_patch(h.folder(second), back)  # attached up front: development attempt 2
+    h.start()
+    h.wait_for(lambda: h.task(first).state == "done", deadline_s=120)
+    h.release(second, "testing", 2)
+    h.wait_for(lambda: h.task(second).state not in ("active", "deferred"), deadline_s=120)
+    h.stop()
+    assert h.task(second).state == "done", h.history(second)[-1].reasons
+    assert _git(h.repo_path, "show", "main:README.md") == "first\n"
+    assert _git(h.repo_path, "show", "main:NEW.md") == "new\n"
+    rollback = [x for x in h.history(second) if x.kind == "rollback"][-1]
+    assert any("conflicts in: README.md" in r for r in rollback.reasons), rollback.reasons
+    third = [j for j in h.jobs(second) if j.stage == "development"][-1]
+    assert (third.attempt, third.fresh_start) == (3, "carry")
+    carried = (h.folder(second) / "runs" / f"{third.id}-carried.diff").read_text()
+    assert "NEW.md" in carried
+    assert "README.md" not in carried
+    return seen(h, second, lambda j: j.stage == "deploy-staging" and j.attempt == 1)
+
+
+def drive_no_gitignore_bytecode(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    specs = ["development=patch", "testing=test-runner", f"deploy-staging={h.agent()}"]
+    ops.add_repo(
+        h.engine,
+        "demo",
+        h.repo_path,
+        ops.RepoInput(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} -m pytest -q"),
+    )
+    assert not (h.repo_path / ".gitignore").exists()
+    test = "from calc import double\n\n\ndef test_double():\n    assert double(2) == 4\n"
+    buggy = {"calc.py": "def double(x):\n    return x + 1\n", "test_calc.py": test}
+    key = h.add_task(patch=_patch_of(h.repo_path, buggy))
+    from orchestrator import taskdir
+
+    _git(h.repo_path, "checkout", "-q", "-b", "scratch")
+    _commit_on_main(h.repo_path, buggy)
+    fix = _patch_of(h.repo_path, {"calc.py": "def double(x):\n    return x * 2\n"})
+    _git(h.repo_path, "checkout", "-q", "main")
+    taskdir.add_patch(h.folder(key), fix)  # attached up front: development attempt 2
+    h.run_until_idle()
+    tree = _main_tree(h)
+    assert "calc.py" in tree
+    assert not [p for p in tree if p.endswith((".pyc", ".pyo")) or "__pycache__" in p], tree
+    assert not [p for p in tree if ".pytest_cache" in p or ".coverage" in p], tree
+    merge = (h.folder(key) / "16-merge-report.md").read_text()
+    assert "retest: skipped" in merge, merge
+    return seen(h, key, lambda j: j.stage == "testing" and j.attempt == 1)
+
+
+def drive_merge_gate_own_budget(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.settings = load_settings(
+        **{**h.settings.model_dump(), "staging_runner_infra_retry_budget": 0}
+    )
+    h.add_repo(deploy_staging="staging-runner")
+    lock = h.repo_path / ".git" / "refs" / "heads" / "main.lock"
+    lock.write_text("held by a test\n")
+    before = _git(h.repo_path, "rev-parse", "main")
+    try:
+        key = h.add_task()
+        h.run_until_idle()
+    finally:
+        lock.unlink()
+    assert _git(h.repo_path, "rev-parse", "main") == before
+    retries = [j for j in h.jobs(key) if j.stage == "deploy-staging"]
+    assert [j.agent for j in retries] == ["staging-runner", "gate-only", "gate-only"]
+    assert h.task(key).gate_retries == 2
+    return seen(h, key, lambda j: j.stage == "deploy-staging")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: an orphan killed here may wait for init to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+RETEST = """
+import os, sys, time
+from pathlib import Path
+here = Path(sys.argv[1])
+(here / f"RETEST-{os.getpid()}").write_text("")
+if (here / "HOLD").exists():
+    time.sleep(120)
+"""
+
+
+def drive_kill_9_during_retest(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    import signal
+
+    orch = Path(sys.executable).with_name("orch")
+    box = h.tmp / "retest"
+    box.mkdir()
+    script = box / "retest.py"
+    script.write_text(RETEST)
+    (box / "HOLD").write_text("")
+    specs = [f"{s}={h.agent()}" for s in STAGES]
+    ops.add_repo(
+        h.engine,
+        "demo",
+        h.repo_path,
+        ops.RepoInput(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} {script} {box}"),
+    )
+    key = h.add_task()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(
+        ORCH_HOME=str(h.settings.home),
+        ORCH_DATABASE_URL=h.settings.effective_database_url,
+        ORCH_POLL_INTERVAL_S="0.2",
+        ORCH_HEARTBEAT_INTERVAL_S="0.5",
+        ORCH_JOB_LEASE_S="3",
+        ORCH_KILL_GRACE_S="0.5",
+    )
+    run = subprocess.Popen(
+        [str(orch), "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        h.wait_for(lambda: any(box.glob("RETEST-*")), deadline_s=120)
+        (held,) = [int(p.name.split("-")[1]) for p in box.glob("RETEST-*")]
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert _running(held)  # the killed worker's re-test is still there
+    (box / "HOLD").unlink()
+    h.run_until_idle()
+    alive = _running(held)
+    if alive:
+        os.kill(held, signal.SIGKILL)
+    assert not alive, "the killed worker's re-test outlived recovery"
+    with h.engine.connect() as conn:
+        from orchestrator.store import merges
+
+        results = merges.list_merge_results(conn, task_id=h.task(key).id)
+    assert [r.status for r in results] == ["MERGED"]  # evaluated once, by the re-run
+    return seen(h, key, lambda j: False)
+
+
+def drive_dependency_blocked(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.plan = {
+        "DEMO-1:testing:*": {"verdict": "FAIL"},
+        "DEMO-1:testing:1": {"verdict": "FAIL", "hold": True},
+    }
+    h.save_plan()
+    h.add_repo()
+    first = h.add_task("first")
+    h.start()
+    h.wait_for(lambda: any(s.startswith(f"{first}:testing:") for s in h.starts()))
+    second = ops.add_task(h.engine, h.settings, "demo", "second", after=[first]).task.key
+    h.release(first, "testing")
+    h.wait_for(lambda: h.task(first).state == "blocked", deadline_s=120)
+    h.stop()
+    h.run_until_idle()  # ends: nothing that can move is left
+    assert not any(s.startswith(f"{second}:") for s in h.starts())
+    with h.engine.connect() as conn:
+        waits = queries.waiting_on(conn, h.task(second).id)
+    assert [(w.key, w.state) for w in waits] == [(first, "blocked")]
+    return seen(h, second, lambda j: True)
+
+
 DRIVERS: dict[str, Callable[[Harness, pytest.MonkeyPatch], Seen]] = {
     "agent-crash": drive_agent_crash,
     "agent-hang": drive_agent_hang,
@@ -671,6 +1034,13 @@ DRIVERS: dict[str, Callable[[Harness, pytest.MonkeyPatch], Seen]] = {
     "webhook-down": drive_webhook_down,
     "disk-full": drive_disk_full,
     "kill-after-patch-commit": drive_kill_after_patch_commit,
+    "conflicted-patch-then-retry": drive_conflicted_patch_then_retry,
+    "fresh-retry": drive_fresh_retry,
+    "branch-no-longer-rebases": drive_branch_no_longer_rebases,
+    "no-gitignore-bytecode": drive_no_gitignore_bytecode,
+    "merge-gate-own-budget": drive_merge_gate_own_budget,
+    "kill-9-during-retest": drive_kill_9_during_retest,
+    "dependency-blocked": drive_dependency_blocked,
 }
 
 

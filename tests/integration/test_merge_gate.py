@@ -207,10 +207,10 @@ def test_hung_retest_is_a_timeout_that_stays_on_deploy_staging(
         Stage.DEPLOY_STAGING,
         State.DEFERRED,
     )
-    assert t.spends_infra_retry
+    assert t.spends_gate_retry
     assert not t.spends_developer_retry
     # ... and blocks with an alert once the infra budget is spent.
-    spent = decide(verdict, infra_retries=2, infra_budget=2)
+    spent = decide(verdict, gate_retries=2, gate_budget=2)
     assert (spent.kind, spent.to_stage, spent.alert) == (
         TransitionKind.BLOCK,
         Stage.DEPLOY_STAGING,
@@ -925,9 +925,11 @@ def test_merge_counters_come_from_the_database(bed: MergeBed) -> None:
         "red": 1,
         "timeouts": 1,
         "lock_busy": 2,
+        "infra": 4,
         "retests_skipped": 2,
         "retests_run": 4,
-        "infra_retries": 4,
+        # Re-queues, from DEFER transitions: none here (tests/integration/test_counters.py).
+        "infra_retries": 0,
         "alerts": 1,
     }
 

@@ -22,7 +22,13 @@ from orchestrator.domain.stages import (
 from orchestrator.domain.verdicts import Verdict, VerdictStatus, failed, passed
 from orchestrator.errors import UsageError
 
-BUDGETS = Budgets(developer_retry_budget=2, infra_retry_budget=2, infra_retry_backoff_s=5)
+BUDGETS = Budgets(
+    developer_retry_budget=2,
+    infra_retry_budget=2,
+    infra_retry_backoff_s=5,
+    gate_retry_budget=3,
+    gate_retry_backoff_s=7,
+)
 TASK = TaskView("DEMO-1", DEFAULT_STAGES)
 OK = passed("ok")
 BAD = failed("tests red")
@@ -109,6 +115,27 @@ def test_gate_infra_trouble_defers_and_keeps_stage() -> None:
     t = next_transition(TASK, Stage.DEPLOY_STAGING, OutcomeKind.COMPLETED, v, BUDGETS)
     assert (t.kind, t.to_stage) == (TransitionKind.DEFER, Stage.DEPLOY_STAGING)
     assert "re-test timed out" in t.reasons
+
+
+def test_gate_trouble_spends_the_gates_own_budget_not_the_stages() -> None:
+    v = Verdict(VerdictStatus.FAIL, ["push rejected"], tool_error="lock-busy")
+    # The stage's own infra budget is spent; the gate's is not: the gate still defers.
+    spent_infra = TaskView("DEMO-1", DEFAULT_STAGES, infra_retries=2, gate_retries=2)
+    t = next_transition(spent_infra, Stage.DEPLOY_STAGING, OutcomeKind.COMPLETED, v, BUDGETS)
+    assert (t.kind, t.spends_gate_retry, t.spends_infra_retry) == (
+        TransitionKind.DEFER,
+        True,
+        False,
+    )
+    assert t.backoff_s == 7 * 4
+    assert any("gate-only retry 3 of 3" in r for r in t.reasons)
+    spent_gate = TaskView("DEMO-1", DEFAULT_STAGES, gate_retries=3)
+    t = next_transition(spent_gate, Stage.DEPLOY_STAGING, OutcomeKind.COMPLETED, v, BUDGETS)
+    assert (t.kind, t.alert) == (TransitionKind.BLOCK, "infra-budget-exhausted")
+    assert any("gate-only retry budget spent (3)" in r for r in t.reasons)
+    # A tool error of the process itself still spends the infra budget, never the gate's.
+    crash = next_transition(TASK, Stage.DEPLOY_STAGING, OutcomeKind.CRASHED, None, BUDGETS)
+    assert (crash.spends_infra_retry, crash.spends_gate_retry) == (True, False)
 
 
 def test_no_verdict_fails_closed() -> None:

@@ -82,7 +82,7 @@ def run_llm_backend(
 ) -> JobResult:
     """Run ``backend`` as ``role`` at ``stage`` in ``worktree``; what the process did."""
     from orchestrator.agent_env import scrubbed_env
-    from orchestrator.engine.launch import JobResult, job_marker
+    from orchestrator.engine.launch import JobResult, commit_leftovers, job_marker
 
     def not_started(*reasons: str) -> JobResult:
         _append_log(ctx.log_path, [f"{backend}: not started: {r}" for r in reasons])
@@ -145,12 +145,7 @@ def run_llm_backend(
     else:
         result = _parse(backend, st, run)
         if result.outcome is OutcomeKind.COMPLETED and stage is Stage.DEVELOPMENT:
-            committed, _ = worktrees.commit_all(
-                worktree,
-                f"{ctx.task.key}: development attempt {ctx.job.attempt} ({backend})",
-            )
-            if committed:
-                reasons_extra.append("the orchestrator committed what the agent left uncommitted")
+            commit_leftovers(ctx, worktree, backend, reasons_extra)
     reasons = [*result.reasons, *reasons_extra]
     _append_log(ctx.log_path, [f"{backend}: {result.outcome.value}", *reasons])
     return JobResult(
@@ -233,9 +228,10 @@ def _finish_aider(
         # The diff of *this* attempt: aider commits nothing itself (--no-auto-commits), so
         # what it changed is exactly what is left to commit. Earlier attempts' commits on
         # the branch do not count for it.
-        committed, diff_detail = worktrees.commit_all(
+        done = worktrees.commit_all(
             worktree, f"{ctx.task.key}: development attempt {ctx.job.attempt} (aider)"
         )
+        committed, diff_detail = bool(done), done.detail
     if committed:
         _, diff_detail = worktrees.has_diff_vs(worktree, ctx.repo.main_branch)
     parsed = aider.parse_aider(

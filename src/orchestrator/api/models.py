@@ -5,6 +5,8 @@ Times are epoch seconds (floats), as in the database and in the CLI's ``--json``
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 SettingValue = str | int | float | bool | None
@@ -109,7 +111,7 @@ class StatusOut(_Out):
     serial_gate: dict[str, str | None] = Field(
         description="Per repo: the task holding its serial gate, or null."
     )
-    alerts: int = Field(description="Alerts stored (all time).")
+    alerts: int = Field(description="Open alerts: raised and not resolved yet.")
 
 
 # ---- queue -------------------------------------------------------------------------------
@@ -197,8 +199,16 @@ class BlockedSection(_Out):
     items: list[BlockedTaskOut]
 
 
+class FallbackCounters(_Out):
+    """Finished jobs of a runner's stage that its LLM fallback did (runner off or out of scope)."""
+
+    finished: int
+    by_outcome: dict[str, int] = Field(description="By outcome (`none`: never ran).")
+    by_verdict: dict[str, int] = Field(description="By the gates' verdict (`none`: no verdict).")
+
+
 class RunnerCounters(_Out):
-    """Jobs of one deterministic runner, counted from the database."""
+    """Jobs of one deterministic runner, counted from the database (``store.counters``)."""
 
     agent: str
     enabled: bool = Field(description="The runner's kill-switch.")
@@ -206,9 +216,26 @@ class RunnerCounters(_Out):
     jobs: int
     queued: int
     running: int
-    finished: int
-    by_outcome: dict[str, int] = Field(description="Finished jobs by outcome (`none`: never ran).")
-    by_verdict: dict[str, int] = Field(description="Finished jobs by verdict (`none`: no verdict).")
+    finished: int = Field(description="Every finished job, its LLM fallback's included.")
+    by_outcome: dict[str, int] = Field(
+        description="Finished jobs the runner itself ran, by outcome (`none`: never ran)."
+    )
+    by_verdict: dict[str, int] = Field(
+        description=(
+            "Finished jobs the runner itself ran, by its own check's verdict: PASS, FAIL, "
+            "SKIPPED (nothing to run: no staging command), `none` (no verdict). A merge gate "
+            "that failed after a passing staging check is counted in `merge_gate_failed`."
+        )
+    )
+    merge_gate_failed: int = Field(
+        description="Jobs whose own check passed (PASS or SKIPPED) but the merge gate failed."
+    )
+    infra_retries: int = Field(
+        description="Re-queues after a tool error of the runner's own process (DEFER)."
+    )
+    llm_fallback: FallbackCounters = Field(
+        description="Jobs an LLM did instead of the runner; not in by_outcome or by_verdict."
+    )
 
 
 class QueueOut(_Out):
@@ -249,14 +276,23 @@ class TaskOut(_Out):
     reasons: list[str]
     developer_retries: int
     infra_retries: int
+    author: str | None = Field(description="`Name <email>` for its commit on main, if given.")
     created_at: float
     updated_at: float
 
 
 class NewTaskOut(TaskOut):
-    """A task just filed, and its folder."""
+    """A task just filed, its folder, and the tasks it waits for."""
 
     folder: str
+    after: list[str] = Field(description="Keys of the tasks that must be done first.")
+
+
+class DependencyOut(_Out):
+    """A task this task waits for, and where it stands now."""
+
+    key: str
+    state: str
 
 
 class TransitionOut(_Out):
@@ -298,6 +334,15 @@ class TaskDetailOut(TaskOut):
     artifacts: list[str]
     history: list[TransitionOut]
     jobs: list[JobOut]
+    after: list[DependencyOut] = Field(
+        description="The tasks that must be done (their change on main) before it starts."
+    )
+    waiting_on: list[DependencyOut] = Field(
+        description="Those of `after` not done yet, while the task is live: its jobs wait."
+    )
+    waiting: str | None = Field(
+        description="`waiting on DEMO-1 (blocked)`, or null when nothing holds it back."
+    )
 
 
 class TaskIn(_In):
@@ -312,6 +357,19 @@ class TaskIn(_In):
         max_length=5_000_000,
         pattern=NOT_BLANK,
         description="A patch for the `patch` developer to apply (unified diff text).",
+    )
+    after: list[Annotated[str, Field(max_length=40)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description=(
+            "Keys of tasks (of any repo) that must be done, their change on main, before "
+            "this task's first job starts."
+        ),
+    )
+    author: str | None = Field(
+        default=None,
+        max_length=200,
+        description="`Name <email>`: the author of the task's commit on main.",
     )
 
 
@@ -330,6 +388,10 @@ class RetryIn(_In):
         max_length=5_000_000,
         pattern=NOT_BLANK,
         description="A new patch: back to development.",
+    )
+    fresh: bool = Field(
+        default=False,
+        description="Back to development on a worktree rebuilt from current main.",
     )
 
 
@@ -355,9 +417,13 @@ class AlertOut(_Out):
     message: str
     reasons: list[str]
     task: str | None
-    created_at: float
+    created_at: float = Field(description="When it was first raised.")
     delivered_at: float | None
     delivery_attempts: int
+    occurrences: int = Field(description="How often it was raised (one alert per task and kind).")
+    resolved_at: float | None = Field(
+        description="When the task moved on (retry, approve, cancel, done); null while open."
+    )
 
 
 class PausedOut(_Out):

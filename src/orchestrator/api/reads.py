@@ -11,17 +11,16 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator import __version__, taskdir
+from orchestrator import __version__, ops, taskdir
 from orchestrator.api import models as M
 from orchestrator.api.snapshot import Snapshot
 from orchestrator.config import Settings
 from orchestrator.engine.worker import SERIAL_HOLD_STAGES
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
-from orchestrator.store import control, merges, queries
+from orchestrator.store import control, counters, merges, queries
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import AlertRow, JobRow, TaskRow, TransitionRow
 from orchestrator.store.schema import alerts, jobs, repos, tasks
@@ -50,6 +49,7 @@ def task_out(t: TaskRow, repo_name: str) -> M.TaskOut:
         reasons=list(t.reasons or []),
         developer_retries=t.developer_retries,
         infra_retries=t.infra_retries,
+        author=t.author,  # issue 13: shown wherever a task is
         created_at=t.created_at,
         updated_at=t.updated_at,
     )
@@ -100,6 +100,8 @@ def alert_out(a: AlertRow, task_key: str | None) -> M.AlertOut:
         created_at=a.created_at,
         delivered_at=a.delivered_at,
         delivery_attempts=a.delivery_attempts,
+        occurrences=a.occurrences,
+        resolved_at=a.resolved_at,
     )
 
 
@@ -254,7 +256,9 @@ def status(
     totals: Aggregates,
 ) -> M.StatusOut:
     """Everything ``GET /status`` shows."""
-    alert_count = conn.execute(sa.select(sa.func.count()).select_from(alerts)).scalar_one()
+    alert_count = conn.execute(
+        sa.select(sa.func.count()).select_from(alerts).where(alerts.c.resolved_at.is_(None))
+    ).scalar_one()
     return M.StatusOut(
         version=__version__,
         started_at=started_at,
@@ -458,26 +462,8 @@ def blocked_section(conn: sa.Connection, limit: int, count: int) -> M.BlockedSec
 
 
 def runner_counters(conn: sa.Connection, st: Settings) -> dict[str, M.RunnerCounters]:
-    """Jobs of the test-runner and the staging-runner, by state, outcome and verdict."""
-    names = (TEST_RUNNER, STAGING_RUNNER)
-    stmt = (
-        sa.select(_J.agent, _J.state, _J.outcome, _J.verdict, sa.func.count())
-        .where(_J.agent.in_(names))
-        .group_by(_J.agent, _J.state, _J.outcome, _J.verdict)
-    )
-    acc: dict[str, dict[str, Any]] = {
-        n: {"jobs": 0, "queued": 0, "running": 0, "finished": 0, "outcome": {}, "verdict": {}}
-        for n in names
-    }
-    for agent, state, outcome, verdict, n in conn.execute(stmt):
-        a = acc[agent]
-        a["jobs"] += n
-        if state in ("queued", "running", "finished"):
-            a[state] += n
-        if state == "finished":
-            o, v = outcome or "none", verdict or "none"
-            a["outcome"][o] = a["outcome"].get(o, 0) + n
-            a["verdict"][v] = a["verdict"].get(v, 0) + n
+    """The test-runner's and the staging-runner's jobs, each part counted as its own."""
+    tallies = counters.runner_counters(conn, (TEST_RUNNER, STAGING_RUNNER))
     switches = {
         TEST_RUNNER: (st.test_runner_enabled, st.test_runner_repos),
         STAGING_RUNNER: (st.staging_runner_enabled, st.staging_runner_repos),
@@ -487,14 +473,21 @@ def runner_counters(conn: sa.Connection, st: Settings) -> dict[str, M.RunnerCoun
             agent=n,
             enabled=switches[n][0],
             repos=switches[n][1],
-            jobs=a["jobs"],
-            queued=a["queued"],
-            running=a["running"],
-            finished=a["finished"],
-            by_outcome=a["outcome"],
-            by_verdict=a["verdict"],
+            jobs=a.jobs,
+            queued=a.queued,
+            running=a.running,
+            finished=a.finished,
+            by_outcome=a.own.by_outcome,
+            by_verdict=a.own.by_verdict,
+            merge_gate_failed=a.merge_gate_failed,
+            infra_retries=a.infra_retries,
+            llm_fallback=M.FallbackCounters(
+                finished=a.llm_fallback.finished,
+                by_outcome=a.llm_fallback.by_outcome,
+                by_verdict=a.llm_fallback.by_verdict,
+            ),
         )
-        for n, a in acc.items()
+        for n, a in tallies.items()
     }
 
 
@@ -549,6 +542,7 @@ def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> M.TaskDetai
     repo = queries.get_repo_by_id(conn, task.repo_id)
     folder = taskdir.task_dir(st.tasks_dir, task.key)
     summary = task_out(task, repo.name if repo else "?")
+    waiting = ops.task_waiting_on(conn, task)
     return M.TaskDetailOut(
         **summary.model_dump(),
         body=task.body,
@@ -556,11 +550,14 @@ def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> M.TaskDetai
         artifacts=taskdir.list_artifacts(folder),
         history=[transition_out(h) for h in queries.list_transitions(conn, task.id)],
         jobs=[job_out(j) for j in queries.list_jobs(conn, task_id=task.id)],
+        after=[M.DependencyOut(key=d.key, state=d.state) for d in queries.deps_of(conn, task.id)],
+        waiting_on=[M.DependencyOut(key=d.key, state=d.state) for d in waiting],
+        waiting=ops.waiting_text(waiting),
     )
 
 
-def list_alerts(conn: sa.Connection, limit: int) -> list[M.AlertOut]:
-    """Alerts, newest first."""
-    rows = queries.list_alerts(conn, limit=limit)
+def list_alerts(conn: sa.Connection, limit: int, *, resolved: bool = False) -> list[M.AlertOut]:
+    """Open alerts, newest first; ``resolved`` lists the resolved ones too."""
+    rows = queries.list_alerts(conn, limit=limit, open_only=not resolved)
     keys = task_keys(conn, (a.task_id for a in rows if a.task_id is not None))
     return [alert_out(a, keys.get(a.task_id) if a.task_id else None) for a in rows]

@@ -116,10 +116,19 @@ def json_router(api: Api) -> APIRouter:
     def add_task(body: M.TaskIn) -> M.NewTaskOut:
         """File a task for a repo; its first job is queued."""
         patch = body.patch.encode() if body.patch is not None else None
-        new = ops.add_task(api.engine, st, body.repo, body.title, body.body, patch)
+        new = ops.add_task(
+            api.engine,
+            st,
+            body.repo,
+            body.title,
+            body.body,
+            patch,
+            after=body.after,
+            author=body.author,
+        )
         api.wake()
         summary = reads.task_out(new.task, body.repo)
-        return M.NewTaskOut(**summary.model_dump(), folder=str(new.folder))
+        return M.NewTaskOut(**summary.model_dump(), folder=str(new.folder), after=list(new.after))
 
     @router.get(
         "/tasks/{key}",
@@ -261,9 +270,14 @@ def json_router(api: Api) -> APIRouter:
         tags=["tasks"],
     )
     def retry(key: KeyPath, body: M.RetryIn | None = None) -> M.TaskOut:
-        """Retry a blocked or deferred task; with a patch it goes back to development."""
+        """Retry a blocked or deferred task; with a patch it goes back to development, and
+        with ``fresh`` onto a worktree rebuilt from current main."""
         patch = body.patch.encode() if body is not None and body.patch is not None else None
-        return _action(key, lambda: ops.retry_task(api.engine, st, key, patch=patch, actor=ACTOR))
+        fresh = body is not None and body.fresh
+        return _action(
+            key,
+            lambda: ops.retry_task(api.engine, st, key, patch=patch, fresh=fresh, actor=ACTOR),
+        )
 
     @router.post(
         "/tasks/{key}/approve",
@@ -284,10 +298,13 @@ def json_router(api: Api) -> APIRouter:
     )
     def alerts(
         limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="Newest first.")] = 50,
+        resolved: Annotated[
+            bool, Query(alias="all", description="Resolved alerts too, not only open ones.")
+        ] = False,
     ) -> list[M.AlertOut]:
-        """Alerts, newest first."""
+        """Open alerts (one per task and kind, with how often it was raised), newest first."""
         with api.reader.connect() as conn:
-            return reads.list_alerts(conn, limit)
+            return reads.list_alerts(conn, limit, resolved=resolved)
 
     def _set_paused(paused: bool) -> M.PausedOut:
         with api.engine.begin() as conn:

@@ -30,6 +30,8 @@ from orchestrator.ops import (
     require_repo,
     require_task,
     retry_task,
+    task_waiting_on,
+    waiting_text,
 )
 from orchestrator.store import queries
 from orchestrator.store.queries import TaskRow
@@ -50,6 +52,7 @@ def task_summary(t: TaskRow, repo_name: str) -> dict[str, Any]:
         "reasons": list(t.reasons or []),
         "developer_retries": t.developer_retries,
         "infra_retries": t.infra_retries,
+        "author": t.author,
         "created_at": t.created_at,
         "updated_at": t.updated_at,
     }
@@ -66,22 +69,40 @@ def add(
     patch: Annotated[
         Path | None, typer.Option(help="A patch for the `patch` developer to apply.")
     ] = None,
+    after: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--after",
+            metavar="KEY[,KEY]",
+            help="Start only once these tasks are done (their change on main). Repeatable.",
+        ),
+    ] = None,
+    author: Annotated[
+        str | None,
+        typer.Option(help="'Name <email>': the author of the task's commit on main."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """File a task; prints its key."""
     if body is not None and body_file is not None:
         fail("give --body or --body-file, not both")
+    # Repeatable and comma-separated alike; an empty piece is refused as no key.
+    after_keys = [piece for value in after or () for piece in value.split(",")]
 
     def go() -> Any:
         text = body or ""
         if body_file is not None:
             text = read_input_file(body_file, "--body-file").decode("utf-8", errors="replace")
         patch_bytes = read_input_file(patch, "--patch") if patch is not None else None
-        return add_task(engine(), settings(), repo, title, text, patch_bytes)
+        return add_task(
+            engine(), settings(), repo, title, text, patch_bytes, after=after_keys, author=author
+        )
 
     new = run(go)
     if as_json:
-        print_json({**task_summary(new.task, repo), "folder": str(new.folder)})
+        print_json(
+            {**task_summary(new.task, repo), "after": list(new.after), "folder": str(new.folder)}
+        )
         return
     typer.echo(new.task.key)
 
@@ -142,9 +163,14 @@ def show(
             repo = queries.get_repo_by_id(conn, t.repo_id)
             history = queries.list_transitions(conn, t.id)
             jobs = queries.list_jobs(conn, task_id=t.id)
+            deps = queries.deps_of(conn, t.id)
+            waiting = task_waiting_on(conn, t)
         folder = taskdir.task_dir(st.tasks_dir, t.key)
         return {
             **task_summary(t, repo.name if repo else "?"),
+            "after": [{"key": d.key, "state": d.state} for d in deps],
+            "waiting_on": [{"key": d.key, "state": d.state} for d in waiting],
+            "waiting": waiting_text(waiting),
             "body": t.body,
             "folder": str(folder),
             "artifacts": taskdir.list_artifacts(folder),
@@ -196,6 +222,13 @@ def show(
         f"developer retries {data['developer_retries']}  "
         f"infra retries {data['infra_retries']}"
     )
+    if data["author"]:
+        console.print(Text.assemble("author ", plain(data["author"])), soft_wrap=True)
+    if data["after"]:
+        done = ", ".join(f"{d['key']} ({d['state']})" for d in data["after"])
+        console.print(f"after {done}", highlight=False)
+    if data["waiting"]:
+        console.print(Text(data["waiting"], style="yellow"), soft_wrap=True)
     console.print(Text.assemble("folder ", plain(data["folder"])), soft_wrap=True)
     if data["artifacts"]:
         console.print("artifacts: " + ", ".join(data["artifacts"]))
@@ -245,13 +278,21 @@ def cancel(
 def retry(
     key: Annotated[str, typer.Argument(help="Task key.")],
     patch: Annotated[Path | None, typer.Option(help="A new patch; back to development.")] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Back to development on a worktree rebuilt from current main "
+            "(the new patch, or the branch's old change, is applied there).",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Retry a blocked or deferred task, optionally with a new patch."""
+    """Retry a blocked or deferred task, optionally with a new patch or from a fresh main."""
 
     def go() -> TaskRow:
         patch_bytes = read_input_file(patch, "--patch") if patch is not None else None
-        return retry_task(engine(), settings(), key, patch=patch_bytes)
+        return retry_task(engine(), settings(), key, patch=patch_bytes, fresh=fresh)
 
     t = run(go)
     if as_json:

@@ -163,6 +163,8 @@ class TaskView:
     pipeline: tuple[Stage, ...]
     developer_retries: int = 0
     infra_retries: int = 0
+    # Gate-only retries of this stage visit (a gate met infra trouble, not the process).
+    gate_retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,10 @@ class Budgets:
     developer_retry_budget: int
     infra_retry_budget: int
     infra_retry_backoff_s: float
+    # A gate's own infra trouble (the merge gate: a re-test timeout, a busy lock, a
+    # rejected push) is counted apart from the stage's process, with its own budget.
+    gate_retry_budget: int = 0
+    gate_retry_backoff_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,7 @@ class Transition:
     alert: str | None = None
     spends_developer_retry: bool = False
     spends_infra_retry: bool = False
+    spends_gate_retry: bool = False
 
 
 def next_transition(
@@ -201,47 +208,34 @@ def next_transition(
     """Decide what follows a job: advance, rollback, defer, block or done.
 
     Level one: a tool error (or a gate that found infra trouble) is never the code's
-    fault: defer within the infra budget, then block and treat as FAILED (fail closed).
+    fault: defer within the infra budget (the gate's own budget for a gate's trouble),
+    then block and treat as FAILED (fail closed).
     Level two: the tool ran, the verdict decides. Nothing advances without a PASS verdict.
     """
     spec = STAGE_TRANSITIONS[stage]
     verdict_reasons = list(verdict.reasons) if verdict is not None else []
-    tool_error: str | None = None
     if outcome.is_tool_error:
-        tool_error = outcome.value
-    elif verdict is not None and verdict.tool_error:
-        tool_error = verdict.tool_error
-
-    if tool_error is not None:
-        reasons = [
-            f"{stage.value}: tool error {tool_error}; the code is not blamed",
-            *verdict_reasons,
-        ]
-        if task.infra_retries < budgets.infra_retry_budget:
-            backoff = budgets.infra_retry_backoff_s * (2**task.infra_retries)
-            reasons.append(
-                f"deferred {backoff:g}s (infra retry {task.infra_retries + 1} "
-                f"of {budgets.infra_retry_budget})"
-            )
-            return Transition(
-                TransitionKind.DEFER,
-                stage,
-                stage,
-                State.DEFERRED,
-                reasons,
-                backoff_s=backoff,
-                spends_infra_retry=True,
-            )
-        reasons.append(
-            f"infra retry budget spent ({budgets.infra_retry_budget}); treated as FAILED"
+        return _defer_or_block(
+            stage,
+            outcome.value,
+            verdict_reasons,
+            used=task.infra_retries,
+            budget=budgets.infra_retry_budget,
+            backoff_s=budgets.infra_retry_backoff_s,
+            what="infra retry",
         )
-        return Transition(
-            TransitionKind.BLOCK,
+    if verdict is not None and verdict.tool_error:
+        # The process ran and its work stands; only a gate met infra trouble. Its retries
+        # re-run the gates alone and are counted against the gate's own budget, so they
+        # neither borrow from nor spend the stage runner's.
+        return _defer_or_block(
             stage,
-            stage,
-            State.BLOCKED,
-            reasons,
-            alert="infra-budget-exhausted",
+            verdict.tool_error,
+            verdict_reasons,
+            used=task.gate_retries,
+            budget=budgets.gate_retry_budget,
+            backoff_s=budgets.gate_retry_backoff_s,
+            what="gate-only retry",
         )
 
     if verdict is None:
@@ -257,6 +251,38 @@ def next_transition(
 
     reasons = [f"{stage.value}: FAIL", *verdict_reasons]
     return _on_fail(task, stage, spec, reasons, budgets)
+
+
+def _defer_or_block(
+    stage: Stage,
+    tool_error: str,
+    verdict_reasons: list[str],
+    *,
+    used: int,
+    budget: int,
+    backoff_s: float,
+    what: str,
+) -> Transition:
+    """Level one: defer with backoff within ``budget``; when it is spent, fail closed."""
+    reasons = [f"{stage.value}: tool error {tool_error}; the code is not blamed", *verdict_reasons]
+    gate = what.startswith("gate")
+    if used < budget:
+        backoff = backoff_s * (2**used)
+        reasons.append(f"deferred {backoff:g}s ({what} {used + 1} of {budget})")
+        return Transition(
+            TransitionKind.DEFER,
+            stage,
+            stage,
+            State.DEFERRED,
+            reasons,
+            backoff_s=backoff,
+            spends_infra_retry=not gate,
+            spends_gate_retry=gate,
+        )
+    reasons.append(f"{what} budget spent ({budget}); treated as FAILED")
+    return Transition(
+        TransitionKind.BLOCK, stage, stage, State.BLOCKED, reasons, alert="infra-budget-exhausted"
+    )
 
 
 def _on_fail(

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from orchestrator import taskdir
 from orchestrator.agents.budget import check_budgets
-from orchestrator.alerts import raise_alert
+from orchestrator.alerts import raise_alert, resolve_task_alerts
 from orchestrator.config import Settings
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import (
@@ -38,6 +39,7 @@ class Applied:
     """What applying a job's end did."""
 
     transition: Transition | None
+    # Alerts to deliver: raised or reopened by this job's end (see alerts.raise_alert).
     alerts: list[AlertRow] = field(default_factory=list)
     next_job: JobRow | None = None
     # Our lease was gone (another worker took the job over): nothing was written.
@@ -53,7 +55,16 @@ def budgets_for(settings: Settings, stage: Stage, agent: str) -> Budgets:
         developer_retry_budget=settings.developer_retry_budget,
         infra_retry_budget=infra,
         infra_retry_backoff_s=settings.infra_retry_backoff_s,
+        gate_retry_budget=settings.merge_gate_infra_retry_budget,
+        gate_retry_backoff_s=settings.merge_gate_infra_retry_backoff_s,
     )
+
+
+def _fresh_start(t: Transition, verdict: Verdict | None) -> str | None:
+    """A branch that no longer rebases onto main starts again from current main, its old
+    change carried over: working on the old base would only conflict again."""
+    conflict = verdict is not None and verdict.fields.get("merge_status") == "CONFLICT"
+    return "carry" if t.kind is TransitionKind.ROLLBACK and conflict else None
 
 
 def apply_job_end(
@@ -128,6 +139,7 @@ def apply_job_end(
             tuple(Stage(s) for s in repo.stages),
             developer_retries=task.developer_retries,
             infra_retries=task.infra_retries,
+            gate_retries=task.gate_retries,
         )
         job_reasons = list(result.reasons)
         t = next_transition(
@@ -170,9 +182,10 @@ def apply_job_end(
             )
     developer_retries = task.developer_retries + (1 if t.spends_developer_retry else 0)
     infra_retries = task.infra_retries + (1 if t.spends_infra_retry else 0)
+    gate_retries = task.gate_retries + (1 if t.spends_gate_retry else 0)
     if t.to_stage is not stage:
-        # The infra budget is spent per stage visit: a new stage starts with a full one.
-        infra_retries = 0
+        # The infra budgets are spent per stage visit: a new stage starts with full ones.
+        infra_retries = gate_retries = 0
     fresh = queries.update_task(
         conn,
         task.id,
@@ -182,6 +195,7 @@ def apply_job_end(
         reasons=t.reasons,
         developer_retries=developer_retries,
         infra_retries=infra_retries,
+        gate_retries=gate_retries,
     )
     queries.insert_transition(
         conn,
@@ -198,12 +212,13 @@ def apply_job_end(
     )
     next_job: JobRow | None = None
     if t.kind in (TransitionKind.ADVANCE, TransitionKind.ROLLBACK):
-        next_job = queue_job(conn, repo, fresh, t.to_stage, now=now)
+        next_job = queue_job(
+            conn, repo, fresh, t.to_stage, now=now, fresh_start=_fresh_start(t, verdict)
+        )
     elif t.kind is TransitionKind.DEFER:
         # The process ran and its work stands when only a gate met infra trouble: then the
         # retry re-runs the gates alone (the merge gate's bounded infra retry), never the
         # stage's agent again.
-        gate_trouble = not result.outcome.is_tool_error and verdict is not None
         next_job = queue_job(
             conn,
             repo,
@@ -211,19 +226,28 @@ def apply_job_end(
             t.to_stage,
             now=now,
             not_before=now + (t.backoff_s or 0.0),
-            agent=GATE_ONLY_AGENT if gate_trouble else job.agent,
+            agent=GATE_ONLY_AGENT if t.spends_gate_retry else job.agent,
         )
+    if t.kind is TransitionKind.DONE:
+        # Nothing about a finished task needs a human any more.
+        resolve_task_alerts(conn, task.id, now)
     alerts: list[AlertRow] = []
     if t.alert is not None:
-        alerts.append(
-            raise_alert(
-                conn,
-                kind=t.alert,
-                message=f"{task.key} {t.kind.value} at {stage.value}",
-                reasons=t.reasons,
-                now=now,
-                task_id=task.id,
-                repo_id=repo.id,
-            )
+        # Where to look first: the log of the job whose end raised it.
+        log = taskdir.run_log_path(
+            taskdir.task_dir(settings.tasks_dir, task.key), job.id, job.stage, job.agent
         )
+        where = f"log: {log}" if log.exists() else f"log: none (job {job.id} wrote no log)"
+        raised = raise_alert(
+            conn,
+            kind=t.alert,
+            message=f"{task.key} {t.kind.value} at {stage.value}",
+            reasons=[*t.reasons, where],
+            now=now,
+            task_id=task.id,
+            repo_id=repo.id,
+        )
+        # Only news is delivered: a repeat of an open alert was delivered already.
+        if raised.new:
+            alerts.append(raised.alert)
     return Applied(t, alerts, next_job)

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import proc_group, taskdir
-from orchestrator.agent_env import scrubbed_env
+from orchestrator.agent_env import SUITE_ENV, scrubbed_env
 from orchestrator.agents.registry import (
     DEFAULT_LLM_BACKEND,
     RESERVED_RUNNERS,
     STAGE_ROLES,
     AgentKind,
+    AgentSpec,
     parse_agent_spec,
 )
 from orchestrator.config import Settings
@@ -111,14 +112,30 @@ def launch_job(ctx: JobContext) -> JobResult:
 def _launch(ctx: JobContext) -> JobResult:
     job, repo, st = ctx.job, ctx.repo, ctx.settings
     stage = Stage(job.stage)
-    wt = worktrees.ensure_worktree(
-        Path(repo.path),
-        repo.main_branch,
-        st.worktrees_dir,
-        repo.name,
-        ctx.task.key,
-        remote=repo.remote,
-    )
+    if job.fresh_start is not None and stage is Stage.DEVELOPMENT:
+        carry = carried_diff_path(ctx.task_dir, job.id)
+        wt = worktrees.rebuild_from_main(
+            Path(repo.path),
+            repo.main_branch,
+            st.worktrees_dir,
+            repo.name,
+            ctx.task.key,
+            carry_to=carry,
+            remote=repo.remote,
+        )
+        if wt.path is not None and carry.exists():
+            ctx = dataclasses.replace(
+                ctx, previous_failure=_with_carried(ctx.previous_failure, carry)
+            )
+    else:
+        wt = worktrees.ensure_worktree(
+            Path(repo.path),
+            repo.main_branch,
+            st.worktrees_dir,
+            repo.name,
+            ctx.task.key,
+            remote=repo.remote,
+        )
     if wt.path is None:
         return JobResult(OutcomeKind.NOT_STARTED, [wt.error or "no worktree"])
     worktree = wt.path
@@ -130,7 +147,35 @@ def _launch(ctx: JobContext) -> JobResult:
         spec = parse_agent_spec(job.agent, stage)
     except UsageError as exc:
         return JobResult(OutcomeKind.NOT_STARTED, [str(exc)], worktree=worktree)
+    if stage is Stage.DEVELOPMENT:
+        # Whatever the last suite or a crashed attempt left uncommitted is not this
+        # attempt's work: the agent starts on the branch's last commit, so what is left to
+        # commit after it is exactly what it produced.
+        discarded = _clean_start(worktree)
+        if discarded is not None and discarded.startswith("cannot"):
+            return JobResult(OutcomeKind.NOT_STARTED, [discarded], worktree=worktree)
+        if discarded is not None:
+            result = _dispatch(ctx, spec, stage, worktree)
+            return dataclasses.replace(result, reasons=[discarded, *result.reasons])
+    return _dispatch(ctx, spec, stage, worktree)
 
+
+def _clean_start(worktree: Path) -> str | None:
+    """Put the worktree back at the branch's last commit; what was discarded, or None."""
+    left, detail = worktrees.changed_paths(worktree)
+    if left is None:
+        return f"cannot start on a clean worktree: {detail}"
+    if not left:
+        return None
+    restored, how = worktrees.restore_to_head(worktree)
+    if not restored:
+        return f"cannot start on a clean worktree: {how}"
+    return f"discarded what an earlier run left uncommitted: {worktrees.name_paths(left)}"
+
+
+def _dispatch(ctx: JobContext, spec: AgentSpec, stage: Stage, worktree: Path) -> JobResult:
+    """A reserved runner when it may serve the repo (else its LLM fallback), or the agent."""
+    job, repo, st = ctx.job, ctx.repo, ctx.settings
     if spec.kind is AgentKind.RUNNER:
         ok, why = runner_available(st, spec.backend, repo.name)
         if ok:
@@ -145,6 +190,33 @@ def _launch(ctx: JobContext) -> JobResult:
     return _spawn(ctx, job.agent, stage, worktree)
 
 
+# How much of a carried diff a prompt quotes; the whole of it is in the file it names.
+MAX_CARRIED_CHARS = 20_000
+
+
+def carried_diff_path(task_dir: Path, job_id: int) -> Path:
+    """Where a fresh start keeps the branch's old change: ``runs/<job>-carried.diff``."""
+    return task_dir / "runs" / f"{job_id}-carried.diff"
+
+
+def _with_carried(previous: str | None, carry: Path) -> str:
+    """The failure context, plus the old change a fresh start offers the agent."""
+    text = carry.read_bytes()[:MAX_CARRIED_CHARS].decode("utf-8", errors="replace")
+    parts = [previous] if previous else []
+    parts += [
+        "### The previous attempt's change, made on an older main",
+        "",
+        f"The task branch was started again from current main. The old change is in "
+        f"{carry} (shown here at most {MAX_CARRIED_CHARS} characters); carry over what "
+        f"still applies.",
+        "",
+        "```diff",
+        text.replace("```", "`\u200b``"),
+        "```",
+    ]
+    return "\n".join(parts)
+
+
 def _runner_ctx(ctx: JobContext, worktree: Path) -> RunContext:
     return RunContext(
         task_key=ctx.task.key,
@@ -152,7 +224,10 @@ def _runner_ctx(ctx: JobContext, worktree: Path) -> RunContext:
         worktree=worktree,
         artifact_dir=ctx.task_dir,
         log_path=ctx.log_path,
-        env=scrubbed_env(ctx.repo, {"HOME": os.environ.get("HOME", str(ctx.task_dir))}),
+        env=scrubbed_env(
+            ctx.repo,
+            {"HOME": os.environ.get("HOME", str(ctx.task_dir)), **SUITE_ENV},
+        ),
         settings=ctx.settings,
         cancel=ctx.cancel,
         on_start=ctx.on_start,
@@ -164,7 +239,14 @@ def _run_runner(ctx: JobContext, runner: str, worktree: Path) -> RunnerResult:
     rctx = _runner_ctx(ctx, worktree)
     repo = ctx.repo
     if runner == "test-runner":
-        return test_runner.run_tests(rctx, repo.test_cmd)
+        # Checked at registration (loopback http). Anything else stored there is passed on
+        # as text: the smoke check refuses it and the stage fails, never skips the check.
+        smoke = repo.options.get("smoke_urls") if isinstance(repo.options, dict) else None
+        if smoke is None:
+            urls: list[str] = []
+        else:
+            urls = [str(u) for u in smoke] if isinstance(smoke, list) else [str(smoke)]
+        return test_runner.run_tests(rctx, repo.test_cmd, smoke_urls=urls)
     if runner == "staging-runner":
         return staging_runner.run_staging(rctx, repo.staging_cmd)
     if runner == "deploy-finalizer":
@@ -271,21 +353,34 @@ def _run_command(
     if mapping.tool_error is not None:
         return JobResult(OutcomeKind(mapping.tool_error), reasons, outcome.exit_code, worktree)
     if stage is Stage.DEVELOPMENT:
-        committed, _detail = worktrees.commit_all(
-            worktree, f"{ctx.task.key}: development attempt {ctx.job.attempt} (uncommitted work)"
-        )
-        if committed:
-            reasons.append("the orchestrator committed what the agent left uncommitted")
+        commit_leftovers(ctx, worktree, "command", reasons)
     # A non-zero exit is the agent's word; the gate reads the artifact and decides.
     return JobResult(OutcomeKind.COMPLETED, reasons, outcome.exit_code, worktree)
 
 
+def commit_leftovers(ctx: JobContext, worktree: Path, agent: str, reasons: list[str]) -> None:
+    """Commit what a development agent left uncommitted; refused debris is a FAIL.
+
+    Unmerged paths or conflict-marker lines are never committed: the attempt is undone and
+    the orchestrator records ``dev_status: FAILED`` with the reason, whatever the agent's
+    own report claimed.
+    """
+    done = worktrees.commit_all(
+        worktree, f"{ctx.task.key}: development attempt {ctx.job.attempt} ({agent})"
+    )
+    if done:
+        reasons.append("the orchestrator committed what the agent left uncommitted")
+    elif done.status == "refused":
+        reasons.append(done.detail)
+        dev_report(ctx, "FAILED", [done.detail], agent)
+
+
 def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
-    """The deterministic developer: apply the attempt's patch and commit it."""
-    patch = taskdir.patch_for_attempt(ctx.task_dir, ctx.job.attempt)
+    """The deterministic developer: apply the attempt's patch and commit what it staged."""
+    patch = _patch_to_apply(ctx)
     if patch is None:
         reasons = ["no patch attached: `orch task retry KEY --patch FILE`"]
-        _dev_report(ctx, "FAILED", reasons)
+        dev_report(ctx, "FAILED", reasons)
         return JobResult(OutcomeKind.COMPLETED, reasons, 1, worktree)
     rerun = any("recovered from" in r or "re-queued" in r for r in ctx.job.reasons)
     if (
@@ -297,39 +392,54 @@ def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
         # bookkeeping: the branch holds the change already. Applying again would find
         # nothing to commit and blame the task. (A rollback's new attempt is no re-run.)
         reasons = [f"{patch.name} is already committed on the task branch"]
-        _dev_report(ctx, "DONE", reasons)
+        dev_report(ctx, "DONE", reasons)
         return JobResult(OutcomeKind.COMPLETED, reasons, 0, worktree)
     applied, detail = worktrees.apply_patch(worktree, patch)
     if not applied:
         reasons = [f"{patch.name}: {detail}"]
-        _dev_report(ctx, "FAILED", reasons)
+        dev_report(ctx, "FAILED", reasons)
         return JobResult(OutcomeKind.COMPLETED, reasons, 1, worktree)
-    committed, cdetail = worktrees.commit_all(
+    # Only what the patch staged: a file the worktree happens to hold is not the task's.
+    committed = worktrees.commit_staged(
         worktree,
         f"{ctx.task.key}: {ctx.task.title} (patch {patch.name}, attempt {ctx.job.attempt})",
     )
     if not committed:
-        reasons = [f"{patch.name} applied but {cdetail}"]
-        _dev_report(ctx, "FAILED", reasons)
+        reasons = [f"{patch.name} applied but {committed.detail}"]
+        dev_report(ctx, "FAILED", reasons)
         return JobResult(OutcomeKind.COMPLETED, reasons, 1, worktree)
     reasons = [f"applied and committed {patch.name}"]
-    _dev_report(ctx, "DONE", reasons)
+    dev_report(ctx, "DONE", reasons)
     return JobResult(OutcomeKind.COMPLETED, reasons, 0, worktree)
 
 
-def _dev_report(ctx: JobContext, status: str, reasons: list[str]) -> None:
+def _patch_to_apply(ctx: JobContext) -> Path | None:
+    """The attempt's patch; on a fresh start the newest one (``patch``) or the branch's
+    old change carried over to the fresh tree (``carry``)."""
+    if ctx.job.fresh_start == "carry":
+        carry = carried_diff_path(ctx.task_dir, ctx.job.id)
+        if carry.exists():
+            return carry
+    if ctx.job.fresh_start == "patch":
+        found = sorted(taskdir.patches_dir(ctx.task_dir).glob("*.patch"))
+        return found[-1] if found else None
+    return taskdir.patch_for_attempt(ctx.task_dir, ctx.job.attempt)
+
+
+def dev_report(ctx: JobContext, status: str, reasons: list[str], agent: str = "patch") -> None:
+    """Write ``10-dev-report.md`` as the orchestrator's record, and say so in the job log."""
     body = "\n".join(f"- {r}" for r in reasons)
     taskdir.write_atomic(
         ctx.task_dir / A.DEV_REPORT,
         A.render_artifact(
             A.DEV_REPORT,
-            {"dev_status": status, "agent": "patch", "attempt": ctx.job.attempt},
+            {"dev_status": status, "agent": agent, "attempt": ctx.job.attempt},
             body,
         ),
     )
     ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
     with ctx.log_path.open("a") as fh:
-        fh.write(f"patch backend: {status}\n{body}\n")
+        fh.write(f"{agent} backend: {status}\n{body}\n")
 
 
 RESERVED = frozenset(RESERVED_RUNNERS)

@@ -466,8 +466,26 @@ class Worker:
         verdict = None
         if result.outcome is OutcomeKind.COMPLETED and not result.awaiting_human:
             verdict = run_gates(
-                GateContext(task, repo, Stage(job.stage), folder, result.worktree, st, self.engine)
+                GateContext(
+                    task,
+                    repo,
+                    Stage(job.stage),
+                    folder,
+                    result.worktree,
+                    st,
+                    self.engine,
+                    cancel=running.cancel,
+                    job_id=job.id,
+                    on_start=on_start,
+                    marker=job_marker(job),
+                )
             )
+            if running.stop_reason in ("shutdown", "lease-lost"):
+                # Stopped while a gate ran a process (the merge re-test): as for the job's
+                # own process, re-queue it, or leave it to the worker that owns it now.
+                if running.stop_reason == "shutdown":
+                    self._requeue(job, "worker stopped")
+                return None
             if (
                 verdict.passed
                 and job.stage == Stage.TESTING.value
@@ -496,7 +514,18 @@ class Worker:
             extra={"task": task.key, "job": job.id, "action": t.kind.value if t else "cancel"},
         )
         if t is None or t.to_state in (State.DONE, State.CANCELLED):
-            worktrees.remove_worktree(Path(repo.path), st.worktrees_dir, repo.name, task.key)
+            worktrees.remove_worktree(
+                Path(repo.path),
+                st.worktrees_dir,
+                repo.name,
+                task.key,
+                # Only a done task's branch is on main; a cancelled one may hold work.
+                merged_into=repo.main_branch
+                if t is not None
+                and t.to_state == State.DONE
+                and not repo.options.get("keep_branches")
+                else None,
+            )
         return following[0] if following else None
 
     def _apply(

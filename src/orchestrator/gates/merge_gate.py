@@ -25,7 +25,7 @@ from typing import Literal
 import sqlalchemy as sa
 
 from orchestrator import taskdir
-from orchestrator.agent_env import scrubbed_env
+from orchestrator.agent_env import SUITE_ENV, scrubbed_env
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import Verdict, VerdictStatus
@@ -89,7 +89,7 @@ class RetestResult:
 def _retest_env(repo: RepoRow) -> dict[str, str]:
     # What agents and runners see; no bytecode: the re-test must leave the worktree as it
     # found it.
-    return scrubbed_env(repo, {"PYTHONDONTWRITEBYTECODE": "1"})
+    return scrubbed_env(repo, SUITE_ENV)
 
 
 def retest_branch(
@@ -106,6 +106,9 @@ def retest_branch(
         log_path=log_path,
         env=_retest_env(ctx.repo),
         settings=ctx.settings,
+        cancel=ctx.cancel,
+        on_start=ctx.on_start,
+        marker=ctx.marker,
     )
     argv = list(command)
     junit: Path | None = None
@@ -355,7 +358,15 @@ def _merge(ctx: GateContext, run: _Run) -> None:
             return
         run.reasons.append(f"round {round_no}: {rebased.detail}")
 
-        commit = gm.single_commit(worktree, branch, base, key, ctx.task.title)
+        commit = gm.single_commit(
+            worktree,
+            branch,
+            base,
+            key,
+            ctx.task.title,
+            author=ctx.task.author,
+            user_repo=Path(repo.path),
+        )
         if commit.status == "error" or commit.sha is None:
             run.infra("other", f"cannot make the task's commit: {commit.detail}")
             return
@@ -532,6 +543,7 @@ def _record_result(ctx: GateContext, run: _Run) -> None:
             merges.insert_merge_result(
                 conn,
                 task_id=ctx.task.id,
+                job_id=ctx.job_id,
                 status=run.status,
                 classification=run.classification,
                 retest=run.retest,

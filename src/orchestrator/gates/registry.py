@@ -6,6 +6,7 @@ reasons. Checks run in order; the first that does not pass decides.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,13 @@ class GateContext:
     settings: Settings
     # For checks that keep state (the merge gate's validated trees and results).
     engine: sa.Engine | None = None
+    # A check that runs a process (the merge gate's re-test) runs it as part of the job:
+    # the job's cancel (cancel, reaper, lease loss, shutdown), its process registration and
+    # its env marker, so recovery after a crash finds and kills it like any agent.
+    cancel: threading.Event | None = None
+    job_id: int | None = None
+    on_start: Callable[[int, int], None] | None = None
+    marker: str | None = None
 
 
 Check = Callable[[GateContext], Verdict]
@@ -55,7 +63,14 @@ def check_branch_has_diff(ctx: GateContext) -> Verdict:
     if ctx.worktree is None:
         return failed("no worktree to look at")
     ok, detail = worktrees.has_diff_vs(ctx.worktree, ctx.repo.main_branch)
-    return passed(f"branch diff: {detail}") if ok else failed(detail)
+    if not ok:
+        return failed(detail)
+    # An agent may commit conflict debris itself; the orchestrator's own commit refuses it.
+    markers = worktrees.branch_markers(ctx.worktree, ctx.repo.main_branch)
+    if markers:
+        listed = worktrees.name_paths(markers)
+        return failed(f"the branch adds lines that look like conflict markers: {listed}")
+    return passed(f"branch diff: {detail}")
 
 
 CHECKS: dict[str, Check] = {

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from orchestrator import taskdir
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.git import GitResult
+
+log = logging.getLogger(__name__)
 
 
 def branch_name(key: str) -> str:
@@ -44,13 +48,138 @@ def patch_present(worktree: Path, patch: Path) -> bool:
     return bool(gitcmd.git(["apply", "--reverse", "--check", str(patch)], worktree))
 
 
+# What running a suite leaves behind that is never part of a task's change: bytecode, the
+# pytest cache, coverage data. Our runners switch them off; these pathspecs are the second
+# line, so that a repo without a .gitignore neither commits them as the agent's work nor
+# counts them as a dirty worktree.
+BYPRODUCT_EXCLUDES = (
+    ":(exclude,glob)**/__pycache__/**",
+    ":(exclude,glob)**/*.py[co]",
+    ":(exclude,glob)**/.pytest_cache/**",
+    ":(exclude,glob)**/.coverage",
+    ":(exclude,glob)**/.coverage.*",
+)
+CHANGE_PATHSPEC = (".", *BYPRODUCT_EXCLUDES)
+# How many paths a reason names before it says "and N more".
+_NAMED_PATHS = 10
+
+
+def _git_message(res: GitResult) -> str:
+    """Everything git said, on one line (bounded): the reason a human reads."""
+    text = (res.stderr or res.stdout).strip()
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())[:800] or (
+        f"git exited {res.returncode}"
+    )
+
+
+def name_paths(paths: Sequence[str]) -> str:
+    """``a, b, c`` (at most ten, then how many more)."""
+    shown = ", ".join(paths[:_NAMED_PATHS])
+    more = len(paths) - _NAMED_PATHS
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def changed_paths(worktree: Path) -> tuple[list[str] | None, str]:
+    """Paths whose files differ from HEAD (tracked changes, untracked files, unmerged),
+    by-products left out; (None, why) when git cannot tell."""
+    res = gitcmd.git(
+        ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *CHANGE_PATHSPEC],
+        worktree,
+    )
+    if not res:
+        return None, f"git status failed: {_explain(res)}"
+    paths: list[str] = []
+    entries = iter(res.stdout.split("\0"))
+    for entry in entries:
+        if len(entry) < 4:
+            continue
+        paths.append(entry[3:])
+        if entry[0] in "RC":
+            next(entries, None)  # the rename's source path follows as its own entry
+    return paths, "clean" if not paths else f"{len(paths)} changed path(s): {name_paths(paths)}"
+
+
+def restore_to_head(worktree: Path) -> tuple[bool, str]:
+    """Put index and files back at HEAD: unmerged entries, staged and unstaged changes and
+    untracked files (ignored ones stay) are gone. (restored?, detail).
+
+    What a failed patch apply or an agent's refused attempt leaves must never be committed
+    later as someone's work. ``read-tree --reset -u`` rewrites the index from HEAD and the
+    files with it (a path only the index had is removed); untracked files are deleted one
+    by one, which is all ``git clean`` would do here.
+    """
+    res = gitcmd.git(["read-tree", "--reset", "-u", "HEAD"], worktree)
+    if not res:
+        return False, f"cannot restore the worktree to HEAD: {_git_message(res)}"
+    others = gitcmd.git(["ls-files", "-z", "--others", "--exclude-standard"], worktree)
+    if not others:
+        return False, f"cannot list untracked files: {_git_message(others)}"
+    root = worktree.resolve()
+    for name in filter(None, others.stdout.split("\0")):
+        path = worktree / name
+        # ls-files names paths inside the worktree (a symlink as itself); a folder on the
+        # way that resolves elsewhere is never followed into.
+        if not path.parent.resolve().is_relative_to(root):
+            continue
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == worktree or not parent.is_relative_to(worktree):
+                break
+            try:
+                parent.rmdir()  # only empty folders
+            except OSError:
+                break
+    left, detail = changed_paths(worktree)
+    if left:
+        return False, f"the worktree is still not at HEAD: {detail}"
+    return True, "the worktree is back at the task branch's last commit"
+
+
 def apply_patch(worktree: Path, patch: Path) -> tuple[bool, str]:
-    """Apply a patch with a three-way merge; (applied?, detail)."""
+    """Apply a patch with a three-way merge (staged); (applied?, detail).
+
+    A patch that does not apply leaves nothing behind: ``git apply --3way`` writes conflict
+    markers and unmerged entries, and those are undone here, so the worktree is exactly at
+    the task branch's last commit and the next attempt sees git's real message, not the
+    debris of this one.
+    """
     res = gitcmd.git(["apply", "--3way", "--whitespace=nowarn", str(patch)], worktree)
     if not res:
-        detail = (res.stderr or res.stdout).strip().replace("\n", "; ")
-        return False, f"the patch does not apply: {detail[:500]}"
+        detail = f"the patch does not apply: {_git_message(res)}"
+        restored, how = restore_to_head(worktree)
+        return False, detail if restored else f"{detail}; {how}"
     return True, "applied"
+
+
+def commit_problems(worktree: Path) -> list[str]:
+    """Why the staged change must not be committed: unmerged paths, or added lines that
+    look like conflict markers (what ``git diff --check`` reports)."""
+    problems: list[str] = []
+    unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
+    if not unmerged:
+        return [f"git ls-files --unmerged failed: {_git_message(unmerged)}"]
+    names = sorted({e.split("\t", 1)[1] for e in unmerged.stdout.split("\0") if "\t" in e})
+    if names:
+        problems.append(f"unmerged paths (a conflict left unresolved): {name_paths(names)}")
+    check = gitcmd.git(["diff", "--cached", "--check", "--", *CHANGE_PATHSPEC], worktree)
+    markers = [
+        line.split(": leftover conflict marker")[0]
+        for line in check.stdout.splitlines()
+        if line.endswith("leftover conflict marker")
+    ]
+    if markers:
+        problems.append(f"added lines look like conflict markers: {name_paths(markers)}")
+    return problems
+
+
+def branch_markers(worktree: Path, base: str) -> list[str]:
+    """``file:line`` of conflict-marker lines the branch adds against ``base``."""
+    check = gitcmd.git(["diff", "--check", f"{base}...HEAD", "--", *CHANGE_PATHSPEC], worktree)
+    return [
+        line.split(": leftover conflict marker")[0]
+        for line in check.stdout.splitlines()
+        if line.endswith("leftover conflict marker")
+    ]
 
 
 @contextmanager
@@ -132,6 +261,79 @@ def _add_worktree(
     return WorktreeResult(path, created=True, notes=tuple(notes))
 
 
+def rebuild_from_main(
+    repo_path: Path,
+    main_branch: str,
+    worktrees_root: Path,
+    repo_name: str,
+    key: str,
+    *,
+    carry_to: Path,
+    remote: str | None = None,
+) -> WorktreeResult:
+    """Start the task's worktree again from current main (``orch task retry --fresh``, or
+    a branch that no longer rebases).
+
+    The branch's old change (a binary diff from where it forked off main to its tip) is
+    saved to ``carry_to`` first, for the next attempt to offer or re-apply; a file already
+    there is kept (the same job run again after a crash must not replace the old change by
+    its own half-done one). The branch then moves to main by compare-and-swap.
+    """
+    path = worktree_path(worktrees_root, repo_name, key)
+    branch = branch_name(key)
+    ref = f"refs/heads/{branch}"
+    with repo_lock(repo_path):
+        start, notes = _start_point(repo_path, main_branch, remote)
+        start_sha = _rev(repo_path, f"{start}^{{commit}}")
+        if start_sha is None:
+            return WorktreeResult(None, created=False, error=f"cannot read {main_branch}")
+        old = _rev(repo_path, ref)
+        if old is not None and not carry_to.exists():
+            fork = gitcmd.git(["merge-base", start_sha, old], repo_path)
+            if fork:
+                carry_to.parent.mkdir(parents=True, exist_ok=True)
+                diff = gitcmd.git(
+                    [
+                        "diff",
+                        "--binary",
+                        "--full-index",
+                        f"--output={carry_to}",
+                        fork.stdout.strip(),
+                        old,
+                        "--",
+                    ],
+                    repo_path,
+                )
+                if not diff:
+                    carry_to.unlink(missing_ok=True)
+                    why = _explain(diff)
+                    return WorktreeResult(None, False, f"cannot save the old change: {why}")
+                if carry_to.stat().st_size == 0:
+                    carry_to.unlink()
+        if path.exists():
+            _drop_worktree_dir(path)
+        gitcmd.git(["worktree", "prune"], repo_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if old is None:
+            res = gitcmd.git(["worktree", "add", "-b", branch, str(path), start_sha], repo_path)
+        else:
+            moved = gitcmd.git(["update-ref", ref, start_sha, old], repo_path)
+            if not moved:
+                return WorktreeResult(None, False, f"cannot move {branch}: {_explain(moved)}")
+            res = gitcmd.git(["worktree", "add", str(path), branch], repo_path)
+        if not res:
+            return WorktreeResult(None, False, f"git worktree add: {_explain(res)}")
+    notes.append(f"started again from {main_branch} at {start_sha[:12]}")
+    if carry_to.exists():
+        notes.append(f"the old change is kept in {carry_to}")
+    return WorktreeResult(path, created=True, notes=tuple(notes))
+
+
+def _rev(cwd: Path, rev: str) -> str | None:
+    res = gitcmd.git(["rev-parse", "--verify", "--quiet", rev], cwd)
+    return res.stdout.strip() or None if res else None
+
+
 def has_diff_vs(worktree: Path, base: str) -> tuple[bool, str]:
     """Whether the task branch changes anything against ``base`` (its merge base)."""
     res = gitcmd.git(["diff", "--stat", f"{base}...HEAD"], worktree)
@@ -143,30 +345,53 @@ def has_diff_vs(worktree: Path, base: str) -> tuple[bool, str]:
     return True, stat.splitlines()[-1].strip()
 
 
-def commit_all(worktree: Path, message: str) -> tuple[bool, str]:
-    """Commit everything left in the worktree; (committed?, detail)."""
-    add = gitcmd.git(["add", "-A"], worktree)
+@dataclass(frozen=True)
+class Committed:
+    """What committing an attempt did: ``committed``, ``empty`` (nothing to commit),
+    ``refused`` (conflict debris: undone, never committed) or ``error``."""
+
+    status: Literal["committed", "empty", "refused", "error"]
+    detail: str
+
+    def __bool__(self) -> bool:
+        return self.status == "committed"
+
+
+_ORCH_COMMITTER = ["-c", "user.name=orchestrator", "-c", "user.email=orchestrator@localhost"]
+
+
+def commit_all(worktree: Path, message: str) -> Committed:
+    """Commit everything the agent left in the worktree, by-products left out.
+
+    Conflict debris (unmerged paths, added conflict-marker lines) is refused, and the
+    worktree is put back at the branch's last commit: nothing half-merged is committed or
+    survives into the next step.
+    """
+    if gitcmd.git(["ls-files", "--unmerged"], worktree).stdout.strip():
+        return _refuse(worktree, commit_problems(worktree))
+    add = gitcmd.git(["add", "-A", "--", *CHANGE_PATHSPEC], worktree)
     if not add:
-        return False, f"git add failed: {_explain(add)}"
+        return Committed("error", f"git add failed: {_explain(add)}")
+    return commit_staged(worktree, message)
+
+
+def commit_staged(worktree: Path, message: str) -> Committed:
+    """Commit exactly what is staged (the patch backend: what ``git apply`` produced)."""
+    problems = commit_problems(worktree)
+    if problems:
+        return _refuse(worktree, problems)
     if gitcmd.git(["diff", "--cached", "--quiet"], worktree):
-        return False, "nothing to commit"
-    res = gitcmd.git(
-        [
-            "-c",
-            "user.name=orchestrator",
-            "-c",
-            "user.email=orchestrator@localhost",
-            "commit",
-            "--no-verify",
-            "-q",
-            "-m",
-            message,
-        ],
-        worktree,
-    )
+        return Committed("empty", "nothing to commit")
+    res = gitcmd.git([*_ORCH_COMMITTER, "commit", "--no-verify", "-q", "-m", message], worktree)
     if not res:
-        return False, f"git commit failed: {_explain(res)}"
-    return True, "committed"
+        return Committed("error", f"git commit failed: {_explain(res)}")
+    return Committed("committed", "committed")
+
+
+def _refuse(worktree: Path, problems: list[str]) -> Committed:
+    restored, how = restore_to_head(worktree)
+    tail = "the attempt was undone" if restored else how
+    return Committed("refused", f"not committed: {'; '.join(problems)}; {tail}")
 
 
 def _drop_worktree_dir(path: Path) -> None:
@@ -176,13 +401,76 @@ def _drop_worktree_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def remove_worktree(repo_path: Path, worktrees_root: Path, repo_name: str, key: str) -> None:
-    """Remove a task's worktree (the branch stays for the record)."""
+def remove_worktree(
+    repo_path: Path,
+    worktrees_root: Path,
+    repo_name: str,
+    key: str,
+    *,
+    merged_into: str | None = None,
+) -> BranchCleanup | None:
+    """Remove a task's worktree; with ``merged_into`` (a done task's main branch), delete
+    its branch too when that branch holds it (``delete_merged_branch_locked``).
+
+    Without ``merged_into`` the branch stays (cancelled, or kept on purpose): None.
+    """
     path = worktree_path(worktrees_root, repo_name, key)
     with repo_lock(repo_path):
         if path.exists():
             _drop_worktree_dir(path)
         gitcmd.git(["worktree", "prune"], repo_path)
+        if merged_into is None:
+            return None
+        cleanup = delete_merged_branch_locked(repo_path, merged_into, key)
+    level = logging.WARNING if cleanup.status == "error" else logging.INFO
+    log.log(level, cleanup.detail, extra={"task": key, "action": f"branch-{cleanup.status}"})
+    return cleanup
+
+
+@dataclass(frozen=True)
+class BranchCleanup:
+    """What became of a done task's branch: ``deleted``, ``kept`` (why) or ``error``."""
+
+    status: Literal["deleted", "kept", "error"]
+    detail: str
+
+
+def delete_merged_branch_locked(repo_path: Path, main_branch: str, key: str) -> BranchCleanup:
+    """Delete ``orch/<KEY>`` from the user's clone, only when ``main_branch`` holds its tip.
+
+    The caller holds ``repo_lock``. A branch with a commit main lacks is never deleted, nor
+    one checked out anywhere. The deletion is a compare-and-delete (``update-ref --stdin``:
+    ``delete <ref> <tip>``): if anyone moved the branch after the checks, git refuses and
+    the branch, with their commit, stays. No force of any kind is needed or used.
+    """
+    branch = branch_name(key)
+    ref = f"refs/heads/{branch}"
+    tip_res = gitcmd.git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], repo_path)
+    tip = tip_res.stdout.strip() if tip_res else ""
+    if not tip:
+        return BranchCleanup("kept", f"{branch}: no such branch, nothing to delete")
+    main_res = gitcmd.git(
+        ["rev-parse", "--verify", "--quiet", f"refs/heads/{main_branch}^{{commit}}"], repo_path
+    )
+    main = main_res.stdout.strip() if main_res else ""
+    if not main:
+        return BranchCleanup("kept", f"{branch} kept: no branch {main_branch} to compare with")
+    merged = gitcmd.git(["merge-base", "--is-ancestor", tip, main], repo_path)
+    if merged.timed_out or merged.returncode not in (0, 1):
+        return BranchCleanup("error", f"{branch} kept: git merge-base: {_explain(merged)}")
+    if merged.returncode == 1:
+        return BranchCleanup(
+            "kept", f"{branch} kept: its tip {tip[:12]} is not on {main_branch} (unmerged work)"
+        )
+    listed = gitcmd.git(["worktree", "list", "--porcelain"], repo_path)
+    if not listed:
+        return BranchCleanup("error", f"{branch} kept: git worktree list: {_explain(listed)}")
+    if f"branch {ref}" in listed.stdout.splitlines():
+        return BranchCleanup("kept", f"{branch} kept: it is checked out in a worktree")
+    res = gitcmd.git(["update-ref", "--stdin"], repo_path, input_text=f"delete {ref} {tip}\n")
+    if not res:
+        return BranchCleanup("error", f"{branch} kept: git update-ref: {_explain(res)}")
+    return BranchCleanup("deleted", f"{branch} deleted: {main_branch} holds its tip {tip[:12]}")
 
 
 def prune_orphan_worktrees(

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from orchestrator.errors import NotFoundError
 from orchestrator.store import wake
-from orchestrator.store.schema import alerts, jobs, repos, tasks, transitions
+from orchestrator.store.schema import alerts, jobs, repos, task_deps, tasks, transitions
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class JobRow:
     cost_usd: float | None
     tokens_in: int | None
     tokens_out: int | None
+    fresh_start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -369,6 +370,101 @@ def count_tasks_by(conn: sa.Connection) -> dict[tuple[str, str], int]:
     return {(stage, state): int(n) for stage, state, n in conn.execute(stmt)}
 
 
+# ---- dependencies ------------------------------------------------------------------------
+
+
+_IN_SLICE = 500
+
+
+@dataclass(frozen=True)
+class DepRow:
+    """A task another task waits for, and where that task stands now."""
+
+    key: str
+    state: str
+
+
+def get_tasks_by_keys(conn: sa.Connection, keys: Iterable[str]) -> dict[str, TaskRow]:
+    """Key → task, for those of ``keys`` that exist."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = conn.execute(sa.select(tasks).where(tasks.c.key.in_(wanted)))
+    return {row.key: TaskRow(**row._mapping) for row in rows}
+
+
+def insert_deps(conn: sa.Connection, task_id: int, after_ids: Iterable[int]) -> None:
+    """Record that the task waits for each of ``after_ids`` to be done."""
+    rows = [{"task_id": task_id, "after_id": after} for after in sorted(set(after_ids))]
+    if rows:
+        conn.execute(sa.insert(task_deps), rows)
+
+
+def deps_of(conn: sa.Connection, task_id: int) -> list[DepRow]:
+    """The tasks ``task_id`` waits for (done or not), in the order they were filed."""
+    stmt = (
+        sa.select(tasks.c.key, tasks.c.state)
+        .select_from(task_deps.join(tasks, tasks.c.id == task_deps.c.after_id))
+        .where(task_deps.c.task_id == task_id)
+        .order_by(tasks.c.id)
+    )
+    return [DepRow(key, state) for key, state in conn.execute(stmt)]
+
+
+def waiting_on(conn: sa.Connection, task_id: int) -> list[DepRow]:
+    """The tasks ``task_id`` still waits for: its dependencies that are not done."""
+    return [dep for dep in deps_of(conn, task_id) if dep.state != "done"]
+
+
+def waits_for_dependency(task_id: sa.ColumnElement[int]) -> sa.Exists:
+    """SQL: task ``task_id`` (a column of the enclosing query) waits for a task not done.
+
+    For the WHERE of the claim and of ``work_pending``. The primary key of task_deps
+    (task_id first) finds a task's few dependencies, the primary key of tasks their states.
+    """
+    after = tasks.alias("after_task")
+    return sa.exists(
+        sa.select(task_deps.c.after_id)
+        .select_from(task_deps.join(after, after.c.id == task_deps.c.after_id))
+        .where(task_deps.c.task_id == task_id, after.c.state != "done")
+    )
+
+
+def dependency_path(conn: sa.Connection, starts: Iterable[int], target: int) -> list[int] | None:
+    """A chain of task ids from one of ``starts`` to ``target`` along "waits for" edges.
+
+    A walk over task_deps, breadth first, one query per level: the shortest chain, or None
+    when ``target`` cannot be reached. Giving task T the dependencies ``starts`` closes a
+    cycle exactly when T is reachable from them; a start equal to ``target`` is the chain
+    of one (a task waiting for itself).
+    """
+    parent: dict[int, int | None] = dict.fromkeys(starts)
+    frontier = sorted(parent)
+    while frontier:
+        if target in parent:
+            break
+        edges: list[sa.Row[Any]] = []
+        # In slices: a wide level must not pass SQLite's limit on bound parameters.
+        for i in range(0, len(frontier), _IN_SLICE):
+            edges += conn.execute(
+                sa.select(task_deps.c.task_id, task_deps.c.after_id).where(
+                    task_deps.c.task_id.in_(frontier[i : i + _IN_SLICE])
+                )
+            ).all()
+        nxt = []
+        for waiter, after in sorted(edges):
+            if after not in parent:
+                parent[after] = waiter
+                nxt.append(after)
+        frontier = nxt
+    if target not in parent:
+        return None
+    path = [target]
+    while (step := parent[path[-1]]) is not None:
+        path.append(step)
+    return path[::-1]
+
+
 # ---- transitions -------------------------------------------------------------------------
 
 
@@ -425,6 +521,7 @@ def insert_job(
     now: float,
     not_before: float | None = None,
     serial_key: str | None = None,
+    fresh_start: str | None = None,
 ) -> JobRow:
     """Queue a job; it may start once ``now >= not_before`` (None: at once)."""
     stmt = (
@@ -439,6 +536,7 @@ def insert_job(
             not_before=0.0 if not_before is None else not_before,
             cancel_requested=False,
             serial_key=serial_key,
+            fresh_start=fresh_start,
             created_at=now,
         )
         .returning(*jobs.c)
@@ -508,19 +606,80 @@ def insert_alert(
             reasons=list(reasons),
             created_at=now,
             delivery_attempts=0,
+            occurrences=1,
         )
         .returning(*alerts.c)
     )
     return AlertRow(**conn.execute(stmt).one()._mapping)
 
 
+def task_alert(conn: sa.Connection, *, task_id: int, kind: str) -> AlertRow | None:
+    """The task's alert of ``kind``: the open one, else the newest resolved one, else None."""
+    a = alerts.c
+    stmt = (
+        sa.select(alerts)
+        .where(a.task_id == task_id, a.kind == kind)
+        .order_by(sa.case((a.resolved_at.is_(None), 0), else_=1), a.id.desc())
+        .limit(1)
+    )
+    row = conn.execute(stmt).one_or_none()
+    return None if row is None else AlertRow(**row._mapping)
+
+
+def repeat_alert(
+    conn: sa.Connection,
+    alert_id: int,
+    *,
+    severity: str,
+    message: str,
+    reasons: Iterable[str],
+    reopen: bool,
+) -> AlertRow:
+    """Count one more occurrence of an alert, with the newest message and reasons.
+
+    ``reopen`` opens a resolved alert again, as not yet delivered nor acknowledged: it is
+    news to whoever resolved it. ``created_at`` stays: it is when the alert was first seen.
+    """
+    values: dict[str, object] = {
+        "severity": severity,
+        "message": message,
+        "reasons": list(reasons),
+        # In SQL, not read-modify-write: a concurrent repeat still counts.
+        "occurrences": alerts.c.occurrences + 1,
+    }
+    if reopen:
+        values.update(
+            resolved_at=None, delivered_at=None, delivery_attempts=0, acknowledged_at=None
+        )
+    row = _update(conn, alerts, alerts.c.id == alert_id, values, f"no alert with id {alert_id}")
+    return AlertRow(**row._mapping)
+
+
+def resolve_alerts(
+    conn: sa.Connection, *, task_id: int, now: float, kinds: Iterable[str] | None = None
+) -> list[int]:
+    """Close the task's open alerts (of ``kinds``, None: all); the ids of those closed."""
+    where = [alerts.c.task_id == task_id, alerts.c.resolved_at.is_(None)]
+    if kinds is not None:
+        where.append(alerts.c.kind.in_(sorted(set(kinds))))
+    stmt = sa.update(alerts).where(*where).values(resolved_at=now).returning(alerts.c.id)
+    return sorted(int(i) for i in conn.execute(stmt).scalars())
+
+
 def list_alerts(
-    conn: sa.Connection, *, limit: int | None = 100, undelivered: bool = False
+    conn: sa.Connection,
+    *,
+    limit: int | None = 100,
+    undelivered: bool = False,
+    open_only: bool = False,
 ) -> list[AlertRow]:
-    """Alerts, newest first; ``undelivered`` keeps those no sink has delivered yet."""
+    """Alerts, newest first; ``undelivered`` keeps those no sink has delivered yet,
+    ``open_only`` those not resolved."""
     stmt = sa.select(alerts).order_by(alerts.c.created_at.desc(), alerts.c.id.desc())
     if undelivered:
         stmt = stmt.where(alerts.c.delivered_at.is_(None))
+    if open_only:
+        stmt = stmt.where(alerts.c.resolved_at.is_(None))
     if limit is not None:
         stmt = stmt.limit(limit)
     return [AlertRow(**row._mapping) for row in conn.execute(stmt)]

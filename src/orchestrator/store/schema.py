@@ -25,6 +25,7 @@ TASK_STATES = ("active", "deferred", "blocked", "done", "cancelled")
 JOB_STATES = ("queued", "running", "finished")
 JOB_OUTCOMES = ("completed", "timeout", "crashed", "lock-busy", "not-started")
 VERDICTS = ("PASS", "FAIL")
+FRESH_STARTS = ("carry", "patch")
 TRANSITION_KINDS = (
     "create",
     "advance",
@@ -162,10 +163,14 @@ jobs = sa.Table(
     sa.Column("cost_usd", Float(), nullable=True),
     sa.Column("tokens_in", sa.Integer(), nullable=True),
     sa.Column("tokens_out", sa.Integer(), nullable=True),
+    # A development attempt that starts from current main instead of the task branch:
+    # "carry" re-offers the branch's old diff, "patch" applies the newest attached patch.
+    sa.Column("fresh_start", sa.String(), nullable=True),
     sa.UniqueConstraint("task_id", "stage", "attempt"),
     sa.CheckConstraint(in_check("state", JOB_STATES), name="state"),
     sa.CheckConstraint(in_check("outcome", JOB_OUTCOMES), name="outcome"),
     sa.CheckConstraint(in_check("verdict", VERDICTS), name="verdict"),
+    sa.CheckConstraint(in_check("fresh_start", FRESH_STARTS), name="fresh_start"),
     sa.Index(None, "state", "not_before"),
     sa.Index(None, "state", "task_id"),
     sa.Index(

@@ -21,12 +21,18 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Add ``tasks.gate_retries``, ``tasks.author``, alert resolution and ``task_deps``."""
+    """Add ``tasks.gate_retries``, ``tasks.author``, ``jobs.fresh_start``, alert resolution
+    and ``task_deps``."""
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(
             sa.Column("gate_retries", sa.Integer(), nullable=False, server_default=sa.text("0"))
         )
         batch.add_column(sa.Column("author", sa.String(), nullable=True))
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("fresh_start", sa.String(), nullable=True))
+        batch.create_check_constraint(
+            op.f("ck_jobs_fresh_start"), "fresh_start IN ('carry', 'patch')"
+        )
     with op.batch_alter_table("alerts") as batch:
         batch.add_column(sa.Column("resolved_at", sa.Float(), nullable=True))
         batch.add_column(
@@ -56,6 +62,9 @@ def downgrade() -> None:
     with op.batch_alter_table("alerts") as batch:
         batch.drop_column("occurrences")
         batch.drop_column("resolved_at")
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_constraint(op.f("ck_jobs_fresh_start"), type_="check")
+        batch.drop_column("fresh_start")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("author")
         batch.drop_column("gate_retries")
