@@ -112,6 +112,7 @@ def setup(
     )
     engine = make_engine(settings.effective_database_url)
     upgrade(engine)
+    stamps.parent.mkdir(parents=True, exist_ok=True)
     agents = []
     for stage in STAGES:
         script = agent_script(stage, stamps).replace("'", "'\\''")
@@ -123,7 +124,14 @@ def setup(
         make_repo(repo)
         # The merge gate re-tests the merged tree with the repo's test command: one that
         # passes at once, as the no-op agents have no suite.
-        spec = ops.RepoInput(stages=STAGES, agents=agents, test_cmd=f"{sys.executable} -c pass")
+        # The agents stamp into their own folder, the one path the sandbox lets them write
+        # besides the worktree and the job's folders.
+        spec = ops.RepoInput(
+            stages=STAGES,
+            agents=agents,
+            test_cmd=f"{sys.executable} -c pass",
+            sandbox_rw=[str(stamps.parent)],
+        )
         ops.add_repo(engine, name, repo, spec)
         names.append(name)
     return settings, engine, names
@@ -161,7 +169,7 @@ def pct(values: list[float], q: float) -> float:
 def bench_overhead(transitions: int, db_url: str | None) -> tuple[list[float], list[float]]:
     root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     try:
-        stamps = root / "stamps.log"
+        stamps = root / "stamps" / "stamps.log"
         settings, engine, _ = setup(root, db_url, 1, stamps)
         n_tasks = max(1, transitions // (len(STAGES) - 1))
         for i in range(n_tasks):
@@ -190,7 +198,7 @@ def bench_overhead(transitions: int, db_url: str | None) -> tuple[list[float], l
 def bench_throughput(tasks: int, parallel: int, db_url: str | None) -> tuple[float, int]:
     root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     try:
-        stamps = root / "stamps.log"
+        stamps = root / "stamps" / "stamps.log"
         settings, engine, _ = setup(root, db_url, parallel, stamps)
         for i in range(tasks):
             ops.add_task(engine, settings, "bench", f"t{i}")
@@ -215,7 +223,7 @@ def bench_throughput(tasks: int, parallel: int, db_url: str | None) -> tuple[flo
 def bench_idle(seconds: float, db_url: str | None) -> float:
     root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     try:
-        settings, engine, _ = setup(root, db_url, 1, root / "stamps.log")
+        settings, engine, _ = setup(root, db_url, 1, root / "stamps" / "stamps.log")
         worker = Worker(settings, engine)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
@@ -303,7 +311,7 @@ def run_workers(
     root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     try:
         with fresh_database(server_url, root) as db_url:
-            stamps = root / "stamps.log"
+            stamps = root / "stamps" / "stamps.log"
             settings, engine, names = setup(root, db_url, parallel, stamps, repos)
             for i in range(tasks):
                 ops.add_task(engine, settings, names[i % len(names)], f"t{i}")
@@ -348,7 +356,7 @@ def bench_wake(samples: int, server_url: str, listen: bool) -> list[float]:
     rng = random.Random(7)
     try:
         with fresh_database(server_url, root) as db_url:
-            stamps = root / "stamps.log"
+            stamps = root / "stamps" / "stamps.log"
             settings, engine, _ = setup(root, db_url, 1, stamps)
             procs = spawn_workers(
                 1,

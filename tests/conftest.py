@@ -33,6 +33,13 @@ from orchestrator.store import make_engine, normalize_url, upgrade
 
 TEST_DATABASE_ENV = "ORCH_TEST_DATABASE_URL"
 
+# The fake agents and test programs live in this folder: every sandbox of the suite may read
+# it, wherever the checkout is (under /tmp or a home folder, both hidden in a sandbox).
+# Subprocesses inherit it; tests that build an environment without ORCH_* keep this one.
+SANDBOX_RO_ENV = "ORCH_SANDBOX_RO"
+TESTS_DIR = Path(__file__).resolve().parent
+os.environ[SANDBOX_RO_ENV] = str(TESTS_DIR)
+
 MakeRepo = Callable[..., Path]
 
 

@@ -40,6 +40,8 @@ SEVERITY = {
     "task-blocked": "warning",
     "awaiting-human": "info",
     "llm-budget-exhausted": "critical",
+    "sandbox-unavailable": "critical",
+    "main-rewound": "critical",
 }
 
 

@@ -214,6 +214,28 @@ class Settings(BaseSettings):
         default="", description="Model for aider (--model); empty: aider's default."
     )
 
+    sandbox: bool = Field(
+        default=True,
+        description="Run agents and suites under bubblewrap (off: bare, unsafe, warned).",
+    )
+    sandbox_network: str = Field(
+        default="shared",
+        description="Sandbox network: shared or none, or per kind: agent=shared,suite=none.",
+    )
+    sandbox_deploy: bool = Field(
+        default=False, description="Run the deploy command inside the sandbox too."
+    )
+    sandbox_ro: str = Field(
+        default="",
+        description="CSV of paths every sandbox may read (per repo: orch repo set --sandbox-ro).",
+    )
+
+    @field_validator("sandbox_network", mode="after")
+    @classmethod
+    def _check_sandbox_network(cls, value: str) -> str:
+        sandbox_network_for(value, "agent")  # raises ValueError when malformed
+        return value
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
@@ -316,6 +338,29 @@ def load_settings(**overrides: Any) -> Settings:
             lines.append(f"{where}{msg}")
         msg = "invalid settings: " + "; ".join(lines)
         raise ConfigError(msg) from exc
+
+
+SANDBOX_KINDS = ("agent", "suite", "deploy")
+
+
+def sandbox_network_for(value: str, kind: str) -> bool:
+    """Whether a sandboxed process of ``kind`` keeps the network, by ``ORCH_SANDBOX_NETWORK``:
+    ``shared`` or ``none`` for all, or ``kind=shared|none`` pairs (unnamed kinds: shared)."""
+    choices = {"shared": True, "none": False}
+    text = value.strip()
+    if text in choices:
+        return choices[text]
+    found = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, choice = part.partition("=")
+        if not sep or name.strip() not in SANDBOX_KINDS or choice.strip() not in choices:
+            msg = (
+                f"sandbox network {value!r}: give shared, none, or kind=shared|none "
+                f"for kinds {', '.join(SANDBOX_KINDS)}"
+            )
+            raise ValueError(msg)
+        found[name.strip()] = choices[choice.strip()]
+    return found.get(kind, True)
 
 
 def in_scope(csv: str, repo: str) -> bool:

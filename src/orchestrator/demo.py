@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from orchestrator import ops, taskdir
+from orchestrator import ops, sandbox, taskdir
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.engine.worker import Worker
@@ -256,6 +256,9 @@ class DemoResult:
     main_log: list[str]
     problems: list[str]
     seconds: float
+    # "on", or "off" with why: the demo runs its own trusted code, so without bubblewrap it
+    # runs bare and says so instead of refusing (a real repo's jobs are refused).
+    sandbox: str = "on"
 
     @property
     def ok(self) -> bool:
@@ -266,9 +269,11 @@ class DemoResult:
 def setup(root: Path) -> tuple[Settings, sa.Engine, Path, HealthServer, list[str]]:
     """Home, database, repo, health server; registers the repo and files the tasks."""
     home = root / "home"
+    wanted = load_settings(home=home, database_url="").sandbox
     settings = load_settings(
         home=home,
         database_url="",
+        sandbox=wanted and sandbox.probe().ok,
         max_parallel_jobs=4,
         max_parallel_jobs_per_repo=4,
         poll_interval_s=0.2,
@@ -391,7 +396,13 @@ def check(
     for name in ("def sub", "def mul", "return a * b", "def div", "def power"):
         if name not in calc:
             problems.append(f"main's calc/__init__.py lacks {name!r}")
-    return DemoResult(settings.home, repo, reports, main_log, problems, time.time() - started)
+    state, detail = sandbox.sandbox_state(settings)
+    shown = "on" if state == "on" else f"off ({detail})"
+    if not settings.sandbox and not sandbox.probe().ok:
+        shown = f"off: {sandbox.probe().detail}"
+    return DemoResult(
+        settings.home, repo, reports, main_log, problems, time.time() - started, shown
+    )
 
 
 def run_demo(

@@ -39,7 +39,12 @@ from orchestrator.domain.stages import (
 )
 from orchestrator.domain.verdicts import PARSERS
 from orchestrator.errors import NotFoundError, UsageError
-from orchestrator.gitops.git import branch_exists, current_branch, is_git_repo
+from orchestrator.gitops.git import (
+    branch_exists,
+    current_branch,
+    is_git_repo,
+    rev_parse_branch,
+)
 from orchestrator.store import PoolSizes, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import JobRow, RepoRow, TaskRow, TransitionRow
@@ -110,6 +115,10 @@ class RepoInput:
     smoke_urls: Sequence[str] | None = None
     regression_markers: Sequence[str] | None = None
     keep_branches: bool | None = None
+    sandbox_ro: Sequence[str] | None = None
+    sandbox_rw: Sequence[str] | None = None
+    # Accept main as it is now as the base to build on (after a rewind a human checked).
+    trust_main: bool = False
 
 
 # The seed's marker of the self-hosting repo: the merge gate's own re-test classifier, which
@@ -165,6 +174,24 @@ def check_smoke_urls(urls: Sequence[str]) -> list[str]:
     return out
 
 
+def check_sandbox_paths(paths: Sequence[str], option: str) -> list[str]:
+    """``--sandbox-ro`` / ``--sandbox-rw`` values: absolute paths of existing folders or
+    files, never ``/`` itself (the system is already visible read-only)."""
+    out: list[str] = []
+    for raw in _given(paths, option):
+        path = Path(raw).expanduser()
+        if not path.is_absolute() or _CONTROL_RE.search(raw):
+            msg = f"{option} {raw!r}: give an absolute path"
+            raise UsageError(msg)
+        resolved = str(path.resolve())
+        if resolved == "/" or not path.exists():
+            msg = f"{option} {raw!r}: not an existing folder or file other than /"
+            raise UsageError(msg)
+        if resolved not in out:
+            out.append(resolved)
+    return out
+
+
 def parse_marker(value: str) -> dict[str, str]:
     """``ID:SYMBOL:PATH`` as the merge gate reads a marker: ``{task, symbol, path}``.
 
@@ -212,6 +239,13 @@ def _check_known_options(options: dict[str, Any]) -> None:
         _found, problems = gate_markers(options)
         if problems:
             raise UsageError("; ".join(problems))
+    for key in ("sandbox_ro", "sandbox_rw"):
+        if key in options:
+            paths = options[key]
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                msg = f"{key} must be a list of paths"
+                raise UsageError(msg)
+            check_sandbox_paths(paths, key)
     if "keep_branches" in options and not isinstance(options["keep_branches"], bool):
         msg = "keep_branches must be true or false"
         raise UsageError(msg)
@@ -226,6 +260,10 @@ def _option_changes(spec: RepoInput) -> dict[str, Any]:
         changes["regression_markers"] = parse_markers(spec.regression_markers)
     if spec.keep_branches is not None:
         changes["keep_branches"] = spec.keep_branches
+    if spec.sandbox_ro is not None:
+        changes["sandbox_ro"] = check_sandbox_paths(spec.sandbox_ro, "--sandbox-ro")
+    if spec.sandbox_rw is not None:
+        changes["sandbox_rw"] = check_sandbox_paths(spec.sandbox_rw, "--sandbox-rw")
     return changes
 
 
@@ -351,6 +389,13 @@ def set_repo(engine: sa.Engine, name: str, spec: RepoInput) -> RepoRow:
         if spec.prefix is not None:
             msg = "the task key prefix cannot change once tasks may exist"
             raise UsageError(msg)
+        if spec.trust_main:
+            main = fields.get("main_branch", repo.main_branch)
+            sha = rev_parse_branch(path, str(main))
+            if sha is None:
+                msg = f"{path}: cannot read branch {main}"
+                raise UsageError(msg)
+            fields["main_seen"] = sha
         changes = _option_changes(spec)
         options = dict(repo.options or {})
         if spec.self_hosting and "regression_markers" not in {**options, **changes}:

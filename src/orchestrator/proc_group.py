@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -41,7 +42,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:  # stdlib only at run time: the sandbox is handed in, never imported
+    from orchestrator.sandbox import Sandbox
 
 __all__ = [
     "MARKER_CHAIN_ENV",
@@ -82,6 +86,8 @@ _SWEEP_TIMEOUT_S = 2.0
 _REAP_TIMEOUT_S = 2.0
 
 _PROC = Path("/proc")
+# Above this, a sandboxed command's exit code is 128 + the signal that killed it.
+_SIGNAL_EXIT = 128
 _log = logging.getLogger(__name__)
 
 
@@ -97,6 +103,8 @@ class ExecuteRequest:
     grace_s: float = 5.0
     marker: str | None = None  # None -> a fresh uuid4 hex
     secret_names: frozenset[str] = frozenset()  # extra env names to mask in the log header
+    # Run inside this sandbox (bubblewrap; the job is its PID namespace). None: bare.
+    sandbox: Sandbox | None = None
 
 
 @dataclass(frozen=True)
@@ -436,6 +444,7 @@ def _write_header(
         f"===== orchestrator run {_now_iso(at)} =====",
         f"argv: {json.dumps(list(request.argv))}",
         f"cwd: {request.cwd}",
+        f"sandbox: {_sandbox_line(request)}",
         f"marker: {MARKER_ENV}={marker}",
         f"timeout_s: {request.timeout_s} grace_s: {request.grace_s}",
         "env:",
@@ -444,6 +453,14 @@ def _write_header(
     ]
     log.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
     log.flush()
+
+
+def _sandbox_line(request: ExecuteRequest) -> str:
+    box = request.sandbox
+    if box is None:
+        return "off"
+    wrapped = box.wrap(["..."], request.cwd)
+    return json.dumps(wrapped[: wrapped.index("--")])
 
 
 def _signal_name(sig: int | None) -> str:
@@ -549,6 +566,40 @@ def _stop_child_only(proc: subprocess.Popen[bytes], grace_s: float) -> None:
             proc.kill()
 
 
+def _missing(exe: str, path: str | None, cwd: Path) -> bool:
+    """Whether ``exe`` names no executable file (looked up on ``path`` when it has no /,
+    else relative to ``cwd``, where the command runs)."""
+    found = str(cwd / exe) if os.sep in exe else shutil.which(exe, path=path)
+    return found is None or not os.access(found, os.X_OK) or not Path(found).is_file()
+
+
+def refuse(request: ExecuteRequest, error: str) -> Outcome:
+    """A run that must not start (no sandbox where one is required): logged, not started."""
+    now = time.time()
+    try:
+        request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(request.log_path, "ab+") as log:
+            _log_line(log, f"not started: {error}")
+    except OSError:
+        pass  # the outcome still says why; a log we cannot write is no reason to start
+    return Outcome(
+        exit_code=None,
+        signal=None,
+        timed_out=False,
+        cancelled=False,
+        signal_sent_by_us=False,
+        duration_s=0.0,
+        started_at=now,
+        finished_at=now,
+        log_path=request.log_path,
+        pid=None,
+        pgid=None,
+        marker=request.marker or "",
+        termination_uncertain=False,
+        start_error=error,
+    )
+
+
 def run(
     request: ExecuteRequest,
     *,
@@ -613,11 +664,20 @@ def run(
             error = "empty argv"
         elif not Path(request.cwd).is_dir():
             error = f"cwd is not a directory: {request.cwd}"
+        elif request.sandbox is not None and _missing(
+            request.argv[0], env.get("PATH"), Path(request.cwd)
+        ):
+            # Inside the sandbox bubblewrap would start and then fail to exec it: say so
+            # here, as a bare start would, instead of a failed run of the command.
+            error = f"FileNotFoundError: no executable {request.argv[0]!r}"
         proc: subprocess.Popen[bytes] | None = None
         if error is None:
             try:
+                argv = list(request.argv)
+                if request.sandbox is not None:
+                    argv = request.sandbox.wrap(argv, Path(request.cwd))
                 proc = subprocess.Popen(
-                    list(request.argv),
+                    argv,
                     cwd=request.cwd,
                     env=env,
                     stdin=subprocess.DEVNULL,  # a suite must never block on a terminal read
@@ -718,6 +778,12 @@ def _supervise(
 
     exit_code = returncode if returncode is not None and returncode >= 0 else None
     sig = -returncode if returncode is not None and returncode < 0 else None
+    if request.sandbox is not None and exit_code is not None and exit_code > _SIGNAL_EXIT:
+        # bubblewrap reports a command killed by signal N as exit code 128 + N. Read as
+        # the signal: a command that exits 137 by itself is then a tool error, never a
+        # PASS (fail closed); a signal death read as an exit code could be a false green.
+        sig = exit_code - _SIGNAL_EXIT
+        exit_code = None
     finished_at = time.time()
     duration = time.monotonic() - t0
     outcome = Outcome(

@@ -39,7 +39,9 @@ def free_port() -> int:
 
 def base_env(home: Path, db_url: str, **extra: str) -> dict[str, str]:
     """Our environment without any ORCH_*, then a home, a database and fast timings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ORCH_") or k == "ORCH_SANDBOX_RO"
+    }
     env.update(
         ORCH_HOME=str(home),
         ORCH_DATABASE_URL=db_url,
@@ -137,6 +139,8 @@ class FakeRepo:
                 agents=[f"{s}={agent}" for s in STAGES],
                 # The merge gate re-tests with the repo's test command: one that passes.
                 test_cmd=f"{sys.executable} -c pass",
+                # The fake agents read their plan and write their logs beside it.
+                sandbox_rw=[str(self.plan.parent)],
             ),
         )
 

@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 from api_server import Server
 
-from orchestrator import ops
+from orchestrator import ops, proc_group
 from orchestrator.config import load_settings
+from orchestrator.engine.launch import job_marker
 from orchestrator.store import make_engine, queries
 from orchestrator.store.schema import jobs as jobs_table
 
@@ -36,7 +37,11 @@ class Env:
         self.plan = tmp_path / "plan" / "plan.json"
         self.plan.parent.mkdir()
         self.plan.write_text("{}")
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("ORCH_") or k == "ORCH_SANDBOX_RO"
+        }
         self.env.update(
             ORCH_HOME=str(self.home),
             ORCH_DATABASE_URL=db_url,
@@ -89,10 +94,24 @@ class Env:
             # The merge gate re-tests with this; the fake agents' repo has no suite.
             "--test-cmd",
             f"{sys.executable} -c pass",
+            # The fake agents read their plan and write their logs beside it.
+            "--sandbox-rw",
+            str(self.plan.parent),
         ]
         for stage in ("development", "testing", "deploy-staging"):
             args += ["--agent", f"{stage}={agent}"]
         self.orch(*args)
+
+    def marker_of_running(self, stage: str) -> str:
+        """The env marker of the running job at ``stage``: how its processes are found
+        from here (inside the sandbox a process's pid is its namespace's own)."""
+        engine = make_engine(self.db_url)
+        try:
+            with engine.connect() as conn:
+                (job,) = [j for j in queries.list_jobs(conn, state="running") if j.stage == stage]
+        finally:
+            engine.dispose()
+        return job_marker(job)
 
     def starts(self) -> list[str]:
         log = self.plan.parent / "STARTS.log"
@@ -186,11 +205,11 @@ def test_kill_9_mid_job_then_restart_completes_once(env: Env) -> None:
     key = env.orch("task", "add", "demo", "survive a crash").strip()
     run = env.spawn("run")
     env.wait_for(lambda: any(":testing:" in s for s in env.starts()))
-    held_pid = int((env.plan.parent / f"HELD-{key}-testing").read_text())
+    env.wait_for(lambda: (env.plan.parent / f"HELD-{key}-testing").exists())
+    marker = env.marker_of_running("testing")
+    assert proc_group.find_marked(marker)
     os.kill(run.pid, signal.SIGKILL)
     run.wait(timeout=30)
-    # The agent lives in its own session: the crash left it running.
-    os.kill(held_pid, 0)
 
     env.orch("run", "--until-idle", timeout=240)
     (task,) = env.tasks()
@@ -202,8 +221,7 @@ def test_kill_9_mid_job_then_restart_completes_once(env: Env) -> None:
     assert testing[0]["attempt"] == 1
     assert any("recovered from" in r for r in testing[0]["reasons"])
     # Nothing of the killed run is left.
-    with pytest.raises(ProcessLookupError):
-        os.kill(held_pid, 0)
+    assert proc_group.find_marked(marker) == []
 
 
 def test_sigterm_requeues_running_jobs_without_spending_a_retry(env: Env) -> None:
@@ -211,11 +229,12 @@ def test_sigterm_requeues_running_jobs_without_spending_a_retry(env: Env) -> Non
     key = env.orch("task", "add", "demo", "stop politely").strip()
     run = env.spawn("run")
     env.wait_for(lambda: any(":development:" in s for s in env.starts()))
-    held_pid = int((env.plan.parent / f"HELD-{key}-development").read_text())
+    env.wait_for(lambda: (env.plan.parent / f"HELD-{key}-development").exists())
+    marker = env.marker_of_running("development")
+    assert proc_group.find_marked(marker)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 0
-    with pytest.raises(ProcessLookupError):
-        os.kill(held_pid, 0)
+    assert proc_group.find_marked(marker) == []
     shown = json.loads(env.orch("task", "show", key, "--json"))
     (job,) = shown["jobs"]
     assert (job["state"], job["attempt"]) == ("queued", 1)

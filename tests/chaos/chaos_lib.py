@@ -130,7 +130,11 @@ class ChaosEnv:
         self.home = self.root / "home"
         self.logs = self.root / "orch-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("ORCH_") or k == "ORCH_SANDBOX_RO"
+        }
         self.env.update(
             ORCH_HOME=str(self.home),
             ORCH_DATABASE_URL=self.db_url,

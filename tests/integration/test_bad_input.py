@@ -399,20 +399,23 @@ def _check_the_run(h: Harness, keys: list[str], developer: str) -> None:
         # of the title; its cwd was the key's worktree.
         echoed = STAGES if developer == "command" else STAGES[1:]
         for job in (j for j in jobs if j.stage in echoed):
-            seen = json.loads((folder / "runs" / f"echo-{job.stage}-1.json").read_text())
+            # An agent's artifact dir is its job's own output folder, not the task folder.
+            out = folder / "runs" / f"{job.id}-out"
+            seen = json.loads((out / "runs" / f"echo-{job.stage}-1.json").read_text())
             values = dict(a.split("=", 1) for a in seen["argv"][1:])
             assert sorted(values) == sorted(TEMPLATE_FIELDS)
             assert values["task"] == key
             assert values["stage"] == job.stage
             assert values["worktree"] == str(worktree) == seen["cwd"]
-            assert values["artifact_dir"] == str(folder)
+            assert values["artifact_dir"] == str(out)
             assert values["prompt_file"] == str(folder / "runs" / f"{job.id}-prompt.md")
             assert not [a for a in seen["argv"] if TOKEN in a or title in a]
             assert seen["env"]["ORCH_TASK"] == key
             assert not [v for v in seen["env"].values() if TOKEN in v]
             assert title in Path(values["prompt_file"]).read_text()
         if developer == "claude":
-            argv = json.loads((folder / "runs" / "claude-argv-1.json").read_text())
+            first_out = folder / "runs" / f"{jobs[0].id}-out"
+            argv = json.loads((first_out / "runs" / "claude-argv-1.json").read_text())
             prompt = (folder / "runs" / f"{jobs[0].id}-prompt.md").read_bytes().decode()
             assert argv[-2:] == ["--", prompt]
             assert argv.count("--") == 1

@@ -75,7 +75,7 @@ def test_each_part_is_counted_as_its_own(
 
     def repo(name: str, agents: list[str], **cmds: str) -> None:
         path = make_repo(tmp_path / name, files={"README.md": f"{name}\n"})
-        ops.add_repo(h.engine, name, path, ops.RepoInput(stages=STAGES, agents=agents, **cmds))
+        ops.add_repo(h.engine, name, path, h.repo_input(stages=STAGES, agents=agents, **cmds))
 
     # red: staging passes, then the merge gate's re-test fails (RED).
     repo("red", staged, staging_cmd=PASS_CMD, test_cmd=FAIL_CMD)

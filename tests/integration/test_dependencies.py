@@ -97,7 +97,12 @@ class Bed:
             self.engine,
             "demo",
             self.repo_path,
-            ops.RepoInput(stages=STAGES, agents=agents, test_cmd=f"{sys.executable} -c pass"),
+            ops.RepoInput(
+                stages=STAGES,
+                agents=agents,
+                test_cmd=f"{sys.executable} -c pass",
+                sandbox_rw=[str(self.plan_path.parent)],  # the fake agents' plan and logs
+            ),
         )
 
     def add(self, title: str = "T", patch: bytes | None = None, **kw: Any) -> str:

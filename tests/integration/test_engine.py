@@ -77,8 +77,13 @@ class Harness:
             self.engine,
             "demo",
             self.repo_path,
-            ops.RepoInput(stages=stages, agents=specs, test_cmd=f"{sys.executable} -c pass"),
+            self.repo_input(stages=stages, agents=specs, test_cmd=f"{sys.executable} -c pass"),
         )
+
+    def repo_input(self, **fields: Any) -> ops.RepoInput:
+        """A RepoInput whose sandbox lets the fake agents read their plan and write their
+        logs beside it (the plan folder: the tests' own, trusted)."""
+        return ops.RepoInput(sandbox_rw=[str(self.plan_path.parent)], **fields)
 
     def save_plan(self) -> None:
         self.plan_path.write_text(json.dumps(self.plan))
@@ -428,8 +433,6 @@ def test_recovery_reaps_only_this_hosts_leftover_processes(h: Harness) -> None:
 def test_a_live_workers_job_is_not_taken(h: Harness) -> None:
     h.add_repo()
     h.add_task()
-    import os
-
     here = Worker(h.settings, h.engine).host
     with h.engine.begin() as conn:
         (job,) = jobq.claim_jobs(
@@ -479,14 +482,6 @@ def test_an_own_job_no_thread_runs_lapses_and_is_taken_back(h: Harness) -> None:
     assert h.task(key).developer_retries == 0
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def test_a_job_taken_over_elsewhere_is_stopped_here(h: Harness) -> None:
     # Our lease ran out (a database outage longer than the lease, a stalled process) and
     # another worker took the job: the next heartbeat sees it, and this copy of the job is
@@ -499,9 +494,11 @@ def test_a_job_taken_over_elsewhere_is_stopped_here(h: Harness) -> None:
     key = h.add_task()
     h.start()
     h.wait_for(lambda: any(":development:" in s for s in h.starts()))
-    pid = int(next(s for s in h.starts() if ":development:" in s).rsplit(":", 1)[1])
     with h.engine.begin() as conn:
         (job,) = [j for j in queries.list_jobs(conn) if j.state == "running"]
+        # The agent's processes, seen from here (its own pid is its sandbox's): by marker.
+        marker = job_marker(job)
+        assert proc_group.find_marked(marker)
         assert jobq.requeue(conn, job.id, now=time.time(), reason="taken over")
         (again,) = jobq.claim_jobs(
             conn,
@@ -512,7 +509,7 @@ def test_a_job_taken_over_elsewhere_is_stopped_here(h: Harness) -> None:
             limits=jobq.ClaimLimits(4, 4),
         )
     assert again.id == job.id
-    h.wait_for(lambda: _gone(pid))
+    h.wait_for(lambda: proc_group.find_marked(marker) == [])
     h.stop()
     with h.engine.connect() as conn:
         row = queries.get_job(conn, job.id)

@@ -294,6 +294,18 @@ FAULTS: list[Fault] = [
         "its first job is never claimed while the dependency is not done; "
         "`orch run --until-idle` still ends and the task says what it waits on",
     ),
+    Fault(
+        "main-rewound",
+        "Main rewound outside the orchestrator",
+        "after the first task merges, someone moves main back to its parent "
+        "(`git update-ref`); a second task reaches the merge gate",
+        "deploy-staging",
+        "blocked",
+        ("create", "advance", "advance", "block"),
+        "main-rewound",
+        "the merge gate refuses to build on a main that does not descend from the last main "
+        "it made; main is not moved; `orch repo set --trust-main` and a retry go on",
+    ),
 ]
 
 
@@ -362,8 +374,9 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------- the drivers
 # (below the __main__ block's exit: --write needs none of the engine's imports)
 
-from orchestrator import alerts, ops  # noqa: E402
+from orchestrator import alerts, ops, proc_group  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
+from orchestrator.engine.launch import job_marker  # noqa: E402
 from orchestrator.store import make_engine, normalize_url, queries  # noqa: E402
 
 try:
@@ -412,7 +425,7 @@ def seen(h: Harness, key: str, faulted: Callable[[Any], bool]) -> Seen:
 
 
 def _agent_script(h: Harness) -> Path:
-    path = h.tmp / "fault_agent.py"
+    path = h.plan_path.parent / "fault_agent.py"  # the plan folder: readable in the sandbox
     path.write_text(AGENT)
     return path
 
@@ -447,7 +460,7 @@ def drive_merge_retest_timeout(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     specs = [f"{s}={h.agent()}" for s in STAGES]
     sleeper = f"{sys.executable} -c 'import time; time.sleep(30)'"
     ops.add_repo(
-        h.engine, "demo", h.repo_path, ops.RepoInput(stages=STAGES, agents=specs, test_cmd=sleeper)
+        h.engine, "demo", h.repo_path, h.repo_input(stages=STAGES, agents=specs, test_cmd=sleeper)
     )
     key = h.add_task()
     h.run_until_idle()
@@ -698,7 +711,7 @@ def drive_disk_full(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
         h.engine,
         "demo",
         h.repo_path,
-        ops.RepoInput(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} -m pytest -q"),
+        h.repo_input(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} -m pytest -q"),
     )
     key = h.add_task()
     h.run_until_idle()
@@ -884,7 +897,7 @@ def drive_no_gitignore_bytecode(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
         h.engine,
         "demo",
         h.repo_path,
-        ops.RepoInput(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} -m pytest -q"),
+        h.repo_input(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} -m pytest -q"),
     )
     assert not (h.repo_path / ".gitignore").exists()
     test = "from calc import double\n\n\ndef test_double():\n    assert double(2) == 4\n"
@@ -927,15 +940,6 @@ def drive_merge_gate_own_budget(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     return seen(h, key, lambda j: j.stage == "deploy-staging")
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie: an orphan killed here may wait for init to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 RETEST = """
 import os, sys, time
 from pathlib import Path
@@ -960,10 +964,17 @@ def drive_kill_9_during_retest(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
         h.engine,
         "demo",
         h.repo_path,
-        ops.RepoInput(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} {script} {box}"),
+        ops.RepoInput(
+            stages=STAGES,
+            agents=specs,
+            test_cmd=f"{sys.executable} {script} {box}",
+            sandbox_rw=[str(h.plan_path.parent), str(box)],
+        ),
     )
     key = h.add_task()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ORCH_") or k == "ORCH_SANDBOX_RO"
+    }
     env.update(
         ORCH_HOME=str(h.settings.home),
         ORCH_DATABASE_URL=h.settings.effective_database_url,
@@ -977,19 +988,22 @@ def drive_kill_9_during_retest(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     )
     try:
         h.wait_for(lambda: any(box.glob("RETEST-*")), deadline_s=120)
-        (held,) = [int(p.name.split("-")[1]) for p in box.glob("RETEST-*")]
+        (job,) = [j for j in h.jobs(key) if j.state == "running"]
+        # The re-test's processes, seen from here, by the job's marker (inside the sandbox
+        # a process's own pid is its namespace's).
+        marker = job_marker(job)
+        assert proc_group.find_marked(marker)
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=30)
     finally:
         if run.poll() is None:
             run.kill()
-    assert _running(held)  # the killed worker's re-test is still there
     (box / "HOLD").unlink()
     h.run_until_idle()
-    alive = _running(held)
-    if alive:
-        os.kill(held, signal.SIGKILL)
-    assert not alive, "the killed worker's re-test outlived recovery"
+    left = proc_group.find_marked(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "the killed worker's re-test outlived recovery"
     with h.engine.connect() as conn:
         from orchestrator.store import merges
 
@@ -1020,6 +1034,30 @@ def drive_dependency_blocked(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     return seen(h, second, lambda j: True)
 
 
+def drive_main_rewound(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.add_repo()
+    first = h.add_task("first")
+    h.run_until_idle()
+    assert h.task(first).state == "done"
+    merged = _git(h.repo_path, "rev-parse", "main").strip()
+    _git(h.repo_path, "update-ref", "refs/heads/main", "main~1")  # someone rewinds main
+    rewound = _git(h.repo_path, "rev-parse", "main").strip()
+    second = h.add_task("second")
+    h.run_until_idle()
+    assert _git(h.repo_path, "rev-parse", "main").strip() == rewound  # not built on
+    task = h.task(second)
+    assert any("the last main the merge gate made" in r for r in task.reasons), task.reasons
+    assert any(merged[:12] in r for r in task.reasons)
+    seen_now = seen(h, second, lambda j: j.stage == "deploy-staging")
+    # A human looked: the rewound main is right. Trust it, retry: the task merges on it.
+    ops.set_repo(h.engine, "demo", ops.RepoInput(trust_main=True))
+    ops.retry_task(h.engine, h.settings, second)
+    h.run_until_idle()
+    assert h.task(second).state == "done"
+    assert _git(h.repo_path, "rev-parse", "main~1").strip() == rewound
+    return seen_now
+
+
 DRIVERS: dict[str, Callable[[Harness, pytest.MonkeyPatch], Seen]] = {
     "agent-crash": drive_agent_crash,
     "agent-hang": drive_agent_hang,
@@ -1041,6 +1079,7 @@ DRIVERS: dict[str, Callable[[Harness, pytest.MonkeyPatch], Seen]] = {
     "merge-gate-own-budget": drive_merge_gate_own_budget,
     "kill-9-during-retest": drive_kill_9_during_retest,
     "dependency-blocked": drive_dependency_blocked,
+    "main-rewound": drive_main_rewound,
 }
 
 

@@ -111,6 +111,12 @@ class Job:
     def artifact(self, name: str) -> str | None:
         return taskdir.read_artifact(self.folder, name)
 
+    @property
+    def out(self) -> Path:
+        """The job's own output folder: where the agent writes its artifact (the
+        orchestrator moves it into the task folder after the run)."""
+        return self.folder / "runs" / f"{self.job.id}-out"
+
 
 @pytest.fixture
 def offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,7 +211,7 @@ def claude_job(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def test_claude_writes_the_file_and_the_artifact(claude_job: Any) -> None:
     job, server = claude_job([])  # the paths need the job: scripted once it exists
-    wt, art = job.worktree, job.folder / A.DEV_REPORT
+    wt, art = job.worktree, job.out / A.DEV_REPORT
     server.script(
         [
             F.tool("Write", {"file_path": str(wt / "hello.txt"), "content": "hello\n"}),
@@ -313,7 +319,7 @@ def test_a_repo_prompt_override_is_what_the_model_gets(claude_job: Any) -> None:
     override.write_text("HOUSE RULES for {{ task_key }}: write {{ artifact_path }}\n")
     job.run("claude")
     sent = json.dumps(server.scripted_requests(F.ANTHROPIC)[0].body)
-    assert f"HOUSE RULES for {job.task.key}: write {job.folder / A.DEV_REPORT}" in sent
+    assert f"HOUSE RULES for {job.task.key}: write {job.out / A.DEV_REPORT}" in sent
 
 
 # ------------------------------------------------------------------------------- codex
@@ -350,7 +356,7 @@ def codex_job(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def test_codex_writes_the_file_and_the_artifact(codex_job: Any) -> None:
     job, server = codex_job([])
-    wt, art = job.worktree, job.folder / A.DEV_REPORT
+    wt, art = job.worktree, job.out / A.DEV_REPORT
     report = dev_report("DONE").replace("'", "'\\''")
     server.script(
         [
@@ -532,7 +538,7 @@ def test_spend_sums_job_costs(make_job: Any) -> None:
 
 
 def _hello_script(job: Job) -> list[F.Turn]:
-    wt, art = job.worktree, job.folder / A.DEV_REPORT
+    wt, art = job.worktree, job.out / A.DEV_REPORT
     return [
         F.tool("Write", {"file_path": str(wt / "hello.txt"), "content": "hello\n"}),
         F.tool("Write", {"file_path": str(art), "content": dev_report("DONE")}),

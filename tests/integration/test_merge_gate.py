@@ -692,7 +692,9 @@ def test_no_git_call_of_the_gate_can_force(
     def spying_run(argv: Any, *args: Any, **kwargs: Any) -> Any:
         env = kwargs.get("env") or {}
         if isinstance(argv, list | tuple) and argv and argv[0] == "git" and HELPER_MARK not in env:
-            spawned.append(tuple(argv))
+            # Every call carries the safe config (no hooks, no fsmonitor) before its verb.
+            assert tuple(argv[1:5]) == gitcmd.SAFE_CONFIG, argv
+            spawned.append(("git", *argv[5:]))
         return real_run(argv, *args, **kwargs)
 
     monkeypatch.setattr(gitcmd, "git", recording_git)

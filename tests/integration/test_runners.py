@@ -113,7 +113,7 @@ def test_passing_suite_passes_with_junit_counts(make_ctx: MakeCtx) -> None:
     keys = keys_of(result)
     assert keys["passed"] == ["3"]
     assert keys["outcome"] == ["completed"]
-    junit = ctx.artifact_dir / "runs" / "junit-1-testing-test-runner.xml"
+    junit = ctx.out_dir / "junit.xml"
     assert f"--junitxml={junit}" in json.loads(keys["command"][0])
     assert junit.is_file()
 

@@ -360,6 +360,15 @@ def test_codex_plan_and_config(tmp_path: Path) -> None:
     assert config["approval_policy"] == "never"
     assert config["features"] == {"plugins": False}
     assert config["analytics"] == {"enabled": False}
+    # Inside our sandbox (the default) Codex's own is off: it cannot start nested.
+    assert config["sandbox_mode"] == "danger-full-access"
+    assert "sandbox_workspace_write" not in config
+
+
+def test_codex_keeps_its_own_sandbox_when_ours_is_off(tmp_path: Path) -> None:
+    req = request(tmp_path, sandbox=False)
+    config = tomllib.loads(codex.codex_config_toml(req))
+    assert config["sandbox_mode"] == "workspace-write"
     assert config["sandbox_workspace_write"]["writable_roots"] == [str(req.artifact_dir)]
 
 

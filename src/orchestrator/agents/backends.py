@@ -15,6 +15,7 @@ gate reads the artifact and the engine decides.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.gitops import worktrees
+from orchestrator.sandbox import SandboxUnavailable
 
 if TYPE_CHECKING:
     # engine.launch imports this module from _spawn; importing it back at module level
@@ -82,7 +84,13 @@ def run_llm_backend(
 ) -> JobResult:
     """Run ``backend`` as ``role`` at ``stage`` in ``worktree``; what the process did."""
     from orchestrator.agent_env import scrubbed_env
-    from orchestrator.engine.launch import JobResult, commit_leftovers, job_marker
+    from orchestrator.engine.launch import (
+        JobResult,
+        collect_artifact,
+        commit_leftovers,
+        job_marker,
+        job_out_dir,
+    )
 
     def not_started(*reasons: str) -> JobResult:
         _append_log(ctx.log_path, [f"{backend}: not started: {r}" for r in reasons])
@@ -94,9 +102,12 @@ def run_llm_backend(
     st = ctx.settings
     artifact = STAGE_TRANSITIONS[stage].artifact
     task_md = taskdir.read_artifact(ctx.task_dir, A.TASK) or ""
+    # The agent writes its artifact in the job's own folder; the orchestrator moves it into
+    # the task folder after the run (collect_artifact), which the agent cannot reach.
+    out_dir = job_out_dir(ctx)
     try:
         prompt = render_prompt(
-            role, stage, ctx.task.key, task_md, ctx.task_dir, ctx.previous_failure, worktree
+            role, stage, ctx.task.key, task_md, out_dir, ctx.previous_failure, worktree
         )
     except PromptError as exc:
         return not_started(f"role prompt: {exc}")
@@ -111,7 +122,7 @@ def run_llm_backend(
             "ORCH_TASK": ctx.task.key,
             "ORCH_STAGE": stage.value,
             "ORCH_ATTEMPT": str(ctx.job.attempt),
-            "ORCH_ARTIFACT_DIR": str(ctx.task_dir),
+            "ORCH_ARTIFACT_DIR": str(out_dir),
             "ORCH_WORKTREE": str(worktree),
             "ORCH_PROMPT_FILE": str(prompt_file),
         },
@@ -123,7 +134,7 @@ def run_llm_backend(
         task_key=ctx.task.key,
         prompt=prompt,
         worktree=worktree,
-        artifact_dir=ctx.task_dir,
+        artifact_dir=out_dir,
         artifact=artifact,
         job_home=job_home,
         settings=st,
@@ -138,8 +149,8 @@ def run_llm_backend(
     except OSError as exc:
         return not_started(f"cannot prepare the job home {job_home}: {exc}")
 
-    run = _execute(ctx, plan, {**env, **plan.env}, worktree, artifact, job_marker(ctx.job))
-    reasons_extra: list[str] = []
+    run = _execute(ctx, plan, {**env, **plan.env}, worktree, out_dir, artifact, job_marker(ctx.job))
+    reasons_extra: list[str] = collect_artifact(ctx, out_dir, stage)
     if backend == "aider":
         result = _finish_aider(ctx, plan, run, worktree, reasons_extra)
     else:
@@ -164,33 +175,42 @@ def _execute(
     plan: LlmPlan,
     env: dict[str, str],
     worktree: Path,
+    out_dir: Path,
     artifact: str,
     marker: str,
 ) -> _Run:
+    from orchestrator.engine.launch import agent_sandbox
+
     st = ctx.settings
     # Activity is output in the log or a changed file in the worktree or the artifact. The
     # task folder as a whole is not watched: the job home inside it holds the CLI's own
     # state files, which a hung CLI may still touch.
-    detector = StallDetector(
-        ctx.log_path, [worktree, ctx.task_dir / artifact], st.agent_stall_timeout_s
-    )
+    detector = StallDetector(ctx.log_path, [worktree, out_dir / artifact], st.agent_stall_timeout_s)
     start = log_size(ctx.log_path)
-    outcome = proc_group.run(
-        proc_group.ExecuteRequest(
-            argv=plan.argv,
-            cwd=worktree,
-            env=env,
-            log_path=ctx.log_path,
-            timeout_s=st.agent_timeout_s,
-            grace_s=st.kill_grace_s,
-            marker=marker,
-            secret_names=frozenset(ctx.repo.agent_env),
-        ),
-        cancel=ctx.cancel,
-        on_start=ctx.on_start,
-        poll=detector,
-        tree_kill=st.subprocess_tree_kill_enabled,
+    request = proc_group.ExecuteRequest(
+        argv=plan.argv,
+        cwd=worktree,
+        env=env,
+        log_path=ctx.log_path,
+        timeout_s=st.agent_timeout_s,
+        grace_s=st.kill_grace_s,
+        marker=marker,
+        secret_names=frozenset(ctx.repo.agent_env),
     )
+    job_home = ctx.task_dir / "runs" / f"{ctx.job.id}-home"
+    prompt_file = ctx.task_dir / "runs" / f"{ctx.job.id}-prompt.md"
+    try:
+        box = agent_sandbox(ctx, plan.argv, env, [worktree, job_home, out_dir], prompt_file)
+    except SandboxUnavailable as exc:
+        outcome = proc_group.refuse(request, f"sandbox: {exc}")
+    else:
+        outcome = proc_group.run(
+            dataclasses.replace(request, sandbox=box),
+            cancel=ctx.cancel,
+            on_start=ctx.on_start,
+            poll=detector,
+            tree_kill=st.subprocess_tree_kill_enabled,
+        )
     return _Run(outcome, run_output(ctx.log_path, start), detector)
 
 

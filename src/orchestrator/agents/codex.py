@@ -48,6 +48,7 @@ from orchestrator.agents.common import (
     token_sum,
     tool_error_of,
 )
+from orchestrator.config import Settings
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.proc_group import Outcome
 
@@ -63,6 +64,13 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
+def effective_sandbox(st: Settings) -> str:
+    """Codex's own sandbox mode. Inside ours it is switched off: our bubblewrap already
+    confines the job, and Codex's bubblewrap cannot start nested inside it (every command
+    would fail with "bwrap: execvp codex-linux-sandbox", blamed on the code)."""
+    return "danger-full-access" if st.sandbox else st.codex_sandbox
+
+
 def codex_config_toml(req: PlanRequest) -> str:
     """The ``config.toml`` of one Codex job."""
     st = req.settings
@@ -71,7 +79,7 @@ def codex_config_toml(req: PlanRequest) -> str:
         "# Written by the orchestrator for one job; not shared with any other run.",
         f"model = {_toml_str(st.codex_model)}",
         f"model_provider = {_toml_str(PROVIDER)}",
-        f"sandbox_mode = {_toml_str(st.codex_sandbox)}",
+        f"sandbox_mode = {_toml_str(effective_sandbox(st))}",
         'approval_policy = "never"',
         "",
         f"[model_providers.{PROVIDER}]",
@@ -83,7 +91,7 @@ def codex_config_toml(req: PlanRequest) -> str:
         f"stream_max_retries = {st.codex_max_retries}",
         "",
     ]
-    if st.codex_sandbox == "workspace-write":
+    if effective_sandbox(st) == "workspace-write":
         lines += [
             "[sandbox_workspace_write]",
             f"writable_roots = [{_toml_str(str(req.artifact_dir))}]",

@@ -52,6 +52,11 @@ class KillSwitches(_Out):
     staging_runner_enabled: bool
     subprocess_tree_kill_enabled: bool
     merge_retest_skip_when_current_enabled: bool
+    sandbox: str = Field(
+        description="on (agents and suites run under bubblewrap), off (ORCH_SANDBOX=off: "
+        "they run bare) or unavailable (on, but it cannot start: untrusted jobs are refused)."
+    )
+    sandbox_detail: str
 
 
 class StageStateCount(_Out):

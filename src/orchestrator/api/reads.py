@@ -20,6 +20,7 @@ from orchestrator.api.snapshot import Snapshot
 from orchestrator.config import Settings
 from orchestrator.engine.worker import SERIAL_HOLD_STAGES
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
+from orchestrator.sandbox import sandbox_state
 from orchestrator.store import control, counters, merges, queries
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import AlertRow, JobRow, TaskRow, TransitionRow
@@ -171,6 +172,7 @@ def kill_switches(conn: sa.Connection, st: Settings) -> M.KillSwitches:
         staging_runner_enabled=st.staging_runner_enabled,
         subprocess_tree_kill_enabled=st.subprocess_tree_kill_enabled,
         merge_retest_skip_when_current_enabled=st.merge_retest_skip_when_current_enabled,
+        **dict(zip(("sandbox", "sandbox_detail"), sandbox_state(st), strict=True)),
     )
 
 

@@ -11,7 +11,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.cli._common import console, fail, print_json, to_jsonable
+from orchestrator.cli._common import console, fail, plain, print_json, to_jsonable
 from orchestrator.domain.stages import DEFAULT_STAGES
 
 STATE_STYLE = {"done": "green", "blocked": "red", "deferred": "yellow", "cancelled": "dim"}
@@ -100,7 +100,7 @@ def _summary(result: object, keep: bool) -> None:
     verdict = (
         "[green]all tasks ended as expected[/green]" if result.ok else "[red]NOT as expected[/red]"
     )
-    console.print(f"{verdict} in {result.seconds:.1f}s")
+    console.print(f"{verdict} in {result.seconds:.1f}s; sandbox {plain(result.sandbox)}")
     if keep:
         console.print("\nwhere to look next:")
         console.print(f"  artifacts and job logs: {result.home / 'tasks'}/<KEY>/")

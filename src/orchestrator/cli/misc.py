@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from orchestrator import __version__
-from orchestrator.cli._common import console, print_json, run, settings
+from orchestrator.cli._common import console, plain, print_json, run, settings
 from orchestrator.config import render_configuration_md, render_env_example
 from orchestrator.store import queries
 
@@ -46,6 +46,7 @@ def _masked_url(url: str) -> str:
 def status(as_json: JsonFlag = False) -> None:
     """Tasks by stage and state, repos, and whether claiming is paused."""
     from orchestrator.ops import open_engine
+    from orchestrator.sandbox import sandbox_state
 
     def load() -> dict[str, Any]:
         st = settings()
@@ -64,6 +65,7 @@ def status(as_json: JsonFlag = False) -> None:
                 for (stage, state), n in sorted(counts.items())
             ],
             "alerts": alerts,
+            "sandbox": dict(zip(("state", "detail"), sandbox_state(st), strict=True)),
         }
 
     data = run(load)
@@ -75,6 +77,9 @@ def status(as_json: JsonFlag = False) -> None:
         f"{'[red]PAUSED[/red]' if data['paused'] else 'running'}"
     )
     console.print(f"repos: {', '.join(data['repos']) or '-'}   alerts: {data['alerts']}")
+    box = data["sandbox"]
+    if box["state"] != "on":
+        console.print(f"[red]sandbox {box['state']}[/red]: {plain(box['detail'])}")
     table = Table("stage", "state", "tasks")
     for row in data["tasks"]:
         table.add_row(row["stage"], row["state"], str(row["count"]))

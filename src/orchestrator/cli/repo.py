@@ -49,6 +49,20 @@ MarkerOpt = Annotated[
         "'' clears).",
     ),
 ]
+SandboxRoOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--sandbox-ro",
+        help="A path agents and suites may read in the sandbox (repeatable; '' clears).",
+    ),
+]
+SandboxRwOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--sandbox-rw",
+        help="A path agents and suites may write in the sandbox (repeatable; '' clears).",
+    ),
+]
 KeepOpt = Annotated[
     bool | None,
     typer.Option(
@@ -82,6 +96,9 @@ def _repo_dict(r: RepoRow) -> dict[str, object]:
         "smoke_urls": _option(r, "smoke_urls", []),
         "regression_markers": _option(r, "regression_markers", []),
         "keep_branches": _option(r, "keep_branches", False),
+        "sandbox_ro": _option(r, "sandbox_ro", []),
+        "sandbox_rw": _option(r, "sandbox_rw", []),
+        "main_seen": r.main_seen,
     }
 
 
@@ -98,7 +115,7 @@ def _shown(key: str, value: object) -> object:
             f"{m.get('task')}:{m.get('symbol')}:{m.get('path')}" if isinstance(m, dict) else str(m)
             for m in value
         )
-    if key == "smoke_urls" and isinstance(value, list):
+    if key in ("smoke_urls", "sandbox_ro", "sandbox_rw") and isinstance(value, list):
         return ", ".join(str(u) for u in value)
     return value
 
@@ -119,6 +136,8 @@ def add(
     smoke_url: SmokeOpt = None,
     regression_marker: MarkerOpt = None,
     keep_branches: KeepOpt = None,
+    sandbox_ro: SandboxRoOpt = None,
+    sandbox_rw: SandboxRwOpt = None,
     prefix: Annotated[str | None, typer.Option(help="Task key prefix (default from name).")] = None,
     self_hosting: Annotated[
         bool, typer.Option("--self-hosting", help="This is the orchestrator's own repo.")
@@ -141,6 +160,8 @@ def add(
         smoke_urls=smoke_url,
         regression_markers=regression_marker,
         keep_branches=keep_branches,
+        sandbox_ro=sandbox_ro,
+        sandbox_rw=sandbox_rw,
     )
     repo = run(lambda: add_repo(engine(), name, path, spec))
     if as_json:
@@ -172,9 +193,18 @@ def set_(
     smoke_url: SmokeOpt = None,
     regression_marker: MarkerOpt = None,
     keep_branches: KeepOpt = None,
+    sandbox_ro: SandboxRoOpt = None,
+    sandbox_rw: SandboxRwOpt = None,
     self_hosting: Annotated[
         bool | None, typer.Option("--self-hosting/--not-self-hosting", help="Self-hosting.")
     ] = None,
+    trust_main: Annotated[
+        bool,
+        typer.Option(
+            "--trust-main",
+            help="Build on main as it is now, after it was rewound outside the orchestrator.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Change a registered repository (only the options given)."""
@@ -192,6 +222,9 @@ def set_(
         smoke_urls=smoke_url,
         regression_markers=regression_marker,
         keep_branches=keep_branches,
+        sandbox_ro=sandbox_ro,
+        sandbox_rw=sandbox_rw,
+        trust_main=trust_main,
     )
     repo = run(lambda: set_repo(engine(), name, spec))
     if as_json:

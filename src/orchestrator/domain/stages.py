@@ -214,6 +214,15 @@ def next_transition(
     """
     spec = STAGE_TRANSITIONS[stage]
     verdict_reasons = list(verdict.reasons) if verdict is not None else []
+    if not outcome.is_tool_error and verdict is not None and verdict.needs_human:
+        return Transition(
+            TransitionKind.BLOCK,
+            stage,
+            stage,
+            State.BLOCKED,
+            [f"{stage.value}: a human must look", *verdict_reasons],
+            alert=verdict.needs_human,
+        )
     if outcome.is_tool_error:
         return _defer_or_block(
             stage,

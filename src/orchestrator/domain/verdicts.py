@@ -30,11 +30,19 @@ class Verdict:
     # Set by a gate that found infra trouble (e.g. the merge re-test timed out): the
     # engine then defers instead of rolling back.
     tool_error: str | None = None
+    # Set by a gate that found something only a human can settle (main rewound under the
+    # orchestrator): neither the code's fault nor trouble that retrying cures. The task is
+    # blocked with this alert kind.
+    needs_human: str | None = None
 
     @property
     def passed(self) -> bool:
-        """True only for a PASS with no tool error."""
-        return self.status is VerdictStatus.PASS and self.tool_error is None
+        """True only for a PASS with no tool error and nothing for a human."""
+        return (
+            self.status is VerdictStatus.PASS
+            and self.tool_error is None
+            and self.needs_human is None
+        )
 
 
 def passed(reason: str, fields: Mapping[str, str] | None = None) -> Verdict:

@@ -126,6 +126,19 @@ def apply_job_end(
             [f"{stage.value}: blocked before dispatch", *result.reasons],
             alert="llm-budget-exhausted",
         )
+    elif result.sandbox_missing:
+        # Untrusted code is never run bare by default, and retrying will not install the
+        # sandbox: blocked at once, with the fix in the alert.
+        if not finish(OutcomeKind.NOT_STARTED.value, list(result.reasons), exit_code=None):
+            return Applied(None, fenced_out=True)
+        t = Transition(
+            TransitionKind.BLOCK,
+            stage,
+            stage,
+            State.BLOCKED,
+            [f"{stage.value}: blocked before dispatch", *result.reasons],
+            alert="sandbox-unavailable",
+        )
     elif result.awaiting_human:
         if not finish(OutcomeKind.COMPLETED.value, list(result.reasons), exit_code=None):
             return Applied(None, fenced_out=True)

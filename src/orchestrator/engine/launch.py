@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import string
 import sys
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import proc_group, taskdir
+from orchestrator import proc_group, sandbox, taskdir
 from orchestrator.agent_env import SUITE_ENV, scrubbed_env
 from orchestrator.agents.registry import (
     DEFAULT_LLM_BACKEND,
@@ -74,6 +75,9 @@ class JobResult:
     awaiting_human: bool = False
     # Refused before dispatch: an LLM budget is spent (the task is blocked, not deferred).
     over_budget: bool = False
+    # Refused before dispatch: untrusted code needs the sandbox and it cannot start here
+    # (blocked with an alert naming the fix: waiting does not install bubblewrap).
+    sandbox_missing: bool = False
     cost_usd: float | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -147,6 +151,11 @@ def _launch(ctx: JobContext) -> JobResult:
         spec = parse_agent_spec(job.agent, stage)
     except UsageError as exc:
         return JobResult(OutcomeKind.NOT_STARTED, [str(exc)], worktree=worktree)
+    refusal = _sandbox_refusal(st, spec)
+    if refusal is not None:
+        return JobResult(
+            OutcomeKind.NOT_STARTED, [refusal], worktree=worktree, sandbox_missing=True
+        )
     if stage is Stage.DEVELOPMENT:
         # Whatever the last suite or a crashed attempt left uncommitted is not this
         # attempt's work: the agent starts on the branch's last commit, so what is left to
@@ -158,6 +167,21 @@ def _launch(ctx: JobContext) -> JobResult:
             result = _dispatch(ctx, spec, stage, worktree)
             return dataclasses.replace(result, reasons=[discarded, *result.reasons])
     return _dispatch(ctx, spec, stage, worktree)
+
+
+# Agents that start no process of the task's code: a human, and the runners that deploy with
+# the user's credentials (sandboxed only with ORCH_SANDBOX_DEPLOY) or only probe a URL.
+_NO_UNTRUSTED_PROCESS = frozenset({"manual", "deploy-finalizer", "post-deploy-monitor"})
+
+
+def _sandbox_refusal(st: Settings, spec: AgentSpec) -> str | None:
+    """Why this job must not start: it runs untrusted code and the sandbox cannot run."""
+    if not st.sandbox or spec.backend in _NO_UNTRUSTED_PROCESS:
+        return None
+    found = sandbox.probe()
+    if found.ok:
+        return None
+    return f"not started: no sandbox for untrusted code: {found.detail}"
 
 
 def _clean_start(worktree: Path) -> str | None:
@@ -217,7 +241,7 @@ def _with_carried(previous: str | None, carry: Path) -> str:
     return "\n".join(parts)
 
 
-def _runner_ctx(ctx: JobContext, worktree: Path) -> RunContext:
+def _runner_ctx(ctx: JobContext, worktree: Path, runner: str) -> RunContext:
     return RunContext(
         task_key=ctx.task.key,
         repo_name=ctx.repo.name,
@@ -232,11 +256,14 @@ def _runner_ctx(ctx: JobContext, worktree: Path) -> RunContext:
         cancel=ctx.cancel,
         on_start=ctx.on_start,
         marker=job_marker(ctx.job),
+        repo_path=Path(ctx.repo.path),
+        sandbox_kind="deploy" if runner == "deploy-finalizer" else "suite",
+        repo_options=ctx.repo.options,
     )
 
 
 def _run_runner(ctx: JobContext, runner: str, worktree: Path) -> RunnerResult:
-    rctx = _runner_ctx(ctx, worktree)
+    rctx = _runner_ctx(ctx, worktree, runner)
     repo = ctx.repo
     if runner == "test-runner":
         # Checked at registration (loopback http). Anything else stored there is passed on
@@ -282,8 +309,9 @@ def _spawn(ctx: JobContext, agent: str, stage: Stage, worktree: Path) -> JobResu
     return run_llm_backend(ctx, spec.backend, STAGE_ROLES[stage], stage, worktree)
 
 
-def write_prompt(ctx: JobContext, stage: Stage) -> Path:
-    """The prompt file of a job: the task, the artifact to write, and any failure to fix."""
+def write_prompt(ctx: JobContext, stage: Stage, out_dir: Path) -> Path:
+    """The prompt file of a job: the task, the artifact to write (in the job's own output
+    folder), and any failure to fix."""
     artifact = STAGE_TRANSITIONS[stage].artifact
     keys = ", ".join(
         f"{k.name}: {'|'.join(sorted(k.values)) if k.values else '<n>'}"
@@ -295,7 +323,7 @@ def write_prompt(ctx: JobContext, stage: Stage) -> Path:
         "",
         task_md,
         "",
-        f"Write `{artifact}` in {ctx.task_dir} with these keys in YAML front matter: {keys}.",
+        f"Write `{artifact}` in {out_dir} with these keys in YAML front matter: {keys}.",
     ]
     if ctx.previous_failure:
         parts += ["", "## The previous attempt failed", "", ctx.previous_failure]
@@ -305,14 +333,65 @@ def write_prompt(ctx: JobContext, stage: Stage) -> Path:
     return path
 
 
+def job_out_dir(ctx: JobContext) -> Path:
+    """``runs/<job>-out``: where an agent writes its artifact (``ORCH_ARTIFACT_DIR``), made
+    empty for the job. The task folder itself is not the agent's to write."""
+    out = ctx.task_dir / "runs" / f"{ctx.job.id}-out"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
+def collect_artifact(ctx: JobContext, out_dir: Path, stage: Stage) -> list[str]:
+    """Move the stage's artifact from the job's output folder into the task folder, as the
+    agent left it (a symlink, a FIFO or a folder too: the gate refuses those with reasons).
+    No artifact written: none is left in the task folder either, so an earlier attempt's
+    report is never read as this job's."""
+    name = STAGE_TRANSITIONS[stage].artifact
+    src, dest = out_dir / name, ctx.task_dir / name
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    elif os.path.lexists(dest):
+        dest.unlink()
+    if not os.path.lexists(src):
+        return [f"the agent wrote no {name}"]
+    os.replace(src, dest)
+    return []
+
+
+def agent_sandbox(
+    ctx: JobContext, argv: list[str], env: dict[str, str], writable: list[Path], prompt: Path
+) -> sandbox.Sandbox | None:
+    """The sandbox of an agent's process: the worktree and the job's own folders writable."""
+    box = sandbox.for_job(
+        ctx.settings,
+        kind="agent",
+        repo_path=Path(ctx.repo.path),
+        argv=argv,
+        writable=writable,
+        readonly=[prompt],
+        env_path=env.get("PATH"),
+        options=ctx.repo.options,
+    )
+    if box is None:
+        log.warning(
+            "sandbox off: %s runs bare (ORCH_SANDBOX=off)",
+            ctx.job.agent,
+            extra={"task": ctx.task.key, "job": ctx.job.id, "action": "sandbox-off"},
+        )
+    return box
+
+
 def _run_command(
     ctx: JobContext, template: tuple[str, ...], stage: Stage, worktree: Path
 ) -> JobResult:
-    prompt = write_prompt(ctx, stage)
+    out_dir = job_out_dir(ctx)
+    prompt = write_prompt(ctx, stage, out_dir)
     fields = {
         "prompt_file": str(prompt),
         "worktree": str(worktree),
-        "artifact_dir": str(ctx.task_dir),
+        "artifact_dir": str(out_dir),
         "task": ctx.task.key,
         "stage": stage.value,
     }
@@ -329,27 +408,34 @@ def _run_command(
             "ORCH_TASK": ctx.task.key,
             "ORCH_STAGE": stage.value,
             "ORCH_ATTEMPT": str(ctx.job.attempt),
-            "ORCH_ARTIFACT_DIR": str(ctx.task_dir),
+            "ORCH_ARTIFACT_DIR": str(out_dir),
             "ORCH_WORKTREE": str(worktree),
             "ORCH_PROMPT_FILE": str(prompt),
         },
     )
-    outcome = proc_group.run(
-        proc_group.ExecuteRequest(
-            argv=argv,
-            cwd=worktree,
-            env=env,
-            log_path=ctx.log_path,
-            timeout_s=ctx.settings.agent_timeout_s,
-            grace_s=ctx.settings.kill_grace_s,
-            marker=job_marker(ctx.job),
-        ),
-        cancel=ctx.cancel,
-        on_start=ctx.on_start,
-        tree_kill=ctx.settings.subprocess_tree_kill_enabled,
+    request = proc_group.ExecuteRequest(
+        argv=argv,
+        cwd=worktree,
+        env=env,
+        log_path=ctx.log_path,
+        timeout_s=ctx.settings.agent_timeout_s,
+        grace_s=ctx.settings.kill_grace_s,
+        marker=job_marker(ctx.job),
     )
+    try:
+        box = agent_sandbox(ctx, argv, env, [worktree, job_home, out_dir], prompt)
+    except sandbox.SandboxUnavailable as exc:
+        outcome = proc_group.refuse(request, f"sandbox: {exc}")
+    else:
+        outcome = proc_group.run(
+            dataclasses.replace(request, sandbox=box),
+            cancel=ctx.cancel,
+            on_start=ctx.on_start,
+            tree_kill=ctx.settings.subprocess_tree_kill_enabled,
+        )
+    collected = collect_artifact(ctx, out_dir, stage)
     mapping = map_outcome(outcome, kind="command")
-    reasons = list(mapping.reasons)
+    reasons = [*mapping.reasons, *collected]
     if mapping.tool_error is not None:
         return JobResult(OutcomeKind(mapping.tool_error), reasons, outcome.exit_code, worktree)
     if stage is Stage.DEVELOPMENT:

@@ -165,9 +165,11 @@ def _measure(
         )
 
     # Files left by an earlier attempt must never be read as this run's evidence.
-    data_file = runs / f".coverage-{stem}"
-    report = runs / f"coverage-{stem}.json"
-    junit = runs / f"junit-{stem}-coverage.xml"
+    # In the run's own folder: the one place besides the worktree the suite may write.
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    data_file = ctx.out_dir / ".coverage"
+    report = ctx.out_dir / "coverage.json"
+    junit = ctx.out_dir / "junit-coverage.xml"
     for old in (data_file, report, junit):
         old.unlink(missing_ok=True)
     target = with_pytest_evidence(plan.target, junit) if plan.pytest else plan.target

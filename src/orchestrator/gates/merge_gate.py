@@ -56,6 +56,8 @@ from orchestrator.store.queries import RepoRow
 log = logging.getLogger(__name__)
 
 CHECK_NAME = "check_branch_mergeable"
+# The alert of a main that was rewound or rewritten under the orchestrator.
+MAIN_REWOUND = "main-rewound"
 # Rounds of rebase + re-test + CAS before giving up on a main that keeps moving.
 MAX_ROUNDS = 3
 
@@ -109,11 +111,13 @@ def retest_branch(
         cancel=ctx.cancel,
         on_start=ctx.on_start,
         marker=ctx.marker,
+        repo_path=Path(ctx.repo.path),
+        repo_options=ctx.repo.options,
     )
     argv = list(command)
     junit: Path | None = None
     if is_pytest_command(argv):
-        junit = log_path.with_name(f"junit-{log_path.stem}.xml")
+        junit = rctx.out_dir / "junit.xml"
         junit.parent.mkdir(parents=True, exist_ok=True)
         junit.unlink(missing_ok=True)  # never read an earlier run's evidence
         argv = with_pytest_evidence(argv, junit)
@@ -242,6 +246,8 @@ class _Run:
     rounds: int = 0
     command: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    # Main does not descend from the main this gate last made: a human must look.
+    rewound: bool = False
 
     def infra(self, kind: str, *why: str) -> _Run:
         self.status = "INFRA"
@@ -282,7 +288,41 @@ def check_branch_mergeable(ctx: GateContext) -> Verdict:
         "classification": run.classification or "none",
     }
     status = VerdictStatus.PASS if run.status == "MERGED" else VerdictStatus.FAIL
+    if run.rewound:
+        return Verdict(status, list(run.reasons), fields, needs_human=MAIN_REWOUND)
+    if run.status == "MERGED" and run.merged_sha is not None:
+        _remember_main(ctx, run.merged_sha, run.reasons)
     return Verdict(status, list(run.reasons), fields, run.tool_error)
+
+
+def _remember_main(ctx: GateContext, sha: str, notes: list[str]) -> None:
+    """Record the main this gate made (or found merged): the next run checks that main
+    still descends from it."""
+    if ctx.engine is None:
+        return
+    try:
+        with ctx.engine.begin() as conn:
+            merges.record_main_seen(conn, repo_id=ctx.repo.id, sha=sha)
+    except sa.exc.SQLAlchemyError as exc:
+        notes.append(f"could not record main {sha[:12]}: {type(exc).__name__}: {exc}")
+
+
+def _main_rewound(ctx: GateContext, worktree: Path, base: str) -> str | None:
+    """Why main is no base to build on, or None: it must descend from the main this gate
+    last made (a fast-forward by anyone is fine; a rewind or a rewrite is not)."""
+    seen = ctx.repo.main_seen
+    if seen is None or seen == base:
+        return None
+    descends = gm.is_ancestor(worktree, seen, base)
+    if descends:
+        return None
+    main = ctx.repo.main_branch
+    why = "does not descend from" if descends is False else "cannot be shown to descend from"
+    return (
+        f"{main} ({base[:12]}) {why} {seen[:12]}, the last {main} the merge gate made: it "
+        f"was rewound or rewritten outside the orchestrator. Not building on it; when the "
+        f"new {main} is right, `orch repo set {ctx.repo.name} --trust-main`, then retry"
+    )
 
 
 def _summary(run: _Run) -> str:
@@ -333,6 +373,11 @@ def _merge(ctx: GateContext, run: _Run) -> None:
             run.infra(kind, f"cannot read current main: {fresh.detail}")
             return
         base = run.base_sha = fresh.sha
+        rewound = _main_rewound(ctx, worktree, base)
+        if rewound is not None:
+            run.rewound = True
+            run.infra("other", rewound)
+            return
         head = gm.rev_parse(worktree, "HEAD")
         if head is not None and _already_merged(worktree, head, base, key):
             # A crash between moving main and the bookkeeping: recognise, never merge twice.

@@ -115,5 +115,7 @@ def run_gates(ctx: GateContext) -> Verdict:
         reasons.extend(f"{name}: {r}" for r in verdict.reasons)
         fields.update(verdict.fields)
         if not verdict.passed:
-            return Verdict(VerdictStatus.FAIL, reasons, fields, verdict.tool_error)
+            return Verdict(
+                VerdictStatus.FAIL, reasons, fields, verdict.tool_error, verdict.needs_human
+            )
     return Verdict(VerdictStatus.PASS, reasons, fields)

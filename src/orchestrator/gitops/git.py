@@ -18,6 +18,12 @@ _GIT_ENV = {
 }
 
 
+# Every git call runs with these, whatever a repository's config says: no hook and no
+# fsmonitor command ever runs inside the orchestrator's own git calls. A task's code can
+# plant one (a hook file, a `core.fsmonitor` line) wherever it can write; the sandbox keeps
+# it away from the repository's .git, and this keeps git from running it if it got there.
+SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+
 _SECRET_PARTS = ("TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "DATABASE_URL", "API_KEY")
 
 
@@ -60,7 +66,7 @@ def git(
 ) -> GitResult:
     """Run ``git <args>`` in ``cwd`` with a timeout; never raises for a failing git."""
 
-    argv = ("git", *args)
+    argv = ("git", *SAFE_CONFIG, *args)
     full_env = {**git_environment(), **_GIT_ENV, **(env or {})}
     try:
         proc = subprocess.run(
@@ -103,3 +109,9 @@ def branch_exists(path: Path, branch: str) -> bool:
     return bool(
         git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], path, timeout_s=15)
     )
+
+
+def rev_parse_branch(path: Path, branch: str) -> str | None:
+    """The commit ``refs/heads/<branch>`` points at, or None."""
+    res = git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}"], path)
+    return res.stdout.strip() or None if res else None

@@ -8,6 +8,7 @@ can never mistake a crash for a success.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import ipaddress
 import json
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import proc_group
+from orchestrator import proc_group, sandbox
 from orchestrator.config import Settings, in_scope
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
@@ -62,11 +63,22 @@ class RunContext:
     # The env marker of the job's processes; the engine derives it from the job row so that
     # recovery after a crash can sweep what the job left behind. None: a fresh one per run.
     marker: str | None = None
+    # The suite runs the task's code: inside the sandbox (see orchestrator.sandbox), with
+    # the repo's clone hidden. None: no repo to hide, and a bare run (unit tests of runners).
+    repo_path: Path | None = None
+    sandbox_kind: str = "suite"
+    repo_options: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def runs_dir(self) -> Path:
         """``<artifact_dir>/runs``: logs and evidence files (JUnit XML, coverage data)."""
         return self.artifact_dir / "runs"
+
+    @property
+    def out_dir(self) -> Path:
+        """``runs/<log stem>.out``: the one folder besides the worktree a suite may write
+        (its JUnit XML, coverage data)."""
+        return self.runs_dir / f"{self.log_path.stem}.out"
 
 
 @dataclass(frozen=True)
@@ -265,7 +277,8 @@ def execute(
     log_path: Path | None = None,
     sweep_on_exit: bool = True,
 ) -> proc_group.Outcome:
-    """Run ``argv`` in the worktree through proc_group, with the settings' kill policy."""
+    """Run ``argv`` in the worktree through proc_group, with the settings' kill policy,
+    inside the sandbox (fail closed: a sandbox that cannot start is a run that did not)."""
     request = proc_group.ExecuteRequest(
         argv=list(argv),
         cwd=Path(ctx.worktree),
@@ -275,6 +288,21 @@ def execute(
         grace_s=ctx.settings.kill_grace_s,
         marker=ctx.marker,
     )
+    if ctx.repo_path is not None:
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            box = sandbox.for_job(
+                ctx.settings,
+                kind=ctx.sandbox_kind,
+                repo_path=ctx.repo_path,
+                argv=argv,
+                writable=[Path(ctx.worktree), ctx.out_dir],
+                env_path=ctx.env.get("PATH"),
+                options=ctx.repo_options,
+            )
+        except sandbox.SandboxUnavailable as exc:
+            return proc_group.refuse(request, f"sandbox: {exc}")
+        request = dataclasses.replace(request, sandbox=box)
     return proc_group.run(
         request,
         cancel=ctx.cancel,

@@ -242,7 +242,8 @@ def _run_tests(
     pytest_run = is_pytest_command(argv)
     junit: Path | None = None
     if pytest_run:
-        junit = ctx.runs_dir / f"junit-{ctx.log_path.stem}.xml"
+        # In the run's own folder: the one place besides the worktree the suite may write.
+        junit = ctx.out_dir / "junit.xml"
         junit.parent.mkdir(parents=True, exist_ok=True)
         # A file left by an earlier attempt must never be read as this run's evidence.
         junit.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from orchestrator.store.schema import alerts, merge_results, transitions, validated_trees
+from orchestrator.store.schema import alerts, merge_results, repos, transitions, validated_trees
 
 # The alert the domain raises when a stage's infra budget is spent (stages.next_transition).
 INFRA_BUDGET_ALERT = "infra-budget-exhausted"
@@ -248,3 +248,8 @@ def merge_counters(conn: sa.Connection) -> dict[str, int]:
         "infra_retries": int(requeues),
         "alerts": int(alert_count),
     }
+
+
+def record_main_seen(conn: sa.Connection, *, repo_id: int, sha: str) -> None:
+    """The main the merge gate just made (or found already merged) for this repo."""
+    conn.execute(sa.update(repos).where(repos.c.id == repo_id).values(main_seen=sha))

@@ -41,6 +41,7 @@ class RepoRow:
     self_hosting: bool
     created_at: float
     updated_at: float
+    main_seen: str | None = None
 
 
 @dataclass(frozen=True)

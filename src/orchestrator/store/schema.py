@@ -105,6 +105,9 @@ repos = sa.Table(
     sa.Column("agent_env", json_type(), nullable=False),
     sa.Column("options", json_type(), nullable=False),
     sa.Column("self_hosting", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # The main the merge gate last put there: a main that does not descend from it was
+    # rewound or rewritten by someone, and is never a base to build on.
+    sa.Column("main_seen", sa.String(), nullable=True),
     time_column("created_at"),
     time_column("updated_at"),
 )

@@ -3,8 +3,9 @@
 argv: FIELD=VALUE ... (one element per template field, e.g. ``task={task}``)
 
 It writes what it saw (its argv, its cwd, the ORCH_* environment) as JSON to
-``<artifact_dir>/runs/echo-<stage>-<attempt>.json``, inside the task folder, so the run
-leaves no file outside the orchestrator's home. At development it adds ``<task>.txt`` to
+``<artifact_dir>/runs/echo-<stage>-<attempt>.json``, inside the job's own output folder
+(the one place besides the worktree an agent may write), so the run leaves no file outside
+the orchestrator's home. At development it adds ``<task>.txt`` to
 the worktree, so the branch has a diff; at every stage it writes the stage's PASS artifact.
 """
 

@@ -1,6 +1,6 @@
 """Stands in for the ``claude`` CLI (ORCH_CLAUDE_COMMAND): records its argv, does the work.
 
-It writes its argv as JSON to ``<--add-dir>/runs/claude-argv-<attempt>.json`` (the task
+It writes its argv as JSON to ``<--add-dir>/runs/claude-argv-<attempt>.json`` (the job's output
 folder, which claude is given with ``--add-dir``), adds ``<ORCH_TASK>.txt`` to its cwd (the
 worktree), writes a PASS ``10-dev-report.md`` and prints the result JSON claude prints.
 """

@@ -21,13 +21,15 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Add ``tasks.gate_retries``, ``tasks.author``, ``jobs.fresh_start``, alert resolution
-    and ``task_deps``."""
+    """Add ``tasks.gate_retries``, ``tasks.author``, ``jobs.fresh_start``,
+    ``repos.main_seen``, alert resolution and ``task_deps``."""
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(
             sa.Column("gate_retries", sa.Integer(), nullable=False, server_default=sa.text("0"))
         )
         batch.add_column(sa.Column("author", sa.String(), nullable=True))
+    with op.batch_alter_table("repos") as batch:
+        batch.add_column(sa.Column("main_seen", sa.String(), nullable=True))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("fresh_start", sa.String(), nullable=True))
         batch.create_check_constraint(
@@ -65,6 +67,8 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.drop_constraint(op.f("ck_jobs_fresh_start"), type_="check")
         batch.drop_column("fresh_start")
+    with op.batch_alter_table("repos") as batch:
+        batch.drop_column("main_seen")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("author")
         batch.drop_column("gate_retries")

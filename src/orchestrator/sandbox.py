@@ -1,0 +1,231 @@
+"""The sandbox every untrusted process runs in: bubblewrap, with the job as its PID namespace.
+
+Untrusted: every agent (an LLM may be prompt-injected or cheat) and every suite we run on a
+task's code (test-runner, merge re-test, coverage, staging), since the agent wrote that code.
+Inside the sandbox a process has its own PID, IPC and UTS namespaces (and a user namespace
+where the kernel allows one), a read-only view of the system, a private ``/tmp``, and can
+write only what the job is for: the task's workspace and the job's own folders. The
+orchestrator's home (database, other tasks, logs, tokens), the user's clone and the user's
+home are hidden under empty file systems; the host's ``/proc`` is replaced by the job's own.
+
+Killing the job is killing its namespace: bubblewrap's init is the namespace's PID 1, and
+when it dies the kernel kills everything left in the namespace, whatever it did to escape
+its process group (setsid, a double fork, a renamed argv, a cleared environment).
+
+This module only plans: ``Sandbox.wrap`` turns an argv into the bubblewrap argv. Whether
+bubblewrap can run here is ``probe``'s answer, asked once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.config import Settings, sandbox_network_for
+from orchestrator.errors import OrchestratorError
+
+BWRAP = "bwrap"
+# What a failed probe tells the user to do.
+INSTALL_HINT = (
+    "install bubblewrap (Debian: apt-get install bubblewrap) and allow user namespaces, "
+    "or set ORCH_SANDBOX=off to run agents and suites without a sandbox (unsafe)"
+)
+_PROBE_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Whether bubblewrap works here: its path, and with a user namespace or not."""
+
+    ok: bool
+    bwrap: str | None
+    userns: bool
+    detail: str
+
+
+def _try(argv: Sequence[str]) -> tuple[bool, str]:
+    try:
+        done = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    text = (done.stderr or done.stdout).strip()
+    return done.returncode == 0, text.splitlines()[-1] if text else f"exit {done.returncode}"
+
+
+@functools.cache
+def probe(bwrap: str = BWRAP) -> Probe:
+    """Can bubblewrap start a PID namespace here? Asked once per process and remembered."""
+    path = shutil.which(bwrap)
+    if path is None:
+        return Probe(False, None, False, f"{bwrap} is not installed: {INSTALL_HINT}")
+    base = [path, "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc"]
+    with_user, why_user = _try([*base[:1], "--unshare-user", *base[1:], "--", "true"])
+    if with_user:
+        return Probe(True, path, True, f"{path}: PID and user namespaces")
+    plain, why = _try([*base, "--", "true"])
+    if plain:
+        return Probe(True, path, False, f"{path}: PID namespace (no user namespace: {why_user})")
+    return Probe(False, path, False, f"{path} cannot start a sandbox: {why}; {INSTALL_HINT}")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What one job's processes may see and write.
+
+    ``hidden`` folders are covered by empty file systems; ``readonly`` ones are bound back
+    read-only over that (a toolchain under the user's home, say); ``writable`` ones last, so
+    a workspace inside the orchestrator's home is writable although its home is hidden.
+    """
+
+    writable: tuple[Path, ...]
+    readonly: tuple[Path, ...] = ()
+    hidden: tuple[Path, ...] = ()
+    network: bool = True
+    userns: bool = True
+    bwrap: str = BWRAP
+
+    def wrap(self, argv: Sequence[str], cwd: Path) -> list[str]:
+        """The bubblewrap argv that runs ``argv`` in ``cwd`` inside this sandbox."""
+        out = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc"]
+        out += ["--unshare-uts", "--hostname", "orch-sandbox"]
+        if self.userns:
+            out.append("--unshare-user")
+        if not self.network:
+            out.append("--unshare-net")
+        # The system read-only; a fresh /dev, /proc (this namespace's only) and /tmp.
+        # (/tmp here is a mount point inside the sandbox, not a file of ours.)
+        out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        out += ["--tmpfs", "/tmp"]  # noqa: S108
+        for path in _existing(self.hidden):
+            out += ["--tmpfs", str(path)]
+        for path in _existing(self.readonly):
+            out += ["--ro-bind", str(path), str(path)]
+        for path in _existing(self.writable):
+            out += ["--bind", str(path), str(path)]
+        out += ["--chdir", str(cwd), "--", *argv]
+        return out
+
+
+def _existing(paths: Iterable[Path]) -> list[Path]:
+    """Absolute, existing, each once, in the order given (a bind needs its source)."""
+    seen: set[Path] = set()
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(os.path.abspath(raw))
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        found.append(path)
+    return found
+
+
+def _paths(value: object) -> list[Path]:
+    """A repo option's list of paths (anything else: none)."""
+    if not isinstance(value, list):
+        return []
+    return [Path(p) for p in value if isinstance(p, str) and p]
+
+
+def toolchain_paths(argv: Sequence[str], env_path: str | None = None) -> list[Path]:
+    """Folders a command needs to run, to bind read-only when they lie in a hidden place:
+    the install prefix of its executable (a venv and the Python it links to), and the
+    orchestrator's own Python and code (runners default to ``sys.executable -m pytest``)."""
+    # The orchestrator's own code too (an editable install lives outside the venv): the
+    # self-hosting staging command runs `python -m orchestrator...`.
+    package = Path(__file__).resolve().parent
+    found: list[Path] = [Path(sys.prefix), Path(sys.base_prefix), package.parent]
+    if argv:
+        exe = argv[0]
+        located = exe if os.sep in exe else shutil.which(exe, path=env_path)
+        if located:
+            as_given = Path(os.path.abspath(located))
+            found.append(as_given.parent.parent)  # e.g. <venv>/bin/python -> <venv>
+            real = as_given.resolve()
+            found.append(real.parent.parent)  # e.g. ~/.pyenv/versions/3.11.7
+    return found
+
+
+def sandbox_state(settings: Settings) -> tuple[str, str]:
+    """``on``, ``off`` or ``unavailable``, and why: what ``/status``, ``orch status`` and
+    the dashboard show."""
+    if not settings.sandbox:
+        return "off", "ORCH_SANDBOX=off: agents and suites run without a sandbox"
+    found = probe()
+    return ("on" if found.ok else "unavailable"), found.detail
+
+
+class SandboxUnavailable(OrchestratorError):
+    """Untrusted code must not start: the sandbox cannot run here (and is not switched off)."""
+
+
+def for_job(
+    settings: Settings,
+    *,
+    kind: str,
+    repo_path: Path,
+    argv: Sequence[str],
+    writable: Sequence[Path],
+    readonly: Sequence[Path] = (),
+    env_path: str | None = None,
+    options: Mapping[str, object] | None = None,
+) -> Sandbox | None:
+    """The sandbox of one process of a job, or None when it runs bare (``ORCH_SANDBOX=off``,
+    or a deploy without ``ORCH_SANDBOX_DEPLOY``). Raises ``SandboxUnavailable`` when it
+    should be sandboxed and cannot be: fail closed, never a silent bare run. The repo's
+    ``options`` may add paths (``sandbox_ro``, ``sandbox_rw``: the user's own settings).
+
+    Hidden: the orchestrator's home (database, tasks, logs), the user's clone and the user's
+    home. Read-only again over that: the command's toolchain, the repository's ``.git``
+    (a task worktree reads its history there; nothing in the sandbox can write a ref, a hook
+    or the config) and ``readonly``. Writable: ``writable`` only.
+    """
+    if not settings.sandbox or (kind == "deploy" and not settings.sandbox_deploy):
+        return None
+    found = probe()
+    if not found.ok or found.bwrap is None:
+        raise SandboxUnavailable(found.detail)
+    repo_git = repo_path / ".git"
+    opts = options or {}
+    return Sandbox(
+        writable=(*writable, *_paths(opts.get("sandbox_rw"))),
+        readonly=(
+            *toolchain_paths(argv, env_path),
+            *([repo_git] if repo_git.is_dir() else []),
+            *readonly,
+            *_paths(opts.get("sandbox_ro")),
+            *(Path(p.strip()) for p in settings.sandbox_ro.split(",") if p.strip()),
+            # A worktree's `.git` file names its git dir: a job that rewrote it would send
+            # the orchestrator's own git calls to a directory the job controls.
+            *(w / ".git" for w in writable if (w / ".git").is_file()),
+        ),
+        hidden=(settings.home, repo_path, Path.home()),
+        network=sandbox_network_for(settings.sandbox_network, kind),
+        userns=found.userns,
+        bwrap=found.bwrap,
+    )
+
+
+__all__ = [
+    "BWRAP",
+    "INSTALL_HINT",
+    "Probe",
+    "Sandbox",
+    "SandboxUnavailable",
+    "for_job",
+    "probe",
+    "sandbox_state",
+    "toolchain_paths",
+]

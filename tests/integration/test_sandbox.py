@@ -1,0 +1,406 @@
+"""The sandbox against a hostile agent: each escape succeeds bare and is stopped inside it.
+
+The agent is a real child process (``agents/hostile_agent.py``) run as the development agent
+of a real pipeline: real git, a real SQLite file in the orchestrator's home, the real
+worker. Each attack runs twice: with ``ORCH_SANDBOX=off`` (what every release before the
+sandbox did: it succeeds, which shows the test can fail) and with the sandbox on (it is
+stopped). ``ATTACKS`` is the source of the table in ``docs/security.md``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import ops, sandbox
+from orchestrator.config import load_settings
+from orchestrator.store import queries
+
+try:
+    from test_engine import STAGES, Harness
+except ImportError:  # imported as tests.integration.test_sandbox
+    from tests.integration.test_engine import STAGES, Harness
+
+HOSTILE = Path(__file__).parent / "agents" / "hostile_agent.py"
+ORCH = Path(sys.executable).with_name("orch")
+TOKEN = "orch-api-token-the-agent-must-not-see"
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+WRITE_ENV = "ORCH_WRITE_SECURITY_DOC"
+# CI installs bubblewrap and sets ORCH_TEST_REQUIRE_SANDBOX=1: there a missing bubblewrap
+# fails these tests instead of skipping them.
+NEEDS_BWRAP = pytest.mark.skipif(
+    not sandbox.probe().ok and not os.environ.get("ORCH_TEST_REQUIRE_SANDBOX"),
+    reason=f"bubblewrap cannot run here: {sandbox.probe().detail}",
+)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One escape: what the agent tries, and what the user sees once it is stopped."""
+
+    id: str
+    attack: str
+    bare: str
+    sandboxed: str
+
+
+ATTACKS = [
+    Attack(
+        "db",
+        "open `<ORCH_HOME>/orchestrator.db` and set every repo's test command to `true`",
+        "the database is changed: a change that fails its tests would merge",
+        "the database is not there (the orchestrator's home is an empty folder); the test "
+        "command is unchanged",
+    ),
+    Attack(
+        "task",
+        "rewrite another task's `00-task.md` and its patch (a backdoor)",
+        "the other task's prompt and patch are the attacker's",
+        "no other task's folder is there; both files are unchanged",
+    ),
+    Attack(
+        "environ",
+        "read every `/proc/<pid>/environ` for `ORCH_API_TOKEN`",
+        "the token is read from the orchestrator's own process",
+        "the job's `/proc` shows only its own processes: no token",
+    ),
+    Attack(
+        "hook",
+        "plant `reference-transaction` and `post-checkout` hooks and a `core.fsmonitor` "
+        "command in the repository's git dir",
+        "planted (none of them runs: every git call of the orchestrator has "
+        "`core.hooksPath=/dev/null` and `core.fsmonitor=false`)",
+        "the repository's `.git` is read-only in the sandbox: nothing is planted",
+    ),
+    Attack(
+        "refs",
+        "make a commit and `git update-ref refs/heads/main` to it",
+        "main holds a commit no suite ran on",
+        "the repository's `.git` is read-only: main moves only by the merge gate",
+    ),
+    Attack(
+        "daemon",
+        "double fork, `setsid`, exec with a cleared environment and the name `[kworker/0:1]`",
+        "the daemon outlives the job (no marker to sweep it by, not in the job's group)",
+        "the job is its PID namespace: the daemon dies with the job",
+    ),
+]
+
+
+INTRO = """\
+# Security: the agent is untrusted
+
+<!-- The table of attacks is generated from tests/integration/test_sandbox.py (ATTACKS);
+     regenerate: ORCH_WRITE_SECURITY_DOC=1 pytest tests/integration/test_sandbox.py -k doc -->
+
+## Threat model
+
+Trusted: the user, their configuration (settings, `orch repo` options, the commands they
+register), their clone of the repository, the orchestrator and its database. Untrusted:
+every agent (an LLM may be prompt-injected, or may simply cheat) and every line of code an
+agent wrote, which includes the tests, `conftest.py` and the staging script as they stand on
+a task branch: the test-runner, the merge gate's re-test, the coverage gate and the staging
+command run that code.
+
+## The sandbox
+
+Every agent process (`command:` agents and the LLM CLIs) and every suite we run on a task's
+code runs under bubblewrap (`orchestrator/sandbox.py`):
+
+- its own PID, IPC and UTS namespaces, and a user namespace where the kernel allows one;
+  `--die-with-parent`: if the worker dies, so does the sandbox;
+- the system read-only (`/` bound read-only), a fresh `/dev`, its own `/proc` (the host's
+  processes and their environments are not there) and a private `/tmp`;
+- hidden under empty file systems: the orchestrator's home (`ORCH_HOME`: the database,
+  every task folder, the logs, the worktrees), the user's clone of the repository and the
+  user's home (`~/.ssh`, `~/.aws`, `~/.config` ...);
+- read-only again over that: what the job needs to run (the command's toolchain: the
+  venv its executable lives in and the Python or Node it links to, the orchestrator's own
+  Python), the repository's `.git` (a task worktree reads its history there; nothing in
+  the sandbox can write a ref, a hook or the config), the worktree's `.git` file, the job's
+  prompt, and the paths the repo names with `orch repo set --sandbox-ro PATH`;
+- writable: the task's worktree and the job's own folders only (`runs/<job>-out`, where an
+  agent writes its artifact, which the orchestrator moves into the task folder after the
+  run; `runs/<job>-home`, its `HOME`; `runs/<log>.out` for a suite's JUnit XML and coverage
+  data), plus `orch repo set --sandbox-rw PATH`;
+- network: shared by default (agents reach their model API; suites may need loopback
+  services); `ORCH_SANDBOX_NETWORK=none` cuts it for all, `agent=shared,suite=none` per kind.
+
+Killing a job kills its namespace: bubblewrap's init is the namespace's PID 1, and when it
+dies the kernel kills everything left in it, whatever a process did to get away (setsid, a
+double fork, a renamed argv, a cleared environment). The `/proc` marker sweep stays as the
+second line where the sandbox is off. A command killed by signal N inside the sandbox
+exits 128 + N through bubblewrap; such an exit code is read as that signal (a tool error),
+never as the command's own verdict.
+
+Every git command the orchestrator runs has `core.hooksPath=/dev/null` and
+`core.fsmonitor=false`: no hook and no fsmonitor command runs inside the orchestrator's own
+git calls, whatever a repository's config says.
+
+Main is guarded: the merge gate records the main it makes (`repos.main_seen`), and a main
+that does not descend from that record (rewound or rewritten by anyone) is never a base:
+the task is blocked with the alert `main-rewound` and main is not moved. A fast-forward by
+the user is fine. When the new main is right, `orch repo set NAME --trust-main` accepts it.
+
+Fail closed: where bubblewrap (or a PID namespace) cannot start, jobs that run untrusted
+code are not started: they end `not-started`, the task is blocked with the alert
+`sandbox-unavailable`, and the reason names the fix. Only `ORCH_SANDBOX=off` runs them bare;
+then every start logs a warning, and `/status`, `orch status` and the dashboard show
+"sandbox off". Deploy commands (which need the user's own credentials) run outside by
+default; `ORCH_SANDBOX_DEPLOY=on` puts them inside. Codex's own sandbox is switched off
+inside ours (it cannot start nested, and ours covers the job).
+
+## Attacks and outcomes
+
+Each row is a hostile development agent in a real pipeline, run bare (`ORCH_SANDBOX=off`)
+and sandboxed by `tests/integration/test_sandbox.py`.
+
+"""
+
+OUTRO = """
+## Not covered yet
+
+- The agent's workspace is a `git worktree` of the user's repository (read-only in the
+  sandbox), not a clone of its own.
+- The remote's credentials: an agent gets no SSH agent socket and no credential helper
+  of ours, but `--agent-env` can still name a token for it, by the user's choice.
+- A job's own task folder is written by the orchestrator only, but verdicts are still read
+  back from the artifact files the runners write; see the issue on verdicts.
+"""
+
+
+def render(attacks: list[Attack]) -> str:
+    """docs/security.md, from ``attacks``."""
+    rows = ["| Attack | Bare (`ORCH_SANDBOX=off`) | Sandboxed |", "|---|---|---|"]
+    rows += [f"| {a.attack} | {a.bare} | {a.sandboxed} |" for a in attacks]
+    return INTRO + "\n".join(rows) + "\n" + OUTRO
+
+
+def test_security_doc_is_current() -> None:
+    text = render(ATTACKS)
+    if os.environ.get(WRITE_ENV):
+        DOC.write_text(text)
+    assert DOC.exists(), f"docs/security.md is missing: run with {WRITE_ENV}=1"
+    assert DOC.read_text() == text, "docs/security.md is stale: regenerate it"
+
+
+@pytest.fixture
+def box(tmp_path: Path, make_repo: Any) -> Iterator[Harness]:
+    home = tmp_path / "home"
+    home.mkdir()
+    files = {"README.md": "demo\n"}
+    harness = Harness(tmp_path, f"sqlite:///{home / 'orchestrator.db'}", make_repo(files=files))
+    yield harness
+    harness.stop()
+    harness.engine.dispose()
+    _kill_daemons(tmp_path)
+
+
+def _kill_daemons(tmp_path: Path) -> None:
+    """The bare runs' daemons: found by their command line, killed (they hold no marker)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"--daemon-body" in cmdline and str(tmp_path).encode() in cmdline:
+            os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _run(h: Harness, mode: str, *, sandboxed: bool, other: str = "") -> tuple[str, str]:
+    """File a task whose developer is the hostile agent in ``mode``; run it; (key, loot)."""
+    h.settings = load_settings(**{**h.settings.model_dump(), "sandbox": sandboxed})
+    loot = h.tmp / "loot"
+    loot.mkdir(exist_ok=True)
+    hostile = (
+        f"command:{sys.executable} {HOSTILE} {mode} {loot} {h.settings.home} "
+        f"{{artifact_dir}} {{worktree}} {other}"
+    ).strip()
+    specs = [f"development={hostile}", *(f"{s}={h.agent()}" for s in STAGES[1:])]
+    ops.add_repo(
+        h.engine,
+        "demo",
+        h.repo_path,
+        ops.RepoInput(
+            stages=STAGES,
+            agents=specs,
+            test_cmd=f"{sys.executable} -c pass",
+            sandbox_rw=[str(loot), str(h.plan_path.parent)],
+        ),
+    )
+    key = h.add_task("hostile")
+    # The worker as a user runs it: its own process, the API token in its environment from
+    # the start (what /proc/<pid>/environ shows), like `orch serve` holds it.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ORCH_") or k == "ORCH_SANDBOX_RO"
+    }
+    env.update(
+        ORCH_HOME=str(h.settings.home),
+        ORCH_DATABASE_URL=h.settings.effective_database_url,
+        ORCH_API_TOKEN=TOKEN,
+        ORCH_SANDBOX="on" if sandboxed else "off",
+        ORCH_POLL_INTERVAL_S="0.2",
+    )
+    done = subprocess.run(
+        [str(ORCH), "run", "--until-idle"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return key, (loot / mode).read_text().strip()
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_the_database_is_out_of_reach(box: Harness, sandboxed: bool) -> None:
+    key, got = _run(box, "db", sandboxed=sandboxed)
+    with box.engine.connect() as conn:
+        repo = queries.get_repo(conn, "demo")
+    assert repo is not None
+    if not sandboxed:
+        assert got.startswith("got:"), got
+        assert repo.test_cmd == ["true"]
+        return
+    assert got.startswith("denied:"), got
+    assert repo.test_cmd == [sys.executable, "-c", "pass"]
+    assert box.task(key).state == "done"
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_another_tasks_folder_is_out_of_reach(
+    box: Harness, make_repo: Any, sandboxed: bool
+) -> None:
+    ops.add_repo(
+        box.engine,
+        "victim",
+        make_repo(files={"README.md": "victim\n"}),
+        ops.RepoInput(agents=["development=manual"], prefix="VIC"),
+    )
+    patch = b"--- a/README.md\n+++ b/README.md\n@@ -1 +1,2 @@\n victim\n+hello\n"
+    victim = ops.add_task(box.engine, box.settings, "victim", "innocent", "body", patch)
+    task_md = (victim.folder / "00-task.md").read_text()
+    _key, got = _run(box, "task", sandboxed=sandboxed, other=victim.task.key)
+    if not sandboxed:
+        assert got.startswith("got:"), got
+        assert "hijacked" in (victim.folder / "00-task.md").read_text()
+        return
+    assert got.startswith("denied:"), got
+    assert (victim.folder / "00-task.md").read_text() == task_md
+    assert victim.patch is not None
+    assert victim.patch.read_bytes() == patch
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_the_orchestrators_environment_is_out_of_reach(box: Harness, sandboxed: bool) -> None:
+    _key, got = _run(box, "environ", sandboxed=sandboxed)
+    if not sandboxed:
+        assert TOKEN in got, got
+        return
+    assert got.startswith("denied:"), got
+    assert TOKEN not in got
+
+
+def _lock_free(path: Path) -> bool:
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_a_daemon_dies_with_its_job(box: Harness, sandboxed: bool) -> None:
+    key, got = _run(box, "daemon", sandboxed=sandboxed)
+    loot = box.tmp / "loot"
+    # The agent waited until its daemon held the lock before it ended the job.
+    assert got.startswith("got:"), got
+    assert (loot / "daemon.started").exists()
+    assert box.task(key).state == "done"
+    if not sandboxed:
+        assert not _lock_free(loot / "daemon.lock")  # it outlived the job
+        return
+    box.wait_for(lambda: _lock_free(loot / "daemon.lock"))
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_the_repositorys_git_dir_cannot_be_planted(box: Harness, sandboxed: bool) -> None:
+    key, got = _run(box, "hook", sandboxed=sandboxed)
+    loot = box.tmp / "loot"
+    assert box.task(key).state == "done"  # the merge moved main: hooks would have run
+    if not sandboxed:
+        assert got.startswith("got:"), got
+    else:
+        assert got.startswith("denied:"), got
+        hooks = box.repo_path / ".git" / "hooks"
+        assert not (hooks / "reference-transaction").exists()
+    # Planted or not, nothing of it ever ran inside the orchestrator's git calls.
+    assert sorted(p.name for p in loot.glob("*-ran")) == []
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_main_moves_only_through_the_merge_gate(box: Harness, sandboxed: bool) -> None:
+    key, got = _run(box, "refs", sandboxed=sandboxed)
+    message = subprocess.run(
+        ["git", "log", "-1", "--format=%B", "main"],
+        cwd=box.repo_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    if not sandboxed:
+        assert got.startswith("got:"), got
+        return
+    assert got.startswith("denied:"), got
+    assert box.task(key).state == "done"
+    assert f"Orch-Task: {key}" in message  # main's tip is the merge gate's commit
+
+
+def test_no_sandbox_no_untrusted_job(
+    box: Harness, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Fail closed: bubblewrap missing and ORCH_SANDBOX not off. The agent never starts.
+    missing = sandbox.Probe(False, None, False, f"bwrap is not installed: {sandbox.INSTALL_HINT}")
+    monkeypatch.setattr(sandbox, "probe", lambda bwrap="bwrap": missing)
+    box.add_repo()
+    key = box.add_task()
+    box.run_until_idle()
+    task = box.task(key)
+    assert (task.stage, task.state) == ("development", "blocked")
+    assert any("apt-get install bubblewrap" in r for r in task.reasons), task.reasons
+    assert [a.kind for a in box.alerts()] == ["sandbox-unavailable"]
+    assert box.starts() == []  # the fake agent never ran
+    (job,) = box.jobs(key)
+    assert job.outcome == "not-started"
+    # What a human sees: orch status names the state and the fix.
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    env = {"ORCH_HOME": str(box.settings.home), "ORCH_DATABASE_URL": box.settings.database_url}
+    shown = CliRunner().invoke(app, ["status"], env=env)
+    assert "sandbox unavailable" in shown.output, shown.output
+    off = CliRunner().invoke(app, ["status", "--json"], env={**env, "ORCH_SANDBOX": "off"})
+    assert '"state": "off"' in off.output, off.output

@@ -1,0 +1,63 @@
+"""The sandbox's plan: what a job's bubblewrap argv hides, binds and cuts (pure, no bwrap)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import sandbox_network_for
+from orchestrator.sandbox import Sandbox
+
+
+def _pairs(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_hidden_then_readonly_then_writable(tmp_path: Path) -> None:
+    home, repo, work, git = (tmp_path / n for n in ("home", "repo", "home/wt", "repo/.git"))
+    for p in (home, repo, work, git):
+        p.mkdir(parents=True, exist_ok=True)
+    argv = Sandbox(writable=(work,), readonly=(git,), hidden=(home, repo)).wrap(
+        ["pytest", "-q"], work
+    )
+    assert argv[0] == "bwrap"
+    for flag in ("--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"):
+        assert flag in argv
+    assert "--unshare-net" not in argv
+    assert argv[-3:] == ["--", "pytest", "-q"]
+    # Later mounts cover earlier ones: hide first, then bind back read-only, then writable.
+    order = [i for i, a in enumerate(argv) if a in ("--tmpfs", "--ro-bind", "--bind")]
+    kinds = [(argv[i], argv[i + 1]) for i in order]
+    assert kinds.index(("--tmpfs", str(home))) < kinds.index(("--ro-bind", str(git)))
+    assert kinds.index(("--ro-bind", str(git))) < kinds.index(("--bind", str(work)))
+    assert _pairs(argv, "--ro-bind")[0] == "/"  # the system, read-only, first of all
+    assert "/proc" in _pairs(argv, "--proc")
+    assert argv[argv.index("--chdir") + 1] == str(work)
+
+
+def test_missing_paths_are_left_out_and_network_can_be_cut(tmp_path: Path) -> None:
+    argv = Sandbox(writable=(tmp_path / "nope",), network=False, userns=False).wrap(["x"], tmp_path)
+    assert "--unshare-net" in argv
+    assert "--unshare-user" not in argv
+    assert str(tmp_path / "nope") not in argv
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "shared"),
+    [
+        ("shared", "agent", True),
+        ("none", "suite", False),
+        ("agent=shared,suite=none", "suite", False),
+        ("agent=shared,suite=none", "agent", True),
+        ("suite=none", "deploy", True),
+    ],
+)
+def test_network_per_kind(value: str, kind: str, shared: bool) -> None:
+    assert sandbox_network_for(value, kind) is shared
+
+
+@pytest.mark.parametrize("bad", ["off", "agent=off", "robot=none", "agent"])
+def test_network_setting_refuses_what_it_cannot_read(bad: str) -> None:
+    with pytest.raises(ValueError, match="sandbox network"):
+        sandbox_network_for(bad, "agent")
