@@ -1,8 +1,10 @@
 """The environment every process we start for a repo gets: an allowlist, nothing more.
 
-Agents, runners and the merge gate's re-test all see the same scrubbed environment plus the
-variables the repo names (`--agent-env`). The API token, the database URL and every other
-secret of the orchestrator stay with the orchestrator.
+Agents see the allowlist plus the variables the repo names (`--agent-env`: a model key, say).
+Suites run on a task's code (test-runner, merge re-test, coverage, staging) see the
+allowlist only: that code is the agent's too, and must not get the agent's keys. The API
+token, the database URL and every other secret of the orchestrator stay with the
+orchestrator.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ SUITE_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "TMPDIR", "VIRTUAL_ENV")
 
 
-def scrubbed_env(repo: RepoRow, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """An allowlisted environment plus the repo's named agent variables, then ``extra``."""
+def scrubbed_env(
+    repo: RepoRow, extra: Mapping[str, str] | None = None, *, agent_keys: bool = True
+) -> dict[str, str]:
+    """An allowlisted environment, plus the repo's named agent variables when
+    ``agent_keys`` (agents, and the deploy with the user's credentials; never a suite),
+    then ``extra``."""
     env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
     env.setdefault("PATH", os.defpath)
-    for name in repo.agent_env:
+    for name in repo.agent_env if agent_keys else ():
         if name in os.environ:
             env[name] = os.environ[name]
     env.update(extra or {})

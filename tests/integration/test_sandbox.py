@@ -143,6 +143,12 @@ second line where the sandbox is off. A command killed by signal N inside the sa
 exits 128 + N through bubblewrap; such an exit code is read as that signal (a tool error),
 never as the command's own verdict.
 
+Secrets: an agent's environment is the allowlist (`PATH`, locale, `TZ`, `TERM`, `TMPDIR`,
+`VIRTUAL_ENV`), its `HOME`, the job's `ORCH_*` variables and the variables its repo names
+with `--agent-env`; a suite gets the allowlist only, never the agent's keys
+(`test_suites_never_get_the_agents_keys`). Nothing in a sandbox can read the
+orchestrator's environment (`/proc` is the job's own) or its files (its home is hidden).
+
 Every git command the orchestrator runs has `core.hooksPath=/dev/null` and
 `core.fsmonitor=false`: no hook and no fsmonitor command runs inside the orchestrator's own
 git calls, whatever a repository's config says.
@@ -404,3 +410,43 @@ def test_no_sandbox_no_untrusted_job(
     assert "sandbox unavailable" in shown.output, shown.output
     off = CliRunner().invoke(app, ["status", "--json"], env={**env, "ORCH_SANDBOX": "off"})
     assert '"state": "off"' in off.output, off.output
+
+
+SPY = """
+import os, sys
+from pathlib import Path
+Path(sys.argv[1]).write_text(os.environ.get("MODEL_API_KEY_FOR_TEST", "<none>"))
+if len(sys.argv) > 2:  # as the developer: a change and its report
+    Path("spy.txt").write_text("change")
+    Path(sys.argv[2], "10-dev-report.md").write_text("---\\ndev_status: DONE\\n---\\n")
+"""
+
+
+def test_suites_never_get_the_agents_keys(box: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The repo names a key for its agents. The suite is the agent's code too: it must not
+    # see it (the test-runner, the merge re-test), while the agent does.
+    monkeypatch.setenv("MODEL_API_KEY_FOR_TEST", "sk-agent-only")
+    spy = box.plan_path.parent / "spy.py"
+    spy.write_text(SPY)
+    seen_by = box.plan_path.parent
+    specs = [
+        f"development=command:{sys.executable} {spy} {seen_by / 'agent.txt'} {{artifact_dir}}",
+        "testing=test-runner",
+        f"deploy-staging={box.agent()}",
+    ]
+    ops.add_repo(
+        box.engine,
+        "demo",
+        box.repo_path,
+        box.repo_input(
+            stages=STAGES,
+            agents=specs,
+            agent_env=["MODEL_API_KEY_FOR_TEST"],
+            test_cmd=f"{sys.executable} {spy} {seen_by / 'suite.txt'}",
+        ),
+    )
+    key = box.add_task()
+    box.run_until_idle()
+    assert (seen_by / "agent.txt").read_text() == "sk-agent-only"
+    assert (seen_by / "suite.txt").read_text() == "<none>"  # the test-runner, the re-test
+    assert box.task(key).state == "done"

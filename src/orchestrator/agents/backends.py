@@ -15,7 +15,6 @@ gate reads the artifact and the engine decides.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -41,7 +40,6 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.gitops import worktrees
-from orchestrator.sandbox import SandboxUnavailable
 
 if TYPE_CHECKING:
     # engine.launch imports this module from _spawn; importing it back at module level
@@ -179,7 +177,7 @@ def _execute(
     artifact: str,
     marker: str,
 ) -> _Run:
-    from orchestrator.engine.launch import agent_sandbox
+    from orchestrator.engine.launch import run_agent_process
 
     st = ctx.settings
     # Activity is output in the log or a changed file in the worktree or the artifact. The
@@ -199,18 +197,9 @@ def _execute(
     )
     job_home = ctx.task_dir / "runs" / f"{ctx.job.id}-home"
     prompt_file = ctx.task_dir / "runs" / f"{ctx.job.id}-prompt.md"
-    try:
-        box = agent_sandbox(ctx, plan.argv, env, [worktree, job_home, out_dir], prompt_file)
-    except SandboxUnavailable as exc:
-        outcome = proc_group.refuse(request, f"sandbox: {exc}")
-    else:
-        outcome = proc_group.run(
-            dataclasses.replace(request, sandbox=box),
-            cancel=ctx.cancel,
-            on_start=ctx.on_start,
-            poll=detector,
-            tree_kill=st.subprocess_tree_kill_enabled,
-        )
+    outcome = run_agent_process(
+        ctx, request, [worktree, job_home, out_dir], prompt_file, poll=detector
+    )
     return _Run(outcome, run_output(ctx.log_path, start), detector)
 
 

@@ -60,6 +60,15 @@ def budgets_for(settings: Settings, stage: Stage, agent: str) -> Budgets:
     )
 
 
+def _refusal_alert(result: JobResult) -> str | None:
+    """The alert of a job refused before dispatch, or None when it was not refused."""
+    if result.over_budget:
+        return "llm-budget-exhausted"
+    if result.sandbox_missing:
+        return "sandbox-unavailable"
+    return None
+
+
 def _fresh_start(t: Transition, verdict: Verdict | None) -> str | None:
     """A branch that no longer rebases onto main starts again from current main, its old
     change carried over: working on the old base would only conflict again."""
@@ -113,9 +122,11 @@ def apply_job_end(
         )
         return Applied(None, fenced_out=not ok)
 
-    if result.over_budget:
-        # Refused before it started: an LLM budget is spent. Blocked, not deferred: waiting
-        # would not make money appear, and a retry loop would hide the reason.
+    refusal = _refusal_alert(result)
+    if refusal is not None:
+        # Refused before it started: an LLM budget is spent, or untrusted code has no
+        # sandbox. Blocked, not deferred: waiting brings neither money nor bubblewrap, and
+        # a retry loop would hide the reason.
         if not finish(OutcomeKind.NOT_STARTED.value, list(result.reasons), exit_code=None):
             return Applied(None, fenced_out=True)
         t = Transition(
@@ -124,20 +135,7 @@ def apply_job_end(
             stage,
             State.BLOCKED,
             [f"{stage.value}: blocked before dispatch", *result.reasons],
-            alert="llm-budget-exhausted",
-        )
-    elif result.sandbox_missing:
-        # Untrusted code is never run bare by default, and retrying will not install the
-        # sandbox: blocked at once, with the fix in the alert.
-        if not finish(OutcomeKind.NOT_STARTED.value, list(result.reasons), exit_code=None):
-            return Applied(None, fenced_out=True)
-        t = Transition(
-            TransitionKind.BLOCK,
-            stage,
-            stage,
-            State.BLOCKED,
-            [f"{stage.value}: blocked before dispatch", *result.reasons],
-            alert="sandbox-unavailable",
+            alert=refusal,
         )
     elif result.awaiting_human:
         if not finish(OutcomeKind.COMPLETED.value, list(result.reasons), exit_code=None):

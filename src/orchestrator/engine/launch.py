@@ -251,6 +251,7 @@ def _runner_ctx(ctx: JobContext, worktree: Path, runner: str) -> RunContext:
         env=scrubbed_env(
             ctx.repo,
             {"HOME": os.environ.get("HOME", str(ctx.task_dir)), **SUITE_ENV},
+            agent_keys=runner == "deploy-finalizer",
         ),
         settings=ctx.settings,
         cancel=ctx.cancel,
@@ -360,27 +361,41 @@ def collect_artifact(ctx: JobContext, out_dir: Path, stage: Stage) -> list[str]:
     return []
 
 
-def agent_sandbox(
-    ctx: JobContext, argv: list[str], env: dict[str, str], writable: list[Path], prompt: Path
-) -> sandbox.Sandbox | None:
-    """The sandbox of an agent's process: the worktree and the job's own folders writable."""
-    box = sandbox.for_job(
-        ctx.settings,
-        kind="agent",
-        repo_path=Path(ctx.repo.path),
-        argv=argv,
-        writable=writable,
-        readonly=[prompt],
-        env_path=env.get("PATH"),
-        options=ctx.repo.options,
-    )
+def run_agent_process(
+    ctx: JobContext,
+    request: proc_group.ExecuteRequest,
+    writable: list[Path],
+    prompt: Path,
+    poll: Callable[[], str | None] | None = None,
+) -> proc_group.Outcome:
+    """Run an agent's process in its sandbox: the worktree and the job's own folders
+    writable, its prompt readable. No sandbox where one is required: not started."""
+    try:
+        box = sandbox.for_job(
+            ctx.settings,
+            kind="agent",
+            repo_path=Path(ctx.repo.path),
+            argv=request.argv,
+            writable=writable,
+            readonly=[prompt],
+            env_path=request.env.get("PATH"),
+            options=ctx.repo.options,
+        )
+    except sandbox.SandboxUnavailable as exc:
+        return proc_group.refuse(request, f"sandbox: {exc}")
     if box is None:
         log.warning(
             "sandbox off: %s runs bare (ORCH_SANDBOX=off)",
             ctx.job.agent,
             extra={"task": ctx.task.key, "job": ctx.job.id, "action": "sandbox-off"},
         )
-    return box
+    return proc_group.run(
+        dataclasses.replace(request, sandbox=box),
+        cancel=ctx.cancel,
+        on_start=ctx.on_start,
+        poll=poll,
+        tree_kill=ctx.settings.subprocess_tree_kill_enabled,
+    )
 
 
 def _run_command(
@@ -422,17 +437,7 @@ def _run_command(
         grace_s=ctx.settings.kill_grace_s,
         marker=job_marker(ctx.job),
     )
-    try:
-        box = agent_sandbox(ctx, argv, env, [worktree, job_home, out_dir], prompt)
-    except sandbox.SandboxUnavailable as exc:
-        outcome = proc_group.refuse(request, f"sandbox: {exc}")
-    else:
-        outcome = proc_group.run(
-            dataclasses.replace(request, sandbox=box),
-            cancel=ctx.cancel,
-            on_start=ctx.on_start,
-            tree_kill=ctx.settings.subprocess_tree_kill_enabled,
-        )
+    outcome = run_agent_process(ctx, request, [worktree, job_home, out_dir], prompt)
     collected = collect_artifact(ctx, out_dir, stage)
     mapping = map_outcome(outcome, kind="command")
     reasons = [*mapping.reasons, *collected]

@@ -89,9 +89,9 @@ class RetestResult:
 
 
 def _retest_env(repo: RepoRow) -> dict[str, str]:
-    # What agents and runners see; no bytecode: the re-test must leave the worktree as it
-    # found it.
-    return scrubbed_env(repo, SUITE_ENV)
+    # What suites see (the allowlist, never the agent's keys); no bytecode: the re-test
+    # must leave the worktree as it found it.
+    return scrubbed_env(repo, SUITE_ENV, agent_keys=False)
 
 
 def retest_branch(
