@@ -17,9 +17,10 @@ only; pipeline development ``patch``, testing, deploy-staging; no staging comman
 Printed per mode: tasks, done, main's tree equal to upstream's, the commits put on main
 (``Orch-Task:`` trailer), in upstream order or not, and how many fail the suite (goal 0:
 each checked out and tested, once per distinct tree), merge re-tests skipped / ran
-(``merge_results``), rollbacks, the wall time of the run (set-up, filing, worker until idle)
-in seconds and over the bare suite time (the suite once on upstream's final tree, in this
-process). A line per finished task goes to stderr. Exit 2: the suite would not test the tree.
+(``merge_results``), rollbacks, the jobs' summed time, the wall time of the run (set-up,
+filing, worker until idle) in seconds and over the bare suite time (the suite once on
+upstream's final tree, in this process). A line per finished task goes to stderr.
+Exit 2: the suite would not test the tree (see ``--probe``).
 
 ``--probe MODULE`` first breaks the tree's ``MODULE/__init__.py`` (at the top or under
 ``src/``) and refuses (exit 2) unless the suite then fails: it must test the replayed tree,
@@ -183,9 +184,9 @@ class ModeResult:
     merge_statuses: dict[str, int] = field(default_factory=dict)
     rollbacks: int = 0
     late_deps: int = 0
+    jobs_s: float = 0.0
     wall_s: float = 0.0
     ratio: float = 0.0
-    not_run: str = ""
     stuck: list[str] = field(default_factory=list)
 
     def figures(self) -> list[tuple[str, object]]:
@@ -204,6 +205,7 @@ class ModeResult:
             ("merge results", statuses or "-"),
             ("rollbacks", self.rollbacks),
             ("dependencies on a task filed later", self.late_deps),
+            ("time in jobs, summed (s)", f"{self.jobs_s:.1f}"),
             ("wall time (s)", f"{self.wall_s:.1f}"),
             ("wall time / bare suite", f"{self.ratio:.1f}"),
         ]
@@ -286,11 +288,7 @@ def run_mode(mode: str, hist: History, args: argparse.Namespace, suite: Suite) -
             prefix="REPLAY",
         )
         ops.add_repo(engine, "replay", repo, spec)
-        try:
-            keys, res.late_deps = file_tasks(engine, settings, hist, mode, args.seed)
-        except UsageError as exc:
-            res.not_run = f"cannot file the tasks: {exc}"
-            return res
+        keys, res.late_deps = file_tasks(engine, settings, hist, mode, args.seed)
         watch(engine, Worker(settings, engine, name=f"replay-{mode}"), mode, args.deadline_s, t0)
         res.wall_s = round(time.perf_counter() - t0, 2)
         with engine.connect() as conn:
@@ -298,8 +296,13 @@ def run_mode(mode: str, hist: History, args: argparse.Namespace, suite: Suite) -
             for t in tasks:
                 history = queries.list_transitions(conn, t.id)
                 res.rollbacks += sum(1 for h in history if h.kind == "rollback")
+                jobs = queries.list_jobs(conn, task_id=t.id)
+                res.jobs_s += sum(
+                    (j.finished_at or j.started_at or 0) - (j.started_at or 0) for j in jobs
+                )
+                why = t.reasons or [ops.waiting_text(queries.waiting_on(conn, t.id)) or ""]
                 if t.state != "done":
-                    res.stuck.append(f"{t.key} {t.state} at {t.stage}: {'; '.join(t.reasons)}")
+                    res.stuck.append(f"{t.key} {t.state} at {t.stage}: {'; '.join(why)}")
             results = merges.list_merge_results(conn)
     finally:
         engine.dispose()
@@ -339,11 +342,10 @@ def report(args: argparse.Namespace, head: dict[str, Any], results: list[ModeRes
         f"distinct trees tested: {head['trees_tested']}"
     )
     print(f"\n{'':<36}" + "".join(f"{r.mode:>14}" for r in results))
-    for row, (name, _) in enumerate(results[0].figures() if results else []):
-        cells = ("-" if r.not_run else str(r.figures()[row][1]) for r in results)
-        print(f"{name:<36}" + "".join(f"{c:>14}" for c in cells))
+    for row in zip(*(r.figures() for r in results), strict=True):
+        print(f"{row[0][0]:<36}" + "".join(f"{value!s:>14}" for _, value in row))
     for r in results:
-        for line in ([f"not run: {r.not_run}"] if r.not_run else []) + r.stuck:
+        for line in r.stuck:
             print(f"  [{r.mode}] {line[:400]}")
 
 
