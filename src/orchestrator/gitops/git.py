@@ -111,7 +111,12 @@ def branch_exists(path: Path, branch: str) -> bool:
     )
 
 
+def rev_parse(path: Path, rev: str) -> str | None:
+    """The full SHA ``rev`` names in the repository at ``path``, or None."""
+    res = git(["rev-parse", "--verify", "--quiet", rev], path)
+    return res.stdout.strip() or None if res else None
+
+
 def rev_parse_branch(path: Path, branch: str) -> str | None:
     """The commit ``refs/heads/<branch>`` points at, or None."""
-    res = git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}"], path)
-    return res.stdout.strip() or None if res else None
+    return rev_parse(path, f"refs/heads/{branch}^{{commit}}")

@@ -284,10 +284,10 @@ def rebuild_from_main(
     ref = f"refs/heads/{branch}"
     with repo_lock(repo_path):
         start, notes = _start_point(repo_path, main_branch, remote)
-        start_sha = _rev(repo_path, f"{start}^{{commit}}")
+        start_sha = gitcmd.rev_parse(repo_path, f"{start}^{{commit}}")
         if start_sha is None:
             return WorktreeResult(None, created=False, error=f"cannot read {main_branch}")
-        old = _rev(repo_path, ref)
+        old = gitcmd.rev_parse(repo_path, ref)
         if old is not None and not carry_to.exists():
             fork = gitcmd.git(["merge-base", start_sha, old], repo_path)
             if fork:
@@ -327,11 +327,6 @@ def rebuild_from_main(
     if carry_to.exists():
         notes.append(f"the old change is kept in {carry_to}")
     return WorktreeResult(path, created=True, notes=tuple(notes))
-
-
-def _rev(cwd: Path, rev: str) -> str | None:
-    res = gitcmd.git(["rev-parse", "--verify", "--quiet", rev], cwd)
-    return res.stdout.strip() or None if res else None
 
 
 def has_diff_vs(worktree: Path, base: str) -> tuple[bool, str]:
