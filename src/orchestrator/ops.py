@@ -334,6 +334,9 @@ def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoR
             key_prefix=prefix,
             now=now,
             main_branch=main,
+            # Main as the user registers it is the first main the merge gate must build
+            # on top of: a rewind before the first merge is caught too.
+            main_seen=rev_parse_branch(path, main),
             remote=spec.remote,
             test_cmd=test_cmd,
             staging_cmd=staging_cmd,

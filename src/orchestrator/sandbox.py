@@ -29,6 +29,7 @@ from pathlib import Path
 
 from orchestrator.config import Settings, sandbox_network_for
 from orchestrator.errors import OrchestratorError
+from orchestrator.gitops import git as gitcmd
 
 BWRAP = "bwrap"
 # What a failed probe tells the user to do.
@@ -86,13 +87,16 @@ class Sandbox:
     """What one job's processes may see and write.
 
     ``hidden`` folders are covered by empty file systems; ``readonly`` ones are bound back
-    read-only over that (a toolchain under the user's home, say); ``writable`` ones last, so
-    a workspace inside the orchestrator's home is writable although its home is hidden.
+    read-only over that (a toolchain under the user's home, say); ``writable`` ones next, so
+    a workspace inside the orchestrator's home is writable although its home is hidden;
+    ``sealed`` ones last: read-only places inside a writable one (a workspace's ``.git``),
+    which a writable bind made after them would cover.
     """
 
     writable: tuple[Path, ...]
     readonly: tuple[Path, ...] = ()
     hidden: tuple[Path, ...] = ()
+    sealed: tuple[Path, ...] = ()
     network: bool = True
     userns: bool = True
     bwrap: str = BWRAP
@@ -115,6 +119,14 @@ class Sandbox:
             out += ["--ro-bind", str(path), str(path)]
         for path in _existing(self.writable):
             out += ["--bind", str(path), str(path)]
+        for path in _existing(self.sealed):
+            out += ["--ro-bind", str(path), str(path)]
+        # A hidden place is an empty file system, read-only once the binds inside it are
+        # made: what a job writes there would only look like a write to the real place.
+        writable = _existing(self.writable)
+        for path in _existing(self.hidden):
+            if not any(path.is_relative_to(w) for w in writable):
+                out += ["--remount-ro", str(path)]
         out += ["--chdir", str(cwd), "--", *argv]
         return out
 
@@ -187,35 +199,64 @@ def for_job(
     should be sandboxed and cannot be: fail closed, never a silent bare run. The repo's
     ``options`` may add paths (``sandbox_ro``, ``sandbox_rw``: the user's own settings).
 
-    Hidden: the orchestrator's home (database, tasks, logs), the user's clone and the user's
-    home. Read-only again over that: the command's toolchain, the repository's ``.git``
-    (a task worktree reads its history there; nothing in the sandbox can write a ref, a hook
-    or the config) and ``readonly``. Writable: ``writable`` only.
+    Hidden: the orchestrator's home (database, tasks, logs), the user's clone, every remote
+    of it that is a local path, and the user's home. Read-only again over that: the
+    command's toolchain, the object store a workspace borrows from the user's clone (its
+    history; nothing in the sandbox can write an object, a ref, a hook or a config there)
+    and ``readonly``. Writable: ``writable`` only, except each workspace's own ``.git``,
+    which is sealed read-only: the agent edits files, the orchestrator commits them.
     """
     if not settings.sandbox or (kind == "deploy" and not settings.sandbox_deploy):
         return None
     found = probe()
     if not found.ok or found.bwrap is None:
         raise SandboxUnavailable(found.detail)
-    repo_git = repo_path / ".git"
     opts = options or {}
     return Sandbox(
         writable=(*writable, *_paths(opts.get("sandbox_rw"))),
         readonly=(
             *toolchain_paths(argv, env_path),
-            *([repo_git] if repo_git.is_dir() else []),
+            *(alt for w in writable for alt in borrowed_objects(w)),
             *readonly,
             *_paths(opts.get("sandbox_ro")),
             *(Path(p.strip()) for p in settings.sandbox_ro.split(",") if p.strip()),
-            # A worktree's `.git` file names its git dir: a job that rewrote it would send
-            # the orchestrator's own git calls to a directory the job controls.
-            *(w / ".git" for w in writable if (w / ".git").is_file()),
         ),
-        hidden=(settings.home, repo_path, Path.home()),
+        hidden=(settings.home, repo_path, *local_remotes(repo_path), Path.home()),
+        # A workspace's `.git` (a folder; a `git worktree`'s `.git` file in an earlier
+        # release) names where git reads config, hooks and refs from: a job that rewrote it
+        # would send the orchestrator's own git calls to a place the job controls.
+        sealed=tuple(w / ".git" for w in writable if (w / ".git").exists()),
         network=sandbox_network_for(settings.sandbox_network, kind),
         userns=found.userns,
         bwrap=found.bwrap,
     )
+
+
+def borrowed_objects(workspace: Path) -> list[Path]:
+    """The object stores a workspace's git borrows (its ``objects/info/alternates``)."""
+    try:
+        text = (workspace / ".git" / "objects" / "info" / "alternates").read_text()
+    except OSError:
+        return []
+    return [Path(line) for line in text.splitlines() if line.startswith("/")]
+
+
+def local_remotes(repo_path: Path) -> list[Path]:
+    """The remotes of the user's clone that are folders here (``/srv/git/x.git``,
+    ``file:///...``): hidden, so no sandboxed process can push to them with the user's own
+    file permissions (what a credential is for a remote on this machine)."""
+    res = gitcmd.git(
+        ["config", "--get-regexp", r"^remote\..*\.(url|pushurl)$"], repo_path, timeout_s=15
+    )
+    found: list[Path] = []
+    for line in res.stdout.splitlines():
+        _, _, url = line.partition(" ")
+        url = url.strip()
+        if url.startswith("file://"):
+            url = url.removeprefix("file://")
+        if url.startswith("/"):
+            found.append(Path(url))
+    return found
 
 
 __all__ = [
@@ -224,7 +265,9 @@ __all__ = [
     "Probe",
     "Sandbox",
     "SandboxUnavailable",
+    "borrowed_objects",
     "for_job",
+    "local_remotes",
     "probe",
     "sandbox_state",
     "toolchain_paths",

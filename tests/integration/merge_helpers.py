@@ -250,8 +250,13 @@ class MergeBed:
         return made.path
 
     def develop(self, task: TaskRow, files: Mapping[str, str | None], message: str) -> str:
-        """Play the developer: commit ``files`` on the task branch."""
-        return commit_files(self.worktree(task), files, f"{task.key}: {message}")
+        """Play the developer: commit ``files`` on the task branch, and publish it to the
+        user's clone as a development job's end does."""
+        workspace = self.worktree(task)
+        sha = commit_files(workspace, files, f"{task.key}: {message}")
+        published, detail = worktrees.publish_branch(self.repo_path, workspace, task.key)
+        assert published, detail
+        return sha
 
     def run_testing_stage(self, task: TaskRow) -> tuple[bool, str]:
         """Play the testing stage: the test-runner, then the validated-tree record."""

@@ -76,17 +76,61 @@ ATTACKS = [
     ),
     Attack(
         "hook",
-        "plant `reference-transaction` and `post-checkout` hooks and a `core.fsmonitor` "
-        "command in the repository's git dir",
-        "planted (none of them runs: every git call of the orchestrator has "
-        "`core.hooksPath=/dev/null` and `core.fsmonitor=false`)",
-        "the repository's `.git` is read-only in the sandbox: nothing is planted",
+        "plant hooks (`reference-transaction`, `post-checkout`, `pre-push`, `pre-commit`, "
+        "`prepare-commit-msg`, `commit-msg`, `post-commit`, `pre-rebase`, `post-rewrite`), a "
+        "`core.hooksPath` folder and a `core.fsmonitor` command in its workspace's git dir "
+        "and the user's clone; the task then commits, rebases, merges and pushes",
+        "planted in both; none of them runs: every git call of the orchestrator has "
+        "`core.hooksPath=/dev/null` and `core.fsmonitor=false`",
+        "its workspace's `.git` is read-only and the user's clone is not there: nothing is "
+        "planted, nothing runs",
+    ),
+    Attack(
+        "gitconfig",
+        "plant a filter and a diff driver (picked by `* filter=evil diff=evil` in the "
+        "tree's `.gitattributes`), `gpg.program` with `commit.gpgSign`, and "
+        "`remote.origin.uploadpack`/`receivepack`, in both configs",
+        "planted; the signing program, upload-pack and receive-pack never run (signing is "
+        "off and git's own pack programs are named in every call), but the orchestrator's "
+        "`git add` runs the clean filter: only the sandbox stops that",
+        "nothing is planted; the tree's `.gitattributes` picks no driver (each workspace's "
+        "own `info/attributes` says `* !filter !diff !merge`): nothing runs",
+    ),
+    Attack(
+        "gitdir",
+        "point its workspace's `.git` at a git dir of its own with that filter and signing "
+        "program (escaped the sandbox before this release: the worktree's `.git` file was "
+        "writable)",
+        "swapped; the clean filter runs in the orchestrator's next `git add`",
+        "the workspace's `.git` is sealed read-only after the workspace is bound: it cannot "
+        "be renamed or rewritten; nothing runs",
     ),
     Attack(
         "refs",
-        "make a commit and `git update-ref refs/heads/main` to it",
+        "make a commit and `git update-ref refs/heads/main` to it in the user's clone",
         "main holds a commit no suite ran on",
-        "the repository's `.git` is read-only: main moves only by the merge gate",
+        "the user's clone is not there: main moves only by the merge gate",
+    ),
+    Attack(
+        "branch",
+        "point another task's `orch/<KEY>` at a commit of its own",
+        "the other task's branch is the attacker's",
+        "the user's clone is not there (the workspace holds only its own branch): unchanged",
+    ),
+    Attack(
+        "push",
+        "push a commit of its own to the remote's main (a local path, with the user's own "
+        "file access)",
+        "the remote's main holds a commit no suite ran on",
+        "every local remote of the user's clone is hidden (and no SSH agent, credential "
+        "helper or token reaches the sandbox): the push fails; the task lands normally",
+    ),
+    Attack(
+        "rewind",
+        "move the user's main back one commit before the first merge",
+        "the merge gate refuses to build on it: the task is blocked with the alert "
+        "`main-rewound` (main as registered is the first record) and main is not moved",
+        "the user's clone is not there: main is as the user left it",
     ),
     Attack(
         "daemon",
@@ -121,18 +165,19 @@ code runs under bubblewrap (`orchestrator/sandbox.py`):
   `--die-with-parent`: if the worker dies, so does the sandbox;
 - the system read-only (`/` bound read-only), a fresh `/dev`, its own `/proc` (the host's
   processes and their environments are not there) and a private `/tmp`;
-- hidden under empty file systems: the orchestrator's home (`ORCH_HOME`: the database,
-  every task folder, the logs, the worktrees), the user's clone of the repository and the
-  user's home (`~/.ssh`, `~/.aws`, `~/.config` ...);
+- hidden under empty, read-only file systems: the orchestrator's home (`ORCH_HOME`: the
+  database, every task folder, the logs, other tasks' workspaces), the user's clone of the
+  repository, every remote of it that is a local path, and the user's home (`~/.ssh`,
+  `~/.aws`, `~/.config` ...);
 - read-only again over that: what the job needs to run (the command's toolchain: the
   venv its executable lives in and the Python or Node it links to, the orchestrator's own
-  Python), the repository's `.git` (a task worktree reads its history there; nothing in
-  the sandbox can write a ref, a hook or the config), the worktree's `.git` file, the job's
-  prompt, and the paths the repo names with `orch repo set --sandbox-ro PATH`;
-- writable: the task's worktree and the job's own folders only (`runs/<job>-out`, where an
+  Python), the object store the workspace borrows from the user's clone (its history), the
+  job's prompt, and the paths the repo names with `orch repo set --sandbox-ro PATH`;
+- writable: the task's workspace and the job's own folders only (`runs/<job>-out`, where an
   agent writes its artifact, which the orchestrator moves into the task folder after the
   run; `runs/<job>-home`, its `HOME`; `runs/<log>.out` for a suite's JUnit XML and coverage
-  data), plus `orch repo set --sandbox-rw PATH`;
+  data), plus `orch repo set --sandbox-rw PATH`; the workspace's own `.git` is sealed
+  read-only on top of it;
 - network: shared by default (agents reach their model API; suites may need loopback
   services); `ORCH_SANDBOX_NETWORK=none` cuts it for all, `agent=shared,suite=none` per kind.
 
@@ -149,9 +194,24 @@ with `--agent-env`; a suite gets the allowlist only, never the agent's keys
 (`test_suites_never_get_the_agents_keys`). Nothing in a sandbox can read the
 orchestrator's environment (`/proc` is the job's own) or its files (its home is hidden).
 
-Every git command the orchestrator runs has `core.hooksPath=/dev/null` and
-`core.fsmonitor=false`: no hook and no fsmonitor command runs inside the orchestrator's own
-git calls, whatever a repository's config says.
+The workspace: each task gets a git repository of its own
+(`<ORCH_HOME>/worktrees/<repo>/<KEY>`, branch `orch/<KEY>`), not a `git worktree` of the
+user's clone. Its object store borrows the clone's (git's alternates, as `git clone
+--shared` makes), it has no remote and no other branch, and its config is the
+orchestrator's. Inside the sandbox its `.git` is read-only: the agent edits files, and the
+orchestrator commits them from outside, then publishes the branch to the user's
+`refs/heads/orch/<KEY>` (a fetch from the workspace and a compare-and-swap of the ref). The
+user's clone is never writable from a sandbox.
+
+Every git command the orchestrator runs has these settings on its command line, whatever
+a config says: `core.hooksPath=/dev/null`, `core.fsmonitor=false`, `commit.gpgSign=false`,
+`tag.gpgSign=false`, `log.showSignature=false`, `merge.verifySignatures=false`,
+`protocol.ext.allow=never`, `protocol.file.allow=user`; fetches and pushes name git's own
+`git-upload-pack` and `git-receive-pack`. Each workspace's `info/attributes` says
+`* !filter !diff !merge`, so no attribute in the agent's tree picks a filter, diff or merge
+driver. (A repository that relies on a filter, such as Git LFS, gets its files unfiltered
+in task workspaces.) The user's own settings that matter (identity, remote URLs) come
+from the user's clone, which no sandboxed process can write.
 
 Main is guarded: the merge gate records the main it makes (`repos.main_seen`), and a main
 that does not descend from that record (rewound or rewritten by anyone) is never a base:
@@ -176,8 +236,10 @@ and sandboxed by `tests/integration/test_sandbox.py`.
 OUTRO = """
 ## Not covered yet
 
-- The agent's workspace is a `git worktree` of the user's repository (read-only in the
-  sandbox), not a clone of its own.
+- `ORCH_SANDBOX=off` is what it says: the bare column above. Hooks, signing programs and
+  pack programs still never run inside the orchestrator's git calls, but an agent that can
+  write its workspace's config can make `git add` run a filter, and it can reach
+  everything its user can.
 - The remote's credentials: an agent gets no SSH agent socket and no credential helper
   of ours, but `--agent-env` can still name a token for it, by the user's choice.
 - A job's own task folder is written by the orchestrator only, but verdicts are still read
@@ -225,14 +287,36 @@ def _kill_daemons(tmp_path: Path) -> None:
             os.kill(int(entry.name), signal.SIGKILL)
 
 
-def _run(h: Harness, mode: str, *, sandboxed: bool, other: str = "") -> tuple[str, str]:
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+
+
+def _with_remote(h: Harness) -> Path:
+    """A bare repository as the user's `origin`, holding main."""
+    remote = h.tmp / "remote.git"
+    _git(h.tmp, "clone", "-q", "--bare", str(h.repo_path), str(remote))
+    _git(h.repo_path, "remote", "add", "origin", str(remote))
+    _git(h.repo_path, "fetch", "-q", "origin")
+    return remote
+
+
+def _run(
+    h: Harness,
+    mode: str,
+    *,
+    sandboxed: bool,
+    extra: tuple[str, ...] = (),
+    remote: str | None = None,
+) -> tuple[str, str]:
     """File a task whose developer is the hostile agent in ``mode``; run it; (key, loot)."""
     h.settings = load_settings(**{**h.settings.model_dump(), "sandbox": sandboxed})
     loot = h.tmp / "loot"
     loot.mkdir(exist_ok=True)
     hostile = (
         f"command:{sys.executable} {HOSTILE} {mode} {loot} {h.settings.home} "
-        f"{{artifact_dir}} {{worktree}} {other}"
+        f"{{artifact_dir}} {{worktree}} {' '.join(extra)}"
     ).strip()
     specs = [f"development={hostile}", *(f"{s}={h.agent()}" for s in STAGES[1:])]
     ops.add_repo(
@@ -243,6 +327,7 @@ def _run(h: Harness, mode: str, *, sandboxed: bool, other: str = "") -> tuple[st
             stages=STAGES,
             agents=specs,
             test_cmd=f"{sys.executable} -c pass",
+            remote=remote,
             sandbox_rw=[str(loot), str(h.plan_path.parent)],
         ),
     )
@@ -301,7 +386,7 @@ def test_another_tasks_folder_is_out_of_reach(
     patch = b"--- a/README.md\n+++ b/README.md\n@@ -1 +1,2 @@\n victim\n+hello\n"
     victim = ops.add_task(box.engine, box.settings, "victim", "innocent", "body", patch)
     task_md = (victim.folder / "00-task.md").read_text()
-    _key, got = _run(box, "task", sandboxed=sandboxed, other=victim.task.key)
+    _key, got = _run(box, "task", sandboxed=sandboxed, extra=(victim.task.key,))
     if not sandboxed:
         assert got.startswith("got:"), got
         assert "hijacked" in (victim.folder / "00-task.md").read_text()
@@ -348,40 +433,139 @@ def test_a_daemon_dies_with_its_job(box: Harness, sandboxed: bool) -> None:
     box.wait_for(lambda: _lock_free(loot / "daemon.lock"))
 
 
+def _ran(h: Harness) -> list[str]:
+    """What of the planted programs ran (each touches loot/<name>-ran)."""
+    return sorted(p.name.removesuffix("-ran") for p in (h.tmp / "loot").glob("*-ran"))
+
+
+def _main_log(cwd: Path, rev: str = "main") -> list[str]:
+    return _git(cwd, "log", "--format=%s", rev).splitlines()
+
+
 @NEEDS_BWRAP
 @pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
-def test_the_repositorys_git_dir_cannot_be_planted(box: Harness, sandboxed: bool) -> None:
-    key, got = _run(box, "hook", sandboxed=sandboxed)
-    loot = box.tmp / "loot"
-    assert box.task(key).state == "done"  # the merge moved main: hooks would have run
+def test_hooks_never_run(box: Harness, sandboxed: bool) -> None:
+    # Every hook the pipeline could trigger (a commit, a rebase, the update of main, the
+    # push to the remote, the next checkout), a core.hooksPath and a core.fsmonitor, in
+    # the workspace's git dir and the user's.
+    remote = _with_remote(box)
+    key, got = _run(box, "hook", sandboxed=sandboxed, extra=(str(box.repo_path),), remote="origin")
+    assert box.task(key).state == "done"  # committed, rebased, merged, pushed
+    assert _main_log(remote)[0].startswith(key)  # the push ran too
     if not sandboxed:
         assert got.startswith("got:"), got
+        assert "user's clone" in got, got
     else:
         assert got.startswith("denied:"), got
-        hooks = box.repo_path / ".git" / "hooks"
-        assert not (hooks / "reference-transaction").exists()
+        assert not (box.repo_path / ".git" / "hooks" / "reference-transaction").exists()
     # Planted or not, nothing of it ever ran inside the orchestrator's git calls.
-    assert sorted(p.name for p in loot.glob("*-ran")) == []
+    assert _ran(box) == []
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_config_programs_never_run(box: Harness, sandboxed: bool) -> None:
+    # Filter and diff drivers picked by the tree's own .gitattributes, a signing program,
+    # and the remote's upload-pack and receive-pack, in both configs.
+    remote = _with_remote(box)
+    key, got = _run(
+        box, "gitconfig", sandboxed=sandboxed, extra=(str(box.repo_path),), remote="origin"
+    )
+    assert box.task(key).state == "done"
+    assert _main_log(remote)[0].startswith(key)
+    if not sandboxed:
+        assert got.startswith("got:"), got
+        assert "user's clone" in got, got
+        # Bare, the agent rewrote its workspace's own config and attributes: the
+        # orchestrator's `git add` runs its clean filter. Only the sandbox stops that;
+        # nothing else it planted ran.
+        ran = _ran(box)
+        assert "filter-clean" in ran, ran
+        assert not {"gpg-program", "uploadpack", "receivepack", "diff-external"} & set(ran), ran
+        return
+    assert got.startswith("denied:"), got
+    assert _ran(box) == []
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_the_workspace_git_dir_cannot_be_swapped(box: Harness, sandboxed: bool) -> None:
+    key, got = _run(box, "gitdir", sandboxed=sandboxed)
+    if not sandboxed:
+        assert got.startswith("got:"), got
+        assert "filter-clean" in _ran(box)  # bare: nothing stops it
+        assert "gpg-program" not in _ran(box)  # signing is off in every git call
+        return
+    assert got.startswith("denied:"), got
+    assert _ran(box) == []
+    assert box.task(key).state == "done"
 
 
 @NEEDS_BWRAP
 @pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
 def test_main_moves_only_through_the_merge_gate(box: Harness, sandboxed: bool) -> None:
-    key, got = _run(box, "refs", sandboxed=sandboxed)
-    message = subprocess.run(
-        ["git", "log", "-1", "--format=%B", "main"],
-        cwd=box.repo_path,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
+    key, got = _run(box, "refs", sandboxed=sandboxed, extra=(str(box.repo_path),))
+    log = _main_log(box.repo_path)
     if not sandboxed:
         assert got.startswith("got:"), got
+        assert "untested" in log  # an untested commit is on main
         return
     assert got.startswith("denied:"), got
     assert box.task(key).state == "done"
+    assert "untested" not in log
+    message = _git(box.repo_path, "log", "-1", "--format=%B", "main")
     assert f"Orch-Task: {key}" in message  # main's tip is the merge gate's commit
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_another_tasks_branch_cannot_be_moved(box: Harness, sandboxed: bool) -> None:
+    _git(box.repo_path, "branch", "orch/OTHER-1", "main")
+    before = _git(box.repo_path, "rev-parse", "orch/OTHER-1")
+    _key, got = _run(box, "branch", sandboxed=sandboxed, extra=(str(box.repo_path), "OTHER-1"))
+    after = _git(box.repo_path, "rev-parse", "orch/OTHER-1")
+    if not sandboxed:
+        assert got.startswith("got:"), got
+        assert after != before
+        return
+    assert got.startswith("denied:"), got
+    assert after == before
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_the_remote_is_out_of_reach(box: Harness, sandboxed: bool) -> None:
+    remote = _with_remote(box)
+    key, got = _run(box, "push", sandboxed=sandboxed, extra=(str(remote),), remote="origin")
+    log = _main_log(remote)
+    if not sandboxed:
+        assert got.startswith("got:"), got
+        assert "untested" in log  # on the remote's main, with the user's own access
+        return
+    assert got.startswith("denied:"), got
+    assert box.task(key).state == "done"
+    assert "untested" not in log
+    assert log[0].startswith(key)
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
+def test_a_rewound_main_is_never_built_on(box: Harness, sandboxed: bool) -> None:
+    (box.repo_path / "second.txt").write_text("kept\n")
+    _git(box.repo_path, "add", "second.txt")
+    _git(box.repo_path, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "second")
+    key, got = _run(box, "rewind", sandboxed=sandboxed, extra=(str(box.repo_path),))
+    task = box.task(key)
+    if not sandboxed:
+        # Rewound before the first merge: main no longer holds what the user registered.
+        assert got.startswith("got:"), got
+        assert task.state == "blocked", task
+        assert "main-rewound" in [a.kind for a in box.alerts()]
+        assert _main_log(box.repo_path) == ["initial commit"]  # the gate did not move it
+        return
+    assert got.startswith("denied:"), got
+    assert task.state == "done"
+    assert "second" in _main_log(box.repo_path)
 
 
 def test_no_sandbox_no_untrusted_job(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.config import sandbox_network_for
-from orchestrator.sandbox import Sandbox
+from orchestrator.sandbox import Sandbox, local_remotes
 
 
 def _pairs(argv: list[str], flag: str) -> list[str]:
@@ -61,3 +63,42 @@ def test_network_per_kind(value: str, kind: str, shared: bool) -> None:
 def test_network_setting_refuses_what_it_cannot_read(bad: str) -> None:
     with pytest.raises(ValueError, match="sandbox network"):
         sandbox_network_for(bad, "agent")
+
+
+def test_a_workspace_git_dir_is_sealed_after_the_workspace(tmp_path: Path) -> None:
+    # A writable bind made after a read-only one inside it would cover it: the workspace's
+    # `.git` is bound read-only last, and the hidden places are remounted read-only.
+    home, work = tmp_path / "home", tmp_path / "home" / "wt"
+    (work / ".git").mkdir(parents=True)
+    argv = Sandbox(writable=(work,), hidden=(home,), sealed=(work / ".git",)).wrap(["x"], work)
+    binds = [(a, argv[i + 1]) for i, a in enumerate(argv) if a in ("--bind", "--ro-bind")]
+    assert binds.index(("--bind", str(work))) < binds.index(("--ro-bind", str(work / ".git")))
+    assert _pairs(argv, "--remount-ro") == [str(home)]
+    assert argv.index("--remount-ro") > argv.index("--bind")
+
+
+def test_a_hidden_place_inside_a_writable_one_stays_writable(tmp_path: Path) -> None:
+    # Remounting it read-only would take the writable bind with it.
+    work = tmp_path / "wt"
+    (work / "cache").mkdir(parents=True)
+    argv = Sandbox(writable=(work,), hidden=(work / "cache",)).wrap(["x"], work)
+    assert "--remount-ro" not in argv
+
+
+def test_local_remotes_are_found(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo()
+    for name, url in (
+        ("a", "/srv/git/a.git"),
+        ("b", "file:///srv/git/b.git"),
+        ("c", "https://127.0.0.1/x.git"),
+        ("d", "git@localhost:x.git"),
+    ):
+        subprocess.run(["git", "remote", "add", name, url], cwd=repo, check=True, timeout=30)
+    subprocess.run(
+        ["git", "config", "remote.a.pushurl", "/srv/git/push.git"], cwd=repo, check=True, timeout=30
+    )
+    assert sorted(map(str, local_remotes(repo))) == [
+        "/srv/git/a.git",
+        "/srv/git/b.git",
+        "/srv/git/push.git",
+    ]

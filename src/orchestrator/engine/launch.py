@@ -163,10 +163,26 @@ def _launch(ctx: JobContext) -> JobResult:
         discarded = _clean_start(worktree)
         if discarded is not None and discarded.startswith("cannot"):
             return JobResult(OutcomeKind.NOT_STARTED, [discarded], worktree=worktree)
+        result = _dispatch(ctx, spec, stage, worktree)
         if discarded is not None:
-            result = _dispatch(ctx, spec, stage, worktree)
-            return dataclasses.replace(result, reasons=[discarded, *result.reasons])
+            result = dataclasses.replace(result, reasons=[discarded, *result.reasons])
+        return _publish(ctx, result, worktree)
     return _dispatch(ctx, spec, stage, worktree)
+
+
+def _publish(ctx: JobContext, result: JobResult, worktree: Path) -> JobResult:
+    """Show the development attempt's commit on the user's ``orch/<KEY>``.
+
+    The branch is made in the task's workspace; the user's repository gets it here, at the
+    end of every development job. A branch that cannot be published is infra trouble (the
+    attempt's commit stays in the workspace and is published by the next job).
+    """
+    published, detail = worktrees.publish_branch(Path(ctx.repo.path), worktree, ctx.task.key)
+    if published:
+        return result
+    return dataclasses.replace(
+        result, outcome=OutcomeKind.CRASHED, reasons=[*result.reasons, detail]
+    )
 
 
 # Agents that start no process of the task's code: a human, and the runners that deploy with

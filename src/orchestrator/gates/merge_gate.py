@@ -422,6 +422,12 @@ def _merge(ctx: GateContext, run: _Run) -> None:
             run.end("MERGED", None, f"{commit.detail}: its changes are already on {main}")
             return
         candidate = run.candidate = commit.sha
+        # The candidate is made in the task's workspace; main is moved in the user's
+        # repository, which must hold its objects (and shows the branch as it will land).
+        published, detail = worktrees.publish_branch(Path(repo.path), worktree, key)
+        if not published:
+            run.infra("other", detail)
+            return
         tree = run.tree = gm.tree_of(worktree, candidate)
         if tree is None:
             run.infra("other", f"cannot read the tree of {candidate[:12]}")

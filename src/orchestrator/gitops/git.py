@@ -18,11 +18,29 @@ _GIT_ENV = {
 }
 
 
-# Every git call runs with these, whatever a repository's config says: no hook and no
-# fsmonitor command ever runs inside the orchestrator's own git calls. A task's code can
-# plant one (a hook file, a `core.fsmonitor` line) wherever it can write; the sandbox keeps
-# it away from the repository's .git, and this keeps git from running it if it got there.
-SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+# Every git call runs with these, whatever a repository's config says (``-c`` outranks every
+# config file, and git hands it on to the git processes it starts, such as upload-pack):
+# no hook, no fsmonitor command, no signing or signature checking (so no gpg.program), no
+# `ext::` transport, and the `file` transport only where a person asked for it (never for
+# a submodule). A task's code can plant any of these wherever it can write; the sandbox
+# keeps it away from every config the orchestrator's git calls read, and this keeps git
+# from running what got there anyway.
+SAFE_SETTINGS = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "commit.gpgSign=false",
+    "tag.gpgSign=false",
+    "log.showSignature=false",
+    "merge.verifySignatures=false",
+    "protocol.ext.allow=never",
+    "protocol.file.allow=user",
+)
+SAFE_CONFIG = tuple(arg for setting in SAFE_SETTINGS for arg in ("-c", setting))
+# The programs a fetch and a push start on the other side are git's own, never a
+# `remote.<name>.uploadpack` / `receivepack` from a config (on a local remote they would
+# run here, as the orchestrator).
+UPLOAD_PACK = "--upload-pack=git-upload-pack"
+RECEIVE_PACK = "--receive-pack=git-receive-pack"
 
 _SECRET_PARTS = ("TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "DATABASE_URL", "API_KEY")
 

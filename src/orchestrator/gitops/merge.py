@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.gitops import git as gitcmd
-from orchestrator.gitops.git import GitResult
+from orchestrator.gitops.git import RECEIVE_PACK, UPLOAD_PACK, GitResult
 from orchestrator.gitops.worktrees import CHANGE_PATHSPEC, name_paths, repo_lock
 
 # Network operations get longer than local ones; both are bounded.
@@ -182,7 +182,7 @@ def fetch_main_locked(repo_path: Path, remote: str, main: str) -> FetchResult:
     of this host can overwrite it between the fetch and the read.
     """
     res = _git(
-        ["fetch", "--no-tags", "--quiet", remote, f"refs/heads/{main}"],
+        ["fetch", "--no-tags", "--quiet", UPLOAD_PACK, remote, f"refs/heads/{main}"],
         repo_path,
         timeout_s=NETWORK_TIMEOUT_S,
     )
@@ -341,7 +341,7 @@ class PushResult:
 def push_main_locked(repo_path: Path, remote: str, main: str, sha: str) -> PushResult:
     """``git push <remote> <sha>:refs/heads/<main>``: a fast-forward, or rejected."""
     res = _git(
-        ["push", "--porcelain", remote, f"{sha}:refs/heads/{main}"],
+        ["push", "--porcelain", RECEIVE_PACK, remote, f"{sha}:refs/heads/{main}"],
         repo_path,
         timeout_s=NETWORK_TIMEOUT_S,
     )

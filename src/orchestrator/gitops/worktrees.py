@@ -1,4 +1,14 @@
-"""A git worktree per task, on branch ``orch/<KEY>``, made from the repo's main branch."""
+"""A workspace per task: its own git repository on branch ``orch/<KEY>``, made from main.
+
+The workspace (still called the task's worktree) is not a ``git worktree`` of the user's
+repository: it is a repository of its own whose object store borrows the user's (git's
+alternates, as ``git clone --shared`` makes), with one branch, no remote and a config the
+orchestrator wrote. Inside the sandbox its ``.git`` is read-only and the user's repository
+is out of sight, so the agent edits files and nothing else; the orchestrator commits from
+outside and publishes the branch to the user's ``refs/heads/orch/<KEY>`` by a fetch and a
+compare-and-swap. Nothing an agent writes is ever config, a hook or a ref that one of the
+orchestrator's git calls reads.
+"""
 
 from __future__ import annotations
 
@@ -200,6 +210,90 @@ def repo_lock(repo_path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+# What every workspace's own ``info/attributes`` says (it takes precedence over the tree's
+# ``.gitattributes``, which is the agent's to write): no filter, diff or merge driver is
+# ever chosen by a path's attributes, so no program named in any config runs on a file the
+# agent wrote when the orchestrator adds, diffs, checks out or rebases it.
+NEUTRAL_ATTRIBUTES = "* !filter !diff !merge\n"
+_STAGING_SUFFIX = ".new"
+
+
+def _git_dir_path(repo_path: Path, name: str) -> Path | None:
+    """``git rev-parse --git-path NAME`` in ``repo_path``, absolute."""
+    res = gitcmd.git(["rev-parse", "--git-path", name], repo_path)
+    if not res or not res.stdout.strip():
+        return None
+    found = Path(res.stdout.strip())
+    return (found if found.is_absolute() else repo_path / found).resolve()
+
+
+def is_workspace(path: Path) -> bool:
+    """Whether ``path`` holds a task workspace of the current kind (its own ``.git`` folder)."""
+    git_dir = path / ".git"
+    return git_dir.is_dir() and not git_dir.is_symlink()
+
+
+def sync_main(workspace: Path, repo_path: Path, main_branch: str) -> str | None:
+    """Point the workspace's ``refs/heads/<main>`` at the user's main (objects are shared),
+    so ``main`` names the same commit in both; None, or why it could not."""
+    sha = gitcmd.rev_parse_branch(repo_path, main_branch)
+    if sha is None:
+        return f"cannot read {main_branch} in {repo_path}"
+    res = gitcmd.git(["update-ref", f"refs/heads/{main_branch}", sha], workspace)
+    return None if res else f"cannot record {main_branch} in the workspace: {_explain(res)}"
+
+
+def _make_workspace(
+    repo_path: Path, path: Path, branch: str, start_sha: str, main_branch: str
+) -> str | None:
+    """Create the workspace at ``path`` on ``branch`` at ``start_sha``; None, or the error.
+
+    It is built beside its place and renamed into it, so a crash never leaves a half-made
+    workspace that looks whole.
+    """
+    objects = _git_dir_path(repo_path, "objects")
+    if objects is None:
+        return f"cannot find the object store of {repo_path}"
+    staging = path.with_name(f".{path.name}{_STAGING_SUFFIX}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # --template= : no sample hooks or anything else copied in from a template folder.
+    made = gitcmd.git(
+        ["init", "-q", "--template=", f"--initial-branch={branch}", str(staging)], path.parent
+    )
+    if not made:
+        return f"git init: {_explain(made)}"
+    git_dir = staging / ".git"
+    (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    (git_dir / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+    (git_dir / "info").mkdir(exist_ok=True)
+    (git_dir / "info" / "attributes").write_text(NEUTRAL_ATTRIBUTES)
+    for step in (
+        ["update-ref", f"refs/heads/{branch}", start_sha],
+        ["read-tree", "--reset", "-u", "HEAD"],
+    ):
+        res = gitcmd.git(step, staging)
+        if not res:
+            shutil.rmtree(staging, ignore_errors=True)
+            return f"git {step[0]}: {_explain(res)}"
+    why = sync_main(staging, repo_path, main_branch)
+    if why is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        return why
+    staging.rename(path)
+    return None
+
+
+def _drop_stale(repo_path: Path, path: Path) -> None:
+    """Remove what is at ``path`` that is not a usable workspace: a half-made one, or a
+    ``git worktree`` of the user's repository from an earlier release (its committed work
+    is on the user's ``orch/<KEY>``, which the new workspace starts from)."""
+    if path.exists() or path.is_symlink():
+        _drop_worktree_dir(path)
+        gitcmd.git(["worktree", "prune"], repo_path)
+
+
 def ensure_worktree(
     repo_path: Path,
     main_branch: str,
@@ -209,13 +303,18 @@ def ensure_worktree(
     *,
     remote: str | None = None,
 ) -> WorktreeResult:
-    """The task's worktree, created from a fresh main on first use and reused after.
+    """The task's workspace, created from a fresh main on first use and reused after.
 
     With a ``remote``, main is fetched first (and local main fast-forwarded to it), so a
-    new task starts from what the remote has, not from a stale local copy.
+    new task starts from what the remote has, not from a stale local copy. A task whose
+    ``orch/<KEY>`` exists already (a workspace removed, or made by an earlier release)
+    starts from that branch. Every use records the user's current main in the workspace.
     """
     path = worktree_path(worktrees_root, repo_name, key)
-    if (path / ".git").exists():
+    if is_workspace(path):
+        why = sync_main(path, repo_path, main_branch)
+        if why is not None:
+            return WorktreeResult(None, created=False, error=why)
         return WorktreeResult(path, created=False)
     with repo_lock(repo_path):
         return _add_worktree(repo_path, main_branch, path, key, remote)
@@ -241,24 +340,61 @@ def _start_point(repo_path: Path, main_branch: str, remote: str | None) -> tuple
 def _add_worktree(
     repo_path: Path, main_branch: str, path: Path, key: str, remote: str | None
 ) -> WorktreeResult:
-    if path.exists():
-        # A half-made worktree from a crash: start it again.
-        shutil.rmtree(path)
-        gitcmd.git(["worktree", "prune"], repo_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_stale(repo_path, path)
     branch = branch_name(key)
-    has_branch = bool(
-        gitcmd.git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], repo_path)
-    )
+    ref = f"refs/heads/{branch}"
     notes: list[str] = []
-    if has_branch:
-        res = gitcmd.git(["worktree", "add", str(path), branch], repo_path)
-    else:
+    start_sha = gitcmd.rev_parse(repo_path, f"{ref}^{{commit}}")
+    if start_sha is None:
         start, notes = _start_point(repo_path, main_branch, remote)
-        res = gitcmd.git(["worktree", "add", "-b", branch, str(path), start], repo_path)
-    if not res:
-        return WorktreeResult(None, created=False, error=f"git worktree add: {_explain(res)}")
+        start_sha = gitcmd.rev_parse(repo_path, f"{start}^{{commit}}")
+        if start_sha is None:
+            return WorktreeResult(None, created=False, error=f"cannot read {main_branch}")
+        # The user's clone shows the task's branch from its first job on ("" as the old
+        # value: only if no such branch exists yet).
+        made = gitcmd.git(["update-ref", ref, start_sha, ""], repo_path)
+        if not made:
+            return WorktreeResult(None, False, f"cannot create {branch}: {_explain(made)}")
+    error = _make_workspace(repo_path, path, branch, start_sha, main_branch)
+    if error is not None:
+        return WorktreeResult(None, created=False, error=error)
     return WorktreeResult(path, created=True, notes=tuple(notes))
+
+
+def publish_branch(repo_path: Path, workspace: Path, key: str) -> tuple[bool, str]:
+    """Bring the user's ``orch/<KEY>`` to the workspace's branch tip; (published?, detail).
+
+    The workspace is where the branch is made (the orchestrator commits and rebases there);
+    the user's repository fetches the objects from it (no FETCH_HEAD is written, so fetches
+    of two workers never race on it) and moves its ref by compare-and-swap from the value
+    it read. Only ``git-upload-pack`` runs in the workspace, with every safe setting.
+    """
+    branch = branch_name(key)
+    ref = f"refs/heads/{branch}"
+    tip = gitcmd.rev_parse(workspace, f"{ref}^{{commit}}")
+    if tip is None:
+        return False, f"the workspace has no {branch}"
+    current = gitcmd.rev_parse(repo_path, ref)
+    if current == tip:
+        return True, f"{branch} is at {tip[:12]}"
+    fetched = gitcmd.git(
+        [
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            gitcmd.UPLOAD_PACK,
+            str(workspace),
+            ref,
+        ],
+        repo_path,
+    )
+    if not fetched:
+        return False, f"cannot fetch {branch} from the workspace: {_git_message(fetched)}"
+    moved = gitcmd.git(["update-ref", ref, tip, current or ""], repo_path)
+    if not moved:
+        return False, f"cannot move {branch} in {repo_path}: {_git_message(moved)}"
+    return True, f"{branch} is at {tip[:12]}"
 
 
 def rebuild_from_main(
@@ -271,7 +407,7 @@ def rebuild_from_main(
     carry_to: Path,
     remote: str | None = None,
 ) -> WorktreeResult:
-    """Start the task's worktree again from current main (``orch task retry --fresh``, or
+    """Start the task's workspace again from current main (``orch task retry --fresh``, or
     a branch that no longer rebases).
 
     The branch's old change (a binary diff from where it forked off main to its tip) is
@@ -283,6 +419,12 @@ def rebuild_from_main(
     branch = branch_name(key)
     ref = f"refs/heads/{branch}"
     with repo_lock(repo_path):
+        if is_workspace(path):
+            # The workspace may hold a commit the user's branch has not got yet (a crash
+            # between the commit and its publication): the old change is the whole of it.
+            published, detail = publish_branch(repo_path, path, key)
+            if not published:
+                return WorktreeResult(None, False, f"cannot save the old change: {detail}")
         start, notes = _start_point(repo_path, main_branch, remote)
         start_sha = gitcmd.rev_parse(repo_path, f"{start}^{{commit}}")
         if start_sha is None:
@@ -295,6 +437,8 @@ def rebuild_from_main(
                 diff = gitcmd.git(
                     [
                         "diff",
+                        "--no-ext-diff",
+                        "--no-textconv",
                         "--binary",
                         "--full-index",
                         f"--output={carry_to}",
@@ -310,19 +454,13 @@ def rebuild_from_main(
                     return WorktreeResult(None, False, f"cannot save the old change: {why}")
                 if carry_to.stat().st_size == 0:
                     carry_to.unlink()
-        if path.exists():
-            _drop_worktree_dir(path)
-        gitcmd.git(["worktree", "prune"], repo_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if old is None:
-            res = gitcmd.git(["worktree", "add", "-b", branch, str(path), start_sha], repo_path)
-        else:
-            moved = gitcmd.git(["update-ref", ref, start_sha, old], repo_path)
-            if not moved:
-                return WorktreeResult(None, False, f"cannot move {branch}: {_explain(moved)}")
-            res = gitcmd.git(["worktree", "add", str(path), branch], repo_path)
-        if not res:
-            return WorktreeResult(None, False, f"git worktree add: {_explain(res)}")
+        _drop_stale(repo_path, path)
+        moved = gitcmd.git(["update-ref", ref, start_sha, old or ""], repo_path)
+        if not moved:
+            return WorktreeResult(None, False, f"cannot move {branch}: {_explain(moved)}")
+        error = _make_workspace(repo_path, path, branch, start_sha, main_branch)
+        if error is not None:
+            return WorktreeResult(None, False, error)
     notes.append(f"started again from {main_branch} at {start_sha[:12]}")
     if carry_to.exists():
         notes.append(f"the old change is kept in {carry_to}")
@@ -390,10 +528,15 @@ def _refuse(worktree: Path, problems: list[str]) -> Committed:
 
 
 def _drop_worktree_dir(path: Path) -> None:
-    # Deleting the directory and then `git worktree prune` does what `worktree remove`
-    # would, without the force flag it needs for a dirty tree: gitops/ holds no force flag
-    # at all, which a test checks.
-    shutil.rmtree(path, ignore_errors=True)
+    # A workspace is a folder of ours: deleting it is all removal takes. (A `git worktree`
+    # of an earlier release is pruned after by `git worktree prune`, which needs none of
+    # the force flags gitops/ never holds, as a test checks.)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+    # A workspace a crash left half-made beside its place.
+    shutil.rmtree(path.with_name(f".{path.name}{_STAGING_SUFFIX}"), ignore_errors=True)
 
 
 def remove_worktree(

@@ -203,6 +203,7 @@ def insert_repo(
     agent_env: Iterable[str] = (),
     options: Mapping[str, Any] | None = None,
     self_hosting: bool = False,
+    main_seen: str | None = None,
 ) -> RepoRow:
     """Add a repo; its first task will be ``<key_prefix>-1``."""
     stmt = (
@@ -223,6 +224,7 @@ def insert_repo(
             agent_env=list(agent_env),
             options=dict(options or {}),
             self_hosting=self_hosting,
+            main_seen=main_seen,
             created_at=now,
             updated_at=now,
         )
