@@ -169,6 +169,10 @@ jobs = sa.Table(
     # A development attempt that starts from current main instead of the task branch:
     # "carry" re-offers the branch's old diff, "patch" applies the newest attached patch.
     sa.Column("fresh_start", sa.String(), nullable=True),
+    # The SHA-256 of the artifact the orchestrator recorded for this job: a runner's
+    # verdict as the runner returned it, an agent's file as it was collected. An artifact
+    # in the task folder that matches no job's record was not written by this pipeline.
+    sa.Column("artifact_sha256", sa.String(), nullable=True),
     sa.UniqueConstraint("task_id", "stage", "attempt"),
     sa.CheckConstraint(in_check("state", JOB_STATES), name="state"),
     sa.CheckConstraint(in_check("outcome", JOB_OUTCOMES), name="outcome"),
@@ -277,6 +281,10 @@ validated_trees = sa.Table(
     sa.Column("test_cmd_key", sa.String(), nullable=False),
     sa.Column("source", sa.String(), nullable=False),
     time_column("at"),
+    # The IDs of the tests that passed on the tree (JUnit ``classname::name``), sorted;
+    # None when the run gave none (no JUnit report). On main's tree: the tests every task
+    # branch must still collect, run and pass.
+    sa.Column("passed_tests", json_type(), nullable=True),
     sa.UniqueConstraint("repo_id", "tree", "test_cmd_key"),
     sa.CheckConstraint(in_check("source", VALIDATED_TREE_SOURCES), name="source"),
 )
