@@ -42,6 +42,7 @@ SEVERITY = {
     "llm-budget-exhausted": "critical",
     "sandbox-unavailable": "critical",
     "main-rewound": "critical",
+    "artifact-changed": "critical",
 }
 
 

@@ -7,7 +7,9 @@ class; a test keeps them in step.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -142,10 +144,20 @@ class Settings(BaseSettings):
     )
     paused: bool = Field(default=False, description="Global kill switch: claim no new jobs.")
     api_token: str = Field(
-        default="", description="Bearer token required for API mutations; empty: none."
+        default="",
+        description="Bearer token of API mutations; empty: the one in <home>/api-token.",
     )
     api_host: str = Field(default="127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(default=8765, ge=0, le=65535, description="Port the API binds to.")
+    api_allowed_hosts: str = Field(
+        default="",
+        description="CSV of Host names the API answers besides 127.0.0.1, localhost, ::1.",
+    )
+    api_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the API reads (a 5 MB patch fits); more: 413.",
+    )
     alert_webhook_url: str = Field(
         default="", description="POST alerts as JSON here (Slack-compatible); empty: off."
     )
@@ -185,7 +197,10 @@ class Settings(BaseSettings):
     codex_command: str = Field(
         default="codex", description="The Codex executable (split with shlex)."
     )
-    codex_model: str = Field(default="gpt-5-codex", description="Model for Codex.")
+    codex_model: str = Field(
+        default="gpt-5.5",
+        description="Model for Codex: one its model catalog knows, else it offers no apply_patch.",
+    )
     codex_base_url: str = Field(
         default="https://api.openai.com/v1",
         description="Codex model provider base_url; the repo's OPENAI_BASE_URL wins.",
@@ -234,6 +249,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_sandbox_network(cls, value: str) -> str:
         sandbox_network_for(value, "agent")  # raises ValueError when malformed
+        return value
+
+    @field_validator("api_allowed_hosts", mode="after")
+    @classmethod
+    def _check_allowed_hosts(cls, value: str) -> str:
+        host_names(value)  # raises ValueError when an entry is no host name
         return value
 
     @field_validator("home", mode="after")
@@ -361,6 +382,33 @@ def sandbox_network_for(value: str, kind: str) -> bool:
             raise ValueError(msg)
         found[name.strip()] = choices[choice.strip()]
     return found.get(kind, True)
+
+
+# A DNS name or an IPv4 address: letters, digits, dots, hyphens (IPv6 is checked apart).
+_HOST_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+
+
+def _is_ipv6(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).version == 6
+    except ValueError:
+        return False
+
+
+def host_names(csv: str) -> list[str]:
+    """The host names of a CSV such as ``api_allowed_hosts``: lower case, no port, no dot
+    at the end; ``ValueError`` for an entry that is not a host name (a URL, a port, ``*``)."""
+    names = []
+    for part in filter(None, (p.strip() for p in csv.split(","))):
+        name = part.lower().removesuffix(".").removeprefix("[").removesuffix("]")
+        if not (_is_ipv6(name) if ":" in name else _HOST_NAME_RE.fullmatch(name)):
+            msg = (
+                f"{part!r} is not a host name: give names or addresses without a scheme, "
+                "port or wildcard, e.g. orch.internal,192.0.2.7"
+            )
+            raise ValueError(msg)
+        names.append(name)
+    return names
 
 
 def in_scope(csv: str, repo: str) -> bool:

@@ -25,6 +25,7 @@ from orchestrator.config import Settings, load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.engine.worker import Worker
 from orchestrator.gitops.git import git
+from orchestrator.store import jobs as jobq
 from orchestrator.store import queries
 
 CALC = '''"""A tiny calculator for the orchestrator demo."""
@@ -351,6 +352,9 @@ def check(
             jobs = queries.list_jobs(conn, task_id=t.id)
             rollbacks = sum(1 for h in history if h.kind == "rollback")
             folder = taskdir.task_dir(settings.tasks_dir, key)
+            # Only what a job of this pipeline recorded is a result; any other file there
+            # (forged, or left by hand) is shown as no result at all.
+            ours, _ = taskdir.split_artifacts(folder, jobq.recorded_artifacts(conn, t.id))
             verdicts = []
             for name in (
                 A.TEST_REPORT,
@@ -359,7 +363,7 @@ def check(
                 A.DEPLOY_LOG,
                 A.MONITOR_REPORT,
             ):
-                text = taskdir.read_artifact(folder, name)
+                text = taskdir.read_artifact(folder, name) if name in ours else None
                 found = A.parse_keys(text or "")
                 key_name = A.ARTIFACTS[name].keys[0].name
                 label = key_name.removesuffix("_status")

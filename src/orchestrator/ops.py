@@ -45,6 +45,7 @@ from orchestrator.gitops.git import (
     is_git_repo,
     rev_parse_branch,
 )
+from orchestrator.runners import protected
 from orchestrator.store import PoolSizes, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import JobRow, RepoRow, TaskRow, TransitionRow
@@ -117,6 +118,9 @@ class RepoInput:
     keep_branches: bool | None = None
     sandbox_ro: Sequence[str] | None = None
     sandbox_rw: Sequence[str] | None = None
+    # Globs of the paths a task may not change without a human (runners/protected.py);
+    # a list holding only empty values restores the defaults.
+    protected_paths: Sequence[str] | None = None
     # Accept main as it is now as the base to build on (after a rewind a human checked).
     trust_main: bool = False
 
@@ -249,6 +253,22 @@ def _check_known_options(options: dict[str, Any]) -> None:
     if "keep_branches" in options and not isinstance(options["keep_branches"], bool):
         msg = "keep_branches must be true or false"
         raise UsageError(msg)
+    if options.get("protected_paths") is not None:
+        globs = options["protected_paths"]
+        if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
+            msg = "protected_paths must be a list of globs"
+            raise UsageError(msg)
+        if check_protected_paths(globs) != globs or not globs:
+            msg = "protected_paths must be a non-empty list of distinct globs, one per item"
+            raise UsageError(msg)
+
+
+def check_protected_paths(values: Sequence[str]) -> list[str]:
+    """``--protected-paths`` values (repeatable, comma lists), checked; ``[]``: the defaults."""
+    try:
+        return protected.parse_globs(values)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _option_changes(spec: RepoInput) -> dict[str, Any]:
@@ -264,6 +284,9 @@ def _option_changes(spec: RepoInput) -> dict[str, Any]:
         changes["sandbox_ro"] = check_sandbox_paths(spec.sandbox_ro, "--sandbox-ro")
     if spec.sandbox_rw is not None:
         changes["sandbox_rw"] = check_sandbox_paths(spec.sandbox_rw, "--sandbox-rw")
+    if spec.protected_paths is not None:
+        # None stored: the defaults (runners.protected.DEFAULT_PROTECTED_PATHS).
+        changes["protected_paths"] = check_protected_paths(spec.protected_paths) or None
     return changes
 
 
@@ -797,8 +820,37 @@ def approve_task(
     The optional artifact becomes the stage's artifact. A job with the ``approved`` agent
     is queued: the engine starts no process for it and runs the stage's gates, so a human
     can supply work but cannot skip a check (the merge gate included).
+
+    A task waiting at testing for its protected changes (``runners/protected.py``): the
+    approval accepts exactly those changes, and the stage's own agent runs again (the
+    suite runs with them, as the branch has them), unless an artifact is supplied.
     """
     now = time.time()
+    if not taskdir.valid_key(key):
+        msg = f"not a task key: {key!r} (keys look like DEMO-7)"
+        raise UsageError(msg)
+    folder = taskdir.task_dir(settings.tasks_dir, key)
+    saved = protected.snapshot(folder)
+    wrote: list[bool] = []
+    try:
+        return _approve(engine, key, folder, wrote, artifact=artifact, actor=actor, now=now)
+    except BaseException:
+        if wrote:
+            # The transaction did not commit: the approval of protected changes is not kept.
+            protected.restore(folder, saved)
+        raise
+
+
+def _approve(
+    engine: sa.Engine,
+    key: str,
+    folder: Path,
+    wrote: list[bool],
+    *,
+    artifact: bytes | None,
+    actor: str,
+    now: float,
+) -> TaskRow:
     with engine.begin() as conn:
         task = require_task(conn, key)
         if task.state != State.BLOCKED:
@@ -809,6 +861,7 @@ def approve_task(
         stage = Stage(task.stage)
         name = STAGE_TRANSITIONS[stage].artifact
         reasons = [f"approved by {actor}: {stage.value} is to be gated"]
+        supplied: dict[str, str] = {}
         if artifact is not None:
             # Read as the gate will read it: an artifact the gate refuses is refused here.
             got = taskdir.decode_artifact(artifact)
@@ -819,8 +872,20 @@ def approve_task(
             if not verdict.passed:
                 msg = f"the artifact does not pass as {name}: " + "; ".join(verdict.reasons)
                 raise UsageError(msg)
-            taskdir.write_atomic(taskdir.task_dir(settings.tasks_dir, key) / name, artifact)
+            taskdir.write_atomic(folder / name, artifact)
+            supplied[name] = taskdir.digest(got.text or "")
             reasons.append(f"{name} supplied by {actor}")
+        agent = APPROVED_AGENT
+        accepted = protected.approve_hold(folder, actor, now) if stage is Stage.TESTING else None
+        if accepted is not None:
+            wrote.append(True)
+            reasons.append(f"protected changes accepted by {actor}: {', '.join(accepted)}")
+            if artifact is None:
+                agent = agent_for(repo, stage)
+                reasons[0] = (
+                    f"approved by {actor}: testing runs again, with the protected changes "
+                    f"(the gates still run)"
+                )
         jobq.drop_queued(conn, task.id, now=now, reason=f"superseded by an approval by {actor}")
         resolve_task_alerts(conn, task.id, now)
         _record(
@@ -834,7 +899,10 @@ def approve_task(
             now=now,
         )
         fresh = require_task(conn, key)
-        queue_job(conn, repo, fresh, stage, now=now, agent=APPROVED_AGENT)
+        approved = queue_job(conn, repo, fresh, stage, now=now, agent=agent)
+        if supplied:
+            # The approval's job is the record of the artifact the human supplied.
+            jobq.record_artifacts(conn, approved.id, supplied)
         return fresh
 
 

@@ -7,10 +7,12 @@ a full disk never leaves a half-written artifact for a gate to read.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +60,25 @@ def write_atomic(path: Path, data: str | bytes, *, durable: bool = True) -> None
 
 
 def render_task_md(key: str, repo: str, title: str, body: str) -> str:
-    """The text of ``00-task.md``."""
-    text = f"## {title}\n\n{body}".rstrip() + "\n"
+    """The text of ``00-task.md``: the orchestrator's keys, the title, the body quoted.
+
+    Task text is text, never a claim or markup of ours. The artifact reader takes a
+    ``key: value`` line anywhere outside a fence, and its fences are not CommonMark's (any
+    line starting with three backticks or tildes opens or closes one), so no fence could
+    keep a body's own claims out of it. Every body line is put in a block quote instead
+    (``> ``): no quoted line reads as a key or a fence, to the reader or to CommonMark, and
+    a fence the body leaves open ends with the quote. Lines are split as the reader splits
+    them (``str.splitlines``: CRLF, a lone CR, U+2028 ...), so no break is left inside a
+    quoted line. The title is one line, a heading, whatever it was given.
+    """
+    heading = " ".join(part.strip() for part in title.splitlines())
+    lines = body.splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    quoted = "\n".join(f"> {line}".rstrip() for line in lines)
+    text = f"## {heading}\n\n{quoted}".rstrip() + "\n"
     return A.render_artifact(A.TASK, {"task": key, "repo": repo}, text)
 
 
@@ -198,6 +217,44 @@ def list_artifacts(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name for p in folder.iterdir() if A.ARTIFACT_NAME_RE.match(p.name))
+
+
+def digest(text: str) -> str:
+    """The SHA-256 of an artifact's text as it is written (UTF-8)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# What a person is shown for an artifact in a task folder that no job of this pipeline
+# recorded (a forged report, or one left by hand): never a result.
+NOT_OURS = "not written by this pipeline"
+# A job's record of an artifact its agent left that is no text a gate may read (a symlink,
+# a FIFO, too large, not UTF-8): it is this pipeline's, shown with the gate's reason.
+REFUSED = "refused"
+
+
+def record_of(texts: Mapping[str, str], refused: Iterable[str] = ()) -> dict[str, str]:
+    """A job's record of its artifacts: {name: SHA-256 of the text, or ``REFUSED``}."""
+    return {**{name: REFUSED for name in refused}, **{n: digest(t) for n, t in texts.items()}}
+
+
+def split_artifacts(folder: Path, recorded: Mapping[str, set[str]]) -> tuple[list[str], list[str]]:
+    """(ours, not ours): the artifacts present in ``folder`` that a job of the task recorded
+    exactly as they are, and the rest (``NOT_OURS``). ``00-task.md`` is the task itself,
+    written when it was filed, by no job: always ours."""
+    ours: list[str] = []
+    foreign: list[str] = []
+    for name in list_artifacts(folder):
+        got = load_artifact(folder, name) if name != A.TASK else None
+        known = recorded.get(name, set())
+        if (
+            got is None
+            or (got.text is not None and digest(got.text) in known)
+            or (got.problem is not None and REFUSED in known)
+        ):
+            ours.append(name)
+        else:
+            foreign.append(name)
+    return ours, foreign
 
 
 def run_log_path(folder: Path, job_number: int, stage: str, agent: str) -> Path:

@@ -66,13 +66,19 @@ class Server:
     """`orch serve` as a user runs it; ``client`` talks to it over loopback."""
 
     def __init__(
-        self, tmp: Path, env: dict[str, str], *, scheduler: bool = True, name: str = "serve"
+        self,
+        tmp: Path,
+        env: dict[str, str],
+        *,
+        scheduler: bool = True,
+        name: str = "serve",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"{name}.log"
-        argv = [str(ORCH), "serve", "--port", str(self.port)]
+        argv = [str(ORCH), "serve", "--port", str(self.port), *args]
         if not scheduler:
             argv.append("--no-scheduler")
         self.log = self.log_path.open("wb")
@@ -81,6 +87,11 @@ class Server:
         )
         self.client = httpx.Client(base_url=self.url, timeout=30)
         wait_for(self._up, 90, f"{self.url}/health answers (log: {self.log_path})")
+        # The client sends the token as a user would: the home's file, which this serve
+        # made if missing. With ORCH_API_TOKEN set, a test sends that one itself.
+        if "ORCH_API_TOKEN" not in env and "--insecure-no-token" not in args:
+            token = (Path(env["ORCH_HOME"]) / "api-token").read_text().strip()
+            self.client.headers["Authorization"] = f"Bearer {token}"
 
     def _up(self) -> bool:
         if self.proc.poll() is not None:

@@ -207,16 +207,35 @@ def test_auth_on_a_real_server(tmp_path: Path, db_url: str, fake: FakeRepo) -> N
         assert server.stop() == 0
 
 
-def test_auth_off_a_real_server_takes_mutations(
+def test_auth_on_by_default_with_the_token_file(
     tmp_path: Path, db_url: str, fake: FakeRepo
 ) -> None:
     server = Server(tmp_path, base_env(fake.home, db_url), scheduler=False)
+    try:
+        # Server's client sends the file's token, as a user's script would.
+        r = server.client.post("/tasks", json={"repo": "demo", "title": "with the file's"})
+        assert r.status_code == 201, r.text
+        r = server.client.post("/pause", headers={"Authorization": ""})
+        assert r.status_code == 401
+        assert "api-token" in r.json()["error"]
+    finally:
+        assert server.stop() == 0
+    assert "the token is in" in server.output()
+
+
+def test_auth_off_a_real_server_takes_mutations(
+    tmp_path: Path, db_url: str, fake: FakeRepo
+) -> None:
+    server = Server(
+        tmp_path, base_env(fake.home, db_url), scheduler=False, args=("--insecure-no-token",)
+    )
     try:
         r = server.client.post("/tasks", json={"repo": "demo", "title": "open"})
         assert r.status_code == 201
         assert server.client.get("/status").json()["scheduler"] is False
     finally:
         assert server.stop() == 0
+    assert "WARNING --insecure-no-token" in server.output()
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ It speaks enough of three wire protocols for the CLIs the orchestrator drives:
 A test scripts the *agent turns*: each request that carries tools (the agent loop; side
 requests without tools get a short default answer) takes the next ``Turn`` of the script; when
 the script runs out, ``then`` answers every further one (a final text by default). A turn is
-a final text, a tool call, an HTTP error, an error event inside the stream, or a hang (no
-answer until the server stops). Every request is recorded for assertions.
+a final text, a tool call (a freeform one too), an HTTP error, an error event inside the
+stream, or a hang (no answer until the server stops). Every request is recorded for
+assertions.
 
 Loopback only: the server binds 127.0.0.1 on a free port and never connects anywhere.
 """
@@ -39,6 +40,7 @@ class Turn:
     """One scripted answer of the model.
 
     kind: ``text`` (final answer), ``tool`` (a tool call: ``tool`` and ``tool_input``),
+    ``custom_tool`` (a freeform tool call, Responses API: ``tool`` and its raw ``text``),
     ``http_error`` (``status`` and ``message``), ``stream_error`` (an error event inside a
     200 stream), ``hang`` (accept the request, never answer).
     """
@@ -69,6 +71,12 @@ def tool(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
     )
+
+
+def custom_tool(name: str, tool_input: str) -> Turn:
+    """The model calls the freeform (custom) tool ``name`` with raw text, as Codex's
+    ``apply_patch`` is called (Responses API only)."""
+    return Turn("custom_tool", tool=name, text=tool_input)
 
 
 def http_error(status: int = 500, message: str = "scripted server error") -> Turn:
@@ -395,8 +403,16 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._sse([("response.created", created), ("response.failed", failed)])
             return
-        if turn.kind == "tool":
+        if turn.kind == "custom_tool":
             item: dict[str, Any] = {
+                "type": "custom_tool_call",
+                "id": self.owner.new_id("ctc"),
+                "call_id": self.owner.new_id("call"),
+                "name": turn.tool,
+                "input": turn.text,
+            }
+        elif turn.kind == "tool":
+            item = {
                 "type": "function_call",
                 "id": self.owner.new_id("fc"),
                 "call_id": self.owner.new_id("call"),
@@ -489,6 +505,9 @@ def tool_results(server: FakeModelServer, api: str) -> list[str]:
                     found.append(json.dumps(part.get("content")))
     elif api == RESPONSES:
         for item in body.get("input", []):
-            if isinstance(item, dict) and item.get("type") == "function_call_output":
+            if isinstance(item, dict) and item.get("type") in (
+                "function_call_output",
+                "custom_tool_call_output",
+            ):
                 found.append(json.dumps(item.get("output")))
     return found

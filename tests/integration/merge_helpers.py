@@ -274,7 +274,9 @@ class MergeBed:
         result = run_tests(ctx, self.repo.test_cmd)
         assert result.outcome is OutcomeKind.COMPLETED, result.reasons
         assert result.counts.get("failed") == 0, result.reasons
-        return merge_gate.record_validated_tree(self.engine, self.repo, wt, self.repo.test_cmd)
+        return merge_gate.record_validated_tree(
+            self.engine, self.repo, wt, self.repo.test_cmd, passed_tests=result.passed_tests
+        )
 
     # ---- the gate ---------------------------------------------------------------------
 

@@ -282,7 +282,9 @@ def test_listings_show_open_alerts_and_all_on_request(
     with h.engine.begin() as conn:
         alerts.resolve_task_alerts(conn, other_id, 13.0)
 
-    client = TestClient(create_app(h.settings, h.engine), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(h.settings, h.engine), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
     shown = client.get("/alerts").json()
     assert [(a["task"], a["kind"], a["occurrences"]) for a in shown] == [(key, "task-blocked", 2)]
     assert shown[0]["resolved_at"] is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,13 +23,25 @@ from typer.testing import CliRunner
 
 from orchestrator import ops, taskdir
 from orchestrator.api import create_app, reads
+from orchestrator.api.guard import Policy, decide
+from orchestrator.api.token import load_token
 from orchestrator.cli import app as cli_app
 from orchestrator.config import Settings, load_settings
+from orchestrator.errors import ConfigError
 from orchestrator.store import control, make_engine, merges, queries
+from orchestrator.store import jobs as jobq
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 TOKEN = "t0ps3cret-token"
+# The in-process client talks to the app as a browser or curl on this machine would: by
+# 127.0.0.1 (TestClient's own "testserver" is a Host the API does not answer for).
+BASE_URL = "http://127.0.0.1"
+
+
+def token_of(settings: Settings) -> str:
+    """The token as a user finds it: ORCH_API_TOKEN, else the home's api-token file."""
+    return settings.api_token or (settings.home / "api-token").read_text().strip()
 
 
 class Env:
@@ -51,10 +64,14 @@ class Env:
     def make_settings(self, **overrides: Any) -> Settings:
         return load_settings(home=self.tmp / "home", database_url=self.db_url, **overrides)
 
-    def make_client(self, settings: Settings, **kwargs: Any) -> TestClient:
-        return TestClient(
-            create_app(settings, self.engine, **kwargs), raise_server_exceptions=False
-        )
+    def make_client(
+        self, settings: Settings, *, authorized: bool = True, **kwargs: Any
+    ) -> TestClient:
+        """A client of a new app; ``authorized``: it sends the token with every request."""
+        app = create_app(settings, self.engine, **kwargs)
+        token = kwargs.get("insecure_no_token") is not True and authorized
+        headers = {"Authorization": f"Bearer {token_of(settings)}"} if token else {}
+        return TestClient(app, base_url=BASE_URL, headers=headers, raise_server_exceptions=False)
 
     def add(self, title: str = "a task", body: str = "") -> str:
         return ops.add_task(self.engine, self.settings, "demo", title, body).task.key
@@ -110,7 +127,9 @@ def test_health(env: Env) -> None:
 def test_health_and_status_when_the_database_is_down(env: Env) -> None:
     # Nothing listens on port 1 of loopback: every connection is refused.
     down = make_engine("postgresql://postgres@127.0.0.1:1/nothing")
-    client = TestClient(create_app(env.settings, down), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(env.settings, down), base_url=BASE_URL, raise_server_exceptions=False
+    )
     r = client.get("/health")
     assert r.status_code == 503
     assert r.json()["status"] == "unavailable"
@@ -179,10 +198,128 @@ def test_status_spend_is_zero_without_costs(env: Env) -> None:
     assert spend == {
         "total_usd": 0.0,
         "last_24h_usd": 0.0,
+        "last_24h_tokens_in": 0,
+        "last_24h_tokens_out": 0,
+        "day_budget_usd": 100.0,
+        "task_budget_usd": 10.0,
         "tokens_in": 0,
         "tokens_out": 0,
         "jobs_with_cost": 0,
+        "top_tasks": [],
     }
+
+
+def _spent(env: Env, key: str, cost: float, *, days_ago: float = 0, **job: Any) -> None:
+    """The task's one job finished ``days_ago``, having cost ``cost``."""
+    (first,) = env.jobs(key)
+    finished = time.time() - days_ago * 86_400
+    env.set_job(
+        first.id,
+        state="finished",
+        outcome="completed",
+        started_at=finished - 1,
+        finished_at=finished,
+        cost_usd=cost,
+        **job,
+    )
+
+
+def test_spend_against_small_budgets_everywhere(env: Env) -> None:
+    client = env.make_client(
+        env.make_settings(llm_budget_per_task_usd=0.001, llm_budget_per_day_usd=0.001)
+    )
+    cheap, at_budget, dear, cancelled = (env.add(t) for t in ("cheap", "at", "dear", "gone"))
+    _spent(env, cheap, 0.0004, tokens_in=1200, tokens_out=345)
+    _spent(env, at_budget, 0.001, tokens_in=10, tokens_out=20)
+    _spent(env, dear, 0.3, days_ago=2, tokens_in=1_000_000, tokens_out=2_000)
+    _spent(env, cancelled, 0.5, days_ago=2)
+    env.set_task(cancelled, state="cancelled")
+
+    # /status: the day as its budget counts it (the last 24 hours), the budgets, and the
+    # live tasks that spent most, each all its jobs.
+    spend = client.get("/status").json()["llm_spend"]
+    assert spend["total_usd"] == pytest.approx(0.8014)
+    assert spend["last_24h_usd"] == pytest.approx(0.0014)
+    assert (spend["last_24h_tokens_in"], spend["last_24h_tokens_out"]) == (1210, 365)
+    assert (spend["day_budget_usd"], spend["task_budget_usd"]) == (0.001, 0.001)
+    assert spend["top_tasks"] == [
+        {
+            "key": dear,
+            "state": "active",
+            "cost_usd": 0.3,
+            "tokens_in": 1_000_000,
+            "tokens_out": 2000,
+        },
+        {"key": at_budget, "state": "active", "cost_usd": 0.001, "tokens_in": 10, "tokens_out": 20},
+        {"key": cheap, "state": "active", "cost_usd": 0.0004, "tokens_in": 1200, "tokens_out": 345},
+    ]
+
+    # The task's jobs carry their cost and tokens; the task its total against its budget.
+    detail = client.get(f"/tasks/{cheap}").json()
+    (job,) = detail["jobs"]
+    assert (job["cost_usd"], job["tokens_in"], job["tokens_out"]) == (0.0004, 1200, 345)
+    assert detail["spend"] == {
+        "cost_usd": 0.0004,
+        "tokens_in": 1200,
+        "tokens_out": 345,
+        "jobs_with_cost": 1,
+        "budget_usd": 0.001,
+    }
+
+    # /metrics: the day's spend beside the budgets, and the live tasks that spent most.
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+
+    def gauge(name: str, **labels: str) -> list[float]:
+        return [
+            float(s.value)
+            for s in families[name].samples
+            if all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    assert gauge("orch_llm_spend_last_24h_usd") == [pytest.approx(0.0014)]
+    assert gauge("orch_llm_budget_usd", scope="day") == [0.001]
+    assert gauge("orch_llm_budget_usd", scope="task") == [0.001]
+    assert {s.labels["task"]: s.value for s in families["orch_llm_task_spend_usd"].samples} == {
+        dear: 0.3,
+        at_budget: 0.001,
+        cheap: 0.0004,
+    }
+
+    # The board: the day against its budget (reached: marked), the top tasks against theirs.
+    board = client.get("/").text
+    assert '<span id="spend-day" class="day-spend over">$0.0014 of $0.001 (140%)</span>' in board
+    assert "tokens 1,210 in / 365 out" in board
+    assert f'class="task-spend" data-task="{cheap}">$0.0004 of $0.001 (40%)</span>' in board
+    assert f'class="task-spend over" data-task="{at_budget}">$0.001 of $0.001 (100%)' in board
+    assert f'class="task-spend over" data-task="{dear}">$0.30 of $0.001 (30000%)' in board
+    assert f'data-task="{cancelled}"' not in board
+
+    # The task page: each job's cost and tokens, and the total against the budget.
+    page = client.get(f"/ui/tasks/{cheap}").text
+    assert '<span class="task-spend">$0.0004 of $0.001 (40%)</span>' in page
+    assert "tokens 1,200 in / 345 out" in page
+    assert '<td class="cost">$0.0004</td><td class="tokens">1,200/345</td>' in page
+    page = client.get(f"/ui/tasks/{dear}").text
+    assert '<span class="task-spend over">$0.30 of $0.001 (30000%)</span>' in page
+
+
+def test_spend_without_budgets_says_so(env: Env) -> None:
+    client = env.make_client(env.make_settings(llm_budget_per_task_usd=0, llm_budget_per_day_usd=0))
+    key = env.add()
+    _spent(env, key, 12.5, tokens_in=1_234_567, tokens_out=0)
+    spend = client.get("/status").json()["llm_spend"]
+    assert (spend["day_budget_usd"], spend["task_budget_usd"]) == (None, None)
+    assert client.get(f"/tasks/{key}").json()["spend"]["budget_usd"] is None
+    assert "$12.50 (no budget)" in client.get("/").text
+    page = client.get(f"/ui/tasks/{key}").text
+    assert "$12.50 (no budget)" in page
+    assert "tokens 1,234,567 in / 0 out" in page
+    # A job that reported nothing shows "-", not "$0.00".
+    other = env.add()
+    assert (
+        '<td class="cost">-</td><td class="tokens">-/-</td>'
+        in client.get(f"/ui/tasks/{other}").text
+    )
 
 
 def test_serial_gate_holder_is_shown_in_status_and_queue(env: Env) -> None:
@@ -334,7 +471,7 @@ def test_post_task_body_that_is_not_json(env: Env) -> None:
 
 def test_task_detail_matches_the_cli(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     key = env.add("show me", "the body")
-    env.set_job(env.jobs(key)[0].id, cost_usd=0.5)
+    env.set_job(env.jobs(key)[0].id, cost_usd=0.0004, tokens_in=1200, tokens_out=345)
     api = env.client.get(f"/tasks/{key}").json()
     monkeypatch.setenv("ORCH_HOME", str(env.settings.home))
     monkeypatch.setenv("ORCH_DATABASE_URL", env.db_url)
@@ -345,7 +482,9 @@ def test_task_detail_matches_the_cli(env: Env, monkeypatch: pytest.MonkeyPatch) 
     assert api["history"][0]["kind"] == "create"
     assert api["history"][0]["reasons"] == ["task created at stage development"]
     assert api["artifacts"] == ["00-task.md"]
-    assert api["jobs"][0]["cost_usd"] == 0.5
+    assert api["jobs"][0]["cost_usd"] == 0.0004
+    assert (api["jobs"][0]["tokens_in"], api["jobs"][0]["tokens_out"]) == (1200, 345)
+    assert api["spend"]["cost_usd"] == 0.0004
 
 
 @pytest.mark.parametrize("key", ["NOPE-1", "DEMO-99", "demo-1", "x", "...", "DEMO-1;rm"])
@@ -555,9 +694,12 @@ def test_pause_and_resume(env: Env) -> None:
 # ---- auth --------------------------------------------------------------------------------
 
 
-def test_a_token_guards_every_mutation_and_no_read(env: Env) -> None:
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_a_token_guards_every_mutation_and_no_read(env: Env, source: str) -> None:
     key = env.add()
-    client = env.make_client(env.make_settings(api_token=TOKEN))
+    settings = env.make_settings(api_token=TOKEN) if source == "env" else env.settings
+    client = env.make_client(settings, authorized=False)
+    token = token_of(settings)
     mutations = [
         ("/tasks", {"repo": "demo", "title": "x"}),
         (f"/tasks/{key}/cancel", None),
@@ -569,8 +711,10 @@ def test_a_token_guards_every_mutation_and_no_read(env: Env) -> None:
     for headers in (
         {},
         {"Authorization": "Bearer wrong"},
-        {"Authorization": TOKEN},
-        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": token},
+        {"Authorization": f"Basic {token}"},
+        {"Authorization": f"Bearer {token}x"},
+        {"Authorization": f"Bearer {token[:-1]}"},
         {"Authorization": "Bearer é".encode()},
     ):
         for path, body in mutations:
@@ -581,7 +725,7 @@ def test_a_token_guards_every_mutation_and_no_read(env: Env) -> None:
     with env.engine.connect() as conn:
         assert not control.is_paused(conn)
     assert len(client.get("/tasks").json()) == 1
-    good = {"Authorization": f"Bearer {TOKEN}"}
+    good = {"Authorization": f"Bearer {token}"}
     assert client.post("/pause", headers=good).status_code == 200
     r = client.post("/tasks", json={"repo": "demo", "title": "x"}, headers=good)
     assert r.status_code == 201
@@ -593,9 +737,119 @@ def test_a_token_guards_every_mutation_and_no_read(env: Env) -> None:
 
 
 def test_without_a_token_the_schema_claims_no_auth(env: Env) -> None:
-    schema = env.client.get("/openapi.json").json()
+    client = env.make_client(env.settings, insecure_no_token=True)
+    schema = client.get("/openapi.json").json()
     assert "securitySchemes" not in schema.get("components", {})
     assert "security" not in schema["paths"]["/pause"]["post"]
+    assert client.post("/pause").json() == {"paused": True}
+    # The other checks stay: another origin, another Host.
+    r = client.post(
+        "/resume", headers={"Origin": "http://127.0.0.1:9", "Sec-Fetch-Site": "same-site"}
+    )
+    assert r.status_code == 403
+    assert client.get("/tasks", headers={"Host": "evil.example"}).status_code == 421
+
+
+def test_the_token_file_is_made_once_private_and_never_shown(env: Env) -> None:
+    path = env.settings.home / "api-token"
+    # The Env's app made it; another app on the same home keeps it.
+    token = token_of(env.settings)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    env.make_client(env.settings)
+    assert token_of(env.settings) == token
+    made = load_token(env.settings)
+    assert (made.value, made.source, made.created) == (token, str(path), False)
+    assert token not in repr(made)
+    assert made.where == f"in {path}"
+    assert [p.name for p in path.parent.iterdir() if "api-token" in p.name] == ["api-token"]
+    assert token not in env.client.get("/status").text
+
+
+def test_a_token_file_that_may_be_known_is_refused(env: Env, tmp_path: Path) -> None:
+    path = env.settings.home / "api-token"
+    good = path.read_text()
+    path.chmod(0o640)
+    with pytest.raises(ConfigError, match="can be read by others"):
+        load_token(env.settings)
+    path.unlink()
+    elsewhere = tmp_path / "planted"
+    elsewhere.write_text(good)
+    elsewhere.chmod(0o600)
+    path.symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="symlink"):
+        load_token(env.settings)
+    path.unlink()
+    path.write_text("has spaces in it\n")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="malformed"):
+        load_token(env.settings)
+    with pytest.raises(ConfigError, match="ORCH_API_TOKEN"):
+        load_token(env.make_settings(api_token="two words"))
+
+
+def test_the_guard_decides_on_host_origin_token_and_length() -> None:
+    policy = Policy(
+        allowed_hosts=frozenset({"127.0.0.1", "localhost", "::1", "orch.internal"}),
+        token="s3cret",
+        max_body_bytes=100,
+    )
+    auth = {"authorization": "Bearer s3cret"}
+
+    def status(method: str, **headers: str) -> int | None:
+        named = {k.replace("_", "-"): v for k, v in headers.items()}
+        refusal = decide(policy, method, named)
+        return refusal.status if refusal is not None else None
+
+    for host in (
+        "127.0.0.1:8765",
+        "localhost",
+        "LOCALHOST.:1",
+        "[::1]:80",
+        "[0:0::1]",
+        "orch.internal:443",
+    ):
+        assert status("GET", host=host) is None, host
+        assert status("POST", host=host, **auth) is None, host
+    for host in ("evil.example", "127.0.0.1.nip.io", "x@127.0.0.1", "127.0.0.1:80:80", "[::2]", ""):
+        assert status("GET", host=host) == 421, host
+    assert status("GET") == 400
+    own = {"host": "127.0.0.1:8765", **auth}
+    assert (
+        status("POST", **own, origin="http://127.0.0.1:8765", sec_fetch_site="same-origin") is None
+    )
+    for origin in ("http://127.0.0.1:8766", "http://localhost:8765", "null", "127.0.0.1:8765"):
+        assert status("POST", **own, origin=origin) == 403, origin
+    for site in ("same-site", "cross-site"):
+        assert status("POST", **{**own, "sec-fetch-site": site}) == 403, site
+    assert status("POST", **{**own, "sec-fetch-site": "none"}) is None
+    # Reads carry no token and may come from anywhere a browser reads (SOP guards them).
+    assert status("GET", host="localhost", origin="http://evil.example") is None
+    assert status("POST", host="localhost") == 401
+    assert status("DELETE", host="localhost", authorization="Bearer wrong") == 401
+    assert status("POST", **own, content_length="101") == 413
+    assert status("GET", host="localhost", content_length="101") == 413
+    assert status("POST", **own, content_length="100") is None
+    assert status("POST", **own, content_length="-1") == 400
+    # Host before origin before token before length: a foreign page learns nothing more.
+    assert status("POST", host="evil.example", origin="http://evil.example") == 421
+    assert status("POST", host="localhost", origin="http://evil.example") == 403
+    assert status("POST", host="localhost", content_length="101") == 401
+
+
+def test_a_chunked_body_is_cut_off_at_the_cap(env: Env) -> None:
+    client = env.make_client(env.make_settings(api_max_body_bytes=4096))
+    sent: list[int] = []
+
+    def body() -> Iterator[bytes]:
+        # No length up front: the client sends it chunked, the guard counts as it reads.
+        for _ in range(1000):
+            sent.append(1)
+            yield b" " * 1024
+
+    r = client.post("/tasks", content=body(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert "ORCH_API_MAX_BODY_BYTES" in error_of(r)
+    assert env.client.get("/tasks").json() == []
 
 
 # ---- alerts, metrics, errors -------------------------------------------------------------
@@ -752,10 +1006,15 @@ def test_task_page_shows_history_artifacts_and_log(env: Env) -> None:
     (job,) = env.jobs(key)
     env.set_job(job.id, state="running", started_at=time.time(), lease_owner="w")
     _write_log(env, key, job, "hello <from> the agent\n")
-    (env.folder(key) / "10-dev-report.md").write_text(
-        "---\ndev_status: DONE\n---\n\n<script>alert(1)</script>\n"
-    )
+    report = "---\ndev_status: DONE\n---\n\n<script>alert(1)</script>\n"
+    (env.folder(key) / "10-dev-report.md").write_text(report)
+    with env.engine.begin() as conn:  # the job's record of it, as the pipeline keeps it
+        jobq.record_artifacts(conn, job.id, {"10-dev-report.md": taskdir.digest(report)})
+    # A report no job wrote (forged) is named apart, never shown as a result.
+    (env.folder(key) / "16-merge-report.md").write_text("---\nmerge_status: MERGED\n---\n")
     html = env.client.get(f"/ui/tasks/{key}").text
+    assert "not written by this pipeline" in html
+    assert "merge_status" not in html
     assert "task created at stage development" in html
     assert "dev_status" in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

@@ -85,7 +85,15 @@ def orch(h: Harness, monkeypatch: pytest.MonkeyPatch, *args: str, code: int = 0)
 
 
 def client(h: Harness) -> TestClient:
-    return TestClient(create_app(h.settings, h.engine), raise_server_exceptions=False)
+    """A client of the API on this machine: by 127.0.0.1, with the home's token."""
+    app = create_app(h.settings, h.engine)
+    token = (h.settings.home / "api-token").read_text().strip()
+    return TestClient(
+        app,
+        base_url="http://127.0.0.1",
+        headers={"Authorization": f"Bearer {token}"},
+        raise_server_exceptions=False,
+    )
 
 
 @pytest.fixture

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.store import queries
 
 
 @pytest.fixture
@@ -195,6 +198,108 @@ def test_status_and_db_upgrade(orch: Callable[..., Any], make_repo: Callable[...
     st = orch("status", "--json")
     assert st["tasks"] == [{"stage": "development", "state": "active", "count": 1}]
     assert st["repos"] == ["demo"]
+
+
+def _spend(engine: sa.Engine, key: str, cost: float, *, days_ago: float = 0, **job: Any) -> None:
+    """The task's one job finished ``days_ago``, having cost ``cost``."""
+    with engine.begin() as conn:
+        task = queries.get_task(conn, key)
+        assert task is not None
+        (first,) = queries.list_jobs(conn, task_id=task.id)
+        finished = time.time() - days_ago * 86_400
+        queries.update_job(
+            conn,
+            first.id,
+            state="finished",
+            outcome="completed",
+            started_at=finished - 1,
+            finished_at=finished,
+            cost_usd=cost,
+            **job,
+        )
+
+
+@pytest.fixture
+def spent(
+    orch: Callable[..., Any],
+    make_repo: Callable[..., Path],
+    engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> sa.Engine:
+    """Budgets of $0.001; four tasks that spent $0.0004 and $0.001 today, $0.30 and (now
+    cancelled) $0.50 two days ago."""
+    monkeypatch.setenv("ORCH_LLM_BUDGET_PER_TASK_USD", "0.001")
+    monkeypatch.setenv("ORCH_LLM_BUDGET_PER_DAY_USD", "0.001")
+    orch("repo", "add", "demo", str(make_repo()))
+    for title in ("cheap", "at the budget", "dear, long ago", "cancelled"):
+        orch("task", "add", "demo", title)
+    _spend(engine, "DEMO-1", 0.0004, tokens_in=1200, tokens_out=345)
+    _spend(engine, "DEMO-2", 0.001, tokens_in=10, tokens_out=20)
+    _spend(engine, "DEMO-3", 0.3, days_ago=2, tokens_in=1_000_000, tokens_out=2_000)
+    _spend(engine, "DEMO-4", 0.5, days_ago=2)
+    orch("task", "cancel", "DEMO-4")
+    return engine
+
+
+def test_task_show_has_each_jobs_cost_and_tokens(
+    orch: Callable[..., Any], spent: sa.Engine
+) -> None:
+    shown = orch("task", "show", "DEMO-1", "--json")
+    (job,) = shown["jobs"]
+    assert (job["cost_usd"], job["tokens_in"], job["tokens_out"]) == (0.0004, 1200, 345)
+    assert shown["spend"] == {
+        "cost_usd": 0.0004,
+        "tokens_in": 1200,
+        "tokens_out": 345,
+        "jobs_with_cost": 1,
+        "budget_usd": 0.001,
+    }
+    text = orch("task", "show", "DEMO-1").stdout
+    assert "LLM spend $0.0004 of $0.001 (40%), tokens 1,200 in / 345 out" in text
+    assert "$0.0004" in text.split("jobs")[-1]
+    assert "1,200/345" in text
+    # At the budget is spent (the next LLM job would be refused): 100%.
+    text = orch("task", "show", "DEMO-2").stdout
+    assert "LLM spend $0.001 of $0.001 (100%), tokens 10 in / 20 out" in text
+    text = orch("task", "show", "DEMO-3").stdout
+    assert "LLM spend $0.30 of $0.001 (30000%), tokens 1,000,000 in / 2,000 out" in text
+    # A job that reported nothing shows "-", not $0.00: the next task's job never ran.
+    orch("task", "add", "demo", "not run yet")
+    fresh = orch("task", "show", "DEMO-5", "--json")
+    assert (fresh["jobs"][0]["cost_usd"], fresh["jobs"][0]["tokens_in"]) == (None, None)
+    assert fresh["spend"]["cost_usd"] == 0
+    assert (
+        "LLM spend $0.00 of $0.001 (0%), tokens 0 in / 0 out"
+        in orch("task", "show", "DEMO-5").stdout
+    )
+    assert "-/-" in orch("task", "show", "DEMO-5").stdout
+
+
+def test_status_has_the_days_spend_and_the_top_tasks(
+    orch: Callable[..., Any], spent: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = orch("status", "--json")["llm_spend"]
+    # The day counts the jobs of the last 24 hours only: $0.0004 + $0.001.
+    assert data["last_24h_usd"] == pytest.approx(0.0014)
+    assert (data["last_24h_tokens_in"], data["last_24h_tokens_out"]) == (1210, 365)
+    assert (data["day_budget_usd"], data["task_budget_usd"]) == (0.001, 0.001)
+    # Live tasks only (not the cancelled one), most first, all their jobs.
+    assert [(t["key"], t["cost_usd"]) for t in data["top_tasks"]] == [
+        ("DEMO-3", 0.3),
+        ("DEMO-2", 0.001),
+        ("DEMO-1", 0.0004),
+    ]
+    assert data["top_tasks"][0]["tokens_in"] == 1_000_000
+    text = orch("status").stdout
+    assert "LLM spend, last 24 h: $0.0014 of $0.001 (140%), tokens 1,210 in / 365 out" in text
+    assert (
+        "live tasks by spend: DEMO-3 $0.30 of $0.001 (30000%), DEMO-2 $0.001 of $0.001 (100%), "
+        "DEMO-1 $0.0004 of $0.001 (40%)"
+    ) in text
+    # A budget of 0 is no limit, and says so.
+    monkeypatch.setenv("ORCH_LLM_BUDGET_PER_DAY_USD", "0")
+    assert orch("status", "--json")["llm_spend"]["day_budget_usd"] is None
+    assert "LLM spend, last 24 h: $0.0014 (no budget)" in orch("status").stdout
 
 
 def test_bad_settings_exit_1_with_the_keys(

@@ -105,7 +105,9 @@ def test_each_part_is_counted_as_its_own(
     assert "staging_status: SKIPPED" in staging_log
     assert "no staging command configured" in staging_log
 
-    client = TestClient(create_app(h.settings, h.engine), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(h.settings, h.engine), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
     q = client.get("/queue").json()
     sr, tr = q["staging_runner"], q["test_runner"]
     assert (sr["jobs"], sr["finished"]) == (4, 4)
@@ -220,7 +222,9 @@ def test_counters_from_rows(
         counts = merges.merge_counters(conn)
     assert (counts["infra"], counts["infra_retries"], counts["timeouts"]) == (3, 2, 2)
 
-    client = TestClient(create_app(settings, engine), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(settings, engine), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
     q = client.get("/queue").json()
     client.close()
     sr = q["staging_runner"]

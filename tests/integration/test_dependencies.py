@@ -416,7 +416,14 @@ def test_cli_after_and_author(
 def test_api_after_and_author(bed: Bed) -> None:
     bed.add_repo()
     a = bed.add("a")
-    client = TestClient(create_app(bed.settings, bed.engine), raise_server_exceptions=False)
+    app = create_app(bed.settings, bed.engine)
+    token = (bed.settings.home / "api-token").read_text().strip()
+    client = TestClient(
+        app,
+        base_url="http://127.0.0.1",
+        headers={"Authorization": f"Bearer {token}"},
+        raise_server_exceptions=False,
+    )
     with client:
         r = client.post(
             "/tasks",

@@ -40,6 +40,7 @@ from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Stage
 from orchestrator.domain.verdicts import VerdictStatus, parse_artifact
 from orchestrator.engine.launch import JobContext, JobResult
+from orchestrator.gates.registry import GateContext, run_gates
 from orchestrator.gitops import worktrees
 from orchestrator.store import queries, spend
 
@@ -143,7 +144,7 @@ PASS_ENV = [
 def make_job(tmp_path: Path, db_url: str, make_repo: Any, offline_env: None) -> Iterator[Any]:
     engines: list[sa.Engine] = []
 
-    def _make(agent_env: list[str], **overrides: Any) -> Job:
+    def _make(agent_env: list[str], agents: tuple[str, ...] = (), **overrides: Any) -> Job:
         values: dict[str, Any] = dict(
             home=tmp_path / "home",
             database_url=db_url,
@@ -164,7 +165,7 @@ def make_job(tmp_path: Path, db_url: str, make_repo: Any, offline_env: None) -> 
             engine,
             "demo",
             repo_path,
-            ops.RepoInput(agent_env=[*agent_env, *PASS_ENV], prefix="DEMO"),
+            ops.RepoInput(agent_env=[*agent_env, *PASS_ENV], prefix="DEMO", agents=agents),
         )
         new = ops.add_task(engine, settings, "demo", "Add hello.txt", "Create hello.txt.")
         with engine.connect() as conn:
@@ -200,7 +201,8 @@ def claude_job(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
         job = make_job(
-            ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"], claude_command=str(binary), **overrides
+            ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"],
+            **{"claude_command": str(binary), **overrides},
         )
         return job, server
 
@@ -260,17 +262,100 @@ def test_claude_overloaded_is_a_tool_error(claude_job: Any) -> None:
     assert "HTTP 529" in result.reasons[0]
 
 
-def test_claude_max_turns_is_a_timeout(claude_job: Any) -> None:
+def test_claude_max_turns_fails_the_attempt_instead_of_an_infra_retry(claude_job: Any) -> None:
+    # Issue 16: max turns was a tool error (`timeout`), so the identical prompt ran again
+    # within the infra budget, with nothing added. It is the attempt's FAIL: the
+    # orchestrator records `dev_status: FAILED` with the reason, whatever the agent wrote.
     job, server = claude_job([], claude_max_turns=2)
+    wt, art = job.worktree, job.out / A.DEV_REPORT
+    server.script(
+        [F.tool("Write", {"file_path": str(art), "content": dev_report("DONE")})],
+        then=F.tool("Write", {"file_path": str(wt / "again.txt"), "content": "x"}),
+    )
+    result = job.run("claude")
+
+    assert result.outcome is OutcomeKind.COMPLETED, result.reasons
+    assert "max turns reached (--max-turns 2)" in result.reasons[0]
+    assert "error_max_turns" in result.reasons[0]
+    assert result.tokens_in
+    assert result.tokens_in > 0
+    assert result.cost_usd is not None
+    report = job.artifact(A.DEV_REPORT)
+    verdict = parse_artifact(A.DEV_REPORT, report)
+    assert verdict.status is VerdictStatus.FAIL, report
+    assert report is not None
+    assert "max turns reached" in report
+    assert result.artifacts[A.DEV_REPORT] == report  # the record the gate reads
+    # The agent's own DONE claim is not taken; it is kept beside the job for a human.
+    assert "not taken" in " ".join(result.reasons)
+    assert "dev_status: DONE" in (job.out / A.DEV_REPORT).read_text()
+    # What it did get done is committed: the next attempt starts from it.
+    assert worktrees.has_diff_vs(wt, job.repo.main_branch)[0]
+
+
+def test_claude_budget_cap_fails_the_attempt(claude_job: Any) -> None:
+    # The CLI's own budget cap (--max-budget-usd, through ORCH_CLAUDE_COMMAND here) is the
+    # same kind of end as max turns.
+    job, server = claude_job([], claude_command=f"{cli('claude')} --max-budget-usd 0.001")
     server.script(
         [], then=F.tool("Write", {"file_path": str(job.worktree / "again.txt"), "content": "x"})
     )
     result = job.run("claude")
-    assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
-    assert "error_max_turns" in result.reasons[0]
-    assert "--max-turns 2" in result.reasons[0]
-    assert result.tokens_in
-    assert result.tokens_in > 0
+    assert result.outcome is OutcomeKind.COMPLETED, result.reasons
+    assert "budget cap" in result.reasons[0]
+    assert "error_max_budget_usd" in result.reasons[0]
+    report = job.artifact(A.DEV_REPORT)
+    assert parse_artifact(A.DEV_REPORT, report).status is VerdictStatus.FAIL
+
+
+def test_claude_max_turns_of_a_tester_fails_its_gate(claude_job: Any) -> None:
+    # Other roles: the artifact the cut-short run wrote is not taken, so the gate FAILs.
+    job, server = claude_job([], claude_max_turns=2)
+    art = job.out / A.TEST_REPORT
+    passing = A.render_artifact(
+        A.TEST_REPORT, {"result": "PASSED", "status": "PASS", "failed": 0}, "claimed"
+    )
+    server.script(
+        [F.tool("Write", {"file_path": str(art), "content": passing})],
+        then=F.tool("Write", {"file_path": str(job.worktree / "again.txt"), "content": "x"}),
+    )
+    result = job.run("claude", role="tester", stage=Stage.TESTING)
+    assert result.outcome is OutcomeKind.COMPLETED, result.reasons
+    assert "max turns reached" in result.reasons[0]
+    assert A.TEST_REPORT not in result.artifacts
+    assert job.artifact(A.TEST_REPORT) is None
+    gates = GateContext(
+        job.task,
+        job.repo,
+        Stage.TESTING,
+        job.folder,
+        job.worktree,
+        job.settings,
+        job.engine,
+        produced=result.artifacts,
+        recorded={},
+    )
+    verdict = run_gates(gates)
+    assert verdict.status is VerdictStatus.FAIL
+    assert verdict.tool_error is None
+    assert "13-test-report.md is missing" in " ".join(verdict.reasons)
+
+
+def test_claude_api_error_after_a_first_answer_is_a_tool_error(claude_job: Any) -> None:
+    # A model error after the agent already did something is still the server's fault.
+    job, server = claude_job([])
+    wt = job.worktree
+    server.script(
+        [F.tool("Write", {"file_path": str(wt / "hello.txt"), "content": "hello\n"})],
+        then=F.http_error(529, "Overloaded"),
+    )
+    result = job.run("claude")
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "HTTP 529" in result.reasons[0]
+    assert job.artifact(A.DEV_REPORT) is None
+    # Nothing of a failed run is committed; the retry finds it in the worktree.
+    assert not worktrees.has_diff_vs(wt, job.repo.main_branch)[0]
+    assert (wt / "hello.txt").exists()
 
 
 def test_claude_denied_tool_is_a_tool_error(claude_job: Any) -> None:
@@ -344,7 +429,6 @@ def codex_job(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         job = make_job(
             ["OPENAI_BASE_URL", "OPENAI_API_KEY"],
             codex_command=str(binary),
-            codex_model="gpt-5.1-codex",
             **overrides,
         )
         return job, server
@@ -398,6 +482,73 @@ def test_codex_sandbox_refuses_a_write_outside_the_worktree(codex_job: Any) -> N
         assert any("Read-only file system" in r for r in F.tool_results(server, F.RESPONSES))
     finally:
         outside.unlink(missing_ok=True)
+
+
+def test_codex_default_model_offers_apply_patch_and_it_works_in_our_sandbox(
+    codex_job: Any,
+) -> None:
+    # Issue 16: the default model was unknown to the pinned codex, which then offered no
+    # apply_patch tool; and codex's own sandbox failed every command inside ours. The
+    # default is one its catalog knows, and inside our sandbox codex's own is off.
+    job, server = codex_job([])  # the settings' default model
+    wt, art = job.worktree, job.out / A.DEV_REPORT
+    report = dev_report("DONE").replace("'", "'\\''")
+    server.script(
+        [
+            F.custom_tool(
+                "apply_patch", "*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\n"
+            ),
+            F.tool("exec_command", {"cmd": f"printf '%s' '{report}' > {art}"}),
+            F.text("Done."),
+        ]
+    )
+    result = job.run("codex")
+
+    assert result.outcome is OutcomeKind.COMPLETED, result.reasons
+    first = server.scripted_requests(F.RESPONSES)[0]
+    assert first.body is not None
+    assert first.body["model"] == Settings.model_fields["codex_model"].default
+    offered = [t.get("name") for t in first.body.get("tools", [])]
+    assert "apply_patch" in offered, offered
+    assert (wt / "hello.txt").read_text() == "hello\n"
+    assert parse_artifact(A.DEV_REPORT, job.artifact(A.DEV_REPORT)).status is VerdictStatus.PASS
+    config = job.folder / "runs" / f"{job.job.id}-home" / "codex" / "config.toml"
+    assert 'sandbox_mode = "danger-full-access"' in config.read_text()
+    assert "sandbox: off" not in job.log_text  # ours is what confines it
+    assert not any("codex-linux-sandbox" in r for r in F.tool_results(server, F.RESPONSES))
+
+
+def test_codex_own_sandbox_that_cannot_start_is_a_tool_error(
+    codex_job: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Codex's own sandbox (ours off) needs a helper it links into CODEX_HOME; under the
+    # temporary directory it refuses to, and every command fails with "bwrap: execvp
+    # codex-linux-sandbox". The model sees that; the job must not be the code's FAIL.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the job home lies under it
+    job, server = codex_job(
+        [F.tool("exec_command", {"cmd": "printf 'hello\\n' > hello.txt"}), F.text("Done.")],
+        sandbox=False,
+        codex_sandbox="workspace-write",
+    )
+    result = job.run("codex")
+
+    assert any("codex-linux-sandbox" in r for r in F.tool_results(server, F.RESPONSES))
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "its own sandbox could not start (sandbox_mode workspace-write)" in result.reasons[0]
+    assert "could not create PATH aliases" in result.reasons[0]
+    assert not (job.worktree / "hello.txt").exists()
+
+
+def test_codex_api_error_after_a_first_answer_is_a_tool_error(codex_job: Any) -> None:
+    job, _server = codex_job(
+        [F.tool("exec_command", {"cmd": "printf 'hello\\n' > hello.txt"})],
+        then=F.http_error(500, "scripted overload"),
+    )
+    result = job.run("codex")
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "turn failed" in result.reasons[0]
+    assert "the model server failed" in result.reasons[0]
+    assert job.artifact(A.DEV_REPORT) is None
 
 
 def test_codex_api_error_is_a_tool_error(codex_job: Any) -> None:
@@ -491,6 +642,65 @@ def test_aider_api_error_is_a_tool_error(aider_job: Any) -> None:
     assert "no message_send" in result.reasons[0]
     assert result.exit_code == 0
     assert job.artifact(A.DEV_REPORT) is None
+
+
+# The model's first answer names a file aider then adds to the chat and asks again about:
+# the second request is the one that fails.
+ASKS_FOR_A_FILE = F.text("To do this I need to see app.py first.")
+
+
+def test_aider_model_error_after_a_first_answer_is_a_tool_error(aider_job: Any) -> None:
+    # Issue 16: aider exits 0 and its analytics show an answer, so this read as "changed
+    # nothing" (a developer retry), and the model's error was in no reason. 401: aider does
+    # not retry it, so the run is quick; the overloaded case below takes its retries.
+    job, _server = aider_job([ASKS_FOR_A_FILE], then=F.http_error(401, "bad key"))
+    result = job.run("aider")
+    assert result.exit_code == 0
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "the model failed after 1 answer(s)" in result.reasons[0]
+    assert "litellm.AuthenticationError" in result.reasons[0]
+    assert job.artifact(A.DEV_REPORT) is None
+    assert not worktrees.has_diff_vs(job.worktree, job.repo.main_branch)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_aider_overloaded_after_a_first_answer_is_a_tool_error(aider_job: Any) -> None:
+    # 529 on every retry: aider backs off for about a minute, then gives up and exits 0.
+    job, _server = aider_job(
+        [ASKS_FOR_A_FILE], then=F.http_error(529, "Overloaded"), agent_timeout_s=500
+    )
+    result = job.run("aider")
+    assert result.exit_code == 0
+    assert result.outcome is OutcomeKind.CRASHED, result.reasons
+    assert "litellm.APIError: APIError: OpenAIException - Overloaded" in result.reasons[0]
+    assert "retries" in result.reasons[0]
+    assert job.artifact(A.DEV_REPORT) is None
+
+
+def test_aider_model_error_defers_the_stage_with_the_error_in_the_reasons(
+    aider_job: Any,
+) -> None:
+    from orchestrator.engine.worker import Worker
+
+    job, _server = aider_job(
+        [ASKS_FOR_A_FILE],
+        then=F.http_error(401, "bad key"),
+        agents=("development=aider",),
+        infra_retry_budget=1,
+        infra_retry_backoff_s=0,
+    )
+    Worker(job.settings, job.engine).run(until_idle=True)
+    with job.engine.connect() as conn:
+        task = queries.get_task(conn, job.task.key)
+        history = queries.list_transitions(conn, job.task.id)
+    assert task is not None
+    assert (task.stage, task.state) == ("development", "blocked"), task.reasons
+    kinds = [h.kind for h in history]
+    assert "rollback" not in kinds, kinds
+    assert task.developer_retries == 0
+    defer = next(h for h in history if h.kind == "defer")
+    assert any("litellm.AuthenticationError" in r for r in defer.reasons), defer.reasons
 
 
 def test_aider_hang_is_stopped_by_stall_detection(aider_job: Any) -> None:
@@ -608,3 +818,52 @@ def test_llm_budget_blocks_and_the_next_job_is_not_dispatched(claude_job: Any) -
     assert any("not dispatched: LLM budget" in r for r in task.reasons)
     assert dev[-1].outcome == "not-started"
     assert len(server.scripted_requests(F.ANTHROPIC)) == asked
+
+
+def test_claude_max_turns_is_rolled_back_with_its_context_not_retried_as_it_was(
+    claude_job: Any,
+) -> None:
+    # Issue 16: max turns ran the identical prompt three more times as an infra retry. Now
+    # the attempt FAILs: a developer retry, and the next prompt says why.
+    from orchestrator.engine.worker import Worker
+
+    # A human takes over at testing: the pipeline stops there, after development.
+    job, server = claude_job([], claude_max_turns=3, agents=("testing=manual",))
+    wt = job.worktree
+    # The first attempt only ever writes files: it runs into --max-turns 3.
+    first = [
+        F.tool("Write", {"file_path": str(wt / f"step{i}.txt"), "content": f"{i}\n"})
+        for i in range(3)
+    ]
+    # The next development job's output folder (job ids count up in this fresh database).
+    second_out = job.folder / "runs" / f"{job.job.id + 1}-out"
+    second = [
+        F.tool("Write", {"file_path": str(wt / "hello.txt"), "content": "hello\n"}),
+        F.tool("Write", {"file_path": str(second_out / A.DEV_REPORT), "content": dev_report()}),
+        F.text("Done: hello.txt added."),
+    ]
+    server.script([*first, *second])
+    Worker(job.settings, job.engine).run(until_idle=True)
+
+    with job.engine.connect() as conn:
+        task = queries.get_task(conn, job.task.key)
+        jobs = queries.list_jobs(conn, task_id=job.task.id)
+        history = queries.list_transitions(conn, job.task.id)
+    assert task is not None
+    assert (task.stage, task.state) == ("testing", "blocked"), task.reasons  # the human
+    dev = [j for j in jobs if j.stage == "development"]
+    assert [j.outcome for j in dev] == ["completed", "completed"]
+    assert dev[1].id == job.job.id + 1
+    kinds = [h.kind for h in history]
+    assert "defer" not in kinds, kinds
+    rollback = next(h for h in history if h.kind == "rollback")
+    assert any("max turns reached" in r for r in rollback.reasons), rollback.reasons
+    assert task.developer_retries == 1
+    assert task.infra_retries == 0
+    # The second attempt's prompt carries the first one's failure, not the same text again.
+    asked = server.scripted_requests(F.ANTHROPIC)
+    assert len(asked) == len(first) + len(second)
+    first_prompt = json.dumps(asked[0].body)
+    second_prompt = json.dumps(asked[len(first)].body)
+    assert "max turns reached" not in first_prompt
+    assert "max turns reached" in second_prompt

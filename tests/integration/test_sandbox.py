@@ -4,7 +4,8 @@ The agent is a real child process (``agents/hostile_agent.py``) run as the devel
 of a real pipeline: real git, a real SQLite file in the orchestrator's home, the real
 worker. Each attack runs twice: with ``ORCH_SANDBOX=off`` (what every release before the
 sandbox did: it succeeds, which shows the test can fail) and with the sandbox on (it is
-stopped). ``ATTACKS`` is the source of the table in ``docs/security.md``.
+stopped). ``ATTACKS`` is the source of the sandbox's table in ``docs/security.md``
+(``test_security_doc.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,32 +26,22 @@ from orchestrator.config import load_settings
 from orchestrator.store import queries
 
 try:
+    from security_doc import Attack
     from test_engine import STAGES, Harness
 except ImportError:  # imported as tests.integration.test_sandbox
+    from tests.integration.security_doc import Attack
     from tests.integration.test_engine import STAGES, Harness
 
 HOSTILE = Path(__file__).parent / "agents" / "hostile_agent.py"
 ORCH = Path(sys.executable).with_name("orch")
 TOKEN = "orch-api-token-the-agent-must-not-see"
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
-WRITE_ENV = "ORCH_WRITE_SECURITY_DOC"
 # CI installs bubblewrap and sets ORCH_TEST_REQUIRE_SANDBOX=1: there a missing bubblewrap
 # fails these tests instead of skipping them.
 NEEDS_BWRAP = pytest.mark.skipif(
     not sandbox.probe().ok and not os.environ.get("ORCH_TEST_REQUIRE_SANDBOX"),
     reason=f"bubblewrap cannot run here: {sandbox.probe().detail}",
 )
-
-
-@dataclass(frozen=True)
-class Attack:
-    """One escape: what the agent tries, and what the user sees once it is stopped."""
-
-    id: str
-    attack: str
-    bare: str
-    sandboxed: str
 
 
 ATTACKS = [
@@ -139,127 +129,6 @@ ATTACKS = [
         "the job is its PID namespace: the daemon dies with the job",
     ),
 ]
-
-
-INTRO = """\
-# Security: the agent is untrusted
-
-<!-- The table of attacks is generated from tests/integration/test_sandbox.py (ATTACKS);
-     regenerate: ORCH_WRITE_SECURITY_DOC=1 pytest tests/integration/test_sandbox.py -k doc -->
-
-## Threat model
-
-Trusted: the user, their configuration (settings, `orch repo` options, the commands they
-register), their clone of the repository, the orchestrator and its database. Untrusted:
-every agent (an LLM may be prompt-injected, or may simply cheat) and every line of code an
-agent wrote, which includes the tests, `conftest.py` and the staging script as they stand on
-a task branch: the test-runner, the merge gate's re-test, the coverage gate and the staging
-command run that code.
-
-## The sandbox
-
-Every agent process (`command:` agents and the LLM CLIs) and every suite we run on a task's
-code runs under bubblewrap (`orchestrator/sandbox.py`):
-
-- its own PID, IPC and UTS namespaces, and a user namespace where the kernel allows one;
-  `--die-with-parent`: if the worker dies, so does the sandbox;
-- the system read-only (`/` bound read-only), a fresh `/dev`, its own `/proc` (the host's
-  processes and their environments are not there) and a private `/tmp`;
-- hidden under empty, read-only file systems: the orchestrator's home (`ORCH_HOME`: the
-  database, every task folder, the logs, other tasks' workspaces), the user's clone of the
-  repository, every remote of it that is a local path, and the user's home (`~/.ssh`,
-  `~/.aws`, `~/.config` ...);
-- read-only again over that: what the job needs to run (the command's toolchain: the
-  venv its executable lives in and the Python or Node it links to, the orchestrator's own
-  Python), the object store the workspace borrows from the user's clone (its history), the
-  job's prompt, and the paths the repo names with `orch repo set --sandbox-ro PATH`;
-- writable: the task's workspace and the job's own folders only (`runs/<job>-out`, where an
-  agent writes its artifact, which the orchestrator moves into the task folder after the
-  run; `runs/<job>-home`, its `HOME`; `runs/<log>.out` for a suite's JUnit XML and coverage
-  data), plus `orch repo set --sandbox-rw PATH`; the workspace's own `.git` is sealed
-  read-only on top of it;
-- network: shared by default (agents reach their model API; suites may need loopback
-  services); `ORCH_SANDBOX_NETWORK=none` cuts it for all, `agent=shared,suite=none` per kind.
-
-Killing a job kills its namespace: bubblewrap's init is the namespace's PID 1, and when it
-dies the kernel kills everything left in it, whatever a process did to get away (setsid, a
-double fork, a renamed argv, a cleared environment). The `/proc` marker sweep stays as the
-second line where the sandbox is off. A command killed by signal N inside the sandbox
-exits 128 + N through bubblewrap; such an exit code is read as that signal (a tool error),
-never as the command's own verdict.
-
-Secrets: an agent's environment is the allowlist (`PATH`, locale, `TZ`, `TERM`, `TMPDIR`,
-`VIRTUAL_ENV`), its `HOME`, the job's `ORCH_*` variables and the variables its repo names
-with `--agent-env`; a suite gets the allowlist only, never the agent's keys
-(`test_suites_never_get_the_agents_keys`). Nothing in a sandbox can read the
-orchestrator's environment (`/proc` is the job's own) or its files (its home is hidden).
-
-The workspace: each task gets a git repository of its own
-(`<ORCH_HOME>/worktrees/<repo>/<KEY>`, branch `orch/<KEY>`), not a `git worktree` of the
-user's clone. Its object store borrows the clone's (git's alternates, as `git clone
---shared` makes), it has no remote and no other branch, and its config is the
-orchestrator's. Inside the sandbox its `.git` is read-only: the agent edits files, and the
-orchestrator commits them from outside, then publishes the branch to the user's
-`refs/heads/orch/<KEY>` (a fetch from the workspace and a compare-and-swap of the ref). The
-user's clone is never writable from a sandbox.
-
-Every git command the orchestrator runs has these settings on its command line, whatever
-a config says: `core.hooksPath=/dev/null`, `core.fsmonitor=false`, `commit.gpgSign=false`,
-`tag.gpgSign=false`, `log.showSignature=false`, `merge.verifySignatures=false`,
-`protocol.ext.allow=never`, `protocol.file.allow=user`; fetches and pushes name git's own
-`git-upload-pack` and `git-receive-pack`. Each workspace's `info/attributes` says
-`* !filter !diff !merge`, so no attribute in the agent's tree picks a filter, diff or merge
-driver. (A repository that relies on a filter, such as Git LFS, gets its files unfiltered
-in task workspaces.) The user's own settings that matter (identity, remote URLs) come
-from the user's clone, which no sandboxed process can write.
-
-Main is guarded: the merge gate records the main it makes (`repos.main_seen`), and a main
-that does not descend from that record (rewound or rewritten by anyone) is never a base:
-the task is blocked with the alert `main-rewound` and main is not moved. A fast-forward by
-the user is fine. When the new main is right, `orch repo set NAME --trust-main` accepts it.
-
-Fail closed: where bubblewrap (or a PID namespace) cannot start, jobs that run untrusted
-code are not started: they end `not-started`, the task is blocked with the alert
-`sandbox-unavailable`, and the reason names the fix. Only `ORCH_SANDBOX=off` runs them bare;
-then every start logs a warning, and `/status`, `orch status` and the dashboard show
-"sandbox off". Deploy commands (which need the user's own credentials) run outside by
-default; `ORCH_SANDBOX_DEPLOY=on` puts them inside. Codex's own sandbox is switched off
-inside ours (it cannot start nested, and ours covers the job).
-
-## Attacks and outcomes
-
-Each row is a hostile development agent in a real pipeline, run bare (`ORCH_SANDBOX=off`)
-and sandboxed by `tests/integration/test_sandbox.py`.
-
-"""
-
-OUTRO = """
-## Not covered yet
-
-- `ORCH_SANDBOX=off` is what it says: the bare column above. Hooks, signing programs and
-  pack programs still never run inside the orchestrator's git calls, but an agent that can
-  write its workspace's config can make `git add` run a filter, and it can reach
-  everything its user can.
-- The remote's credentials: an agent gets no SSH agent socket and no credential helper
-  of ours, but `--agent-env` can still name a token for it, by the user's choice.
-- A job's own task folder is written by the orchestrator only, but verdicts are still read
-  back from the artifact files the runners write; see the issue on verdicts.
-"""
-
-
-def render(attacks: list[Attack]) -> str:
-    """docs/security.md, from ``attacks``."""
-    rows = ["| Attack | Bare (`ORCH_SANDBOX=off`) | Sandboxed |", "|---|---|---|"]
-    rows += [f"| {a.attack} | {a.bare} | {a.sandboxed} |" for a in attacks]
-    return INTRO + "\n".join(rows) + "\n" + OUTRO
-
-
-def test_security_doc_is_current() -> None:
-    text = render(ATTACKS)
-    if os.environ.get(WRITE_ENV):
-        DOC.write_text(text)
-    assert DOC.exists(), f"docs/security.md is missing: run with {WRITE_ENV}=1"
-    assert DOC.read_text() == text, "docs/security.md is stale: regenerate it"
 
 
 @pytest.fixture

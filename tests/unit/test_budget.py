@@ -11,7 +11,7 @@ def test_under_budget_is_ok() -> None:
     check = check_task_budget(1.5, 10.0)
     assert check.ok
     assert bool(check)
-    assert check.reasons == ["llm_budget_per_task_usd: spent $1.5000 of $10.00"]
+    assert check.reasons == ["llm_budget_per_task_usd: spent $1.50 of $10.00"]
 
 
 def test_at_the_limit_no_new_job_is_dispatched() -> None:
@@ -26,7 +26,7 @@ def test_at_the_limit_no_new_job_is_dispatched() -> None:
 def test_over_budget_after_a_job() -> None:
     after = check_day_budget(100.01, 100.0, before_dispatch=False)
     assert not after.ok
-    assert after.reasons == ["llm_budget_per_day_usd exceeded: spent $100.0100 of $100.00"]
+    assert after.reasons == ["llm_budget_per_day_usd exceeded: spent $100.01 of $100.00"]
 
 
 def test_zero_means_no_limit() -> None:
@@ -51,3 +51,16 @@ def test_both_budgets(task_spent: float, day_spent: float, ok: bool) -> None:
     )
     assert check.ok is ok
     assert len(check.reasons) == 2
+
+
+def test_a_small_budget_reads_as_set() -> None:
+    # A budget of a tenth of a cent used to read "$0.00" in the reason and the alert.
+    check = check_budgets(
+        task_spent_usd=0.0012,
+        day_spent_usd=0.0,
+        task_budget_usd=0.001,
+        day_budget_usd=0.0,
+        before_dispatch=True,
+    )
+    assert not check.ok
+    assert "exceeded: spent $0.0012 of $0.001" in check.reasons[0], check.reasons

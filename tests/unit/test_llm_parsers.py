@@ -99,18 +99,78 @@ def test_claude_api_error_real_shape() -> None:
     assert r.cost_usd == 0.0
 
 
-def test_claude_max_turns_is_timeout() -> None:
+# Recorded from Claude Code 2.1.330 against the fake server, trimmed: --max-turns 2 while
+# the model only ever asked for another Write; and --max-budget-usd 0.001. Both exit 1.
+CLAUDE_MAX_TURNS = json.dumps(
+    {
+        "type": "result",
+        "subtype": "error_max_turns",
+        "is_error": True,
+        "num_turns": 3,
+        "stop_reason": "tool_use",
+        "total_cost_usd": 0.0016,
+        "usage": {
+            "input_tokens": 200,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 40,
+        },
+        "permission_denials": [],
+        "terminal_reason": "max_turns",
+        "errors": ["Reached maximum number of turns (2)"],
+    }
+)
+CLAUDE_BUDGET_CAP = json.dumps(
+    {
+        "type": "result",
+        "subtype": "error_max_budget_usd",
+        "is_error": True,
+        "num_turns": 2,
+        "total_cost_usd": 0.0016,
+        "usage": {"input_tokens": 100, "output_tokens": 20},
+        "permission_denials": [],
+        "terminal_reason": "budget_exhausted",
+        "errors": ["Reached maximum budget ($0.001)"],
+    }
+)
+
+
+def test_claude_max_turns_is_a_failed_attempt_not_a_tool_error() -> None:
+    # Issue 16: max turns was `timeout`, an infra retry of the identical prompt.
+    r = claude.parse_claude(ended(1), CLAUDE_MAX_TURNS, max_turns=2)
+    assert r.outcome is OutcomeKind.COMPLETED
+    assert r.cut_short
+    assert "max turns reached (--max-turns 2) after 3 turn(s)" in r.reasons[0]
+    assert "Reached maximum number of turns (2)" in r.reasons
+    assert (r.cost_usd, r.tokens_in, r.tokens_out) == (0.0016, 200, 40)
+
+
+def test_claude_budget_cap_is_a_failed_attempt_not_a_tool_error() -> None:
+    r = claude.parse_claude(ended(1), CLAUDE_BUDGET_CAP, max_turns=50)
+    assert r.outcome is OutcomeKind.COMPLETED
+    assert r.cut_short
+    assert "budget cap (--max-budget-usd) reached" in r.reasons[0]
+    assert "--max-turns" not in r.reasons[0]
+    assert "Reached maximum budget ($0.001)" in r.reasons
+
+
+def test_claude_cut_short_still_names_its_denials() -> None:
+    # An agent denied its tools may loop until its turns run out: the denial is the news.
+    denial = {"tool_name": "Bash", "tool_input": {"command": "make test"}}
     out = claude_result(
-        subtype="error_max_turns",
-        is_error=True,
-        result=None,
-        errors=["Reached maximum number of turns (3)"],
-        terminal_reason="max_turns",
+        subtype="error_max_turns", is_error=True, permission_denials=[denial], errors=["x"]
     )
-    r = claude.parse_claude(ended(1), out, max_turns=3)
-    assert r.outcome is OutcomeKind.TIMEOUT
-    assert "--max-turns 3" in r.reasons[0]
-    assert "Reached maximum number of turns (3)" in r.reasons
+    r = claude.parse_claude(ended(1), out, permission_mode="acceptEdits")
+    assert r.cut_short
+    assert any("denied 1 tool call(s)" in x and "Bash(make test)" in x for x in r.reasons)
+
+
+def test_only_the_clis_own_limits_cut_a_run_short() -> None:
+    assert not claude.parse_claude(ended(0), claude_result()).cut_short
+    api = claude_result(subtype="success", is_error=True, api_error_status=529)
+    assert not claude.parse_claude(ended(1), api).cut_short
+    other = claude.parse_claude(ended(1), claude_result(subtype="error_during_execution"))
+    assert (other.outcome, other.cut_short) == (OutcomeKind.CRASHED, False)
 
 
 def test_claude_permission_denial_with_exit_zero_is_a_tool_error() -> None:
@@ -212,6 +272,88 @@ CODEX_UNREACHABLE = "\n".join(
 )
 
 
+# Recorded from Codex 0.169.0 with its own sandbox on (ORCH_SANDBOX=off,
+# ORCH_CODEX_SANDBOX=workspace-write) and its home under $TMPDIR: it links no helper, and the
+# model's command came back "bwrap: execvp codex-linux-sandbox: No such file or directory",
+# which --json does not show. Trimmed.
+CODEX_HELPERS_REFUSED = "\n".join(
+    [
+        "WARNING: proceeding, even though we could not create PATH aliases: Refusing to "
+        'create helper binaries under temporary dir "/tmp" (codex_home: '
+        'AbsolutePathBuf("/tmp/t/home/tasks/DEMO-1/runs/1-home/codex"))',
+        "Reading additional input from stdin...",
+        '{"type":"thread.started","thread_id":"t3"}',
+        '{"type":"turn.started"}',
+        '{"type":"item.completed","item":{"id":"item_0","type":"agent_message","text":"Done."}}',
+        '{"type":"turn.completed","usage":{"input_tokens":200,"cached_input_tokens":0,'
+        '"output_tokens":40,"reasoning_output_tokens":0}}',
+    ]
+)
+# A command that ran (no sandbox of codex's) and printed sandbox words of its own.
+CODEX_COMMAND_SAYS_SANDBOX = "\n".join(
+    [
+        '{"type":"turn.started"}',
+        '{"type":"item.completed","item":{"id":"item_0","type":"command_execution",'
+        '"command":"/bin/bash -lc \'grep -r sandbox src\'","aggregated_output":'
+        '"bwrap: execvp codex-linux-sandbox: No such file or directory\\nsandbox error: x\\n",'
+        '"exit_code":1,"status":"failed"}}',
+        '{"type":"turn.completed","usage":{"input_tokens":100,"output_tokens":20}}',
+    ]
+)
+
+
+def parse_codex(output: str, mode: str, outcome: Outcome | None = None) -> Any:
+    return codex.parse_codex(
+        ended(0) if outcome is None else outcome,
+        output,
+        price_in_per_mtok=1,
+        price_out_per_mtok=1,
+        sandbox_mode=mode,
+    )
+
+
+def test_codex_own_sandbox_that_cannot_start_is_a_tool_error() -> None:
+    r = parse_codex(CODEX_HELPERS_REFUSED, "workspace-write")
+    assert r.outcome is OutcomeKind.CRASHED
+    assert "its own sandbox could not start (sandbox_mode workspace-write)" in r.reasons[0]
+    assert "could not create PATH aliases" in r.reasons[0]
+    assert "ORCH_SANDBOX=on" in r.reasons[1]
+    assert (r.tokens_in, r.tokens_out) == (200, 40)  # what it cost is still counted
+
+
+def test_codex_helper_warning_is_harmless_without_its_sandbox() -> None:
+    # Inside ours codex runs with sandbox_mode danger-full-access: no helper is needed.
+    assert parse_codex(CODEX_HELPERS_REFUSED, "danger-full-access").outcome is (
+        OutcomeKind.COMPLETED
+    )
+
+
+@pytest.mark.parametrize("mode", ["workspace-write", "danger-full-access"])
+def test_codex_reads_no_commands_output_for_sandbox_words(mode: str) -> None:
+    # A repo about sandboxes (this one) prints these words; only codex's own lines count.
+    assert parse_codex(CODEX_COMMAND_SAYS_SANDBOX, mode).outcome is OutcomeKind.COMPLETED
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"type":"error","message":"sandbox error: bubblewrap is unavailable"}',
+        '{"type":"item.completed","item":{"id":"i","type":"error",'
+        '"message":"codex-linux-sandbox was required but not provided"}}',
+        "bwrap: Can't mount proc on /newroot/proc: Operation not permitted",
+    ],
+)
+def test_codex_sandbox_failure_in_its_own_words_is_a_tool_error(line: str) -> None:
+    out = f"{line}\n{CODEX_OK}"
+    r = parse_codex(out, "danger-full-access")
+    assert r.outcome is OutcomeKind.CRASHED
+    assert r.reasons[0].startswith("codex: a sandbox could not start: ")
+    killed = ended(None, timed_out=True, signal=15, stop_reason="timeout after 8s")
+    r = parse_codex(out, "workspace-write", killed)
+    assert r.outcome is OutcomeKind.TIMEOUT  # how it ended first, the sandbox as the why
+    assert any("its own sandbox could not start" in x for x in r.reasons)
+
+
 def test_codex_success_and_cost_from_the_price_table() -> None:
     r = codex.parse_codex(ended(0), CODEX_OK, price_in_per_mtok=2.0, price_out_per_mtok=10.0)
     assert r.outcome is OutcomeKind.COMPLETED
@@ -275,6 +417,92 @@ def test_aider_exit_zero_without_message_send_is_a_tool_error() -> None:
     assert p.result.outcome is OutcomeKind.CRASHED
     assert p.dev_status is None
     assert "no message_send" in p.result.reasons[0]
+
+
+# Recorded from aider 0.86.2 against the fake server: the model asked to see app.py, aider
+# added it and asked again, and the server answered 529 "Overloaded" every time (aider's own
+# backoff, about a minute). aider then exits 0. Its output, and its analytics log (trimmed).
+AIDER_OVERLOADED_OUTPUT = "\n".join(
+    [
+        "Aider v0.86.2",
+        "Model: openai/gpt-fake with whole edit format",
+        "To do this I need to see app.py first.",
+        "Tokens: 100 sent, 20 received.",
+        "app.py",
+        *(
+            line
+            for delay in ("0.2", "0.5", "1.0", "2.0", "4.0", "8.0", "16.0", "32.0")
+            for line in (
+                "litellm.APIError: APIError: OpenAIException - Overloaded",
+                f"Retrying in {delay} seconds...",
+            )
+        ),
+        "litellm.APIError: APIError: OpenAIException - Overloaded",
+    ]
+)
+AIDER_OVERLOADED_ANALYTICS = analytics(
+    {"event": "launched"},
+    {"event": "message_send_starting"},
+    {**SEND, "cost": 0},
+    {"event": "message_send_starting"},
+    {"event": "exit", "reason": "Completed --message"},
+)
+
+
+@pytest.mark.parametrize("has_diff", [False, True])
+def test_aider_model_error_after_a_first_answer_is_a_tool_error(has_diff: bool) -> None:
+    # Issue 16: this was `completed` with dev_status FAILED ("changed nothing"): a developer
+    # retry spent, and the 529 in no reason.
+    p = aider.parse_aider(
+        ended(0), AIDER_OVERLOADED_ANALYTICS, has_diff=has_diff, output=AIDER_OVERLOADED_OUTPUT
+    )
+    assert p.result.outcome is OutcomeKind.CRASHED
+    assert p.dev_status is None
+    assert "the model failed after 1 answer(s)" in p.result.reasons[0]
+    assert (
+        "litellm.APIError: APIError: OpenAIException - Overloaded (after 8 retries)"
+        in p.result.reasons[0]
+    )
+    assert (p.result.tokens_in, p.result.tokens_out) == (100, 20)
+
+
+def test_aider_unanswered_request_without_an_error_line_is_still_a_tool_error() -> None:
+    log = analytics(dict(SEND), {"event": "message_send_starting"})
+    p = aider.parse_aider(ended(0), log, has_diff=False, output="")
+    assert p.result.outcome is OutcomeKind.CRASHED
+    assert "its last request got no answer" in p.result.reasons[0]
+
+
+def test_aider_error_it_recovered_from_then_no_diff_is_still_a_failed_report() -> None:
+    # Every request answered (one after a retry): the model did its part, the attempt
+    # changed nothing, and that stays the code's FAIL.
+    log = analytics(
+        {"event": "message_send_starting"},
+        dict(SEND),
+        {"event": "message_send_starting"},
+        dict(SEND),
+    )
+    out = "litellm.APIError: APIError: OpenAIException - Overloaded\nRetrying in 0.2 seconds..."
+    p = aider.parse_aider(ended(0), log, has_diff=False, output=out)
+    assert (p.result.outcome, p.dev_status) == (OutcomeKind.COMPLETED, "FAILED")
+
+
+def test_aider_without_any_answer_quotes_the_model_error() -> None:
+    log = analytics({"event": "launched"}, {"event": "message_send_starting"})
+    out = "litellm.AuthenticationError: AuthenticationError: OpenAIException - bad key"
+    p = aider.parse_aider(ended(0), log, has_diff=False, output=out)
+    assert p.result.outcome is OutcomeKind.CRASHED
+    assert "no message_send" in p.result.reasons[0]
+    assert "litellm.AuthenticationError" in p.result.reasons[0]
+
+
+def test_aider_unanswered_reads_the_events_in_order() -> None:
+    starting = {"event": "message_send_starting"}
+    assert aider.unanswered(analytics(dict(starting)))
+    assert not aider.unanswered(analytics(dict(starting), dict(SEND)))
+    assert aider.unanswered(analytics(dict(starting), dict(SEND), dict(starting)))
+    assert not aider.unanswered(None)
+    assert aider.model_error("Tokens: 100 sent\nall fine") is None
 
 
 def test_aider_without_analytics_log_fails_closed() -> None:
@@ -399,8 +627,22 @@ def test_aider_plan(tmp_path: Path) -> None:
         assert Path(a[a.index(flag) + 1]).parent == req.job_home  # outside the repo
     assert a[a.index("--model") + 1] == "sonnet"
     assert plan.env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
-    (cache,) = plan.files
+    cache = req.job_home.joinpath(*aider.MODEL_INFO_CACHE)
     assert json.loads(plan.files[cache])  # non-empty: aider will not download its own
+    # A git identity of its own, so aider never writes the repository's .git/config.
+    assert "[user]" in plan.files[req.job_home / ".gitconfig"]
+    assert "GIT_INDEX_FILE" not in plan.env  # no repository at req.worktree here
+
+
+def test_aider_stages_new_files_outside_the_read_only_git(tmp_path: Path) -> None:
+    req = request(tmp_path)
+    objects = req.worktree / ".git" / "objects"
+    objects.mkdir(parents=True)
+    plan = aider.plan_aider(req)
+    store = Path(plan.env["GIT_OBJECT_DIRECTORY"])
+    assert store.is_relative_to(req.job_home)
+    assert Path(plan.env["GIT_INDEX_FILE"]).is_relative_to(req.job_home)
+    assert plan.files[store / "info" / "alternates"] == f"{objects}\n"
 
 
 def test_aider_refuses_roles_it_cannot_report_for(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from orchestrator.agents.prompts import (
     MAX_PROMPT_BYTES,
     ROLES,
     PromptError,
+    fence_text,
     key_docs,
     render_prompt,
 )
@@ -46,6 +47,27 @@ def test_every_role_names_the_exact_artifact_and_keys(role: str, stage: Stage) -
     assert "previous attempt failed" not in text
 
 
+@pytest.mark.parametrize(
+    ("text", "ticks"),
+    [
+        ("plain", 3),
+        ("`inline` and ``two``", 3),
+        ("```\nopen", 4),
+        ("a line of ten\n``````````", 11),
+        ("~~~~~\n~~~", 3),
+    ],
+)
+def test_fence_is_longer_than_any_backtick_run(text: str, ticks: int) -> None:
+    fenced = fence_text(text)
+    first, *middle, last = fenced.split("\n")
+    assert (first, last) == ("`" * ticks + "text", "`" * ticks)
+    assert middle == text.splitlines()
+
+
+def test_fence_makes_every_line_break_one_kind() -> None:
+    assert fence_text("a\r\nb\rc\u2028d\x85e") == "```text\na\nb\nc\nd\ne\n```"
+
+
 def test_dev_report_keys_read_as_the_contract_says() -> None:
     (doc,) = key_docs(A.DEV_REPORT)
     assert (doc.name, doc.choices, doc.success) == ("dev_status", "DONE|FAILED", "DONE")
@@ -57,7 +79,7 @@ def test_dev_report_keys_read_as_the_contract_says() -> None:
 def test_rollback_quotes_the_failing_report_cut_to_size() -> None:
     text = render("developer", Stage.DEVELOPMENT, failure="tests: 2 failed\nresult: FAILED")
     assert "## The previous attempt failed" in text
-    assert "tests: 2 failed\nresult: FAILED" in text
+    assert "```text\ntests: 2 failed\nresult: FAILED\n```" in text
     long = render("developer", Stage.DEVELOPMENT, failure="x" * (MAX_FAILURE_CHARS + 500))
     assert "[... cut: 500 more characters]" in long
 

@@ -13,20 +13,33 @@ History files live in the job home, outside the repository (``--no-gitignore``: 
 not edit the repo's ``.gitignore`` either). aider commits nothing; the orchestrator commits
 what it left. Offline hygiene: ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (litellm's bundled price
 table, not a download) and a non-empty model-info cache in the job home (aider downloads
-its own copy when the cache is missing or empty). ``OPENAI_API_BASE`` / ``OPENAI_API_KEY``
-(or the key of the model's provider) come from the repo's ``--agent-env``.
+its own copy when the cache is missing or empty). A git identity in the job home's
+``.gitconfig``: without one aider writes a placeholder into the repository's
+``.git/config``, which is read-only in the sandbox, and dies. ``OPENAI_API_BASE`` /
+``OPENAI_API_KEY`` (or the key of the model's provider) come from the repo's ``--agent-env``.
+aider's ``git add`` of a file it creates writes to an index and an object store in the job
+home (``GIT_INDEX_FILE``, ``GIT_OBJECT_DIRECTORY``), for the same reason.
 
 Roles: aider edits only files inside the repository, so it cannot write an artifact to the
 task folder. It does the developer role only, and the orchestrator writes
 ``10-dev-report.md`` itself from the evidence, as the ``patch`` backend does.
 
-Parse: aider exits 0 even when every API call failed. Success needs a ``message_send`` event
-in the analytics log (the model answered) AND a non-empty diff:
+Parse: aider exits 0 even when every API call failed. Each request to the model is a
+``message_send_starting`` event in the analytics log and, once answered, a ``message_send``
+event; a model error (litellm's ``APIError`` on a 529, a ``RateLimitError``, an
+``InternalServerError`` ...) leaves the request unanswered, after aider's own retries, and
+is printed only on its output (``litellm.APIError: APIError: OpenAIException - Overloaded``),
+never in the analytics. Success needs every request answered AND a non-empty diff:
 
 - no analytics log, or no ``message_send`` event → ``crashed`` (it never got an answer);
+- a request after the first answer left unanswered (the model failed mid-run; aider still
+  exits 0) → ``crashed``, with litellm's last error line quoted; nothing is committed and no
+  report is written, so the stage is deferred within the infra budget, never a "changed
+  nothing" rollback;
 - a non-zero exit code → ``crashed`` (it answered but did not finish; fail closed);
-- ``message_send`` and a diff → ``completed``, ``dev_status: DONE``;
-- ``message_send`` and no diff → ``completed``, ``dev_status: FAILED`` (the gate rolls back).
+- every request answered and a diff → ``completed``, ``dev_status: DONE``;
+- every request answered and no diff → ``completed``, ``dev_status: FAILED`` (the gate rolls
+  back).
 
 Cost is the sum of the events' ``cost`` (aider prices known models itself); tokens are the
 sums of ``prompt_tokens`` and ``completion_tokens``.
@@ -35,6 +48,7 @@ sums of ``prompt_tokens`` and ``completion_tokens``.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -54,7 +68,7 @@ from orchestrator.agents.common import (
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.proc_group import Outcome
 
-__all__ = ["AIDER_ROLES", "AiderResult", "parse_aider", "plan_aider"]
+__all__ = ["AIDER_ROLES", "AiderResult", "model_error", "parse_aider", "plan_aider", "unanswered"]
 
 AIDER_ROLES = frozenset({"developer"})
 ANALYTICS_LOG = "aider-analytics.jsonl"
@@ -63,6 +77,7 @@ MODEL_INFO_CACHE = (".aider", "caches", "model_prices_and_context_window.json")
 # aider's repo-map cache directory, made in the repository root: removed after a run so it
 # is never committed.
 TAGS_CACHE_GLOB = ".aider.tags.cache.v*"
+GIT_IDENTITY = "[user]\n\tname = orchestrator (aider job)\n\temail = aider@orchestrator.invalid\n"
 
 
 def plan_aider(req: PlanRequest) -> LlmPlan:
@@ -110,8 +125,53 @@ def plan_aider(req: PlanRequest) -> LlmPlan:
         argv += ["--model", req.settings.aider_model]
     env = {"HOME": str(home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     cache = home.joinpath(*MODEL_INFO_CACHE)
-    files = {cache: json.dumps({"_orchestrator": "offline: use litellm's bundled table"})}
+    files = {
+        cache: json.dumps({"_orchestrator": "offline: use litellm's bundled table"}),
+        # aider writes a placeholder identity into the repository's .git/config when git
+        # knows none, and dies on the read-only .git of the sandbox. It commits nothing
+        # (--no-auto-commits), so this identity only answers its question.
+        home / ".gitconfig": GIT_IDENTITY,
+    }
+    objects = req.worktree / ".git" / "objects"
+    if objects.is_dir():
+        # aider stages each file it creates (`git add`): a blob and an index entry, and the
+        # repository's .git is read-only in the sandbox. Both go to a store in the job home
+        # that reads the repository's objects through an alternate. The orchestrator's
+        # commit after the run uses the repository's own index and objects, not these.
+        store = home / "aider-git"
+        env["GIT_INDEX_FILE"] = str(store / "index")
+        env["GIT_OBJECT_DIRECTORY"] = str(store / "objects")
+        files[store / "objects" / "info" / "alternates"] = f"{objects}\n"
     return LlmPlan(argv=argv, env=env, files=files, side_output=analytics)
+
+
+# How aider prints a model error it got from litellm: ``str(exc)`` on a line of its own.
+MODEL_ERROR_RE = re.compile(r"^litellm\.[A-Za-z]+:")
+RETRYING = "Retrying in "
+
+
+def unanswered(analytics_log: str | None) -> bool:
+    """Whether aider's last request to the model got no answer (``message_send_starting``
+    with no ``message_send`` after it): the model failed, whatever aider's exit code."""
+    waiting = False
+    for event in json_objects(analytics_log or ""):
+        name = event.get("event")
+        if name == "message_send_starting":
+            waiting = True
+        elif name == "message_send":
+            waiting = False
+    return waiting
+
+
+def model_error(output: str) -> str | None:
+    """litellm's last error line on aider's output, with how often aider retried, or None."""
+    lines = [line.strip() for line in output.splitlines()]
+    errors = [line for line in lines if MODEL_ERROR_RE.match(line)]
+    if not errors:
+        return None
+    retries = sum(1 for line in lines if line.startswith(RETRYING))
+    after = f" (after {retries} retries)" if retries else ""
+    return f"{snippet(errors[-1])}{after}"
 
 
 @dataclass(frozen=True)
@@ -169,18 +229,29 @@ def parse_aider(
             f"aider left no analytics log (exit code {outcome.exit_code}); fail closed",
             *([f"last output: {snippet(output)}"] if output.strip() else []),
         )
+    said = model_error(output)
+    if said is None and exceptions:
+        said = snippet(exceptions[-1])
     if sends == 0:
-        why = f": {snippet(exceptions[-1])}" if exceptions else ""
         return done(
             OutcomeKind.CRASHED,
             None,
-            f"aider got no answer from the model (no message_send event){why}; "
-            "an API error, not the code's fault",
+            "aider got no answer from the model (no message_send event)"
+            f"{f': {said}' if said else ''}; an API error, not the code's fault",
             *([f"last output: {snippet(output)}"] if output.strip() else []),
         )
     summary = (
         f"aider: {sends} message(s), tokens in {tokens_in} out {tokens_out}, {money(cost_usd)}"
     )
+    if unanswered(analytics_log):
+        return done(
+            OutcomeKind.CRASHED,
+            None,
+            f"aider: the model failed after {sends} answer(s): "
+            f"{said or 'its last request got no answer'}; an API error, not the code's fault "
+            f"(aider exited {outcome.exit_code})",
+            summary,
+        )
     if outcome.exit_code != 0:
         return done(
             OutcomeKind.CRASHED,

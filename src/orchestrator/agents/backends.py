@@ -148,13 +148,18 @@ def run_llm_backend(
         return not_started(f"cannot prepare the job home {job_home}: {exc}")
 
     run = _execute(ctx, plan, {**env, **plan.env}, worktree, out_dir, artifact, job_marker(ctx.job))
-    reasons_extra: list[str] = collect_artifact(ctx, out_dir, stage)
+    collected = collect_artifact(ctx, out_dir, stage)
+    reasons_extra = list(collected.reasons)
+    artifacts = dict(collected.artifacts)
     if backend == "aider":
-        result = _finish_aider(ctx, plan, run, worktree, reasons_extra)
+        result = _finish_aider(ctx, plan, run, worktree, reasons_extra, artifacts)
     else:
         result = _parse(backend, st, run)
         if result.outcome is OutcomeKind.COMPLETED and stage is Stage.DEVELOPMENT:
-            commit_leftovers(ctx, worktree, backend, reasons_extra)
+            refused = commit_leftovers(ctx, worktree, backend, reasons_extra)
+            artifacts.update(refused or {})
+        if result.cut_short:
+            _set_aside(ctx, stage, backend, out_dir, result, reasons_extra, artifacts)
     reasons = [*result.reasons, *reasons_extra]
     _append_log(ctx.log_path, [f"{backend}: {result.outcome.value}", *reasons])
     return JobResult(
@@ -165,6 +170,8 @@ def run_llm_backend(
         cost_usd=result.cost_usd,
         tokens_in=result.tokens_in,
         tokens_out=result.tokens_out,
+        artifacts=artifacts,
+        refused_artifacts=collected.refused,
     )
 
 
@@ -203,6 +210,40 @@ def _execute(
     return _Run(outcome, run_output(ctx.log_path, start), detector)
 
 
+def _set_aside(
+    ctx: JobContext,
+    stage: Stage,
+    backend: str,
+    out_dir: Path,
+    result: LlmResult,
+    extra: list[str],
+    artifacts: dict[str, str],
+) -> None:
+    """A run its CLI cut short (max turns, its budget cap) FAILED, whatever its artifact
+    says: the artifact is not taken (it stays in the job's output folder, for a human), and
+    a developer's attempt is recorded ``dev_status: FAILED`` with the reasons, which the
+    rollback feeds into the next prompt. Other roles leave no artifact: their gate FAILs."""
+    from orchestrator.engine.launch import dev_report
+
+    name = STAGE_TRANSITIONS[stage].artifact
+    text = artifacts.pop(name, None)
+    if text is not None:
+        (ctx.task_dir / name).unlink(missing_ok=True)
+        taskdir.write_atomic(out_dir / name, text, durable=False)
+        extra.append(
+            f"the agent's {name} is not taken: its run was cut short "
+            f"(kept as runs/{out_dir.name}/{name})"
+        )
+    if stage is Stage.DEVELOPMENT:
+        reasons = [
+            *result.reasons,
+            *extra,
+            "the next attempt continues on the same branch, from what this one committed",
+        ]
+        artifacts.update(dev_report(ctx, "FAILED", reasons, backend))
+        extra.append(f"the orchestrator wrote {A.DEV_REPORT}: dev_status FAILED")
+
+
 def _parse(backend: str, st: Settings, run: _Run) -> LlmResult:
     if backend == "claude":
         return claude.parse_claude(
@@ -216,13 +257,20 @@ def _parse(backend: str, st: Settings, run: _Run) -> LlmResult:
         run.output,
         price_in_per_mtok=st.codex_price_in_per_mtok_usd,
         price_out_per_mtok=st.codex_price_out_per_mtok_usd,
+        sandbox_mode=codex.effective_sandbox(st),
     )
 
 
 def _finish_aider(
-    ctx: JobContext, plan: LlmPlan, run: _Run, worktree: Path, extra: list[str]
+    ctx: JobContext,
+    plan: LlmPlan,
+    run: _Run,
+    worktree: Path,
+    extra: list[str],
+    artifacts: dict[str, str],
 ) -> LlmResult:
-    """aider's end: clean its cache out of the tree, commit, judge, write the dev report."""
+    """aider's end: clean its cache out of the tree, commit, judge, write the dev report
+    (into ``artifacts`` too: the orchestrator's record, which the gate reads)."""
     for cache in worktree.glob(aider.TAGS_CACHE_GLOB):
         if cache.is_dir() and not cache.is_symlink():
             shutil.rmtree(cache, ignore_errors=True)
@@ -233,7 +281,12 @@ def _finish_aider(
         except OSError:
             analytics = None
     committed, diff_detail = False, "not looked at: the run did not end by itself"
-    if tool_error_of(run.outcome, "aider") is None:
+    if aider.unanswered(analytics):
+        # The model failed mid-run (a tool error): what aider left stays uncommitted, as
+        # after any tool error. The retry commits it with its own work, so a retry that
+        # finds the edit already made does not read as "changed nothing".
+        diff_detail = "not committed: the model failed before aider was done"
+    elif tool_error_of(run.outcome, "aider") is None:
         # The diff of *this* attempt: aider commits nothing itself (--no-auto-commits), so
         # what it changed is exactly what is left to commit. Earlier attempts' commits on
         # the branch do not count for it.
@@ -252,13 +305,12 @@ def _finish_aider(
     )
     if parsed.dev_status is not None:
         body = "\n".join(f"- {r}" for r in parsed.result.reasons)
-        taskdir.write_atomic(
-            ctx.task_dir / A.DEV_REPORT,
-            A.render_artifact(
-                A.DEV_REPORT,
-                {"dev_status": parsed.dev_status, "agent": "aider", "attempt": ctx.job.attempt},
-                body,
-            ),
+        text = A.render_artifact(
+            A.DEV_REPORT,
+            {"dev_status": parsed.dev_status, "agent": "aider", "attempt": ctx.job.attempt},
+            body,
         )
+        taskdir.write_atomic(ctx.task_dir / A.DEV_REPORT, text)
+        artifacts[A.DEV_REPORT] = text
         extra.append(f"the orchestrator wrote {A.DEV_REPORT}: dev_status {parsed.dev_status}")
     return parsed.result

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from orchestrator.money import usd
+
 __all__ = ["BudgetCheck", "check_budgets", "check_day_budget", "check_task_budget"]
 
 
@@ -27,10 +29,10 @@ class BudgetCheck:
 
 def _check(what: str, spent_usd: float, budget_usd: float, *, before_dispatch: bool) -> BudgetCheck:
     if budget_usd <= 0:
-        return BudgetCheck(True, [f"{what}: no limit set (spent ${spent_usd:.4f})"])
+        return BudgetCheck(True, [f"{what}: no limit set (spent {usd(spent_usd)})"])
     if spent_usd < 0:
         # A negative sum can only be a bookkeeping bug: fail closed rather than trust it.
-        return BudgetCheck(False, [f"{what}: spend ${spent_usd:.4f} is negative; refusing"])
+        return BudgetCheck(False, [f"{what}: spend {usd(spent_usd)} is negative; refusing"])
     # Before dispatch, the budget must still have room: at the limit, the next job would
     # overspend. After a job, reaching the limit exactly is still within it.
     over = spent_usd >= budget_usd if before_dispatch else spent_usd > budget_usd
@@ -38,9 +40,9 @@ def _check(what: str, spent_usd: float, budget_usd: float, *, before_dispatch: b
         verb = "reached" if spent_usd == budget_usd else "exceeded"
         return BudgetCheck(
             False,
-            [f"{what} {verb}: spent ${spent_usd:.4f} of ${budget_usd:.2f}"],
+            [f"{what} {verb}: spent {usd(spent_usd)} of {usd(budget_usd)}"],
         )
-    return BudgetCheck(True, [f"{what}: spent ${spent_usd:.4f} of ${budget_usd:.2f}"])
+    return BudgetCheck(True, [f"{what}: spent {usd(spent_usd)} of {usd(budget_usd)}"])
 
 
 def check_task_budget(

@@ -18,7 +18,11 @@ Parse: the exit code is not the verdict (it is 0 when a tool was denied, 1 on an
 or max-turns); the last ``{"type": "result", ...}`` object of the output is. Mapping:
 
 - no result object → ``crashed`` (fail closed);
-- ``subtype: error_max_turns`` → ``timeout`` (the run used up its turn allowance);
+- ``subtype: error_max_turns`` or ``error_max_budget_usd`` (the CLI's own ``--max-turns`` or
+  ``--max-budget-usd`` stopped the agent; it exits 1) → ``completed`` and ``cut_short``: the
+  attempt FAILED, "max turns reached" in its reasons (the caller sets its artifact aside and,
+  for a developer, records ``dev_status: FAILED``), so the rollback feeds that context into
+  the next prompt. Not a tool error: the identical prompt would run into the same limit;
 - ``is_error`` with ``api_error_status`` → ``crashed`` (an API error: not the code's fault);
 - ``is_error`` anything but ``false`` (true, missing, "false") or a non-``success`` subtype
   → ``crashed``;
@@ -52,6 +56,12 @@ from orchestrator.proc_group import Outcome
 
 __all__ = ["parse_claude", "plan_claude"]
 
+MAX_TURNS = "error_max_turns"
+# The result subtypes of a run the CLI stopped at a limit of its own, and how a reason says it.
+CUT_SHORT = {
+    MAX_TURNS: "max turns reached",
+    "error_max_budget_usd": "its budget cap (--max-budget-usd) reached",
+}
 SKIP_PERMISSIONS = "dangerously-skip-permissions"
 BYPASS_MODES = frozenset({SKIP_PERMISSIONS, "bypassPermissions"})
 
@@ -124,6 +134,16 @@ def _denial(d: object) -> str:
     return f"{name}({snippet(detail, 80)})" if detail else name
 
 
+def _denied(denials: list[Any], permission_mode: str | None) -> list[str]:
+    mode = f" by permission mode {permission_mode}" if permission_mode else ""
+    shown = ", ".join(_denial(d) for d in denials[:5])
+    more = f" and {len(denials) - 5} more" if len(denials) > 5 else ""
+    return [
+        f"claude was denied {len(denials)} tool call(s){mode}: {shown}{more}",
+        "allow them with ORCH_CLAUDE_ALLOWED_TOOLS or another ORCH_CLAUDE_PERMISSION_MODE",
+    ]
+
+
 def parse_claude(
     outcome: Outcome,
     output: str,
@@ -165,12 +185,22 @@ def parse_claude(
     said = snippet(str(result.get("result") or ""))
     errors = result.get("errors")
     detail = "; ".join(str(e) for e in errors) if isinstance(errors, list) and errors else said
-    if subtype == "error_max_turns":
-        limit = f" (--max-turns {max_turns})" if max_turns is not None else ""
-        return done(
-            OutcomeKind.TIMEOUT,
-            f"claude stopped at its turn limit{limit} after {turns} turn(s): error_max_turns",
-            *([detail] if detail else []),
+    denials = result.get("permission_denials")
+    denied = _denied(denials, permission_mode) if isinstance(denials, list) and denials else []
+    if subtype in CUT_SHORT:
+        limit = f" (--max-turns {max_turns})" if subtype == MAX_TURNS and max_turns else ""
+        return LlmResult(
+            OutcomeKind.COMPLETED,
+            [
+                f"claude: {CUT_SHORT[subtype]}{limit} after {turns} turn(s) ({subtype}); "
+                f"this attempt FAILED, {money(cost)}",
+                *([detail] if detail else []),
+                *denied,
+            ],
+            cost,
+            tokens_in,
+            tokens_out,
+            cut_short=True,
         )
     if result.get("is_error") is not False or subtype != "success":
         status = result.get("api_error_status")
@@ -186,16 +216,8 @@ def parse_claude(
             f"terminal_reason {result.get('terminal_reason', '?')})",
             *([detail] if detail else []),
         )
-    denials = result.get("permission_denials")
-    if isinstance(denials, list) and denials:
-        mode = f" by permission mode {permission_mode}" if permission_mode else ""
-        shown = ", ".join(_denial(d) for d in denials[:5])
-        more = f" and {len(denials) - 5} more" if len(denials) > 5 else ""
-        return done(
-            OutcomeKind.CRASHED,
-            f"claude was denied {len(denials)} tool call(s){mode}: {shown}{more}",
-            "allow them with ORCH_CLAUDE_ALLOWED_TOOLS or another ORCH_CLAUDE_PERMISSION_MODE",
-        )
+    if denied:
+        return done(OutcomeKind.CRASHED, *denied)
     if code != 0:
         return done(
             OutcomeKind.CRASHED,

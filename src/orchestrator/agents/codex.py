@@ -5,11 +5,14 @@ Plan::
     codex exec --json --ephemeral --strict-config -- <prompt>
 
 with ``CODEX_HOME`` (and ``HOME``) in the job home, holding a ``config.toml`` we write: the
-model, one model provider ``orchestrator`` (``base_url`` from the repo's ``OPENAI_BASE_URL``
-when it passes one, else ``ORCH_CODEX_BASE_URL``; ``env_key`` ``ORCH_CODEX_API_KEY_ENV``;
-``wire_api = "responses"``; bounded request and stream retries), the sandbox
-(``ORCH_CODEX_SANDBOX``, default ``workspace-write`` with the artifact folder as an extra
-writable root), ``approval_policy = "never"`` (nobody is there to approve),
+model (``ORCH_CODEX_MODEL``: one the pinned CLI's bundled catalog knows; for any other it
+runs on fallback metadata and offers the model no ``apply_patch`` tool), one model provider
+``orchestrator`` (``base_url`` from the repo's ``OPENAI_BASE_URL`` when it passes one, else
+``ORCH_CODEX_BASE_URL``; ``env_key`` ``ORCH_CODEX_API_KEY_ENV``; ``wire_api = "responses"``;
+bounded request and stream retries), the sandbox (``danger-full-access`` inside ours, see
+``effective_sandbox``; else ``ORCH_CODEX_SANDBOX``, default ``workspace-write`` with the
+artifact folder as an extra writable root), ``approval_policy = "never"`` (nobody is there
+to approve),
 ``[features] plugins = false`` and ``[analytics] enabled = false``. ``--strict-config`` makes
 a key this version does not know an error instead of a silent no-op. stdin is /dev/null:
 with an open pipe it waits for more input.
@@ -20,6 +23,7 @@ network"), so our timeout and stall detection own that case.
 Parse: JSONL events on stdout. ``turn.completed`` carries ``usage`` (summed over turns);
 ``turn.failed`` carries the error. Mapping:
 
+- a sandbox that could not start → ``crashed``, with codex's own words (see below);
 - a ``turn.failed`` event → ``crashed`` (an API or stream error: the server failed);
 - no ``turn.completed`` → ``crashed`` (fail closed);
 - a non-zero exit code → ``crashed``;
@@ -30,6 +34,19 @@ Codex reports no cost: it is computed from the tokens and the price table in set
 tokens are priced as input tokens: over-estimating is the safe side of a budget. A command
 the sandbox refuses is a failed command the agent sees and works around; codex has no
 "permission denied" outcome of its own.
+
+A sandbox that cannot start is another matter: every command and every ``apply_patch``
+fails, the agent reports whatever it reports, and the gate would blame the code. Codex's
+own sandbox runs each command as ``bwrap ... codex-linux-sandbox ...``, a helper it links
+into ``CODEX_HOME`` at start; it refuses to link it under the temporary directory
+("could not create PATH aliases: Refusing to create helper binaries under temporary dir"),
+and then every sandboxed command fails with "bwrap: execvp codex-linux-sandbox". Those
+failures reach the model only: ``--json`` shows no event for them. So with its own sandbox
+on (``sandbox_mode`` other than ``danger-full-access``) the warning alone is the tool error,
+and so, in any mode, is a line of codex's own (stderr, an error event or item) that names
+``codex-linux-sandbox``, a ``bwrap:`` failure, a "sandbox error" or a missing bubblewrap.
+Inside the orchestrator's sandbox codex's is off (``effective_sandbox``), so none of this
+happens there: a command's own output is never read for these words.
 """
 
 from __future__ import annotations
@@ -56,6 +73,16 @@ __all__ = ["codex_config_toml", "codex_cost_usd", "parse_codex", "plan_codex"]
 
 PROVIDER = "orchestrator"
 UNREACHABLE_HINT = "Reconnecting"
+NO_SANDBOX = "danger-full-access"
+# Codex's own words when its sandbox cannot run a command (0.169.0): the startup warning
+# is read only while its sandbox is on (it is harmless without one); the rest always.
+HELPERS_REFUSED = "could not create PATH aliases"
+SANDBOX_FAILURES = (
+    "codex-linux-sandbox",
+    "bwrap: ",
+    "sandbox error",
+    "bubblewrap is unavailable",
+)
 
 
 def _toml_str(value: str) -> str:
@@ -66,9 +93,10 @@ def _toml_str(value: str) -> str:
 
 def effective_sandbox(st: Settings) -> str:
     """Codex's own sandbox mode. Inside ours it is switched off: our bubblewrap already
-    confines the job, and Codex's bubblewrap cannot start nested inside it (every command
-    would fail with "bwrap: execvp codex-linux-sandbox", blamed on the code)."""
-    return "danger-full-access" if st.sandbox else st.codex_sandbox
+    confines the job, and Codex's own, a second bubblewrap inside it, fails wherever its
+    helper cannot be linked (a job home under the temporary directory) or user namespaces
+    do not nest: every command then fails with "bwrap: execvp codex-linux-sandbox"."""
+    return NO_SANDBOX if st.sandbox else st.codex_sandbox
 
 
 def codex_config_toml(req: PlanRequest) -> str:
@@ -124,14 +152,60 @@ def codex_cost_usd(
     return (tokens_in * price_in_per_mtok + tokens_out * price_out_per_mtok) / 1_000_000
 
 
+def sandbox_failure(output: str, sandbox_mode: str) -> str | None:
+    """The first line of codex's own output saying a sandbox could not run its commands, or
+    None. Read: its stderr (lines that are not JSON), ``error`` events and ``error`` items;
+    never a command's output, which may quote any of these words (a repo about sandboxes)."""
+    own_sandbox = sandbox_mode != NO_SANDBOX
+    for line in output.splitlines():
+        said = line.strip()
+        if said.startswith("{"):
+            said = _error_message(said)
+        if own_sandbox and HELPERS_REFUSED in said:
+            return said
+        if any(sign in said for sign in SANDBOX_FAILURES):
+            return said
+    return None
+
+
+def _sandbox_reasons(line: str | None, sandbox_mode: str) -> list[str]:
+    if line is None:
+        return []
+    if sandbox_mode == NO_SANDBOX:
+        return [
+            f"codex: a sandbox could not start: {snippet(line)}",
+            "the agent's commands could not run; not the code's fault",
+        ]
+    return [
+        f"codex: its own sandbox could not start (sandbox_mode {sandbox_mode}): {snippet(line)}",
+        "every command and apply_patch of the agent fails there, not the code's fault: run "
+        "codex inside the orchestrator's sandbox (ORCH_SANDBOX=on switches codex's own off), "
+        "keep ORCH_HOME out of the temporary directory ($TMPDIR, /tmp), or set "
+        "ORCH_CODEX_SANDBOX=danger-full-access",
+    ]
+
+
+def _error_message(line: str) -> str:
+    """The message of an ``error`` event or item on this JSONL line, else ""."""
+    for event in json_objects(line):
+        item = event.get("item")
+        if event.get("type") == "error":
+            return str(event.get("message") or "")
+        if isinstance(item, dict) and item.get("type") == "error":
+            return str(item.get("message") or "")
+    return ""
+
+
 def parse_codex(
     outcome: Outcome,
     output: str,
     *,
     price_in_per_mtok: float,
     price_out_per_mtok: float,
+    sandbox_mode: str = NO_SANDBOX,
 ) -> LlmResult:
-    """Codex's outcome, tokens and computed cost from how it ended and its JSONL events."""
+    """Codex's outcome, tokens and computed cost from how it ended and its JSONL events
+    (``sandbox_mode``: codex's own, as its config said)."""
     completed = 0
     failures: list[str] = []
     errors: list[str] = []
@@ -163,6 +237,7 @@ def parse_codex(
     def done(kind: OutcomeKind, *reasons: str) -> LlmResult:
         return LlmResult(kind, list(reasons), cost, t_in, t_out)
 
+    sandbox_reasons = _sandbox_reasons(sandbox_failure(output, sandbox_mode), sandbox_mode)
     killed = tool_error_of(outcome, "codex")
     if killed is not None:
         hints = []
@@ -171,7 +246,9 @@ def parse_codex(
                 f"codex could not reach the model server: {snippet(errors[-1], 160)} "
                 "(it retries forever)"
             )
-        return done(killed.outcome, *killed.reasons, *hints)
+        return done(killed.outcome, *killed.reasons, *hints, *sandbox_reasons)
+    if sandbox_reasons:
+        return done(OutcomeKind.CRASHED, *sandbox_reasons)
     code = outcome.exit_code
     if failures:
         return done(

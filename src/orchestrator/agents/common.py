@@ -85,6 +85,11 @@ class LlmResult:
     cost_usd: float | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
+    # ``completed``, but the CLI stopped the agent at a limit of its own (its turns, its
+    # budget) before the agent was done: the tool worked and the attempt FAILED, whatever
+    # its artifact says. Not a tool error: running the same prompt again would hit the
+    # same limit, so the failure and its reasons go to the next attempt's prompt instead.
+    cut_short: bool = False
 
 
 def tool_error_of(outcome: Outcome, backend: str) -> LlmResult | None:

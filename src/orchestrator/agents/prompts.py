@@ -11,10 +11,17 @@ template error raises ``PromptError`` with the template named, so the job ends
 ``not-started`` with that reason and no half prompt is ever sent. Templates run in Jinja2's
 sandbox: an override comes from the repository (an agent could have written it on an
 earlier attempt), so it must not reach Python internals.
+
+Text that is not ours (the task as filed, a failing report an agent may have written) is
+data, never instructions: ``task_md`` and ``previous_failure`` reach every template, the
+repo's overrides too, already inside a fence that nothing in them can close
+(``fence_text``), so an open fence in a body cannot swallow the instructions after it, and
+headings it mimics stay quoted.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -32,6 +39,7 @@ __all__ = [
     "OVERRIDE_DIR",
     "ROLES",
     "PromptError",
+    "fence_text",
     "key_docs",
     "render_prompt",
     "template_source",
@@ -122,6 +130,23 @@ def _environment() -> SandboxedEnvironment:
     )
 
 
+_BACKTICK_RUN_RE = re.compile(r"`+")
+
+
+def fence_text(text: str) -> str:
+    """``text`` as one fenced code block that no line of it can close.
+
+    A backtick fence closes only at a line of at least as many backticks (CommonMark), so a
+    fence one longer than the longest run of backticks anywhere in ``text`` (three at least)
+    holds all of it: an open fence, a line of ten backticks, ``~~~``. Every line break
+    becomes a LF: a lone CR or U+2028 ends a line for some readers and not for others, and
+    the text must be the same lines to all of them.
+    """
+    longest = max((len(run) for run in _BACKTICK_RUN_RE.findall(text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return "\n".join([f"{ticks}text", *text.splitlines(), ticks])
+
+
 def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -144,13 +169,13 @@ def render_prompt(
         "role": role,
         "stage": stage.value,
         "task_key": task_key,
-        "task_md": task_md.strip(),
+        "task_md": fence_text(task_md.strip()),
         "artifact": artifact,
         "artifact_dir": str(artifact_dir),
         "artifact_path": str(artifact_dir / artifact),
         "keys": key_docs(artifact),
         "worktree": str(worktree) if worktree is not None else "",
-        "previous_failure": _cut(previous_failure.strip(), MAX_FAILURE_CHARS)
+        "previous_failure": fence_text(_cut(previous_failure.strip(), MAX_FAILURE_CHARS))
         if previous_failure
         else "",
     }

@@ -1,13 +1,14 @@
 """The FastAPI app: ``create_app(settings, engine)``, and ``Api``, what its routes share.
 
 The JSON routes are in ``routes``, ``/metrics`` in ``metrics``, the dashboard in
-``dashboard``; errors (always JSON ``{"error": message}``) in ``errors``. When
-``ORCH_API_TOKEN`` is set every mutation needs ``Authorization: Bearer <token>``.
+``dashboard``; errors (always JSON ``{"error": message}``) in ``errors``. Every request
+passes ``guard`` first: the Host allowlist, and for every mutation the same-origin check
+and ``Authorization: Bearer <token>`` (``token``: ORCH_API_TOKEN or ``<home>/api-token``),
+and the body cap.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -26,7 +27,9 @@ from fastapi.staticfiles import StaticFiles
 from orchestrator import __version__, taskdir
 from orchestrator.api import reads
 from orchestrator.api.errors import ApiError, install_error_handlers
+from orchestrator.api.guard import Guard, Policy, allowed_hosts
 from orchestrator.api.snapshot import Refreshing
+from orchestrator.api.token import ApiToken, load_token
 from orchestrator.config import Settings
 from orchestrator.store import queries, reader
 from orchestrator.store.queries import JobRow, TaskRow
@@ -38,8 +41,16 @@ STATIC_DIR = PACKAGE_DIR / "static"
 
 _bearer = HTTPBearer(
     auto_error=False,
-    description="`ORCH_API_TOKEN`. Needed for every mutation when the token is set.",
+    description="`ORCH_API_TOKEN`, else the token in `<ORCH_HOME>/api-token`. Needed for "
+    "every mutation.",
 )
+
+
+def _bearer_in_schema(
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Names the bearer scheme in ``/openapi.json``; the guard checked the token already,
+    before the body was read, and is the one place that decides."""
 
 
 class Api:
@@ -52,9 +63,12 @@ class Api:
         *,
         scheduler: bool,
         wake: Callable[[], None] | None,
+        token: ApiToken | None,
     ) -> None:
         self.settings = settings
         self.engine = engine
+        # None: `orch serve --insecure-no-token`.
+        self.token = token
         self.reader = reader(engine)
         self.scheduler = scheduler
         self.wake = wake or (lambda: None)
@@ -68,26 +82,10 @@ class Api:
             return reads.aggregates(conn, self.settings, time.time())
 
     def mutation_dependencies(self) -> list[Any]:
-        """What every mutation depends on: the bearer token, when one is configured.
-
-        Without a token there is no dependency at all, so ``/openapi.json`` does not claim
-        an authentication the server does not ask for.
+        """What every mutation declares: the bearer scheme, unless the server runs without
+        a token, so ``/openapi.json`` claims no authentication the server does not ask for.
         """
-        return [Depends(self.check_token)] if self.settings.api_token else []
-
-    def check_token(
-        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-    ) -> None:
-        """Refuse a mutation without the configured bearer token."""
-        token = self.settings.api_token
-        given = credentials.credentials if credentials is not None else ""
-        # Constant-time: how much of a guess was right must not show in the timing.
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(
-                401,
-                "this needs Authorization: Bearer <ORCH_API_TOKEN>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        return [Depends(_bearer_in_schema)] if self.token is not None else []
 
     def task(self, conn: sa.Connection, key: str) -> TaskRow:
         """The task, or 404 (a malformed key is no task either)."""
@@ -112,9 +110,16 @@ def create_app(
     *,
     scheduler: bool = False,
     wake: Callable[[], None] | None = None,
+    insecure_no_token: bool = False,
 ) -> FastAPI:
-    """The API and the dashboard on ``engine``; ``wake`` nudges a worker after a mutation."""
-    api = Api(settings, engine, scheduler=scheduler, wake=wake)
+    """The API and the dashboard on ``engine``; ``wake`` nudges a worker after a mutation.
+
+    Closed by default: mutations need the token (``ORCH_API_TOKEN``, else the file in the
+    home, made now when missing). ``insecure_no_token`` drops that one check; the Host
+    allowlist, the same-origin check and the body cap stay.
+    """
+    token = None if insecure_no_token else load_token(settings)
+    api = Api(settings, engine, scheduler=scheduler, wake=wake, token=token)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -126,7 +131,10 @@ def create_app(
         version=__version__,
         description=(
             "Tasks from ticket to merged, deployed and watched. Mutations need "
-            "`Authorization: Bearer <ORCH_API_TOKEN>` when the token is set. "
+            "`Authorization: Bearer <token>` (`ORCH_API_TOKEN`, else the token in "
+            "`<ORCH_HOME>/api-token`) and, from a browser, this server's own origin. "
+            "A Host other than 127.0.0.1, localhost, ::1 and `ORCH_API_ALLOWED_HOSTS` is "
+            "answered 421; a body over `ORCH_API_MAX_BODY_BYTES`, 413. "
             'Errors are `{"error": message}`.'
         ),
         docs_url=None,
@@ -155,4 +163,12 @@ def create_app(
 
     for router in routers:
         app.include_router(router)
+    policy = Policy(
+        allowed_hosts=allowed_hosts(settings),
+        token=token.value if token is not None else None,
+        max_body_bytes=settings.api_max_body_bytes,
+        token_source=token.where if token is not None else "",
+    )
+    # Inside the error handlers, outside the routes: it answers before a route reads a body.
+    app.add_middleware(Guard, policy=policy)
     return app

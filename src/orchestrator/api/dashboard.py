@@ -8,6 +8,7 @@ way. The dashboard only reads: every change goes through the API's mutations.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
-from orchestrator import taskdir
+from orchestrator import money, taskdir
 from orchestrator.api import files, reads
 from orchestrator.api import models as M
 from orchestrator.domain import artifacts as A
@@ -82,6 +83,12 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["duration"] = duration
     env.filters["clock"] = clock
+    # Money and tokens read as in the CLI: one formatter (``money``), small budgets legible.
+    env.filters["usd"] = money.usd
+    env.filters["tokens"] = money.tokens
+    env.globals["tokens_in_out"] = money.tokens_in_out
+    env.filters["usd_of"] = money.usd_of
+    env.tests["budget_reached"] = money.budget_reached
     return env
 
 
@@ -206,14 +213,17 @@ class ArtifactView:
     problem: str | None = None
 
 
-def artifact_views(api: Api, key: str, names: list[str]) -> list[ArtifactView]:
+def artifact_views(
+    api: Api, key: str, names: list[str], foreign: Sequence[str] = ()
+) -> list[ArtifactView]:
     """Each artifact's keys and text, read through the same checks as the API.
 
     The keys shown are the ones the gate reads: none, and the gate's reason instead, for an
-    artifact the gate refuses, so the page never shows a PASS the gate did not see.
+    artifact the gate refuses, so the page never shows a PASS the gate did not see. Files
+    no job of this pipeline recorded (``foreign``) are named, with neither keys nor text.
     """
     folder = taskdir.task_dir(api.settings.tasks_dir, key)
-    out = []
+    out = [ArtifactView(name, [], "", taskdir.NOT_OURS) for name in foreign]
     for name in names:
         got = taskdir.load_artifact(folder, name)
         if got.problem is None:
@@ -241,10 +251,12 @@ def dashboard_router(api: Api) -> APIRouter:
 
     def board_ctx() -> dict[str, Any]:
         now = time.time()
+        totals = api.totals.get()
         with api.reader.connect() as conn:
             return {
                 "columns": board_columns(conn, now),
-                "queue": reads.queue(conn, now=now, limit=20, totals=api.totals.get()),
+                "queue": reads.queue(conn, now=now, limit=20, totals=totals),
+                "spend": totals.value.spend,
                 "alerts": reads.list_alerts(conn, 10),
                 "switches": reads.kill_switches(conn, api.settings),
             }
@@ -282,7 +294,9 @@ def dashboard_router(api: Api) -> APIRouter:
         ctx = task_ctx(key, job)
         if ctx is None:
             return not_found(key)
-        ctx["artifacts"] = artifact_views(api, key, ctx["task"].artifacts)
+        ctx["artifacts"] = artifact_views(
+            api, key, ctx["task"].artifacts, ctx["task"].not_written_by_pipeline
+        )
         return page("task.html", **ctx)
 
     @router.get("/ui/tasks/{key}/summary", response_class=HTMLResponse)
@@ -297,7 +311,9 @@ def dashboard_router(api: Api) -> APIRouter:
         ctx = task_ctx(key, None, log=False)
         if ctx is None:
             return not_found(key)
-        ctx["artifacts"] = artifact_views(api, key, ctx["task"].artifacts)
+        ctx["artifacts"] = artifact_views(
+            api, key, ctx["task"].artifacts, ctx["task"].not_written_by_pipeline
+        )
         return page("_task_artifacts.html", **ctx)
 
     @router.get("/ui/tasks/{key}/log", response_class=HTMLResponse)

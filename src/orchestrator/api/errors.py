@@ -84,8 +84,10 @@ def install_error_handlers(app: FastAPI, routers: list[APIRouter]) -> None:
 _ERROR_TEXT = {
     400: "Bad request",
     401: "The bearer token is missing or wrong",
+    403: "A browser's request from another origin (Origin, Sec-Fetch-Site)",
     404: "No such task, job, artifact or log",
     409: "The task is not in a state that allows this",
+    413: "The body is larger than ORCH_API_MAX_BODY_BYTES",
     422: "The request does not validate",
     503: "The database is unavailable",
 }

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from orchestrator import __version__
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
-from orchestrator.store import control, counters, merges
+from orchestrator.store import control, counters, merges, spend
 from orchestrator.store.schema import alerts, jobs, tasks, transitions, workers
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ class DatabaseCollector(Collector):
             tokens.add_metric([agent, "out"], int(tout))
         yield cost
         yield tokens
+        yield from self._budgets(conn)
 
         alert_family = CounterMetricFamily(
             "orch_alerts",
@@ -167,6 +168,30 @@ class DatabaseCollector(Collector):
             .where(workers.c.heartbeat_at >= time.time() - st.job_lease_s)
         ).scalar_one()
         yield GaugeMetricFamily("orch_workers", "Workers with a heartbeat within a lease.", live)
+
+    def _budgets(self, conn: sa.Connection) -> Iterator[Metric]:
+        """The spend the LLM budgets count, beside the budgets (0: no limit)."""
+        st = self.api.settings
+        yield GaugeMetricFamily(
+            "orch_llm_spend_last_24h_usd",
+            "LLM spend of jobs that finished in the last 24 hours (what the day budget counts).",
+            spend.day_spend_usd(conn, since=time.time() - spend.DAY_S),
+        )
+        budgets = GaugeMetricFamily(
+            "orch_llm_budget_usd", "LLM budgets in force, USD (0: no limit).", labels=["scope"]
+        )
+        budgets.add_metric(["day"], st.llm_budget_per_day_usd)
+        budgets.add_metric(["task"], st.llm_budget_per_task_usd)
+        yield budgets
+        by_task = GaugeMetricFamily(
+            "orch_llm_task_spend_usd",
+            f"LLM spend of the live tasks that spent most (at most {spend.TOP_TASKS}), "
+            "all their jobs (what the task budget counts).",
+            labels=["task"],
+        )
+        for t in spend.top_live_task_spend(conn):
+            by_task.add_metric([t.key], t.spend.cost_usd)
+        yield by_task
 
     def _runners(self, conn: sa.Connection) -> Iterator[Metric]:
         """The deterministic runners' own verdicts, told apart from what is not theirs."""
@@ -245,7 +270,8 @@ def metrics_router(api: Api) -> APIRouter:
         tags=["status"],
     )
     def metrics() -> Response:
-        """Prometheus metrics: jobs, transitions, queue depth, durations, LLM cost, alerts."""
+        """Prometheus metrics: jobs, transitions, queue depth, durations, LLM cost and
+        budgets, alerts."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

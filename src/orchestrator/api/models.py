@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.store.spend import TOP_TASKS
+
 SettingValue = str | int | float | bool | None
 
 # Some character that is not whitespace (a blank patch is no patch).
@@ -75,15 +77,39 @@ class TaskCounts(_Out):
     by_stage_state: list[StageStateCount]
 
 
+class TaskSpendOut(_Out):
+    """A live task and what its jobs cost so far (what its per-task budget counts)."""
+
+    key: str
+    state: str
+    cost_usd: float
+    tokens_in: int
+    tokens_out: int
+
+
 class LlmSpend(_Out):
     """What LLM jobs cost: the sum of ``jobs.cost_usd`` (0 when none reported any)."""
 
     as_of: float = Field(description="When it was summed (refreshed every few seconds).")
     total_usd: float
-    last_24h_usd: float
+    last_24h_usd: float = Field(
+        description="Jobs that finished in the last 24 hours: what the day budget counts."
+    )
+    last_24h_tokens_in: int
+    last_24h_tokens_out: int
+    day_budget_usd: float | None = Field(
+        description="`ORCH_LLM_BUDGET_PER_DAY_USD`; null when it is 0 (no limit)."
+    )
+    task_budget_usd: float | None = Field(
+        description="`ORCH_LLM_BUDGET_PER_TASK_USD`; null when it is 0 (no limit)."
+    )
     tokens_in: int
     tokens_out: int
     jobs_with_cost: int
+    top_tasks: list[TaskSpendOut] = Field(
+        description=f"The live tasks that spent most, most first (at most {TOP_TASKS}; "
+        "none that spent nothing), each against `task_budget_usd`."
+    )
 
 
 class WorkerOut(_Out):
@@ -328,7 +354,21 @@ class JobOut(_Out):
     log_path: str | None
     started_at: float | None
     finished_at: float | None
-    cost_usd: float | None
+    cost_usd: float | None = Field(description="What the job cost; null: it reported none.")
+    tokens_in: int | None
+    tokens_out: int | None
+
+
+class SpendOut(_Out):
+    """What a task's jobs cost so far, against its budget."""
+
+    cost_usd: float = Field(description="The sum of its jobs' cost (none reported: 0).")
+    tokens_in: int
+    tokens_out: int
+    jobs_with_cost: int
+    budget_usd: float | None = Field(
+        description="`ORCH_LLM_BUDGET_PER_TASK_USD`; null when it is 0 (no limit)."
+    )
 
 
 class TaskDetailOut(TaskOut):
@@ -336,9 +376,13 @@ class TaskDetailOut(TaskOut):
 
     body: str
     folder: str
+    # The artifacts a job of this pipeline recorded exactly as they are; the others in the
+    # folder (forged, or left by hand) are listed apart and never read by a gate.
     artifacts: list[str]
+    not_written_by_pipeline: list[str] = []
     history: list[TransitionOut]
     jobs: list[JobOut]
+    spend: SpendOut
     after: list[DependencyOut] = Field(
         description="The tasks that must be done (their change on main) before it starts."
     )

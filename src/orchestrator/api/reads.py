@@ -14,20 +14,19 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from orchestrator import __version__, ops, taskdir
+from orchestrator import __version__, money, ops, taskdir
 from orchestrator.api import models as M
 from orchestrator.api.snapshot import Snapshot
 from orchestrator.config import Settings
 from orchestrator.engine.worker import SERIAL_HOLD_STAGES
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.sandbox import sandbox_state
-from orchestrator.store import control, counters, merges, queries
+from orchestrator.store import control, counters, merges, queries, spend
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import AlertRow, JobRow, TaskRow, TransitionRow
 from orchestrator.store.schema import alerts, jobs, repos, tasks
 
 LIVE_STATES = ("active", "deferred", "blocked")
-DAY_S = 86_400.0
 
 # Settings whose values are secrets, or may hold one (a webhook URL carries its token in
 # the path). Any future setting named like a secret is masked too.
@@ -86,6 +85,8 @@ def job_out(j: JobRow) -> M.JobOut:
         started_at=j.started_at,
         finished_at=j.finished_at,
         cost_usd=j.cost_usd,
+        tokens_in=j.tokens_in,
+        tokens_out=j.tokens_out,
     )
 
 
@@ -192,28 +193,34 @@ def task_counts(conn: sa.Connection) -> M.TaskCounts:
     )
 
 
-def llm_spend(conn: sa.Connection, now: float) -> M.LlmSpend:
-    """The sum of ``jobs.cost_usd`` and tokens; jobs that reported no cost count as 0."""
-    total = conn.execute(
-        sa.select(
-            sa.func.coalesce(sa.func.sum(jobs.c.cost_usd), 0.0),
-            sa.func.coalesce(sa.func.sum(jobs.c.tokens_in), 0),
-            sa.func.coalesce(sa.func.sum(jobs.c.tokens_out), 0),
-            sa.func.count(jobs.c.cost_usd),
-        )
-    ).one()
-    day = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(jobs.c.cost_usd), 0.0)).where(
-            jobs.c.finished_at >= now - DAY_S
-        )
-    ).scalar_one()
+def llm_spend(conn: sa.Connection, st: Settings, now: float) -> M.LlmSpend:
+    """The sum of ``jobs.cost_usd`` and tokens, the last 24 hours' as the day budget counts
+    it, the budgets, and the live tasks that spent most; no reported cost counts as 0."""
+    total = spend.total_spend(conn)
+    day = spend.day_spend(conn, since=now - spend.DAY_S)
     return M.LlmSpend(
         as_of=now,
-        total_usd=float(total[0]),
-        last_24h_usd=float(day),
-        tokens_in=int(total[1]),
-        tokens_out=int(total[2]),
-        jobs_with_cost=int(total[3]),
+        total_usd=total.cost_usd,
+        last_24h_usd=day.cost_usd,
+        last_24h_tokens_in=day.tokens_in,
+        last_24h_tokens_out=day.tokens_out,
+        day_budget_usd=money.budget_or_none(st.llm_budget_per_day_usd),
+        task_budget_usd=money.budget_or_none(st.llm_budget_per_task_usd),
+        tokens_in=total.tokens_in,
+        tokens_out=total.tokens_out,
+        jobs_with_cost=total.jobs_with_cost,
+        top_tasks=[task_spend_out(t) for t in spend.top_live_task_spend(conn)],
+    )
+
+
+def task_spend_out(t: spend.TaskSpend) -> M.TaskSpendOut:
+    """A task's spend as ``/status`` lists it."""
+    return M.TaskSpendOut(
+        key=t.key,
+        state=t.state,
+        cost_usd=t.spend.cost_usd,
+        tokens_in=t.spend.tokens_in,
+        tokens_out=t.spend.tokens_out,
     )
 
 
@@ -245,7 +252,9 @@ class Aggregates:
 
 def aggregates(conn: sa.Connection, st: Settings, now: float) -> Aggregates:
     """The runner and merge counters and the LLM spend, computed now."""
-    return Aggregates(runner_counters(conn, st), merges.merge_counters(conn), llm_spend(conn, now))
+    return Aggregates(
+        runner_counters(conn, st), merges.merge_counters(conn), llm_spend(conn, st, now)
+    )
 
 
 def status(
@@ -545,16 +554,31 @@ def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> M.TaskDetai
     folder = taskdir.task_dir(st.tasks_dir, task.key)
     summary = task_out(task, repo.name if repo else "?")
     waiting = ops.task_waiting_on(conn, task)
+    ours, foreign = taskdir.split_artifacts(folder, jobq.recorded_artifacts(conn, task.id))
     return M.TaskDetailOut(
         **summary.model_dump(),
         body=task.body,
         folder=str(folder),
-        artifacts=taskdir.list_artifacts(folder),
+        artifacts=ours,
+        not_written_by_pipeline=foreign,
         history=[transition_out(h) for h in queries.list_transitions(conn, task.id)],
         jobs=[job_out(j) for j in queries.list_jobs(conn, task_id=task.id)],
+        spend=task_spend_detail(conn, st, task.id),
         after=[M.DependencyOut(key=d.key, state=d.state) for d in queries.deps_of(conn, task.id)],
         waiting_on=[M.DependencyOut(key=d.key, state=d.state) for d in waiting],
         waiting=ops.waiting_text(waiting),
+    )
+
+
+def task_spend_detail(conn: sa.Connection, st: Settings, task_id: int) -> M.SpendOut:
+    """What the task's jobs cost so far, against the per-task budget."""
+    got = spend.task_spend(conn, task_id)
+    return M.SpendOut(
+        cost_usd=got.cost_usd,
+        tokens_in=got.tokens_in,
+        tokens_out=got.tokens_out,
+        jobs_with_cost=got.jobs_with_cost,
+        budget_usd=money.budget_or_none(st.llm_budget_per_task_usd),
     )
 
 

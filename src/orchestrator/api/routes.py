@@ -109,7 +109,7 @@ def json_router(api: Api) -> APIRouter:
         "/tasks",
         status_code=201,
         response_model=M.NewTaskOut,
-        responses=responses(401, 404, 422),
+        responses=responses(401, 403, 404, 413, 422),
         dependencies=mutation,
         tags=["tasks"],
     )
@@ -248,7 +248,7 @@ def json_router(api: Api) -> APIRouter:
             repo = queries.get_repo_by_id(conn, task.repo_id)
         return reads.task_out(task, repo.name if repo else "?")
 
-    action_responses = responses(401, 404, 409, 422)
+    action_responses = responses(401, 403, 404, 409, 413, 422)
 
     @router.post(
         "/tasks/{key}/cancel",
@@ -315,7 +315,7 @@ def json_router(api: Api) -> APIRouter:
     @router.post(
         "/pause",
         response_model=M.PausedOut,
-        responses=responses(401),
+        responses=responses(401, 403, 413),
         dependencies=mutation,
         tags=["control"],
     )
@@ -326,7 +326,7 @@ def json_router(api: Api) -> APIRouter:
     @router.post(
         "/resume",
         response_model=M.PausedOut,
-        responses=responses(401),
+        responses=responses(401, 403, 413),
         dependencies=mutation,
         tags=["control"],
     )

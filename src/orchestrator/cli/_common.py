@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from orchestrator import money
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.errors import OrchestratorError, UsageError
@@ -144,6 +145,13 @@ def ago(ts: float | None, now: float) -> str:
     if s < 86400:
         return f"{s // 3600}h ago"
     return f"{s // 86400}d ago"
+
+
+def spent_of(spent_usd: float, budget_usd: float | None) -> Text:
+    """``$0.0004 of $0.001 (40%)``, in red once the budget is reached (the next LLM job of
+    what it counts would be refused)."""
+    reached = money.budget_reached(spent_usd, budget_usd)
+    return Text(money.usd_of(spent_usd, budget_usd), style="red" if reached else "")
 
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from orchestrator import __version__
-from orchestrator.cli._common import console, plain, print_json, run, settings
+from orchestrator import __version__, money
+from orchestrator.cli._common import console, plain, print_json, run, settings, spent_of
 from orchestrator.config import render_configuration_md, render_env_example
-from orchestrator.store import queries
+from orchestrator.store import queries, spend
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 config_app = typer.Typer(help="Render configuration files from the settings.", no_args_is_help=True)
@@ -19,14 +21,21 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def init(as_json: JsonFlag = False) -> None:
-    """Create the state directory and the database (idempotent)."""
+    """Create the state directory, the database and the API token (idempotent)."""
+    from orchestrator.api.token import load_token
     from orchestrator.ops import open_engine
 
     def go() -> dict[str, str]:
         st = settings()
         open_engine(st).dispose()
         st.tasks_dir.mkdir(parents=True, exist_ok=True)
-        return {"home": str(st.home), "database": _masked_url(st.effective_database_url)}
+        token = load_token(st)
+        return {
+            "home": str(st.home),
+            "database": _masked_url(st.effective_database_url),
+            # Where the token is, never the token.
+            "api_token": token.source,
+        }
 
     info = run(go)
     if as_json:
@@ -34,6 +43,9 @@ def init(as_json: JsonFlag = False) -> None:
         return
     console.print(f"orchestrator home: {info['home']}")
     console.print(f"database: {info['database']}")
+    console.print(
+        plain(f"api token: {info['api_token']} (`orch serve` asks for it on every change)")
+    )
     console.print("next: `orch repo add NAME PATH`")
 
 
@@ -54,6 +66,8 @@ def status(as_json: JsonFlag = False) -> None:
             counts = queries.count_tasks_by(conn)
             repos = [r.name for r in queries.list_repos(conn)]
             alerts = len(queries.list_alerts(conn, limit=1000, open_only=True))
+            day = spend.day_spend(conn, since=time.time() - spend.DAY_S)
+            top = spend.top_live_task_spend(conn)
         return {
             "version": __version__,
             "home": str(st.home),
@@ -66,6 +80,24 @@ def status(as_json: JsonFlag = False) -> None:
             ],
             "alerts": alerts,
             "sandbox": dict(zip(("state", "detail"), sandbox_state(st), strict=True)),
+            # Keys as in `GET /status`'s llm_spend.
+            "llm_spend": {
+                "last_24h_usd": day.cost_usd,
+                "last_24h_tokens_in": day.tokens_in,
+                "last_24h_tokens_out": day.tokens_out,
+                "day_budget_usd": money.budget_or_none(st.llm_budget_per_day_usd),
+                "task_budget_usd": money.budget_or_none(st.llm_budget_per_task_usd),
+                "top_tasks": [
+                    {
+                        "key": t.key,
+                        "state": t.state,
+                        "cost_usd": t.spend.cost_usd,
+                        "tokens_in": t.spend.tokens_in,
+                        "tokens_out": t.spend.tokens_out,
+                    }
+                    for t in top
+                ],
+            },
         }
 
     data = run(load)
@@ -80,10 +112,37 @@ def status(as_json: JsonFlag = False) -> None:
     box = data["sandbox"]
     if box["state"] != "on":
         console.print(f"[red]sandbox {box['state']}[/red]: {plain(box['detail'])}")
+    for line in spend_lines(data["llm_spend"]):
+        console.print(line, highlight=False, soft_wrap=True)
     table = Table("stage", "state", "tasks")
     for row in data["tasks"]:
         table.add_row(row["stage"], row["state"], str(row["count"]))
     console.print(table if data["tasks"] else "no tasks yet")
+
+
+def spend_lines(got: dict[str, Any]) -> list[Text]:
+    """The day's LLM spend against its budget, then the live tasks that spent most."""
+    lines = [
+        Text.assemble(
+            "LLM spend, last 24 h: ",
+            spent_of(got["last_24h_usd"], got["day_budget_usd"]),
+            f", tokens {money.tokens(got['last_24h_tokens_in'])} in / "
+            f"{money.tokens(got['last_24h_tokens_out'])} out",
+        )
+    ]
+    if got["top_tasks"]:
+        line = Text("live tasks by spend: ")
+        for n, t in enumerate(got["top_tasks"]):
+            line.append_text(
+                Text.assemble(
+                    ", " if n else "",
+                    t["key"],
+                    " ",
+                    spent_of(t["cost_usd"], got["task_budget_usd"]),
+                )
+            )
+        lines.append(line)
+    return lines
 
 
 @db_app.command("upgrade")

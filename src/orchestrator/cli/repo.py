@@ -11,6 +11,7 @@ from rich.text import Text
 
 from orchestrator.cli._common import console, engine, plain, print_json, run
 from orchestrator.ops import RepoInput, add_repo, require_repo, set_repo
+from orchestrator.runners import protected
 from orchestrator.store import queries
 from orchestrator.store.queries import RepoRow
 
@@ -63,6 +64,14 @@ SandboxRwOpt = Annotated[
         help="A path agents and suites may write in the sandbox (repeatable; '' clears).",
     ),
 ]
+ProtectedOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--protected-paths",
+        help="Globs a task may not change without `orch task approve` (repeatable or a "
+        "comma list; '' restores the defaults: tests, conftest.py, pytest/coverage config, CI).",
+    ),
+]
 KeepOpt = Annotated[
     bool | None,
     typer.Option(
@@ -98,6 +107,7 @@ def _repo_dict(r: RepoRow) -> dict[str, object]:
         "keep_branches": _option(r, "keep_branches", False),
         "sandbox_ro": _option(r, "sandbox_ro", []),
         "sandbox_rw": _option(r, "sandbox_rw", []),
+        "protected_paths": list(protected.globs_of(r.options)[0]),
         "main_seen": r.main_seen,
     }
 
@@ -115,7 +125,9 @@ def _shown(key: str, value: object) -> object:
             f"{m.get('task')}:{m.get('symbol')}:{m.get('path')}" if isinstance(m, dict) else str(m)
             for m in value
         )
-    if key in ("smoke_urls", "sandbox_ro", "sandbox_rw") and isinstance(value, list):
+    if key in ("smoke_urls", "sandbox_ro", "sandbox_rw", "protected_paths") and isinstance(
+        value, list
+    ):
         return ", ".join(str(u) for u in value)
     return value
 
@@ -138,6 +150,7 @@ def add(
     keep_branches: KeepOpt = None,
     sandbox_ro: SandboxRoOpt = None,
     sandbox_rw: SandboxRwOpt = None,
+    protected_paths: ProtectedOpt = None,
     prefix: Annotated[str | None, typer.Option(help="Task key prefix (default from name).")] = None,
     self_hosting: Annotated[
         bool, typer.Option("--self-hosting", help="This is the orchestrator's own repo.")
@@ -162,6 +175,7 @@ def add(
         keep_branches=keep_branches,
         sandbox_ro=sandbox_ro,
         sandbox_rw=sandbox_rw,
+        protected_paths=protected_paths,
     )
     repo = run(lambda: add_repo(engine(), name, path, spec))
     if as_json:
@@ -195,6 +209,7 @@ def set_(
     keep_branches: KeepOpt = None,
     sandbox_ro: SandboxRoOpt = None,
     sandbox_rw: SandboxRwOpt = None,
+    protected_paths: ProtectedOpt = None,
     self_hosting: Annotated[
         bool | None, typer.Option("--self-hosting/--not-self-hosting", help="Self-hosting.")
     ] = None,
@@ -224,6 +239,7 @@ def set_(
         keep_branches=keep_branches,
         sandbox_ro=sandbox_ro,
         sandbox_rw=sandbox_rw,
+        protected_paths=protected_paths,
         trust_main=trust_main,
     )
     repo = run(lambda: set_repo(engine(), name, spec))

@@ -3,6 +3,9 @@
 uvicorn serves the app in the main thread; a ``Worker`` runs the scheduler loop in a thread
 of its own. SIGTERM or SIGINT stops both: the server finishes its open requests, the worker
 re-queues its running jobs (or, with ``--drain``, waits for them), then the process exits 0.
+
+Mutations need the API token (``ORCH_API_TOKEN``, else ``<home>/api-token``, made here when
+missing); ``--insecure-no-token`` serves without one, on loopback only, warning each start.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli._common import EXIT_FAILURE, fail, run, settings
+from orchestrator.cli._common import EXIT_FAILURE, EXIT_USAGE, fail, run, settings
 from orchestrator.config import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,7 @@ def serve(
         typer.Option(
             "--host",
             help="Address to bind (default ORCH_API_HOST, 127.0.0.1). Beyond loopback needs "
-            "ORCH_API_TOKEN.",
+            "ORCH_API_TOKEN, and ORCH_API_ALLOWED_HOSTS for the names clients use.",
         ),
     ] = None,
     port: Annotated[
@@ -81,21 +84,53 @@ def serve(
         bool, typer.Option("--drain", help="On SIGTERM wait for running jobs.")
     ] = False,
     log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
+    insecure_no_token: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-token",
+            help="Take mutations without the API token (loopback only; any local process "
+            "can then change tasks). Host and origin checks stay.",
+        ),
+    ] = False,
 ) -> None:
     """Run the API, the dashboard and the scheduler in one process (127.0.0.1 by default)."""
     import uvicorn
 
     from orchestrator.api import create_app
+    from orchestrator.api.guard import LOOPBACK_NAMES
     from orchestrator.engine.worker import Worker
     from orchestrator.logs import configure
     from orchestrator.ops import open_engine
 
     configure(log_format)
+
+    def refuse_beyond_loopback(address: str) -> None:
+        if insecure_no_token and address not in LOOPBACK_NAMES:
+            fail(
+                f"--insecure-no-token serves loopback only ({', '.join(LOOPBACK_NAMES)}), "
+                f"not {address}",
+                EXIT_USAGE,
+            )
+
+    # Before the settings are checked: their own refusal of --host 0.0.0.0 without a token
+    # would advise setting one, which this option contradicts.
+    if host is not None:
+        refuse_beyond_loopback(host)
     st = run(lambda: _settings(host, port))
+    if insecure_no_token:
+        refuse_beyond_loopback(st.api_host)
+        if st.api_token:
+            fail("--insecure-no-token and ORCH_API_TOKEN contradict each other", EXIT_USAGE)
     engine = run(lambda: open_engine(st))
     worker = None if no_scheduler else Worker(st, engine, name="serve")
-    app = create_app(
-        st, engine, scheduler=worker is not None, wake=worker.wake.set if worker else None
+    app = run(
+        lambda: create_app(
+            st,
+            engine,
+            scheduler=worker is not None,
+            wake=worker.wake.set if worker else None,
+            insecure_no_token=insecure_no_token,
+        )
     )
     sock = _bind(st.api_host, st.api_port)
     bound_host, bound_port = sock.getsockname()[:2]
@@ -149,7 +184,20 @@ def serve(
         f"orch serve: listening on http://{shown}:{bound_port} "
         f"(scheduler {'on' if worker else 'off'})\n"
     )
+    token = app.state.api.token
+    if token is not None:
+        made = " (made now)" if token.created else ""
+        sys.stderr.write(
+            f"orch serve: changes need Authorization: Bearer <token>; the token is "
+            f"{token.where}{made}\n"
+        )
     sys.stderr.flush()
+    if token is None:
+        log.warning(
+            "--insecure-no-token: changes need no token; any process or user on this machine "
+            "can file, cancel and approve tasks and pause the scheduler",
+            extra={"action": "serve"},
+        )
     try:
         server.run(sockets=[sock])
         if not server.started:

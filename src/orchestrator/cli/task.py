@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
-from orchestrator import taskdir
+from orchestrator import money, taskdir
 from orchestrator.cli._common import (
     ago,
     console,
@@ -21,6 +21,7 @@ from orchestrator.cli._common import (
     read_input_file,
     run,
     settings,
+    spent_of,
 )
 from orchestrator.domain.stages import State, parse_stage
 from orchestrator.ops import (
@@ -33,7 +34,8 @@ from orchestrator.ops import (
     task_waiting_on,
     waiting_text,
 )
-from orchestrator.store import queries
+from orchestrator.store import jobs as jobq
+from orchestrator.store import queries, spend
 from orchestrator.store.queries import TaskRow
 
 app = typer.Typer(help="File, inspect and steer tasks.", no_args_is_help=True)
@@ -165,7 +167,10 @@ def show(
             jobs = queries.list_jobs(conn, task_id=t.id)
             deps = queries.deps_of(conn, t.id)
             waiting = task_waiting_on(conn, t)
+            recorded = jobq.recorded_artifacts(conn, t.id)
+            spent = spend.task_spend(conn, t.id)
         folder = taskdir.task_dir(st.tasks_dir, t.key)
+        ours, foreign = taskdir.split_artifacts(folder, recorded)
         return {
             **task_summary(t, repo.name if repo else "?"),
             "after": [{"key": d.key, "state": d.state} for d in deps],
@@ -173,7 +178,8 @@ def show(
             "waiting": waiting_text(waiting),
             "body": t.body,
             "folder": str(folder),
-            "artifacts": taskdir.list_artifacts(folder),
+            "artifacts": ours,
+            "not_written_by_pipeline": foreign,
             "history": [
                 {
                     "kind": h.kind,
@@ -202,9 +208,19 @@ def show(
                     "started_at": j.started_at,
                     "finished_at": j.finished_at,
                     "cost_usd": j.cost_usd,
+                    "tokens_in": j.tokens_in,
+                    "tokens_out": j.tokens_out,
                 }
                 for j in jobs
             ],
+            # As `GET /tasks/{key}` has it: what the per-task budget counts.
+            "spend": {
+                "cost_usd": spent.cost_usd,
+                "tokens_in": spent.tokens_in,
+                "tokens_out": spent.tokens_out,
+                "jobs_with_cost": spent.jobs_with_cost,
+                "budget_usd": money.budget_or_none(st.llm_budget_per_task_usd),
+            },
         }
 
     data = run(load)
@@ -222,6 +238,7 @@ def show(
         f"developer retries {data['developer_retries']}  "
         f"infra retries {data['infra_retries']}"
     )
+    console.print(spend_line(data["spend"]), highlight=False)
     if data["author"]:
         console.print(Text.assemble("author ", plain(data["author"])), soft_wrap=True)
     if data["after"]:
@@ -232,6 +249,9 @@ def show(
     console.print(Text.assemble("folder ", plain(data["folder"])), soft_wrap=True)
     if data["artifacts"]:
         console.print("artifacts: " + ", ".join(data["artifacts"]))
+    if data["not_written_by_pipeline"]:
+        listed = ", ".join(data["not_written_by_pipeline"])
+        console.print(f"{taskdir.NOT_OURS} (not results; no gate reads them): {listed}")
     now = time.time()
     hist = Table("when", "kind", "from", "to", "reasons", title="history")
     for h in data["history"]:
@@ -245,7 +265,17 @@ def show(
     console.print(hist)
     if data["jobs"]:
         jobs = Table(
-            "job", "stage", "agent", "attempt", "state", "outcome", "verdict", title="jobs"
+            "job",
+            "stage",
+            "agent",
+            "attempt",
+            "state",
+            "outcome",
+            "verdict",
+            # Amounts are never cut short: at 80 columns the words give way instead.
+            Column("cost", no_wrap=True),
+            Column("tokens\nin/out", no_wrap=True),
+            title="jobs",
         )
         for j in data["jobs"]:
             jobs.add_row(
@@ -256,8 +286,19 @@ def show(
                 j["state"],
                 j["outcome"] or "-",
                 j["verdict"] or "-",
+                money.usd(j["cost_usd"]),
+                money.tokens_in_out(j["tokens_in"], j["tokens_out"]),
             )
         console.print(jobs)
+
+
+def spend_line(total: dict[str, Any]) -> Text:
+    """``LLM spend $0.0014 of $0.001 (140%), tokens 1,200 in / 300 out``."""
+    return Text.assemble(
+        "LLM spend ",
+        spent_of(total["cost_usd"], total["budget_usd"]),
+        f", tokens {money.tokens(total['tokens_in'])} in / {money.tokens(total['tokens_out'])} out",
+    )
 
 
 @app.command("cancel")

@@ -7,12 +7,13 @@ with reasons; only the engine applies it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from orchestrator.domain.outcomes import OutcomeKind
-from orchestrator.domain.verdicts import Verdict
+from orchestrator.domain.verdicts import ARTIFACT_CHANGED, Verdict
 from orchestrator.errors import UsageError
 
 
@@ -233,6 +234,20 @@ def next_transition(
             backoff_s=budgets.infra_retry_backoff_s,
             what="infra retry",
         )
+    if verdict is not None and verdict.tool_error == ARTIFACT_CHANGED:
+        # The job's artifact was rewritten after it was written: its work cannot be taken
+        # as it stands, and a gate-only retry would read the rewritten file. The stage runs
+        # again within the infra budget, and a human is told (an alert, also on a defer).
+        t = _defer_or_block(
+            stage,
+            verdict.tool_error,
+            verdict_reasons,
+            used=task.infra_retries,
+            budget=budgets.infra_retry_budget,
+            backoff_s=budgets.infra_retry_backoff_s,
+            what="infra retry",
+        )
+        return dataclasses.replace(t, alert=ARTIFACT_CHANGED)
     if verdict is not None and verdict.tool_error:
         # The process ran and its work stands; only a gate met infra trouble. Its retries
         # re-run the gates alone and are counted against the gate's own budget, so they

@@ -20,6 +20,12 @@ class VerdictStatus(StrEnum):
     FAIL = "FAIL"
 
 
+# A gate's tool error when the artifact in the task folder is not what the job produced:
+# someone rewrote it between the write and the read. The stage runs again (its infra
+# budget) and an alert says so: the file's word is never taken.
+ARTIFACT_CHANGED = "artifact-changed"
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What a gate read, with reasons a human can follow."""

@@ -112,6 +112,7 @@ def apply_job_end(
             tokens_in=result.tokens_in,
             tokens_out=result.tokens_out,
             earlier=job.reasons,
+            artifacts=taskdir.record_of(result.artifacts, result.refused_artifacts),
         )
 
     if task.state == State.CANCELLED:

@@ -465,21 +465,31 @@ class Worker:
             )
         verdict = None
         if result.outcome is OutcomeKind.COMPLETED and not result.awaiting_human:
-            verdict = run_gates(
-                GateContext(
-                    task,
-                    repo,
-                    Stage(job.stage),
-                    folder,
-                    result.worktree,
-                    st,
-                    self.engine,
-                    cancel=running.cancel,
-                    job_id=job.id,
-                    on_start=on_start,
-                    marker=job_marker(job),
-                )
+            recorded = self._until_db_answers(
+                "read the artifacts' records",
+                job.id,
+                lambda: _recorded_artifacts(self.engine, task.id),
             )
+            gates = GateContext(
+                task,
+                repo,
+                Stage(job.stage),
+                folder,
+                result.worktree,
+                st,
+                self.engine,
+                cancel=running.cancel,
+                job_id=job.id,
+                on_start=on_start,
+                marker=job_marker(job),
+                produced=result.artifacts,
+                recorded=recorded,
+            )
+            verdict = run_gates(gates)
+            # The job's record of what it put in the task folder: its own artifacts and
+            # the gates' reports (an artifact no job recorded is never read or shown as a
+            # result).
+            result = dataclasses.replace(result, artifacts={**result.artifacts, **gates.written})
             if running.stop_reason in ("shutdown", "lease-lost"):
                 # Stopped while a gate ran a process (the merge re-test): as for the job's
                 # own process, re-queue it, or leave it to the worker that owns it now.
@@ -496,7 +506,11 @@ class Worker:
                 # The merge gate may skip its re-test for a tree the suite already passed:
                 # only when the deterministic runner ran it, never an LLM tester's word.
                 _ok, note = merge_gate.record_validated_tree(
-                    self.engine, repo, result.worktree, repo.test_cmd
+                    self.engine,
+                    repo,
+                    result.worktree,
+                    repo.test_cmd,
+                    passed_tests=result.passed_tests,
                 )
                 log.info(note, extra={"task": task.key, "job": job.id, "action": "validated"})
         applied, following = self._apply(job, result, verdict, follow=True)
@@ -647,6 +661,11 @@ class Worker:
         except sa.exc.SQLAlchemyError as exc:
             # Only the workers list is left stale; its heartbeat time tells it is gone.
             log.warning("could not remove this worker from the list: %s", type(exc).__name__)
+
+
+def _recorded_artifacts(engine: sa.Engine, task_id: int) -> dict[str, set[str]]:
+    with engine.connect() as conn:
+        return jobq.recorded_artifacts(conn, task_id)
 
 
 def _previous_failure(conn: sa.Connection, job: JobRow, folder: Path) -> str | None:

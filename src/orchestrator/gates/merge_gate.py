@@ -33,6 +33,8 @@ from orchestrator.gates import registry
 from orchestrator.gates.registry import GateContext
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
+from orchestrator.runners import baseline as bl
+from orchestrator.runners import protected
 from orchestrator.runners.base import (
     RunContext,
     argv_json,
@@ -50,7 +52,7 @@ from orchestrator.runners.test_runner import (
     with_pytest_evidence,
 )
 from orchestrator.self_deploy import ExitMapping, ExitStatus, map_outcome
-from orchestrator.store import merges
+from orchestrator.store import merges, reader
 from orchestrator.store.queries import RepoRow
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,8 @@ class RetestResult:
     log_path: Path
     duration_s: float
     reasons: list[str]
+    # The IDs of the tests that passed (JUnit evidence), for the tree's record.
+    passed_tests: list[str] | None = None
 
 
 def _retest_env(repo: RepoRow) -> dict[str, str]:
@@ -95,11 +99,17 @@ def _retest_env(repo: RepoRow) -> dict[str, str]:
 
 
 def retest_branch(
-    ctx: GateContext, worktree: Path, command: Sequence[str], *, log_path: Path
+    ctx: GateContext,
+    worktree: Path,
+    command: Sequence[str],
+    *,
+    log_path: Path,
+    baseline: bl.Baseline | None = None,
 ) -> RetestResult:
     """Run the repo's test command in ``worktree`` through proc_group, bounded by
     ``merge_retest_timeout_s``. Its log goes to ``log_path`` (under ``runs/``); the
-    test-runner's ``13-test-report.md`` is left as it is."""
+    test-runner's ``13-test-report.md`` is left as it is. ``baseline``: the tests that
+    passed on main, which must pass again, as at testing."""
     rctx = RunContext(
         task_key=ctx.task.key,
         repo_name=ctx.repo.name,
@@ -141,6 +151,11 @@ def retest_branch(
         if passed:
             reasons.append(f"exit code 0, but the JUnit XML shows {counts.failed} failed")
         passed = False
+    outcomes = bl.read_outcomes(junit) if junit is not None and counts is not None else None
+    if baseline is not None and mapping.outcome is OutcomeKind.COMPLETED:
+        held = bl.judge(baseline, outcomes)
+        reasons.extend(held.reasons)
+        passed = passed and held.ok
     return RetestResult(
         passed,
         mapping,
@@ -149,6 +164,7 @@ def retest_branch(
         outcome.log_path,
         outcome.duration_s,
         [*mapping.reasons, *reasons],
+        bl.passed_ids(outcomes) if outcomes is not None else None,
     )
 
 
@@ -520,9 +536,13 @@ def _retest_or_skip(
         run.reasons.append(f"round {round_no}: re-test skipped: {why}")
         return True
     clean, clean_detail = gm.is_clean(worktree)
+    baseline, refused = _before_retest(ctx, run, worktree)
+    if refused is not None:
+        run.infra("other", f"round {round_no}: {refused}")
+        return False
     stamp = int(time.time() * 1000)
     log_path = ctx.task_dir / "runs" / f"merge-retest-{stamp}-r{round_no}.log"
-    result = retest_branch(ctx, worktree, run.command, log_path=log_path)
+    result = retest_branch(ctx, worktree, run.command, log_path=log_path, baseline=baseline)
     run.retest = "ran"
     run.retest_reason = why
     run.retest_log = result.log_path
@@ -539,19 +559,79 @@ def _retest_or_skip(
         return False
     run.reasons.append(f"round {round_no}: re-test passed{tally} ({why})")
     if clean and ctx.engine is not None:
-        _remember(ctx.engine, ctx.repo.id, tree, cmd_key, "merge-retest", run.reasons)
+        _remember(
+            ctx.engine,
+            ctx.repo.id,
+            tree,
+            cmd_key,
+            "merge-retest",
+            run.reasons,
+            passed_tests=result.passed_tests,
+        )
     elif not clean:
         run.reasons.append(f"tree not recorded as validated: worktree not clean ({clean_detail})")
     return True
 
 
+def _before_retest(
+    ctx: GateContext, run: _Run, worktree: Path
+) -> tuple[bl.Baseline | None, str | None]:
+    """(the tests that passed on main, why the re-test must not run).
+
+    A file in the worktree that is not in the candidate's tree and would configure the
+    suite (an ignored ``conftest.py``, one a staging script left) is refused: the re-test
+    would judge another suite than the one that lands. The baseline is main's (``base``);
+    tests whose definitions a human-approved protected change removed are not required.
+    """
+    base, candidate = run.base_sha, run.candidate
+    if base is None or candidate is None:
+        return None, None
+    stray = protected.check_paths(
+        worktree, candidate, candidate, ctx.repo.options, workspace_files=True
+    )
+    if stray.problem is not None:
+        return None, f"cannot check the worktree's files before the re-test: {stray.problem}"
+    if stray.changes:
+        return None, (
+            f"not re-tested: the worktree holds files that are not in the tree and would "
+            f"configure the suite: {protected.name_changes(stray.changes)}"
+        )
+    if ctx.engine is None:
+        return None, None
+    found = protected.check_paths(
+        worktree, base, candidate, ctx.repo.options, workspace_files=False
+    )
+    approved = protected.approval_of(ctx.task_dir, found.fingerprint) if found.changes else None
+    try:
+        with reader(ctx.engine).connect() as conn:
+            baseline = bl.for_tree(
+                conn, ctx.repo.id, worktree, base, run.command, approved or (), head=candidate
+            )
+    except sa.exc.SQLAlchemyError as exc:
+        return None, f"cannot read the tests that passed on main: {type(exc).__name__}: {exc}"
+    return baseline, None
+
+
 def _remember(
-    engine: sa.Engine, repo_id: int, tree: str, cmd_key: str, source: str, notes: list[str]
+    engine: sa.Engine,
+    repo_id: int,
+    tree: str,
+    cmd_key: str,
+    source: str,
+    notes: list[str],
+    *,
+    passed_tests: Sequence[str] | None = None,
 ) -> None:
     try:
         with engine.begin() as conn:
             merges.record_validated_tree(
-                conn, repo_id=repo_id, tree=tree, cmd_key=cmd_key, source=source, now=time.time()
+                conn,
+                repo_id=repo_id,
+                tree=tree,
+                cmd_key=cmd_key,
+                source=source,
+                now=time.time(),
+                passed_tests=passed_tests,
             )
     except sa.exc.SQLAlchemyError as exc:
         notes.append(f"could not record the validated tree: {type(exc).__name__}: {exc}")
@@ -579,10 +659,13 @@ def _write_report(ctx: GateContext, run: _Run) -> None:
     if run.retest_log is not None:
         sections.append(output_block(run.retest_log))
     path = ctx.task_dir / A.MERGE_REPORT
+    text = A.render_artifact(A.MERGE_REPORT, keys, "\n\n".join(sections))
     try:
-        taskdir.write_atomic(path, A.render_artifact(A.MERGE_REPORT, keys, "\n\n".join(sections)))
+        taskdir.write_atomic(path, text)
     except Exception as exc:  # a full disk must not turn a merge into a crash of the gate
         run.reasons.append(f"cannot write {path}: {type(exc).__name__}: {exc}")
+        return
+    ctx.written[A.MERGE_REPORT] = text  # the job's record: what this pipeline wrote
 
 
 def _record_result(ctx: GateContext, run: _Run) -> None:
@@ -611,13 +694,19 @@ def _record_result(ctx: GateContext, run: _Run) -> None:
 
 
 def record_validated_tree(
-    engine: sa.Engine, repo: RepoRow, worktree: Path, test_cmd: Sequence[str] | None
+    engine: sa.Engine,
+    repo: RepoRow,
+    worktree: Path,
+    test_cmd: Sequence[str] | None,
+    *,
+    passed_tests: Sequence[str] | None = None,
 ) -> tuple[bool, str]:
     """After the test-runner passed: remember HEAD's tree as validated for ``test_cmd``.
 
     Only a clean worktree counts (an untracked file could have changed the outcome), and
     ``test_cmd`` must be the argv the test-runner ran before its evidence flags (None: its
-    default). Never raises: (recorded?, why).
+    default). ``passed_tests``: the IDs of the tests that run passed (its result's).
+    Never raises: (recorded?, why).
     """
     try:
         clean, detail = gm.is_clean(worktree)
@@ -628,18 +717,22 @@ def record_validated_tree(
         if tree is None:
             return False, f"not recorded: cannot read HEAD's tree in {worktree}"
         argv = list(test_cmd) if test_cmd else list(DEFAULT_COMMAND)
+        key = merges.cmd_key(argv)
+        passed = sorted(passed_tests) if passed_tests is not None else None
         with engine.begin() as conn:
             merges.record_validated_tree(
                 conn,
                 repo_id=repo.id,
                 tree=tree,
-                cmd_key=merges.cmd_key(argv),
+                cmd_key=key,
                 source="test-runner",
                 now=time.time(),
+                passed_tests=passed,
             )
     except Exception as exc:
         return False, f"not recorded: {type(exc).__name__}: {exc}"
-    return True, f"tree {tree[:12]} recorded as validated"
+    ids = "no test IDs" if passed is None else f"{len(passed)} passed test IDs"
+    return True, f"tree {tree[:12]} recorded as validated ({ids})"
 
 
 registry.register_check(CHECK_NAME, check_branch_mergeable)

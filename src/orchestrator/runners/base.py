@@ -68,6 +68,9 @@ class RunContext:
     repo_path: Path | None = None
     sandbox_kind: str = "suite"
     repo_options: Mapping[str, object] = field(default_factory=dict)
+    # {artifact name: text} of every report this run wrote (``write_report`` fills it):
+    # the runner's verdict as it made it, which the gate reads instead of the file.
+    produced: dict[str, str] = field(default_factory=dict)
 
     @property
     def runs_dir(self) -> Path:
@@ -83,7 +86,8 @@ class RunContext:
 
 @dataclass(frozen=True)
 class RunnerResult:
-    """What a runner did. The verdict itself is in the artifact, for the gate to read."""
+    """What a runner did. Its verdict is the artifact text it produced, which reaches the
+    gate in memory (``produced``); the file in the task folder is the record of it."""
 
     outcome: OutcomeKind
     artifact_name: str
@@ -92,6 +96,11 @@ class RunnerResult:
     reasons: list[str]
     duration_s: float
     counts: Mapping[str, int] = field(default_factory=dict)
+    # {artifact name: text} the run wrote (its RunContext's ``produced``), for the gate.
+    produced: Mapping[str, str] = field(default_factory=dict)
+    # The IDs of the tests a passing suite run passed (sorted), for the record of its tree
+    # as validated; None when the run did not pass or gave no JUnit evidence.
+    passed_tests: tuple[str, ...] | None = None
 
 
 # --------------------------------------------------------------------------- scope
@@ -190,12 +199,18 @@ def output_block(path: Path, lines: int = TAIL_LINES) -> str:
 def write_report(
     ctx: RunContext, name: str, keys: Mapping[str, object], body: str
 ) -> tuple[Path | None, str | None]:
-    """Write artifact ``name`` into the task folder: (path, None) or (None, why it failed)."""
+    """Write artifact ``name`` into the task folder: (path, None) or (None, why it failed).
+
+    The text is also kept in ``ctx.produced``: the gate reads the verdict from there, as
+    the runner made it, and the file is only the record of it.
+    """
     path = ctx.artifact_dir / name
+    text = A.render_artifact(name, keys, body)
     try:
-        write_atomic(path, A.render_artifact(name, keys, body))
+        write_atomic(path, text)
     except Exception as exc:  # a full disk or a read-only folder must not crash the runner
         return None, f"cannot write {path}: {type(exc).__name__}: {exc}"
+    ctx.produced[name] = text
     return path, None
 
 

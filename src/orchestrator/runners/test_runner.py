@@ -17,6 +17,7 @@ from pathlib import Path
 
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.runners import baseline as bl
 from orchestrator.runners.base import (
     TEST_RUNNER,
     RunContext,
@@ -207,19 +208,21 @@ def run_tests(
     *,
     timeout_s: float | None = None,
     smoke_urls: Sequence[str] = (),
+    baseline: bl.Baseline | None = None,
 ) -> RunnerResult:
     """Run the suite (default ``python -m pytest -q``) and write ``13-test-report.md``.
 
     Never raises. A tool error (timeout, not started, killed, pytest usage error) writes
     FAILED / FAIL and returns that tool error as the outcome, so the engine defers instead
-    of rolling back.
+    of rolling back. ``baseline``: the tests that passed on main, which must pass again
+    (``runners/baseline.py``); None: not looked up.
     """
     return guarded(
         TEST_RUNNER,
         ctx,
         A.TEST_REPORT,
         _FAIL_KEYS,
-        lambda: _run_tests(ctx, command, timeout_s, smoke_urls),
+        lambda: _run_tests(ctx, command, timeout_s, smoke_urls, baseline),
     )
 
 
@@ -228,6 +231,7 @@ def _run_tests(
     command: Sequence[str] | None,
     timeout_s: float | None,
     smoke_urls: Sequence[str],
+    baseline: bl.Baseline | None = None,
 ) -> RunnerResult:
     t0 = time.monotonic()
     bad = argv_problem(command)
@@ -276,6 +280,12 @@ def _run_tests(
             ok = False
         if counts.total and counts.skipped == counts.total:
             reasons.append(f"all {counts.total} test(s) were skipped")
+    # Test by test, from the same evidence: the tests that passed on main must pass again.
+    outcomes = bl.read_outcomes(junit) if junit is not None and counts is not None else None
+    if baseline is not None:
+        held = bl.judge(baseline, outcomes)
+        reasons.extend(held.reasons)
+        ok = ok and held.ok
 
     checks: list[SmokeCheck] = []
     if smoke_urls:
@@ -288,6 +298,8 @@ def _run_tests(
         else:
             reasons.append("smoke checks skipped: the suite did not complete")
 
+    # A passing run's test IDs go with its result: the worker records them with the tree.
+    passed = bl.passed_ids(outcomes) if ok and outcomes is not None else None
     reasons.insert(0, f"test-runner: {'PASS' if ok else 'FAIL'}")
     c = counts or JUnitCounts()
     keys: dict[str, object] = {
@@ -334,4 +346,5 @@ def _run_tests(
         reasons=reasons,
         duration_s=time.monotonic() - t0,
         counts=c.as_dict() if counts is not None else {},
+        passed_tests=tuple(passed) if passed is not None else None,
     )

@@ -8,7 +8,7 @@ row, so a job's bookkeeping happens once even when two workers both believe they
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,17 +256,23 @@ def finish_job(
     tokens_in: int | None = None,
     tokens_out: int | None = None,
     earlier: Sequence[str] = (),
+    artifacts: Mapping[str, str] | None = None,
 ) -> bool:
     """Mark the job finished if ``owner`` still holds it; False means someone else does.
+
+    ``artifacts``: {name: SHA-256} of the artifacts the orchestrator recorded for the job.
 
     ``earlier``: the reasons the job carried when it was claimed (a recovery, a re-queue),
     kept ahead of the new ones. They cannot have changed since: anything that writes them
     also takes the lease, and then this fenced update matches no row.
     """
+    # A record made before the job ran (an approval's supplied artifact) is kept.
+    recorded = {"artifacts": dict(artifacts)} if artifacts else {}
     result = conn.execute(
         sa.update(jobs)
         .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.state == "running")
         .values(
+            **recorded,
             state="finished",
             outcome=outcome,
             verdict=verdict,
@@ -389,3 +395,22 @@ def repo_of_job(conn: sa.Connection, job_id: int) -> str:
         .where(jobs.c.id == job_id)
     )
     return str(conn.execute(stmt).scalar_one())
+
+
+def recorded_artifacts(conn: sa.Connection, task_id: int) -> dict[str, set[str]]:
+    """{artifact name: the SHA-256s any job of the task recorded for it}: what the pipeline
+    itself wrote into the task folder."""
+    rows = conn.execute(
+        sa.select(jobs.c.artifacts).where(jobs.c.task_id == task_id, jobs.c.artifacts.is_not(None))
+    )
+    found: dict[str, set[str]] = {}
+    for (recorded,) in rows:
+        for name, digest in (recorded or {}).items():
+            found.setdefault(str(name), set()).add(str(digest))
+    return found
+
+
+def record_artifacts(conn: sa.Connection, job_id: int, artifacts: Mapping[str, str]) -> None:
+    """Record {name: SHA-256} for a job before it runs (a human's approval supplies the
+    stage's artifact: the pipeline wrote it, on the human's word)."""
+    conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(artifacts=dict(artifacts)))

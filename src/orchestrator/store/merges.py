@@ -34,6 +34,8 @@ class ValidatedTreeRow:
     test_cmd_key: str
     source: str
     at: float
+    # The IDs of the tests that passed on the tree, sorted; None when none were read.
+    passed_tests: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,19 +77,29 @@ def find_validated_tree(
 
 
 def record_validated_tree(
-    conn: sa.Connection, *, repo_id: int, tree: str, cmd_key: str, source: str, now: float
+    conn: sa.Connection,
+    *,
+    repo_id: int,
+    tree: str,
+    cmd_key: str,
+    source: str,
+    now: float,
+    passed_tests: Sequence[str] | None = None,
 ) -> bool:
     """Remember that ``tree`` passed; False when it was already known (the first record stays).
 
     Insert-if-absent, so two workers recording the same tree never fail each other's
-    transaction on the unique key.
+    transaction on the unique key. ``passed_tests``: the IDs of the tests that passed (the
+    baseline of branches that start from this tree); a record that has none yet gets them.
     """
+    ids = None if passed_tests is None else sorted(set(passed_tests))
     values = {
         "repo_id": repo_id,
         "tree": tree,
         "test_cmd_key": cmd_key,
         "source": source,
         "at": now,
+        "passed_tests": ids,
     }
     name = conn.dialect.name
     stmt: sa.Insert
@@ -99,7 +111,19 @@ def record_validated_tree(
         msg = f"unsupported database backend {name!r}"
         raise ValueError(msg)
     # RETURNING, not rowcount: with psycopg an INSERT that did nothing may still report 1.
-    return conn.execute(stmt.returning(validated_trees.c.id)).first() is not None
+    inserted = conn.execute(stmt.returning(validated_trees.c.id)).first() is not None
+    if not inserted and ids is not None:
+        conn.execute(
+            sa.update(validated_trees)
+            .where(
+                validated_trees.c.repo_id == repo_id,
+                validated_trees.c.tree == tree,
+                validated_trees.c.test_cmd_key == cmd_key,
+                validated_trees.c.passed_tests.is_(None),
+            )
+            .values(passed_tests=ids)
+        )
+    return inserted
 
 
 # ---- merge results -----------------------------------------------------------------------

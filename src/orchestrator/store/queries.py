@@ -95,7 +95,7 @@ class JobRow:
     tokens_in: int | None
     tokens_out: int | None
     fresh_start: str | None = None
-    artifact_sha256: str | None = None
+    artifacts: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

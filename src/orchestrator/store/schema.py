@@ -169,10 +169,11 @@ jobs = sa.Table(
     # A development attempt that starts from current main instead of the task branch:
     # "carry" re-offers the branch's old diff, "patch" applies the newest attached patch.
     sa.Column("fresh_start", sa.String(), nullable=True),
-    # The SHA-256 of the artifact the orchestrator recorded for this job: a runner's
-    # verdict as the runner returned it, an agent's file as it was collected. An artifact
-    # in the task folder that matches no job's record was not written by this pipeline.
-    sa.Column("artifact_sha256", sa.String(), nullable=True),
+    # {artifact name: SHA-256} of what the orchestrator recorded for this job: a runner's
+    # verdict as the runner returned it, an agent's file as it was collected, a gate's
+    # report as it wrote it. An artifact in the task folder that matches no job's record
+    # was not written by this pipeline.
+    sa.Column("artifacts", json_type(), nullable=True),
     sa.UniqueConstraint("task_id", "stage", "attempt"),
     sa.CheckConstraint(in_check("state", JOB_STATES), name="state"),
     sa.CheckConstraint(in_check("outcome", JOB_OUTCOMES), name="outcome"),

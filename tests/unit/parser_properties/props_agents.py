@@ -59,7 +59,9 @@ _claude_fields = st.fixed_dictionaries(
     {},
     optional={
         "type": st.sampled_from(["result", "result", "assistant", "system"]) | st.text(max_size=6),
-        "subtype": st.sampled_from(["success", "error_max_turns", "error_during_execution"])
+        "subtype": st.sampled_from(
+            ["success", "error_max_turns", "error_max_budget_usd", "error_during_execution"]
+        )
         | json_value,
         "is_error": st.sampled_from([False, True, None, "false", "true", 0, 1]),
         "permission_denials": st.just([]) | st.lists(denial, max_size=2) | json_value,
@@ -150,16 +152,23 @@ def _first_result_wins() -> Any:
 
 @prop("agents/claude.py parse_claude", outcomes, claude_output, broken=_first_result_wins)
 def claude_completed_only_on_a_clean_success(outcome: Outcome, output: str) -> None:
-    """COMPLETED only when the run ended cleanly and its last result object is a success:
-    subtype success, is_error false, no permission denials."""
+    """COMPLETED only when the run ended by itself and its last result object is a success
+    (subtype success, is_error false, no permission denials, exit 0), or the CLI's own
+    limit (max turns, its budget cap: any exit code), which ``cut_short`` then says."""
     r = claude.parse_claude(outcome, output, max_turns=3, permission_mode="acceptEdits")
     _check_figures(r)
     if r.outcome is not OutcomeKind.COMPLETED:
+        assert not r.cut_short, r
         return
-    assert _ran_clean(outcome), outcome
     results = [o for o in _json_lines(output) if o.get("type") == "result"]
     assert results, output
     last = results[-1]
+    if r.cut_short:
+        assert _ran_clean(replace(outcome, exit_code=0)), outcome
+        assert outcome.exit_code is not None, outcome
+        assert last.get("subtype") in ("error_max_turns", "error_max_budget_usd"), last
+        return
+    assert _ran_clean(outcome), outcome
     assert last.get("subtype") == "success", last
     assert last.get("is_error") is False, last
     denials = last.get("permission_denials")

@@ -1,4 +1,4 @@
-"""Verdict records: the artifact each job produced, the tests each validated tree passed.
+"""Verdict records: the artifacts each job produced, the tests each validated tree passed.
 
 Revision ID: 0006
 Revises: 0005
@@ -26,11 +26,12 @@ def _json() -> sa.types.TypeEngine[object]:
 
 
 def upgrade() -> None:
-    """Add ``jobs.artifact_sha256`` and ``validated_trees.passed_tests``."""
+    """Add ``jobs.artifacts`` and ``validated_trees.passed_tests``."""
     with op.batch_alter_table("jobs") as batch:
-        # The SHA-256 of the artifact the orchestrator recorded for this job (a runner's
-        # verdict as it returned it, an agent's file as it was collected).
-        batch.add_column(sa.Column("artifact_sha256", sa.String(), nullable=True))
+        # {artifact name: SHA-256} of what the orchestrator recorded for this job: a
+        # runner's verdict as it returned it, an agent's file as it was collected, a gate's
+        # report as it wrote it.
+        batch.add_column(sa.Column("artifacts", _json(), nullable=True))
     with op.batch_alter_table("validated_trees") as batch:
         # The IDs of the tests that passed on that tree (JUnit classname::name), sorted.
         batch.add_column(sa.Column("passed_tests", _json(), nullable=True))
@@ -41,4 +42,4 @@ def downgrade() -> None:
     with op.batch_alter_table("validated_trees") as batch:
         batch.drop_column("passed_tests")
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("artifact_sha256")
+        batch.drop_column("artifacts")

@@ -1,0 +1,509 @@
+"""The API is closed by default: one test per attack, on a real `orch serve` on 127.0.0.1.
+
+- CSRF: a page on another origin (another port of 127.0.0.1) sends a body-less ``fetch``
+  POST, as a browser sends it (``Origin``, ``Sec-Fetch-Site``), to pause the scheduler and
+  cancel a task.
+- DNS rebinding: a page whose name an attacker points at 127.0.0.1 reads tasks and logs;
+  its requests carry its own name as ``Host``.
+- The big body: hundreds of MB sent without a token, which the server must refuse before
+  reading them (its peak memory, ``VmHWM`` of the server process, does not grow).
+
+And what a user relies on: the token file (made by `orch init` or the first `orch serve`,
+mode 0600, never printed), ``ORCH_API_TOKEN`` winning over it, the body cap with a token,
+and ``--insecure-no-token`` (loopback only, a warning on every start, the other checks on).
+
+The requests go through the stdlib's ``http.client`` and raw sockets, and the tests use
+nothing of the package but ``ops``, ``config`` and ``store``, so they run against an older
+checkout too (``PYTHONPATH=<old>/src``), where every one of them fails.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator import ops
+from orchestrator.config import load_settings
+from orchestrator.store import control
+
+pytestmark = pytest.mark.timeout(300)
+
+SECRET = "the launch codes are 0000"
+MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(home: Path, db_url: str, **extra: str) -> dict[str, str]:
+    """Ours without any ORCH_* (but the sandbox's read-only list), a home and a database."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ORCH_") or k == "ORCH_SANDBOX_RO"
+    }
+    env.update(ORCH_HOME=str(home), ORCH_DATABASE_URL=db_url, **extra)
+    return env
+
+
+def orch(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class Reply:
+    """One HTTP answer."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Served:
+    """`orch serve --no-scheduler` as a user starts it, on a free port of 127.0.0.1."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], *args: str) -> None:
+        self.port = free_port()
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"serve-{self.port}.log"
+        self.log = self.log_path.open("wb")
+        argv = [sys.executable, "-m", "orchestrator", "serve", "--no-scheduler", *args]
+        argv += ["--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=tmp,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 90
+        while not self._up():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"orch serve did not come up: {self.output()}")
+            time.sleep(0.1)
+
+    def _up(self) -> bool:
+        try:
+            return self.request("GET", "/health").status == 200
+        except OSError:
+            return False
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Reply:
+        """One request; a ``Host`` in ``headers`` is sent instead of the real one."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def peak_rss_kib(self) -> int:
+        """The server's peak resident memory so far (VmHWM), in KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            self.log.close()
+
+
+class Bed:
+    """A home with a registered repo and one task (DEMO-1) whose body is a secret."""
+
+    def __init__(self, tmp: Path, db_url: str, engine: sa.Engine, repo: Path) -> None:
+        self.tmp = tmp
+        self.home = tmp / "home"
+        self.db_url = db_url
+        self.engine = engine
+        settings = load_settings(home=self.home, database_url=db_url)
+        ops.add_repo(
+            engine, "demo", repo, ops.RepoInput(stages=["development", "testing", "deploy-staging"])
+        )
+        self.key = ops.add_task(engine, settings, "demo", "a task", SECRET).task.key
+        self.servers: list[Served] = []
+
+    def serve(self, *args: str, **env: str) -> Served:
+        server = Served(self.tmp, server_env(self.home, self.db_url, **env), *args)
+        self.servers.append(server)
+        return server
+
+    def token(self) -> str:
+        """The token as a user finds it: in the home's api-token file."""
+        return (self.home / "api-token").read_text().strip()
+
+    def paused(self) -> bool:
+        with self.engine.connect() as conn:
+            return control.is_paused(conn)
+
+    def state(self) -> str:
+        with self.engine.connect() as conn:
+            return str(
+                conn.execute(
+                    sa.text("SELECT state FROM tasks WHERE key = :k"), {"k": self.key}
+                ).scalar_one()
+            )
+
+
+@pytest.fixture
+def bed(
+    tmp_path: Path, db_url: str, engine: sa.Engine, make_repo: Callable[..., Path]
+) -> Iterator[Bed]:
+    b = Bed(tmp_path, db_url, engine, make_repo())
+    yield b
+    for server in b.servers:
+        server.stop()
+
+
+def error_of(reply: Reply) -> str:
+    body = reply.json()
+    assert set(body) == {"error"}, body
+    return str(body["error"])
+
+
+# ---- CSRF ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_csrf_a_page_of_another_origin_changes_nothing(bed: Bed, site: str) -> None:
+    server = bed.serve()
+    # What a browser sends for `fetch(url, {method: "POST", mode: "no-cors"})` from a page on
+    # another port: 127.0.0.1 on another port is the same site but another origin.
+    page = f"http://127.0.0.1:{free_port()}"
+    browser = {"Origin": page, "Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors"}
+    for path in ("/pause", f"/tasks/{bed.key}/cancel"):
+        r = server.request("POST", path, headers=browser)
+        assert r.status == 403, (path, r.status, r.text)
+        assert "may not change anything" in error_of(r)
+    assert not bed.paused()
+    assert bed.state() == "active"
+    # The token does not make another origin's request one of ours: a page cannot attach
+    # it, and were it leaked, the browser's own headers still say where the request is from.
+    with_token = {**browser, "Authorization": f"Bearer {bed.token()}"}
+    assert server.request("POST", "/pause", headers=with_token).status == 403
+    assert not bed.paused()
+
+
+def test_mutations_need_the_token_and_the_servers_own_origin(bed: Bed) -> None:
+    server = bed.serve()
+    # No browser headers, no token (curl, a script, another local user): refused too.
+    r = server.request("POST", "/pause")
+    assert r.status == 401, r.text
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert f"the token is in {bed.home / 'api-token'}" in error_of(r)
+    assert server.request("POST", "/pause", headers={"Authorization": "Bearer nope"}).status == 401
+    assert not bed.paused()
+    # The dashboard's own origin, with the token: taken. So is a client without Origin.
+    auth = {"Authorization": f"Bearer {bed.token()}"}
+    own = {**auth, "Origin": server.origin, "Sec-Fetch-Site": "same-origin"}
+    assert server.request("POST", "/pause", headers=own).json() == {"paused": True}
+    assert bed.paused()
+    r = server.request("POST", f"/tasks/{bed.key}/cancel", headers=auth)
+    assert r.status == 200, r.text
+    assert bed.state() == "cancelled"
+    # An Origin of the right host on another port, or "null" (a sandboxed frame): refused.
+    for origin in (f"http://127.0.0.1:{free_port()}", "null", f"http://localhost:{server.port}"):
+        r = server.request("POST", "/resume", headers={**auth, "Origin": origin})
+        assert r.status == 403, (origin, r.text)
+    # Reads stay open on loopback: the dashboard and /metrics need no token.
+    assert server.request("GET", f"/tasks/{bed.key}").status == 200
+    assert server.request("GET", "/").status == 200
+
+
+# ---- DNS rebinding ------------------------------------------------------------------------
+
+
+def test_dns_rebinding_a_foreign_host_is_not_answered(bed: Bed) -> None:
+    server = bed.serve(ORCH_API_ALLOWED_HOSTS="orch.internal")
+    reads = (
+        "/tasks",
+        f"/tasks/{bed.key}",
+        f"/tasks/{bed.key}/artifacts/00-task.md",
+        "/status",
+        "/",
+        f"/ui/tasks/{bed.key}",
+        "/metrics",
+    )
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example"):
+        for path in reads:
+            r = server.request("GET", path, headers={"Host": host})
+            assert r.status == 421, (host, path, r.status, r.text[:200])
+            assert SECRET not in r.text
+            assert "ORCH_API_ALLOWED_HOSTS" in error_of(r)
+            # The page reads this answer: it names none of the hosts that are allowed.
+            assert "orch.internal" not in r.text
+        r = server.request(
+            "POST", "/pause", headers={"Host": host, "Authorization": f"Bearer {bed.token()}"}
+        )
+        assert r.status == 421, (host, r.text)
+    assert not bed.paused()
+    # The names this server is reached by, with any port, and the one allowed by name.
+    for host in (
+        f"127.0.0.1:{server.port}",
+        f"localhost:{server.port}",
+        f"[::1]:{server.port}",
+        "localhost",
+        f"orch.internal:{server.port}",
+        "ORCH.INTERNAL",
+    ):
+        r = server.request("GET", f"/tasks/{bed.key}", headers={"Host": host})
+        assert r.status == 200, (host, r.text)
+        assert SECRET in r.json()["body"]
+
+
+# ---- the big body -------------------------------------------------------------------------
+
+
+def send_until_answered(port: int, head: bytes, chunks: Iterator[bytes]) -> tuple[str, int]:
+    """Send ``head``, then ``chunks`` until the server answers or stops taking them.
+
+    Returns the status line (empty when none came) and the body bytes sent.
+    """
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head)
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break  # an answer came: no point sending more
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                break  # the server closed the connection
+            sent += len(chunk)
+        got = b""
+        try:
+            while b"\r\n" not in got:
+                part = sock.recv(65536)
+                if not part:
+                    break
+                got += part
+        except OSError:
+            pass
+    return got.split(b"\r\n", 1)[0].decode(errors="replace"), sent
+
+
+def plain_body(size: int, piece: bytes) -> Iterator[bytes]:
+    for _ in range(size // len(piece)):
+        yield piece
+
+
+def chunked_body(size: int, piece: bytes) -> Iterator[bytes]:
+    frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    for _ in range(size // len(piece)):
+        yield frame
+    yield b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("token_from", ["file", "env"])
+def test_a_big_body_without_a_token_is_never_read(bed: Bed, token_from: str) -> None:
+    # The token of the home's file (the default), or one the operator set.
+    server = bed.serve(
+        **({"ORCH_API_TOKEN": "an-operator-chosen-token"} if token_from == "env" else {})
+    )
+    size = 256 * MiB
+    piece = b"x" * MiB
+    # Warm up: what a first request and a first answer to a POST load is not the body's.
+    server.request("GET", "/tasks")
+    server.request("POST", "/tasks", body=b"{}")
+    for framing, body in (
+        (f"Content-Length: {size}", plain_body(size, piece)),
+        ("Transfer-Encoding: chunked", chunked_body(size, piece)),
+    ):
+        before = server.peak_rss_kib()
+        head = (
+            f"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Type: application/json\r\n{framing}\r\n\r\n"
+        ).encode()
+        status, sent = send_until_answered(server.port, head, body)
+        grown_mib = (server.peak_rss_kib() - before) / 1024
+        # Read, the body would be in memory at least once (256 MiB); refused first, it
+        # costs nothing, and the client could not even send it all.
+        assert grown_mib < 32, (
+            f"{framing}: the server's peak memory grew by {grown_mib:.0f} MiB ({status})"
+        )
+        assert status.startswith("HTTP/1.1 401"), (framing, status, sent)
+        assert sent < size, framing
+    assert bed.state() == "active"
+
+
+def test_the_body_cap_holds_with_the_token(bed: Bed) -> None:
+    cap = 64 * 1024
+    token = "an-operator-chosen-token"
+    server = bed.serve(ORCH_API_MAX_BODY_BYTES=str(cap), ORCH_API_TOKEN=token)
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    task = {"repo": "demo", "title": "small", "body": "fits"}
+    r = server.request("POST", "/tasks", headers=auth, body=json.dumps(task).encode())
+    assert r.status == 201, r.text
+    # Declared too long: refused at once, before a byte is read.
+    big = json.dumps({**task, "body": "y" * cap}).encode()
+    r = server.request("POST", "/tasks", headers=auth, body=big)
+    assert r.status == 413, r.text
+    assert "ORCH_API_MAX_BODY_BYTES" in error_of(r)
+    # Not declared (chunked): read up to the cap, then cut off.
+    head = (
+        f"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Authorization: {auth['Authorization']}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    status, _sent = send_until_answered(server.port, head, chunked_body(64 * MiB, b"z" * 4096))
+    assert status.startswith("HTTP/1.1 413"), status
+    with bed.engine.connect() as conn:
+        titles = conn.execute(sa.text("SELECT title FROM tasks ORDER BY id")).scalars().all()
+    assert titles == ["a task", "small"]
+
+
+# ---- the token ----------------------------------------------------------------------------
+
+
+def test_init_makes_a_private_token_that_serve_uses_and_never_prints(bed: Bed) -> None:
+    env = server_env(bed.home, bed.db_url)
+    init = orch("init", env=env, cwd=bed.tmp)
+    assert init.returncode == 0, init.stderr
+    path = bed.home / "api-token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = bed.token()
+    assert len(token) >= 32
+    assert str(path) in init.stdout
+    assert token not in init.stdout + init.stderr
+    # Idempotent: a second init keeps the token a client may already hold.
+    assert orch("init", env=env, cwd=bed.tmp).returncode == 0
+    assert bed.token() == token
+    server = bed.serve()
+    r = server.request("POST", "/pause", headers={"Authorization": f"Bearer {token}"})
+    assert r.status == 200, r.text
+    assert server.stop() == 0
+    assert str(path) in server.output()
+    assert token not in server.output()
+
+
+def test_serve_makes_the_token_when_missing_and_the_env_token_wins(bed: Bed) -> None:
+    path = bed.home / "api-token"
+    server = bed.serve()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    auth = {"Authorization": f"Bearer {bed.token()}"}
+    assert server.request("POST", "/pause", headers=auth).status == 200
+    assert server.stop() == 0
+    assert bed.token() not in server.output()
+    # ORCH_API_TOKEN wins: the file's token no longer opens anything.
+    server = bed.serve(ORCH_API_TOKEN="an-operator-chosen-token")
+    assert server.request("POST", "/resume", headers=auth).status == 401
+    mine = {"Authorization": "Bearer an-operator-chosen-token"}
+    assert server.request("POST", "/resume", headers=mine).status == 200
+    assert "an-operator-chosen-token" not in server.output()
+
+
+def test_a_token_file_others_can_read_is_refused(bed: Bed) -> None:
+    path = bed.home / "api-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x" * 43 + "\n")
+    path.chmod(0o644)
+    try:
+        proc = orch("serve", "--port", "0", env=server_env(bed.home, bed.db_url), cwd=bed.tmp)
+    except subprocess.TimeoutExpired:
+        pytest.fail("orch serve took the token others can read and kept serving")
+    assert proc.returncode == 1, proc.stderr
+    assert "can be read by others" in proc.stderr
+    assert "x" * 43 not in proc.stderr
+
+
+# ---- --insecure-no-token ------------------------------------------------------------------
+
+
+def test_insecure_no_token_is_loopback_only_warned_and_keeps_the_other_checks(bed: Bed) -> None:
+    env = server_env(bed.home, bed.db_url)
+    for host in ("0.0.0.0", "192.0.2.1"):
+        proc = orch(
+            "serve", "--insecure-no-token", "--host", host, "--port", "0", env=env, cwd=bed.tmp
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "loopback only" in proc.stderr
+    server = bed.serve("--insecure-no-token")
+    assert "--insecure-no-token" in server.output()
+    assert "WARNING" in server.output()
+    assert server.request("POST", "/pause").json() == {"paused": True}
+    browser = {"Origin": f"http://127.0.0.1:{free_port()}", "Sec-Fetch-Site": "same-site"}
+    assert server.request("POST", "/resume", headers=browser).status == 403
+    assert server.request("GET", "/tasks", headers={"Host": "evil.example"}).status == 421
+    assert bed.paused()
+    # A warning on every start, not only the first.
+    assert server.stop() == 0
+    again = bed.serve("--insecure-no-token")
+    assert "--insecure-no-token" in again.output()
+
+
+# Rows of docs/security.md's attack table (rendered by test_security_doc.py).
+HERE = "tests/integration/test_api_security.py"
+DEFENDED = [
+    {
+        "attack": "a page on another port of 127.0.0.1 sends a body-less `fetch` POST to "
+        "`/pause` and `/tasks/<KEY>/cancel` (no token was set: the old default)",
+        "before": "200: the scheduler paused and the task was cancelled",
+        "now": "403 (the `Origin` is not the server's own; `Sec-Fetch-Site: cross-site`), "
+        "with or without the token; every mutation needs the token, made by `orch init` or "
+        "the first `orch serve` (`<ORCH_HOME>/api-token`, mode 0600)",
+        "test": HERE,
+    },
+    {
+        "attack": "DNS rebinding: requests with `Host: evil.example` read `/tasks` and logs",
+        "before": "200 with every task",
+        "now": "421 for any Host but 127.0.0.1, localhost, ::1, the bound address and "
+        "`ORCH_API_ALLOWED_HOSTS`, reads included",
+        "test": HERE,
+    },
+    {
+        "attack": "a 256 MiB body to a mutation, without the token",
+        "before": "read whole before the 401/422: the server's peak memory grew by 513 MiB",
+        "now": "401 before a byte of the body is read (peak memory 88.7 → 89.1 MB); bodies "
+        "over `ORCH_API_MAX_BODY_BYTES` are 413, by length or while a chunked body streams",
+        "test": HERE,
+    },
+]
