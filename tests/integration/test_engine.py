@@ -341,6 +341,34 @@ def test_patch_developer_applies_then_retry_with_new_patch(h: Harness) -> None:
     assert shown.stdout == "demo\nhello\n"
 
 
+def test_a_patch_sent_back_by_red_tests_waits_for_a_fix(h: Harness) -> None:
+    # The patch applies, the suite fails. Applying the same patch again can change nothing:
+    # the task waits for a person with the real reason, and spends no developer retry.
+    good = (
+        b"diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n"
+        b"@@ -1 +1,2 @@\n demo\n+hello\n"
+    )
+    ops.add_repo(
+        h.engine,
+        "demo",
+        h.repo_path,
+        h.repo_input(
+            stages=STAGES,
+            agents=["development=patch", "testing=test-runner", f"deploy-staging={h.agent()}"],
+            test_cmd=f'{sys.executable} -c "raise SystemExit(1)"',
+        ),
+    )
+    key = h.add_task(patch=good)
+    h.run_until_idle()
+    t = h.task(key)
+    assert (t.stage, t.state) == ("development", "blocked"), t.reasons
+    assert t.developer_retries == 1  # the rollback from testing, and nothing after it
+    assert any("already on the task branch" in r for r in t.reasons), t.reasons
+    assert any(r.startswith("sent back because:") and "testing: FAIL" in r for r in t.reasons)
+    assert any(f"orch task retry {key} --patch FILE" in r for r in t.reasons)
+    assert [a.kind for a in h.alerts()] == ["awaiting-human"]
+
+
 def test_pause_stops_claiming(h: Harness) -> None:
     h.add_repo()
     with h.engine.begin() as conn:

@@ -634,6 +634,20 @@ def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
         reasons = [f"{patch.name} is already committed on the task branch"]
         made = dev_report(ctx, "DONE", reasons)
         return JobResult(OutcomeKind.COMPLETED, reasons, 0, worktree, artifacts=made)
+    reused = ctx.job.fresh_start is None and ctx.job.attempt > len(
+        list(taskdir.patches_dir(ctx.task_dir).glob("*.patch"))
+    )
+    if not rerun and reused and worktrees.patch_present(worktree, patch):
+        # Sent back (red tests, a failed gate) with no newer patch attached: applying the
+        # same one again changes nothing, and every such attempt would only spend a
+        # developer retry and bury why the task came back. A person must attach a fix.
+        reasons = [
+            f"{patch.name} is already on the task branch and no newer patch is attached: "
+            f"applying it again would change nothing",
+            *_sent_back_for(ctx),
+            f"attach a fix: `orch task retry {ctx.task.key} --patch FILE`",
+        ]
+        return JobResult(OutcomeKind.COMPLETED, reasons, None, worktree, awaiting_human=True)
     applied, detail = worktrees.apply_patch(worktree, patch)
     if not applied:
         reasons = [f"{patch.name}: {detail}"]
@@ -651,6 +665,15 @@ def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
     reasons = [f"applied and committed {patch.name}"]
     made = dev_report(ctx, "DONE", reasons)
     return JobResult(OutcomeKind.COMPLETED, reasons, 0, worktree, artifacts=made)
+
+
+def _sent_back_for(ctx: JobContext) -> list[str]:
+    """Why the task came back to development: the rollback's reasons (its first lines)."""
+    if not ctx.previous_failure:
+        return []
+    lines = [line.removeprefix("- ").strip() for line in ctx.previous_failure.splitlines()]
+    said = [line for line in lines if line and not line.startswith("#")][:5]
+    return [f"sent back because: {'; '.join(said)}"] if said else []
 
 
 def _patch_to_apply(ctx: JobContext) -> Path | None:
