@@ -224,30 +224,22 @@ def next_transition(
             [f"{stage.value}: a human must look", *verdict_reasons],
             alert=verdict.needs_human,
         )
-    if outcome.is_tool_error:
-        return _defer_or_block(
-            stage,
-            outcome.value,
-            verdict_reasons,
-            used=task.infra_retries,
-            budget=budgets.infra_retry_budget,
-            backoff_s=budgets.infra_retry_backoff_s,
-            what="infra retry",
-        )
-    if verdict is not None and verdict.tool_error == ARTIFACT_CHANGED:
-        # The job's artifact was rewritten after it was written: its work cannot be taken
-        # as it stands, and a gate-only retry would read the rewritten file. The stage runs
-        # again within the infra budget, and a human is told (an alert, also on a defer).
+    # The job's artifact rewritten after it was written counts as the job's own tool
+    # error: its work cannot be taken as it stands, and a gate-only retry would read the
+    # rewritten file. The stage runs again within the infra budget, and a human is told
+    # (an alert, also on a defer).
+    changed = verdict is not None and verdict.tool_error == ARTIFACT_CHANGED
+    if outcome.is_tool_error or changed:
         t = _defer_or_block(
             stage,
-            verdict.tool_error,
+            ARTIFACT_CHANGED if changed else outcome.value,
             verdict_reasons,
             used=task.infra_retries,
             budget=budgets.infra_retry_budget,
             backoff_s=budgets.infra_retry_backoff_s,
             what="infra retry",
         )
-        return dataclasses.replace(t, alert=ARTIFACT_CHANGED)
+        return dataclasses.replace(t, alert=ARTIFACT_CHANGED) if changed else t
     if verdict is not None and verdict.tool_error:
         # The process ran and its work stands; only a gate met infra trouble. Its retries
         # re-run the gates alone and are counted against the gate's own budget, so they

@@ -47,6 +47,20 @@ from orchestrator.taskdir import write_atomic
 # The defaults for a Python repo. A glob without a "/" matches a file or folder of that
 # name at any depth; one with a "/" is anchored at the top of the repo; a folder matches
 # everything below it; "**" spans folders.
+# Files that configure the suite: a new one is never "a new test file". (Of
+# ``pyproject.toml`` and ``setup.cfg`` only their pytest and coverage sections are
+# protected: SECTIONED_FILES.)
+SUITE_CONFIG_FILES: tuple[str, ...] = (
+    "conftest.py",
+    "pytest.ini",
+    ".pytest.ini",
+    "tox.ini",
+    "noxfile.py",
+    ".coveragerc",
+    "pyproject.toml",
+    "setup.cfg",
+)
+SUITE_CONFIG_NAMES = frozenset(SUITE_CONFIG_FILES)
 DEFAULT_PROTECTED_PATHS: tuple[str, ...] = (
     # the test directories and test modules
     "tests",
@@ -54,15 +68,7 @@ DEFAULT_PROTECTED_PATHS: tuple[str, ...] = (
     "test_*.py",
     "*_test.py",
     # the suite's configuration
-    "conftest.py",
-    "pytest.ini",
-    ".pytest.ini",
-    "tox.ini",
-    "noxfile.py",
-    ".coveragerc",
-    # only their pytest and coverage sections (SECTIONED_FILES)
-    "pyproject.toml",
-    "setup.cfg",
+    *SUITE_CONFIG_FILES,
     # CI configuration
     ".github/workflows",
     ".github/actions",
@@ -73,19 +79,6 @@ DEFAULT_PROTECTED_PATHS: tuple[str, ...] = (
     "azure-pipelines.yml",
     "Jenkinsfile",
     ".ci",
-)
-# Files that configure the suite: a new one is never "a new test file".
-SUITE_CONFIG_NAMES = frozenset(
-    {
-        "conftest.py",
-        "pytest.ini",
-        ".pytest.ini",
-        "tox.ini",
-        "noxfile.py",
-        ".coveragerc",
-        "pyproject.toml",
-        "setup.cfg",
-    }
 )
 # Files of which only the test sections are protected.
 SECTIONED_FILES = frozenset({"pyproject.toml", "setup.cfg"})
