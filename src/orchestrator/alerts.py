@@ -43,6 +43,10 @@ SEVERITY = {
     "sandbox-unavailable": "critical",
     "main-rewound": "critical",
     "artifact-changed": "critical",
+    "backend-outage": "critical",
+    "backend-credentials": "critical",
+    "backend-recovered": "info",
+    "model-request-refused": "warning",
 }
 
 

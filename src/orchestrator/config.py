@@ -174,6 +174,21 @@ class Settings(BaseSettings):
         ge=0,
         description="LLM spend allowed over the last 24 hours, all tasks; 0 means no limit.",
     )
+    backend_breaker_threshold: int = Field(
+        default=3,
+        ge=1,
+        description="Model-API outage failures in a row (any task) that pause a model backend.",
+    )
+    backend_probe_first_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="First wait before a paused model backend is probed; doubles per failure.",
+    )
+    backend_probe_max_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest wait between probes of a paused backend (and after a 401/403).",
+    )
     claude_command: str = Field(
         default="claude", description="The Claude Code executable (split with shlex)."
     )
@@ -193,6 +208,28 @@ class Settings(BaseSettings):
     )
     claude_allowed_tools: str = Field(
         default="", description="CSV of tool rules Claude Code may use unasked (--allowedTools)."
+    )
+    # Claude Code's streamed spend is priced with these while it runs (its own total comes
+    # only at the end). Defaults: the pinned CLI's (2.1.330) table for its default model.
+    claude_price_in_per_mtok_usd: float = Field(
+        default=4.0,
+        ge=0,
+        description="USD per million input tokens, for Claude Code's spend while it runs.",
+    )
+    claude_price_out_per_mtok_usd: float = Field(
+        default=20.0,
+        ge=0,
+        description="USD per million output tokens, for Claude Code's spend while it runs.",
+    )
+    claude_price_cache_write_per_mtok_usd: float = Field(
+        default=5.0,
+        ge=0,
+        description="USD per million cache-write input tokens, for Claude Code's running spend.",
+    )
+    claude_price_cache_read_per_mtok_usd: float = Field(
+        default=0.2,
+        ge=0,
+        description="USD per million cache-read input tokens, for Claude Code's running spend.",
     )
     codex_command: str = Field(
         default="codex", description="The Codex executable (split with shlex)."

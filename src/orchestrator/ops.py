@@ -26,6 +26,7 @@ from orchestrator.agents.registry import (
 from orchestrator.alerts import resolve_task_alerts
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
+from orchestrator.domain import breaker
 from orchestrator.domain.stages import (
     DEFAULT_STAGES,
     PIPELINE,
@@ -46,7 +47,7 @@ from orchestrator.gitops.git import (
     rev_parse_branch,
 )
 from orchestrator.runners import protected
-from orchestrator.store import PoolSizes, make_engine, queries, upgrade
+from orchestrator.store import PoolSizes, breakers, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import JobRow, RepoRow, TaskRow, TransitionRow
 
@@ -915,3 +916,29 @@ KNOWN_TRANSITION_KINDS = frozenset(
     {"create", "cancel", "retry", "approve", *(k.value for k in TransitionKind)}
 )
 ALL_STAGES = tuple(s.value for s in PIPELINE)
+
+
+def list_backends(engine: sa.Engine) -> list[breakers.BackendRow]:
+    """The model backends' breakers, by name (a backend no job has used has none)."""
+    with engine.connect() as conn:
+        return breakers.list_backends(conn)
+
+
+def resume_backend(engine: sa.Engine, name: str) -> breakers.BackendRow:
+    """Probe a paused model backend at once (``orch backend resume``): its next job runs as
+    the probe, and the model answering it closes the breaker."""
+    with engine.begin() as conn:
+        breakers.lock_spend(conn)
+        row = breakers.get(conn, name)
+        if row is None:
+            known = ", ".join(r.state.name for r in breakers.list_backends(conn)) or "none yet"
+            msg = f"no model backend {name!r} has run a job (known: {known})"
+            raise NotFoundError(msg)
+        if row.state.paused:
+            now = time.time()
+            breakers.save(conn, breaker.resume(row.state, now), now=now)
+            # Its waiting jobs may run now: the first one claimed is the probe.
+            jobq.wake_waiting(conn, now=now, said=f"backend {name} paused")
+        fresh = breakers.get(conn, name)
+    assert fresh is not None
+    return fresh

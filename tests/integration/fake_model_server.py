@@ -13,8 +13,15 @@ A test scripts the *agent turns*: each request that carries tools (the agent loo
 requests without tools get a short default answer) takes the next ``Turn`` of the script; when
 the script runs out, ``then`` answers every further one (a final text by default). A turn is
 a final text, a tool call (a freeform one too), an HTTP error, an error event inside the
-stream, or a hang (no answer until the server stops). Every request is recorded for
-assertions.
+stream, or a hang (no answer until the server stops); any of them may come after a delay
+(``delay_s``). Every request is recorded for assertions.
+
+Billing: the server counts what it would bill, ``billed()`` (input tokens, cache tokens
+included, and output tokens) and ``calls``, over the *scripted* requests it answered with a
+message (a text or a tool call sent whole). Errors, stream errors and hangs bill nothing.
+Side requests (no tools: a CLI's own housekeeping, not the agent loop) are counted apart,
+``side_billed()``: a CLI does not stream them to its output, so a test that compares a job's
+streamed spend with ``billed()`` also checks that ``side_billed()`` is nothing.
 
 Loopback only: the server binds 127.0.0.1 on a free port and never connects anywhere.
 """
@@ -41,8 +48,11 @@ class Turn:
 
     kind: ``text`` (final answer), ``tool`` (a tool call: ``tool`` and ``tool_input``),
     ``custom_tool`` (a freeform tool call, Responses API: ``tool`` and its raw ``text``),
-    ``http_error`` (``status`` and ``message``), ``stream_error`` (an error event inside a
-    200 stream), ``hang`` (accept the request, never answer).
+    ``http_error`` (``status`` and ``message``, and a ``Retry-After`` header when
+    ``retry_after`` is set), ``stream_error`` (an error event inside a 200 stream), ``hang``
+    (accept the request, never answer). ``delay_s``: wait this long before answering.
+    Cache tokens are input tokens too: the Anthropic API reports them apart, the OpenAI APIs
+    within ``input_tokens`` / ``prompt_tokens`` (cache reads as ``cached_tokens``).
     """
 
     kind: str
@@ -53,23 +63,58 @@ class Turn:
     message: str = "scripted failure"
     input_tokens: int = 100
     output_tokens: int = 20
+    delay_s: float = 0.0
+    retry_after: str | None = None
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @property
+    def billed_input_tokens(self) -> int:
+        """Every input token of the answer, cached or not."""
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
 
-def text(value: str, *, input_tokens: int = 100, output_tokens: int = 20) -> Turn:
-    """The model answers ``value`` and ends its turn."""
-    return Turn("text", text=value, input_tokens=input_tokens, output_tokens=output_tokens)
+def text(
+    value: str,
+    *,
+    input_tokens: int = 100,
+    output_tokens: int = 20,
+    delay_s: float = 0.0,
+    cache_creation_input_tokens: int = 0,
+    cache_read_input_tokens: int = 0,
+) -> Turn:
+    """The model answers ``value`` and ends its turn (after ``delay_s``)."""
+    return Turn(
+        "text",
+        text=value,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        delay_s=delay_s,
+        cache_creation_input_tokens=cache_creation_input_tokens,
+        cache_read_input_tokens=cache_read_input_tokens,
+    )
 
 
 def tool(
-    name: str, tool_input: dict[str, Any], *, input_tokens: int = 100, output_tokens: int = 20
+    name: str,
+    tool_input: dict[str, Any],
+    *,
+    input_tokens: int = 100,
+    output_tokens: int = 20,
+    delay_s: float = 0.0,
+    cache_creation_input_tokens: int = 0,
+    cache_read_input_tokens: int = 0,
 ) -> Turn:
-    """The model asks to run tool ``name`` with ``tool_input``."""
+    """The model asks to run tool ``name`` with ``tool_input`` (after ``delay_s``)."""
     return Turn(
         "tool",
         tool=name,
         tool_input=tool_input,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        delay_s=delay_s,
+        cache_creation_input_tokens=cache_creation_input_tokens,
+        cache_read_input_tokens=cache_read_input_tokens,
     )
 
 
@@ -79,9 +124,12 @@ def custom_tool(name: str, tool_input: str) -> Turn:
     return Turn("custom_tool", tool=name, text=tool_input)
 
 
-def http_error(status: int = 500, message: str = "scripted server error") -> Turn:
-    """The server answers with an HTTP error status and an API error body."""
-    return Turn("http_error", status=status, message=message)
+def http_error(
+    status: int = 500, message: str = "scripted server error", retry_after: str | None = None
+) -> Turn:
+    """The server answers with an HTTP error status and an API error body (and a
+    ``Retry-After: <retry_after>`` header when given)."""
+    return Turn("http_error", status=status, message=message, retry_after=retry_after)
 
 
 def stream_error(message: str = "scripted overload") -> Turn:
@@ -117,6 +165,10 @@ class FakeModelServer:
         self._ids = itertools.count(1)
         self.requests: list[Recorded] = []
         self.released = threading.Event()
+        # What the answered requests would cost: (input tokens, output tokens, answers), for
+        # scripted requests and side requests apart (see the module docstring).
+        self._billed = [0, 0, 0]
+        self._side_billed = [0, 0, 0]
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -200,6 +252,32 @@ class FakeModelServer:
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):04d}"
 
+    # ---- billing ----------------------------------------------------------------------------
+
+    def bill(self, turn: Turn, *, scripted: bool) -> None:
+        """Count an answer sent whole: the tokens it reports, and one call."""
+        with self._lock:
+            tally = self._billed if scripted else self._side_billed
+            tally[0] += turn.billed_input_tokens
+            tally[1] += turn.output_tokens
+            tally[2] += 1
+
+    def billed(self) -> tuple[int, int]:
+        """(input tokens, output tokens) of the scripted requests answered so far."""
+        with self._lock:
+            return self._billed[0], self._billed[1]
+
+    def side_billed(self) -> tuple[int, int]:
+        """(input tokens, output tokens) of the side requests (no tools) answered so far."""
+        with self._lock:
+            return self._side_billed[0], self._side_billed[1]
+
+    @property
+    def calls(self) -> int:
+        """Scripted requests answered with a message so far."""
+        with self._lock:
+            return self._billed[2]
+
 
 class _Handler(BaseHTTPRequestHandler):
     owner: FakeModelServer
@@ -221,16 +299,27 @@ class _Handler(BaseHTTPRequestHandler):
             return {"_raw": raw.decode("utf-8", "replace")}
         return body if isinstance(body, dict) else {"_json": body}
 
-    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+    def _send(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
         self.wfile.flush()
 
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
+    def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", headers)
+
+    def _error_headers(self, turn: Turn) -> dict[str, str]:
+        return {"retry-after": turn.retry_after} if turn.retry_after is not None else {}
 
     def _sse(self, events: Iterable[tuple[str | None, dict[str, Any]]]) -> None:
         chunks = []
@@ -274,12 +363,18 @@ class _Handler(BaseHTTPRequestHandler):
         if turn.kind == "hang":
             self._hang()
             return
+        if turn.delay_s > 0:
+            # The model thinks: nothing is sent meanwhile. A stopping server answers at once.
+            self.owner.released.wait(turn.delay_s)
         if api == ANTHROPIC:
             self._anthropic(body, turn)
         elif api == RESPONSES:
             self._responses(body, turn)
         else:
             self._chat(body, turn)
+        if turn.kind in ("text", "tool", "custom_tool"):
+            # Sent whole without an error (a closed connection raises above): billed.
+            self.owner.bill(turn, scripted=scripted)
 
     # ---- Anthropic Messages -----------------------------------------------------------------
 
@@ -290,10 +385,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(
                 turn.status,
                 {"type": "error", "error": {"type": kind, "message": turn.message}},
+                self._error_headers(turn),
             )
             return
         msg_id = self.owner.new_id("msg")
-        usage_start = {"input_tokens": turn.input_tokens, "output_tokens": 1}
+        usage_start = {
+            "input_tokens": turn.input_tokens,
+            "cache_creation_input_tokens": turn.cache_creation_input_tokens,
+            "cache_read_input_tokens": turn.cache_read_input_tokens,
+            "output_tokens": 1,
+        }
         if turn.kind == "tool":
             block: dict[str, Any] = {
                 "type": "tool_use",
@@ -318,6 +419,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "stop_sequence": None,
                     "usage": {
                         "input_tokens": turn.input_tokens,
+                        "cache_creation_input_tokens": turn.cache_creation_input_tokens,
+                        "cache_read_input_tokens": turn.cache_read_input_tokens,
                         "output_tokens": turn.output_tokens,
                     },
                 },
@@ -385,10 +488,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _responses(self, body: dict[str, Any], turn: Turn) -> None:
         if turn.kind == "http_error":
-            self._json(
-                turn.status,
-                _openai_error(turn.message),
-            )
+            self._json(turn.status, _openai_error(turn.message), self._error_headers(turn))
             return
         resp_id = self.owner.new_id("resp")
         created = {"type": "response.created", "response": {"id": resp_id}}
@@ -431,11 +531,12 @@ class _Handler(BaseHTTPRequestHandler):
             "response": {
                 "id": resp_id,
                 "usage": {
-                    "input_tokens": turn.input_tokens,
-                    "input_tokens_details": {"cached_tokens": 0},
+                    # OpenAI's input tokens include the cached ones.
+                    "input_tokens": turn.billed_input_tokens,
+                    "input_tokens_details": {"cached_tokens": turn.cache_read_input_tokens},
                     "output_tokens": turn.output_tokens,
                     "output_tokens_details": {"reasoning_tokens": 0},
-                    "total_tokens": turn.input_tokens + turn.output_tokens,
+                    "total_tokens": turn.billed_input_tokens + turn.output_tokens,
                 },
             },
         }
@@ -455,10 +556,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, body: dict[str, Any], turn: Turn) -> None:
         if turn.kind in ("http_error", "stream_error"):
             status = turn.status if turn.kind == "http_error" else 500
-            self._json(
-                status,
-                _openai_error(turn.message),
-            )
+            self._json(status, _openai_error(turn.message), self._error_headers(turn))
             return
         self._json(
             200,
@@ -475,9 +573,9 @@ class _Handler(BaseHTTPRequestHandler):
                     }
                 ],
                 "usage": {
-                    "prompt_tokens": turn.input_tokens,
+                    "prompt_tokens": turn.billed_input_tokens,
                     "completion_tokens": turn.output_tokens,
-                    "total_tokens": turn.input_tokens + turn.output_tokens,
+                    "total_tokens": turn.billed_input_tokens + turn.output_tokens,
                 },
             },
         )

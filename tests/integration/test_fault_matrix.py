@@ -350,8 +350,24 @@ def render(faults: list[Fault]) -> str:
         "`tests/integration/test_cli_properties.py` generates the CLI's argv and",
         "`tests/acceptance/test_api_schema.py` runs schemathesis on the API.",
         "",
+        "## Model-API failures",
+        "",
+        "Across tasks, with the real pinned CLIs against a model server on 127.0.0.1",
+        "(`tests/integration/test_backend_faults.py`, `tests/integration/test_llm_spend.py`):",
+        "",
+        _model_faults(),
+        "",
     ]
     return "\n".join(lines)
+
+
+def _model_faults() -> str:
+    # Also under `python -m tests.integration.test_fault_matrix`, where this folder is not
+    # on the import path.
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_faults_doc import render as rows
+
+    return rows()
 
 
 def test_reliability_doc_is_current() -> None:

@@ -14,6 +14,7 @@ import test_task_text
 try:
     import test_api_security
     import test_forged_verdicts
+    import test_llm_spend
     import test_sandbox
     import test_test_cheats
     from security_doc import DOC, WRITE_ENV, Defended, render
@@ -21,6 +22,7 @@ except ImportError:  # imported as tests.integration.test_security_doc
     from tests.integration import (
         test_api_security,
         test_forged_verdicts,
+        test_llm_spend,
         test_sandbox,
         test_test_cheats,
     )
@@ -33,6 +35,7 @@ def test_security_doc_is_current() -> None:
         *(Defended(**row) for row in test_test_cheats.DEFENDED),
         *(Defended(**row) for row in test_api_security.DEFENDED),
         *(Defended(**row) for row in test_task_text.DEFENDED),
+        *(Defended(**row) for row in test_llm_spend.DEFENDED),
     ]
     text = render(test_sandbox.ATTACKS, defended)
     if os.environ.get(WRITE_ENV):

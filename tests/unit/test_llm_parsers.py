@@ -28,6 +28,7 @@ from orchestrator.agents.common import (
 )
 from orchestrator.agents.stall import STALL_PREFIX, StallDetector, tree_signature
 from orchestrator.config import load_settings
+from orchestrator.domain.faults import FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Stage
 from orchestrator.proc_group import Outcome
@@ -95,7 +96,9 @@ def test_claude_api_error_real_shape() -> None:
     )
     r = claude.parse_claude(ended(1), out)
     assert r.outcome is OutcomeKind.CRASHED
-    assert "API error (HTTP 500)" in r.reasons[0]
+    assert "API error (HTTP 500, outage)" in r.reasons[0]
+    assert r.api_fault is not None
+    assert r.api_fault.kind is FaultKind.OUTAGE
     assert r.cost_usd == 0.0
 
 
@@ -364,7 +367,9 @@ def test_codex_success_and_cost_from_the_price_table() -> None:
 def test_codex_turn_failed_is_a_tool_error() -> None:
     r = codex.parse_codex(ended(1), CODEX_FAILED, price_in_per_mtok=1, price_out_per_mtok=1)
     assert r.outcome is OutcomeKind.CRASHED
-    assert "scripted overload" in r.reasons[0]
+    assert "scripted overload" in r.reasons[1]
+    assert r.api_fault is not None
+    assert r.api_fault.kind is FaultKind.OUTAGE
     assert r.cost_usd is None
 
 
@@ -544,7 +549,7 @@ def test_claude_plan(tmp_path: Path) -> None:
     assert a[-2:] == ["--", req.prompt]  # after --: never an option, never an --add-dir value
     for flag in ("--no-session-persistence", "--output-format", "--max-turns"):
         assert flag in a
-    assert a[a.index("--output-format") + 1] == "json"
+    assert a[a.index("--output-format") + 1] == "stream-json"
     assert a[a.index("--max-turns") + 1] == "7"
     assert a[a.index("--permission-mode") + 1] == "acceptEdits"
     assert a[a.index("--add-dir") + 1] == str(req.artifact_dir)
@@ -574,7 +579,8 @@ def test_bad_permission_mode_is_refused_at_load(tmp_path: Path) -> None:
 def test_codex_plan_and_config(tmp_path: Path) -> None:
     req = request(tmp_path, codex_model="gpt-x", codex_max_retries=1)
     plan = codex.plan_codex(req)
-    assert plan.argv[:5] == ["codex", "exec", "--json", "--ephemeral", "--strict-config"]
+    # Not --ephemeral: its session file is where each model call's usage streams.
+    assert plan.argv[:4] == ["codex", "exec", "--json", "--strict-config"]
     assert plan.argv[-2:] == ["--", req.prompt]
     codex_home = Path(plan.env["CODEX_HOME"])
     assert codex_home.parent == req.job_home
@@ -774,3 +780,124 @@ def test_absurd_token_claims_are_capped_and_the_cost_stays_finite() -> None:
     assert p.result.tokens_in == MAX_TOKENS
     assert p.result.cost_usd is not None
     assert math.isfinite(p.result.cost_usd)
+
+
+# ------------------------------------------------------------------ model-API faults, by kind
+# Recorded from the pinned CLIs against the fake server answering every request with the
+# status (0: nothing listening). Issue 16: every one of these was a generic "the model
+# server failed" infra retry, 401 and 400 included.
+
+CLAUDE_FAULTS = {
+    401: ("Failed to authenticate. API Error: 401 scripted 401 message", FaultKind.CREDENTIALS),
+    403: ("API Error: 403 scripted 403 message", FaultKind.CREDENTIALS),
+    400: ("API Error: 400 scripted 400 message", FaultKind.REQUEST),
+    529: ("API Error: 529 scripted 529 message. This is a server-side issue", FaultKind.OUTAGE),
+    429: ("API Error: 429 scripted 429 message", FaultKind.OUTAGE),
+    None: (
+        "API Error: Connection refused — a firewall or proxy may be blocking it (ECONNREFUSED)",
+        FaultKind.OUTAGE,
+    ),
+}
+
+
+@pytest.mark.parametrize("status", list(CLAUDE_FAULTS))
+def test_claude_api_fault_kinds(status: int | None) -> None:
+    said, kind = CLAUDE_FAULTS[status]
+    out = claude_result(
+        is_error=True,
+        api_error_status=status,
+        terminal_reason="api_error",
+        total_cost_usd=0,
+        result=said,
+    )
+    r = claude.parse_claude(ended(1), out)
+    assert r.outcome is OutcomeKind.CRASHED
+    assert r.api_fault is not None
+    assert (r.api_fault.kind, r.api_fault.status) == (kind, status)
+    assert any("scripted" in x or "ECONNREFUSED" in x for x in r.reasons), r.reasons
+
+
+def test_claude_error_that_is_no_api_error_has_no_fault() -> None:
+    r = claude.parse_claude(ended(1), claude_result(is_error=True, terminal_reason="other"))
+    assert r.outcome is OutcomeKind.CRASHED
+    assert r.api_fault is None
+
+
+def codex_failed(message: str) -> str:
+    return "\n".join(
+        [
+            '{"type":"turn.started"}',
+            json.dumps({"type": "error", "message": message}),
+            json.dumps({"type": "turn.failed", "error": {"message": message}}),
+        ]
+    )
+
+
+CODEX_FAULTS = [
+    (
+        "unexpected status 401 Unauthorized: scripted 401 message, url: x",
+        FaultKind.CREDENTIALS,
+        401,
+    ),
+    ("unexpected status 403 Forbidden: no", FaultKind.CREDENTIALS, 403),
+    ("unexpected status 529 <unknown status code>: scripted 529", FaultKind.OUTAGE, 529),
+    ("exceeded retry limit, last status: 429 Too Many Requests", FaultKind.OUTAGE, 429),
+    (
+        '{"error": {"type": "invalid_request_error", "message": "scripted 400 message"}}',
+        FaultKind.REQUEST,
+        None,
+    ),
+    ("stream disconnected before completion: connection reset", FaultKind.OUTAGE, None),
+]
+
+
+@pytest.mark.parametrize(("message", "kind", "status"), CODEX_FAULTS)
+def test_codex_api_fault_kinds(message: str, kind: FaultKind, status: int | None) -> None:
+    r = parse_codex(codex_failed(message), "danger-full-access", ended(1))
+    assert r.outcome is OutcomeKind.CRASHED
+    assert r.api_fault is not None
+    assert (r.api_fault.kind, r.api_fault.status) == (kind, status)
+    if kind is FaultKind.REQUEST:
+        # The server's own words, not the JSON around them.
+        assert r.api_fault.message == "scripted 400 message"
+
+
+def test_codex_unreachable_server_is_an_outage() -> None:
+    out = "\n".join(
+        json.dumps({"type": "error", "message": "Reconnecting... waiting for network (x)"})
+        for _ in range(3)
+    )
+    stalled = ended(None, stop_reason=f"{STALL_PREFIX} no output and no file change for 5s")
+    r = parse_codex(out, "danger-full-access", stalled)
+    assert r.outcome is OutcomeKind.TIMEOUT
+    assert r.api_fault is not None
+    assert r.api_fault.kind is FaultKind.OUTAGE
+
+
+AIDER_FAULTS = [
+    (
+        "litellm.AuthenticationError: AuthenticationError: OpenAIException - bad key",
+        FaultKind.CREDENTIALS,
+    ),
+    ("litellm.PermissionDeniedError: PermissionDeniedError: no", FaultKind.CREDENTIALS),
+    ("litellm.BadRequestError: OpenAIException - Invalid value for 'model'", FaultKind.REQUEST),
+    ("litellm.RateLimitError: RateLimitError: OpenAIException - slow down", FaultKind.OUTAGE),
+    ("litellm.APIError: APIError: OpenAIException - Overloaded", FaultKind.OUTAGE),
+    ("litellm.InternalServerError: InternalServerError: OpenAIException - boom", FaultKind.OUTAGE),
+]
+
+
+@pytest.mark.parametrize(("line", "kind"), AIDER_FAULTS)
+def test_aider_api_fault_kinds(line: str, kind: FaultKind) -> None:
+    log = analytics({"event": "message_send_starting"})
+    p = aider.parse_aider(ended(0), log, has_diff=False, output=line)
+    assert p.result.outcome is OutcomeKind.CRASHED
+    assert p.result.api_fault is not None
+    assert p.result.api_fault.kind is kind
+    assert line in p.result.api_fault.message
+    # And after a first answer (aider still exits 0): the same kind, never "changed nothing".
+    later = aider.parse_aider(
+        ended(0), AIDER_OVERLOADED_ANALYTICS, has_diff=False, output=line
+    ).result
+    assert later.api_fault is not None
+    assert later.api_fault.kind is kind

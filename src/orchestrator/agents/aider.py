@@ -65,10 +65,19 @@ from orchestrator.agents.common import (
     token_sum,
     tool_error_of,
 )
+from orchestrator.domain.faults import ApiFault, FaultKind, fault_of_status, status_in
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.proc_group import Outcome
 
-__all__ = ["AIDER_ROLES", "AiderResult", "model_error", "parse_aider", "plan_aider", "unanswered"]
+__all__ = [
+    "AIDER_ROLES",
+    "AiderResult",
+    "model_error",
+    "model_fault",
+    "parse_aider",
+    "plan_aider",
+    "unanswered",
+]
 
 AIDER_ROLES = frozenset({"developer"})
 ANALYTICS_LOG = "aider-analytics.jsonl"
@@ -174,6 +183,33 @@ def model_error(output: str) -> str | None:
     return f"{snippet(errors[-1])}{after}"
 
 
+# litellm's exception classes (as aider prints them, ``litellm.<Class>: ...``) by what they
+# mean for the task; a class not named here is an outage (the server failed somehow).
+_CLASS_KINDS = {
+    "AuthenticationError": FaultKind.CREDENTIALS,
+    "PermissionDeniedError": FaultKind.CREDENTIALS,
+    "BadRequestError": FaultKind.REQUEST,
+    "ContextWindowExceededError": FaultKind.REQUEST,
+    "ContentPolicyViolationError": FaultKind.REQUEST,
+    "NotFoundError": FaultKind.REQUEST,
+    "UnprocessableEntityError": FaultKind.REQUEST,
+    "UnsupportedParamsError": FaultKind.REQUEST,
+}
+_CLASS_RE = re.compile(r"^litellm\.([A-Za-z]+):")
+
+
+def model_fault(said: str | None) -> ApiFault:
+    """The kind of the model error aider printed (litellm's class, else the status it
+    names); an outage when it says neither, since aider got no answer either way."""
+    text = said or "its last request got no answer"
+    found = _CLASS_RE.match(text)
+    kind = _CLASS_KINDS.get(found.group(1)) if found else None
+    status = status_in(text)
+    if kind is None and status is not None:
+        return fault_of_status(status, text)
+    return ApiFault(kind or FaultKind.OUTAGE, text, status)
+
+
 @dataclass(frozen=True)
 class AiderResult:
     """The parse, and the ``dev_status`` the orchestrator writes when it completed."""
@@ -216,8 +252,13 @@ def parse_aider(
     t_in = tokens_in if sends else None
     t_out = tokens_out if sends else None
 
-    def done(kind: OutcomeKind, status: str | None, *reasons: str) -> AiderResult:
-        return AiderResult(LlmResult(kind, list(reasons), cost_usd, t_in, t_out), status)
+    def done(
+        kind: OutcomeKind, status: str | None, *reasons: str, fault: ApiFault | None = None
+    ) -> AiderResult:
+        result = LlmResult(
+            kind, list(reasons), cost_usd, t_in, t_out, api_fault=fault, model_calls=sends
+        )
+        return AiderResult(result, status)
 
     killed = tool_error_of(outcome, "aider")
     if killed is not None:
@@ -233,24 +274,29 @@ def parse_aider(
     if said is None and exceptions:
         said = snippet(exceptions[-1])
     if sends == 0:
+        fault = model_fault(said)
         return done(
             OutcomeKind.CRASHED,
             None,
             "aider got no answer from the model (no message_send event)"
-            f"{f': {said}' if said else ''}; an API error, not the code's fault",
+            f"{f': {said}' if said else ''}; an API error ({fault.kind.value}), "
+            "not the code's fault",
             *([f"last output: {snippet(output)}"] if output.strip() else []),
+            fault=fault,
         )
     summary = (
         f"aider: {sends} message(s), tokens in {tokens_in} out {tokens_out}, {money(cost_usd)}"
     )
     if unanswered(analytics_log):
+        fault = model_fault(said)
         return done(
             OutcomeKind.CRASHED,
             None,
             f"aider: the model failed after {sends} answer(s): "
-            f"{said or 'its last request got no answer'}; an API error, not the code's fault "
-            f"(aider exited {outcome.exit_code})",
+            f"{said or 'its last request got no answer'}; an API error ({fault.kind.value}), "
+            f"not the code's fault (aider exited {outcome.exit_code})",
             summary,
+            fault=fault,
         )
     if outcome.exit_code != 0:
         return done(

@@ -4,10 +4,13 @@
 the role prompt (a template error ends the job ``not-started``; no half prompt is sent),
 asks the backend for its plan (argv, env additions, files), prepares the job's own home,
 runs the plan through ``proc_group.run`` (scrubbed environment, stdin /dev/null, the agent
-timeout, tree kill, and the stall detector as the poll hook), reads the run's output back
-from the job log, and lets the backend's pure parser say what happened: an outcome with
-reasons, cost and tokens. At the development stage whatever the agent left uncommitted is
-committed, as for the ``command`` backend.
+timeout, tree kill, and as the poll hook the spend meter, which stops the job at its spend
+cap, then the stall detector), reads the run's output back from the job log, and lets the
+backend's pure parser say what happened: an outcome with reasons, cost and tokens, and a
+model-API failure by kind (``domain.faults``; a stall while the model owed an answer is an
+outage too). What streamed fills in what the parser could not read (``meter.merge_spend``).
+At the development stage whatever the agent left uncommitted is committed, as for the
+``command`` backend.
 
 The result is never the agent's word: ``completed`` only means the tool really ran; the
 gate reads the artifact and the engine decides.
@@ -15,6 +18,7 @@ gate reads the artifact and the engine decides.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable
@@ -33,10 +37,12 @@ from orchestrator.agents.common import (
     run_output,
     tool_error_of,
 )
+from orchestrator.agents.meter import Spend, SpendWatch, merge_spend, meter_for, spend_line
 from orchestrator.agents.prompts import PromptError, render_prompt
-from orchestrator.agents.stall import StallDetector
+from orchestrator.agents.stall import StallDetector, model_hang
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
+from orchestrator.domain.faults import ApiFault, FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.gitops import worktrees
@@ -60,6 +66,8 @@ class _Run:
     outcome: proc_group.Outcome
     output: str
     detector: StallDetector
+    # What the spend meter read as the job ran, to its last line.
+    spend: Spend
 
 
 def prepare_files(files: dict[Path, str]) -> None:
@@ -138,6 +146,7 @@ def run_llm_backend(
         settings=st,
         env=env,
         is_root=hasattr(os, "geteuid") and os.geteuid() == 0,
+        task_left_usd=ctx.task_left_usd,
     )
     try:
         plan = planner(request)
@@ -147,7 +156,9 @@ def run_llm_backend(
     except OSError as exc:
         return not_started(f"cannot prepare the job home {job_home}: {exc}")
 
-    run = _execute(ctx, plan, {**env, **plan.env}, worktree, out_dir, artifact, job_marker(ctx.job))
+    run = _execute(
+        ctx, backend, plan, {**env, **plan.env}, worktree, out_dir, artifact, job_marker(ctx.job)
+    )
     collected = collect_artifact(ctx, out_dir, stage)
     reasons_extra = list(collected.reasons)
     artifacts = dict(collected.artifacts)
@@ -160,8 +171,22 @@ def run_llm_backend(
             artifacts.update(refused or {})
         if result.cut_short:
             _set_aside(ctx, stage, backend, out_dir, result, reasons_extra, artifacts)
+    # The parser's final figures, or what streamed when the run ended before them.
+    result = merge_spend(backend, result, run.spend, run.outcome.stop_reason)
+    if result.api_fault is None and model_hang(run.outcome.stop_reason):
+        # Stopped while the model owed an answer: the server hangs, an outage of the
+        # backend's, not the task's own stall.
+        said = str(run.outcome.stop_reason)
+        result = dataclasses.replace(result, api_fault=ApiFault(FaultKind.OUTAGE, said))
     reasons = [*result.reasons, *reasons_extra]
-    _append_log(ctx.log_path, [f"{backend}: {result.outcome.value}", *reasons])
+    _append_log(
+        ctx.log_path,
+        [
+            f"{backend}: {result.outcome.value}",
+            *reasons,
+            f"{backend}: streamed spend: {spend_line(run.spend)}",
+        ],
+    )
     return JobResult(
         result.outcome,
         reasons,
@@ -172,11 +197,14 @@ def run_llm_backend(
         tokens_out=result.tokens_out,
         artifacts=artifacts,
         refused_artifacts=collected.refused,
+        api_fault=result.api_fault,
+        model_calls=result.model_calls,
     )
 
 
 def _execute(
     ctx: JobContext,
+    backend: str,
     plan: LlmPlan,
     env: dict[str, str],
     worktree: Path,
@@ -187,11 +215,18 @@ def _execute(
     from orchestrator.engine.launch import run_agent_process
 
     st = ctx.settings
-    # Activity is output in the log or a changed file in the worktree or the artifact. The
-    # task folder as a whole is not watched: the job home inside it holds the CLI's own
-    # state files, which a hung CLI may still touch.
-    detector = StallDetector(ctx.log_path, [worktree, out_dir / artifact], st.agent_stall_timeout_s)
     start = log_size(ctx.log_path)
+    meter = meter_for(backend, plan, st, ctx.log_path, start)
+    # Activity is output in the log, a changed file in the worktree or the artifact, or a
+    # model answer the meter read. The task folder as a whole is not watched: the job home
+    # inside it holds the CLI's own state files, which a hung CLI may still touch.
+    detector = StallDetector(
+        ctx.log_path,
+        [worktree, out_dir / artifact],
+        st.agent_stall_timeout_s,
+        activity=[meter.progress],
+        waiting_on_model=lambda: meter.awaiting_model,
+    )
     request = proc_group.ExecuteRequest(
         argv=plan.argv,
         cwd=worktree,
@@ -204,10 +239,16 @@ def _execute(
     )
     job_home = ctx.task_dir / "runs" / f"{ctx.job.id}-home"
     prompt_file = ctx.task_dir / "runs" / f"{ctx.job.id}-prompt.md"
+    # The poll hook reads the meter, stops the job once its streamed spend reaches its cap,
+    # else asks the stall detector.
+    watch = SpendWatch(meter, detector, ctx.spend_cap_usd)
     outcome = run_agent_process(
-        ctx, request, [worktree, job_home, out_dir], prompt_file, poll=detector
+        ctx, request, [worktree, job_home, out_dir], prompt_file, poll=watch
     )
-    return _Run(outcome, run_output(ctx.log_path, start), detector)
+    # The last lines the CLI wrote before it ended (or was killed) count too.
+    spend = meter.update(final=True)
+    meter.close()
+    return _Run(outcome, run_output(ctx.log_path, start), detector, spend)
 
 
 def _set_aside(

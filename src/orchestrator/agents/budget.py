@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from orchestrator.money import usd
 
-__all__ = ["BudgetCheck", "check_budgets", "check_day_budget", "check_task_budget"]
+__all__ = [
+    "BudgetCheck",
+    "check_budgets",
+    "check_day_budget",
+    "check_task_budget",
+    "reserve",
+]
 
 
 @dataclass(frozen=True)
@@ -71,3 +77,24 @@ def check_budgets(
     task = check_task_budget(task_spent_usd, task_budget_usd, before_dispatch=before_dispatch)
     day = check_day_budget(day_spent_usd, day_budget_usd, before_dispatch=before_dispatch)
     return BudgetCheck(task.ok and day.ok, [*task.reasons, *day.reasons])
+
+
+def reserve(
+    *,
+    task_left_usd: float | None,
+    day_left_usd: float | None,
+    reserved_by_others_usd: float,
+) -> tuple[float | None, str | None]:
+    """A job's spend cap at dispatch, reserved against the day budget: what is left of the
+    task's budget, within what the day budget has left after the reservations of the LLM
+    jobs running now. (None, None): no cap; (None, why): no room now, wait for the running
+    jobs to end. Parallel jobs then cannot jointly overshoot the day budget by more than
+    what their last model calls cost."""
+    room = None if day_left_usd is None else day_left_usd - reserved_by_others_usd
+    if room is not None and room <= 0:
+        return None, (
+            f"the day budget's {usd(max(day_left_usd or 0.0, 0.0))} left is reserved by "
+            f"running jobs ({usd(reserved_by_others_usd)}); waiting for them to end"
+        )
+    caps = [c for c in (task_left_usd, room) if c is not None]
+    return (min(caps) if caps else None), None

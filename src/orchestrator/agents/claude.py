@@ -1,10 +1,20 @@
-"""The ``claude`` backend: Claude Code, headless (``claude -p``), one JSON result.
+"""The ``claude`` backend: Claude Code, headless (``claude -p``), streamed JSON events.
 
 Plan::
 
-    claude -p --output-format json --max-turns N --no-session-persistence
+    claude -p --output-format stream-json --verbose --include-partial-messages
+           --max-turns N --no-session-persistence
            --add-dir <artifact dir> (--permission-mode MODE | --dangerously-skip-permissions)
-           [--model M] [--allowedTools RULES] -- <prompt>
+           [--max-budget-usd <task's budget left>] [--model M] [--allowedTools RULES]
+           -- <prompt>
+
+``stream-json`` (which needs ``--verbose``) prints one JSON event per line as the agent
+works, ending with the same ``result`` object ``--output-format json`` prints;
+``--include-partial-messages`` adds the model's raw stream events, whose ``message_start``
+and ``message_delta`` carry each answer's usage: ``agents.meter`` counts the spend from
+them while the job runs, so a job killed before its result keeps what it spent, and a job
+is stopped once it reaches its cap. ``--max-budget-usd`` (what is left of the task's
+budget, when it has one) makes the CLI stop itself too, between two model calls.
 
 The prompt comes last, after ``--``: ``--add-dir`` takes several values and would swallow
 it, and a prompt starting with ``-`` must not read as an option. Environment: its own
@@ -23,7 +33,10 @@ or max-turns); the last ``{"type": "result", ...}`` object of the output is. Map
   attempt FAILED, "max turns reached" in its reasons (the caller sets its artifact aside and,
   for a developer, records ``dev_status: FAILED``), so the rollback feeds that context into
   the next prompt. Not a tool error: the identical prompt would run into the same limit;
-- ``is_error`` with ``api_error_status`` → ``crashed`` (an API error: not the code's fault);
+- ``is_error`` with ``api_error_status`` (or ``terminal_reason: api_error`` without one, a
+  refused connection) → ``crashed`` with an ``ApiFault`` by the status (``domain.faults``:
+  401/403 credentials, 5xx/529/429 and refused connections an outage, other 4xx a refused
+  request), the server's message in the reasons: not the code's fault;
 - ``is_error`` anything but ``false`` (true, missing, "false") or a non-``success`` subtype
   → ``crashed``;
 - ``permission_denials`` not empty → ``crashed`` (the agent could not do what it set out to);
@@ -36,6 +49,7 @@ cache read input tokens, tokens out ``usage.output_tokens``.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from typing import Any
 
@@ -45,12 +59,14 @@ from orchestrator.agents.common import (
     PlanError,
     PlanRequest,
     as_cost,
+    fault_reasons,
     json_objects,
     money,
     snippet,
     token_sum,
     tool_error_of,
 )
+from orchestrator.domain.faults import ApiFault, FaultKind, fault_of_status
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.proc_group import Outcome
 
@@ -82,7 +98,9 @@ def plan_claude(req: PlanRequest) -> LlmPlan:
         *command,
         "-p",
         "--output-format",
-        "json",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
         "--max-turns",
         str(st.claude_max_turns),
         "--no-session-persistence",
@@ -93,6 +111,10 @@ def plan_claude(req: PlanRequest) -> LlmPlan:
         argv.append("--dangerously-skip-permissions")
     else:
         argv += ["--permission-mode", mode]
+    if req.task_left_usd is not None and req.task_left_usd > 0:
+        # repr: a budget of a fraction of a cent (1e-09) stays above 0, which the CLI
+        # requires. Nothing left is never dispatched; the engine's budget check owns it.
+        argv += ["--max-budget-usd", repr(float(req.task_left_usd))]
     if st.claude_model:
         argv += ["--model", st.claude_model]
     tools = [t.strip() for t in st.claude_allowed_tools.split(",") if t.strip()]
@@ -142,6 +164,20 @@ def _denied(denials: list[Any], permission_mode: str | None) -> list[str]:
         f"claude was denied {len(denials)} tool call(s){mode}: {shown}{more}",
         "allow them with ORCH_CLAUDE_ALLOWED_TOOLS or another ORCH_CLAUDE_PERMISSION_MODE",
     ]
+
+
+def _api_fault(result: dict[str, Any], said: str) -> ApiFault | None:
+    """The model-API failure a result reports: by ``api_error_status``, or a failed call
+    with no status (a refused connection) when ``terminal_reason`` is ``api_error``."""
+    status = result.get("api_error_status")
+    message = said or "no message"
+    if isinstance(status, int) and not isinstance(status, bool):
+        return fault_of_status(status, message)
+    if status is not None:
+        return ApiFault(FaultKind.OUTAGE, message)
+    if result.get("terminal_reason") == "api_error":
+        return ApiFault(FaultKind.OUTAGE, message)
+    return None
 
 
 def parse_claude(
@@ -203,12 +239,10 @@ def parse_claude(
             cut_short=True,
         )
     if result.get("is_error") is not False or subtype != "success":
-        status = result.get("api_error_status")
-        if status is not None:
-            return done(
-                OutcomeKind.CRASHED,
-                f"claude: API error (HTTP {status}); the model server failed, not the code",
-                *([said] if said else []),
+        fault = _api_fault(result, said)
+        if fault is not None:
+            return dataclasses.replace(
+                done(OutcomeKind.CRASHED, *fault_reasons("claude", fault)), api_fault=fault
             )
         return done(
             OutcomeKind.CRASHED,

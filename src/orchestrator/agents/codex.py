@@ -2,7 +2,7 @@
 
 Plan::
 
-    codex exec --json --ephemeral --strict-config -- <prompt>
+    codex exec --json --strict-config -- <prompt>
 
 with ``CODEX_HOME`` (and ``HOME``) in the job home, holding a ``config.toml`` we write: the
 model (``ORCH_CODEX_MODEL``: one the pinned CLI's bundled catalog knows; for any other it
@@ -17,6 +17,9 @@ to approve),
 a key this version does not know an error instead of a silent no-op. stdin is /dev/null:
 with an open pipe it waits for more input.
 
+Not ``--ephemeral``: the session file codex then writes in ``CODEX_HOME`` holds each model
+call's token counts as they happen, which ``agents.meter`` reads while the job runs.
+
 Codex retries forever while the server is unreachable ("Reconnecting... waiting for
 network"), so our timeout and stall detection own that case.
 
@@ -24,7 +27,9 @@ Parse: JSONL events on stdout. ``turn.completed`` carries ``usage`` (summed over
 ``turn.failed`` carries the error. Mapping:
 
 - a sandbox that could not start → ``crashed``, with codex's own words (see below);
-- a ``turn.failed`` event → ``crashed`` (an API or stream error: the server failed);
+- a ``turn.failed`` event → ``crashed`` with an ``ApiFault`` (``codex_fault``: by the status
+  its message names; a bare JSON error body, printed for a 400 only, is a refused request;
+  anything else an outage): the server failed or refused, not the code;
 - no ``turn.completed`` → ``crashed`` (fail closed);
 - a non-zero exit code → ``crashed``;
 - else ``completed``: the gate reads the artifact.
@@ -51,6 +56,7 @@ happens there: a command's own output is never read for these words.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 
@@ -59,6 +65,7 @@ from orchestrator.agents.common import (
     LlmResult,
     PlanError,
     PlanRequest,
+    fault_reasons,
     json_objects,
     money,
     snippet,
@@ -66,10 +73,17 @@ from orchestrator.agents.common import (
     tool_error_of,
 )
 from orchestrator.config import Settings
+from orchestrator.domain.faults import ApiFault, FaultKind, fault_of_status, status_in
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.proc_group import Outcome
 
-__all__ = ["codex_config_toml", "codex_cost_usd", "parse_codex", "plan_codex"]
+__all__ = [
+    "codex_config_toml",
+    "codex_cost_usd",
+    "codex_fault",
+    "parse_codex",
+    "plan_codex",
+]
 
 PROVIDER = "orchestrator"
 UNREACHABLE_HINT = "Reconnecting"
@@ -140,7 +154,10 @@ def plan_codex(req: PlanRequest) -> LlmPlan:
         msg = "ORCH_CODEX_COMMAND is empty"
         raise PlanError(msg)
     codex_home = req.job_home / "codex"
-    argv = [*command, "exec", "--json", "--ephemeral", "--strict-config", "--", req.prompt]
+    # Not --ephemeral: the rollout file codex then writes under CODEX_HOME/sessions has a
+    # token count after every model answer, which agents.meter reads while the job runs
+    # (--json shows usage only when the whole turn completes).
+    argv = [*command, "exec", "--json", "--strict-config", "--", req.prompt]
     env = {"HOME": str(req.job_home), "CODEX_HOME": str(codex_home)}
     return LlmPlan(argv=argv, env=env, files={codex_home / "config.toml": codex_config_toml(req)})
 
@@ -196,6 +213,24 @@ def _error_message(line: str) -> str:
     return ""
 
 
+def codex_fault(message: str) -> ApiFault:
+    """The kind of a failed turn by codex's message: the status it names (``unexpected
+    status 401 Unauthorized``, ``last status: 429``); a bare JSON error body, which codex
+    prints only for a 400, is a refused request (its ``message`` quoted); a lost connection,
+    or anything else, an outage."""
+    status = status_in(message)
+    if status is not None:
+        return fault_of_status(status, message)
+    try:
+        body = json.loads(message)
+    except ValueError:
+        body = None
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return ApiFault(FaultKind.REQUEST, str(err.get("message") or message))
+    return ApiFault(FaultKind.OUTAGE, message)
+
+
 def parse_codex(
     outcome: Outcome,
     output: str,
@@ -246,14 +281,17 @@ def parse_codex(
                 f"codex could not reach the model server: {snippet(errors[-1], 160)} "
                 "(it retries forever)"
             )
-        return done(killed.outcome, *killed.reasons, *hints, *sandbox_reasons)
+        ended = done(killed.outcome, *killed.reasons, *hints, *sandbox_reasons)
+        if hints:
+            ended = dataclasses.replace(ended, api_fault=ApiFault(FaultKind.OUTAGE, errors[-1]))
+        return ended
     if sandbox_reasons:
         return done(OutcomeKind.CRASHED, *sandbox_reasons)
     code = outcome.exit_code
     if failures:
-        return done(
-            OutcomeKind.CRASHED,
-            f"codex: turn failed: {snippet(failures[-1])}; the model server failed, not the code",
+        fault = codex_fault(failures[-1])
+        return dataclasses.replace(
+            done(OutcomeKind.CRASHED, *fault_reasons("codex", fault)), api_fault=fault
         )
     if completed == 0:
         last = f": {snippet(errors[-1])}" if errors else ""

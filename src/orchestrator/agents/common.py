@@ -26,6 +26,7 @@ from typing import Any
 
 from orchestrator.agents.stall import is_stall
 from orchestrator.config import Settings
+from orchestrator.domain.faults import ApiFault, FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Stage
 from orchestrator.errors import OrchestratorError
@@ -63,6 +64,8 @@ class PlanRequest:
     # repo's --agent-env names): a backend reads e.g. OPENAI_BASE_URL from it.
     env: Mapping[str, str] = field(default_factory=dict)
     is_root: bool = False
+    # What is left of the task's LLM budget (None: no limit), for a CLI that caps itself.
+    task_left_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,10 @@ class LlmResult:
     # its artifact says. Not a tool error: running the same prompt again would hit the
     # same limit, so the failure and its reasons go to the next attempt's prompt instead.
     cut_short: bool = False
+    # A model-API failure the parser recognised in the CLI's own output (None: none seen).
+    api_fault: ApiFault | None = None
+    # Model calls answered, as far as the output tells (None: it does not say).
+    model_calls: int | None = None
 
 
 def tool_error_of(outcome: Outcome, backend: str) -> LlmResult | None:
@@ -109,6 +116,28 @@ def tool_error_of(outcome: Outcome, backend: str) -> LlmResult | None:
     if mapping.tool_error is None:  # exited by itself after all
         return None
     return LlmResult(OutcomeKind(mapping.tool_error), [f"{backend}: {r}" for r in mapping.reasons])
+
+
+# What each kind of model-API failure means for the task, in a reason.
+_FAULT_MEANS = {
+    FaultKind.OUTAGE: "the model server failed, not the code",
+    FaultKind.CREDENTIALS: "the model server rejected the credentials, not the code",
+    FaultKind.REQUEST: "the model server refused the request, not the code",
+}
+
+
+def fault_reasons(backend: str, fault: ApiFault) -> list[str]:
+    """The reasons of a run that ended on a model-API failure."""
+    status = f"HTTP {fault.status}" if fault.status is not None else "no HTTP status"
+    retry = (
+        f"; the server asked to retry after {fault.retry_after_s:g}s"
+        if fault.retry_after_s is not None
+        else ""
+    )
+    return [
+        f"{backend}: API error ({status}, {fault.kind.value}); {_FAULT_MEANS[fault.kind]}{retry}",
+        f"the server said: {snippet(fault.message)}",
+    ]
 
 
 def log_size(path: Path) -> int:

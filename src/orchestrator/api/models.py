@@ -125,6 +125,20 @@ class WorkerOut(_Out):
     stale: bool = Field(description="No heartbeat for longer than a job lease.")
 
 
+class BackendOut(_Out):
+    """A model backend's circuit breaker (only backends that have run a job)."""
+
+    name: str
+    health: str = Field(
+        description="closed (jobs run), open (paused by an outage: its jobs wait for a "
+        "probe) or credentials (paused: 401/403; `orch backend resume NAME` after the fix)."
+    )
+    failures: int = Field(description="Outage failures in a row (probes failed, when open).")
+    opened_at: float | None
+    probe_at: float | None = Field(description="When a job may next run as the probe.")
+    last_error: str | None
+
+
 class StatusOut(_Out):
     """The process, its settings (secrets masked) and the state of the work."""
 
@@ -138,6 +152,7 @@ class StatusOut(_Out):
     repos: list[str]
     tasks: TaskCounts
     llm_spend: LlmSpend
+    backends: list[BackendOut] = Field(description="The model backends' circuit breakers.")
     workers: list[WorkerOut]
     serial_gate: dict[str, str | None] = Field(
         description="Per repo: the task holding its serial gate, or null."

@@ -21,7 +21,7 @@ from orchestrator.config import Settings
 from orchestrator.engine.worker import SERIAL_HOLD_STAGES
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.sandbox import sandbox_state
-from orchestrator.store import control, counters, merges, queries, spend
+from orchestrator.store import breakers, control, counters, merges, queries, spend
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import AlertRow, JobRow, TaskRow, TransitionRow
 from orchestrator.store.schema import alerts, jobs, repos, tasks
@@ -241,6 +241,21 @@ def workers(conn: sa.Connection, st: Settings, now: float) -> list[M.WorkerOut]:
     ]
 
 
+def backends(conn: sa.Connection) -> list[M.BackendOut]:
+    """The model backends' circuit breakers."""
+    return [
+        M.BackendOut(
+            name=b.state.name,
+            health=b.state.health.value,
+            failures=b.state.failures,
+            opened_at=b.state.opened_at,
+            probe_at=b.state.probe_at if b.state.paused else None,
+            last_error=b.state.last_error,
+        )
+        for b in breakers.list_backends(conn)
+    ]
+
+
 @dataclass(frozen=True)
 class Aggregates:
     """What adds up the whole history: served from a snapshot (see ``api.snapshot``)."""
@@ -281,6 +296,7 @@ def status(
         repos=sorted(repo_names(conn).values()),
         tasks=task_counts(conn),
         llm_spend=totals.spend,
+        backends=backends(conn),
         workers=workers(conn, st, now),
         serial_gate=serial_gate(conn),
         alerts=int(alert_count),

@@ -144,3 +144,47 @@ def alerts_cmd(
             cells.append("open" if a["resolved_at"] is None else ago(a["resolved_at"], now))
         table.add_row(*cells)
     console.print(table)
+
+
+backend_app = typer.Typer(
+    help="Model backends (claude, codex, aider): their circuit breakers.", no_args_is_help=True
+)
+
+
+@backend_app.command("list")
+def backend_list(as_json: JsonFlag = False) -> None:
+    """Each model backend that has run a job: running, or paused (an outage, rejected
+    credentials) with its next probe and last error."""
+    from orchestrator.cli.misc import backend_dict, backend_line
+    from orchestrator.ops import list_backends, open_engine
+
+    rows = run(lambda: [backend_dict(b) for b in list_backends(open_engine(settings()))])
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no model backend has run a job yet")
+        return
+    for b in rows:
+        console.print(plain(backend_line(b)), highlight=False, soft_wrap=True)
+
+
+@backend_app.command("resume")
+def backend_resume(
+    name: Annotated[str, typer.Argument(help="The backend: claude, codex or aider.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Probe a paused backend at once (after fixing its key, or an outage you know is over):
+    its next job runs as the probe, and the model answering it resumes the backend."""
+    from orchestrator.cli.misc import backend_dict, backend_line
+    from orchestrator.ops import open_engine, resume_backend
+
+    row = backend_dict(run(lambda: resume_backend(open_engine(settings()), name)))
+    if as_json:
+        print_json(row)
+        return
+    if row["health"] == "closed":
+        console.print(plain(f"model backend {name} is not paused: nothing to resume"))
+        return
+    console.print(plain(backend_line(row)))
+    console.print("its next job runs as the probe; an answer resumes it")

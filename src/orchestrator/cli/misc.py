@@ -10,9 +10,9 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import __version__, money
-from orchestrator.cli._common import console, plain, print_json, run, settings, spent_of
+from orchestrator.cli._common import ago, console, plain, print_json, run, settings, spent_of
 from orchestrator.config import render_configuration_md, render_env_example
-from orchestrator.store import queries, spend
+from orchestrator.store import breakers, control, queries, spend
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 config_app = typer.Typer(help="Render configuration files from the settings.", no_args_is_help=True)
@@ -68,17 +68,21 @@ def status(as_json: JsonFlag = False) -> None:
             alerts = len(queries.list_alerts(conn, limit=1000, open_only=True))
             day = spend.day_spend(conn, since=time.time() - spend.DAY_S)
             top = spend.top_live_task_spend(conn)
+            paused_in_db = control.is_paused(conn)
+            models = [backend_dict(b) for b in breakers.list_backends(conn)]
         return {
             "version": __version__,
             "home": str(st.home),
             "database": _masked_url(st.effective_database_url),
-            "paused": st.paused,
+            # The setting or `orch pause`: either stops every claim.
+            "paused": st.paused or paused_in_db,
             "repos": repos,
             "tasks": [
                 {"stage": stage, "state": state, "count": n}
                 for (stage, state), n in sorted(counts.items())
             ],
             "alerts": alerts,
+            "backends": models,
             "sandbox": dict(zip(("state", "detail"), sandbox_state(st), strict=True)),
             # Keys as in `GET /status`'s llm_spend.
             "llm_spend": {
@@ -114,10 +118,39 @@ def status(as_json: JsonFlag = False) -> None:
         console.print(f"[red]sandbox {box['state']}[/red]: {plain(box['detail'])}")
     for line in spend_lines(data["llm_spend"]):
         console.print(line, highlight=False, soft_wrap=True)
+    for b in data["backends"]:
+        if b["health"] != "closed":
+            console.print(plain(backend_line(b)), style="red", highlight=False, soft_wrap=True)
     table = Table("stage", "state", "tasks")
     for row in data["tasks"]:
         table.add_row(row["stage"], row["state"], str(row["count"]))
     console.print(table if data["tasks"] else "no tasks yet")
+
+
+def backend_dict(b: breakers.BackendRow) -> dict[str, Any]:
+    """A model backend's breaker, as `orch status --json` and `orch backend list` show it."""
+    return {
+        "name": b.state.name,
+        "health": b.state.health.value,
+        "failures": b.state.failures,
+        "opened_at": b.state.opened_at,
+        "probe_at": b.state.probe_at if b.state.paused else None,
+        "last_error": b.state.last_error,
+    }
+
+
+def backend_line(b: dict[str, Any]) -> str:
+    """One line on a model backend: running, or paused since when and why."""
+    if b["health"] == "closed":
+        return f"model backend {b['name']}: running"
+    now = time.time()
+    probe = b["probe_at"]
+    nxt = "now" if probe is None or probe <= now else f"in {probe - now:.0f}s"
+    why = "credentials rejected" if b["health"] == "credentials" else "outage"
+    return (
+        f"model backend {b['name']}: PAUSED ({why}) since {ago(b['opened_at'], now)}; "
+        f"next probe {nxt}; last error: {b['last_error'] or '?'}"
+    )
 
 
 def spend_lines(got: dict[str, Any]) -> list[Text]:

@@ -334,3 +334,30 @@ def _on_fail(
         [*reasons, f"developer retry budget spent ({budgets.developer_retry_budget})"],
         alert="developer-budget-exhausted",
     )
+
+
+def wait_for_backend(stage: Stage, wait_s: float, reasons: Sequence[str]) -> Transition:
+    """The job's model backend is paused (an outage, rejected credentials): the stage runs
+    again once it may, and neither the task's infra nor its developer budget is spent, since
+    the failure is not the task's own."""
+    return Transition(
+        TransitionKind.DEFER,
+        stage,
+        stage,
+        State.DEFERRED,
+        [f"{stage.value}: waiting for the model backend; the code is not blamed", *reasons],
+        backoff_s=max(wait_s, 0.0),
+    )
+
+
+def refused_request(stage: Stage, reasons: Sequence[str]) -> Transition:
+    """The model server refused the job's request (a 400): waiting or another attempt of
+    the same request changes nothing, and the code is not to blame: a human must look."""
+    return Transition(
+        TransitionKind.BLOCK,
+        stage,
+        stage,
+        State.BLOCKED,
+        [f"{stage.value}: the model server refused the request; a human must look", *reasons],
+        alert="model-request-refused",
+    )

@@ -16,6 +16,8 @@ from orchestrator import taskdir
 from orchestrator.agents.budget import check_budgets
 from orchestrator.alerts import raise_alert, resolve_task_alerts
 from orchestrator.config import Settings
+from orchestrator.domain import breaker
+from orchestrator.domain.faults import FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import (
     Budgets,
@@ -25,12 +27,14 @@ from orchestrator.domain.stages import (
     Transition,
     TransitionKind,
     next_transition,
+    refused_request,
+    wait_for_backend,
 )
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.launch import GATE_ONLY_AGENT, JobResult
 from orchestrator.ops import queue_job
+from orchestrator.store import breakers, queries, spend
 from orchestrator.store import jobs as jobq
-from orchestrator.store import queries, spend
 from orchestrator.store.queries import AlertRow, JobRow
 
 
@@ -76,6 +80,66 @@ def _fresh_start(t: Transition, verdict: Verdict | None) -> str | None:
     return "carry" if t.kind is TransitionKind.ROLLBACK and conflict else None
 
 
+def _backend_end(
+    conn: sa.Connection,
+    settings: Settings,
+    backend: str | None,
+    job: JobRow,
+    result: JobResult,
+    now: float,
+    raised: list[AlertRow],
+) -> tuple[float, list[str]] | None:
+    """Tell the backend's breaker how the job ended; (seconds to wait, why) when the job
+    must wait for the backend instead of being charged to its task, else None. An alert the
+    change raises (the outage began, the credentials were rejected, it ended) goes into
+    ``raised``."""
+    if backend is None or result.over_budget or result.sandbox_missing:
+        return None
+    if result.outcome is OutcomeKind.NOT_STARTED and result.api_fault is None:
+        return None
+    breakers.lock_spend(conn)
+    row = breakers.get(conn, backend)
+    answered = result.api_fault is None and (
+        result.outcome is OutcomeKind.COMPLETED or (result.model_calls or 0) > 0
+    )
+    change = breaker.on_end(
+        row.state if row else None,
+        name=backend,
+        job_id=job.id,
+        answered=answered,
+        fault=result.api_fault,
+        now=now,
+        policy=breaker.BreakerPolicy(
+            settings.backend_breaker_threshold,
+            settings.backend_probe_first_s,
+            settings.backend_probe_max_s,
+        ),
+    )
+    breakers.save(conn, change.state, now=now)
+    if change.event is not None:
+        reasons = [*change.reasons, f"last error: {change.state.last_error or '?'}"]
+        if change.event is breaker.Event.RECOVERED:
+            if row is not None and row.alert_id is not None:
+                queries.update_alert(conn, row.alert_id, resolved_at=now)
+            # The jobs that wait for the backend may run now, not at the probe after next.
+            jobq.wake_waiting(conn, now=now, said=f"backend {backend} paused")
+            message = f"model backend {backend} is back"
+        elif change.event is breaker.Event.CREDENTIALS:
+            message = f"credentials rejected for {backend}"
+        else:
+            message = f"model backend {backend} is failing: paused"
+        alert = raise_alert(
+            conn, kind=change.event.value, message=message, reasons=reasons, now=now
+        )
+        raised.append(alert.alert)
+        breakers.set_alert(
+            conn, backend, None if change.event is breaker.Event.RECOVERED else alert.alert.id
+        )
+    if change.wait_until is None:
+        return None
+    return change.wait_until - now, list(change.reasons)
+
+
 def apply_job_end(
     conn: sa.Connection,
     *,
@@ -85,8 +149,12 @@ def apply_job_end(
     result: JobResult,
     verdict: Verdict | None,
     now: float,
+    backend: str | None = None,
 ) -> Applied:
-    """Finish ``job`` and apply the decision; must run inside the caller's transaction."""
+    """Finish ``job`` and apply the decision; must run inside the caller's transaction.
+
+    ``backend``: the LLM backend the job called (None: none); its breaker learns how the
+    job ended, and a paused backend makes the job wait instead of charging its task."""
     task = queries.get_task_by_id(conn, job.task_id)
     assert task is not None
     repo = queries.get_repo_by_id(conn, task.repo_id)
@@ -123,6 +191,8 @@ def apply_job_end(
         )
         return Applied(None, fenced_out=not ok)
 
+    # Alerts of the backend (its outage began or ended), raised with this job's end.
+    backend_alerts: list[AlertRow] = []
     refusal = _refusal_alert(result)
     if refusal is not None:
         # Refused before it started: an LLM budget is spent, or untrusted code has no
@@ -145,6 +215,17 @@ def apply_job_end(
         t = Transition(
             TransitionKind.BLOCK, stage, stage, State.BLOCKED, reasons, alert="awaiting-human"
         )
+    elif (
+        paused := _backend_end(conn, settings, backend, job, result, now, backend_alerts)
+    ) is not None:
+        if not finish(result.outcome.value, list(result.reasons), exit_code=result.exit_code):
+            return Applied(None, fenced_out=True)
+        wait_s, why = paused
+        t = wait_for_backend(stage, wait_s, [*why, *result.reasons])
+    elif result.api_fault is not None and result.api_fault.kind is FaultKind.REQUEST:
+        if not finish(result.outcome.value, list(result.reasons), exit_code=result.exit_code):
+            return Applied(None, fenced_out=True)
+        t = refused_request(stage, result.reasons)
     else:
         view = TaskView(
             task.key,
@@ -176,7 +257,7 @@ def apply_job_end(
         # task stops here with an alert rather than spending on in the next stage.
         check = check_budgets(
             task_spent_usd=spend.task_spend_usd(conn, task.id),
-            day_spent_usd=spend.day_spend_usd(conn, since=now - 86400),
+            day_spent_usd=spend.day_spend_usd(conn, since=now - spend.DAY_S),
             task_budget_usd=settings.llm_budget_per_task_usd,
             day_budget_usd=settings.llm_budget_per_day_usd,
             before_dispatch=False,
@@ -184,12 +265,16 @@ def apply_job_end(
         if not check.ok:
             # Blocked where the task was going, so a retry (after the budget is raised)
             # goes on from there instead of paying for this stage again.
+            # The deferral it replaces does not happen: its "deferred Ns" line goes.
+            kept = [
+                r for r in t.reasons if not (t.backoff_s is not None and r.startswith("deferred "))
+            ]
             t = Transition(
                 TransitionKind.BLOCK,
                 stage,
                 t.to_stage,
                 State.BLOCKED,
-                [*t.reasons, "LLM budget crossed by this job", *check.reasons],
+                [*kept, "LLM budget crossed by this job", *check.reasons],
                 alert="llm-budget-exhausted",
             )
     developer_retries = task.developer_retries + (1 if t.spends_developer_retry else 0)
@@ -243,14 +328,14 @@ def apply_job_end(
     if t.kind is TransitionKind.DONE:
         # Nothing about a finished task needs a human any more.
         resolve_task_alerts(conn, task.id, now)
-    alerts: list[AlertRow] = []
+    alerts: list[AlertRow] = list(backend_alerts)
     if t.alert is not None:
         # Where to look first: the log of the job whose end raised it.
         log = taskdir.run_log_path(
             taskdir.task_dir(settings.tasks_dir, task.key), job.id, job.stage, job.agent
         )
         where = f"log: {log}" if log.exists() else f"log: none (job {job.id} wrote no log)"
-        raised = raise_alert(
+        task_alert = raise_alert(
             conn,
             kind=t.alert,
             message=f"{task.key} {t.kind.value} at {stage.value}",
@@ -260,6 +345,6 @@ def apply_job_end(
             repo_id=repo.id,
         )
         # Only news is delivered: a repeat of an open alert was delivered already.
-        if raised.new:
-            alerts.append(raised.alert)
+        if task_alert.new:
+            alerts.append(task_alert.alert)
     return Applied(t, alerts, next_job)

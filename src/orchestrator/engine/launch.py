@@ -34,6 +34,7 @@ from orchestrator.agents.registry import (
 )
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
+from orchestrator.domain.faults import ApiFault
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.errors import UsageError
@@ -73,6 +74,13 @@ class JobContext:
     on_start: Callable[[int, int], None] | None = None
     # Why the previous attempt failed, for the next developer prompt (rollbacks).
     previous_failure: str | None = None
+    # What this job may spend, set at dispatch for an LLM job (None: no limit): what is left
+    # of the task's budget, and the job's cap (the task's left, within what the day budget
+    # has left after the other running jobs' reservations). An LLM backend passes the first
+    # to a CLI that caps itself and stops the job from outside once its streamed spend
+    # reaches the cap.
+    task_left_usd: float | None = None
+    spend_cap_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,10 @@ class JobResult:
     refused_artifacts: Mapping[str, str] = field(default_factory=dict)
     # The test-runner's passing run: the IDs of the tests it passed, recorded with the tree.
     passed_tests: tuple[str, ...] | None = None
+    # An LLM job: the model-API failure its CLI reported (the engine pauses the backend or
+    # blocks the task by its kind, see domain.faults), and the model calls it made.
+    api_fault: ApiFault | None = None
+    model_calls: int | None = None
 
 
 def job_marker(job: JobRow) -> str:
@@ -110,19 +122,30 @@ def job_marker(job: JobRow) -> str:
     return f"orch-job-{job.id}-{job.attempt}-{started}"
 
 
+def llm_backend_of(job: JobRow, repo: RepoRow, settings: Settings) -> str | None:
+    """The LLM backend this job will call (an LLM agent, or a runner's LLM fallback when
+    the runner may not serve the repo), or None when it calls none."""
+    if job.agent in NO_PROCESS_AGENTS:
+        return None
+    try:
+        stage = Stage(job.stage)
+        spec = parse_agent_spec(job.agent, stage)
+        if spec.kind is AgentKind.LLM:
+            return spec.backend
+        if (
+            spec.kind is AgentKind.RUNNER
+            and not runner_available(settings, spec.backend, repo.name)[0]
+        ):
+            fallback = repo.agents.get(f"{stage.value}:fallback", DEFAULT_LLM_BACKEND)
+            return parse_agent_spec(fallback, stage).backend
+    except (UsageError, ValueError):
+        return None
+    return None
+
+
 def uses_llm(job: JobRow, repo: RepoRow, settings: Settings) -> bool:
     """Whether this job will call an LLM: an LLM backend, or a runner falling back to one."""
-    if job.agent in NO_PROCESS_AGENTS:
-        return False
-    try:
-        spec = parse_agent_spec(job.agent, Stage(job.stage))
-    except UsageError:
-        return False
-    if spec.kind is AgentKind.LLM:
-        return True
-    if spec.kind is AgentKind.RUNNER:
-        return not runner_available(settings, spec.backend, repo.name)[0]
-    return False
+    return llm_backend_of(job, repo, settings) is not None
 
 
 def launch_job(ctx: JobContext) -> JobResult:

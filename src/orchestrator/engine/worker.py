@@ -25,18 +25,26 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from orchestrator import alerts, proc_group, taskdir
-from orchestrator.agents.budget import check_budgets
+from orchestrator.agents.budget import check_budgets, reserve
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
+from orchestrator.domain import breaker
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import SERIAL_STAGES, STAGE_TRANSITIONS, Stage, State
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.apply import Applied, apply_job_end
-from orchestrator.engine.launch import JobContext, JobResult, job_marker, launch_job, uses_llm
+from orchestrator.engine.launch import (
+    JobContext,
+    JobResult,
+    job_marker,
+    launch_job,
+    llm_backend_of,
+    uses_llm,
+)
 from orchestrator.gates import merge_gate  # registers check_branch_mergeable
 from orchestrator.gates.registry import GateContext, run_gates
 from orchestrator.gitops import worktrees
-from orchestrator.store import control, is_transient, queries, spend
+from orchestrator.store import breakers, control, is_transient, queries, spend
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import JobRow, RepoRow, TaskRow
 from orchestrator.store.wake import WakeListener
@@ -114,6 +122,18 @@ class _Outage:
             )
             self.since = None
             self.delay_s = DB_RETRY_FIRST_S
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """An LLM job's admission: refused (its budget is spent), waiting (re-queued for later),
+    or started with what it may spend."""
+
+    refusal: list[str] | None = None
+    waiting: bool = False
+    task_left_usd: float | None = None
+    cap_usd: float | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -381,17 +401,60 @@ class Worker:
             outage.ok()
             return value
 
-    def _over_budget(self, task_id: int) -> list[str] | None:
-        """Why the LLM budgets forbid dispatching another LLM job now, or None."""
+    def _admit_llm(self, job: JobRow, task_id: int, backend: str) -> _Admitted:
+        """Whether an LLM job may start now, in one transaction under the spend lock: its
+        budgets (refused: the task blocks), its backend's breaker (paused: the job waits for
+        the next probe, or is the probe), and its spend cap, reserved against the day
+        budget (no room while other jobs hold it: the job waits for them)."""
         st = self.settings
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
+            breakers.lock_spend(conn)
+            now = time.time()
+            task_spent = spend.task_spend_usd(conn, task_id)
+            day_spent = spend.day_spend_usd(conn, since=now - spend.DAY_S)
             check = check_budgets(
-                task_spent_usd=spend.task_spend_usd(conn, task_id),
-                day_spent_usd=spend.day_spend_usd(conn, since=time.time() - 86400),
+                task_spent_usd=task_spent,
+                day_spent_usd=day_spent,
                 task_budget_usd=st.llm_budget_per_task_usd,
                 day_budget_usd=st.llm_budget_per_day_usd,
             )
-        return None if check.ok else ["not dispatched: LLM budget", *check.reasons]
+            if not check.ok:
+                return _Admitted(refusal=["not dispatched: LLM budget", *check.reasons])
+            row = breakers.get(conn, backend)
+            admission, probing = breaker.admit(row.state if row else None, job.id, now)
+            if not admission.run:
+                until = admission.wait_until if admission.wait_until is not None else now
+                self._wait(conn, job, "; ".join(admission.reasons), until)
+                return _Admitted(waiting=True)
+            if probing is not None:
+                breakers.save(conn, probing, now=now)
+            task_left = (
+                st.llm_budget_per_task_usd - task_spent if st.llm_budget_per_task_usd > 0 else None
+            )
+            day_left = (
+                st.llm_budget_per_day_usd - day_spent if st.llm_budget_per_day_usd > 0 else None
+            )
+            cap, no_room = reserve(
+                task_left_usd=task_left,
+                day_left_usd=day_left,
+                reserved_by_others_usd=breakers.reserved_usd(conn, but=job.id),
+            )
+            if no_room is not None:
+                self._wait(conn, job, no_room, now + st.poll_interval_s)
+                return _Admitted(waiting=True)
+            breakers.reserve_job(conn, job.id, cap)
+            return _Admitted(task_left_usd=task_left, cap_usd=cap, notes=list(admission.reasons))
+
+    def _wait(self, conn: sa.Connection, job: JobRow, why: str, until: float) -> None:
+        """Put a claimed job back to wait until ``until``; no retry is spent."""
+        jobq.requeue(
+            conn,
+            job.id,
+            now=time.time(),
+            owner=self.id,
+            reason=f"waiting: {why}",
+            not_before=until,
+        )
 
     def _requeue(self, job: JobRow, reason: str) -> None:
         def write() -> None:
@@ -441,16 +504,24 @@ class Worker:
                 )
 
         ctx = JobContext(job, task, repo, st, folder, log_path, running.cancel, on_start, previous)
-        if uses_llm(job, repo, st):
-            refusal = self._until_db_answers(
-                "check the LLM budgets", job.id, lambda: self._over_budget(task.id)
+        backend = llm_backend_of(job, repo, st)
+        if backend is not None:
+            admitted = self._until_db_answers(
+                "admit an LLM job", job.id, lambda: self._admit_llm(job, task.id, backend)
             )
-            if refusal is not None:
-                result = JobResult(OutcomeKind.COMPLETED, refusal, None, None, over_budget=True)
-                applied, _ = self._apply(job, result, None, follow=False)
+            if admitted.waiting:
+                return None
+            if admitted.refusal is not None:
+                refused = JobResult(
+                    OutcomeKind.COMPLETED, admitted.refusal, None, None, over_budget=True
+                )
+                applied, _ = self._apply(job, refused, None, follow=False)
                 if applied.alerts:
                     alerts.deliver_in_background(self.engine, applied.alerts, st.alert_webhook_url)
                 return None
+            ctx = dataclasses.replace(
+                ctx, task_left_usd=admitted.task_left_usd, spend_cap_usd=admitted.cap_usd
+            )
         result = launch_job(ctx)
         if running.stop_reason == "shutdown":
             self._requeue(job, "worker stopped")
@@ -513,7 +584,7 @@ class Worker:
                     passed_tests=result.passed_tests,
                 )
                 log.info(note, extra={"task": task.key, "job": job.id, "action": "validated"})
-        applied, following = self._apply(job, result, verdict, follow=True)
+        applied, following = self._apply(job, result, verdict, follow=True, backend=backend)
         if applied.fenced_out:
             log.warning("lost the lease; another worker owns the job now", extra={"job": job.id})
             return None
@@ -543,7 +614,13 @@ class Worker:
         return following[0] if following else None
 
     def _apply(
-        self, job: JobRow, result: JobResult, verdict: Verdict | None, *, follow: bool
+        self,
+        job: JobRow,
+        result: JobResult,
+        verdict: Verdict | None,
+        *,
+        follow: bool,
+        backend: str | None = None,
     ) -> tuple[Applied, list[JobRow]]:
         """Apply the job's end in one transaction, tried again while the database is gone.
 
@@ -562,6 +639,7 @@ class Worker:
                     result=result,
                     verdict=verdict,
                     now=time.time(),
+                    backend=backend,
                 )
                 # Follow the task through its pipeline: its next job, if due now, is claimed
                 # in the same transaction, so the slot is refilled without a wake-up round

@@ -293,9 +293,17 @@ def finish_job(
 
 
 def requeue(
-    conn: sa.Connection, job_id: int, *, now: float, reason: str, owner: str | None = None
+    conn: sa.Connection,
+    job_id: int,
+    *,
+    now: float,
+    reason: str,
+    owner: str | None = None,
+    not_before: float | None = None,
 ) -> bool:
-    """Put a running job back in the queue without spending a retry (same attempt).
+    """Put a running job back in the queue without spending a retry (same attempt), due
+    at ``not_before`` (default: now). A reason the job already ends with is not repeated
+    (a job that waits again and again for the same thing).
 
     With ``owner`` the write is fenced to that lease holder; without it (recovery of an
     expired lease) it applies to any running job.
@@ -306,7 +314,8 @@ def requeue(
     job = conn.execute(sa.select(jobs.c.reasons).where(*where)).one_or_none()
     if job is None:
         return False
-    reasons = [*list(job[0] or []), reason]
+    earlier = list(job[0] or [])
+    reasons = earlier if earlier[-1:] == [reason] else [*earlier, reason]
     result = conn.execute(
         sa.update(jobs)
         .where(*where)
@@ -318,8 +327,9 @@ def requeue(
             pid=None,
             pgid=None,
             started_at=None,
-            not_before=now,
+            not_before=now if not_before is None else not_before,
             reasons=reasons,
+            reserved_usd=None,
         )
     )
     if result.rowcount != 1:
@@ -385,6 +395,25 @@ def next_wakeup(conn: sa.Connection, *, after: float | None = None) -> float | N
         stmt = stmt.where(jobs.c.not_before > after)
     value = conn.execute(stmt).scalar()
     return None if value is None else float(value)
+
+
+def wake_waiting(conn: sa.Connection, *, now: float, said: str) -> int:
+    """Make the queued jobs due now whose task (or the job itself) waits with a reason
+    containing ``said`` (a paused backend resumed by hand); how many."""
+    rows = conn.execute(
+        sa.select(jobs.c.id, jobs.c.reasons, tasks.c.reasons)
+        .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
+        .where(jobs.c.state == "queued", jobs.c.not_before > now)
+    ).all()
+    ids = [
+        job_id
+        for job_id, job_reasons, task_reasons in rows
+        if any(said in str(r) for r in [*(job_reasons or []), *(task_reasons or [])])
+    ]
+    if ids:
+        conn.execute(sa.update(jobs).where(jobs.c.id.in_(ids)).values(not_before=now))
+        wake.notify(conn, "job-queued")
+    return len(ids)
 
 
 def repo_of_job(conn: sa.Connection, job_id: int) -> str:

@@ -96,6 +96,7 @@ class JobRow:
     tokens_out: int | None
     fresh_start: str | None = None
     artifacts: dict[str, str] | None = None
+    reserved_usd: float | None = None
 
 
 @dataclass(frozen=True)

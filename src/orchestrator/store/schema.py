@@ -38,6 +38,7 @@ TRANSITION_KINDS = (
     "approve",
 )
 ALERT_SEVERITIES = ("info", "warning", "critical")
+BACKEND_HEALTH = ("closed", "open", "credentials")
 
 # Deterministic constraint names: Alembic's batch mode on SQLite can only drop or alter a
 # constraint it can name, and the snapshot test compares names across both backends.
@@ -174,6 +175,9 @@ jobs = sa.Table(
     # report as it wrote it. An artifact in the task folder that matches no job's record
     # was not written by this pipeline.
     sa.Column("artifacts", json_type(), nullable=True),
+    # What a running LLM job may spend, reserved against the day budget at dispatch: the
+    # running jobs' reservations are what the day budget has promised away.
+    sa.Column("reserved_usd", Float(), nullable=True),
     sa.UniqueConstraint("task_id", "stage", "attempt"),
     sa.CheckConstraint(in_check("state", JOB_STATES), name="state"),
     sa.CheckConstraint(in_check("outcome", JOB_OUTCOMES), name="outcome"),
@@ -247,6 +251,24 @@ control = sa.Table(
     sa.Column("key", sa.String(), primary_key=True),
     sa.Column("value", json_type(), nullable=False),
     time_column("updated_at"),
+)
+
+# Each model backend's circuit breaker (domain.breaker): a row once a job of it has ended.
+model_backends = sa.Table(
+    "model_backends",
+    metadata,
+    sa.Column("name", sa.String(), primary_key=True),
+    sa.Column("health", sa.String(), nullable=False),
+    sa.Column("failures", sa.Integer(), nullable=False),
+    time_column("opened_at", nullable=True),
+    time_column("probe_at", nullable=True),
+    sa.Column("probe_delay_s", Float(), nullable=True),
+    sa.Column("probe_job_id", sa.Integer(), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    # The open alert of the outage (or the rejected credentials), resolved when it ends.
+    sa.Column("alert_id", sa.Integer(), nullable=True),
+    time_column("updated_at"),
+    sa.CheckConstraint(in_check("health", BACKEND_HEALTH), name="health"),
 )
 
 # Live workers and their last heartbeat; a clean stop deletes the row.
