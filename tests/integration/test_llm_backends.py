@@ -17,6 +17,7 @@ not 127.0.0.1, and the CLIs' own telemetry switched off.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -96,6 +97,11 @@ class Job:
 
     def context(self, previous_failure: str | None = None) -> JobContext:
         log_path = taskdir.run_log_path(self.folder, self.job.id, self.job.stage, self.job.agent)
+        if self.job.started_at is None:
+            # As a claim would: the start time makes the job's process marker unique. Without
+            # it every test's first job is `orch-job-1-1-0`, and one test's sweep of its own
+            # marked processes SIGKILLs another test's CLI running at the same time.
+            self.job = dataclasses.replace(self.job, started_at=time.time())
         return JobContext(
             self.job,
             self.task,

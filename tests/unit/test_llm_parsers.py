@@ -817,6 +817,28 @@ def test_claude_api_fault_kinds(status: int | None) -> None:
     assert any("scripted" in x or "ECONNREFUSED" in x for x in r.reasons), r.reasons
 
 
+def test_claude_fault_carries_the_clis_last_retry_delay() -> None:
+    # Recorded (CLAUDE_CODE_MAX_RETRIES=1, the server sent 529 with retry-after: 2): the
+    # CLI waited 2412 ms before its retry; the breaker waits at least as long.
+    retry = json.dumps(
+        {
+            "type": "system",
+            "subtype": "api_retry",
+            "attempt": 1,
+            "max_retries": 1,
+            "retry_delay_ms": 2412,
+            "error_status": 529,
+            "error": "overloaded",
+        }
+    )
+    out = claude_result(
+        is_error=True, api_error_status=529, terminal_reason="api_error", result="API Error: 529"
+    )
+    r = claude.parse_claude(ended(1), retry + "\n" + out)
+    assert r.api_fault is not None
+    assert r.api_fault.retry_after_s == pytest.approx(2.412)
+
+
 def test_claude_error_that_is_no_api_error_has_no_fault() -> None:
     r = claude.parse_claude(ended(1), claude_result(is_error=True, terminal_reason="other"))
     assert r.outcome is OutcomeKind.CRASHED

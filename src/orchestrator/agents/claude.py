@@ -166,18 +166,29 @@ def _denied(denials: list[Any], permission_mode: str | None) -> list[str]:
     ]
 
 
-def _api_fault(result: dict[str, Any], said: str) -> ApiFault | None:
+def _api_fault(result: dict[str, Any], said: str, output: str) -> ApiFault | None:
     """The model-API failure a result reports: by ``api_error_status``, or a failed call
-    with no status (a refused connection) when ``terminal_reason`` is ``api_error``."""
+    with no status (a refused connection) when ``terminal_reason`` is ``api_error``. The
+    wait the CLI's own last retry took (``api_retry``'s ``retry_delay_ms``, which honours
+    the server's ``retry-after``) is the earliest worth asking again."""
     status = result.get("api_error_status")
     message = said or "no message"
+    wait = _last_retry_delay_s(output)
     if isinstance(status, int) and not isinstance(status, bool):
-        return fault_of_status(status, message)
-    if status is not None:
-        return ApiFault(FaultKind.OUTAGE, message)
-    if result.get("terminal_reason") == "api_error":
-        return ApiFault(FaultKind.OUTAGE, message)
+        return fault_of_status(status, message, wait)
+    if status is not None or result.get("terminal_reason") == "api_error":
+        return ApiFault(FaultKind.OUTAGE, message, retry_after_s=wait)
     return None
+
+
+def _last_retry_delay_s(output: str) -> float | None:
+    delay: float | None = None
+    for obj in json_objects(output):
+        if obj.get("type") == "system" and obj.get("subtype") == "api_retry":
+            ms = as_cost(obj.get("retry_delay_ms"))  # a finite, non-negative number
+            if ms is not None:
+                delay = ms / 1000
+    return delay
 
 
 def parse_claude(
@@ -239,7 +250,7 @@ def parse_claude(
             cut_short=True,
         )
     if result.get("is_error") is not False or subtype != "success":
-        fault = _api_fault(result, said)
+        fault = _api_fault(result, said, output)
         if fault is not None:
             return dataclasses.replace(
                 done(OutcomeKind.CRASHED, *fault_reasons("claude", fault)), api_fault=fault
