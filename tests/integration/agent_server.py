@@ -17,6 +17,9 @@ import fake_model_server as F
 
 from orchestrator.domain import artifacts as A
 
+# A looping agent's answers come this long after each request: the spend meter (which looks
+# every ~50 ms) reads each answer before the next one, also on a loaded machine.
+LOOP_THINK_S = 0.3
 WORKSPACE = re.compile(r"task's workspace \(([^)]+)\)")
 ARTIFACT = re.compile(r"write the file `([^`]+)`")
 
@@ -64,7 +67,7 @@ def developer_turn(body: dict[str, Any], *, loop: bool = False) -> F.Turn:
         if isinstance(block, dict) and block.get("type") == "tool_result"
     )
     if loop:
-        return F.tool("Read", {"file_path": str(wt / "README.md")})
+        return F.tool("Read", {"file_path": str(wt / "README.md")}, delay_s=LOOP_THINK_S)
     if done == 0:
         return F.tool("Write", {"file_path": str(wt / f"hello-{wt.name}.txt"), "content": "hi\n"})
     if done == 1:
@@ -85,7 +88,7 @@ def _codex_turn(body: dict[str, Any], *, loop: bool) -> F.Turn:
     wt, artifact = _paths(json.dumps(user))
     done = sum(1 for i in items if isinstance(i, dict) and i.get("type") == "function_call_output")
     if loop:
-        return F.tool("exec_command", {"cmd": "cat README.md"})
+        return F.tool("exec_command", {"cmd": "cat README.md"}, delay_s=LOOP_THINK_S)
     if done == 0:
         return F.tool("exec_command", {"cmd": f"printf 'hi\\n' > {wt / f'hello-{wt.name}.txt'}"})
     if done == 1:

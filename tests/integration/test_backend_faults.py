@@ -268,7 +268,7 @@ def test_parallel_jobs_cannot_jointly_overshoot_the_day_budget(
     assert len(dev) == 2, [(j.id, j.state, j.cost_usd, j.reasons) for j in jobs]
     spent = sum(j.cost_usd or 0.0 for j in dev)
     # What one model call of this loop costs at the configured prices: each job may run
-    # over its cap by the calls it made between two looks of the meter.
+    # over its cap by the call it made between two looks of the meter (one; three allowed).
     st = job.settings
     per_call = (100 * st.claude_price_in_per_mtok_usd + 20 * st.claude_price_out_per_mtok_usd) / 1e6
     assert spent <= day_budget + 2 * 3 * per_call, (spent, [j.cost_usd for j in dev])
