@@ -19,7 +19,7 @@ from api_server import Server
 
 from orchestrator import ops, proc_group
 from orchestrator.config import load_settings
-from orchestrator.engine.launch import job_marker
+from orchestrator.jobcontract import job_marker
 from orchestrator.store import make_engine, queries
 from orchestrator.store.schema import jobs as jobs_table
 

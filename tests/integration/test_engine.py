@@ -21,8 +21,8 @@ import sqlalchemy as sa
 
 from orchestrator import ops, proc_group
 from orchestrator.config import Settings, load_settings
-from orchestrator.engine.launch import job_marker
 from orchestrator.engine.worker import Worker
+from orchestrator.jobcontract import job_marker
 from orchestrator.store import control, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
 from orchestrator.store.schema import jobs as jobs_table

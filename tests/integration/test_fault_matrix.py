@@ -392,7 +392,7 @@ if __name__ == "__main__":
 
 from orchestrator import alerts, ops, proc_group  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
-from orchestrator.engine.launch import job_marker  # noqa: E402
+from orchestrator.jobcontract import job_marker  # noqa: E402
 from orchestrator.store import make_engine, normalize_url, queries  # noqa: E402
 
 try:

@@ -42,9 +42,9 @@ from orchestrator.domain.faults import FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Stage
 from orchestrator.domain.verdicts import VerdictStatus, parse_artifact
-from orchestrator.engine.launch import JobContext, JobResult
 from orchestrator.gates.registry import GateContext, run_gates
 from orchestrator.gitops import worktrees
+from orchestrator.jobcontract import JobContext, JobResult
 from orchestrator.store import queries, spend
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.faults import FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Stage
-from orchestrator.engine.launch import JobContext, JobResult
+from orchestrator.jobcontract import JobContext, JobResult
 
 __all__ = ["claude_job", "codex_job", "make_job", "offline_env"]  # fixtures, imported by name
 

@@ -24,9 +24,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from orchestrator import proc_group, taskdir
+from orchestrator.agent_env import scrubbed_env
 from orchestrator.agents import aider, claude, codex
 from orchestrator.agents.common import (
     LlmPlan,
@@ -37,6 +37,12 @@ from orchestrator.agents.common import (
     run_output,
     tool_error_of,
 )
+from orchestrator.agents.harness import (
+    collect_artifact,
+    commit_leftovers,
+    dev_report,
+    run_agent_process,
+)
 from orchestrator.agents.meter import Spend, SpendWatch, merge_spend, meter_for, spend_line
 from orchestrator.agents.prompts import PromptError, render_prompt
 from orchestrator.agents.stall import StallDetector, model_hang
@@ -46,11 +52,7 @@ from orchestrator.domain.faults import ApiFault, FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.gitops import worktrees
-
-if TYPE_CHECKING:
-    # engine.launch imports this module from _spawn; importing it back at module level
-    # would be a cycle, so run_llm_backend imports it when called.
-    from orchestrator.engine.launch import JobContext, JobResult
+from orchestrator.jobcontract import JobContext, JobResult, job_marker, job_out_dir
 
 __all__ = ["LLM_PLANNERS", "prepare_files", "run_llm_backend"]
 
@@ -89,14 +91,6 @@ def run_llm_backend(
     ctx: JobContext, backend: str, role: str, stage: Stage, worktree: Path
 ) -> JobResult:
     """Run ``backend`` as ``role`` at ``stage`` in ``worktree``; what the process did."""
-    from orchestrator.agent_env import scrubbed_env
-    from orchestrator.engine.launch import (
-        JobResult,
-        collect_artifact,
-        commit_leftovers,
-        job_marker,
-        job_out_dir,
-    )
 
     def not_started(*reasons: str) -> JobResult:
         _append_log(ctx.log_path, [f"{backend}: not started: {r}" for r in reasons])
@@ -212,8 +206,6 @@ def _execute(
     artifact: str,
     marker: str,
 ) -> _Run:
-    from orchestrator.engine.launch import run_agent_process
-
     st = ctx.settings
     start = log_size(ctx.log_path)
     meter = meter_for(backend, plan, st, ctx.log_path, start)
@@ -264,8 +256,6 @@ def _set_aside(
     says: the artifact is not taken (it stays in the job's output folder, for a human), and
     a developer's attempt is recorded ``dev_status: FAILED`` with the reasons, which the
     rollback feeds into the next prompt. Other roles leave no artifact: their gate FAILs."""
-    from orchestrator.engine.launch import dev_report
-
     name = STAGE_TRANSITIONS[stage].artifact
     text = artifacts.pop(name, None)
     if text is not None:

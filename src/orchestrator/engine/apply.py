@@ -31,7 +31,8 @@ from orchestrator.domain.stages import (
     wait_for_backend,
 )
 from orchestrator.domain.verdicts import Verdict
-from orchestrator.engine.launch import GATE_ONLY_AGENT, JobResult
+from orchestrator.engine.launch import GATE_ONLY_AGENT
+from orchestrator.jobcontract import JobResult
 from orchestrator.ops import queue_job
 from orchestrator.store import breakers, queries, spend
 from orchestrator.store import jobs as jobq

@@ -10,19 +10,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import string
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from orchestrator import proc_group, sandbox, taskdir
 from orchestrator.agent_env import SUITE_ENV, scrubbed_env
+from orchestrator.agents.backends import run_llm_backend
+from orchestrator.agents.harness import (
+    collect_artifact,
+    commit_leftovers,
+    dev_report,
+    run_agent_process,
+)
 from orchestrator.agents.prompts import fence_text
 from orchestrator.agents.registry import (
     DEFAULT_LLM_BACKEND,
@@ -34,11 +37,11 @@ from orchestrator.agents.registry import (
 )
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
-from orchestrator.domain.faults import ApiFault
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.errors import UsageError
 from orchestrator.gitops import worktrees
+from orchestrator.jobcontract import JobContext, JobResult, job_marker, job_out_dir
 from orchestrator.runners import (
     deploy_finalizer,
     post_deploy_monitor,
@@ -49,7 +52,7 @@ from orchestrator.runners import (
 from orchestrator.runners.base import RunContext, RunnerResult, runner_available
 from orchestrator.runners.baseline import Baseline, read_for_branch
 from orchestrator.self_deploy import map_outcome
-from orchestrator.store.queries import JobRow, RepoRow, TaskRow
+from orchestrator.store.queries import JobRow, RepoRow
 
 log = logging.getLogger(__name__)
 
@@ -58,68 +61,6 @@ APPROVED_AGENT = "approved"
 # timed out, main was locked) the stage's own work stands and must not run again.
 GATE_ONLY_AGENT = "gate-only"
 NO_PROCESS_AGENTS = frozenset({APPROVED_AGENT, GATE_ONLY_AGENT})
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """Everything ``launch_job`` needs about one claimed job."""
-
-    job: JobRow
-    task: TaskRow
-    repo: RepoRow
-    settings: Settings
-    task_dir: Path
-    log_path: Path
-    cancel: threading.Event
-    on_start: Callable[[int, int], None] | None = None
-    # Why the previous attempt failed, for the next developer prompt (rollbacks).
-    previous_failure: str | None = None
-    # What this job may spend, set at dispatch for an LLM job (None: no limit): what is left
-    # of the task's budget, and the job's cap (the task's left, within what the day budget
-    # has left after the other running jobs' reservations). An LLM backend passes the first
-    # to a CLI that caps itself and stops the job from outside once its streamed spend
-    # reaches the cap.
-    task_left_usd: float | None = None
-    spend_cap_usd: float | None = None
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What the job's process did (level one of the outcome)."""
-
-    outcome: OutcomeKind
-    reasons: list[str] = field(default_factory=list)
-    exit_code: int | None = None
-    worktree: Path | None = None
-    awaiting_human: bool = False
-    # Refused before dispatch: an LLM budget is spent (the task is blocked, not deferred).
-    over_budget: bool = False
-    # Refused before dispatch: untrusted code needs the sandbox and it cannot start here
-    # (blocked with an alert naming the fix: waiting does not install bubblewrap).
-    sandbox_missing: bool = False
-    cost_usd: float | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    # {artifact name: text} the job produced, as the orchestrator took it: a runner's
-    # verdict as the runner returned it, an agent's artifact as it was collected from the
-    # job's output folder. The gates read these, never the file a later writer may have
-    # swapped.
-    artifacts: Mapping[str, str] = field(default_factory=dict)
-    # {artifact name: why not}: what the agent left that is no text a gate may read (moved
-    # into the task folder as it is; the gate refuses it with that reason).
-    refused_artifacts: Mapping[str, str] = field(default_factory=dict)
-    # The test-runner's passing run: the IDs of the tests it passed, recorded with the tree.
-    passed_tests: tuple[str, ...] | None = None
-    # An LLM job: the model-API failure its CLI reported (the engine pauses the backend or
-    # blocks the task by its kind, see domain.faults), and the model calls it made.
-    api_fault: ApiFault | None = None
-    model_calls: int | None = None
-
-
-def job_marker(job: JobRow) -> str:
-    """The env marker of a job's processes, derivable from its row after a crash."""
-    started = int((job.started_at or 0) * 1000)
-    return f"orch-job-{job.id}-{job.attempt}-{started}"
 
 
 def llm_backend_of(job: JobRow, repo: RepoRow, settings: Settings) -> str | None:
@@ -432,8 +373,6 @@ def _spawn(ctx: JobContext, agent: str, stage: Stage, worktree: Path) -> JobResu
         )
     if spec.backend == "command":
         return _run_command(ctx, spec.template, stage, worktree)
-    from orchestrator.agents.backends import run_llm_backend
-
     return run_llm_backend(ctx, spec.backend, STAGE_ROLES[stage], stage, worktree)
 
 
@@ -470,91 +409,6 @@ def write_prompt(ctx: JobContext, stage: Stage, out_dir: Path) -> Path:
     # Rewritten on every attempt: whole-or-nothing matters, surviving a power cut does not.
     taskdir.write_atomic(path, "\n".join(parts) + "\n", durable=False)
     return path
-
-
-def job_out_dir(ctx: JobContext) -> Path:
-    """``runs/<job>-out``: where an agent writes its artifact (``ORCH_ARTIFACT_DIR``), made
-    empty for the job. The task folder itself is not the agent's to write."""
-    out = ctx.task_dir / "runs" / f"{ctx.job.id}-out"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    return out
-
-
-@dataclass(frozen=True)
-class Collected:
-    """An agent's artifact as the orchestrator took it from the job's output folder."""
-
-    reasons: list[str]
-    # name -> text, when the artifact was there and is text a gate may read.
-    artifacts: dict[str, str]
-    # name -> why not, when it was there but is no text a gate may read (moved in as it is,
-    # for the gate to refuse with that reason).
-    refused: dict[str, str] = field(default_factory=dict)
-
-
-def collect_artifact(ctx: JobContext, out_dir: Path, stage: Stage) -> Collected:
-    """Copy the stage's artifact from the job's output folder into the task folder.
-
-    It is read once, with the loader's checks (a regular file of its own, within the size
-    cap, UTF-8 text); that text is what the gate reads and what the task folder keeps. What
-    fails the checks is moved in as it is, so the gate refuses it with the reason. No
-    artifact written: none is left in the task folder either, so an earlier attempt's
-    report is never read as this job's.
-    """
-    name = STAGE_TRANSITIONS[stage].artifact
-    src, dest = out_dir / name, ctx.task_dir / name
-    if dest.is_dir() and not dest.is_symlink():
-        shutil.rmtree(dest)
-    elif os.path.lexists(dest):
-        dest.unlink()
-    if not os.path.lexists(src):
-        return Collected([f"the agent wrote no {name}"], {})
-    got = taskdir.load_artifact(out_dir, name)
-    if got.text is None:
-        os.replace(src, dest)
-        return Collected([], {}, {name: got.problem or "not readable"})
-    taskdir.write_atomic(dest, got.text)
-    src.unlink()
-    return Collected([], {name: got.text})
-
-
-def run_agent_process(
-    ctx: JobContext,
-    request: proc_group.ExecuteRequest,
-    writable: list[Path],
-    prompt: Path,
-    poll: Callable[[], str | None] | None = None,
-) -> proc_group.Outcome:
-    """Run an agent's process in its sandbox: the worktree and the job's own folders
-    writable, its prompt readable. No sandbox where one is required: not started."""
-    try:
-        box = sandbox.for_job(
-            ctx.settings,
-            kind="agent",
-            repo_path=Path(ctx.repo.path),
-            argv=request.argv,
-            writable=writable,
-            readonly=[prompt],
-            env_path=request.env.get("PATH"),
-            options=ctx.repo.options,
-        )
-    except sandbox.SandboxUnavailable as exc:
-        return proc_group.refuse(request, f"sandbox: {exc}")
-    if box is None:
-        log.warning(
-            "sandbox off: %s runs bare (ORCH_SANDBOX=off)",
-            ctx.job.agent,
-            extra={"task": ctx.task.key, "job": ctx.job.id, "action": "sandbox-off"},
-        )
-    return proc_group.run(
-        dataclasses.replace(request, sandbox=box),
-        cancel=ctx.cancel,
-        on_start=ctx.on_start,
-        poll=poll,
-        tree_kill=ctx.settings.subprocess_tree_kill_enabled,
-    )
 
 
 def _run_command(
@@ -616,26 +470,6 @@ def _run_command(
         artifacts=artifacts,
         refused_artifacts=collected.refused,
     )
-
-
-def commit_leftovers(
-    ctx: JobContext, worktree: Path, agent: str, reasons: list[str]
-) -> dict[str, str] | None:
-    """Commit what a development agent left uncommitted; refused debris is a FAIL.
-
-    Unmerged paths or conflict-marker lines are never committed: the attempt is undone and
-    the orchestrator records ``dev_status: FAILED`` with the reason, whatever the agent's
-    own report claimed; that record is returned (None when nothing was refused).
-    """
-    done = worktrees.commit_all(
-        worktree, f"{ctx.task.key}: development attempt {ctx.job.attempt} ({agent})"
-    )
-    if done:
-        reasons.append("the orchestrator committed what the agent left uncommitted")
-    elif done.status == "refused":
-        reasons.append(done.detail)
-        return dev_report(ctx, "FAILED", [done.detail], agent)
-    return None
 
 
 def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
@@ -710,22 +544,6 @@ def _patch_to_apply(ctx: JobContext) -> Path | None:
         found = sorted(taskdir.patches_dir(ctx.task_dir).glob("*.patch"))
         return found[-1] if found else None
     return taskdir.patch_for_attempt(ctx.task_dir, ctx.job.attempt)
-
-
-def dev_report(
-    ctx: JobContext, status: str, reasons: list[str], agent: str = "patch"
-) -> dict[str, str]:
-    """Write ``10-dev-report.md`` as the orchestrator's record, and say so in the job log;
-    {name: text} of what was written, for the gate."""
-    body = "\n".join(f"- {r}" for r in reasons)
-    text = A.render_artifact(
-        A.DEV_REPORT, {"dev_status": status, "agent": agent, "attempt": ctx.job.attempt}, body
-    )
-    taskdir.write_atomic(ctx.task_dir / A.DEV_REPORT, text)
-    ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-    with ctx.log_path.open("a") as fh:
-        fh.write(f"{agent} backend: {status}\n{body}\n")
-    return {A.DEV_REPORT: text}
 
 
 RESERVED = frozenset(RESERVED_RUNNERS)

@@ -33,17 +33,11 @@ from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import SERIAL_STAGES, STAGE_TRANSITIONS, Stage, State
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.apply import Applied, apply_job_end
-from orchestrator.engine.launch import (
-    JobContext,
-    JobResult,
-    job_marker,
-    launch_job,
-    llm_backend_of,
-    uses_llm,
-)
+from orchestrator.engine.launch import launch_job, llm_backend_of, uses_llm
 from orchestrator.gates import merge_gate  # registers check_branch_mergeable
 from orchestrator.gates.registry import GateContext, run_gates
 from orchestrator.gitops import worktrees
+from orchestrator.jobcontract import JobContext, JobResult, job_marker
 from orchestrator.store import breakers, control, is_transient, queries, spend
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import JobRow, RepoRow, TaskRow
