@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import jinja2
 import sqlalchemy as sa
@@ -20,14 +21,12 @@ from fastapi.responses import HTMLResponse
 from orchestrator import money, taskdir
 from orchestrator.api import files, reads
 from orchestrator.api import models as M
+from orchestrator.api.state import Api
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import PIPELINE
 from orchestrator.store import queries
 from orchestrator.store.queries import JobRow, TaskRow
 from orchestrator.store.schema import jobs, repos, tasks
-
-if TYPE_CHECKING:
-    from orchestrator.api.app import Api
 
 CARDS_PER_COLUMN = 50
 FINISHED_CARDS = 20
@@ -69,11 +68,12 @@ def clock(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _environment() -> jinja2.Environment:
-    from orchestrator.api.app import PACKAGE_DIR
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
+
+def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         # Task titles, bodies, reasons, artifacts and logs are written by agents and users:
         # every value is escaped, always.
         autoescape=True,

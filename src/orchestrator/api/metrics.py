@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Response
@@ -24,12 +23,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from orchestrator import __version__
+from orchestrator.api.state import Api
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.store import control, counters, merges, spend
 from orchestrator.store.schema import alerts, jobs, tasks, transitions, workers
-
-if TYPE_CHECKING:
-    from orchestrator.api.app import Api
 
 # Job duration buckets, seconds: from a quick runner to the reaper's hour.
 DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)

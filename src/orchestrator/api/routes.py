@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Query
@@ -19,14 +19,12 @@ from orchestrator import ops
 from orchestrator.api import files, reads
 from orchestrator.api import models as M
 from orchestrator.api.errors import ApiError, json_response, responses
+from orchestrator.api.state import Api
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import Stage, State
 from orchestrator.errors import NotFoundError, UsageError
 from orchestrator.store import control, queries
 from orchestrator.store.queries import TaskRow
-
-if TYPE_CHECKING:
-    from orchestrator.api.app import Api
 
 ACTOR = "api"
 DEFAULT_LIST_LIMIT = 50
