@@ -40,6 +40,7 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.errors import UsageError
+from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult, job_marker, job_out_dir
 from orchestrator.runners import (
@@ -231,7 +232,7 @@ def _clean_start(worktree: Path) -> str | None:
     restored, how = worktrees.restore_to_head(worktree)
     if not restored:
         return f"cannot start on a clean worktree: {how}"
-    return f"discarded what an earlier run left uncommitted: {worktrees.name_paths(left)}"
+    return f"discarded what an earlier run left uncommitted: {gitcmd.name_paths(left)}"
 
 
 def _dispatch(

@@ -25,6 +25,7 @@ from orchestrator.domain.verdicts import (
     failed,
     passed,
 )
+from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import worktrees
 from orchestrator.store.queries import RepoRow, TaskRow
 
@@ -117,7 +118,7 @@ def check_branch_has_diff(ctx: GateContext) -> Verdict:
     # An agent may commit conflict debris itself; the orchestrator's own commit refuses it.
     markers = worktrees.branch_markers(ctx.worktree, ctx.repo.main_branch)
     if markers:
-        listed = worktrees.name_paths(markers)
+        listed = gitcmd.name_paths(markers)
         return failed(f"the branch adds lines that look like conflict markers: {listed}")
     return passed(f"branch diff: {detail}")
 

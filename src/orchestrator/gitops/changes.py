@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.gitops import git as gitcmd
-from orchestrator.gitops.worktrees import BYPRODUCT_EXCLUDES
+from orchestrator.gitops.git import BYPRODUCT_EXCLUDES
 
 # A blob read for its text (a pyproject.toml, a test module) larger than this is not read:
 # the caller treats it as unreadable, so as changed.

@@ -1,4 +1,8 @@
-"""The one helper every git call goes through: argv only, a timeout on every call."""
+"""The one helper every git call goes through: argv only, a timeout on every call.
+
+Also the plain pieces every git caller shares: the pathspec of a task's change (by-products
+left out) and how a reason names paths.
+"""
 
 from __future__ import annotations
 
@@ -138,3 +142,26 @@ def rev_parse(path: Path, rev: str) -> str | None:
 def rev_parse_branch(path: Path, branch: str) -> str | None:
     """The commit ``refs/heads/<branch>`` points at, or None."""
     return rev_parse(path, f"refs/heads/{branch}^{{commit}}")
+
+
+# What running a suite leaves behind that is never part of a task's change: bytecode, the
+# pytest cache, coverage data. Our runners switch them off; these pathspecs are the second
+# line, so that a repo without a .gitignore neither commits them as the agent's work nor
+# counts them as a dirty worktree.
+BYPRODUCT_EXCLUDES = (
+    ":(exclude,glob)**/__pycache__/**",
+    ":(exclude,glob)**/*.py[co]",
+    ":(exclude,glob)**/.pytest_cache/**",
+    ":(exclude,glob)**/.coverage",
+    ":(exclude,glob)**/.coverage.*",
+)
+CHANGE_PATHSPEC = (".", *BYPRODUCT_EXCLUDES)
+# How many paths a reason names before it says "and N more".
+_NAMED_PATHS = 10
+
+
+def name_paths(paths: Sequence[str]) -> str:
+    """``a, b, c`` (at most ten, then how many more)."""
+    shown = ", ".join(paths[:_NAMED_PATHS])
+    more = len(paths) - _NAMED_PATHS
+    return f"{shown} and {more} more" if more > 0 else shown

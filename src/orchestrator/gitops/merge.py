@@ -6,7 +6,7 @@ a held lock, a timeout. Nothing here ever forces anything: no ``--force`` of any
 arguments outright (a second line of defence behind the code simply not writing them), and
 then through ``orchestrator.gitops.git.git``, which bounds it with a timeout.
 
-Locking: functions named ``*_locked`` expect the caller to hold ``worktrees.repo_lock`` on
+Locking: functions named ``*_locked`` expect the caller to hold ``lock.repo_lock`` on
 the repo; the public entry points that move main (``refresh_main``, ``advance_main``,
 ``publish_main``) take it themselves. flock is not re-entrant across open files, so a
 caller that already holds the lock (worktree creation) uses the ``*_locked`` forms.
@@ -21,8 +21,14 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.gitops import git as gitcmd
-from orchestrator.gitops.git import RECEIVE_PACK, UPLOAD_PACK, GitResult
-from orchestrator.gitops.worktrees import CHANGE_PATHSPEC, name_paths, repo_lock
+from orchestrator.gitops.git import (
+    CHANGE_PATHSPEC,
+    RECEIVE_PACK,
+    UPLOAD_PACK,
+    GitResult,
+    name_paths,
+)
+from orchestrator.gitops.lock import repo_lock
 
 # Network operations get longer than local ones; both are bounded.
 NETWORK_TIMEOUT_S = 300.0

@@ -12,18 +12,18 @@ orchestrator's git calls reads.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from orchestrator import taskdir
 from orchestrator.gitops import git as gitcmd
-from orchestrator.gitops.git import GitResult
+from orchestrator.gitops import merge
+from orchestrator.gitops.git import CHANGE_PATHSPEC, GitResult, name_paths
+from orchestrator.gitops.lock import repo_lock
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +58,12 @@ def patch_present(worktree: Path, patch: Path) -> bool:
     return bool(gitcmd.git(["apply", "--reverse", "--check", str(patch)], worktree))
 
 
-# What running a suite leaves behind that is never part of a task's change: bytecode, the
-# pytest cache, coverage data. Our runners switch them off; these pathspecs are the second
-# line, so that a repo without a .gitignore neither commits them as the agent's work nor
-# counts them as a dirty worktree.
-BYPRODUCT_EXCLUDES = (
-    ":(exclude,glob)**/__pycache__/**",
-    ":(exclude,glob)**/*.py[co]",
-    ":(exclude,glob)**/.pytest_cache/**",
-    ":(exclude,glob)**/.coverage",
-    ":(exclude,glob)**/.coverage.*",
-)
-CHANGE_PATHSPEC = (".", *BYPRODUCT_EXCLUDES)
-# How many paths a reason names before it says "and N more".
-_NAMED_PATHS = 10
-
-
 def _git_message(res: GitResult) -> str:
     """Everything git said, on one line (bounded): the reason a human reads."""
     text = (res.stderr or res.stdout).strip()
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())[:800] or (
         f"git exited {res.returncode}"
     )
-
-
-def name_paths(paths: Sequence[str]) -> str:
-    """``a, b, c`` (at most ten, then how many more)."""
-    shown = ", ".join(paths[:_NAMED_PATHS])
-    more = len(paths) - _NAMED_PATHS
-    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def changed_paths(worktree: Path) -> tuple[list[str] | None, str]:
@@ -190,24 +167,6 @@ def branch_markers(worktree: Path, base: str) -> list[str]:
         for line in check.stdout.splitlines()
         if line.endswith("leftover conflict marker")
     ]
-
-
-@contextmanager
-def repo_lock(repo_path: Path) -> Iterator[None]:
-    """Serialize changes to a repo's worktree list across threads and processes of a host.
-
-    ``git worktree add`` from two workers at once races on the repository's config and
-    worktree metadata and one of them fails; that is infra trouble we make ourselves.
-    flock locks belong to an open file description, so threads exclude each other too.
-    """
-    git_dir = repo_path / ".git"
-    lock_path = (git_dir if git_dir.is_dir() else repo_path) / "orch-worktrees.lock"
-    with lock_path.open("a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 # What every workspace's own ``info/attributes`` says (it takes precedence over the tree's
@@ -324,9 +283,6 @@ def _start_point(repo_path: Path, main_branch: str, remote: str | None) -> tuple
     """Where a new task branch starts: the fetched remote main, else local main."""
     if not remote:
         return main_branch, []
-    # merge.py imports this module (for repo_lock); importing it here avoids the cycle.
-    from orchestrator.gitops import merge
-
     fresh = merge.refresh_main_locked(repo_path, main_branch, remote)
     if fresh.status == "ok" and fresh.sha is not None:
         return fresh.sha, [fresh.detail]
