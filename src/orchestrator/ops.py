@@ -18,11 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator import taskdir
-from orchestrator.agents.registry import (
-    default_agents,
-    parse_agent_assignments,
-    parse_agent_spec,
-)
+from orchestrator.agents.registry import default_agents, parse_agent_assignments
 from orchestrator.alerts import resolve_task_alerts
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
@@ -30,7 +26,6 @@ from orchestrator.domain import breaker
 from orchestrator.domain.stages import (
     DEFAULT_STAGES,
     PIPELINE,
-    SERIAL_STAGES,
     STAGE_TRANSITIONS,
     Stage,
     State,
@@ -39,6 +34,7 @@ from orchestrator.domain.stages import (
     validate_pipeline,
 )
 from orchestrator.domain.verdicts import PARSERS
+from orchestrator.engine.queue import agent_for, queue_job
 from orchestrator.errors import NotFoundError, UsageError
 from orchestrator.gitops.git import (
     branch_exists,
@@ -49,7 +45,7 @@ from orchestrator.gitops.git import (
 from orchestrator.runners import protected
 from orchestrator.store import PoolSizes, breakers, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
-from orchestrator.store.queries import JobRow, RepoRow, TaskRow, TransitionRow
+from orchestrator.store.queries import RepoRow, TaskRow, TransitionRow
 
 # \Z, not $: "$" also matches before a trailing newline ("demo\n" is no repo name).
 _REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -473,38 +469,6 @@ def require_task(conn: sa.Connection, key: str) -> TaskRow:
 
 def _first_stage(repo: RepoRow) -> Stage:
     return Stage(repo.stages[0])
-
-
-def agent_for(repo: RepoRow, stage: Stage) -> str:
-    """The agent spec a repo gives a stage."""
-    spec = repo.agents.get(stage.value) or default_agents((stage,))[stage.value]
-    return parse_agent_spec(spec, stage).spec
-
-
-def queue_job(
-    conn: sa.Connection,
-    repo: RepoRow,
-    task: TaskRow,
-    stage: Stage,
-    *,
-    now: float,
-    not_before: float | None = None,
-    agent: str | None = None,
-    fresh_start: str | None = None,
-) -> JobRow:
-    """Queue the next attempt of ``stage`` for a task (``fresh_start``: see jobs.fresh_start)."""
-    attempt = queries.next_attempt(conn, task.id, stage.value)
-    return queries.insert_job(
-        conn,
-        task_id=task.id,
-        stage=stage.value,
-        agent=agent or agent_for(repo, stage),
-        attempt=attempt,
-        now=now,
-        not_before=not_before if not_before is not None else now,
-        serial_key=repo.name if stage in SERIAL_STAGES else None,
-        fresh_start=fresh_start,
-    )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ import sqlalchemy as sa
 
 from orchestrator import ops, proc_group
 from orchestrator.config import Settings, load_settings
+from orchestrator.domain.stages import Stage
+from orchestrator.engine.queue import queue_job
 from orchestrator.engine.worker import Worker
 from orchestrator.jobcontract import job_marker
 from orchestrator.store import control, make_engine, queries, upgrade
@@ -649,7 +651,7 @@ def test_serial_gate_is_held_between_a_tasks_deploy_and_its_watch(h: Harness) ->
         assert repo is not None
         tb = queries.get_task(conn, b)
         assert tb is not None
-        ops.queue_job(conn, repo, tb, ops.Stage.DEPLOY_STAGING, now=now)
+        queue_job(conn, repo, tb, Stage.DEPLOY_STAGING, now=now)
     limits = jobq.ClaimLimits(4, 4)
     hold = ("deploy", "post-deploy-monitor")
     with h.engine.begin() as conn:

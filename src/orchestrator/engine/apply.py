@@ -32,8 +32,8 @@ from orchestrator.domain.stages import (
 )
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.launch import GATE_ONLY_AGENT
+from orchestrator.engine.queue import queue_job
 from orchestrator.jobcontract import JobResult
-from orchestrator.ops import queue_job
 from orchestrator.store import breakers, queries, spend
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import AlertRow, JobRow
