@@ -46,6 +46,7 @@ from orchestrator import ops  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
 from orchestrator.engine.worker import Worker  # noqa: E402
 from orchestrator.store import breakers, queries  # noqa: E402
+from orchestrator.store.bootstrap import open_engine  # noqa: E402
 
 CLI_DIR = ROOT / ".agent-clis" / "node_modules" / ".bin"
 KEY = "sk-orch-bench-not-a-real-key"
@@ -104,7 +105,7 @@ def run_one(backend: str, fault: str, args: argparse.Namespace) -> dict[str, Any
         agent_stall_timeout_s=30,
         llm_budget_per_task_usd=0.01 if fault == "loop" else 10.0,
     )
-    engine = ops.open_engine(st)
+    engine = open_engine(st)
     ops.add_repo(
         engine,
         "bench",

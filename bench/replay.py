@@ -58,6 +58,7 @@ from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
 from orchestrator.errors import UsageError
 from orchestrator.store import merges, queries
+from orchestrator.store.bootstrap import open_engine
 
 HERE = Path(__file__).resolve().parents[1]
 MODES = ("plain", "in-order", "out-of-order")
@@ -278,7 +279,7 @@ def run_mode(mode: str, hist: History, args: argparse.Namespace, suite: Suite) -
     git(repo, "fetch", "-q", str(hist.upstream), "refs/heads/replay-base")
     git(repo, "checkout", "-q", "-B", "main", "FETCH_HEAD")
     settings = load_settings(home=where / "home", database_url="", poll_interval_s=0.2)
-    engine = ops.open_engine(settings)
+    engine = open_engine(settings)
     try:
         spec = ops.RepoInput(
             main_branch="main",

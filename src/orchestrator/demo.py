@@ -27,6 +27,7 @@ from orchestrator.engine.worker import Worker
 from orchestrator.gitops.git import git
 from orchestrator.store import jobs as jobq
 from orchestrator.store import queries
+from orchestrator.store.bootstrap import open_engine
 
 CALC = '''"""A tiny calculator for the orchestrator demo."""
 
@@ -286,7 +287,7 @@ def setup(root: Path) -> tuple[Settings, sa.Engine, Path, HealthServer, list[str
         agent_timeout_s=120,
         reaper_max_running_s=600,
     )
-    engine = ops.open_engine(settings)
+    engine = open_engine(settings)
     repo = make_repo(root)
     deploy_dir = root / "deployed"
     server = HealthServer(deploy_dir)

@@ -43,7 +43,7 @@ from orchestrator.gitops.git import (
     rev_parse_branch,
 )
 from orchestrator.runners import protected
-from orchestrator.store import PoolSizes, breakers, make_engine, queries, upgrade
+from orchestrator.store import breakers, queries
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import RepoRow, TaskRow, TransitionRow
 
@@ -55,20 +55,6 @@ _PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{0,15}\Z")
 APPROVED_AGENT = "approved"
 # C0 controls, DEL and C1 controls: never part of a one-line title.
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def pool_sizes(settings: Settings) -> PoolSizes:
-    """The connection pool the settings ask for."""
-    return PoolSizes(settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s)
-
-
-def open_engine(settings: Settings, *, migrate: bool = True) -> sa.Engine:
-    """An engine on the configured database, upgraded to the newest schema."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url, pool=pool_sizes(settings))
-    if migrate:
-        upgrade(engine)
-    return engine
 
 
 def split_command(value: str | None, option: str) -> list[str] | None:

@@ -46,6 +46,7 @@ from orchestrator.gates.registry import GateContext, run_gates
 from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult
 from orchestrator.store import queries, spend
+from orchestrator.store.bootstrap import open_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_DIR_ENV = "ORCH_TEST_AGENT_CLI_DIR"
@@ -172,7 +173,7 @@ def make_job(tmp_path: Path, db_url: str, make_repo: Any, offline_env: None) -> 
         )
         values.update(overrides)
         settings = load_settings(**values)
-        engine = ops.open_engine(settings)
+        engine = open_engine(settings)
         engines.append(engine)
         repo_path = make_repo(files={"README.md": "# demo\n", "app.py": "print('hi')\n"})
         repo = ops.add_repo(

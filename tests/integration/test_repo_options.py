@@ -28,6 +28,7 @@ from orchestrator.engine.worker import Worker
 from orchestrator.errors import UsageError
 from orchestrator.gates.merge_gate import parse_markers
 from orchestrator.store import queries
+from orchestrator.store.bootstrap import open_engine
 
 MakeRepo = Callable[..., Path]
 Orch = Callable[..., Any]
@@ -147,7 +148,7 @@ def _run_testing(tmp_path: Path, db_url: str, repo: Path, urls: list[str]) -> tu
         poll_interval_s=0.2,
         heartbeat_interval_s=0.5,
     )
-    engine = ops.open_engine(settings)
+    engine = open_engine(settings)
     try:
         ok = f"{sys.executable} -c pass"
         ops.add_repo(

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import ops
 from orchestrator.config import load_settings
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import State, TransitionKind
@@ -29,6 +28,7 @@ from orchestrator.store import (
     upgrade,
 )
 from orchestrator.store import schema as s
+from orchestrator.store.bootstrap import open_engine
 from orchestrator.store.migrate import downgrade
 
 STAGES = ["development", "testing", "deploy-staging"]
@@ -626,7 +626,7 @@ def test_pool_settings_reach_the_engine(tmp_path: Path, db_url: str) -> None:
         db_pool_timeout_s=0.5,
         max_parallel_jobs=4,
     )
-    eng = ops.open_engine(st)
+    eng = open_engine(st)
     try:
         assert eng.pool.size() == 2  # type: ignore[attr-defined]
         assert eng.pool.timeout() == 0.5  # type: ignore[attr-defined]

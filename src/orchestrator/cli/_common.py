@@ -101,7 +101,7 @@ def run(fn: Callable[[], T]) -> T:
 
 def engine() -> sa.Engine:
     """The engine on the configured database, migrated to the newest schema."""
-    from orchestrator.ops import open_engine
+    from orchestrator.store.bootstrap import open_engine
 
     return open_engine(settings())
 

@@ -27,7 +27,7 @@ def _setup_logging(fmt: str) -> None:
 
 def _loop(name: str, until_idle: bool, drain: bool, log_format: str) -> None:
     from orchestrator.engine.worker import Worker
-    from orchestrator.ops import open_engine
+    from orchestrator.store.bootstrap import open_engine
 
     _setup_logging(log_format)
     st = run(settings)
@@ -70,7 +70,7 @@ def worker_cmd(
 
 
 def _set_paused(paused: bool) -> None:
-    from orchestrator.ops import open_engine
+    from orchestrator.store.bootstrap import open_engine
 
     def go() -> None:
         with open_engine(settings()).begin() as conn:
@@ -99,7 +99,7 @@ def alerts_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """List open alerts (one per task and kind), newest first; --all adds resolved ones."""
-    from orchestrator.ops import open_engine
+    from orchestrator.store.bootstrap import open_engine
 
     def load() -> list[dict[str, Any]]:
         with open_engine(settings()).connect() as conn:
@@ -156,7 +156,8 @@ def backend_list(as_json: JsonFlag = False) -> None:
     """Each model backend that has run a job: running, or paused (an outage, rejected
     credentials) with its next probe and last error."""
     from orchestrator.cli.misc import backend_dict, backend_line
-    from orchestrator.ops import list_backends, open_engine
+    from orchestrator.ops import list_backends
+    from orchestrator.store.bootstrap import open_engine
 
     rows = run(lambda: [backend_dict(b) for b in list_backends(open_engine(settings()))])
     if as_json:
@@ -177,7 +178,8 @@ def backend_resume(
     """Probe a paused backend at once (after fixing its key, or an outage you know is over):
     its next job runs as the probe, and the model answering it resumes the backend."""
     from orchestrator.cli.misc import backend_dict, backend_line
-    from orchestrator.ops import open_engine, resume_backend
+    from orchestrator.ops import resume_backend
+    from orchestrator.store.bootstrap import open_engine
 
     row = backend_dict(run(lambda: resume_backend(open_engine(settings()), name)))
     if as_json:

@@ -23,7 +23,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def init(as_json: JsonFlag = False) -> None:
     """Create the state directory, the database and the API token (idempotent)."""
     from orchestrator.api.token import load_token
-    from orchestrator.ops import open_engine
+    from orchestrator.store.bootstrap import open_engine
 
     def go() -> dict[str, str]:
         st = settings()
@@ -57,8 +57,8 @@ def _masked_url(url: str) -> str:
 
 def status(as_json: JsonFlag = False) -> None:
     """Tasks by stage and state, repos, and whether claiming is paused."""
-    from orchestrator.ops import open_engine
     from orchestrator.sandbox import sandbox_state
+    from orchestrator.store.bootstrap import open_engine
 
     def load() -> dict[str, Any]:
         st = settings()

@@ -100,7 +100,7 @@ def serve(
     from orchestrator.api.guard import LOOPBACK_NAMES
     from orchestrator.engine.worker import Worker
     from orchestrator.logs import configure
-    from orchestrator.ops import open_engine
+    from orchestrator.store.bootstrap import open_engine
 
     configure(log_format)
 

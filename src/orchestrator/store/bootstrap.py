@@ -1,0 +1,26 @@
+"""Open the configured database: an engine with the settings' pool, upgraded to the newest
+schema. What every command, the server and the demo start with."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from orchestrator.config import Settings
+from orchestrator.store.db import PoolSizes, make_engine
+from orchestrator.store.migrate import upgrade
+
+__all__ = ["open_engine", "pool_sizes"]
+
+
+def pool_sizes(settings: Settings) -> PoolSizes:
+    """The connection pool the settings ask for."""
+    return PoolSizes(settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s)
+
+
+def open_engine(settings: Settings, *, migrate: bool = True) -> sa.Engine:
+    """An engine on the configured database, upgraded to the newest schema."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url, pool=pool_sizes(settings))
+    if migrate:
+        upgrade(engine)
+    return engine
