@@ -216,7 +216,7 @@ def test_internal_error_is_crashed_with_a_fail_artifact(
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("bug of ours")
 
-    monkeypatch.setattr(tr, "execute", boom)
+    monkeypatch.setattr(tr, "run_suite", boom)
     result = run_tests(make_ctx(PASSING), PYTEST)
     assert result.outcome is OutcomeKind.CRASHED
     assert any("bug of ours" in r for r in result.reasons)
@@ -459,7 +459,7 @@ def test_command_stage_crash_is_contained(
     def boom(*_a: object, **_k: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(base, "execute", boom)
+    monkeypatch.setattr(base, "run_suite", boom)
     result = run_deploy(make_ctx(), ["true"])
     assert result.outcome is OutcomeKind.CRASHED
     assert verdict(result).status is VerdictStatus.FAIL

@@ -10,7 +10,7 @@ import pytest
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.runners.base import fenced, parse_loopback_url, runner_available
-from orchestrator.runners.test_runner import (
+from orchestrator.runners.suite import (
     is_pytest_command,
     read_junit,
     with_pytest_evidence,

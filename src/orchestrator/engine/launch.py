@@ -48,6 +48,7 @@ from orchestrator.runners import (
     post_deploy_monitor,
     protected,
     staging_runner,
+    suite,
     test_runner,
 )
 from orchestrator.runners.base import RunContext, RunnerResult, runner_available
@@ -179,7 +180,7 @@ def _testing(ctx: JobContext, spec: AgentSpec, worktree: Path) -> JobResult:
     base: Baseline | None = None
     runs_runner = spec.kind is AgentKind.RUNNER and spec.backend == "test-runner"
     if runs_runner and found.base is not None and runner_available(st, spec.backend, repo.name)[0]:
-        argv = list(repo.test_cmd) if repo.test_cmd else list(test_runner.DEFAULT_COMMAND)
+        argv = list(repo.test_cmd) if repo.test_cmd else list(suite.DEFAULT_COMMAND)
         approved = protected.approval_of(ctx.task_dir, found.fingerprint) if notes else None
         try:
             base = read_for_branch(st, repo.id, worktree, found.base, argv, approved or ())

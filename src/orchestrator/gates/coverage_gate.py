@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import proc_group
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.runners.base import (
@@ -24,21 +25,15 @@ from orchestrator.runners.base import (
     argv_json,
     argv_problem,
     check_worktree,
-    execute,
     fail_closed,
     guarded,
     one_line,
     output_block,
     reasons_block,
+    suite_request,
     write_report,
 )
-from orchestrator.runners.test_runner import (
-    DEFAULT_COMMAND,
-    JUnitCounts,
-    read_junit,
-    with_pytest_evidence,
-)
-from orchestrator.self_deploy import ExitStatus, map_outcome
+from orchestrator.runners.suite import DEFAULT_COMMAND, run_suite
 
 GATE = "coverage-gate"
 # The probe and the report are quick; they get their own bound, not the suite's.
@@ -152,10 +147,7 @@ def _measure(
     runs.mkdir(parents=True, exist_ok=True)
     stem = ctx.log_path.stem
     aux = min(AUX_TIMEOUT_S, ctx.settings.test_runner_timeout_s)
-    probe = execute(
-        ctx, [*plan.coverage, "--version"], timeout_s=aux,
-        log_path=runs / f"{stem}.coverage-probe.log",
-    )  # fmt: skip
+    probe = _aux_run(ctx, [*plan.coverage, "--version"], aux, runs / f"{stem}.coverage-probe.log")
     if not probe:
         return tool_error(
             OutcomeKind.NOT_STARTED,
@@ -164,31 +156,27 @@ def _measure(
             *([f"not started: {probe.start_error}"] if probe.start_error else []),
         )
 
-    # Files left by an earlier attempt must never be read as this run's evidence.
     # In the run's own folder: the one place besides the worktree the suite may write.
+    # Files left by an earlier attempt must never be read as this run's evidence (run_suite
+    # removes its JUnit XML itself).
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     data_file = ctx.out_dir / ".coverage"
     report = ctx.out_dir / "coverage.json"
-    junit = ctx.out_dir / "junit-coverage.xml"
-    for old in (data_file, report, junit):
+    for old in (data_file, report):
         old.unlink(missing_ok=True)
-    target = with_pytest_evidence(plan.target, junit) if plan.pytest else plan.target
-    run_argv = [*plan.coverage, "run", f"--data-file={data_file}", *target]
     limit = ctx.settings.test_runner_timeout_s if timeout_s is None else timeout_s
-    outcome = execute(ctx, run_argv, timeout_s=limit)
-    counts: JUnitCounts | None = None
-    if plan.pytest:
-        counts, _ = read_junit(junit)
-        mapping = map_outcome(
-            outcome,
-            kind="pytest",
-            tests_ran=None if counts is None else counts.tests_ran,
-            collection_failed=counts is not None and counts.collection_errors > 0,
-        )
-    else:
-        mapping = map_outcome(outcome, kind="command")
-    kind = mapping.outcome
-    reasons = list(mapping.reasons)
+    request = suite_request(
+        ctx,
+        plan.target,
+        timeout_s=limit,
+        wrapper=[*plan.coverage, "run", f"--data-file={data_file}"],
+        pytest=plan.pytest,
+        junit_name="junit-coverage.xml",
+    )
+    run = run_suite(request)
+    outcome, counts, mapping = run.process, run.counts, run.mapping
+    kind = run.kind
+    reasons = list(run.reasons)
     keys: dict[str, object] = {
         **fail_keys,
         "coverage_percent": "none",
@@ -196,14 +184,14 @@ def _measure(
         "outcome": kind.value,
         "exit_code": "none" if outcome.exit_code is None else outcome.exit_code,
         "duration_s": f"{outcome.duration_s:.3f}",
-        "command": argv_json(run_argv),
+        "command": argv_json(run.argv),
         "log": one_line(outcome.log_path),
     }
 
     percent: float | None = None
     if kind is OutcomeKind.COMPLETED:
         report_argv = [*plan.coverage, "json", f"--data-file={data_file}", "-o", str(report)]
-        made = execute(ctx, report_argv, timeout_s=aux, log_path=runs / f"{stem}.coverage-json.log")
+        made = _aux_run(ctx, report_argv, aux, runs / f"{stem}.coverage-json.log")
         if made:
             percent, why = read_total(report)
         else:
@@ -215,7 +203,7 @@ def _measure(
     ok = False
     if percent is not None:
         keys["coverage_percent"] = f"{percent:.2f}"
-        suite_ok = mapping.status is ExitStatus.PASS and (counts is None or counts.failed == 0)
+        suite_ok = run.passed
         enough = percent >= threshold
         ok = suite_ok and enough
         reasons.append(
@@ -242,3 +230,11 @@ def _measure(
         duration_s=time.monotonic() - t0,
         counts=counts.as_dict() if counts is not None else {},
     )
+
+
+def _aux_run(
+    ctx: RunContext, argv: list[str], timeout_s: float, log_path: Path
+) -> proc_group.Outcome:
+    """Run one of coverage.py's own quick commands (the probe, the report): its process."""
+    request = suite_request(ctx, argv, timeout_s=timeout_s, log_path=log_path, pytest=False)
+    return run_suite(request).process

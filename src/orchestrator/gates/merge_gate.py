@@ -39,19 +39,13 @@ from orchestrator.runners.base import (
     RunContext,
     argv_json,
     argv_problem,
-    execute,
     one_line,
     output_block,
     reasons_block,
+    suite_request,
 )
-from orchestrator.runners.test_runner import (
-    DEFAULT_COMMAND,
-    JUnitCounts,
-    is_pytest_command,
-    read_junit,
-    with_pytest_evidence,
-)
-from orchestrator.self_deploy import ExitMapping, ExitStatus, map_outcome
+from orchestrator.runners.suite import DEFAULT_COMMAND, JUnitCounts, run_suite
+from orchestrator.self_deploy import ExitMapping
 from orchestrator.store import merges, reader
 from orchestrator.store.queries import RepoRow
 
@@ -124,47 +118,21 @@ def retest_branch(
         repo_path=Path(ctx.repo.path),
         repo_options=ctx.repo.options,
     )
-    argv = list(command)
-    junit: Path | None = None
-    if is_pytest_command(argv):
-        junit = rctx.out_dir / "junit.xml"
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.unlink(missing_ok=True)  # never read an earlier run's evidence
-        argv = with_pytest_evidence(argv, junit)
-    outcome = execute(rctx, argv, timeout_s=ctx.settings.merge_retest_timeout_s)
-    counts: JUnitCounts | None = None
-    reasons: list[str] = []
-    if junit is not None:
-        counts, why = read_junit(junit)
-        if counts is None and outcome.start_error is None:
-            reasons.append(why)
-        mapping = map_outcome(
-            outcome,
-            kind="pytest",
-            tests_ran=None if counts is None else counts.tests_ran,
-            collection_failed=counts is not None and counts.collection_errors > 0,
-        )
-    else:
-        mapping = map_outcome(outcome, kind="command")
-    passed = mapping.outcome is OutcomeKind.COMPLETED and mapping.status is ExitStatus.PASS
-    if counts is not None and counts.failed:
-        if passed:
-            reasons.append(f"exit code 0, but the JUnit XML shows {counts.failed} failed")
-        passed = False
-    outcomes = bl.read_outcomes(junit) if junit is not None and counts is not None else None
-    if baseline is not None and mapping.outcome is OutcomeKind.COMPLETED:
-        held = bl.judge(baseline, outcomes)
+    run = run_suite(suite_request(rctx, command, timeout_s=ctx.settings.merge_retest_timeout_s))
+    passed, reasons = run.passed, list(run.reasons)
+    if baseline is not None and run.kind is OutcomeKind.COMPLETED:
+        held = bl.judge(baseline, run.outcomes)
         reasons.extend(held.reasons)
         passed = passed and held.ok
     return RetestResult(
         passed,
-        mapping,
-        counts,
-        argv,
-        outcome.log_path,
-        outcome.duration_s,
-        [*mapping.reasons, *reasons],
-        bl.passed_ids(outcomes) if outcomes is not None else None,
+        run.mapping,
+        run.counts,
+        run.argv,
+        run.process.log_path,
+        run.process.duration_s,
+        reasons,
+        run.passed_tests,
     )
 
 

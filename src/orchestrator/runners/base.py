@@ -8,7 +8,6 @@ can never mistake a crash for a success.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import ipaddress
 import json
@@ -20,11 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import proc_group, sandbox
 from orchestrator.config import Settings, in_scope
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
-from orchestrator.self_deploy import ExitStatus, map_outcome
+from orchestrator.runners.suite import SuiteRequest, SuiteSandbox, run_suite
 from orchestrator.taskdir import write_atomic
 
 _log = logging.getLogger(__name__)
@@ -284,45 +282,39 @@ def check_worktree(ctx: RunContext) -> str | None:
 # --------------------------------------------------------------------------- processes
 
 
-def execute(
+def suite_request(
     ctx: RunContext,
     argv: Sequence[str],
     *,
     timeout_s: float,
     log_path: Path | None = None,
     sweep_on_exit: bool = True,
-) -> proc_group.Outcome:
-    """Run ``argv`` in the worktree through proc_group, with the settings' kill policy,
-    inside the sandbox (fail closed: a sandbox that cannot start is a run that did not)."""
-    request = proc_group.ExecuteRequest(
-        argv=list(argv),
-        cwd=Path(ctx.worktree),
-        env=dict(ctx.env),
-        log_path=log_path if log_path is not None else ctx.log_path,
-        timeout_s=timeout_s,
-        grace_s=ctx.settings.kill_grace_s,
-        marker=ctx.marker,
+    pytest: bool | None = None,
+    wrapper: Sequence[str] = (),
+    junit_name: str = "junit.xml",
+) -> SuiteRequest:
+    """The request of a run in ``ctx``'s worktree: its env, marker, cancel, log (``log_path``
+    or the job's), evidence folder (``out_dir``) and sandbox (when it has a repo to hide)."""
+    box = (
+        SuiteSandbox(ctx.repo_path, ctx.sandbox_kind, ctx.repo_options)
+        if ctx.repo_path is not None
+        else None
     )
-    if ctx.repo_path is not None:
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            box = sandbox.for_job(
-                ctx.settings,
-                kind=ctx.sandbox_kind,
-                repo_path=ctx.repo_path,
-                argv=argv,
-                writable=[Path(ctx.worktree), ctx.out_dir],
-                env_path=ctx.env.get("PATH"),
-                options=ctx.repo_options,
-            )
-        except sandbox.SandboxUnavailable as exc:
-            return proc_group.refuse(request, f"sandbox: {exc}")
-        request = dataclasses.replace(request, sandbox=box)
-    return proc_group.run(
-        request,
+    return SuiteRequest(
+        argv=list(argv),
+        worktree=Path(ctx.worktree),
+        timeout_s=timeout_s,
+        log_path=log_path if log_path is not None else ctx.log_path,
+        evidence_dir=ctx.out_dir,
+        env=ctx.env,
+        settings=ctx.settings,
+        sandbox=box,
+        marker=ctx.marker,
         cancel=ctx.cancel,
         on_start=ctx.on_start,
-        tree_kill=ctx.settings.subprocess_tree_kill_enabled,
+        wrapper=wrapper,
+        pytest=pytest,
+        junit_name=junit_name,
         sweep_on_exit=sweep_on_exit,
     )
 
@@ -387,11 +379,15 @@ def _run_command_stage(
         return fail_closed(ctx, stage.artifact, fail_keys, OutcomeKind.NOT_STARTED, [problem], t0)
 
     limit = stage.default_timeout_s(ctx.settings) if timeout_s is None else timeout_s
-    outcome = execute(ctx, command, timeout_s=limit, sweep_on_exit=stage.sweep_on_exit)
-    mapping = map_outcome(outcome, kind="command")
-    kind = mapping.outcome
-    ok = kind is OutcomeKind.COMPLETED and mapping.status is ExitStatus.PASS
-    reasons = list(mapping.reasons)
+    # A stage command is judged by its exit code, even when it happens to run pytest.
+    request = suite_request(
+        ctx, command, timeout_s=limit, sweep_on_exit=stage.sweep_on_exit, pytest=False
+    )
+    run = run_suite(request)
+    outcome = run.process
+    kind = run.kind
+    ok = run.passed
+    reasons = list(run.reasons)
     reasons.insert(0, f"{stage.runner}: {stage.ok if ok else stage.fail}")
     keys = {
         stage.status_key: stage.ok if ok else stage.fail,

@@ -8,12 +8,9 @@ smoke check) writes FAILED / FAIL.
 
 from __future__ import annotations
 
-import sys
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
@@ -25,7 +22,6 @@ from orchestrator.runners.base import (
     argv_json,
     argv_problem,
     check_worktree,
-    execute,
     fail_closed,
     fenced,
     guarded,
@@ -35,124 +31,15 @@ from orchestrator.runners.base import (
     output_block,
     parse_loopback_url,
     reasons_block,
+    suite_request,
     write_report,
 )
-from orchestrator.self_deploy import ExitStatus, map_outcome
+from orchestrator.runners.suite import DEFAULT_COMMAND, JUnitCounts, run_suite
 
-DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "pytest", "-q")
 SMOKE_TIMEOUT_S = 5.0
 # API paths whose JSON body must show the serial gate (the orchestrator's own /status, /queue).
 SERIAL_GATE_PATHS = ("/status", "/queue")
-# A JUnit file larger than this is not parsed: no evidence, so no PASS.
-_MAX_JUNIT_BYTES = 50_000_000
-# pytest's junitxml plugin writes a collection error as a testcase with this error message.
-_COLLECTION_FAILURE = "collection failure"
-_PYTEST_NAMES = frozenset({"pytest", "py.test"})
 _FAIL_KEYS = {"result": "FAILED", "status": "FAIL", "failed": 0}
-
-
-# --------------------------------------------------------------------------- pytest argv
-
-
-def is_pytest_command(argv: Sequence[str]) -> bool:
-    """Whether ``argv`` runs pytest: a ``pytest`` executable, or ``-m pytest``."""
-    for i, arg in enumerate(argv):
-        if Path(arg).name in _PYTEST_NAMES or arg == "-mpytest":
-            return True
-        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] == "pytest":
-            return True
-    return False
-
-
-def with_pytest_evidence(argv: Sequence[str], junit_path: Path) -> list[str]:
-    """``argv`` plus ``--junitxml`` (the evidence) and ``-p no:cacheprovider``.
-
-    Our options go last (a later ``--junitxml`` wins over the repo's own addopts) but
-    before a ``--``, after which pytest reads everything as a path.
-    """
-    extra = [f"--junitxml={junit_path}"]
-    has_no_cache = any(
-        a == "-pno:cacheprovider"
-        or (a == "-p" and i + 1 < len(argv) and argv[i + 1] == "no:cacheprovider")
-        for i, a in enumerate(argv)
-    )
-    if not has_no_cache:
-        # The cache would write .pytest_cache into the worktree and dirty the branch.
-        extra += ["-p", "no:cacheprovider"]
-    args = list(argv)
-    cut = args.index("--") if "--" in args else len(args)
-    return [*args[:cut], *extra, *args[cut:]]
-
-
-# --------------------------------------------------------------------------- JUnit evidence
-
-
-@dataclass(frozen=True)
-class JUnitCounts:
-    """Test counts read from a JUnit XML file, one bucket per testcase element."""
-
-    passed: int = 0
-    failures: int = 0
-    errors: int = 0
-    skipped: int = 0
-    total: int = 0
-    collection_errors: int = 0
-
-    @property
-    def failed(self) -> int:
-        """Failures and errors: the ``failed:`` verdict key."""
-        return self.failures + self.errors
-
-    @property
-    def tests_ran(self) -> int:
-        """Tests that really ran: not skipped, not a collection error."""
-        return self.total - self.skipped - self.collection_errors
-
-    def as_dict(self) -> dict[str, int]:
-        """The counts as a RunnerResult reports them."""
-        return {
-            "passed": self.passed,
-            "failed": self.failed,
-            "failures": self.failures,
-            "errors": self.errors,
-            "skipped": self.skipped,
-            "total": self.total,
-        }
-
-
-def read_junit(path: Path) -> tuple[JUnitCounts | None, str]:
-    """(counts, "") from pytest's JUnit XML, or (None, why there is no evidence)."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return None, f"no JUnit XML was written ({path})"
-    if size > _MAX_JUNIT_BYTES:
-        return None, f"JUnit XML {path} is too large to read ({size} bytes)"
-    try:
-        # The file is written by the suite under test, which runs arbitrary code anyway;
-        # ElementTree resolves no external entities and expat bounds entity expansion.
-        root = ET.parse(path).getroot()  # noqa: S314
-    except (ET.ParseError, OSError, LookupError, ValueError) as exc:
-        # LookupError, ValueError (UnicodeError among them): an XML declaration naming an
-        # encoding expat cannot read (unknown, multi-byte, or not a text codec at all).
-        return None, f"JUnit XML {path} cannot be read: {exc}"
-    passed = failures = errors = skipped = total = collection = 0
-    for case in root.iter("testcase"):
-        total += 1
-        tags = {child.tag for child in case}
-        # A test that failed and then errored in teardown is two testcase elements in
-        # pytest's output; one element lands in one bucket.
-        if "failure" in tags:
-            failures += 1
-        elif "error" in tags:
-            errors += 1
-            if any(e.get("message") == _COLLECTION_FAILURE for e in case.iter("error")):
-                collection += 1
-        elif "skipped" in tags:
-            skipped += 1
-        else:
-            passed += 1
-    return JUnitCounts(passed, failures, errors, skipped, total, collection), ""
 
 
 # --------------------------------------------------------------------------- smoke
@@ -243,45 +130,19 @@ def _run_tests(
         start_keys = {**_FAIL_KEYS, "command": argv_json(argv)}
         return fail_closed(ctx, A.TEST_REPORT, start_keys, OutcomeKind.NOT_STARTED, [problem], t0)
 
-    pytest_run = is_pytest_command(argv)
-    junit: Path | None = None
-    if pytest_run:
-        # In the run's own folder: the one place besides the worktree the suite may write.
-        junit = ctx.out_dir / "junit.xml"
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        # A file left by an earlier attempt must never be read as this run's evidence.
-        junit.unlink(missing_ok=True)
-        argv = with_pytest_evidence(argv, junit)
     limit = ctx.settings.test_runner_timeout_s if timeout_s is None else timeout_s
-    outcome = execute(ctx, argv, timeout_s=limit)
-
-    reasons: list[str] = []
-    counts: JUnitCounts | None = None
-    if junit is not None:
-        counts, why = read_junit(junit)
-        if counts is None and outcome.start_error is None:
-            reasons.append(why)
-    if pytest_run:
-        mapping = map_outcome(
-            outcome,
-            kind="pytest",
-            tests_ran=None if counts is None else counts.tests_ran,
-            collection_failed=counts is not None and counts.collection_errors > 0,
-        )
-    else:
-        mapping = map_outcome(outcome, kind="command")
-    kind = mapping.outcome
-    reasons = [*mapping.reasons, *reasons]
-    ok = kind is OutcomeKind.COMPLETED and mapping.status is ExitStatus.PASS
-    if counts is not None:
-        if counts.failed:
-            if ok:
-                reasons.append(f"exit code 0, but the JUnit XML shows {counts.failed} failed")
-            ok = False
-        if counts.total and counts.skipped == counts.total:
-            reasons.append(f"all {counts.total} test(s) were skipped")
+    # The JUnit XML goes in the run's own folder: the one place besides the worktree the
+    # suite may write.
+    run = run_suite(suite_request(ctx, argv, timeout_s=limit))
+    outcome, counts, junit, pytest_run = run.process, run.counts, run.junit, run.pytest
+    argv = run.argv
+    kind = run.kind
+    ok = run.passed
+    reasons = list(run.reasons)
+    if counts is not None and counts.total and counts.skipped == counts.total:
+        reasons.append(f"all {counts.total} test(s) were skipped")
     # Test by test, from the same evidence: the tests that passed on main must pass again.
-    outcomes = bl.read_outcomes(junit) if junit is not None and counts is not None else None
+    outcomes = run.outcomes
     if baseline is not None:
         held = bl.judge(baseline, outcomes)
         reasons.extend(held.reasons)
@@ -299,7 +160,7 @@ def _run_tests(
             reasons.append("smoke checks skipped: the suite did not complete")
 
     # A passing run's test IDs go with its result: the worker records them with the tree.
-    passed = bl.passed_ids(outcomes) if ok and outcomes is not None else None
+    passed = run.passed_tests if ok else None
     reasons.insert(0, f"test-runner: {'PASS' if ok else 'FAIL'}")
     c = counts or JUnitCounts()
     keys: dict[str, object] = {

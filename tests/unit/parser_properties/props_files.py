@@ -15,8 +15,8 @@ from xml.sax.saxutils import escape, quoteattr
 from hypothesis import strategies as st
 
 from orchestrator.gates import coverage_gate
-from orchestrator.runners import test_runner
-from orchestrator.runners.test_runner import JUnitCounts
+from orchestrator.runners import suite
+from orchestrator.runners.suite import JUnitCounts
 
 from .core import patched, prop
 
@@ -141,7 +141,7 @@ junit_docs = st.one_of(
     st.just(Doc(b"", None, True)),
 )
 
-_real_read_junit = test_runner.read_junit
+_real_read_junit = suite.read_junit
 
 
 def _unreadable_is_empty() -> Any:
@@ -153,14 +153,14 @@ def _unreadable_is_empty() -> Any:
             return JUnitCounts(0, 0, 0, 0, 0, 0), ""
         return counts, why
 
-    return patched(test_runner, "read_junit", read)
+    return patched(suite, "read_junit", read)
 
 
-@prop("runners/test_runner.py read_junit", junit_docs, broken=_unreadable_is_empty)
+@prop("runners/suite.py read_junit", junit_docs, broken=_unreadable_is_empty)
 def junit_counts_only_what_the_xml_says(doc: Doc) -> None:
     """Any bytes: counts that add up (and match the document when it is known), or no
     counts with a reason; a file that is missing, empty or cut short is never evidence."""
-    counts, why = test_runner.read_junit(_write("junit.xml", doc))
+    counts, why = suite.read_junit(_write("junit.xml", doc))
     if counts is None:
         assert why
         return
