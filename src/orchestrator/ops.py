@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator import taskdir
-from orchestrator.agents.registry import default_agents, parse_agent_assignments
+from orchestrator.agents.registry import LLM_BACKENDS, default_agents, parse_agent_assignments
 from orchestrator.alerts import resolve_task_alerts
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
@@ -434,7 +434,9 @@ def set_repo_options(engine: sa.Engine, name: str, options: dict[str, Any]) -> R
 
 def require_repo(conn: sa.Connection, name: str) -> RepoRow:
     """A repo by name, or a NotFoundError that says how to list them."""
-    repo = queries.get_repo(conn, name)
+    # A name no repo can have is not looked up: a NUL in it is an error PostgreSQL raises
+    # for any text parameter ("text fields cannot contain NUL"), not "unknown repo".
+    repo = queries.get_repo(conn, name) if _REPO_NAME_RE.match(name) else None
     if repo is None:
         msg = f"unknown repo {name!r} (see `orch repo list`)"
         raise NotFoundError(msg)
@@ -879,7 +881,8 @@ def resume_backend(engine: sa.Engine, name: str) -> breakers.BackendRow:
     the probe, and the model answering it closes the breaker."""
     with engine.begin() as conn:
         breakers.lock_spend(conn)
-        row = breakers.get(conn, name)
+        # Only a backend's name is looked up (a NUL is an error on PostgreSQL).
+        row = breakers.get(conn, name) if name in LLM_BACKENDS else None
         if row is None:
             known = ", ".join(r.state.name for r in breakers.list_backends(conn)) or "none yet"
             msg = f"no model backend {name!r} has run a job (known: {known})"

@@ -134,6 +134,8 @@ OTHER_COMMANDS = [
     Command(("alerts",), (), ("--limit",)),
     Command(("pause",), (), (), ()),
     Command(("resume",), (), (), ()),
+    Command(("backend", "list")),
+    Command(("backend", "resume"), ("name",)),
 ]  # fmt: skip
 
 
@@ -307,6 +309,7 @@ def _fill(bench: Bench, argv: list[str]) -> list[str]:
 @example(argv=["repo", "add", "other", "\0repo\0", "--prefix", "X\n"])
 @example(argv=["repo", "set", "demo", "--health-url", "http://[::1"])  # ValueError escaped
 @example(argv=["repo", "show", "[/x]"])  # rich markup in an error message raised
+@example(argv=["repo", "set", "\0"])  # PostgreSQL: "text fields cannot contain NUL" escaped
 def test_repo_commands(bench: Bench, argv: list[str]) -> None:
     check_call(bench, _fill(bench, argv))
 
@@ -323,5 +326,6 @@ def test_task_commands(bench: Bench, argv: list[str]) -> None:
 @given(argv=argv_for(OTHER_COMMANDS))
 @example(argv=["alerts", "--limit", "99999999999999999999"])  # OverflowError on SQLite
 @example(argv=["alerts", "--limit", "-1"])  # a negative LIMIT: an error on PostgreSQL
+@example(argv=["backend", "resume", "\0"])  # a NUL reaching PostgreSQL
 def test_other_commands(bench: Bench, argv: list[str]) -> None:
     check_call(bench, _fill(bench, argv))
