@@ -891,7 +891,7 @@ def resume_backend(engine: sa.Engine, name: str) -> breakers.BackendRow:
             now = time.time()
             breakers.save(conn, breaker.resume(row.state, now), now=now)
             # Its waiting jobs may run now: the first one claimed is the probe.
-            jobq.wake_waiting(conn, now=now, said=f"backend {name} paused")
+            jobq.wake_waiting(conn, now=now, said=breaker.paused_mark(name))
         fresh = breakers.get(conn, name)
     assert fresh is not None
     return fresh

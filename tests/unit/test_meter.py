@@ -570,8 +570,8 @@ def test_claude_meter_reads_the_log_in_pieces(tmp_path: Path) -> None:
     spend = meter.update(final=True)
     # Only this run's section: the earlier run's answer before `start` is not counted.
     assert (spend.tokens_in, spend.tokens_out, spend.model_calls) == (200, 40, 2)
-    assert (meter.tokens_in, meter.tokens_out, meter.model_calls) == (200, 40, 2)
-    assert meter.cost_usd == pytest.approx(0.0016)
+    assert (meter.spend.tokens_in, meter.spend.tokens_out, meter.spend.model_calls) == (200, 40, 2)
+    assert meter.spend.cost_usd == pytest.approx(0.0016)
     assert meter.progress() == (2, 200, 40)
 
 

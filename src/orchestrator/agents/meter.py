@@ -468,22 +468,6 @@ class SpendMeter:
             reader.close()
 
     @property
-    def tokens_in(self) -> int:
-        return self.spend.tokens_in
-
-    @property
-    def tokens_out(self) -> int:
-        return self.spend.tokens_out
-
-    @property
-    def cost_usd(self) -> float:
-        return self.spend.cost_usd
-
-    @property
-    def model_calls(self) -> int:
-        return self.spend.model_calls
-
-    @property
     def awaiting_model(self) -> bool:
         return self.spend.awaiting_model
 

@@ -243,17 +243,7 @@ def workers(conn: sa.Connection, st: Settings, now: float) -> list[M.WorkerOut]:
 
 def backends(conn: sa.Connection) -> list[M.BackendOut]:
     """The model backends' circuit breakers."""
-    return [
-        M.BackendOut(
-            name=b.state.name,
-            health=b.state.health.value,
-            failures=b.state.failures,
-            opened_at=b.state.opened_at,
-            probe_at=b.state.probe_at if b.state.paused else None,
-            last_error=b.state.last_error,
-        )
-        for b in breakers.list_backends(conn)
-    ]
+    return [M.BackendOut(**b.view()) for b in breakers.list_backends(conn)]
 
 
 @dataclass(frozen=True)

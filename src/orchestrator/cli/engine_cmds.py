@@ -155,11 +155,11 @@ backend_app = typer.Typer(
 def backend_list(as_json: JsonFlag = False) -> None:
     """Each model backend that has run a job: running, or paused (an outage, rejected
     credentials) with its next probe and last error."""
-    from orchestrator.cli.misc import backend_dict, backend_line
+    from orchestrator.cli.misc import backend_line
     from orchestrator.ops import list_backends
     from orchestrator.store.bootstrap import open_engine
 
-    rows = run(lambda: [backend_dict(b) for b in list_backends(open_engine(settings()))])
+    rows = run(lambda: [b.view() for b in list_backends(open_engine(settings()))])
     if as_json:
         print_json(rows)
         return
@@ -177,11 +177,11 @@ def backend_resume(
 ) -> None:
     """Probe a paused backend at once (after fixing its key, or an outage you know is over):
     its next job runs as the probe, and the model answering it resumes the backend."""
-    from orchestrator.cli.misc import backend_dict, backend_line
+    from orchestrator.cli.misc import backend_line
     from orchestrator.ops import resume_backend
     from orchestrator.store.bootstrap import open_engine
 
-    row = backend_dict(run(lambda: resume_backend(open_engine(settings()), name)))
+    row = run(lambda: resume_backend(open_engine(settings()), name)).view()
     if as_json:
         print_json(row)
         return

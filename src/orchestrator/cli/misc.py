@@ -69,7 +69,7 @@ def status(as_json: JsonFlag = False) -> None:
             day = spend.day_spend(conn, since=time.time() - spend.DAY_S)
             top = spend.top_live_task_spend(conn)
             paused_in_db = control.is_paused(conn)
-            models = [backend_dict(b) for b in breakers.list_backends(conn)]
+            models = [b.view() for b in breakers.list_backends(conn)]
         return {
             "version": __version__,
             "home": str(st.home),
@@ -125,18 +125,6 @@ def status(as_json: JsonFlag = False) -> None:
     for row in data["tasks"]:
         table.add_row(row["stage"], row["state"], str(row["count"]))
     console.print(table if data["tasks"] else "no tasks yet")
-
-
-def backend_dict(b: breakers.BackendRow) -> dict[str, Any]:
-    """A model backend's breaker, as `orch status --json` and `orch backend list` show it."""
-    return {
-        "name": b.state.name,
-        "health": b.state.health.value,
-        "failures": b.state.failures,
-        "opened_at": b.state.opened_at,
-        "probe_at": b.state.probe_at if b.state.paused else None,
-        "last_error": b.state.last_error,
-    }
 
 
 def backend_line(b: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ __all__ = [
     "Health",
     "admit",
     "on_end",
+    "paused_mark",
     "resume",
 ]
 
@@ -103,11 +104,17 @@ class Change:
     reasons: tuple[str, ...] = ()
 
 
+def paused_mark(name: str) -> str:
+    """The words every reason of a job that waits for backend ``name`` holds: how the jobs
+    to wake are found when it resumes."""
+    return f"backend {name} paused"
+
+
 def _paused_why(state: BackendState) -> str:
     if state.health is Health.CREDENTIALS:
-        return f"backend {state.name} paused: credentials rejected ({state.last_error or '?'})"
+        return f"{paused_mark(state.name)}: credentials rejected ({state.last_error or '?'})"
     return (
-        f"backend {state.name} paused: {state.failures} model-API failure(s) in a row "
+        f"{paused_mark(state.name)}: {state.failures} model-API failure(s) in a row "
         f"({state.last_error or '?'})"
     )
 
@@ -194,7 +201,7 @@ def on_end(
             wait_until=paused.probe_at,
             reasons=(
                 f"credentials rejected for {name}: {fault.summary}",
-                f"backend {name} paused; fix its key, then `orch backend resume {name}`",
+                f"{paused_mark(name)}; fix its key, then `orch backend resume {name}`",
             ),
         )
     # An outage.

@@ -123,7 +123,7 @@ def _backend_end(
             if row is not None and row.alert_id is not None:
                 queries.update_alert(conn, row.alert_id, resolved_at=now)
             # The jobs that wait for the backend may run now, not at the probe after next.
-            jobq.wake_waiting(conn, now=now, said=f"backend {backend} paused")
+            jobq.wake_waiting(conn, now=now, said=breaker.paused_mark(backend))
             message = f"model backend {backend} is back"
         elif change.event is breaker.Event.CREDENTIALS:
             message = f"credentials rejected for {backend}"

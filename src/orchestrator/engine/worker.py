@@ -33,7 +33,7 @@ from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import SERIAL_STAGES, STAGE_TRANSITIONS, Stage, State
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.apply import Applied, apply_job_end
-from orchestrator.engine.launch import launch_job, llm_backend_of, uses_llm
+from orchestrator.engine.launch import launch_job, llm_backend_of
 from orchestrator.gates import merge_gate  # registers check_branch_mergeable
 from orchestrator.gates.registry import GateContext, run_gates
 from orchestrator.gitops import worktrees
@@ -565,7 +565,7 @@ class Worker:
                 verdict.passed
                 and job.stage == Stage.TESTING.value
                 and job.agent == "test-runner"
-                and not uses_llm(job, repo, st)
+                and backend is None
                 and result.worktree is not None
             ):
                 # The merge gate may skip its re-test for a tree the suite already passed:

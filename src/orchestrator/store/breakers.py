@@ -9,6 +9,7 @@ advisory lock, so two workers cannot both admit a probe or both reserve the same
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -35,6 +36,19 @@ class BackendRow:
     state: BackendState
     alert_id: int | None
     updated_at: float
+
+    def view(self) -> dict[str, Any]:
+        """What `orch backend list`, `orch status` and `GET /status` show of it."""
+        st = self.state
+        return {
+            "name": st.name,
+            "health": st.health.value,
+            "failures": st.failures,
+            "opened_at": st.opened_at,
+            # A closed breaker's last probe time means nothing to a reader.
+            "probe_at": st.probe_at if st.paused else None,
+            "last_error": st.last_error,
+        }
 
 
 def lock_spend(conn: sa.Connection) -> None:
