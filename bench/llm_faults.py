@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 import fake_model_server as F  # noqa: E402
 from agent_server import AgentServer  # noqa: E402
 
-from orchestrator import ops  # noqa: E402
+from orchestrator import backend_ops, repo_ops, task_ops  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
 from orchestrator.engine.worker import Worker  # noqa: E402
 from orchestrator.store import breakers, queries  # noqa: E402
@@ -106,18 +106,18 @@ def run_one(backend: str, fault: str, args: argparse.Namespace) -> dict[str, Any
         llm_budget_per_task_usd=0.01 if fault == "loop" else 10.0,
     )
     engine = open_engine(st)
-    ops.add_repo(
+    repo_ops.add_repo(
         engine,
         "bench",
         _repo(tmp),
-        ops.RepoInput(
+        repo_ops.RepoInput(
             agent_env=[*names, *OFFLINE],
             agents=(f"development={backend}",),
             test_cmd=f"{sys.executable} -c pass",
             stages=["development", "testing", "deploy-staging"],
         ),
     )
-    keys = [ops.add_task(engine, st, "bench", f"Task {i}", "Do.").task.key for i in range(n)]
+    keys = [task_ops.add_task(engine, st, "bench", f"Task {i}", "Do.").task.key for i in range(n)]
     if fault == "outage":
         server.fault = F.http_error(529, "bench outage")
         threading.Timer(args.outage_s, lambda: setattr(server, "fault", None)).start()
@@ -149,7 +149,7 @@ def run_one(backend: str, fault: str, args: argparse.Namespace) -> dict[str, Any
                 row = breakers.get(conn, backend)
             if row is not None and row.state.paused:
                 server.fault = None
-                ops.resume_backend(engine, backend)
+                backend_ops.resume_backend(engine, backend)
                 resumed = True
         time.sleep(0.1)
     seconds = time.monotonic() - started

@@ -52,7 +52,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.agent_env import ENV_ALLOWLIST
 from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
@@ -217,7 +217,7 @@ def file_tasks(
 ) -> tuple[list[str], int]:
     """File one task per commit as ``mode`` says: (keys in upstream order, late deps).
 
-    ``ops.add_task`` refuses ``after=`` naming a task not filed yet, so when the shuffle
+    ``task_ops.add_task`` refuses ``after=`` naming a task not filed yet, so when the shuffle
     files a task before its predecessor, that dependency is recorded once both exist
     (``queries.insert_deps``, the row ``after=`` writes), before any worker runs.
     """
@@ -234,9 +234,11 @@ def file_tasks(
             else:
                 late.append(i)
         with contextlib.suppress(UsageError):  # an identity git took but parse_author not
-            extra["author"] = ops.parse_author(c.author)
+            extra["author"] = task_ops.parse_author(c.author)
         body = f"Replay of upstream {c.sha} ({i + 1}/{len(hist.commits)}).\n\n{c.body}"
-        filed[i] = ops.add_task(engine, settings, "replay", c.subject, body, c.patch, **extra).task
+        filed[i] = task_ops.add_task(
+            engine, settings, "replay", c.subject, body, c.patch, **extra
+        ).task
     with engine.begin() as conn:
         for i in late:
             queries.insert_deps(conn, filed[i].id, [filed[i - 1].id])
@@ -281,14 +283,14 @@ def run_mode(mode: str, hist: History, args: argparse.Namespace, suite: Suite) -
     settings = load_settings(home=where / "home", database_url="", poll_interval_s=0.2)
     engine = open_engine(settings)
     try:
-        spec = ops.RepoInput(
+        spec = repo_ops.RepoInput(
             main_branch="main",
             stages=STAGES,
             agents=["development=patch"],
             test_cmd=shlex.join(suite.argv),
             prefix="REPLAY",
         )
-        ops.add_repo(engine, "replay", repo, spec)
+        repo_ops.add_repo(engine, "replay", repo, spec)
         keys, res.late_deps = file_tasks(engine, settings, hist, mode, args.seed)
         watch(engine, Worker(settings, engine, name=f"replay-{mode}"), mode, args.deadline_s, t0)
         res.wall_s = round(time.perf_counter() - t0, 2)
@@ -301,7 +303,7 @@ def run_mode(mode: str, hist: History, args: argparse.Namespace, suite: Suite) -
                 res.jobs_s += sum(
                     (j.finished_at or j.started_at or 0) - (j.started_at or 0) for j in jobs
                 )
-                why = t.reasons or [ops.waiting_text(queries.waiting_on(conn, t.id)) or ""]
+                why = t.reasons or [task_ops.waiting_text(queries.waiting_on(conn, t.id)) or ""]
                 if t.state != "done":
                     res.stuck.append(f"{t.key} {t.state} at {t.stage}: {'; '.join(why)}")
             results = merges.list_merge_results(conn)

@@ -52,7 +52,7 @@ import itertools
 
 import sqlalchemy as sa
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
 from orchestrator.store import make_engine, normalize_url, upgrade
@@ -126,13 +126,13 @@ def setup(
         # passes at once, as the no-op agents have no suite.
         # The agents stamp into their own folder, the one path the sandbox lets them write
         # besides the worktree and the job's folders.
-        spec = ops.RepoInput(
+        spec = repo_ops.RepoInput(
             stages=STAGES,
             agents=agents,
             test_cmd=f"{sys.executable} -c pass",
             sandbox_rw=[str(stamps.parent)],
         )
-        ops.add_repo(engine, name, repo, spec)
+        repo_ops.add_repo(engine, name, repo, spec)
         names.append(name)
     return settings, engine, names
 
@@ -173,7 +173,7 @@ def bench_overhead(transitions: int, db_url: str | None) -> tuple[list[float], l
         settings, engine, _ = setup(root, db_url, 1, stamps)
         n_tasks = max(1, transitions // (len(STAGES) - 1))
         for i in range(n_tasks):
-            ops.add_task(engine, settings, "bench", f"t{i}")
+            task_ops.add_task(engine, settings, "bench", f"t{i}")
         Worker(settings, engine).run(until_idle=True)
         orch = gaps(read_stamps(stamps))
 
@@ -201,7 +201,7 @@ def bench_throughput(tasks: int, parallel: int, db_url: str | None) -> tuple[flo
         stamps = root / "stamps" / "stamps.log"
         settings, engine, _ = setup(root, db_url, parallel, stamps)
         for i in range(tasks):
-            ops.add_task(engine, settings, "bench", f"t{i}")
+            task_ops.add_task(engine, settings, "bench", f"t{i}")
         worker = Worker(settings, engine)
         start = time.perf_counter()
         done = threading.Event()
@@ -314,7 +314,7 @@ def run_workers(
             stamps = root / "stamps" / "stamps.log"
             settings, engine, names = setup(root, db_url, parallel, stamps, repos)
             for i in range(tasks):
-                ops.add_task(engine, settings, names[i % len(names)], f"t{i}")
+                task_ops.add_task(engine, settings, names[i % len(names)], f"t{i}")
             procs = spawn_workers(workers, settings, db_url, root / "worker.log")
             try:
                 last = time.perf_counter()
@@ -372,7 +372,7 @@ def bench_wake(samples: int, server_url: str, listen: bool) -> list[float]:
                     # Somewhere in the poll's phase, so the poll is not favoured.
                     time.sleep(rng.uniform(0.2, 1.2))
                     filed = time.time()
-                    key = ops.add_task(engine, settings, "bench", f"w{i}").task.key
+                    key = task_ops.add_task(engine, settings, "bench", f"w{i}").task.key
                     while True:
                         starts = (
                             [

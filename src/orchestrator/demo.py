@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from orchestrator import ops, sandbox, taskdir
+from orchestrator import repo_ops, sandbox, task_ops, taskdir
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.engine.worker import Worker
@@ -292,11 +292,11 @@ def setup(root: Path) -> tuple[Settings, sa.Engine, Path, HealthServer, list[str
     deploy_dir = root / "deployed"
     server = HealthServer(deploy_dir)
     py = sys.executable
-    ops.add_repo(
+    repo_ops.add_repo(
         engine,
         "demo",
         repo,
-        ops.RepoInput(
+        repo_ops.RepoInput(
             stages=["development", "testing", "deploy-staging", "deploy", "post-deploy-monitor"],
             agents=["development=patch"],
             staging_cmd=f"{py} staging.py",
@@ -304,11 +304,11 @@ def setup(root: Path) -> tuple[Settings, sa.Engine, Path, HealthServer, list[str
             health_url=server.url,
         ),
     )
-    ops.set_repo_options(engine, "demo", {"monitor": {"checks": 3, "interval_s": 0.2}})
+    repo_ops.set_repo_options(engine, "demo", {"monitor": {"checks": 3, "interval_s": 0.2}})
     keys = []
     for task in TASKS:
         patches = make_patches(repo, task)
-        new = ops.add_task(
+        new = task_ops.add_task(
             engine, settings, "demo", task.title, f"{task.title} to calc.", patches[0]
         )
         for extra in patches[1:]:

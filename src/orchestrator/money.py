@@ -51,7 +51,7 @@ def budget_or_none(setting_usd: float) -> float | None:
 def budget_reached(spent_usd: float, budget_usd: float | None) -> bool:
     """Whether the next LLM job would be refused: the spend has reached the budget.
 
-    The same rule as the check before dispatch (``agents.budget``): at the limit is spent.
+    The same rule as the check before dispatch (``domain.budget``): at the limit is spent.
     """
     return budget_usd is not None and spent_usd >= budget_usd
 

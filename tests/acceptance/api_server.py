@@ -22,7 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import ops
+from orchestrator import repo_ops
 from orchestrator.config import load_settings
 from orchestrator.store import make_engine, upgrade
 
@@ -141,11 +141,11 @@ class FakeRepo:
         self.engine = make_engine(db_url)
         upgrade(self.engine)
         self.settings = load_settings(home=self.home, database_url=db_url)
-        ops.add_repo(
+        repo_ops.add_repo(
             self.engine,
             "demo",
             repo,
-            ops.RepoInput(
+            repo_ops.RepoInput(
                 stages=list(STAGES),
                 agents=[f"{s}={agent}" for s in STAGES],
                 # The merge gate re-tests with the repo's test command: one that passes.

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from api_server import ORCH, FakeRepo, Server, base_env, wait_for
 
-from orchestrator import ops
+from orchestrator import repo_ops
 from orchestrator.config import load_settings
 from orchestrator.runners import staging_runner
 from orchestrator.runners.base import RunContext
@@ -348,7 +348,7 @@ def test_selfhost_staging_smoke_runs_the_worktree_orchestrator(
     engine = make_engine(db_url)
     upgrade(engine)
     with engine.connect() as conn:
-        repo = ops.require_repo(conn, "orchestrator")
+        repo = repo_ops.require_repo(conn, "orchestrator")
     engine.dispose()
     assert repo.self_hosting
     assert repo.staging_cmd is not None

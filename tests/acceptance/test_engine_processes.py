@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from api_server import Server
 
-from orchestrator import ops, proc_group
+from orchestrator import proc_group, task_ops
 from orchestrator.config import load_settings
 from orchestrator.jobcontract import job_marker
 from orchestrator.store import make_engine, queries
@@ -157,7 +157,7 @@ def test_two_workers_and_a_server_share_100_tasks(env: Env) -> None:
     settings = load_settings(home=env.home, database_url=env.db_url)
     for n in range(100):
         if n % 2:
-            ops.add_task(eng, settings, "demo", f"task {n}")
+            task_ops.add_task(eng, settings, "demo", f"task {n}")
         else:
             reply = server.client.post("/tasks", json={"repo": "demo", "title": f"task {n}"})
             assert reply.status_code == 201, reply.text

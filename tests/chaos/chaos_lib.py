@@ -24,7 +24,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.config import load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.verdicts import parse_artifact
@@ -154,18 +154,18 @@ class ChaosEnv:
         engine = make_engine(self.db_url)
         try:
             upgrade(engine)
-            ops.add_repo(
+            repo_ops.add_repo(
                 engine,
                 "chaos",
                 self.repo,
-                ops.RepoInput(
+                repo_ops.RepoInput(
                     stages=STAGES,
                     agents=["development=patch"],
                     staging_cmd=f"{sys.executable} staging.py",
                 ),
             )
             for n, patch in enumerate(make_patches(self.repo, tasks), start=1):
-                new = ops.add_task(engine, settings, "chaos", f"chaos task {n}", "body", patch)
+                new = task_ops.add_task(engine, settings, "chaos", f"chaos task {n}", "body", patch)
                 self.keys.append(new.task.key)
         finally:
             engine.dispose()

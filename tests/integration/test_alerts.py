@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from tests.integration.test_engine import STAGES, Harness
 from typer.testing import CliRunner
 
-from orchestrator import alerts, ops, taskdir
+from orchestrator import alerts, task_ops, taskdir
 from orchestrator.api import create_app
 from orchestrator.cli import app as cli_app
 from orchestrator.config import load_settings
@@ -224,7 +224,7 @@ def test_a_retried_task_that_blocks_again_has_one_open_alert(h: Harness, hook: H
     assert alert.reasons[-1] == f"log: {log}"
     assert alert.reasons[:-1] == h.task(key).reasons  # the decision's reasons
 
-    ops.retry_task(h.engine, h.settings, key)
+    task_ops.retry_task(h.engine, h.settings, key)
     (alert,) = h.alerts()
     assert alert.resolved_at is not None
     h.run_until_idle()
@@ -256,8 +256,10 @@ def test_approve_cancel_and_done_resolve(h: Harness, tmp_path: Path) -> None:
     assert [h.task(k).state for k in (approved, cancelled)] == ["blocked", "blocked"]
     assert sorted(a.kind for a in _open(h)) == ["awaiting-human", "awaiting-human"]
 
-    ops.approve_task(h.engine, h.settings, approved, artifact=b"---\nstaging_status: PASSED\n---\n")
-    ops.cancel_task(h.engine, cancelled, reason="not needed")
+    task_ops.approve_task(
+        h.engine, h.settings, approved, artifact=b"---\nstaging_status: PASSED\n---\n"
+    )
+    task_ops.cancel_task(h.engine, cancelled, reason="not needed")
     assert _open(h) == []
     assert all(a.resolved_at is not None for a in h.alerts())
 

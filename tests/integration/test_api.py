@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from orchestrator import ops, taskdir
+from orchestrator import repo_ops, task_ops, taskdir
 from orchestrator.api import create_app, reads
 from orchestrator.api.guard import Policy, decide
 from orchestrator.api.token import load_token
@@ -53,11 +53,11 @@ class Env:
         self.engine = engine
         self.repo = repo
         self.settings = self.make_settings()
-        ops.add_repo(
+        repo_ops.add_repo(
             engine,
             "demo",
             repo,
-            ops.RepoInput(stages=["development", "testing", "deploy-staging"]),
+            repo_ops.RepoInput(stages=["development", "testing", "deploy-staging"]),
         )
         self.client = self.make_client(self.settings)
 
@@ -74,7 +74,7 @@ class Env:
         return TestClient(app, base_url=BASE_URL, headers=headers, raise_server_exceptions=False)
 
     def add(self, title: str = "a task", body: str = "") -> str:
-        return ops.add_task(self.engine, self.settings, "demo", title, body).task.key
+        return task_ops.add_task(self.engine, self.settings, "demo", title, body).task.key
 
     def task(self, key: str) -> queries.TaskRow:
         with self.engine.connect() as conn:
@@ -1047,16 +1047,18 @@ def test_serve_refuses_beyond_loopback_without_a_token(
 def test_add_repo_self_hosting_defaults_the_staging_command(
     engine: sa.Engine, make_repo: Callable[..., Path]
 ) -> None:
-    repo = ops.add_repo(engine, "orchestrator", make_repo(), ops.RepoInput(self_hosting=True))
+    repo = repo_ops.add_repo(
+        engine, "orchestrator", make_repo(), repo_ops.RepoInput(self_hosting=True)
+    )
     assert repo.staging_cmd is not None
     assert repo.staging_cmd[1:] == ["-m", "orchestrator.selfhost_staging"]
     assert os.path.isabs(repo.staging_cmd[0])
-    own = ops.add_repo(
+    own = repo_ops.add_repo(
         engine,
         "other",
         make_repo(),
-        ops.RepoInput(self_hosting=True, staging_cmd="make staging"),
+        repo_ops.RepoInput(self_hosting=True, staging_cmd="make staging"),
     )
     assert own.staging_cmd == ["make", "staging"]
-    plain = ops.add_repo(engine, "plain", make_repo(), ops.RepoInput())
+    plain = repo_ops.add_repo(engine, "plain", make_repo(), repo_ops.RepoInput())
     assert plain.staging_cmd is None

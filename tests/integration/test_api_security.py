@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.config import load_settings
 from orchestrator.store import control
 
@@ -166,10 +166,13 @@ class Bed:
         self.db_url = db_url
         self.engine = engine
         settings = load_settings(home=self.home, database_url=db_url)
-        ops.add_repo(
-            engine, "demo", repo, ops.RepoInput(stages=["development", "testing", "deploy-staging"])
+        repo_ops.add_repo(
+            engine,
+            "demo",
+            repo,
+            repo_ops.RepoInput(stages=["development", "testing", "deploy-staging"]),
         )
-        self.key = ops.add_task(engine, settings, "demo", "a task", SECRET).task.key
+        self.key = task_ops.add_task(engine, settings, "demo", "a task", SECRET).task.key
         self.servers: list[Served] = []
 
     def serve(self, *args: str, **env: str) -> Served:

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from merge_helpers import CALC, TESTS, MergeBed, fill_slot, run_git
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
 from orchestrator.gitops import git as gitcmd
@@ -281,11 +281,11 @@ class Pipeline:
         upgrade(self.engine)
         self.repo_path = repo
         ok = f"{sys.executable} -c pass"
-        ops.add_repo(
+        repo_ops.add_repo(
             self.engine,
             "demo",
             repo,
-            ops.RepoInput(
+            repo_ops.RepoInput(
                 stages=["development", "testing", "deploy-staging"],
                 agents=[f"development={developer}"],
                 test_cmd=ok,
@@ -294,7 +294,7 @@ class Pipeline:
         )
 
     def add_task(self, patch: bytes = PATCH) -> str:
-        return ops.add_task(self.engine, self.settings, "demo", "T", "body", patch).task.key
+        return task_ops.add_task(self.engine, self.settings, "demo", "T", "body", patch).task.key
 
     def run_until_idle(self) -> None:
         Worker(self.settings, self.engine).run(until_idle=True)
@@ -326,7 +326,7 @@ def test_a_done_task_leaves_no_branch_behind(pipe: Pipeline) -> None:
 
 
 def test_keep_branches_keeps_a_done_tasks_branch(pipe: Pipeline) -> None:
-    ops.set_repo(pipe.engine, "demo", ops.RepoInput(keep_branches=True))
+    repo_ops.set_repo(pipe.engine, "demo", repo_ops.RepoInput(keep_branches=True))
     key = pipe.add_task()
     pipe.run_until_idle()
     assert pipe.task(key).state == "done"
@@ -355,7 +355,7 @@ def test_a_cancelled_tasks_branch_stays(tmp_path: Path, db_url: str, make_repo: 
     try:
         wt = worktrees.worktree_path(pipe.settings.worktrees_dir, "demo", key)
         wait_for(lambda: (wt / ".git").exists() and pipe.jobs(key)[0].state == "running")
-        ops.cancel_task(pipe.engine, key)
+        task_ops.cancel_task(pipe.engine, key)
         wait_for(lambda: all(j.state == "finished" for j in pipe.jobs(key)) and not wt.exists())
     finally:
         worker.stop()

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from agent_server import AgentServer
 from test_llm_backends import TEST_KEY, Job, cli, make_job, offline_env
 
-from orchestrator import ops
+from orchestrator import backend_ops, repo_ops, task_ops
 from orchestrator.engine.worker import Worker
 from orchestrator.store import breakers, queries
 
@@ -68,17 +68,19 @@ def fleet(
         )
         values.update(overrides)
         job = make_job(names, agents=(f"development={backend}",), **values)
-        ops.set_repo(
+        repo_ops.set_repo(
             job.engine,
             "demo",
-            ops.RepoInput(
+            repo_ops.RepoInput(
                 test_cmd=f"{sys.executable} -c pass",
                 stages=["development", "testing", "deploy-staging"],
             ),
         )
         keys = [job.task.key]
         for i in range(1, n):
-            keys.append(ops.add_task(job.engine, job.settings, "demo", f"Task {i}", "Do.").task.key)
+            keys.append(
+                task_ops.add_task(job.engine, job.settings, "demo", f"Task {i}", "Do.").task.key
+            )
         return job, server, keys
 
     yield _make
@@ -212,7 +214,7 @@ def test_rejected_credentials_pause_the_backend_with_one_alert(
     # The operator fixes the key and resumes the backend: the probe gets through, and both
     # tasks go on to the end.
     server.fault = None
-    ops.resume_backend(engine, backend)
+    backend_ops.resume_backend(engine, backend)
     assert _run_until(
         Worker(job.settings, engine), lambda: all(t.state == "done" for t in _tasks(engine, keys))
     ), _story(engine, keys)

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_engine import STAGES, Harness
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.api import create_app
 from orchestrator.config import load_settings
 from orchestrator.store import merges, queries
@@ -75,7 +75,7 @@ def test_each_part_is_counted_as_its_own(
 
     def repo(name: str, agents: list[str], **cmds: str) -> None:
         path = make_repo(tmp_path / name, files={"README.md": f"{name}\n"})
-        ops.add_repo(h.engine, name, path, h.repo_input(stages=STAGES, agents=agents, **cmds))
+        repo_ops.add_repo(h.engine, name, path, h.repo_input(stages=STAGES, agents=agents, **cmds))
 
     # red: staging passes, then the merge gate's re-test fails (RED).
     repo("red", staged, staging_cmd=PASS_CMD, test_cmd=FAIL_CMD)
@@ -95,7 +95,7 @@ def test_each_part_is_counted_as_its_own(
             conn, "fallback", now=time.time(), agents={**agents, "testing:fallback": fake}
         )
     keys = {
-        name: ops.add_task(h.engine, h.settings, name, name).task.key
+        name: task_ops.add_task(h.engine, h.settings, name, name).task.key
         for name in ("red", "skip", "slow", "fallback")
     }
     h.run_until_idle()
@@ -183,8 +183,8 @@ def test_counters_from_rows(
     engine: sa.Engine, db_url: str, make_repo: Callable[..., Path], tmp_path: Path
 ) -> None:
     settings = load_settings(home=tmp_path / "home", database_url=db_url)
-    ops.add_repo(engine, "demo", make_repo(), ops.RepoInput(stages=STAGES))
-    task = ops.add_task(engine, settings, "demo", "t").task
+    repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES))
+    task = task_ops.add_task(engine, settings, "demo", "t").task
     completed = {"outcome": "completed"}
     staging_passed = "check_staging_status: 15-staging-log.md: staging_status=PASSED"
     with engine.begin() as conn:
@@ -257,8 +257,8 @@ def test_reason_starts_matches_whole_reasons_only(
     hit: bool,
 ) -> None:
     settings = load_settings(home=tmp_path / "home", database_url=db_url)
-    ops.add_repo(engine, "demo", make_repo(), ops.RepoInput(stages=STAGES))
-    task = ops.add_task(engine, settings, "demo", "t").task
+    repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES))
+    task = task_ops.add_task(engine, settings, "demo", "t").task
     with engine.begin() as conn:
         job = _job(conn, task.id, "test-runner", 2, reasons=reasons)
         found = conn.execute(

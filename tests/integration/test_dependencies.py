@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.api import create_app
 from orchestrator.cli import app as cli_app
 from orchestrator.config import Settings, load_settings
@@ -93,11 +93,11 @@ class Bed:
         agents = [f"{s}={self.fake()}" for s in STAGES]
         if development is not None:
             agents[0] = f"development={development}"
-        ops.add_repo(
+        repo_ops.add_repo(
             self.engine,
             "demo",
             self.repo_path,
-            ops.RepoInput(
+            repo_ops.RepoInput(
                 stages=STAGES,
                 agents=agents,
                 test_cmd=f"{sys.executable} -c pass",
@@ -106,7 +106,7 @@ class Bed:
         )
 
     def add(self, title: str = "T", patch: bytes | None = None, **kw: Any) -> str:
-        new = ops.add_task(self.engine, self.settings, "demo", title, "body", patch, **kw)
+        new = task_ops.add_task(self.engine, self.settings, "demo", title, "body", patch, **kw)
         return new.task.key
 
     def task(self, key: str) -> queries.TaskRow:
@@ -230,7 +230,7 @@ def test_a_blocked_dependency_leaves_dependents_waiting_and_until_idle_ends(bed:
         assert [(j.state, j.started_at) for j in bed.jobs(key)] == [("queued", None)]
     assert waiting(bed, b) == f"waiting on {a} (blocked)"
     assert waiting(bed, c) == f"waiting on {b} (active)"
-    ops.cancel_task(bed.engine, a)
+    task_ops.cancel_task(bed.engine, a)
     assert waiting(bed, b) == f"waiting on {a} (cancelled)"
     with bed.engine.connect() as conn:
         assert not control.work_pending(conn)
@@ -239,7 +239,7 @@ def test_a_blocked_dependency_leaves_dependents_waiting_and_until_idle_ends(bed:
 def waiting(bed: Bed, key: str) -> str | None:
     task = bed.task(key)  # its own connection: on SQLite a second one would wait for this
     with bed.engine.connect() as conn:
-        return ops.waiting_text(ops.task_waiting_on(conn, task))
+        return task_ops.waiting_text(task_ops.task_waiting_on(conn, task))
 
 
 # ---- the store: work_pending and the claim ------------------------------------------------
@@ -327,8 +327,8 @@ def test_refusals_write_nothing(bed: Bed, make_repo: Callable[..., Path]) -> Non
     assert not (bed.settings.tasks_dir / "DEMO-2").exists()
     # The refused filings gave their numbers back, and a key of another repo is fine.
     assert bed.add("b", after=[a, a], author=f"  {AUTHOR} ") == "DEMO-2"
-    ops.add_repo(bed.engine, "other", make_repo(), ops.RepoInput(stages=STAGES))
-    other = ops.add_task(bed.engine, bed.settings, "other", "o", after=["DEMO-2"]).task.key
+    repo_ops.add_repo(bed.engine, "other", make_repo(), repo_ops.RepoInput(stages=STAGES))
+    other = task_ops.add_task(bed.engine, bed.settings, "other", "o", after=["DEMO-2"]).task.key
     ids = {k: bed.task(k).id for k in ("DEMO-2", other)}
     with bed.engine.connect() as conn:
         assert queries.deps_of(conn, ids["DEMO-2"]) == [queries.DepRow(a, "active")]
@@ -349,7 +349,7 @@ def test_the_cycle_check_walks_the_graph(bed: Bed) -> None:
         assert queries.dependency_path(conn, [ids[a]], ids[a]) == [ids[a]]
         assert queries.dependency_path(conn, [ids[a]], ids[c]) is None
         with pytest.raises(UsageError, match=f"cycle: {a} -> {c} -> {b} -> {a}"):
-            ops._check_no_cycle(conn, rows[a], [rows[c]])
+            task_ops._check_no_cycle(conn, rows[a], [rows[c]])
 
 
 # ---- what the CLI, the API and the dashboard show ----------------------------------------
@@ -381,7 +381,7 @@ def test_cli_after_and_author(
         ["DEMO-1", "DEMO-2", "DEMO-3"],
         AUTHOR,
     )
-    ops.cancel_task(bed.engine, "DEMO-2")
+    task_ops.cancel_task(bed.engine, "DEMO-2")
     shown = json.loads(orch("task", "show", "DEMO-4", "--json").stdout)
     assert shown["after"] == [
         {"key": "DEMO-1", "state": "active"},

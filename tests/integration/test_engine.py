@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import ops, proc_group
+from orchestrator import proc_group, repo_ops, task_ops
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain.stages import Stage
 from orchestrator.engine.queue import queue_job
 from orchestrator.engine.worker import Worker
+from orchestrator.errors import UsageError
 from orchestrator.jobcontract import job_marker
 from orchestrator.store import control, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
@@ -75,23 +76,23 @@ class Harness:
         specs = [f"{s}={agents.get(s.replace('-', '_'), self.agent())}" for s in stages]
         # The merge gate re-tests the merged tree with the repo's test command: here a
         # command that passes, since the fake agents' repo has no suite.
-        ops.add_repo(
+        repo_ops.add_repo(
             self.engine,
             "demo",
             self.repo_path,
             self.repo_input(stages=stages, agents=specs, test_cmd=f"{sys.executable} -c pass"),
         )
 
-    def repo_input(self, **fields: Any) -> ops.RepoInput:
+    def repo_input(self, **fields: Any) -> repo_ops.RepoInput:
         """A RepoInput whose sandbox lets the fake agents read their plan and write their
         logs beside it (the plan folder: the tests' own, trusted)."""
-        return ops.RepoInput(sandbox_rw=[str(self.plan_path.parent)], **fields)
+        return repo_ops.RepoInput(sandbox_rw=[str(self.plan_path.parent)], **fields)
 
     def save_plan(self) -> None:
         self.plan_path.write_text(json.dumps(self.plan))
 
     def add_task(self, title: str = "T", patch: bytes | None = None) -> str:
-        return ops.add_task(self.engine, self.settings, "demo", title, "body", patch).task.key
+        return task_ops.add_task(self.engine, self.settings, "demo", title, "body", patch).task.key
 
     def release(self, key: str, stage: str, attempt: int = 1) -> None:
         (self.plan_path.parent / f"RELEASE-{key}-{stage}-{attempt}").write_text("go")
@@ -285,7 +286,7 @@ def test_cancel_kills_the_running_job(h: Harness) -> None:
     h.wait_for(lambda: len(h.starts()) == 1)
     running = next(j for j in h.jobs(key) if j.state == "running")
     h.wait_for(lambda: bool(proc_group.find_marked(job_marker(running))))
-    ops.cancel_task(h.engine, key, reason="changed my mind")
+    task_ops.cancel_task(h.engine, key, reason="changed my mind")
     h.wait_for(lambda: all(j.state == "finished" for j in h.jobs(key)))
     assert proc_group.find_marked(job_marker(running)) == []
     assert h.task(key).state == "cancelled"
@@ -302,11 +303,11 @@ def test_manual_stage_waits_for_approval_and_is_still_gated(h: Harness, tmp_path
     # An approval with an artifact that does not pass is refused.
     bad = tmp_path / "bad.md"
     bad.write_text("staging_status: FAILED\n")
-    with pytest.raises(ops.UsageError, match="does not pass"):
-        ops.approve_task(h.engine, h.settings, key, artifact=bad.read_bytes())
+    with pytest.raises(UsageError, match="does not pass"):
+        task_ops.approve_task(h.engine, h.settings, key, artifact=bad.read_bytes())
     good = tmp_path / "good.md"
     good.write_text("---\nstaging_status: PASSED\n---\nchecked by hand\n")
-    ops.approve_task(h.engine, h.settings, key, artifact=good.read_bytes())
+    task_ops.approve_task(h.engine, h.settings, key, artifact=good.read_bytes())
     h.run_until_idle()
     assert h.task(key).state == "done"
     assert kinds(h.history(key))[-2:] == ["approve", "done"]
@@ -325,7 +326,7 @@ def test_patch_developer_applies_then_retry_with_new_patch(h: Harness) -> None:
     t = h.task(key)
     assert (t.stage, t.state) == ("development", "blocked")
     assert any("does not apply" in r for r in t.reasons)
-    ops.retry_task(h.engine, h.settings, key, patch=good)
+    task_ops.retry_task(h.engine, h.settings, key, patch=good)
     h.run_until_idle()
     assert h.task(key).state == "done"
     # The worktree and the task branch are removed when the task is done: read main.
@@ -350,7 +351,7 @@ def test_a_patch_sent_back_by_red_tests_waits_for_a_fix(h: Harness) -> None:
         b"diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n"
         b"@@ -1 +1,2 @@\n demo\n+hello\n"
     )
-    ops.add_repo(
+    repo_ops.add_repo(
         h.engine,
         "demo",
         h.repo_path,
@@ -676,7 +677,7 @@ def test_start_up_prunes_worktrees_of_tasks_that_are_gone(h: Harness) -> None:
 
     h.add_repo()
     key = h.add_task()
-    ops.cancel_task(h.engine, key)
+    task_ops.cancel_task(h.engine, key)
     for orphan in ("DEMO-99", key):
         made = worktrees.ensure_worktree(
             h.repo_path, "main", h.settings.worktrees_dir, "demo", orphan

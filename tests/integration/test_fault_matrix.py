@@ -390,7 +390,7 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------- the drivers
 # (below the __main__ block's exit: --write needs none of the engine's imports)
 
-from orchestrator import alerts, ops, proc_group  # noqa: E402
+from orchestrator import alerts, proc_group, repo_ops, task_ops  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
 from orchestrator.jobcontract import job_marker  # noqa: E402
 from orchestrator.store import make_engine, normalize_url, queries  # noqa: E402
@@ -475,7 +475,7 @@ def drive_merge_retest_timeout(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     h.settings = load_settings(**{**h.settings.model_dump(), "merge_retest_timeout_s": 1.0})
     specs = [f"{s}={h.agent()}" for s in STAGES]
     sleeper = f"{sys.executable} -c 'import time; time.sleep(30)'"
-    ops.add_repo(
+    repo_ops.add_repo(
         h.engine, "demo", h.repo_path, h.repo_input(stages=STAGES, agents=specs, test_cmd=sleeper)
     )
     key = h.add_task()
@@ -723,7 +723,7 @@ def drive_disk_full(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     mp.setattr(taskdir, "write_atomic", full)
     mp.setattr(base, "write_atomic", full)
     specs = [f"development={h.agent()}", "deploy-staging=" + h.agent()]
-    ops.add_repo(
+    repo_ops.add_repo(
         h.engine,
         "demo",
         h.repo_path,
@@ -838,7 +838,7 @@ def drive_conflicted_patch_then_retry(h: Harness, mp: pytest.MonkeyPatch) -> See
     worktree = h.settings.worktrees_dir / "demo" / key
     assert _git(worktree, "status", "--porcelain") == ""
     new_file = _patch_of(h.repo_path, {"NEW.md": "a new file\n"})
-    ops.retry_task(h.engine, h.settings, key, patch=new_file)
+    task_ops.retry_task(h.engine, h.settings, key, patch=new_file)
     h.run_until_idle()
     shown = _git(h.repo_path, "show", "main:README.md")
     assert shown == "main's line\n"
@@ -865,7 +865,7 @@ def drive_fresh_retry(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     h.run_until_idle()
     assert h.task(key).state == "blocked"
     _commit_on_main(h.repo_path, {"LATER.md": "later\n"})
-    ops.retry_task(h.engine, h.settings, key, fresh=True)
+    task_ops.retry_task(h.engine, h.settings, key, fresh=True)
     h.run_until_idle()
     assert _git(h.repo_path, "show", "main:LATER.md") == "later, edited\n"
     fresh = [j for j in h.jobs(key) if j.stage == "development"][-1]
@@ -909,7 +909,7 @@ def drive_branch_no_longer_rebases(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
 
 def drive_no_gitignore_bytecode(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     specs = ["development=patch", "testing=test-runner", f"deploy-staging={h.agent()}"]
-    ops.add_repo(
+    repo_ops.add_repo(
         h.engine,
         "demo",
         h.repo_path,
@@ -976,11 +976,11 @@ def drive_kill_9_during_retest(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     script.write_text(RETEST)
     (box / "HOLD").write_text("")
     specs = [f"{s}={h.agent()}" for s in STAGES]
-    ops.add_repo(
+    repo_ops.add_repo(
         h.engine,
         "demo",
         h.repo_path,
-        ops.RepoInput(
+        repo_ops.RepoInput(
             stages=STAGES,
             agents=specs,
             test_cmd=f"{sys.executable} {script} {box}",
@@ -1038,7 +1038,7 @@ def drive_dependency_blocked(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     first = h.add_task("first")
     h.start()
     h.wait_for(lambda: any(s.startswith(f"{first}:testing:") for s in h.starts()))
-    second = ops.add_task(h.engine, h.settings, "demo", "second", after=[first]).task.key
+    second = task_ops.add_task(h.engine, h.settings, "demo", "second", after=[first]).task.key
     h.release(first, "testing")
     h.wait_for(lambda: h.task(first).state == "blocked", deadline_s=120)
     h.stop()
@@ -1066,8 +1066,8 @@ def drive_main_rewound(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     assert any(merged[:12] in r for r in task.reasons)
     seen_now = seen(h, second, lambda j: j.stage == "deploy-staging")
     # A human looked: the rewound main is right. Trust it, retry: the task merges on it.
-    ops.set_repo(h.engine, "demo", ops.RepoInput(trust_main=True))
-    ops.retry_task(h.engine, h.settings, second)
+    repo_ops.set_repo(h.engine, "demo", repo_ops.RepoInput(trust_main=True))
+    task_ops.retry_task(h.engine, h.settings, second)
     h.run_until_idle()
     assert h.task(second).state == "done"
     assert _git(h.repo_path, "rev-parse", "main~1").strip() == rewound

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.api import reads
 from orchestrator.config import load_settings
 from orchestrator.domain import artifacts as A
@@ -93,7 +93,7 @@ def test_a_report_swapped_before_the_gate_reads_it_is_a_tool_error(
     # The suite fails. Between the test-runner's write of a FAILED report and the gate's
     # read, the attacker swaps in a PASS (once: what a daemon that SIGSTOPs the worker at
     # that moment does).
-    ops.add_repo(
+    repo_ops.add_repo(
         h.engine,
         "demo",
         h.repo_path,
@@ -165,7 +165,7 @@ def test_reports_no_job_wrote_are_never_results(h: Harness) -> None:
     h.settings = load_settings(**{**h.settings.model_dump(), "sandbox": False})
     forger = h.plan_path.parent / "forger.py"
     forger.write_text(FORGER)
-    ops.add_repo(
+    repo_ops.add_repo(
         h.engine,
         "demo",
         h.repo_path,
@@ -186,7 +186,7 @@ def test_reports_no_job_wrote_are_never_results(h: Harness) -> None:
 
     # A human approves the staging stage without supplying its artifact: the gate reads
     # the folder's 15-staging-log.md, which no job wrote.
-    ops.approve_task(h.engine, h.settings, key)
+    task_ops.approve_task(h.engine, h.settings, key)
     h.run_until_idle()
     task = h.task(key)
     assert task.state != "done", task.reasons

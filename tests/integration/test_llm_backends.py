@@ -33,7 +33,7 @@ import fake_model_server as F
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import ops, taskdir
+from orchestrator import repo_ops, task_ops, taskdir
 from orchestrator.agents.backends import run_llm_backend
 from orchestrator.agents.codex import codex_cost_usd
 from orchestrator.config import Settings, load_settings
@@ -176,13 +176,13 @@ def make_job(tmp_path: Path, db_url: str, make_repo: Any, offline_env: None) -> 
         engine = open_engine(settings)
         engines.append(engine)
         repo_path = make_repo(files={"README.md": "# demo\n", "app.py": "print('hi')\n"})
-        repo = ops.add_repo(
+        repo = repo_ops.add_repo(
             engine,
             "demo",
             repo_path,
-            ops.RepoInput(agent_env=[*agent_env, *PASS_ENV], prefix="DEMO", agents=agents),
+            repo_ops.RepoInput(agent_env=[*agent_env, *PASS_ENV], prefix="DEMO", agents=agents),
         )
-        new = ops.add_task(engine, settings, "demo", "Add hello.txt", "Create hello.txt.")
+        new = task_ops.add_task(engine, settings, "demo", "Add hello.txt", "Create hello.txt.")
         with engine.connect() as conn:
             job = queries.list_jobs(conn, task_id=new.task.id)[0]
         wt = worktrees.ensure_worktree(
@@ -811,7 +811,7 @@ def _deterministic_rest(job: Job) -> None:
     # The repo has no suite: its tests (and the merge gate's re-test) are a passing command.
     import sys
 
-    ops.set_repo(job.engine, "demo", ops.RepoInput(test_cmd=f"{sys.executable} -c pass"))
+    repo_ops.set_repo(job.engine, "demo", repo_ops.RepoInput(test_cmd=f"{sys.executable} -c pass"))
 
 
 def test_claude_developer_through_the_whole_pipeline(claude_job: Any) -> None:
@@ -860,10 +860,10 @@ def test_llm_budget_blocks_and_the_next_job_is_not_dispatched(claude_job: Any) -
     assert asked == 1
 
     # A second LLM job of this task is refused before dispatch: the model is not asked.
-    ops.set_repo(
-        job.engine, "demo", ops.RepoInput(stages=["development", "testing", "deploy-staging"])
+    repo_ops.set_repo(
+        job.engine, "demo", repo_ops.RepoInput(stages=["development", "testing", "deploy-staging"])
     )
-    ops.retry_task(job.engine, job.settings, job.task.key, patch=b"unused")
+    task_ops.retry_task(job.engine, job.settings, job.task.key, patch=b"unused")
     Worker(job.settings, job.engine).run(until_idle=True)
     with job.engine.connect() as conn:
         task = queries.get_task(conn, job.task.key)

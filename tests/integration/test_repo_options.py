@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from merge_helpers import CALC, MergeBed
 from typer.testing import CliRunner
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.cli import app
 from orchestrator.config import load_settings
 from orchestrator.domain import artifacts as A
@@ -151,11 +151,11 @@ def _run_testing(tmp_path: Path, db_url: str, repo: Path, urls: list[str]) -> tu
     engine = open_engine(settings)
     try:
         ok = f"{sys.executable} -c pass"
-        ops.add_repo(
+        repo_ops.add_repo(
             engine,
             "demo",
             repo,
-            ops.RepoInput(
+            repo_ops.RepoInput(
                 stages=["development", "testing", "deploy-staging"],
                 agents=["development=patch"],
                 test_cmd=ok,
@@ -164,12 +164,12 @@ def _run_testing(tmp_path: Path, db_url: str, repo: Path, urls: list[str]) -> tu
         )
         # Stored the way `orch repo set --smoke-url` stores them; what is tested here is
         # that the engine hands them to the test-runner.
-        ops.set_repo_options(engine, "demo", {"smoke_urls": urls})
+        repo_ops.set_repo_options(engine, "demo", {"smoke_urls": urls})
         patch = (
             b"diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n"
             b"@@ -1 +1,2 @@\n demo\n+hello\n"
         )
-        key = ops.add_task(engine, settings, "demo", "T", "body", patch).task.key
+        key = task_ops.add_task(engine, settings, "demo", "T", "body", patch).task.key
         Worker(settings, engine).run(until_idle=True)
         with engine.connect() as conn:
             task = queries.get_task(conn, key)
@@ -323,7 +323,7 @@ def test_keep_branches_is_a_repo_setting(orch: Orch, make_repo: MakeRepo) -> Non
 def test_set_repo_options_refuses_malformed_known_options(
     engine: sa.Engine, make_repo: MakeRepo
 ) -> None:
-    ops.add_repo(engine, "demo", make_repo(), ops.RepoInput())
+    repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput())
     for options in (
         {"smoke_urls": ["http://example.com/"]},
         {"smoke_urls": "http://127.0.0.1/health"},
@@ -331,5 +331,5 @@ def test_set_repo_options_refuses_malformed_known_options(
         {"keep_branches": "yes"},
     ):
         with pytest.raises(UsageError):
-            ops.set_repo_options(engine, "demo", options)
-    ops.set_repo_options(engine, "demo", {"monitor": {"checks": 2}})
+            repo_ops.set_repo_options(engine, "demo", options)
+    repo_ops.set_repo_options(engine, "demo", {"monitor": {"checks": 2}})

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import ops, sandbox
+from orchestrator import repo_ops, sandbox, task_ops
 from orchestrator.config import load_settings
 from orchestrator.store import queries
 
@@ -188,11 +188,11 @@ def _run(
         f"{{artifact_dir}} {{worktree}} {' '.join(extra)}"
     ).strip()
     specs = [f"development={hostile}", *(f"{s}={h.agent()}" for s in STAGES[1:])]
-    ops.add_repo(
+    repo_ops.add_repo(
         h.engine,
         "demo",
         h.repo_path,
-        ops.RepoInput(
+        repo_ops.RepoInput(
             stages=STAGES,
             agents=specs,
             test_cmd=f"{sys.executable} -c pass",
@@ -246,14 +246,14 @@ def test_the_database_is_out_of_reach(box: Harness, sandboxed: bool) -> None:
 def test_another_tasks_folder_is_out_of_reach(
     box: Harness, make_repo: Any, sandboxed: bool
 ) -> None:
-    ops.add_repo(
+    repo_ops.add_repo(
         box.engine,
         "victim",
         make_repo(files={"README.md": "victim\n"}),
-        ops.RepoInput(agents=["development=manual"], prefix="VIC"),
+        repo_ops.RepoInput(agents=["development=manual"], prefix="VIC"),
     )
     patch = b"--- a/README.md\n+++ b/README.md\n@@ -1 +1,2 @@\n victim\n+hello\n"
-    victim = ops.add_task(box.engine, box.settings, "victim", "innocent", "body", patch)
+    victim = task_ops.add_task(box.engine, box.settings, "victim", "innocent", "body", patch)
     task_md = (victim.folder / "00-task.md").read_text()
     _key, got = _run(box, "task", sandboxed=sandboxed, extra=(victim.task.key,))
     if not sandboxed:
@@ -487,7 +487,7 @@ def test_suites_never_get_the_agents_keys(box: Harness, monkeypatch: pytest.Monk
         "testing=test-runner",
         f"deploy-staging={box.agent()}",
     ]
-    ops.add_repo(
+    repo_ops.add_repo(
         box.engine,
         "demo",
         box.repo_path,

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from merge_helpers import CALC, TESTS, MergeBed, commit_files, fill_slot, run_git
 from typer.testing import CliRunner
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.cli import app
 from orchestrator.config import load_settings
 from orchestrator.engine.worker import Worker
@@ -293,11 +293,11 @@ class Bed:
         self.settings = load_settings(**values)
         self.engine = make_engine(db_url)
         upgrade(self.engine)
-        ops.add_repo(
+        repo_ops.add_repo(
             self.engine,
             "demo",
             self.repo,
-            ops.RepoInput(
+            repo_ops.RepoInput(
                 stages=STAGES,
                 agents=[f"development={developer}"],
                 test_cmd=" ".join(TEST_CMD),
@@ -352,7 +352,7 @@ class Bed:
 
     def file(self, files: Mapping[str, str | None], title: str = "cheat") -> str:
         patch = self.patch_of(files)
-        return ops.add_task(self.engine, self.settings, "demo", title, "body", patch).task.key
+        return task_ops.add_task(self.engine, self.settings, "demo", title, "body", patch).task.key
 
     def run(self) -> None:
         Worker(self.settings, self.engine).run(until_idle=True)
@@ -419,7 +419,7 @@ def test_a_test_cheat_waits_for_a_human_or_fails(bed: Bed, cheat: Cheat) -> None
     if cheat.held:
         bed.assert_awaiting_approval(key, cheat.held)
         # A human accepts the protected changes: the suite runs with them, the gates run.
-        ops.approve_task(bed.engine, bed.settings, key)
+        task_ops.approve_task(bed.engine, bed.settings, key)
         bed.run()
     if cheat.then == "FAIL":
         bed.assert_fail(key, cheat.names)
@@ -434,7 +434,7 @@ def test_the_baseline_alone_fails_the_cheats_it_can_see(
     that passed on main and is deleted, skipped, xfailed or deselected still fails."""
     bed = Bed(tmp_path, db_url, make_repo)
     try:
-        ops.set_repo_options(bed.engine, "demo", {"protected_paths": ["docs"]})
+        repo_ops.set_repo_options(bed.engine, "demo", {"protected_paths": ["docs"]})
         bed.seed_baseline()
         by_name = {c.name: c for c in CHEATS}
         expected = {
@@ -486,13 +486,13 @@ def test_an_approval_covers_exactly_the_changes_it_was_shown(bed: Bed) -> None:
     key = bed.file({"calc.py": CALC_BROKEN, **skip.files})
     bed.run()
     bed.assert_awaiting_approval(key, skip.held)
-    ops.approve_task(bed.engine, bed.settings, key)
+    task_ops.approve_task(bed.engine, bed.settings, key)
     bed.run()
     bed.assert_fail(key, (f"{ADD} (skipped)",))
     # The next attempt changes the protected file again: a human must look again.
     weaker = SUITE.replace("assert add(2, 3) == 5", "assert add(2, 3) is not None")
     patch = bed.patch_of({"calc.py": CALC_BROKEN, "tests/test_calc.py": weaker})
-    ops.retry_task(bed.engine, bed.settings, key, patch=patch, fresh=True)
+    task_ops.retry_task(bed.engine, bed.settings, key, patch=patch, fresh=True)
     bed.run()
     task, last = bed.task(key), bed.last(key)
     assert (task.stage, task.state) == ("testing", "blocked")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.agents.budget import reserve
 from orchestrator.domain.breaker import (
     BackendState,
     BreakerPolicy,
@@ -14,6 +13,7 @@ from orchestrator.domain.breaker import (
     on_end,
     resume,
 )
+from orchestrator.domain.budget import reserve
 from orchestrator.domain.faults import ApiFault, FaultKind, fault_of_status, status_in
 
 POLICY = BreakerPolicy(threshold=3, probe_first_s=10.0, probe_max_s=80.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.agents.budget import check_budgets, check_day_budget, check_task_budget
+from orchestrator.domain.budget import check_budgets, check_day_budget, check_task_budget
 
 
 def test_under_budget_is_ok() -> None:

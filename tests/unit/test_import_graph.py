@@ -10,8 +10,9 @@ A package's ``__init__`` is its own node; importing ``orchestrator.x.y`` is an e
 ``orchestrator.x.y`` only (the interpreter runs ``x/__init__`` too, but a package's
 ``__init__`` that imports its children would otherwise make every child a circle).
 
-The layers, from the bottom: ``errors`` (the one root exception, a leaf every layer may
-import: ``domain`` raises ``UsageError`` for an unknown stage name) and ``domain`` (pure);
+The layers, from the bottom: two leaves every layer may import, ``errors`` (the one root
+exception: ``domain`` raises ``UsageError`` for an unknown stage name) and ``money`` (how
+an amount reads: the budget checks' reasons), and ``domain`` (pure);
 ``store``; ``agents``; ``engine``; ``ops``, ``cli`` and ``api`` on top.
 """
 
@@ -154,16 +155,20 @@ def _layer(name: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-# The leaf below every layer: it imports nothing of the package (checked below).
-ROOT_LEAVES = frozenset({"errors"})
+# The leaves below every layer: they import nothing of the package (checked below):
+# ``errors`` (the root exception) and ``money`` (how an amount reads).
+ROOT_LEAVES = frozenset({"errors", "money"})
 
 
 def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     """Imports that run back up: agents -> engine; engine -> ops, cli, api; store -> above;
-    domain -> outside domain (but the root leaf ``errors``); the root leaf -> anything."""
+    domain -> outside domain (but the root leaves); a root leaf -> anything."""
     forbidden = {
         "agents": ({"engine"}, "agents/ never imports engine/"),
-        "engine": ({"ops", "cli", "api"}, "engine/ never imports ops, cli/ or api/"),
+        "engine": (
+            {"repo_ops", "task_ops", "backend_ops", "cli", "api"},
+            "engine/ never imports the user's operations (*_ops), cli/ or api/",
+        ),
         "store": ({"engine", "api", "cli"}, "store/ never imports engine/, api/ or cli/"),
     }
     found: list[str] = []
@@ -262,10 +267,10 @@ def test_type_checking_imports_are_left_out_and_relative_ones_resolved(
             "store/__init__.py": "",
             "store/db.py": "from ..api import app\n",
             "selfish.py": "import orchestrator.selfish\n",
-            "errors.py": "from orchestrator import ops\n",
-            "ops.py": "",
+            "errors.py": "from orchestrator import task_ops\n",
+            "task_ops.py": "",
             "engine/__init__.py": "",
-            "engine/apply.py": "from orchestrator.ops import queue_job\n",
+            "engine/apply.py": "from orchestrator.task_ops import add_task\n",
             "domain/stages.py": "from orchestrator.errors import UsageError\n",
         },
     )
@@ -278,8 +283,9 @@ def test_type_checking_imports_are_left_out_and_relative_ones_resolved(
     ]
     assert layer_violations(graph) == [
         "orchestrator.domain.x -> orchestrator.store.db: domain/ imports only domain/ and stdlib",
-        "orchestrator.engine.apply -> orchestrator.ops: engine/ never imports ops, cli/ or api/",
-        "orchestrator.errors -> orchestrator.ops: orchestrator.errors is a leaf, "
+        "orchestrator.engine.apply -> orchestrator.task_ops: engine/ never imports the "
+        "user's operations (*_ops), cli/ or api/",
+        "orchestrator.errors -> orchestrator.task_ops: orchestrator.errors is a leaf, "
         "it imports no module",
         "orchestrator.store.db -> orchestrator.api.app: store/ never imports engine/, api/ or cli/",
     ]

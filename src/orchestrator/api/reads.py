@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from orchestrator import __version__, money, ops, taskdir
+from orchestrator import __version__, money, task_ops, taskdir
 from orchestrator.api import models as M
 from orchestrator.api.snapshot import Snapshot
 from orchestrator.config import Settings
@@ -559,7 +559,7 @@ def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> M.TaskDetai
     repo = queries.get_repo_by_id(conn, task.repo_id)
     folder = taskdir.task_dir(st.tasks_dir, task.key)
     summary = task_out(task, repo.name if repo else "?")
-    waiting = ops.task_waiting_on(conn, task)
+    waiting = task_ops.task_waiting_on(conn, task)
     ours, foreign = taskdir.split_artifacts(folder, jobq.recorded_artifacts(conn, task.id))
     return M.TaskDetailOut(
         **summary.model_dump(),
@@ -572,7 +572,7 @@ def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> M.TaskDetai
         spend=task_spend_detail(conn, st, task.id),
         after=[M.DependencyOut(key=d.key, state=d.state) for d in queries.deps_of(conn, task.id)],
         waiting_on=[M.DependencyOut(key=d.key, state=d.state) for d in waiting],
-        waiting=ops.waiting_text(waiting),
+        waiting=task_ops.waiting_text(waiting),
     )
 
 

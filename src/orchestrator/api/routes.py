@@ -1,7 +1,8 @@
 """The JSON routes: status, queue, tasks and their files, actions, alerts, the kill switch.
 
 Reads go through ``api.reader`` (on SQLite they never wait for the write lock); mutations
-go through ``ops``, like the CLI's, with ``api`` as the actor in the history.
+go through the task and repo operations (``task_ops``, ``repo_ops``), like the CLI's, with
+``api`` as the actor in the history.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from orchestrator import ops
+from orchestrator import repo_ops, task_ops
 from orchestrator.api import files, reads
 from orchestrator.api import models as M
 from orchestrator.api.errors import ApiError, json_response, responses
@@ -93,7 +94,7 @@ def json_router(api: Api) -> APIRouter:
     ) -> list[M.TaskOut]:
         """Tasks, oldest first, one page at a time."""
         with api.reader.connect() as conn:
-            repo_id = ops.require_repo(conn, repo).id if repo is not None else None
+            repo_id = repo_ops.require_repo(conn, repo).id if repo is not None else None
             return reads.list_tasks(
                 conn,
                 repo_id=repo_id,
@@ -114,7 +115,7 @@ def json_router(api: Api) -> APIRouter:
     def add_task(body: M.TaskIn) -> M.NewTaskOut:
         """File a task for a repo; its first job is queued."""
         patch = body.patch.encode() if body.patch is not None else None
-        new = ops.add_task(
+        new = task_ops.add_task(
             api.engine,
             st,
             body.repo,
@@ -258,7 +259,9 @@ def json_router(api: Api) -> APIRouter:
     def cancel(key: KeyPath, body: M.CancelIn | None = None) -> M.TaskOut:
         """Cancel a task; a running job is killed."""
         reason = body.reason if body is not None else ""
-        return _action(key, lambda: ops.cancel_task(api.engine, key, actor=ACTOR, reason=reason))
+        return _action(
+            key, lambda: task_ops.cancel_task(api.engine, key, actor=ACTOR, reason=reason)
+        )
 
     @router.post(
         "/tasks/{key}/retry",
@@ -274,7 +277,7 @@ def json_router(api: Api) -> APIRouter:
         fresh = body is not None and body.fresh
         return _action(
             key,
-            lambda: ops.retry_task(api.engine, st, key, patch=patch, fresh=fresh, actor=ACTOR),
+            lambda: task_ops.retry_task(api.engine, st, key, patch=patch, fresh=fresh, actor=ACTOR),
         )
 
     @router.post(
@@ -288,7 +291,7 @@ def json_router(api: Api) -> APIRouter:
         """A human completes a blocked stage (optionally with its artifact); the gates run."""
         data = body.artifact.encode() if body is not None and body.artifact is not None else None
         return _action(
-            key, lambda: ops.approve_task(api.engine, st, key, artifact=data, actor=ACTOR)
+            key, lambda: task_ops.approve_task(api.engine, st, key, artifact=data, actor=ACTOR)
         )
 
     @router.get(

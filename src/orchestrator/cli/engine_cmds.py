@@ -155,8 +155,8 @@ backend_app = typer.Typer(
 def backend_list(as_json: JsonFlag = False) -> None:
     """Each model backend that has run a job: running, or paused (an outage, rejected
     credentials) with its next probe and last error."""
+    from orchestrator.backend_ops import list_backends
     from orchestrator.cli.misc import backend_line
-    from orchestrator.ops import list_backends
     from orchestrator.store.bootstrap import open_engine
 
     rows = run(lambda: [b.view() for b in list_backends(open_engine(settings()))])
@@ -177,8 +177,8 @@ def backend_resume(
 ) -> None:
     """Probe a paused backend at once (after fixing its key, or an outage you know is over):
     its next job runs as the probe, and the model answering it resumes the backend."""
+    from orchestrator.backend_ops import resume_backend
     from orchestrator.cli.misc import backend_line
-    from orchestrator.ops import resume_backend
     from orchestrator.store.bootstrap import open_engine
 
     row = run(lambda: resume_backend(open_engine(settings()), name)).view()

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli._common import console, engine, plain, print_json, run
-from orchestrator.ops import RepoInput, add_repo, require_repo, set_repo
+from orchestrator.repo_ops import RepoInput, add_repo, require_repo, set_repo
 from orchestrator.runners import protected
 from orchestrator.store import queries
 from orchestrator.store.queries import RepoRow

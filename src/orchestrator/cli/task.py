@@ -24,19 +24,19 @@ from orchestrator.cli._common import (
     spent_of,
 )
 from orchestrator.domain.stages import State, parse_stage
-from orchestrator.ops import (
+from orchestrator.repo_ops import require_repo
+from orchestrator.store import jobs as jobq
+from orchestrator.store import queries, spend
+from orchestrator.store.queries import TaskRow
+from orchestrator.task_ops import (
     add_task,
     approve_task,
     cancel_task,
-    require_repo,
     require_task,
     retry_task,
     task_waiting_on,
     waiting_text,
 )
-from orchestrator.store import jobs as jobq
-from orchestrator.store import queries, spend
-from orchestrator.store.queries import TaskRow
 
 app = typer.Typer(help="File, inspect and steer tasks.", no_args_is_help=True)
 

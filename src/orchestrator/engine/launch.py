@@ -37,6 +37,7 @@ from orchestrator.agents.registry import (
 )
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
+from orchestrator.domain.decide import APPROVED_AGENT, GATE_ONLY_AGENT, NO_PROCESS_AGENTS
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.errors import UsageError
@@ -57,12 +58,6 @@ from orchestrator.self_deploy import map_outcome
 from orchestrator.store.queries import JobRow, RepoRow
 
 log = logging.getLogger(__name__)
-
-APPROVED_AGENT = "approved"
-# Re-runs only the stage's gates: after a gate met infra trouble (the merge gate's re-test
-# timed out, main was locked) the stage's own work stands and must not run again.
-GATE_ONLY_AGENT = "gate-only"
-NO_PROCESS_AGENTS = frozenset({APPROVED_AGENT, GATE_ONLY_AGENT})
 
 
 def llm_backend_of(job: JobRow, repo: RepoRow, settings: Settings) -> str | None:

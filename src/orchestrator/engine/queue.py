@@ -1,8 +1,8 @@
 """Queue a job: the next attempt of a stage for a task, with the agent the repo gives it.
 
-The engine queues the next stage's job when it applies a job's end; filing, retrying and
-approving a task (``ops``) queue one too. Both take it from here, so the engine never
-imports the CLI's operations.
+The engine queues the job a move names (``domain.decide.NextJob``) when it applies a job's
+end; filing, retrying and approving a task (``tasks``) queue one too. Both take it from
+here, so the engine never imports the CLI's operations.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from orchestrator.agents.registry import default_agents, parse_agent_spec
+from orchestrator.domain.decide import NextJob
 from orchestrator.domain.stages import SERIAL_STAGES, Stage
 from orchestrator.store import queries
 from orchestrator.store.queries import JobRow, RepoRow, TaskRow
 
-__all__ = ["agent_for", "queue_job"]
+__all__ = ["agent_for", "queue_job", "queue_next"]
 
 
 def agent_for(repo: RepoRow, stage: Stage) -> str:
@@ -46,4 +47,20 @@ def queue_job(
         not_before=not_before if not_before is not None else now,
         serial_key=repo.name if stage in SERIAL_STAGES else None,
         fresh_start=fresh_start,
+    )
+
+
+def queue_next(
+    conn: sa.Connection, repo: RepoRow, task: TaskRow, nxt: NextJob, *, now: float
+) -> JobRow:
+    """Queue the job a move names, due ``nxt.after_s`` from now."""
+    return queue_job(
+        conn,
+        repo,
+        task,
+        nxt.stage,
+        now=now,
+        not_before=now + nxt.after_s,
+        agent=nxt.agent,
+        fresh_start=nxt.fresh_start,
     )

@@ -25,10 +25,11 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from orchestrator import alerts, proc_group, taskdir
-from orchestrator.agents.budget import check_budgets, reserve
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain import breaker
+from orchestrator.domain.budget import check_budgets, reserve
+from orchestrator.domain.decide import reaped
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import SERIAL_STAGES, STAGE_TRANSITIONS, Stage, State
 from orchestrator.domain.verdicts import Verdict
@@ -524,10 +525,8 @@ class Worker:
             # Another worker owns the job now; anything written here would be fenced out.
             return None
         if running.stop_reason == "reaper":
-            limit = f"reaper: ran longer than reaper_max_running_s ({st.reaper_max_running_s:g}s)"
-            result = dataclasses.replace(
-                result, outcome=OutcomeKind.TIMEOUT, reasons=[limit, *result.reasons]
-            )
+            outcome, reasons = reaped(result.reasons, st.reaper_max_running_s)
+            result = dataclasses.replace(result, outcome=outcome, reasons=list(reasons))
         verdict = None
         if result.outcome is OutcomeKind.COMPLETED and not result.awaiting_human:
             recorded = self._until_db_answers(

@@ -13,7 +13,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from orchestrator import ops, self_deploy, taskdir
+from orchestrator import repo_ops, self_deploy, taskdir
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.engine import worker
 from orchestrator.errors import UsageError
@@ -168,7 +168,7 @@ def worker_id_round_trips(text: str, host: str, pid: int, started: float) -> Non
 
 # --------------------------------------------------------------------------- commands
 
-_real_split_command = ops.split_command
+_real_split_command = repo_ops.split_command
 
 
 def _whitespace_split() -> Any:
@@ -177,11 +177,11 @@ def _whitespace_split() -> Any:
     def split(value: str | None, option: str) -> list[str] | None:
         return None if value is None else value.split()
 
-    return patched(ops, "split_command", split)
+    return patched(repo_ops, "split_command", split)
 
 
 @prop(
-    "ops.py split_command",
+    "repo_ops.py split_command",
     st.none() | hostile_text,
     st.lists(hostile_text, max_size=5),
     broken=_whitespace_split,
@@ -189,9 +189,9 @@ def _whitespace_split() -> Any:
 def split_command_round_trips(value: str | None, argv: list[str]) -> None:
     """A string is argv (None stays None, blank is []) or a UsageError; an argv quoted with
     shlex.join splits back to itself."""
-    assert ops.split_command(shlex.join(argv), "--test-cmd") == argv
+    assert repo_ops.split_command(shlex.join(argv), "--test-cmd") == argv
     try:
-        got = ops.split_command(value, "--test-cmd")
+        got = repo_ops.split_command(value, "--test-cmd")
     except UsageError as exc:
         refused = str(exc)
     else:
@@ -199,7 +199,7 @@ def split_command_round_trips(value: str | None, argv: list[str]) -> None:
             assert got is None
         else:
             assert isinstance(got, list)
-            assert ops.split_command(shlex.join(got), "--test-cmd") == got
+            assert repo_ops.split_command(shlex.join(got), "--test-cmd") == got
         return
     assert "--test-cmd: cannot split" in refused
 
