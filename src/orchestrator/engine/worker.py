@@ -24,22 +24,23 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from orchestrator import alerts, proc_group, taskdir
+from orchestrator import alerts, taskdir
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
-from orchestrator.domain import breaker
-from orchestrator.domain.budget import check_budgets, reserve
 from orchestrator.domain.decide import reaped
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import SERIAL_STAGES, STAGE_TRANSITIONS, Stage, State
 from orchestrator.domain.verdicts import Verdict
+from orchestrator.engine.admission import Admitted, admit_llm
 from orchestrator.engine.apply import Applied, apply_job_end
 from orchestrator.engine.launch import launch_job, llm_backend_of
+from orchestrator.engine.outage import Outage, until_db_answers
+from orchestrator.engine.recovery import make_worker_id, prune_worktrees, recover_jobs
 from orchestrator.gates import merge_gate  # registers check_branch_mergeable
 from orchestrator.gates.registry import GateContext, run_gates
 from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult, job_marker
-from orchestrator.store import breakers, control, is_transient, queries, spend
+from orchestrator.store import control, is_transient, queries
 from orchestrator.store import jobs as jobq
 from orchestrator.store.queries import JobRow, RepoRow, TaskRow
 from orchestrator.store.wake import WakeListener
@@ -54,81 +55,6 @@ WATCH_INTERVAL_S = 0.25
 
 # Between its serialized jobs a task keeps its repo's serial gate at these stages.
 SERIAL_HOLD_STAGES = tuple(s.value for s in SERIAL_STAGES if s is not Stage.DEPLOY_STAGING)
-
-
-def make_worker_id(host: str, pid: int, started: float) -> str:
-    """``host:pid:start-ms``: unique per process start, and names the host it runs on."""
-    return f"{host}:{pid}:{int(started * 1000)}"
-
-
-def parse_worker_id(worker_id: str) -> tuple[str, int | None]:
-    """(host, pid) of a worker id; pid None when it cannot be read."""
-    head, _, _started = worker_id.rpartition(":")
-    host, _, pid = head.rpartition(":")
-    try:
-        return host, int(pid)
-    except ValueError:
-        return host, None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# While the database is unreachable, tries are spaced from the first to the most.
-DB_RETRY_FIRST_S = 0.1
-DB_RETRY_MAX_S = 2.0
-
-
-class _Outage:
-    """Backoff between tries while the database is gone, logged once as it goes and comes."""
-
-    def __init__(self, where: str, job: int | None = None) -> None:
-        self.where = where
-        self.job = job
-        self.since: float | None = None
-        self.delay_s = DB_RETRY_FIRST_S
-
-    def failed(self, exc: BaseException) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-            log.warning(
-                "database unavailable (%s): %s; trying again",
-                self.where,
-                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                extra={"job": self.job, "action": "db-down"},
-            )
-        else:
-            self.delay_s = min(self.delay_s * 2, DB_RETRY_MAX_S)
-
-    def ok(self) -> None:
-        if self.since is not None:
-            log.warning(
-                "database back (%s) after %.1f s",
-                self.where,
-                time.monotonic() - self.since,
-                extra={"job": self.job, "action": "db-up"},
-            )
-            self.since = None
-            self.delay_s = DB_RETRY_FIRST_S
-
-
-@dataclass(frozen=True)
-class _Admitted:
-    """An LLM job's admission: refused (its budget is spent), waiting (re-queued for later),
-    or started with what it may spend."""
-
-    refusal: list[str] | None = None
-    waiting: bool = False
-    task_left_usd: float | None = None
-    cap_usd: float | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -168,7 +94,7 @@ class Worker:
 
     def run(self, *, until_idle: bool = False) -> None:
         """The scheduler loop. It outlives a database that is gone for a while."""
-        outage = _Outage("scheduler loop")
+        outage = Outage("scheduler loop")
         listener = self._listen()
         woken = True
         try:
@@ -376,80 +302,14 @@ class Worker:
             current = following
 
     def _until_db_answers(self, what: str, job: int, fn: Callable[[], _T]) -> _T:
-        """``fn()``, tried again while the database is unreachable, until it answers.
-
-        The job's work is done (or not yet started) and must not be lost or redone because
-        the database was gone for a moment. Gives up only when the worker stops without
-        draining: the job then stays running under this worker's lease, and recovery
-        re-queues it without spending a retry.
-        """
-        outage = _Outage(what, job)
-        while True:
-            try:
-                value = fn()
-            except sa.exc.SQLAlchemyError as exc:
-                if not is_transient(exc) or (self.stopping.is_set() and not self.drain):
-                    raise
-                outage.failed(exc)
-                time.sleep(outage.delay_s)
-                continue
-            outage.ok()
-            return value
-
-    def _admit_llm(self, job: JobRow, task_id: int, backend: str) -> _Admitted:
-        """Whether an LLM job may start now, in one transaction under the spend lock: its
-        budgets (refused: the task blocks), its backend's breaker (paused: the job waits for
-        the next probe, or is the probe), and its spend cap, reserved against the day
-        budget (no room while other jobs hold it: the job waits for them)."""
-        st = self.settings
-        with self.engine.begin() as conn:
-            breakers.lock_spend(conn)
-            now = time.time()
-            task_spent = spend.task_spend_usd(conn, task_id)
-            day_spent = spend.day_spend_usd(conn, since=now - spend.DAY_S)
-            check = check_budgets(
-                task_spent_usd=task_spent,
-                day_spent_usd=day_spent,
-                task_budget_usd=st.llm_budget_per_task_usd,
-                day_budget_usd=st.llm_budget_per_day_usd,
-            )
-            if not check.ok:
-                return _Admitted(refusal=["not dispatched: LLM budget", *check.reasons])
-            row = breakers.get(conn, backend)
-            admission, probing = breaker.admit(row.state if row else None, job.id, now)
-            if not admission.run:
-                until = admission.wait_until if admission.wait_until is not None else now
-                self._wait(conn, job, "; ".join(admission.reasons), until)
-                return _Admitted(waiting=True)
-            if probing is not None:
-                breakers.save(conn, probing, now=now)
-            task_left = (
-                st.llm_budget_per_task_usd - task_spent if st.llm_budget_per_task_usd > 0 else None
-            )
-            day_left = (
-                st.llm_budget_per_day_usd - day_spent if st.llm_budget_per_day_usd > 0 else None
-            )
-            cap, no_room = reserve(
-                task_left_usd=task_left,
-                day_left_usd=day_left,
-                reserved_by_others_usd=breakers.reserved_usd(conn, but=job.id),
-            )
-            if no_room is not None:
-                self._wait(conn, job, no_room, now + st.poll_interval_s)
-                return _Admitted(waiting=True)
-            breakers.reserve_job(conn, job.id, cap)
-            return _Admitted(task_left_usd=task_left, cap_usd=cap, notes=list(admission.reasons))
-
-    def _wait(self, conn: sa.Connection, job: JobRow, why: str, until: float) -> None:
-        """Put a claimed job back to wait until ``until``; no retry is spent."""
-        jobq.requeue(
-            conn,
-            job.id,
-            now=time.time(),
-            owner=self.id,
-            reason=f"waiting: {why}",
-            not_before=until,
+        """``fn()``, tried again while the database is unreachable (``engine.outage``);
+        gives up only when the worker stops without draining."""
+        return until_db_answers(
+            what, job, fn, give_up=lambda: self.stopping.is_set() and not self.drain
         )
+
+    def _admit_llm(self, job: JobRow, task_id: int, backend: str) -> Admitted:
+        return admit_llm(self.engine, self.settings, job, task_id, backend, owner=self.id)
 
     def _requeue(self, job: JobRow, reason: str) -> None:
         def write() -> None:
@@ -654,68 +514,17 @@ class Worker:
     # ---- recovery and shutdown ----------------------------------------------------------
 
     def prune_worktrees(self) -> list[str]:
-        """Remove worktrees of tasks that no longer exist or have ended (done, cancelled).
-
-        Blocked tasks keep theirs: a human may want to look.
-        """
-        removed: list[str] = []
-        with self.engine.connect() as conn:
-            repos = queries.list_repos(conn)
-            live = {
-                t.key
-                for t in queries.list_tasks(conn)
-                if t.state not in (State.DONE.value, State.CANCELLED.value)
-            }
-        for repo in repos:
-            removed += worktrees.prune_orphan_worktrees(
-                Path(repo.path), self.settings.worktrees_dir, repo.name, live
-            )
-        if removed:
-            log.info("pruned %d orphan worktree(s)", len(removed), extra={"action": "prune"})
-        return removed
+        """Remove worktrees of tasks that no longer exist or have ended (done, cancelled);
+        blocked tasks keep theirs: a human may want to look."""
+        return prune_worktrees(self.engine, self.settings)
 
     def recover(self, *, startup: bool = True) -> int:
-        """Re-queue jobs whose worker is gone, killing what is left of them on this host.
-
-        A job is taken back when its lease expired, or (at once, on this host) when the
-        worker that owns it is a dead process. No retry is spent: infra trouble of ours is
-        never the code's fault.
-        """
-        now = time.time()
-        with self.engine.connect() as conn:
-            candidates = {j.id: j for j in jobq.expired_leases(conn, now=now)}
-            for j in jobq.running_on_host(conn, self.host):
-                candidates.setdefault(j.id, j)
+        """Re-queue jobs whose worker is gone, killing what is left of them on this host
+        (``engine.recovery.recover_jobs``); no retry is spent."""
+        del startup
         with self._lock:
             mine = set(self._running)
-        taken = 0
-        for job in candidates.values():
-            owner = job.lease_owner or ""
-            if owner == self.id and job.id in mine:
-                continue
-            # A job of ours that no thread runs any more (it gave up while the database
-            # was gone) is no longer heartbeated: it is taken back once its lease expires.
-            owner_host, owner_pid = parse_worker_id(owner)
-            expired = job.lease_expires_at is not None and job.lease_expires_at < now
-            dead_here = owner_host == self.host and (owner_pid is None or not _pid_alive(owner_pid))
-            if not (expired or dead_here):
-                continue
-            if job.host == self.host:
-                # Each worker reaps only its own host's leftovers: the pgid registry is per host.
-                if job.pgid:
-                    proc_group.kill_process_group(job.pgid, grace_s=self.settings.kill_grace_s)
-                proc_group.kill_marked(job_marker(job))
-            with self.engine.begin() as conn:
-                if jobq.requeue(
-                    conn,
-                    job.id,
-                    now=now,
-                    reason=f"recovered from {owner or 'no owner'}; no retry spent",
-                ):
-                    taken += 1
-        if taken:
-            log.warning("recovered %d job(s)", taken, extra={"action": "recover"})
-        return taken
+        return recover_jobs(self.engine, self.settings, self.host, self.id, mine)
 
     def _shutdown(self) -> None:
         with self._lock:
@@ -757,4 +566,4 @@ def _previous_failure(conn: sa.Connection, job: JobRow, folder: Path) -> str | N
     return "\n".join(parts)
 
 
-__all__ = ["A", "Worker", "make_worker_id", "parse_worker_id"]
+__all__ = ["A", "Worker"]

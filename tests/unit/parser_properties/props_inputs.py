@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from orchestrator import repo_ops, self_deploy, taskdir
 from orchestrator.domain.outcomes import OutcomeKind
-from orchestrator.engine import worker
+from orchestrator.engine import recovery
 from orchestrator.errors import UsageError
 from orchestrator.gates import merge_gate
 from orchestrator.gates.merge_gate import RetestResult
@@ -136,7 +136,7 @@ def loopback_url_never_leaves_the_machine(text: str, schemes: tuple[str, ...]) -
 
 # --------------------------------------------------------------------------- worker ids
 
-_real_parse_worker_id = worker.parse_worker_id
+_real_parse_worker_id = recovery.parse_worker_id
 
 
 def _split_on_colons() -> Any:
@@ -146,11 +146,11 @@ def _split_on_colons() -> Any:
         host, pid, *_ = [*worker_id.split(":"), "", ""]
         return host, int(pid) if pid.isdigit() else None
 
-    return patched(worker, "parse_worker_id", parse)
+    return patched(recovery, "parse_worker_id", parse)
 
 
 @prop(
-    "engine/worker.py parse_worker_id",
+    "engine/recovery.py parse_worker_id",
     hostile_text | st.sampled_from(["h:1:2", "::", ":"]),
     st.text(),
     st.integers(0, 2**22),
@@ -159,11 +159,11 @@ def _split_on_colons() -> Any:
 )
 def worker_id_round_trips(text: str, host: str, pid: int, started: float) -> None:
     """Any text: (host, pid or None), never an exception; a made id reads back as made."""
-    got_host, got_pid = worker.parse_worker_id(text)
+    got_host, got_pid = recovery.parse_worker_id(text)
     assert isinstance(got_host, str)
     assert got_pid is None or isinstance(got_pid, int)
-    made = worker.make_worker_id(host, pid, started)
-    assert worker.parse_worker_id(made) == (host, pid), made
+    made = recovery.make_worker_id(host, pid, started)
+    assert recovery.parse_worker_id(made) == (host, pid), made
 
 
 # --------------------------------------------------------------------------- commands
