@@ -204,7 +204,7 @@ def _check_known_options(options: dict[str, Any]) -> None:
             raise UsageError(msg)
         check_smoke_urls(urls)
     if "regression_markers" in options:
-        from orchestrator.gates.merge_gate import parse_markers as gate_markers
+        from orchestrator.gates.markers import parse_markers as gate_markers
 
         _found, problems = gate_markers(options)
         if problems:

@@ -26,7 +26,7 @@ from orchestrator.config import load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.engine.worker import Worker
 from orchestrator.errors import UsageError
-from orchestrator.gates.merge_gate import parse_markers
+from orchestrator.gates.markers import parse_markers
 from orchestrator.store import queries
 from orchestrator.store.bootstrap import open_engine
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,6 +30,7 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import Verdict, VerdictStatus
 from orchestrator.gates import registry
+from orchestrator.gates.markers import check_markers, parse_markers
 from orchestrator.gates.registry import GateContext
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
@@ -147,68 +148,6 @@ def classify_retest_failure(result: RetestResult) -> RetestClass:
     if kind is OutcomeKind.COMPLETED:
         return "red"
     return "other"
-
-
-# --------------------------------------------------------------------------- markers
-
-
-@dataclass(frozen=True)
-class Marker:
-    """A symbol a task put on main, which every later merge must keep."""
-
-    task: str
-    symbol: str
-    path: str
-
-    def __str__(self) -> str:
-        return f"{self.task}: {self.symbol!r} in {self.path}"
-
-
-def parse_markers(options: Mapping[str, object]) -> tuple[list[Marker], list[str]]:
-    """``MAIN_REGRESSION_MARKERS``: ``options["regression_markers"]``, and what is malformed."""
-    raw = options.get("regression_markers")
-    if raw is None:
-        return [], []
-    # Anything else that is not a list ("", {}, 0 ...) is malformed, not "no markers": read
-    # as none, it would switch the check off without a word.
-    if not isinstance(raw, list):
-        return [], [f"regression_markers must be a list, got {type(raw).__name__}"]
-    found: list[Marker] = []
-    problems: list[str] = []
-    for i, item in enumerate(raw):
-        fields = item if isinstance(item, dict) else {}
-        values = [fields.get(k) for k in ("task", "symbol", "path")]
-        if not all(isinstance(v, str) and v for v in values):
-            problems.append(f"regression_markers[{i}] needs task, symbol and path: {item!r}")
-            continue
-        found.append(Marker(*(str(v) for v in values)))
-    return found, problems
-
-
-def check_markers(
-    worktree: Path, base: str, candidate: str, markers: Sequence[Marker]
-) -> tuple[list[str], list[str], list[str]]:
-    """(dropped, notes, git problems): markers on ``base`` that ``candidate`` would drop.
-
-    A marker already missing from main is noted, not held against this merge.
-    """
-    dropped: list[str] = []
-    notes: list[str] = []
-    problems: list[str] = []
-    for marker in markers:
-        on_main, why = gm.path_has_symbol(worktree, base, marker.path, marker.symbol)
-        if on_main is None:
-            problems.append(f"regression marker {marker}: {why}")
-            continue
-        if not on_main:
-            notes.append(f"regression marker {marker} is already missing on main: {why}")
-            continue
-        kept, why = gm.path_has_symbol(worktree, candidate, marker.path, marker.symbol)
-        if kept is None:
-            problems.append(f"regression marker {marker}: {why}")
-        elif not kept:
-            dropped.append(f"the merge would drop regression marker {marker}: {why}")
-    return dropped, notes, problems
 
 
 # --------------------------------------------------------------------------- the gate
@@ -708,12 +647,9 @@ registry.register_check(CHECK_NAME, check_branch_mergeable)
 __all__ = [
     "CHECK_NAME",
     "MAX_ROUNDS",
-    "Marker",
     "RetestResult",
     "check_branch_mergeable",
-    "check_markers",
     "classify_retest_failure",
-    "parse_markers",
     "record_validated_tree",
     "retest_branch",
 ]

@@ -17,7 +17,7 @@ from orchestrator import repo_ops, self_deploy, taskdir
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.engine import recovery
 from orchestrator.errors import UsageError
-from orchestrator.gates import merge_gate
+from orchestrator.gates import markers, merge_gate
 from orchestrator.gates.merge_gate import RetestResult
 from orchestrator.gitops import merge as gitmerge
 from orchestrator.gitops.git import GitResult
@@ -269,17 +269,17 @@ markers_options = st.one_of(
     _raw_markers.map(lambda raw: {"regression_markers": raw, "coverage_threshold": 80}),
 )
 
-_real_parse_markers = merge_gate.parse_markers
+_real_parse_markers = markers.parse_markers
 
 
 def _drops_malformed() -> Any:
     """Broken: a malformed marker is skipped silently instead of reported."""
 
-    def parse(options: Any) -> tuple[list[merge_gate.Marker], list[str]]:
+    def parse(options: Any) -> tuple[list[markers.Marker], list[str]]:
         found, problems = _real_parse_markers(options)
         return found, [p for p in problems if "needs task, symbol and path" not in p]
 
-    return patched(merge_gate, "parse_markers", parse)
+    return patched(markers, "parse_markers", parse)
 
 
 def _is_marker(item: object) -> bool:
@@ -288,11 +288,11 @@ def _is_marker(item: object) -> bool:
     )
 
 
-@prop("gates/merge_gate.py parse_markers", markers_options, broken=_drops_malformed)
+@prop("gates/markers.py parse_markers", markers_options, broken=_drops_malformed)
 def markers_are_read_or_reported(options: dict[str, Any]) -> None:
     """Every marker item becomes a marker or a reported problem; a value that is not a
     list (and not absent) is reported, never read as "no markers"."""
-    found, problems = merge_gate.parse_markers(options)
+    found, problems = markers.parse_markers(options)
     raw = options.get("regression_markers")
     if raw is None:
         assert (found, problems) == ([], [])
