@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from orchestrator.config import load_settings
 from orchestrator.domain.stages import Stage
 from orchestrator.gates import merge_gate
-from orchestrator.gates.registry import GateContext
+from orchestrator.gates.context import GateContext
 from orchestrator.gitops import worktrees
 from orchestrator.runners.base import RunContext
 from orchestrator.runners.test_runner import run_tests

@@ -26,7 +26,7 @@ from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Budgets, Stage, TaskView, Transition, next_transition
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.gates import merge_gate
-from orchestrator.gates.registry import GateContext
+from orchestrator.gates.context import GateContext
 from orchestrator.gitops import worktrees
 from orchestrator.runners.base import RunContext
 from orchestrator.runners.test_runner import run_tests

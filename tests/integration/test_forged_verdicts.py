@@ -21,7 +21,7 @@ from orchestrator.api import reads
 from orchestrator.config import load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.engine import worker as worker_module
-from orchestrator.gates.registry import GateContext
+from orchestrator.gates.context import GateContext
 from orchestrator.store import merges, queries
 
 try:

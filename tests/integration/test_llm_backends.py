@@ -42,7 +42,8 @@ from orchestrator.domain.faults import FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Stage
 from orchestrator.domain.verdicts import VerdictStatus, parse_artifact
-from orchestrator.gates.registry import GateContext, run_gates
+from orchestrator.gates.context import GateContext
+from orchestrator.gates.registry import run_gates
 from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult
 from orchestrator.store import queries, spend

@@ -36,8 +36,9 @@ from orchestrator.engine.apply import Applied, apply_job_end
 from orchestrator.engine.launch import launch_job, llm_backend_of
 from orchestrator.engine.outage import Outage, until_db_answers
 from orchestrator.engine.recovery import make_worker_id, prune_worktrees, recover_jobs
-from orchestrator.gates import merge_gate  # registers check_branch_mergeable
-from orchestrator.gates.registry import GateContext, run_gates
+from orchestrator.gates import merge_gate
+from orchestrator.gates.context import GateContext
+from orchestrator.gates.registry import run_gates
 from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult, job_marker
 from orchestrator.store import control, is_transient, queries

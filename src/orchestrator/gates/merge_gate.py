@@ -29,9 +29,8 @@ from orchestrator.agent_env import SUITE_ENV, scrubbed_env
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import Verdict, VerdictStatus
-from orchestrator.gates import registry
+from orchestrator.gates.context import GateContext
 from orchestrator.gates.markers import check_markers, parse_markers
-from orchestrator.gates.registry import GateContext
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
 from orchestrator.runners import baseline as bl
@@ -52,7 +51,6 @@ from orchestrator.store.queries import RepoRow
 
 log = logging.getLogger(__name__)
 
-CHECK_NAME = "check_branch_mergeable"
 # The alert of a main that was rewound or rewritten under the orchestrator.
 MAIN_REWOUND = "main-rewound"
 # Rounds of rebase + re-test + CAS before giving up on a main that keeps moving.
@@ -642,10 +640,7 @@ def record_validated_tree(
     return True, f"tree {tree[:12]} recorded as validated ({ids})"
 
 
-registry.register_check(CHECK_NAME, check_branch_mergeable)
-
 __all__ = [
-    "CHECK_NAME",
     "MAX_ROUNDS",
     "RetestResult",
     "check_branch_mergeable",
