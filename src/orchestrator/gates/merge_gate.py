@@ -1,20 +1,23 @@
 """The merge gate: the last check of deploy-staging, and the only way main ever moves.
 
-``check_branch_mergeable`` rebases the task branch onto current main, makes it one commit
-(main must hold only trees that passed the suite), re-tests unless that exact tree already
-passed the same test command, checks the repo's regression markers, then advances main by
+``check_branch_mergeable`` keeps the policy and leaves git to ``gitops.land``: it checks the
+repo's test command and regression markers, has ``land`` rebase the task branch onto
+current main and make it one commit (main must hold only trees that passed the suite),
+judges each candidate (no regression marker dropped; re-tested unless that exact tree
+already passed the same test command), and ``land`` then advances main by
 compare-and-swap (and pushes it, never forced, when the repo has a remote). Main moved
-meanwhile: rebase and go round again, a bounded number of times.
+meanwhile: rebase and go round again, at most ``MAX_ROUNDS`` times.
 
 Every expected condition is a value: a conflict or a red re-test is a FAIL verdict (the
 engine rolls back to development); a timeout, a busy lock or a rejected push is a verdict
 with ``tool_error`` set (the domain defers on the same stage within the infra budget, then
-blocks and alerts). The check never raises. It writes ``16-merge-report.md`` and one
-``merge_results`` row per run.
+blocks and alerts). The check never raises. It turns the ``Landing`` into
+``16-merge-report.md``, one ``merge_results`` row per run and the verdict.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -30,9 +33,10 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import Verdict, VerdictStatus
 from orchestrator.gates.context import GateContext
-from orchestrator.gates.markers import check_markers, parse_markers
+from orchestrator.gates.markers import Marker, check_markers, parse_markers
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
+from orchestrator.gitops.land import Candidate, Judgement, Landing, LandRequest, Rewound, land
 from orchestrator.runners import baseline as bl
 from orchestrator.runners import protected
 from orchestrator.runners.base import (
@@ -176,11 +180,16 @@ class _Run:
         self.reasons.extend(why)
         return self
 
-    def end(self, status: MergeStatus, classification: str | None, *why: str) -> _Run:
-        self.status = status
-        self.classification = classification
-        self.reasons.extend(why)
-        return self
+    def landed(self, landing: Landing) -> None:
+        """Take what the landing did and saw."""
+        self.status, self.classification = landing.status, landing.classification
+        self.merged_sha, self.base_sha = landing.merged_sha, landing.base_sha
+        self.candidate, self.tree, self.rounds = landing.candidate, landing.tree, landing.rounds
+        self.reasons.extend(landing.reasons)
+        if landing.already == "already-merged":
+            self.retest_reason = "already merged: nothing was re-tested"
+        elif landing.already == "empty":
+            self.retest_reason = "nothing to merge: nothing was re-tested"
 
     @property
     def tool_error(self) -> str | None:
@@ -228,21 +237,14 @@ def _remember_main(ctx: GateContext, sha: str, notes: list[str]) -> None:
         notes.append(f"could not record main {sha[:12]}: {type(exc).__name__}: {exc}")
 
 
-def _main_rewound(ctx: GateContext, worktree: Path, base: str) -> str | None:
-    """Why main is no base to build on, or None: it must descend from the main this gate
-    last made (a fast-forward by anyone is fine; a rewind or a rewrite is not)."""
-    seen = ctx.repo.main_seen
-    if seen is None or seen == base:
-        return None
-    descends = gm.is_ancestor(worktree, seen, base)
-    if descends:
-        return None
-    main = ctx.repo.main_branch
-    why = "does not descend from" if descends is False else "cannot be shown to descend from"
+def _rewound_reason(repo: RepoRow, rewound: Rewound) -> str:
+    """Why main is no base to build on, and what a human does about it."""
+    main, base, seen = repo.main_branch, rewound.main_sha, rewound.seen
+    why = "does not descend from" if rewound.proven else "cannot be shown to descend from"
     return (
         f"{main} ({base[:12]}) {why} {seen[:12]}, the last {main} the merge gate made: it "
         f"was rewound or rewritten outside the orchestrator. Not building on it; when the "
-        f"new {main} is right, `orch repo set {ctx.repo.name} --trust-main`, then retry"
+        f"new {main} is right, `orch repo set {repo.name} --trust-main`, then retry"
     )
 
 
@@ -258,9 +260,8 @@ def _summary(run: _Run) -> str:
 
 
 def _merge(ctx: GateContext, run: _Run) -> None:
+    """The gate's own checks, then the landing (gitops.land), judging each candidate."""
     repo, key = ctx.repo, ctx.task.key
-    main = repo.main_branch
-    branch = worktrees.branch_name(key)
     worktree = ctx.worktree or worktrees.worktree_path(ctx.settings.worktrees_dir, repo.name, key)
     if not (worktree / ".git").exists():
         run.infra("other", f"no worktree at {worktree}")
@@ -276,134 +277,44 @@ def _merge(ctx: GateContext, run: _Run) -> None:
         run.infra("other", *malformed)
         return
 
-    # A rebase a crash left half-done would hide the branch's real tip from what follows.
-    gm.abort_rebase(worktree)
-    tracked_clean, detail = gm.is_clean(worktree, untracked=False)
-    if not tracked_clean:
-        # The re-test runs in this worktree: with edits to tracked files it would test a
-        # tree other than the one that would land on main. Not the code's fault, not ours
-        # to discard: a human looks if it persists.
-        run.infra("other", f"the worktree has uncommitted changes to tracked files: {detail}")
-        return
+    def judge(candidate: Candidate) -> Judgement:
+        return _judge(ctx, run, worktree, markers, cmd_key, candidate)
 
-    for round_no in range(1, MAX_ROUNDS + 1):
-        run.rounds = round_no
-        fresh = gm.refresh_main(Path(repo.path), main, repo.remote)
-        if fresh.status != "ok" or fresh.sha is None:
-            kind = "timeout" if fresh.status == "timeout" else "other"
-            run.infra(kind, f"cannot read current main: {fresh.detail}")
-            return
-        base = run.base_sha = fresh.sha
-        rewound = _main_rewound(ctx, worktree, base)
-        if rewound is not None:
-            run.rewound = True
-            run.infra("other", rewound)
-            return
-        head = gm.rev_parse(worktree, "HEAD")
-        if head is not None and _already_merged(worktree, head, base, key):
-            # A crash between moving main and the bookkeeping: recognise, never merge twice.
-            run.merged_sha = head
-            run.retest_reason = "already merged: nothing was re-tested"
-            run.end(
-                "MERGED", None, f"{branch} ({head[:12]}) is already on {main}: not merged again"
-            )
-            return
-
-        rebased = gm.rebase_onto(worktree, base)
-        if rebased.status == "conflict":
-            listed = ", ".join(rebased.files)
-            run.end(
-                "CONFLICT",
-                "conflict",
-                f"rebase of {branch} onto {main} ({base[:12]}) conflicts in: {listed}",
-                "the rebase was aborted; the worktree is as it was before",
-            )
-            return
-        if rebased.status == "error":
-            run.infra(rebased.error_kind or "other", f"rebase failed: {rebased.detail}")
-            return
-        run.reasons.append(f"round {round_no}: {rebased.detail}")
-
-        commit = gm.single_commit(
-            worktree,
-            branch,
-            base,
-            key,
-            ctx.task.title,
-            author=ctx.task.author,
-            user_repo=Path(repo.path),
-        )
-        if commit.status == "error" or commit.sha is None:
-            run.infra("other", f"cannot make the task's commit: {commit.detail}")
-            return
-        if commit.status == "empty":
-            # Every change of the branch is on main already (git dropped them as applied).
-            run.merged_sha = base
-            run.retest_reason = "nothing to merge: nothing was re-tested"
-            run.end("MERGED", None, f"{commit.detail}: its changes are already on {main}")
-            return
-        candidate = run.candidate = commit.sha
-        # The candidate is made in the task's workspace; main is moved in the user's
-        # repository, which must hold its objects (and shows the branch as it will land).
-        published, detail = worktrees.publish_branch(Path(repo.path), worktree, key)
-        if not published:
-            run.infra("other", detail)
-            return
-        tree = run.tree = gm.tree_of(worktree, candidate)
-        if tree is None:
-            run.infra("other", f"cannot read the tree of {candidate[:12]}")
-            return
-
-        dropped, notes, problems = check_markers(worktree, base, candidate, markers)
-        run.reasons.extend(notes)
-        if problems:
-            run.infra("other", *problems)
-            return
-        if dropped:
-            run.end("RED", "red", *dropped)
-            return
-
-        if not _retest_or_skip(ctx, run, worktree, tree, cmd_key, rebased.status, round_no):
-            return
-
-        if _move_main(repo, run, candidate, base, round_no):
-            return
-    run.infra("lock-busy", f"main kept moving: gave up after {MAX_ROUNDS} rounds")
-
-
-def _move_main(repo: RepoRow, run: _Run, candidate: str, base: str, round_no: int) -> bool:
-    """Put ``candidate`` on main, never forced; False when main moved (go round again)."""
-    repo_path, main = Path(repo.path), repo.main_branch
-    if repo.remote:
-        pushed = gm.publish_main(repo_path, repo.remote, main, candidate, base)
-        if pushed.status == "ok":
-            run.merged_sha = candidate
-            run.end("MERGED", None, pushed.detail, *(pushed.local.notes if pushed.local else ()))
-        elif pushed.status == "rejected":
-            # Never forced: the remote's main moved, or a hook said no. Local main has not
-            # moved (push first, local CAS after), so it is not left ahead of the remote.
-            run.infra("lock-busy", f"push rejected: {pushed.detail}")
-        else:
-            run.infra("timeout" if pushed.status == "timeout" else "other", pushed.detail)
-        return True
-    cas = gm.advance_main(repo_path, main, candidate, base)
-    if cas.status == "ok":
-        run.merged_sha = candidate
-        run.end("MERGED", None, cas.detail, *cas.notes)
-        return True
-    if cas.status == "moved":
-        run.reasons.append(f"round {round_no}: main moved under us ({cas.detail}); again")
-        return False
-    kind = cas.status if cas.status in ("lock-busy", "timeout") else "other"
-    run.infra(kind, f"compare-and-swap of {main} failed: {cas.detail}")
-    return True
-
-
-def _already_merged(worktree: Path, head: str, main_sha: str, key: str) -> bool:
-    """The branch tip is the gate's own commit for this task and main already holds it."""
-    return gm.task_of_commit(worktree, head) == key and bool(
-        gm.is_ancestor(worktree, head, main_sha)
+    request = LandRequest(
+        repo_path=Path(repo.path),
+        main=repo.main_branch,
+        remote=repo.remote,
+        worktree=worktree,
+        key=key,
+        title=ctx.task.title,
+        author=ctx.task.author,
+        main_seen=repo.main_seen,
+        max_rounds=MAX_ROUNDS,
     )
+    landing = land(request, judge)
+    run.landed(landing)
+    if landing.rewound is not None:
+        run.rewound = True
+        run.reasons.append(_rewound_reason(repo, landing.rewound))
+
+
+def _judge(
+    ctx: GateContext,
+    run: _Run,
+    worktree: Path,
+    markers: Sequence[Marker],
+    cmd_key: str,
+    candidate: Candidate,
+) -> Judgement:
+    """May ``candidate`` land: no regression marker dropped, and its tree passed the suite
+    (re-tested now, or recorded as validated)."""
+    dropped, notes, problems = check_markers(worktree, candidate.base, candidate.sha, markers)
+    if problems:
+        return Judgement("INFRA", "other", (*notes, *problems))
+    if dropped:
+        return Judgement("RED", "red", (*notes, *dropped))
+    retested = _retest_or_skip(ctx, run, worktree, candidate, cmd_key)
+    return dataclasses.replace(retested, reasons=(*notes, *retested.reasons))
 
 
 def _skip_reason(ctx: GateContext, tree: str, cmd_key: str, rebase_status: str) -> tuple[bool, str]:
@@ -424,27 +335,20 @@ def _skip_reason(ctx: GateContext, tree: str, cmd_key: str, rebase_status: str) 
 
 
 def _retest_or_skip(
-    ctx: GateContext,
-    run: _Run,
-    worktree: Path,
-    tree: str,
-    cmd_key: str,
-    rebase_status: str,
-    round_no: int,
-) -> bool:
-    """Skip or run the re-test; False when the gate ends here (red or infra)."""
-    skip, why = _skip_reason(ctx, tree, cmd_key, rebase_status)
+    ctx: GateContext, run: _Run, worktree: Path, candidate: Candidate, cmd_key: str
+) -> Judgement:
+    """Skip or run the re-test: land the candidate, or stop (red or infra)."""
+    round_no, tree = candidate.round_no, candidate.tree
+    skip, why = _skip_reason(ctx, tree, cmd_key, candidate.rebase)
     if skip:
         if run.retest != "ran":
             run.retest = "skipped"
         run.retest_reason = why
-        run.reasons.append(f"round {round_no}: re-test skipped: {why}")
-        return True
+        return Judgement(reasons=(f"round {round_no}: re-test skipped: {why}",))
     clean, clean_detail = gm.is_clean(worktree)
-    baseline, refused = _before_retest(ctx, run, worktree)
+    baseline, refused = _before_retest(ctx, run, worktree, candidate)
     if refused is not None:
-        run.infra("other", f"round {round_no}: {refused}")
-        return False
+        return Judgement("INFRA", "other", (f"round {round_no}: {refused}",))
     stamp = int(time.time() * 1000)
     log_path = ctx.task_dir / "runs" / f"merge-retest-{stamp}-r{round_no}.log"
     result = retest_branch(ctx, worktree, run.command, log_path=log_path, baseline=baseline)
@@ -456,13 +360,9 @@ def _retest_or_skip(
     if not result.passed:
         cls = classify_retest_failure(result)
         text = f"re-test {'failed' if cls == 'red' else 'did not run to the end'}{tally}"
-        details = [f"round {round_no}: {text}", *result.reasons, f"log: {result.log_path}"]
-        if cls == "red":
-            run.end("RED", "red", *details)
-        else:
-            run.infra(cls, *details)
-        return False
-    run.reasons.append(f"round {round_no}: re-test passed{tally} ({why})")
+        details = (f"round {round_no}: {text}", *result.reasons, f"log: {result.log_path}")
+        return Judgement("RED" if cls == "red" else "INFRA", cls, details)
+    reasons = [f"round {round_no}: re-test passed{tally} ({why})"]
     if clean and ctx.engine is not None:
         _remember(
             ctx.engine,
@@ -470,16 +370,16 @@ def _retest_or_skip(
             tree,
             cmd_key,
             "merge-retest",
-            run.reasons,
+            reasons,
             passed_tests=result.passed_tests,
         )
     elif not clean:
-        run.reasons.append(f"tree not recorded as validated: worktree not clean ({clean_detail})")
-    return True
+        reasons.append(f"tree not recorded as validated: worktree not clean ({clean_detail})")
+    return Judgement(reasons=tuple(reasons))
 
 
 def _before_retest(
-    ctx: GateContext, run: _Run, worktree: Path
+    ctx: GateContext, run: _Run, worktree: Path, candidate: Candidate
 ) -> tuple[bl.Baseline | None, str | None]:
     """(the tests that passed on main, why the re-test must not run).
 
@@ -488,12 +388,8 @@ def _before_retest(
     would judge another suite than the one that lands. The baseline is main's (``base``);
     tests whose definitions a human-approved protected change removed are not required.
     """
-    base, candidate = run.base_sha, run.candidate
-    if base is None or candidate is None:
-        return None, None
-    stray = protected.check_paths(
-        worktree, candidate, candidate, ctx.repo.options, workspace_files=True
-    )
+    base, head = candidate.base, candidate.sha
+    stray = protected.check_paths(worktree, head, head, ctx.repo.options, workspace_files=True)
     if stray.problem is not None:
         return None, f"cannot check the worktree's files before the re-test: {stray.problem}"
     if stray.changes:
@@ -503,14 +399,12 @@ def _before_retest(
         )
     if ctx.engine is None:
         return None, None
-    found = protected.check_paths(
-        worktree, base, candidate, ctx.repo.options, workspace_files=False
-    )
+    found = protected.check_paths(worktree, base, head, ctx.repo.options, workspace_files=False)
     approved = protected.approval_of(ctx.task_dir, found.fingerprint) if found.changes else None
     try:
         with reader(ctx.engine).connect() as conn:
             baseline = bl.for_tree(
-                conn, ctx.repo.id, worktree, base, run.command, approved or (), head=candidate
+                conn, ctx.repo.id, worktree, base, run.command, approved or (), head=head
             )
     except sa.exc.SQLAlchemyError as exc:
         return None, f"cannot read the tests that passed on main: {type(exc).__name__}: {exc}"

@@ -1,0 +1,278 @@
+"""Landing a task's branch on main: rebase, one commit, the caller's word, CAS, push.
+
+``land`` goes round at most ``max_rounds`` times: read current main (after a fetch when
+the repo has a remote), refuse a main that does not descend from the main last landed,
+rebase the branch onto it, make it one commit, publish the branch to the user's
+repository, ask the caller's ``judge`` whether that candidate may land (the merge gate
+checks its regression markers and re-tests it), then advance main by compare-and-swap,
+pushing first when there is a remote, never forced. Main moved meanwhile: go round again.
+
+Everything expected is a value: a conflict, a red judgement, a rejected push, a busy lock,
+a timeout, main rewound under us all end in a ``Landing``. ``land`` never raises: an
+internal error (the judge's too) is an INFRA landing with the error as its last reason.
+What the landing means for the task (the verdict, the report, the records) is the
+caller's: this module runs git and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from orchestrator.gitops import merge as gm
+from orchestrator.gitops import worktrees
+
+log = logging.getLogger(__name__)
+
+LandStatus = Literal["MERGED", "CONFLICT", "RED", "INFRA"]
+
+
+@dataclass(frozen=True)
+class LandRequest:
+    """Which branch to land where, and how hard to try."""
+
+    repo_path: Path  # the user's repository, whose main moves
+    main: str
+    remote: str | None
+    worktree: Path  # the task's worktree, on its branch (the caller made sure it is there)
+    key: str
+    title: str
+    author: str | None  # the task's ``Name <email>``; None: the repo's configured user
+    # The main last landed (None: none yet): main must still descend from it.
+    main_seen: str | None
+    max_rounds: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The commit that would land, made in round ``round_no`` on main at ``base``."""
+
+    round_no: int
+    base: str
+    sha: str
+    tree: str
+    rebase: str  # "ok" (rebased) or "noop" (already on top of main)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The caller's word on a candidate: land it (``stop`` None), or stop as RED or INFRA."""
+
+    stop: LandStatus | None = None
+    classification: str | None = None
+    reasons: tuple[str, ...] = ()
+
+
+Judge = Callable[[Candidate], Judgement]
+
+
+@dataclass(frozen=True)
+class Rewound:
+    """Main (``main_sha``) does not descend from ``seen``, the main last landed."""
+
+    main_sha: str
+    seen: str
+    proven: bool  # False: the ancestry could not even be read
+
+
+@dataclass(frozen=True)
+class Landing:
+    """How a landing ended, and what it saw on the way; reasons in the order they arose."""
+
+    status: LandStatus
+    # conflict, red, or for INFRA the failure class: timeout, lock-busy, other.
+    classification: str | None
+    reasons: tuple[str, ...]
+    rounds: int = 0
+    merged_sha: str | None = None
+    base_sha: str | None = None
+    candidate: str | None = None
+    tree: str | None = None
+    # Main was rewound or rewritten outside the orchestrator: not built on (INFRA).
+    rewound: Rewound | None = None
+    # MERGED without moving main: "already-merged" (the task's commit is on main: a crash
+    # came between moving main and the bookkeeping), "empty" (main holds every change).
+    already: Literal["already-merged", "empty"] | None = None
+
+
+@dataclass
+class _Progress:
+    """The landing as it goes; ``landing()`` freezes it (also after an internal error)."""
+
+    status: LandStatus = "INFRA"
+    classification: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    rounds: int = 0
+    merged_sha: str | None = None
+    base_sha: str | None = None
+    candidate: str | None = None
+    tree: str | None = None
+    rewound: Rewound | None = None
+    already: Literal["already-merged", "empty"] | None = None
+
+    def stop(self, status: LandStatus, classification: str | None, *why: str) -> None:
+        self.status = status
+        self.classification = classification
+        self.reasons.extend(why)
+
+    def landing(self) -> Landing:
+        return Landing(
+            self.status,
+            self.classification,
+            tuple(self.reasons),
+            self.rounds,
+            self.merged_sha,
+            self.base_sha,
+            self.candidate,
+            self.tree,
+            self.rewound,
+            self.already,
+        )
+
+
+def land(req: LandRequest, judge: Judge) -> Landing:
+    """Land the task's branch on main (see the module docstring); never raises."""
+    got = _Progress()
+    try:
+        _land(req, judge, got)
+    except Exception as exc:
+        log.exception("merge gate crashed", extra={"task": req.key, "action": "merge"})
+        got.stop("INFRA", "other", f"merge gate internal error: {type(exc).__name__}: {exc}")
+    return got.landing()
+
+
+def _land(req: LandRequest, judge: Judge, got: _Progress) -> None:
+    # A rebase a crash left half-done would hide the branch's real tip from what follows.
+    gm.abort_rebase(req.worktree)
+    tracked_clean, detail = gm.is_clean(req.worktree, untracked=False)
+    if not tracked_clean:
+        # A judge that re-tests runs in this worktree: with edits to tracked files it would
+        # test a tree other than the one that would land on main. Not the code's fault,
+        # not ours to discard: a human looks if it persists.
+        got.stop(
+            "INFRA", "other", f"the worktree has uncommitted changes to tracked files: {detail}"
+        )
+        return
+    for round_no in range(1, req.max_rounds + 1):
+        got.rounds = round_no
+        if _round(req, judge, got, round_no):
+            return
+    got.stop("INFRA", "lock-busy", f"main kept moving: gave up after {req.max_rounds} rounds")
+
+
+def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> bool:
+    """One round; False when main moved under us and another round may land."""
+    worktree, main, key = req.worktree, req.main, req.key
+    branch = worktrees.branch_name(key)
+    fresh = gm.refresh_main(req.repo_path, main, req.remote)
+    if fresh.status != "ok" or fresh.sha is None:
+        kind = "timeout" if fresh.status == "timeout" else "other"
+        got.stop("INFRA", kind, f"cannot read current main: {fresh.detail}")
+        return True
+    base = got.base_sha = fresh.sha
+    rewound = _rewound(worktree, base, req.main_seen)
+    if rewound is not None:
+        got.rewound = rewound
+        got.stop("INFRA", "other")
+        return True
+    head = gm.rev_parse(worktree, "HEAD")
+    if head is not None and _already_merged(worktree, head, base, key):
+        # A crash between moving main and the bookkeeping: recognise, never merge twice.
+        got.merged_sha, got.already = head, "already-merged"
+        got.stop("MERGED", None, f"{branch} ({head[:12]}) is already on {main}: not merged again")
+        return True
+
+    rebased = gm.rebase_onto(worktree, base)
+    if rebased.status == "conflict":
+        listed = ", ".join(rebased.files)
+        got.stop(
+            "CONFLICT",
+            "conflict",
+            f"rebase of {branch} onto {main} ({base[:12]}) conflicts in: {listed}",
+            "the rebase was aborted; the worktree is as it was before",
+        )
+        return True
+    if rebased.status == "error":
+        got.stop("INFRA", rebased.error_kind or "other", f"rebase failed: {rebased.detail}")
+        return True
+    got.reasons.append(f"round {round_no}: {rebased.detail}")
+
+    commit = gm.single_commit(
+        worktree, branch, base, key, req.title, author=req.author, user_repo=req.repo_path
+    )
+    if commit.status == "error" or commit.sha is None:
+        got.stop("INFRA", "other", f"cannot make the task's commit: {commit.detail}")
+        return True
+    if commit.status == "empty":
+        # Every change of the branch is on main already (git dropped them as applied).
+        got.merged_sha, got.already = base, "empty"
+        got.stop("MERGED", None, f"{commit.detail}: its changes are already on {main}")
+        return True
+    candidate = got.candidate = commit.sha
+    # The candidate is made in the task's workspace; main is moved in the user's
+    # repository, which must hold its objects (and shows the branch as it will land).
+    published, detail = worktrees.publish_branch(req.repo_path, worktree, key)
+    if not published:
+        got.stop("INFRA", "other", detail)
+        return True
+    tree = got.tree = gm.tree_of(worktree, candidate)
+    if tree is None:
+        got.stop("INFRA", "other", f"cannot read the tree of {candidate[:12]}")
+        return True
+
+    judged = judge(Candidate(round_no, base, candidate, tree, rebased.status))
+    if judged.stop is not None:
+        got.stop(judged.stop, judged.classification, *judged.reasons)
+        return True
+    got.reasons.extend(judged.reasons)
+    return _move_main(req, got, candidate, base, round_no)
+
+
+def _move_main(req: LandRequest, got: _Progress, candidate: str, base: str, round_no: int) -> bool:
+    """Put ``candidate`` on main, never forced; False when main moved (go round again)."""
+    repo_path, main = req.repo_path, req.main
+    if req.remote:
+        pushed = gm.publish_main(repo_path, req.remote, main, candidate, base)
+        if pushed.status == "ok":
+            got.merged_sha = candidate
+            got.stop("MERGED", None, pushed.detail, *(pushed.local.notes if pushed.local else ()))
+        elif pushed.status == "rejected":
+            # Never forced: the remote's main moved, or a hook said no. Local main has not
+            # moved (push first, local CAS after), so it is not left ahead of the remote.
+            got.stop("INFRA", "lock-busy", f"push rejected: {pushed.detail}")
+        else:
+            kind = "timeout" if pushed.status == "timeout" else "other"
+            got.stop("INFRA", kind, pushed.detail)
+        return True
+    cas = gm.advance_main(repo_path, main, candidate, base)
+    if cas.status == "ok":
+        got.merged_sha = candidate
+        got.stop("MERGED", None, cas.detail, *cas.notes)
+        return True
+    if cas.status == "moved":
+        got.reasons.append(f"round {round_no}: main moved under us ({cas.detail}); again")
+        return False
+    kind = cas.status if cas.status in ("lock-busy", "timeout") else "other"
+    got.stop("INFRA", kind, f"compare-and-swap of {main} failed: {cas.detail}")
+    return True
+
+
+def _rewound(worktree: Path, base: str, seen: str | None) -> Rewound | None:
+    """Main is no base to build on unless it descends from ``seen``, the main last landed
+    (a fast-forward by anyone is fine; a rewind or a rewrite is not)."""
+    if seen is None or seen == base:
+        return None
+    descends = gm.is_ancestor(worktree, seen, base)
+    if descends:
+        return None
+    return Rewound(base, seen, proven=descends is False)
+
+
+def _already_merged(worktree: Path, head: str, main_sha: str, key: str) -> bool:
+    """The branch tip is the gate's own commit for this task and main already holds it."""
+    return gm.task_of_commit(worktree, head) == key and bool(
+        gm.is_ancestor(worktree, head, main_sha)
+    )
