@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from orchestrator.config import load_settings
 from orchestrator.domain.stages import Stage
-from orchestrator.gates import merge_gate
+from orchestrator.gates import merge_gate, validated
 from orchestrator.gates.context import GateContext
 from orchestrator.gitops import worktrees
 from orchestrator.runners.base import RunContext
@@ -129,7 +129,7 @@ class Bed:
             self.settings,
         )
         run_tests(ctx, PYTEST)
-        merge_gate.record_validated_tree(self.engine, self.row, wt, PYTEST)
+        validated.record_validated_tree(self.engine, self.row, wt, PYTEST)
 
     def gate(self, task: TaskRow, wt: Path) -> dict[str, Any]:
         with self.engine.connect() as conn:

@@ -25,7 +25,7 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Budgets, Stage, TaskView, Transition, next_transition
 from orchestrator.domain.verdicts import Verdict
-from orchestrator.gates import merge_gate
+from orchestrator.gates import merge_gate, validated
 from orchestrator.gates.context import GateContext
 from orchestrator.gitops import worktrees
 from orchestrator.runners.base import RunContext
@@ -274,7 +274,7 @@ class MergeBed:
         result = run_tests(ctx, self.repo.test_cmd)
         assert result.outcome is OutcomeKind.COMPLETED, result.reasons
         assert result.counts.get("failed") == 0, result.reasons
-        return merge_gate.record_validated_tree(
+        return validated.record_validated_tree(
             self.engine, self.repo, wt, self.repo.test_cmd, passed_tests=result.passed_tests
         )
 

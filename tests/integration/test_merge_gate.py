@@ -33,9 +33,9 @@ from merge_helpers import (
 )
 
 import orchestrator
-from orchestrator.domain.stages import Stage, State, TransitionKind
+from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage, State, TransitionKind
 from orchestrator.domain.verdicts import VerdictStatus
-from orchestrator.gates import merge_gate, registry
+from orchestrator.gates import merge_gate, registry, validated
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
@@ -129,6 +129,8 @@ def test_the_gate_table_holds_the_merge_check_whatever_was_imported_before() -> 
 def test_the_gate_table_has_every_check_the_pipeline_names_and_no_other() -> None:
     named = {name for names in registry.QG_CHECKS.values() for name in names}
     assert set(registry.CHECKS) == named
+    steps = {name for spec in STAGE_TRANSITIONS.values() for name in spec.after_pass}
+    assert set(registry.AFTER_PASS) == steps == {"record_validated_tree"}
 
 
 # --------------------------------------------------------------------------- conflict
@@ -396,16 +398,45 @@ def test_a_changed_tree_is_retested(bed: MergeBed) -> None:
     assert "has not passed" in bed.report(task)["retest_reason"][0]
 
 
+def test_only_a_pass_of_the_deterministic_test_runner_records_the_tree(bed: MergeBed) -> None:
+    # Testing declares the record as its after-pass step, and the step trusts the
+    # test-runner alone: an LLM tester, the runner's LLM fallback, or the same agent at
+    # another stage record nothing (the merge gate would skip its re-test on their word).
+    task = bed.add_task()
+    bed.develop(task, slot("a", "a", 2), "a")
+    testing = bed.context(task, stage=Stage.TESTING)
+
+    def rows() -> int:
+        with bed.engine.connect() as conn:
+            return len(conn.execute(merges.validated_trees.select()).fetchall())
+
+    untrusted = [
+        (testing, "claude", "claude"),
+        (testing, "test-runner", "claude"),
+        (bed.context(task, stage=Stage.DEVELOPMENT), "test-runner", None),
+    ]
+    for ctx, agent, llm in untrusted:
+        notes = registry.run_after_pass(ctx, agent=agent, llm_backend=llm, passed_tests=None)
+        assert (notes, rows()) == ([], 0), (ctx.stage, agent, llm)
+    notes = registry.run_after_pass(
+        testing, agent="test-runner", llm_backend=None, passed_tests=["t::a"]
+    )
+    assert len(notes) == 1
+    assert notes[0].startswith("record_validated_tree: tree "), notes
+    assert "recorded as validated (1 passed test IDs)" in notes[0]
+    assert rows() == 1
+
+
 def test_validated_tree_is_not_recorded_from_a_dirty_worktree(bed: MergeBed) -> None:
     task = bed.add_task()
     bed.develop(task, slot("a", "a", 2), "a")
     wt = bed.worktree(task)
     (wt / "scratch.py").write_text("import os\n")
-    recorded, why = merge_gate.record_validated_tree(bed.engine, bed.repo, wt, bed.repo.test_cmd)
+    recorded, why = validated.record_validated_tree(bed.engine, bed.repo, wt, bed.repo.test_cmd)
     assert not recorded
     assert "not clean" in why
     (wt / "scratch.py").unlink()
-    recorded, why = merge_gate.record_validated_tree(bed.engine, bed.repo, wt, bed.repo.test_cmd)
+    recorded, why = validated.record_validated_tree(bed.engine, bed.repo, wt, bed.repo.test_cmd)
     assert recorded, why
     tree = run_git(wt, "rev-parse", "HEAD^{tree}").strip()
     with bed.engine.connect() as conn:

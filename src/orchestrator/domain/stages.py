@@ -65,6 +65,9 @@ class StageSpec:
     optional: bool
     # Serialized per repo: one task of a repo holds the stage at a time (the serial gate).
     serialized: bool = False
+    # Steps run after the stage's gates passed (gates/registry.py AFTER_PASS: what each
+    # does, and the one agent whose deterministic PASS it acts on).
+    after_pass: tuple[str, ...] = ()
 
 
 PIPELINE: tuple[Stage, ...] = tuple(Stage)
@@ -93,6 +96,7 @@ STAGE_TRANSITIONS: dict[Stage, StageSpec] = {
         ("check_tests_passed",),
         on_fail=Stage.DEVELOPMENT,
         optional=False,
+        after_pass=("record_validated_tree",),
     ),
     Stage.DEPLOY_STAGING: StageSpec(
         Stage.DEPLOY_STAGING,

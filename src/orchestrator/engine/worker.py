@@ -36,9 +36,8 @@ from orchestrator.engine.apply import Applied, apply_job_end
 from orchestrator.engine.launch import launch_job, llm_backend_of
 from orchestrator.engine.outage import Outage, until_db_answers
 from orchestrator.engine.recovery import make_worker_id, prune_worktrees, recover_jobs
-from orchestrator.gates import merge_gate
 from orchestrator.gates.context import GateContext
-from orchestrator.gates.registry import run_gates
+from orchestrator.gates.registry import run_after_pass, run_gates
 from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult, job_marker
 from orchestrator.store import control, is_transient, queries
@@ -421,23 +420,14 @@ class Worker:
                 if running.stop_reason == "shutdown":
                     self._requeue(job, "worker stopped")
                 return None
-            if (
-                verdict.passed
-                and job.stage == Stage.TESTING.value
-                and job.agent == "test-runner"
-                and backend is None
-                and result.worktree is not None
-            ):
-                # The merge gate may skip its re-test for a tree the suite already passed:
-                # only when the deterministic runner ran it, never an LLM tester's word.
-                _ok, note = merge_gate.record_validated_tree(
-                    self.engine,
-                    repo,
-                    result.worktree,
-                    repo.test_cmd,
-                    passed_tests=result.passed_tests,
+            if verdict.passed:
+                # What the stage declares after a PASS (testing: record the validated tree),
+                # each step only on the word of the deterministic agent it trusts.
+                notes = run_after_pass(
+                    gates, agent=job.agent, llm_backend=backend, passed_tests=result.passed_tests
                 )
-                log.info(note, extra={"task": task.key, "job": job.id, "action": "validated"})
+                for note in notes:
+                    log.info(note, extra={"task": task.key, "job": job.id, "action": "after-pass"})
         applied, following = self._apply(job, result, verdict, follow=True, backend=backend)
         if applied.fenced_out:
             log.warning("lost the lease; another worker owns the job now", extra={"job": job.id})

@@ -32,6 +32,7 @@ from orchestrator.agent_env import SUITE_ENV, scrubbed_env
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import Verdict, VerdictStatus
+from orchestrator.gates import validated
 from orchestrator.gates.context import GateContext
 from orchestrator.gates.markers import Marker, check_markers, parse_markers
 from orchestrator.gitops import merge as gm
@@ -317,29 +318,12 @@ def _judge(
     return dataclasses.replace(retested, reasons=(*notes, *retested.reasons))
 
 
-def _skip_reason(ctx: GateContext, tree: str, cmd_key: str, rebase_status: str) -> tuple[bool, str]:
-    """(skip?, why): skip only when this tree provably passed this test command."""
-    if not ctx.settings.merge_retest_skip_when_current_enabled:
-        return False, "skip switched off (ORCH_MERGE_RETEST_SKIP_WHEN_CURRENT_ENABLED=false)"
-    if ctx.engine is None:
-        return False, "no database to look up validated trees: re-test"
-    try:
-        with ctx.engine.connect() as conn:
-            row = merges.find_validated_tree(conn, repo_id=ctx.repo.id, tree=tree, cmd_key=cmd_key)
-    except sa.exc.SQLAlchemyError as exc:
-        return False, f"validated trees unreadable ({type(exc).__name__}): re-test"
-    if row is None:
-        return False, f"tree {tree[:12]} has not passed this test command yet: re-test"
-    how = "the rebase was a no-op" if rebase_status == "noop" else "an equivalent rebase"
-    return True, f"tree {tree[:12]} already passed this test command ({row.source}); {how}"
-
-
 def _retest_or_skip(
     ctx: GateContext, run: _Run, worktree: Path, candidate: Candidate, cmd_key: str
 ) -> Judgement:
     """Skip or run the re-test: land the candidate, or stop (red or infra)."""
     round_no, tree = candidate.round_no, candidate.tree
-    skip, why = _skip_reason(ctx, tree, cmd_key, candidate.rebase)
+    skip, why = validated.skip_reason(ctx, tree, cmd_key, candidate.rebase)
     if skip:
         if run.retest != "ran":
             run.retest = "skipped"
@@ -364,7 +348,7 @@ def _retest_or_skip(
         return Judgement("RED" if cls == "red" else "INFRA", cls, details)
     reasons = [f"round {round_no}: re-test passed{tally} ({why})"]
     if clean and ctx.engine is not None:
-        _remember(
+        validated.remember(
             ctx.engine,
             ctx.repo.id,
             tree,
@@ -409,31 +393,6 @@ def _before_retest(
     except sa.exc.SQLAlchemyError as exc:
         return None, f"cannot read the tests that passed on main: {type(exc).__name__}: {exc}"
     return baseline, None
-
-
-def _remember(
-    engine: sa.Engine,
-    repo_id: int,
-    tree: str,
-    cmd_key: str,
-    source: str,
-    notes: list[str],
-    *,
-    passed_tests: Sequence[str] | None = None,
-) -> None:
-    try:
-        with engine.begin() as conn:
-            merges.record_validated_tree(
-                conn,
-                repo_id=repo_id,
-                tree=tree,
-                cmd_key=cmd_key,
-                source=source,
-                now=time.time(),
-                passed_tests=passed_tests,
-            )
-    except sa.exc.SQLAlchemyError as exc:
-        notes.append(f"could not record the validated tree: {type(exc).__name__}: {exc}")
 
 
 # --------------------------------------------------------------------------- report, DB
@@ -489,56 +448,10 @@ def _record_result(ctx: GateContext, run: _Run) -> None:
         run.reasons.append(f"could not record the merge result: {type(exc).__name__}: {exc}")
 
 
-# --------------------------------------------------------------------------- testing stage
-
-
-def record_validated_tree(
-    engine: sa.Engine,
-    repo: RepoRow,
-    worktree: Path,
-    test_cmd: Sequence[str] | None,
-    *,
-    passed_tests: Sequence[str] | None = None,
-) -> tuple[bool, str]:
-    """After the test-runner passed: remember HEAD's tree as validated for ``test_cmd``.
-
-    Only a clean worktree counts (an untracked file could have changed the outcome), and
-    ``test_cmd`` must be the argv the test-runner ran before its evidence flags (None: its
-    default). ``passed_tests``: the IDs of the tests that run passed (its result's).
-    Never raises: (recorded?, why).
-    """
-    try:
-        clean, detail = gm.is_clean(worktree)
-        if not clean:
-            return False, f"not recorded: worktree not clean ({detail})"
-        head = gm.rev_parse(worktree, "HEAD")
-        tree = gm.tree_of(worktree, head) if head else None
-        if tree is None:
-            return False, f"not recorded: cannot read HEAD's tree in {worktree}"
-        argv = list(test_cmd) if test_cmd else list(DEFAULT_COMMAND)
-        key = merges.cmd_key(argv)
-        passed = sorted(passed_tests) if passed_tests is not None else None
-        with engine.begin() as conn:
-            merges.record_validated_tree(
-                conn,
-                repo_id=repo.id,
-                tree=tree,
-                cmd_key=key,
-                source="test-runner",
-                now=time.time(),
-                passed_tests=passed,
-            )
-    except Exception as exc:
-        return False, f"not recorded: {type(exc).__name__}: {exc}"
-    ids = "no test IDs" if passed is None else f"{len(passed)} passed test IDs"
-    return True, f"tree {tree[:12]} recorded as validated ({ids})"
-
-
 __all__ = [
     "MAX_ROUNDS",
     "RetestResult",
     "check_branch_mergeable",
     "classify_retest_failure",
-    "record_validated_tree",
     "retest_branch",
 ]

@@ -9,12 +9,13 @@ define checks, so what runs is what this file says, whatever was imported before
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.domain.verdicts import PARSERS, Verdict, VerdictStatus, failed, passed
-from orchestrator.gates import merge_gate
+from orchestrator.gates import merge_gate, validated
 from orchestrator.gates.context import Check, GateContext, read_produced
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import worktrees
@@ -86,3 +87,41 @@ def run_gates(ctx: GateContext) -> Verdict:
                 VerdictStatus.FAIL, reasons, fields, verdict.tool_error, verdict.needs_human
             )
     return Verdict(VerdictStatus.PASS, reasons, fields)
+
+
+@dataclass(frozen=True)
+class AfterPass:
+    """A step a stage runs after its gates passed, on the word of one agent only."""
+
+    # The agent whose PASS the step acts on; it must have run deterministically (no LLM).
+    trusts: str
+    # (the gates' context, the IDs of the tests the job passed) -> a note for the log.
+    run: Callable[[GateContext, Sequence[str] | None], str]
+
+
+# Every after-pass step, by the name the pipeline table gives it.
+AFTER_PASS: Mapping[str, AfterPass] = {
+    # The merge gate may skip its re-test for a tree the suite already passed: only when
+    # the deterministic test-runner ran it, never on an LLM tester's word.
+    "record_validated_tree": AfterPass(trusts="test-runner", run=validated.after_testing),
+}
+
+
+def run_after_pass(
+    ctx: GateContext,
+    *,
+    agent: str,
+    llm_backend: str | None,
+    passed_tests: Sequence[str] | None,
+) -> list[str]:
+    """Run the after-pass steps ``ctx.stage`` declares, for a job whose gates passed; their
+    notes. A step runs only for the agent it trusts, and only when no LLM did the job
+    (``llm_backend``: an LLM agent's, or the one a runner fell back to)."""
+    notes: list[str] = []
+    for name in STAGE_TRANSITIONS[ctx.stage].after_pass:
+        step = AFTER_PASS.get(name)
+        if step is None:
+            notes.append(f"{name}: not available; not run")
+        elif agent == step.trusts and llm_backend is None:
+            notes.append(f"{name}: {step.run(ctx, passed_tests)}")
+    return notes
