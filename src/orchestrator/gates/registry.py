@@ -1,5 +1,6 @@
 """The gate table: ``CHECKS`` maps every check name the pipeline table names to its
-function, and ``run_gates`` runs a stage's checks (``QG_CHECKS``) in order.
+function, and ``run_gates`` runs a stage's checks (``QG_CHECKS``) in order. ``AFTER_PASS``
+does the same for the steps a stage declares after its PASS (``run_after_pass``).
 
 A check reads what a stage left (an artifact, the task branch) and returns a Verdict with
 reasons. Checks run in order; the first that does not pass decides. ``CHECKS`` is the one
