@@ -20,8 +20,9 @@ from test_llm_backends import Job, claude_job, codex_job, dev_report, make_job, 
 
 from orchestrator.agents.backends import run_llm_backend
 from orchestrator.agents.codex import codex_cost_usd
-from orchestrator.agents.meter import ClaudeMeter, ClaudePrices, CodexMeter, SpendMeter
+from orchestrator.agents.meter import ClaudeMeter, CodexMeter, SpendMeter
 from orchestrator.agents.stall import MODEL_HANG
+from orchestrator.agents.tally import ClaudePrices
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.faults import FaultKind
 from orchestrator.domain.outcomes import OutcomeKind

@@ -22,14 +22,9 @@ from orchestrator.agents.common import MAX_TOKENS, OUTPUT_MARK, LlmPlan, LlmResu
 from orchestrator.agents.meter import (
     OVER_BUDGET_PREFIX,
     AiderMeter,
-    AiderTally,
     ClaudeMeter,
-    ClaudePrices,
-    ClaudeTally,
     CodexMeter,
-    CodexTally,
     LineReader,
-    Spend,
     SpendMeter,
     SpendWatch,
     budget_stop,
@@ -38,6 +33,7 @@ from orchestrator.agents.meter import (
     meter_for,
 )
 from orchestrator.agents.stall import MODEL_HANG, StallDetector, is_stall, model_hang
+from orchestrator.agents.tally import AiderTally, ClaudePrices, ClaudeTally, CodexTally, Spend
 from orchestrator.config import load_settings
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Stage

@@ -43,9 +43,10 @@ from orchestrator.agents.harness import (
     dev_report,
     run_agent_process,
 )
-from orchestrator.agents.meter import Spend, SpendWatch, merge_spend, meter_for, spend_line
+from orchestrator.agents.meter import SpendWatch, merge_spend, meter_for, spend_line
 from orchestrator.agents.prompts import PromptError, render_prompt
 from orchestrator.agents.stall import StallDetector, model_hang
+from orchestrator.agents.tally import Spend
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.faults import ApiFault, FaultKind
