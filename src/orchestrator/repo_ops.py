@@ -29,7 +29,7 @@ from orchestrator.gitops.git import (
     is_git_repo,
     rev_parse_branch,
 )
-from orchestrator.runners import protected
+from orchestrator.runners import protected_globs
 from orchestrator.store import queries
 from orchestrator.store.queries import RepoRow
 
@@ -232,7 +232,7 @@ def _check_known_options(options: dict[str, Any]) -> None:
 def check_protected_paths(values: Sequence[str]) -> list[str]:
     """``--protected-paths`` values (repeatable, comma lists), checked; ``[]``: the defaults."""
     try:
-        return protected.parse_globs(values)
+        return protected_globs.parse_globs(values)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.runners import baseline as B
-from orchestrator.runners.protected import ProtectedChange
+from orchestrator.runners.protected_changes import ProtectedChange
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest">

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator.runners import protected as P
-from orchestrator.runners.protected import Entry, ProtectedChange, ProtectedCheck
+from orchestrator.runners import protected_changes as C
+from orchestrator.runners import protected_globs as G
+from orchestrator.runners.protected import ProtectedCheck
+from orchestrator.runners.protected_changes import Entry, ProtectedChange
 
-DEFAULTS = P.DEFAULT_PROTECTED_PATHS
+DEFAULTS = G.DEFAULT_PROTECTED_PATHS
 
 
 @pytest.mark.parametrize(
@@ -49,7 +52,7 @@ DEFAULTS = P.DEFAULT_PROTECTED_PATHS
     ],
 )
 def test_glob_matching(glob: str, path: str, expected: bool) -> None:
-    assert P.matches(glob, path) is expected
+    assert G.matches(glob, path) is expected
 
 
 @pytest.mark.parametrize(
@@ -79,7 +82,7 @@ def test_glob_matching(glob: str, path: str, expected: bool) -> None:
     ],
 )
 def test_the_defaults_cover_tests_their_configuration_and_ci(path: str, protected: bool) -> None:
-    assert (P.protected_by(DEFAULTS, path) is not None) is protected
+    assert (G.protected_by(DEFAULTS, path) is not None) is protected
 
 
 @pytest.mark.parametrize(
@@ -100,12 +103,12 @@ def test_the_defaults_cover_tests_their_configuration_and_ci(path: str, protecte
     ],
 )
 def test_a_new_test_file_is_told_from_new_configuration(path: str, is_test: bool) -> None:
-    assert P.is_test_file(path) is is_test
+    assert G.is_test_file(path) is is_test
 
 
 def _classify(entries: list[Entry], texts: dict[str, str] | None = None) -> list[ProtectedChange]:
     known = texts or {}
-    return P.classify(entries, DEFAULTS, known.get)
+    return C.classify(entries, DEFAULTS, known.get)
 
 
 def test_modified_and_deleted_test_files_are_protected_changes() -> None:
@@ -234,40 +237,40 @@ def test_files_beside_the_branch_count_as_added() -> None:
     ],
 )
 def test_files_where_pytest_never_collects_are_not_judged(path: str, skipped: bool) -> None:
-    assert P.uncollected(path) is skipped
+    assert G.uncollected(path) is skipped
 
 
 def test_the_fingerprint_is_bound_to_the_content() -> None:
     a = [ProtectedChange("tests/t.py", "modified", "", "blob1")]
     b = [ProtectedChange("tests/t.py", "modified", "", "blob2")]
     two = [ProtectedChange("conftest.py", "added", "x", "c"), *a]
-    assert P.fingerprint(a) != P.fingerprint(b)
-    assert P.fingerprint(two) == P.fingerprint(list(reversed(two)))
+    assert C.fingerprint(a) != C.fingerprint(b)
+    assert C.fingerprint(two) == C.fingerprint(list(reversed(two)))
 
 
 def test_parse_globs() -> None:
-    assert P.parse_globs(["tests,conftest.py", " ci/ ", "tests"]) == ["tests", "conftest.py", "ci/"]
-    assert P.parse_globs([""]) == []
-    assert P.parse_globs("a, b") == ["a", "b"]
+    assert G.parse_globs(["tests,conftest.py", " ci/ ", "tests"]) == ["tests", "conftest.py", "ci/"]
+    assert G.parse_globs([""]) == []
+    assert G.parse_globs("a, b") == ["a", "b"]
     for bad in ("../outside", "**", "*", "a\nb", "x" * 300):
         with pytest.raises(ValueError, match="--protected-paths"):
-            P.parse_globs([bad])
+            G.parse_globs([bad])
 
 
 def test_globs_of_the_repo_or_the_defaults() -> None:
-    assert P.globs_of({})[0] == DEFAULTS
-    assert P.globs_of({"protected_paths": None})[0] == DEFAULTS
-    assert P.globs_of({"protected_paths": ["spec"]}) == (("spec",), "the repo's protected paths")
+    assert G.globs_of({})[0] == DEFAULTS
+    assert G.globs_of({"protected_paths": None})[0] == DEFAULTS
+    assert G.globs_of({"protected_paths": ["spec"]}) == (("spec",), "the repo's protected paths")
     # A malformed value never switches the protection off.
-    globs, whose = P.globs_of({"protected_paths": "spec"})
+    globs, whose = G.globs_of({"protected_paths": "spec"})
     assert globs == DEFAULTS
     assert "malformed" in whose
-    assert P.globs_of({"protected_paths": []})[0] == DEFAULTS
+    assert G.globs_of({"protected_paths": []})[0] == DEFAULTS
 
 
 def test_a_hold_becomes_an_approval_of_exactly_its_changes(tmp_path: Path) -> None:
     change = ProtectedChange("conftest.py", "added", "configures the suite", "c1")
-    found = ProtectedCheck((change,), P.fingerprint([change]), "the default protected paths", "b")
+    found = ProtectedCheck((change,), C.fingerprint([change]), "the default protected paths", "b")
     assert P.approve_hold(tmp_path, "cli", 1.0) is None  # nothing waits: nothing approved
     P.note_hold(tmp_path, found, 1.0)
     assert P.pending_hold(tmp_path) is not None
@@ -278,7 +281,7 @@ def test_a_hold_becomes_an_approval_of_exactly_its_changes(tmp_path: Path) -> No
     assert P.pending_hold(tmp_path) is None
     assert P.approval_of(tmp_path, found.fingerprint) == [change]
     other = ProtectedChange("conftest.py", "added", "configures the suite", "c2")
-    assert P.approval_of(tmp_path, P.fingerprint([other])) is None
+    assert P.approval_of(tmp_path, C.fingerprint([other])) is None
 
     # A transaction that did not commit puts the record back as it was.
     P.restore(tmp_path, saved)

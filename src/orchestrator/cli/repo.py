@@ -11,7 +11,7 @@ from rich.text import Text
 
 from orchestrator.cli._common import console, engine, plain, print_json, run
 from orchestrator.repo_ops import RepoInput, add_repo, require_repo, set_repo
-from orchestrator.runners import protected
+from orchestrator.runners import protected_globs
 from orchestrator.store import queries
 from orchestrator.store.queries import RepoRow
 
@@ -107,7 +107,7 @@ def _repo_dict(r: RepoRow) -> dict[str, object]:
         "keep_branches": _option(r, "keep_branches", False),
         "sandbox_ro": _option(r, "sandbox_ro", []),
         "sandbox_rw": _option(r, "sandbox_rw", []),
-        "protected_paths": list(protected.globs_of(r.options)[0]),
+        "protected_paths": list(protected_globs.globs_of(r.options)[0]),
         "main_seen": r.main_seen,
     }
 

@@ -39,7 +39,7 @@ from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
 from orchestrator.gitops.land import Candidate, Judgement, Landing, LandRequest, Rewound, land
 from orchestrator.runners import baseline as bl
-from orchestrator.runners import protected
+from orchestrator.runners import protected, protected_changes
 from orchestrator.runners.base import (
     RunContext,
     argv_json,
@@ -379,7 +379,7 @@ def _before_retest(
     if stray.changes:
         return None, (
             f"not re-tested: the worktree holds files that are not in the tree and would "
-            f"configure the suite: {protected.name_changes(stray.changes)}"
+            f"configure the suite: {protected_changes.name_changes(stray.changes)}"
         )
     if ctx.engine is None:
         return None, None

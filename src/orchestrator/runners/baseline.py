@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from orchestrator.config import Settings
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops.changes import read_blob
-from orchestrator.runners.protected import ProtectedChange
+from orchestrator.runners.protected_changes import ProtectedChange
 from orchestrator.store import PoolSizes, make_engine, merges, reader
 
 PASSED = "passed"
