@@ -738,7 +738,7 @@ def drive_disk_full(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
 def drive_kill_after_patch_commit(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     from orchestrator import taskdir
     from orchestrator.engine.worker import Worker
-    from orchestrator.gitops import worktrees
+    from orchestrator.gitops import commits, worktrees
     from orchestrator.store import jobs as jobq
 
     h.add_repo(development="patch")
@@ -752,8 +752,8 @@ def drive_kill_after_patch_commit(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     assert made.path is not None
     patch = taskdir.patch_for_attempt(h.folder(key), 1)
     assert patch is not None
-    assert worktrees.apply_patch(made.path, patch)[0]
-    assert worktrees.commit_staged(made.path, f"{key}: T (patch {patch.name}, attempt 1)")
+    assert commits.apply_patch(made.path, patch)[0]
+    assert commits.commit_staged(made.path, f"{key}: T (patch {patch.name}, attempt 1)")
     here = Worker(h.settings, h.engine).host
     with h.engine.begin() as conn:
         claimed = jobq.claim_jobs(

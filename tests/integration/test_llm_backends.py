@@ -44,7 +44,7 @@ from orchestrator.domain.stages import Stage
 from orchestrator.domain.verdicts import VerdictStatus, parse_artifact
 from orchestrator.gates.context import GateContext
 from orchestrator.gates.registry import run_gates
-from orchestrator.gitops import worktrees
+from orchestrator.gitops import commits, worktrees
 from orchestrator.jobcontract import JobContext, JobResult
 from orchestrator.store import queries, spend
 from orchestrator.store.bootstrap import open_engine
@@ -247,7 +247,7 @@ def test_claude_writes_the_file_and_the_artifact(claude_job: Any) -> None:
     assert result.cost_usd is not None
     assert result.cost_usd > 0
     # Development: what the agent left uncommitted is committed on the task branch.
-    assert worktrees.has_diff_vs(wt, job.repo.main_branch)[0]
+    assert commits.has_diff_vs(wt, job.repo.main_branch)[0]
     assert "committed what the agent left uncommitted" in " ".join(result.reasons)
     # What reached the model: our prompt, with the task and the exact artifact path, and
     # the key from the repo's --agent-env; nothing of the orchestrator's own secrets.
@@ -308,7 +308,7 @@ def test_claude_max_turns_fails_the_attempt_instead_of_an_infra_retry(claude_job
     assert "not taken" in " ".join(result.reasons)
     assert "dev_status: DONE" in (job.out / A.DEV_REPORT).read_text()
     # What it did get done is committed: the next attempt starts from it.
-    assert worktrees.has_diff_vs(wt, job.repo.main_branch)[0]
+    assert commits.has_diff_vs(wt, job.repo.main_branch)[0]
 
 
 def test_claude_budget_cap_fails_the_attempt(claude_job: Any) -> None:
@@ -372,7 +372,7 @@ def test_claude_api_error_after_a_first_answer_is_a_tool_error(claude_job: Any) 
     assert "HTTP 529" in result.reasons[0]
     assert job.artifact(A.DEV_REPORT) is None
     # Nothing of a failed run is committed; the retry finds it in the worktree.
-    assert not worktrees.has_diff_vs(wt, job.repo.main_branch)[0]
+    assert not commits.has_diff_vs(wt, job.repo.main_branch)[0]
     assert (wt / "hello.txt").exists()
 
 
@@ -478,7 +478,7 @@ def test_codex_writes_the_file_and_the_artifact(codex_job: Any) -> None:
         300, 60, st.codex_price_in_per_mtok_usd, st.codex_price_out_per_mtok_usd
     )
     assert result.cost_usd == pytest.approx(expected)
-    assert worktrees.has_diff_vs(wt, job.repo.main_branch)[0]
+    assert commits.has_diff_vs(wt, job.repo.main_branch)[0]
     first = server.scripted_requests(F.RESPONSES)[0]
     assert first.headers.get("authorization") == f"Bearer {TEST_KEY}"
     assert job.task.key in json.dumps(first.body)
@@ -644,7 +644,7 @@ def test_aider_edit_is_committed_and_reported(aider_job: Any) -> None:
     assert (job.worktree / "hello.txt").read_text() == "hello\n"
     assert parse_artifact(A.DEV_REPORT, job.artifact(A.DEV_REPORT)).status is VerdictStatus.PASS
     assert (result.tokens_in, result.tokens_out) == (100, 20)
-    assert worktrees.has_diff_vs(job.worktree, job.repo.main_branch)[0]
+    assert commits.has_diff_vs(job.worktree, job.repo.main_branch)[0]
     # Its history and caches stay out of the repository.
     assert not list(job.worktree.glob(".aider*"))
 
@@ -682,7 +682,7 @@ def test_aider_model_error_after_a_first_answer_is_a_tool_error(aider_job: Any) 
     assert "the model failed after 1 answer(s)" in result.reasons[0]
     assert "litellm.AuthenticationError" in result.reasons[0]
     assert job.artifact(A.DEV_REPORT) is None
-    assert not worktrees.has_diff_vs(job.worktree, job.repo.main_branch)[0]
+    assert not commits.has_diff_vs(job.worktree, job.repo.main_branch)[0]
 
 
 @pytest.mark.slow

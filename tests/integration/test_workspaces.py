@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from orchestrator.gitops import worktrees
+from orchestrator.gitops import commits, worktrees
 
 try:
     from merge_helpers import run_git
@@ -62,7 +62,7 @@ def test_the_tree_attributes_pick_no_driver(tmp_path: Path, make_repo: Any) -> N
     _git(ws, "config", "filter.evil.clean", f"sh -c 'touch {ran}; cat'")
     (ws / ".gitattributes").write_text("* filter=evil diff=evil\n")
     (ws / "new.txt").write_text("x\n")
-    assert worktrees.commit_all(ws, "attempt")
+    assert commits.commit_all(ws, "attempt")
     assert not ran.exists()
 
 
@@ -70,7 +70,7 @@ def test_commits_reach_the_users_branch_by_publication(tmp_path: Path, make_repo
     repo = make_repo(files={"README.md": "demo\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
     (ws / "feature.txt").write_text("work\n")
-    assert worktrees.commit_all(ws, "DEMO-1: work")
+    assert commits.commit_all(ws, "DEMO-1: work")
     tip = _git(ws, "rev-parse", "HEAD")
     assert _git(repo, "rev-parse", "orch/DEMO-1") != tip  # not until published
     published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
@@ -109,7 +109,7 @@ def test_a_fresh_start_carries_an_unpublished_commit(tmp_path: Path, make_repo: 
     root = tmp_path / "worktrees"
     ws = _workspace(repo, root)
     (ws / "feature.txt").write_text("unpublished\n")
-    assert worktrees.commit_all(ws, "DEMO-1: work")
+    assert commits.commit_all(ws, "DEMO-1: work")
     carry = tmp_path / "carried.diff"
     fresh = worktrees.rebuild_from_main(repo, "main", root, "demo", "DEMO-1", carry_to=carry)
     assert fresh.error is None, fresh.error

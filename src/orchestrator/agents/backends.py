@@ -52,7 +52,7 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.faults import ApiFault, FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
-from orchestrator.gitops import worktrees
+from orchestrator.gitops import commits
 from orchestrator.jobcontract import JobContext, JobResult, job_marker, job_out_dir
 
 __all__ = ["LLM_PLANNERS", "prepare_files", "run_llm_backend"]
@@ -322,12 +322,12 @@ def _finish_aider(
         # The diff of *this* attempt: aider commits nothing itself (--no-auto-commits), so
         # what it changed is exactly what is left to commit. Earlier attempts' commits on
         # the branch do not count for it.
-        done = worktrees.commit_all(
+        done = commits.commit_all(
             worktree, f"{ctx.task.key}: development attempt {ctx.job.attempt} (aider)"
         )
         committed, diff_detail = bool(done), done.detail
     if committed:
-        _, diff_detail = worktrees.has_diff_vs(worktree, ctx.repo.main_branch)
+        _, diff_detail = commits.has_diff_vs(worktree, ctx.repo.main_branch)
     parsed = aider.parse_aider(
         run.outcome,
         analytics,

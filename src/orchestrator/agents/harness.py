@@ -19,7 +19,7 @@ from pathlib import Path
 from orchestrator import proc_group, sandbox, taskdir
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
-from orchestrator.gitops import worktrees
+from orchestrator.gitops import commits
 from orchestrator.jobcontract import JobContext
 
 __all__ = [
@@ -117,7 +117,7 @@ def commit_leftovers(
     the orchestrator records ``dev_status: FAILED`` with the reason, whatever the agent's
     own report claimed; that record is returned (None when nothing was refused).
     """
-    done = worktrees.commit_all(
+    done = commits.commit_all(
         worktree, f"{ctx.task.key}: development attempt {ctx.job.attempt} ({agent})"
     )
     if done:

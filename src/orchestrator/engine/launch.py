@@ -41,8 +41,8 @@ from orchestrator.domain.decide import APPROVED_AGENT, GATE_ONLY_AGENT, NO_PROCE
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.errors import UsageError
+from orchestrator.gitops import commits, worktrees
 from orchestrator.gitops import git as gitcmd
-from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult, job_marker, job_out_dir
 from orchestrator.runners import (
     deploy_finalizer,
@@ -220,12 +220,12 @@ def _sandbox_refusal(st: Settings, spec: AgentSpec) -> str | None:
 
 def _clean_start(worktree: Path) -> str | None:
     """Put the worktree back at the branch's last commit; what was discarded, or None."""
-    left, detail = worktrees.changed_paths(worktree)
+    left, detail = commits.changed_paths(worktree)
     if left is None:
         return f"cannot start on a clean worktree: {detail}"
     if not left:
         return None
-    restored, how = worktrees.restore_to_head(worktree)
+    restored, how = commits.restore_to_head(worktree)
     if not restored:
         return f"cannot start on a clean worktree: {how}"
     return f"discarded what an earlier run left uncommitted: {gitcmd.name_paths(left)}"
@@ -479,8 +479,8 @@ def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
     rerun = any("recovered from" in r or "re-queued" in r for r in ctx.job.reasons)
     if (
         rerun
-        and worktrees.patch_present(worktree, patch)
-        and worktrees.has_diff_vs(worktree, ctx.repo.main_branch)[0]
+        and commits.patch_present(worktree, patch)
+        and commits.has_diff_vs(worktree, ctx.repo.main_branch)[0]
     ):
         # A re-run of this same attempt after a crash between the commit and its
         # bookkeeping: the branch holds the change already. Applying again would find
@@ -491,7 +491,7 @@ def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
     reused = ctx.job.fresh_start is None and ctx.job.attempt > len(
         list(taskdir.patches_dir(ctx.task_dir).glob("*.patch"))
     )
-    if not rerun and reused and worktrees.patch_present(worktree, patch):
+    if not rerun and reused and commits.patch_present(worktree, patch):
         # Sent back (red tests, a failed gate) with no newer patch attached: applying the
         # same one again changes nothing, and every such attempt would only spend a
         # developer retry and bury why the task came back. A person must attach a fix.
@@ -502,13 +502,13 @@ def _run_patch(ctx: JobContext, worktree: Path) -> JobResult:
             f"attach a fix: `orch task retry {ctx.task.key} --patch FILE`",
         ]
         return JobResult(OutcomeKind.COMPLETED, reasons, None, worktree, awaiting_human=True)
-    applied, detail = worktrees.apply_patch(worktree, patch)
+    applied, detail = commits.apply_patch(worktree, patch)
     if not applied:
         reasons = [f"{patch.name}: {detail}"]
         made = dev_report(ctx, "FAILED", reasons)
         return JobResult(OutcomeKind.COMPLETED, reasons, 1, worktree, artifacts=made)
     # Only what the patch staged: a file the worktree happens to hold is not the task's.
-    committed = worktrees.commit_staged(
+    committed = commits.commit_staged(
         worktree,
         f"{ctx.task.key}: {ctx.task.title} (patch {patch.name}, attempt {ctx.job.attempt})",
     )

@@ -18,8 +18,8 @@ from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.domain.verdicts import PARSERS, Verdict, VerdictStatus, failed, passed
 from orchestrator.gates import merge_gate, validated
 from orchestrator.gates.context import Check, GateContext, read_produced
+from orchestrator.gitops import commits
 from orchestrator.gitops import git as gitcmd
-from orchestrator.gitops import worktrees
 
 
 def _artifact_check(name: str) -> Check:
@@ -37,11 +37,11 @@ def check_branch_has_diff(ctx: GateContext) -> Verdict:
     """The development gate: the task branch changes something against main."""
     if ctx.worktree is None:
         return failed("no worktree to look at")
-    ok, detail = worktrees.has_diff_vs(ctx.worktree, ctx.repo.main_branch)
+    ok, detail = commits.has_diff_vs(ctx.worktree, ctx.repo.main_branch)
     if not ok:
         return failed(detail)
     # An agent may commit conflict debris itself; the orchestrator's own commit refuses it.
-    markers = worktrees.branch_markers(ctx.worktree, ctx.repo.main_branch)
+    markers = commits.branch_markers(ctx.worktree, ctx.repo.main_branch)
     if markers:
         listed = gitcmd.name_paths(markers)
         return failed(f"the branch adds lines that look like conflict markers: {listed}")

@@ -1,0 +1,200 @@
+"""A task's commits in its workspace: what an attempt changed, committed or undone.
+
+What an agent (or the patch backend) leaves in the workspace is committed from outside the
+sandbox, by-products left out (``CHANGE_PATHSPEC``). Conflict debris (unmerged paths, added
+lines that look like conflict markers) is never committed: the attempt is undone
+(``restore_to_head``) and the workspace is back at the task branch's last commit, so no
+half-merged file survives into the next step. ``has_diff_vs`` and ``branch_markers`` read
+what the branch changes against its base. The workspace itself (made, published, removed)
+is ``gitops/worktrees.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from orchestrator.gitops import git as gitcmd
+from orchestrator.gitops.git import CHANGE_PATHSPEC, GitResult, name_paths
+
+
+def _explain(res: GitResult) -> str:
+    text = (res.stderr or res.stdout).strip()
+    return text.splitlines()[-1] if text else f"git exited {res.returncode}"
+
+
+def _git_message(res: GitResult) -> str:
+    """Everything git said, on one line (bounded): the reason a human reads."""
+    text = (res.stderr or res.stdout).strip()
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())[:800] or (
+        f"git exited {res.returncode}"
+    )
+
+
+def patch_present(worktree: Path, patch: Path) -> bool:
+    """Whether the worktree already holds the patch's changes (it would apply in reverse)."""
+    return bool(gitcmd.git(["apply", "--reverse", "--check", str(patch)], worktree))
+
+
+def changed_paths(worktree: Path) -> tuple[list[str] | None, str]:
+    """Paths whose files differ from HEAD (tracked changes, untracked files, unmerged),
+    by-products left out; (None, why) when git cannot tell."""
+    res = gitcmd.git(
+        ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *CHANGE_PATHSPEC],
+        worktree,
+    )
+    if not res:
+        return None, f"git status failed: {_explain(res)}"
+    paths: list[str] = []
+    entries = iter(res.stdout.split("\0"))
+    for entry in entries:
+        if len(entry) < 4:
+            continue
+        paths.append(entry[3:])
+        if entry[0] in "RC":
+            next(entries, None)  # the rename's source path follows as its own entry
+    return paths, "clean" if not paths else f"{len(paths)} changed path(s): {name_paths(paths)}"
+
+
+def restore_to_head(worktree: Path) -> tuple[bool, str]:
+    """Put index and files back at HEAD: unmerged entries, staged and unstaged changes and
+    untracked files (ignored ones stay) are gone. (restored?, detail).
+
+    What a failed patch apply or an agent's refused attempt leaves must never be committed
+    later as someone's work. ``read-tree --reset -u`` rewrites the index from HEAD and the
+    files with it (a path only the index had is removed); untracked files are deleted one
+    by one, which is all ``git clean`` would do here.
+    """
+    res = gitcmd.git(["read-tree", "--reset", "-u", "HEAD"], worktree)
+    if not res:
+        return False, f"cannot restore the worktree to HEAD: {_git_message(res)}"
+    others = gitcmd.git(["ls-files", "-z", "--others", "--exclude-standard"], worktree)
+    if not others:
+        return False, f"cannot list untracked files: {_git_message(others)}"
+    root = worktree.resolve()
+    for name in filter(None, others.stdout.split("\0")):
+        path = worktree / name
+        # ls-files names paths inside the worktree (a symlink as itself); a folder on the
+        # way that resolves elsewhere is never followed into.
+        if not path.parent.resolve().is_relative_to(root):
+            continue
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == worktree or not parent.is_relative_to(worktree):
+                break
+            try:
+                parent.rmdir()  # only empty folders
+            except OSError:
+                break
+    left, detail = changed_paths(worktree)
+    if left:
+        return False, f"the worktree is still not at HEAD: {detail}"
+    return True, "the worktree is back at the task branch's last commit"
+
+
+def apply_patch(worktree: Path, patch: Path) -> tuple[bool, str]:
+    """Apply a patch with a three-way merge (staged); (applied?, detail).
+
+    A patch that does not apply leaves nothing behind: ``git apply --3way`` writes conflict
+    markers and unmerged entries, and those are undone here, so the worktree is exactly at
+    the task branch's last commit and the next attempt sees git's real message, not the
+    debris of this one.
+    """
+    res = gitcmd.git(["apply", "--3way", "--whitespace=nowarn", str(patch)], worktree)
+    if not res:
+        detail = f"the patch does not apply: {_git_message(res)}"
+        restored, how = restore_to_head(worktree)
+        return False, detail if restored else f"{detail}; {how}"
+    return True, "applied"
+
+
+def commit_problems(worktree: Path) -> list[str]:
+    """Why the staged change must not be committed: unmerged paths, or added lines that
+    look like conflict markers (what ``git diff --check`` reports)."""
+    problems: list[str] = []
+    unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
+    if not unmerged:
+        return [f"git ls-files --unmerged failed: {_git_message(unmerged)}"]
+    names = sorted({e.split("\t", 1)[1] for e in unmerged.stdout.split("\0") if "\t" in e})
+    if names:
+        problems.append(f"unmerged paths (a conflict left unresolved): {name_paths(names)}")
+    check = gitcmd.git(["diff", "--cached", "--check", "--", *CHANGE_PATHSPEC], worktree)
+    markers = [
+        line.split(": leftover conflict marker")[0]
+        for line in check.stdout.splitlines()
+        if line.endswith("leftover conflict marker")
+    ]
+    if markers:
+        problems.append(f"added lines look like conflict markers: {name_paths(markers)}")
+    return problems
+
+
+def branch_markers(worktree: Path, base: str) -> list[str]:
+    """``file:line`` of conflict-marker lines the branch adds against ``base``."""
+    check = gitcmd.git(["diff", "--check", f"{base}...HEAD", "--", *CHANGE_PATHSPEC], worktree)
+    return [
+        line.split(": leftover conflict marker")[0]
+        for line in check.stdout.splitlines()
+        if line.endswith("leftover conflict marker")
+    ]
+
+
+def has_diff_vs(worktree: Path, base: str) -> tuple[bool, str]:
+    """Whether the task branch changes anything against ``base`` (its merge base)."""
+    res = gitcmd.git(["diff", "--stat", f"{base}...HEAD"], worktree)
+    if not res:
+        return False, f"git diff against {base} failed: {_explain(res)}"
+    stat = res.stdout.strip()
+    if not stat:
+        return False, f"the branch has no diff against {base}"
+    return True, stat.splitlines()[-1].strip()
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What committing an attempt did: ``committed``, ``empty`` (nothing to commit),
+    ``refused`` (conflict debris: undone, never committed) or ``error``."""
+
+    status: Literal["committed", "empty", "refused", "error"]
+    detail: str
+
+    def __bool__(self) -> bool:
+        return self.status == "committed"
+
+
+_ORCH_COMMITTER = ["-c", "user.name=orchestrator", "-c", "user.email=orchestrator@localhost"]
+
+
+def commit_all(worktree: Path, message: str) -> Committed:
+    """Commit everything the agent left in the worktree, by-products left out.
+
+    Conflict debris (unmerged paths, added conflict-marker lines) is refused, and the
+    worktree is put back at the branch's last commit: nothing half-merged is committed or
+    survives into the next step.
+    """
+    if gitcmd.git(["ls-files", "--unmerged"], worktree).stdout.strip():
+        return _refuse(worktree, commit_problems(worktree))
+    add = gitcmd.git(["add", "-A", "--", *CHANGE_PATHSPEC], worktree)
+    if not add:
+        return Committed("error", f"git add failed: {_explain(add)}")
+    return commit_staged(worktree, message)
+
+
+def commit_staged(worktree: Path, message: str) -> Committed:
+    """Commit exactly what is staged (the patch backend: what ``git apply`` produced)."""
+    problems = commit_problems(worktree)
+    if problems:
+        return _refuse(worktree, problems)
+    if gitcmd.git(["diff", "--cached", "--quiet"], worktree):
+        return Committed("empty", "nothing to commit")
+    res = gitcmd.git([*_ORCH_COMMITTER, "commit", "--no-verify", "-q", "-m", message], worktree)
+    if not res:
+        return Committed("error", f"git commit failed: {_explain(res)}")
+    return Committed("committed", "committed")
+
+
+def _refuse(worktree: Path, problems: list[str]) -> Committed:
+    restored, how = restore_to_head(worktree)
+    tail = "the attempt was undone" if restored else how
+    return Committed("refused", f"not committed: {'; '.join(problems)}; {tail}")
