@@ -1,9 +1,10 @@
 """What every agent backend does around its process, whoever the backend is.
 
-The ``command`` and ``patch`` backends (``engine.launch``) and the LLM backends
-(``agents.backends``) share these: run the agent's process in its sandbox, take its
-artifact from the job's own output folder, commit what a development agent left
-uncommitted, and write the orchestrator's own development report.
+The ``command`` and ``patch`` backends (``engine.command_backend``,
+``engine.patch_backend``) and the LLM backends (``agents.backends``) share these: run the
+agent's process in its sandbox, take its artifact from the job's own output folder, commit
+what a development agent left uncommitted, and write the orchestrator's own development
+report.
 """
 
 from __future__ import annotations
