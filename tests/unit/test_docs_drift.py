@@ -34,7 +34,8 @@ from orchestrator.agents.registry import (
     parse_agent_spec,
 )
 from orchestrator.cli import app
-from orchestrator.config import Settings, settings_rows
+from orchestrator.config import Settings
+from orchestrator.config_docs import settings_rows
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import PIPELINE, STAGE_TRANSITIONS, Stage
 from orchestrator.errors import UsageError

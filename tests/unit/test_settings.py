@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import (
-    Settings,
-    in_scope,
-    load_settings,
-    render_configuration_md,
-    render_env_example,
-    settings_rows,
-)
+from orchestrator.config import Settings, in_scope, load_settings
+from orchestrator.config_docs import render_configuration_md, render_env_example, settings_rows
 from orchestrator.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from orchestrator import __version__, money
 from orchestrator.cli._common import ago, console, plain, print_json, run, settings, spent_of
-from orchestrator.config import render_configuration_md, render_env_example
+from orchestrator.config_docs import render_configuration_md, render_env_example
 from orchestrator.store import breakers, control, queries, spend
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
