@@ -108,7 +108,7 @@ def _check_health_url(url: str | None) -> None:
     # The monitor's own parser: a URL registered here is one the monitor will probe (not
     # refuse after a deploy), and a malformed one ("http://[::1") is a usage error, not a
     # ValueError out of urlsplit. Health checks only ever go to this machine's loopback.
-    from orchestrator.runners.base import parse_loopback_url
+    from orchestrator.runners.loopback import parse_loopback_url
 
     parsed, why = parse_loopback_url(url, schemes=("http", "https"))
     if parsed is None:
@@ -129,7 +129,7 @@ def _given(values: Sequence[str], option: str) -> list[str]:
 
 def check_smoke_urls(urls: Sequence[str]) -> list[str]:
     """``--smoke-url`` values: plain-http loopback URLs only, as the test-runner probes them."""
-    from orchestrator.runners.base import parse_loopback_url
+    from orchestrator.runners.loopback import parse_loopback_url
 
     out: list[str] = []
     for url in _given(urls, "--smoke-url"):

@@ -30,7 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from orchestrator import proc_group
-from orchestrator.runners.base import http_get, json_object, log_tail, parse_loopback_url
+from orchestrator.runners.base import log_tail
+from orchestrator.runners.loopback import http_get, json_object, parse_loopback_url
 
 STARTUP_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 10.0

@@ -23,7 +23,7 @@ from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import PARSERS, Verdict, VerdictStatus
-from orchestrator.runners import base
+from orchestrator.runners import command_stage
 from orchestrator.runners import test_runner as tr
 from orchestrator.runners.base import RunContext, RunnerResult
 from orchestrator.runners.deploy_finalizer import run_deploy
@@ -459,7 +459,7 @@ def test_command_stage_crash_is_contained(
     def boom(*_a: object, **_k: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(base, "run_suite", boom)
+    monkeypatch.setattr(command_stage, "run_suite", boom)
     result = run_deploy(make_ctx(), ["true"])
     assert result.outcome is OutcomeKind.CRASHED
     assert verdict(result).status is VerdictStatus.FAIL

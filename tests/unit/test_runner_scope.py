@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
-from orchestrator.runners.base import fenced, parse_loopback_url, runner_available
+from orchestrator.runners.base import fenced, runner_available
+from orchestrator.runners.loopback import parse_loopback_url
 from orchestrator.runners.suite import (
     is_pytest_command,
     read_junit,

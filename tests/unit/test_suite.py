@@ -133,6 +133,7 @@ def _calls_and_imports(module: str) -> set[str]:
     [
         "orchestrator.runners.test_runner",
         "orchestrator.runners.base",
+        "orchestrator.runners.command_stage",
         "orchestrator.gates.merge_gate",
         "orchestrator.gates.coverage_gate",
     ],

@@ -1,20 +1,20 @@
-"""What every deterministic runner shares: its context, its result, its scope, and safe I/O.
+"""What every deterministic runner shares: its context, its result, its scope, its artifacts.
 
 A runner never raises. Whatever goes wrong inside it (a bad worktree, an unwritable
 artifact folder, a bug of ours) becomes a tool-error outcome with a reason, and the runner
 still tries to leave a fail-closed artifact behind, so a gate that reads the folder later
 can never mistake a crash for a success.
+
+A one-command stage (staging, deploy) is ``runners/command_stage.py``; the checks that
+reach a URL do it through ``runners/loopback.py``.
 """
 
 from __future__ import annotations
 
-import http.client
-import ipaddress
 import json
 import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from pathlib import Path
 from orchestrator.config import Settings, in_scope
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
-from orchestrator.runners.suite import SuiteRequest, SuiteSandbox, run_suite
+from orchestrator.runners.suite import SuiteRequest, SuiteSandbox
 from orchestrator.taskdir import write_atomic
 
 _log = logging.getLogger(__name__)
@@ -40,9 +40,6 @@ _TAIL_BYTES = 256_000
 # The header proc_group writes at the start of every run appended to a log.
 _RUN_HEADER = "===== orchestrator run "
 _OUTPUT_HEADER = "----- output -----\n"
-# Bytes of an HTTP body read by a smoke or health check.
-_MAX_BODY_BYTES = 1_000_000
-_LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 @dataclass(frozen=True)
@@ -317,198 +314,3 @@ def suite_request(
         junit_name=junit_name,
         sweep_on_exit=sweep_on_exit,
     )
-
-
-@dataclass(frozen=True)
-class CommandStage:
-    """How a one-command stage (staging, deploy) writes its artifact."""
-
-    runner: str
-    artifact: str
-    status_key: str
-    ok: str
-    fail: str
-    none_reason: str
-    # The stage's wall-clock limit when the caller gives none.
-    default_timeout_s: Callable[[Settings], float]
-    sweep_on_exit: bool = True
-    # The status written when no command is configured (None: ``ok``). A stage that then
-    # ran nothing says so (staging: SKIPPED) rather than claim a run that passed.
-    none_status: str | None = None
-
-
-def run_command_stage(
-    ctx: RunContext, stage: CommandStage, command: Sequence[str] | None, timeout_s: float | None
-) -> RunnerResult:
-    """Run one command (or nothing, when none is configured) and write the stage artifact."""
-    fail_keys = {stage.status_key: stage.fail}
-    return guarded(
-        stage.runner,
-        ctx,
-        stage.artifact,
-        fail_keys,
-        lambda: _run_command_stage(ctx, stage, command, timeout_s),
-    )
-
-
-def _run_command_stage(
-    ctx: RunContext, stage: CommandStage, command: Sequence[str] | None, timeout_s: float | None
-) -> RunnerResult:
-    t0 = time.monotonic()
-    bad = argv_problem(command)
-    if bad is not None:
-        keys_bad = {stage.status_key: stage.fail}
-        return fail_closed(ctx, stage.artifact, keys_bad, OutcomeKind.NOT_STARTED, [bad], t0)
-    fail_keys: dict[str, object] = {stage.status_key: stage.fail, "command": argv_json(command)}
-    if not command:
-        keys: dict[str, object] = {
-            stage.status_key: stage.none_status or stage.ok,
-            "outcome": OutcomeKind.COMPLETED.value,
-            "exit_code": "none",
-            "duration_s": "0",
-            "command": "null",
-            "log": "none",
-        }
-        reasons = [stage.none_reason]
-        path, problem = write_report(ctx, stage.artifact, keys, reasons_block(reasons))
-        if problem is not None:
-            return RunnerResult(OutcomeKind.CRASHED, stage.artifact, None, None, [problem], 0.0)
-        return RunnerResult(OutcomeKind.COMPLETED, stage.artifact, path, None, reasons, 0.0)
-    problem = check_worktree(ctx)
-    if problem is not None:
-        return fail_closed(ctx, stage.artifact, fail_keys, OutcomeKind.NOT_STARTED, [problem], t0)
-
-    limit = stage.default_timeout_s(ctx.settings) if timeout_s is None else timeout_s
-    # A stage command is judged by its exit code, even when it happens to run pytest.
-    request = suite_request(
-        ctx, command, timeout_s=limit, sweep_on_exit=stage.sweep_on_exit, pytest=False
-    )
-    run = run_suite(request)
-    outcome = run.process
-    kind = run.kind
-    ok = run.passed
-    reasons = list(run.reasons)
-    reasons.insert(0, f"{stage.runner}: {stage.ok if ok else stage.fail}")
-    keys = {
-        stage.status_key: stage.ok if ok else stage.fail,
-        "outcome": kind.value,
-        "exit_code": "none" if outcome.exit_code is None else outcome.exit_code,
-        "duration_s": f"{outcome.duration_s:.3f}",
-        "command": argv_json(command),
-        "log": one_line(outcome.log_path),
-    }
-    body = "\n\n".join([reasons_block(reasons), output_block(outcome.log_path)])
-    path, problem = write_report(ctx, stage.artifact, keys, body)
-    if problem is not None:
-        reasons.append(problem)
-        if kind is OutcomeKind.COMPLETED:
-            kind = OutcomeKind.CRASHED
-    return RunnerResult(
-        outcome=kind,
-        artifact_name=stage.artifact,
-        artifact_path=path,
-        exit_code=outcome.exit_code,
-        reasons=reasons,
-        duration_s=time.monotonic() - t0,
-    )
-
-
-# --------------------------------------------------------------------------- loopback HTTP
-
-
-@dataclass(frozen=True)
-class LoopbackURL:
-    """A URL checked to point at this machine; connect to ``host``:``port`` only."""
-
-    url: str
-    scheme: str
-    host: str
-    port: int
-    target: str  # path and query
-    host_header: str
-
-
-def parse_loopback_url(
-    url: str, *, schemes: Sequence[str] = ("http",)
-) -> tuple[LoopbackURL | None, str]:
-    """(the parsed URL, "") when ``url`` is a loopback URL, else (None, why it is refused).
-
-    Only the host parsed here is ever connected to (no proxy, no redirect, no second URL
-    parser), so what was checked is what is reached.
-    """
-    # Printable ASCII only: http.client sends the target as ASCII and raises (not an OSError)
-    # on anything else, so a URL with a non-ASCII path would crash the probe, not fail it.
-    if not isinstance(url, str) or not url or not all(32 < ord(c) < 127 for c in url):
-        return None, (
-            f"refused URL {url!r}: empty, or holds whitespace, control or non-ASCII characters "
-            "(percent-encode them)"
-        )
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        return None, f"refused URL {url}: {exc}"
-    if parts.scheme not in schemes:
-        return None, f"refused URL {url}: scheme must be one of {', '.join(schemes)}"
-    if "@" in parts.netloc:
-        return None, f"refused URL {url}: credentials in the URL are not accepted"
-    host = (parts.hostname or "").lower()
-    if not _is_loopback(host):
-        return None, f"refused URL {url}: only loopback hosts (127.0.0.1, localhost) are allowed"
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    # "localhost" is pinned to 127.0.0.1: no resolver can send it elsewhere. The Host header
-    # still says localhost, for servers that check it.
-    connect = "127.0.0.1" if host in _LOOPBACK_NAMES else host
-    shown = f"[{host}]" if ":" in host else host
-    return LoopbackURL(url, parts.scheme, connect, port, target, f"{shown}:{port}"), ""
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One HTTP GET: its status code (None when no response), latency, body, or error."""
-
-    code: int | None
-    latency_s: float
-    body: bytes = b""
-    error: str | None = None
-
-
-def http_get(url: LoopbackURL, timeout_s: float) -> Probe:
-    """GET a checked loopback URL. Network trouble is a value (``error``), not an exception."""
-    conn: http.client.HTTPConnection
-    if url.scheme == "https":
-        conn = http.client.HTTPSConnection(url.host, url.port, timeout=timeout_s)
-    else:
-        conn = http.client.HTTPConnection(url.host, url.port, timeout=timeout_s)
-    t0 = time.monotonic()
-    try:
-        conn.request("GET", url.target, headers={"Host": url.host_header, "Accept": "*/*"})
-        resp = conn.getresponse()
-        body = resp.read(_MAX_BODY_BYTES)
-        return Probe(resp.status, time.monotonic() - t0, body)
-    except (OSError, http.client.HTTPException) as exc:
-        return Probe(None, time.monotonic() - t0, error=f"{type(exc).__name__}: {exc}")
-    finally:
-        conn.close()
-
-
-def json_object(body: bytes) -> dict[str, object] | None:
-    """``body`` as a JSON object, or None when it is not one."""
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -6,13 +6,8 @@ from collections.abc import Sequence
 
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
-from orchestrator.runners.base import (
-    DEPLOY_FINALIZER,
-    CommandStage,
-    RunContext,
-    RunnerResult,
-    run_command_stage,
-)
+from orchestrator.runners.base import DEPLOY_FINALIZER, RunContext, RunnerResult
+from orchestrator.runners.command_stage import CommandStage, run_command_stage
 
 NO_COMMAND_REASON = "no deploy command configured; nothing to deploy"
 

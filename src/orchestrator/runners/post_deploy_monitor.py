@@ -19,13 +19,11 @@ from orchestrator.runners.base import (
     RunContext,
     RunnerResult,
     guarded,
-    http_get,
-    json_object,
     one_line,
-    parse_loopback_url,
     reasons_block,
     write_report,
 )
+from orchestrator.runners.loopback import http_get, json_object, parse_loopback_url
 
 NO_URL_REASON = "no health URL configured; nothing to watch"
 # Values of a JSON body's "status" field that mean healthy (compared case-insensitively).

@@ -25,15 +25,13 @@ from orchestrator.runners.base import (
     fail_closed,
     fenced,
     guarded,
-    http_get,
-    json_object,
     one_line,
     output_block,
-    parse_loopback_url,
     reasons_block,
     suite_request,
     write_report,
 )
+from orchestrator.runners.loopback import http_get, json_object, parse_loopback_url
 from orchestrator.runners.suite import DEFAULT_COMMAND, JUnitCounts, run_suite
 
 SMOKE_TIMEOUT_S = 5.0

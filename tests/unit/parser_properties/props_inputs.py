@@ -21,7 +21,7 @@ from orchestrator.gates import markers, merge_gate
 from orchestrator.gates.merge_gate import RetestResult
 from orchestrator.gitops import merge as gitmerge
 from orchestrator.gitops.git import GitResult
-from orchestrator.runners import base as runners_base
+from orchestrator.runners import loopback as loopback_module
 
 from .core import hostile_text, patched, prop
 from .props_domain import exit_codes, kinds, signals, start_errors, tests_ran
@@ -92,7 +92,7 @@ _any_url = st.builds(
 url = st.one_of(_near_url, _near_url, _any_url, hostile_text)
 _schemes = st.sampled_from([("http",), ("http", "https")])
 
-_real_is_loopback = runners_base._is_loopback
+_real_is_loopback = loopback_module._is_loopback
 
 
 def _prefix_loopback() -> Any:
@@ -101,18 +101,18 @@ def _prefix_loopback() -> Any:
     def loopback(host: str) -> bool:
         return host.startswith(("127.", "localhost")) or _real_is_loopback(host)
 
-    return patched(runners_base, "_is_loopback", loopback)
+    return patched(loopback_module, "_is_loopback", loopback)
 
 
 def _printable_ascii(text: str) -> bool:
     return all(32 < ord(c) < 127 for c in text)
 
 
-@prop("runners/base.py parse_loopback_url", url, _schemes, broken=_prefix_loopback)
+@prop("runners/loopback.py parse_loopback_url", url, _schemes, broken=_prefix_loopback)
 def loopback_url_never_leaves_the_machine(text: str, schemes: tuple[str, ...]) -> None:
     """Any text: a URL whose connect host is a loopback IP and which an HTTP client can
     send as it is, or a refusal with a reason; never another host, never an exception."""
-    parsed, why = runners_base.parse_loopback_url(text, schemes=schemes)
+    parsed, why = loopback_module.parse_loopback_url(text, schemes=schemes)
     if parsed is None:
         assert why.startswith("refused URL"), why
         return
