@@ -45,7 +45,7 @@ from agent_server import AgentServer  # noqa: E402
 from orchestrator import backend_ops, repo_ops, task_ops  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
 from orchestrator.engine.worker import Worker  # noqa: E402
-from orchestrator.store import breakers, queries  # noqa: E402
+from orchestrator.store import alert_rows, breakers, queries  # noqa: E402
 from orchestrator.store.bootstrap import open_engine  # noqa: E402
 
 CLI_DIR = ROOT / ".agent-clis" / "node_modules" / ".bin"
@@ -158,7 +158,7 @@ def run_one(backend: str, fault: str, args: argparse.Namespace) -> dict[str, Any
     with engine.connect() as conn:
         tasks = [t for t in (queries.get_task(conn, k) for k in keys) if t is not None]
         jobs = [j for t in tasks for j in queries.list_jobs(conn, task_id=t.id)]
-        alerts = [a.kind for a in queries.list_alerts(conn)]
+        alerts = [a.kind for a in alert_rows.list_alerts(conn)]
     engine.dispose()
     billed = server.billed()
     calls = len(server.scripted_requests())

@@ -37,7 +37,7 @@ from orchestrator.gitops import worktrees
 from orchestrator.runners.base import RunContext
 from orchestrator.runners.test_runner import run_tests
 from orchestrator.store import make_engine, merges, queries, upgrade
-from orchestrator.store.queries import TaskRow
+from orchestrator.store.rows import TaskRow
 
 PYTEST = [sys.executable, "-m", "pytest", "-q"]
 # Waves of tasks that branch from the same main: 20 tasks in all.

@@ -57,8 +57,9 @@ from orchestrator.agent_env import ENV_ALLOWLIST
 from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
 from orchestrator.errors import UsageError
-from orchestrator.store import merges, queries
+from orchestrator.store import dependencies, merges, queries
 from orchestrator.store.bootstrap import open_engine
+from orchestrator.store.rows import TaskRow
 
 HERE = Path(__file__).resolve().parents[1]
 MODES = ("plain", "in-order", "out-of-order")
@@ -219,12 +220,12 @@ def file_tasks(
 
     ``task_ops.add_task`` refuses ``after=`` naming a task not filed yet, so when the shuffle
     files a task before its predecessor, that dependency is recorded once both exist
-    (``queries.insert_deps``, the row ``after=`` writes), before any worker runs.
+    (``dependencies.insert_deps``, the row ``after=`` writes), before any worker runs.
     """
     order = list(range(len(hist.commits)))
     if mode == "out-of-order":
         random.Random(seed).shuffle(order)
-    filed: dict[int, queries.TaskRow] = {}
+    filed: dict[int, TaskRow] = {}
     late: list[int] = []
     for i in order:
         c, extra = hist.commits[i], dict[str, Any]()
@@ -241,7 +242,7 @@ def file_tasks(
         ).task
     with engine.begin() as conn:
         for i in late:
-            queries.insert_deps(conn, filed[i].id, [filed[i - 1].id])
+            dependencies.insert_deps(conn, filed[i].id, [filed[i - 1].id])
     return [filed[i].key for i in range(len(hist.commits))], len(late)
 
 
@@ -303,7 +304,9 @@ def run_mode(mode: str, hist: History, args: argparse.Namespace, suite: Suite) -
                 res.jobs_s += sum(
                     (j.finished_at or j.started_at or 0) - (j.started_at or 0) for j in jobs
                 )
-                why = t.reasons or [task_ops.waiting_text(queries.waiting_on(conn, t.id)) or ""]
+                why = t.reasons or [
+                    task_ops.waiting_text(dependencies.waiting_on(conn, t.id)) or ""
+                ]
                 if t.state != "done":
                     res.stuck.append(f"{t.key} {t.state} at {t.stage}: {'; '.join(why)}")
             results = merges.list_merge_results(conn)

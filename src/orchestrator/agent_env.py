@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from orchestrator.store.queries import RepoRow
+from orchestrator.store.rows import RepoRow
 
 # Every suite we run on a task's code (test-runner, merge re-test, coverage, staging): no
 # bytecode in the worktree, a by-product a later step could commit and that spoils the

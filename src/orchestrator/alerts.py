@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from orchestrator.store import queries
-from orchestrator.store.queries import AlertRow
+from orchestrator.store import alert_rows
+from orchestrator.store.rows import AlertRow
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,14 @@ def raise_alert(
     Alerts of no task are always new rows.
     """
     severity = SEVERITY.get(kind, "warning")
-    known = None if task_id is None else queries.task_alert(conn, task_id=task_id, kind=kind)
+    known = None if task_id is None else alert_rows.task_alert(conn, task_id=task_id, kind=kind)
     if known is not None:
         reopen = known.resolved_at is not None
-        row = queries.repeat_alert(
+        row = alert_rows.repeat_alert(
             conn, known.id, severity=severity, message=message, reasons=reasons, reopen=reopen
         )
         return Raised(row, new=reopen)
-    row = queries.insert_alert(
+    row = alert_rows.insert_alert(
         conn,
         kind=kind,
         severity=severity,
@@ -100,7 +100,7 @@ def resolve_task_alerts(
 ) -> list[int]:
     """Resolve the task's open alerts (of ``kinds``; None: every kind) in the caller's
     transaction: the task moved on. The ids of the alerts resolved."""
-    return queries.resolve_alerts(conn, task_id=task_id, now=now, kinds=kinds)
+    return alert_rows.resolve_alerts(conn, task_id=task_id, now=now, kinds=kinds)
 
 
 def payload(alert: AlertRow) -> dict[str, object]:
@@ -155,7 +155,7 @@ def deliver(
         problem = post_webhook(url, body)
         try:
             with engine.begin() as conn:
-                queries.update_alert(
+                alert_rows.update_alert(
                     conn,
                     alert.id,
                     delivery_attempts=attempt,

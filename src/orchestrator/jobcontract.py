@@ -16,7 +16,7 @@ from pathlib import Path
 from orchestrator.config import Settings
 from orchestrator.domain.faults import ApiFault
 from orchestrator.domain.outcomes import OutcomeKind
-from orchestrator.store.queries import JobRow, RepoRow, TaskRow
+from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 
 __all__ = ["JobContext", "JobResult", "job_marker", "job_out_dir"]
 

@@ -31,7 +31,7 @@ from orchestrator.gitops.git import (
 )
 from orchestrator.runners import protected_globs
 from orchestrator.store import queries
-from orchestrator.store.queries import RepoRow
+from orchestrator.store.rows import RepoRow
 
 # \Z, not $: "$" also matches before a trailing newline ("demo\n" is no repo name).
 _REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")

@@ -31,10 +31,10 @@ from orchestrator.engine.queue import queue_job, queue_next
 from orchestrator.errors import NotFoundError, UsageError
 from orchestrator.repo_ops import CONTROL_RE, require_repo
 from orchestrator.runners import protected
+from orchestrator.store import dependencies, queries
 from orchestrator.store import jobs as jobq
-from orchestrator.store import queries
 from orchestrator.store.history import record_transition
-from orchestrator.store.queries import JobRow, RepoRow, TaskRow
+from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 
 
 def require_task(conn: sa.Connection, key: str) -> TaskRow:
@@ -114,18 +114,18 @@ def parse_author(value: str | None) -> str | None:
     return f"{name} <{match.group('email')}>"
 
 
-def waiting_text(deps: Sequence[queries.DepRow]) -> str | None:
+def waiting_text(deps: Sequence[dependencies.DepRow]) -> str | None:
     """``waiting on DEMO-1 (blocked), DEMO-4 (active)``; None when nothing is waited for."""
     if not deps:
         return None
     return "waiting on " + ", ".join(f"{d.key} ({d.state})" for d in deps)
 
 
-def task_waiting_on(conn: sa.Connection, task: TaskRow) -> list[queries.DepRow]:
+def task_waiting_on(conn: sa.Connection, task: TaskRow) -> list[dependencies.DepRow]:
     """What holds a live task's jobs back: its dependencies not done; none if it is not live."""
     if task.state not in (State.ACTIVE, State.DEFERRED):
         return []
-    return queries.waiting_on(conn, task.id)
+    return dependencies.waiting_on(conn, task.id)
 
 
 def _resolve_after(conn: sa.Connection, repo: RepoRow, keys: list[str]) -> list[TaskRow]:
@@ -147,7 +147,7 @@ def _check_no_cycle(conn: sa.Connection, task: TaskRow, after: list[TaskRow]) ->
     """Refuse dependencies that would make ``task`` wait, in the end, for itself."""
     # With dependencies set only when a task is filed, a new task has no waiters and only
     # a self-reference closes a cycle; the walk keeps this true if they are ever edited.
-    path = queries.dependency_path(conn, [t.id for t in after], task.id)
+    path = dependencies.dependency_path(conn, [t.id for t in after], task.id)
     if path is None:
         return
     keys = {t.id: t.key for t in after} | {task.id: task.key}
@@ -222,7 +222,7 @@ def add_task(
             # The same transaction: no worker sees the task without its dependencies (the
             # claim would take its first job at once), and a refusal writes nothing.
             _check_no_cycle(conn, task, waits_for)
-            queries.insert_deps(conn, task.id, [t.id for t in waits_for])
+            dependencies.insert_deps(conn, task.id, [t.id for t in waits_for])
             queue_job(conn, repo, task, stage, now=now)
             folder = taskdir.task_dir(settings.tasks_dir, task.key)
             if folder.exists():

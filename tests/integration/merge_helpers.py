@@ -31,7 +31,7 @@ from orchestrator.gitops import worktrees
 from orchestrator.runners.base import RunContext
 from orchestrator.runners.test_runner import run_tests
 from orchestrator.store import merges, queries
-from orchestrator.store.queries import RepoRow, TaskRow
+from orchestrator.store.rows import RepoRow, TaskRow
 
 PYTEST = [sys.executable, "-m", "pytest", "-q"]
 PIPELINE = (Stage.DEVELOPMENT, Stage.TESTING, Stage.DEPLOY_STAGING)

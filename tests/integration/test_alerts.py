@@ -24,7 +24,8 @@ from orchestrator import alerts, task_ops, taskdir
 from orchestrator.api import create_app
 from orchestrator.cli import app as cli_app
 from orchestrator.config import load_settings
-from orchestrator.store import queries
+from orchestrator.store import alert_rows
+from orchestrator.store.rows import AlertRow
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -70,7 +71,7 @@ def _closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/hook"
 
 
-def _alert(engine: sa.Engine) -> queries.AlertRow:
+def _alert(engine: sa.Engine) -> AlertRow:
     with engine.begin() as conn:
         return alerts.raise_alert(
             conn,
@@ -88,7 +89,7 @@ def test_delivered_as_slack_compatible_json(engine: sa.Engine, hook: Hook) -> No
     assert body["text"] == "[critical] DEMO-1 block at testing\n- testing: tool error timeout"
     assert body["kind"] == "infra-budget-exhausted"
     with engine.connect() as conn:
-        (row,) = queries.list_alerts(conn)
+        (row,) = alert_rows.list_alerts(conn)
     assert row.delivered_at is not None
     assert row.delivery_attempts == 1
 
@@ -101,7 +102,7 @@ def test_failing_webhook_is_retried_a_bounded_number_of_times(
     assert not alerts.deliver(engine, alert, hook.url, attempts=3, backoff_s=0.01)
     assert len(hook.bodies) == 3
     with engine.connect() as conn:
-        (row,) = queries.list_alerts(conn)
+        (row,) = alert_rows.list_alerts(conn)
     assert row.delivered_at is None
     assert row.delivery_attempts == 3
 
@@ -114,7 +115,7 @@ def test_webhook_down_never_raises_and_does_not_block_the_caller(engine: sa.Engi
     before = set(threading.enumerate())
     alerts.deliver_in_background(engine, [alert], url)
     with engine.connect() as conn:
-        assert queries.list_alerts(conn)[0].delivered_at is None
+        assert alert_rows.list_alerts(conn)[0].delivered_at is None
     # Wait for it here: left running, it outlives this test's database.
     (thread,) = [t for t in threading.enumerate() if t not in before and t.name == "alert-1"]
     thread.join(timeout=60)
@@ -154,7 +155,7 @@ def _raise(h: Harness, key: str, *, kind: str = "task-blocked", **kw: Any) -> al
         return alerts.raise_alert(conn, kind=kind, task_id=task.id, **values)
 
 
-def _open(h: Harness) -> list[queries.AlertRow]:
+def _open(h: Harness) -> list[AlertRow]:
     return [a for a in h.alerts() if a.resolved_at is None]
 
 
@@ -193,11 +194,11 @@ def test_resolved_alert_reopens_when_raised_again(h: Harness) -> None:
     first = _raise(h, key).alert
     task_id = h.task(key).id
     with h.engine.begin() as conn:
-        queries.update_alert(conn, first.id, delivered_at=11.0, delivery_attempts=1)
+        alert_rows.update_alert(conn, first.id, delivered_at=11.0, delivery_attempts=1)
         assert alerts.resolve_task_alerts(conn, task_id, 12.0, kinds=["other"]) == []
         assert alerts.resolve_task_alerts(conn, task_id, 12.0) == [first.id]
         assert alerts.resolve_task_alerts(conn, task_id, 13.0) == []
-        assert queries.list_alerts(conn, open_only=True) == []
+        assert alert_rows.list_alerts(conn, open_only=True) == []
     (row,) = h.alerts()
     assert row.resolved_at == 12.0
     back = _raise(h, key, message="back", now=30.0)

@@ -28,8 +28,9 @@ from orchestrator.api.token import load_token
 from orchestrator.cli import app as cli_app
 from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ConfigError
-from orchestrator.store import control, make_engine, merges, queries
+from orchestrator.store import alert_rows, control, make_engine, merges, queries
 from orchestrator.store import jobs as jobq
+from orchestrator.store.rows import JobRow, TaskRow
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -76,13 +77,13 @@ class Env:
     def add(self, title: str = "a task", body: str = "") -> str:
         return task_ops.add_task(self.engine, self.settings, "demo", title, body).task.key
 
-    def task(self, key: str) -> queries.TaskRow:
+    def task(self, key: str) -> TaskRow:
         with self.engine.connect() as conn:
             t = queries.get_task(conn, key)
         assert t is not None
         return t
 
-    def jobs(self, key: str) -> list[queries.JobRow]:
+    def jobs(self, key: str) -> list[JobRow]:
         with self.engine.connect() as conn:
             return queries.list_jobs(conn, task_id=self.task(key).id)
 
@@ -527,7 +528,7 @@ def test_artifact_text_and_checks(env: Env, tmp_path: Path) -> None:
     assert "SECRET" not in r.text
 
 
-def _write_log(env: Env, key: str, job: queries.JobRow, text: str) -> Path:
+def _write_log(env: Env, key: str, job: JobRow, text: str) -> Path:
     path = taskdir.run_log_path(env.folder(key), job.id, job.stage, job.agent)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -859,7 +860,7 @@ def test_alerts(env: Env) -> None:
     key = env.add()
     task_id = env.task(key).id
     with env.engine.begin() as conn:
-        queries.insert_alert(
+        alert_rows.insert_alert(
             conn,
             kind="task-blocked",
             severity="warning",
@@ -868,7 +869,7 @@ def test_alerts(env: Env) -> None:
             now=time.time(),
             task_id=task_id,
         )
-        queries.insert_alert(
+        alert_rows.insert_alert(
             conn, kind="other", severity="info", message="m", reasons=[], now=time.time() + 1
         )
     alerts = env.client.get("/alerts").json()
@@ -895,7 +896,7 @@ def test_metrics(env: Env) -> None:
     )
     env.add("queued")
     with env.engine.begin() as conn:
-        queries.insert_alert(
+        alert_rows.insert_alert(
             conn, kind="task-blocked", severity="warning", message="m", reasons=[], now=now
         )
     r = env.client.get("/metrics")

@@ -27,7 +27,7 @@ from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
 from orchestrator.store import make_engine, queries, upgrade
-from orchestrator.store.queries import TaskRow
+from orchestrator.store.rows import TaskRow
 
 MakeRepo = Callable[..., Path]
 # The identity merge_helpers.git_env gives every commit the tests make: the "agent".

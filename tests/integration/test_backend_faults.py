@@ -24,7 +24,8 @@ from test_llm_backends import TEST_KEY, Job, cli, make_job, offline_env
 
 from orchestrator import backend_ops, repo_ops, task_ops
 from orchestrator.engine.worker import Worker
-from orchestrator.store import breakers, queries
+from orchestrator.store import alert_rows, breakers, queries
+from orchestrator.store.rows import TaskRow
 
 __all__ = ["make_job", "offline_env"]  # fixtures this module uses, imported by name
 
@@ -88,7 +89,7 @@ def fleet(
         server.stop()
 
 
-def _tasks(engine: sa.Engine, keys: list[str]) -> list[queries.TaskRow]:
+def _tasks(engine: sa.Engine, keys: list[str]) -> list[TaskRow]:
     with engine.connect() as conn:
         found = [queries.get_task(conn, k) for k in keys]
     assert all(t is not None for t in found)
@@ -148,7 +149,7 @@ def test_an_outage_pauses_the_backend_and_every_task_finishes(
         if "open" not in seen and _health(engine) == "open":
             seen["open"] = _tasks(engine, keys)
             with engine.connect() as conn:
-                seen["alerts_while_open"] = [a.kind for a in queries.list_alerts(conn)]
+                seen["alerts_while_open"] = [a.kind for a in alert_rows.list_alerts(conn)]
             # The outage ends.
             server.fault = None
         tasks = _tasks(engine, keys)
@@ -168,7 +169,7 @@ def test_an_outage_pauses_the_backend_and_every_task_finishes(
     tasks = _tasks(engine, keys)
     assert all(t.developer_retries == 0 for t in tasks)
     with engine.connect() as conn:
-        alerts = queries.list_alerts(conn)
+        alerts = alert_rows.list_alerts(conn)
         history = [h for t in tasks for h in queries.list_transitions(conn, t.id)]
     assert sorted(a.kind for a in alerts) == ["backend-outage", "backend-recovered"]
     outage = next(a for a in alerts if a.kind == "backend-outage")
@@ -199,7 +200,7 @@ def test_rejected_credentials_pause_the_backend_with_one_alert(
     assert _run_until(Worker(job.settings, engine), paused_and_waiting)
     tasks = _tasks(engine, keys)
     with engine.connect() as conn:
-        alerts = queries.list_alerts(conn)
+        alerts = alert_rows.list_alerts(conn)
     assert [a.kind for a in alerts] == ["backend-credentials"]
     assert f"credentials rejected for {backend}" in alerts[0].message
     # The CLI words a 401 its own way (claude: "Invalid API key"); the status is the server's.
@@ -219,7 +220,7 @@ def test_rejected_credentials_pause_the_backend_with_one_alert(
         Worker(job.settings, engine), lambda: all(t.state == "done" for t in _tasks(engine, keys))
     ), _story(engine, keys)
     with engine.connect() as conn:
-        kinds = sorted(a.kind for a in queries.list_alerts(conn))
+        kinds = sorted(a.kind for a in alert_rows.list_alerts(conn))
     assert kinds == ["backend-credentials", "backend-recovered"]
 
 
@@ -241,7 +242,7 @@ def test_a_refused_request_blocks_its_task_with_the_server_message(
         # One job: not deferred and tried again (claude itself may re-send the request in
         # another form within that job).
         assert len(queries.list_jobs(conn, task_id=task.id)) == 1
-        assert [a.kind for a in queries.list_alerts(conn)] == ["model-request-refused"]
+        assert [a.kind for a in alert_rows.list_alerts(conn)] == ["model-request-refused"]
     # The backend itself is fine: a refused request is no outage.
     assert _health(engine) == "closed"
 
@@ -265,7 +266,7 @@ def test_parallel_jobs_cannot_jointly_overshoot_the_day_budget(
     tasks = _tasks(engine, keys)
     with engine.connect() as conn:
         jobs = [j for t in tasks for j in queries.list_jobs(conn, task_id=t.id)]
-        alerts = queries.list_alerts(conn)
+        alerts = alert_rows.list_alerts(conn)
     dev = [j for j in jobs if j.stage == "development" and j.cost_usd is not None]
     assert len(dev) == 2, [(j.id, j.state, j.cost_usd, j.reasons) for j in jobs]
     spent = sum(j.cost_usd or 0.0 for j in dev)

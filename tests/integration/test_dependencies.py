@@ -26,8 +26,9 @@ from orchestrator.cli import app as cli_app
 from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
 from orchestrator.errors import UsageError
-from orchestrator.store import control, make_engine, queries, upgrade
+from orchestrator.store import control, dependencies, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
+from orchestrator.store.rows import JobRow, TaskRow, TransitionRow
 from orchestrator.store.schema import task_deps
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -109,7 +110,7 @@ class Bed:
         new = task_ops.add_task(self.engine, self.settings, "demo", title, "body", patch, **kw)
         return new.task.key
 
-    def task(self, key: str) -> queries.TaskRow:
+    def task(self, key: str) -> TaskRow:
         with self.engine.connect() as conn:
             t = queries.get_task(conn, key)
         assert t is not None
@@ -120,11 +121,11 @@ class Bed:
         with self.engine.begin() as conn:
             queries.update_task(conn, task_id, now=time.time(), state=state)
 
-    def jobs(self, key: str) -> list[queries.JobRow]:
+    def jobs(self, key: str) -> list[JobRow]:
         with self.engine.connect() as conn:
             return queries.list_jobs(conn, task_id=self.task(key).id)
 
-    def history(self, key: str) -> list[queries.TransitionRow]:
+    def history(self, key: str) -> list[TransitionRow]:
         with self.engine.connect() as conn:
             return queries.list_transitions(conn, self.task(key).id)
 
@@ -331,8 +332,8 @@ def test_refusals_write_nothing(bed: Bed, make_repo: Callable[..., Path]) -> Non
     other = task_ops.add_task(bed.engine, bed.settings, "other", "o", after=["DEMO-2"]).task.key
     ids = {k: bed.task(k).id for k in ("DEMO-2", other)}
     with bed.engine.connect() as conn:
-        assert queries.deps_of(conn, ids["DEMO-2"]) == [queries.DepRow(a, "active")]
-        assert queries.deps_of(conn, ids[other]) == [queries.DepRow("DEMO-2", "active")]
+        assert dependencies.deps_of(conn, ids["DEMO-2"]) == [dependencies.DepRow(a, "active")]
+        assert dependencies.deps_of(conn, ids[other]) == [dependencies.DepRow("DEMO-2", "active")]
     assert bed.task("DEMO-2").author == AUTHOR
 
 
@@ -345,9 +346,9 @@ def test_the_cycle_check_walks_the_graph(bed: Bed) -> None:
     ids = {k: t.id for k, t in rows.items()}
     with bed.engine.connect() as conn:
         # Were A edited to wait for C, it would wait for itself: C -> B -> A.
-        assert queries.dependency_path(conn, [ids[c]], ids[a]) == [ids[c], ids[b], ids[a]]
-        assert queries.dependency_path(conn, [ids[a]], ids[a]) == [ids[a]]
-        assert queries.dependency_path(conn, [ids[a]], ids[c]) is None
+        assert dependencies.dependency_path(conn, [ids[c]], ids[a]) == [ids[c], ids[b], ids[a]]
+        assert dependencies.dependency_path(conn, [ids[a]], ids[a]) == [ids[a]]
+        assert dependencies.dependency_path(conn, [ids[a]], ids[c]) is None
         with pytest.raises(UsageError, match=f"cycle: {a} -> {c} -> {b} -> {a}"):
             task_ops._check_no_cycle(conn, rows[a], [rows[c]])
 

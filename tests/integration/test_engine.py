@@ -26,7 +26,7 @@ from orchestrator.engine.queue import queue_job
 from orchestrator.engine.worker import Worker
 from orchestrator.errors import UsageError
 from orchestrator.jobcontract import job_marker
-from orchestrator.store import control, make_engine, queries, upgrade
+from orchestrator.store import alert_rows, control, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
 from orchestrator.store.schema import jobs as jobs_table
 
@@ -134,7 +134,7 @@ class Harness:
 
     def alerts(self) -> list[Any]:
         with self.engine.connect() as conn:
-            return queries.list_alerts(conn)
+            return alert_rows.list_alerts(conn)
 
     def folder(self, key: str) -> Path:
         return self.settings.tasks_dir / key

@@ -393,7 +393,7 @@ if __name__ == "__main__":
 from orchestrator import alerts, proc_group, repo_ops, task_ops  # noqa: E402
 from orchestrator.config import load_settings  # noqa: E402
 from orchestrator.jobcontract import job_marker  # noqa: E402
-from orchestrator.store import make_engine, normalize_url, queries  # noqa: E402
+from orchestrator.store import dependencies, make_engine, normalize_url  # noqa: E402
 
 try:
     from test_engine import STAGES, Harness
@@ -1045,7 +1045,7 @@ def drive_dependency_blocked(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     h.run_until_idle()  # ends: nothing that can move is left
     assert not any(s.startswith(f"{second}:") for s in h.starts())
     with h.engine.connect() as conn:
-        waits = queries.waiting_on(conn, h.task(second).id)
+        waits = dependencies.waiting_on(conn, h.task(second).id)
     assert [(w.key, w.state) for w in waits] == [(first, "blocked")]
     return seen(h, second, lambda j: True)
 

@@ -46,7 +46,7 @@ from orchestrator.gates.context import GateContext
 from orchestrator.gates.registry import run_gates
 from orchestrator.gitops import commits, worktrees
 from orchestrator.jobcontract import JobContext, JobResult
-from orchestrator.store import queries, spend
+from orchestrator.store import alert_rows, queries, spend
 from orchestrator.store.bootstrap import open_engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -746,7 +746,7 @@ def test_aider_rejected_key_pauses_the_backend_with_one_alert(aider_job: Any) ->
     thread.join(60)
     with job.engine.connect() as conn:
         task = queries.get_task(conn, job.task.key)
-        alerts = queries.list_alerts(conn)
+        alerts = alert_rows.list_alerts(conn)
     assert row is not None
     assert row.state.health.value == "credentials"
     assert [a.kind for a in alerts] == ["backend-credentials"]
@@ -847,7 +847,7 @@ def test_llm_budget_blocks_and_the_next_job_is_not_dispatched(claude_job: Any) -
     Worker(job.settings, job.engine).run(until_idle=True)
     with job.engine.connect() as conn:
         task = queries.get_task(conn, job.task.key)
-        alerts = queries.list_alerts(conn)
+        alerts = alert_rows.list_alerts(conn)
     assert task is not None
     # The first job's streamed spend reached its cap (all the task had): it was stopped
     # after its first answer, and the task blocked with an alert. Issue 16: it ran on to

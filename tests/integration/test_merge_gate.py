@@ -39,7 +39,7 @@ from orchestrator.gates import merge_gate, registry, validated
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
-from orchestrator.store import merges, queries
+from orchestrator.store import alert_rows, merges
 
 MakeRepo = Callable[..., Path]
 SRC = Path(orchestrator.__file__).parent
@@ -950,7 +950,7 @@ def test_merge_counters_come_from_the_database(bed: MergeBed) -> None:
             ("infra-budget-exhausted", ["deploy-staging: tool error timeout", "staging-runner"]),
             ("developer-budget-exhausted", ["check_branch_mergeable: merge gate: RED"]),
         ]:
-            queries.insert_alert(
+            alert_rows.insert_alert(
                 conn,
                 kind=kind,
                 severity="critical",

@@ -17,6 +17,7 @@ from orchestrator.domain.verdicts import VerdictStatus
 from orchestrator.errors import NotFoundError
 from orchestrator.store import (
     PoolSizes,
+    alert_rows,
     current_revision,
     head_revision,
     is_current,
@@ -30,6 +31,7 @@ from orchestrator.store import (
 from orchestrator.store import schema as s
 from orchestrator.store.bootstrap import open_engine
 from orchestrator.store.migrate import downgrade
+from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 
 STAGES = ["development", "testing", "deploy-staging"]
 AGENTS = {"development": "patch", "testing": "test-runner", "deploy-staging": "staging-runner"}
@@ -40,7 +42,7 @@ def sqlite_only(engine: sa.Engine) -> None:
         pytest.skip("SQLite-specific behaviour")
 
 
-def add_repo(conn: sa.Connection, name: str = "demo", prefix: str = "DEMO") -> queries.RepoRow:
+def add_repo(conn: sa.Connection, name: str = "demo", prefix: str = "DEMO") -> RepoRow:
     return queries.insert_repo(
         conn,
         name=name,
@@ -52,7 +54,7 @@ def add_repo(conn: sa.Connection, name: str = "demo", prefix: str = "DEMO") -> q
     )
 
 
-def add_task(conn: sa.Connection, repo_id: int, now: float = 200.0) -> queries.TaskRow:
+def add_task(conn: sa.Connection, repo_id: int, now: float = 200.0) -> TaskRow:
     return queries.insert_task(
         conn, repo_id=repo_id, title="Fix it", body="Details", stage="development", now=now
     )
@@ -435,7 +437,7 @@ def test_serial_gate_allows_one_running_job_per_key(engine: sa.Engine) -> None:
         repo = add_repo(conn)
         t1, t2, t3 = (add_task(conn, repo.id) for _ in range(3))
 
-        def queue(task_id: int, key: str | None) -> queries.JobRow:
+        def queue(task_id: int, key: str | None) -> JobRow:
             return queries.insert_job(
                 conn, task_id=task_id, stage="deploy-staging", agent="a", attempt=1, now=1,
                 serial_key=key,
@@ -505,27 +507,30 @@ def test_alerts_newest_first_and_updates(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         repo = add_repo(conn)
         task = add_task(conn, repo.id)
-        old = queries.insert_alert(
+        old = alert_rows.insert_alert(
             conn, kind="task-blocked", severity="warning", message="DEMO-1 is blocked",
             reasons=["developer budget spent"], now=10.0, task_id=task.id, repo_id=repo.id,
         )  # fmt: skip
-        new = queries.insert_alert(
+        new = alert_rows.insert_alert(
             conn, kind="deploy-unhealthy", severity="critical", message="health check failed",
             reasons=["HTTP 503"], now=20.0, repo_id=repo.id,
         )  # fmt: skip
-        general = queries.insert_alert(
+        general = alert_rows.insert_alert(
             conn, kind="note", severity="info", message="hello", reasons=[], now=15.0
         )
-        assert [a.id for a in queries.list_alerts(conn)] == [new.id, general.id, old.id]
-        assert [a.id for a in queries.list_alerts(conn, limit=1)] == [new.id]
-        delivered = queries.update_alert(
+        assert [a.id for a in alert_rows.list_alerts(conn)] == [new.id, general.id, old.id]
+        assert [a.id for a in alert_rows.list_alerts(conn, limit=1)] == [new.id]
+        delivered = alert_rows.update_alert(
             conn, new.id, delivered_at=21.0, delivery_attempts=1, acknowledged_at=30.0
         )
-        assert [a.id for a in queries.list_alerts(conn, undelivered=True)] == [general.id, old.id]
+        assert [a.id for a in alert_rows.list_alerts(conn, undelivered=True)] == [
+            general.id,
+            old.id,
+        ]
         with pytest.raises(ValueError, match="not updatable: created_at"):
-            queries.update_alert(conn, new.id, created_at=1.0)
+            alert_rows.update_alert(conn, new.id, created_at=1.0)
         with pytest.raises(NotFoundError):
-            queries.update_alert(conn, 999, delivered_at=1.0)
+            alert_rows.update_alert(conn, 999, delivered_at=1.0)
     assert old.reasons == ["developer budget spent"]
     assert (old.task_id, old.repo_id) == (task.id, repo.id)
     assert (general.task_id, general.repo_id) == (None, None)
@@ -537,7 +542,7 @@ def test_alerts_newest_first_and_updates(engine: sa.Engine) -> None:
 
 def test_alert_severity_is_checked(engine: sa.Engine) -> None:
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
-        queries.insert_alert(conn, kind="x", severity="meh", message="m", reasons=[], now=1.0)
+        alert_rows.insert_alert(conn, kind="x", severity="meh", message="m", reasons=[], now=1.0)
 
 
 # ---- the schema's vocabularies follow the domain -----------------------------------------

@@ -25,7 +25,7 @@ from orchestrator.api.state import Api
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import PIPELINE
 from orchestrator.store import queries
-from orchestrator.store.queries import JobRow, TaskRow
+from orchestrator.store.rows import JobRow, TaskRow
 from orchestrator.store.schema import jobs, repos, tasks
 
 CARDS_PER_COLUMN = 50

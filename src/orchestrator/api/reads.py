@@ -21,9 +21,18 @@ from orchestrator.config import Settings
 from orchestrator.engine.worker import SERIAL_HOLD_STAGES
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.sandbox import sandbox_state
-from orchestrator.store import breakers, control, counters, merges, queries, spend
+from orchestrator.store import (
+    alert_rows,
+    breakers,
+    control,
+    counters,
+    dependencies,
+    merges,
+    queries,
+    spend,
+)
 from orchestrator.store import jobs as jobq
-from orchestrator.store.queries import AlertRow, JobRow, TaskRow, TransitionRow
+from orchestrator.store.rows import AlertRow, JobRow, TaskRow, TransitionRow
 from orchestrator.store.schema import alerts, jobs, repos, tasks
 
 LIVE_STATES = ("active", "deferred", "blocked")
@@ -570,7 +579,9 @@ def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> M.TaskDetai
         history=[transition_out(h) for h in queries.list_transitions(conn, task.id)],
         jobs=[job_out(j) for j in queries.list_jobs(conn, task_id=task.id)],
         spend=task_spend_detail(conn, st, task.id),
-        after=[M.DependencyOut(key=d.key, state=d.state) for d in queries.deps_of(conn, task.id)],
+        after=[
+            M.DependencyOut(key=d.key, state=d.state) for d in dependencies.deps_of(conn, task.id)
+        ],
         waiting_on=[M.DependencyOut(key=d.key, state=d.state) for d in waiting],
         waiting=task_ops.waiting_text(waiting),
     )
@@ -590,6 +601,6 @@ def task_spend_detail(conn: sa.Connection, st: Settings, task_id: int) -> M.Spen
 
 def list_alerts(conn: sa.Connection, limit: int, *, resolved: bool = False) -> list[M.AlertOut]:
     """Open alerts, newest first; ``resolved`` lists the resolved ones too."""
-    rows = queries.list_alerts(conn, limit=limit, open_only=not resolved)
+    rows = alert_rows.list_alerts(conn, limit=limit, open_only=not resolved)
     keys = task_keys(conn, (a.task_id for a in rows if a.task_id is not None))
     return [alert_out(a, keys.get(a.task_id) if a.task_id else None) for a in rows]

@@ -25,7 +25,7 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import Stage, State
 from orchestrator.errors import NotFoundError, UsageError
 from orchestrator.store import control, queries
-from orchestrator.store.queries import TaskRow
+from orchestrator.store.rows import TaskRow
 
 ACTOR = "api"
 DEFAULT_LIST_LIMIT = 50

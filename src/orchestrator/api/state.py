@@ -22,7 +22,7 @@ from orchestrator.api.snapshot import Refreshing
 from orchestrator.api.token import ApiToken
 from orchestrator.config import Settings
 from orchestrator.store import queries, reader
-from orchestrator.store.queries import JobRow, TaskRow
+from orchestrator.store.rows import JobRow, TaskRow
 
 __all__ = ["Api"]
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli._common import ago, console, plain, print_json, run, settings
-from orchestrator.store import control, queries
+from orchestrator.store import alert_rows, control, queries
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="text or json.")]
@@ -118,7 +118,7 @@ def alerts_cmd(
                     "occurrences": a.occurrences,
                     "resolved_at": a.resolved_at,
                 }
-                for a in queries.list_alerts(conn, limit=limit, open_only=not show_all)
+                for a in alert_rows.list_alerts(conn, limit=limit, open_only=not show_all)
             ]
 
     rows = run(load)

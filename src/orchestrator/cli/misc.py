@@ -12,7 +12,7 @@ from rich.text import Text
 from orchestrator import __version__, money
 from orchestrator.cli._common import ago, console, plain, print_json, run, settings, spent_of
 from orchestrator.config_docs import render_configuration_md, render_env_example
-from orchestrator.store import breakers, control, queries, spend
+from orchestrator.store import alert_rows, breakers, control, queries, spend
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 config_app = typer.Typer(help="Render configuration files from the settings.", no_args_is_help=True)
@@ -65,7 +65,7 @@ def status(as_json: JsonFlag = False) -> None:
         with open_engine(st).connect() as conn:
             counts = queries.count_tasks_by(conn)
             repos = [r.name for r in queries.list_repos(conn)]
-            alerts = len(queries.list_alerts(conn, limit=1000, open_only=True))
+            alerts = len(alert_rows.list_alerts(conn, limit=1000, open_only=True))
             day = spend.day_spend(conn, since=time.time() - spend.DAY_S)
             top = spend.top_live_task_spend(conn)
             paused_in_db = control.is_paused(conn)

@@ -13,7 +13,7 @@ from orchestrator.cli._common import console, engine, plain, print_json, run
 from orchestrator.repo_ops import RepoInput, add_repo, require_repo, set_repo
 from orchestrator.runners import protected_globs
 from orchestrator.store import queries
-from orchestrator.store.queries import RepoRow
+from orchestrator.store.rows import RepoRow
 
 app = typer.Typer(help="Register and inspect managed repositories.", no_args_is_help=True)
 

@@ -25,9 +25,9 @@ from orchestrator.cli._common import (
 )
 from orchestrator.domain.stages import State, parse_stage
 from orchestrator.repo_ops import require_repo
+from orchestrator.store import dependencies, queries, spend
 from orchestrator.store import jobs as jobq
-from orchestrator.store import queries, spend
-from orchestrator.store.queries import TaskRow
+from orchestrator.store.rows import TaskRow
 from orchestrator.task_ops import (
     add_task,
     approve_task,
@@ -165,7 +165,7 @@ def show(
             repo = queries.get_repo_by_id(conn, t.repo_id)
             history = queries.list_transitions(conn, t.id)
             jobs = queries.list_jobs(conn, task_id=t.id)
-            deps = queries.deps_of(conn, t.id)
+            deps = dependencies.deps_of(conn, t.id)
             waiting = task_waiting_on(conn, t)
             recorded = jobq.recorded_artifacts(conn, t.id)
             spent = spend.task_spend(conn, t.id)

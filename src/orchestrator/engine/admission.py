@@ -19,7 +19,7 @@ from orchestrator.domain import breaker
 from orchestrator.domain.budget import check_budgets, reserve
 from orchestrator.store import breakers, spend
 from orchestrator.store import jobs as jobq
-from orchestrator.store.queries import JobRow
+from orchestrator.store.rows import JobRow
 
 __all__ = ["Admitted", "admit_llm"]
 

@@ -34,10 +34,10 @@ from orchestrator.domain.stages import Budgets, Stage, State, TaskView, Transiti
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.queue import queue_next
 from orchestrator.jobcontract import JobResult
-from orchestrator.store import breakers, queries, spend
+from orchestrator.store import alert_rows, breakers, queries, spend
 from orchestrator.store import jobs as jobq
 from orchestrator.store.history import record_transition
-from orchestrator.store.queries import AlertRow, JobRow
+from orchestrator.store.rows import AlertRow, JobRow
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _backend_end(
         reasons = [*change.reasons, f"last error: {change.state.last_error or '?'}"]
         if change.event is breaker.Event.RECOVERED:
             if row is not None and row.alert_id is not None:
-                queries.update_alert(conn, row.alert_id, resolved_at=now)
+                alert_rows.update_alert(conn, row.alert_id, resolved_at=now)
             # The jobs that wait for the backend may run now, not at the probe after next.
             jobq.wake_waiting(conn, now=now, said=breaker.paused_mark(backend))
             message = f"model backend {backend} is back"

@@ -51,7 +51,7 @@ from orchestrator.runners import (
 )
 from orchestrator.runners.base import RunContext, RunnerResult, runner_available
 from orchestrator.runners.baseline import Baseline, read_for_branch
-from orchestrator.store.queries import JobRow, RepoRow
+from orchestrator.store.rows import JobRow, RepoRow
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from orchestrator.agents.registry import default_agents, parse_agent_spec
 from orchestrator.domain.decide import NextJob
 from orchestrator.domain.stages import SERIAL_STAGES, Stage
 from orchestrator.store import queries
-from orchestrator.store.queries import JobRow, RepoRow, TaskRow
+from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 
 __all__ = ["agent_for", "queue_job", "queue_next"]
 

@@ -42,7 +42,7 @@ from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult, job_marker
 from orchestrator.store import control, is_transient, queries
 from orchestrator.store import jobs as jobq
-from orchestrator.store.queries import JobRow, RepoRow, TaskRow
+from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 from orchestrator.store.wake import WakeListener
 
 log = logging.getLogger(__name__)

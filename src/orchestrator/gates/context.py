@@ -17,7 +17,7 @@ from orchestrator import taskdir
 from orchestrator.config import Settings
 from orchestrator.domain.stages import Stage
 from orchestrator.domain.verdicts import ARTIFACT_CHANGED, Verdict, VerdictStatus, failed
-from orchestrator.store.queries import RepoRow, TaskRow
+from orchestrator.store.rows import RepoRow, TaskRow
 
 
 @dataclass(frozen=True)

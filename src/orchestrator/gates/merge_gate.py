@@ -52,7 +52,7 @@ from orchestrator.runners.base import (
 from orchestrator.runners.suite import DEFAULT_COMMAND, JUnitCounts, run_suite
 from orchestrator.self_deploy import ExitMapping
 from orchestrator.store import merges, reader
-from orchestrator.store.queries import RepoRow
+from orchestrator.store.rows import RepoRow
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from orchestrator.gates.context import GateContext
 from orchestrator.gitops import merge as gm
 from orchestrator.runners.suite import DEFAULT_COMMAND
 from orchestrator.store import merges
-from orchestrator.store.queries import RepoRow
+from orchestrator.store.rows import RepoRow
 
 
 def skip_reason(ctx: GateContext, tree: str, cmd_key: str, rebase_status: str) -> tuple[bool, str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from orchestrator.store import wake
-from orchestrator.store.queries import waits_for_dependency
+from orchestrator.store.dependencies import waits_for_dependency
 from orchestrator.store.schema import control, jobs, tasks, workers
 
 PAUSED_KEY = "paused"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from orchestrator.domain.decide import Move
+from orchestrator.store import alert_rows, queries
 from orchestrator.store import jobs as jobq
-from orchestrator.store import queries
-from orchestrator.store.queries import TaskRow
+from orchestrator.store.rows import TaskRow
 
 __all__ = ["record_transition"]
 
@@ -35,7 +35,7 @@ def record_transition(
     if move.drop_queued is not None:
         jobq.drop_queued(conn, task.id, now=now, reason=move.drop_queued)
     if move.resolve_alerts:
-        queries.resolve_alerts(conn, task_id=task.id, now=now, kinds=None)
+        alert_rows.resolve_alerts(conn, task_id=task.id, now=now, kinds=None)
     counters = {}
     if move.retries is not None:
         counters = {

@@ -15,7 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.store import wake
-from orchestrator.store.queries import JobRow, waits_for_dependency
+from orchestrator.store.dependencies import waits_for_dependency
+from orchestrator.store.rows import JobRow
 from orchestrator.store.schema import jobs, repos, tasks
 
 # Task states whose queued jobs may be claimed.
