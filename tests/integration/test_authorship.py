@@ -25,7 +25,7 @@ from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import merge as gm
-from orchestrator.gitops import worktrees
+from orchestrator.gitops import squash, worktrees
 from orchestrator.store import make_engine, queries, upgrade
 from orchestrator.store.rows import TaskRow
 
@@ -134,7 +134,7 @@ def test_with_no_user_anywhere_the_first_branch_author_stays(
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     run_git(bed.repo_path, "config", "--unset", "user.name")
     run_git(bed.repo_path, "config", "--unset", "user.email")
-    assert gm.configured_user(bed.repo_path) is None
+    assert squash.configured_user(bed.repo_path) is None
     task = add_task(bed)
     bed.develop(task, slot("a", "a", 2), "a")
 

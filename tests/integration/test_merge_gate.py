@@ -851,7 +851,7 @@ def test_the_runtime_guard_refuses_force_arguments(tmp_path: Path) -> None:
         ["reset", "--hard", "HEAD~1"],
     ):
         assert gm.force_problem(args) is not None, args
-        res = gm._git(args, tmp_path)
+        res = gm.run_git(args, tmp_path)
         assert not res
         assert "never forces" in res.stderr
     assert gm.force_problem(["commit-tree", "abc", "-p", "def", "-F", "-"]) is None

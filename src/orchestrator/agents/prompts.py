@@ -27,11 +27,15 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
+import sqlalchemy as sa
 from jinja2.sandbox import SandboxedEnvironment
 
+from orchestrator import taskdir
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.errors import OrchestratorError
+from orchestrator.store import queries
+from orchestrator.store.rows import JobRow
 
 __all__ = [
     "MAX_FAILURE_CHARS",
@@ -41,6 +45,7 @@ __all__ = [
     "PromptError",
     "fence_text",
     "key_docs",
+    "previous_failure",
     "render_prompt",
     "template_source",
 ]
@@ -209,3 +214,21 @@ def render_prompt(
         msg = f"prompt template {source}: the rendered prompt holds a NUL character"
         raise PromptError(msg)
     return rendered
+
+
+def previous_failure(conn: sa.Connection, job: JobRow, folder: Path) -> str | None:
+    """For a development attempt after a rollback: why, and the failing report."""
+    if job.stage != Stage.DEVELOPMENT.value or job.attempt <= 1:
+        return None
+    history = queries.list_transitions(conn, job.task_id)
+    rollbacks = [h for h in history if h.kind == "rollback"]
+    if not rollbacks:
+        return None
+    last = rollbacks[-1]
+    parts = [f"- {r}" for r in last.reasons]
+    if last.from_stage:
+        name = STAGE_TRANSITIONS[Stage(last.from_stage)].artifact
+        text = taskdir.read_artifact(folder, name)
+        if text:
+            parts += ["", f"### {name}", "", text]
+    return "\n".join(parts)

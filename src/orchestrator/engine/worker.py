@@ -7,6 +7,13 @@ task sets. On PostgreSQL a LISTEN/NOTIFY listener sets it too when another proce
 or ends a job; changes are also noticed by a cheap poll (``poll_interval_s``), the only way
 on SQLite and the fallback on PostgreSQL. A database that is gone for a while is waited
 out: the loop and each job's bookkeeping try again until it answers.
+
+It stays one module a little over 500 lines because it is one concept: the loop and the
+threads it owns share its state (the running jobs, their cancel events and stop reasons,
+the stop and drain flags), and a job's life on a thread (read, admit, launch, gate, apply,
+follow the task) is the loop's other half. What could stand alone has moved out: LLM
+admission (``engine.admission``), recovery (``engine.recovery``), waiting out the database
+(``engine.outage``), the decision (``domain.decide``) and storing it (``engine.apply``).
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from orchestrator import alerts, taskdir
+from orchestrator.agents.prompts import previous_failure
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.decide import reaped
 from orchestrator.domain.outcomes import OutcomeKind
-from orchestrator.domain.stages import SERIAL_STAGES, STAGE_TRANSITIONS, Stage, State
+from orchestrator.domain.stages import SERIAL_STAGES, Stage, State
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.admission import Admitted, admit_llm
 from orchestrator.engine.apply import Applied, apply_job_end
@@ -334,7 +342,7 @@ class Worker:
                 assert task is not None
                 repo = queries.get_repo_by_id(conn, task.repo_id)
                 assert repo is not None
-                return task, repo, _previous_failure(conn, job, st.tasks_dir / task.key)
+                return task, repo, previous_failure(conn, job, st.tasks_dir / task.key)
 
         task, repo, previous = self._until_db_answers("read a claimed job", job.id, read)
         folder = taskdir.task_dir(st.tasks_dir, task.key)
@@ -537,24 +545,6 @@ class Worker:
 def _recorded_artifacts(engine: sa.Engine, task_id: int) -> dict[str, set[str]]:
     with engine.connect() as conn:
         return jobq.recorded_artifacts(conn, task_id)
-
-
-def _previous_failure(conn: sa.Connection, job: JobRow, folder: Path) -> str | None:
-    """For a development attempt after a rollback: why, and the failing report."""
-    if job.stage != Stage.DEVELOPMENT.value or job.attempt <= 1:
-        return None
-    history = queries.list_transitions(conn, job.task_id)
-    rollbacks = [h for h in history if h.kind == "rollback"]
-    if not rollbacks:
-        return None
-    last = rollbacks[-1]
-    parts = [f"- {r}" for r in last.reasons]
-    if last.from_stage:
-        name = STAGE_TRANSITIONS[Stage(last.from_stage)].artifact
-        text = taskdir.read_artifact(folder, name)
-        if text:
-            parts += ["", f"### {name}", "", text]
-    return "\n".join(parts)
 
 
 __all__ = ["A", "Worker"]

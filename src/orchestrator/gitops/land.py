@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.gitops import merge as gm
-from orchestrator.gitops import worktrees
+from orchestrator.gitops import squash, worktrees
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> boo
         return True
     got.reasons.append(f"round {round_no}: {rebased.detail}")
 
-    commit = gm.single_commit(
+    commit = squash.single_commit(
         worktree, branch, base, key, req.title, author=req.author, user_repo=req.repo_path
     )
     if commit.status == "error" or commit.sha is None:

@@ -2,7 +2,7 @@
 
 Expected conditions are returned values: a conflict, main moved under us, a rejected push,
 a held lock, a timeout. Nothing here ever forces anything: no ``--force`` of any kind, no
-``+refspec``, no ``reset --hard``. Every git call goes through ``_git``, which refuses such
+``+refspec``, no ``reset --hard``. Every git call goes through ``run_git``, which refuses such
 arguments outright (a second line of defence behind the code simply not writing them), and
 then through ``orchestrator.gitops.git.git``, which bounds it with a timeout.
 
@@ -14,7 +14,6 @@ caller that already holds the lock (worktree creation) uses the ``*_locked`` for
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ NETWORK_TIMEOUT_S = 300.0
 LOCAL_TIMEOUT_S = 120.0
 # The trailer that marks a commit the merge gate made for a task.
 TASK_TRAILER = "Orch-Task"
-_ORCH_IDENTITY = {
+ORCH_IDENTITY = {
     "GIT_COMMITTER_NAME": "orchestrator",
     "GIT_COMMITTER_EMAIL": "orchestrator@localhost",
 }
@@ -56,7 +55,7 @@ def force_problem(args: Sequence[str]) -> str | None:
     return None
 
 
-def _git(
+def run_git(
     args: Sequence[str],
     cwd: Path,
     *,
@@ -94,7 +93,7 @@ def classify_git_failure(res: GitResult) -> FailureKind:
 
 def rev_parse(cwd: Path, rev: str) -> str | None:
     """The full SHA of ``rev`` (peeled to a commit or tree as asked), or None."""
-    res = _git(["rev-parse", "--verify", "--quiet", rev], cwd)
+    res = run_git(["rev-parse", "--verify", "--quiet", rev], cwd)
     if not res:
         return None
     return res.stdout.strip() or None
@@ -107,7 +106,7 @@ def tree_of(cwd: Path, commit: str) -> str | None:
 
 def is_ancestor(cwd: Path, ancestor: str, descendant: str) -> bool | None:
     """Whether ``ancestor`` is reachable from ``descendant`` (equal counts); None on error."""
-    res = _git(["merge-base", "--is-ancestor", ancestor, descendant], cwd)
+    res = run_git(["merge-base", "--is-ancestor", ancestor, descendant], cwd)
     if res.returncode in (0, 1) and not res.timed_out:
         return res.returncode == 0
     return None
@@ -115,13 +114,13 @@ def is_ancestor(cwd: Path, ancestor: str, descendant: str) -> bool | None:
 
 def commits_between(cwd: Path, base: str, head: str) -> list[str] | None:
     """Commits reachable from ``head`` and not from ``base``, oldest first; None on error."""
-    res = _git(["rev-list", "--reverse", f"{base}..{head}"], cwd)
+    res = run_git(["rev-list", "--reverse", f"{base}..{head}"], cwd)
     return res.stdout.split() if res else None
 
 
 def commit_message(cwd: Path, commit: str) -> str | None:
     """The full message of ``commit``."""
-    res = _git(["log", "-1", "--format=%B", commit], cwd)
+    res = run_git(["log", "-1", "--format=%B", commit], cwd)
     return res.stdout if res else None
 
 
@@ -144,7 +143,7 @@ def is_clean(worktree: Path, *, untracked: bool = True) -> tuple[bool | None, st
     Ignored files never count, and neither do a suite's by-products (bytecode, caches).
     """
     mode = "--untracked-files=normal" if untracked else "--untracked-files=no"
-    res = _git(["status", "--porcelain", mode, "--", *CHANGE_PATHSPEC], worktree)
+    res = run_git(["status", "--porcelain", mode, "--", *CHANGE_PATHSPEC], worktree)
     if not res:
         return None, f"git status failed: {explain(res)}"
     dirty = [line[3:] for line in res.stdout.splitlines() if line.strip()]
@@ -155,13 +154,13 @@ def is_clean(worktree: Path, *, untracked: bool = True) -> tuple[bool | None, st
 
 def path_has_symbol(cwd: Path, commit: str, path: str, symbol: str) -> tuple[bool | None, str]:
     """Whether ``path`` exists in ``commit`` and contains ``symbol`` (None: git failed)."""
-    exists = _git(["cat-file", "-e", f"{commit}:{path}"], cwd)
+    exists = run_git(["cat-file", "-e", f"{commit}:{path}"], cwd)
     if exists.timed_out:
         return None, f"git cat-file timed out on {path}"
     if not exists:
         return False, f"{path} does not exist"
     # git grep reads the blob from the object store: no checkout, no decoding of our own.
-    found = _git(["grep", "-q", "-F", "-e", symbol, commit, "--", f":(literal){path}"], cwd)
+    found = run_git(["grep", "-q", "-F", "-e", symbol, commit, "--", f":(literal){path}"], cwd)
     if found.returncode == 0:
         return True, f"{path} contains {symbol!r}"
     if found.returncode == 1 and not found.timed_out:
@@ -187,7 +186,7 @@ def fetch_main_locked(repo_path: Path, remote: str, main: str) -> FetchResult:
     FETCH_HEAD is one file per repository: the caller holds repo_lock, so no other fetch
     of this host can overwrite it between the fetch and the read.
     """
-    res = _git(
+    res = run_git(
         ["fetch", "--no-tags", "--quiet", UPLOAD_PACK, remote, f"refs/heads/{main}"],
         repo_path,
         timeout_s=NETWORK_TIMEOUT_S,
@@ -226,15 +225,15 @@ class _Checkout:
 
 
 def _checkout_state(repo_path: Path, main: str) -> _Checkout:
-    head = _git(["symbolic-ref", "--quiet", "HEAD"], repo_path)
+    head = run_git(["symbolic-ref", "--quiet", "HEAD"], repo_path)
     if not head or head.stdout.strip() != f"refs/heads/{main}":
         return _Checkout(False, False, f"{main} is not checked out in {repo_path}")
-    bare = _git(["rev-parse", "--is-bare-repository"], repo_path)
+    bare = run_git(["rev-parse", "--is-bare-repository"], repo_path)
     if bare.stdout.strip() == "true":
         return _Checkout(False, False, f"{repo_path} is bare")
     # Tracked changes only: an untracked file is the user's and read-tree below refuses
     # to overwrite one anyway.
-    res = _git(["status", "--porcelain", "--untracked-files=no"], repo_path)
+    res = run_git(["status", "--porcelain", "--untracked-files=no"], repo_path)
     if not res:
         return _Checkout(True, False, f"git status failed: {explain(res)}")
     if res.stdout.strip():
@@ -247,7 +246,7 @@ def cas_ref(cwd: Path, ref: str, new: str, old: str) -> CasResult:
 
     For main, call it under repo_lock (``advance_main``); a task branch is the task's own.
     """
-    res = _git(["update-ref", "-m", _REFLOG_MESSAGE, ref, new, old], cwd)
+    res = run_git(["update-ref", "-m", _REFLOG_MESSAGE, ref, new, old], cwd)
     if res:
         return CasResult("ok", f"{ref}: {old[:12]} -> {new[:12]}", new)
     now = rev_parse(cwd, ref)
@@ -280,7 +279,7 @@ def advance_main_locked(repo_path: Path, main: str, new: str, old: str) -> CasRe
     if not checkout.clean:
         note = f"{checkout.detail}: left alone (main moved to {new[:12]}; its files did not)"
         return CasResult("ok", cas.detail, new, "dirty", (note,))
-    res = _git(["read-tree", "-m", "-u", old, new], repo_path)
+    res = run_git(["read-tree", "-m", "-u", old, new], repo_path)
     if not res:
         note = f"main moved, but its checkout in {repo_path} could not follow: {explain(res)}"
         return CasResult("ok", cas.detail, new, "failed", (note,))
@@ -346,7 +345,7 @@ class PushResult:
 
 def push_main_locked(repo_path: Path, remote: str, main: str, sha: str) -> PushResult:
     """``git push <remote> <sha>:refs/heads/<main>``: a fast-forward, or rejected."""
-    res = _git(
+    res = run_git(
         ["push", "--porcelain", RECEIVE_PACK, remote, f"{sha}:refs/heads/{main}"],
         repo_path,
         timeout_s=NETWORK_TIMEOUT_S,
@@ -399,7 +398,7 @@ class RebaseResult:
 
 def _rebase_in_progress(worktree: Path) -> bool:
     for name in ("rebase-merge", "rebase-apply"):
-        res = _git(["rev-parse", "--git-path", name], worktree)
+        res = run_git(["rev-parse", "--git-path", name], worktree)
         if res:
             path = Path(res.stdout.strip())
             if not path.is_absolute():
@@ -413,7 +412,7 @@ def abort_rebase(worktree: Path) -> GitResult | None:
     """Abort a rebase left in progress (by a conflict, a timeout or a crash), if any."""
     if not _rebase_in_progress(worktree):
         return None
-    return _git(["rebase", "--abort"], worktree)
+    return run_git(["rebase", "--abort"], worktree)
 
 
 def rebase_onto(worktree: Path, onto: str) -> RebaseResult:
@@ -427,15 +426,15 @@ def rebase_onto(worktree: Path, onto: str) -> RebaseResult:
         return RebaseResult("error", head, detail="git merge-base failed", error_kind="other")
     if on_top:
         return RebaseResult("noop", head, detail=f"already on top of {onto[:12]}")
-    res = _git(
+    res = run_git(
         ["-c", "rebase.autoStash=false", "rebase", "--no-verify", onto],
         worktree,
-        env=_ORCH_IDENTITY,
+        env=ORCH_IDENTITY,
     )
     if res:
         new_head = rev_parse(worktree, "HEAD")
         return RebaseResult("ok", new_head, detail=f"rebased onto {onto[:12]}")
-    unmerged = _git(["diff", "--name-only", "--diff-filter=U"], worktree)
+    unmerged = run_git(["diff", "--name-only", "--diff-filter=U"], worktree)
     files = sorted(set(unmerged.stdout.split("\n")) - {""}) if unmerged else []
     aborted = abort_rebase(worktree)
     abort_note = "" if aborted is None or aborted else f"; rebase --abort: {explain(aborted)}"
@@ -452,160 +451,3 @@ def rebase_onto(worktree: Path, onto: str) -> RebaseResult:
 
 
 # --------------------------------------------------------------------------- one commit
-
-
-@dataclass(frozen=True)
-class CommitResult:
-    """The commit the merge gate puts on main for a task."""
-
-    status: Literal["ok", "empty", "error"]
-    sha: str | None = None
-    detail: str = ""
-    squashed: int = 0  # how many branch commits it stands for
-
-
-@dataclass(frozen=True)
-class Ident:
-    """A git identity, ``Name <email>``."""
-
-    name: str
-    email: str
-
-    def __str__(self) -> str:
-        return f"{self.name} <{self.email}>"
-
-
-# "Name <email>": what `orch task add --author` stores. Git itself drops "<", ">" and line
-# breaks from an identity; none may be in a part.
-_IDENT_RE = re.compile(r"(?P<name>[^<>]*?)\s*<(?P<email>[^<>]*)>")
-# Line breaks and other controls: a branch author is the agent's to choose, and one such
-# character in a trailer line would start a line of its own ("Orch-Task: OTHER-1").
-_UNSAFE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def parse_ident(text: str) -> Ident | None:
-    """``Name <email>`` as an Ident; None unless both parts are there and clean."""
-    text = text.strip()
-    match = _IDENT_RE.fullmatch(text)
-    if match is None or _UNSAFE_RE.search(text):
-        return None
-    name, email = match.group("name").strip(), match.group("email").strip()
-    return Ident(name, email) if name and email else None
-
-
-def configured_user(repo_path: Path) -> Ident | None:
-    """The git user configured for the user's clone (``user.name`` and ``user.email`` as
-    ``git config`` reads them there), or None when either is unset.
-
-    Read explicitly: left to itself, git would make an address up from the host name.
-    """
-    got = [_git(["config", "--get", k], repo_path) for k in ("user.name", "user.email")]
-    values = [res.stdout.strip() if res else "" for res in got]
-    if not all(values) or any(_UNSAFE_RE.search(v) or "<" in v or ">" in v for v in values):
-        return None
-    return Ident(values[0], values[1])
-
-
-def _clean(text: str) -> str:
-    return " ".join(_UNSAFE_RE.sub(" ", text).split())
-
-
-def _branch_authors(worktree: Path, base: str, head: str) -> list[tuple[Ident, str]] | None:
-    """(author, author date) of each commit in ``base..head``, oldest first."""
-    # NUL-separated (-z): a name is the agent's to choose, and may hold what splitlines
-    # would take for a line break.
-    res = _git(
-        ["log", "-z", "--reverse", "--format=%an%x00%ae%x00%aI", f"{base}..{head}"], worktree
-    )
-    fields = res.stdout.removesuffix("\0").split("\0") if res else []
-    if not fields or len(fields) % 3:
-        return None
-    return [
-        (Ident(_clean(fields[i]), _clean(fields[i + 1])), fields[i + 2].strip())
-        for i in range(0, len(fields), 3)
-    ]
-
-
-def _co_authors(authors: Sequence[Ident], main: Ident) -> list[Ident]:
-    """Each distinct branch author (by address, any case) other than the main author."""
-    seen = {main.email.lower()}
-    out: list[Ident] = []
-    for who in authors:
-        if who.email and who.name and who.email.lower() not in seen:
-            seen.add(who.email.lower())
-            out.append(who)
-    return out
-
-
-def single_commit(
-    worktree: Path,
-    branch: str,
-    base: str,
-    key: str,
-    title: str,
-    *,
-    author: str | None = None,
-    user_repo: Path | None = None,
-) -> CommitResult:
-    """Make the branch one commit on ``base``, carrying the ``Orch-Task: <key>`` trailer.
-
-    Why one commit: main must hold only trees that passed the suite, and the intermediate
-    commits of a branch never ran it. The commit keeps the branch tip's tree exactly, so
-    the worktree stays clean, and the branch moves to it by CAS (``update-ref new old``).
-    A branch that already is such a commit on ``base`` is kept as it is (same SHA), so a
-    no-op rebase stays a no-op.
-
-    Its author is the task's ``author`` (``Name <email>``) when given, else the git user
-    configured in ``user_repo`` (the user's clone), else the branch's first author. Whoever
-    else wrote the branch's commits (the agent) gets a ``Co-authored-by:`` trailer; the
-    committer is the orchestrator, and ``Orch-Task: <key>`` is the last trailer.
-    """
-    head = rev_parse(worktree, "HEAD")
-    commits = commits_between(worktree, base, "HEAD") if head else None
-    if head is None or commits is None:
-        return CommitResult("error", detail=f"cannot list the commits of {branch} on {base[:12]}")
-    if not commits:
-        return CommitResult("empty", base, f"{branch} has no commit on top of {base[:12]}")
-    if len(commits) == 1 and task_of_commit(worktree, head) == key:
-        return CommitResult("ok", head, f"{head[:12]} is already the task's commit", 1)
-    main_author = None
-    if author is not None:
-        main_author = parse_ident(author)
-        if main_author is None:
-            # Fail closed: a misread author is not to be replaced by a guess.
-            why = f"the task's author {author!r} is not 'Name <email>'"
-            return CommitResult("error", detail=why)
-    elif user_repo is not None:
-        main_author = configured_user(user_repo)
-    tree = tree_of(worktree, head)
-    log = _git(["log", "--reverse", "--format=%h %s", f"{base}..{head}"], worktree)
-    authors = _branch_authors(worktree, base, head)
-    if tree is None or not log or not authors:
-        return CommitResult("error", detail=f"cannot read the commits of {branch}")
-    first, first_date = authors[0]
-    main_author = main_author or first
-    if not (main_author.name and main_author.email):
-        return CommitResult("error", detail=f"no author for the commit of {branch}")
-    subject = " ".join(title.split())[:200] or "merge"
-    listed = "\n".join(f"- {_clean(line)}" for line in log.stdout.splitlines())
-    trailers = "".join(
-        f"Co-authored-by: {who}\n" for who in _co_authors([a for a, _ in authors], main_author)
-    )
-    message = (
-        f"{key}: {subject}\n\nSquashed from {len(commits)} commit(s) of {branch}:\n"
-        f"{listed}\n\n{trailers}{TASK_TRAILER}: {key}\n"
-    )
-    env = {
-        **_ORCH_IDENTITY,
-        "GIT_AUTHOR_NAME": main_author.name,
-        "GIT_AUTHOR_EMAIL": main_author.email,
-        "GIT_AUTHOR_DATE": first_date,
-    }
-    made = _git(["commit-tree", tree, "-p", base, "-F", "-"], worktree, env=env, input_text=message)
-    sha = made.stdout.strip()
-    if not made or not sha:
-        return CommitResult("error", detail=f"git commit-tree: {explain(made)}")
-    moved = cas_ref(worktree, f"refs/heads/{branch}", sha, head)
-    if moved.status != "ok":
-        return CommitResult("error", detail=f"moving {branch} to its commit: {moved.detail}")
-    return CommitResult("ok", sha, f"{len(commits)} commit(s) made one: {sha[:12]}", len(commits))
