@@ -251,7 +251,7 @@ def _option_changes(spec: RepoInput) -> dict[str, Any]:
     if spec.sandbox_rw is not None:
         changes["sandbox_rw"] = check_sandbox_paths(spec.sandbox_rw, "--sandbox-rw")
     if spec.protected_paths is not None:
-        # None stored: the defaults (runners.protected.DEFAULT_PROTECTED_PATHS).
+        # None stored: the defaults (runners.protected_globs.DEFAULT_PROTECTED_PATHS).
         changes["protected_paths"] = check_protected_paths(spec.protected_paths) or None
     return changes
 

@@ -199,7 +199,7 @@ FAULTS: list[Fault] = [
         "testing and merge gates still decide, and the change lands on main once",
         "was an engine bug, found by the chaos suite on PostgreSQL: the re-run applied the "
         "patch again, found nothing to commit, reported FAILED and burned the developer "
-        "budget. Fixed in engine.launch._run_patch",
+        "budget. Fixed in engine.patch_backend.run_patch",
     ),
     Fault(
         "conflicted-patch-then-retry",
