@@ -170,6 +170,10 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
             "engine/ never imports the user's operations (*_ops), cli/ or api/",
         ),
         "store": ({"engine", "api", "cli"}, "store/ never imports engine/, api/ or cli/"),
+        "forge": (
+            {"engine", "api", "cli", "store", "repo_ops", "task_ops", "backend_ops"},
+            "forge/ speaks to a forge only: it never imports store/, engine/, api/ or cli/",
+        ),
     }
     found: list[str] = []
     for name in sorted(graph):
