@@ -784,7 +784,7 @@ def _git_call_flags(path: Path) -> tuple[int, list[str]]:
             continue
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-        if name not in ("git", "_git"):
+        if name not in ("git", "run_git"):
             continue
         calls += 1
         literals = _argv_shape(node.args[0])
@@ -834,7 +834,7 @@ def test_the_static_check_catches_a_force_push(tmp_path: Path) -> None:
     bad.write_text(
         "def f(cwd):\n"
         "    gitcmd.git(['push', '--force', 'origin', 'main'], cwd)\n"
-        "    _git(['push', 'origin', '+main:main'], cwd)\n"
+        "    run_git(['push', 'origin', '+main:main'], cwd)\n"
         "    git(['reset', '--hard', 'x'], cwd)\n"
     )
     calls, found = _git_call_flags(bad)
