@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     merge_gate_infra_retry_backoff_s: float = Field(
         default=30.0, ge=0, description="First backoff of a merge-gate retry; doubles each time."
     )
+    forge_poll_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often a forge is read: new issues, a pull request's checks and reviews.",
+    )
+    forge_checks_timeout_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="How long a pull request may wait for checks and approvals before an alert.",
+    )
     subprocess_tree_kill_enabled: bool = Field(
         default=True,
         description="Run commands in their own process group and kill the whole tree.",

@@ -185,3 +185,12 @@ def test_approve_gates_the_work_or_runs_the_stage_again_with_accepted_protected_
     assert "13-test-report.md supplied by cli" in supplied.reasons
     with pytest.raises(UsageError, match="only a blocked task"):
         decide.approve(Stage.TESTING, State.ACTIVE, "DEMO-1", actor="cli")
+
+
+def test_a_gate_that_waits_defers_re_running_the_gates_and_spends_nothing() -> None:
+    verdict = Verdict(VerdictStatus.FAIL, ["waiting for pull request #7"], wait_s=60.0)
+    move = decide_job_end(TASK, _end(Stage.DEPLOY_STAGING, verdict=verdict), BUDGETS)
+    assert (move.kind, move.to_state) == ("defer", State.DEFERRED)
+    assert move.next_job == NextJob(Stage.DEPLOY_STAGING, GATE_ONLY_AGENT, after_s=60.0)
+    assert move.retries == Retries(developer=1, infra=1, gate=1)
+    assert "waiting for pull request #7" in move.reasons

@@ -112,7 +112,11 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
         ArtifactSpec(
             MERGE_REPORT,
             "Merge report",
-            (KeySpec("merge_status", _enum("MERGED", "CONFLICT", "RED", "INFRA")),),
+            (
+                KeySpec(
+                    "merge_status", _enum("MERGED", "CONFLICT", "RED", "INFRA", "WAIT", "BLOCKED")
+                ),
+            ),
             success={"merge_status": "MERGED"},
         ),
         ArtifactSpec(

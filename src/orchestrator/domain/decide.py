@@ -258,7 +258,7 @@ def _next_job(t: Transition, end: JobEnd) -> NextJob | None:
     if t.kind is TransitionKind.DEFER:
         # The process ran and its work stands when only a gate met infra trouble: then the
         # retry re-runs the gates alone, never the stage's agent again.
-        agent = GATE_ONLY_AGENT if t.spends_gate_retry else end.agent
+        agent = GATE_ONLY_AGENT if t.rerun_gates else end.agent
         return NextJob(t.to_stage, agent, after_s=t.backoff_s or 0.0)
     return None
 

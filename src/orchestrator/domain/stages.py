@@ -201,6 +201,9 @@ class Transition:
     spends_developer_retry: bool = False
     spends_infra_retry: bool = False
     spends_gate_retry: bool = False
+    # The deferred job re-runs the stage's gates alone: the stage's work stands (a gate met
+    # infra trouble, or waits for something outside).
+    rerun_gates: bool = False
 
 
 def next_transition(
@@ -244,6 +247,19 @@ def next_transition(
             what="infra retry",
         )
         return dataclasses.replace(t, alert=ARTIFACT_CHANGED) if changed else t
+    if verdict is not None and verdict.wait_s is not None and not verdict.tool_error:
+        # A gate waits for something outside (a pull request's checks and reviews): nothing
+        # failed, so nothing is spent; the gates run again after the wait.
+        wait = max(verdict.wait_s, 0.0)
+        return Transition(
+            TransitionKind.DEFER,
+            stage,
+            stage,
+            State.DEFERRED,
+            [f"{stage.value}: waiting {wait:g}s; nothing failed", *verdict_reasons],
+            backoff_s=wait,
+            rerun_gates=True,
+        )
     if verdict is not None and verdict.tool_error:
         # The process ran and its work stands; only a gate met infra trouble. Its retries
         # re-run the gates alone and are counted against the gate's own budget, so they
@@ -298,6 +314,7 @@ def _defer_or_block(
             backoff_s=backoff,
             spends_infra_retry=not gate,
             spends_gate_retry=gate,
+            rerun_gates=gate,
         )
     reasons.append(f"{what} budget spent ({budget}); treated as FAILED")
     return Transition(

@@ -40,14 +40,19 @@ class Verdict:
     # orchestrator): neither the code's fault nor trouble that retrying cures. The task is
     # blocked with this alert kind.
     needs_human: str | None = None
+    # Set by a gate that waits for something outside the task and the orchestrator (a
+    # pull request's checks and reviews): the stage's gates run again after this many
+    # seconds, and no budget is spent, since nothing failed.
+    wait_s: float | None = None
 
     @property
     def passed(self) -> bool:
-        """True only for a PASS with no tool error and nothing for a human."""
+        """True only for a PASS with no tool error, nothing for a human, nothing waited for."""
         return (
             self.status is VerdictStatus.PASS
             and self.tool_error is None
             and self.needs_human is None
+            and self.wait_s is None
         )
 
 

@@ -17,6 +17,7 @@ from orchestrator import taskdir
 from orchestrator.config import Settings
 from orchestrator.domain.stages import Stage
 from orchestrator.domain.verdicts import ARTIFACT_CHANGED, Verdict, VerdictStatus, failed
+from orchestrator.forge.base import Forge
 from orchestrator.store.rows import RepoRow, TaskRow
 
 
@@ -49,6 +50,9 @@ class GateContext:
     # {artifact name: text} the gates themselves wrote (the merge report, the coverage
     # report), for the job's record.
     written: dict[str, str] = field(default_factory=dict)
+    # The repo's forge, for a repo that lands by pull request (None: connected on demand
+    # from the repo's settings).
+    forge: Forge | None = None
 
 
 Check = Callable[[GateContext], Verdict]

@@ -32,12 +32,20 @@ from orchestrator.agent_env import SUITE_ENV, scrubbed_env
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import Verdict, VerdictStatus
-from orchestrator.gates import validated
+from orchestrator.gates import pull_land, validated
 from orchestrator.gates.context import GateContext
 from orchestrator.gates.markers import Marker, check_markers, parse_markers
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
-from orchestrator.gitops.land import Candidate, Judgement, Landing, LandRequest, Rewound, land
+from orchestrator.gitops.land import (
+    Candidate,
+    Judgement,
+    Landing,
+    LandRequest,
+    Publisher,
+    Rewound,
+    land,
+)
 from orchestrator.runners import baseline as bl
 from orchestrator.runners import protected, protected_changes
 from orchestrator.runners.base import (
@@ -61,7 +69,8 @@ MAIN_REWOUND = "main-rewound"
 # Rounds of rebase + re-test + CAS before giving up on a main that keeps moving.
 MAX_ROUNDS = 3
 
-MergeStatus = Literal["MERGED", "CONFLICT", "RED", "INFRA"]
+# WAIT and BLOCKED only when the repo lands by pull request (``gates.pull_land``).
+MergeStatus = Literal["MERGED", "CONFLICT", "RED", "INFRA", "WAIT", "BLOCKED"]
 RetestClass = Literal["timeout", "red", "lock-busy", "other"]
 Retest = Literal["ran", "skipped", "none"]
 # Tool errors the domain understands, by failure class.
@@ -174,6 +183,9 @@ class _Run:
     reasons: list[str] = field(default_factory=list)
     # Main does not descend from the main this gate last made: a human must look.
     rewound: bool = False
+    # WAIT: the gates run again after this many seconds; BLOCKED: the alert a human gets.
+    wait_s: float | None = None
+    alert: str | None = None
 
     def infra(self, kind: str, *why: str) -> _Run:
         self.status = "INFRA"
@@ -187,6 +199,7 @@ class _Run:
         self.merged_sha, self.base_sha = landing.merged_sha, landing.base_sha
         self.candidate, self.tree, self.rounds = landing.candidate, landing.tree, landing.rounds
         self.reasons.extend(landing.reasons)
+        self.wait_s, self.alert = landing.wait_s, landing.alert
         if landing.already == "already-merged":
             self.retest_reason = "already merged: nothing was re-tested"
         elif landing.already == "empty":
@@ -210,7 +223,8 @@ def check_branch_mergeable(ctx: GateContext) -> Verdict:
     summary = _summary(run)
     run.reasons.insert(0, summary)
     _write_report(ctx, run)
-    _record_result(ctx, run)
+    if run.status != "WAIT":  # a wait is no merge result; the history shows it
+        _record_result(ctx, run)
     fields = {
         "merge_status": run.status,
         "merged_sha": run.merged_sha or "none",
@@ -221,6 +235,10 @@ def check_branch_mergeable(ctx: GateContext) -> Verdict:
     status = VerdictStatus.PASS if run.status == "MERGED" else VerdictStatus.FAIL
     if run.rewound:
         return Verdict(status, list(run.reasons), fields, needs_human=MAIN_REWOUND)
+    if run.status == "WAIT":
+        return Verdict(status, list(run.reasons), fields, wait_s=run.wait_s or 0.0)
+    if run.status == "BLOCKED":
+        return Verdict(status, list(run.reasons), fields, needs_human=run.alert or "task-blocked")
     if run.status == "MERGED" and run.merged_sha is not None:
         _remember_main(ctx, run.merged_sha, run.reasons)
     return Verdict(status, list(run.reasons), fields, run.tool_error)
@@ -291,6 +309,7 @@ def _merge(ctx: GateContext, run: _Run) -> None:
         author=ctx.task.author,
         main_seen=repo.main_seen,
         max_rounds=MAX_ROUNDS,
+        publish=_publisher(ctx),
     )
     landing = land(request, judge)
     run.landed(landing)
@@ -396,6 +415,13 @@ def _before_retest(
 
 
 # --------------------------------------------------------------------------- report, DB
+
+
+def _publisher(ctx: GateContext) -> Publisher | None:
+    """For a repo that lands by pull request, the step that lands the candidate there."""
+    if not pull_land.lands_by_pull_request(ctx):
+        return None
+    return pull_land.publisher(ctx, ctx.forge)
 
 
 def _write_report(ctx: GateContext, run: _Run) -> None:

@@ -27,7 +27,9 @@ from orchestrator.gitops import squash, worktrees
 
 log = logging.getLogger(__name__)
 
-LandStatus = Literal["MERGED", "CONFLICT", "RED", "INFRA"]
+# WAIT and BLOCKED come only from a publisher (a pull request): its checks or reviews are
+# still pending, or pending past the limit.
+LandStatus = Literal["MERGED", "CONFLICT", "RED", "INFRA", "WAIT", "BLOCKED"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class LandRequest:
     # The main last landed (None: none yet): main must still descend from it.
     main_seen: str | None
     max_rounds: int
+    # Lands the candidate instead of moving main here (a pull request merged through the
+    # forge's API); None: compare-and-swap of main, and a push when there is a remote.
+    publish: Publisher | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,23 @@ class Judgement:
 
 
 Judge = Callable[[Candidate], Judgement]
+
+
+@dataclass(frozen=True)
+class Published:
+    """A publisher's word on a candidate the judge passed: merged on the remote (main is at
+    ``merged_sha`` there), or not yet (WAIT, with ``wait_s``), or not at all (RED, INFRA,
+    BLOCKED with the ``alert`` a human gets)."""
+
+    status: LandStatus
+    reasons: tuple[str, ...] = ()
+    classification: str | None = None
+    merged_sha: str | None = None
+    wait_s: float | None = None
+    alert: str | None = None
+
+
+Publisher = Callable[[Candidate], Published]
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,9 @@ class Landing:
     # MERGED without moving main: "already-merged" (the task's commit is on main: a crash
     # came between moving main and the bookkeeping), "empty" (main holds every change).
     already: Literal["already-merged", "empty"] | None = None
+    # WAIT: come back in this many seconds; BLOCKED: the alert a human gets.
+    wait_s: float | None = None
+    alert: str | None = None
 
 
 @dataclass
@@ -112,6 +137,8 @@ class _Progress:
     tree: str | None = None
     rewound: Rewound | None = None
     already: Literal["already-merged", "empty"] | None = None
+    wait_s: float | None = None
+    alert: str | None = None
 
     def stop(self, status: LandStatus, classification: str | None, *why: str) -> None:
         self.status = status
@@ -130,6 +157,8 @@ class _Progress:
             self.tree,
             self.rewound,
             self.already,
+            self.wait_s,
+            self.alert,
         )
 
 
@@ -228,7 +257,27 @@ def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> boo
         got.stop(judged.stop, judged.classification, *judged.reasons)
         return True
     got.reasons.extend(judged.reasons)
+    if req.publish is not None:
+        return _published(
+            req, got, req.publish(Candidate(round_no, base, candidate, tree, rebased.status))
+        )
     return _move_main(req, got, candidate, base, round_no)
+
+
+def _published(req: LandRequest, got: _Progress, done: Published) -> bool:
+    """Take the publisher's word; after a merge on the remote, bring main here up to it."""
+    got.wait_s, got.alert = done.wait_s, done.alert
+    if done.status != "MERGED":
+        got.stop(done.status, done.classification, *done.reasons)
+        return True
+    got.reasons.extend(done.reasons)
+    fresh = gm.refresh_main(req.repo_path, req.main, req.remote)
+    if fresh.status != "ok" or fresh.sha is None:
+        # Merged on the remote: the next refresh brings main here. Not the task's trouble.
+        got.reasons.append(f"merged, but main here is not refreshed yet: {fresh.detail}")
+    got.merged_sha = done.merged_sha or fresh.sha
+    got.stop("MERGED", None)
+    return True
 
 
 def _move_main(req: LandRequest, got: _Progress, candidate: str, base: str, round_no: int) -> bool:

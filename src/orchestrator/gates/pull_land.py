@@ -1,0 +1,199 @@
+"""Landing by pull request: the merge gate's last step when a repo lands through its forge.
+
+Where the merge gate would move main itself (compare-and-swap, push), a repo that lands by
+pull request (``land: pr``) has the candidate pushed as the task branch, its pull request
+opened (once), and the forge's word read on exactly that head: the required checks (branch
+protection's and the repo's own ``required_checks``) and the reviews. ``domain.pullreq``
+decides; here it is asked and carried out:
+
+- merge: through the forge's API with the head SHA the decision was taken on (a head that
+  moved meanwhile is refused by the forge and read again, never merged blind);
+- wait: the gate's verdict says how long (``Verdict.wait_s``), the task waits deferred,
+  holding no worker and no serial gate, and nothing is spent;
+- fail: a failing check (its name, summary and log tail) or a request for changes (the
+  review and its line comments) sends the task back to development, with that text in
+  the reasons the next prompt shows;
+- block: checks pending past ``ORCH_FORGE_CHECKS_TIMEOUT_S``, or credentials the forge
+  rejects, stop for a human with an alert.
+
+A forge outage or rate limit is a wait that honours ``retry-after``: never the task's fault.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from orchestrator import taskdir
+from orchestrator.domain import artifacts as A
+from orchestrator.domain.pullreq import CheckView, ReviewView, judge_pull
+from orchestrator.forge.base import Forge, ForgeFault, ForgeFaultKind
+from orchestrator.forge.branch import push_task_branch
+from orchestrator.gates.context import GateContext
+from orchestrator.gitops import worktrees
+from orchestrator.gitops.land import Candidate, Published, Publisher
+from orchestrator.store import queries
+
+__all__ = ["FORGE_CREDENTIALS", "lands_by_pull_request", "publisher", "waiting_since"]
+
+# The alert of a forge that refuses the token.
+FORGE_CREDENTIALS = "forge-credentials"
+# How long to wait on a forge outage that named no retry-after.
+OUTAGE_WAIT_S = 30.0
+# The words that mark a deferral as a wait for the pull request (see ``waiting_since``).
+WAITING_WORDS = "waiting for pull request"
+
+
+def lands_by_pull_request(ctx: GateContext) -> bool:
+    """Whether the repo lands through its forge's pull requests."""
+    return ctx.repo.options.get("land") == "pr"
+
+
+def waiting_since(engine: sa.Engine | None, task_id: int, now: float) -> float:
+    """When the task began its current wait for its pull request: the first of the waits in
+    a row at the end of its history; ``now`` when it is not waiting yet."""
+    if engine is None:
+        return now
+    with engine.connect() as conn:
+        history = queries.list_transitions(conn, task_id)
+    since = now
+    for t in reversed(history):
+        if t.kind != "defer" or not any(WAITING_WORDS in r for r in t.reasons):
+            break
+        since = t.at
+    return since
+
+
+def _fault(exc: ForgeFault, poll_s: float) -> Published:
+    why = f"{WAITING_WORDS}: the forge failed: {exc}"
+    if exc.kind is ForgeFaultKind.CREDENTIALS:
+        return Published(
+            "BLOCKED",
+            (f"the forge rejected the credentials: {exc}",),
+            classification="other",
+            alert=FORGE_CREDENTIALS,
+        )
+    if exc.kind is ForgeFaultKind.REQUEST:
+        return Published("INFRA", (f"the forge refused the request: {exc}",), "other")
+    wait = exc.retry_after_s if exc.retry_after_s is not None else max(poll_s, OUTAGE_WAIT_S)
+    return Published("WAIT", (why,), wait_s=max(wait, 1.0))
+
+
+def publisher(
+    ctx: GateContext,
+    forge: Forge | None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Publisher:
+    """The merge gate's publisher for a repo that lands by pull request."""
+    repo, task, st = ctx.repo, ctx.task, ctx.settings
+    poll_s = st.forge_poll_s
+    required_extra = [str(c) for c in ctx.repo.options.get("required_checks") or []]
+    method = str(ctx.repo.options.get("merge_method") or "squash")
+
+    def publish(candidate: Candidate) -> Published:
+        if forge is None:
+            return Published("INFRA", ("the repo lands by pull request but has no forge",), "other")
+        if not repo.remote:
+            return Published("INFRA", ("landing by pull request needs the repo's remote",), "other")
+        pushed, detail = push_task_branch(
+            Path(repo.path), repo.remote, task.key, candidate.sha, main=repo.main_branch
+        )
+        if not pushed:
+            return Published("INFRA", (detail,), "other")
+        try:
+            pr = forge.open_pull(
+                head=worktrees.branch_name(task.key),
+                base=repo.main_branch,
+                title=f"{task.key}: {task.title}",
+                body=_pull_body(ctx),
+            )
+            if pr.merged:
+                return Published("MERGED", (f"pull request #{pr.number} is merged",))
+            checks = forge.checks(pr.head_sha)
+            required = [*forge.required_checks(repo.main_branch), *required_extra]
+            approvals = max(
+                forge.required_approvals(repo.main_branch),
+                int(ctx.repo.options.get("required_approvals") or 0),
+            )
+            reviews = forge.reviews(pr.number)
+            now = clock()
+            judged = judge_pull(
+                number=pr.number,
+                head_sha=pr.head_sha,
+                candidate=candidate.sha,
+                checks=[CheckView(c.name, c.state, c.summary, c.log_tail) for c in checks],
+                required_checks=required,
+                reviews=[
+                    ReviewView(
+                        r.author,
+                        r.state,
+                        r.commit_sha,
+                        r.body,
+                        tuple(f"{c.path}:{c.line or '-'}: {c.body}" for c in r.comments),
+                    )
+                    for r in reviews
+                ],
+                required_approvals=approvals,
+                waited_s=now - waiting_since(ctx.engine, task.id, now),
+                timeout_s=st.forge_checks_timeout_s,
+                poll_s=poll_s,
+            )
+            reasons = (f"{detail}; pull request #{pr.number}: {pr.url}", *judged.reasons)
+            if judged.kind == "wait":
+                return Published(
+                    "WAIT", (f"{WAITING_WORDS} #{pr.number}", *reasons), wait_s=judged.wait_s
+                )
+            if judged.kind == "fail":
+                return Published("RED", reasons, "red")
+            if judged.kind == "block":
+                return Published("BLOCKED", reasons, "other", alert=judged.alert)
+            merged = forge.merge(pr.number, sha=pr.head_sha, method=method)
+        except ForgeFault as exc:
+            return _fault(exc, poll_s)
+        if merged.head_moved:
+            return Published(
+                "WAIT",
+                (
+                    f"{WAITING_WORDS} #{pr.number}: its head moved before the merge; read again",
+                    merged.message,
+                ),
+                wait_s=min(poll_s, 5.0),
+            )
+        if not merged.merged:
+            return Published(
+                "INFRA", (f"the forge did not merge #{pr.number}: {merged.message}",), "other"
+            )
+        return Published(
+            "MERGED",
+            (
+                *reasons,
+                f"merged pull request #{pr.number} ({method}) as {(merged.sha or '?')[:12]}",
+            ),
+            merged_sha=merged.sha,
+        )
+
+    return publish
+
+
+def _pull_body(ctx: GateContext) -> str:
+    """The pull request's description: the task, the test report's summary, a link back."""
+    report = taskdir.read_artifact(ctx.task_dir, A.TEST_REPORT) or ""
+    summary = "\n".join(report.strip().splitlines()[:40])
+    parts = [
+        f"Task {ctx.task.key}: {ctx.task.title}",
+        "",
+        ctx.task.body.strip(),
+        "",
+        "### Test report (summary)",
+        "",
+        "```",
+        summary or "(no test report)",
+        "```",
+        "",
+        f"Opened by the orchestrator for task {ctx.task.key}.",
+    ]
+    return "\n".join(parts)
