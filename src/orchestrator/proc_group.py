@@ -1,7 +1,8 @@
 """Run one command in its own process group and make sure nothing it started outlives it.
 
-The only place in the package that starts processes. Stdlib only, no imports from the rest of
-the package, so it can be reasoned about (and benchmarked) alone.
+The only place in the package that starts processes. Stdlib only, and of the rest of the
+package only ``masking`` (stdlib only itself: the rule of what a log header masks), so it
+can be reasoned about (and benchmarked) alone.
 
 How a run goes:
 
@@ -38,11 +39,13 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+
+from orchestrator.masking import mask_env
 
 if TYPE_CHECKING:  # stdlib only at run time: the sandbox is handed in, never imported
     from orchestrator.sandbox import Sandbox
@@ -56,7 +59,6 @@ __all__ = [
     "group_alive",
     "kill_marked",
     "kill_process_group",
-    "mask_env",
     "run",
 ]
 
@@ -65,9 +67,6 @@ MARKER_ENV = "ORCH_RUN_MARKER"
 MARKER_CHAIN_ENV = "ORCH_RUN_MARKER_CHAIN"
 _MARKER_ENV_B = MARKER_ENV.encode()
 _CHAIN_ENV_B = MARKER_CHAIN_ENV.encode()
-
-MASK = "****"
-_SECRET_PARTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 
 # Reap loop tick: how quickly an exit, a cancel or the timeout is noticed.
 _TICK_S = 0.01
@@ -140,27 +139,6 @@ class Outcome:
             and self.start_error is None
             and not self.termination_uncertain
         )
-
-
-def mask_env(env: Mapping[str, str], extra_secret_names: Iterable[str] = ()) -> dict[str, str]:
-    """A copy of ``env`` with secret-looking values replaced by ``****``.
-
-    Secret-looking: the name contains TOKEN, SECRET, PASSWORD, PASSWD, KEY or CREDENTIAL
-    (any case), or is DATABASE_URL / ``*_DATABASE_URL`` (URLs carry passwords), or is one of
-    ``extra_secret_names``. Over-masking (``KEYBOARD``) is the safe side of this trade.
-    """
-    extra = set(extra_secret_names)
-    masked: dict[str, str] = {}
-    for name, value in env.items():
-        upper = name.upper()
-        secret = (
-            name in extra
-            or any(part in upper for part in _SECRET_PARTS)
-            or upper == "DATABASE_URL"
-            or upper.endswith("_DATABASE_URL")
-        )
-        masked[name] = MASK if secret else value
-    return masked
 
 
 # --------------------------------------------------------------------------- /proc helpers

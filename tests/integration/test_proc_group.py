@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.masking import mask_env
 from orchestrator.proc_group import (
     MARKER_CHAIN_ENV,
     MARKER_ENV,
@@ -29,7 +30,6 @@ from orchestrator.proc_group import (
     group_alive,
     kill_marked,
     kill_process_group,
-    mask_env,
     run,
 )
 from orchestrator.self_deploy import ExitStatus, map_outcome

@@ -7,10 +7,8 @@ grow with the history are bounded by a ``limit`` and come with their full ``coun
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -19,6 +17,7 @@ from orchestrator.api import models as M
 from orchestrator.api.snapshot import Snapshot
 from orchestrator.config import Settings
 from orchestrator.engine.worker import SERIAL_HOLD_STAGES
+from orchestrator.masking import masked_setting, masked_url
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.sandbox import sandbox_state
 from orchestrator.store import (
@@ -36,12 +35,6 @@ from orchestrator.store.rows import AlertRow, JobRow, TaskRow, TransitionRow
 from orchestrator.store.schema import alerts, jobs, repos, tasks
 
 LIVE_STATES = ("active", "deferred", "blocked")
-
-# Settings whose values are secrets, or may hold one (a webhook URL carries its token in
-# the path). Any future setting named like a secret is masked too.
-_SECRET_SETTINGS = frozenset({"api_token", "alert_webhook_url"})
-_SECRET_NAME_RE = re.compile(r"token|secret|password|passwd|credential", re.IGNORECASE)
-MASK = "***"
 
 
 # ---- small conversions -------------------------------------------------------------------
@@ -116,27 +109,11 @@ def alert_out(a: AlertRow, task_key: str | None) -> M.AlertOut:
     )
 
 
-def masked_url(url: str) -> str:
-    """A database URL without its password."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return MASK
-
-
 def masked_settings(st: Settings) -> dict[str, M.SettingValue]:
-    """Every setting, with secrets replaced by ``***`` (or empty when unset)."""
+    """Every setting, secrets masked by ``masking``'s rule (``***``, or empty when unset)."""
     out: dict[str, M.SettingValue] = {}
     for name in type(st).model_fields:
-        value = getattr(st, name)
-        if name == "database_url":
-            out[name] = masked_url(value) if value else ""
-            continue
-        if name in _SECRET_SETTINGS or _SECRET_NAME_RE.search(name):
-            out[name] = MASK if value else ""
-            continue
-        if isinstance(value, Path):
-            value = str(value)
+        value = masked_setting(name, getattr(st, name))
         out[name] = (
             value if isinstance(value, str | int | float | bool) or value is None else str(value)
         )

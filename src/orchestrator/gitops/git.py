@@ -6,10 +6,13 @@ left out) and how a reason names paths.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from orchestrator.masking import without_secrets
 
 DEFAULT_GIT_TIMEOUT_S = 60.0
 
@@ -46,22 +49,14 @@ SAFE_CONFIG = tuple(arg for setting in SAFE_SETTINGS for arg in ("-c", setting))
 UPLOAD_PACK = "--upload-pack=git-upload-pack"
 RECEIVE_PACK = "--receive-pack=git-receive-pack"
 
-_SECRET_PARTS = ("TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "DATABASE_URL", "API_KEY")
-
 
 def git_environment() -> dict[str, str]:
-    """Our environment without the orchestrator's settings and secrets.
+    """Our environment without the orchestrator's settings and secrets (``masking``'s rule).
 
     Git runs hooks (post-checkout on `worktree add`, say) from the managed repository;
     they must not see the API token or the database URL.
     """
-    import os
-
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ORCH_") and not any(part in k.upper() for part in _SECRET_PARTS)
-    }
+    return {k: v for k, v in without_secrets(os.environ).items() if not k.startswith("ORCH_")}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""The one rule of what is a secret: for the job logs, the API and git's environment.
+
+A variable or setting is a secret by its name: it contains TOKEN, SECRET, PASSWORD, PASSWD,
+KEY, CREDENTIAL or WEBHOOK (a webhook URL carries its token in the path), in any case, or
+it ends with DATABASE_URL (a database URL carries its password), or the caller names it
+(a repo's ``--agent-env`` keys). Over-masking (``KEYBOARD``) is the safe side of this trade.
+
+Each output spells a masked value as it always has: ``****`` in a job log's env header,
+``***`` in the API (as SQLAlchemy hides a URL's password). Stdlib only at import time:
+``proc_group`` uses it and stays free of third-party imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from typing import TypeVar
+
+# Replaces a secret in the API's answers (and a URL's password, by SQLAlchemy's spelling).
+MASK = "***"
+# Replaces a secret value in the env header of a job's log.
+ENV_MASK = "****"
+
+SECRET_PARTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "WEBHOOK")
+# DATABASE_URL, ORCH_DATABASE_URL, TEST_DATABASE_URL; not DATABASE_URL_HINT.
+DATABASE_URL_NAME = "DATABASE_URL"
+
+_V = TypeVar("_V")
+
+
+def is_secret_name(name: str, extra: Collection[str] = ()) -> bool:
+    """Whether ``name`` (an environment variable or a setting) holds a secret, or may;
+    ``extra`` names more secrets, matched exactly."""
+    upper = name.upper()
+    return (
+        name in extra
+        or any(part in upper for part in SECRET_PARTS)
+        or upper.endswith(DATABASE_URL_NAME)
+    )
+
+
+def mask_env(env: Mapping[str, str], extra_secret_names: Iterable[str] = ()) -> dict[str, str]:
+    """A copy of ``env`` with every secret's value replaced by ``****`` (a job log's header)."""
+    extra = frozenset(extra_secret_names)
+    return {name: ENV_MASK if is_secret_name(name, extra) else value for name, value in env.items()}
+
+
+def without_secrets(env: Mapping[str, _V]) -> dict[str, _V]:
+    """A copy of ``env`` without its secrets: what a process must not see at all."""
+    return {name: value for name, value in env.items() if not is_secret_name(name)}
+
+
+def masked_url(url: str) -> str:
+    """A URL (a database's) with its password replaced by ``***``; ``***`` when unreadable."""
+    # Imported here, not at the top: proc_group imports this module and is stdlib only.
+    import sqlalchemy as sa
+
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return MASK
+
+
+def masked_setting(name: str, value: object) -> object:
+    """A setting's value as the API shows it: a database URL without its password, any other
+    secret as ``***`` (an empty one as ``""``: unset is not a secret), the rest as it is."""
+    if name.upper().endswith(DATABASE_URL_NAME):
+        return masked_url(str(value)) if value else ""
+    if is_secret_name(name):
+        return MASK if value else ""
+    return value
