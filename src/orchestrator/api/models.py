@@ -1,13 +1,15 @@
 """Request and response bodies of the HTTP API, so ``/openapi.json`` says exactly what is sent.
 
 Times are epoch seconds (floats), as in the database and in the CLI's ``--json`` output.
+A response model reads a row of ``store/`` whose names line up with its fields
+(``Model.model_validate(row)``, pydantic's ``from_attributes``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from orchestrator.store.spend import TOP_TASKS
 
@@ -20,7 +22,16 @@ ONE_LINE = r"^[^\r\n]*\S[^\r\n]*$"
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # from_attributes: built from the store's rows (dataclasses, SQLAlchemy rows) by name.
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+
+def _no_reasons_as_empty(value: object) -> object:
+    return [] if value is None else value
+
+
+# A decision's reasons; a row without any (NULL) reads as none.
+Reasons = Annotated[list[str], BeforeValidator(_no_reasons_as_empty)]
 
 
 class _In(BaseModel):
@@ -201,7 +212,7 @@ class DeferredTaskOut(_Out):
     stage: str
     not_before: float | None = Field(description="When its retry may start (null: none queued).")
     infra_retries: int
-    reasons: list[str]
+    reasons: Reasons
     updated_at: float
 
 
@@ -211,7 +222,7 @@ class BlockedTaskOut(_Out):
     task: str
     repo: str
     stage: str
-    reasons: list[str]
+    reasons: Reasons
     developer_retries: int
     infra_retries: int
     updated_at: float
@@ -319,7 +330,7 @@ class TaskOut(_Out):
     title: str
     stage: str
     state: str
-    reasons: list[str]
+    reasons: Reasons
     developer_retries: int
     infra_retries: int
     author: str | None = Field(description="`Name <email>` for its commit on main, if given.")
@@ -349,7 +360,7 @@ class TransitionOut(_Out):
     to_stage: str | None
     from_state: str | None
     to_state: str | None
-    reasons: list[str]
+    reasons: Reasons
     actor: str
     at: float
 
@@ -365,7 +376,7 @@ class JobOut(_Out):
     outcome: str | None
     verdict: str | None
     exit_code: int | None
-    reasons: list[str]
+    reasons: Reasons
     log_path: str | None
     started_at: float | None
     finished_at: float | None
@@ -479,7 +490,7 @@ class AlertOut(_Out):
     kind: str
     severity: str
     message: str
-    reasons: list[str]
+    reasons: Reasons
     task: str | None
     created_at: float = Field(description="When it was first raised.")
     delivered_at: float | None

@@ -1,14 +1,15 @@
-"""The API's read-only queries: status, queue, task listings and details, alerts.
+"""What the API reads: status, queue, task listings and details, alerts, as response models.
 
 Each function takes a connection (the caller opens it on ``store.reader(engine)``, so on
-SQLite no read waits for the write lock) and returns the response models. Lists that can
-grow with the history are bounded by a ``limit`` and come with their full ``count``.
+SQLite no read waits for the write lock) and returns the response models. The SQL is in
+``store/`` (``store.reads`` for the listings); the models are built from its rows with
+pydantic's ``from_attributes``. Lists that can grow with the history are bounded by a
+``limit`` and come with their full ``count``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import sqlalchemy as sa
 
@@ -21,7 +22,6 @@ from orchestrator.masking import masked_setting, masked_url
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.sandbox import sandbox_state
 from orchestrator.store import (
-    alert_rows,
     breakers,
     control,
     counters,
@@ -31,8 +31,9 @@ from orchestrator.store import (
     spend,
 )
 from orchestrator.store import jobs as jobq
-from orchestrator.store.rows import AlertRow, JobRow, TaskRow, TransitionRow
-from orchestrator.store.schema import alerts, jobs, repos, tasks
+from orchestrator.store import reads as store_reads
+from orchestrator.store.reads import repo_names as repo_names  # the dashboard reads it here
+from orchestrator.store.rows import TaskRow
 
 LIVE_STATES = ("active", "deferred", "blocked")
 
@@ -42,71 +43,7 @@ LIVE_STATES = ("active", "deferred", "blocked")
 
 def task_out(t: TaskRow, repo_name: str) -> M.TaskOut:
     """A task as `orch task list --json` shows it."""
-    return M.TaskOut(
-        key=t.key,
-        repo=repo_name,
-        title=t.title,
-        stage=t.stage,
-        state=t.state,
-        reasons=list(t.reasons or []),
-        developer_retries=t.developer_retries,
-        infra_retries=t.infra_retries,
-        author=t.author,  # issue 13: shown wherever a task is
-        created_at=t.created_at,
-        updated_at=t.updated_at,
-    )
-
-
-def transition_out(h: TransitionRow) -> M.TransitionOut:
-    """One history entry."""
-    return M.TransitionOut(
-        kind=h.kind,
-        from_stage=h.from_stage,
-        to_stage=h.to_stage,
-        from_state=h.from_state,
-        to_state=h.to_state,
-        reasons=list(h.reasons or []),
-        actor=h.actor,
-        at=h.at,
-    )
-
-
-def job_out(j: JobRow) -> M.JobOut:
-    """One job of a task."""
-    return M.JobOut(
-        id=j.id,
-        stage=j.stage,
-        agent=j.agent,
-        attempt=j.attempt,
-        state=j.state,
-        outcome=j.outcome,
-        verdict=j.verdict,
-        exit_code=j.exit_code,
-        reasons=list(j.reasons or []),
-        log_path=j.log_path,
-        started_at=j.started_at,
-        finished_at=j.finished_at,
-        cost_usd=j.cost_usd,
-        tokens_in=j.tokens_in,
-        tokens_out=j.tokens_out,
-    )
-
-
-def alert_out(a: AlertRow, task_key: str | None) -> M.AlertOut:
-    """An alert as `orch alerts --json` shows it."""
-    return M.AlertOut(
-        id=a.id,
-        kind=a.kind,
-        severity=a.severity,
-        message=a.message,
-        reasons=list(a.reasons or []),
-        task=task_key,
-        created_at=a.created_at,
-        delivered_at=a.delivered_at,
-        delivery_attempts=a.delivery_attempts,
-        occurrences=a.occurrences,
-        resolved_at=a.resolved_at,
-    )
+    return M.TaskOut.model_validate(store_reads.TaskWithRepo.of(t, repo_name))
 
 
 def masked_settings(st: Settings) -> dict[str, M.SettingValue]:
@@ -124,24 +61,10 @@ def masked_settings(st: Settings) -> dict[str, M.SettingValue]:
 # ---- status ------------------------------------------------------------------------------
 
 
-def repo_names(conn: sa.Connection) -> dict[int, str]:
-    """Repo id → name."""
-    return {int(i): str(n) for i, n in conn.execute(sa.select(repos.c.id, repos.c.name))}
-
-
-def task_keys(conn: sa.Connection, ids: Iterable[int]) -> dict[int, str]:
-    """Task id → key, for the given ids only."""
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    stmt = sa.select(tasks.c.id, tasks.c.key).where(tasks.c.id.in_(wanted))
-    return {int(i): str(k) for i, k in conn.execute(stmt)}
-
-
 def serial_gate(conn: sa.Connection) -> dict[str, str | None]:
     """Every repo → the task holding its serial gate (as the claim sees it), or None."""
     holders = jobq.serial_gate_holders(conn, SERIAL_HOLD_STAGES)
-    keys = task_keys(conn, holders.values())
+    keys = store_reads.task_keys(conn, holders.values())
     gate: dict[str, str | None] = dict.fromkeys(sorted(repo_names(conn).values()))
     for serial_key, task_id in holders.items():
         gate[serial_key] = keys.get(task_id)
@@ -214,12 +137,7 @@ def workers(conn: sa.Connection, st: Settings, now: float) -> list[M.WorkerOut]:
     """Workers with a heartbeat row, newest heartbeat first."""
     return [
         M.WorkerOut(
-            id=w.id,
-            name=w.name,
-            host=w.host,
-            pid=w.pid,
-            started_at=w.started_at,
-            heartbeat_at=w.heartbeat_at,
+            **asdict(w),
             heartbeat_age_s=max(0.0, now - w.heartbeat_at),
             stale=now - w.heartbeat_at > st.job_lease_s,
         )
@@ -258,9 +176,6 @@ def status(
     totals: Aggregates,
 ) -> M.StatusOut:
     """Everything ``GET /status`` shows."""
-    alert_count = conn.execute(
-        sa.select(sa.func.count()).select_from(alerts).where(alerts.c.resolved_at.is_(None))
-    ).scalar_one()
     return M.StatusOut(
         version=__version__,
         started_at=started_at,
@@ -275,192 +190,43 @@ def status(
         backends=backends(conn),
         workers=workers(conn, st, now),
         serial_gate=serial_gate(conn),
-        alerts=int(alert_count),
+        alerts=store_reads.open_alert_count(conn),
     )
 
 
 # ---- queue -------------------------------------------------------------------------------
 
-_J = jobs.c
-_T = tasks.c
-
-
-def _job_task_repo() -> sa.Join:
-    return jobs.join(tasks, _T.id == _J.task_id).join(repos, repos.c.id == _T.repo_id)
-
-
-def queue_counts(conn: sa.Connection) -> dict[str, int]:
-    """How many jobs are queued (of active tasks) and running, tasks deferred and blocked.
-
-    One statement: the four counts are read in one round trip.
-    """
-
-    def count(table: sa.FromClause, *where: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
-        return sa.select(sa.func.count()).select_from(table).where(*where).scalar_subquery()
-
-    row = conn.execute(
-        sa.select(
-            count(
-                jobs.join(tasks, _T.id == _J.task_id), _J.state == "queued", _T.state == "active"
-            ),
-            count(jobs, _J.state == "running"),
-            count(tasks, _T.state == "deferred"),
-            count(tasks, _T.state == "blocked"),
-        )
-    ).one()
-    return dict(zip(("queued", "running", "deferred", "blocked"), map(int, row), strict=True))
-
 
 def queued_section(conn: sa.Connection, now: float, limit: int, count: int) -> M.QueuedSection:
     """Queued jobs of active tasks, in the order a worker claims them."""
-    where = (_J.state == "queued", _T.state == "active")
-    stmt = (
-        sa.select(
-            _J.id,
-            _T.key,
-            repos.c.name,
-            _J.stage,
-            _J.agent,
-            _J.attempt,
-            _J.not_before,
-            _J.created_at,
-        )
-        .select_from(_job_task_repo())
-        .where(*where)
-        .order_by(_J.not_before, _J.id)
-        .limit(limit)
-    )
     items = [
-        M.QueuedJobOut(
-            job=r.id,
-            task=r.key,
-            repo=r.name,
-            stage=r.stage,
-            agent=r.agent,
-            attempt=r.attempt,
-            not_before=r.not_before,
-            created_at=r.created_at,
-            waiting_s=max(0.0, now - r.created_at),
-        )
-        for r in conn.execute(stmt)
+        M.QueuedJobOut(**r._mapping, waiting_s=max(0.0, now - r.created_at))
+        for r in store_reads.queued_jobs(conn, limit)
     ]
     return M.QueuedSection(count=count, items=items)
 
 
 def running_section(conn: sa.Connection, now: float, limit: int, count: int) -> M.RunningSection:
     """Running jobs, longest-running first, with their agent and elapsed time."""
-    stmt = (
-        sa.select(
-            _J.id,
-            _T.key,
-            repos.c.name,
-            _J.stage,
-            _J.agent,
-            _J.attempt,
-            _J.started_at,
-            _J.host,
-            _J.lease_owner,
-            _J.pid,
-        )
-        .select_from(_job_task_repo())
-        .where(_J.state == "running")
-        .order_by(_J.started_at, _J.id)
-        .limit(limit)
-    )
     items = [
         M.RunningJobOut(
-            job=r.id,
-            task=r.key,
-            repo=r.name,
-            stage=r.stage,
-            agent=r.agent,
-            attempt=r.attempt,
-            started_at=r.started_at,
+            **r._mapping,
             elapsed_s=0.0 if r.started_at is None else max(0.0, now - r.started_at),
-            host=r.host,
-            worker=r.lease_owner,
-            pid=r.pid,
         )
-        for r in conn.execute(stmt)
+        for r in store_reads.running_jobs(conn, limit)
     ]
     return M.RunningSection(count=count, items=items)
 
 
 def deferred_section(conn: sa.Connection, limit: int, count: int) -> M.DeferredSection:
-    """Deferred tasks, most recently deferred first, with their retry's ``not_before``.
-
-    Tasks first (their state index), then only their own queued jobs (the task_id index):
-    on 10,000 tasks and 100,000 jobs a few milliseconds, where ordering every deferred task
-    by its jobs took seconds on SQLite (bench/api.py).
-    """
-    stmt = (
-        sa.select(
-            _T.id,
-            _T.key,
-            repos.c.name,
-            _T.stage,
-            _T.infra_retries,
-            _T.reasons,
-            _T.updated_at,
-        )
-        .select_from(tasks.join(repos, repos.c.id == _T.repo_id))
-        .where(_T.state == "deferred")
-        .order_by(_T.updated_at.desc(), _T.id.desc())
-        .limit(limit)
-    )
-    rows = conn.execute(stmt).all()
-    next_at: dict[int, float] = {}
-    if rows:
-        retries = (
-            sa.select(_J.task_id, sa.func.min(_J.not_before))
-            .where(_J.task_id.in_([r.id for r in rows]), _J.state == "queued")
-            .group_by(_J.task_id)
-        )
-        next_at = {int(task_id): float(nb) for task_id, nb in conn.execute(retries)}
-    items = [
-        M.DeferredTaskOut(
-            task=r.key,
-            repo=r.name,
-            stage=r.stage,
-            not_before=next_at.get(r.id),
-            infra_retries=r.infra_retries,
-            reasons=list(r.reasons or []),
-            updated_at=r.updated_at,
-        )
-        for r in rows
-    ]
+    """Deferred tasks, most recently deferred first, with their retry's ``not_before``."""
+    items = [M.DeferredTaskOut.model_validate(d) for d in store_reads.deferred_tasks(conn, limit)]
     return M.DeferredSection(count=count, items=items)
 
 
 def blocked_section(conn: sa.Connection, limit: int, count: int) -> M.BlockedSection:
     """Blocked tasks, most recently blocked first, with the reasons."""
-    stmt = (
-        sa.select(
-            _T.key,
-            repos.c.name,
-            _T.stage,
-            _T.reasons,
-            _T.developer_retries,
-            _T.infra_retries,
-            _T.updated_at,
-        )
-        .select_from(tasks.join(repos, repos.c.id == _T.repo_id))
-        .where(_T.state == "blocked")
-        .order_by(_T.updated_at.desc(), _T.id.desc())
-        .limit(limit)
-    )
-    items = [
-        M.BlockedTaskOut(
-            task=r.key,
-            repo=r.name,
-            stage=r.stage,
-            reasons=list(r.reasons or []),
-            developer_retries=r.developer_retries,
-            infra_retries=r.infra_retries,
-            updated_at=r.updated_at,
-        )
-        for r in conn.execute(stmt)
-    ]
+    items = [M.BlockedTaskOut.model_validate(r) for r in store_reads.blocked_tasks(conn, limit)]
     return M.BlockedSection(count=count, items=items)
 
 
@@ -484,11 +250,7 @@ def runner_counters(conn: sa.Connection, st: Settings) -> dict[str, M.RunnerCoun
             by_verdict=a.own.by_verdict,
             merge_gate_failed=a.merge_gate_failed,
             infra_retries=a.infra_retries,
-            llm_fallback=M.FallbackCounters(
-                finished=a.llm_fallback.finished,
-                by_outcome=a.llm_fallback.by_outcome,
-                by_verdict=a.llm_fallback.by_verdict,
-            ),
+            llm_fallback=M.FallbackCounters.model_validate(a.llm_fallback),
         )
         for n, a in tallies.items()
     }
@@ -499,7 +261,7 @@ def queue(
 ) -> M.QueueOut:
     """Everything ``GET /queue`` shows: live lists, and the counters of ``totals``."""
     runners = totals.value.runners
-    counts = queue_counts(conn)
+    counts = store_reads.queue_counts(conn)
     return M.QueueOut(
         now=now,
         limit=limit,
@@ -528,23 +290,17 @@ def list_tasks(
     offset: int,
 ) -> list[M.TaskOut]:
     """Tasks matching every given filter, oldest first, one page."""
-    stmt = sa.select(tasks).order_by(_T.id).limit(limit).offset(offset)
-    if repo_id is not None:
-        stmt = stmt.where(_T.repo_id == repo_id)
-    if state is not None:
-        stmt = stmt.where(_T.state == state)
-    if stage is not None:
-        stmt = stmt.where(_T.stage == stage)
-    names = repo_names(conn)
-    rows = [TaskRow(**r._mapping) for r in conn.execute(stmt)]
-    return [task_out(t, names.get(t.repo_id, "?")) for t in rows]
+    page = store_reads.task_page(
+        conn, repo_id=repo_id, state=state, stage=stage, limit=limit, offset=offset
+    )
+    return [M.TaskOut.model_validate(t) for t in page]
 
 
 def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> M.TaskDetailOut:
     """A task as `orch task show --json` shows it."""
     repo = queries.get_repo_by_id(conn, task.repo_id)
     folder = taskdir.task_dir(st.tasks_dir, task.key)
-    summary = task_out(task, repo.name if repo else "?")
+    summary = task_out(task, repo.name if repo else store_reads.UNKNOWN_REPO)
     waiting = task_ops.task_waiting_on(conn, task)
     ours, foreign = taskdir.split_artifacts(folder, jobq.recorded_artifacts(conn, task.id))
     return M.TaskDetailOut(
@@ -553,31 +309,26 @@ def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> M.TaskDetai
         folder=str(folder),
         artifacts=ours,
         not_written_by_pipeline=foreign,
-        history=[transition_out(h) for h in queries.list_transitions(conn, task.id)],
-        jobs=[job_out(j) for j in queries.list_jobs(conn, task_id=task.id)],
-        spend=task_spend_detail(conn, st, task.id),
-        after=[
-            M.DependencyOut(key=d.key, state=d.state) for d in dependencies.deps_of(conn, task.id)
+        history=[
+            M.TransitionOut.model_validate(h) for h in queries.list_transitions(conn, task.id)
         ],
-        waiting_on=[M.DependencyOut(key=d.key, state=d.state) for d in waiting],
+        jobs=[M.JobOut.model_validate(j) for j in queries.list_jobs(conn, task_id=task.id)],
+        spend=task_spend_detail(conn, st, task.id),
+        after=[M.DependencyOut.model_validate(d) for d in dependencies.deps_of(conn, task.id)],
+        waiting_on=[M.DependencyOut.model_validate(d) for d in waiting],
         waiting=task_ops.waiting_text(waiting),
     )
 
 
 def task_spend_detail(conn: sa.Connection, st: Settings, task_id: int) -> M.SpendOut:
     """What the task's jobs cost so far, against the per-task budget."""
-    got = spend.task_spend(conn, task_id)
     return M.SpendOut(
-        cost_usd=got.cost_usd,
-        tokens_in=got.tokens_in,
-        tokens_out=got.tokens_out,
-        jobs_with_cost=got.jobs_with_cost,
+        **asdict(spend.task_spend(conn, task_id)),
         budget_usd=money.budget_or_none(st.llm_budget_per_task_usd),
     )
 
 
 def list_alerts(conn: sa.Connection, limit: int, *, resolved: bool = False) -> list[M.AlertOut]:
     """Open alerts, newest first; ``resolved`` lists the resolved ones too."""
-    rows = alert_rows.list_alerts(conn, limit=limit, open_only=not resolved)
-    keys = task_keys(conn, (a.task_id for a in rows if a.task_id is not None))
-    return [alert_out(a, keys.get(a.task_id) if a.task_id else None) for a in rows]
+    found = store_reads.alerts_with_task(conn, limit, open_only=not resolved)
+    return [M.AlertOut.model_validate(a) for a in found]
