@@ -2,8 +2,8 @@
 
 A fresh ``CollectorRegistry`` per app (never the process-global one, so two apps in one
 process, as in tests, do not collide) holds one collector that reads the database when
-scraped. Counters are derived from rows, so they survive restarts and add up across every
-worker on the database.
+scraped (the queries are in ``store.metrics``). Counters are derived from rows, so they
+survive restarts and add up across every worker on the database.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from orchestrator import __version__
 from orchestrator.api.state import Api
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.store import control, counters, merges, spend
-from orchestrator.store.schema import alerts, jobs, tasks, transitions, workers
+from orchestrator.store import metrics as figures
 
 # Job duration buckets, seconds: from a quick runner to the reaper's hour.
 DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -55,26 +55,17 @@ class DatabaseCollector(Collector):
         paused = st.paused or control.is_paused(conn)
         yield GaugeMetricFamily("orch_paused", "1 when no new jobs are claimed.", float(paused))
 
-        j, t = jobs.c, tasks.c
         by_task = GaugeMetricFamily(
             "orch_tasks", "Tasks by stage and state.", labels=["stage", "state"]
         )
-        for stage, state, n in conn.execute(
-            sa.select(t.stage, t.state, sa.func.count()).group_by(t.stage, t.state)
-        ):
+        for stage, state, n in figures.tasks_by_stage_state(conn):
             by_task.add_metric([stage, state], n)
         yield by_task
 
-        depth = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(jobs.join(tasks, t.id == j.task_id))
-            .where(j.state == "queued", t.state.in_(("active", "deferred")))
-        ).scalar_one()
+        depth = figures.queue_depth(conn)
         yield GaugeMetricFamily("orch_queue_depth", "Queued jobs of live tasks.", depth)
         by_state = GaugeMetricFamily("orch_jobs", "Jobs by state.", labels=["state"])
-        counts = dict(
-            conn.execute(sa.select(j.state, sa.func.count()).group_by(j.state)).tuples().all()
-        )
+        counts = figures.jobs_by_state(conn)
         for state in ("queued", "running", "finished"):
             by_state.add_metric([state], counts.get(state, 0))
         yield by_state
@@ -84,11 +75,7 @@ class DatabaseCollector(Collector):
             "Finished jobs by stage, agent and outcome (`none`: ended before it ran).",
             labels=["stage", "agent", "outcome"],
         )
-        for stage, agent, outcome, n in conn.execute(
-            sa.select(j.stage, j.agent, j.outcome, sa.func.count())
-            .where(j.state == "finished")
-            .group_by(j.stage, j.agent, j.outcome)
-        ):
+        for stage, agent, outcome, n in figures.finished_jobs(conn):
             finished.add_metric([stage, agent, outcome or "none"], n)
         yield finished
 
@@ -97,9 +84,7 @@ class DatabaseCollector(Collector):
         kinds = CounterMetricFamily(
             "orch_transitions", "Task transitions by kind.", labels=["kind"]
         )
-        for kind, n in conn.execute(
-            sa.select(transitions.c.kind, sa.func.count()).group_by(transitions.c.kind)
-        ):
+        for kind, n in figures.transitions_by_kind(conn):
             kinds.add_metric([kind], n)
         yield kinds
 
@@ -109,19 +94,10 @@ class DatabaseCollector(Collector):
         tokens = CounterMetricFamily(
             "orch_llm_tokens", "LLM tokens by agent and direction.", labels=["agent", "direction"]
         )
-        for agent, usd, tin, tout in conn.execute(
-            sa.select(
-                j.agent,
-                sa.func.coalesce(sa.func.sum(j.cost_usd), 0.0),
-                sa.func.coalesce(sa.func.sum(j.tokens_in), 0),
-                sa.func.coalesce(sa.func.sum(j.tokens_out), 0),
-            )
-            .where(j.cost_usd.is_not(None))
-            .group_by(j.agent)
-        ):
-            cost.add_metric([agent], float(usd))
-            tokens.add_metric([agent, "in"], int(tin))
-            tokens.add_metric([agent, "out"], int(tout))
+        for agent, usd, tin, tout in figures.llm_use_by_agent(conn):
+            cost.add_metric([agent], usd)
+            tokens.add_metric([agent, "in"], tin)
+            tokens.add_metric([agent, "out"], tout)
         yield cost
         yield tokens
         yield from self._budgets(conn)
@@ -136,17 +112,9 @@ class DatabaseCollector(Collector):
             "Open (unresolved) alerts, by kind and severity.",
             labels=["kind", "severity"],
         )
-        a = alerts.c
-        for kind, severity, raised, still_open in conn.execute(
-            sa.select(
-                a.kind,
-                a.severity,
-                sa.func.sum(a.occurrences),
-                sa.func.sum(sa.case((a.resolved_at.is_(None), 1), else_=0)),
-            ).group_by(a.kind, a.severity)
-        ):
-            alert_family.add_metric([kind, severity], int(raised or 0))
-            open_family.add_metric([kind, severity], int(still_open or 0))
+        for kind, severity, raised, still_open in figures.alerts_by_kind(conn):
+            alert_family.add_metric([kind, severity], raised)
+            open_family.add_metric([kind, severity], still_open)
         yield alert_family
         yield open_family
 
@@ -159,11 +127,7 @@ class DatabaseCollector(Collector):
             merge.add_metric([name], n)
         yield merge
 
-        live = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(workers)
-            .where(workers.c.heartbeat_at >= time.time() - st.job_lease_s)
-        ).scalar_one()
+        live = figures.live_workers(conn, since=time.time() - st.job_lease_s)
         yield GaugeMetricFamily("orch_workers", "Workers with a heartbeat within a lease.", live)
 
     def _budgets(self, conn: sa.Connection) -> Iterator[Metric]:
@@ -224,24 +188,11 @@ class DatabaseCollector(Collector):
 
     def _durations(self, conn: sa.Connection) -> Metric:
         """A histogram of finished jobs' run times, by stage, bucketed in SQL."""
-        j = jobs.c
-        duration = j.finished_at - j.started_at
-        columns: list[sa.ColumnElement[object]] = [
-            sa.func.sum(sa.case((duration <= le, 1), else_=0)) for le in DURATION_BUCKETS_S
-        ]
-        stmt = (
-            sa.select(j.stage, sa.func.count(), sa.func.sum(duration), *columns)
-            .where(j.state == "finished", j.started_at.is_not(None), j.finished_at.is_not(None))
-            .group_by(j.stage)
-        )
         family = HistogramMetricFamily(
             "orch_job_duration_seconds", "Run time of finished jobs, by stage.", labels=["stage"]
         )
-        for row in conn.execute(stmt):
-            stage, count, total = row[0], int(row[1]), float(row[2] or 0.0)
-            buckets = [
-                (_le(le), int(n or 0)) for le, n in zip(DURATION_BUCKETS_S, row[3:], strict=True)
-            ]
+        for stage, count, total, per_bound in figures.job_durations(conn, DURATION_BUCKETS_S):
+            buckets = [(_le(le), n) for le, n in zip(DURATION_BUCKETS_S, per_bound, strict=True)]
             buckets.append(("+Inf", count))
             family.add_metric([stage], buckets, total)
         return family
