@@ -1,4 +1,4 @@
-"""The one rule of what is a secret: for the job logs, the API and git's environment.
+"""The one rule of what is a secret: for the job logs, the API, git and the agents.
 
 A variable or setting is a secret by its name: it contains TOKEN, SECRET, PASSWORD, PASSWD,
 KEY, CREDENTIAL or WEBHOOK (a webhook URL carries its token in the path), in any case, or

@@ -1,8 +1,5 @@
-"""Reading /proc: the pids there, a process's state and group, whether it is dead.
-
-Raw ``os`` calls: these files are read for every process on every sweep and group check,
-and kill latency is what ``bench/tree_kill.py`` measures.
-"""
+"""Reading /proc: the pids there, a process's state and group, whether it is dead, and how
+often to look again while waiting for one to die (shared by ``groups`` and ``sweep``)."""
 
 from __future__ import annotations
 
