@@ -1,8 +1,6 @@
 """Request and response bodies of the HTTP API, so ``/openapi.json`` says exactly what is sent.
 
 Times are epoch seconds (floats), as in the database and in the CLI's ``--json`` output.
-A response model reads a row of ``store/`` whose names line up with its fields
-(``Model.model_validate(row)``, pydantic's ``from_attributes``).
 """
 
 from __future__ import annotations
@@ -14,6 +12,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from orchestrator.store.spend import TOP_TASKS
 
 SettingValue = str | int | float | bool | None
+# A decision's reasons, as a list; a row's NULL reads as none.
+Reasons = Annotated[list[str], BeforeValidator(lambda v: [] if v is None else v)]
 
 # Some character that is not whitespace (a blank patch is no patch).
 NOT_BLANK = r"\S"
@@ -22,16 +22,8 @@ ONE_LINE = r"^[^\r\n]*\S[^\r\n]*$"
 
 
 class _Out(BaseModel):
-    # from_attributes: built from the store's rows (dataclasses, SQLAlchemy rows) by name.
+    # Built from the store's rows by name: Model.model_validate(row) (from_attributes).
     model_config = ConfigDict(extra="forbid", from_attributes=True)
-
-
-def _no_reasons_as_empty(value: object) -> object:
-    return [] if value is None else value
-
-
-# A decision's reasons; a row without any (NULL) reads as none.
-Reasons = Annotated[list[str], BeforeValidator(_no_reasons_as_empty)]
 
 
 class _In(BaseModel):
