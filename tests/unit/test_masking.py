@@ -24,7 +24,7 @@ from orchestrator.masking import (
     masked_url,
     without_secrets,
 )
-from orchestrator.store.queries import RepoRow
+from orchestrator.store.rows import RepoRow
 
 # ---- the four old rules, as they were --------------------------------------------------
 
@@ -97,13 +97,17 @@ NAMES = (
 
 
 def _leaked(rule: str) -> list[str]:
-    """The names the old ``rule`` hid and the shared rule shows."""
-    # The one such name by design: git dropped any name holding DATABASE_URL, the log
-    # header only one ending with it, and its test pins DATABASE_URL_HINT as no secret (a
-    # hint is not a URL).
-    shown_now = {"DATABASE_URL_HINT"} if rule == "git" else set()
+    """The names the old ``rule`` hid and the shared rule shows: for git (and every other
+    process's environment) the rule of ``without_secrets``, which also drops any name that
+    holds DATABASE_URL, as git's old rule did; elsewhere ``is_secret_name``."""
     old = OLD_RULES[rule]
-    return [n for n in NAMES if old(n) and not is_secret_name(n) and n not in shown_now]
+
+    def shown(name: str) -> bool:
+        if rule == "git":
+            return name in masking.without_secrets({name: ""})
+        return not is_secret_name(name)
+
+    return [n for n in NAMES if old(n) and shown(n)]
 
 
 @pytest.mark.parametrize("rule", sorted(OLD_RULES))
