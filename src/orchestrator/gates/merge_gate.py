@@ -42,6 +42,7 @@ from orchestrator.gitops.land import (
     Judgement,
     Landing,
     LandRequest,
+    Published,
     Publisher,
     Rewound,
     land,
@@ -299,6 +300,13 @@ def _merge(ctx: GateContext, run: _Run) -> None:
     def judge(candidate: Candidate) -> Judgement:
         return _judge(ctx, run, worktree, markers, cmd_key, candidate)
 
+    publish, stopped = _publisher(ctx)
+    if stopped is not None:
+        run.status, run.classification = stopped.status, stopped.classification
+        run.wait_s, run.alert = stopped.wait_s, stopped.alert
+        run.reasons.extend(stopped.reasons)
+        return
+
     request = LandRequest(
         repo_path=Path(repo.path),
         main=repo.main_branch,
@@ -309,7 +317,7 @@ def _merge(ctx: GateContext, run: _Run) -> None:
         author=ctx.task.author,
         main_seen=repo.main_seen,
         max_rounds=MAX_ROUNDS,
-        publish=_publisher(ctx),
+        publish=publish,
     )
     landing = land(request, judge)
     run.landed(landing)
@@ -417,11 +425,12 @@ def _before_retest(
 # --------------------------------------------------------------------------- report, DB
 
 
-def _publisher(ctx: GateContext) -> Publisher | None:
-    """For a repo that lands by pull request, the step that lands the candidate there."""
+def _publisher(ctx: GateContext) -> tuple[Publisher | None, Published | None]:
+    """For a repo that lands by pull request, the step that lands the candidate there, or
+    why the landing stops before it starts; (None, None) for a repo that pushes main."""
     if not pull_land.lands_by_pull_request(ctx):
-        return None
-    return pull_land.publisher(ctx, ctx.forge)
+        return None, None
+    return pull_land.prepare(ctx, ctx.forge)
 
 
 def _write_report(ctx: GateContext, run: _Run) -> None:

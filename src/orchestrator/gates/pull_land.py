@@ -37,7 +37,7 @@ from orchestrator.gitops import worktrees
 from orchestrator.gitops.land import Candidate, Published, Publisher
 from orchestrator.store import queries
 
-__all__ = ["FORGE_CREDENTIALS", "lands_by_pull_request", "publisher", "waiting_since"]
+__all__ = ["FORGE_CREDENTIALS", "lands_by_pull_request", "prepare", "waiting_since"]
 
 # The alert of a forge that refuses the token.
 FORGE_CREDENTIALS = "forge-credentials"
@@ -82,29 +82,42 @@ def _fault(exc: ForgeFault, poll_s: float) -> Published:
     return Published("WAIT", (why,), wait_s=max(wait, 1.0))
 
 
-def publisher(
+def prepare(
     ctx: GateContext,
     forge: Forge | None,
     *,
     clock: Callable[[], float] = time.time,
-) -> Publisher:
-    """The merge gate's publisher for a repo that lands by pull request."""
+) -> tuple[Publisher | None, Published | None]:
+    """The merge gate's publisher for a repo that lands by pull request, or why the landing
+    stops before it starts: no forge, no remote, or a forge that is down or refuses the
+    token, asked before any git talks to it (a fetch would only fail less clearly)."""
     repo, task, st = ctx.repo, ctx.task, ctx.settings
     poll_s = st.forge_poll_s
     required_extra = [str(c) for c in ctx.repo.options.get("required_checks") or []]
     method = str(ctx.repo.options.get("merge_method") or "squash")
+    if forge is None:
+        return None, Published(
+            "INFRA", ("the repo lands by pull request but has no forge",), "other"
+        )
+    if not repo.remote:
+        return None, Published(
+            "INFRA", ("landing by pull request needs the repo's remote",), "other"
+        )
+    try:
+        protected = forge.required_checks(repo.main_branch)
+    except ForgeFault as exc:
+        return None, _fault(exc, poll_s)
+    required = [*protected, *required_extra]
 
     def publish(candidate: Candidate) -> Published:
-        if forge is None:
-            return Published("INFRA", ("the repo lands by pull request but has no forge",), "other")
-        if not repo.remote:
-            return Published("INFRA", ("landing by pull request needs the repo's remote",), "other")
-        pushed, detail = push_task_branch(
-            Path(repo.path), repo.remote, task.key, candidate.sha, main=repo.main_branch
-        )
-        if not pushed:
-            return Published("INFRA", (detail,), "other")
+        assert forge is not None
+        assert repo.remote is not None
         try:
+            pushed, detail = push_task_branch(
+                Path(repo.path), repo.remote, task.key, candidate.sha, main=repo.main_branch
+            )
+            if not pushed:
+                return Published("INFRA", (detail,), "other")
             pr = forge.open_pull(
                 head=worktrees.branch_name(task.key),
                 base=repo.main_branch,
@@ -114,7 +127,6 @@ def publisher(
             if pr.merged:
                 return Published("MERGED", (f"pull request #{pr.number} is merged",))
             checks = forge.checks(pr.head_sha)
-            required = [*forge.required_checks(repo.main_branch), *required_extra]
             approvals = max(
                 forge.required_approvals(repo.main_branch),
                 int(ctx.repo.options.get("required_approvals") or 0),
@@ -176,7 +188,7 @@ def publisher(
             merged_sha=merged.sha,
         )
 
-    return publish
+    return publish, None
 
 
 def _pull_body(ctx: GateContext) -> str:

@@ -1,0 +1,243 @@
+"""Landing by pull request, against the fake GitHub the project ships.
+
+The repo's remote is a repository on the fake, served over git's smart HTTP, so the task
+branch's push and the merge are real; the forge is the githubkit client. Each test plays the
+testing stage, then runs the merge gate as a gate-only job would, and reads what the forge
+and the domain make of it: the pull request opened once, a failing check's log in the
+reasons the next prompt shows, changes requested then approved, a head that moved before
+the merge, an outage and a rate limit that end in a merge with nothing spent, a bad token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from tests.integration.merge_helpers import (
+    CALC,
+    TESTS,
+    MergeBed,
+    decide,
+    fill_slot,
+    run_git,
+)
+
+from orchestrator.domain.stages import State, Transition, TransitionKind
+from orchestrator.domain.verdicts import Verdict
+from orchestrator.forge.base import MergeResult
+from orchestrator.forge.fake_github import FakeGitHub
+from orchestrator.forge.github import GitHubForge
+from orchestrator.store import queries
+from orchestrator.store.rows import TaskRow
+
+REPO = "acme/app"
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeGitHub]:
+    with FakeGitHub(tmp_path / "fake") as gh:
+        yield gh
+
+
+class PullBed:
+    """A ``MergeBed`` whose repo lands by pull request on the fake."""
+
+    def __init__(self, tmp_path: Path, engine: sa.Engine, make_repo: Any, fake: FakeGitHub):
+        self.fake = fake
+        self.bed = MergeBed(tmp_path, engine, make_repo, forge_poll_s=30.0)
+        fake.create_repo(REPO, source=self.bed.repo_path)
+        # The user's clone reaches the forge with its own git credentials.
+        run_git(self.bed.repo_path, "remote", "add", "origin", fake.clone_url(REPO))
+        fake.protect_branch(REPO, "main", checks=["ci"], approvals=1)
+        with engine.begin() as conn:
+            queries.update_repo(
+                conn,
+                self.bed.name,
+                now=time.time(),
+                remote="origin",
+                options={
+                    "land": "pr",
+                    "forge": {"kind": "github", "repo": REPO, "api_url": fake.url},
+                },
+            )
+        self.forge = GitHubForge(REPO, fake.token, base_url=fake.url, timeout_s=5.0)
+
+    def tested_task(self, slot: str = "a") -> TaskRow:
+        task = self.bed.add_task(f"add {slot}")
+        self.bed.develop(task, fill_slot(CALC, TESTS, slot, slot, 2), slot)
+        ok, note = self.bed.run_testing_stage(task)
+        assert ok, note
+        return task
+
+    def gate(self, task: TaskRow) -> Verdict:
+        return self.bed.gate(task, forge=self.forge)
+
+    def head(self) -> str:
+        return self.fake.pull(REPO, 1).head_sha
+
+    def forge_main(self) -> str | None:
+        return self.fake.branch_sha(REPO, "main")
+
+
+@pytest.fixture
+def pb(tmp_path: Path, engine: sa.Engine, make_repo: Any, fake: FakeGitHub) -> PullBed:
+    return PullBed(tmp_path, engine, make_repo, fake)
+
+
+def _spent(t: Transition) -> tuple[bool, bool, bool]:
+    return (t.spends_developer_retry, t.spends_infra_retry, t.spends_gate_retry)
+
+
+def _said(verdict: Verdict, text: str) -> bool:
+    return any(text in r for r in verdict.reasons)
+
+
+def test_the_pull_request_is_opened_once_and_waits_for_its_checks_and_approval(
+    pb: PullBed,
+) -> None:
+    task = pb.tested_task()
+    main_before = pb.forge_main()
+    first = pb.gate(task)
+    assert first.wait_s == 30.0, first.reasons
+    assert _said(first, "checks not reported yet: ci")
+    pull = pb.fake.pull(REPO, 1)
+    assert pull.head_ref == f"orch/{task.key}"
+    assert f"Task {task.key}" in pull.issue.body
+    # Waiting spends nothing: a deferral that re-runs the gates alone.
+    t = decide(first)
+    assert (t.kind, t.to_state, t.rerun_gates) == (TransitionKind.DEFER, State.DEFERRED, True)
+    assert _spent(t) == (False, False, False)
+    # A second run finds the same pull request (no second one) and main is untouched.
+    pb.fake.set_check_run(REPO, pb.head(), "ci", conclusion=None, status="in_progress")
+    again = pb.gate(task)
+    assert again.wait_s is not None
+    assert _said(again, "checks pending: ci")
+    assert list(pb.fake.repo(REPO).pulls) == [1]
+    assert pb.forge_main() == main_before
+
+
+def test_a_failing_check_sends_its_name_summary_and_log_tail_back_to_development(
+    pb: PullBed,
+) -> None:
+    task = pb.tested_task()
+    pb.gate(task)
+    log = "collected 3 items\n" * 200 + "E   AssertionError: expected 3, got 2\n"
+    pb.fake.set_check_run(
+        REPO, pb.head(), "ci", conclusion="failure", summary="1 test failed", text=log
+    )
+    verdict = pb.gate(task)
+    assert not verdict.passed
+    assert verdict.wait_s is None
+    assert _said(verdict, "check ci failed: "), verdict.reasons
+    assert _said(verdict, "1 test failed")
+    assert _said(verdict, "AssertionError: expected 3, got 2")
+    t = decide(verdict)
+    assert t.kind is TransitionKind.ROLLBACK
+    assert t.spends_developer_retry
+    # The reasons the next development prompt reads hold the log's tail.
+    assert any("AssertionError: expected 3, got 2" in r for r in t.reasons)
+
+
+def test_changes_requested_then_approved_merges_through_the_api(pb: PullBed) -> None:
+    task = pb.tested_task()
+    pb.gate(task)
+    head = pb.head()
+    pb.fake.set_check_run(REPO, head, "ci", conclusion="success")
+    pb.fake.submit_review(
+        REPO,
+        1,
+        "CHANGES_REQUESTED",
+        author="ada",
+        body="Name it after what it does",
+        comments=[("calc.py", 12, "why 2?")],
+    )
+    sent_back = pb.gate(task)
+    assert _said(sent_back, "review by ada: Name it after what it does")
+    assert _said(sent_back, "comment: calc.py:12: why 2?")
+    assert decide(sent_back).kind is TransitionKind.ROLLBACK
+
+    pb.fake.submit_review(REPO, 1, "APPROVED", author="ada")
+    merged = pb.gate(task)
+    assert merged.passed, merged.reasons
+    assert merged.fields["merge_status"] == "MERGED"
+    assert pb.fake.pull(REPO, 1).merged
+    # Main here follows the forge's main, which the forge's merge moved.
+    assert pb.bed.main_sha() == pb.forge_main()
+    assert merged.fields["merged_sha"] == pb.forge_main()
+    # The merge named the head it was decided on.
+    merges = pb.fake.api_requests("PUT", "/pulls/1/merge")
+    assert len(merges) == 1
+    assert head in str(merges[0].body)
+
+
+def test_a_head_that_moved_between_the_approval_and_the_merge_is_never_merged_blind(
+    pb: PullBed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = pb.tested_task()
+    pb.gate(task)
+    approved = pb.head()
+    pb.fake.set_check_run(REPO, approved, "ci", conclusion="success")
+    pb.fake.submit_review(REPO, 1, "APPROVED", author="ada")
+    real_merge = pb.forge.merge
+    branch = f"orch/{task.key}"
+
+    def someone_pushes_first(number: int, *, sha: str, method: str) -> MergeResult:
+        # Between the gate's read (green, approved) and its merge call, the head moves.
+        pb.fake.push_commit(REPO, branch, {"stray.txt": "x\n"}, message="stray")
+        return real_merge(number, sha=sha, method=method)
+
+    monkeypatch.setattr(pb.forge, "merge", someone_pushes_first)
+    moved = pb.gate(task)
+    assert moved.wait_s is not None, moved.reasons
+    assert _said(moved, "its head moved before the merge")
+    assert not pb.fake.pull(REPO, 1).merged
+    # The merge named the approved head, and the forge refused it for the moved one.
+    (call,) = pb.fake.api_requests("PUT", "/pulls/1/merge")
+    assert approved in str(call.body)
+    assert call.status in (405, 409)
+    monkeypatch.setattr(pb.forge, "merge", real_merge)
+    # Read again: the candidate goes back on the branch; approved for exactly that head, it
+    # merges, and the stray commit is not in main.
+    merged = pb.gate(task)
+    assert merged.passed, merged.reasons
+    assert pb.fake.pull(REPO, 1).merged
+    assert "stray.txt" not in run_git(pb.bed.repo_path, "ls-tree", "--name-only", "main")
+
+
+def test_an_outage_and_a_rate_limit_wait_and_end_in_a_merge_with_nothing_spent(
+    pb: PullBed,
+) -> None:
+    task = pb.tested_task()
+    pb.gate(task)
+    pb.fake.set_check_run(REPO, pb.head(), "ci", conclusion="success")
+    pb.fake.submit_review(REPO, 1, "APPROVED", author="ada")
+    pb.fake.fail_next(5, status=503)
+    storm = pb.gate(task)
+    assert storm.wait_s is not None
+    assert _said(storm, "forge outage")
+    t = decide(storm)
+    assert t.kind is TransitionKind.DEFER
+    assert _spent(t) == (False, False, False)
+    pb.fake.clear_faults()
+    pb.fake.secondary_rate_limit(1, retry_after_s=42)
+    limited = pb.gate(task)
+    assert limited.wait_s == 42.0, limited.reasons
+    assert _said(limited, "rate-limited")
+    merged = pb.gate(task)
+    assert merged.passed, merged.reasons
+    assert pb.fake.pull(REPO, 1).merged
+
+
+def test_a_bad_token_blocks_with_one_credentials_alert_and_main_unmoved(pb: PullBed) -> None:
+    task = pb.tested_task()
+    pb.gate(task)
+    pb.fake.set_token("a-new-token")
+    verdict = pb.gate(task)
+    assert verdict.needs_human == "forge-credentials", verdict.reasons
+    assert _said(verdict, "rejected the credentials")
+    assert decide(verdict).alert == "forge-credentials"
+    assert not pb.fake.pull(REPO, 1).merged
