@@ -10,7 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,12 @@ from orchestrator.domain.stages import (
     validate_pipeline,
 )
 from orchestrator.errors import NotFoundError, UsageError
+from orchestrator.forge.settings import (
+    ForgeInput,
+    check_forge_options,
+    forge_option_changes,
+    forge_settings,
+)
 from orchestrator.gitops.git import (
     branch_exists,
     current_branch,
@@ -89,6 +95,8 @@ class RepoInput:
     protected_paths: Sequence[str] | None = None
     # Accept main as it is now as the base to build on (after a rewind a human checked).
     trust_main: bool = False
+    # The forge the repo's issues come from and its pull requests go to (forge/settings.py).
+    forge: ForgeInput = field(default_factory=ForgeInput)
 
 
 # The seed's marker of the self-hosting repo: the merge gate's own re-test classifier, which
@@ -307,11 +315,14 @@ def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoR
     options = _option_changes(spec)
     if spec.self_hosting and "regression_markers" not in options:
         options["regression_markers"] = [dict(SELFHOST_MARKER)]
+    forge = forge_option_changes({}, spec.forge)
+    options.update({k: v for k, v in forge.items() if v is not None})
     now = time.time()
     with engine.begin() as conn:
         if queries.get_repo(conn, name) is not None:
             msg = f"repo {name!r} is already registered (use `orch repo set`)"
             raise UsageError(msg)
+        _check_forge_repo_free(conn, name, options)
         taken = [r.name for r in queries.list_repos(conn) if r.key_prefix == prefix]
         if taken:
             msg = f"task key prefix {prefix} is used by repo {taken[0]}; give --prefix"
@@ -390,12 +401,17 @@ def set_repo(engine: sa.Engine, name: str, spec: RepoInput) -> RepoRow:
             fields["main_seen"] = sha
         changes = _option_changes(spec)
         options = dict(repo.options or {})
+        changes.update(forge_option_changes(options, spec.forge))
         if spec.self_hosting and "regression_markers" not in {**options, **changes}:
             # Made self-hosting now: the seed's marker, unless markers were chosen already
             # (an empty list is a choice too).
             changes["regression_markers"] = [dict(SELFHOST_MARKER)]
         if changes:
-            fields["options"] = {**options, **changes}
+            merged = {**options, **changes}
+            if merged.get("forge", "") is None:
+                del merged["forge"]  # `--forge none`
+            _check_forge_repo_free(conn, name, merged)
+            fields["options"] = merged
         if not fields:
             msg = "nothing to change: give at least one option"
             raise UsageError(msg)
@@ -412,7 +428,24 @@ def set_repo_options(engine: sa.Engine, name: str, options: dict[str, Any]) -> R
     with engine.begin() as conn:
         repo = require_repo(conn, name)
         merged = {**dict(repo.options or {}), **options}
+        if "forge" in options or "land" in options:
+            check_forge_options(merged)
+            _check_forge_repo_free(conn, name, merged)
         return queries.update_repo(conn, name, now=time.time(), options=merged)
+
+
+def _check_forge_repo_free(conn: sa.Connection, name: str, options: dict[str, Any]) -> None:
+    """One registered repo per forge repository: a webhook names the forge's repository,
+    and must lead to one repo's tasks."""
+    mine = forge_settings(options)
+    if mine is None:
+        return
+    for other in queries.list_repos(conn):
+        theirs = forge_settings(other.options)
+        # GitHub's names are case-insensitive: Octo/Demo and octo/demo are one repository.
+        if other.name != name and theirs is not None and theirs.repo.lower() == mine.repo.lower():
+            msg = f"--forge-repo {mine.repo}: repo {other.name} is already that forge repository"
+            raise UsageError(msg)
 
 
 def require_repo(conn: sa.Connection, name: str) -> RepoRow:

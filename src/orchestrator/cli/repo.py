@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli._common import console, engine, plain, print_json, run
+from orchestrator.forge.settings import ForgeInput, forge_settings, land_of
 from orchestrator.repo_ops import RepoInput, add_repo, require_repo, set_repo
 from orchestrator.runners import protected_globs
 from orchestrator.store import queries
@@ -79,6 +80,74 @@ KeepOpt = Annotated[
         help="Keep a done task's orch/<KEY> branch (default: deleted once main holds it).",
     ),
 ]
+ForgeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--forge", help="The forge of the repo's issues and pull requests: github (none: remove)."
+    ),
+]
+ForgeRepoOpt = Annotated[
+    str | None, typer.Option("--forge-repo", help="OWNER/NAME of the repository on the forge.")
+]
+ForgeApiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--forge-api-url",
+        help="The forge's API (default https://api.github.com; http only to this machine).",
+    ),
+]
+ForgeTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--forge-token-env",
+        help="NAME of the environment variable holding the token (default GITHUB_TOKEN); the "
+        "token itself is never stored.",
+    ),
+]
+LandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--land", help="push: the merge gate pushes main; pr: through a pull request (a forge)."
+    ),
+]
+ChecksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--required-checks",
+        help="CSV of checks a pull request must pass ('' : those branch protection requires).",
+    ),
+]
+MergeMethodOpt = Annotated[
+    str | None,
+    typer.Option("--merge-method", help="How a pull request is merged: squash, merge or rebase."),
+]
+LabelOpt = Annotated[
+    str | None,
+    typer.Option("--intake-label", help="Issues with this label become tasks (default orch)."),
+]
+
+
+def _forge_input(
+    forge: str | None,
+    forge_repo: str | None,
+    forge_api_url: str | None,
+    forge_token_env: str | None,
+    land: str | None,
+    required_checks: str | None,
+    merge_method: str | None,
+    intake_label: str | None,
+) -> ForgeInput:
+    return ForgeInput(
+        forge=forge,
+        repo=forge_repo,
+        api_url=forge_api_url,
+        token_env=forge_token_env,
+        land=land,
+        # Split as given: '' is a list of no checks (clears), not "not given".
+        required_checks=required_checks.split(",") if required_checks is not None else None,
+        merge_method=merge_method,
+        intake_label=intake_label,
+    )
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -108,6 +177,9 @@ def _repo_dict(r: RepoRow) -> dict[str, object]:
         "sandbox_ro": _option(r, "sandbox_ro", []),
         "sandbox_rw": _option(r, "sandbox_rw", []),
         "protected_paths": list(protected_globs.globs_of(r.options)[0]),
+        # The forge's settings name the token's environment variable, never the token.
+        "forge": forge.as_dict() if (forge := forge_settings(r.options)) is not None else None,
+        "land": land_of(r.options),
         "main_seen": r.main_seen,
     }
 
@@ -129,6 +201,13 @@ def _shown(key: str, value: object) -> object:
         value, list
     ):
         return ", ".join(str(u) for u in value)
+    if key == "forge" and isinstance(value, dict):
+        checks = ", ".join(value["required_checks"]) or "those branch protection requires"
+        return (
+            f"{value['kind']} {value['repo']} (API {value['api_url']}; token from "
+            f"${value['token_env']}; intake label {value['intake_label']!r}; merge "
+            f"{value['merge_method']}; checks: {checks})"
+        )
     return value
 
 
@@ -151,6 +230,14 @@ def add(
     sandbox_ro: SandboxRoOpt = None,
     sandbox_rw: SandboxRwOpt = None,
     protected_paths: ProtectedOpt = None,
+    forge: ForgeOpt = None,
+    forge_repo: ForgeRepoOpt = None,
+    forge_api_url: ForgeApiOpt = None,
+    forge_token_env: ForgeTokenOpt = None,
+    land: LandOpt = None,
+    required_checks: ChecksOpt = None,
+    merge_method: MergeMethodOpt = None,
+    intake_label: LabelOpt = None,
     prefix: Annotated[str | None, typer.Option(help="Task key prefix (default from name).")] = None,
     self_hosting: Annotated[
         bool, typer.Option("--self-hosting", help="This is the orchestrator's own repo.")
@@ -176,6 +263,16 @@ def add(
         sandbox_ro=sandbox_ro,
         sandbox_rw=sandbox_rw,
         protected_paths=protected_paths,
+        forge=_forge_input(
+            forge,
+            forge_repo,
+            forge_api_url,
+            forge_token_env,
+            land,
+            required_checks,
+            merge_method,
+            intake_label,
+        ),
     )
     repo = run(lambda: add_repo(engine(), name, path, spec))
     if as_json:
@@ -210,6 +307,14 @@ def set_(
     sandbox_ro: SandboxRoOpt = None,
     sandbox_rw: SandboxRwOpt = None,
     protected_paths: ProtectedOpt = None,
+    forge: ForgeOpt = None,
+    forge_repo: ForgeRepoOpt = None,
+    forge_api_url: ForgeApiOpt = None,
+    forge_token_env: ForgeTokenOpt = None,
+    land: LandOpt = None,
+    required_checks: ChecksOpt = None,
+    merge_method: MergeMethodOpt = None,
+    intake_label: LabelOpt = None,
     self_hosting: Annotated[
         bool | None, typer.Option("--self-hosting/--not-self-hosting", help="Self-hosting.")
     ] = None,
@@ -241,6 +346,16 @@ def set_(
         sandbox_rw=sandbox_rw,
         protected_paths=protected_paths,
         trust_main=trust_main,
+        forge=_forge_input(
+            forge,
+            forge_repo,
+            forge_api_url,
+            forge_token_env,
+            land,
+            required_checks,
+            merge_method,
+            intake_label,
+        ),
     )
     repo = run(lambda: set_repo(engine(), name, spec))
     if as_json:
