@@ -122,8 +122,15 @@ def insert_task(
     state: str = "active",
     actor: str = "cli",
     author: str | None = None,
+    requester: str | None = None,
+    forge_issue: int | None = None,
+    forge_url: str | None = None,
 ) -> TaskRow:
-    """Add a task with the repo's next key, and its ``create`` transition."""
+    """Add a task with the repo's next key, and its ``create`` transition.
+
+    ``forge_issue``: the forge issue it is filed from; a second task of the same issue of
+    the repo is an ``IntegrityError`` (the unique index), which rolls the key back too.
+    """
     # One UPDATE both reads and bumps the counter. On PostgreSQL the row lock makes a
     # concurrent allocator wait and then see our value; on SQLite the transaction's
     # BEGIN IMMEDIATE (store.db) already holds the write lock. Either way no two tasks
@@ -154,6 +161,9 @@ def insert_task(
             infra_retries=0,
             gate_retries=0,
             author=author,
+            requester=requester,
+            forge_issue=forge_issue,
+            forge_url=forge_url,
             created_at=now,
             updated_at=now,
         )
@@ -179,6 +189,27 @@ def get_task(conn: sa.Connection, key: str) -> TaskRow | None:
     """The task with ``key`` (e.g. ``DEMO-7``), or None."""
     row = conn.execute(sa.select(tasks).where(tasks.c.key == key)).one_or_none()
     return None if row is None else TaskRow(**row._mapping)
+
+
+def get_task_by_issue(conn: sa.Connection, repo_id: int, issue: int) -> TaskRow | None:
+    """The task filed from forge issue ``issue`` of the repo, or None."""
+    stmt = sa.select(tasks).where(tasks.c.repo_id == repo_id, tasks.c.forge_issue == issue)
+    row = conn.execute(stmt).one_or_none()
+    return None if row is None else TaskRow(**row._mapping)
+
+
+def list_issue_tasks(
+    conn: sa.Connection, repo_id: int, *, states: Sequence[str] | None = None
+) -> list[TaskRow]:
+    """The repo's tasks filed from forge issues (in ``states``, when given), oldest first."""
+    stmt = (
+        sa.select(tasks)
+        .where(tasks.c.repo_id == repo_id, tasks.c.forge_issue.is_not(None))
+        .order_by(tasks.c.id)
+    )
+    if states is not None:
+        stmt = stmt.where(tasks.c.state.in_(list(states)))
+    return [TaskRow(**row._mapping) for row in conn.execute(stmt)]
 
 
 def get_task_by_id(conn: sa.Connection, task_id: int) -> TaskRow | None:

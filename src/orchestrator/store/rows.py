@@ -62,6 +62,10 @@ class TaskRow:
     updated_at: float
     gate_retries: int = 0
     author: str | None = None
+    # Who asked for it (a forge issue's author), and the issue it was filed from.
+    requester: str | None = None
+    forge_issue: int | None = None
+    forge_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,20 @@ class AlertRow:
 # may move next_task_number, or two tasks could get one key).
 _FIXED = {
     "repos": frozenset({"id", "next_task_number", "created_at", "updated_at"}),
-    "tasks": frozenset({"id", "key", "repo_id", "number", "created_at", "updated_at"}),
+    # Where a task came from is part of its identity: one task per forge issue.
+    "tasks": frozenset(
+        {
+            "id",
+            "key",
+            "repo_id",
+            "number",
+            "created_at",
+            "updated_at",
+            "requester",
+            "forge_issue",
+            "forge_url",
+        }
+    ),
     "jobs": frozenset({"id", "task_id", "stage", "attempt", "created_at"}),
     "alerts": frozenset({"id", "task_id", "repo_id", "created_at"}),
 }

@@ -133,10 +133,18 @@ tasks = sa.Table(
     sa.Column("author", sa.String(), nullable=True),
     time_column("created_at"),
     time_column("updated_at"),
+    # Who asked for the task (a forge issue's author); NULL: filed by hand.
+    sa.Column("requester", sa.String(), nullable=True),
+    # The forge issue the task was filed from (intake.py): its number and its web page.
+    sa.Column("forge_issue", sa.Integer(), nullable=True),
+    sa.Column("forge_url", sa.String(), nullable=True),
     sa.UniqueConstraint("repo_id", "number"),
     sa.CheckConstraint(in_check("state", TASK_STATES), name="state"),
     sa.Index(None, "state", "stage"),
     sa.Index(None, "state", "updated_at"),
+    # One task per issue of a repo: a poll and a webhook that both see an issue, or one
+    # delivered twice, file it once (NULLs are distinct: hand-filed tasks are not limited).
+    sa.Index("uq_tasks_repo_id_forge_issue", "repo_id", "forge_issue", unique=True),
 )
 
 jobs = sa.Table(
@@ -282,6 +290,16 @@ workers = sa.Table(
     time_column("started_at"),
     time_column("heartbeat_at"),
     sa.Index(None, "heartbeat_at"),
+)
+
+# Webhook deliveries already taken, by the forge's delivery id (GitHub's X-GitHub-Delivery):
+# a delivery sent again is acknowledged and not acted on twice.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(), primary_key=True),
+    sa.Column("event", sa.String(), nullable=False),
+    time_column("received_at"),
 )
 
 # ---- the merge gate ----------------------------------------------------------------------
