@@ -55,17 +55,30 @@ def _first_stage(repo: RepoRow) -> Stage:
 
 @dataclass(frozen=True)
 class NewTask:
-    """The result of filing a task."""
+    """The result of filing a task. ``created`` False: the task of that forge issue was
+    filed before, and ``task`` is that one (nothing was written)."""
 
     task: TaskRow
     folder: Path
     patch: Path | None
     after: tuple[str, ...] = ()
+    created: bool = True
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a task came from: who asked, and the forge issue it was filed from."""
+
+    requester: str | None = None
+    issue: int | None = None
+    url: str | None = None
 
 
 # More than this many dependencies is a mistake, not a plan (and one IN list per claim).
 MAX_AFTER = 100
 MAX_AUTHOR_CHARS = 200
+MAX_REQUESTER_CHARS = 100
+MAX_URL_CHARS = 2000
 # "Name <email>": a name with no angle brackets, one space, an address with one "@" and
 # no blanks. What git takes as an identity (the merge gate commits with it).
 _AUTHOR_RE = re.compile(r"(?P<name>[^<>]+) <(?P<email>[^<>\s@]+@[^<>\s@]+)>\Z")
@@ -112,6 +125,26 @@ def parse_author(value: str | None) -> str | None:
         msg = f"an author is 'Name <email>', e.g. {_AUTHOR_EXAMPLE!r} (got {text!r})"
         raise UsageError(msg)
     return f"{name} <{match.group('email')}>"
+
+
+def check_origin(origin: Origin) -> Origin:
+    """A task's origin, checked: one-line values that a terminal shows as they are."""
+    for value, what, limit in (
+        (origin.requester, "a requester", MAX_REQUESTER_CHARS),
+        (origin.url, "an issue's URL", MAX_URL_CHARS),
+    ):
+        if value is None:
+            continue
+        if not value.strip() or len(value) > limit or CONTROL_RE.search(value):
+            msg = f"{what} is one line of 1 to {limit} characters, no control characters"
+            raise UsageError(msg)
+    if origin.url is not None and not origin.url.startswith(("https://", "http://")):
+        msg = f"an issue's URL is an http(s) URL (got {origin.url[:60]!r})"
+        raise UsageError(msg)
+    if origin.issue is not None and not 0 < origin.issue < 2**31:
+        msg = f"an issue number is a positive integer (got {origin.issue})"
+        raise UsageError(msg)
+    return origin
 
 
 def waiting_text(deps: Sequence[dependencies.DepRow]) -> str | None:
@@ -170,12 +203,15 @@ def add_task(
     *,
     after: Sequence[str] = (),
     author: str | None = None,
+    origin: Origin | None = None,
+    actor: str = "cli",
 ) -> NewTask:
     """File a task: a row, its first job, ``00-task.md`` and an optional patch.
 
     ``after``: keys of tasks (of any repo) that must be done, their change on main,
     before the task's first job is claimed. ``author``: ``Name <email>``, kept for the
-    task's commit on main.
+    task's commit on main. ``origin``: who asked and the forge issue; an issue of the repo
+    that has a task already files none (``created`` False, the task it has).
     """
     title = title.strip()
     if not title:
@@ -203,11 +239,15 @@ def add_task(
         raise UsageError(msg)
     after_keys = parse_after(after)
     author = parse_author(author)
+    origin = check_origin(origin or Origin())
     now = time.time()
     folder: Path | None = None
     try:
         with engine.begin() as conn:
             repo = require_repo(conn, repo_name)
+            filed = _filed_before(conn, repo, origin, settings)
+            if filed is not None:
+                return filed
             stage = _first_stage(repo)
             waits_for = _resolve_after(conn, repo, after_keys)
             task = queries.insert_task(
@@ -217,7 +257,11 @@ def add_task(
                 body=body,
                 stage=stage.value,
                 now=now,
+                actor=actor,
                 author=author,
+                requester=origin.requester,
+                forge_issue=origin.issue,
+                forge_url=origin.url,
             )
             # The same transaction: no worker sees the task without its dependencies (the
             # claim would take its first job at once), and a refusal writes nothing.
@@ -233,11 +277,35 @@ def add_task(
                 folder / A.TASK, taskdir.render_task_md(task.key, repo.name, title, body)
             )
             patch_path = taskdir.add_patch(folder, patch) if patch is not None else None
+    except sa.exc.IntegrityError:
+        if folder is not None and folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        if origin.issue is None:
+            raise
+        # PostgreSQL: another transaction filed the same issue between our look and our
+        # insert (SQLite's BEGIN IMMEDIATE already kept them apart); the index refused ours.
+        with engine.connect() as conn:
+            filed = _filed_before(conn, require_repo(conn, repo_name), origin, settings)
+        if filed is None:
+            raise
+        return filed
     except BaseException:
         if folder is not None and folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return NewTask(task, folder, patch_path, tuple(after_keys))
+
+
+def _filed_before(
+    conn: sa.Connection, repo: RepoRow, origin: Origin, settings: Settings
+) -> NewTask | None:
+    """The task already filed from ``origin``'s issue of ``repo``, or None."""
+    if origin.issue is None:
+        return None
+    task = queries.get_task_by_issue(conn, repo.id, origin.issue)
+    if task is None:
+        return None
+    return NewTask(task, taskdir.task_dir(settings.tasks_dir, task.key), None, created=False)
 
 
 def cancel_task(engine: sa.Engine, key: str, *, actor: str = "cli", reason: str = "") -> TaskRow:

@@ -326,6 +326,13 @@ class TaskOut(_Out):
     developer_retries: int
     infra_retries: int
     author: str | None = Field(description="`Name <email>` for its commit on main, if given.")
+    requester: str | None = Field(
+        default=None, description="Who asked for it (a forge issue's author); null: by hand."
+    )
+    forge_issue: int | None = Field(
+        default=None, description="The number of the forge issue it was filed from."
+    )
+    forge_url: str | None = Field(default=None, description="That issue's web page.")
     created_at: float
     updated_at: float
 

@@ -55,6 +55,9 @@ def task_summary(t: TaskRow, repo_name: str) -> dict[str, Any]:
         "developer_retries": t.developer_retries,
         "infra_retries": t.infra_retries,
         "author": t.author,
+        "requester": t.requester,
+        "forge_issue": t.forge_issue,
+        "forge_url": t.forge_url,
         "created_at": t.created_at,
         "updated_at": t.updated_at,
     }
@@ -241,6 +244,11 @@ def show(
     console.print(spend_line(data["spend"]), highlight=False)
     if data["author"]:
         console.print(Text.assemble("author ", plain(data["author"])), soft_wrap=True)
+    if data["requester"] or data["forge_url"]:
+        asked = Text.assemble("requested by ", plain(data["requester"] or "?"))
+        if data["forge_url"]:
+            asked.append_text(Text.assemble(" in ", plain(data["forge_url"])))
+        console.print(asked, soft_wrap=True)
     if data["after"]:
         done = ", ".join(f"{d['key']} ({d['state']})" for d in data["after"])
         console.print(f"after {done}", highlight=False)
