@@ -176,6 +176,20 @@ class Settings(BaseSettings):
     alert_webhook_url: str = Field(
         default="", description="POST alerts as JSON here (Slack-compatible); empty: off."
     )
+    forge_poll_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often the scheduler files labeled forge issues as tasks; 0: never.",
+    )
+    github_webhook_secret_env: str = Field(
+        default="ORCH_GITHUB_WEBHOOK_SECRET",
+        description="Env var holding the secret of POST /webhooks/github; unset: refused.",
+    )
+    github_webhook_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest GitHub webhook body read (signed, so read whole); more: 413.",
+    )
     agent_stall_timeout_s: float = Field(
         default=600.0,
         gt=0,
@@ -307,6 +321,16 @@ class Settings(BaseSettings):
     @classmethod
     def _check_allowed_hosts(cls, value: str) -> str:
         host_names(value)  # raises ValueError when an entry is no host name
+        return value
+
+    @field_validator("github_webhook_secret_env", mode="after")
+    @classmethod
+    def _check_secret_env(cls, value: str) -> str:
+        # The NAME of a variable: a secret written here by mistake would be shown by
+        # /status and `orch config`, and is refused instead.
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]{0,127}", value):
+            msg = "give the NAME of an environment variable (A-Z, 0-9, _), never the secret"
+            raise ValueError(msg)
         return value
 
     @field_validator("home", mode="after")

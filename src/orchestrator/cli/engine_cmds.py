@@ -25,24 +25,40 @@ def _setup_logging(fmt: str) -> None:
     configure(fmt)
 
 
-def _loop(name: str, until_idle: bool, drain: bool, log_format: str) -> None:
+def _loop(name: str, until_idle: bool, drain: bool, log_format: str, *, intake: bool) -> None:
     from orchestrator.engine.worker import Worker
+    from orchestrator.intake import IntakePoller
     from orchestrator.store.bootstrap import open_engine
 
     _setup_logging(log_format)
     st = run(settings)
     engine = run(lambda: open_engine(st))
     worker = Worker(st, engine, name=name)
+    # `orch run` takes forge issues in (`orch worker` is an extra pair of hands, and leaves
+    # intake to the main process): with --until-idle one round before the loop, so the
+    # issues labeled now are run too, else a round every ORCH_FORGE_POLL_S beside it.
+    poller = IntakePoller(engine, st, on_filed=worker.wake.set) if intake else None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger(__name__).warning(
             "signal %d: stopping (%s)", signum, "draining" if drain else "re-queueing"
         )
+        if poller is not None:
+            poller.stopping.set()
         worker.stop(drain=drain)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.run(until_idle=until_idle)
+    if poller is not None and until_idle:
+        if st.forge_poll_s > 0:
+            poller.poll_once()
+    elif poller is not None:
+        poller.start()
+    try:
+        worker.run(until_idle=until_idle)
+    finally:
+        if poller is not None:
+            poller.stop()
     engine.dispose()
 
 
@@ -56,7 +72,7 @@ def run_cmd(
     log_format: LogFormat = "text",
 ) -> None:
     """Run the scheduler in the foreground."""
-    _loop("run", until_idle, drain, log_format)
+    _loop("run", until_idle, drain, log_format, intake=True)
 
 
 def worker_cmd(
@@ -66,7 +82,7 @@ def worker_cmd(
     log_format: LogFormat = "text",
 ) -> None:
     """Run an extra worker process on the same database."""
-    _loop("worker", False, drain, log_format)
+    _loop("worker", False, drain, log_format, intake=False)
 
 
 def _set_paused(paused: bool) -> None:

@@ -1,8 +1,10 @@
 """`orch serve`: the HTTP API, the dashboard and the scheduler, in one process.
 
 uvicorn serves the app in the main thread; a ``Worker`` runs the scheduler loop in a thread
-of its own. SIGTERM or SIGINT stops both: the server finishes its open requests, the worker
-re-queues its running jobs (or, with ``--drain``, waits for them), then the process exits 0.
+of its own, and beside it an ``IntakePoller`` files labeled forge issues as tasks every
+``ORCH_FORGE_POLL_S``. SIGTERM or SIGINT stops them all: the server finishes its open
+requests, the worker re-queues its running jobs (or, with ``--drain``, waits for them), then
+the process exits 0.
 
 Mutations need the API token (``ORCH_API_TOKEN``, else ``<home>/api-token``, made here when
 missing); ``--insecure-no-token`` serves without one, on loopback only, warning each start.
@@ -99,6 +101,7 @@ def serve(
     from orchestrator.api import create_app
     from orchestrator.api.guard import LOOPBACK_NAMES
     from orchestrator.engine.worker import Worker
+    from orchestrator.intake import IntakePoller
     from orchestrator.logs import configure
     from orchestrator.store.bootstrap import open_engine
 
@@ -123,6 +126,8 @@ def serve(
             fail("--insecure-no-token and ORCH_API_TOKEN contradict each other", EXIT_USAGE)
     engine = run(lambda: open_engine(st))
     worker = None if no_scheduler else Worker(st, engine, name="serve")
+    # Intake is the scheduler's: with --no-scheduler no task is filed from the forge.
+    intake = None if worker is None else IntakePoller(engine, st, on_filed=worker.wake.set)
     app = run(
         lambda: create_app(
             st,
@@ -147,6 +152,8 @@ def serve(
         # Open log streams end now instead of holding the shutdown up; the scheduler stops
         # claiming at once, while the server finishes its requests.
         app.state.api.stopping.set()
+        if intake is not None:
+            intake.stopping.set()
         if worker is not None:
             worker.stop(drain=drain)
 
@@ -178,6 +185,8 @@ def serve(
     thread = threading.Thread(target=scheduler, name="scheduler", daemon=True)
     if worker is not None:
         thread.start()
+    if intake is not None:
+        intake.start()
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     # One line on stderr that scripts can wait for (the port, when --port 0 picked one).
     sys.stderr.write(
@@ -203,6 +212,8 @@ def serve(
         if not server.started:
             failed.set()
     finally:
+        if intake is not None:
+            intake.stop()
         if worker is not None:
             worker.stop(drain=drain)
             thread.join()
