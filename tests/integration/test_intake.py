@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from memory_forge import MemoryForge
 from typer.testing import CliRunner
 
-from orchestrator import intake, repo_ops, taskdir
+from orchestrator import intake, repo_ops, task_ops, taskdir
 from orchestrator.cli import app
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain import artifacts as A
@@ -268,3 +268,31 @@ def test_orch_run_until_idle_files_the_labeled_issues_first(
     assert task.requester == "grace"
     # The worker ran its first job: the manual agent waits for a human.
     assert task.state == "blocked"
+
+
+def test_an_issue_filed_by_another_process_meanwhile_is_not_filed_twice(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the unique index settles: another poll or delivery files the issue after
+    this one looked and before it inserts (on PostgreSQL both can look at once)."""
+    issue = bed.forge.open("Fix it", labels=("orch",))
+    origin = intake.origin_of(issue)
+    first = task_ops.add_task(bed.engine, bed.settings, "demo", "Fix it", origin=origin)
+    assert first.created
+    real = task_ops._filed_before
+    looks: list[bool] = []
+
+    def looked_too_early(*args: Any) -> Any:
+        looks.append(True)
+        # The first look happens before the other filing commits: it finds nothing.
+        return None if len(looks) == 1 else real(*args)
+
+    monkeypatch.setattr(task_ops, "_filed_before", looked_too_early)
+    again = task_ops.add_task(bed.engine, bed.settings, "demo", "Fix it", origin=origin)
+    assert len(looks) == 2
+    assert (again.created, again.task.key) == (False, "DEMO-1")
+    assert [t.key for t in bed.tasks()] == ["DEMO-1"]
+    # The refused insert left no folder and gave its key back.
+    assert not taskdir.task_dir(bed.settings.tasks_dir, "DEMO-2").exists()
+    later = task_ops.add_task(bed.engine, bed.settings, "demo", "by hand")
+    assert later.task.key == "DEMO-2"
