@@ -5,6 +5,8 @@ What its routes share, ``Api``, is in ``state``; the JSON routes are in ``routes
 ``{"error": message}``) in ``errors``. Every request passes ``guard`` first: the Host
 allowlist, and for every mutation the same-origin check and ``Authorization: Bearer
 <token>`` (``token``: ORCH_API_TOKEN or ``<home>/api-token``), and the body cap.
+``POST /webhooks/github`` (``webhooks``) is the one mutation without the token: it is
+signed by GitHub instead, and refused unless the signature is right.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from orchestrator.api.metrics import metrics_router
 from orchestrator.api.routes import json_router
 from orchestrator.api.state import Api
 from orchestrator.api.token import load_token
+from orchestrator.api.webhooks import GITHUB_PATH, webhook_router
 from orchestrator.config import Settings
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.api = api
-    routers = [json_router(api), metrics_router(api), dashboard_router(api)]
+    routers = [json_router(api), metrics_router(api), dashboard_router(api), webhook_router(api)]
     install_error_handlers(app, routers)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -96,6 +99,8 @@ def create_app(
         token=token.value if token is not None else None,
         max_body_bytes=settings.api_max_body_bytes,
         token_source=token.where if token is not None else "",
+        # GitHub cannot send the token: the route checks the delivery's signature instead.
+        signed_paths={GITHUB_PATH: settings.github_webhook_max_body_bytes},
     )
     # Inside the error handlers, outside the routes: it answers before a route reads a body.
     app.add_middleware(Guard, policy=policy)

@@ -12,6 +12,10 @@
 4. **Body cap**: a ``Content-Length`` over ``ORCH_API_MAX_BODY_BYTES`` is 413 at once; a
    body without one (chunked) is counted as the route reads it and cut off at the cap.
 
+A signed path (``Policy.signed_paths``: a forge's webhook, which cannot send the token)
+skips step 3 only: its route refuses any body whose signature is not right before it acts,
+and its own, smaller cap replaces the one of step 4. Every other path stays as above.
+
 Steps 1 to 3 and the length check answer before a byte of the body is read: a large body
 sent without a token costs the server no memory. Every refusal is ``{"error": message}``
 and closes the connection, so an unread body is not drained either.
@@ -33,7 +37,18 @@ from orchestrator.config import Settings, host_names
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SINGLE_HEADERS = frozenset(
-    {"host", "origin", "sec-fetch-site", "authorization", "content-length", "transfer-encoding"}
+    {
+        "host",
+        "origin",
+        "sec-fetch-site",
+        "authorization",
+        "content-length",
+        "transfer-encoding",
+        # A webhook's: the route must check the one signature the guard saw once.
+        "x-hub-signature-256",
+        "x-github-delivery",
+        "x-github-event",
+    }
 )
 
 # A Host header: a name or IPv4 address, or an IPv6 address in brackets; then a port.
@@ -49,6 +64,9 @@ class Policy:
     max_body_bytes: int
     # Said in a 401: where the token is ("ORCH_API_TOKEN", or "in <the file's path>").
     token_source: str = ""
+    # Path -> body cap of the routes that check a signature over the body themselves (a
+    # forge's webhook): no token asked, the cap theirs. Matched exactly, as routed.
+    signed_paths: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -111,12 +129,15 @@ def _foreign_origin(headers: Mapping[str, str], host: str) -> str | None:
     return None
 
 
-def decide(policy: Policy, method: str, headers: Mapping[str, str]) -> Refusal | None:
-    """The refusal of a request by its method and headers (names lower case), or None.
+def decide(
+    policy: Policy, method: str, headers: Mapping[str, str], path: str = ""
+) -> Refusal | None:
+    """The refusal of a request by its method, headers (names lower case) and path, or None.
 
-    Pure: the guard below only applies it. Checked in this order: Host, origin, token,
-    declared length.
+    Pure: the guard below only applies it. Checked in this order: Host, origin, token
+    (not for a signed path), declared length.
     """
+    signed_cap = policy.signed_paths.get(path)
     host = headers.get("host")
     if host is None:
         return Refusal(400, "a Host header is needed")
@@ -132,8 +153,10 @@ def decide(policy: Policy, method: str, headers: Mapping[str, str]) -> Refusal |
         why = _foreign_origin(headers, host)
         if why is not None:
             return Refusal(403, why)
-        if policy.token is not None and not _bearer_matches(
-            headers.get("authorization", ""), policy.token
+        if (
+            signed_cap is None
+            and policy.token is not None
+            and not _bearer_matches(headers.get("authorization", ""), policy.token)
         ):
             where = f" (the token is {policy.token_source})" if policy.token_source else ""
             return Refusal(
@@ -141,13 +164,19 @@ def decide(policy: Policy, method: str, headers: Mapping[str, str]) -> Refusal |
                 f"this needs Authorization: Bearer <token>{where}",
                 (("www-authenticate", "Bearer"),),
             )
+    cap = body_cap(policy, path)
     length = headers.get("content-length")
     if length is not None:
         if not (length.strip().isascii() and length.strip().isdigit()):
             return Refusal(400, "Content-Length is not a number")
-        if int(length) > policy.max_body_bytes:
-            return Refusal(413, _too_large(policy.max_body_bytes))
+        if int(length) > cap:
+            return Refusal(413, _too_large(cap, signed=signed_cap is not None))
     return None
+
+
+def body_cap(policy: Policy, path: str) -> int:
+    """The largest body a request to ``path`` may send."""
+    return policy.signed_paths.get(path, policy.max_body_bytes)
 
 
 def _bearer_matches(header: str, token: str) -> bool:
@@ -158,8 +187,9 @@ def _bearer_matches(header: str, token: str) -> bool:
     return scheme.lower() == "bearer" and right
 
 
-def _too_large(cap: int) -> str:
-    return f"the body is larger than {cap} bytes (ORCH_API_MAX_BODY_BYTES)"
+def _too_large(cap: int, *, signed: bool = False) -> str:
+    setting = "ORCH_GITHUB_WEBHOOK_MAX_BODY_BYTES" if signed else "ORCH_API_MAX_BODY_BYTES"
+    return f"the body is larger than {cap} bytes ({setting})"
 
 
 def _response(refusal: Refusal) -> tuple[Message, Message]:
@@ -194,12 +224,15 @@ class Guard:
                 # Two Hosts (or Origins...): the guard and the app might each read another.
                 refusal = Refusal(400, f"{name} is given more than once")
             headers[name] = raw_value.decode("latin-1")
-        refusal = refusal or decide(self.policy, scope["method"], headers)
+        path = scope.get("path", "")
+        refusal = refusal or decide(self.policy, scope["method"], headers, path)
         if refusal is not None:
             for message in _response(refusal):
                 await send(message)
             return
-        await _Capped(self.app, self.policy.max_body_bytes)(scope, receive, send)
+        cap = body_cap(self.policy, path)
+        signed = path in self.policy.signed_paths
+        await _Capped(self.app, cap, signed=signed)(scope, receive, send)
 
 
 class _Capped:
@@ -210,9 +243,10 @@ class _Capped:
     dropped, the 413 having been sent.
     """
 
-    def __init__(self, app: ASGIApp, cap: int) -> None:
+    def __init__(self, app: ASGIApp, cap: int, *, signed: bool = False) -> None:
         self.app = app
         self.cap = cap
+        self.signed = signed
         self.read = 0
         self.started = False
         self.cut = False
@@ -228,7 +262,8 @@ class _Capped:
                     self.cut = True
                     if not self.started:
                         self.started = True
-                        for out in _response(Refusal(413, _too_large(self.cap))):
+                        too_large = _too_large(self.cap, signed=self.signed)
+                        for out in _response(Refusal(413, too_large)):
                             await send(out)
                     return {"type": "http.disconnect"}
             return message
