@@ -28,6 +28,7 @@ from orchestrator.forge.settings import (
     check_forge_options,
     forge_option_changes,
     forge_settings,
+    land_of,
 )
 from orchestrator.gitops.git import (
     branch_exists,
@@ -446,6 +447,41 @@ def _check_forge_repo_free(conn: sa.Connection, name: str, options: dict[str, An
         if other.name != name and theirs is not None and theirs.repo.lower() == mine.repo.lower():
             msg = f"--forge-repo {mine.repo}: repo {other.name} is already that forge repository"
             raise UsageError(msg)
+
+
+def repo_view(r: RepoRow) -> dict[str, object]:
+    """A repo as `orch repo show --json` and the API show it: never a token."""
+    return {
+        "name": r.name,
+        "path": r.path,
+        "main_branch": r.main_branch,
+        "remote": r.remote,
+        "key_prefix": r.key_prefix,
+        "test_cmd": r.test_cmd,
+        "staging_cmd": r.staging_cmd,
+        "deploy_cmd": r.deploy_cmd,
+        "health_url": r.health_url,
+        "stages": list(r.stages),
+        "agents": dict(r.agents),
+        "agent_env": list(r.agent_env),
+        "self_hosting": r.self_hosting,
+        "smoke_urls": _option(r, "smoke_urls", []),
+        "regression_markers": _option(r, "regression_markers", []),
+        "keep_branches": _option(r, "keep_branches", False),
+        "sandbox_ro": _option(r, "sandbox_ro", []),
+        "sandbox_rw": _option(r, "sandbox_rw", []),
+        "protected_paths": list(protected_globs.globs_of(r.options)[0]),
+        # The forge's settings name the token's environment variable, never the token.
+        "forge": forge.as_dict() if (forge := forge_settings(r.options)) is not None else None,
+        "land": land_of(r.options),
+        "main_seen": r.main_seen,
+    }
+
+
+def _option(r: RepoRow, key: str, default: Any) -> Any:
+    # As stored: a value written some other way is shown as it is, not tidied into a lie.
+    options = r.options if isinstance(r.options, dict) else {}
+    return options.get(key, default)
 
 
 def require_repo(conn: sa.Connection, name: str) -> RepoRow:

@@ -1,9 +1,9 @@
 """The FastAPI app: ``create_app(settings, engine)``.
 
 What its routes share, ``Api``, is in ``state``; the JSON routes are in ``routes``,
-``/metrics`` in ``metrics``, the dashboard in ``dashboard``; errors (always JSON
-``{"error": message}``) in ``errors``. Every request passes ``guard`` first: the Host
-allowlist, and for every mutation the same-origin check and ``Authorization: Bearer
+``/repos`` in ``repos``, ``/metrics`` in ``metrics``, the dashboard in ``dashboard``;
+errors (always JSON ``{"error": message}``) in ``errors``. Every request passes ``guard``
+first: the Host allowlist, and for every mutation the same-origin check and ``Authorization: Bearer
 <token>`` (``token``: ORCH_API_TOKEN or ``<home>/api-token``), and the body cap.
 ``POST /webhooks/github`` (``webhooks``) is the one mutation without the token: it is
 signed by GitHub instead, and refused unless the signature is right.
@@ -27,6 +27,7 @@ from orchestrator.api.dashboard import dashboard_router
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.guard import Guard, Policy, allowed_hosts
 from orchestrator.api.metrics import metrics_router
+from orchestrator.api.repos import repos_router
 from orchestrator.api.routes import json_router
 from orchestrator.api.state import Api
 from orchestrator.api.token import load_token
@@ -77,7 +78,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.api = api
-    routers = [json_router(api), metrics_router(api), dashboard_router(api), webhook_router(api)]
+    routers = [
+        json_router(api),
+        repos_router(api),
+        metrics_router(api),
+        dashboard_router(api),
+        webhook_router(api),
+    ]
     install_error_handlers(app, routers)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli._common import console, engine, plain, print_json, run
-from orchestrator.forge.settings import ForgeInput, forge_settings, land_of
-from orchestrator.repo_ops import RepoInput, add_repo, require_repo, set_repo
-from orchestrator.runners import protected_globs
+from orchestrator.forge.settings import ForgeInput
+from orchestrator.repo_ops import RepoInput, add_repo, repo_view, require_repo, set_repo
 from orchestrator.store import queries
 from orchestrator.store.rows import RepoRow
 
@@ -156,40 +155,6 @@ def _csv(value: str | None) -> list[str] | None:
     return [p.strip() for p in value.split(",") if p.strip()]
 
 
-def _repo_dict(r: RepoRow) -> dict[str, object]:
-    return {
-        "name": r.name,
-        "path": r.path,
-        "main_branch": r.main_branch,
-        "remote": r.remote,
-        "key_prefix": r.key_prefix,
-        "test_cmd": r.test_cmd,
-        "staging_cmd": r.staging_cmd,
-        "deploy_cmd": r.deploy_cmd,
-        "health_url": r.health_url,
-        "stages": list(r.stages),
-        "agents": dict(r.agents),
-        "agent_env": list(r.agent_env),
-        "self_hosting": r.self_hosting,
-        "smoke_urls": _option(r, "smoke_urls", []),
-        "regression_markers": _option(r, "regression_markers", []),
-        "keep_branches": _option(r, "keep_branches", False),
-        "sandbox_ro": _option(r, "sandbox_ro", []),
-        "sandbox_rw": _option(r, "sandbox_rw", []),
-        "protected_paths": list(protected_globs.globs_of(r.options)[0]),
-        # The forge's settings name the token's environment variable, never the token.
-        "forge": forge.as_dict() if (forge := forge_settings(r.options)) is not None else None,
-        "land": land_of(r.options),
-        "main_seen": r.main_seen,
-    }
-
-
-def _option(r: RepoRow, key: str, default: Any) -> Any:
-    # As stored: a value written some other way is shown as it is, not tidied into a lie.
-    options = r.options if isinstance(r.options, dict) else {}
-    return options.get(key, default)
-
-
 def _shown(key: str, value: object) -> object:
     """A value as `orch repo show` prints it: markers as the ID:SYMBOL:PATH a user types."""
     if key == "regression_markers" and isinstance(value, list):
@@ -276,7 +241,7 @@ def add(
     )
     repo = run(lambda: add_repo(engine(), name, path, spec))
     if as_json:
-        print_json(_repo_dict(repo))
+        print_json(repo_view(repo))
         return
     console.print(
         Text.assemble(
@@ -359,7 +324,7 @@ def set_(
     )
     repo = run(lambda: set_repo(engine(), name, spec))
     if as_json:
-        print_json(_repo_dict(repo))
+        print_json(repo_view(repo))
         return
     console.print(f"updated [bold]{repo.name}[/bold]")
 
@@ -374,7 +339,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
 
     repos = run(load)
     if as_json:
-        print_json([_repo_dict(r) for r in repos])
+        print_json([repo_view(r) for r in repos])
         return
     table = Table("name", "prefix", "main", "path", "stages")
     for r in repos:
@@ -394,7 +359,7 @@ def show(
             return require_repo(conn, name)
 
     repo = run(load)
-    data = _repo_dict(repo)
+    data = repo_view(repo)
     if as_json:
         print_json(data)
         return
