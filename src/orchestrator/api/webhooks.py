@@ -4,8 +4,9 @@ GitHub cannot send the API token, so the guard lets this path through without on
 (``Policy.signed_paths``) and caps its body at ``ORCH_GITHUB_WEBHOOK_MAX_BODY_BYTES``; the
 route then refuses, before it parses or does anything, every body whose
 ``X-Hub-Signature-256`` is not the HMAC of the secret in the environment variable named by
-``ORCH_GITHUB_WEBHOOK_SECRET_ENV``: 401. No secret set: 503, the endpoint is off. What a
-delivery does is ``orchestrator.webhooks``.
+``ORCH_GITHUB_WEBHOOK_SECRET_ENV``: 401. No secret set: 404, the endpoint is off (a 4xx:
+the server is well, it is not set up for this). What a delivery does is
+``orchestrator.webhooks``.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ class WebhookOut(BaseModel):
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": WebhookOut, "description": "Acted on (a task filed or cancelled...)"},
     401: {"model": M.ErrorOut, "description": "The signature is missing or wrong"},
+    404: {"model": M.ErrorOut, "description": "Webhooks are off: no secret is set"},
     413: {
         "model": M.ErrorOut,
         "description": "The body is larger than ORCH_GITHUB_WEBHOOK_MAX_BODY_BYTES",
     },
     422: {"model": M.ErrorOut, "description": "Signed, but not a GitHub delivery it can read"},
-    503: {"model": M.ErrorOut, "description": "No webhook secret is set, or no database"},
+    503: {"model": M.ErrorOut, "description": "The database is unavailable"},
 }
 
 
@@ -77,7 +79,7 @@ def webhook_router(api: Api) -> APIRouter:
         secret = os.environ.get(st.github_webhook_secret_env, "")
         if not secret:
             return error_response(
-                503, f"webhooks are off: {st.github_webhook_secret_env} is not set on the server"
+                404, f"webhooks are off: {st.github_webhook_secret_env} is not set on the server"
             )
         body = await request.body()
         signature = request.headers.get("x-hub-signature-256")
