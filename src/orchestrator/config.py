@@ -131,11 +131,6 @@ class Settings(BaseSettings):
     merge_gate_infra_retry_backoff_s: float = Field(
         default=30.0, ge=0, description="First backoff of a merge-gate retry; doubles each time."
     )
-    forge_poll_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="How often a forge is read: new issues, a pull request's checks and reviews.",
-    )
     forge_checks_timeout_s: float = Field(
         default=86_400.0,
         gt=0,
@@ -179,7 +174,7 @@ class Settings(BaseSettings):
     forge_poll_s: float = Field(
         default=60.0,
         ge=0,
-        description="How often the scheduler files labeled forge issues as tasks; 0: never.",
+        description="How often a forge is read: labeled issues (0: never), waiting pull requests.",
     )
     github_webhook_secret_env: str = Field(
         default="ORCH_GITHUB_WEBHOOK_SECRET",

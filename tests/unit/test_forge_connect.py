@@ -26,13 +26,13 @@ def _with_forge(**given: Any) -> Repo:
 
 
 class _Made:
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
+    def __init__(self, repo: str, token: str, *, base_url: str) -> None:
+        self.kwargs = {"repo": repo, "token": token, "base_url": base_url}
 
 
 @pytest.fixture
 def github_module(monkeypatch: pytest.MonkeyPatch) -> type[_Made]:
-    """forge/github.py as its constructor is agreed: GitHubForge(repo=, token=, api_url=)."""
+    """forge/github.py's GitHubForge(repo, token, *, base_url=), without githubkit."""
     module = types.ModuleType("orchestrator.forge.github")
     module.GitHubForge = _Made  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "orchestrator.forge.github", module)
@@ -50,7 +50,7 @@ def test_the_token_comes_from_the_named_variable(github_module: type[_Made]) -> 
     assert made.kwargs == {
         "repo": "octo/demo",
         "token": "s3cret",
-        "api_url": "http://127.0.0.1:8999",
+        "base_url": "http://127.0.0.1:8999",
     }
 
 

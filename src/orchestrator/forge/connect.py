@@ -54,14 +54,10 @@ def forge_for(repo: HasForgeOptions, environ: Mapping[str, str]) -> Forge | None
         return None
     token = token_of(repo.name, settings, environ)
     if settings.kind == "github":
-        # Imported here: githubkit is loaded only by processes that speak to GitHub. The
-        # ignore covers the time before forge/github.py is merged (mypy finds no module, or
-        # an installed copy without it); once it is, drop the comment.
-        from orchestrator.forge.github import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
-            GitHubForge,
-        )
+        # Imported here: githubkit is loaded only by processes that speak to GitHub.
+        from orchestrator.forge.github import GitHubForge
 
-        forge: Forge = GitHubForge(repo=settings.repo, token=token, api_url=settings.api_url)
+        forge: Forge = GitHubForge(settings.repo, token, base_url=settings.api_url)
         return forge
     msg = f"repo {repo.name}: unknown forge {settings.kind!r} (give --forge github)"
     raise ConfigError(msg)

@@ -41,6 +41,8 @@ __all__ = ["FORGE_CREDENTIALS", "lands_by_pull_request", "prepare", "waiting_sin
 
 # The alert of a forge that refuses the token.
 FORGE_CREDENTIALS = "forge-credentials"
+# How often a waiting pull request is read when ORCH_FORGE_POLL_S is 0.
+DEFAULT_POLL_S = 60.0
 # How long to wait on a forge outage that named no retry-after.
 OUTAGE_WAIT_S = 30.0
 # The words that mark a deferral as a wait for the pull request (see ``waiting_since``).
@@ -92,7 +94,8 @@ def prepare(
     stops before it starts: no forge, no remote, or a forge that is down or refuses the
     token, asked before any git talks to it (a fetch would only fail less clearly)."""
     repo, task, st = ctx.repo, ctx.task, ctx.settings
-    poll_s = st.forge_poll_s
+    # 0 turns issue polling off; a waiting pull request is still read at the default pace.
+    poll_s = st.forge_poll_s or DEFAULT_POLL_S
     required_extra = [str(c) for c in ctx.repo.options.get("required_checks") or []]
     method = str(ctx.repo.options.get("merge_method") or "squash")
     if forge is None:
