@@ -24,7 +24,9 @@ from orchestrator import intake
 from orchestrator.config import Settings
 from orchestrator.forge.base import ForgeIssue
 from orchestrator.forge.settings import forge_settings
+from orchestrator.gates.pull_land import WAITING_WORDS
 from orchestrator.store import deliveries
+from orchestrator.store import jobs as jobq
 from orchestrator.store.rows import RepoRow
 
 # The issue actions intake reads; "edited", "assigned", ... change nothing it decides on.
@@ -59,17 +61,29 @@ class WebhookOutcome:
 EventHook = Callable[[sa.Engine, Settings, RepoRow | None, Delivery], WebhookOutcome]
 
 
+# Events that may change what a waiting pull request's landing decides.
+PULL_EVENTS = frozenset(
+    {"pull_request", "pull_request_review", "check_run", "check_suite", "status"}
+)
+
+
 def on_forge_event(
     engine: sa.Engine, settings: Settings, repo: RepoRow | None, delivery: Delivery
 ) -> WebhookOutcome:
-    """The hook for every event intake does not take (``pull_request``, ``check_run``,
-    ``check_suite``, ``status``, ``pull_request_review``, ...): the delivery is recorded
-    (``webhook_deliveries``) and acknowledged. Landing through pull requests reads them
-    here; ``repo`` is the registered repo the payload names, None when none is."""
-    del engine, settings
+    """The hook for every event intake does not take: a pull request's checks, reviews or
+    head changed, so the repo's tasks waiting for their pull request are read now instead
+    of at their next poll (the payload is not trusted for more than "look again": the
+    landing reads the forge itself). Anything else is recorded and acknowledged."""
+    del settings
     where = f" for {repo.name}" if repo is not None else ""
+    if repo is None or delivery.event not in PULL_EVENTS:
+        return WebhookOutcome(False, "recorded", (f"{delivery.event} event recorded{where}",))
+    with engine.begin() as conn:
+        woken = jobq.wake_waiting(conn, now=time.time(), said=WAITING_WORDS, repo_id=repo.id)
     return WebhookOutcome(
-        False, "recorded", (f"{delivery.event} event recorded{where}; nothing acts on it yet",)
+        woken > 0,
+        "woken" if woken else "recorded",
+        (f"{delivery.event} event{where}: {woken} task(s) waiting for a pull request woken",),
     )
 
 

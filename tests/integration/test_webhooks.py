@@ -8,6 +8,7 @@ with ORCH_TEST_DATABASE_URL); deliveries are signed as GitHub signs them
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from orchestrator.forge.base import sign_webhook
 from orchestrator.forge.settings import ForgeInput
 from orchestrator.store import deliveries, queries
 from orchestrator.store.rows import TaskRow
+from orchestrator.store.schema import jobs as jobs_table
 from orchestrator.store.schema import webhook_deliveries
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -232,7 +234,9 @@ def test_other_events_are_recorded_and_acknowledged(hook: Hook) -> None:
     answer = hook.send(payload, event="check_run", delivery="d-check")
     assert answer.status_code == 202
     assert answer.json()["action"] == "recorded"
-    assert answer.json()["reasons"] == ["check_run event recorded for demo; nothing acts on it yet"]
+    assert answer.json()["reasons"] == [
+        "check_run event for demo: 0 task(s) waiting for a pull request woken"
+    ]
     assert hook.deliveries() == [("d-check", "check_run")]
     # Issues of a forge repository no repo is: acknowledged, nothing filed.
     stranger = hook.send(issue_payload("opened", repo="someone/else"))
@@ -240,6 +244,42 @@ def test_other_events_are_recorded_and_acknowledged(hook: Hook) -> None:
     ping = hook.send({"zen": "Keep it logically awesome."}, event="ping")
     assert (ping.status_code, ping.json()["action"]) == (200, "pong")
     assert hook.tasks() == []
+
+
+def test_a_check_or_review_event_wakes_the_repo_s_tasks_waiting_for_their_pull_request(
+    hook: Hook,
+) -> None:
+    new = task_ops.add_task(hook.engine, hook.settings, "demo", "a task")
+    later = time.time() + 3600
+    with hook.engine.begin() as conn:
+        queries.update_task(
+            conn,
+            new.task.id,
+            now=time.time(),
+            state="deferred",
+            reasons=["deploy-staging: waiting 60s; nothing failed", "waiting for pull request #3"],
+        )
+        (job,) = queries.list_jobs(conn, task_id=new.task.id)
+        conn.execute(
+            sa.update(jobs_table).where(jobs_table.c.id == job.id).values(not_before=later)
+        )
+    payload = {"action": "completed", "repository": {"full_name": "octo/demo"}}
+    answer = hook.send(payload, event="check_run")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["action"] == "woken"
+    with hook.engine.connect() as conn:
+        (woken,) = queries.list_jobs(conn, task_id=new.task.id)
+    assert woken.not_before < later
+    # An event the landing does not read wakes nothing.
+    with hook.engine.begin() as conn:
+        conn.execute(
+            sa.update(jobs_table).where(jobs_table.c.id == job.id).values(not_before=later)
+        )
+    label = {"action": "created", "repository": {"full_name": "octo/demo"}}
+    assert hook.send(label, event="label").status_code == 202
+    with hook.engine.connect() as conn:
+        (still,) = queries.list_jobs(conn, task_id=new.task.id)
+    assert still.not_before == later
 
 
 def test_the_hook_gets_the_repo_and_the_delivery(hook: Hook) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from orchestrator.agent_env import SUITE_ENV, scrubbed_env
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import Verdict, VerdictStatus
+from orchestrator.errors import ConfigError
+from orchestrator.forge.connect import forge_for
 from orchestrator.gates import pull_land, validated
 from orchestrator.gates.context import GateContext
 from orchestrator.gates.markers import Marker, check_markers, parse_markers
@@ -430,7 +433,15 @@ def _publisher(ctx: GateContext) -> tuple[Publisher | None, Published | None]:
     why the landing stops before it starts; (None, None) for a repo that pushes main."""
     if not pull_land.lands_by_pull_request(ctx):
         return None, None
-    return pull_land.prepare(ctx, ctx.forge)
+    forge = ctx.forge
+    if forge is None:
+        try:
+            forge = forge_for(ctx.repo, os.environ)
+        except ConfigError as exc:
+            return None, Published(
+                "BLOCKED", (str(exc),), "other", alert=pull_land.FORGE_CREDENTIALS
+            )
+    return pull_land.prepare(ctx, forge)
 
 
 def _write_report(ctx: GateContext, run: _Run) -> None:

@@ -32,6 +32,7 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.pullreq import CheckView, ReviewView, judge_pull
 from orchestrator.forge.base import Forge, ForgeFault, ForgeFaultKind
 from orchestrator.forge.branch import push_task_branch
+from orchestrator.forge.settings import forge_settings, land_of
 from orchestrator.gates.context import GateContext
 from orchestrator.gitops import worktrees
 from orchestrator.gitops.land import Candidate, Published, Publisher
@@ -51,7 +52,7 @@ WAITING_WORDS = "waiting for pull request"
 
 def lands_by_pull_request(ctx: GateContext) -> bool:
     """Whether the repo lands through its forge's pull requests."""
-    return ctx.repo.options.get("land") == "pr"
+    return land_of(ctx.repo.options) == "pr"
 
 
 def waiting_since(engine: sa.Engine | None, task_id: int, now: float) -> float:
@@ -96,8 +97,9 @@ def prepare(
     repo, task, st = ctx.repo, ctx.task, ctx.settings
     # 0 turns issue polling off; a waiting pull request is still read at the default pace.
     poll_s = st.forge_poll_s or DEFAULT_POLL_S
-    required_extra = [str(c) for c in ctx.repo.options.get("required_checks") or []]
-    method = str(ctx.repo.options.get("merge_method") or "squash")
+    configured = forge_settings(ctx.repo.options)
+    required_extra = list(configured.required_checks) if configured else []
+    method = configured.merge_method if configured else "squash"
     if forge is None:
         return None, Published(
             "INFRA", ("the repo lands by pull request but has no forge",), "other"

@@ -398,14 +398,18 @@ def next_wakeup(conn: sa.Connection, *, after: float | None = None) -> float | N
     return None if value is None else float(value)
 
 
-def wake_waiting(conn: sa.Connection, *, now: float, said: str) -> int:
+def wake_waiting(conn: sa.Connection, *, now: float, said: str, repo_id: int | None = None) -> int:
     """Make the queued jobs due now whose task (or the job itself) waits with a reason
-    containing ``said`` (a paused backend resumed by hand); how many."""
-    rows = conn.execute(
+    containing ``said`` (a paused backend resumed by hand, a pull request's checks come
+    in), of the repo ``repo_id`` (None: any); how many."""
+    stmt = (
         sa.select(jobs.c.id, jobs.c.reasons, tasks.c.reasons)
         .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
         .where(jobs.c.state == "queued", jobs.c.not_before > now)
-    ).all()
+    )
+    if repo_id is not None:
+        stmt = stmt.where(tasks.c.repo_id == repo_id)
+    rows = conn.execute(stmt).all()
     ids = [
         job_id
         for job_id, job_reasons, task_reasons in rows
