@@ -26,13 +26,15 @@ from tests.integration.merge_helpers import (
     run_git,
 )
 
-from orchestrator.domain.stages import State, Transition, TransitionKind
+from orchestrator import forge_notes
+from orchestrator.domain.stages import Stage, State, Transition, TransitionKind
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.forge.base import MergeResult
 from orchestrator.forge.fake_github import FakeGitHub
 from orchestrator.forge.github import GitHubForge
 from orchestrator.store import queries
 from orchestrator.store.rows import TaskRow
+from orchestrator.store.schema import tasks
 
 REPO = "acme/app"
 
@@ -241,3 +243,65 @@ def test_a_bad_token_blocks_with_one_credentials_alert_and_main_unmoved(pb: Pull
     assert _said(verdict, "rejected the credentials")
     assert decide(verdict).alert == "forge-credentials"
     assert not pb.fake.pull(REPO, 1).merged
+
+
+def test_the_task_s_issue_hears_of_its_pull_request_once_and_is_closed_by_the_merge(
+    pb: PullBed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issue = pb.fake.open_issue(REPO, "Add a", labels=["orch"])
+    task = pb.tested_task()
+    with pb.bed.engine.begin() as conn:
+        conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(forge_issue=issue))
+    first = pb.gate(task)
+    with pb.bed.engine.begin() as conn:
+        queries.insert_transition(
+            conn,
+            task_id=task.id,
+            kind="defer",
+            from_stage="deploy-staging",
+            to_stage="deploy-staging",
+            from_state="active",
+            to_state="deferred",
+            reasons=list(first.reasons),
+            actor="engine",
+            now=time.time(),
+        )
+    opened = [c.body for c in pb.fake.comments(REPO, issue)]
+    assert opened == [f"Task {task.key}: pull request #2 is open: {pb.fake.url}/acme/app/pull/2"]
+    assert f"(for #{issue})" in pb.fake.pull(REPO, 2).issue.body
+    pb.fake.set_check_run(REPO, pb.fake.pull(REPO, 2).head_sha, "ci", conclusion="success")
+    pb.fake.submit_review(REPO, 2, "APPROVED", author="ada")
+    merged = pb.gate(task)
+    assert merged.passed, merged.reasons
+    assert _said(merged, f"issue #{issue} closed")
+    assert pb.fake.issue(REPO, issue).state == "closed"
+    comments = [c.body for c in pb.fake.comments(REPO, issue)]
+    # Opened once (the history named it), then merged.
+    assert len(comments) == 2
+    assert comments[1].startswith(f"Task {task.key}: merged pull request #2 (squash) as ")
+
+
+def test_a_blocked_or_done_task_comments_on_its_issue(pb: PullBed, monkeypatch: Any) -> None:
+    issue = pb.fake.open_issue(REPO, "Add a", labels=["orch"])
+    task = pb.bed.add_task("add a")
+    with pb.bed.engine.begin() as conn:
+        conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(forge_issue=issue))
+    monkeypatch.setenv("GITHUB_TOKEN", pb.fake.token)
+    blocked = Transition(
+        TransitionKind.BLOCK,
+        Stage.TESTING,
+        Stage.TESTING,
+        State.BLOCKED,
+        ["testing: FAIL", "3 tests failed\nand more"],
+    )
+    body = forge_notes.note_for(task.key, blocked)
+    assert body is not None
+    forge_notes._send(pb.bed.engine, task.id, body)
+    (note,) = [c.body for c in pb.fake.comments(REPO, issue)]
+    assert note.startswith(f"Task {task.key} is blocked at testing; a human must look:")
+    assert "- 3 tests failed" in note
+    assert "and more" not in note  # one line per reason
+    advance = Transition(
+        TransitionKind.ADVANCE, Stage.TESTING, Stage.DEPLOY_STAGING, State.ACTIVE, []
+    )
+    assert forge_notes.note_for(task.key, advance) is None

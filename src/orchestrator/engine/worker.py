@@ -31,7 +31,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from orchestrator import alerts, taskdir
+from orchestrator import alerts, forge_notes, taskdir
 from orchestrator.agents.prompts import previous_failure
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
@@ -443,6 +443,7 @@ class Worker:
         if applied.alerts:
             alerts.deliver_in_background(self.engine, applied.alerts, st.alert_webhook_url)
         t = applied.transition
+        forge_notes.notify_in_background(self.engine, task.id, task.key, task.forge_issue, t)
         log.info(
             "%s %s: %s",
             task.key,

@@ -131,11 +131,9 @@ def prepare(
             )
             if pr.merged:
                 return Published("MERGED", (f"pull request #{pr.number} is merged",))
+            _note_opened(ctx, forge, pr.number, pr.url)
             checks = forge.checks(pr.head_sha)
-            approvals = max(
-                forge.required_approvals(repo.main_branch),
-                int(ctx.repo.options.get("required_approvals") or 0),
-            )
+            approvals = forge.required_approvals(repo.main_branch)
             reviews = forge.reviews(pr.number)
             now = clock()
             judged = judge_pull(
@@ -184,24 +182,48 @@ def prepare(
             return Published(
                 "INFRA", (f"the forge did not merge #{pr.number}: {merged.message}",), "other"
             )
+        done = f"merged pull request #{pr.number} ({method}) as {(merged.sha or '?')[:12]}"
         return Published(
-            "MERGED",
-            (
-                *reasons,
-                f"merged pull request #{pr.number} ({method}) as {(merged.sha or '?')[:12]}",
-            ),
-            merged_sha=merged.sha,
+            "MERGED", (*reasons, done, *_close_issue(ctx, forge, done)), merged_sha=merged.sha
         )
 
     return publish, None
+
+
+def _note_opened(ctx: GateContext, forge: Forge, number: int, url: str) -> None:
+    """Tell the task's issue its pull request is open, the first time the landing sees it
+    (the task's history names the pull request from then on)."""
+    issue = ctx.task.forge_issue
+    if issue is None or ctx.engine is None:
+        return
+    with ctx.engine.connect() as conn:
+        history = queries.list_transitions(conn, ctx.task.id)
+    if any(url in r for t in history for r in t.reasons):
+        return
+    forge.comment(issue, f"Task {ctx.task.key}: pull request #{number} is open: {url}")
+
+
+def _close_issue(ctx: GateContext, forge: Forge, done: str) -> tuple[str, ...]:
+    """Close the task's issue now that its change is merged; what went wrong, if anything
+    (the merge stands either way)."""
+    issue = ctx.task.forge_issue
+    if issue is None:
+        return ()
+    try:
+        forge.comment(issue, f"Task {ctx.task.key}: {done}.")
+        forge.close_issue(issue)
+    except ForgeFault as exc:
+        return (f"issue #{issue} not closed: {exc}",)
+    return (f"issue #{issue} closed",)
 
 
 def _pull_body(ctx: GateContext) -> str:
     """The pull request's description: the task, the test report's summary, a link back."""
     report = taskdir.read_artifact(ctx.task_dir, A.TEST_REPORT) or ""
     summary = "\n".join(report.strip().splitlines()[:40])
+    issue = ctx.task.forge_issue
     parts = [
-        f"Task {ctx.task.key}: {ctx.task.title}",
+        f"Task {ctx.task.key}: {ctx.task.title}" + (f" (for #{issue})" if issue else ""),
         "",
         ctx.task.body.strip(),
         "",
