@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from orchestrator.agents.registry import LLM_BACKENDS
 from orchestrator.domain import breaker
 from orchestrator.errors import NotFoundError
+from orchestrator.gates.forge_breaker import FORGE_PREFIX
 from orchestrator.store import breakers
 from orchestrator.store import jobs as jobq
 
@@ -19,13 +20,21 @@ def list_backends(engine: sa.Engine) -> list[breakers.BackendRow]:
         return breakers.list_backends(conn)
 
 
+def _known_name(name: str) -> bool:
+    if name in LLM_BACKENDS:
+        return True
+    host = name.removeprefix(FORGE_PREFIX)
+    return host != name and 0 < len(host) <= 255 and host.isprintable() and " " not in host
+
+
 def resume_backend(engine: sa.Engine, name: str) -> breakers.BackendRow:
-    """Probe a paused model backend at once (``orch backend resume``): its next job runs as
-    the probe, and the model answering it closes the breaker."""
+    """Probe a paused model backend (or forge) at once (``orch backend resume``): its next
+    job runs as the probe, and the model (or forge) answering it closes the breaker."""
     with engine.begin() as conn:
         breakers.lock_spend(conn)
-        # Only a backend's name is looked up (a NUL is an error on PostgreSQL).
-        row = breakers.get(conn, name) if name in LLM_BACKENDS else None
+        # Only a backend's name is looked up (a NUL is an error on PostgreSQL): a model
+        # backend's, or a forge's (``forge:<host>``, see gates.forge_breaker).
+        row = breakers.get(conn, name) if _known_name(name) else None
         if row is None:
             known = ", ".join(r.state.name for r in breakers.list_backends(conn)) or "none yet"
             msg = f"no model backend {name!r} has run a job (known: {known})"

@@ -26,13 +26,13 @@ from tests.integration.merge_helpers import (
     run_git,
 )
 
-from orchestrator import forge_notes
+from orchestrator import backend_ops, forge_notes
 from orchestrator.domain.stages import Stage, State, Transition, TransitionKind
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.forge.base import MergeResult
 from orchestrator.forge.fake_github import FakeGitHub
 from orchestrator.forge.github import GitHubForge
-from orchestrator.store import queries
+from orchestrator.store import alert_rows, queries
 from orchestrator.store.rows import TaskRow
 from orchestrator.store.schema import tasks
 
@@ -234,15 +234,38 @@ def test_an_outage_and_a_rate_limit_wait_and_end_in_a_merge_with_nothing_spent(
     assert pb.fake.pull(REPO, 1).merged
 
 
-def test_a_bad_token_blocks_with_one_credentials_alert_and_main_unmoved(pb: PullBed) -> None:
-    task = pb.tested_task()
-    pb.gate(task)
+def test_a_bad_token_pauses_the_forge_with_one_alert_until_it_is_resumed(
+    pb: PullBed,
+) -> None:
+    first, second = pb.tested_task("a"), pb.tested_task("b")
+    pb.gate(first)
     pb.fake.set_token("a-new-token")
-    verdict = pb.gate(task)
-    assert verdict.needs_human == "forge-credentials", verdict.reasons
+    verdict = pb.gate(first)
+    # The forge's trouble, not the task's: it waits, and nothing is spent.
+    assert verdict.wait_s is not None, verdict.reasons
     assert _said(verdict, "rejected the credentials")
-    assert decide(verdict).alert == "forge-credentials"
-    assert not pb.fake.pull(REPO, 1).merged
+    assert _spent(decide(verdict)) == (False, False, False)
+    calls = len(pb.fake.requests)
+    # Another task's landing waits for the paused forge without calling it or alerting again.
+    other = pb.gate(second)
+    assert other.wait_s is not None
+    assert _said(other, "backend forge:127.0.0.1")
+    assert len(pb.fake.requests) == calls
+    with pb.bed.engine.connect() as conn:
+        (alert,) = alert_rows.list_alerts(conn, limit=10, open_only=True)
+    assert (alert.kind, alert.task_id) == ("forge-credentials", None)
+    # The token is fixed and a human resumes the forge: the next landing is the probe.
+    pb.forge = GitHubForge(REPO, pb.fake.token, base_url=pb.fake.url, timeout_s=5.0)
+    run_git(pb.bed.repo_path, "remote", "set-url", "origin", pb.fake.clone_url(REPO))
+    name = next(r.state.name for r in backend_ops.list_backends(pb.bed.engine))
+    assert backend_ops.resume_backend(pb.bed.engine, name).state.health == "credentials"
+    pb.fake.set_check_run(REPO, pb.head(), "ci", conclusion="success")
+    pb.fake.submit_review(REPO, 1, "APPROVED", author="ada")
+    merged = pb.gate(first)
+    assert merged.passed, merged.reasons
+    with pb.bed.engine.connect() as conn:
+        kinds = sorted(a.kind for a in alert_rows.list_alerts(conn, limit=10, open_only=True))
+    assert kinds == ["forge-recovered"]
 
 
 def test_the_task_s_issue_hears_of_its_pull_request_once_and_is_closed_by_the_merge(

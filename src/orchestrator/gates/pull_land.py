@@ -13,10 +13,12 @@ decides; here it is asked and carried out:
 - fail: a failing check (its name, summary and log tail) or a request for changes (the
   review and its line comments) sends the task back to development, with that text in
   the reasons the next prompt shows;
-- block: checks pending past ``ORCH_FORGE_CHECKS_TIMEOUT_S``, or credentials the forge
-  rejects, stop for a human with an alert.
+- block: checks pending past ``ORCH_FORGE_CHECKS_TIMEOUT_S`` stop for a human with an
+  alert.
 
-A forge outage or rate limit is a wait that honours ``retry-after``: never the task's fault.
+A forge outage or rate limit is a wait that honours ``retry-after``, never the task's
+fault; the forge's own breaker (``gates.forge_breaker``) pauses a forge that keeps failing
+or rejects the token, with one alert for the forge, and the landings wait for its probe.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import sqlalchemy as sa
 
 from orchestrator import taskdir
 from orchestrator.domain import artifacts as A
+from orchestrator.domain import breaker
 from orchestrator.domain.pullreq import CheckView, ReviewView, judge_pull
 from orchestrator.forge.base import Forge, ForgeFault, ForgeFaultKind
 from orchestrator.forge.branch import push_task_branch
 from orchestrator.forge.settings import forge_settings, land_of
+from orchestrator.gates import forge_breaker
 from orchestrator.gates.context import GateContext
 from orchestrator.gitops import worktrees
 from orchestrator.gitops.land import Candidate, Published, Publisher
@@ -70,18 +74,22 @@ def waiting_since(engine: sa.Engine | None, task_id: int, now: float) -> float:
     return since
 
 
-def _fault(exc: ForgeFault, poll_s: float) -> Published:
-    why = f"{WAITING_WORDS}: the forge failed: {exc}"
-    if exc.kind is ForgeFaultKind.CREDENTIALS:
-        return Published(
-            "BLOCKED",
-            (f"the forge rejected the credentials: {exc}",),
-            classification="other",
-            alert=FORGE_CREDENTIALS,
-        )
+def _fault(ctx: GateContext, name: str, exc: ForgeFault, poll_s: float) -> Published:
+    """What a forge's failure means for this landing: the forge's breaker hears of it (its
+    outage or rejected token is the forge's, with one alert, never the task's); the landing
+    waits, honouring retry-after, or until the paused forge's next probe."""
     if exc.kind is ForgeFaultKind.REQUEST:
         return Published("INFRA", (f"the forge refused the request: {exc}",), "other")
+    until = forge_breaker.record(ctx.engine, ctx.settings, name, ctx.job_id, exc)
     wait = exc.retry_after_s if exc.retry_after_s is not None else max(poll_s, OUTAGE_WAIT_S)
+    if until is not None:
+        wait = max(wait, until - time.time())
+    why = f"{WAITING_WORDS}: the forge failed: {exc}"
+    if exc.kind is ForgeFaultKind.CREDENTIALS:
+        why = f"{WAITING_WORDS}: the forge rejected the credentials: {exc}"
+    if until is not None:
+        # The words `orch backend resume` wakes the waiting landings by.
+        why += f"; {breaker.paused_mark(name)}"
     return Published("WAIT", (why,), wait_s=max(wait, 1.0))
 
 
@@ -108,10 +116,18 @@ def prepare(
         return None, Published(
             "INFRA", ("landing by pull request needs the repo's remote",), "other"
         )
+    name = forge_breaker.forge_name(configured.api_url if configured else "forge")
+    until = forge_breaker.admit(ctx.engine, name, ctx.job_id)
+    if until is not None:
+        why = f"{WAITING_WORDS}: {breaker.paused_mark(name)}; waiting for its next probe"
+        return None, Published("WAIT", (why,), wait_s=max(until - time.time(), 1.0))
     try:
         protected = forge.required_checks(repo.main_branch)
     except ForgeFault as exc:
-        return None, _fault(exc, poll_s)
+        return None, _fault(ctx, name, exc, poll_s)
+    # It answered: a paused forge is resumed (this landing was its probe), and its count of
+    # failures in a row starts again.
+    forge_breaker.record(ctx.engine, st, name, ctx.job_id, None)
     required = [*protected, *required_extra]
 
     def publish(candidate: Candidate) -> Published:
@@ -168,7 +184,7 @@ def prepare(
                 return Published("BLOCKED", reasons, "other", alert=judged.alert)
             merged = forge.merge(pr.number, sha=pr.head_sha, method=method)
         except ForgeFault as exc:
-            return _fault(exc, poll_s)
+            return _fault(ctx, name, exc, poll_s)
         if merged.head_moved:
             return Published(
                 "WAIT",
