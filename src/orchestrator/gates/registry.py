@@ -84,8 +84,16 @@ def run_gates(ctx: GateContext) -> Verdict:
         reasons.extend(f"{name}: {r}" for r in verdict.reasons)
         fields.update(verdict.fields)
         if not verdict.passed:
+            # Everything that decides the transition is carried, a wait too: without it a
+            # pull request still waiting for its checks would read as a red gate and roll
+            # the task back instead of deferring it.
             return Verdict(
-                VerdictStatus.FAIL, reasons, fields, verdict.tool_error, verdict.needs_human
+                VerdictStatus.FAIL,
+                reasons,
+                fields,
+                verdict.tool_error,
+                verdict.needs_human,
+                verdict.wait_s,
             )
     return Verdict(VerdictStatus.PASS, reasons, fields)
 
