@@ -13,10 +13,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -159,7 +160,8 @@ def _apply_edit(root: Path, rel: str, spec: str) -> None:
     path.write_text(text)
 
 
-def _run_git(args: list[str], cwd: Path) -> str:
+def run_git(args: list[str], cwd: Path) -> str:
+    """``git args`` in ``cwd``; its output, or a RuntimeError saying why it failed."""
     res = git(args, cwd)
     if not res:
         msg = f"git {' '.join(args)} failed: {res.stderr.strip()}"
@@ -167,8 +169,9 @@ def _run_git(args: list[str], cwd: Path) -> str:
     return res.stdout
 
 
-def make_repo(root: Path) -> Path:
-    """The demo's git repository: a package, its pytest suite, staging and deploy scripts."""
+def make_repo(root: Path, files: Mapping[str, str] | None = None) -> Path:
+    """The demo's git repository: a package, its pytest suite, staging and deploy scripts,
+    and ``files`` (relative path: text) besides, all in its first commit."""
     repo = root / "calc-repo"
     (repo / "calc").mkdir(parents=True)
     (repo / "tests").mkdir()
@@ -178,10 +181,12 @@ def make_repo(root: Path) -> Path:
     (repo / "deploy.py").write_text(DEPLOY)
     (repo / "pytest.ini").write_text("[pytest]\ntestpaths = tests\npythonpath = .\n")
     (repo / ".gitignore").write_text("__pycache__/\n.pytest_cache/\n")
+    for rel, text in (files or {}).items():
+        (repo / rel).write_text(text)
     ident = ["-c", "user.name=demo", "-c", "user.email=demo@localhost"]
-    _run_git(["init", "-q", "-b", "main"], repo)
-    _run_git(["add", "-A"], repo)
-    _run_git([*ident, "commit", "-q", "-m", "calc: add()"], repo)
+    run_git(["init", "-q", "-b", "main"], repo)
+    run_git(["add", "-A"], repo)
+    run_git([*ident, "commit", "-q", "-m", "calc: add()"], repo)
     return repo
 
 
@@ -189,17 +194,17 @@ def make_patches(repo: Path, task: DemoTask) -> list[bytes]:
     """Each of a task's patches as a diff on top of the ones before it."""
     ident = ["-c", "user.name=demo", "-c", "user.email=demo@localhost"]
     patches: list[bytes] = []
-    _run_git(["checkout", "-q", "-b", "scratch"], repo)
+    run_git(["checkout", "-q", "-b", "scratch"], repo)
     try:
         for edits in task.edits:
             for rel, spec in edits.items():
                 _apply_edit(repo, rel, spec)
-            _run_git(["add", "-A"], repo)
-            patches.append(_run_git(["diff", "--cached", "--binary"], repo).encode())
-            _run_git([*ident, "commit", "-q", "-m", "scratch"], repo)
+            run_git(["add", "-A"], repo)
+            patches.append(run_git(["diff", "--cached", "--binary"], repo).encode())
+            run_git([*ident, "commit", "-q", "-m", "scratch"], repo)
     finally:
-        _run_git(["checkout", "-q", "main"], repo)
-        _run_git(["branch", "-q", "-D", "scratch"], repo)
+        run_git(["checkout", "-q", "main"], repo)
+        run_git(["branch", "-q", "-D", "scratch"], repo)
     return patches
 
 
@@ -268,8 +273,11 @@ class DemoResult:
         return not self.problems and not any(t.problems for t in self.tasks)
 
 
-def setup(root: Path) -> tuple[Settings, sa.Engine, Path, HealthServer, list[str]]:
-    """Home, database, repo, health server; registers the repo and files the tasks."""
+def build(
+    root: Path, *, files: Mapping[str, str] | None = None, **overrides: Any
+) -> tuple[Settings, sa.Engine, Path, HealthServer]:
+    """Home (settings with ``overrides``), database, repo (with ``files``), health server;
+    the repo registered as ``demo``, no task filed yet."""
     home = root / "home"
     wanted = load_settings(home=home, database_url="").sandbox
     settings = load_settings(
@@ -286,9 +294,10 @@ def setup(root: Path) -> tuple[Settings, sa.Engine, Path, HealthServer, list[str
         merge_retest_timeout_s=120,
         agent_timeout_s=120,
         reaper_max_running_s=600,
+        **overrides,
     )
     engine = open_engine(settings)
-    repo = make_repo(root)
+    repo = make_repo(root, files)
     deploy_dir = root / "deployed"
     server = HealthServer(deploy_dir)
     py = sys.executable
@@ -305,6 +314,12 @@ def setup(root: Path) -> tuple[Settings, sa.Engine, Path, HealthServer, list[str
         ),
     )
     repo_ops.set_repo_options(engine, "demo", {"monitor": {"checks": 3, "interval_s": 0.2}})
+    return settings, engine, repo, server
+
+
+def setup(root: Path) -> tuple[Settings, sa.Engine, Path, HealthServer, list[str]]:
+    """Home, database, repo, health server; registers the repo and files the tasks."""
+    settings, engine, repo, server = build(root)
     keys = []
     for task in TASKS:
         patches = make_patches(repo, task)
@@ -339,19 +354,30 @@ def snapshot(engine: sa.Engine) -> list[dict[str, object]]:
 
 
 def check(
-    settings: Settings, engine: sa.Engine, repo: Path, keys: list[str], started: float
+    settings: Settings,
+    engine: sa.Engine,
+    repo: Path,
+    keys: list[str],
+    started: float,
+    tasks: Sequence[DemoTask] | None = None,
 ) -> DemoResult:
-    """Read back the DB, the artifacts and main; list anything that is not as expected."""
+    """Read back the DB, the artifacts and main; list anything that is not as expected.
+    ``keys`` are the tasks filed from ``tasks`` (default ``TASKS``), in order."""
     problems: list[str] = []
     reports: list[TaskReport] = []
-    main_log = _run_git(["log", "--format=%h %s", "main"], repo).splitlines()
+    rebased: list[str] = []
+    main_log = run_git(["log", "--format=%h %s", "main"], repo).splitlines()
     with engine.connect() as conn:
-        for key, spec in zip(keys, TASKS, strict=True):
+        for key, spec in zip(keys, TASKS if tasks is None else tasks, strict=True):
             t = queries.get_task(conn, key)
             assert t is not None
             history = queries.list_transitions(conn, t.id)
             jobs = queries.list_jobs(conn, task_id=t.id)
             rollbacks = sum(1 for h in history if h.kind == "rollback")
+            # Read in the history, not the merge report: a gate that waited for a pull
+            # request rebased in an earlier run, and the report keeps only the last.
+            if any("rebased onto" in r for h in history for r in h.reasons):
+                rebased.append(key)
             folder = taskdir.task_dir(settings.tasks_dir, key)
             # Only what a job of this pipeline recorded is a result; any other file there
             # (forged, or left by hand) is shown as no result at all.
@@ -387,17 +413,9 @@ def check(
                 report.problems.append("its change is not on main")
             reports.append(report)
     # Tasks filed together start from one main: the later merges must have rebased.
-    rebased = [
-        r.key
-        for r in reports
-        if "rebased onto"
-        in (
-            taskdir.read_artifact(taskdir.task_dir(settings.tasks_dir, r.key), A.MERGE_REPORT) or ""
-        )
-    ]
     if not rebased:
         problems.append("no merge needed a rebase; the demo did not show the merge gate's rebase")
-    calc = _run_git(["show", "main:calc/__init__.py"], repo)
+    calc = run_git(["show", "main:calc/__init__.py"], repo)
     for name in ("def sub", "def mul", "return a * b", "def div", "def power"):
         if name not in calc:
             problems.append(f"main's calc/__init__.py lacks {name!r}")
@@ -420,24 +438,37 @@ def run_demo(
     root = root or Path(tempfile.mkdtemp(prefix="orch-demo-"))
     started = time.time()
     settings, engine, repo, server, keys = setup(root)
-    worker = Worker(settings, engine, name="demo")
-    thread = threading.Thread(target=worker.run, kwargs={"until_idle": True}, daemon=True)
-    thread.start()
     try:
-        while thread.is_alive():
-            if on_tick is not None:
-                on_tick(snapshot(engine))
-            if time.time() - started > deadline_s:
-                worker.stop()
-                break
-            thread.join(0.2)
-        thread.join()
-        if on_tick is not None:
-            on_tick(snapshot(engine))
+        work(settings, engine, started, on_tick=on_tick, deadline_s=deadline_s)
         return check(settings, engine, repo, keys, started)
     finally:
         server.close()
         engine.dispose()
+
+
+def work(
+    settings: Settings,
+    engine: sa.Engine,
+    started: float,
+    *,
+    on_tick: Callable[[list[dict[str, object]]], None] | None = None,
+    deadline_s: float = 300.0,
+) -> None:
+    """Run a worker until nothing can move, or ``deadline_s`` after ``started``; show the
+    board on each turn."""
+    worker = Worker(settings, engine, name="demo")
+    thread = threading.Thread(target=worker.run, kwargs={"until_idle": True}, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if on_tick is not None:
+            on_tick(snapshot(engine))
+        if time.time() - started > deadline_s:
+            worker.stop()
+            break
+        thread.join(0.2)
+    thread.join()
+    if on_tick is not None:
+        on_tick(snapshot(engine))
 
 
 def remove(root: Path) -> None:
