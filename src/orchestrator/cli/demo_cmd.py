@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.live import Live
@@ -13,6 +14,9 @@ from rich.table import Table
 
 from orchestrator.cli._common import console, fail, plain, print_json, to_jsonable
 from orchestrator.domain.stages import DEFAULT_STAGES
+
+if TYPE_CHECKING:
+    from orchestrator.demo import DemoResult
 
 STATE_STYLE = {"done": "green", "blocked": "red", "deferred": "yellow", "cancelled": "dim"}
 
@@ -42,21 +46,32 @@ def _board(rows: list[dict[str, object]], started: float) -> Table:
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's home to explore.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    forge: Annotated[
+        bool,
+        typer.Option(
+            "--forge",
+            help="Through a fake GitHub: issues in, pull requests out, a CI that fails once.",
+        ),
+    ] = False,
 ) -> None:
     """Run four tasks through the whole pipeline with deterministic agents."""
     from orchestrator import demo as demo_mod
 
+    run: Callable[..., DemoResult] = demo_mod.run_demo
+    if forge:
+        from orchestrator import demo_forge
+
+        run = demo_forge.run_forge_demo
     root = Path(tempfile.mkdtemp(prefix="orch-demo-"))
     started = time.time()
     try:
         if as_json:
-            result = demo_mod.run_demo(root)
+            result = run(root)
         else:
-            console.print(f"orch demo: a throwaway home and repo in {root}")
+            where = "home, repo and fake GitHub" if forge else "home and repo"
+            console.print(f"orch demo: a throwaway {where} in {root}")
             with Live(_board([], started), console=console, refresh_per_second=8) as live:
-                result = demo_mod.run_demo(
-                    root, on_tick=lambda rows: live.update(_board(rows, started))
-                )
+                result = run(root, on_tick=lambda rows: live.update(_board(rows, started)))
     except Exception as exc:
         if not keep:
             demo_mod.remove(root)
@@ -92,6 +107,7 @@ def _summary(result: object, keep: bool) -> None:
             "\n".join(t.problems) or "-",
         )
     console.print(table)
+    _forge_summary(result)
     console.print("main, newest first:")
     for line in result.main_log:
         console.print(f"  {line}", highlight=False)
@@ -111,3 +127,24 @@ def _summary(result: object, keep: bool) -> None:
         console.print(
             "(run `orch demo --keep` to keep the home and explore it with orch task show)"
         )
+
+
+def _forge_summary(result: object) -> None:
+    """With ``--forge``: each task's issue and pull request, and what the CI said."""
+    from orchestrator.demo_forge import ForgeDemoResult
+
+    if not isinstance(result, ForgeDemoResult):
+        return
+    table = Table(title=f"forge {result.forge_repo} at {result.forge_url}")
+    for col in ("task", "issue", "pull request", "ci on each head, oldest first"):
+        table.add_column(col)
+    for p in result.pulls:
+        pull = "-" if p.pull is None else f"#{p.pull} {'merged' if p.merged else 'open'}"
+        table.add_row(p.key, f"#{p.issue} {p.issue_state}", pull, " ".join(p.ci) or "-")
+    console.print(table)
+    for run in result.ci_runs:
+        if run.conclusion != "success":
+            console.print(
+                f"ci {run.conclusion} on #{run.pull} at {run.sha[:12]}: {run.summary}",
+                highlight=False,
+            )
