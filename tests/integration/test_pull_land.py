@@ -328,3 +328,31 @@ def test_a_blocked_or_done_task_comments_on_its_issue(pb: PullBed, monkeypatch: 
         TransitionKind.ADVANCE, Stage.TESTING, Stage.DEPLOY_STAGING, State.ACTIVE, []
     )
     assert forge_notes.note_for(task.key, advance) is None
+
+
+def test_a_red_check_on_the_open_head_sends_it_back_before_any_rebase(pb: PullBed) -> None:
+    task = pb.tested_task()
+    first = pb.gate(task)
+    with pb.bed.engine.begin() as conn:
+        queries.insert_transition(
+            conn,
+            task_id=task.id,
+            kind="defer",
+            from_stage="deploy-staging",
+            to_stage="deploy-staging",
+            from_state="active",
+            to_state="deferred",
+            reasons=list(first.reasons),
+            actor="engine",
+            now=time.time(),
+        )
+    head = pb.head()
+    pb.fake.set_check_run(REPO, head, "ci", conclusion="failure", summary="lint", text="E501")
+    # Main moves on the forge meanwhile: a rebase would push a new head whose ci starts over.
+    pb.fake.push_commit(REPO, "main", {"other.txt": "o\n"}, message="someone else")
+    verdict = pb.gate(task)
+    assert decide(verdict).kind is TransitionKind.ROLLBACK, verdict.reasons
+    assert _said(verdict, "check ci failed")
+    assert _said(verdict, "E501")
+    # Read as it stood: nothing was rebased or pushed.
+    assert pb.head() == head

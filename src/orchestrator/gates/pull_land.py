@@ -23,6 +23,7 @@ or rejects the token, with one alert for the forge, and the landings wait for it
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ from orchestrator import taskdir
 from orchestrator.domain import artifacts as A
 from orchestrator.domain import breaker
 from orchestrator.domain.pullreq import CheckView, ReviewView, judge_pull
-from orchestrator.forge.base import Forge, ForgeFault, ForgeFaultKind
+from orchestrator.forge.base import CheckResult, Forge, ForgeFault, ForgeFaultKind, Review
 from orchestrator.forge.branch import push_task_branch
 from orchestrator.forge.settings import forge_settings, land_of
 from orchestrator.gates import forge_breaker
@@ -129,6 +130,12 @@ def prepare(
     # failures in a row starts again.
     forge_breaker.record(ctx.engine, st, name, ctx.job_id, None)
     required = [*protected, *required_extra]
+    try:
+        red = _red_already(ctx, forge, required, poll_s)
+    except ForgeFault as exc:
+        return None, _fault(ctx, name, exc, poll_s)
+    if red is not None:
+        return None, red
 
     def publish(candidate: Candidate) -> Published:
         assert forge is not None
@@ -156,18 +163,9 @@ def prepare(
                 number=pr.number,
                 head_sha=pr.head_sha,
                 candidate=candidate.sha,
-                checks=[CheckView(c.name, c.state, c.summary, c.log_tail) for c in checks],
+                checks=[_check_view(c) for c in checks],
                 required_checks=required,
-                reviews=[
-                    ReviewView(
-                        r.author,
-                        r.state,
-                        r.commit_sha,
-                        r.body,
-                        tuple(f"{c.path}:{c.line or '-'}: {c.body}" for c in r.comments),
-                    )
-                    for r in reviews
-                ],
+                reviews=[_review_view(r) for r in reviews],
                 required_approvals=approvals,
                 waited_s=now - waiting_since(ctx.engine, task.id, now),
                 timeout_s=st.forge_checks_timeout_s,
@@ -204,6 +202,63 @@ def prepare(
         )
 
     return publish, None
+
+
+_PULL_RE = re.compile(r"pull request #([0-9]{1,9}): (\S+)")
+
+
+def _earlier_pull(ctx: GateContext) -> int | None:
+    """The number of the pull request an earlier run of this landing opened, as the task's
+    history names it; None before the first."""
+    if ctx.engine is None:
+        return None
+    with ctx.engine.connect() as conn:
+        history = queries.list_transitions(conn, ctx.task.id)
+    for t in reversed(history):
+        for r in reversed(t.reasons):
+            found = _PULL_RE.search(r)
+            if found:
+                return int(found.group(1))
+    return None
+
+
+def _red_already(
+    ctx: GateContext, forge: Forge, required: list[str], poll_s: float
+) -> Published | None:
+    """The pull request as it stands, read before anything is rebased: a failing required
+    check or changes requested on its head send the task back now. Rebasing first would
+    push a new head whose checks start again, and a red result would be read late, or
+    never while main keeps moving."""
+    number = _earlier_pull(ctx)
+    if number is None:
+        return None
+    pr = forge.pull(number)
+    if pr.state != "open" or pr.merged:
+        return None
+    judged = judge_pull(
+        number=pr.number,
+        head_sha=pr.head_sha,
+        candidate=pr.head_sha,
+        checks=[_check_view(c) for c in forge.checks(pr.head_sha)],
+        required_checks=required,
+        reviews=[_review_view(r) for r in forge.reviews(pr.number)],
+        required_approvals=0,
+        waited_s=0.0,
+        timeout_s=float("inf"),
+        poll_s=poll_s,
+    )
+    if judged.kind != "fail":
+        return None
+    return Published("RED", (f"pull request #{pr.number}: {pr.url}", *judged.reasons), "red")
+
+
+def _check_view(c: CheckResult) -> CheckView:
+    return CheckView(c.name, c.state, c.summary, c.log_tail)
+
+
+def _review_view(r: Review) -> ReviewView:
+    comments = tuple(f"{c.path}:{c.line or '-'}: {c.body}" for c in r.comments)
+    return ReviewView(r.author, r.state, r.commit_sha, r.body, comments)
 
 
 def _note_opened(ctx: GateContext, forge: Forge, number: int, url: str) -> None:
