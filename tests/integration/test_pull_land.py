@@ -356,3 +356,31 @@ def test_a_red_check_on_the_open_head_sends_it_back_before_any_rebase(pb: PullBe
     assert _said(verdict, "E501")
     # Read as it stood: nothing was rebased or pushed.
     assert pb.head() == head
+
+
+def test_a_new_attempt_after_a_red_check_is_not_judged_by_the_old_head(pb: PullBed) -> None:
+    task = pb.tested_task()
+    first = pb.gate(task)
+    with pb.bed.engine.begin() as conn:
+        queries.insert_transition(
+            conn,
+            task_id=task.id,
+            kind="rollback",
+            from_stage="deploy-staging",
+            to_stage="development",
+            from_state="active",
+            to_state="active",
+            reasons=list(first.reasons),
+            actor="engine",
+            now=time.time(),
+        )
+    old = pb.head()
+    pb.fake.set_check_run(REPO, old, "ci", conclusion="failure", summary="lint")
+    # The developer's next attempt: new work on the branch, tested again.
+    pb.bed.develop(task, {"extra.py": "y = 2\n"}, "fix")
+    assert pb.bed.run_testing_stage(task)[0]
+    again = pb.gate(task)
+    # The new head is pushed and waits for its own checks; the old red is not read again.
+    assert again.wait_s is not None, again.reasons
+    assert pb.head() != old
+    assert _said(again, "checks not reported yet: ci")

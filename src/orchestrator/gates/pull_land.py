@@ -39,6 +39,7 @@ from orchestrator.forge.branch import push_task_branch
 from orchestrator.forge.settings import forge_settings, land_of
 from orchestrator.gates import forge_breaker
 from orchestrator.gates.context import GateContext
+from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
 from orchestrator.gitops.land import Candidate, Published, Publisher
 from orchestrator.store import queries
@@ -234,6 +235,13 @@ def _red_already(
         return None
     pr = forge.pull(number)
     if pr.state != "open" or pr.merged:
+        return None
+    worktree = ctx.worktree or worktrees.worktree_path(
+        ctx.settings.worktrees_dir, ctx.repo.name, ctx.task.key
+    )
+    if gm.rev_parse(worktree, "HEAD") != pr.head_sha:
+        # The branch moved on since that head was pushed (a new attempt after a rollback):
+        # its old checks say nothing about the work that lands now.
         return None
     judged = judge_pull(
         number=pr.number,
