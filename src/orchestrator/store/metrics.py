@@ -11,7 +11,15 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from orchestrator.store.schema import alerts, jobs, tasks, transitions, workers
+from orchestrator.store.schema import (
+    alerts,
+    jobs,
+    pull_events,
+    pull_requests,
+    tasks,
+    transitions,
+    workers,
+)
 
 _J = jobs.c
 _T = tasks.c
@@ -109,3 +117,23 @@ def live_workers(conn: sa.Connection, since: float) -> int:
     """Workers whose last heartbeat is at ``since`` or later."""
     stmt = sa.select(sa.func.count()).select_from(workers).where(workers.c.heartbeat_at >= since)
     return int(conn.execute(stmt).scalar_one())
+
+
+def pull_events_by_kind(conn: sa.Connection) -> dict[tuple[str, str], int]:
+    """(kind, name) → how many pull-request events, each counted once when the landing
+    first saw it (``store.pulls``); ``name`` is the check's for check-failed, "" for the
+    other kinds (a reviewer is no label: one per person would grow without end)."""
+    e = pull_events.c
+    stmt = sa.select(e.kind, e.name, sa.func.count()).group_by(e.kind, e.name)
+    out: dict[tuple[str, str], int] = {}
+    for kind, name, n in conn.execute(stmt):
+        label = name if kind == "check-failed" else ""
+        out[kind, label] = out.get((kind, label), 0) + int(n)
+    return out
+
+
+def pull_requests_by_state(conn: sa.Connection) -> dict[str, int]:
+    """Tasks' pull requests by state, as the landing last read them."""
+    p = pull_requests.c
+    stmt = sa.select(p.state, sa.func.count()).group_by(p.state)
+    return {state: int(n) for state, n in conn.execute(stmt)}

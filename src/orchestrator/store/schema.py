@@ -39,6 +39,8 @@ TRANSITION_KINDS = (
 )
 ALERT_SEVERITIES = ("info", "warning", "critical")
 BACKEND_HEALTH = ("closed", "open", "credentials")
+PULL_STATES = ("open", "merged", "closed")
+PULL_EVENT_KINDS = ("opened", "merged", "check-failed", "changes-requested")
 
 # Deterministic constraint names: Alembic's batch mode on SQLite can only drop or alter a
 # constraint it can name, and the snapshot test compares names across both backends.
@@ -349,4 +351,49 @@ merge_results = sa.Table(
     sa.CheckConstraint(in_check("classification", MERGE_CLASSIFICATIONS), name="classification"),
     sa.CheckConstraint(in_check("retest", MERGE_RETESTS), name="retest"),
     sa.Index(None, "task_id"),
+)
+
+# ---- pull requests (a repo that lands by pull request) -----------------------------------
+
+# Each task's pull request as the landing last read it (``gates/pull_record.py``): what
+# `orch task show`, the API and the dashboard show. One row per task: a pull request that
+# replaces a closed one (another number) replaces its row; the events below keep the count.
+pull_requests = sa.Table(
+    "pull_requests",
+    metadata,
+    sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), primary_key=True),
+    sa.Column("number", sa.Integer(), nullable=False),
+    sa.Column("url", sa.String(), nullable=False),
+    sa.Column("head_sha", sa.String(), nullable=False),
+    sa.Column("state", sa.String(), nullable=False),
+    # [{name, state, summary, required, details_url}] on head_sha: the required checks
+    # first (one not reported yet is "expected"), then the others.
+    sa.Column("checks", json_type(), nullable=False),
+    # [{id, author, state, commit_sha}], oldest first.
+    sa.Column("reviews", json_type(), nullable=False),
+    # The commit the forge's merge made; NULL until merged.
+    sa.Column("merged_sha", sa.String(), nullable=True),
+    # When the landing first read this pull request (this number), last read it, merged it.
+    time_column("opened_at"),
+    time_column("updated_at"),
+    time_column("merged_at", nullable=True),
+    sa.CheckConstraint(in_check("state", PULL_STATES), name="state"),
+)
+
+# What the landing saw happen to pull requests, each thing once: the /metrics counters.
+# ``seen`` and ``name`` make an event one: "" and "" for opened and merged (once per pull
+# request), the head SHA and the check's name for check-failed (once per head and check),
+# the review's id and its author for changes-requested (once per review).
+pull_events = sa.Table(
+    "pull_events",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True),
+    sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("number", sa.Integer(), nullable=False),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("seen", sa.String(), nullable=False),
+    sa.Column("name", sa.String(), nullable=False),
+    time_column("at"),
+    sa.UniqueConstraint("task_id", "number", "kind", "seen", "name"),
+    sa.CheckConstraint(in_check("kind", PULL_EVENT_KINDS), name="kind"),
 )
