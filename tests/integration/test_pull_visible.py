@@ -8,11 +8,22 @@ events ``/metrics`` counts.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import pytest
+import sqlalchemy as sa
+from tests.integration.test_pull_land import REPO, PullBed
+
+from orchestrator.forge.base import CheckResult, MergeResult, PullRequest, Review
+from orchestrator.forge.fake_github import FakeGitHub
+from orchestrator.gates.pull_record import seen_of
 from orchestrator.store import metrics as figures
 from orchestrator.store import pulls, queries
 from orchestrator.store.rows import TaskRow
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 URL = "https://github.example/acme/app/pull/7"
 
@@ -149,3 +160,126 @@ def test_a_pull_request_that_replaces_a_closed_one_is_a_new_row_and_counted(
     # Each task's ci failure on the same head is its own: once per pull request and head.
     assert counted[("check-failed", "ci")] == 3
     assert states == {"open": 2}
+
+
+# ---- what the landing reads, as it is stored ---------------------------------------------
+
+
+def test_the_required_checks_come_first_and_one_not_reported_is_expected() -> None:
+    pr = PullRequest(3, URL, "orch/DEMO-1", "h" * 40, "main")
+    checks = [
+        CheckResult("docs", "success"),
+        CheckResult("ci", "failure", "red", "https://ci.example/9", log_tail="E   boom"),
+    ]
+    reviews = [Review(5, "ada", "APPROVED", "ok", "h" * 40)]
+    seen = seen_of(pr, checks, reviews, required=["lint", "ci", "lint"])
+    assert [(c.name, c.state, c.required) for c in seen.checks] == [
+        ("lint", "expected", True),
+        ("ci", "failure", True),
+        ("docs", "success", False),
+    ]
+    assert seen.checks[1].details_url == "https://ci.example/9"
+    assert seen.reviews == (pulls.PullReview(5, "ada", "APPROVED", "h" * 40),)
+    assert (seen.state, seen.merged_sha) == ("open", None)
+    merged = seen_of(pr, checks, reviews, merged=MergeResult(True, "m" * 40))
+    assert (merged.state, merged.merged_sha) == ("merged", "m" * 40)
+    refused = seen_of(pr, checks, reviews, merged=MergeResult(False, head_moved=True))
+    assert (refused.state, refused.merged_sha) == ("open", None)
+
+
+# ---- the gate records it -----------------------------------------------------------------
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeGitHub]:
+    with FakeGitHub(tmp_path / "fake") as gh:
+        yield gh
+
+
+@pytest.fixture
+def pb(tmp_path: Path, engine: sa.Engine, make_repo: Any, fake: FakeGitHub) -> PullBed:
+    return PullBed(tmp_path, engine, make_repo, fake)
+
+
+def _pull(pb: PullBed, task: TaskRow) -> pulls.PullRow:
+    with pb.bed.engine.connect() as conn:
+        row = pulls.get_pull(conn, task.id)
+    assert row is not None
+    return row
+
+
+def test_the_landing_records_the_pull_request_it_waits_for(pb: PullBed) -> None:
+    task = pb.tested_task()
+    waiting = pb.gate(task)
+    assert waiting.wait_s is not None, waiting.reasons
+    row = _pull(pb, task)
+    assert (row.number, row.state, row.head_sha) == (1, "open", pb.head())
+    assert row.url.endswith(f"/{REPO}/pull/1")
+    # Branch protection requires ci; nothing has reported it yet.
+    assert [(c.name, c.state, c.required) for c in row.checks] == [("ci", "expected", True)]
+    assert row.reviews == ()
+    assert _events(pb.bed.engine, task) == [("opened", 1, "", "")]
+
+
+def test_a_failing_check_and_changes_requested_are_recorded_and_counted_once(
+    pb: PullBed,
+) -> None:
+    task = pb.tested_task()
+    pb.gate(task)
+    head = pb.head()
+    pb.fake.set_check_run(REPO, head, "ci", conclusion="failure", summary="1 test failed")
+    pb.fake.set_check_run(REPO, head, "lint", conclusion="success")
+    pb.fake.submit_review(REPO, 1, "CHANGES_REQUESTED", author="ada", body="rename it")
+    sent_back = pb.gate(task)
+    assert not sent_back.passed
+    assert sent_back.wait_s is None
+    again = pb.gate(task)  # read again: nothing new to count
+    assert not again.passed
+    row = _pull(pb, task)
+    assert [(c.name, c.state, c.required) for c in row.checks] == [
+        ("ci", "failure", True),
+        ("lint", "success", False),
+    ]
+    assert "1 test failed" in row.checks[0].summary
+    assert [(r.author, r.state, r.commit_sha) for r in row.reviews] == [
+        ("ada", "CHANGES_REQUESTED", head)
+    ]
+    assert [(k, seen, name) for k, _n, seen, name in _events(pb.bed.engine, task)] == [
+        ("opened", "", ""),
+        ("check-failed", head, "ci"),
+        ("changes-requested", str(row.reviews[0].id), "ada"),
+    ]
+
+
+def test_a_merge_through_the_api_is_recorded_with_its_commit(pb: PullBed) -> None:
+    task = pb.tested_task()
+    pb.gate(task)
+    pb.fake.set_check_run(REPO, pb.head(), "ci", conclusion="success")
+    pb.fake.submit_review(REPO, 1, "APPROVED", author="ada")
+    merged = pb.gate(task)
+    assert merged.passed, merged.reasons
+    row = _pull(pb, task)
+    assert (row.state, row.merged_sha) == ("merged", merged.fields["merged_sha"])
+    assert row.merged_sha == pb.forge_main()
+    assert row.merged_at is not None
+    assert row.merged_at >= row.opened_at
+    assert row.view()["reviews"][0]["on_head"] is True
+    assert [e[0] for e in _events(pb.bed.engine, task)] == ["opened", "merged"]
+
+
+def test_a_database_error_while_recording_is_a_reason_and_the_decision_stands(
+    pb: PullBed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = pb.tested_task()
+
+    def broken(*_args: object, **_kwargs: object) -> pulls.PullRow:
+        raise sa.exc.OperationalError("INSERT INTO pull_requests", {}, Exception("disk I/O"))
+
+    monkeypatch.setattr(pulls, "record_pull", broken)
+    verdict = pb.gate(task)
+    assert verdict.wait_s is not None, verdict.reasons
+    assert any(
+        "could not record pull request #1" in r and "disk I/O" in r for r in verdict.reasons
+    ), verdict.reasons
+    with pb.bed.engine.connect() as conn:
+        assert pulls.get_pull(conn, task.id) is None

@@ -39,6 +39,7 @@ from orchestrator.forge.branch import push_task_branch
 from orchestrator.forge.settings import forge_settings, land_of
 from orchestrator.gates import forge_breaker
 from orchestrator.gates.context import GateContext
+from orchestrator.gates.pull_record import remember
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
 from orchestrator.gitops.land import Candidate, Published, Publisher
@@ -160,6 +161,7 @@ def prepare(
             approvals = forge.required_approvals(repo.main_branch)
             reviews = forge.reviews(pr.number)
             now = clock()
+            noted = remember(ctx, pr, checks, reviews, required=required, now=now)
             judged = judge_pull(
                 number=pr.number,
                 head_sha=pr.head_sha,
@@ -172,7 +174,7 @@ def prepare(
                 timeout_s=st.forge_checks_timeout_s,
                 poll_s=poll_s,
             )
-            reasons = (f"{detail}; pull request #{pr.number}: {pr.url}", *judged.reasons)
+            reasons = (f"{detail}; pull request #{pr.number}: {pr.url}", *judged.reasons, *noted)
             if judged.kind == "wait":
                 return Published(
                     "WAIT", (f"{WAITING_WORDS} #{pr.number}", *reasons), wait_s=judged.wait_s
@@ -199,7 +201,14 @@ def prepare(
             )
         done = f"merged pull request #{pr.number} ({method}) as {(merged.sha or '?')[:12]}"
         return Published(
-            "MERGED", (*reasons, done, *_close_issue(ctx, forge, done)), merged_sha=merged.sha
+            "MERGED",
+            (
+                *reasons,
+                done,
+                *remember(ctx, pr, checks, reviews, required=required, merged=merged, now=clock()),
+                *_close_issue(ctx, forge, done),
+            ),
+            merged_sha=merged.sha,
         )
 
     return publish, None
