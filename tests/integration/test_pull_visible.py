@@ -8,20 +8,29 @@ events ``/metrics`` counts.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_pull_land import REPO, PullBed
+from typer.testing import CliRunner
 
+from orchestrator.api import create_app
+from orchestrator.cli import app as cli_app
+from orchestrator.config import load_settings
 from orchestrator.forge.base import CheckResult, MergeResult, PullRequest, Review
 from orchestrator.forge.fake_github import FakeGitHub
 from orchestrator.gates.pull_record import seen_of
 from orchestrator.store import metrics as figures
 from orchestrator.store import pulls, queries
 from orchestrator.store.rows import TaskRow
+from orchestrator.store.schema import tasks
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -283,3 +292,113 @@ def test_a_database_error_while_recording_is_a_reason_and_the_decision_stands(
     ), verdict.reasons
     with pb.bed.engine.connect() as conn:
         assert pulls.get_pull(conn, task.id) is None
+
+
+# ---- shown: `orch task show`, the API, the dashboard, /metrics ---------------------------
+
+ISSUE = "https://github.example/acme/app/issues/12"
+
+
+def _file_from_issue(engine: sa.Engine, task: TaskRow, url: str) -> None:
+    # As intake files it (the columns are set once, when the task is filed).
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.id == task.id)
+            .values(requester="ada", forge_issue=12, forge_url=url)
+        )
+
+
+def _shown_task(pb: PullBed) -> TaskRow:
+    """A task filed from issue 12 whose pull request failed ci and was asked to change."""
+    task = pb.tested_task()
+    _file_from_issue(pb.bed.engine, task, ISSUE)
+    pb.gate(task)
+    head = pb.head()
+    pb.fake.set_check_run(REPO, head, "ci", conclusion="failure", summary="1 test <failed>")
+    pb.fake.submit_review(REPO, 1, "CHANGES_REQUESTED", author="bob")
+    assert not pb.gate(task).passed
+    return task
+
+
+def test_task_show_the_api_the_dashboard_and_metrics_show_the_pull_request(
+    pb: PullBed, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = _shown_task(pb)
+    row = _pull(pb, task)
+    monkeypatch.setenv("ORCH_HOME", str(pb.bed.settings.home))
+    monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    shown = CliRunner().invoke(cli_app, ["task", "show", task.key, "--json"])
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.stdout)
+    assert (data["forge_issue"], data["forge_url"]) == (12, ISSUE)
+    pr = data["pull_request"]
+    assert (pr["number"], pr["url"], pr["state"], pr["head_sha"]) == (
+        1,
+        row.url,
+        "open",
+        row.head_sha,
+    )
+    assert [(c["name"], c["state"], c["required"]) for c in pr["checks"]] == [
+        ("ci", "failure", True)
+    ]
+    assert [(r["author"], r["state"], r["on_head"]) for r in pr["reviews"]] == [
+        ("bob", "CHANGES_REQUESTED", True)
+    ]
+    text = CliRunner().invoke(cli_app, ["task", "show", task.key])
+    assert text.exit_code == 0, text.output
+    assert re.search(rf"pull request #1 open {re.escape(row.url)}", text.stdout), text.stdout
+    assert re.search(r"│ ci\s+│ yes\s+│ failure\s+│", text.stdout), text.stdout
+    assert "1 test <failed>" in text.stdout
+    assert re.search(r"bob\s+│\s+CHANGES_REQUESTED\s+│\s+this head", text.stdout)
+    assert f"in {ISSUE}" in text.stdout
+
+    app = create_app(pb.bed.settings, pb.bed.engine)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        # The API says exactly what the CLI says.
+        assert client.get(f"/tasks/{task.key}").json() == data
+        html = client.get(f"/ui/tasks/{task.key}").text
+        scraped = client.get("/metrics").text
+    assert f'<a id="task-issue" href="{ISSUE}"' in html
+    assert f'<a id="task-pull" href="{row.url}"' in html
+    # ci links to its run on the forge, says it is required, and that it failed.
+    assert re.search(
+        r'<td><a href="http[^"]+/runs/\d+" rel="noopener noreferrer">ci</a></td>'
+        r'<td>required</td>\s*<td><span class="badge failure">',
+        html,
+    ), html
+    assert "1 test &lt;failed&gt;" in html
+    assert re.search(r"<td>bob</td><td><span class=\"badge CHANGES_REQUESTED\">", html)
+    families = {f.name: f for f in text_string_to_metric_families(scraped)}
+
+    def sample(family: str, **labels: str) -> float:
+        for s in families[family].samples:
+            if all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+        raise AssertionError(f"no {family} {labels} in {families[family].samples}")
+
+    assert sample("orch_pull_requests_opened") == 1
+    assert sample("orch_pull_requests_merged") == 0
+    # Read twice on the same head, ci's failure is counted once.
+    assert sample("orch_pull_request_checks_failed", check="ci") == 1
+    assert sample("orch_pull_request_changes_requested") == 1
+    assert sample("orch_pull_requests", state="open") == 1
+    assert sample("orch_pull_requests", state="merged") == 0
+
+
+def test_the_dashboard_links_only_web_addresses(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    task = _task(engine)
+    evil = "javascript:alert(1)"
+    _file_from_issue(engine, task, evil)
+    _record(engine, task, _seen(url=evil), now=1000.0)
+    settings = load_settings(home=tmp_path / "home", database_url=db_url)
+    with TestClient(create_app(settings, engine), base_url="http://127.0.0.1") as client:
+        html = client.get(f"/ui/tasks/{task.key}").text
+        assert client.get(f"/tasks/{task.key}").json()["pull_request"]["url"] == evil
+    assert "javascript:" not in html
+    assert "pull request #7" in html
+    # The checks that gave a web page link to it.
+    assert '<a href="https://ci.example/1" rel="noopener noreferrer">ci</a>' in html

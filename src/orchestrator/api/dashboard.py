@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import jinja2
 import sqlalchemy as sa
@@ -20,7 +21,7 @@ from fastapi.responses import HTMLResponse
 
 from orchestrator import money, taskdir
 from orchestrator.api import files, reads
-from orchestrator.api import models as M
+from orchestrator.api import task_models as TM
 from orchestrator.api.state import Api
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import PIPELINE
@@ -68,6 +69,14 @@ def clock(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def web_url(url: str | None) -> str | None:
+    """``url`` when it is an http(s) address, else None: a link the forge (or whoever
+    filed the task) gave is never a ``javascript:`` or ``data:`` link on our page."""
+    if url is None or urlsplit(url).scheme.lower() not in ("http", "https"):
+        return None
+    return url
+
+
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 
@@ -83,6 +92,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["duration"] = duration
     env.filters["clock"] = clock
+    env.filters["web_url"] = web_url
     # Money and tokens read as in the CLI: one formatter (``money``), small budgets legible.
     env.filters["usd"] = money.usd
     env.filters["tokens"] = money.tokens
@@ -326,7 +336,7 @@ def dashboard_router(api: Api) -> APIRouter:
     return router
 
 
-def _log_job(jobs_: list[M.JobOut], job_id: int | None) -> M.JobOut | None:
+def _log_job(jobs_: list[TM.JobOut], job_id: int | None) -> TM.JobOut | None:
     """The job whose log the task page tails: the one asked for, else the newest that ran."""
     if job_id is not None:
         return next((j for j in jobs_ if j.id == job_id), None)

@@ -27,6 +27,7 @@ from orchestrator.api.state import Api
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.store import control, counters, merges, spend
 from orchestrator.store import metrics as figures
+from orchestrator.store.schema import PULL_STATES
 
 # Job duration buckets, seconds: from a quick runner to the reaper's hour.
 DURATION_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -126,6 +127,7 @@ class DatabaseCollector(Collector):
         for name, n in sorted(merges.merge_counters(conn).items()):
             merge.add_metric([name], n)
         yield merge
+        yield from self._pulls(conn)
 
         live = figures.live_workers(conn, since=time.time() - st.job_lease_s)
         yield GaugeMetricFamily("orch_workers", "Workers with a heartbeat within a lease.", live)
@@ -186,6 +188,48 @@ class DatabaseCollector(Collector):
                 fallback.add_metric([agent, verdict], n)
         yield from (verdicts, merge_failed, infra, fallback)
 
+    def _pulls(self, conn: sa.Connection) -> Iterator[Metric]:
+        """Pull requests (``land: pr``): what the landing saw, each thing counted once when
+        it first saw it (``store.pulls``), and the tasks' pull requests as last read."""
+        events = figures.pull_events_by_kind(conn)
+
+        def counted(kind: str) -> int:
+            return sum(n for (k, _name), n in events.items() if k == kind)
+
+        yield CounterMetricFamily(
+            "orch_pull_requests_opened",
+            "Pull requests the landing read for the first time (one per task and number; "
+            "one a human opened for the task's branch counts too).",
+            counted("opened"),
+        )
+        yield CounterMetricFamily(
+            "orch_pull_requests_merged", "Pull requests the landing merged.", counted("merged")
+        )
+        failed = CounterMetricFamily(
+            "orch_pull_request_checks_failed",
+            "Failing checks the landing read, required or not: once per pull request, head "
+            "and check (the same check failing again on a new head counts again).",
+            labels=["check"],
+        )
+        for (kind, name), n in sorted(events.items()):
+            if kind == "check-failed":
+                failed.add_metric([name], n)
+        yield failed
+        yield CounterMetricFamily(
+            "orch_pull_request_changes_requested",
+            "Reviews requesting changes the landing read, each review once.",
+            counted("changes-requested"),
+        )
+        by_state = GaugeMetricFamily(
+            "orch_pull_requests",
+            "Tasks' pull requests by state, as the landing last read them.",
+            labels=["state"],
+        )
+        states = figures.pull_requests_by_state(conn)
+        for state in PULL_STATES:
+            by_state.add_metric([state], states.get(state, 0))
+        yield by_state
+
     def _durations(self, conn: sa.Connection) -> Metric:
         """A histogram of finished jobs' run times, by stage, bucketed in SQL."""
         family = HistogramMetricFamily(
@@ -219,7 +263,7 @@ def metrics_router(api: Api) -> APIRouter:
     )
     def metrics() -> Response:
         """Prometheus metrics: jobs, transitions, queue depth, durations, LLM cost and
-        budgets, alerts."""
+        budgets, alerts, pull requests."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from orchestrator import __version__, money, task_ops, taskdir
 from orchestrator.api import models as M
+from orchestrator.api import task_models as TM
 from orchestrator.api.snapshot import Snapshot
 from orchestrator.config import Settings
 from orchestrator.engine.worker import SERIAL_HOLD_STAGES
@@ -27,6 +28,7 @@ from orchestrator.store import (
     counters,
     dependencies,
     merges,
+    pulls,
     queries,
     spend,
 )
@@ -296,33 +298,35 @@ def list_tasks(
     return [M.TaskOut.model_validate(t) for t in page]
 
 
-def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> M.TaskDetailOut:
-    """A task as `orch task show --json` shows it."""
+def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> TM.TaskDetailOut:
+    """A task as `orch task show --json` shows it, its pull request too."""
     repo = queries.get_repo_by_id(conn, task.repo_id)
     folder = taskdir.task_dir(st.tasks_dir, task.key)
     summary = task_out(task, repo.name if repo else store_reads.UNKNOWN_REPO)
     waiting = task_ops.task_waiting_on(conn, task)
     ours, foreign = taskdir.split_artifacts(folder, jobq.recorded_artifacts(conn, task.id))
-    return M.TaskDetailOut(
+    pull = pulls.get_pull(conn, task.id)
+    return TM.TaskDetailOut(
         **summary.model_dump(),
         body=task.body,
         folder=str(folder),
         artifacts=ours,
         not_written_by_pipeline=foreign,
         history=[
-            M.TransitionOut.model_validate(h) for h in queries.list_transitions(conn, task.id)
+            TM.TransitionOut.model_validate(h) for h in queries.list_transitions(conn, task.id)
         ],
-        jobs=[M.JobOut.model_validate(j) for j in queries.list_jobs(conn, task_id=task.id)],
+        jobs=[TM.JobOut.model_validate(j) for j in queries.list_jobs(conn, task_id=task.id)],
         spend=task_spend_detail(conn, st, task.id),
-        after=[M.DependencyOut.model_validate(d) for d in dependencies.deps_of(conn, task.id)],
-        waiting_on=[M.DependencyOut.model_validate(d) for d in waiting],
+        after=[TM.DependencyOut.model_validate(d) for d in dependencies.deps_of(conn, task.id)],
+        waiting_on=[TM.DependencyOut.model_validate(d) for d in waiting],
         waiting=task_ops.waiting_text(waiting),
+        pull_request=None if pull is None else TM.PullRequestOut(**pull.view()),
     )
 
 
-def task_spend_detail(conn: sa.Connection, st: Settings, task_id: int) -> M.SpendOut:
+def task_spend_detail(conn: sa.Connection, st: Settings, task_id: int) -> TM.SpendOut:
     """What the task's jobs cost so far, against the per-task budget."""
-    return M.SpendOut(
+    return TM.SpendOut(
         **asdict(spend.task_spend(conn, task_id)),
         budget_usd=money.budget_or_none(st.llm_budget_per_task_usd),
     )

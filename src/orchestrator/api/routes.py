@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from orchestrator import repo_ops, task_ops
 from orchestrator.api import files, reads
 from orchestrator.api import models as M
+from orchestrator.api import task_models as TM
 from orchestrator.api.errors import ApiError, json_response, responses
 from orchestrator.api.state import Api
 from orchestrator.domain import artifacts as A
@@ -131,12 +132,12 @@ def json_router(api: Api) -> APIRouter:
 
     @router.get(
         "/tasks/{key}",
-        response_model=M.TaskDetailOut,
+        response_model=TM.TaskDetailOut,
         responses=responses(404, 422),
         tags=["tasks"],
     )
-    def show_task(key: KeyPath) -> M.TaskDetailOut:
-        """A task with its history (and the reasons), jobs and artifacts."""
+    def show_task(key: KeyPath) -> TM.TaskDetailOut:
+        """A task with its history (and the reasons), jobs, artifacts and pull request."""
         with api.reader.connect() as conn:
             return reads.task_detail(conn, st, api.task(conn, key))
 

@@ -25,7 +25,7 @@ from orchestrator.cli._common import (
 )
 from orchestrator.domain.stages import State, parse_stage
 from orchestrator.repo_ops import require_repo
-from orchestrator.store import dependencies, queries, spend
+from orchestrator.store import dependencies, pulls, queries, spend
 from orchestrator.store import jobs as jobq
 from orchestrator.store.rows import TaskRow
 from orchestrator.task_ops import (
@@ -172,6 +172,7 @@ def show(
             waiting = task_waiting_on(conn, t)
             recorded = jobq.recorded_artifacts(conn, t.id)
             spent = spend.task_spend(conn, t.id)
+            pull = pulls.get_pull(conn, t.id)
         folder = taskdir.task_dir(st.tasks_dir, t.key)
         ours, foreign = taskdir.split_artifacts(folder, recorded)
         return {
@@ -224,6 +225,7 @@ def show(
                 "jobs_with_cost": spent.jobs_with_cost,
                 "budget_usd": money.budget_or_none(st.llm_budget_per_task_usd),
             },
+            "pull_request": None if pull is None else pull.view(),
         }
 
     data = run(load)
@@ -249,6 +251,9 @@ def show(
         if data["forge_url"]:
             asked.append_text(Text.assemble(" in ", plain(data["forge_url"])))
         console.print(asked, soft_wrap=True)
+    now = time.time()
+    if data["pull_request"]:
+        print_pull(data["pull_request"], now)
     if data["after"]:
         done = ", ".join(f"{d['key']} ({d['state']})" for d in data["after"])
         console.print(f"after {done}", highlight=False)
@@ -260,7 +265,6 @@ def show(
     if data["not_written_by_pipeline"]:
         listed = ", ".join(data["not_written_by_pipeline"])
         console.print(f"{taskdir.NOT_OURS} (not results; no gate reads them): {listed}")
-    now = time.time()
     hist = Table("when", "kind", "from", "to", "reasons", title="history")
     for h in data["history"]:
         hist.add_row(
@@ -298,6 +302,35 @@ def show(
                 money.tokens_in_out(j["tokens_in"], j["tokens_out"]),
             )
         console.print(jobs)
+
+
+def print_pull(pr: dict[str, Any], now: float) -> None:
+    """The task's pull request as the landing last read it: a line with its link, then
+    each check on its head (the required ones first) and each review."""
+    head = pr["head_sha"][:12]
+    line = Text.assemble(
+        f"pull request #{pr['number']} ",
+        (pr["state"], "bold"),
+        " ",
+        plain(pr["url"]),
+        f"  head {head}, read {ago(pr['updated_at'], now)}",
+    )
+    if pr["merged_sha"]:
+        line.append(f", merged as {pr['merged_sha'][:12]}")
+    console.print(line, soft_wrap=True)
+    if pr["checks"]:
+        checks = Table("check", "required", "state", "summary", title=f"checks on {head}")
+        for c in pr["checks"]:
+            checks.add_row(
+                plain(c["name"]), "yes" if c["required"] else "", c["state"], plain(c["summary"])
+            )
+        console.print(checks)
+    if pr["reviews"]:
+        reviews = Table("reviewer", "state", "given on", title="reviews")
+        for r in pr["reviews"]:
+            on = "this head" if r["on_head"] else f"an older head ({r['commit_sha'][:12]})"
+            reviews.add_row(plain(r["author"]), plain(r["state"]), on)
+        console.print(reviews)
 
 
 def spend_line(total: dict[str, Any]) -> Text:
