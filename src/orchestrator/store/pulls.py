@@ -121,10 +121,10 @@ def _insert(conn: sa.Connection, table: sa.Table) -> Any:
     name = conn.dialect.name
     if name == "postgresql":
         return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    msg = f"unsupported database backend {name!r}"  # pragma: no cover - make_engine's two
-    raise ValueError(msg)  # pragma: no cover
+    if name != "sqlite":  # pragma: no cover - make_engine only opens the two backends
+        msg = f"unsupported database backend {name!r}"
+        raise ValueError(msg)
+    return sqlite.insert(table)
 
 
 def _events(seen: PullSeen) -> Iterable[dict[str, Any]]:
