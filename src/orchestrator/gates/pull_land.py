@@ -23,6 +23,7 @@ or rejects the token, with one alert for the forge, and the landings wait for it
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -46,6 +47,8 @@ from orchestrator.gitops.land import Candidate, Published, Publisher
 from orchestrator.store import queries
 
 __all__ = ["FORGE_CREDENTIALS", "lands_by_pull_request", "prepare", "waiting_since"]
+
+log = logging.getLogger(__name__)
 
 # The alert of a forge that refuses the token.
 FORGE_CREDENTIALS = "forge-credentials"
@@ -288,7 +291,13 @@ def _note_opened(ctx: GateContext, forge: Forge, number: int, url: str) -> None:
         history = queries.list_transitions(conn, ctx.task.id)
     if any(url in r for t in history for r in t.reasons):
         return
-    forge.comment(issue, f"Task {ctx.task.key}: pull request #{number} is open: {url}")
+    try:
+        forge.comment(issue, f"Task {ctx.task.key}: pull request #{number} is open: {url}")
+    except ForgeFault as exc:
+        # A comment is news, not state: the landing goes on without it.
+        log.warning(
+            "could not comment on issue #%s: %s", issue, exc, extra={"action": "forge-note"}
+        )
 
 
 def _close_issue(ctx: GateContext, forge: Forge, done: str) -> tuple[str, ...]:
