@@ -130,7 +130,7 @@ def test_the_gate_table_has_every_check_the_pipeline_names_and_no_other() -> Non
     named = {name for names in registry.QG_CHECKS.values() for name in names}
     assert set(registry.CHECKS) == named
     steps = {name for spec in STAGE_TRANSITIONS.values() for name in spec.after_pass}
-    assert set(registry.AFTER_PASS) == steps == {"record_validated_tree"}
+    assert set(registry.AFTER_PASS) == steps == {"record_validated_tree", "open_pull_request"}
 
 
 # --------------------------------------------------------------------------- conflict

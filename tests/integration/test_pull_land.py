@@ -32,6 +32,7 @@ from orchestrator.domain.verdicts import Verdict
 from orchestrator.forge.base import MergeResult
 from orchestrator.forge.fake_github import FakeGitHub
 from orchestrator.forge.github import GitHubForge
+from orchestrator.gates.registry import run_after_pass
 from orchestrator.store import alert_rows, queries
 from orchestrator.store.rows import TaskRow
 from orchestrator.store.schema import tasks
@@ -384,3 +385,29 @@ def test_a_new_attempt_after_a_red_check_is_not_judged_by_the_old_head(pb: PullB
     assert again.wait_s is not None, again.reasons
     assert pb.head() != old
     assert _said(again, "checks not reported yet: ci")
+
+
+def test_the_pull_request_opens_right_after_testing_and_the_gate_pushes_the_rebased_head(
+    pb: PullBed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issue = pb.fake.open_issue(REPO, "Add a", labels=["orch"])
+    task = pb.tested_task()
+    with pb.bed.engine.begin() as conn:
+        conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(forge_issue=issue))
+    ctx = pb.bed.context(task, stage=Stage.TESTING, forge=pb.forge)
+    # Only the deterministic test-runner's pass opens it early: an LLM's word does not.
+    assert run_after_pass(ctx, agent="test-runner", llm_backend="claude", passed_tests=[]) == []
+    assert pb.fake.repo(REPO).pulls == {}
+    notes = run_after_pass(ctx, agent="test-runner", llm_backend=None, passed_tests=[])
+    assert any("open_pull_request: pull request #2 open on" in n for n in notes), notes
+    tested = pb.fake.pull(REPO, 2).head_sha
+    assert tested == run_git(pb.bed.worktree(task), "rev-parse", "HEAD").strip()
+    # Main moves: the merge gate rebases, pushes the rebased head, and waits for its checks.
+    pb.fake.push_commit(REPO, "main", {"other.txt": "o\n"}, message="someone else")
+    pb.fake.set_check_run(REPO, tested, "ci", conclusion="success")
+    waiting = pb.gate(task)
+    assert waiting.wait_s is not None, waiting.reasons
+    assert pb.fake.pull(REPO, 2).head_sha != tested
+    assert _said(waiting, "checks not reported yet: ci")
+    # The issue heard of its pull request once.
+    assert len(pb.fake.comments(REPO, issue)) == 1

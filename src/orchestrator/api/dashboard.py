@@ -25,9 +25,8 @@ from orchestrator.api import task_models as TM
 from orchestrator.api.state import Api
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import PIPELINE
-from orchestrator.store import queries
-from orchestrator.store.rows import JobRow, TaskRow
-from orchestrator.store.schema import jobs, repos, tasks
+from orchestrator.store import board, queries
+from orchestrator.store.rows import TaskRow
 
 CARDS_PER_COLUMN = 50
 FINISHED_CARDS = 20
@@ -127,23 +126,10 @@ class Column:
     cards: list[Card]
 
 
-def _latest_jobs(conn: sa.Connection, task_ids: list[int]) -> dict[int, JobRow]:
-    if not task_ids:
-        return {}
-    newest = (
-        sa.select(sa.func.max(jobs.c.id))
-        .where(jobs.c.task_id.in_(task_ids))
-        .group_by(jobs.c.task_id)
-        .scalar_subquery()
-    )
-    rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(newest)))
-    return {r.task_id: JobRow(**r._mapping) for r in rows}
-
-
 def _cards(
     conn: sa.Connection, rows: list[TaskRow], names: dict[int, str], now: float
 ) -> list[Card]:
-    latest = _latest_jobs(conn, [t.id for t in rows])
+    latest = board.latest_jobs(conn, [t.id for t in rows])
     cards = []
     for t in rows:
         job = latest.get(t.id)
@@ -171,44 +157,16 @@ def _cards(
 def board_columns(conn: sa.Connection, now: float) -> list[Column]:
     """A column per stage in use (live tasks), then the finished ones."""
     names = reads.repo_names(conn)
-    in_use: set[str] = set()
-    for stages in conn.execute(sa.select(repos.c.stages)).scalars():
-        in_use.update(stages or [])
-    t = tasks.c
-    counts = dict(
-        conn.execute(
-            sa.select(t.stage, sa.func.count())
-            .where(t.state.in_(reads.LIVE_STATES))
-            .group_by(t.stage)
-        )
-        .tuples()
-        .all()
-    )
-    in_use.update(counts)
+    counts = board.live_counts_by_stage(conn)
+    in_use = board.stages_in_use(conn) | set(counts)
     columns = []
     for stage in (s.value for s in PIPELINE):
         if in_use and stage not in in_use:
             continue
-        stmt = (
-            sa.select(tasks)
-            .where(t.stage == stage, t.state.in_(reads.LIVE_STATES))
-            .order_by(t.updated_at.desc(), t.id.desc())
-            .limit(CARDS_PER_COLUMN)
-        )
-        rows = [TaskRow(**r._mapping) for r in conn.execute(stmt)]
+        rows = board.live_tasks_at(conn, stage, CARDS_PER_COLUMN)
         columns.append(Column(stage, int(counts.get(stage, 0)), _cards(conn, rows, names, now)))
-    finished_where = t.state.in_(("done", "cancelled"))
-    done_count = conn.execute(
-        sa.select(sa.func.count()).select_from(tasks).where(finished_where)
-    ).scalar_one()
-    stmt = (
-        sa.select(tasks)
-        .where(finished_where)
-        .order_by(t.updated_at.desc(), t.id.desc())
-        .limit(FINISHED_CARDS)
-    )
-    rows = [TaskRow(**r._mapping) for r in conn.execute(stmt)]
-    columns.append(Column("finished", int(done_count), _cards(conn, rows, names, now)))
+    done = board.finished_tasks(conn, FINISHED_CARDS)
+    columns.append(Column("finished", board.finished_count(conn), _cards(conn, done, names, now)))
     return columns
 
 

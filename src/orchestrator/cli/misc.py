@@ -12,6 +12,7 @@ from rich.text import Text
 from orchestrator import __version__, money
 from orchestrator.cli._common import ago, console, plain, print_json, run, settings, spent_of
 from orchestrator.config_docs import render_configuration_md, render_env_example
+from orchestrator.masking import masked_url
 from orchestrator.store import alert_rows, breakers, control, queries, spend
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -32,7 +33,7 @@ def init(as_json: JsonFlag = False) -> None:
         token = load_token(st)
         return {
             "home": str(st.home),
-            "database": _masked_url(st.effective_database_url),
+            "database": masked_url(st.effective_database_url),
             # Where the token is, never the token.
             "api_token": token.source,
         }
@@ -47,12 +48,6 @@ def init(as_json: JsonFlag = False) -> None:
         plain(f"api token: {info['api_token']} (`orch serve` asks for it on every change)")
     )
     console.print("next: `orch repo add NAME PATH`")
-
-
-def _masked_url(url: str) -> str:
-    import sqlalchemy as sa
-
-    return sa.make_url(url).render_as_string(hide_password=True)
 
 
 def status(as_json: JsonFlag = False) -> None:
@@ -73,7 +68,7 @@ def status(as_json: JsonFlag = False) -> None:
         return {
             "version": __version__,
             "home": str(st.home),
-            "database": _masked_url(st.effective_database_url),
+            "database": masked_url(st.effective_database_url),
             # The setting or `orch pause`: either stops every claim.
             "paused": st.paused or paused_in_db,
             "repos": repos,

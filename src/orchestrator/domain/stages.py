@@ -96,7 +96,7 @@ STAGE_TRANSITIONS: dict[Stage, StageSpec] = {
         ("check_tests_passed",),
         on_fail=Stage.DEVELOPMENT,
         optional=False,
-        after_pass=("record_validated_tree",),
+        after_pass=("record_validated_tree", "open_pull_request"),
     ),
     Stage.DEPLOY_STAGING: StageSpec(
         Stage.DEPLOY_STAGING,

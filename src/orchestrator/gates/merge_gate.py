@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,8 +32,6 @@ from orchestrator.agent_env import SUITE_ENV, scrubbed_env
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import Verdict, VerdictStatus
-from orchestrator.errors import ConfigError
-from orchestrator.forge.connect import forge_for
 from orchestrator.gates import pull_land, validated
 from orchestrator.gates.context import GateContext
 from orchestrator.gates.markers import Marker, check_markers, parse_markers
@@ -45,8 +42,6 @@ from orchestrator.gitops.land import (
     Judgement,
     Landing,
     LandRequest,
-    Published,
-    Publisher,
     Rewound,
     land,
 )
@@ -303,7 +298,11 @@ def _merge(ctx: GateContext, run: _Run) -> None:
     def judge(candidate: Candidate) -> Judgement:
         return _judge(ctx, run, worktree, markers, cmd_key, candidate)
 
-    publish, stopped = _publisher(ctx)
+    # A repo that lands by pull request: the step that lands the candidate there, or why
+    # the landing stops before it starts; (None, None) for a repo that pushes main.
+    publish, stopped = (
+        pull_land.prepare(ctx) if pull_land.lands_by_pull_request(ctx) else (None, None)
+    )
     if stopped is not None:
         run.status, run.classification = stopped.status, stopped.classification
         run.wait_s, run.alert = stopped.wait_s, stopped.alert
@@ -426,22 +425,6 @@ def _before_retest(
 
 
 # --------------------------------------------------------------------------- report, DB
-
-
-def _publisher(ctx: GateContext) -> tuple[Publisher | None, Published | None]:
-    """For a repo that lands by pull request, the step that lands the candidate there, or
-    why the landing stops before it starts; (None, None) for a repo that pushes main."""
-    if not pull_land.lands_by_pull_request(ctx):
-        return None, None
-    forge = ctx.forge
-    if forge is None:
-        try:
-            forge = forge_for(ctx.repo, os.environ)
-        except ConfigError as exc:
-            return None, Published(
-                "BLOCKED", (str(exc),), "other", alert=pull_land.FORGE_CREDENTIALS
-            )
-    return pull_land.prepare(ctx, forge)
 
 
 def _write_report(ctx: GateContext, run: _Run) -> None:

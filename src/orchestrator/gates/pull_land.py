@@ -24,9 +24,10 @@ or rejects the token, with one alert for the forge, and the landings wait for it
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -35,8 +36,10 @@ from orchestrator import taskdir
 from orchestrator.domain import artifacts as A
 from orchestrator.domain import breaker
 from orchestrator.domain.pullreq import CheckView, ReviewView, judge_pull
+from orchestrator.errors import ConfigError
 from orchestrator.forge.base import CheckResult, Forge, ForgeFault, ForgeFaultKind, Review
 from orchestrator.forge.branch import push_task_branch
+from orchestrator.forge.connect import forge_for
 from orchestrator.forge.settings import forge_settings, land_of
 from orchestrator.gates import forge_breaker
 from orchestrator.gates.context import GateContext
@@ -44,7 +47,7 @@ from orchestrator.gates.pull_record import remember
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
 from orchestrator.gitops.land import Candidate, Published, Publisher
-from orchestrator.store import queries
+from orchestrator.store import pulls, queries
 
 __all__ = ["FORGE_CREDENTIALS", "lands_by_pull_request", "prepare", "waiting_since"]
 
@@ -101,14 +104,18 @@ def _fault(ctx: GateContext, name: str, exc: ForgeFault, poll_s: float) -> Publi
 
 def prepare(
     ctx: GateContext,
-    forge: Forge | None,
     *,
     clock: Callable[[], float] = time.time,
 ) -> tuple[Publisher | None, Published | None]:
     """The merge gate's publisher for a repo that lands by pull request, or why the landing
-    stops before it starts: no forge, no remote, or a forge that is down or refuses the
-    token, asked before any git talks to it (a fetch would only fail less clearly)."""
+    stops before it starts: no forge (or no token for it), no remote, or a forge that is
+    down or refuses the token, asked before any git talks to it (a fetch would only fail
+    less clearly). The forge is ``ctx.forge``, else the one the repo's settings name."""
     repo, task, st = ctx.repo, ctx.task, ctx.settings
+    try:
+        forge = ctx.forge if ctx.forge is not None else forge_for(repo, os.environ)
+    except ConfigError as exc:
+        return None, Published("BLOCKED", (str(exc),), "other", alert=FORGE_CREDENTIALS)
     # 0 turns issue polling off; a waiting pull request is still read at the default pace.
     poll_s = st.forge_poll_s or DEFAULT_POLL_S
     configured = forge_settings(ctx.repo.options)
@@ -221,12 +228,16 @@ _PULL_RE = re.compile(r"pull request #([0-9]{1,9}): (\S+)")
 
 
 def _earlier_pull(ctx: GateContext) -> int | None:
-    """The number of the pull request an earlier run of this landing opened, as the task's
-    history names it; None before the first."""
+    """The number of the pull request opened for this task before (after testing, or by an
+    earlier run of this landing), as recorded or as the task's history names it; None
+    before the first."""
     if ctx.engine is None:
         return None
     with ctx.engine.connect() as conn:
+        seen = pulls.get_pull(conn, ctx.task.id)
         history = queries.list_transitions(conn, ctx.task.id)
+    if seen is not None:
+        return seen.number
     for t in reversed(history):
         for r in reversed(t.reasons):
             found = _PULL_RE.search(r)
@@ -255,13 +266,14 @@ def _red_already(
         # The branch moved on since that head was pushed (a new attempt after a rollback):
         # its old checks say nothing about the work that lands now.
         return None
+    checks, reviews = forge.checks(pr.head_sha), forge.reviews(pr.number)
     judged = judge_pull(
         number=pr.number,
         head_sha=pr.head_sha,
         candidate=pr.head_sha,
-        checks=[_check_view(c) for c in forge.checks(pr.head_sha)],
+        checks=[_check_view(c) for c in checks],
         required_checks=required,
-        reviews=[_review_view(r) for r in forge.reviews(pr.number)],
+        reviews=[_review_view(r) for r in reviews],
         required_approvals=0,
         waited_s=0.0,
         timeout_s=float("inf"),
@@ -269,7 +281,10 @@ def _red_already(
     )
     if judged.kind != "fail":
         return None
-    return Published("RED", (f"pull request #{pr.number}: {pr.url}", *judged.reasons), "red")
+    noted = remember(ctx, pr, checks, reviews, required=required)
+    return Published(
+        "RED", (f"pull request #{pr.number}: {pr.url}", *judged.reasons, *noted), "red"
+    )
 
 
 def _check_view(c: CheckResult) -> CheckView:
@@ -282,13 +297,16 @@ def _review_view(r: Review) -> ReviewView:
 
 
 def _note_opened(ctx: GateContext, forge: Forge, number: int, url: str) -> None:
-    """Tell the task's issue its pull request is open, the first time the landing sees it
-    (the task's history names the pull request from then on)."""
+    """Tell the task's issue its pull request is open, the first time it is seen (it is
+    recorded, and the task's history names it, from then on)."""
     issue = ctx.task.forge_issue
     if issue is None or ctx.engine is None:
         return
     with ctx.engine.connect() as conn:
+        seen = pulls.get_pull(conn, ctx.task.id)
         history = queries.list_transitions(conn, ctx.task.id)
+    if seen is not None and seen.number == number:
+        return
     if any(url in r for t in history for r in t.reasons):
         return
     try:
@@ -312,6 +330,52 @@ def _close_issue(ctx: GateContext, forge: Forge, done: str) -> tuple[str, ...]:
     except ForgeFault as exc:
         return (f"issue #{issue} not closed: {exc}",)
     return (f"issue #{issue} closed",)
+
+
+def open_after_testing(ctx: GateContext, passed_tests: Sequence[str] | None) -> str:
+    """Testing's after-pass step for a repo that lands by pull request: push the tested
+    branch and open its pull request now, so the forge's checks and its reviewers start
+    while the task goes on through staging; the merge gate later pushes the rebased head
+    and decides. Never fails the stage: a forge that does not answer now is asked again by
+    the merge gate."""
+    del passed_tests
+    if not lands_by_pull_request(ctx):
+        return ""  # the repo lands by push
+    repo, key = ctx.repo, ctx.task.key
+    worktree = ctx.worktree
+    if worktree is None or not repo.remote:
+        return "not opened now: no worktree or no remote (the merge gate opens it)"
+    try:
+        forge = ctx.forge if ctx.forge is not None else forge_for(repo, os.environ)
+    except ConfigError as exc:
+        return f"not opened now: {exc}"
+    if forge is None:
+        return "not opened now: the repo has no forge"
+    head = gm.rev_parse(worktree, "HEAD")
+    if head is None:
+        return "not opened now: the branch has no commit"
+    published, detail = worktrees.publish_branch(Path(repo.path), worktree, key)
+    if not published:
+        return f"not opened now: {detail}"
+    pushed, detail = push_task_branch(
+        Path(repo.path), repo.remote, key, head, main=repo.main_branch
+    )
+    if not pushed:
+        return f"not opened now: {detail}"
+    try:
+        pr = forge.open_pull(
+            head=worktrees.branch_name(key),
+            base=repo.main_branch,
+            title=f"{key}: {ctx.task.title}",
+            body=_pull_body(ctx),
+        )
+        _note_opened(ctx, forge, pr.number, pr.url)
+        noted = remember(ctx, pr, forge.checks(pr.head_sha), forge.reviews(pr.number))
+    except ForgeFault as exc:
+        return f"not opened now: {exc} (the merge gate opens it)"
+    return f"pull request #{pr.number} open on {head[:12]}: {pr.url}" + "".join(
+        f"; {n}" for n in noted
+    )
 
 
 def _pull_body(ctx: GateContext) -> str:

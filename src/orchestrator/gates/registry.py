@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.domain.verdicts import PARSERS, Verdict, VerdictStatus, failed, passed
-from orchestrator.gates import merge_gate, validated
+from orchestrator.gates import merge_gate, pull_land, validated
 from orchestrator.gates.context import Check, GateContext, read_produced
 from orchestrator.gitops import commits
 from orchestrator.gitops import git as gitcmd
@@ -113,6 +113,9 @@ AFTER_PASS: Mapping[str, AfterPass] = {
     # The merge gate may skip its re-test for a tree the suite already passed: only when
     # the deterministic test-runner ran it, never on an LLM tester's word.
     "record_validated_tree": AfterPass(trusts="test-runner", run=validated.after_testing),
+    # A repo that lands by pull request: the tested branch's pull request opens now, so the
+    # forge's checks run while the task goes through staging.
+    "open_pull_request": AfterPass(trusts="test-runner", run=pull_land.open_after_testing),
 }
 
 
@@ -132,5 +135,8 @@ def run_after_pass(
         if step is None:
             notes.append(f"{name}: not available; not run")
         elif agent == step.trusts and llm_backend is None:
-            notes.append(f"{name}: {step.run(ctx, passed_tests)}")
+            # A step with nothing to do for this repo says nothing.
+            note = step.run(ctx, passed_tests)
+            if note:
+                notes.append(f"{name}: {note}")
     return notes
