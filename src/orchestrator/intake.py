@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from orchestrator import task_ops
 from orchestrator.config import Settings
-from orchestrator.domain.stages import State
+from orchestrator.domain.stages import LIVE_STATES
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.forge import connect
 from orchestrator.forge.base import Forge, ForgeFault, ForgeFaultKind, ForgeIssue
@@ -38,9 +38,6 @@ from orchestrator.store.rows import RepoRow, TaskRow
 log = logging.getLogger(__name__)
 
 ACTOR = "forge"
-# A task in these states is still to be done, and an issue closed or unlabeled cancels it;
-# a done or cancelled task is left as it is.
-LIVE_STATES = (State.ACTIVE.value, State.DEFERRED.value, State.BLOCKED.value)
 MAX_TITLE_CHARS = 200
 # How long stopping waits for a round under way.
 STOP_WAIT_S = 10.0
@@ -88,6 +85,8 @@ def decide_issue(issue: ForgeIssue, label: str, task: TaskRow | None) -> IssueDe
     if task is None:
         why = "closed" if issue.state != "open" else f"not labeled {label!r}"
         return IssueDecision(IssueAction.NOTHING, (f"issue #{issue.number} is {why}",))
+    # A live task is still to be done, and an issue closed or unlabeled cancels it; a done
+    # or cancelled task is left as it is.
     if task.state not in LIVE_STATES:
         return IssueDecision(
             IssueAction.NOTHING,

@@ -23,7 +23,6 @@ from orchestrator.masking import masked_setting, masked_url
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.sandbox import sandbox_state
 from orchestrator.store import (
-    board,
     breakers,
     control,
     counters,
@@ -37,9 +36,6 @@ from orchestrator.store import jobs as jobq
 from orchestrator.store import reads as store_reads
 from orchestrator.store.reads import repo_names as repo_names  # the dashboard reads it here
 from orchestrator.store.rows import TaskRow
-
-LIVE_STATES = board.LIVE_STATES
-
 
 # ---- small conversions -------------------------------------------------------------------
 

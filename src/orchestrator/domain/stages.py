@@ -39,6 +39,8 @@ class State(StrEnum):
 
 
 TERMINAL_STATES = frozenset({State.DONE, State.CANCELLED})
+# A task that is not over, as the store keeps its state: its work may still move.
+LIVE_STATES: tuple[str, ...] = (State.ACTIVE.value, State.DEFERRED.value, State.BLOCKED.value)
 
 
 class TransitionKind(StrEnum):

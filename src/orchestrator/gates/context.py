@@ -18,6 +18,7 @@ from orchestrator.config import Settings
 from orchestrator.domain.stages import Stage
 from orchestrator.domain.verdicts import ARTIFACT_CHANGED, Verdict, VerdictStatus, failed
 from orchestrator.forge.base import Forge
+from orchestrator.gitops import worktrees
 from orchestrator.store.rows import RepoRow, TaskRow
 
 
@@ -53,6 +54,13 @@ class GateContext:
     # The repo's forge, for a repo that lands by pull request (None: connected on demand
     # from the repo's settings).
     forge: Forge | None = None
+
+    @property
+    def workspace(self) -> Path:
+        """The task's worktree: the job's, or where the engine makes it for the task."""
+        return self.worktree or worktrees.worktree_path(
+            self.settings.worktrees_dir, self.repo.name, self.task.key
+        )
 
 
 Check = Callable[[GateContext], Verdict]

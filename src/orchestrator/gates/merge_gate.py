@@ -36,7 +36,6 @@ from orchestrator.gates import pull_land, validated
 from orchestrator.gates.context import GateContext
 from orchestrator.gates.markers import Marker, check_markers, parse_markers
 from orchestrator.gitops import merge as gm
-from orchestrator.gitops import worktrees
 from orchestrator.gitops.land import (
     Candidate,
     Judgement,
@@ -280,7 +279,7 @@ def _summary(run: _Run) -> str:
 def _merge(ctx: GateContext, run: _Run) -> None:
     """The gate's own checks, then the landing (gitops.land), judging each candidate."""
     repo, key = ctx.repo, ctx.task.key
-    worktree = ctx.worktree or worktrees.worktree_path(ctx.settings.worktrees_dir, repo.name, key)
+    worktree = ctx.workspace
     if not (worktree / ".git").exists():
         run.infra("other", f"no worktree at {worktree}")
         return

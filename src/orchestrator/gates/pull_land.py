@@ -28,9 +28,8 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-import sqlalchemy as sa
 
 from orchestrator import taskdir
 from orchestrator.domain import artifacts as A
@@ -48,8 +47,10 @@ from orchestrator.gitops import merge as gm
 from orchestrator.gitops import worktrees
 from orchestrator.gitops.land import Candidate, Published, Publisher
 from orchestrator.store import pulls, queries
+from orchestrator.store.pulls import PullRow
+from orchestrator.store.rows import TransitionRow
 
-__all__ = ["FORGE_CREDENTIALS", "lands_by_pull_request", "prepare", "waiting_since"]
+__all__ = ["FORGE_CREDENTIALS", "lands_by_pull_request", "open_after_testing", "prepare"]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ FORGE_CREDENTIALS = "forge-credentials"
 DEFAULT_POLL_S = 60.0
 # How long to wait on a forge outage that named no retry-after.
 OUTAGE_WAIT_S = 30.0
-# The words that mark a deferral as a wait for the pull request (see ``waiting_since``).
+# The words that mark a deferral as a wait for the pull request (see ``_Past``).
 WAITING_WORDS = "waiting for pull request"
+# How the landing's reasons name a pull request: "pull request #7: URL".
+_PULL_RE = re.compile(r"pull request #([0-9]{1,9}): (\S+)")
 
 
 def lands_by_pull_request(ctx: GateContext) -> bool:
@@ -68,19 +71,50 @@ def lands_by_pull_request(ctx: GateContext) -> bool:
     return land_of(ctx.repo.options) == "pr"
 
 
-def waiting_since(engine: sa.Engine | None, task_id: int, now: float) -> float:
-    """When the task began its current wait for its pull request: the first of the waits in
-    a row at the end of its history; ``now`` when it is not waiting yet."""
-    if engine is None:
-        return now
-    with engine.connect() as conn:
-        history = queries.list_transitions(conn, task_id)
-    since = now
-    for t in reversed(history):
-        if t.kind != "defer" or not any(WAITING_WORDS in r for r in t.reasons):
-            break
-        since = t.at
-    return since
+@dataclass(frozen=True)
+class _Past:
+    """What the task's record says of its pull request, read once per landing: the task's
+    history and the pull request last recorded (None: none yet)."""
+
+    history: list[TransitionRow]
+    seen: PullRow | None = None
+
+    @staticmethod
+    def read(ctx: GateContext) -> _Past:
+        if ctx.engine is None:
+            return _Past([])
+        with ctx.engine.connect() as conn:
+            return _Past(
+                queries.list_transitions(conn, ctx.task.id), pulls.get_pull(conn, ctx.task.id)
+            )
+
+    def waiting_since(self, now: float) -> float:
+        """When the task began its current wait for its pull request: the first of the
+        waits in a row at the end of its history; ``now`` when it is not waiting yet."""
+        since = now
+        for t in reversed(self.history):
+            if t.kind != "defer" or not any(WAITING_WORDS in r for r in t.reasons):
+                break
+            since = t.at
+        return since
+
+    def earlier_pull(self) -> int | None:
+        """The number of the pull request opened for this task before (after testing, or by
+        an earlier run of this landing), as recorded or as the history names it."""
+        if self.seen is not None:
+            return self.seen.number
+        for t in reversed(self.history):
+            for r in reversed(t.reasons):
+                found = _PULL_RE.search(r)
+                if found:
+                    return int(found.group(1))
+        return None
+
+    def knows(self, number: int, url: str) -> bool:
+        """Whether pull request ``number`` was recorded or named before."""
+        if self.seen is not None and self.seen.number == number:
+            return True
+        return any(url in r for t in self.history for r in t.reasons)
 
 
 def _fault(ctx: GateContext, name: str, exc: ForgeFault, poll_s: float) -> Published:
@@ -142,8 +176,9 @@ def prepare(
     # failures in a row starts again.
     forge_breaker.record(ctx.engine, st, name, ctx.job_id, None)
     required = [*protected, *required_extra]
+    past = _Past.read(ctx)
     try:
-        red = _red_already(ctx, forge, required, poll_s)
+        red = _red_already(ctx, forge, past, required, poll_s)
     except ForgeFault as exc:
         return None, _fault(ctx, name, exc, poll_s)
     if red is not None:
@@ -166,7 +201,7 @@ def prepare(
             )
             if pr.merged:
                 return Published("MERGED", (f"pull request #{pr.number} is merged",))
-            _note_opened(ctx, forge, pr.number, pr.url)
+            _note_opened(ctx, forge, past, pr.number, pr.url)
             checks = forge.checks(pr.head_sha)
             approvals = forge.required_approvals(repo.main_branch)
             reviews = forge.reviews(pr.number)
@@ -180,7 +215,7 @@ def prepare(
                 required_checks=required,
                 reviews=[_review_view(r) for r in reviews],
                 required_approvals=approvals,
-                waited_s=now - waiting_since(ctx.engine, task.id, now),
+                waited_s=now - past.waiting_since(now),
                 timeout_s=st.forge_checks_timeout_s,
                 poll_s=poll_s,
             )
@@ -224,45 +259,20 @@ def prepare(
     return publish, None
 
 
-_PULL_RE = re.compile(r"pull request #([0-9]{1,9}): (\S+)")
-
-
-def _earlier_pull(ctx: GateContext) -> int | None:
-    """The number of the pull request opened for this task before (after testing, or by an
-    earlier run of this landing), as recorded or as the task's history names it; None
-    before the first."""
-    if ctx.engine is None:
-        return None
-    with ctx.engine.connect() as conn:
-        seen = pulls.get_pull(conn, ctx.task.id)
-        history = queries.list_transitions(conn, ctx.task.id)
-    if seen is not None:
-        return seen.number
-    for t in reversed(history):
-        for r in reversed(t.reasons):
-            found = _PULL_RE.search(r)
-            if found:
-                return int(found.group(1))
-    return None
-
-
 def _red_already(
-    ctx: GateContext, forge: Forge, required: list[str], poll_s: float
+    ctx: GateContext, forge: Forge, past: _Past, required: list[str], poll_s: float
 ) -> Published | None:
     """The pull request as it stands, read before anything is rebased: a failing required
     check or changes requested on its head send the task back now. Rebasing first would
     push a new head whose checks start again, and a red result would be read late, or
     never while main keeps moving."""
-    number = _earlier_pull(ctx)
+    number = past.earlier_pull()
     if number is None:
         return None
     pr = forge.pull(number)
     if pr.state != "open" or pr.merged:
         return None
-    worktree = ctx.worktree or worktrees.worktree_path(
-        ctx.settings.worktrees_dir, ctx.repo.name, ctx.task.key
-    )
-    if gm.rev_parse(worktree, "HEAD") != pr.head_sha:
+    if gm.rev_parse(ctx.workspace, "HEAD") != pr.head_sha:
         # The branch moved on since that head was pushed (a new attempt after a rollback):
         # its old checks say nothing about the work that lands now.
         return None
@@ -296,18 +306,11 @@ def _review_view(r: Review) -> ReviewView:
     return ReviewView(r.author, r.state, r.commit_sha, r.body, comments)
 
 
-def _note_opened(ctx: GateContext, forge: Forge, number: int, url: str) -> None:
+def _note_opened(ctx: GateContext, forge: Forge, past: _Past, number: int, url: str) -> None:
     """Tell the task's issue its pull request is open, the first time it is seen (it is
     recorded, and the task's history names it, from then on)."""
     issue = ctx.task.forge_issue
-    if issue is None or ctx.engine is None:
-        return
-    with ctx.engine.connect() as conn:
-        seen = pulls.get_pull(conn, ctx.task.id)
-        history = queries.list_transitions(conn, ctx.task.id)
-    if seen is not None and seen.number == number:
-        return
-    if any(url in r for t in history for r in t.reasons):
+    if issue is None or ctx.engine is None or past.knows(number, url):
         return
     try:
         forge.comment(issue, f"Task {ctx.task.key}: pull request #{number} is open: {url}")
@@ -369,7 +372,7 @@ def open_after_testing(ctx: GateContext, passed_tests: Sequence[str] | None) -> 
             title=f"{key}: {ctx.task.title}",
             body=_pull_body(ctx),
         )
-        _note_opened(ctx, forge, pr.number, pr.url)
+        _note_opened(ctx, forge, _Past.read(ctx), pr.number, pr.url)
         noted = remember(ctx, pr, forge.checks(pr.head_sha), forge.reviews(pr.number))
     except ForgeFault as exc:
         return f"not opened now: {exc} (the merge gate opens it)"

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from orchestrator.domain.stages import LIVE_STATES, TERMINAL_STATES
 from orchestrator.store.rows import JobRow, TaskRow
 from orchestrator.store.schema import jobs, repos, tasks
 
 __all__ = [
     "FINISHED_STATES",
-    "LIVE_STATES",
     "finished_count",
     "finished_tasks",
     "latest_jobs",
@@ -23,9 +23,8 @@ __all__ = [
     "stages_in_use",
 ]
 
-# What the board shows per stage, and what it shows as finished.
-LIVE_STATES = ("active", "deferred", "blocked")
-FINISHED_STATES = ("done", "cancelled")
+# What the board shows as finished (per stage, it shows the live tasks: LIVE_STATES).
+FINISHED_STATES = tuple(s.value for s in TERMINAL_STATES)
 _T = tasks.c
 
 
