@@ -79,6 +79,24 @@ class PullBed:
     def gate(self, task: TaskRow) -> Verdict:
         return self.bed.gate(task, forge=self.forge)
 
+    def record(
+        self, task: TaskRow, verdict: Verdict, *, kind: str, to_stage: str, to_state: str
+    ) -> None:
+        """Store the deploy-staging move the engine makes of ``verdict`` (its reasons)."""
+        with self.bed.engine.begin() as conn:
+            queries.insert_transition(
+                conn,
+                task_id=task.id,
+                kind=kind,
+                from_stage="deploy-staging",
+                to_stage=to_stage,
+                from_state="active",
+                to_state=to_state,
+                reasons=list(verdict.reasons),
+                actor="engine",
+                now=time.time(),
+            )
+
     def head(self) -> str:
         return self.fake.pull(REPO, 1).head_sha
 
@@ -277,19 +295,7 @@ def test_the_task_s_issue_hears_of_its_pull_request_once_and_is_closed_by_the_me
     with pb.bed.engine.begin() as conn:
         conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(forge_issue=issue))
     first = pb.gate(task)
-    with pb.bed.engine.begin() as conn:
-        queries.insert_transition(
-            conn,
-            task_id=task.id,
-            kind="defer",
-            from_stage="deploy-staging",
-            to_stage="deploy-staging",
-            from_state="active",
-            to_state="deferred",
-            reasons=list(first.reasons),
-            actor="engine",
-            now=time.time(),
-        )
+    pb.record(task, first, kind="defer", to_stage="deploy-staging", to_state="deferred")
     opened = [c.body for c in pb.fake.comments(REPO, issue)]
     assert opened == [f"Task {task.key}: pull request #2 is open: {pb.fake.url}/acme/app/pull/2"]
     assert f"(for #{issue})" in pb.fake.pull(REPO, 2).issue.body
@@ -334,19 +340,7 @@ def test_a_blocked_or_done_task_comments_on_its_issue(pb: PullBed, monkeypatch: 
 def test_a_red_check_on_the_open_head_sends_it_back_before_any_rebase(pb: PullBed) -> None:
     task = pb.tested_task()
     first = pb.gate(task)
-    with pb.bed.engine.begin() as conn:
-        queries.insert_transition(
-            conn,
-            task_id=task.id,
-            kind="defer",
-            from_stage="deploy-staging",
-            to_stage="deploy-staging",
-            from_state="active",
-            to_state="deferred",
-            reasons=list(first.reasons),
-            actor="engine",
-            now=time.time(),
-        )
+    pb.record(task, first, kind="defer", to_stage="deploy-staging", to_state="deferred")
     head = pb.head()
     pb.fake.set_check_run(REPO, head, "ci", conclusion="failure", summary="lint", text="E501")
     # Main moves on the forge meanwhile: a rebase would push a new head whose ci starts over.
@@ -362,19 +356,7 @@ def test_a_red_check_on_the_open_head_sends_it_back_before_any_rebase(pb: PullBe
 def test_a_new_attempt_after_a_red_check_is_not_judged_by_the_old_head(pb: PullBed) -> None:
     task = pb.tested_task()
     first = pb.gate(task)
-    with pb.bed.engine.begin() as conn:
-        queries.insert_transition(
-            conn,
-            task_id=task.id,
-            kind="rollback",
-            from_stage="deploy-staging",
-            to_stage="development",
-            from_state="active",
-            to_state="active",
-            reasons=list(first.reasons),
-            actor="engine",
-            now=time.time(),
-        )
+    pb.record(task, first, kind="rollback", to_stage="development", to_state="active")
     old = pb.head()
     pb.fake.set_check_run(REPO, old, "ci", conclusion="failure", summary="lint")
     # The developer's next attempt: new work on the branch, tested again.
