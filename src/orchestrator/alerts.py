@@ -20,12 +20,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from orchestrator.store import alert_rows
+from orchestrator.domain import breaker
+from orchestrator.store import alert_rows, breakers
+from orchestrator.store import jobs as jobq
 from orchestrator.store.rows import AlertRow
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,40 @@ def resolve_task_alerts(
     """Resolve the task's open alerts (of ``kinds``; None: every kind) in the caller's
     transaction: the task moved on. The ids of the alerts resolved."""
     return alert_rows.resolve_alerts(conn, task_id=task_id, now=now, kinds=kinds)
+
+
+def store_breaker_change(
+    conn: sa.Connection,
+    row: breakers.BackendRow | None,
+    change: breaker.Change,
+    *,
+    now: float,
+    kinds: Mapping[breaker.Event, str],
+    messages: Mapping[breaker.Event, str],
+) -> AlertRow | None:
+    """Store a breaker's change (a model backend's or a forge's; ``row``: as it was) in the
+    caller's transaction, with its one alert when it paused or came back: the outage's
+    alert is resolved on recovery, and the jobs that wait for it are made due now, not at
+    the probe after next. The alert raised, to deliver after the commit; None: nothing new."""
+    name = change.state.name
+    breakers.save(conn, change.state, now=now)
+    event = change.event
+    if event is None:
+        return None
+    recovered = event is breaker.Event.RECOVERED
+    if recovered:
+        if row is not None and row.alert_id is not None:
+            alert_rows.update_alert(conn, row.alert_id, resolved_at=now)
+        jobq.wake_waiting(conn, now=now, said=breaker.paused_mark(name))
+    raised = raise_alert(
+        conn,
+        kind=kinds[event],
+        message=messages[event],
+        reasons=[*change.reasons, f"last error: {change.state.last_error or '?'}"],
+        now=now,
+    )
+    breakers.set_alert(conn, name, None if recovered else raised.alert.id)
+    return raised.alert
 
 
 def payload(alert: AlertRow) -> dict[str, object]:

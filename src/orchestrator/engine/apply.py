@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from orchestrator import taskdir
-from orchestrator.alerts import raise_alert
+from orchestrator.alerts import raise_alert, store_breaker_change
 from orchestrator.config import Settings
 from orchestrator.domain import breaker
 from orchestrator.domain.decide import (
@@ -34,7 +34,7 @@ from orchestrator.domain.stages import Budgets, Stage, State, TaskView, Transiti
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.queue import queue_next
 from orchestrator.jobcontract import JobResult
-from orchestrator.store import alert_rows, breakers, queries, spend
+from orchestrator.store import breakers, queries, spend
 from orchestrator.store import jobs as jobq
 from orchestrator.store.history import record_transition
 from orchestrator.store.rows import AlertRow, JobRow
@@ -110,26 +110,20 @@ def _backend_end(
             settings.backend_probe_max_s,
         ),
     )
-    breakers.save(conn, change.state, now=now)
-    if change.event is not None:
-        reasons = [*change.reasons, f"last error: {change.state.last_error or '?'}"]
-        if change.event is breaker.Event.RECOVERED:
-            if row is not None and row.alert_id is not None:
-                alert_rows.update_alert(conn, row.alert_id, resolved_at=now)
-            # The jobs that wait for the backend may run now, not at the probe after next.
-            jobq.wake_waiting(conn, now=now, said=breaker.paused_mark(backend))
-            message = f"model backend {backend} is back"
-        elif change.event is breaker.Event.CREDENTIALS:
-            message = f"credentials rejected for {backend}"
-        else:
-            message = f"model backend {backend} is failing: paused"
-        alert = raise_alert(
-            conn, kind=change.event.value, message=message, reasons=reasons, now=now
-        )
-        raised.append(alert.alert)
-        breakers.set_alert(
-            conn, backend, None if change.event is breaker.Event.RECOVERED else alert.alert.id
-        )
+    alert = store_breaker_change(
+        conn,
+        row,
+        change,
+        now=now,
+        kinds={event: event.value for event in breaker.Event},
+        messages={
+            breaker.Event.OPENED: f"model backend {backend} is failing: paused",
+            breaker.Event.CREDENTIALS: f"credentials rejected for {backend}",
+            breaker.Event.RECOVERED: f"model backend {backend} is back",
+        },
+    )
+    if alert is not None:
+        raised.append(alert)
     if change.wait_until is None:
         return None
     return BackendWait(change.wait_until - now, tuple(change.reasons))

@@ -16,13 +16,12 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from orchestrator.alerts import deliver_in_background, raise_alert
+from orchestrator.alerts import deliver_in_background, store_breaker_change
 from orchestrator.config import Settings
 from orchestrator.domain import breaker
 from orchestrator.domain.faults import ApiFault, FaultKind
 from orchestrator.forge.base import ForgeFault, ForgeFaultKind
-from orchestrator.store import alert_rows, breakers
-from orchestrator.store.rows import AlertRow
+from orchestrator.store import breakers
 
 __all__ = ["FORGE_PREFIX", "admit", "forge_name", "record"]
 
@@ -84,7 +83,6 @@ def record(
     api_fault = None
     if fault is not None:
         api_fault = ApiFault(_KINDS[fault.kind], fault.message, fault.status, fault.retry_after_s)
-    news: list[AlertRow] = []
     with engine.begin() as conn:
         breakers.lock_spend(conn)
         row = breakers.get(conn, name)
@@ -97,21 +95,15 @@ def record(
             now=now,
             policy=_policy(st),
         )
-        breakers.save(conn, change.state, now=now)
-        if change.event is not None:
-            if change.event is breaker.Event.RECOVERED and row is not None and row.alert_id:
-                alert_rows.update_alert(conn, row.alert_id, resolved_at=now)
-            raised = raise_alert(
-                conn,
-                kind=_ALERTS[change.event],
-                message=f"{name}: {_ALERTS[change.event].removeprefix('forge-')}",
-                reasons=[*change.reasons, f"last error: {change.state.last_error or '?'}"],
-                now=now,
-            )
-            recovered = change.event is breaker.Event.RECOVERED
-            breakers.set_alert(conn, name, None if recovered else raised.alert.id)
-            news = [raised.alert] if raised.new else []
-    if change.event is not None:
+        raised = store_breaker_change(
+            conn,
+            row,
+            change,
+            now=now,
+            kinds=_ALERTS,
+            messages={e: f"{name}: {kind.removeprefix('forge-')}" for e, kind in _ALERTS.items()},
+        )
+    if raised is not None:
         # Delivered after the commit, like every alert the engine raises.
-        deliver_in_background(engine, news, st.alert_webhook_url)
+        deliver_in_background(engine, [raised], st.alert_webhook_url)
     return change.wait_until if change.state.paused else None
