@@ -113,7 +113,8 @@ class Sandbox:
         # (/tmp here is a mount point inside the sandbox, not a file of ours.)
         out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         out += ["--tmpfs", "/tmp"]  # noqa: S108
-        for path in _existing(self.hidden):
+        hidden = _outermost(_existing(self.hidden))
+        for path in hidden:
             out += ["--tmpfs", str(path)]
         for path in _existing(self.readonly):
             out += ["--ro-bind", str(path), str(path)]
@@ -124,7 +125,7 @@ class Sandbox:
         # A hidden place is an empty file system, read-only once the binds inside it are
         # made: what a job writes there would only look like a write to the real place.
         writable = _existing(self.writable)
-        for path in _existing(self.hidden):
+        for path in hidden:
             if not any(path.is_relative_to(w) for w in writable):
                 out += ["--remount-ro", str(path)]
         out += ["--chdir", str(cwd), "--", *argv]
@@ -142,6 +143,13 @@ def _existing(paths: Iterable[Path]) -> list[Path]:
         seen.add(path)
         found.append(path)
     return found
+
+
+def _outermost(paths: list[Path]) -> list[Path]:
+    """Leave out a place inside another one: the outer empty file system hides it already,
+    and bubblewrap cannot remount it read-only once the outer one has covered its mount
+    (the default home, ``~/.orchestrator``, lies inside the user's home)."""
+    return [p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)]
 
 
 def _paths(value: object) -> list[Path]:

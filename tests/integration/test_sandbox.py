@@ -503,3 +503,26 @@ def test_suites_never_get_the_agents_keys(box: Harness, monkeypatch: pytest.Monk
     assert (seen_by / "agent.txt").read_text() == "sk-agent-only"
     assert (seen_by / "suite.txt").read_text() == "<none>"  # the test-runner, the re-test
     assert box.task(key).state == "done"
+
+
+@NEEDS_BWRAP
+def test_a_job_runs_with_the_orchestrators_home_inside_the_users(tmp_path: Path) -> None:
+    """The default layout (``~/.orchestrator``, the clone under ``~``): the job runs, sees
+    its workspace and cannot see the home around it."""
+    user = tmp_path / "user"
+    home, clone = user / ".orchestrator", user / "src" / "app"
+    work = home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    clone.mkdir(parents=True)
+    (home / "orchestrator.db").write_text("secret")
+    box = sandbox.Sandbox(writable=(work,), hidden=(home, clone, user))
+    code = "import os; open('out', 'w').write(str(os.path.exists('../../../orchestrator.db')))"
+    proc = subprocess.run(
+        box.wrap([sys.executable, "-c", code], work),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "out").read_text() == "False"

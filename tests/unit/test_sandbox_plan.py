@@ -85,6 +85,18 @@ def test_a_hidden_place_inside_a_writable_one_stays_writable(tmp_path: Path) -> 
     assert "--remount-ro" not in argv
 
 
+def test_a_hidden_place_inside_another_is_hidden_by_the_outer_one(tmp_path: Path) -> None:
+    # The default layout: the orchestrator's home (~/.orchestrator) inside the user's home,
+    # both hidden. An inner empty file system made before the outer one is covered by it,
+    # and bubblewrap then fails to remount the inner one read-only: every job failed.
+    user = tmp_path / "user"
+    home, work = user / ".orchestrator", user / ".orchestrator" / "worktrees" / "T-1"
+    work.mkdir(parents=True)
+    argv = Sandbox(writable=(work,), hidden=(home, user)).wrap(["x"], work)
+    assert _pairs(argv, "--tmpfs") == ["/tmp", str(user)]
+    assert _pairs(argv, "--remount-ro") == [str(user)]
+
+
 def test_local_remotes_are_found(tmp_path: Path, make_repo: Any) -> None:
     repo = make_repo()
     for name, url in (
