@@ -333,12 +333,14 @@ def setup(root: Path) -> tuple[Settings, sa.Engine, Path, HealthServer, list[str
 
 
 def snapshot(engine: sa.Engine) -> list[dict[str, object]]:
-    """Each task's key, title, stage, state and attempts so far, for the live display."""
+    """Each task's key, title, stage, state, jobs and rollbacks so far, for the live
+    display."""
     with engine.connect() as conn:
         rows = []
         for t in queries.list_tasks(conn):
             jobs = queries.list_jobs(conn, task_id=t.id)
             running = [j for j in jobs if j.state == "running"]
+            history = queries.list_transitions(conn, t.id)
             rows.append(
                 {
                     "key": t.key,
@@ -348,6 +350,7 @@ def snapshot(engine: sa.Engine) -> list[dict[str, object]]:
                     "jobs": len(jobs),
                     "agent": running[0].agent.split(" ")[0] if running else "",
                     "reason": (t.reasons or [""])[-1],
+                    "rollbacks": sum(1 for h in history if h.kind == "rollback"),
                 }
             )
         return rows
