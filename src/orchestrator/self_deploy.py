@@ -1,8 +1,9 @@
 """The one mapping from a process outcome to PASS / FAIL / tool error.
 
-Two-level outcome (DESIGN.md): first, did the tool really run? A timeout, a crash, a signal, a
-tool-error exit code or a failed start is a *tool error* (the engine defers and retries within a
-budget); it is never a FAIL, which would roll the task back for something the code did not do.
+The two-level outcome (docs/overview.md): first, did the tool really run? A timeout, a crash,
+a signal, a tool-error exit code or a failed start is a *tool error* (the engine defers and
+retries within a budget); it is never a FAIL, which would roll the task back for something
+the code did not do.
 Only when it ran does the exit code become PASS or FAIL.
 
 Pure: values in, a value out, no I/O.
@@ -38,7 +39,7 @@ class ExitMapping:
     """A mapped outcome with the reasons a human reads in the CLI, the API and the log."""
 
     status: ExitStatus
-    # One of the DESIGN.md outcome words ("timeout", "crashed", "lock-busy", "not-started")
+    # One of the tool-error words ("timeout", "crashed", "lock-busy", "not-started")
     # when status is TOOL_ERROR, else None.
     tool_error: str | None
     reasons: list[str]

@@ -459,6 +459,196 @@ def test_readme_check_fails_on_mutated_copies() -> None:
     assert readme_command_problems(readme.replace("## Commands", "## Orders"), commands)
 
 
+def cli_options() -> dict[str, list[str]]:
+    """Every command of ``orch`` with its long options (``--help`` aside)."""
+    found: dict[str, list[str]] = {}
+
+    def walk(command: Any, path: tuple[str, ...]) -> None:
+        subs = getattr(command, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                if not getattr(sub, "hidden", False):
+                    walk(sub, (*path, name))
+        elif path:
+            # A flag's negation (`--no-keep-branches`) goes with the flag.
+            opts = [o for p in command.params for o in p.opts]
+            found[" ".join(path)] = [o for o in opts if o.startswith("--") and o != "--help"]
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+# The README's `orch repo set` row says "change any of those later": the options of
+# `orch repo add`'s row count for it too.
+SHARED_ROWS = {"repo set": "repo add"}
+
+
+def readme_option_problems(readme: str, options: Mapping[str, list[str]]) -> list[str]:
+    """Options of a command that its row of the README's command table does not name. An
+    option named in the section's text outside the table (``--json``) counts for every
+    command."""
+    section = re.search(r"^## Commands\n(.*?)(?=^## |\Z)", readme, re.M | re.S)
+    if section is None:
+        return ["README.md has no '## Commands' section"]
+    lines = section.group(1).splitlines()
+    prose = " ".join(ln for ln in lines if not ln.startswith("|"))
+    rows = [ln for ln in lines if ln.startswith("| `orch ")]
+
+    def row_of(command: str) -> str:
+        pattern = re.compile(r"`orch " + re.escape(command) + r"[ `]")
+        return " ".join(r for r in rows if pattern.search(r.split("|")[1]))
+
+    problems = []
+    for command, opts in options.items():
+        text = row_of(command) + " " + row_of(SHARED_ROWS.get(command, command))
+        for opt in opts:
+            if not re.search(re.escape(opt) + r"(?![\w-])", text + " " + prose):
+                problems.append(f"`orch {command} {opt}` is not in the README's command table")
+    return problems
+
+
+def test_every_cli_option_is_in_its_readme_row() -> None:
+    options = cli_options()
+    assert "--remote" in options["repo add"]
+    assert readme_option_problems((ROOT / "README.md").read_text(), options) == []
+
+
+def test_option_check_fails_on_mutated_copies() -> None:
+    readme = (ROOT / "README.md").read_text()
+    options = cli_options()
+    # An option the code has and the table does not.
+    problems = readme_option_problems(readme, {**options, "task list": ["--frob"]})
+    assert problems == ["`orch task list --frob` is not in the README's command table"]
+    # An option named only in another command's row does not count for this one.
+    assert readme_option_problems(readme, {"task cancel": ["--remote"]})
+    # `--remote-name` does not stand in for `--remote`.
+    row = next(ln for ln in readme.splitlines() if ln.startswith("| `orch repo add NAME PATH`"))
+    cut = readme.replace(row, row.replace("`--remote", "`--remote-name"))
+    assert "`orch repo add --remote` is not in the README's command table" in (
+        readme_option_problems(cut, options)
+    )
+
+
+# --------------------------------------------------------------------------- (f) set-up
+
+
+def readme_setup_commands(readme: str) -> list[str]:
+    """The one-line ``sh`` blocks of the README's set-up section, in order."""
+    section = re.search(r"^## Set-up[^\n]*\n(.*?)(?=^## |\Z)", readme, re.M | re.S)
+    if section is None:
+        return []
+    return [b.strip() for b in re.findall(r"```sh\n(.*?)```", section.group(1), re.S)]
+
+
+ACTIVATE = {". .venv/bin/activate", "source .venv/bin/activate"}
+
+
+def setup_problems(readme: str) -> list[str]:
+    """The set-up commands must leave `orch` on the PATH for every later command that runs
+    it bare: each makes `.venv` and activates it before anything else runs."""
+    commands = readme_setup_commands(readme)
+    if len(commands) != 2:
+        return [f"the README's set-up section has {len(commands)} sh blocks, not 2"]
+    problems = []
+    for command in commands:
+        steps = [s.strip() for s in command.split("&&")]
+        if "\n" in command or steps[0] != "python3 -m venv .venv":
+            problems.append(f"set-up command does not start with a fresh .venv: {command}")
+        elif len(steps) < 2 or steps[1] not in ACTIVATE:
+            problems.append(f"set-up command does not activate .venv: {command}")
+        if any(".venv/bin/" in s for s in steps if s not in ACTIVATE):
+            problems.append(f"set-up command runs a program by its .venv path: {command}")
+    bare = [
+        ln
+        for block in re.findall(r"```sh\n(.*?)```", readme, re.S)
+        for ln in block.splitlines()
+        if ln.startswith("orch ")
+    ]
+    if not bare:
+        problems.append("no README command runs `orch` bare: this check checks nothing")
+    return problems
+
+
+def test_the_setup_commands_put_orch_on_the_path() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert setup_problems(readme) == []
+    # CI runs the first one exactly as printed.
+    assert readme_setup_commands(readme)[0] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_setup_check_fails_on_mutated_copies() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first = readme_setup_commands(readme)[0]
+    # The set-up as it was: a venv made, never activated, `orch` run by its path.
+    old = "python3 -m venv .venv && .venv/bin/pip install -q . && .venv/bin/orch demo"
+    problems = setup_problems(readme.replace(first, old))
+    assert any("does not activate" in p for p in problems)
+    assert any("by its .venv path" in p for p in problems)
+    assert setup_problems(readme.replace("## Set-up", "## Start"))
+
+
+# --------------------------------------------------------------------------- (g) links
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+UPWARD = re.compile(r"(?<![\w./])((?:\.\./)+[\w-][\w./-]*)")
+CAPS_DOC = re.compile(r"\b([A-Z][A-Z_]+\.md)\b")
+
+
+def outside_reference_problems(root: Path, files: list[Path]) -> list[str]:
+    """Links and paths in ``files`` that leave ``root`` or name a file it does not have:
+    the project's docs must stand alone."""
+    problems = []
+    for path in files:
+        text = path.read_text()
+        where = path.relative_to(root)
+        # Markdown links in the pages; code has brackets and parentheses of its own.
+        links = LINK.findall(text) if path.suffix == ".md" else []
+        targets = [t.split("#")[0] for t in links]
+        for target in [t for t in targets if t and not re.match(r"[a-z]+:", t)]:
+            resolved = (path.parent / target).resolve()
+            if not resolved.is_relative_to(root):
+                problems.append(f"{where}: link {target} leaves the repository")
+            elif not resolved.exists():
+                problems.append(f"{where}: link {target} names nothing in the repository")
+        for target in UPWARD.findall(text):
+            if not (path.parent / target).resolve().is_relative_to(root):
+                problems.append(f"{where}: {target} leaves the repository")
+        for name in CAPS_DOC.findall(text):
+            if not (root / name).exists():
+                problems.append(f"{where}: names {name}, which is not in the repository")
+    return problems
+
+
+def project_docs(root: Path) -> list[Path]:
+    """The project's prose and code: README, AGENTS, CHANGELOG, docs/, src/."""
+    files = [root / n for n in ("README.md", "AGENTS.md", "CHANGELOG.md")]
+    files += sorted((root / "docs").rglob("*.md"))
+    return files + sorted((root / "src" / "orchestrator").rglob("*.py"))
+
+
+def test_the_docs_stand_alone() -> None:
+    assert outside_reference_problems(ROOT, project_docs(ROOT)) == []
+
+
+def test_outside_reference_check_fails_on_mutated_copies(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("see [here](docs/a.md) and `docs/a.md`\n")
+    (tmp_path / "docs" / "a.md").write_text("back to [the README](../README.md#top)\n")
+    files = [tmp_path / "README.md", tmp_path / "docs" / "a.md"]
+    assert outside_reference_problems(tmp_path, files) == []
+    (tmp_path / "docs" / "a.md").write_text(
+        "See `../shared/DESIGN.md`, [it](../../shared/x.md), [gone](b.md), [web](https://x.org/a)"
+    )
+    problems = outside_reference_problems(tmp_path, files)
+    assert problems == [
+        "docs/a.md: link ../../shared/x.md leaves the repository",
+        "docs/a.md: link b.md names nothing in the repository",
+        "docs/a.md: ../../shared/x.md leaves the repository",
+        "docs/a.md: names DESIGN.md, which is not in the repository",
+    ]
+
+
 # --------------------------------------------------------------------------- (e) agent docs
 
 _HEADER = re.compile(r"\A<!-- orch-agent (\{.*?\}) -->")

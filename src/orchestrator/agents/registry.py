@@ -138,7 +138,7 @@ def _check_template(argv: tuple[str, ...], spec: str) -> None:
 
 
 def default_agents(stages: tuple[Stage, ...]) -> dict[str, str]:
-    """The default agent of each stage of a pipeline (DESIGN.md's table)."""
+    """The default agent of each stage of a pipeline (``STAGE_TRANSITIONS``'s table)."""
     defaults = {
         Stage.ANALYSIS: DEFAULT_LLM_BACKEND,
         Stage.DEVELOPMENT: DEFAULT_LLM_BACKEND,

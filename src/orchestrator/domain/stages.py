@@ -1,6 +1,6 @@
 """The pipeline as data, and the one pure function that decides what happens after a job.
 
-``STAGE_TRANSITIONS`` holds DESIGN.md's pipeline table. ``next_transition`` reads it with
+``STAGE_TRANSITIONS`` holds the pipeline table. ``next_transition`` reads it with
 the job's outcome and verdict and the task's budgets, and returns a ``Transition`` value
 with reasons; only the engine applies it.
 """
