@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.verdicts import PARSERS
@@ -82,6 +85,7 @@ def test_demo_summary_matches_artifacts_and_main(tmp_path: Path) -> None:
     calc = git(repo, "show", "main:calc/__init__.py")
     assert "return a * b" in calc
     assert "return a + b\n\n\n# --- subtract" in calc  # add() untouched, mul fixed
+    rendered_cleanly_at_80_columns(home, result)
     for line in log[:-1]:
         sha = line.split()[0]
         check = tmp_path / f"check-{sha}"
@@ -95,6 +99,44 @@ def test_demo_summary_matches_artifacts_and_main(tmp_path: Path) -> None:
             check=False,
         )
         assert run.returncode == 0, (sha, run.stdout)
+
+
+def rendered_cleanly_at_80_columns(home: Path, shown: dict[str, Any]) -> None:
+    """The real demo's final board (read back from its kept database) and its summary, as
+    `orch demo` prints them into a file at 80 columns: each title on a line of its own,
+    each suggested command whole, the tables within the width, the rollback on the board."""
+    from orchestrator import demo
+    from orchestrator.cli import demo_board
+    from orchestrator.config import load_settings
+    from orchestrator.store.bootstrap import open_engine
+
+    engine = open_engine(load_settings(home=home, database_url=""))
+    try:
+        rows = demo.snapshot(engine)
+    finally:
+        engine.dispose()
+    tasks = [demo.TaskReport(**t) for t in shown["tasks"]]
+    fields = ("main_log", "problems", "seconds", "sandbox")
+    result = demo.DemoResult(
+        Path(shown["home"]), Path(shown["repo"]), tasks, **{f: shown[f] for f in fields}
+    )
+    out = io.StringIO()
+    console = Console(file=out, width=80, color_system=None)
+    board = demo_board.LiveBoard(console.width, started=0.0)
+    console.print(board.frame(rows))
+    demo_board.print_summary(console, result, keep=True)
+    lines = out.getvalue().splitlines()
+    borders = set("─━│┃┏┓┗┛┌┐└┘├┤┬┴┼╇")
+    for title in ("orch demo ", "summary"):
+        assert any(ln.startswith(title) for ln in lines), (title, lines)
+        assert not any(title in ln and borders & set(ln) for ln in lines), (title, lines)
+    for _, command in demo_board.suggested_commands(result):
+        assert any(command in ln for ln in lines), (command, lines)
+    assert all(len(ln) <= 80 for ln in lines if borders & set(ln) or ln.startswith("DEMO-"))
+    header = next(ln for ln in lines if ln.startswith("task ") and "stage" in ln)
+    at = header.index("rollbacks") + len("rollbacks")
+    row = next(ln for ln in lines if ln.startswith("DEMO-2 ") and "Add multiply" in ln)
+    assert row[:at].split()[-1] == "1", row
 
 
 def test_demo_reports_what_did_not_go_as_expected(
