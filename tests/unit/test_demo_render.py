@@ -150,3 +150,31 @@ def test_the_live_boards_columns_hold_still_between_frames(width: int) -> None:
         headers.append(next(ln for ln in lines if ln.startswith("task ")))
         assert all(len(ln) <= width for ln in lines), lines
     assert headers[0] == headers[1] == headers[2], headers
+
+
+def test_on_a_terminal_every_frame_has_the_same_columns(tmp_path: Path) -> None:
+    """Redrawn in place on a terminal, from the first frame to the last."""
+    import re
+
+    from orchestrator.cli.demo_board import run_shown
+
+    frames = [
+        [{**r, "stage": "development", "state": "active", "agent": "", "jobs": 0} for r in rows]
+        for rows in ([], final_rows())
+    ]
+    frames += [final_rows()] * 3
+
+    def fake_run(
+        root: Path, on_tick: Callable[[list[dict[str, object]]], None] | None = None
+    ) -> demo.DemoResult:
+        for rows in frames:
+            assert on_tick is not None
+            on_tick(rows)
+        return final_result(tmp_path)
+
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True, color_system=None)
+    run_shown(console, fake_run, tmp_path, 0.0)
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.getvalue()).replace("\r", "\n")
+    headers = {ln.rstrip() for ln in text.split("\n") if ln.startswith("task ")}
+    assert len(headers) == 1, headers

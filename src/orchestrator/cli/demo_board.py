@@ -139,9 +139,22 @@ def run_shown(
         return result
     from rich.live import Live  # only a terminal needs it
 
-    with Live(shown.frame(), console=console, refresh_per_second=8) as live:
-        result = run(root, on_tick=lambda rows: live.update(shown.frame(rows)))
-    return result
+    # Started at the first frame with tasks: an empty board first would have other widths.
+    live: Live | None = None
+
+    def tick(rows: Sequence[Row]) -> None:
+        nonlocal live
+        if live is None:
+            live = Live(shown.frame(rows), console=console, refresh_per_second=8)
+            live.start()
+        else:
+            live.update(shown.frame(rows))
+
+    try:
+        return run(root, on_tick=tick)
+    finally:
+        if live is not None:
+            live.stop()
 
 
 def _command(console: Console, label: str, command: str) -> None:
