@@ -8,8 +8,13 @@
    deploy → post-deploy-monitor with no-op agents (``sh`` writing the artifact). For each
    transition: the previous job's process exit to the next job's process start, read from
    timestamps the agents themselves write. Baseline, in the same process: the same agent
-   commands run back to back by a bare loop (subprocess.run). Printed as median and p95,
-   and the overhead as the difference and the ratio.
+   commands run back to back by a bare loop (subprocess.run), and by the same loop with
+   each command in the agent's sandbox (bubblewrap), so the engine's own cost is told
+   apart from the sandbox's start-up. Printed as median and p95, the overhead as the
+   difference and the ratio, and per kind of transition (development→testing, the merge
+   gate at deploy-staging→deploy, ...) against the loops' gaps between the same agents.
+   Beside them, what the engine spent per job: this process's CPU and its SQL statements,
+   figures that a loaded machine moves less than the gaps.
 2. Throughput: ``--tasks`` tasks through the same pipeline with ``--parallel`` jobs at once,
    one in-process worker.
 3. Workers: 1, 2 and 4 ``orch worker`` processes on one database, on SQLite and, with
@@ -44,6 +49,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -52,7 +58,7 @@ import itertools
 
 import sqlalchemy as sa
 
-from orchestrator import repo_ops, task_ops
+from orchestrator import repo_ops, sandbox, task_ops
 from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
 from orchestrator.store import make_engine, normalize_url, upgrade
@@ -157,8 +163,35 @@ def gaps(per_task: dict[str, list[tuple[str, float, float]]]) -> list[float]:
     With one job at a time the chain is global: the engine is free to interleave tasks
     (the oldest queued job goes first), so the next job may be another task's.
     """
-    rows = sorted((start, end) for task_rows in per_task.values() for _s, start, end in task_rows)
-    return [start2 - end1 for (_b1, end1), (start2, _e2) in itertools.pairwise(rows)]
+    return [gap for _kind, gap in kinded_gaps(per_task)]
+
+
+def kinded_gaps(per_task: dict[str, list[tuple[str, float, float]]]) -> list[tuple[str, float]]:
+    """``gaps`` with the kind of each transition: ``stage→stage`` within a task (the
+    merge gate runs at the end of deploy-staging), or ``stage→next task's stage``."""
+    rows = sorted(
+        (start, end, task, stage)
+        for task, task_rows in per_task.items()
+        for stage, start, end in task_rows
+    )
+    out = []
+    for (_b1, end1, task1, stage1), (start2, _e2, task2, stage2) in itertools.pairwise(rows):
+        kind = f"{stage1}→{stage2}" if task1 == task2 else f"{stage1}→next task's {stage2}"
+        out.append((kind, start2 - end1))
+    return out
+
+
+def by_kind(pairs: list[tuple[str, float]]) -> dict[str, list[float]]:
+    """Gaps grouped by kind, in pipeline order."""
+    grouped: dict[str, list[float]] = {}
+    for kind, gap in pairs:
+        grouped.setdefault(kind, []).append(gap)
+    order = {stage: i for i, stage in enumerate(STAGES)}
+
+    def key(kind: str) -> tuple[bool, int]:
+        return "next task" in kind, order.get(kind.split("→")[0], len(order))
+
+    return {kind: grouped[kind] for kind in sorted(grouped, key=key)}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -166,7 +199,24 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def bench_overhead(transitions: int, db_url: str | None) -> tuple[list[float], list[float]]:
+Gaps = list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Gaps between jobs, each with its kind, and what the engine spent per job."""
+
+    orch: Gaps
+    bare: Gaps
+    boxed: Gaps
+    # This process's CPU (every thread; not the agents' or git's) and its SQL statements
+    # (BEGIN and ROLLBACK included), per job: figures the machine's load moves less.
+    cpu_ms_per_job: float
+    statements_per_job: float
+
+
+def bench_overhead(transitions: int, db_url: str | None) -> Overhead:
+    """The engine's gaps and, in the same process, the bare loops' (plain and sandboxed)."""
     root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     try:
         stamps = root / "stamps" / "stamps.log"
@@ -174,8 +224,19 @@ def bench_overhead(transitions: int, db_url: str | None) -> tuple[list[float], l
         n_tasks = max(1, transitions // (len(STAGES) - 1))
         for i in range(n_tasks):
             task_ops.add_task(engine, settings, "bench", f"t{i}")
-        Worker(settings, engine).run(until_idle=True)
-        orch = gaps(read_stamps(stamps))
+        statements = [0]
+
+        @sa.event.listens_for(engine, "before_cursor_execute")
+        def _count(*_args: object) -> None:
+            statements[0] += 1
+
+        worker = Worker(settings, engine)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        worker.run(until_idle=True)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        jobs = max(1, worker.jobs_finished)
+        orch = kinded_gaps(read_stamps(stamps))
 
         # Baseline: the same commands, back to back, in a bare loop.
         bare_stamps = root / "bare.log"
@@ -188,9 +249,28 @@ def bench_overhead(transitions: int, db_url: str | None) -> tuple[list[float], l
                 subprocess.run(
                     ["sh", "-c", agent_script(stage, bare_stamps)], cwd=work, env=env, check=True
                 )
-        bare = gaps(read_stamps(bare_stamps))
+        bare = kinded_gaps(read_stamps(bare_stamps))
+
+        # Second baseline: the same loop, each command in the sandbox the engine gives an
+        # agent (bubblewrap), so what the engine adds is told apart from the sandbox's start.
+        boxed_stamps = root / "boxed.log"
+        for i in range(n_tasks):
+            env["ORCH_TASK"] = f"S-{i}"
+            for stage in STAGES:
+                argv = ["sh", "-c", agent_script(stage, boxed_stamps)]
+                box = sandbox.for_job(
+                    settings,
+                    kind="agent",
+                    repo_path=root / "bench",
+                    argv=argv,
+                    writable=[work, boxed_stamps.parent],
+                )
+                if box is not None:
+                    argv = box.wrap(argv, work)
+                subprocess.run(argv, cwd=work, env=env, check=True)
+        boxed = kinded_gaps(read_stamps(boxed_stamps))
         engine.dispose()
-        return orch, bare
+        return Overhead(orch, bare, boxed, cpu * 1e3 / jobs, statements[0] / jobs)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -427,15 +507,38 @@ def main() -> None:
         print(f"== overhead per transition ({backend}, {args.transitions} transitions)")
         root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
         with fresh_database(args.database_url, root) as db_url:
-            orch, bare = bench_overhead(args.transitions, db_url)
+            found = bench_overhead(args.transitions, db_url)
+        orch, bare, boxed = found.orch, found.bare, found.boxed
         shutil.rmtree(root, ignore_errors=True)
-        om, op95 = figures(orch)
-        bm, bp95 = figures(bare)
+        om, op95 = figures([g for _k, g in orch])
+        bm, bp95 = figures([g for _k, g in bare])
+        sm, sp95 = figures([g for _k, g in boxed])
         print(f"  transitions measured : {len(orch)}")
         print(f"  orchestrated gap     : median {om:7.2f} ms   p95 {op95:7.2f} ms")
         print(f"  bare loop gap        : median {bm:7.2f} ms   p95 {bp95:7.2f} ms")
+        print(f"  bare loop, sandboxed : median {sm:7.2f} ms   p95 {sp95:7.2f} ms")
         ratio = om / bm if bm else float("inf")
         print(f"  overhead (median)    : {om - bm:7.2f} ms   ratio {ratio:.1f}x")
+        print(f"  over sandboxed loop  : {om - sm:7.2f} ms")
+        print(
+            f"  engine per job       : {found.cpu_ms_per_job:7.2f} ms CPU (this process), "
+            f"{found.statements_per_job:.1f} SQL statements"
+        )
+        # Per kind: each against the bare loops' gap between the same two agents (the
+        # same scripts, so the same process start-up), medians of each.
+        bare_kinds, boxed_kinds = by_kind(bare), by_kind(boxed)
+        print(
+            f"  {'per kind':<44} {'n':>4} {'median':>9} {'p95':>9} {'bare':>8} "
+            f"{'over bare':>9} {'over boxed':>10}"
+        )
+        for kind, values in by_kind(orch).items():
+            km, kp95 = figures(values)
+            kb, _ = figures(bare_kinds.get(kind, [g for _k, g in bare]))
+            ks, _ = figures(boxed_kinds.get(kind, [g for _k, g in boxed]))
+            print(
+                f"  {kind:<44} {len(values):>4} {km:6.2f} ms {kp95:6.2f} ms {kb:5.2f} ms "
+                f"{km - kb:6.2f} ms {km - ks:7.2f} ms"
+            )
 
     if "throughput" in only:
         print(
