@@ -101,9 +101,14 @@ class Sandbox:
     userns: bool = True
     bwrap: str = BWRAP
 
-    def wrap(self, argv: Sequence[str], cwd: Path) -> list[str]:
-        """The bubblewrap argv that runs ``argv`` in ``cwd`` inside this sandbox."""
+    def wrap(self, argv: Sequence[str], cwd: Path, *, info_fd: int | None = None) -> list[str]:
+        """The bubblewrap argv that runs ``argv`` in ``cwd`` inside this sandbox.
+
+        ``info_fd``: an inherited fd bubblewrap writes its JSON status to, with the host
+        pid of the namespace's init (``child-pid``); the command inside does not get it."""
         out = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc"]
+        if info_fd is not None:
+            out += ["--info-fd", str(info_fd)]
         out += ["--unshare-uts", "--hostname", "orch-sandbox"]
         if self.userns:
             out.append("--unshare-user")

@@ -8,6 +8,7 @@ the process group), and then prove it is gone. No timing thresholds: only outcom
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import sandbox
 from orchestrator.masking import mask_env
 from orchestrator.proc_group import (
     MARKER_CHAIN_ENV,
@@ -31,6 +33,7 @@ from orchestrator.proc_group import (
     kill_marked,
     kill_process_group,
     run,
+    spawn,
 )
 from orchestrator.self_deploy import ExitStatus, map_outcome
 
@@ -401,6 +404,75 @@ def test_sweep_on_exit_false_leaves_the_daemon(tmp_path: Path, marker: str) -> N
     assert kill_marked(marker) == 1
     assert not _alive(daemon)
     assert find_marked(marker) == []
+
+
+NEEDS_BWRAP = pytest.mark.skipif(
+    not sandbox.probe().ok and not os.environ.get("ORCH_TEST_REQUIRE_SANDBOX"),
+    reason=f"bubblewrap cannot run here: {sandbox.probe().detail}",
+)
+
+
+def _box(tmp_path: Path) -> sandbox.Sandbox:
+    found = sandbox.probe()
+    assert found.bwrap is not None, found.detail
+    return sandbox.Sandbox(writable=(tmp_path,), userns=found.userns, bwrap=found.bwrap)
+
+
+@NEEDS_BWRAP
+def test_a_sandboxed_run_leaves_no_daemon_and_needs_no_proc_sweep(
+    tmp_path: Path, marker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweep still works when called: only its calls are counted.
+    scans: list[str] = []
+    real_sweep = spawn.sweep
+
+    def counted(mark: str, timeout_s: float) -> tuple[list[int], list[int]]:
+        scans.append(mark)
+        return real_sweep(mark, timeout_s)
+
+    monkeypatch.setattr(spawn, "sweep", counted)
+    pidfile = tmp_path / "pids"
+    req = _request(tmp_path, _prog("double_fork.py", str(pidfile), "--exit"), marker)
+    outcome = run(dataclasses.replace(req, sandbox=_box(tmp_path)))
+
+    assert "daemon" in _pids(pidfile)  # it existed (a pid of the sandbox's namespace)
+    assert outcome.exit_code == 0
+    assert not outcome.termination_uncertain
+    # The namespace took the daemon with it: nothing carries the marker, and no /proc
+    # sweep was needed to know it (every run before this one swept after each exit).
+    assert find_marked(marker) == []
+    assert scans == []
+    assert outcome.swept == 0
+
+
+def test_namespace_gone_reads_the_init_bubblewrap_names(tmp_path: Path) -> None:
+    def told(text: bytes) -> bool:
+        read, write = os.pipe()
+        try:
+            os.write(write, text)
+            os.close(write)
+            return spawn._namespace_gone(read, 0.05)
+        finally:
+            os.close(read)
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        exited_pid = exited.pid
+        while _stat(exited_pid) is not None and _stat(exited_pid)[0] != "Z":  # type: ignore[index]
+            time.sleep(0.01)
+        # An init that runs on: the namespace may still hold processes, look the long way.
+        assert not told(b'{"child-pid": %d}' % live.pid)
+        # An init that has exited (a zombie here): its namespace went before it.
+        assert told(b'{"child-pid": %d}' % exited_pid)
+        # Nothing to read, or not bubblewrap's word: the long way.
+        assert not told(b"")
+        assert not told(b'{"child-pid": "x"}')
+        assert not told(b'{"child-pid": 1}')
+    finally:
+        live.kill()
+        live.wait()
+        exited.wait()
 
 
 def test_flood_of_output_completes_into_the_log(tmp_path: Path, marker: str) -> None:

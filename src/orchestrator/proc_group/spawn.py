@@ -29,6 +29,9 @@ _TICK_S = 0.01
 _POLL_HOOK_INTERVAL_S = 0.05
 # Bound on the /proc sweep for escaped processes.
 _SWEEP_TIMEOUT_S = 2.0
+# Bound on the wait for a sandbox's PID namespace to end after its command exited (its
+# init follows at once); past it the namespace is cleaned up the long way.
+_NAMESPACE_EXIT_S = 1.0
 # Bound on reaping our own child once its group is gone.
 _REAP_TIMEOUT_S = 2.0
 
@@ -109,6 +112,43 @@ class _Cleanup:
     group_gone: bool = True
     killed: int = 0
     survivors: tuple[int, ...] = ()
+
+
+def _namespace_gone(info: int, timeout_s: float) -> bool:
+    """Whether the sandbox's PID namespace is gone, read from bubblewrap's ``--info-fd``.
+
+    Every process a sandboxed command starts lives in the sandbox's PID namespace (none can
+    leave it), and the kernel kills them all when the namespace's init exits, which it does
+    when the command does; it reaps the init last, once the others are gone. So once the
+    init has exited, nothing of the run is left, in the group or escaped from it, and the
+    /proc scans of ``_clean_tree`` would find nothing: an exited (zombie) or reaped init
+    is proof enough. The init's pid is bubblewrap's own word, written before the command
+    started; the command cannot write to that fd. False (look the long way) when it cannot
+    be told within ``timeout_s``.
+    """
+    try:
+        os.set_blocking(info, False)
+        status = json.loads(os.read(info, 65536))
+        init = int(status["child-pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if init <= 1 or pidfd_open is None:
+        return False
+    try:
+        fd = pidfd_open(init)
+    except ProcessLookupError:
+        return True  # reaped already, so its namespace went before it
+    except OSError:
+        return False
+    try:
+        # A pidfd is readable once its process has exited. Had the pid been reaped and
+        # reused meanwhile, this one would not exit in time: the long way, never a miss.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    finally:
+        os.close(fd)
 
 
 def _clean_tree(pgid: int, marker: str, grace_s: float, reap: Callable[[], object]) -> _Cleanup:
@@ -217,6 +257,9 @@ def run(
         log = open(request.log_path, "ab+")  # noqa: SIM115 (closed in the finally below)
     except OSError as exc:
         return not_started(f"cannot open log {request.log_path}: {exc}")
+    # A sandboxed run says where its PID namespace's init is (see _namespace_gone).
+    info_read: int | None = None
+    info_write: int | None = None
     try:
         write_header(log, request, env, marker, started_at)
         error = None
@@ -238,7 +281,9 @@ def run(
             try:
                 argv = list(request.argv)
                 if request.sandbox is not None:
-                    argv = request.sandbox.wrap(argv, Path(request.cwd))
+                    if use_tree and sweep_on_exit:
+                        info_read, info_write = os.pipe()
+                    argv = request.sandbox.wrap(argv, Path(request.cwd), info_fd=info_write)
                 proc = subprocess.Popen(
                     argv,
                     cwd=request.cwd,
@@ -247,10 +292,14 @@ def run(
                     stdout=log,  # the child writes the file itself: no pipe to fill up
                     stderr=subprocess.STDOUT,
                     close_fds=True,
+                    pass_fds=() if info_write is None else (info_write,),
                     start_new_session=use_tree,
                 )
             except (OSError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            finally:
+                if info_write is not None:
+                    os.close(info_write)
         if proc is None:
             log_line(log, f"not started: {error}")
             return not_started(error or "not started")
@@ -266,9 +315,12 @@ def run(
             on_start=on_start,
             poll=poll,
             sweep_on_exit=sweep_on_exit,
+            info=info_read,
         )
     finally:
         log.close()
+        if info_read is not None:
+            os.close(info_read)
 
 
 def _supervise(
@@ -284,6 +336,7 @@ def _supervise(
     on_start: Callable[[int, int], None] | None,
     poll: Callable[[], str | None] | None,
     sweep_on_exit: bool,
+    info: int | None = None,
 ) -> Outcome:
     # start_new_session makes the child a session and group leader: pgid == pid.
     pgid = proc.pid if use_tree else None
@@ -316,7 +369,12 @@ def _supervise(
             cleanup = _clean_tree(pgid, marker, request.grace_s, proc.poll)
         else:
             _stop_child_only(proc, request.grace_s)
-    elif pgid is not None and sweep_on_exit:
+    elif (
+        pgid is not None
+        and sweep_on_exit
+        # In a sandbox, nothing is left once its PID namespace is gone: no /proc scan.
+        and (info is None or not _namespace_gone(info, _NAMESPACE_EXIT_S))
+    ):
         # Exited by itself: a daemon it left behind (in its group or escaped) must not survive.
         if group_alive(pgid):
             log_line(log, f"exited, but process group {pgid} still has members: terminating")
