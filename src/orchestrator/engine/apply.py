@@ -12,6 +12,7 @@ transition without its next job.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -34,10 +35,15 @@ from orchestrator.domain.stages import Budgets, Stage, State, TaskView, Transiti
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.queue import queue_next
 from orchestrator.jobcontract import JobResult
-from orchestrator.store import breakers, queries, spend
+from orchestrator.store import breakers, queries, spend, wake
 from orchestrator.store import jobs as jobq
 from orchestrator.store.history import record_transition
-from orchestrator.store.rows import AlertRow, JobRow
+from orchestrator.store.rows import AlertRow, JobRow, RepoRow, TaskRow
+
+# Claims a task's next job in the transaction that queued it (the worker's, under its
+# lease and limits): (connection, the job, the task as it is now, its repo) -> the running
+# job, or None when it may not run now.
+ClaimNext = Callable[[sa.Connection, JobRow, TaskRow, RepoRow], JobRow | None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,14 @@ class Applied:
     next_job: JobRow | None = None
     # Our lease was gone (another worker took the job over): nothing was written.
     fenced_out: bool = False
+    # The next job, claimed with this end by ``claim_next``, and its task and repo as this
+    # transaction left them: the worker runs it without reading them again.
+    following: JobRow | None = None
+    task: TaskRow | None = None
+    repo: RepoRow | None = None
+    # Whether this end made room for other jobs (a slot, a serial gate): what a worker's
+    # loop must be woken for. Not when the next job took the slot and the gate over.
+    freed: bool = True
 
 
 def budgets_for(settings: Settings, stage: Stage, agent: str) -> Budgets:
@@ -156,16 +170,20 @@ def apply_job_end(
     verdict: Verdict | None,
     now: float,
     backend: str | None = None,
+    claim_next: ClaimNext | None = None,
 ) -> Applied:
     """Finish ``job`` and store the move ``domain.decide`` picks; must run inside the
     caller's transaction.
 
     ``backend``: the LLM backend the job called (None: none); its breaker learns how the
-    job ended, and a paused backend makes the job wait instead of charging its task."""
-    task = queries.get_task_by_id(conn, job.task_id)
-    assert task is not None
-    repo = queries.get_repo_by_id(conn, task.repo_id)
-    assert repo is not None
+    job ended, and a paused backend makes the job wait instead of charging its task.
+    ``claim_next``: claim the job the move queues, in this transaction (see ``ClaimNext``).
+    """
+    found = queries.get_task_and_repo(conn, job.task_id)
+    if found is None:
+        msg = f"job {job.id} names task {job.task_id}, which does not exist"
+        raise LookupError(msg)
+    task, repo = found
     end = job_end(job, result, verdict)
 
     def finish(record: JobRecord) -> bool:
@@ -185,10 +203,15 @@ def apply_job_end(
             tokens_out=result.tokens_out,
             earlier=job.reasons,
             artifacts=taskdir.record_of(result.artifacts, result.refused_artifacts),
+            # Told below, once it is known whether the next job takes the slot.
+            notify=claim_next is None,
         )
 
     if task.state == State.CANCELLED:
-        return Applied(None, fenced_out=not finish(job_record(end, cancelled=True)))
+        fenced_out = not finish(job_record(end, cancelled=True))
+        if claim_next is not None and not fenced_out:
+            wake.notify(conn, "job-finished")
+        return Applied(None, fenced_out=fenced_out)
 
     # Alerts of the backend (its outage began or ended), raised with this job's end.
     backend_alerts: list[AlertRow] = []
@@ -215,9 +238,24 @@ def apply_job_end(
     )
     move = decide_job_end(view, end, budgets_for(settings, end.stage, job.agent), figures)
     fresh = record_transition(conn, task, move, actor="engine", now=now, job_id=job.id)
-    next_job = None
+    next_job = following = None
     if move.next_job is not None:
-        next_job = queue_next(conn, repo, fresh, move.next_job, now=now)
+        next_job = queue_next(conn, repo, fresh, move.next_job, now=now, notify=claim_next is None)
+        if claim_next is not None:
+            following = claim_next(conn, next_job, fresh, repo)
+            if following is not None and fresh.state == State.DEFERRED:
+                # The claim made the task active again, as any claim of its job does.
+                fresh = dataclasses.replace(fresh, state=State.ACTIVE.value)
+    # What other workers (and this one's loop) are told: a free slot or serial gate, a
+    # job to claim. Nothing when the next job took the slot, and the gate with it.
+    freed = following is None or (
+        job.serial_key is not None and following.serial_key != job.serial_key
+    )
+    if claim_next is not None:
+        if freed:
+            wake.notify(conn, "job-finished")
+        if next_job is not None and following is None:
+            wake.notify(conn, "job-queued")
     alerts: list[AlertRow] = list(backend_alerts)
     if move.alert is not None:
         # Where to look first: the log of the job whose end raised it.
@@ -237,4 +275,6 @@ def apply_job_end(
         # Only news is delivered: a repeat of an open alert was delivered already.
         if task_alert.new:
             alerts.append(task_alert.alert)
-    return Applied(move.transition, alerts, next_job)
+    return Applied(
+        move.transition, alerts, next_job, following=following, task=fresh, repo=repo, freed=freed
+    )

@@ -34,8 +34,10 @@ def queue_job(
     not_before: float | None = None,
     agent: str | None = None,
     fresh_start: str | None = None,
+    notify: bool = True,
 ) -> JobRow:
-    """Queue the next attempt of ``stage`` for a task (``fresh_start``: see jobs.fresh_start)."""
+    """Queue the next attempt of ``stage`` for a task (``fresh_start``: see jobs.fresh_start;
+    ``notify``: see queries.insert_job)."""
     attempt = queries.next_attempt(conn, task.id, stage.value)
     return queries.insert_job(
         conn,
@@ -47,11 +49,18 @@ def queue_job(
         not_before=not_before if not_before is not None else now,
         serial_key=repo.name if stage in SERIAL_STAGES else None,
         fresh_start=fresh_start,
+        notify=notify,
     )
 
 
 def queue_next(
-    conn: sa.Connection, repo: RepoRow, task: TaskRow, nxt: NextJob, *, now: float
+    conn: sa.Connection,
+    repo: RepoRow,
+    task: TaskRow,
+    nxt: NextJob,
+    *,
+    now: float,
+    notify: bool = True,
 ) -> JobRow:
     """Queue the job a move names, due ``nxt.after_s`` from now."""
     return queue_job(
@@ -63,4 +72,5 @@ def queue_next(
         not_before=now + nxt.after_s,
         agent=nxt.agent,
         fresh_start=nxt.fresh_start,
+        notify=notify,
     )

@@ -50,6 +50,7 @@ from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult, job_marker
 from orchestrator.store import control, is_transient, queries
 from orchestrator.store import jobs as jobq
+from orchestrator.store.db import reader
 from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 from orchestrator.store.wake import WakeListener
 
@@ -74,12 +75,27 @@ class _Running:
     stop_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class _Follow:
+    """A task's next job, claimed with its previous job's end: run by the same thread,
+    with the task and repo that end's transaction read and wrote."""
+
+    job: JobRow
+    task: TaskRow
+    repo: RepoRow
+    # The previous end made room for other jobs too (a serial gate): wake the loop.
+    wake_loop: bool
+
+
 class Worker:
     """Claims and runs jobs until stopped (or, with ``until_idle``, until nothing can move)."""
 
     def __init__(self, settings: Settings, engine: sa.Engine, *, name: str = "worker") -> None:
         self.settings = settings
         self.engine = engine
+        # Reads that write nothing begin DEFERRED on SQLite: they never queue for the write
+        # lock behind a job's end or a claim (store.db.reader).
+        self.reads = reader(engine)
         self.name = name
         self.host = socket.gethostname()
         self.started = time.time()
@@ -161,10 +177,16 @@ class Worker:
             self._last_watch = now
         due = self._next_due is not None and self._next_due <= now
         if woken or due or now - self._last_claim >= st.poll_interval_s:
-            self._claim()
+            looked = self._claim()
             self._last_claim = now
-            with self.engine.connect() as conn:
-                self._next_due = jobq.next_wakeup(conn, after=time.time())
+            if looked:
+                with self.reads.connect() as conn:
+                    self._next_due = jobq.next_wakeup(conn, after=time.time())
+            else:
+                # Every slot is taken: nothing can be claimed, due or not, until a job's end
+                # frees one, and that end wakes the loop (and the claim then looks again).
+                # A due time kept from before would only make the loop spin.
+                self._next_due = None
         if until_idle and self._idle():
             return True, 0.0
         return False, self._sleep_for()
@@ -197,15 +219,16 @@ class Worker:
         with self._lock:
             if self._running:
                 return False
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return not control.work_pending(conn)
 
-    def _claim(self) -> None:
+    def _claim(self) -> bool:
+        """Claim what there is room for; False when there was no room to look for any."""
         st = self.settings
         with self._lock:
             room = st.max_parallel_jobs - len(self._running)
         if room <= 0:
-            return
+            return False
         with self.engine.begin() as conn:
             claimed = self._claim_in(conn, max_jobs=room)
         for job in claimed:
@@ -215,14 +238,18 @@ class Worker:
             with self._lock:
                 self._running[job.id] = _Running(job, thread)
             thread.start()
+        return True
+
+    def _paused(self, conn: sa.Connection) -> bool:
+        # `orch pause` is read where it matters: in the claim's own transaction.
+        return self.settings.paused or control.is_paused(conn)
 
     def _claim_in(
         self, conn: sa.Connection, *, max_jobs: int, task_id: int | None = None
     ) -> list[JobRow]:
         """Claim within the caller's transaction, unless paused."""
         st = self.settings
-        # `orch pause` is read where it matters: in the claim's own transaction.
-        if st.paused or control.is_paused(conn):
+        if self._paused(conn):
             return []
         # The clock is read inside the transaction: on SQLite BEGIN IMMEDIATE may have
         # waited for another worker, and started_at must not predate the claim.
@@ -273,7 +300,7 @@ class Worker:
             running = list(self._running.values())
         if not running:
             return
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             cancelled = set(control.cancel_requested(conn, [r.job.id for r in running]))
         for r in running:
             if r.job.id in cancelled and not r.cancel.is_set():
@@ -289,25 +316,34 @@ class Worker:
     def _job_thread(self, job: JobRow) -> None:
         """Run a job; then the job claimed with its end, if any, in the same thread."""
         current: JobRow | None = job
+        known: tuple[TaskRow, RepoRow] | None = None
         while current is not None:
             with self._lock:
                 running = self._running[current.id]
-            following: JobRow | None = None
+            following: _Follow | None = None
             try:
                 if self.stopping.is_set() and not self.drain:
                     self._requeue(current, "worker stopped before the job started")
                 else:
-                    following = self._run_one(current, running)
+                    following = self._run_one(current, running, known)
             except Exception:
                 log.exception("job thread failed", extra={"job": current.id})
             finally:
                 with self._lock:
                     self._running.pop(current.id, None)
                     if following is not None:
-                        self._running[following.id] = _Running(following, running.thread)
+                        self._running[following.job.id] = _Running(following.job, running.thread)
                 self.jobs_finished += 1
-                self.wake.set()
-            current = following
+                # The loop claims for a freed slot or serial gate. A next job that took the
+                # slot over leaves nothing to claim: waking the loop would only make it
+                # read the queue (and on SQLite queue for the write lock) while that job
+                # starts.
+                if following is None or following.wake_loop:
+                    self.wake.set()
+            if following is None:
+                current, known = None, None
+            else:
+                current, known = following.job, (following.task, following.repo)
 
     def _until_db_answers(self, what: str, job: int, fn: Callable[[], _T]) -> _T:
         """``fn()``, tried again while the database is unreachable (``engine.outage``);
@@ -332,19 +368,32 @@ class Worker:
 
         self._until_db_answers("re-queue a job", job.id, write)
 
-    def _run_one(self, job: JobRow, running: _Running) -> JobRow | None:
-        """Run one job to its applied end; returns a next job claimed in the same breath."""
+    def _run_one(
+        self, job: JobRow, running: _Running, known: tuple[TaskRow, RepoRow] | None = None
+    ) -> _Follow | None:
+        """Run one job to its applied end; returns a next job claimed in the same breath.
+
+        ``known``: the task and repo as the transaction that claimed the job left them (a
+        task's next job), else they are read here."""
         st = self.settings
 
         def read() -> tuple[TaskRow, RepoRow, str | None]:
-            with self.engine.connect() as conn:
-                task = queries.get_task_by_id(conn, job.task_id)
-                assert task is not None
-                repo = queries.get_repo_by_id(conn, task.repo_id)
-                assert repo is not None
+            with self.reads.connect() as conn:
+                if known is not None:
+                    task, repo = known
+                else:
+                    found = queries.get_task_and_repo(conn, job.task_id)
+                    if found is None:
+                        msg = f"claimed job {job.id} names task {job.task_id}, which is gone"
+                        raise LookupError(msg)
+                    task, repo = found
                 return task, repo, previous_failure(conn, job, st.tasks_dir / task.key)
 
-        task, repo, previous = self._until_db_answers("read a claimed job", job.id, read)
+        if known is not None and (job.stage != Stage.DEVELOPMENT.value or job.attempt <= 1):
+            # Only a development attempt after a rollback reads its history.
+            task, repo, previous = known[0], known[1], None
+        else:
+            task, repo, previous = self._until_db_answers("read a claimed job", job.id, read)
         folder = taskdir.task_dir(st.tasks_dir, task.key)
         log_path = taskdir.run_log_path(folder, job.id, job.stage, job.agent)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +427,7 @@ class Worker:
                 refused = JobResult(
                     OutcomeKind.COMPLETED, admitted.refusal, None, None, over_budget=True
                 )
-                applied, _ = self._apply(job, refused, None, follow=False)
+                applied = self._apply(job, refused, None, follow=False)
                 if applied.alerts:
                     alerts.deliver_in_background(self.engine, applied.alerts, st.alert_webhook_url)
                 return None
@@ -436,7 +485,7 @@ class Worker:
                 )
                 for note in notes:
                     log.info(note, extra={"task": task.key, "job": job.id, "action": "after-pass"})
-        applied, following = self._apply(job, result, verdict, follow=True, backend=backend)
+        applied = self._apply(job, result, verdict, follow=True, backend=backend)
         if applied.fenced_out:
             log.warning("lost the lease; another worker owns the job now", extra={"job": job.id})
             return None
@@ -464,7 +513,10 @@ class Worker:
                 and not repo.options.get("keep_branches")
                 else None,
             )
-        return following[0] if following else None
+        nxt = applied.following
+        if nxt is None or applied.task is None or applied.repo is None:
+            return None
+        return _Follow(nxt, applied.task, applied.repo, wake_loop=applied.freed)
 
     def _apply(
         self,
@@ -474,7 +526,7 @@ class Worker:
         *,
         follow: bool,
         backend: str | None = None,
-    ) -> tuple[Applied, list[JobRow]]:
+    ) -> Applied:
         """Apply the job's end in one transaction, tried again while the database is gone.
 
         A try that failed rolled back whole, so the next one starts from the same state;
@@ -482,9 +534,33 @@ class Worker:
         since ``finish_job`` is fenced on the job still running.
         """
 
-        def once() -> tuple[Applied, list[JobRow]]:
+        def claim_next(
+            conn: sa.Connection, nxt: JobRow, task: TaskRow, repo: RepoRow
+        ) -> JobRow | None:
+            # Follow the task through its pipeline: its next job, if due now, is claimed
+            # in the same transaction, so the slot is refilled without a wake-up round
+            # trip. Only this task's job: other tasks are left to every worker's claim,
+            # so one worker's chains never starve the others.
+            now = time.time()
+            if self.stopping.is_set() or nxt.not_before > now or self._paused(conn):
+                return None
+            st = self.settings
+            return jobq.claim_queued_job(
+                conn,
+                nxt,
+                task_state=task.state,
+                repo_id=repo.id,
+                owner=self.id,
+                host=self.host,
+                now=now,
+                lease_s=st.job_lease_s,
+                limits=jobq.ClaimLimits(st.max_parallel_jobs, st.max_parallel_jobs_per_repo),
+                hold_stages=SERIAL_HOLD_STAGES,
+            )
+
+        def once() -> Applied:
             with self.engine.begin() as conn:
-                applied = apply_job_end(
+                return apply_job_end(
                     conn,
                     settings=self.settings,
                     job=job,
@@ -493,21 +569,8 @@ class Worker:
                     verdict=verdict,
                     now=time.time(),
                     backend=backend,
+                    claim_next=claim_next if follow else None,
                 )
-                # Follow the task through its pipeline: its next job, if due now, is claimed
-                # in the same transaction, so the slot is refilled without a wake-up round
-                # trip. Only this task's job: other tasks are left to every worker's claim,
-                # so one worker's chains never starve the others.
-                following: list[JobRow] = []
-                nxt = applied.next_job
-                if (
-                    follow
-                    and nxt is not None
-                    and not self.stopping.is_set()
-                    and nxt.not_before <= time.time()
-                ):
-                    following = self._claim_in(conn, max_jobs=1, task_id=nxt.task_id)
-                return applied, following
 
         return self._until_db_answers("apply a job's end", job.id, once)
 
@@ -544,7 +607,7 @@ class Worker:
 
 
 def _recorded_artifacts(engine: sa.Engine, task_id: int) -> dict[str, set[str]]:
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         return jobq.recorded_artifacts(conn, task_id)
 
 

@@ -14,12 +14,16 @@ from orchestrator.store.schema import control, jobs, tasks, workers
 PAUSED_KEY = "paused"
 
 
+# Asked in every claim's transaction: built once.
+_PAUSED = sa.select(control.c.value).where(control.c.key == PAUSED_KEY)
+_CANCEL_REQUESTED = sa.select(jobs.c.id).where(
+    jobs.c.id.in_(sa.bindparam("job_ids", expanding=True)), jobs.c.cancel_requested.is_(True)
+)
+
+
 def is_paused(conn: sa.Connection) -> bool:
     """Whether `orch pause` is in force (for every worker on this database)."""
-    value = conn.execute(
-        sa.select(control.c.value).where(control.c.key == PAUSED_KEY)
-    ).scalar_one_or_none()
-    return bool(value)
+    return bool(conn.execute(_PAUSED).scalar_one_or_none())
 
 
 def set_paused(conn: sa.Connection, paused: bool, *, now: float) -> None:
@@ -61,10 +65,7 @@ def cancel_requested(conn: sa.Connection, job_ids: Sequence[int]) -> list[int]:
     """Which of these jobs are asked to stop."""
     if not job_ids:
         return []
-    stmt = sa.select(jobs.c.id).where(
-        jobs.c.id.in_(list(job_ids)), jobs.c.cancel_requested.is_(True)
-    )
-    return [r[0] for r in conn.execute(stmt)]
+    return [r[0] for r in conn.execute(_CANCEL_REQUESTED, {"job_ids": list(job_ids)})]
 
 
 @dataclass(frozen=True)

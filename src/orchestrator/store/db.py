@@ -2,11 +2,12 @@
 
 SQLite: WAL journal, ``busy_timeout``, foreign keys on, ``synchronous=NORMAL``, and each
 transaction opened with ``BEGIN IMMEDIATE``. PostgreSQL: ``postgresql://`` means psycopg 3,
-connections are pinged before use.
+a connection that sat idle in the pool is pinged before use.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,11 @@ DEFAULT_MAX_OVERFLOW = 10
 DEFAULT_POOL_TIMEOUT_S = 30.0
 
 _PG_DRIVERLESS = {"postgresql", "postgres"}
+
+# A pooled PostgreSQL connection idle this long is pinged before it is used again; one
+# back in the pool for less is used as it is (see _ping_when_idle).
+PING_IDLE_S = 1.0
+_IDLE_SINCE = "orch_idle_since"
 
 # Execution option read by the SQLite "begin" hook below; see ``reader``.
 _DEFERRED_BEGIN = "orch_deferred_begin"
@@ -59,16 +65,46 @@ def make_engine(
             raise ValueError(msg)
         return _sqlite_engine(parsed, pool=pool, busy_timeout_ms=busy_timeout_ms, echo=echo)
     if backend == "postgresql":
-        return sa.create_engine(
+        engine = sa.create_engine(
             parsed,
-            pool_pre_ping=True,
             pool_size=pool.size,
             max_overflow=pool.max_overflow,
             pool_timeout=pool.timeout_s,
             echo=echo,
         )
+        _ping_when_idle(engine)
+        return engine
     msg = f"unsupported database backend {backend!r} (use sqlite or postgresql)"
     raise ValueError(msg)
+
+
+def _ping_when_idle(engine: sa.Engine) -> None:
+    """Ping a pooled connection before use only when it sat idle ``PING_IDLE_S`` or more.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip more for each of the several
+    transactions a job's end makes back to back. A connection used a moment ago is as
+    good as a ping; one idle for a while may have been dropped (a restart, an idle
+    timeout), and a failed ping makes the pool replace it before anyone sees it. What a
+    ping cannot catch (the server went away within the last second) fails as a transient
+    error (``is_transient``): the worker tries again, and SQLAlchemy renews the whole pool
+    on the first disconnect it sees.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < PING_IDLE_S:
+            return  # new, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool's own answer to a dead connection: drop it and connect anew.
+            msg = f"pooled connection failed its ping: {type(exc).__name__}"
+            raise sa.exc.DisconnectionError(msg) from exc
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -36,21 +36,17 @@ def record_transition(
         jobq.drop_queued(conn, task.id, now=now, reason=move.drop_queued)
     if move.resolve_alerts:
         alert_rows.resolve_alerts(conn, task_id=task.id, now=now, kinds=None)
-    counters = {}
+    retries = None
     if move.retries is not None:
-        counters = {
-            "developer_retries": move.retries.developer,
-            "infra_retries": move.retries.infra,
-            "gate_retries": move.retries.gate,
-        }
-    fresh = queries.update_task(
+        retries = (move.retries.developer, move.retries.infra, move.retries.gate)
+    fresh = queries.move_task(
         conn,
         task.id,
         now=now,
         stage=move.to_stage.value,
         state=move.to_state.value,
         reasons=list(move.reasons),
-        **counters,
+        retries=retries,
     )
     queries.insert_transition(
         conn,

@@ -35,6 +35,54 @@ class ClaimLimits:
     per_repo: int
 
 
+# Built once: a claim runs on every job's end, and SQLAlchemy builds and keys a statement
+# anew on every call unless it is a constant (the compiled form is cached by that key).
+_RUNNING = (
+    sa.select(tasks.c.repo_id, jobs.c.serial_key, jobs.c.task_id)
+    .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
+    .where(jobs.c.state == "running")
+)
+_HELD_BETWEEN = (
+    sa.select(repos.c.name, tasks.c.id)
+    .select_from(tasks.join(repos, repos.c.id == tasks.c.repo_id))
+    .where(
+        tasks.c.stage.in_(sa.bindparam("hold_stages", expanding=True)),
+        tasks.c.state.in_(_CLAIMABLE_TASK_STATES),
+    )
+    .order_by(tasks.c.updated_at)
+)
+
+
+@dataclass(frozen=True)
+class _Running:
+    """The running jobs, in one read: in all, per repo id, and serial key → its task."""
+
+    total: int
+    per_repo: dict[int, int]
+    holders: dict[str, int]
+
+
+def _running(conn: sa.Connection) -> _Running:
+    total = 0
+    per_repo: dict[int, int] = {}
+    holders: dict[str, int] = {}
+    for repo_id, serial_key, task_id in conn.execute(_RUNNING):
+        total += 1
+        per_repo[repo_id] = per_repo.get(repo_id, 0) + 1
+        if serial_key is not None:
+            holders[serial_key] = task_id
+    return _Running(total, per_repo, holders)
+
+
+def _add_held_between(
+    conn: sa.Connection, holders: dict[str, int], hold_stages: Sequence[str]
+) -> dict[str, int]:
+    if hold_stages:
+        for key, task_id in conn.execute(_HELD_BETWEEN, {"hold_stages": list(hold_stages)}):
+            holders.setdefault(key, task_id)
+    return holders
+
+
 def serial_gate_holders(conn: sa.Connection, hold_stages: Sequence[str] = ()) -> dict[str, int]:
     """Serial key → the task holding that serial gate.
 
@@ -42,40 +90,13 @@ def serial_gate_holders(conn: sa.Connection, hold_stages: Sequence[str] = ()) ->
     is live at one of ``hold_stages`` (deploy, post-deploy-monitor), so that no other task
     of the repo merges or deploys between its deploy and its health watch.
     """
-    holders: dict[str, int] = {}
-    running = sa.select(jobs.c.serial_key, jobs.c.task_id).where(
-        jobs.c.state == "running", jobs.c.serial_key.is_not(None)
-    )
-    for key, task_id in conn.execute(running):
-        holders[key] = task_id
-    if hold_stages:
-        between = (
-            sa.select(repos.c.name, tasks.c.id)
-            .select_from(tasks.join(repos, repos.c.id == tasks.c.repo_id))
-            .where(tasks.c.stage.in_(list(hold_stages)), tasks.c.state.in_(_CLAIMABLE_TASK_STATES))
-            .order_by(tasks.c.updated_at)
-        )
-        for key, task_id in conn.execute(between):
-            holders.setdefault(key, task_id)
-    return holders
+    return _add_held_between(conn, dict(_running(conn).holders), hold_stages)
 
 
 def running_counts(conn: sa.Connection) -> tuple[int, dict[int, int], set[str]]:
     """Running jobs: in all, per repo id, and the serial keys they hold."""
-    stmt = (
-        sa.select(tasks.c.repo_id, jobs.c.serial_key)
-        .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
-        .where(jobs.c.state == "running")
-    )
-    total = 0
-    per_repo: dict[int, int] = {}
-    serial: set[str] = set()
-    for repo_id, serial_key in conn.execute(stmt):
-        total += 1
-        per_repo[repo_id] = per_repo.get(repo_id, 0) + 1
-        if serial_key is not None:
-            serial.add(serial_key)
-    return total, per_repo, serial
+    running = _running(conn)
+    return running.total, running.per_repo, set(running.holders)
 
 
 def claim_jobs(
@@ -98,9 +119,10 @@ def claim_jobs(
     unique index on running serial keys is the last word: a claim that would break it is
     undone by its savepoint and the job stays queued.
     """
-    total, per_repo, _running_keys = running_counts(conn)
-    holders = serial_gate_holders(conn, hold_stages)
-    room = limits.total - total
+    running = _running(conn)
+    per_repo = running.per_repo
+    holders = _add_held_between(conn, dict(running.holders), hold_stages)
+    room = limits.total - running.total
     if max_jobs is not None:
         room = min(room, max_jobs)
     if room <= 0:
@@ -151,38 +173,18 @@ def claim_jobs(
             continue
         if serial_key is not None and holders.get(serial_key, job_task) != job_task:
             continue
-        update = (
-            sa.update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.state == "queued")
-            .values(
-                state="running",
-                lease_owner=owner,
-                lease_expires_at=now + lease_s,
-                host=host,
-                started_at=now,
-                pid=None,
-                pgid=None,
-            )
-            .returning(*jobs.c)
-        )
-        try:
-            if guard:
-                with conn.begin_nested():
-                    row = conn.execute(update).one_or_none()
-            else:
-                row = conn.execute(update).one_or_none()
-        except sa.exc.IntegrityError:
-            # Another worker took the serial gate between our read and our write.
+        lease = {
+            "job_id": job_id,
+            "owner": owner,
+            "expires": now + lease_s,
+            "host": host,
+            "now": now,
+        }
+        job = _take(conn, _CLAIM, lease, guard=guard)
+        if job is None:
             continue
-        if row is None:
-            continue
-        job = JobRow(**row._mapping)
         if task_state == "deferred":
-            conn.execute(
-                sa.update(tasks)
-                .where(tasks.c.id == job.task_id, tasks.c.state == "deferred")
-                .values(state="active", updated_at=now)
-            )
+            conn.execute(_ACTIVATE, {"task_id": job.task_id, "now": now})
         claimed.append(job)
         per_repo[repo_id] = per_repo.get(repo_id, 0) + 1
         if serial_key is not None:
@@ -190,16 +192,141 @@ def claim_jobs(
     return claimed
 
 
+_CLAIM = (
+    sa.update(jobs)
+    .where(jobs.c.id == sa.bindparam("job_id"), jobs.c.state == "queued")
+    .values(
+        state="running",
+        lease_owner=sa.bindparam("owner"),
+        lease_expires_at=sa.bindparam("expires"),
+        host=sa.bindparam("host"),
+        started_at=sa.bindparam("now"),
+        pid=None,
+        pgid=None,
+    )
+    .returning(*jobs.c)
+)
+# The claim of one known job (``claim_queued_job``): the conditions the search of
+# ``claim_jobs`` puts in its WHERE, here on the row itself.
+_CLAIM_KNOWN = _CLAIM.where(
+    jobs.c.not_before <= sa.bindparam("now"),
+    jobs.c.cancel_requested.is_(False),
+    sa.exists(
+        sa.select(tasks.c.id).where(
+            tasks.c.id == jobs.c.task_id, tasks.c.state.in_(_CLAIMABLE_TASK_STATES)
+        )
+    ),
+    ~waits_for_dependency(jobs.c.task_id),
+)
+_ACTIVATE = (
+    sa.update(tasks)
+    .where(tasks.c.id == sa.bindparam("task_id"), tasks.c.state == "deferred")
+    .values(state="active", updated_at=sa.bindparam("now"))
+)
+
+
+def _take(
+    conn: sa.Connection, stmt: sa.Executable, lease: Mapping[str, Any], *, guard: bool
+) -> JobRow | None:
+    """Run a claim's UPDATE; the job, or None when it was not claimable any more."""
+    try:
+        if guard:
+            with conn.begin_nested():
+                row = conn.execute(stmt, lease).one_or_none()
+        else:
+            row = conn.execute(stmt, lease).one_or_none()
+    except sa.exc.IntegrityError:
+        # Another worker took the serial gate between our read and our write.
+        return None
+    return None if row is None else JobRow(**row._mapping)
+
+
+def claim_queued_job(
+    conn: sa.Connection,
+    job: JobRow,
+    *,
+    task_state: str,
+    repo_id: int,
+    owner: str,
+    host: str,
+    now: float,
+    lease_s: float,
+    limits: ClaimLimits,
+    hold_stages: Sequence[str] = (),
+) -> JobRow | None:
+    """Claim ``job`` itself, if ``claim_jobs`` would claim it now; the running job or None.
+
+    For a task's next job, queued in this same transaction by the worker that ran the
+    previous one (``task_state``: the task's state, as written there; ``repo_id``: its
+    repo): the same rules as ``claim_jobs`` (due, not cancelled, the task claimable and
+    waiting for no dependency, the limits, the serial gate) without the search for
+    candidates, and recorded the same way, under a lease, so recovery and other workers
+    see it: a read of the running jobs (and, for a serialized job, of the tasks holding
+    gates between their jobs) and the one UPDATE.
+    """
+    running = _running(conn)
+    if running.total >= limits.total:
+        return None
+    if running.per_repo.get(repo_id, 0) >= limits.per_repo:
+        return None
+    if job.serial_key is not None:
+        holders = _add_held_between(conn, dict(running.holders), hold_stages)
+        if holders.get(job.serial_key, job.task_id) != job.task_id:
+            return None
+    lease = {"job_id": job.id, "owner": owner, "expires": now + lease_s, "host": host, "now": now}
+    # On PostgreSQL the UPDATE locks the row: a worker searching with SKIP LOCKED passes
+    # it by, one that updates it waits and then finds it running. The unique index on
+    # running serial keys stays the last word, under a savepoint as in ``claim_jobs``.
+    claimed = _take(
+        conn,
+        _CLAIM_KNOWN,
+        lease,
+        guard=conn.dialect.name != "sqlite" and job.serial_key is not None,
+    )
+    if claimed is not None and task_state == "deferred":
+        conn.execute(_ACTIVATE, {"task_id": job.task_id, "now": now})
+    return claimed
+
+
 def record_process(
     conn: sa.Connection, job_id: int, owner: str, *, pid: int, pgid: int, log_path: str
 ) -> bool:
     """Remember the process group of a job (the registry the reaper reads); fenced."""
-    result = conn.execute(
-        sa.update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.state == "running")
-        .values(pid=pid, pgid=pgid, log_path=log_path)
+    params = {"b_id": job_id, "b_owner": owner, "b_pid": pid, "b_pgid": pgid, "b_log": log_path}
+    return conn.execute(_RECORD_PROCESS, params).rowcount == 1
+
+
+_FENCED = (
+    jobs.c.id == sa.bindparam("b_id"),
+    jobs.c.lease_owner == sa.bindparam("b_owner"),
+    jobs.c.state == "running",
+)
+_RECORD_PROCESS = (
+    sa.update(jobs)
+    .where(*_FENCED)
+    .values(pid=sa.bindparam("b_pid"), pgid=sa.bindparam("b_pgid"), log_path=sa.bindparam("b_log"))
+)
+_FINISH = (
+    sa.update(jobs)
+    .where(*_FENCED)
+    .values(
+        state="finished",
+        outcome=sa.bindparam("b_outcome"),
+        verdict=sa.bindparam("b_verdict"),
+        reasons=sa.bindparam("b_reasons", type_=jobs.c.reasons.type),
+        exit_code=sa.bindparam("b_exit_code"),
+        finished_at=sa.bindparam("b_now"),
+        lease_expires_at=None,
+        cost_usd=sa.bindparam("b_cost"),
+        tokens_in=sa.bindparam("b_tokens_in"),
+        tokens_out=sa.bindparam("b_tokens_out"),
     )
-    return result.rowcount == 1
+)
+# A record made before the job ran (an approval's supplied artifact) is kept: the
+# artifacts are set only when the job recorded some.
+_FINISH_RECORDING = _FINISH.values(
+    artifacts=sa.bindparam("b_artifacts", type_=jobs.c.artifacts.type)
+)
 
 
 def heartbeat(
@@ -258,8 +385,12 @@ def finish_job(
     tokens_out: int | None = None,
     earlier: Sequence[str] = (),
     artifacts: Mapping[str, str] | None = None,
+    notify: bool = True,
 ) -> bool:
     """Mark the job finished if ``owner`` still holds it; False means someone else does.
+
+    ``notify``: tell the other workers that a slot is free (PostgreSQL); the caller that
+    refills the slot in the same transaction says so itself when it frees anything.
 
     ``artifacts``: {name: SHA-256} of the artifacts the orchestrator recorded for the job.
 
@@ -267,29 +398,28 @@ def finish_job(
     kept ahead of the new ones. They cannot have changed since: anything that writes them
     also takes the lease, and then this fenced update matches no row.
     """
-    # A record made before the job ran (an approval's supplied artifact) is kept.
-    recorded = {"artifacts": dict(artifacts)} if artifacts else {}
-    result = conn.execute(
-        sa.update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.lease_owner == owner, jobs.c.state == "running")
-        .values(
-            **recorded,
-            state="finished",
-            outcome=outcome,
-            verdict=verdict,
-            reasons=[*earlier, *reasons],
-            exit_code=exit_code,
-            finished_at=now,
-            lease_expires_at=None,
-            cost_usd=cost_usd,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-        )
-    )
+    params: dict[str, object] = {
+        "b_id": job_id,
+        "b_owner": owner,
+        "b_outcome": outcome,
+        "b_verdict": verdict,
+        "b_reasons": [*earlier, *reasons],
+        "b_exit_code": exit_code,
+        "b_now": now,
+        "b_cost": cost_usd,
+        "b_tokens_in": tokens_in,
+        "b_tokens_out": tokens_out,
+    }
+    stmt = _FINISH
+    if artifacts:
+        stmt = _FINISH_RECORDING
+        params["b_artifacts"] = dict(artifacts)
+    result = conn.execute(stmt, params)
     if result.rowcount != 1:
         return False
-    # Its slot, and perhaps its repo's serial gate, are free for any worker now.
-    wake.notify(conn, "job-finished")
+    if notify:
+        # Its slot, and perhaps its repo's serial gate, are free for any worker now.
+        wake.notify(conn, "job-finished")
     return True
 
 
@@ -431,12 +561,15 @@ def repo_of_job(conn: sa.Connection, job_id: int) -> str:
     return str(conn.execute(stmt).scalar_one())
 
 
+_RECORDED = sa.select(jobs.c.artifacts).where(
+    jobs.c.task_id == sa.bindparam("task_id"), jobs.c.artifacts.is_not(None)
+)
+
+
 def recorded_artifacts(conn: sa.Connection, task_id: int) -> dict[str, set[str]]:
     """{artifact name: the SHA-256s any job of the task recorded for it}: what the pipeline
     itself wrote into the task folder."""
-    rows = conn.execute(
-        sa.select(jobs.c.artifacts).where(jobs.c.task_id == task_id, jobs.c.artifacts.is_not(None))
-    )
+    rows = conn.execute(_RECORDED, {"task_id": task_id})
     found: dict[str, set[str]] = {}
     for (recorded,) in rows:
         for name, digest in (recorded or {}).items():

@@ -212,10 +212,31 @@ def list_issue_tasks(
     return [TaskRow(**row._mapping) for row in conn.execute(stmt)]
 
 
+# Read on every job's start and end: built once (see store.jobs on constant statements).
+_TASK_BY_ID = sa.select(tasks).where(tasks.c.id == sa.bindparam("task_id"))
+_TASK_AND_REPO = (
+    sa.select(*tasks.c, *repos.c)
+    .select_from(tasks.join(repos, repos.c.id == tasks.c.repo_id))
+    .where(tasks.c.id == sa.bindparam("task_id"))
+)
+_TASK_COLUMNS = len(tasks.c)
+
+
 def get_task_by_id(conn: sa.Connection, task_id: int) -> TaskRow | None:
     """The task with id ``task_id``, or None."""
-    row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).one_or_none()
+    row = conn.execute(_TASK_BY_ID, {"task_id": task_id}).one_or_none()
     return None if row is None else TaskRow(**row._mapping)
+
+
+def get_task_and_repo(conn: sa.Connection, task_id: int) -> tuple[TaskRow, RepoRow] | None:
+    """The task with id ``task_id`` and its repo, in one read; None when there is none."""
+    row = conn.execute(_TASK_AND_REPO, {"task_id": task_id}).one_or_none()
+    if row is None:
+        return None
+    # By position: both tables have an ``id`` and a ``name``-like column of their own.
+    task = TaskRow(**dict(zip(tasks.c.keys(), row[:_TASK_COLUMNS], strict=True)))
+    repo = RepoRow(**dict(zip(repos.c.keys(), row[_TASK_COLUMNS:], strict=True)))
+    return task, repo
 
 
 def list_tasks(
@@ -237,6 +258,56 @@ def list_tasks(
     if limit is not None:
         stmt = stmt.limit(limit)
     return [TaskRow(**row._mapping) for row in conn.execute(stmt)]
+
+
+# A task's move (``history.record_transition``), on every job's end: built once. The
+# counters are set only by a move that says them, so a concurrent change is not undone.
+_MOVE_TASK = (
+    sa.update(tasks)
+    .where(tasks.c.id == sa.bindparam("b_id"))
+    .values(
+        stage=sa.bindparam("b_stage"),
+        state=sa.bindparam("b_state"),
+        reasons=sa.bindparam("b_reasons", type_=tasks.c.reasons.type),
+        updated_at=sa.bindparam("b_now"),
+    )
+    .returning(*tasks.c)
+)
+_MOVE_TASK_COUNTING = _MOVE_TASK.values(
+    developer_retries=sa.bindparam("b_developer"),
+    infra_retries=sa.bindparam("b_infra"),
+    gate_retries=sa.bindparam("b_gate"),
+)
+
+
+def move_task(
+    conn: sa.Connection,
+    task_id: int,
+    *,
+    now: float,
+    stage: str,
+    state: str,
+    reasons: Sequence[str],
+    retries: tuple[int, int, int] | None = None,
+) -> TaskRow:
+    """Set the task's stage, state and reasons, and with ``retries`` its (developer, infra,
+    gate) retry counters: ``update_task`` for a move, with a statement built once."""
+    params: dict[str, object] = {
+        "b_id": task_id,
+        "b_stage": stage,
+        "b_state": state,
+        "b_reasons": list(reasons),
+        "b_now": now,
+    }
+    stmt = _MOVE_TASK
+    if retries is not None:
+        stmt = _MOVE_TASK_COUNTING
+        params.update(b_developer=retries[0], b_infra=retries[1], b_gate=retries[2])
+    row = conn.execute(stmt, params).one_or_none()
+    if row is None:
+        msg = f"no task with id {task_id}"
+        raise NotFoundError(msg)
+    return TaskRow(**row._mapping)
 
 
 def update_task(conn: sa.Connection, task_id: int, *, now: float, **fields: object) -> TaskRow:
@@ -266,6 +337,9 @@ def get_tasks_by_keys(conn: sa.Connection, keys: Iterable[str]) -> dict[str, Tas
 # ---- transitions -------------------------------------------------------------------------
 
 
+_INSERT_TRANSITION = sa.insert(transitions).returning(*transitions.c)
+
+
 def insert_transition(
     conn: sa.Connection,
     *,
@@ -281,23 +355,19 @@ def insert_transition(
     job_id: int | None = None,
 ) -> TransitionRow:
     """Append one entry to the task's history."""
-    stmt = (
-        sa.insert(transitions)
-        .values(
-            task_id=task_id,
-            job_id=job_id,
-            kind=kind,
-            from_stage=from_stage,
-            to_stage=to_stage,
-            from_state=from_state,
-            to_state=to_state,
-            reasons=list(reasons),
-            actor=actor,
-            at=now,
-        )
-        .returning(*transitions.c)
-    )
-    return TransitionRow(**conn.execute(stmt).one()._mapping)
+    params = {
+        "task_id": task_id,
+        "job_id": job_id,
+        "kind": kind,
+        "from_stage": from_stage,
+        "to_stage": to_stage,
+        "from_state": from_state,
+        "to_state": to_state,
+        "reasons": list(reasons),
+        "actor": actor,
+        "at": now,
+    }
+    return TransitionRow(**conn.execute(_INSERT_TRANSITION, params).one()._mapping)
 
 
 def list_transitions(conn: sa.Connection, task_id: int) -> list[TransitionRow]:
@@ -307,6 +377,9 @@ def list_transitions(conn: sa.Connection, task_id: int) -> list[TransitionRow]:
 
 
 # ---- jobs --------------------------------------------------------------------------------
+
+
+_INSERT_JOB = sa.insert(jobs).returning(*jobs.c)
 
 
 def insert_job(
@@ -320,27 +393,28 @@ def insert_job(
     not_before: float | None = None,
     serial_key: str | None = None,
     fresh_start: str | None = None,
+    notify: bool = True,
 ) -> JobRow:
-    """Queue a job; it may start once ``now >= not_before`` (None: at once)."""
-    stmt = (
-        sa.insert(jobs)
-        .values(
-            task_id=task_id,
-            stage=stage,
-            agent=agent,
-            attempt=attempt,
-            state="queued",
-            reasons=[],
-            not_before=0.0 if not_before is None else not_before,
-            cancel_requested=False,
-            serial_key=serial_key,
-            fresh_start=fresh_start,
-            created_at=now,
-        )
-        .returning(*jobs.c)
-    )
-    row = JobRow(**conn.execute(stmt).one()._mapping)
-    wake.notify(conn, "job-queued")
+    """Queue a job; it may start once ``now >= not_before`` (None: at once).
+
+    ``notify``: tell the other workers (PostgreSQL); off when the caller claims the job
+    itself in the same transaction, so that nobody wakes for a job already taken."""
+    params = {
+        "task_id": task_id,
+        "stage": stage,
+        "agent": agent,
+        "attempt": attempt,
+        "state": "queued",
+        "reasons": [],
+        "not_before": 0.0 if not_before is None else not_before,
+        "cancel_requested": False,
+        "serial_key": serial_key,
+        "fresh_start": fresh_start,
+        "created_at": now,
+    }
+    row = JobRow(**conn.execute(_INSERT_JOB, params).one()._mapping)
+    if notify:
+        wake.notify(conn, "job-queued")
     return row
 
 
@@ -369,10 +443,12 @@ def update_job(conn: sa.Connection, job_id: int, **fields: object) -> JobRow:
     return JobRow(**row._mapping)
 
 
+_LAST_ATTEMPT = sa.select(sa.func.max(jobs.c.attempt)).where(
+    jobs.c.task_id == sa.bindparam("task_id"), jobs.c.stage == sa.bindparam("stage")
+)
+
+
 def next_attempt(conn: sa.Connection, task_id: int, stage: str) -> int:
     """The attempt number the task's next job at ``stage`` gets: 1 for the first."""
-    stmt = sa.select(sa.func.max(jobs.c.attempt)).where(
-        jobs.c.task_id == task_id, jobs.c.stage == stage
-    )
-    last = conn.execute(stmt).scalar_one()
+    last = conn.execute(_LAST_ATTEMPT, {"task_id": task_id, "stage": stage}).scalar_one()
     return 1 if last is None else int(last) + 1

@@ -1,0 +1,164 @@
+"""A task's next job, claimed with its previous job's end (issue 19: transitions at the
+engine's floor): the claim's rules on that one row, and a loop that is not woken for it.
+
+Real database (SQLite, or PostgreSQL per ORCH_TEST_DATABASE_URL), real git, the fake
+agents of ``test_engine`` as real child processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.engine.worker import Worker
+from orchestrator.store import control
+from orchestrator.store import jobs as jobq
+from orchestrator.store.rows import JobRow
+from orchestrator.store.schema import jobs as jobs_table
+from orchestrator.store.schema import task_deps
+
+try:
+    from test_engine import FULL, Harness
+except ImportError:  # imported as tests.integration.test_follow
+    from tests.integration.test_engine import FULL, Harness
+
+ROOMY = jobq.ClaimLimits(total=10, per_repo=10)
+
+
+@pytest.fixture
+def h(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+    harness = Harness(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}))
+    yield harness
+    harness.stop()
+    harness.engine.dispose()
+
+
+def _queued(h: Harness, key: str) -> JobRow:
+    (job,) = [j for j in h.jobs(key) if j.state == "queued"]
+    return job
+
+
+def _claim(h: Harness, job: JobRow, limits: jobq.ClaimLimits = ROOMY) -> JobRow | None:
+    with h.engine.begin() as conn:
+        return jobq.claim_queued_job(
+            conn,
+            job,
+            task_state="active",
+            repo_id=1,
+            owner="w-follow",
+            host="here",
+            now=time.time(),
+            lease_s=30,
+            limits=limits,
+            hold_stages=("deploy", "post-deploy-monitor"),
+        )
+
+
+def _set(h: Harness, job_id: int, **values: object) -> None:
+    with h.engine.begin() as conn:
+        conn.execute(sa.update(jobs_table).where(jobs_table.c.id == job_id).values(**values))
+
+
+def _run_other(h: Harness, key: str) -> JobRow:
+    """Claim ``key``'s job the generic way: it runs (under another worker's lease)."""
+    task_id = h.task(key).id
+    with h.engine.begin() as conn:
+        (job,) = jobq.claim_jobs(
+            conn,
+            owner="w-other",
+            host="there",
+            now=time.time(),
+            lease_s=30,
+            limits=ROOMY,
+            task_id=task_id,
+        )
+    return job
+
+
+def test_the_known_claim_takes_a_claimable_job_under_a_lease(h: Harness) -> None:
+    h.add_repo()
+    key = h.add_task()
+    job = _queued(h, key)
+    claimed = _claim(h, job)
+    assert claimed is not None
+    assert (claimed.id, claimed.state, claimed.lease_owner) == (job.id, "running", "w-follow")
+    assert claimed.lease_expires_at is not None
+    # Taken once: a second claim of the same row finds it running.
+    assert _claim(h, job) is None
+
+
+def test_the_known_claim_keeps_the_limits(h: Harness) -> None:
+    h.add_repo()
+    first, second = h.add_task("A"), h.add_task("B")
+    _run_other(h, first)
+    job = _queued(h, second)
+    assert _claim(h, job, jobq.ClaimLimits(total=1, per_repo=5)) is None
+    assert _claim(h, job, jobq.ClaimLimits(total=5, per_repo=1)) is None
+    assert _claim(h, job, jobq.ClaimLimits(total=2, per_repo=2)) is not None
+
+
+def test_the_known_claim_keeps_the_serial_gate(h: Harness) -> None:
+    h.add_repo()
+    first, second = h.add_task("A"), h.add_task("B")
+    running = _run_other(h, first)
+    job = _queued(h, second)
+    _set(h, running.id, serial_key="demo")
+    _set(h, job.id, serial_key="demo")
+    job = _queued(h, second)
+    assert _claim(h, job) is None  # another task holds the repo's gate
+    _set(h, running.id, serial_key=None)
+    assert _claim(h, job) is not None
+
+
+def test_the_known_claim_waits_for_what_the_search_waits_for(h: Harness) -> None:
+    h.add_repo()
+    first, second = h.add_task("A"), h.add_task("B")
+    job = _queued(h, second)
+    # A dependency not done yet.
+    waits, on = h.task(second).id, h.task(first).id
+    with h.engine.begin() as conn:
+        conn.execute(sa.insert(task_deps).values(task_id=waits, after_id=on))
+    assert _claim(h, job) is None
+    with h.engine.begin() as conn:
+        conn.execute(sa.delete(task_deps))
+    # Not due yet, then asked to stop.
+    _set(h, job.id, not_before=time.time() + 3600)
+    assert _claim(h, job) is None
+    _set(h, job.id, not_before=0.0, cancel_requested=True)
+    assert _claim(h, job) is None
+    _set(h, job.id, cancel_requested=False)
+    assert _claim(h, job) is not None
+
+
+def test_a_chain_of_jobs_does_not_wake_the_loop(
+    tmp_path: Path, db_url: str, make_repo: Callable[..., Path]
+) -> None:
+    # No poll and no due time: the loop claims only when something wakes it.
+    h = Harness(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}), poll_interval_s=3600)
+    try:
+        h.add_repo(FULL)
+        key = h.add_task()
+        worker = Worker(h.settings, h.engine)
+        claims: list[float] = []
+        claim = worker._claim
+
+        def counted() -> bool:
+            claims.append(time.time())
+            return claim()
+
+        worker._claim = counted  # type: ignore[method-assign]
+        worker.run(until_idle=True)
+        assert (h.task(key).stage, h.task(key).state) == ("post-deploy-monitor", "done")
+        assert len(h.jobs(key)) == 5
+        # Once to start the chain, once when it ended: each job in between was claimed
+        # with its previous job's end, by the thread that ran it (the loop used to be
+        # woken, and to claim, after every one of the five).
+        assert len(claims) == 2
+        with h.engine.connect() as conn:
+            assert not control.work_pending(conn)
+    finally:
+        h.engine.dispose()
