@@ -116,6 +116,31 @@ def test_queueing_and_ending_jobs_notify(
 
 
 @pg_only
+def test_a_next_job_taken_with_its_end_wakes_nobody(
+    engine: sa.Engine,
+    listening: tuple[wake.WakeListener, Heard],
+    tmp_path: Path,
+    make_repo: Callable[..., Path],
+) -> None:
+    _listener, heard = listening
+    h = Harness(tmp_path, engine.url.render_as_string(hide_password=False), make_repo())
+    try:
+        h.add_repo()  # development, testing, deploy-staging
+        h.add_task()
+        before = len(heard.wait_for("job-queued"))
+        h.run_until_idle()
+        with engine.begin() as conn:
+            wake.notify(conn, "sentinel")  # delivered after all the run's, in commit order
+        got = heard.wait_for("sentinel")[before:-1]
+        # Each next job was claimed in the transaction that queued it, by the worker that
+        # ran the one before: no other worker could take it or its slot. Only the last
+        # end, which leaves a free slot, tells them (the old way: five notices).
+        assert got == ["job-finished"], got
+    finally:
+        h.engine.dispose()
+
+
+@pg_only
 def test_the_listener_reconnects_when_its_session_is_terminated(
     engine: sa.Engine, listening: tuple[wake.WakeListener, Heard]
 ) -> None:
