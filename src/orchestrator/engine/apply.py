@@ -12,7 +12,6 @@ transition without its next job.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -33,17 +32,12 @@ from orchestrator.domain.faults import FaultKind
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import Budgets, Stage, State, TaskView, Transition
 from orchestrator.domain.verdicts import Verdict
-from orchestrator.engine.queue import queue_next
+from orchestrator.engine.queue import ClaimNext, queue_next
 from orchestrator.jobcontract import JobResult
 from orchestrator.store import breakers, queries, spend, wake
 from orchestrator.store import jobs as jobq
 from orchestrator.store.history import record_transition
 from orchestrator.store.rows import AlertRow, JobRow, RepoRow, TaskRow
-
-# Claims a task's next job in the transaction that queued it (the worker's, under its
-# lease and limits): (connection, the job, the task as it is now, its repo) -> the running
-# job, or None when it may not run now.
-ClaimNext = Callable[[sa.Connection, JobRow, TaskRow, RepoRow], JobRow | None]
 
 
 @dataclass(frozen=True)

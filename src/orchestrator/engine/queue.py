@@ -2,20 +2,30 @@
 
 The engine queues the job a move names (``domain.decide.NextJob``) when it applies a job's
 end; filing, retrying and approving a task (``tasks``) queue one too. Both take it from
-here, so the engine never imports the CLI's operations.
+here, so the engine never imports the CLI's operations. ``follow_claim``: how a worker
+claims the job it just queued, in the same transaction.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
 from orchestrator.agents.registry import default_agents, parse_agent_spec
 from orchestrator.domain.decide import NextJob
 from orchestrator.domain.stages import SERIAL_STAGES, Stage
+from orchestrator.store import jobs as jobq
 from orchestrator.store import queries
 from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 
-__all__ = ["agent_for", "queue_job", "queue_next"]
+__all__ = ["ClaimNext", "agent_for", "follow_claim", "queue_job", "queue_next"]
+
+# Claims a task's next job in the transaction that queued it (the worker's, under its
+# lease and limits): (connection, the job, the task as it is now, its repo) -> the running
+# job, or None when it may not run now.
+ClaimNext = Callable[[sa.Connection, JobRow, TaskRow, RepoRow], JobRow | None]
 
 
 def agent_for(repo: RepoRow, stage: Stage) -> str:
@@ -74,3 +84,37 @@ def queue_next(
         fresh_start=nxt.fresh_start,
         notify=notify,
     )
+
+
+def follow_claim(
+    *,
+    owner: str,
+    host: str,
+    lease_s: float,
+    limits: jobq.ClaimLimits,
+    hold_stages: Sequence[str],
+    refuse: Callable[[sa.Connection], bool],
+) -> ClaimNext:
+    """How a worker claims a task's next job with the end of the job before it
+    (``jobq.claim_queued_job``): when it is due now and ``refuse`` (the worker stops, or
+    is paused) says nothing against it."""
+
+    def claim(conn: sa.Connection, nxt: JobRow, task: TaskRow, repo: RepoRow) -> JobRow | None:
+        # The clock is read inside the transaction, as for any claim.
+        now = time.time()
+        if nxt.not_before > now or refuse(conn):
+            return None
+        return jobq.claim_queued_job(
+            conn,
+            nxt,
+            task_state=task.state,
+            repo_id=repo.id,
+            owner=owner,
+            host=host,
+            now=now,
+            lease_s=lease_s,
+            limits=limits,
+            hold_stages=hold_stages,
+        )
+
+    return claim

@@ -8,7 +8,7 @@ or ends a job; changes are also noticed by a cheap poll (``poll_interval_s``), t
 on SQLite and the fallback on PostgreSQL. A database that is gone for a while is waited
 out: the loop and each job's bookkeeping try again until it answers.
 
-It stays one module a little over 500 lines because it is one concept: the loop and the
+It stays one module of some 600 lines because it is one concept: the loop and the
 threads it owns share its state (the running jobs, their cancel events and stop reasons,
 the stop and drain flags), and a job's life on a thread (read, admit, launch, gate, apply,
 follow the task) is the loop's other half. What could stand alone has moved out: LLM
@@ -43,6 +43,7 @@ from orchestrator.engine.admission import Admitted, admit_llm
 from orchestrator.engine.apply import Applied, apply_job_end
 from orchestrator.engine.launch import launch_job, llm_backend_of
 from orchestrator.engine.outage import Outage, until_db_answers
+from orchestrator.engine.queue import follow_claim
 from orchestrator.engine.recovery import make_worker_id, prune_worktrees, recover_jobs
 from orchestrator.gates.context import GateContext
 from orchestrator.gates.registry import run_after_pass, run_gates
@@ -534,29 +535,19 @@ class Worker:
         since ``finish_job`` is fenced on the job still running.
         """
 
-        def claim_next(
-            conn: sa.Connection, nxt: JobRow, task: TaskRow, repo: RepoRow
-        ) -> JobRow | None:
-            # Follow the task through its pipeline: its next job, if due now, is claimed
-            # in the same transaction, so the slot is refilled without a wake-up round
-            # trip. Only this task's job: other tasks are left to every worker's claim,
-            # so one worker's chains never starve the others.
-            now = time.time()
-            if self.stopping.is_set() or nxt.not_before > now or self._paused(conn):
-                return None
-            st = self.settings
-            return jobq.claim_queued_job(
-                conn,
-                nxt,
-                task_state=task.state,
-                repo_id=repo.id,
-                owner=self.id,
-                host=self.host,
-                now=now,
-                lease_s=st.job_lease_s,
-                limits=jobq.ClaimLimits(st.max_parallel_jobs, st.max_parallel_jobs_per_repo),
-                hold_stages=SERIAL_HOLD_STAGES,
-            )
+        st = self.settings
+        # Follow the task through its pipeline: its next job, if due now, is claimed in the
+        # same transaction, so the slot is refilled without a wake-up round trip. Only this
+        # task's job: other tasks are left to every worker's claim, so one worker's chains
+        # never starve the others.
+        claim_next = follow_claim(
+            owner=self.id,
+            host=self.host,
+            lease_s=st.job_lease_s,
+            limits=jobq.ClaimLimits(st.max_parallel_jobs, st.max_parallel_jobs_per_repo),
+            hold_stages=SERIAL_HOLD_STAGES,
+            refuse=lambda conn: self.stopping.is_set() or self._paused(conn),
+        )
 
         def once() -> Applied:
             with self.engine.begin() as conn:
