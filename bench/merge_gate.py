@@ -1,6 +1,6 @@
 """What the merge gate costs, and what skipping its re-test saves.
 
-    python bench/merge_gate.py [--merges 10] [--sequence 20] [--tests 20]
+    python bench/merge_gate.py [--merges 10] [--tests 20] [--only overhead,own,sequence]
 
 1. Overhead: ``--merges`` tasks, each one commit on top of main, merged one by one with the
    re-test skip switched off (so every merge re-tests). For each: the bare test run (the
@@ -11,6 +11,12 @@
    test-runner, then the validated-tree record) and the merge gate, in waves that branch
    from the same main (so some rebases are no-ops and some are not), run twice in this
    process: skip on, skip off. Printed: re-tests run in each, re-tests saved, wall time.
+
+3. The gate's own cost: ``--merges`` tasks whose tree the testing stage's test-runner
+   validated, so the gate skips its re-test: what is left is the gate's own work (git,
+   the report, DB rows, CAS). Printed as the median, with the git calls it made (counted
+   by wrapping ``gitops.git.git``) by subcommand, beside the median of one bare git call
+   (``git rev-parse HEAD`` through the same helper) in the same process.
 
 No asserts: figures to read. Each run gets its own temp dir and SQLite database.
 """
@@ -28,11 +34,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import collections
+
+from git_calls import GitCounter
 
 from orchestrator.config import load_settings
 from orchestrator.domain.stages import Stage
 from orchestrator.gates import merge_gate, validated
 from orchestrator.gates.context import GateContext
+from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import worktrees
 from orchestrator.runners.base import RunContext
 from orchestrator.runners.test_runner import run_tests
@@ -180,6 +192,46 @@ def overhead(n_merges: int, n_tests: int) -> None:
         print(f"   gate adds         min {adds[0] * 1000:.1f} ms, max {adds[-1] * 1000:.1f} ms")
 
 
+def own_cost(n_merges: int, n_tests: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        bed = Bed(Path(tmp), n_tests, skip=True)
+        gated: list[float] = []
+        calls: list[list[tuple[float, float, str]]] = []
+        for _ in range(n_merges):
+            task, wt = bed.task()
+            bed.develop(wt)
+            bed.testing_stage(task, wt)  # the tree is validated: the gate skips its re-test
+            with GitCounter() as counter:
+                t0 = time.perf_counter()
+                fields = bed.gate(task, wt)
+                gated.append(time.perf_counter() - t0)
+            calls.append(counter.calls)
+            if fields["merge_status"] != "MERGED" or fields["retest"] != "skipped":
+                print(f"  unexpected: {fields}")
+        one: list[float] = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            gitcmd.git(["rev-parse", "HEAD"], bed.repo)
+            one.append(time.perf_counter() - t0)
+        g, o = statistics.median(gated), statistics.median(one)
+        n = statistics.median(len(c) for c in calls)
+        in_git = statistics.median(sum(d for _, d, _ in c) for c in calls)
+        print(f"3. the gate's own cost over {n_merges} merges (tree validated: no re-test)")
+        print(f"   merge gate        median {g * 1000:8.1f} ms")
+        print(f"   git calls         median {n:8.0f}     ({in_git * 1000:.1f} ms in git)")
+        print(f"   one git call      median {o * 1000:8.1f} ms  (baseline: rev-parse HEAD)")
+        sample = calls[len(calls) // 2]
+        counts = collections.Counter(what for _, _, what in sample)
+        spent: collections.Counter[str] = collections.Counter()
+        for _, d, what in sample:
+            spent[what] += d
+        print("   by subcommand    " + ", ".join(f"{k}x {w}" for w, k in counts.most_common()))
+        print(
+            "   ms by subcommand "
+            + ", ".join(f"{w} {d * 1000:.1f}" for w, d in spent.most_common())
+        )
+
+
 def sequence(n_tests: int, skip: bool) -> tuple[dict[str, int], float]:
     with tempfile.TemporaryDirectory() as tmp:
         bed = Bed(Path(tmp), n_tests, skip=skip)
@@ -200,8 +252,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--merges", type=int, default=10)
     parser.add_argument("--tests", type=int, default=20)
+    parser.add_argument("--only", default="overhead,own,sequence")
     args = parser.parse_args()
-    overhead(args.merges, args.tests)
+    only = set(args.only.split(","))
+    if "overhead" in only:
+        overhead(args.merges, args.tests)
+    if "own" in only:
+        own_cost(args.merges, args.tests)
+    if "sequence" not in only:
+        return
     on, t_on = sequence(args.tests, skip=True)
     off, t_off = sequence(args.tests, skip=False)
     print(f"2. a sequence of {sum(WAVES)} merges in waves {list(WAVES)}")
