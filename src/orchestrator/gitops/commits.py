@@ -119,14 +119,7 @@ def commit_problems(worktree: Path) -> list[str]:
     names = sorted({e.split("\t", 1)[1] for e in unmerged.stdout.split("\0") if "\t" in e})
     if names:
         problems.append(f"unmerged paths (a conflict left unresolved): {name_paths(names)}")
-    check = gitcmd.git(["diff", "--cached", "--check", "--", *CHANGE_PATHSPEC], worktree)
-    markers = [
-        line.split(": leftover conflict marker")[0]
-        for line in check.stdout.splitlines()
-        if line.endswith("leftover conflict marker")
-    ]
-    if markers:
-        problems.append(f"added lines look like conflict markers: {name_paths(markers)}")
+    problems.extend(_staged_markers(worktree))
     return problems
 
 
@@ -172,13 +165,24 @@ def commit_all(worktree: Path, message: str) -> Committed:
     Conflict debris (unmerged paths, added conflict-marker lines) is refused, and the
     worktree is put back at the branch's last commit: nothing half-merged is committed or
     survives into the next step.
+
+    Four git calls when there is something to commit (this sits between a development job
+    and its gate): unmerged paths are looked for once, before ``add`` (which would mark
+    them resolved; nothing can become unmerged after it), and ``commit`` itself tells
+    whether anything was staged (``_commit_or_empty``).
     """
-    if gitcmd.git(["ls-files", "--unmerged"], worktree).stdout.strip():
+    unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
+    if not unmerged:
+        return Committed("error", f"git ls-files --unmerged failed: {_explain(unmerged)}")
+    if unmerged.stdout.strip("\0"):
         return _refuse(worktree, commit_problems(worktree))
     add = gitcmd.git(["add", "-A", "--", *CHANGE_PATHSPEC], worktree)
     if not add:
         return Committed("error", f"git add failed: {_explain(add)}")
-    return commit_staged(worktree, message)
+    markers = _staged_markers(worktree)
+    if markers:
+        return _refuse(worktree, markers)
+    return _commit_or_empty(worktree, message)
 
 
 def commit_staged(worktree: Path, message: str) -> Committed:
@@ -186,12 +190,34 @@ def commit_staged(worktree: Path, message: str) -> Committed:
     problems = commit_problems(worktree)
     if problems:
         return _refuse(worktree, problems)
-    if gitcmd.git(["diff", "--cached", "--quiet"], worktree):
-        return Committed("empty", "nothing to commit")
+    return _commit_or_empty(worktree, message)
+
+
+def _staged_markers(worktree: Path) -> list[str]:
+    """The problem of staged lines that look like conflict markers, if any."""
+    check = gitcmd.git(["diff", "--cached", "--check", "--", *CHANGE_PATHSPEC], worktree)
+    markers = [
+        line.split(": leftover conflict marker")[0]
+        for line in check.stdout.splitlines()
+        if line.endswith("leftover conflict marker")
+    ]
+    if markers:
+        return [f"added lines look like conflict markers: {name_paths(markers)}"]
+    return []
+
+
+def _commit_or_empty(worktree: Path, message: str) -> Committed:
+    """``git commit`` what is staged; when it fails, whether that was for want of a change.
+
+    The commit is tried first: asking ``diff --cached --quiet`` beforehand would cost a
+    git call on every attempt that has a change, to save one on the rare attempt without.
+    """
     res = gitcmd.git([*_ORCH_COMMITTER, "commit", "--no-verify", "-q", "-m", message], worktree)
-    if not res:
-        return Committed("error", f"git commit failed: {_explain(res)}")
-    return Committed("committed", "committed")
+    if res:
+        return Committed("committed", "committed")
+    if not res.timed_out and gitcmd.git(["diff", "--cached", "--quiet"], worktree):
+        return Committed("empty", "nothing to commit")
+    return Committed("error", f"git commit failed: {_explain(res)}")
 
 
 def _refuse(worktree: Path, problems: list[str]) -> Committed:

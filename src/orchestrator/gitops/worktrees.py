@@ -87,18 +87,60 @@ def is_workspace(path: Path) -> bool:
     return git_dir.is_dir() and not git_dir.is_symlink()
 
 
-def sync_main(workspace: Path, repo_path: Path, main_branch: str) -> str | None:
+def sync_main(
+    workspace: Path, repo_path: Path, main_branch: str, *, sha: str | None = None
+) -> str | None:
     """Point the workspace's ``refs/heads/<main>`` at the user's main (objects are shared),
-    so ``main`` names the same commit in both; None, or why it could not."""
-    sha = gitcmd.rev_parse_branch(repo_path, main_branch)
+    so ``main`` names the same commit in both; None, or why it could not.
+
+    ``sha``: the user's main as the caller just read it. Every job starts here, so both
+    refs are read as files when git keeps them loose (``loose_ref``), and the write is
+    skipped when the workspace already records that main: no git call at all then.
+    """
+    ref = f"refs/heads/{main_branch}"
+    if sha is None:
+        sha = loose_ref(repo_path / ".git", ref) or gitcmd.rev_parse_branch(repo_path, main_branch)
     if sha is None:
         return f"cannot read {main_branch} in {repo_path}"
-    res = gitcmd.git(["update-ref", f"refs/heads/{main_branch}", sha], workspace)
+    if is_workspace(workspace) and loose_ref(workspace / ".git", ref) == sha:
+        return None
+    res = gitcmd.git(["update-ref", ref, sha], workspace)
     return None if res else f"cannot record {main_branch} in the workspace: {_explain(res)}"
 
 
+def loose_ref(git_dir: Path, ref: str) -> str | None:
+    """The object a loose ref file under ``git_dir`` names, read without git; None: ask git.
+
+    Exact when it answers: git reads a loose ref before any packed one, writes one by
+    renaming a whole file into place (a read sees the old value or the new), and deletes
+    it only after packing it. A branch (``refs/heads/``) holds a commit: git refuses to
+    write anything else there. Anything else is None and the caller asks git: a ref git
+    packed or keeps in another format (reftable), a symbolic ref, a ``.git`` that is a
+    file or a link (a ``git worktree``, whose refs live elsewhere), an odd name.
+    """
+    parts = ref.split("/")
+    if not ref.startswith("refs/heads/") or any(p in ("", ".", "..") for p in parts):
+        return None
+    if not git_dir.is_dir() or git_dir.is_symlink():
+        return None
+    try:
+        text = git_dir.joinpath(*parts).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    sha = text.strip()
+    if len(sha) not in (40, 64) or any(c not in "0123456789abcdef" for c in sha):
+        return None
+    return sha
+
+
 def _make_workspace(
-    repo_path: Path, path: Path, branch: str, start_sha: str, main_branch: str
+    repo_path: Path,
+    path: Path,
+    branch: str,
+    start_sha: str,
+    main_branch: str,
+    *,
+    main_sha: str | None = None,
 ) -> str | None:
     """Create the workspace at ``path`` on ``branch`` at ``start_sha``; None, or the error.
 
@@ -131,7 +173,7 @@ def _make_workspace(
         if not res:
             shutil.rmtree(staging, ignore_errors=True)
             return f"git {step[0]}: {_explain(res)}"
-    why = sync_main(staging, repo_path, main_branch)
+    why = sync_main(staging, repo_path, main_branch, sha=main_sha)
     if why is not None:
         shutil.rmtree(staging, ignore_errors=True)
         return why
@@ -144,8 +186,10 @@ def _drop_stale(repo_path: Path, path: Path) -> None:
     ``git worktree`` of the user's repository from an earlier release (its committed work
     is on the user's ``orch/<KEY>``, which the new workspace starts from)."""
     if path.exists() or path.is_symlink():
+        legacy = _is_legacy_worktree(path)
         _drop_worktree_dir(path)
-        gitcmd.git(["worktree", "prune"], repo_path)
+        if legacy:
+            gitcmd.git(["worktree", "prune"], repo_path)
 
 
 def ensure_worktree(
@@ -196,56 +240,93 @@ def _add_worktree(
     ref = f"refs/heads/{branch}"
     notes: list[str] = []
     start_sha = gitcmd.rev_parse(repo_path, f"{ref}^{{commit}}")
+    main_sha = None
     if start_sha is None:
         start, notes = _start_point(repo_path, main_branch, remote)
-        start_sha = gitcmd.rev_parse(repo_path, f"{start}^{{commit}}")
+        local = start == main_branch
+        start_sha = (
+            gitcmd.rev_parse_branch(repo_path, main_branch)
+            if local
+            else gitcmd.rev_parse(repo_path, f"{start}^{{commit}}")
+        )
         if start_sha is None:
             return WorktreeResult(None, created=False, error=f"cannot read {main_branch}")
+        # Local main, just read: the workspace records it as its main without reading it
+        # again (a start fetched from the remote is not necessarily local main).
+        main_sha = start_sha if local else None
         # The user's clone shows the task's branch from its first job on ("" as the old
         # value: only if no such branch exists yet).
         made = gitcmd.git(["update-ref", ref, start_sha, ""], repo_path)
         if not made:
             return WorktreeResult(None, False, f"cannot create {branch}: {_explain(made)}")
-    error = _make_workspace(repo_path, path, branch, start_sha, main_branch)
+    error = _make_workspace(repo_path, path, branch, start_sha, main_branch, main_sha=main_sha)
     if error is not None:
         return WorktreeResult(None, created=False, error=error)
     return WorktreeResult(path, created=True, notes=tuple(notes))
 
 
-def publish_branch(repo_path: Path, workspace: Path, key: str) -> tuple[bool, str]:
+def publish_branch(
+    repo_path: Path,
+    workspace: Path,
+    key: str,
+    *,
+    tip: str | None = None,
+    expect: str | None = None,
+) -> tuple[bool, str]:
     """Bring the user's ``orch/<KEY>`` to the workspace's branch tip; (published?, detail).
 
     The workspace is where the branch is made (the orchestrator commits and rebases there);
     the user's repository fetches the objects from it (no FETCH_HEAD is written, so fetches
     of two workers never race on it) and moves its ref by compare-and-swap from the value
     it read. Only ``git-upload-pack`` runs in the workspace, with every safe setting.
+
+    A development attempt adds commits on top of the branch: one fetch whose refspec names
+    the user's branch moves it, and git moves a ref that way only by a fast-forward from
+    the value it read (never forced: no ``+``). The merge gate, which rewrites the branch,
+    passes the ``tip`` it made; so does anyone for whom the fast-forward was refused (the
+    user's branch moved on, or is checked out): then the ref is read and moved by
+    ``update-ref <tip> <old>``. ``expect``: where the caller believes the user's branch is;
+    the compare-and-swap tries that value before reading the ref.
     """
     branch = branch_name(key)
     ref = f"refs/heads/{branch}"
-    tip = gitcmd.rev_parse(workspace, f"{ref}^{{commit}}")
     if tip is None:
-        return False, f"the workspace has no {branch}"
-    current = gitcmd.rev_parse(repo_path, ref)
+        forward = gitcmd.git([*_FETCH_FROM_WORKSPACE, str(workspace), f"{ref}:{ref}"], repo_path)
+        if forward:
+            return True, f"{branch} is published"
+        tip = gitcmd.rev_parse(workspace, f"{ref}^{{commit}}")
+        if tip is None:
+            return False, f"the workspace has no {branch}"
+    # A belief is only tried for a move: that the branch already is at the tip is read,
+    # never assumed (main's compare-and-swap needs the tip's objects in the user's clone).
+    guess = expect is not None and expect != tip
+    current = expect if guess else gitcmd.rev_parse(repo_path, ref)
     if current == tip:
         return True, f"{branch} is at {tip[:12]}"
-    fetched = gitcmd.git(
-        [
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-write-fetch-head",
-            gitcmd.UPLOAD_PACK,
-            str(workspace),
-            ref,
-        ],
-        repo_path,
-    )
+    fetched = gitcmd.git([*_FETCH_FROM_WORKSPACE, str(workspace), ref], repo_path)
     if not fetched:
         return False, f"cannot fetch {branch} from the workspace: {_git_message(fetched)}"
     moved = gitcmd.git(["update-ref", ref, tip, current or ""], repo_path)
+    if not moved and guess:
+        # Not where the caller believed: read it, and compare-and-swap from what it is.
+        current = gitcmd.rev_parse(repo_path, ref)
+        if current == tip:
+            return True, f"{branch} is at {tip[:12]}"
+        moved = gitcmd.git(["update-ref", ref, tip, current or ""], repo_path)
     if not moved:
         return False, f"cannot move {branch} in {repo_path}: {_git_message(moved)}"
     return True, f"{branch} is at {tip[:12]}"
+
+
+_FETCH_FROM_WORKSPACE = (
+    "fetch",
+    "--quiet",
+    "--no-tags",
+    "--no-write-fetch-head",
+    # A user's fetch.prune must not reach refs this fetch does not name.
+    "--no-prune",
+    gitcmd.UPLOAD_PACK,
+)
 
 
 def rebuild_from_main(
@@ -318,6 +399,17 @@ def rebuild_from_main(
     return WorktreeResult(path, created=True, notes=tuple(notes))
 
 
+def _is_legacy_worktree(path: Path) -> bool:
+    """Whether ``path`` is a ``git worktree`` of the user's repository (an earlier release's
+    workspace: a ``.git`` file naming the repository's admin entry for it).
+
+    Only removing one of those leaves git something to prune; a workspace of the current
+    kind is a folder of its own, and a task's first job pays no ``git worktree prune``.
+    """
+    git_file = path / ".git"
+    return git_file.is_file() and not git_file.is_symlink()
+
+
 def _drop_worktree_dir(path: Path) -> None:
     # A workspace is a folder of ours: deleting it is all removal takes. (A `git worktree`
     # of an earlier release is pruned after by `git worktree prune`, which needs none of
@@ -346,8 +438,10 @@ def remove_worktree(
     path = worktree_path(worktrees_root, repo_name, key)
     with repo_lock(repo_path):
         if path.exists():
+            legacy = _is_legacy_worktree(path)
             _drop_worktree_dir(path)
-        gitcmd.git(["worktree", "prune"], repo_path)
+            if legacy:
+                gitcmd.git(["worktree", "prune"], repo_path)
         if merged_into is None:
             return None
         cleanup = delete_merged_branch_locked(repo_path, merged_into, key)
@@ -414,13 +508,16 @@ def prune_orphan_worktrees(
     keep = set(live_keys)
     folder = worktrees_root / repo_name
     removed: list[str] = []
+    legacy = False
     with repo_lock(repo_path):
         if folder.is_dir():
             for entry in sorted(folder.iterdir()):
                 name = entry.name
                 if name in keep or not entry.is_dir() or not taskdir.valid_key(name):
                     continue
+                legacy = legacy or _is_legacy_worktree(entry)
                 _drop_worktree_dir(entry)
                 removed.append(name)
-        gitcmd.git(["worktree", "prune"], repo_path)
+        if legacy:
+            gitcmd.git(["worktree", "prune"], repo_path)
     return removed
