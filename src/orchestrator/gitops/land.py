@@ -207,14 +207,15 @@ def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> boo
         got.rewound = rewound
         got.stop("INFRA", "other")
         return True
-    head = gm.rev_parse(worktree, "HEAD")
-    if head is not None and _already_merged(worktree, head, base, key):
-        # A crash between moving main and the bookkeeping: recognise, never merge twice.
+    head, head_task = gm.head_and_task(worktree)
+    if head is not None and head_task == key and gm.is_ancestor(worktree, head, base):
+        # A crash between moving main and the bookkeeping: the branch tip is the gate's
+        # own commit for this task and main holds it. Recognise it, never merge twice.
         got.merged_sha, got.already = head, "already-merged"
         got.stop("MERGED", None, f"{branch} ({head[:12]}) is already on {main}: not merged again")
         return True
 
-    rebased = gm.rebase_onto(worktree, base)
+    rebased = gm.rebase_onto(worktree, base, head=head)
     if rebased.status == "conflict":
         listed = ", ".join(rebased.files)
         got.stop(
@@ -243,11 +244,15 @@ def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> boo
     candidate = got.candidate = commit.sha
     # The candidate is made in the task's workspace; main is moved in the user's
     # repository, which must hold its objects (and shows the branch as it will land).
-    published, detail = worktrees.publish_branch(req.repo_path, worktree, key)
+    # The user's branch is most likely still at the tip the rebase started from (each
+    # development job publishes it): the compare-and-swap tries that value first.
+    published, detail = worktrees.publish_branch(
+        req.repo_path, worktree, key, tip=candidate, expect=head
+    )
     if not published:
         got.stop("INFRA", "other", detail)
         return True
-    tree = got.tree = gm.tree_of(worktree, candidate)
+    tree = got.tree = commit.tree or gm.tree_of(worktree, candidate)
     if tree is None:
         got.stop("INFRA", "other", f"cannot read the tree of {candidate[:12]}")
         return True
@@ -318,10 +323,3 @@ def _rewound(worktree: Path, base: str, seen: str | None) -> Rewound | None:
     if descends:
         return None
     return Rewound(base, seen, proven=descends is False)
-
-
-def _already_merged(worktree: Path, head: str, main_sha: str, key: str) -> bool:
-    """The branch tip is the gate's own commit for this task and main already holds it."""
-    return gm.task_of_commit(worktree, head) == key and bool(
-        gm.is_ancestor(worktree, head, main_sha)
-    )

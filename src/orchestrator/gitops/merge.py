@@ -127,14 +127,27 @@ def commit_message(cwd: Path, commit: str) -> str | None:
 def task_of_commit(cwd: Path, commit: str) -> str | None:
     """The task key in ``commit``'s ``Orch-Task:`` trailer, when the merge gate made it."""
     message = commit_message(cwd, commit)
-    if message is None:
-        return None
+    return None if message is None else task_of_message(message)
+
+
+def task_of_message(message: str) -> str | None:
+    """The task key in a commit message's (last) ``Orch-Task:`` trailer, or None."""
     found = None
     for line in message.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip() == TASK_TRAILER:
             found = value.strip()
     return found
+
+
+def head_and_task(cwd: Path) -> tuple[str | None, str | None]:
+    """(HEAD's SHA, the task key of its ``Orch-Task:`` trailer) in one git call; (None,
+    None) when HEAD cannot be read."""
+    res = run_git(["log", "-1", "--format=%H%x00%B", "HEAD"], cwd)
+    sha, sep, message = res.stdout.partition("\0") if res else ("", "", "")
+    if not sep or not sha.strip():
+        return None, None
+    return sha.strip(), task_of_message(message)
 
 
 def is_clean(worktree: Path, *, untracked: bool = True) -> tuple[bool | None, str]:
@@ -225,11 +238,14 @@ class _Checkout:
 
 
 def _checkout_state(repo_path: Path, main: str) -> _Checkout:
-    head = run_git(["symbolic-ref", "--quiet", "HEAD"], repo_path)
-    if not head or head.stdout.strip() != f"refs/heads/{main}":
+    # Both in one call: "true"/"false", then the branch HEAD names ("HEAD" when detached).
+    found = run_git(
+        ["rev-parse", "--is-bare-repository", "--symbolic-full-name", "HEAD"], repo_path
+    )
+    bare, head = ([*found.stdout.split(), "", ""] if found else ["", ""])[:2]
+    if head != f"refs/heads/{main}":
         return _Checkout(False, False, f"{main} is not checked out in {repo_path}")
-    bare = run_git(["rev-parse", "--is-bare-repository"], repo_path)
-    if bare.stdout.strip() == "true":
+    if bare == "true":
         return _Checkout(False, False, f"{repo_path} is bare")
     # Tracked changes only: an untracked file is the user's and read-tree below refuses
     # to overwrite one anyway.
@@ -396,15 +412,29 @@ class RebaseResult:
     error_kind: FailureKind | None = None
 
 
+_REBASE_DIRS = ("rebase-merge", "rebase-apply")
+
+
 def _rebase_in_progress(worktree: Path) -> bool:
-    for name in ("rebase-merge", "rebase-apply"):
-        res = run_git(["rev-parse", "--git-path", name], worktree)
-        if res:
-            path = Path(res.stdout.strip())
-            if not path.is_absolute():
-                path = worktree / path
-            if path.exists():
-                return True
+    """Whether a rebase is stopped in ``worktree`` (git keeps its state in the git dir).
+
+    A task workspace's git dir is its own ``.git`` folder, looked at without git (the merge
+    gate asks this twice per run); anything else (a ``git worktree``, whose ``.git`` is a
+    file) asks ``git rev-parse --git-path``, for both names in one call.
+    """
+    git_dir = worktree / ".git"
+    if git_dir.is_dir() and not git_dir.is_symlink():
+        return any((git_dir / name).exists() for name in _REBASE_DIRS)
+    args = [arg for name in _REBASE_DIRS for arg in ("--git-path", name)]
+    res = run_git(["rev-parse", *args], worktree)
+    if not res:
+        return False
+    for line in res.stdout.splitlines():
+        path = Path(line.strip())
+        if not path.is_absolute():
+            path = worktree / path
+        if line.strip() and path.exists():
+            return True
     return False
 
 
@@ -415,10 +445,12 @@ def abort_rebase(worktree: Path) -> GitResult | None:
     return run_git(["rebase", "--abort"], worktree)
 
 
-def rebase_onto(worktree: Path, onto: str) -> RebaseResult:
-    """Rebase the worktree's branch onto ``onto``; a conflict is aborted and returned."""
+def rebase_onto(worktree: Path, onto: str, *, head: str | None = None) -> RebaseResult:
+    """Rebase the worktree's branch onto ``onto``; a conflict is aborted and returned.
+
+    ``head``: HEAD as the caller just read it (the merge gate has), not read again."""
     abort_rebase(worktree)  # a crash mid-rebase must not wedge every later attempt
-    head = rev_parse(worktree, "HEAD")
+    head = head or rev_parse(worktree, "HEAD")
     if head is None:
         return RebaseResult("error", detail=f"no HEAD in {worktree}", error_kind="other")
     on_top = is_ancestor(worktree, onto, head)

@@ -18,12 +18,9 @@ from orchestrator.gitops.merge import (
     ORCH_IDENTITY,
     TASK_TRAILER,
     cas_ref,
-    commits_between,
     explain,
-    rev_parse,
     run_git,
-    task_of_commit,
-    tree_of,
+    task_of_message,
 )
 
 
@@ -35,6 +32,7 @@ class CommitResult:
     sha: str | None = None
     detail: str = ""
     squashed: int = 0  # how many branch commits it stands for
+    tree: str | None = None  # the commit's tree (the branch tip's), when one was made
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,14 @@ def configured_user(repo_path: Path) -> Ident | None:
 
     Read explicitly: left to itself, git would make an address up from the host name.
     """
-    got = [run_git(["config", "--get", k], repo_path) for k in ("user.name", "user.email")]
-    values = [res.stdout.strip() if res else "" for res in got]
+    # One call for both; a key set more than once counts by its last value, as --get has.
+    # -z: "key\nvalue\0", so a value with a line break in it stays one value (and fails).
+    res = run_git(["config", "-z", "--get-regexp", r"^user\.(name|email)$"], repo_path)
+    found: dict[str, str] = {}
+    for entry in res.stdout.split("\0") if res else []:
+        name, _, value = entry.partition("\n")
+        found[name.lower()] = value.strip()
+    values = [found.get("user.name", ""), found.get("user.email", "")]
     if not all(values) or any(_UNSAFE_RE.search(v) or "<" in v or ">" in v for v in values):
         return None
     return Ident(values[0], values[1])
@@ -83,19 +87,46 @@ def _clean(text: str) -> str:
     return " ".join(_UNSAFE_RE.sub(" ", text).split())
 
 
-def _branch_authors(worktree: Path, base: str, head: str) -> list[tuple[Ident, str]] | None:
-    """(author, author date) of each commit in ``base..head``, oldest first."""
-    # NUL-separated (-z): a name is the agent's to choose, and may hold what splitlines
-    # would take for a line break.
+@dataclass(frozen=True)
+class _BranchCommit:
+    sha: str
+    tree: str
+    line: str  # "<abbreviated sha> <subject>", for the squashed commit's list
+    author: Ident
+    date: str  # the author date
+    message: str
+
+
+# One record per commit of the branch: everything the squash reads, in one `git log`.
+_FIELDS = ("%H", "%T", "%h %s", "%an", "%ae", "%aI", "%B")
+
+
+def _branch_commits(worktree: Path, base: str) -> list[_BranchCommit] | None:
+    """The commits of ``base..HEAD``, oldest first (HEAD last); None when git cannot say.
+
+    NUL-separated (-z, and %x00 between fields): a name is the agent's to choose, and may
+    hold what splitlines would take for a line break; git keeps NUL out of every field.
+    """
     res = run_git(
-        ["log", "-z", "--reverse", "--format=%an%x00%ae%x00%aI", f"{base}..{head}"], worktree
+        ["log", "-z", "--reverse", f"--format={'%x00'.join(_FIELDS)}", f"{base}..HEAD"],
+        worktree,
     )
-    fields = res.stdout.removesuffix("\0").split("\0") if res else []
-    if not fields or len(fields) % 3:
+    if not res:
+        return None
+    fields = res.stdout.removesuffix("\0").split("\0") if res.stdout else []
+    n = len(_FIELDS)
+    if len(fields) % n:
         return None
     return [
-        (Ident(_clean(fields[i]), _clean(fields[i + 1])), fields[i + 2].strip())
-        for i in range(0, len(fields), 3)
+        _BranchCommit(
+            sha=fields[i].strip(),
+            tree=fields[i + 1].strip(),
+            line=fields[i + 2],
+            author=Ident(_clean(fields[i + 3]), _clean(fields[i + 4])),
+            date=fields[i + 5].strip(),
+            message=fields[i + 6],
+        )
+        for i in range(0, len(fields), n)
     ]
 
 
@@ -133,14 +164,15 @@ def single_commit(
     else wrote the branch's commits (the agent) gets a ``Co-authored-by:`` trailer; the
     committer is the orchestrator, and ``Orch-Task: <key>`` is the last trailer.
     """
-    head = rev_parse(worktree, "HEAD")
-    commits = commits_between(worktree, base, "HEAD") if head else None
-    if head is None or commits is None:
+    commits = _branch_commits(worktree, base)
+    if commits is None:
         return CommitResult("error", detail=f"cannot list the commits of {branch} on {base[:12]}")
     if not commits:
         return CommitResult("empty", base, f"{branch} has no commit on top of {base[:12]}")
-    if len(commits) == 1 and task_of_commit(worktree, head) == key:
-        return CommitResult("ok", head, f"{head[:12]} is already the task's commit", 1)
+    tip = commits[-1]
+    head, tree = tip.sha, tip.tree
+    if len(commits) == 1 and task_of_message(tip.message) == key:
+        return CommitResult("ok", head, f"{head[:12]} is already the task's commit", 1, tree)
     main_author = None
     if author is not None:
         main_author = parse_ident(author)
@@ -150,19 +182,16 @@ def single_commit(
             return CommitResult("error", detail=why)
     elif user_repo is not None:
         main_author = configured_user(user_repo)
-    tree = tree_of(worktree, head)
-    log = run_git(["log", "--reverse", "--format=%h %s", f"{base}..{head}"], worktree)
-    authors = _branch_authors(worktree, base, head)
-    if tree is None or not log or not authors:
+    if not tree:
         return CommitResult("error", detail=f"cannot read the commits of {branch}")
-    first, first_date = authors[0]
+    first, first_date = commits[0].author, commits[0].date
     main_author = main_author or first
     if not (main_author.name and main_author.email):
         return CommitResult("error", detail=f"no author for the commit of {branch}")
     subject = " ".join(title.split())[:200] or "merge"
-    listed = "\n".join(f"- {_clean(line)}" for line in log.stdout.splitlines())
+    listed = "\n".join(f"- {_clean(c.line)}" for c in commits)
     trailers = "".join(
-        f"Co-authored-by: {who}\n" for who in _co_authors([a for a, _ in authors], main_author)
+        f"Co-authored-by: {who}\n" for who in _co_authors([c.author for c in commits], main_author)
     )
     message = (
         f"{key}: {subject}\n\nSquashed from {len(commits)} commit(s) of {branch}:\n"
@@ -183,4 +212,6 @@ def single_commit(
     moved = cas_ref(worktree, f"refs/heads/{branch}", sha, head)
     if moved.status != "ok":
         return CommitResult("error", detail=f"moving {branch} to its commit: {moved.detail}")
-    return CommitResult("ok", sha, f"{len(commits)} commit(s) made one: {sha[:12]}", len(commits))
+    return CommitResult(
+        "ok", sha, f"{len(commits)} commit(s) made one: {sha[:12]}", len(commits), tree
+    )

@@ -1,0 +1,266 @@
+"""How much git the hot paths run, and that the shortcuts behind the counts stay exact.
+
+Real git repositories. Git calls are counted by wrapping ``gitops.git.git`` (every git
+call of the orchestrator goes through that module attribute); counts, never timings. What
+is held: a development attempt's commit and its publication, a job's start on a workspace
+that records main already, the merge gate's landing of a branch whose tree needs no
+re-test, and a workspace's removal. Beside each count, the shortcut's exactness: an
+attempt with nothing to commit, a user's branch that moved on, a main that moved or whose
+refs git packed, a rebase a crash left stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from orchestrator.gitops import commits, land, worktrees
+from orchestrator.gitops import git as gitcmd
+from orchestrator.gitops.land import Candidate, Judgement, LandRequest
+
+try:
+    from merge_helpers import run_git
+except ImportError:  # imported as tests.integration.test_git_calls
+    from tests.integration.merge_helpers import run_git
+
+
+@contextmanager
+def counted() -> Iterator[list[tuple[str, ...]]]:
+    """Every git call made inside the block, as its argv after the safe settings."""
+    calls: list[tuple[str, ...]] = []
+    real = gitcmd.git
+
+    def wrapper(args: Sequence[str], cwd: Path, **kw: Any) -> gitcmd.GitResult:
+        calls.append(tuple(args))
+        return real(args, cwd, **kw)
+
+    gitcmd.git = wrapper  # type: ignore[assignment]
+    try:
+        yield calls
+    finally:
+        gitcmd.git = real  # type: ignore[assignment]
+
+
+def _subcommands(calls: list[tuple[str, ...]]) -> collections.Counter[str]:
+    out: collections.Counter[str] = collections.Counter()
+    for args in calls:
+        rest = list(args)
+        while rest and rest[0] == "-c":
+            rest = rest[2:]
+        out[rest[0] if rest else "?"] += 1
+    return out
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return run_git(cwd, *args).strip()
+
+
+def _workspace(repo: Path, root: Path, key: str = "DEMO-1") -> Path:
+    made = worktrees.ensure_worktree(repo, "main", root, "demo", key)
+    assert made.error is None, made.error
+    assert made.path is not None
+    return made.path
+
+
+# --------------------------------------------------------------------------- development
+
+
+def test_an_attempt_is_committed_and_published_in_five_git_calls(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("work\n")
+    with counted() as calls:
+        done = commits.commit_all(ws, "DEMO-1: work")
+        published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
+    assert done.status == "committed", done.detail
+    assert published, detail
+    # ls-files --unmerged, add, diff --cached --check, commit; one fetch that moves the
+    # user's branch by a fast-forward. (Before: ten.)
+    assert len(calls) <= 5, _subcommands(calls)
+    assert _git(repo, "rev-parse", "orch/DEMO-1") == _git(ws, "rev-parse", "HEAD")
+    assert _git(repo, "show", "orch/DEMO-1:feature.txt") == "work"
+
+
+def test_an_attempt_with_nothing_to_commit_is_empty_not_an_error(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    head = _git(ws, "rev-parse", "HEAD")
+    (ws / "__pycache__").mkdir()
+    (ws / "__pycache__" / "x.pyc").write_bytes(b"\0")  # a by-product: never committed
+    done = commits.commit_all(ws, "DEMO-1: nothing")
+    assert (done.status, done.detail) == ("empty", "nothing to commit")
+    assert _git(ws, "rev-parse", "HEAD") == head
+
+
+def test_conflict_markers_are_refused_and_undone(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    head = _git(ws, "rev-parse", "HEAD")
+    (ws / "calc.py").write_text("<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n")
+    done = commits.commit_all(ws, "DEMO-1: debris")
+    assert done.status == "refused"
+    assert "conflict markers: calc.py" in done.detail
+    assert _git(ws, "rev-parse", "HEAD") == head
+    assert not (ws / "calc.py").exists()
+
+
+def test_a_users_branch_that_moved_on_is_still_published(tmp_path: Path, make_repo: Any) -> None:
+    # The fast-forward is refused (the user's branch holds a commit the workspace has
+    # not): the branch is then read and moved by compare-and-swap, as it always was.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    _git(repo, "checkout", "-q", "-b", "side")
+    (repo / "side.txt").write_text("side\n")
+    _git(repo, "add", "side.txt")
+    _git(repo, "commit", "-qm", "side")
+    _git(repo, "checkout", "-q", "main")
+    _git(repo, "update-ref", "refs/heads/orch/DEMO-1", _git(repo, "rev-parse", "side"))
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
+    assert published, detail
+    assert _git(repo, "rev-parse", "orch/DEMO-1") == _git(ws, "rev-parse", "HEAD")
+
+
+# --------------------------------------------------------------------------- a job's start
+
+
+def test_a_job_on_a_workspace_that_records_main_runs_no_git(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    _workspace(repo, root)
+    with counted() as calls:
+        ws = _workspace(repo, root)
+    assert calls == []
+    # Main moved: the workspace records the new main (one write).
+    (repo / "more.txt").write_text("more\n")
+    _git(repo, "add", "more.txt")
+    _git(repo, "commit", "-qm", "more")
+    with counted() as calls:
+        _workspace(repo, root)
+    assert _subcommands(calls) == {"update-ref": 1}
+    assert _git(ws, "rev-parse", "main") == _git(repo, "rev-parse", "main")
+
+
+def test_packed_refs_are_read_by_git(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    ws = _workspace(repo, root)
+    (repo / "more.txt").write_text("more\n")
+    _git(repo, "add", "more.txt")
+    _git(repo, "commit", "-qm", "more")
+    _git(repo, "pack-refs", "--all")  # no loose ref left: git is asked
+    _git(ws, "pack-refs", "--all")
+    assert not (repo / ".git" / "refs" / "heads" / "main").exists()
+    assert worktrees.loose_ref(repo / ".git", "refs/heads/main") is None
+    _workspace(repo, root)
+    assert _git(ws, "rev-parse", "main") == _git(repo, "rev-parse", "main")
+
+
+def test_loose_ref_reads_only_plain_branch_files(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    git_dir = repo / ".git"
+    assert worktrees.loose_ref(git_dir, "refs/heads/main") == _git(repo, "rev-parse", "main")
+    for odd in ("HEAD", "refs/heads/../../HEAD", "refs/heads/", "refs/tags/v1"):
+        assert worktrees.loose_ref(git_dir, odd) is None, odd
+    _git(repo, "symbolic-ref", "refs/heads/alias", "refs/heads/main")
+    assert worktrees.loose_ref(git_dir, "refs/heads/alias") is None  # "ref: ..." is git's
+    assert worktrees.loose_ref(repo / "nowhere", "refs/heads/main") is None
+
+
+def test_a_first_job_and_a_removal_run_no_worktree_prune(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    with counted() as calls:
+        _workspace(repo, root, "DEMO-2")
+        worktrees.remove_worktree(repo, root, "demo", "DEMO-2")
+        worktrees.prune_orphan_worktrees(repo, root, "demo", [])
+    assert _subcommands(calls)["worktree"] == 0, calls
+    assert not (root / "demo" / "DEMO-2").exists()
+
+
+def test_removing_a_legacy_git_worktree_still_prunes_it(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    old = root / "demo" / "DEMO-3"
+    old.parent.mkdir(parents=True)
+    _git(repo, "worktree", "add", "-q", "-b", "orch/DEMO-3", str(old), "main")
+    assert worktrees.prune_orphan_worktrees(repo, root, "demo", []) == ["DEMO-3"]
+    assert len(_git(repo, "worktree", "list").splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- merge gate
+
+
+def _land(repo: Path, ws: Path, key: str = "DEMO-1") -> land.Landing:
+    def judge(candidate: Candidate) -> Judgement:
+        return Judgement(reasons=(f"judged {candidate.tree[:12]}",))
+
+    request = LandRequest(
+        repo_path=repo,
+        main="main",
+        remote=None,
+        worktree=ws,
+        key=key,
+        title="a task",
+        author=None,
+        main_seen=None,
+        max_rounds=3,
+    )
+    return land.land(request, judge)
+
+
+def test_landing_a_branch_takes_at_most_fifteen_git_calls(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    _git(repo, "config", "--add", "user.name", "Last Name Wins")
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    assert worktrees.publish_branch(repo, ws, "DEMO-1")[0]
+    tree = _git(ws, "rev-parse", "HEAD^{tree}")
+    with counted() as calls:
+        landing = _land(repo, ws)
+    assert landing.status == "MERGED", landing.reasons
+    # status, main, HEAD and its trailer, is-ancestor, the branch's log, the user's name,
+    # commit-tree, the branch's CAS, fetch + CAS of the user's branch, the checkout's
+    # state (2), main's CAS, the checkout's files. (Before: 28.)
+    assert len(calls) <= 15, _subcommands(calls)
+    main = _git(repo, "rev-parse", "main")
+    assert landing.merged_sha == main
+    assert landing.tree == tree == _git(repo, "rev-parse", "main^{tree}")
+    assert _git(repo, "rev-parse", "orch/DEMO-1") == main
+    assert _git(repo, "log", "-1", "--format=%an", "main") == "Last Name Wins"
+    assert _git(repo, "show", "main:feature.txt") == "work"
+    assert (repo / "feature.txt").read_text() == "work\n"  # the checkout followed
+    # Landed again (a crash before the bookkeeping): recognised, not merged twice.
+    again = _land(repo, ws)
+    assert (again.status, again.already) == ("MERGED", "already-merged")
+    assert _git(repo, "rev-parse", "main") == main
+
+
+def test_a_stopped_rebase_in_the_workspace_is_aborted_before_landing(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "README.md").write_text("branch\n")
+    assert commits.commit_all(ws, "DEMO-1: branch edit")
+    assert worktrees.publish_branch(repo, ws, "DEMO-1")[0]
+    tip = _git(ws, "rev-parse", "HEAD")
+    (repo / "README.md").write_text("main\n")
+    _git(repo, "commit", "-qam", "main edit")
+    worktrees.sync_main(ws, repo, "main")
+    # A crash left a conflicted rebase behind (git's own state folder in the workspace).
+    run_git(ws, "-c", "user.name=t", "-c", "user.email=t@t", "rebase", "main", check=False)
+    assert (ws / ".git" / "rebase-merge").exists()
+    landing = _land(repo, ws)
+    assert landing.status == "CONFLICT", landing.reasons
+    assert not (ws / ".git" / "rebase-merge").exists()
+    assert _git(ws, "rev-parse", "HEAD") == tip
