@@ -1,4 +1,9 @@
-"""What every command shares: settings, the engine, errors as one clear line, JSON output."""
+"""What every command shares: settings, the engine, errors as one clear line, JSON output.
+
+Every module of ``orchestrator.cli`` is imported to build ``orch --help``, so none of them
+imports SQLAlchemy, Alembic, the settings or the engine at module level: each command
+imports what it uses inside its own function.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from orchestrator import money
-from orchestrator.config import Settings, load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.errors import OrchestratorError, UsageError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from orchestrator.config import Settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -41,6 +49,8 @@ def set_home(home: Path | None) -> None:
 
 def settings() -> Settings:
     """The settings in force (environment, .env, then --home)."""
+    from orchestrator.config import load_settings
+
     home = _home_override["home"]
     return load_settings(home=home) if home is not None else load_settings()
 
@@ -88,8 +98,13 @@ def handled() -> Iterator[None]:
         fail(str(exc), EXIT_USAGE)
     except OrchestratorError as exc:
         fail(str(exc), EXIT_FAILURE)
-    except sa.exc.OperationalError as exc:
-        fail(f"database error: {exc.orig}", EXIT_FAILURE)
+    except Exception as exc:
+        # Only a command that imported SQLAlchemy can raise its errors: looked up, not
+        # imported, so that commands without a database never load it.
+        sa_exc = getattr(sys.modules.get("sqlalchemy"), "exc", None)
+        if sa_exc is not None and isinstance(exc, sa_exc.OperationalError):
+            fail(f"database error: {exc.orig}", EXIT_FAILURE)
+        raise
 
 
 def run(fn: Callable[[], T]) -> T:

@@ -13,7 +13,6 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli._common import ago, console, plain, print_json, run, settings
-from orchestrator.store import alert_rows, control, queries
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="text or json.")]
@@ -86,6 +85,7 @@ def worker_cmd(
 
 
 def _set_paused(paused: bool) -> None:
+    from orchestrator.store import control
     from orchestrator.store.bootstrap import open_engine
 
     def go() -> None:
@@ -115,6 +115,7 @@ def alerts_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """List open alerts (one per task and kind), newest first; --all adds resolved ones."""
+    from orchestrator.store import alert_rows, queries
     from orchestrator.store.bootstrap import open_engine
 
     def load() -> list[dict[str, Any]]:

@@ -11,9 +11,7 @@ from rich.text import Text
 
 from orchestrator import __version__, money
 from orchestrator.cli._common import ago, console, plain, print_json, run, settings, spent_of
-from orchestrator.config_docs import render_configuration_md, render_env_example
 from orchestrator.masking import masked_url
-from orchestrator.store import alert_rows, breakers, control, queries, spend
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 config_app = typer.Typer(help="Render configuration files from the settings.", no_args_is_help=True)
@@ -53,6 +51,7 @@ def init(as_json: JsonFlag = False) -> None:
 def status(as_json: JsonFlag = False) -> None:
     """Tasks by stage and state, repos, and whether claiming is paused."""
     from orchestrator.sandbox import sandbox_state
+    from orchestrator.store import alert_rows, breakers, control, queries, spend
     from orchestrator.store.bootstrap import open_engine
 
     def load() -> dict[str, Any]:
@@ -186,10 +185,14 @@ def db_upgrade(as_json: JsonFlag = False) -> None:
 @config_app.command("env-example")
 def env_example() -> None:
     """Print `.env.example`: every setting with its default."""
+    from orchestrator.config_docs import render_env_example
+
     typer.echo(render_env_example(), nl=False)
 
 
 @config_app.command("docs")
 def config_docs() -> None:
     """Print `docs/configuration.md`."""
+    from orchestrator.config_docs import render_configuration_md
+
     typer.echo(render_configuration_md(), nl=False)

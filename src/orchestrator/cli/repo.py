@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli._common import console, engine, plain, print_json, run
-from orchestrator.forge.settings import ForgeInput
-from orchestrator.repo_ops import RepoInput, add_repo, repo_view, require_repo, set_repo
-from orchestrator.store import queries
-from orchestrator.store.rows import RepoRow
+
+if TYPE_CHECKING:
+    from orchestrator.forge.settings import ForgeInput
+    from orchestrator.store.rows import RepoRow
 
 app = typer.Typer(help="Register and inspect managed repositories.", no_args_is_help=True)
 
@@ -136,6 +136,8 @@ def _forge_input(
     merge_method: str | None,
     intake_label: str | None,
 ) -> ForgeInput:
+    from orchestrator.forge.settings import ForgeInput
+
     return ForgeInput(
         forge=forge,
         repo=forge_repo,
@@ -210,6 +212,8 @@ def add(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Register a repository."""
+    from orchestrator.repo_ops import RepoInput, add_repo, repo_view
+
     spec = RepoInput(
         main_branch=main,
         remote=remote,
@@ -293,6 +297,8 @@ def set_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Change a registered repository (only the options given)."""
+    from orchestrator.repo_ops import RepoInput, repo_view, set_repo
+
     spec = RepoInput(
         main_branch=main,
         remote=remote,
@@ -332,6 +338,8 @@ def set_(
 @app.command("list")
 def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List registered repositories."""
+    from orchestrator.repo_ops import repo_view
+    from orchestrator.store import queries
 
     def load() -> list[RepoRow]:
         with engine().connect() as conn:
@@ -353,6 +361,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one repository's settings."""
+    from orchestrator.repo_ops import repo_view, require_repo
 
     def load() -> RepoRow:
         with engine().connect() as conn:

@@ -18,12 +18,14 @@ import socket
 import sys
 import threading
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orchestrator.cli._common import EXIT_FAILURE, EXIT_USAGE, fail, run, settings
-from orchestrator.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from orchestrator.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ def _settings(host: str | None, port: int | None) -> Settings:
     Going through ``load_settings`` again means ``--host 0.0.0.0`` meets the same invariant
     as ``ORCH_API_HOST=0.0.0.0``: beyond loopback only with ``ORCH_API_TOKEN`` set.
     """
+    from orchestrator.config import load_settings
+
     base = settings()
     overrides: dict[str, object] = {"home": base.home}
     if host is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Column, Table
@@ -23,20 +23,9 @@ from orchestrator.cli._common import (
     settings,
     spent_of,
 )
-from orchestrator.domain.stages import State, parse_stage
-from orchestrator.repo_ops import require_repo
-from orchestrator.store import dependencies, pulls, queries, spend
-from orchestrator.store import jobs as jobq
-from orchestrator.store.rows import TaskRow
-from orchestrator.task_ops import (
-    add_task,
-    approve_task,
-    cancel_task,
-    require_task,
-    retry_task,
-    task_waiting_on,
-    waiting_text,
-)
+
+if TYPE_CHECKING:
+    from orchestrator.store.rows import TaskRow
 
 app = typer.Typer(help="File, inspect and steer tasks.", no_args_is_help=True)
 
@@ -89,6 +78,8 @@ def add(
     as_json: JsonFlag = False,
 ) -> None:
     """File a task; prints its key."""
+    from orchestrator.task_ops import add_task
+
     if body is not None and body_file is not None:
         fail("give --body or --body-file, not both")
     # Repeatable and comma-separated alike; an empty piece is refused as no key.
@@ -120,6 +111,9 @@ def list_(
     as_json: JsonFlag = False,
 ) -> None:
     """List tasks, newest last."""
+    from orchestrator.domain.stages import State, parse_stage
+    from orchestrator.repo_ops import require_repo
+    from orchestrator.store import queries
 
     def load() -> list[dict[str, Any]]:
         if state is not None and state not in {s.value for s in State}:
@@ -160,6 +154,9 @@ def show(
     as_json: JsonFlag = False,
 ) -> None:
     """Show a task: stage, state, jobs, artifacts and history with reasons."""
+    from orchestrator.store import dependencies, pulls, queries, spend
+    from orchestrator.store import jobs as jobq
+    from orchestrator.task_ops import require_task, task_waiting_on, waiting_text
 
     def load() -> dict[str, Any]:
         st = settings()
@@ -349,6 +346,8 @@ def cancel(
     as_json: JsonFlag = False,
 ) -> None:
     """Cancel a task; a running job is killed."""
+    from orchestrator.task_ops import cancel_task
+
     t = run(lambda: cancel_task(engine(), key, reason=reason))
     if as_json:
         print_json({"key": t.key, "state": t.state, "stage": t.stage})
@@ -371,6 +370,7 @@ def retry(
     as_json: JsonFlag = False,
 ) -> None:
     """Retry a blocked or deferred task, optionally with a new patch or from a fresh main."""
+    from orchestrator.task_ops import retry_task
 
     def go() -> TaskRow:
         patch_bytes = read_input_file(patch, "--patch") if patch is not None else None
@@ -392,6 +392,7 @@ def approve(
     as_json: JsonFlag = False,
 ) -> None:
     """Complete a blocked stage by hand; the stage's gates still run."""
+    from orchestrator.task_ops import approve_task
 
     def go() -> TaskRow:
         data = read_input_file(artifact, "--artifact") if artifact is not None else None

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from orchestrator.config import Settings
 from orchestrator.store.db import PoolSizes, make_engine
-from orchestrator.store.migrate import upgrade
+from orchestrator.store.migrate import ensure_current
 
 __all__ = ["open_engine", "pool_sizes"]
 
@@ -18,9 +18,10 @@ def pool_sizes(settings: Settings) -> PoolSizes:
 
 
 def open_engine(settings: Settings, *, migrate: bool = True) -> sa.Engine:
-    """An engine on the configured database, upgraded to the newest schema."""
+    """An engine on the configured database, upgraded to the newest schema (a plain read of
+    its revision when it is there already: see ``migrate.ensure_current``)."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.effective_database_url, pool=pool_sizes(settings))
     if migrate:
-        upgrade(engine)
+        ensure_current(engine)
     return engine

@@ -1,0 +1,153 @@
+"""What `orch` imports: help without a database layer, a DB command without Alembic.
+
+Each command runs in a real child process, through ``orchestrator.cli.main`` as the `orch`
+script calls it; a small wrapper then reports which heavy packages ended up in
+``sys.modules``. Not a timing: an import that is not made costs nothing on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import orchestrator
+from orchestrator.store import make_engine, migrate
+
+SRC = Path(orchestrator.__file__).resolve().parents[1]
+
+# argv[1]: the command's arguments as JSON; argv[2]: where to write what was imported.
+WRAPPER = """
+import json, sys
+from orchestrator.cli import main
+args, report = json.loads(sys.argv[1]), sys.argv[2]
+sys.argv = ["orch", *args]
+code = 0
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+watched = ("sqlalchemy", "alembic")
+with open(report, "w") as f:
+    json.dump({"code": code, "imported": [m for m in watched if m in sys.modules]}, f)
+"""
+
+
+def orch_imports(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run `orch ARGS` in a child process on a home under ``tmp_path``: its exit code and
+    which of sqlalchemy and alembic it imported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))
+    report = tmp_path / "imported.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, json.dumps(list(args)), str(report)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert report.exists(), (args, proc.stdout, proc.stderr)
+    got: dict[str, Any] = json.loads(report.read_text())
+    assert got["code"] == 0, (args, proc.stdout, proc.stderr)
+    return got
+
+
+def test_help_imports_no_database_layer(tmp_path: Path) -> None:
+    for args in (["--help"], ["task", "--help"], ["--version"]):
+        assert orch_imports(tmp_path, *args)["imported"] == [], args
+
+
+def test_db_commands_on_a_current_database_do_not_import_alembic(tmp_path: Path) -> None:
+    # The first command finds no database: it must migrate, so it does need Alembic.
+    assert orch_imports(tmp_path, "init")["imported"] == ["sqlalchemy", "alembic"]
+    for args in (["status", "--json"], ["task", "list", "--json"], ["repo", "list"]):
+        assert orch_imports(tmp_path, *args)["imported"] == ["sqlalchemy"], args
+
+
+def test_a_database_behind_is_still_upgraded_by_a_command(tmp_path: Path) -> None:
+    orch_imports(tmp_path, "init")
+    eng = make_engine(f"sqlite:///{tmp_path / 'home' / 'orchestrator.db'}")
+    try:
+        migrate.downgrade(eng, "0001")
+        assert orch_imports(tmp_path, "status")["imported"] == ["sqlalchemy", "alembic"]
+        assert migrate.current_revision(eng) == migrate.head_revision()
+    finally:
+        eng.dispose()
+
+
+# ---- the check itself, on either backend ---------------------------------------------------
+
+
+def test_shipped_head_read_from_text_is_alembics_head() -> None:
+    # Holds the text reading to Alembic's: a migration written so that the plain reading
+    # would miss it must make this fail (or make shipped_head None: the slow, safe path).
+    assert migrate.shipped_head() == migrate.head_revision()
+
+
+def _script(folder: Path, rev: str, down: str) -> None:
+    (folder / f"{rev}_x.py").write_text(
+        f'revision: str = "{rev}"\ndown_revision: str | None = {down}\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("scripts", "head"),
+    [
+        ({"0001": "None", "0002": '"0001"', "0003": '"0002"'}, "0003"),
+        # Two heads: only Alembic can say what "head" means (it refuses).
+        ({"0001": "None", "0002": '"0001"', "0003": '"0001"'}, None),
+        # A merge names a tuple of parents: not read as text.
+        ({"0001": "None", "0002": '"0001"', "0003": '("0001", "0002")'}, None),
+        # A parent that no script defines.
+        ({"0002": '"0001"'}, None),
+        ({}, None),
+    ],
+)
+def test_shipped_head_falls_back_when_the_text_is_not_plain(
+    tmp_path: Path, scripts: dict[str, str], head: str | None
+) -> None:
+    for rev, down in scripts.items():
+        _script(tmp_path, rev, down)
+    assert migrate.shipped_head(tmp_path) == head
+
+
+def test_shipped_head_refuses_a_script_without_plain_revision_lines(tmp_path: Path) -> None:
+    _script(tmp_path, "0001", "None")
+    (tmp_path / "0002_odd.py").write_text('revision = REV = "0002"\ndown_revision = "0001"\n')
+    assert migrate.shipped_head(tmp_path) is None
+
+
+def test_ensure_current_upgrades_only_what_is_behind(db_url: str) -> None:
+    eng = make_engine(db_url)
+    try:
+        assert migrate.ensure_current(eng)  # empty: Alembic runs
+        assert migrate.is_current(eng)
+        assert not migrate.ensure_current(eng)  # current: one plain read
+        migrate.downgrade(eng, "0001")
+        assert migrate.ensure_current(eng)
+        assert migrate.is_current(eng)
+        with eng.connect() as conn:
+            assert migrate.database_revisions(conn) == [migrate.head_revision()]
+    finally:
+        eng.dispose()
+
+
+def test_ensure_current_hands_an_unknown_revision_to_alembic(db_url: str) -> None:
+    # A database from a newer orchestrator: not "current", and the upgrade refuses it
+    # rather than working on a schema it does not know.
+    eng = make_engine(db_url)
+    try:
+        migrate.upgrade(eng)
+        with eng.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+        with pytest.raises(Exception, match="9999"):
+            migrate.ensure_current(eng)
+    finally:
+        eng.dispose()
