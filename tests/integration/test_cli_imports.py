@@ -22,20 +22,21 @@ from orchestrator.store import make_engine, migrate
 
 SRC = Path(orchestrator.__file__).resolve().parents[1]
 
-# argv[1]: the command's arguments as JSON; argv[2]: where to write what was imported.
+# argv[1]: the command's arguments as JSON; argv[2]: where to write what was imported, at
+# exit (main() ends the process itself, after the atexit handlers).
 WRAPPER = """
-import json, sys
+import atexit, json, sys
 from orchestrator.cli import main
 args, report = json.loads(sys.argv[1]), sys.argv[2]
+
+def write_report():
+    watched = ("sqlalchemy", "alembic")
+    with open(report, "w") as f:
+        json.dump({"imported": [m for m in watched if m in sys.modules]}, f)
+
+atexit.register(write_report)
 sys.argv = ["orch", *args]
-code = 0
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code
-watched = ("sqlalchemy", "alembic")
-with open(report, "w") as f:
-    json.dump({"code": code, "imported": [m for m in watched if m in sys.modules]}, f)
+main()
 """
 
 
@@ -53,9 +54,8 @@ def orch_imports(tmp_path: Path, *args: str) -> dict[str, Any]:
         timeout=120,
         check=False,
     )
-    assert report.exists(), (args, proc.stdout, proc.stderr)
+    assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
     got: dict[str, Any] = json.loads(report.read_text())
-    assert got["code"] == 0, (args, proc.stdout, proc.stderr)
     return got
 
 
@@ -80,6 +80,39 @@ def test_a_database_behind_is_still_upgraded_by_a_command(tmp_path: Path) -> Non
         assert migrate.current_revision(eng) == migrate.head_revision()
     finally:
         eng.dispose()
+
+
+def test_main_exits_with_the_commands_code_after_the_atexit_handlers(tmp_path: Path) -> None:
+    # main() skips the interpreter's teardown of modules: exit codes, output and atexit
+    # handlers must be as before, on success, failure and usage errors alike.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))
+    marker = tmp_path / "atexit-ran"
+    code = (
+        "import atexit, pathlib, sys\n"
+        "from orchestrator.cli import main\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).touch)\n"
+        "sys.argv = ['orch', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    cases = [
+        (["--version"], 0, "orch "),
+        (["task", "show", "NOPE-1"], 2, "error: unknown task NOPE-1"),
+        (["--bogus"], 2, "error: No such option: --bogus"),
+    ]
+    for args, want, says in cases:
+        marker.unlink(missing_ok=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == want, (args, proc.stdout, proc.stderr)
+        assert says in proc.stdout + proc.stderr, (args, proc.stdout, proc.stderr)
+        assert marker.exists(), args
 
 
 # ---- the check itself, on either backend ---------------------------------------------------

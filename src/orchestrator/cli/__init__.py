@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -111,4 +114,33 @@ app.add_typer(misc.config_app, name="config")
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        _exit(exc.code)
+    _exit(0)
+
+
+def _exit(code: str | int | None) -> NoReturn:
+    """End the process as ``sys.exit(code)`` would, without tearing down every module.
+
+    Freeing what a command imported (SQLAlchemy, pydantic, typer) takes a third of a short
+    command's time, and nothing needs it once the exit steps that matter have run: the
+    atexit handlers (logging's flush, temporary folders) and the flush of stdout and stderr.
+    With any other thread alive the interpreter's own exit joins it as usual.
+    """
+    if threading.active_count() > 1:
+        sys.exit(code)
+    status = 0
+    if isinstance(code, int):
+        status = code
+    elif code is not None:  # sys.exit("message"): the message on stderr, status 1
+        sys.stderr.write(f"{code}\n")
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing left to tell it
+            status = status or 1
+    os._exit(status)
