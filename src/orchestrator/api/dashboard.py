@@ -28,11 +28,16 @@ from orchestrator.domain.stages import PIPELINE
 from orchestrator.store import board, queries
 from orchestrator.store.rows import TaskRow
 
-CARDS_PER_COLUMN = 50
-FINISHED_CARDS = 20
+# A page of the board: this many cards per column (``?limit=``), from ``?offset=`` on.
+CARDS_PER_COLUMN = 20
+MAX_CARDS_PER_COLUMN = 200
+ALERTS_SHOWN = 10
 POLL_S = 2
 NOSCRIPT_REFRESH_S = 5
 LOG_LINES = 120
+
+CardLimit = Annotated[int, Query(ge=1, le=MAX_CARDS_PER_COLUMN, description="Cards per column.")]
+CardOffset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Cards skipped per column.")]
 
 _HEADERS = {
     # Only our own files: no inline script, no third party, no framing.
@@ -154,8 +159,33 @@ def _cards(
     return cards
 
 
-def board_columns(conn: sa.Connection, now: float) -> list[Column]:
-    """A column per stage in use (live tasks), then the finished ones."""
+@dataclass(frozen=True)
+class BoardPage:
+    """Which cards the board shows: ``limit`` per column, from the ``offset``-th on."""
+
+    limit: int = CARDS_PER_COLUMN
+    offset: int = 0
+
+    def query(self, offset: int | None = None) -> str:
+        """The page's query string (``?limit=..&offset=..``); "" for the first default page."""
+        at = self.offset if offset is None else max(0, offset)
+        if at == 0 and self.limit == CARDS_PER_COLUMN:
+            return ""
+        return f"?limit={self.limit}&offset={at}"
+
+    @property
+    def prev(self) -> str | None:
+        """The previous page's query, or None on the first page."""
+        return None if self.offset == 0 else self.query(self.offset - self.limit)
+
+    def next(self, columns: Sequence[Column]) -> str | None:
+        """The next page's query, or None when no column has more cards."""
+        more = any(c.count > self.offset + self.limit for c in columns)
+        return self.query(self.offset + self.limit) if more else None
+
+
+def board_columns(conn: sa.Connection, now: float, page: BoardPage = BoardPage()) -> list[Column]:
+    """A column per stage in use (live tasks), then the finished ones; one page of each."""
     names = reads.repo_names(conn)
     counts = board.live_counts_by_stage(conn)
     in_use = board.stages_in_use(conn) | set(counts)
@@ -163,9 +193,10 @@ def board_columns(conn: sa.Connection, now: float) -> list[Column]:
     for stage in (s.value for s in PIPELINE):
         if in_use and stage not in in_use:
             continue
-        rows = board.live_tasks_at(conn, stage, CARDS_PER_COLUMN)
-        columns.append(Column(stage, int(counts.get(stage, 0)), _cards(conn, rows, names, now)))
-    done = board.finished_tasks(conn, FINISHED_CARDS)
+        count = int(counts.get(stage, 0))
+        rows = board.live_tasks_at(conn, stage, page.limit, page.offset) if count else []
+        columns.append(Column(stage, count, _cards(conn, rows, names, now)))
+    done = board.finished_tasks(conn, page.limit, page.offset)
     columns.append(Column("finished", board.finished_count(conn), _cards(conn, done, names, now)))
     return columns
 
@@ -217,25 +248,32 @@ def dashboard_router(api: Api) -> APIRouter:
         )
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
-    def board_ctx() -> dict[str, Any]:
+    def board_ctx(at: BoardPage) -> dict[str, Any]:
         now = time.time()
         totals = api.totals.get()
         with api.reader.connect() as conn:
+            columns = board_columns(conn, now, at)
             return {
-                "columns": board_columns(conn, now),
+                "columns": columns,
+                "page": at,
+                "next_page": at.next(columns),
                 "queue": reads.queue(conn, now=now, limit=20, totals=totals),
                 "spend": totals.value.spend,
-                "alerts": reads.list_alerts(conn, 10),
+                "alerts": reads.list_alerts(conn, ALERTS_SHOWN),
+                "open_alerts": reads.open_alert_count(conn),
                 "switches": reads.kill_switches(conn, api.settings),
+                "scheduler": reads.scheduler_state(
+                    conn, api.settings, scheduler=api.scheduler, now=now
+                ),
             }
 
     @router.get("/", response_class=HTMLResponse)
-    def board() -> HTMLResponse:
-        return page("board.html", **board_ctx())
+    def board(limit: CardLimit = CARDS_PER_COLUMN, offset: CardOffset = 0) -> HTMLResponse:
+        return page("board.html", **board_ctx(BoardPage(limit, offset)))
 
     @router.get("/ui/board", response_class=HTMLResponse)
-    def board_fragment() -> HTMLResponse:
-        return page("_board.html", **board_ctx())
+    def board_fragment(limit: CardLimit = CARDS_PER_COLUMN, offset: CardOffset = 0) -> HTMLResponse:
+        return page("_board.html", **board_ctx(BoardPage(limit, offset)))
 
     def task_ctx(key: str, job_id: int | None, *, log: bool = True) -> dict[str, Any] | None:
         if not taskdir.valid_key(key):

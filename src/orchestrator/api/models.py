@@ -5,7 +5,7 @@ Times are epoch seconds (floats), as in the database and in the CLI's ``--json``
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -142,6 +142,24 @@ class BackendOut(_Out):
     last_error: str | None
 
 
+class SchedulerStateOut(_Out):
+    """Whether jobs are being run, and why not (``store.reads.SchedulerState``)."""
+
+    state: Literal["running", "paused", "not-running"] = Field(
+        description="paused (by `paused_by`), else running or not-running."
+    )
+    paused_by: list[Literal["ORCH_PAUSED", "orch pause"]] = Field(
+        description="What pauses claiming: the setting ORCH_PAUSED, the database's switch "
+        "(`orch pause`, `POST /pause`), or both."
+    )
+    in_this_process: bool | None = Field(
+        description="Whether a scheduler runs in this server's process (false under "
+        "`orch serve --no-scheduler`)."
+    )
+    workers: int = Field(description="Workers with a heartbeat within a job lease, anywhere.")
+    text: str = Field(description="The same, as the dashboard says it.")
+
+
 class StatusOut(_Out):
     """The process, its settings (secrets masked) and the state of the work."""
 
@@ -150,6 +168,7 @@ class StatusOut(_Out):
     uptime_s: float
     now: float
     scheduler: bool = Field(description="Whether this process also runs a worker.")
+    scheduler_state: SchedulerStateOut
     settings: dict[str, SettingValue] = Field(description="Every setting; secrets masked.")
     kill_switches: KillSwitches
     repos: list[str]

@@ -34,7 +34,10 @@ from orchestrator.store import (
 )
 from orchestrator.store import jobs as jobq
 from orchestrator.store import reads as store_reads
-from orchestrator.store.reads import repo_names as repo_names  # the dashboard reads it here
+
+# The dashboard reads these here.
+from orchestrator.store.reads import open_alert_count as open_alert_count
+from orchestrator.store.reads import repo_names as repo_names
 from orchestrator.store.rows import TaskRow
 
 # ---- small conversions -------------------------------------------------------------------
@@ -83,6 +86,16 @@ def kill_switches(conn: sa.Connection, st: Settings) -> M.KillSwitches:
         merge_retest_skip_when_current_enabled=st.merge_retest_skip_when_current_enabled,
         **dict(zip(("sandbox", "sandbox_detail"), sandbox_state(st), strict=True)),
     )
+
+
+def scheduler_state(
+    conn: sa.Connection, st: Settings, *, scheduler: bool, now: float
+) -> M.SchedulerStateOut:
+    """The scheduler as this server sees it: ``scheduler``, one runs in this process."""
+    got = store_reads.scheduler_state(
+        conn, paused_by_setting=st.paused, in_this_process=scheduler, since=now - st.job_lease_s
+    )
+    return M.SchedulerStateOut(**asdict(got), text=got.text)
 
 
 def task_counts(conn: sa.Connection) -> M.TaskCounts:
@@ -181,6 +194,7 @@ def status(
         uptime_s=max(0.0, now - started_at),
         now=now,
         scheduler=scheduler,
+        scheduler_state=scheduler_state(conn, st, scheduler=scheduler, now=now),
         settings=masked_settings(st),
         kill_switches=kill_switches(conn, st),
         repos=sorted(repo_names(conn).values()),
@@ -287,12 +301,13 @@ def list_tasks(
     stage: str | None,
     limit: int,
     offset: int,
-) -> list[M.TaskOut]:
-    """Tasks matching every given filter, oldest first, one page."""
+) -> tuple[list[M.TaskOut], int]:
+    """Tasks matching every given filter, oldest first, one page; and how many match."""
     page = store_reads.task_page(
         conn, repo_id=repo_id, state=state, stage=stage, limit=limit, offset=offset
     )
-    return [M.TaskOut.model_validate(t) for t in page]
+    total = store_reads.task_count(conn, repo_id=repo_id, state=state, stage=stage)
+    return [M.TaskOut.model_validate(t) for t in page], total
 
 
 def task_detail(conn: sa.Connection, st: Settings, task: TaskRow) -> TM.TaskDetailOut:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -32,6 +32,7 @@ ACTOR = "api"
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
 MAX_TASKS_PAGE = 10_000
+DEFAULT_TASKS_PAGE = 100
 
 KeyPath = Annotated[str, PathParam(description="Task key, e.g. DEMO-7.", max_length=40)]
 
@@ -87,16 +88,19 @@ def json_router(api: Api) -> APIRouter:
         "/tasks", response_model=list[M.TaskOut], responses=responses(404, 422), tags=["tasks"]
     )
     def list_tasks(
+        request: Request,
+        response: Response,
         repo: Annotated[str | None, Query(max_length=64, description="Only this repo's.")] = None,
         state: Annotated[State | None, Query(description="Only tasks in this state.")] = None,
         stage: Annotated[Stage | None, Query(description="Only tasks at this stage.")] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_TASKS_PAGE)] = 1000,
+        limit: Annotated[int, Query(ge=1, le=MAX_TASKS_PAGE)] = DEFAULT_TASKS_PAGE,
         offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     ) -> list[M.TaskOut]:
-        """Tasks, oldest first, one page at a time."""
+        """Tasks, oldest first, one page at a time: ``X-Total-Count`` says how many match,
+        ``Link`` gives the ``next`` and ``prev`` pages' URLs (RFC 8288)."""
         with api.reader.connect() as conn:
             repo_id = repo_ops.require_repo(conn, repo).id if repo is not None else None
-            return reads.list_tasks(
+            page, total = reads.list_tasks(
                 conn,
                 repo_id=repo_id,
                 state=state.value if state is not None else None,
@@ -104,6 +108,17 @@ def json_router(api: Api) -> APIRouter:
                 limit=limit,
                 offset=offset,
             )
+        response.headers["X-Total-Count"] = str(total)
+        links = []
+        if offset + limit < total:
+            nxt = request.url.include_query_params(limit=limit, offset=offset + limit)
+            links.append(f'<{nxt}>; rel="next"')
+        if offset > 0:
+            prev = request.url.include_query_params(limit=limit, offset=max(0, offset - limit))
+            links.append(f'<{prev}>; rel="prev"')
+        if links:
+            response.headers["Link"] = ", ".join(links)
+        return page
 
     @router.post(
         "/tasks",

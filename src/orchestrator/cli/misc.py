@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Annotated, Any
 
@@ -51,7 +52,7 @@ def init(as_json: JsonFlag = False) -> None:
 def status(as_json: JsonFlag = False) -> None:
     """Tasks by stage and state, repos, and whether claiming is paused."""
     from orchestrator.sandbox import sandbox_state
-    from orchestrator.store import alert_rows, breakers, control, queries, spend
+    from orchestrator.store import breakers, control, queries, reads, spend
     from orchestrator.store.bootstrap import open_engine
 
     def load() -> dict[str, Any]:
@@ -59,7 +60,14 @@ def status(as_json: JsonFlag = False) -> None:
         with open_engine(st).connect() as conn:
             counts = queries.count_tasks_by(conn)
             repos = [r.name for r in queries.list_repos(conn)]
-            alerts = len(alert_rows.list_alerts(conn, limit=1000, open_only=True))
+            # The one definition of an open alert, as the dashboard and GET /status count.
+            alerts = reads.open_alert_count(conn)
+            sched = reads.scheduler_state(
+                conn,
+                paused_by_setting=st.paused,
+                in_this_process=None,
+                since=time.time() - st.job_lease_s,
+            )
             day = spend.day_spend(conn, since=time.time() - spend.DAY_S)
             top = spend.top_live_task_spend(conn)
             paused_in_db = control.is_paused(conn)
@@ -70,6 +78,8 @@ def status(as_json: JsonFlag = False) -> None:
             "database": masked_url(st.effective_database_url),
             # The setting or `orch pause`: either stops every claim.
             "paused": st.paused or paused_in_db,
+            # Whether any worker runs jobs (a heartbeat within a lease), and what pauses it.
+            "scheduler": {**dataclasses.asdict(sched), "text": sched.text},
             "repos": repos,
             "tasks": [
                 {"stage": stage, "state": state, "count": n}
@@ -102,9 +112,12 @@ def status(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(data)
         return
+    sched_text = data["scheduler"]["text"]
     console.print(
-        f"orchestrator {data['version']}  home {data['home']}  "
-        f"{'[red]PAUSED[/red]' if data['paused'] else 'running'}"
+        plain(f"orchestrator {data['version']}  home {data['home']}  {sched_text}"),
+        style="red" if data["scheduler"]["state"] != "running" else None,
+        highlight=False,
+        soft_wrap=True,
     )
     console.print(f"repos: {', '.join(data['repos']) or '-'}   alerts: {data['alerts']}")
     box = data["sandbox"]

@@ -56,13 +56,14 @@ def live_counts_by_stage(conn: sa.Connection) -> dict[str, int]:
     return {str(stage): int(n) for stage, n in conn.execute(stmt)}
 
 
-def live_tasks_at(conn: sa.Connection, stage: str, limit: int) -> list[TaskRow]:
-    """The live tasks at ``stage``, the most recently moved first."""
+def live_tasks_at(conn: sa.Connection, stage: str, limit: int, offset: int = 0) -> list[TaskRow]:
+    """The live tasks at ``stage``, the most recently moved first; one page."""
     stmt = (
         sa.select(tasks)
         .where(_T.stage == stage, _T.state.in_(LIVE_STATES))
         .order_by(_T.updated_at.desc(), _T.id.desc())
         .limit(limit)
+        .offset(offset)
     )
     return [TaskRow(**r._mapping) for r in conn.execute(stmt)]
 
@@ -73,12 +74,13 @@ def finished_count(conn: sa.Connection) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
-def finished_tasks(conn: sa.Connection, limit: int) -> list[TaskRow]:
-    """The tasks done or cancelled, the most recently finished first."""
+def finished_tasks(conn: sa.Connection, limit: int, offset: int = 0) -> list[TaskRow]:
+    """The tasks done or cancelled, the most recently finished first; one page."""
     stmt = (
         sa.select(tasks)
         .where(_T.state.in_(FINISHED_STATES))
         .order_by(_T.updated_at.desc(), _T.id.desc())
         .limit(limit)
+        .offset(offset)
     )
     return [TaskRow(**r._mapping) for r in conn.execute(stmt)]

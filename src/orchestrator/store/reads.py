@@ -14,8 +14,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from orchestrator.store import control
 from orchestrator.store.rows import TaskRow
-from orchestrator.store.schema import alerts, jobs, repos, tasks
+from orchestrator.store.schema import alerts, jobs, repos, tasks, workers
 
 _J = jobs.c
 _T = tasks.c
@@ -65,10 +66,75 @@ def task_keys(conn: sa.Connection, ids: Iterable[int]) -> dict[int, str]:
     return {int(i): str(k) for i, k in conn.execute(stmt)}
 
 
+def is_open_alert() -> sa.ColumnElement[bool]:
+    """SQL: the alert is open (raised and not resolved yet). The one definition every count
+    and list of open alerts uses: the dashboard's, ``GET /status``'s, ``orch status``'s."""
+    return _A.resolved_at.is_(None)
+
+
 def open_alert_count(conn: sa.Connection) -> int:
     """Alerts raised and not resolved yet."""
-    stmt = sa.select(sa.func.count()).select_from(alerts).where(_A.resolved_at.is_(None))
+    stmt = sa.select(sa.func.count()).select_from(alerts).where(is_open_alert())
     return int(conn.execute(stmt).scalar_one())
+
+
+# ---- the scheduler -----------------------------------------------------------------------
+
+# What pauses claiming, as ``paused_by`` names it.
+PAUSED_BY_SETTING = "ORCH_PAUSED"
+PAUSED_BY_SWITCH = "orch pause"
+
+
+@dataclass(frozen=True)
+class SchedulerState:
+    """Whether jobs are being run, and why not.
+
+    ``state``: ``paused`` (by ``paused_by``: the setting, the database's switch, or both),
+    else ``running`` or ``not-running``. ``in_this_process``: a scheduler runs in the
+    process that asks (True), the process serves without one (False, ``orch serve
+    --no-scheduler``), or the asker is no server (None: the CLI, which reads the workers'
+    heartbeats instead). ``workers``: workers with a heartbeat within a job lease.
+    """
+
+    state: str
+    paused_by: list[str]
+    in_this_process: bool | None
+    workers: int
+
+    @property
+    def text(self) -> str:
+        """One line a person reads: ``running in this process``, ``PAUSED by ...``."""
+        n = f"{self.workers} worker{'' if self.workers == 1 else 's'} with a heartbeat"
+        if self.in_this_process is True:
+            here = "running in this process"
+        elif self.in_this_process is False:
+            here = "not running in this process (orch serve --no-scheduler)"
+            here += f"; {n} elsewhere" if self.workers else ""
+        else:
+            here = f"running ({n})" if self.workers else "not running (no worker heartbeat)"
+        if self.state != "paused":
+            return here
+        by = " and ".join(f"`{p}`" if p == PAUSED_BY_SWITCH else p for p in self.paused_by)
+        return f"PAUSED by {by}: no new jobs are claimed; scheduler {here}"
+
+
+def scheduler_state(
+    conn: sa.Connection,
+    *,
+    paused_by_setting: bool,
+    in_this_process: bool | None,
+    since: float,
+) -> SchedulerState:
+    """The scheduler as the dashboard, ``GET /status`` and ``orch status`` tell it;
+    ``since``: a heartbeat at or after it is a live worker's (now minus a job lease)."""
+    paused_by = [PAUSED_BY_SETTING] if paused_by_setting else []
+    if control.is_paused(conn):
+        paused_by.append(PAUSED_BY_SWITCH)
+    live = sa.select(sa.func.count()).select_from(workers).where(workers.c.heartbeat_at >= since)
+    n = int(conn.execute(live).scalar_one())
+    runs = in_this_process if in_this_process is not None else n > 0
+    state = "paused" if paused_by else "running" if runs else "not-running"
+    return SchedulerState(state, paused_by, in_this_process, n)
 
 
 # ---- tasks and alerts --------------------------------------------------------------------
@@ -76,6 +142,19 @@ def open_alert_count(conn: sa.Connection) -> int:
 
 def _repo_name() -> sa.ColumnElement[str]:
     return sa.func.coalesce(repos.c.name, UNKNOWN_REPO).label("repo")
+
+
+def _task_filter(
+    repo_id: int | None, state: str | None, stage: str | None
+) -> list[sa.ColumnElement[bool]]:
+    where = []
+    if repo_id is not None:
+        where.append(_T.repo_id == repo_id)
+    if state is not None:
+        where.append(_T.state == state)
+    if stage is not None:
+        where.append(_T.stage == stage)
+    return where
 
 
 def task_page(
@@ -91,17 +170,20 @@ def task_page(
     stmt = (
         sa.select(tasks, _repo_name())
         .select_from(tasks.outerjoin(repos, repos.c.id == _T.repo_id))
+        .where(*_task_filter(repo_id, state, stage))
         .order_by(_T.id)
         .limit(limit)
         .offset(offset)
     )
-    if repo_id is not None:
-        stmt = stmt.where(_T.repo_id == repo_id)
-    if state is not None:
-        stmt = stmt.where(_T.state == state)
-    if stage is not None:
-        stmt = stmt.where(_T.stage == stage)
     return [TaskWithRepo(**r._mapping) for r in conn.execute(stmt)]
+
+
+def task_count(
+    conn: sa.Connection, *, repo_id: int | None, state: str | None, stage: str | None
+) -> int:
+    """How many tasks match every given filter (``task_page``'s total)."""
+    stmt = sa.select(sa.func.count()).select_from(tasks).where(*_task_filter(repo_id, state, stage))
+    return int(conn.execute(stmt).scalar_one())
 
 
 def alerts_with_task(conn: sa.Connection, limit: int, *, open_only: bool) -> Rows:
@@ -126,7 +208,7 @@ def alerts_with_task(conn: sa.Connection, limit: int, *, open_only: bool) -> Row
         .limit(limit)
     )
     if open_only:
-        stmt = stmt.where(_A.resolved_at.is_(None))
+        stmt = stmt.where(is_open_alert())
     return conn.execute(stmt).all()
 
 
