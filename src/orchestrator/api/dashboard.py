@@ -250,15 +250,15 @@ def dashboard_router(api: Api) -> APIRouter:
 
     def board_ctx(at: BoardPage) -> dict[str, Any]:
         now = time.time()
-        totals = api.totals.get()
+        st = api.settings
         with api.reader.connect() as conn:
             columns = board_columns(conn, now, at)
             return {
                 "columns": columns,
                 "page": at,
                 "next_page": at.next(columns),
-                "queue": reads.queue(conn, now=now, limit=20, totals=totals),
-                "spend": totals.value.spend,
+                "queue": reads.queue(conn, st, now=now, limit=20, totals=api.totals),
+                "spend": reads.llm_spend(conn, st, now, api.totals),
                 "alerts": reads.list_alerts(conn, ALERTS_SHOWN),
                 "open_alerts": reads.open_alert_count(conn),
                 "switches": reads.kill_switches(conn, api.settings),

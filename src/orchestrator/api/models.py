@@ -93,7 +93,7 @@ class TaskSpendOut(_Out):
 class LlmSpend(_Out):
     """What LLM jobs cost: the sum of ``jobs.cost_usd`` (0 when none reported any)."""
 
-    as_of: float = Field(description="When it was summed (refreshed every few seconds).")
+    as_of: float = Field(description="When it was summed: at this request.")
     total_usd: float
     last_24h_usd: float = Field(
         description="Jobs that finished in the last 24 hours: what the day budget counts."
@@ -316,7 +316,7 @@ class QueueOut(_Out):
     now: float
     limit: int
     counters_as_of: float = Field(
-        description="When the runner and merge counters were computed (every few seconds)."
+        description="When the runner and merge counters were read: at this request."
     )
     queued: QueuedSection
     running: RunningSection

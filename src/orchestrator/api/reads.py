@@ -9,14 +9,14 @@ pydantic's ``from_attributes``. Lists that can grow with the history are bounded
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import sqlalchemy as sa
 
 from orchestrator import __version__, money, task_ops, taskdir
 from orchestrator.api import models as M
 from orchestrator.api import task_models as TM
-from orchestrator.api.snapshot import Snapshot
+from orchestrator.api.totals import Totals
 from orchestrator.config import Settings
 from orchestrator.engine.worker import SERIAL_HOLD_STAGES
 from orchestrator.masking import masked_setting, masked_url
@@ -27,7 +27,6 @@ from orchestrator.store import (
     control,
     counters,
     dependencies,
-    merges,
     pulls,
     queries,
     spend,
@@ -114,11 +113,10 @@ def task_counts(conn: sa.Connection) -> M.TaskCounts:
     )
 
 
-def llm_spend(conn: sa.Connection, st: Settings, now: float) -> M.LlmSpend:
+def llm_spend(conn: sa.Connection, st: Settings, now: float, totals: Totals) -> M.LlmSpend:
     """The sum of ``jobs.cost_usd`` and tokens, the last 24 hours' as the day budget counts
     it, the budgets, and the live tasks that spent most; no reported cost counts as 0."""
-    total = spend.total_spend(conn)
-    day = spend.day_spend(conn, since=now - spend.DAY_S)
+    total, day, top = totals.spend(conn, now)
     return M.LlmSpend(
         as_of=now,
         total_usd=total.cost_usd,
@@ -130,7 +128,7 @@ def llm_spend(conn: sa.Connection, st: Settings, now: float) -> M.LlmSpend:
         tokens_in=total.tokens_in,
         tokens_out=total.tokens_out,
         jobs_with_cost=total.jobs_with_cost,
-        top_tasks=[task_spend_out(t) for t in spend.top_live_task_spend(conn)],
+        top_tasks=[task_spend_out(t) for t in top],
     )
 
 
@@ -162,22 +160,6 @@ def backends(conn: sa.Connection) -> list[M.BackendOut]:
     return [M.BackendOut(**b.view()) for b in breakers.list_backends(conn)]
 
 
-@dataclass(frozen=True)
-class Aggregates:
-    """What adds up the whole history: served from a snapshot (see ``api.snapshot``)."""
-
-    runners: dict[str, M.RunnerCounters]
-    merge_gate: dict[str, int]
-    spend: M.LlmSpend
-
-
-def aggregates(conn: sa.Connection, st: Settings, now: float) -> Aggregates:
-    """The runner and merge counters and the LLM spend, computed now."""
-    return Aggregates(
-        runner_counters(conn, st), merges.merge_counters(conn), llm_spend(conn, st, now)
-    )
-
-
 def status(
     conn: sa.Connection,
     st: Settings,
@@ -185,7 +167,7 @@ def status(
     started_at: float,
     scheduler: bool,
     now: float,
-    totals: Aggregates,
+    totals: Totals,
 ) -> M.StatusOut:
     """Everything ``GET /status`` shows."""
     return M.StatusOut(
@@ -199,7 +181,7 @@ def status(
         kill_switches=kill_switches(conn, st),
         repos=sorted(repo_names(conn).values()),
         tasks=task_counts(conn),
-        llm_spend=totals.spend,
+        llm_spend=llm_spend(conn, st, now, totals),
         backends=backends(conn),
         workers=workers(conn, st, now),
         serial_gate=serial_gate(conn),
@@ -243,9 +225,10 @@ def blocked_section(conn: sa.Connection, limit: int, count: int) -> M.BlockedSec
     return M.BlockedSection(count=count, items=items)
 
 
-def runner_counters(conn: sa.Connection, st: Settings) -> dict[str, M.RunnerCounters]:
+def runner_counters(
+    st: Settings, tallies: dict[str, counters.RunnerTally]
+) -> dict[str, M.RunnerCounters]:
     """The test-runner's and the staging-runner's jobs, each part counted as its own."""
-    tallies = counters.runner_counters(conn, (TEST_RUNNER, STAGING_RUNNER))
     switches = {
         TEST_RUNNER: (st.test_runner_enabled, st.test_runner_repos),
         STAGING_RUNNER: (st.staging_runner_enabled, st.staging_runner_repos),
@@ -270,15 +253,16 @@ def runner_counters(conn: sa.Connection, st: Settings) -> dict[str, M.RunnerCoun
 
 
 def queue(
-    conn: sa.Connection, *, now: float, limit: int, totals: Snapshot[Aggregates]
+    conn: sa.Connection, st: Settings, *, now: float, limit: int, totals: Totals
 ) -> M.QueueOut:
     """Everything ``GET /queue`` shows: live lists, and the counters of ``totals``."""
-    runners = totals.value.runners
+    got = totals.counters(conn, now)
+    runners = runner_counters(st, got.runners)
     counts = store_reads.queue_counts(conn)
     return M.QueueOut(
         now=now,
         limit=limit,
-        counters_as_of=totals.as_of,
+        counters_as_of=got.as_of,
         queued=queued_section(conn, now, limit, counts["queued"]),
         running=running_section(conn, now, limit, counts["running"]),
         deferred=deferred_section(conn, limit, counts["deferred"]),
@@ -286,7 +270,7 @@ def queue(
         serial_gate=serial_gate(conn),
         test_runner=runners[TEST_RUNNER],
         staging_runner=runners[STAGING_RUNNER],
-        merge_gate=totals.value.merge_gate,
+        merge_gate=got.merge_gate,
     )
 
 

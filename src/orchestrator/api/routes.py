@@ -69,7 +69,7 @@ def json_router(api: Api) -> APIRouter:
                 started_at=api.started_at,
                 scheduler=api.scheduler,
                 now=time.time(),
-                totals=api.totals.get().value,
+                totals=api.totals,
             )
         return json_response(out)
 
@@ -81,7 +81,7 @@ def json_router(api: Api) -> APIRouter:
     ) -> Response:
         """Queued, running, deferred and blocked work; serial gates; runner and merge counters."""
         with api.reader.connect() as conn:
-            out = reads.queue(conn, now=time.time(), limit=limit, totals=api.totals.get())
+            out = reads.queue(conn, st, now=time.time(), limit=limit, totals=api.totals)
         return json_response(out)
 
     @router.get(

@@ -16,10 +16,9 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator import taskdir
-from orchestrator.api import reads
 from orchestrator.api.errors import ApiError
-from orchestrator.api.snapshot import Refreshing
 from orchestrator.api.token import ApiToken
+from orchestrator.api.totals import Totals
 from orchestrator.config import Settings
 from orchestrator.store import queries, reader
 from orchestrator.store.rows import JobRow, TaskRow
@@ -60,13 +59,10 @@ class Api:
         self.scheduler = scheduler
         self.wake = wake or (lambda: None)
         self.started_at = time.time()
-        self.totals = Refreshing(self._aggregates)
+        # The history's counters and spend, kept current without rescanning it.
+        self.totals = Totals()
         # Set at shutdown: open log streams end instead of holding the server up.
         self.stopping = threading.Event()
-
-    def _aggregates(self) -> reads.Aggregates:
-        with self.reader.connect() as conn:
-            return reads.aggregates(conn, self.settings, time.time())
 
     def mutation_dependencies(self) -> list[Any]:
         """What every mutation declares: the bearer scheme, unless the server runs without

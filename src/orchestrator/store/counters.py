@@ -71,9 +71,19 @@ class RunnerTally:
     llm_fallback: Tally = field(default_factory=Tally)
 
 
-def runner_counters(conn: sa.Connection, names: Sequence[str]) -> dict[str, RunnerTally]:
-    """The counters of the runners ``names``, each present even with no jobs."""
+def runner_counters(
+    conn: sa.Connection,
+    names: Sequence[str],
+    jobs_where: sa.ColumnElement[bool] | None = None,
+) -> dict[str, RunnerTally]:
+    """The counters of the runners ``names``, each present even with no jobs.
+
+    ``jobs_where`` counts only the jobs it holds for: the counters add up over disjoint
+    sets of jobs (a job's defer transitions are written with its end), which is how the API
+    keeps them current without rescanning the history (``api/totals.py``).
+    """
     j = jobs.c
+    only = sa.true() if jobs_where is None else jobs_where
     skipped = reason_starts(j.reasons, SKIPPED_MARK)
     # One class per job, its tests in order: SQL stops at the first that holds, so the
     # reasons are read only for finished jobs, and the merge gate looked for only on a FAIL.
@@ -89,7 +99,7 @@ def runner_counters(conn: sa.Connection, names: Sequence[str]) -> dict[str, Runn
     ).label("part")
     stmt = (
         sa.select(j.agent, j.state, j.outcome, j.verdict, part, sa.func.count())
-        .where(j.agent.in_(list(names)))
+        .where(j.agent.in_(list(names)), only)
         .group_by(j.agent, j.state, j.outcome, j.verdict, part)
     )
     out = {name: RunnerTally() for name in names}
@@ -121,6 +131,7 @@ def runner_counters(conn: sa.Connection, names: Sequence[str]) -> dict[str, Runn
         .where(
             t.kind == "defer",
             j.agent.in_(list(names)),
+            only,
             # A tool error of the job's own process; a gate's infra trouble is the gate's.
             j.outcome != "completed",
             sa.not_(reason_starts(j.reasons, FALLBACK_MARK)),

@@ -217,8 +217,18 @@ def merge_gate_ran(
     return sa.or_(job_id.in_(recorded), reason_starts(reasons, f"{MERGE_CHECK_NAME}: "))
 
 
-def merge_counters(conn: sa.Connection) -> dict[str, int]:
+def merge_counters(
+    conn: sa.Connection,
+    *,
+    results_where: sa.ColumnElement[bool] | None = None,
+    transitions_where: sa.ColumnElement[bool] | None = None,
+) -> dict[str, int]:
     """The merge gate's counters, derived from the database (ready for ``/queue``).
+
+    ``results_where`` and ``transitions_where`` count only the merge results and the
+    transitions they hold for (both tables only grow: the API adds the new rows to what it
+    counted before instead of rescanning them, ``api/totals.py``); ``alerts`` is always
+    counted whole (its rows change).
 
     - ``merged``, ``conflicts``, ``red``, ``infra``: results by status;
     - ``timeouts``, ``lock_busy``: results by classification (INFRA results);
@@ -233,33 +243,37 @@ def merge_counters(conn: sa.Connection) -> dict[str, int]:
       is not counted.
     """
     m = merge_results.c
+    new = sa.true() if results_where is None else results_where
     by_status = dict(
-        conn.execute(sa.select(m.status, sa.func.count()).group_by(m.status)).tuples().all()
+        conn.execute(sa.select(m.status, sa.func.count()).where(new).group_by(m.status))
+        .tuples()
+        .all()
     )
     by_class = dict(
         conn.execute(
             sa.select(m.classification, sa.func.count())
-            .where(m.classification.is_not(None))
+            .where(new, m.classification.is_not(None))
             .group_by(m.classification)
         )
         .tuples()
         .all()
     )
     by_retest = dict(
-        conn.execute(sa.select(m.retest, sa.func.count()).group_by(m.retest)).tuples().all()
+        conn.execute(sa.select(m.retest, sa.func.count()).where(new).group_by(m.retest))
+        .tuples()
+        .all()
     )
     t = transitions.c
     requeues = conn.execute(
         sa.select(sa.func.count())
         .select_from(transitions)
-        .where(t.kind == "defer", merge_gate_ran(t.job_id, t.reasons))
-    ).scalar_one()
-    alert_count = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(alerts.c.occurrences), 0)).where(
-            alerts.c.kind == INFRA_BUDGET_ALERT,
-            reason_starts(alerts.c.reasons, f"{MERGE_CHECK_NAME}: "),
+        .where(
+            sa.true() if transitions_where is None else transitions_where,
+            t.kind == "defer",
+            merge_gate_ran(t.job_id, t.reasons),
         )
     ).scalar_one()
+    alert_count = merge_gate_alerts(conn)
     return {
         "merged": int(by_status.get("MERGED", 0)),
         "conflicts": int(by_status.get("CONFLICT", 0)),
@@ -272,6 +286,15 @@ def merge_counters(conn: sa.Connection) -> dict[str, int]:
         "infra_retries": int(requeues),
         "alerts": int(alert_count),
     }
+
+
+def merge_gate_alerts(conn: sa.Connection) -> int:
+    """``merge_counters``' ``alerts``: occurrences of the merge gate's budget alerts."""
+    stmt = sa.select(sa.func.coalesce(sa.func.sum(alerts.c.occurrences), 0)).where(
+        alerts.c.kind == INFRA_BUDGET_ALERT,
+        reason_starts(alerts.c.reasons, f"{MERGE_CHECK_NAME}: "),
+    )
+    return int(conn.execute(stmt).scalar_one())
 
 
 def record_main_seen(conn: sa.Connection, *, repo_id: int, sha: str) -> None:

@@ -16,7 +16,15 @@ import sqlalchemy as sa
 
 from orchestrator.store import control
 from orchestrator.store.rows import TaskRow
-from orchestrator.store.schema import alerts, jobs, repos, tasks, workers
+from orchestrator.store.schema import (
+    alerts,
+    jobs,
+    merge_results,
+    repos,
+    tasks,
+    transitions,
+    workers,
+)
 
 _J = jobs.c
 _T = tasks.c
@@ -348,3 +356,99 @@ def blocked_tasks(conn: sa.Connection, limit: int) -> Rows:
         .limit(limit)
     )
     return conn.execute(stmt).all()
+
+
+# ---- what the API's running totals read (api/totals.py) ----------------------------------
+
+# Job states whose rows still change; a finished job's counted columns never do.
+UNFINISHED_JOB_STATES = ("queued", "running")
+
+
+def job_marks(conn: sa.Connection, after_id: int) -> Rows:
+    """``(id, created_at, state, agent)`` of the jobs with an id above ``after_id``, by id."""
+    stmt = (
+        sa.select(_J.id, _J.created_at, _J.state, _J.agent).where(_J.id > after_id).order_by(_J.id)
+    )
+    return conn.execute(stmt).all()
+
+
+def unfinished_job_ids(conn: sa.Connection, upto_id: int | None = None) -> set[int]:
+    """The ids of the jobs queued or running (up to ``upto_id``): read from the state
+    index alone."""
+    stmt = sa.select(_J.id).where(_J.state.in_(UNFINISHED_JOB_STATES))
+    if upto_id is not None:
+        stmt = stmt.where(_J.id <= upto_id)
+    return set(conn.execute(stmt).scalars().all())
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Where the growing tables end now, and how many jobs up to an id are unfinished."""
+
+    jobs: int
+    merge_results: int
+    transitions: int
+    unfinished: int
+
+
+def marks(conn: sa.Connection, upto_id: int) -> Marks:
+    """The newest id of jobs, merge results and transitions (0: none), and how many jobs
+    up to ``upto_id`` are queued or running: one statement, each part read by an index."""
+
+    def newest(table: sa.Table) -> sa.ScalarSelect[Any]:
+        return sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0)).scalar_subquery()
+
+    unfinished = (
+        sa.select(sa.func.count())
+        .select_from(jobs)
+        .where(_J.state.in_(UNFINISHED_JOB_STATES), _J.id <= upto_id)
+        .scalar_subquery()
+    )
+    row = conn.execute(
+        sa.select(newest(jobs), newest(merge_results), newest(transitions), unfinished)
+    ).one()
+    return Marks(*(int(v) for v in row))
+
+
+def unfinished_job_count(conn: sa.Connection, upto_id: int) -> int:
+    """How many jobs are queued or running up to ``upto_id`` (the state index alone)."""
+    stmt = (
+        sa.select(sa.func.count())
+        .select_from(jobs)
+        .where(_J.state.in_(UNFINISHED_JOB_STATES), _J.id <= upto_id)
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def running_job_ids(conn: sa.Connection, upto_id: int) -> set[int]:
+    """The ids of the jobs running, up to ``upto_id`` (the state index alone)."""
+    stmt = sa.select(_J.id).where(_J.state == "running", _J.id <= upto_id)
+    return set(conn.execute(stmt).scalars().all())
+
+
+def row_marks(conn: sa.Connection, table: sa.Table, after_id: int) -> Rows:
+    """``(id, at)`` of a growing table's rows (transitions, merge results) past ``after_id``."""
+    stmt = sa.select(table.c.id, table.c.at).where(table.c.id > after_id).order_by(table.c.id)
+    return conn.execute(stmt).all()
+
+
+def cost_rows(conn: sa.Connection, where: sa.ColumnElement[bool]) -> Rows:
+    """``(task_id, finished_at, cost_usd, tokens_in, tokens_out)`` of the jobs matching
+    ``where`` that reported a cost (what ``store.spend`` sums)."""
+    stmt = sa.select(
+        _J.task_id,
+        _J.finished_at,
+        _J.cost_usd,
+        sa.func.coalesce(_J.tokens_in, 0),
+        sa.func.coalesce(_J.tokens_out, 0),
+    ).where(where, _J.cost_usd.is_not(None))
+    return conn.execute(stmt).all()
+
+
+def task_key_states(conn: sa.Connection, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    """Task id → (key, state), for the given ids only."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    stmt = sa.select(_T.id, _T.key, _T.state).where(_T.id.in_(wanted))
+    return {int(i): (str(k), str(s)) for i, k, s in conn.execute(stmt)}

@@ -220,6 +220,7 @@ transitions = sa.Table(
     time_column("at"),
     sa.CheckConstraint(in_check("kind", TRANSITION_KINDS), name="kind"),
     sa.Index(None, "task_id"),
+    sa.Index(None, "job_id"),
 )
 
 alerts = sa.Table(
@@ -351,6 +352,7 @@ merge_results = sa.Table(
     sa.CheckConstraint(in_check("classification", MERGE_CLASSIFICATIONS), name="classification"),
     sa.CheckConstraint(in_check("retest", MERGE_RETESTS), name="retest"),
     sa.Index(None, "task_id"),
+    sa.Index(None, "job_id"),
 )
 
 # ---- pull requests (a repo that lands by pull request) -----------------------------------
