@@ -26,7 +26,7 @@ from orchestrator.api.state import Api
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import PIPELINE
 from orchestrator.store import board, queries
-from orchestrator.store.rows import TaskRow
+from orchestrator.store.rows import JobRow, TaskRow
 
 # A page of the board: this many cards per column (``?limit=``), from ``?offset=`` on.
 CARDS_PER_COLUMN = 20
@@ -132,9 +132,8 @@ class Column:
 
 
 def _cards(
-    conn: sa.Connection, rows: list[TaskRow], names: dict[int, str], now: float
+    rows: list[TaskRow], latest: dict[int, JobRow], names: dict[int, str], now: float
 ) -> list[Card]:
-    latest = board.latest_jobs(conn, [t.id for t in rows])
     cards = []
     for t in rows:
         job = latest.get(t.id)
@@ -189,16 +188,19 @@ def board_columns(conn: sa.Connection, now: float, page: BoardPage = BoardPage()
     names = reads.repo_names(conn)
     counts = board.live_counts_by_stage(conn)
     in_use = board.stages_in_use(conn) | set(counts)
-    columns = []
+    shown: list[tuple[str, int, list[TaskRow]]] = []
     for stage in (s.value for s in PIPELINE):
         if in_use and stage not in in_use:
             continue
         count = int(counts.get(stage, 0))
         rows = board.live_tasks_at(conn, stage, page.limit, page.offset) if count else []
-        columns.append(Column(stage, count, _cards(conn, rows, names, now)))
-    done = board.finished_tasks(conn, page.limit, page.offset)
-    columns.append(Column("finished", board.finished_count(conn), _cards(conn, done, names, now)))
-    return columns
+        shown.append((stage, count, rows))
+    finished = board.finished_count(conn)
+    done = board.finished_tasks(conn, page.limit, page.offset) if finished else []
+    shown.append(("finished", finished, done))
+    # Every card's newest job in one statement.
+    latest = board.latest_jobs(conn, [t.id for _name, _n, rows in shown for t in rows])
+    return [Column(name, n, _cards(rows, latest, names, now)) for name, n, rows in shown]
 
 
 @dataclass(frozen=True)
