@@ -19,7 +19,7 @@ from orchestrator.api.totals import COMMIT_MARGIN_S, FOLD_EVERY_S, RUNNERS, Tota
 from orchestrator.config import load_settings
 from orchestrator.store import counters, merges, queries, spend
 from orchestrator.store import reads as store_reads
-from orchestrator.store.spend import DAY_S, Spend
+from orchestrator.store.spend import DAY_S, TOP_TASKS, Spend
 
 STAGES = ["development", "testing", "deploy-staging"]
 
@@ -171,3 +171,26 @@ def test_no_row_younger_than_the_commit_margin_is_folded() -> None:
     assert safe_after([(5, old), (6, old), (7, young)], 4, now - COMMIT_MARGIN_S) == 6
     assert safe_after([(5, young)], 4, now - COMMIT_MARGIN_S) == 4
     assert safe_after([], 4, now - COMMIT_MARGIN_S) == 4
+
+
+def test_the_live_ranking_walks_past_many_finished_tasks(
+    engine: sa.Engine, db_url: str, make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The tasks that spent most are done: the ranking reads past them, batch after batch.
+    settings = load_settings(home=tmp_path / "home", database_url=db_url)
+    repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES))
+    rows = Rows(engine, settings)
+    t0 = time.time()
+    for i in range(45):  # 38 done ahead of the live ones: past the first batches
+        task = rows.task(f"t{i}")
+        rows.job(task, "claude", t0, cost_usd=1.0 + i, tokens_in=i, tokens_out=1)
+        if i >= 7:
+            rows.end_task(task)
+    totals = Totals()
+    now = t0 + COMMIT_MARGIN_S + 10
+    with engine.connect() as conn:
+        served, full = _served(totals, conn, now), _full(conn, now)
+    assert served == full
+    assert [key for key, _state, _spend in served[4]] == [f"DEMO-{n}" for n in (7, 6, 5)][
+        :TOP_TASKS
+    ]

@@ -46,8 +46,9 @@ FOLD_EVERY_S = 2.0
 # Longer than any transaction that writes a job, a transition or a merge result. SQLite
 # needs none: its one writer at a time commits ids in order.
 COMMIT_MARGIN_S = 30.0
-# Live tasks looked up per round trip when ranking them by spend.
-_RANK_BATCH = 200
+# Tasks looked up in the first round trip when ranking the live ones by spend (each next
+# round trip looks up four times as many).
+_RANK_BATCH = 32
 _J = jobs.c
 _ZERO = Spend(0.0, 0, 0, 0)
 
@@ -371,8 +372,10 @@ class Totals:
             return _add_spend(old, new.cost_usd, new.tokens_in, new.tokens_out, new.jobs_with_cost)
 
         found: dict[int, tuple[str, str]] = {}
-        for start in range(0, len(f.ranked), _RANK_BATCH):
-            batch = [i for i in f.ranked[start : start + _RANK_BATCH] if i not in fresh]
+        start, size = 0, _RANK_BATCH
+        while start < len(f.ranked):
+            batch = [i for i in f.ranked[start : start + size] if i not in fresh]
+            start, size = start + size, size * 4
             states = store_reads.task_key_states(conn, batch)
             for i in batch:
                 if i in states and states[i][1] not in ("done", "cancelled"):
