@@ -27,7 +27,7 @@ import bisect
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -236,12 +236,19 @@ def safe_after(marks: Sequence[Any], after: int, cut: float) -> int:
 def fold(conn: sa.Connection, old: Folded, now: float) -> Folded:
     """``old`` with the rows since moved in (see the module's docstring)."""
     cut = now - (COMMIT_MARGIN_S if conn.dialect.name != "sqlite" else 0.0)
-    marks = store_reads.job_marks(conn, old.job_after)
+    ends = store_reads.marks(conn, old.job_after)
+    new_jobs = ends.jobs > old.job_after
+    new_rows = ends.merge_results > old.results_after or ends.transitions > old.transitions_after
+    # As many unfinished as pending: none of the pending jobs has finished (see unfolded).
+    none_done = ends.unfinished == len(old.pending)
+    if not (new_jobs or new_rows) and none_done:
+        return replace(old, at=now)
+    marks = store_reads.job_marks(conn, old.job_after) if new_jobs else []
     job_after = safe_after(marks, old.job_after, cut)
     unfinished_new = {
         int(m.id): str(m.agent) for m in marks if m.id <= job_after and m.state != "finished"
     }
-    still = store_reads.unfinished_job_ids(conn, old.job_after)
+    still = set(old.pending) if none_done else store_reads.unfinished_job_ids(conn, old.job_after)
     # Finished jobs only, each by id: a job that finished after ``marks`` (or ``still``)
     # was read waits in ``pending`` for the next fold, so nothing is counted twice.
     moved = Unfolded([])
@@ -268,6 +275,19 @@ def fold(conn: sa.Connection, old: Folded, now: float) -> Folded:
     pending = {i: a for i, a in old.pending.items() if i in still}
     pending.update(unfinished_new)
 
+    if not new_rows:
+        return replace(
+            old,
+            at=now,
+            job_after=job_after,
+            pending=pending,
+            pending_runners={n: sum(1 for a in pending.values() if a == n) for n in RUNNERS},
+            runners=runners,
+            spend=spend,
+            by_task=by_task,
+            ranked=ranked,
+            day=old.day.plus(day_rows, keep_after=now - DAY_S - COMMIT_MARGIN_S),
+        )
     r_marks = store_reads.row_marks(conn, merge_results, old.results_after)
     results_after = safe_after(r_marks, old.results_after, cut)
     t_marks = store_reads.row_marks(conn, transitions, old.transitions_after)
