@@ -7,7 +7,14 @@ Database (one suite, either backend):
   ``postgresql://postgres@127.0.0.1:5432/test``, as CI does), a uniquely named PostgreSQL
   database is created on that server for the test (``CREATE DATABASE`` through an AUTOCOMMIT
   connection to the URL's own database) and dropped ``WITH (FORCE)`` afterwards.
-- ``engine``: an engine on ``db_url`` with every migration applied.
+- ``migrated_db_url``: a fresh database already at the newest migration, copied from a
+  template the session migrates once (Alembic per test cost ~64 ms): SQLite copies the
+  template's file (closed, WAL checkpointed); PostgreSQL runs ``CREATE DATABASE ... TEMPLATE
+  orch_tmpl_<hash>_<session>``, the hash taken over the migration scripts, the template
+  dropped at the session's end. Tests of the migrations themselves take ``db_url`` and run
+  Alembic for real.
+- ``engine``: an engine on ``migrated_db_url``. A test that needs the URL of the engine's
+  database too takes ``migrated_db_url`` beside it (``db_url`` would be another, empty one).
 
 Git:
 
@@ -19,8 +26,11 @@ Git:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import shutil
+import sqlite3
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +40,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.store import make_engine, normalize_url, upgrade
+from orchestrator.store.migrate import MIGRATIONS_DIR
 
 TEST_DATABASE_ENV = "ORCH_TEST_DATABASE_URL"
 
@@ -43,21 +54,88 @@ os.environ[SANDBOX_RO_ENV] = str(TESTS_DIR)
 MakeRepo = Callable[..., Path]
 
 
-@pytest.fixture
-def db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh empty database: SQLite in a temp dir, or PostgreSQL per ORCH_TEST_DATABASE_URL."""
+def _server_url() -> sa.URL | None:
     server_url = os.environ.get(TEST_DATABASE_ENV, "").strip()
-    if not server_url:
-        # Its own directory, not tmp_path: a test may turn tmp_path into a git repo or a
-        # state home, and the database file (and its -wal, -shm) must not land in either.
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'orchestrator.db'}"
+    return normalize_url(server_url) if server_url else None
+
+
+def _admin(base: sa.URL) -> sa.Engine:
+    # CREATE / DROP DATABASE cannot run inside a transaction: AUTOCOMMIT, on the URL's own DB.
+    return sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+
+
+def migrations_digest() -> str:
+    """A hash of the migration scripts: a changed or added migration names a new template."""
+    digest = hashlib.sha256()
+    for path in sorted(MIGRATIONS_DIR.rglob("*.py")):
+        digest.update(path.relative_to(MIGRATIONS_DIR).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def make_sqlite_template(path: Path) -> Path:
+    """Migrate a new SQLite file at ``path`` to head and leave it closed and whole."""
+    eng = make_engine(f"sqlite:///{path}")
+    try:
+        upgrade(eng)
+    finally:
+        eng.dispose()
+    # Everything into the main file and the -wal emptied (outside a transaction, which the
+    # engine's connections always open): a copy of the main file alone is the whole database.
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _db_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The migrated template of the session: a SQLite file path or a PostgreSQL DB name."""
+    base = _server_url()
+    if base is None:
+        yield str(make_sqlite_template(tmp_path_factory.mktemp("db-template") / "template.db"))
         return
-    base = normalize_url(server_url)
-    name = f"orch_test_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    # The session's own template: two sessions on one server (CI's, a developer's) must not
+    # drop or connect to each other's while one copies it.
+    name = f"orch_tmpl_{migrations_digest()}_{uuid.uuid4().hex[:8]}"
+    admin = _admin(base)
     try:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        eng = make_engine(base.set(database=name))
+        try:
+            upgrade(eng)
+        finally:
+            # CREATE DATABASE ... TEMPLATE refuses a source with any connection open.
+            eng.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _fresh_db(tmp_path_factory: pytest.TempPathFactory, template: str | None) -> Iterator[str]:
+    base = _server_url()
+    if base is None:
+        # Its own directory, not tmp_path: a test may turn tmp_path into a git repo or a
+        # state home, and the database file (and its -wal, -shm) must not land in either.
+        path = tmp_path_factory.mktemp("db") / "orchestrator.db"
+        if template is not None:
+            shutil.copyfile(template, path)
+        yield f"sqlite:///{path}"
+        return
+    name = f"orch_test_{uuid.uuid4().hex[:16]}"
+    admin = _admin(base)
+    try:
+        with admin.connect() as conn:
+            source = f' TEMPLATE "{template}"' if template is not None else ""
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"{source}')
         yield base.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
@@ -66,10 +144,21 @@ def db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    """An engine on ``db_url``, upgraded to the newest migration."""
-    eng = make_engine(db_url)
-    upgrade(eng)
+def db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh empty database: SQLite in a temp dir, or PostgreSQL per ORCH_TEST_DATABASE_URL."""
+    yield from _fresh_db(tmp_path_factory, None)
+
+
+@pytest.fixture
+def migrated_db_url(tmp_path_factory: pytest.TempPathFactory, _db_template: str) -> Iterator[str]:
+    """A fresh database at the newest migration, copied from the session's template."""
+    yield from _fresh_db(tmp_path_factory, _db_template)
+
+
+@pytest.fixture
+def engine(migrated_db_url: str) -> Iterator[sa.Engine]:
+    """An engine on ``migrated_db_url``: a fresh database at the newest migration."""
+    eng = make_engine(migrated_db_url)
     try:
         yield eng
     finally:
@@ -113,3 +202,21 @@ def make_repo(tmp_path: Path) -> MakeRepo:
         return repo
 
     return _make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that would get two databases where it means one.
+
+    ``engine`` sits on ``migrated_db_url``; a test that also takes ``db_url`` (directly or
+    through a fixture) gets a second, empty database, which is never what it means.
+    """
+    del config
+    both = [
+        item.nodeid
+        for item in items
+        if {"db_url", "migrated_db_url"} <= set(getattr(item, "fixturenames", ()))
+    ]
+    if both:
+        listed = "\n  ".join(both)
+        msg = f"these tests take both db_url and migrated_db_url (or engine):\n  {listed}"
+        raise pytest.UsageError(msg)

@@ -30,12 +30,14 @@ CHECKS = ",".join(
 
 @pytest.mark.timeout(300)
 def test_no_server_errors_and_the_schema_holds(
-    tmp_path: Path, db_url: str, make_repo: Callable[..., Path]
+    tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]
 ) -> None:
-    fake = FakeRepo(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}), plan={})
+    fake = FakeRepo(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}), plan={})
     # No scheduler: the fuzzer's tasks stay where they are filed. A token, so the schema
     # declares the bearer scheme and the fuzzer sends it.
-    server = Server(tmp_path, base_env(fake.home, db_url, ORCH_API_TOKEN=TOKEN), scheduler=False)
+    server = Server(
+        tmp_path, base_env(fake.home, migrated_db_url, ORCH_API_TOKEN=TOKEN), scheduler=False
+    )
     try:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         made = server.client.post("/tasks", json={"repo": "demo", "title": "seed"}, headers=auth)

@@ -32,8 +32,10 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
-def fake(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[FakeRepo]:
-    repo = FakeRepo(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}), plan={})
+def fake(
+    tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]
+) -> Iterator[FakeRepo]:
+    repo = FakeRepo(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}), plan={})
     yield repo
     repo.close()
 
@@ -57,14 +59,16 @@ def task_of(server: Server, key: str) -> dict[str, Any]:
     return data
 
 
-def test_every_endpoint_with_the_scheduler(tmp_path: Path, db_url: str, fake: FakeRepo) -> None:
+def test_every_endpoint_with_the_scheduler(
+    tmp_path: Path, migrated_db_url: str, fake: FakeRepo
+) -> None:
     fake.set_plan(
         {
             "DEMO-1:development:*": {"hold": True},
             "DEMO-3:development:*": {"verdict": "FAIL"},
         }
     )
-    server = Server(tmp_path, base_env(fake.home, db_url, ORCH_DEVELOPER_RETRY_BUDGET="0"))
+    server = Server(tmp_path, base_env(fake.home, migrated_db_url, ORCH_DEVELOPER_RETRY_BUDGET="0"))
     try:
         c = server.client
         assert c.get("/health").json() == {"status": "ok", "database": "ok"}
@@ -183,8 +187,10 @@ def test_every_endpoint_with_the_scheduler(tmp_path: Path, db_url: str, fake: Fa
     assert fake.query("SELECT id FROM workers") == []
 
 
-def test_auth_on_a_real_server(tmp_path: Path, db_url: str, fake: FakeRepo) -> None:
-    server = Server(tmp_path, base_env(fake.home, db_url, ORCH_API_TOKEN=TOKEN), scheduler=False)
+def test_auth_on_a_real_server(tmp_path: Path, migrated_db_url: str, fake: FakeRepo) -> None:
+    server = Server(
+        tmp_path, base_env(fake.home, migrated_db_url, ORCH_API_TOKEN=TOKEN), scheduler=False
+    )
     try:
         c = server.client
         r = c.post("/tasks", json={"repo": "demo", "title": "no token"})
@@ -208,9 +214,9 @@ def test_auth_on_a_real_server(tmp_path: Path, db_url: str, fake: FakeRepo) -> N
 
 
 def test_auth_on_by_default_with_the_token_file(
-    tmp_path: Path, db_url: str, fake: FakeRepo
+    tmp_path: Path, migrated_db_url: str, fake: FakeRepo
 ) -> None:
-    server = Server(tmp_path, base_env(fake.home, db_url), scheduler=False)
+    server = Server(tmp_path, base_env(fake.home, migrated_db_url), scheduler=False)
     try:
         # Server's client sends the file's token, as a user's script would.
         r = server.client.post("/tasks", json={"repo": "demo", "title": "with the file's"})
@@ -224,10 +230,13 @@ def test_auth_on_by_default_with_the_token_file(
 
 
 def test_auth_off_a_real_server_takes_mutations(
-    tmp_path: Path, db_url: str, fake: FakeRepo
+    tmp_path: Path, migrated_db_url: str, fake: FakeRepo
 ) -> None:
     server = Server(
-        tmp_path, base_env(fake.home, db_url), scheduler=False, args=("--insecure-no-token",)
+        tmp_path,
+        base_env(fake.home, migrated_db_url),
+        scheduler=False,
+        args=("--insecure-no-token",),
     )
     try:
         r = server.client.post("/tasks", json={"repo": "demo", "title": "open"})
@@ -263,8 +272,10 @@ def test_refuses_to_bind_beyond_loopback_without_a_token(
     assert "set api_token" in proc.stderr
 
 
-def test_a_busy_port_is_one_clear_error(tmp_path: Path, db_url: str, fake: FakeRepo) -> None:
-    server = Server(tmp_path, base_env(fake.home, db_url), scheduler=False)
+def test_a_busy_port_is_one_clear_error(
+    tmp_path: Path, migrated_db_url: str, fake: FakeRepo
+) -> None:
+    server = Server(tmp_path, base_env(fake.home, migrated_db_url), scheduler=False)
     try:
         proc = subprocess.run(
             [str(ORCH), "serve", "--port", str(server.port), "--no-scheduler"],
@@ -282,10 +293,10 @@ def test_a_busy_port_is_one_clear_error(tmp_path: Path, db_url: str, fake: FakeR
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_server_and_scheduler_and_requeues(
-    tmp_path: Path, db_url: str, fake: FakeRepo, sig: int
+    tmp_path: Path, migrated_db_url: str, fake: FakeRepo, sig: int
 ) -> None:
     fake.set_plan({"*:development:*": {"hold": True}})
-    server = Server(tmp_path, base_env(fake.home, db_url))
+    server = Server(tmp_path, base_env(fake.home, migrated_db_url))
     key = server.client.post("/tasks", json={"repo": "demo", "title": "held"}).json()["key"]
     wait_for(lambda: fake.started(key, "development"), 60, "development starts")
     assert server.stop(sig) == 0, server.output()

@@ -34,17 +34,19 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def fake(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[FakeRepo]:
-    repo = FakeRepo(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}), plan={})
+def fake(
+    tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]
+) -> Iterator[FakeRepo]:
+    repo = FakeRepo(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}), plan={})
     yield repo
     repo.close()
 
 
 def test_a_card_moves_and_the_task_page_reads_an_artifact(
-    tmp_path: Path, db_url: str, fake: FakeRepo, browser: Browser
+    tmp_path: Path, migrated_db_url: str, fake: FakeRepo, browser: Browser
 ) -> None:
     fake.set_plan({"*:development:*": {"hold": True}, "*:testing:*": {"hold": True}})
-    server = Server(tmp_path, base_env(fake.home, db_url))
+    server = Server(tmp_path, base_env(fake.home, migrated_db_url))
     try:
         page = browser.new_page()
         errors: list[str] = []
@@ -93,9 +95,9 @@ def test_a_card_moves_and_the_task_page_reads_an_artifact(
 
 
 def test_the_board_reads_without_javascript(
-    tmp_path: Path, db_url: str, fake: FakeRepo, browser: Browser
+    tmp_path: Path, migrated_db_url: str, fake: FakeRepo, browser: Browser
 ) -> None:
-    server = Server(tmp_path, base_env(fake.home, db_url), scheduler=False)
+    server = Server(tmp_path, base_env(fake.home, migrated_db_url), scheduler=False)
     try:
         key = server.client.post(
             "/tasks", json={"repo": "demo", "title": "<b>not bold</b>"}

@@ -14,9 +14,11 @@ SEED = 20261124
 
 
 @pytest.mark.timeout(600)
-def test_kill_9_at_random_loses_nothing(tmp_path: Path, db_url: str) -> None:
+def test_kill_9_at_random_loses_nothing(tmp_path: Path, migrated_db_url: str) -> None:
     assert ORCH.exists(), f"orch is not installed next to the interpreter: {ORCH}"
-    report = run_chaos(tmp_path, db_url, tasks=TASKS, kills=KILLS, seed=SEED, max_delay_s=1.5)
+    report = run_chaos(
+        tmp_path, migrated_db_url, tasks=TASKS, kills=KILLS, seed=SEED, max_delay_s=1.5
+    )
     figures = "\n".join(f"{name}: {value}" for name, value in report.figures())
     print(figures, *report.blocked_why, sep="\n")  # shown with -s or -rP
     assert report.problems() == [], figures

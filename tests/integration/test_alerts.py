@@ -140,8 +140,8 @@ def test_a_database_outage_does_not_stop_the_delivery(
 
 
 @pytest.fixture
-def h(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
-    harness = Harness(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}))
+def h(tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+    harness = Harness(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}))
     yield harness
     harness.stop()
     harness.engine.dispose()

@@ -199,9 +199,9 @@ class Bed:
 
 @pytest.fixture
 def bed(
-    tmp_path: Path, db_url: str, engine: sa.Engine, make_repo: Callable[..., Path]
+    tmp_path: Path, migrated_db_url: str, engine: sa.Engine, make_repo: Callable[..., Path]
 ) -> Iterator[Bed]:
-    b = Bed(tmp_path, db_url, engine, make_repo())
+    b = Bed(tmp_path, migrated_db_url, engine, make_repo())
     yield b
     for server in b.servers:
         server.stop()

@@ -311,8 +311,8 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipe(tmp_path: Path, db_url: str, make_repo: MakeRepo) -> Iterator[Pipeline]:
-    p = Pipeline(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}))
+def pipe(tmp_path: Path, migrated_db_url: str, make_repo: MakeRepo) -> Iterator[Pipeline]:
+    p = Pipeline(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}))
     yield p
     p.engine.dispose()
 
@@ -342,12 +342,14 @@ def test_a_blocked_tasks_branch_stays(pipe: Pipeline) -> None:
     assert branches(pipe.repo_path) == {"main", f"orch/{bad}"}
 
 
-def test_a_cancelled_tasks_branch_stays(tmp_path: Path, db_url: str, make_repo: MakeRepo) -> None:
+def test_a_cancelled_tasks_branch_stays(
+    tmp_path: Path, migrated_db_url: str, make_repo: MakeRepo
+) -> None:
     # A developer that works until it is killed: the task is cancelled while it runs, and
     # the worker removes its worktree. Its branch is still main's tip, so "on main" alone
     # would let it go; only a done task's branch is deleted.
     sleeper = f"command:{sys.executable} -c 'import time; time.sleep(120)'"
-    pipe = Pipeline(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}), sleeper)
+    pipe = Pipeline(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}), sleeper)
     key = pipe.add_task()
     worker = Worker(pipe.settings, pipe.engine)
     thread = threading.Thread(target=worker.run, daemon=True)

@@ -13,7 +13,7 @@ path or branch is made of them (the key names those), and every reader gives the
 they were filed. The built-in refusals (too long, two lines, control characters, NUL) are
 one clear error and write nothing.
 
-The SQLite or PostgreSQL database comes from the ``db_url`` fixture, as everywhere.
+The SQLite or PostgreSQL database comes from the ``migrated_db_url`` fixture, as everywhere.
 """
 
 from __future__ import annotations
@@ -97,10 +97,13 @@ def client(h: Harness) -> TestClient:
 
 
 @pytest.fixture
-def hb(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+def hb(tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
     """A harness whose developer gets one retry: a FAIL at testing rolls back once, then blocks."""
     harness = Harness(
-        tmp_path, db_url, make_repo(files={"README.md": "demo\n"}), developer_retry_budget=1
+        tmp_path,
+        migrated_db_url,
+        make_repo(files={"README.md": "demo\n"}),
+        developer_retry_budget=1,
     )
     yield harness
     harness.stop()
@@ -334,7 +337,7 @@ def test_titles_are_one_line_of_text_under_the_limit() -> None:
 @pytest.mark.parametrize("developer", ["command", "patch", "claude"])
 def test_hostile_titles_run_to_done_and_reach_no_shell_and_no_path(
     tmp_path: Path,
-    db_url: str,
+    migrated_db_url: str,
     make_repo: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
     developer: str,
@@ -348,7 +351,7 @@ def test_hostile_titles_run_to_done_and_reach_no_shell_and_no_path(
         (patches / f"{i}.patch").write_text(_patch(i))
     h = Harness(
         tmp_path,
-        db_url,
+        migrated_db_url,
         make_repo(files={"README.md": "demo\n"}),
         claude_command=f"{sys.executable} {FAKE_CLAUDE}",
     )

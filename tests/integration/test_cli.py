@@ -16,11 +16,10 @@ from orchestrator.cli import app
 from orchestrator.store import queries
 
 
-@pytest.fixture
-def orch(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+def _cli(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     home = tmp_path / "home"
     monkeypatch.setenv("ORCH_HOME", str(home))
-    monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("ORCH_DATABASE_URL", url)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
 
@@ -32,6 +31,22 @@ def orch(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Callab
         return result
 
     return call
+
+
+@pytest.fixture
+def orch(
+    tmp_path: Path, migrated_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Any]:
+    """`orch` in process, on a database at the newest migration."""
+    return _cli(tmp_path, migrated_db_url, monkeypatch)
+
+
+@pytest.fixture
+def orch_on_empty(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Any]:
+    """`orch` in process, on an empty database: the first command migrates it for real."""
+    return _cli(tmp_path, db_url, monkeypatch)
 
 
 def test_repo_add_list_show(orch: Callable[..., Any], make_repo: Callable[..., Path]) -> None:
@@ -188,8 +203,12 @@ def test_repo_add_refuses_non_git_and_duplicates(
     )
 
 
-def test_status_and_db_upgrade(orch: Callable[..., Any], make_repo: Callable[..., Path]) -> None:
+def test_status_and_db_upgrade(
+    orch_on_empty: Callable[..., Any], make_repo: Callable[..., Path]
+) -> None:
+    orch = orch_on_empty
     up = orch("db", "upgrade", "--json")
+    assert up["from"] is None
     assert up["to"]
     again = orch("db", "upgrade", "--json")
     assert again["from"] == again["to"] == up["to"]

@@ -12,7 +12,7 @@ huge strings, path traversal, rich markup, next to values that can succeed. For 
 - what a command that succeeds stores is well formed: repo names, key prefixes and task
   keys of their documented shapes, titles of one line.
 
-One database per test function (the ``db_url`` fixture, SQLite or PostgreSQL), snapshotted
+One database per test function (the ``migrated_db_url`` fixture, SQLite or PostgreSQL), snapshotted
 before each example and compared after it. ``ORCH_TEST_CLI_EXAMPLES`` sets the number of
 examples per test (default 100).
 """
@@ -249,12 +249,15 @@ class Bench:
 
 @pytest.fixture
 def bench(
-    tmp_path: Path, db_url: str, make_repo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    migrated_db_url: str,
+    make_repo: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Bench]:
     monkeypatch.setenv("ORCH_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("ORCH_DATABASE_URL", migrated_db_url)
     monkeypatch.chdir(tmp_path)
-    b = Bench(tmp_path, db_url, make_repo())
+    b = Bench(tmp_path, migrated_db_url, make_repo())
     b.setup()
     yield b
     b.engine.dispose()

@@ -36,8 +36,8 @@ SLOW_CMD = f"{sys.executable} -c 'import time; time.sleep(30)'"
 
 
 @pytest.fixture
-def h(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
-    harness = Harness(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}))
+def h(tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+    harness = Harness(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}))
     yield harness
     harness.stop()
     harness.engine.dispose()
@@ -180,9 +180,9 @@ def _defer(conn: sa.Connection, task_id: int, job_id: int, reasons: list[str]) -
 
 
 def test_counters_from_rows(
-    engine: sa.Engine, db_url: str, make_repo: Callable[..., Path], tmp_path: Path
+    engine: sa.Engine, migrated_db_url: str, make_repo: Callable[..., Path], tmp_path: Path
 ) -> None:
-    settings = load_settings(home=tmp_path / "home", database_url=db_url)
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
     repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES))
     task = task_ops.add_task(engine, settings, "demo", "t").task
     completed = {"outcome": "completed"}
@@ -250,13 +250,13 @@ def test_counters_from_rows(
 )
 def test_reason_starts_matches_whole_reasons_only(
     engine: sa.Engine,
-    db_url: str,
+    migrated_db_url: str,
     make_repo: Callable[..., Path],
     tmp_path: Path,
     reasons: list[str],
     hit: bool,
 ) -> None:
-    settings = load_settings(home=tmp_path / "home", database_url=db_url)
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
     repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES))
     task = task_ops.add_task(engine, settings, "demo", "t").task
     with engine.begin() as conn:

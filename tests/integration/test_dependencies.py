@@ -168,8 +168,8 @@ class Bed:
 
 
 @pytest.fixture
-def bed(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Bed]:
-    b = Bed(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}))
+def bed(tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]) -> Iterator[Bed]:
+    b = Bed(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}))
     yield b
     b.stop()
     b.engine.dispose()
@@ -357,11 +357,11 @@ def test_the_cycle_check_walks_the_graph(bed: Bed) -> None:
 
 
 def test_cli_after_and_author(
-    bed: Bed, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bed: Bed, migrated_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bed.add_repo()
     monkeypatch.setenv("ORCH_HOME", str(bed.settings.home))
-    monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("ORCH_DATABASE_URL", migrated_db_url)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
 

@@ -1100,9 +1100,9 @@ DRIVERS: dict[str, Callable[[Harness, pytest.MonkeyPatch], Seen]] = {
 
 
 @pytest.fixture
-def fh(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+def fh(tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
     files = {"README.md": "demo\n", "test_ok.py": "def test_ok():\n    assert True\n"}
-    harness = Harness(tmp_path, db_url, make_repo(files=files))
+    harness = Harness(tmp_path, migrated_db_url, make_repo(files=files))
     yield harness
     harness.stop()
     harness.engine.dispose()

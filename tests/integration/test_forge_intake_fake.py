@@ -59,8 +59,8 @@ class Bed:
 
 
 @pytest.fixture
-def bed(tmp_path: Path, engine: sa.Engine, db_url: str, make_repo: Any) -> Iterator[Bed]:
-    b = Bed(tmp_path, engine, db_url, make_repo())
+def bed(tmp_path: Path, engine: sa.Engine, migrated_db_url: str, make_repo: Any) -> Iterator[Bed]:
+    b = Bed(tmp_path, engine, migrated_db_url, make_repo())
     yield b
     b.fake.close()
 

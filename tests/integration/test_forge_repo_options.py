@@ -33,9 +33,9 @@ FORGE = ("--forge", "github", "--forge-repo", "octo/demo")
 
 
 @pytest.fixture
-def orch(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Orch:
+def orch(tmp_path: Path, migrated_db_url: str, monkeypatch: pytest.MonkeyPatch) -> Orch:
     monkeypatch.setenv("ORCH_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("ORCH_DATABASE_URL", migrated_db_url)
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
@@ -169,7 +169,7 @@ def _every_value(engine: sa.Engine) -> str:
 
 
 def test_the_token_is_never_stored_or_shown(
-    orch: Orch, make_repo: MakeRepo, db_url: str, tmp_path: Path
+    orch: Orch, make_repo: MakeRepo, migrated_db_url: str, tmp_path: Path
 ) -> None:
     orch("repo", "add", "demo", str(make_repo()), *FORGE, "--land", "pr")
     orch("repo", "set", "demo", "--intake-label", "agent", "--forge-api-url", "http://[::1]:9")
@@ -177,7 +177,7 @@ def test_the_token_is_never_stored_or_shown(
     orch("repo", "show", "demo")
     orch("repo", "list", "--json")
     # A round of intake reads the token (as GitHubForge is given it) and files a task.
-    engine = make_engine(db_url)
+    engine = make_engine(migrated_db_url)
     forge = MemoryForge()
     forge.open("Fix it", labels=("agent",), author="grace")
     used: list[str] = []
@@ -188,7 +188,7 @@ def test_the_token_is_never_stored_or_shown(
         used.append(token_of(repo.name, settings, environ))
         return forge
 
-    settings = load_settings(home=tmp_path / "home", database_url=db_url)
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
     [report] = poll_intake(engine, settings, forge_for=forge_for)
     assert (report.filed, used) == (["DEMO-1"], [TOKEN])
     orch("task", "show", "DEMO-1", "--json")
@@ -208,8 +208,8 @@ def test_the_token_is_never_stored_or_shown(
     assert "GITHUB_TOKEN" in stored  # the check reads what is stored
     assert TOKEN not in stored
     engine.dispose()
-    if db_url.startswith("sqlite:///"):
-        db_file = Path(db_url.removeprefix("sqlite:///"))
+    if migrated_db_url.startswith("sqlite:///"):
+        db_file = Path(migrated_db_url.removeprefix("sqlite:///"))
         for path in (db_file, db_file.with_name(db_file.name + "-wal")):
             if path.exists():
                 assert TOKEN.encode() not in path.read_bytes()

@@ -80,8 +80,8 @@ class Bed:
 
 
 @pytest.fixture
-def bed(tmp_path: Path, db_url: str, engine: sa.Engine, make_repo: MakeRepo) -> Bed:
-    return Bed(tmp_path, db_url, engine, make_repo)
+def bed(tmp_path: Path, migrated_db_url: str, engine: sa.Engine, make_repo: MakeRepo) -> Bed:
+    return Bed(tmp_path, migrated_db_url, engine, make_repo)
 
 
 def test_a_labeled_issue_is_filed_once_with_its_requester_and_link(bed: Bed) -> None:
@@ -254,14 +254,14 @@ def test_polling_is_off_at_zero(bed: Bed) -> None:
 
 
 def test_orch_run_until_idle_files_the_labeled_issues_first(
-    bed: Bed, monkeypatch: pytest.MonkeyPatch, db_url: str
+    bed: Bed, monkeypatch: pytest.MonkeyPatch, migrated_db_url: str
 ) -> None:
     """`orch run` hosts intake: with --until-idle, one round before the loop."""
     repo_ops.set_repo(bed.engine, "demo", repo_ops.RepoInput(agents=["development=manual"]))
     bed.forge.open("Fix it", labels=("orch",), author="grace")
     monkeypatch.setattr("orchestrator.forge.connect.forge_for", bed.forge_for)
     monkeypatch.setenv("ORCH_HOME", str(bed.settings.home))
-    monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("ORCH_DATABASE_URL", migrated_db_url)
     result = CliRunner().invoke(app, ["run", "--until-idle"])
     assert result.exit_code == 0, (result.output, result.exception)
     task = bed.task("DEMO-1")

@@ -157,13 +157,15 @@ PASS_ENV = [
 
 
 @pytest.fixture
-def make_job(tmp_path: Path, db_url: str, make_repo: Any, offline_env: None) -> Iterator[Any]:
+def make_job(
+    tmp_path: Path, migrated_db_url: str, make_repo: Any, offline_env: None
+) -> Iterator[Any]:
     engines: list[sa.Engine] = []
 
     def _make(agent_env: list[str], agents: tuple[str, ...] = (), **overrides: Any) -> Job:
         values: dict[str, Any] = dict(
             home=tmp_path / "home",
-            database_url=db_url,
+            database_url=migrated_db_url,
             agent_timeout_s=120,
             # Generous: a CLI starting on a loaded machine shows no activity for a while. The
             # hang tests set a short one, and only they may stall.

@@ -322,12 +322,12 @@ def _shown_task(pb: PullBed) -> TaskRow:
 
 
 def test_task_show_the_api_the_dashboard_and_metrics_show_the_pull_request(
-    pb: PullBed, db_url: str, monkeypatch: pytest.MonkeyPatch
+    pb: PullBed, migrated_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task = _shown_task(pb)
     row = _pull(pb, task)
     monkeypatch.setenv("ORCH_HOME", str(pb.bed.settings.home))
-    monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("ORCH_DATABASE_URL", migrated_db_url)
     monkeypatch.setenv("COLUMNS", "200")
     shown = CliRunner().invoke(cli_app, ["task", "show", task.key, "--json"])
     assert shown.exit_code == 0, shown.output
@@ -388,13 +388,13 @@ def test_task_show_the_api_the_dashboard_and_metrics_show_the_pull_request(
 
 
 def test_the_dashboard_links_only_web_addresses(
-    engine: sa.Engine, db_url: str, tmp_path: Path
+    engine: sa.Engine, migrated_db_url: str, tmp_path: Path
 ) -> None:
     task = _task(engine)
     evil = "javascript:alert(1)"
     _file_from_issue(engine, task, evil)
     _record(engine, task, _seen(url=evil), now=1000.0)
-    settings = load_settings(home=tmp_path / "home", database_url=db_url)
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
     with TestClient(create_app(settings, engine), base_url="http://127.0.0.1") as client:
         html = client.get(f"/ui/tasks/{task.key}").text
         assert client.get(f"/tasks/{task.key}").json()["pull_request"]["url"] == evil

@@ -40,9 +40,9 @@ SEED_MARKER = {
 
 
 @pytest.fixture
-def orch(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Orch:
+def orch(tmp_path: Path, migrated_db_url: str, monkeypatch: pytest.MonkeyPatch) -> Orch:
     monkeypatch.setenv("ORCH_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ORCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("ORCH_DATABASE_URL", migrated_db_url)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
 
@@ -180,14 +180,14 @@ def _run_testing(tmp_path: Path, db_url: str, repo: Path, urls: list[str]) -> tu
 
 
 def test_the_test_stage_runs_the_repos_smoke_urls(
-    tmp_path: Path, db_url: str, make_repo: MakeRepo, serve: Callable[[Routes], Any]
+    tmp_path: Path, migrated_db_url: str, make_repo: MakeRepo, serve: Callable[[Routes], Any]
 ) -> None:
     url, hits = serve(
         {"/health": (200, b"ok"), "/status": (200, json.dumps({"serial_gate": {}}).encode())}
     )
     repo = make_repo(files={"README.md": "demo\n"})
 
-    task, report = _run_testing(tmp_path, db_url, repo, [f"{url}/health", f"{url}/status"])
+    task, report = _run_testing(tmp_path, migrated_db_url, repo, [f"{url}/health", f"{url}/status"])
 
     assert task.state == "done", task.reasons
     assert sorted(hits) == ["/health", "/status"]
@@ -196,12 +196,12 @@ def test_the_test_stage_runs_the_repos_smoke_urls(
 
 
 def test_a_failing_smoke_url_fails_the_test_stage(
-    tmp_path: Path, db_url: str, make_repo: MakeRepo, serve: Callable[[Routes], Any]
+    tmp_path: Path, migrated_db_url: str, make_repo: MakeRepo, serve: Callable[[Routes], Any]
 ) -> None:
     url, hits = serve({"/health": (200, b"ok"), "/queue": (200, b'{"jobs": []}')})
     repo = make_repo(files={"README.md": "demo\n"})
 
-    task, report = _run_testing(tmp_path, db_url, repo, [f"{url}/health", f"{url}/queue"])
+    task, report = _run_testing(tmp_path, migrated_db_url, repo, [f"{url}/health", f"{url}/queue"])
 
     # The suite passed, the smoke check did not: a rollback, with no developer retry left.
     assert (task.stage, task.state) == ("testing", "blocked"), task.reasons

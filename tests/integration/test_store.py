@@ -567,10 +567,10 @@ def test_sqlite_pragmas(engine: sa.Engine) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
-def test_sqlite_transactions_begin_immediate(engine: sa.Engine, db_url: str) -> None:
+def test_sqlite_transactions_begin_immediate(engine: sa.Engine, migrated_db_url: str) -> None:
     """A transaction holds the write lock from its start, before it writes anything."""
     sqlite_only(engine)
-    impatient = make_engine(db_url, busy_timeout_ms=50)
+    impatient = make_engine(migrated_db_url, busy_timeout_ms=50)
     try:
         with engine.begin() as holder:
             holder.exec_driver_sql("SELECT 1")
@@ -583,9 +583,11 @@ def test_sqlite_transactions_begin_immediate(engine: sa.Engine, db_url: str) -> 
         impatient.dispose()
 
 
-def test_sqlite_reader_does_not_queue_behind_a_writer(engine: sa.Engine, db_url: str) -> None:
+def test_sqlite_reader_does_not_queue_behind_a_writer(
+    engine: sa.Engine, migrated_db_url: str
+) -> None:
     sqlite_only(engine)
-    impatient = make_engine(db_url, busy_timeout_ms=50)
+    impatient = make_engine(migrated_db_url, busy_timeout_ms=50)
     try:
         with engine.begin() as writer:
             add_repo(writer)
@@ -806,11 +808,11 @@ print("\\n".join(keys))
 
 
 def test_concurrent_processes_get_distinct_keys(
-    engine: sa.Engine, db_url: str, tmp_path: Path
+    engine: sa.Engine, migrated_db_url: str, tmp_path: Path
 ) -> None:
     with engine.begin() as conn:
         repo = add_repo(conn)
-    outputs = _race(tmp_path, _ALLOCATOR, db_url, str(repo.id), "50")
+    outputs = _race(tmp_path, _ALLOCATOR, migrated_db_url, str(repo.id), "50")
     keys = [k for out in outputs for k in out.split()]
     assert len(keys) == 100
     assert set(keys) == {f"DEMO-{n}" for n in range(1, 101)}

@@ -400,8 +400,8 @@ class Bed:
 
 
 @pytest.fixture
-def bed(tmp_path: Path, db_url: str, make_repo: MakeRepo) -> Iterator[Bed]:
-    made = Bed(tmp_path, db_url, make_repo)
+def bed(tmp_path: Path, migrated_db_url: str, make_repo: MakeRepo) -> Iterator[Bed]:
+    made = Bed(tmp_path, migrated_db_url, make_repo)
     yield made
     made.engine.dispose()
 
@@ -428,11 +428,11 @@ def test_a_test_cheat_waits_for_a_human_or_fails(bed: Bed, cheat: Cheat) -> None
 
 
 def test_the_baseline_alone_fails_the_cheats_it_can_see(
-    tmp_path: Path, db_url: str, make_repo: MakeRepo
+    tmp_path: Path, migrated_db_url: str, make_repo: MakeRepo
 ) -> None:
     """With the test paths left unprotected (a repo that protects only its docs), a test
     that passed on main and is deleted, skipped, xfailed or deselected still fails."""
-    bed = Bed(tmp_path, db_url, make_repo)
+    bed = Bed(tmp_path, migrated_db_url, make_repo)
     try:
         repo_ops.set_repo_options(bed.engine, "demo", {"protected_paths": ["docs"]})
         bed.seed_baseline()
@@ -455,7 +455,7 @@ def test_the_baseline_alone_fails_the_cheats_it_can_see(
 
 
 def test_an_ignored_conftest_beside_the_branch_waits_for_a_human(
-    tmp_path: Path, db_url: str, make_repo: MakeRepo
+    tmp_path: Path, migrated_db_url: str, make_repo: MakeRepo
 ) -> None:
     """A developer agent (not a patch: its files are committed with ``git add -A``) hides
     its conftest.py from the branch with a .gitignore; the suite would still load it."""
@@ -468,7 +468,7 @@ def test_an_ignored_conftest_beside_the_branch_waits_for_a_human(
         f"command:{sys.executable} {FAKE_AGENT} {plan} {{task}} {{stage}} {{artifact_dir}} "
         f"{{worktree}}"
     )
-    bed = Bed(tmp_path, db_url, make_repo, developer=agent, sandbox_rw=(str(plan_dir),))
+    bed = Bed(tmp_path, migrated_db_url, make_repo, developer=agent, sandbox_rw=(str(plan_dir),))
     try:
         bed.seed_baseline()
         key = bed.file({"calc.py": CALC_BROKEN})  # the patch is not used by this developer
@@ -607,8 +607,8 @@ def test_the_retest_records_the_ids_of_the_tree_it_puts_on_main(merge_bed: Merge
 # --------------------------------------------------------------------------- the option
 
 
-def test_protected_paths_option(tmp_path: Path, db_url: str, make_repo: MakeRepo) -> None:
-    env = {"ORCH_HOME": str(tmp_path / "home"), "ORCH_DATABASE_URL": db_url}
+def test_protected_paths_option(tmp_path: Path, migrated_db_url: str, make_repo: MakeRepo) -> None:
+    env = {"ORCH_HOME": str(tmp_path / "home"), "ORCH_DATABASE_URL": migrated_db_url}
     runner = CliRunner()
     repo = make_repo(tmp_path / "repo", files=MAIN_FILES)
 

@@ -167,13 +167,13 @@ def test_the_listener_reconnects_when_its_session_is_terminated(
 @pg_only
 @pytest.mark.timeout(180)
 def test_a_worker_wakes_for_a_task_another_process_files(
-    tmp_path: Path, db_url: str, make_repo: Callable[..., Path]
+    tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]
 ) -> None:
     # A poll and a heartbeat of ten minutes: without a NOTIFY the worker would sleep
     # through the whole test after its first look.
     h = Harness(
         tmp_path,
-        db_url,
+        migrated_db_url,
         make_repo(),
         poll_interval_s=600,
         heartbeat_interval_s=300,
@@ -187,7 +187,7 @@ def test_a_worker_wakes_for_a_task_another_process_files(
         env = {
             **os.environ,
             "ORCH_HOME": str(h.settings.home),
-            "ORCH_DATABASE_URL": db_url,
+            "ORCH_DATABASE_URL": migrated_db_url,
         }
         filed = subprocess.run(
             [sys.executable, "-m", "orchestrator", "task", "add", "demo", "from elsewhere"],
@@ -205,13 +205,15 @@ def test_a_worker_wakes_for_a_task_another_process_files(
 
 
 def test_without_a_listener_the_poll_finds_the_work(
-    tmp_path: Path, db_url: str, make_repo: Callable[..., Path]
+    tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]
 ) -> None:
     # Both backends: a task filed by another engine (as another process would) is found
     # by the poll alone.
-    h = Harness(tmp_path, db_url, make_repo(), poll_interval_s=0.2, db_listen_enabled=False)
+    h = Harness(
+        tmp_path, migrated_db_url, make_repo(), poll_interval_s=0.2, db_listen_enabled=False
+    )
     (tmp_path / "other").mkdir()
-    other = Harness(tmp_path / "other", db_url, h.repo_path, home=h.settings.home)
+    other = Harness(tmp_path / "other", migrated_db_url, h.repo_path, home=h.settings.home)
     try:
         h.add_repo()
         worker = h.start()

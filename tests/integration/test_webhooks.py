@@ -121,13 +121,13 @@ class Hook:
 @pytest.fixture
 def hook(
     tmp_path: Path,
-    db_url: str,
+    migrated_db_url: str,
     engine: sa.Engine,
     make_repo: MakeRepo,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Hook]:
     monkeypatch.setenv("ORCH_GITHUB_WEBHOOK_SECRET", SECRET)
-    h = Hook(tmp_path, db_url, engine, make_repo())
+    h = Hook(tmp_path, migrated_db_url, engine, make_repo())
     yield h
     h.client.close()
 
