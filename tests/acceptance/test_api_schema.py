@@ -28,6 +28,7 @@ CHECKS = ",".join(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_no_server_errors_and_the_schema_holds(
     tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]

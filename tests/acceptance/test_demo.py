@@ -25,6 +25,7 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_demo_summary_matches_artifacts_and_main(tmp_path: Path) -> None:
     assert ORCH.exists(), f"orch is not installed next to {sys.executable}"

@@ -53,6 +53,7 @@ def run_ci(tree: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_forge_demo_lands_every_task_by_pull_request_after_one_red_check(
     tmp_path: Path,
