@@ -120,6 +120,17 @@ class Env:
     def tasks(self) -> list[dict[str, Any]]:
         return list(json.loads(self.orch("task", "list", "--json")))
 
+    def states(self) -> list[str]:
+        """Each task's state, read from the database. What a wait polls: `orch task list`
+        five times a second would start a Python process each time, taking the CPU from the
+        workers being waited on; the test reads the CLI's answer once the wait is over."""
+        engine = make_engine(self.db_url)
+        try:
+            with engine.connect() as conn:
+                return [t.state for t in queries.list_tasks(conn)]
+        finally:
+            engine.dispose()
+
     def wait_for(self, what: Callable[[], bool], deadline_s: float = 240) -> None:
         end = time.monotonic() + deadline_s
         while not what():
@@ -144,8 +155,14 @@ def env(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator
         p.wait(timeout=30)
 
 
+# Enough tasks that the three processes each get work and their deploys contend for the
+# serial gate; a hundred proved nothing more and made this the suite's slowest test.
+TASKS = 50
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_two_workers_and_a_server_share_100_tasks(env: Env) -> None:
+def test_two_workers_and_a_server_share_the_tasks(env: Env) -> None:
     env.register({"*:deploy-staging:*": {"sleep": 0.02}})
     first = env.spawn("worker")
     second = env.spawn("worker")
@@ -155,14 +172,15 @@ def test_two_workers_and_a_server_share_100_tasks(env: Env) -> None:
     # them reaches every process on the database.
     eng = make_engine(env.db_url)
     settings = load_settings(home=env.home, database_url=env.db_url)
-    for n in range(100):
+    for n in range(TASKS):
         if n % 2:
             task_ops.add_task(eng, settings, "demo", f"task {n}")
         else:
             reply = server.client.post("/tasks", json={"repo": "demo", "title": f"task {n}"})
             assert reply.status_code == 201, reply.text
     eng.dispose()
-    env.wait_for(lambda: len(env.tasks()) == 100 and all(t["state"] == "done" for t in env.tasks()))
+    env.wait_for(lambda: env.states() == ["done"] * TASKS)
+    assert [t["state"] for t in env.tasks()] == ["done"] * TASKS
     for p in (first, second):
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=60) == 0
@@ -170,8 +188,8 @@ def test_two_workers_and_a_server_share_100_tasks(env: Env) -> None:
 
     # No job ran twice: every (task, stage, attempt) started exactly once.
     starts = [s.rsplit(":", 1)[0] for s in env.starts()]
-    assert len(starts) == 300
-    assert len(set(starts)) == 300
+    assert len(starts) == 3 * TASKS
+    assert len(set(starts)) == 3 * TASKS
     eng = make_engine(env.db_url)
     with eng.connect() as conn:
         rows = conn.execute(sa.select(jobs_table)).all()
@@ -180,7 +198,7 @@ def test_two_workers_and_a_server_share_100_tasks(env: Env) -> None:
     eng.dispose()
     extra = [(r.stage, r.attempt, r.outcome, r.reasons) for r in rows if r.attempt > 1]
     assert extra == []
-    assert len(rows) == 300
+    assert len(rows) == 3 * TASKS
     # Every process did work (lease_owner stays on the finished row).
     assert len({o for o in workers_used if o}) == 3
     # The serial gate: no two deploy-staging processes of the repo ever overlapped, as the
@@ -192,7 +210,7 @@ def test_two_workers_and_a_server_share_100_tasks(env: Env) -> None:
         )
         if stage == "deploy-staging"
     )
-    assert len(spans) == 100
+    assert len(spans) == TASKS
     for first, second in itertools.pairwise(spans):
         assert first[1] <= second[0], (first, second)
     assert all(
@@ -269,7 +287,8 @@ def test_pause_and_resume(env: Env) -> None:
     assert env.starts() == []
     assert json.loads(env.orch("task", "list", "--json"))[0]["state"] == "active"
     env.orch("resume")
-    env.wait_for(lambda: env.tasks()[0]["state"] == "done")
+    env.wait_for(lambda: env.states() == ["done"])
+    assert env.tasks()[0]["state"] == "done"
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) == 0
 
