@@ -30,8 +30,8 @@ ROOMY = jobq.ClaimLimits(total=10, per_repo=10)
 
 
 @pytest.fixture
-def h(tmp_path: Path, db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
-    harness = Harness(tmp_path, db_url, make_repo(files={"README.md": "demo\n"}))
+def h(tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+    harness = Harness(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}))
     yield harness
     harness.stop()
     harness.engine.dispose()
@@ -135,13 +135,13 @@ def test_the_known_claim_waits_for_what_the_search_waits_for(h: Harness) -> None
 
 
 def test_a_chain_of_jobs_does_not_wake_the_loop(
-    tmp_path: Path, db_url: str, make_repo: Callable[..., Path]
+    tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]
 ) -> None:
     # No poll, no due time and no listener (whose connect wakes the loop once, on
     # PostgreSQL; its notices are test_wake's): the loop claims only when a job wakes it.
     h = Harness(
         tmp_path,
-        db_url,
+        migrated_db_url,
         make_repo(files={"README.md": "demo\n"}),
         poll_interval_s=3600,
         db_listen_enabled=False,
