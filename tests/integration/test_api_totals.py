@@ -105,9 +105,9 @@ class Rows:
 
 
 def test_folded_totals_agree_with_a_full_count(
-    engine: sa.Engine, db_url: str, make_repo: Callable[..., Path], tmp_path: Path
+    engine: sa.Engine, migrated_db_url: str, make_repo: Callable[..., Path], tmp_path: Path
 ) -> None:
-    settings = load_settings(home=tmp_path / "home", database_url=db_url)
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
     repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES))
     rows = Rows(engine, settings)
     t0 = time.time()
@@ -174,10 +174,10 @@ def test_no_row_younger_than_the_commit_margin_is_folded() -> None:
 
 
 def test_the_live_ranking_walks_past_many_finished_tasks(
-    engine: sa.Engine, db_url: str, make_repo: Callable[..., Path], tmp_path: Path
+    engine: sa.Engine, migrated_db_url: str, make_repo: Callable[..., Path], tmp_path: Path
 ) -> None:
     # The tasks that spent most are done: the ranking reads past them, batch after batch.
-    settings = load_settings(home=tmp_path / "home", database_url=db_url)
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
     repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES))
     rows = Rows(engine, settings)
     t0 = time.time()

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture
 def env(
-    tmp_path: Path, db_url: str, engine: sa.Engine, make_repo: Callable[..., Path]
+    tmp_path: Path, migrated_db_url: str, engine: sa.Engine, make_repo: Callable[..., Path]
 ) -> Iterator[Env]:
-    e = Env(tmp_path, db_url, engine, make_repo())
+    e = Env(tmp_path, migrated_db_url, engine, make_repo())
     yield e
     e.client.close()
 
