@@ -48,6 +48,9 @@ class Probe:
     bwrap: str | None
     userns: bool
     detail: str
+    # Whether it has ``--json-status-fd`` (not the oldest releases): the channel that tells
+    # a sandbox that failed to start from a command that ran and failed.
+    json_status: bool = False
 
 
 def _try(argv: Sequence[str]) -> tuple[bool, str]:
@@ -75,10 +78,15 @@ def probe(bwrap: str = BWRAP) -> Probe:
     base = [path, "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc"]
     with_user, why_user = _try([*base[:1], "--unshare-user", *base[1:], "--", "true"])
     if with_user:
-        return Probe(True, path, True, f"{path}: PID and user namespaces")
+        status = _try(
+            [*base[:1], "--unshare-user", "--json-status-fd", "1", *base[1:], "--", "true"]
+        )
+        return Probe(True, path, True, f"{path}: PID and user namespaces", status[0])
     plain, why = _try([*base, "--", "true"])
     if plain:
-        return Probe(True, path, False, f"{path}: PID namespace (no user namespace: {why_user})")
+        status = _try([*base[:1], "--json-status-fd", "1", *base[1:], "--", "true"])
+        detail = f"{path}: PID namespace (no user namespace: {why_user})"
+        return Probe(True, path, False, detail, status[0])
     return Probe(False, path, False, f"{path} cannot start a sandbox: {why}; {INSTALL_HINT}")
 
 
@@ -100,15 +108,19 @@ class Sandbox:
     network: bool = True
     userns: bool = True
     bwrap: str = BWRAP
+    # ``--json-status-fd`` rather than ``--info-fd``: its ``exit-code`` says the command ran.
+    json_status: bool = True
 
     def wrap(self, argv: Sequence[str], cwd: Path, *, info_fd: int | None = None) -> list[str]:
         """The bubblewrap argv that runs ``argv`` in ``cwd`` inside this sandbox.
 
-        ``info_fd``: an inherited fd bubblewrap writes its JSON status to, with the host
-        pid of the namespace's init (``child-pid``); the command inside does not get it."""
+        ``info_fd``: an inherited fd bubblewrap writes its JSON status to: the host pid of
+        the namespace's init (``child-pid``) and, with ``json_status``, the command's
+        ``exit-code``, which bubblewrap writes only when its setup finished and the command
+        was started. The command inside does not get the fd."""
         out = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc"]
         if info_fd is not None:
-            out += ["--info-fd", str(info_fd)]
+            out += ["--json-status-fd" if self.json_status else "--info-fd", str(info_fd)]
         out += ["--unshare-uts", "--hostname", "orch-sandbox"]
         if self.userns:
             out.append("--unshare-user")
@@ -242,6 +254,7 @@ def for_job(
         network=sandbox_network_for(settings.sandbox_network, kind),
         userns=found.userns,
         bwrap=found.bwrap,
+        json_status=found.json_status,
     )
 
 

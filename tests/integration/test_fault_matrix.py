@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -305,6 +307,19 @@ FAULTS: list[Fault] = [
         "main-rewound",
         "the merge gate refuses to build on a main that does not descend from the last main "
         "it made; main is not moved; `orch repo set --trust-main` and a retry go on",
+    ),
+    Fault(
+        "sandbox-start-failure",
+        "Sandbox fails to start",
+        "while development runs, the user adds a remote that is a git bundle file; the "
+        "test-runner's sandbox hides it with an empty file system, which bubblewrap cannot "
+        "mount on a file (it exits 1 before the suite ever runs)",
+        "testing",
+        "blocked",
+        ("create", "advance", "defer", "defer", "block"),
+        "infra-budget-exhausted",
+        "not started (bubblewrap's status fd has no exit code of the suite): a tool error, "
+        "never a red suite that rolls back to development",
     ),
 ]
 
@@ -1074,6 +1089,37 @@ def drive_main_rewound(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     return seen_now
 
 
+def drive_sandbox_start_failure(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
+    h.plan = {"*:development:*": {"hold": True}}
+    h.save_plan()
+    specs = [f"development={h.agent()}", "testing=test-runner", f"deploy-staging={h.agent()}"]
+    pytest_cmd = f"{sys.executable} -m pytest -q"
+    repo_ops.add_repo(
+        h.engine,
+        "demo",
+        h.repo_path,
+        h.repo_input(stages=STAGES, agents=specs, test_cmd=pytest_cmd),
+    )
+    key = h.add_task()
+    # Outside /tmp: the sandbox's /tmp is a fresh one, where any path is free.
+    folder = Path(tempfile.mkdtemp(prefix="orch-fault-", dir="/var/tmp"))
+    bundle = folder / "backup.bundle"
+    bundle.write_bytes(b"# v2 git bundle\n")
+    try:
+        h.start()
+        h.wait_for(lambda: any(":development:" in s for s in h.starts()))
+        _git(h.repo_path, "remote", "add", "backup", str(bundle))
+        h.release(key, "development")
+        h.wait_for(lambda: h.task(key).state == "blocked")
+        h.stop()
+    finally:
+        shutil.rmtree(folder)
+    got = seen(h, key, _testing)
+    assert any("sandbox failed to start: bwrap: " in r for r in got.reasons), got
+    assert not any("tests failed" in r for r in got.reasons), got
+    return got
+
+
 DRIVERS: dict[str, Callable[[Harness, pytest.MonkeyPatch], Seen]] = {
     "agent-crash": drive_agent_crash,
     "agent-hang": drive_agent_hang,
@@ -1096,6 +1142,7 @@ DRIVERS: dict[str, Callable[[Harness, pytest.MonkeyPatch], Seen]] = {
     "kill-9-during-retest": drive_kill_9_during_retest,
     "dependency-blocked": drive_dependency_blocked,
     "main-rewound": drive_main_rewound,
+    "sandbox-start-failure": drive_sandbox_start_failure,
 }
 
 

@@ -445,15 +445,31 @@ def test_a_sandboxed_run_leaves_no_daemon_and_needs_no_proc_sweep(
     assert outcome.swept == 0
 
 
+def _status(text: bytes) -> spawn._BwrapStatus:
+    read, write = os.pipe()
+    try:
+        os.write(write, text)
+        os.close(write)
+        return spawn._read_status(read)
+    finally:
+        os.close(read)
+
+
+def test_the_status_fd_says_whether_the_command_started() -> None:
+    # --json-status-fd: JSON lines; the exit-code line only once the command was started.
+    started = b'{ "child-pid": 12, "pid-namespace": 4 }\n{ "exit-code": 1 }\n'
+    assert _status(started) == spawn._BwrapStatus(12, 1)
+    assert _status(b'{ "child-pid": 12, "pid-namespace": 4 }\n') == spawn._BwrapStatus(12, None)
+    # --info-fd: one object over several lines, never an exit code.
+    assert _status(b'{\n    "child-pid": 7,\n    "mnt-namespace": 3\n}\n').child_pid == 7
+    # Not bubblewrap's word: says nothing.
+    assert _status(b"") == spawn._BwrapStatus()
+    assert _status(b'{"child-pid": "x", "exit-code": true}\n[1]\nnot json') == spawn._BwrapStatus()
+
+
 def test_namespace_gone_reads_the_init_bubblewrap_names(tmp_path: Path) -> None:
     def told(text: bytes) -> bool:
-        read, write = os.pipe()
-        try:
-            os.write(write, text)
-            os.close(write)
-            return spawn._namespace_gone(read, 0.05)
-        finally:
-            os.close(read)
+        return spawn._namespace_gone(_status(text).child_pid, 0.05)
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     exited = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -34,6 +34,8 @@ _SWEEP_TIMEOUT_S = 2.0
 _NAMESPACE_EXIT_S = 1.0
 # Bound on reaping our own child once its group is gone.
 _REAP_TIMEOUT_S = 2.0
+# How much of what bubblewrap wrote is quoted when it failed to start the sandbox.
+_BWRAP_MESSAGE_BYTES = 2000
 
 # Above this, a sandboxed command's exit code is 128 + the signal that killed it.
 _SIGNAL_EXIT = 128
@@ -114,8 +116,51 @@ class _Cleanup:
     survivors: tuple[int, ...] = ()
 
 
-def _namespace_gone(info: int, timeout_s: float) -> bool:
-    """Whether the sandbox's PID namespace is gone, read from bubblewrap's ``--info-fd``.
+@dataclass(frozen=True)
+class _BwrapStatus:
+    """What bubblewrap wrote to its status fd: the host pid of the sandbox's init, and the
+    command's exit code, which ``--json-status-fd`` gets only once bubblewrap's setup
+    finished and the command was started (None: it was not, or ``--info-fd``, which never
+    says)."""
+
+    child_pid: int | None = None
+    exit_code: int | None = None
+
+
+def _read_status(info: int) -> _BwrapStatus:
+    """Everything bubblewrap wrote to ``info`` so far (all of it, once bubblewrap has exited):
+    ``--info-fd``'s one JSON object, or ``--json-status-fd``'s JSON lines. Only bubblewrap
+    writes there: the command inside never gets the fd. Anything unreadable says nothing."""
+    chunks: list[bytes] = []
+    try:
+        os.set_blocking(info, False)
+        while chunk := os.read(info, 65536):
+            chunks.append(chunk)
+    except OSError:
+        pass  # EAGAIN: what was written so far is all there is
+    text = b"".join(chunks).decode("utf-8", "replace")
+    try:
+        docs = [json.loads(text)]
+    except ValueError:
+        docs = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError):
+                docs.append(json.loads(line))
+    child_pid = exit_code = None
+    for doc in docs:
+        if not isinstance(doc, dict):
+            continue
+        pid, code = doc.get("child-pid"), doc.get("exit-code")
+        if type(pid) is int:
+            child_pid = pid
+        if type(code) is int:
+            exit_code = code
+    return _BwrapStatus(child_pid, exit_code)
+
+
+def _namespace_gone(init: int | None, timeout_s: float) -> bool:
+    """Whether the sandbox's PID namespace is gone; ``init`` is its init's host pid, as
+    bubblewrap wrote it to its status fd (``_read_status``).
 
     Every process a sandboxed command starts lives in the sandbox's PID namespace (none can
     leave it), and the kernel kills them all when the namespace's init exits, which it does
@@ -126,14 +171,8 @@ def _namespace_gone(info: int, timeout_s: float) -> bool:
     started; the command cannot write to that fd. False (look the long way) when it cannot
     be told within ``timeout_s``.
     """
-    try:
-        os.set_blocking(info, False)
-        status = json.loads(os.read(info, 65536))
-        init = int(status["child-pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
     pidfd_open = getattr(os, "pidfd_open", None)
-    if init <= 1 or pidfd_open is None:
+    if init is None or init <= 1 or pidfd_open is None:
         return False
     try:
         fd = pidfd_open(init)
@@ -149,6 +188,19 @@ def _namespace_gone(info: int, timeout_s: float) -> bool:
         return bool(poller.poll(max(0, int(timeout_s * 1000))))
     finally:
         os.close(fd)
+
+
+def _bwrap_message(log: BinaryIO, offset: int) -> str:
+    """What was written to the log from ``offset`` on, when the command never ran: only
+    bubblewrap wrote it (its last lines, on one line, bounded)."""
+    try:
+        log.flush()
+        log.seek(offset)
+        text = log.read(_BWRAP_MESSAGE_BYTES + 1)[-_BWRAP_MESSAGE_BYTES:]
+    except OSError:
+        return "bubblewrap said nothing we could read"
+    lines = [ln.strip() for ln in text.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return " / ".join(lines[-3:]) if lines else "bubblewrap said nothing"
 
 
 def _clean_tree(pgid: int, marker: str, grace_s: float, reap: Callable[[], object]) -> _Cleanup:
@@ -277,12 +329,15 @@ def run(
             # here, as a bare start would, instead of a failed run of the command.
             error = f"FileNotFoundError: no executable {request.argv[0]!r}"
         proc: subprocess.Popen[bytes] | None = None
+        # Where the command's output begins: what bubblewrap says if the sandbox fails.
+        start_offset = log.tell()
         if error is None:
             try:
                 argv = list(request.argv)
                 if request.sandbox is not None:
-                    if use_tree and sweep_on_exit:
-                        info_read, info_write = os.pipe()
+                    # Always: bubblewrap's word on whether the command started (see
+                    # _read_status), and where its namespace's init is.
+                    info_read, info_write = os.pipe()
                     argv = request.sandbox.wrap(argv, Path(request.cwd), info_fd=info_write)
                 proc = subprocess.Popen(
                     argv,
@@ -316,6 +371,7 @@ def run(
             poll=poll,
             sweep_on_exit=sweep_on_exit,
             info=info_read,
+            start_offset=start_offset,
         )
     finally:
         log.close()
@@ -337,6 +393,7 @@ def _supervise(
     poll: Callable[[], str | None] | None,
     sweep_on_exit: bool,
     info: int | None = None,
+    start_offset: int = 0,
 ) -> Outcome:
     # start_new_session makes the child a session and group leader: pgid == pid.
     pgid = proc.pid if use_tree else None
@@ -359,6 +416,7 @@ def _supervise(
             proc.wait(timeout=_REAP_TIMEOUT_S)
         raise
 
+    start_error: str | None = None
     if stop_reason is not None:
         t_stop = time.monotonic()
         how = f"process group {pgid}" if pgid is not None else f"pid {proc.pid} (no tree kill)"
@@ -369,16 +427,33 @@ def _supervise(
             cleanup = _clean_tree(pgid, marker, request.grace_s, proc.poll)
         else:
             _stop_child_only(proc, request.grace_s)
-    elif (
-        pgid is not None
-        and sweep_on_exit
-        # In a sandbox, nothing is left once its PID namespace is gone: no /proc scan.
-        and (info is None or not _namespace_gone(info, _NAMESPACE_EXIT_S))
-    ):
-        # Exited by itself: a daemon it left behind (in its group or escaped) must not survive.
-        if group_alive(pgid):
-            log_line(log, f"exited, but process group {pgid} still has members: terminating")
-        cleanup = _clean_tree(pgid, marker, request.grace_s, proc.poll)
+    else:
+        # Exited by itself: bubblewrap, if any, has written all it will.
+        status = None if info is None else _read_status(info)
+        if (
+            status is not None
+            and request.sandbox is not None
+            and request.sandbox.json_status
+            and status.exit_code is None
+        ):
+            # bubblewrap writes the command's exit code only once its setup finished and
+            # the command was started: without it the exit is bubblewrap's own (a bind that
+            # failed, a namespace it could not make), an infrastructure fault and never the
+            # command's verdict. Told by the status fd, which the command cannot write to,
+            # not by the log: a command can print "bwrap: ..." and exit 1 itself.
+            start_error = f"sandbox failed to start: {_bwrap_message(log, start_offset)}"
+            log_line(log, f"not started: {start_error}")
+        if (
+            pgid is not None
+            and sweep_on_exit
+            # In a sandbox, nothing is left once its PID namespace is gone: no /proc scan.
+            and (status is None or not _namespace_gone(status.child_pid, _NAMESPACE_EXIT_S))
+        ):
+            # Exited by itself: a daemon it left behind (in its group or escaped) must not
+            # survive.
+            if group_alive(pgid):
+                log_line(log, f"exited, but process group {pgid} still has members: terminating")
+            cleanup = _clean_tree(pgid, marker, request.grace_s, proc.poll)
 
     uncertain = not cleanup.group_gone or bool(cleanup.survivors)
     try:
@@ -405,6 +480,8 @@ def _supervise(
         # PASS (fail closed); a signal death read as an exit code could be a false green.
         sig = exit_code - _SIGNAL_EXIT
         exit_code = None
+    if start_error is not None:
+        exit_code = sig = None  # bubblewrap's own exit, not the command's
     finished_at = time.time()
     duration = time.monotonic() - t0
     outcome = Outcome(
@@ -424,6 +501,7 @@ def _supervise(
         stop_reason=stop_reason,
         swept=cleanup.killed,
         kill_latency_s=kill_latency,
+        start_error=start_error,
     )
     log_line(
         log,
