@@ -77,9 +77,24 @@ code runs under bubblewrap (`orchestrator/sandbox.py`):
 Killing a job kills its namespace: bubblewrap's init is the namespace's PID 1, and when it
 dies the kernel kills everything left in it, whatever a process did to get away (setsid, a
 double fork, a renamed argv, a cleared environment). The `/proc` marker sweep stays as the
-second line where the sandbox is off. A command killed by signal N inside the sandbox
-exits 128 + N through bubblewrap; such an exit code is read as that signal (a tool error),
-never as the command's own verdict.
+second line where the sandbox is off. After a sandboxed command exits by itself nothing
+scans `/proc`: bubblewrap names its init (`--json-status-fd`), and once that init has exited
+the kernel has already ended the rest of the namespace (it reaps the init last); when the
+init cannot be seen to exit within a second, the group kill and the sweep run as before. A
+command killed by signal N inside the sandbox exits 128 + N through bubblewrap; such an
+exit code is read as that signal (a tool error), never as the command's own verdict.
+
+A sandbox that fails to start is not the command's verdict. bubblewrap exits 1 with a
+`bwrap: ...` line when its own setup fails (a bind it cannot make, a namespace it cannot
+create), before the command ran: the test-runner once read that as "pytest exit code 1:
+tests failed" and rolled the task back to development. Its `--json-status-fd` gets the
+command's `exit-code` only once the setup finished and the command was started, and the
+command cannot write to it: no exit code there is a start failure. The job ends
+`not-started`, "sandbox failed to start: <bubblewrap's message>" (for agents, the
+test-runner, the merge gate's re-test and staging alike), which the engine defers within
+the infra budget (`sandbox-start-failure` in docs/reliability.md). The log's text decides
+nothing: the command writes there too. A bubblewrap without `--json-status-fd` (an old
+release) gets `--info-fd` and no such check: its exits are read as the command's.
 
 Secrets: an agent's environment is the allowlist (`PATH`, locale, `TZ`, `TERM`, `TMPDIR`,
 `VIRTUAL_ENV`), its `HOME`, the job's `ORCH_*` variables and the variables its repo names
@@ -93,7 +108,9 @@ user's clone. Its object store borrows the clone's (git's alternates, as `git cl
 --shared` makes), it has no remote and no other branch, and its config is the
 orchestrator's. Inside the sandbox its `.git` is read-only: the agent edits files, and the
 orchestrator commits them from outside, then publishes the branch to the user's
-`refs/heads/orch/<KEY>` (a fetch from the workspace and a compare-and-swap of the ref). The
+`refs/heads/orch/<KEY>` (a fetch from the workspace whose refspec moves the ref only by a
+fast-forward, never `+`; for a branch the merge gate rewrote, a fetch and a
+compare-and-swap of the ref). The
 user's clone is never writable from a sandbox.
 
 Every git command the orchestrator runs has these settings on its command line, whatever

@@ -29,6 +29,20 @@ NEEDS_BWRAP = pytest.mark.skipif(
     not sandbox.probe().ok and not os.environ.get("ORCH_TEST_REQUIRE_SANDBOX"),
     reason=f"bubblewrap cannot run here: {sandbox.probe().detail}",
 )
+HERE = "tests/integration/test_sandbox_start.py"
+# The attack on this module's defence, for docs/security.md (test_security_doc.py).
+DEFENDED = [
+    {
+        "attack": "a red suite (or staging command) that prints bubblewrap's own words "
+        "(`bwrap: Can't mkdir ...`) and exits 1, to pass for a sandbox that failed to start: "
+        "an infrastructure deferral instead of a rollback",
+        "before": "no start failure was told apart: every exit 1 was the command's",
+        "now": "a start failure is told by bubblewrap's `--json-status-fd` (no `exit-code` "
+        "of the command), which the command cannot write to, never by the log: still a red "
+        "suite, rolled back",
+        "test": HERE,
+    },
+]
 # What an attacker's command prints before it exits 1: bubblewrap's own words.
 FAKE = "bwrap: Can't mkdir /srv/backup.bundle: Not a directory"
 

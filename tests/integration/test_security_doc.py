@@ -16,6 +16,7 @@ try:
     import test_forged_verdicts
     import test_llm_spend
     import test_sandbox
+    import test_sandbox_start
     import test_test_cheats
     from security_doc import DOC, WRITE_ENV, Defended, render
 except ImportError:  # imported as tests.integration.test_security_doc
@@ -24,6 +25,7 @@ except ImportError:  # imported as tests.integration.test_security_doc
         test_forged_verdicts,
         test_llm_spend,
         test_sandbox,
+        test_sandbox_start,
         test_test_cheats,
     )
     from tests.integration.security_doc import DOC, WRITE_ENV, Defended, render
@@ -36,6 +38,7 @@ def test_security_doc_is_current() -> None:
         *(Defended(**row) for row in test_api_security.DEFENDED),
         *(Defended(**row) for row in test_task_text.DEFENDED),
         *(Defended(**row) for row in test_llm_spend.DEFENDED),
+        *(Defended(**row) for row in test_sandbox_start.DEFENDED),
     ]
     text = render(test_sandbox.ATTACKS, defended)
     if os.environ.get(WRITE_ENV):
