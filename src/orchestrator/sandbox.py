@@ -76,18 +76,24 @@ def probe(bwrap: str = BWRAP) -> Probe:
     if path is None:
         return Probe(False, None, False, f"{bwrap} is not installed: {INSTALL_HINT}")
     base = [path, "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc"]
-    with_user, why_user = _try([*base[:1], "--unshare-user", *base[1:], "--", "true"])
+    with_user, status, why_user = _works([*base[:1], "--unshare-user", *base[1:]])
     if with_user:
-        status = _try(
-            [*base[:1], "--unshare-user", "--json-status-fd", "1", *base[1:], "--", "true"]
-        )
-        return Probe(True, path, True, f"{path}: PID and user namespaces", status[0])
-    plain, why = _try([*base, "--", "true"])
+        return Probe(True, path, True, f"{path}: PID and user namespaces", status)
+    plain, status, why = _works(base)
     if plain:
-        status = _try([*base[:1], "--json-status-fd", "1", *base[1:], "--", "true"])
         detail = f"{path}: PID namespace (no user namespace: {why_user})"
-        return Probe(True, path, False, detail, status[0])
+        return Probe(True, path, False, detail, status)
     return Probe(False, path, False, f"{path} cannot start a sandbox: {why}; {INSTALL_HINT}")
+
+
+def _works(argv: Sequence[str]) -> tuple[bool, bool, str]:
+    """Whether bubblewrap runs ``true`` with ``argv``: (it does, with ``--json-status-fd``,
+    why not). One run where it has the option (as every current release does)."""
+    ok, why = _try([argv[0], "--json-status-fd", "1", *argv[1:], "--", "true"])
+    if ok:
+        return True, True, why
+    ok, why = _try([*argv, "--", "true"])
+    return ok, False, why
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,40 @@ def test_a_command_that_fakes_a_bwrap_error_is_still_red(tmp_path: Path, pytest_
     assert run.process.exit_code == 1
     assert run.process.start_error is None
     assert not any("sandbox failed to start" in r for r in run.reasons)
+
+
+@NEEDS_BWRAP
+def test_a_bubblewrap_without_the_status_fd_runs_as_before(tmp_path: Path) -> None:
+    # An old release: the real bubblewrap behind a wrapper that refuses --json-status-fd.
+    real = sandbox.probe().bwrap
+    assert real is not None
+    old = tmp_path / "bin" / "bwrap"
+    old.parent.mkdir()
+    old.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        "if '--json-status-fd' in sys.argv:\n"
+        "    sys.stderr.write('bwrap: Unknown option --json-status-fd\\n')\n"
+        "    sys.exit(1)\n"
+        f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n"
+    )
+    old.chmod(0o755)
+    found = sandbox.probe.__wrapped__(str(old))
+    assert found.ok
+    assert not found.json_status
+    box = sandbox.Sandbox(writable=(tmp_path,), bwrap=str(old), json_status=found.json_status)
+    argv = box.wrap(["true"], tmp_path, info_fd=9)
+    assert "--info-fd" in argv
+    assert "--json-status-fd" not in argv
+    # Its runs are read as before: an exit is the command's, and the namespace is found.
+    request = proc_group.ExecuteRequest(
+        argv=[sys.executable, "-c", "raise SystemExit(3)"],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        log_path=tmp_path / "old.log",
+        grace_s=0.5,
+        sandbox=box,
+    )
+    outcome = proc_group.run(request)
+    assert (outcome.exit_code, outcome.start_error) == (3, None)
+    assert sandbox.probe().json_status  # this machine's bubblewrap has it
