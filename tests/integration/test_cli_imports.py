@@ -31,8 +31,9 @@ args, report = json.loads(sys.argv[1]), sys.argv[2]
 
 def write_report():
     watched = ("sqlalchemy", "alembic")
+    commands = sorted(m for m in sys.modules if m.startswith("orchestrator.cli."))
     with open(report, "w") as f:
-        json.dump({"imported": [m for m in watched if m in sys.modules]}, f)
+        json.dump({"imported": [m for m in watched if m in sys.modules], "cli": commands}, f)
 
 atexit.register(write_report)
 sys.argv = ["orch", *args]
@@ -42,7 +43,7 @@ main()
 
 def orch_imports(tmp_path: Path, *args: str) -> dict[str, Any]:
     """Run `orch ARGS` in a child process on a home under ``tmp_path``: its exit code and
-    which of sqlalchemy and alembic it imported."""
+    which of sqlalchemy and alembic it imported, and which modules of orchestrator.cli."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))
     report = tmp_path / "imported.json"
@@ -69,6 +70,21 @@ def test_db_commands_on_a_current_database_do_not_import_alembic(tmp_path: Path)
     assert orch_imports(tmp_path, "init")["imported"] == ["sqlalchemy", "alembic"]
     for args in (["status", "--json"], ["task", "list", "--json"], ["repo", "list"]):
         assert orch_imports(tmp_path, *args)["imported"] == ["sqlalchemy"], args
+
+
+def test_a_command_imports_its_own_command_module_only(tmp_path: Path) -> None:
+    # Every command module imports typer, rich and its own helpers, and typer reads the
+    # signature of every function it makes a command of: `orch status` pays for its own.
+    orch_imports(tmp_path, "init")
+    shared = ["orchestrator.cli._common"]
+    cases = [
+        (["status", "--json"], "orchestrator.cli.misc"),
+        (["task", "list", "--json"], "orchestrator.cli.task"),
+        (["repo", "list"], "orchestrator.cli.repo"),
+        (["alerts", "--json"], "orchestrator.cli.engine_cmds"),
+    ]
+    for args, own in cases:
+        assert orch_imports(tmp_path, *args)["cli"] == sorted([*shared, own]), args
 
 
 def test_a_database_behind_is_still_upgraded_by_a_command(tmp_path: Path) -> None:

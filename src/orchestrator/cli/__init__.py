@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
 from orchestrator import __version__
-from orchestrator.cli import demo_cmd, engine_cmds, misc, repo, task
-from orchestrator.cli import serve as serve_cmd
 from orchestrator.cli._common import EXIT_USAGE, print_error, set_home
 
 
@@ -29,10 +29,85 @@ _CLICK_ERROR = _click_class("ClickException")
 _USAGE_ERROR = _click_class("UsageError")
 
 
+# The commands of `orch`, in the order its help lists them (commands, then groups, as
+# typer lists an app's): name -> (module of orchestrator.cli, attribute), the attribute a
+# command function or a sub-app (a group).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("misc", "init"),
+    "status": ("misc", "status"),
+    "demo": ("demo_cmd", "demo"),
+    "run": ("engine_cmds", "run_cmd"),
+    "worker": ("engine_cmds", "worker_cmd"),
+    "pause": ("engine_cmds", "pause"),
+    "resume": ("engine_cmds", "resume"),
+    "alerts": ("engine_cmds", "alerts_cmd"),
+    "serve": ("serve", "serve"),
+    "backend": ("engine_cmds", "backend_app"),
+    "repo": ("repo", "app"),
+    "task": ("task", "app"),
+    "db": ("misc", "db_app"),
+    "config": ("misc", "config_app"),
+}
+
+
+def build_command(name: str) -> Any:
+    """The click command of ``orch NAME``, made by typer from its function or sub-app as
+    ``app.command(NAME)`` / ``app.add_typer(sub, name=NAME)`` would."""
+    module, attr = COMMANDS[name]
+    target = getattr(importlib.import_module(f"orchestrator.cli.{module}"), attr)
+    if isinstance(target, typer.Typer):
+        command: Any = typer.main.get_group(target)
+    else:
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class _LazyCommands(dict[str, Any]):
+    """The root's commands, each made on first use.
+
+    Typer makes the click command of every command of an app (reading each function's
+    signature and annotations) and the CLI would import every command module, on every
+    run; `orch status` needs one. Looking a name up (``get``, ``[]``) makes that command
+    only; reading the values (help, a walk of the tree) makes them all. The keys are there
+    from the start, in ``COMMANDS``' order, which the help keeps.
+    """
+
+    def __init__(self, given: Mapping[str, Any]) -> None:
+        super().__init__(dict.fromkeys(COMMANDS))
+        self.update(given)
+
+    def __getitem__(self, name: str) -> Any:
+        value = super().__getitem__(name)
+        if value is None and name in COMMANDS:
+            value = build_command(name)
+            super().__setitem__(name, value)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def values(self) -> Any:
+        return [self[name] for name in self]
+
+    def items(self) -> Any:
+        return [(name, self[name]) for name in self]
+
+
 class _OneLineErrors(TyperGroup):
     """The root group: click's own usage errors (an unknown option, a missing argument or
     value) are one ``error:`` line, as every error of ours is, not a framed panel that
-    wraps a long value over many lines. Help, --version and exit codes are unchanged."""
+    wraps a long value over many lines. Help, --version and exit codes are unchanged.
+    Its commands are made on first use (``_LazyCommands``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands(self.commands)
 
     def main(
         self,
@@ -94,22 +169,6 @@ def root(
 ) -> None:
     """orchestrator: tasks from ticket to merged, deployed and watched."""
     set_home(home)
-
-
-app.command("init")(misc.init)
-app.command("status")(misc.status)
-app.command("demo")(demo_cmd.demo)
-app.command("run")(engine_cmds.run_cmd)
-app.command("worker")(engine_cmds.worker_cmd)
-app.command("pause")(engine_cmds.pause)
-app.command("resume")(engine_cmds.resume)
-app.command("alerts")(engine_cmds.alerts_cmd)
-app.add_typer(engine_cmds.backend_app, name="backend")
-app.command("serve")(serve_cmd.serve)
-app.add_typer(repo.app, name="repo")
-app.add_typer(task.app, name="task")
-app.add_typer(misc.db_app, name="db")
-app.add_typer(misc.config_app, name="config")
 
 
 def main() -> None:
