@@ -16,7 +16,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator.agents.registry import default_agents, parse_agent_assignments
 from orchestrator.domain.stages import (
     DEFAULT_STAGES,
     Stage,
@@ -30,13 +29,6 @@ from orchestrator.forge.settings import (
     forge_settings,
     land_of,
 )
-from orchestrator.gitops.git import (
-    branch_exists,
-    current_branch,
-    is_git_repo,
-    rev_parse_branch,
-)
-from orchestrator.runners import protected_globs
 from orchestrator.store import queries
 from orchestrator.store.rows import RepoRow
 
@@ -240,6 +232,8 @@ def _check_known_options(options: dict[str, Any]) -> None:
 
 def check_protected_paths(values: Sequence[str]) -> list[str]:
     """``--protected-paths`` values (repeatable, comma lists), checked; ``[]``: the defaults."""
+    from orchestrator.runners import protected_globs
+
     try:
         return protected_globs.parse_globs(values)
     except ValueError as exc:
@@ -285,6 +279,9 @@ def selfhost_staging_cmd() -> list[str]:
 
 def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoRow:
     """Register a managed repository after checking every input."""
+    from orchestrator.agents.registry import default_agents, parse_agent_assignments
+    from orchestrator.gitops.git import branch_exists, current_branch, is_git_repo, rev_parse_branch
+
     if not _REPO_NAME_RE.match(name):
         msg = f"repo name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
         raise UsageError(msg)
@@ -353,6 +350,9 @@ def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoR
 
 def set_repo(engine: sa.Engine, name: str, spec: RepoInput) -> RepoRow:
     """Change a registered repo; only the given fields move."""
+    from orchestrator.agents.registry import default_agents, parse_agent_assignments
+    from orchestrator.gitops.git import branch_exists, rev_parse_branch
+
     with engine.begin() as conn:
         repo = require_repo(conn, name)
         fields: dict[str, Any] = {}
@@ -451,6 +451,8 @@ def _check_forge_repo_free(conn: sa.Connection, name: str, options: dict[str, An
 
 def repo_view(r: RepoRow) -> dict[str, object]:
     """A repo as `orch repo show --json` and the API show it: never a token."""
+    from orchestrator.runners import protected_globs
+
     return {
         "name": r.name,
         "path": r.path,

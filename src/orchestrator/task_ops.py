@@ -26,14 +26,11 @@ from orchestrator.domain.stages import (
     Stage,
     State,
 )
-from orchestrator.domain.verdicts import PARSERS
 from orchestrator.engine.queue import queue_job, queue_next
 from orchestrator.errors import NotFoundError, UsageError
 from orchestrator.repo_ops import CONTROL_RE, require_repo
-from orchestrator.runners import protected
 from orchestrator.store import dependencies, queries
 from orchestrator.store import jobs as jobq
-from orchestrator.store.history import record_transition
 from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 
 
@@ -310,6 +307,8 @@ def _filed_before(
 
 def cancel_task(engine: sa.Engine, key: str, *, actor: str = "cli", reason: str = "") -> TaskRow:
     """Cancel a task; its running job is asked to stop (the engine kills it)."""
+    from orchestrator.store.history import record_transition
+
     now = time.time()
     with engine.begin() as conn:
         task = require_task(conn, key)
@@ -357,6 +356,8 @@ def _store(
     conn: sa.Connection, task: TaskRow, move: decide.Move, *, actor: str, now: float
 ) -> tuple[TaskRow, JobRow]:
     """Store a human's move that goes on, and queue the job it names."""
+    from orchestrator.store.history import record_transition
+
     assert move.next_job is not None
     fresh = record_transition(conn, task, move, actor=actor, now=now)
     repo = queries.get_repo_by_id(conn, task.repo_id)
@@ -382,6 +383,8 @@ def approve_task(
     approval accepts exactly those changes, and the stage's own agent runs again (the
     suite runs with them, as the branch has them), unless an artifact is supplied.
     """
+    from orchestrator.runners import protected
+
     now = time.time()
     if not taskdir.valid_key(key):
         msg = f"not a task key: {key!r} (keys look like DEMO-7)"
@@ -408,6 +411,9 @@ def _approve(
     actor: str,
     now: float,
 ) -> TaskRow:
+    from orchestrator.domain.verdicts import PARSERS
+    from orchestrator.runners import protected
+
     with engine.begin() as conn:
         task = require_task(conn, key)
         stage, state = Stage(task.stage), State(task.state)
