@@ -7,7 +7,9 @@ temp directory, then times each command ``--runs`` times as a fresh process, the
 interleaved so that a noisy neighbour slows all of them alike, and prints the median and
 the fastest run in ms beside the goal of issue 19 (``orch --help`` 150 ms; ``orch status``,
 ``orch task list`` and ``orch task add`` 300 ms on SQLite). The children import this
-checkout's code (``PYTHONPATH=src``).
+checkout's code (``PYTHONPATH=src``). Two anchors time the libraries alone that
+`orch --help` and a DB command import (``FLOORS``): what no change to orch's own code can
+go below.
 
 ``--compare SRC`` also times each `orch` command with another checkout's code
 (``PYTHONPATH=SRC``, e.g. ``../main/src``), interleaved with this one's: before and after
@@ -37,6 +39,14 @@ COMMANDS: list[tuple[str, list[str], float | None]] = [
     ("orch status", ["status"], 300.0),
     ("orch task list", ["task", "list"], 300.0),
     ("orch task add", ["task", "add", "demo", "bench task"], 300.0),
+]
+
+# Anchors: the libraries alone, what `orch` cannot go below. --help renders with typer's
+# rich help; a DB command needs SQLAlchemy with its SQLite dialect, typer and the settings'
+# pydantic-settings (pydantic with it).
+FLOORS: list[tuple[str, str]] = [
+    ("floor: help libs", "import typer.rich_utils"),
+    ("floor: DB cmd libs", "import sqlalchemy.dialects.sqlite, typer, pydantic_settings"),
 ]
 
 
@@ -118,6 +128,7 @@ def main() -> int:
             envs[" (cmp)"] = child_env(tmp / "home", args.compare.resolve())
         measured: list[tuple[str, list[str], float | None, Path, dict[str, str]]] = [
             ("python -c pass", [sys.executable, "-c", "pass"], None, tmp, env),
+            *((label, [sys.executable, "-c", code], None, tmp, env) for label, code in FLOORS),
             ("git status", ["git", "status"], None, repo, env),
             *(
                 (label + tag, [*orch, *cmd], goal, tmp, cmd_env)
