@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator.config import sandbox_network_for
+from orchestrator import sandbox
+from orchestrator.config import Settings, sandbox_network_for
 from orchestrator.sandbox import Sandbox, local_remotes
 
 
@@ -114,3 +116,81 @@ def test_local_remotes_are_found(tmp_path: Path, make_repo: Any) -> None:
         "/srv/git/b.git",
         "/srv/git/push.git",
     ]
+
+
+def _counting_git(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Every git call of the sandbox module, recorded (and still made)."""
+    calls: list[tuple[str, ...]] = []
+    real = sandbox.gitcmd.git
+
+    def counted(args: Any, cwd: Path, **kw: Any) -> Any:
+        calls.append(tuple(args))
+        return real(args, cwd, **kw)
+
+    monkeypatch.setattr(sandbox.gitcmd, "git", counted)
+    return calls
+
+
+def test_local_remotes_ask_git_once_while_no_config_changes(
+    make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo()
+    subprocess.run(["git", "remote", "add", "a", "/srv/git/a.git"], cwd=repo, check=True)
+    sandbox.local_remotes(repo)  # the system config's place may be looked up once
+    calls = _counting_git(monkeypatch)
+    for _ in range(3):
+        assert local_remotes(repo) == [Path("/srv/git/a.git")]
+    assert calls == []
+
+
+def test_a_local_remote_added_after_a_job_is_hidden_from_the_next(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The attack: the user (or anything acting as the user) adds a local remote while the
+    # worker runs; a kept answer that missed it would let the next sandboxed job push there.
+    home = tmp_path / "userhome"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    repo = make_repo()
+    settings = Settings(home=tmp_path / "orch")  # type: ignore[call-arg]
+    work = tmp_path / "wt"
+    work.mkdir()
+
+    def hidden() -> list[str]:
+        box = sandbox.for_job(settings, kind="agent", repo_path=repo, argv=["sh"], writable=[work])
+        assert box is not None
+        return [str(p) for p in box.hidden]
+
+    if not sandbox.probe().ok:
+        pytest.skip("bubblewrap cannot run here")
+    assert "/srv/git/new.git" not in hidden()
+    subprocess.run(["git", "remote", "add", "new", "/srv/git/new.git"], cwd=repo, check=True)
+    assert "/srv/git/new.git" in hidden()
+    # The same number of bytes, the same modification time: still seen (bytes, not stat).
+    config = repo / ".git" / "config"
+    before = os.stat(config)
+    text = config.read_bytes()
+    config.write_bytes(text.replace(b"/srv/git/new.git", b"/srv/git/NEW.git"))
+    os.utime(config, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert "/srv/git/NEW.git" in hidden()
+    # In the user's global config, and as a push URL.
+    (home / ".gitconfig").write_text('[remote "g"]\n\tpushurl = file:///srv/git/g.git\n')
+    assert "/srv/git/g.git" in hidden()
+
+
+def test_included_config_is_always_asked(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An [include] names a file this cannot follow: git answers every time.
+    home = tmp_path / "userhome"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    extra = tmp_path / "extra.gitconfig"
+    extra.write_text("")
+    (home / ".gitconfig").write_text(f"[include]\n\tpath = {extra}\n")
+    repo = make_repo()
+    assert local_remotes(repo) == []
+    calls = _counting_git(monkeypatch)
+    extra.write_text('[remote "x"]\n\turl = /srv/git/x.git\n')
+    assert local_remotes(repo) == [Path("/srv/git/x.git")]
+    assert len(calls) == 1
