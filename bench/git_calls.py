@@ -1,6 +1,6 @@
 """The git work inside each kind of transition: calls, their time, and the gap they sit in.
 
-    python bench/git_calls.py [--tasks 20] [--database-url postgresql://...]
+    python bench/git_calls.py [--tasks 20] [--database-url postgresql://...] [--trace]
 
 Tasks go one at a time (each alone in the database's queue) through the no-op pipeline of
 ``bench/transitions.py``: development -> testing -> deploy-staging (with the merge gate;
@@ -11,8 +11,9 @@ caller goes through) and laid on the gap it falls in, read from the agents' own 
 Printed per kind of transition: the median gap, the bare loop's median gap (the same agent
 commands back to back by subprocess.run, in this process), the median number of git calls
 and the median milliseconds spent in them, then the git calls of one such gap by
-subcommand. The merge gate's own cost is in ``bench/merge_gate.py``. No asserts: figures
-to read.
+subcommand (with ``--trace``, each call of that gap in order, with the orchestrator
+functions it came from). The merge gate's own cost is in ``bench/merge_gate.py``. No
+asserts: figures to read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ class GitCounter:
         def counted(args: Sequence[str], cwd: Path, **kw: Any) -> gitcmd.GitResult:
             t0 = time.time()
             res = real(args, cwd, **kw)
-            self.calls.append((t0, time.time() - t0, describe(args)))
+            self.calls.append((t0, time.time() - t0, describe(args), callers()))
             return res
 
         gitcmd.git = counted  # type: ignore[assignment]
@@ -62,6 +64,16 @@ class GitCounter:
 
     def __exit__(self, *_: object) -> None:
         gitcmd.git = self._real
+
+
+def callers() -> str:
+    """The orchestrator functions a git call came from, innermost last (gitops.git left out)."""
+    names = [
+        f"{Path(f.filename).stem}.{f.name}"
+        for f in traceback.extract_stack()
+        if "/orchestrator/" in f.filename and not f.filename.endswith("gitops/git.py")
+    ]
+    return " < ".join(reversed(names[-4:]))
 
 
 def describe(args: Sequence[str]) -> str:
@@ -126,6 +138,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=20)
     p.add_argument("--database-url", default=None, help="a PostgreSQL server (default: SQLite)")
+    p.add_argument("--trace", action="store_true", help="list one gap's calls and callers")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="orch-bench-git-"))
     try:
@@ -142,13 +155,16 @@ def main() -> None:
     for kind, rows in kinds.items():
         gap = statistics.median(g for g, _ in rows) * 1e3
         n = statistics.median(len(c) for _, c in rows)
-        ms = statistics.median(sum(d for _, d, _ in c) for _, c in rows) * 1e3
+        ms = statistics.median(sum(c[1] for c in calls) for _, calls in rows) * 1e3
         print(f"  {kind:<38} {gap:8.2f} {gap - bare:9.2f} {n:9.0f} {ms:7.2f}")
     for kind, rows in kinds.items():
         _gap, sample = rows[len(rows) // 2]
-        counts = collections.Counter(what for _, _, what in sample)
+        counts = collections.Counter(c[2] for c in sample)
         listed = ", ".join(f"{n}x {what}" for what, n in counts.most_common())
         print(f"  {kind}: {listed or 'none'}")
+        if args.trace:
+            for _t0, took, what, where in sample:
+                print(f"      {took * 1e3:6.2f} ms  {what:<24} {where}")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,16 @@ refs git packed, a rebase a crash left stopped.
 from __future__ import annotations
 
 import collections
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator.gitops import commits, land, worktrees
+from orchestrator.gitops import ancestry, commits, land, worktrees
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.land import Candidate, Judgement, LandRequest
+from orchestrator.runners import protected
 
 try:
     from merge_helpers import run_git
@@ -264,3 +266,75 @@ def test_a_stopped_rebase_in_the_workspace_is_aborted_before_landing(
     assert landing.status == "CONFLICT", landing.reasons
     assert not (ws / ".git" / "rebase-merge").exists()
     assert _git(ws, "rev-parse", "HEAD") == tip
+
+
+# --------------------------------------------------------------------------- testing
+
+
+def test_the_protected_check_of_a_branch_on_main_runs_no_merge_base(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo = make_repo()
+    ws = _workspace(repo, tmp_path / "wt")
+    for i in range(3):
+        (ws / f"feature{i}.txt").write_text("work\n")
+        assert commits.commit_all(ws, f"DEMO-1: work {i}")
+    with counted() as calls:
+        found = protected.check_task_branch(ws, "main", None, tmp_path / "task")
+    assert found.problem is None
+    assert found.base == _git(ws, "merge-base", "main", "HEAD") == _git(repo, "rev-parse", "main")
+    assert _subcommands(calls)["merge-base"] == 0, calls
+    assert len(calls) <= 2, _subcommands(calls)
+
+
+def test_a_merge_base_not_main_is_left_to_git(tmp_path: Path, make_repo: Any) -> None:
+    # Main moved past the branch's start: the merge base is an older commit; git says which.
+    repo = make_repo()
+    ws = _workspace(repo, tmp_path / "wt")
+    start = _git(repo, "rev-parse", "main")
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    (repo / "other.txt").write_text("other\n")
+    _git(repo, "add", "other.txt")
+    _git(repo, "commit", "-q", "-m", "main moves on")
+    assert worktrees.sync_main(ws, repo, "main") is None
+    assert ancestry.main_if_ancestor(ws, "main") is None
+    found = protected.check_task_branch(ws, "main", None, tmp_path / "task")
+    assert found.base == start
+
+
+def test_the_ancestry_shortcut_answers_only_what_git_would(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo()
+    ws = _workspace(repo, tmp_path / "wt")
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    main = _git(ws, "rev-parse", "main")
+    assert ancestry.main_if_ancestor(ws, "main") == main
+    git_dir = ws / ".git"
+    head = _git(ws, "rev-parse", "HEAD")
+    # A tag named main comes before the branch in git's reading of "main": git's question.
+    _git(ws, "tag", "main", "HEAD")
+    assert ancestry.main_if_ancestor(ws, "main") is None
+    _git(ws, "tag", "-d", "main")
+    assert ancestry.main_if_ancestor(ws, "main") == main
+    # A replace ref could give HEAD other parents: git's question.
+    _git(ws, "replace", head, main)
+    assert ancestry.main_if_ancestor(ws, "main") is None
+    _git(ws, "replace", "-d", head)
+    # A loose object that is not what its name says is never read as that commit.
+    obj = git_dir / "objects" / head[:2] / head[2:]
+    obj.chmod(0o644)
+    real = obj.read_bytes()
+    obj.write_bytes(zlib.compress(f"commit 50\0tree {'0' * 40}\nparent {main}\n".encode()))
+    assert ancestry.main_if_ancestor(ws, "main") is None
+    obj.write_bytes(real)
+    assert ancestry.main_if_ancestor(ws, "main") == main
+    # Packed: a tag named main still comes first; the branches themselves are read loose
+    # or by git.
+    _git(ws, "tag", "main", "HEAD")
+    _git(ws, "pack-refs", "--all")
+    assert not (git_dir / "refs" / "tags" / "main").exists()
+    assert ancestry.main_if_ancestor(ws, "main") is None
+    _git(ws, "tag", "-d", "main")
+    assert ancestry.main_if_ancestor(ws, "main") is None  # main is packed now: git's
+    assert protected.check_task_branch(ws, "main", None, tmp_path / "task").base == main

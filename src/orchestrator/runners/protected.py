@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.gitops import ancestry
 from orchestrator.gitops import changes as gc
 from orchestrator.runners.protected_changes import (
     Entry,
@@ -149,7 +150,10 @@ def check_task_branch(
     """The testing stage's check: the branch (HEAD) against the main it started from (its
     merge base with ``main_branch``), files beside it in the workspace included, and
     whether a human approved exactly these changes."""
-    base = gc.merge_base(worktree, main_branch, "HEAD")
+    # Main itself when HEAD descends from it, read from the workspace's files; else git.
+    base = ancestry.main_if_ancestor(worktree, main_branch) or gc.merge_base(
+        worktree, main_branch, "HEAD"
+    )
     if base is None:
         return ProtectedCheck(
             whose=globs_of(options)[1],
