@@ -250,3 +250,20 @@ def test_scrubbed_env_passes_only_the_named_keys(monkeypatch: pytest.MonkeyPatch
     suite = agent_env.scrubbed_env(repo, extra, agent_keys=False)
     assert not [name for name in suite if is_secret_name(name)]
     assert suite["HOME"] == "/h"
+
+
+def test_git_environment_follows_every_change_of_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The answer is kept between git calls; a change made in between is seen at once.
+    monkeypatch.setenv("KEEP_ME", "one")
+    assert git_environment()["KEEP_ME"] == "one"
+    monkeypatch.setenv("KEEP_ME", "two")
+    monkeypatch.setenv("NEW_TOKEN", "v")
+    env = git_environment()
+    assert env["KEEP_ME"] == "two"
+    assert "NEW_TOKEN" not in env
+    env["KEEP_ME"] = "changed by a caller"
+    assert git_environment()["KEEP_ME"] == "two"
+    monkeypatch.delenv("KEEP_ME")
+    assert "KEEP_ME" not in git_environment()
