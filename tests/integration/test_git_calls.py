@@ -12,6 +12,8 @@ refs git packed, a rebase a crash left stopped.
 from __future__ import annotations
 
 import collections
+import random
+import subprocess
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -151,6 +153,33 @@ def test_a_job_on_a_workspace_that_records_main_runs_no_git(tmp_path: Path, make
     assert _git(ws, "rev-parse", "main") == _git(repo, "rev-parse", "main")
 
 
+def test_a_tasks_first_workspace_takes_six_git_calls(tmp_path: Path, make_repo: Any) -> None:
+    # Is there an orch/<KEY> already, create it, init, the branch, read-tree, main. Main
+    # and the object store are read from the clone's .git (was: 8 calls).
+    repo = make_repo(files={"README.md": "demo\n"})
+    with counted() as calls:
+        ws = _workspace(repo, tmp_path / "worktrees")
+    assert len(calls) <= 6, _subcommands(calls)
+    assert _subcommands(calls)["rev-parse"] == 1, calls
+    assert _git(ws, "rev-parse", "main") == _git(repo, "rev-parse", "main")
+    assert _git(ws, "rev-parse", "HEAD") == _git(repo, "rev-parse", "orch/DEMO-1")
+    alternates = (ws / ".git" / "objects" / "info" / "alternates").read_text().strip()
+    assert alternates == str((repo / ".git" / "objects").resolve())
+    assert _git(ws, "status", "--porcelain") == ""
+
+
+def test_a_first_workspace_of_a_git_worktree_clone_asks_git(tmp_path: Path, make_repo: Any) -> None:
+    # The user's clone is itself a `git worktree`: its objects live in the main clone's
+    # .git, which only git knows.
+    main_clone = make_repo(files={"README.md": "demo\n"})
+    linked = tmp_path / "linked"
+    _git(main_clone, "worktree", "add", "-q", "-b", "side", str(linked))
+    made = worktrees.ensure_worktree(linked, "side", tmp_path / "worktrees", "demo", "DEMO-2")
+    assert made.path is not None, made.error
+    alternates = (made.path / ".git" / "objects" / "info" / "alternates").read_text().strip()
+    assert alternates == str((main_clone / ".git" / "objects").resolve())
+
+
 def test_packed_refs_are_read_by_git(tmp_path: Path, make_repo: Any) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
     root = tmp_path / "worktrees"
@@ -219,7 +248,7 @@ def _land(repo: Path, ws: Path, key: str = "DEMO-1") -> land.Landing:
     return land.land(request, judge)
 
 
-def test_landing_a_branch_takes_at_most_fifteen_git_calls(tmp_path: Path, make_repo: Any) -> None:
+def test_landing_a_branch_takes_at_most_thirteen_git_calls(tmp_path: Path, make_repo: Any) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
     _git(repo, "config", "--add", "user.name", "Last Name Wins")
     ws = _workspace(repo, tmp_path / "worktrees")
@@ -230,10 +259,11 @@ def test_landing_a_branch_takes_at_most_fifteen_git_calls(tmp_path: Path, make_r
     with counted() as calls:
         landing = _land(repo, ws)
     assert landing.status == "MERGED", landing.reasons
-    # status, main, HEAD and its trailer, is-ancestor, the branch's log, the user's name,
-    # commit-tree, the branch's CAS, fetch + CAS of the user's branch, the checkout's
-    # state (2), main's CAS, the checkout's files. (Before: 28.)
-    assert len(calls) <= 15, _subcommands(calls)
+    # status, main, HEAD and its trailer, the branch's log, the user's name, commit-tree,
+    # the branch's CAS, fetch + CAS of the user's branch, the checkout's state (2), main's
+    # CAS, the checkout's files. Whether main is under the branch is read from the loose
+    # commits (ancestry.descends). (Before: 28, then 15.)
+    assert len(calls) <= 13, _subcommands(calls)
     main = _git(repo, "rev-parse", "main")
     assert landing.merged_sha == main
     assert landing.tree == tree == _git(repo, "rev-parse", "main^{tree}")
@@ -338,3 +368,39 @@ def test_the_ancestry_shortcut_answers_only_what_git_would(tmp_path: Path, make_
     _git(ws, "tag", "-d", "main")
     assert ancestry.main_if_ancestor(ws, "main") is None  # main is packed now: git's
     assert protected.check_task_branch(ws, "main", None, tmp_path / "task").base == main
+
+
+def test_descends_agrees_with_git_on_every_pair_of_a_history(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # A history with branches and merges (commit-tree: any parents), every pair asked both
+    # ways: where the walk answers, git answers the same.
+    repo = make_repo()
+    tree = _git(repo, "rev-parse", "HEAD^{tree}")
+    shas = [_git(repo, "rev-parse", "HEAD")]
+    rng = random.Random(19)
+    for i in range(14):
+        parents = rng.sample(shas, k=min(len(shas), rng.choice((1, 1, 2))))
+        argv = ["commit-tree", tree, "-m", f"c{i}"]
+        for p in parents:
+            argv += ["-p", p]
+        shas.append(_git(repo, *argv))
+    answered = 0
+    for a in shas:
+        for b in shas:
+            known = ancestry.descends(repo, a, b)
+            if known is None:
+                continue
+            answered += 1
+            git_says = subprocess.run(
+                ["git", "merge-base", "--is-ancestor", a, b], cwd=repo, timeout=30, check=False
+            )
+            assert git_says.returncode in (0, 1)
+            assert known == (git_says.returncode == 0), (a, b)
+    assert answered == len(shas) ** 2  # all loose: every pair answered without git
+    # An object that is not there: git fails, so the walk does not say "no".
+    assert ancestry.descends(repo, "1" * 40, shas[-1]) is None
+    # Packed: git's question.
+    _git(repo, "update-ref", "refs/heads/all", shas[-1])
+    _git(repo, "gc", "-q")
+    assert ancestry.descends(repo, shas[0], shas[-1]) is None

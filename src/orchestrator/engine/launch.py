@@ -138,7 +138,8 @@ def _launch(ctx: JobContext) -> JobResult:
         # Whatever the last suite or a crashed attempt left uncommitted is not this
         # attempt's work: the agent starts on the branch's last commit, so what is left to
         # commit after it is exactly what it produced.
-        discarded = _clean_start(worktree)
+        # A workspace made just now (read-tree into a new folder) has nothing to discard.
+        discarded = None if wt.created else _clean_start(worktree)
         if discarded is not None and discarded.startswith("cannot"):
             return JobResult(OutcomeKind.NOT_STARTED, [discarded], worktree=worktree)
         result = _dispatch(ctx, spec, stage, worktree)

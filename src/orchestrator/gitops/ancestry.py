@@ -1,4 +1,4 @@
-"""Whether a workspace's main is an ancestor of its HEAD, read from git's files without git.
+"""Whether one commit is an ancestor of another, read from git's files without git.
 
 The testing stage compares a task branch with the main it started from, its merge base
 with ``main``. When the workspace's ``main`` is itself an ancestor of HEAD (a branch made
@@ -14,7 +14,9 @@ and git decides, for: a ``main`` that could name a tag or another ref before the
 (loose or packed), history git may read otherwise
 (replace refs, grafts, a shallow clone, or the environment pointing git at other objects
 or refs), an object that is not loose in the workspace or the store it borrows, and a
-walk longer than ``_MAX_COMMITS``.
+walk longer than ``_MAX_COMMITS``. ``descends`` answers the same question for any two
+commits (the merge gate's "is main already under the branch"), and False too when it
+walked a whole history without meeting the ancestor. ``loose_ref`` reads a branch's file.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.gitops import git as gitcmd
-from orchestrator.gitops.worktrees import loose_ref
 
 # Commits walked from HEAD before leaving the question to git.
 _MAX_COMMITS = 64
@@ -44,23 +46,58 @@ _HISTORY_ENV = (
 )
 
 
+def loose_ref(git_dir: Path, ref: str) -> str | None:
+    """The object a loose ref file under ``git_dir`` names, read without git; None: ask git.
+
+    Exact when it answers: git reads a loose ref before any packed one, writes one by
+    renaming a whole file into place (a read sees the old value or the new), and deletes
+    it only after packing it. A branch (``refs/heads/``) holds a commit: git refuses to
+    write anything else there. Anything else is None and the caller asks git: a ref git
+    packed or keeps in another format (reftable), a symbolic ref, a ``.git`` that is a
+    file or a link (a ``git worktree``, whose refs live elsewhere), an odd name.
+    """
+    parts = ref.split("/")
+    if not ref.startswith("refs/heads/") or any(p in ("", ".", "..") for p in parts):
+        return None
+    if not git_dir.is_dir() or git_dir.is_symlink():
+        return None
+    try:
+        text = git_dir.joinpath(*parts).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    sha = text.strip()
+    if len(sha) not in (40, 64) or any(c not in "0123456789abcdef" for c in sha):
+        return None
+    return sha
+
+
 def main_if_ancestor(worktree: Path, main_branch: str) -> str | None:
     """The workspace's ``main`` when it is an ancestor of (or is) HEAD, else None: ask git."""
     git_dir = worktree / ".git"
-    env = gitcmd.git_environment()
-    if any(name in env for name in _HISTORY_ENV) or not _plain_refs(git_dir, main_branch):
+    if not _plain_refs(git_dir, main_branch):
         return None
     main = loose_ref(git_dir, f"refs/heads/{main_branch}")
     head = _head(git_dir)
     if main is None or head is None:
         return None
+    return main if descends(worktree, main, head) else None
+
+
+def descends(repo: Path, ancestor: str, tip: str) -> bool | None:
+    """Whether commit ``ancestor`` is reachable from commit ``tip`` (equal counts), both
+    full SHA-1s, in the repository at ``repo`` (its ``.git`` a folder): True when the walk
+    from ``tip`` meets it, False when it walked all of ``tip``'s history without, None when
+    it could not tell (ask ``git merge-base --is-ancestor``)."""
+    git_dir = repo / ".git"
+    if not (_is_sha(ancestor) and _is_sha(tip)) or not _plain_history(git_dir):
+        return None
     stores = _object_stores(git_dir)
     seen: set[str] = set()
-    todo = [head]
+    todo = [tip]
     while todo:
         sha = todo.pop()
-        if sha == main:
-            return main
+        if sha == ancestor:
+            return True
         if sha in seen:
             continue
         seen.add(sha)
@@ -70,18 +107,19 @@ def main_if_ancestor(worktree: Path, main_branch: str) -> str | None:
         if parents is None:
             return None
         todo.extend(parents)
-    return None
+    # Git answers "no" only about a commit that exists (of one it cannot read it fails).
+    return False if _parents(stores, ancestor) is not None else None
 
 
-def _plain_refs(git_dir: Path, main_branch: str) -> bool:
-    """No replace refs, grafts or shallow boundary, and nothing that ``main`` would name
-    before ``refs/heads/main`` (git's order: ``<name>``, ``refs/<name>``,
-    ``refs/tags/<name>``, then the branch), loose or packed. (Other packed refs do not
-    matter: the refs read here are read loose or not at all.)"""
+def _plain_history(git_dir: Path) -> bool:
+    """Git would read the history as its commits say: no replace refs, grafts or shallow
+    boundary, no environment pointing it at other objects or refs, a ``.git`` of its own."""
+    env = gitcmd.git_environment()
+    if any(name in env for name in _HISTORY_ENV):
+        return False
     if not git_dir.is_dir() or git_dir.is_symlink():
         return False
-    before = (main_branch, f"refs/{main_branch}", f"refs/tags/{main_branch}")
-    for rel in ("info/grafts", "shallow", "commondir", *before):
+    for rel in ("info/grafts", "shallow", "commondir"):
         if os.path.lexists(git_dir / rel):
             return False
     # An empty refs/replace (left by `git replace -d`) replaces nothing; anything in it may.
@@ -92,19 +130,33 @@ def _plain_refs(git_dir: Path, main_branch: str) -> bool:
         pass
     except OSError:
         return False
+    return not _packed_names(git_dir, lambda name: name.startswith("refs/replace/"))
+
+
+def _packed_names(git_dir: Path, match: Callable[[str], bool]) -> bool:
+    """Whether ``packed-refs`` names a ref ``match`` accepts (True, too, when unreadable)."""
     try:
         packed = (git_dir / "packed-refs").read_bytes()
     except FileNotFoundError:
-        return True
-    except OSError:
         return False
+    except OSError:
+        return True
     for line in packed.decode("utf-8", errors="replace").splitlines():
         if line.startswith(("#", "^")):
             continue
-        _, _, name = line.partition(" ")
-        if name.startswith("refs/replace/") or name in before:
-            return False
-    return True
+        if match(line.partition(" ")[2]):
+            return True
+    return False
+
+
+def _plain_refs(git_dir: Path, main_branch: str) -> bool:
+    """Nothing that ``main`` would name before ``refs/heads/main`` (git's order:
+    ``<name>``, ``refs/<name>``, ``refs/tags/<name>``, then the branch), loose or packed.
+    (Other packed refs do not matter: the refs read here are read loose or not at all.)"""
+    before = (main_branch, f"refs/{main_branch}", f"refs/tags/{main_branch}")
+    if any(os.path.lexists(git_dir / rel) for rel in before):
+        return False
+    return not _packed_names(git_dir, lambda name: name in before)
 
 
 def _head(git_dir: Path) -> str | None:

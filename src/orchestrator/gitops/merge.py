@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.gitops import ancestry
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.git import (
     CHANGE_PATHSPEC,
@@ -105,7 +106,13 @@ def tree_of(cwd: Path, commit: str) -> str | None:
 
 
 def is_ancestor(cwd: Path, ancestor: str, descendant: str) -> bool | None:
-    """Whether ``ancestor`` is reachable from ``descendant`` (equal counts); None on error."""
+    """Whether ``ancestor`` is reachable from ``descendant`` (equal counts); None on error.
+
+    Read from the loose commits when ``ancestry.descends`` can tell (a workspace's new
+    commits), else git's answer."""
+    known = ancestry.descends(cwd, ancestor, descendant)
+    if known is not None:
+        return known
     res = run_git(["merge-base", "--is-ancestor", ancestor, descendant], cwd)
     if res.returncode in (0, 1) and not res.timed_out:
         return res.returncode == 0

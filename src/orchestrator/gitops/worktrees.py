@@ -25,6 +25,7 @@ from typing import Literal
 from orchestrator import taskdir
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import merge
+from orchestrator.gitops.ancestry import loose_ref
 from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.lock import repo_lock
 
@@ -73,7 +74,24 @@ _STAGING_SUFFIX = ".new"
 
 
 def _git_dir_path(repo_path: Path, name: str) -> Path | None:
-    """``git rev-parse --git-path NAME`` in ``repo_path``, absolute."""
+    """``git rev-parse --git-path NAME`` in ``repo_path``, absolute.
+
+    A clone whose ``.git`` is a repository folder of its own (not a link, not a ``git
+    worktree``'s, no ``GIT_*`` variable moving its parts) keeps it at ``.git/NAME``: no
+    git call then."""
+    git_dir = repo_path / ".git"
+    env = gitcmd.git_environment()
+    if (
+        name == "objects"
+        and not any(v in env for v in ("GIT_DIR", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY"))
+        and git_dir.is_dir()
+        and not git_dir.is_symlink()
+        and not (git_dir / "commondir").exists()
+        and (git_dir / "HEAD").is_file()
+        and (git_dir / "refs").is_dir()
+        and (git_dir / "objects").is_dir()
+    ):
+        return (git_dir / "objects").resolve()
     res = gitcmd.git(["rev-parse", "--git-path", name], repo_path)
     if not res or not res.stdout.strip():
         return None
@@ -106,31 +124,6 @@ def sync_main(
         return None
     res = gitcmd.git(["update-ref", ref, sha], workspace)
     return None if res else f"cannot record {main_branch} in the workspace: {_explain(res)}"
-
-
-def loose_ref(git_dir: Path, ref: str) -> str | None:
-    """The object a loose ref file under ``git_dir`` names, read without git; None: ask git.
-
-    Exact when it answers: git reads a loose ref before any packed one, writes one by
-    renaming a whole file into place (a read sees the old value or the new), and deletes
-    it only after packing it. A branch (``refs/heads/``) holds a commit: git refuses to
-    write anything else there. Anything else is None and the caller asks git: a ref git
-    packed or keeps in another format (reftable), a symbolic ref, a ``.git`` that is a
-    file or a link (a ``git worktree``, whose refs live elsewhere), an odd name.
-    """
-    parts = ref.split("/")
-    if not ref.startswith("refs/heads/") or any(p in ("", ".", "..") for p in parts):
-        return None
-    if not git_dir.is_dir() or git_dir.is_symlink():
-        return None
-    try:
-        text = git_dir.joinpath(*parts).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
-        return None
-    sha = text.strip()
-    if len(sha) not in (40, 64) or any(c not in "0123456789abcdef" for c in sha):
-        return None
-    return sha
 
 
 def _make_workspace(
@@ -245,7 +238,8 @@ def _add_worktree(
         start, notes = _start_point(repo_path, main_branch, remote)
         local = start == main_branch
         start_sha = (
-            gitcmd.rev_parse_branch(repo_path, main_branch)
+            loose_ref(repo_path / ".git", f"refs/heads/{main_branch}")
+            or gitcmd.rev_parse_branch(repo_path, main_branch)
             if local
             else gitcmd.rev_parse(repo_path, f"{start}^{{commit}}")
         )
