@@ -48,6 +48,8 @@ class GitCounter:
 
     def __init__(self) -> None:
         self.calls: list[tuple[float, float, str]] = []
+        # id(call) -> the orchestrator functions it came from (``--trace``)
+        self.where: dict[int, str] = {}
         self._real = gitcmd.git
 
     def __enter__(self) -> GitCounter:
@@ -56,7 +58,9 @@ class GitCounter:
         def counted(args: Sequence[str], cwd: Path, **kw: Any) -> gitcmd.GitResult:
             t0 = time.time()
             res = real(args, cwd, **kw)
-            self.calls.append((t0, time.time() - t0, describe(args), callers()))
+            call = (t0, time.time() - t0, describe(args))
+            self.calls.append(call)
+            self.where[id(call)] = callers()
             return res
 
         gitcmd.git = counted  # type: ignore[assignment]
@@ -87,7 +91,9 @@ def describe(args: Sequence[str]) -> str:
     return f"{rest[0]} {flag}".strip() if rest[0] == "rev-parse" else rest[0]
 
 
-def run_pipeline(tasks: int, db_url: str, root: Path) -> tuple[dict[str, list[Any]], list[Any]]:
+def run_pipeline(
+    tasks: int, db_url: str, root: Path
+) -> tuple[dict[str, list[Any]], list[Any], dict[int, str]]:
     """``tasks`` tasks, one at a time; their stamps and the git calls made meanwhile.
 
     Each task's rows start with ("filed", t, t): the worker starting on it, so the first
@@ -104,7 +110,7 @@ def run_pipeline(tasks: int, db_url: str, root: Path) -> tuple[dict[str, list[An
     per_task = read_stamps(stamps)
     for key, rows in per_task.items():
         rows.insert(0, ("filed", filed[key], filed[key]))
-    return per_task, counter.calls
+    return per_task, counter.calls, counter.where
 
 
 def per_kind(
@@ -143,7 +149,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="orch-bench-git-"))
     try:
         with fresh_database(args.database_url, root) as db_url:
-            per_task, calls = run_pipeline(args.tasks, db_url, root)
+            per_task, calls, where = run_pipeline(args.tasks, db_url, root)
         bare = statistics.median(bare_gaps(args.tasks, root)) * 1e3
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -155,16 +161,17 @@ def main() -> None:
     for kind, rows in kinds.items():
         gap = statistics.median(g for g, _ in rows) * 1e3
         n = statistics.median(len(c) for _, c in rows)
-        ms = statistics.median(sum(c[1] for c in calls) for _, calls in rows) * 1e3
+        ms = statistics.median(sum(d for _, d, _ in c) for _, c in rows) * 1e3
         print(f"  {kind:<38} {gap:8.2f} {gap - bare:9.2f} {n:9.0f} {ms:7.2f}")
     for kind, rows in kinds.items():
         _gap, sample = rows[len(rows) // 2]
-        counts = collections.Counter(c[2] for c in sample)
+        counts = collections.Counter(what for _, _, what in sample)
         listed = ", ".join(f"{n}x {what}" for what, n in counts.most_common())
         print(f"  {kind}: {listed or 'none'}")
         if args.trace:
-            for _t0, took, what, where in sample:
-                print(f"      {took * 1e3:6.2f} ms  {what:<24} {where}")
+            for call in sample:
+                _t0, took, what = call
+                print(f"      {took * 1e3:6.2f} ms  {what:<24} {where[id(call)]}")
 
 
 if __name__ == "__main__":
