@@ -180,9 +180,17 @@ class Folded:
             # A pending job no longer queued or running has finished (and stays so).
             done = self.pending.keys() - store_reads.unfinished_job_ids(conn, self.job_after)
             parts.append(_J.id.in_(sorted(done)))
+        new_rows = (
+            now_at.merge_results > self.results_after or now_at.transitions > self.transitions_after
+        )
+        return Unfolded(parts, frozenset(done), new_rows)
+
+    def live_runners(self, conn: sa.Connection, done: frozenset[int]) -> dict[str, RunnerTally]:
+        """The runner counts of the pending jobs still queued or running, ``done`` aside
+        (those of them that finished since the fold), as ``runner_counters`` counts a job
+        not finished. Read only by the counters: the spend has no use for them."""
         running = store_reads.running_job_ids(conn, self.job_after)
-        # The pending jobs still live, counted as runner_counters counts a job not
-        # finished. Their agent never changes; a queued or running job has no cost yet
+        # Their agent never changes; a queued or running job has no cost yet
         # (store.jobs.finish writes it with the job's end).
         live = {name: RunnerTally(jobs=self.pending_runners.get(name, 0)) for name in RUNNERS}
         for job_id in done:
@@ -193,25 +201,22 @@ class Folded:
                 live[self.pending[job_id]].running += 1
         for tally in live.values():
             tally.queued = tally.jobs - tally.running
-        new_rows = (
-            now_at.merge_results > self.results_after or now_at.transitions > self.transitions_after
-        )
-        return Unfolded(parts, live, new_rows)
+        return live
 
 
 @dataclass(frozen=True)
 class Unfolded:
-    """Jobs not folded yet: ``parts`` (SQL, disjoint, each read by its primary key), and
-    the runner counts of the pending jobs still queued or running (``live``);
-    ``new_rows``: merge results or transitions arrived since the fold."""
+    """Jobs not folded yet: ``parts`` (SQL, disjoint, each read by its primary key);
+    ``done``: the pending jobs that finished since the fold; ``new_rows``: merge results
+    or transitions arrived since the fold."""
 
     parts: list[sa.ColumnElement[bool]]
-    live: dict[str, RunnerTally] = field(default_factory=dict)
+    done: frozenset[int] = frozenset()
     new_rows: bool = True
 
     def runners(self, conn: sa.Connection) -> dict[str, RunnerTally]:
-        """Their runner counters: ``runner_counters``' for each part, and the live ones."""
-        out = self.live
+        """Their runner counters: ``runner_counters``' for each part."""
+        out: dict[str, RunnerTally] = {}
         for where in self.parts:
             out = add_runner_tallies(out, counters.runner_counters(conn, RUNNERS, where))
         return out
@@ -223,6 +228,11 @@ class Unfolded:
             for where in self.parts
             for r in store_reads.cost_rows(conn, where)
         ]
+
+
+def _count_by_runner(pending: dict[int, str]) -> dict[str, int]:
+    """How many of the ``pending`` jobs (id -> agent) each runner has."""
+    return {n: sum(1 for a in pending.values() if a == n) for n in RUNNERS}
 
 
 def safe_after(marks: Sequence[Any], after: int, cut: float) -> int:
@@ -281,7 +291,7 @@ def fold(conn: sa.Connection, old: Folded, now: float) -> Folded:
             at=now,
             job_after=job_after,
             pending=pending,
-            pending_runners={n: sum(1 for a in pending.values() if a == n) for n in RUNNERS},
+            pending_runners=_count_by_runner(pending),
             runners=runners,
             spend=spend,
             by_task=by_task,
@@ -303,7 +313,7 @@ def fold(conn: sa.Connection, old: Folded, now: float) -> Folded:
         at=now,
         job_after=job_after,
         pending=pending,
-        pending_runners={n: sum(1 for a in pending.values() if a == n) for n in RUNNERS},
+        pending_runners=_count_by_runner(pending),
         results_after=results_after,
         transitions_after=transitions_after,
         runners=runners,
@@ -350,7 +360,7 @@ class Totals:
         now = time.time() if now is None else now
         f = self.folded(conn, now)
         tail = f.unfolded(conn)
-        fresh = tail.runners(conn)
+        fresh = add_runner_tallies(f.live_runners(conn, tail.done), tail.runners(conn))
         m, t = merge_results.c, transitions.c
         if tail.new_rows:
             gate = merges.merge_counters(
