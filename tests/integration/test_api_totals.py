@@ -7,6 +7,7 @@ after one, with the store's own full queries. On SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,8 @@ import sqlalchemy as sa
 from orchestrator import repo_ops, task_ops
 from orchestrator.api.totals import COMMIT_MARGIN_S, FOLD_EVERY_S, RUNNERS, Totals, safe_after
 from orchestrator.config import load_settings
-from orchestrator.store import counters, merges, queries, spend
+from orchestrator.runners.base import TEST_RUNNER
+from orchestrator.store import counters, make_engine, merges, queries, spend
 from orchestrator.store import reads as store_reads
 from orchestrator.store.spend import DAY_S, TOP_TASKS, Spend
 
@@ -194,3 +196,56 @@ def test_the_live_ranking_walks_past_many_finished_tasks(
     assert [key for key, _state, _spend in served[4]] == [f"DEMO-{n}" for n in (7, 6, 5)][
         :TOP_TASKS
     ]
+
+
+def test_a_backlog_longer_than_the_drivers_parameter_limit_is_counted(
+    migrated_db_url: str, make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The pending jobs are read by id. A backlog of queued jobs longer than a statement may
+    # bind (999 on SQLite before 3.32, as this test sets it; 32,766 after; 65,535 for
+    # psycopg) must be counted in statements that each stay under it.
+    engine = make_engine(migrated_db_url)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _old_limit(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
+    repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES))
+    rows = Rows(engine, settings)
+    t0 = time.time()
+    task = rows.task("backlog")
+    backlog = 1_200
+    with engine.begin() as conn:
+        ids = [
+            queries.insert_job(
+                conn, task_id=task, stage="testing", agent=TEST_RUNNER, attempt=n, now=t0
+            ).id
+            for n in range(1, backlog + 1)
+        ]
+    rows.job(task, "claude", t0, cost_usd=0.25)
+    totals = Totals()
+    now = t0 + COMMIT_MARGIN_S + 10
+
+    def check() -> None:
+        with engine.connect() as conn:
+            assert _served(totals, conn, now) == _full(conn, now)
+
+    check()  # the first fold: every queued job is pending
+    with engine.begin() as conn:
+        for job_id in ids:
+            queries.update_job(
+                conn, job_id, state="finished", outcome="completed", finished_at=now,
+                cost_usd=0.001, tokens_in=1,
+            )  # fmt: skip
+    now += 1
+    check()  # between folds: all of them finished since
+    now += FOLD_EVERY_S
+    check()  # folded
+    with engine.connect() as conn:
+        # Only the task's own first job is still queued.
+        assert set(totals.folded(conn, now).pending) == store_reads.unfinished_job_ids(conn)
+        assert not set(ids) & store_reads.unfinished_job_ids(conn)
+        assert totals.counters(conn, now).runners[TEST_RUNNER].jobs == backlog
+    engine.dispose()

@@ -49,6 +49,9 @@ COMMIT_MARGIN_S = 30.0
 # Tasks looked up in the first round trip when ranking the live ones by spend (each next
 # round trip looks up four times as many).
 _RANK_BATCH = 32
+# Job ids bound in one statement at most: a backlog of queued jobs is read by id, and a
+# statement may bind 999 values on SQLite before 3.32 (32,766 since, 65,535 for psycopg).
+IDS_PER_STATEMENT = 500
 _J = jobs.c
 _ZERO = Spend(0.0, 0, 0, 0)
 
@@ -179,7 +182,7 @@ class Folded:
         if now_at.unfinished < len(self.pending):
             # A pending job no longer queued or running has finished (and stays so).
             done = self.pending.keys() - store_reads.unfinished_job_ids(conn, self.job_after)
-            parts.append(_J.id.in_(sorted(done)))
+            parts += _among(sorted(done))
         new_rows = (
             now_at.merge_results > self.results_after or now_at.transitions > self.transitions_after
         )
@@ -230,6 +233,27 @@ class Unfolded:
         ]
 
 
+def _among(ids: Sequence[int]) -> list[sa.ColumnElement[bool]]:
+    """``id IN ids`` as disjoint parts, each binding at most ``IDS_PER_STATEMENT`` ids."""
+    n = IDS_PER_STATEMENT
+    return [_J.id.in_(ids[i : i + n]) for i in range(0, len(ids), n)]
+
+
+def _between_but(after: int, upto: int, but: Sequence[int]) -> list[sa.ColumnElement[bool]]:
+    """The ids in (``after``, ``upto``] save ``but`` (sorted, each in that range), as
+    disjoint parts each binding at most ``IDS_PER_STATEMENT`` of ``but``: the range is cut
+    after each batch's last id."""
+    n = IDS_PER_STATEMENT
+    parts: list[sa.ColumnElement[bool]] = []
+    low = after
+    for i in range(0, len(but), n):
+        batch = but[i : i + n]
+        high = batch[-1] if i + n < len(but) else upto
+        parts.append(sa.and_(_J.id > low, _J.id <= high, _J.id.not_in(batch)))
+        low = high
+    return parts or [sa.and_(_J.id > after, _J.id <= upto)]
+
+
 def _count_by_runner(pending: dict[int, str]) -> dict[str, int]:
     """How many of the ``pending`` jobs (id -> agent) each runner has."""
     return {n: sum(1 for a in pending.values() if a == n) for n in RUNNERS}
@@ -263,11 +287,8 @@ def fold(conn: sa.Connection, old: Folded, now: float) -> Folded:
     # was read waits in ``pending`` for the next fold, so nothing is counted twice.
     moved = Unfolded([])
     if job_after > old.job_after:
-        fresh = _J.id.not_in(sorted(unfinished_new))
-        moved.parts.append(sa.and_(_J.id > old.job_after, _J.id <= job_after, fresh))
-    done_pending = sorted(old.pending.keys() - still)
-    if done_pending:
-        moved.parts.append(_J.id.in_(done_pending))
+        moved.parts.extend(_between_but(old.job_after, job_after, sorted(unfinished_new)))
+    moved.parts.extend(_among(sorted(old.pending.keys() - still)))
     runners = add_runner_tallies(old.runners, moved.runners(conn))
 
     spend, by_task = old.spend, dict(old.by_task)
