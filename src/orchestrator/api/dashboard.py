@@ -255,12 +255,14 @@ def dashboard_router(api: Api) -> APIRouter:
         st = api.settings
         with api.reader.connect() as conn:
             columns = board_columns(conn, now, at)
+            # One read of the jobs the totals have not folded, for the counters and the spend.
+            totals = api.totals.snapshot(conn, now)
             return {
                 "columns": columns,
                 "page": at,
                 "next_page": at.next(columns),
-                "queue": reads.queue(conn, st, now=now, limit=20, totals=api.totals),
-                "spend": reads.llm_spend(conn, st, now, api.totals),
+                "queue": reads.queue(conn, st, now=now, limit=20, totals=totals),
+                "spend": reads.llm_spend(conn, st, now, totals),
                 "alerts": reads.list_alerts(conn, ALERTS_SHOWN),
                 "open_alerts": reads.open_alert_count(conn),
                 "switches": reads.kill_switches(conn, api.settings),

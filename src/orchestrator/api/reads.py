@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from orchestrator import __version__, money, task_ops, taskdir
 from orchestrator.api import models as M
 from orchestrator.api import task_models as TM
-from orchestrator.api.totals import Totals
+from orchestrator.api.totals import Snapshot, Totals
 from orchestrator.config import Settings
 from orchestrator.engine.worker import SERIAL_HOLD_STAGES
 from orchestrator.masking import masked_setting, masked_url
@@ -113,10 +113,10 @@ def task_counts(conn: sa.Connection) -> M.TaskCounts:
     )
 
 
-def llm_spend(conn: sa.Connection, st: Settings, now: float, totals: Totals) -> M.LlmSpend:
+def llm_spend(conn: sa.Connection, st: Settings, now: float, totals: Snapshot) -> M.LlmSpend:
     """The sum of ``jobs.cost_usd`` and tokens, the last 24 hours' as the day budget counts
     it, the budgets, and the live tasks that spent most; no reported cost counts as 0."""
-    total, day, top = totals.spend(conn, now)
+    total, day, top = totals.spend(conn)
     return M.LlmSpend(
         as_of=now,
         total_usd=total.cost_usd,
@@ -181,7 +181,7 @@ def status(
         kill_switches=kill_switches(conn, st),
         repos=sorted(repo_names(conn).values()),
         tasks=task_counts(conn),
-        llm_spend=llm_spend(conn, st, now, totals),
+        llm_spend=llm_spend(conn, st, now, totals.snapshot(conn, now)),
         backends=backends(conn),
         workers=workers(conn, st, now),
         serial_gate=serial_gate(conn),
@@ -253,10 +253,10 @@ def runner_counters(
 
 
 def queue(
-    conn: sa.Connection, st: Settings, *, now: float, limit: int, totals: Totals
+    conn: sa.Connection, st: Settings, *, now: float, limit: int, totals: Snapshot
 ) -> M.QueueOut:
     """Everything ``GET /queue`` shows: live lists, and the counters of ``totals``."""
-    got = totals.counters(conn, now)
+    got = totals.counters(conn)
     runners = runner_counters(st, got.runners)
     counts = store_reads.queue_counts(conn)
     return M.QueueOut(

@@ -80,8 +80,10 @@ def json_router(api: Api) -> APIRouter:
         ] = DEFAULT_LIST_LIMIT,
     ) -> Response:
         """Queued, running, deferred and blocked work; serial gates; runner and merge counters."""
+        now = time.time()
         with api.reader.connect() as conn:
-            out = reads.queue(conn, st, now=time.time(), limit=limit, totals=api.totals)
+            totals = api.totals.snapshot(conn, now)
+            out = reads.queue(conn, st, now=now, limit=limit, totals=totals)
         return json_response(out)
 
     @router.get(

@@ -39,7 +39,7 @@ from orchestrator.store.counters import RunnerTally, Tally
 from orchestrator.store.schema import jobs, merge_results, transitions
 from orchestrator.store.spend import DAY_S, TOP_TASKS, Spend, TaskSpend
 
-__all__ = ["COMMIT_MARGIN_S", "FOLD_EVERY_S", "Counters", "Totals"]
+__all__ = ["COMMIT_MARGIN_S", "FOLD_EVERY_S", "Counters", "Snapshot", "Totals"]
 
 RUNNERS = (TEST_RUNNER, STAGING_RUNNER)
 FOLD_EVERY_S = 2.0
@@ -376,11 +376,35 @@ class Totals:
         finally:
             self._folding.release()
 
-    def counters(self, conn: sa.Connection, now: float | None = None) -> Counters:
-        """The runner and merge-gate counters as of now."""
+    def snapshot(self, conn: sa.Connection, now: float | None = None) -> Snapshot:
+        """The folded part and the jobs not in it, read once: a request that shows both
+        the counters and the spend (the dashboard) reads the unfolded jobs once for both."""
         now = time.time() if now is None else now
         f = self.folded(conn, now)
-        tail = f.unfolded(conn)
+        return Snapshot(f, f.unfolded(conn), now)
+
+    def counters(self, conn: sa.Connection, now: float | None = None) -> Counters:
+        """The runner and merge-gate counters as of now."""
+        return self.snapshot(conn, now).counters(conn)
+
+    def spend(self, conn: sa.Connection, now: float) -> tuple[Spend, Spend, list[TaskSpend]]:
+        """Every job's spend, the spend of the jobs that finished since ``now - DAY_S``,
+        and the live tasks that spent most (as ``store.spend`` defines each)."""
+        return self.snapshot(conn, now).spend(conn)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The totals of one request: the folded part, and the jobs not folded (``tail``) as
+    read at ``now``; the counters and the spend both count from these."""
+
+    folded: Folded
+    tail: Unfolded
+    now: float
+
+    def counters(self, conn: sa.Connection) -> Counters:
+        """The runner and merge-gate counters."""
+        f, tail = self.folded, self.tail
         fresh = add_runner_tallies(f.live_runners(conn, tail.done), tail.runners(conn))
         m, t = merge_results.c, transitions.c
         if tail.new_rows:
@@ -394,52 +418,50 @@ class Totals:
         return Counters(
             runners=add_runner_tallies(f.runners, fresh),
             merge_gate={k: f.merge_gate.get(k, 0) + gate.get(k, 0) for k in merges.COUNTER_NAMES},
-            as_of=now,
+            as_of=self.now,
         )
 
-    def spend(self, conn: sa.Connection, now: float) -> tuple[Spend, Spend, list[TaskSpend]]:
+    def spend(self, conn: sa.Connection) -> tuple[Spend, Spend, list[TaskSpend]]:
         """Every job's spend, the spend of the jobs that finished since ``now - DAY_S``,
         and the live tasks that spent most (as ``store.spend`` defines each)."""
-        f = self.folded(conn, now)
+        f, now = self.folded, self.now
         total, day = f.spend, f.day.since(now - DAY_S)
         fresh: dict[int, Spend] = {}
-        for task_id, finished_at, usd, tin, tout in f.unfolded(conn).costs(conn):
+        for task_id, finished_at, usd, tin, tout in self.tail.costs(conn):
             total = _add_spend(total, usd, tin, tout)
             if finished_at is not None and finished_at >= now - DAY_S:
                 day = _add_spend(day, usd, tin, tout)
             fresh[task_id] = _add_spend(fresh.get(task_id, _ZERO), usd, tin, tout)
-        return total, day, self._top_live(conn, f, fresh)
+        return total, day, _top_live(conn, f, fresh)
 
-    @staticmethod
-    def _top_live(conn: sa.Connection, f: Folded, fresh: dict[int, Spend]) -> list[TaskSpend]:
-        """The ``TOP_TASKS`` live tasks that spent most: the first live ones down the
-        folded ranking (tasks with new spend aside), then those with new spend."""
 
-        def total(task_id: int) -> Spend:
-            old = f.by_task.get(task_id, _ZERO)
-            new = fresh.get(task_id)
-            if new is None:
-                return old
-            return _add_spend(old, new.cost_usd, new.tokens_in, new.tokens_out, new.jobs_with_cost)
+def _top_live(conn: sa.Connection, f: Folded, fresh: dict[int, Spend]) -> list[TaskSpend]:
+    """The ``TOP_TASKS`` live tasks that spent most: the first live ones down the
+    folded ranking (tasks with new spend aside), then those with new spend."""
 
-        found: dict[int, tuple[str, str]] = {}
-        start, size = 0, _RANK_BATCH
-        while start < len(f.ranked):
-            batch = [i for i in f.ranked[start : start + size] if i not in fresh]
-            start, size = start + size, size * 4
-            states = store_reads.task_key_states(conn, batch)
-            for i in batch:
-                if i in states and states[i][1] not in ("done", "cancelled"):
-                    found[i] = states[i]
-                    if len(found) == TOP_TASKS:
-                        break
-            if len(found) == TOP_TASKS:
-                break
-        for i, ks in store_reads.task_key_states(conn, fresh).items():
-            if ks[1] not in ("done", "cancelled"):
-                found[i] = ks
-        spent = {i: total(i) for i in found}
-        top = sorted(
-            (i for i in found if spent[i].cost_usd > 0), key=lambda i: (-spent[i].cost_usd, i)
-        )
-        return [TaskSpend(found[i][0], found[i][1], spent[i]) for i in top[:TOP_TASKS]]
+    def total(task_id: int) -> Spend:
+        old = f.by_task.get(task_id, _ZERO)
+        new = fresh.get(task_id)
+        if new is None:
+            return old
+        return _add_spend(old, new.cost_usd, new.tokens_in, new.tokens_out, new.jobs_with_cost)
+
+    found: dict[int, tuple[str, str]] = {}
+    start, size = 0, _RANK_BATCH
+    while start < len(f.ranked):
+        batch = [i for i in f.ranked[start : start + size] if i not in fresh]
+        start, size = start + size, size * 4
+        states = store_reads.task_key_states(conn, batch)
+        for i in batch:
+            if i in states and states[i][1] not in ("done", "cancelled"):
+                found[i] = states[i]
+                if len(found) == TOP_TASKS:
+                    break
+        if len(found) == TOP_TASKS:
+            break
+    for i, ks in store_reads.task_key_states(conn, fresh).items():
+        if ks[1] not in ("done", "cancelled"):
+            found[i] = ks
+    spent = {i: total(i) for i in found}
+    top = sorted((i for i in found if spent[i].cost_usd > 0), key=lambda i: (-spent[i].cost_usd, i))
+    return [TaskSpend(found[i][0], found[i][1], spent[i]) for i in top[:TOP_TASKS]]
