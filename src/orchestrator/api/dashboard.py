@@ -26,7 +26,6 @@ from orchestrator.api.state import Api
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import PIPELINE
 from orchestrator.store import board, queries
-from orchestrator.store.rows import JobRow, TaskRow
 
 # A page of the board: this many cards per column (``?limit=``), from ``?offset=`` on.
 CARDS_PER_COLUMN = 20
@@ -131,16 +130,14 @@ class Column:
     cards: list[Card]
 
 
-def _cards(
-    rows: list[TaskRow], latest: dict[int, JobRow], names: dict[int, str], now: float
-) -> list[Card]:
+def _cards(rows: board.Rows, names: dict[int, str], now: float) -> list[Card]:
     cards = []
     for t in rows:
-        job = latest.get(t.id)
-        if job is not None and job.state == "running" and job.started_at is not None:
-            elapsed = f"running {duration(now - job.started_at)}"
+        if t.job_state == "running" and t.job_started_at is not None:
+            elapsed = f"running {duration(now - t.job_started_at)}"
         else:
             elapsed = f"{t.state} {duration(now - t.updated_at)}"
+        job = t.job_state is not None
         cards.append(
             Card(
                 key=t.key,
@@ -148,9 +145,9 @@ def _cards(
                 repo=names.get(t.repo_id, "?"),
                 stage=t.stage,
                 state=t.state,
-                agent=job.agent if job else "-",
-                attempt=job.attempt if job else 0,
-                job_state=job.state if job else "-",
+                agent=t.job_agent if job else "-",
+                attempt=t.job_attempt if job else 0,
+                job_state=t.job_state if job else "-",
                 elapsed=elapsed,
                 last_reason=(t.reasons or [""])[-1],
             )
@@ -184,23 +181,21 @@ class BoardPage:
 
 
 def board_columns(conn: sa.Connection, now: float, page: BoardPage = BoardPage()) -> list[Column]:
-    """A column per stage in use (live tasks), then the finished ones; one page of each."""
-    names = reads.repo_names(conn)
-    counts = board.live_counts_by_stage(conn)
-    in_use = board.stages_in_use(conn) | set(counts)
-    shown: list[tuple[str, int, list[TaskRow]]] = []
+    """A column per stage in use (live tasks), then the finished ones; one page of each,
+    every card with its task's newest job."""
+    repos = board.card_repos(conn)
+    counts = board.counts(conn)
+    in_use = repos.stages | set(counts.live_by_stage)
+    columns = []
     for stage in (s.value for s in PIPELINE):
         if in_use and stage not in in_use:
             continue
-        count = int(counts.get(stage, 0))
-        rows = board.live_tasks_at(conn, stage, page.limit, page.offset) if count else []
-        shown.append((stage, count, rows))
-    finished = board.finished_count(conn)
-    done = board.finished_tasks(conn, page.limit, page.offset) if finished else []
-    shown.append(("finished", finished, done))
-    # Every card's newest job in one statement.
-    latest = board.latest_jobs(conn, [t.id for _name, _n, rows in shown for t in rows])
-    return [Column(name, n, _cards(rows, latest, names, now)) for name, n, rows in shown]
+        count = counts.live_by_stage.get(stage, 0)
+        rows = board.live_cards_at(conn, stage, page.limit, page.offset) if count else []
+        columns.append(Column(stage, count, _cards(rows, repos.names, now)))
+    done = board.finished_cards(conn, page.limit, page.offset) if counts.finished else []
+    columns.append(Column("finished", counts.finished, _cards(done, repos.names, now)))
+    return columns
 
 
 @dataclass(frozen=True)
