@@ -46,8 +46,8 @@ def _page_with_newest_job(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
         )
         .where(*where)
         .order_by(_T.updated_at.desc(), _T.id.desc())
-        .limit(sa.bindparam("limit"))
-        .offset(sa.bindparam("offset"))
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+        .offset(sa.bindparam("offset", type_=sa.Integer))
         .subquery("page")
     )
     # The newest job of each task of the page only: looked up by the task_id index after

@@ -290,11 +290,14 @@ def merge_counters(
 
 def merge_gate_alerts(conn: sa.Connection) -> int:
     """``merge_counters``' ``alerts``: occurrences of the merge gate's budget alerts."""
-    stmt = sa.select(sa.func.coalesce(sa.func.sum(alerts.c.occurrences), 0)).where(
-        alerts.c.kind == INFRA_BUDGET_ALERT,
-        reason_starts(alerts.c.reasons, f"{MERGE_CHECK_NAME}: "),
-    )
-    return int(conn.execute(stmt).scalar_one())
+    return int(conn.execute(_MERGE_GATE_ALERTS).scalar_one())
+
+
+# Built once: read by every request for the counters (``api/totals.py``).
+_MERGE_GATE_ALERTS = sa.select(sa.func.coalesce(sa.func.sum(alerts.c.occurrences), 0)).where(
+    alerts.c.kind == INFRA_BUDGET_ALERT,
+    reason_starts(alerts.c.reasons, f"{MERGE_CHECK_NAME}: "),
+)
 
 
 def record_main_seen(conn: sa.Connection, *, repo_id: int, sha: str) -> None:

@@ -34,6 +34,11 @@ UNKNOWN_REPO = "?"
 
 Rows = Sequence[sa.Row[Any]]
 
+# The statements the status pages run on every request are built once below: SQLAlchemy
+# builds and keys a statement anew on every call unless it is a constant (the compiled
+# form is cached by that key), which cost more than the reads themselves.
+_LIMIT = sa.bindparam("limit", type_=sa.Integer)
+
 
 @dataclass(frozen=True)
 class TaskWithRepo(TaskRow):
@@ -60,9 +65,13 @@ class DeferredTask:
     updated_at: float
 
 
+_REPO_NAMES = sa.select(repos.c.id, repos.c.name)
+_TASK_KEYS = sa.select(_T.id, _T.key).where(_T.id.in_(sa.bindparam("ids", expanding=True)))
+
+
 def repo_names(conn: sa.Connection) -> dict[int, str]:
     """Repo id → name."""
-    return {int(i): str(n) for i, n in conn.execute(sa.select(repos.c.id, repos.c.name))}
+    return {int(i): str(n) for i, n in conn.execute(_REPO_NAMES)}
 
 
 def task_keys(conn: sa.Connection, ids: Iterable[int]) -> dict[int, str]:
@@ -70,8 +79,7 @@ def task_keys(conn: sa.Connection, ids: Iterable[int]) -> dict[int, str]:
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    stmt = sa.select(_T.id, _T.key).where(_T.id.in_(wanted))
-    return {int(i): str(k) for i, k in conn.execute(stmt)}
+    return {int(i): str(k) for i, k in conn.execute(_TASK_KEYS, {"ids": wanted})}
 
 
 def is_open_alert() -> sa.ColumnElement[bool]:
@@ -80,10 +88,12 @@ def is_open_alert() -> sa.ColumnElement[bool]:
     return _A.resolved_at.is_(None)
 
 
+_OPEN_ALERTS = sa.select(sa.func.count()).select_from(alerts).where(is_open_alert())
+
+
 def open_alert_count(conn: sa.Connection) -> int:
     """Alerts raised and not resolved yet."""
-    stmt = sa.select(sa.func.count()).select_from(alerts).where(is_open_alert())
-    return int(conn.execute(stmt).scalar_one())
+    return int(conn.execute(_OPEN_ALERTS).scalar_one())
 
 
 # ---- the scheduler -----------------------------------------------------------------------
@@ -126,6 +136,13 @@ class SchedulerState:
         return f"PAUSED by {by}: no new jobs are claimed; scheduler {here}"
 
 
+_LIVE_WORKERS = (
+    sa.select(sa.func.count())
+    .select_from(workers)
+    .where(workers.c.heartbeat_at >= sa.bindparam("since"))
+)
+
+
 def scheduler_state(
     conn: sa.Connection,
     *,
@@ -138,8 +155,7 @@ def scheduler_state(
     paused_by = [PAUSED_BY_SETTING] if paused_by_setting else []
     if control.is_paused(conn):
         paused_by.append(PAUSED_BY_SWITCH)
-    live = sa.select(sa.func.count()).select_from(workers).where(workers.c.heartbeat_at >= since)
-    n = int(conn.execute(live).scalar_one())
+    n = int(conn.execute(_LIVE_WORKERS, {"since": since}).scalar_one())
     runs = in_this_process if in_this_process is not None else n > 0
     state = "paused" if paused_by else "running" if runs else "not-running"
     return SchedulerState(state, paused_by, in_this_process, n)
@@ -194,37 +210,50 @@ def task_count(
     return int(conn.execute(stmt).scalar_one())
 
 
+_ALERTS_WITH_TASK = (
+    sa.select(
+        _A.id,
+        _A.kind,
+        _A.severity,
+        _A.message,
+        _A.reasons,
+        _T.key.label("task"),
+        _A.created_at,
+        _A.delivered_at,
+        _A.delivery_attempts,
+        _A.occurrences,
+        _A.resolved_at,
+    )
+    .select_from(alerts.outerjoin(tasks, _T.id == _A.task_id))
+    .order_by(_A.created_at.desc(), _A.id.desc())
+    .limit(_LIMIT)
+)
+_OPEN_ALERTS_WITH_TASK = _ALERTS_WITH_TASK.where(is_open_alert())
+
+
 def alerts_with_task(conn: sa.Connection, limit: int, *, open_only: bool) -> Rows:
     """Alerts, newest first, each with its task's key as ``task`` (None: no task);
     ``open_only`` keeps those not resolved."""
-    stmt = (
-        sa.select(
-            _A.id,
-            _A.kind,
-            _A.severity,
-            _A.message,
-            _A.reasons,
-            _T.key.label("task"),
-            _A.created_at,
-            _A.delivered_at,
-            _A.delivery_attempts,
-            _A.occurrences,
-            _A.resolved_at,
-        )
-        .select_from(alerts.outerjoin(tasks, _T.id == _A.task_id))
-        .order_by(_A.created_at.desc(), _A.id.desc())
-        .limit(limit)
-    )
-    if open_only:
-        stmt = stmt.where(is_open_alert())
-    return conn.execute(stmt).all()
+    stmt = _OPEN_ALERTS_WITH_TASK if open_only else _ALERTS_WITH_TASK
+    return conn.execute(stmt, {"limit": limit}).all()
 
 
 # ---- the queue ---------------------------------------------------------------------------
 
 
-def _job_task_repo() -> sa.Join:
-    return jobs.join(tasks, _T.id == _J.task_id).join(repos, repos.c.id == _T.repo_id)
+_JOB_TASK_REPO = jobs.join(tasks, _T.id == _J.task_id).join(repos, repos.c.id == _T.repo_id)
+
+
+def _count(table: sa.FromClause, *where: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
+    return sa.select(sa.func.count()).select_from(table).where(*where).scalar_subquery()
+
+
+_QUEUE_COUNTS = sa.select(
+    _count(jobs.join(tasks, _T.id == _J.task_id), _J.state == "queued", _T.state == "active"),
+    _count(jobs, _J.state == "running"),
+    _count(tasks, _T.state == "deferred"),
+    _count(tasks, _T.state == "blocked"),
+)
 
 
 def queue_counts(conn: sa.Connection) -> dict[str, int]:
@@ -232,65 +261,78 @@ def queue_counts(conn: sa.Connection) -> dict[str, int]:
 
     One statement: the four counts are read in one round trip.
     """
-
-    def count(table: sa.FromClause, *where: sa.ColumnElement[bool]) -> sa.ScalarSelect[int]:
-        return sa.select(sa.func.count()).select_from(table).where(*where).scalar_subquery()
-
-    row = conn.execute(
-        sa.select(
-            count(
-                jobs.join(tasks, _T.id == _J.task_id), _J.state == "queued", _T.state == "active"
-            ),
-            count(jobs, _J.state == "running"),
-            count(tasks, _T.state == "deferred"),
-            count(tasks, _T.state == "blocked"),
-        )
-    ).one()
+    row = conn.execute(_QUEUE_COUNTS).one()
     return dict(zip(("queued", "running", "deferred", "blocked"), map(int, row), strict=True))
+
+
+_QUEUED_JOBS = (
+    sa.select(
+        _J.id.label("job"),
+        _T.key.label("task"),
+        repos.c.name.label("repo"),
+        _J.stage,
+        _J.agent,
+        _J.attempt,
+        _J.not_before,
+        _J.created_at,
+    )
+    .select_from(_JOB_TASK_REPO)
+    .where(_J.state == "queued", _T.state == "active")
+    .order_by(_J.not_before, _J.id)
+    .limit(_LIMIT)
+)
 
 
 def queued_jobs(conn: sa.Connection, limit: int) -> Rows:
     """Queued jobs of active tasks, in the order a worker claims them."""
-    stmt = (
-        sa.select(
-            _J.id.label("job"),
-            _T.key.label("task"),
-            repos.c.name.label("repo"),
-            _J.stage,
-            _J.agent,
-            _J.attempt,
-            _J.not_before,
-            _J.created_at,
-        )
-        .select_from(_job_task_repo())
-        .where(_J.state == "queued", _T.state == "active")
-        .order_by(_J.not_before, _J.id)
-        .limit(limit)
+    return conn.execute(_QUEUED_JOBS, {"limit": limit}).all()
+
+
+_RUNNING_JOBS = (
+    sa.select(
+        _J.id.label("job"),
+        _T.key.label("task"),
+        repos.c.name.label("repo"),
+        _J.stage,
+        _J.agent,
+        _J.attempt,
+        _J.started_at,
+        _J.host,
+        _J.lease_owner.label("worker"),
+        _J.pid,
     )
-    return conn.execute(stmt).all()
+    .select_from(_JOB_TASK_REPO)
+    .where(_J.state == "running")
+    .order_by(_J.started_at, _J.id)
+    .limit(_LIMIT)
+)
 
 
 def running_jobs(conn: sa.Connection, limit: int) -> Rows:
     """Running jobs, longest-running first, with their host, worker and pid."""
-    stmt = (
-        sa.select(
-            _J.id.label("job"),
-            _T.key.label("task"),
-            repos.c.name.label("repo"),
-            _J.stage,
-            _J.agent,
-            _J.attempt,
-            _J.started_at,
-            _J.host,
-            _J.lease_owner.label("worker"),
-            _J.pid,
-        )
-        .select_from(_job_task_repo())
-        .where(_J.state == "running")
-        .order_by(_J.started_at, _J.id)
-        .limit(limit)
+    return conn.execute(_RUNNING_JOBS, {"limit": limit}).all()
+
+
+_DEFERRED_TASKS = (
+    sa.select(
+        _T.id,
+        _T.key,
+        repos.c.name,
+        _T.stage,
+        _T.infra_retries,
+        _T.reasons,
+        _T.updated_at,
     )
-    return conn.execute(stmt).all()
+    .select_from(tasks.join(repos, repos.c.id == _T.repo_id))
+    .where(_T.state == "deferred")
+    .order_by(_T.updated_at.desc(), _T.id.desc())
+    .limit(_LIMIT)
+)
+_NEXT_RETRIES = (
+    sa.select(_J.task_id, sa.func.min(_J.not_before))
+    .where(_J.task_id.in_(sa.bindparam("task_ids", expanding=True)), _J.state == "queued")
+    .group_by(_J.task_id)
+)
 
 
 def deferred_tasks(conn: sa.Connection, limit: int) -> list[DeferredTask]:
@@ -300,30 +342,11 @@ def deferred_tasks(conn: sa.Connection, limit: int) -> list[DeferredTask]:
     on 10,000 tasks and 100,000 jobs a few milliseconds, where ordering every deferred task
     by its jobs took seconds on SQLite (bench/api.py).
     """
-    stmt = (
-        sa.select(
-            _T.id,
-            _T.key,
-            repos.c.name,
-            _T.stage,
-            _T.infra_retries,
-            _T.reasons,
-            _T.updated_at,
-        )
-        .select_from(tasks.join(repos, repos.c.id == _T.repo_id))
-        .where(_T.state == "deferred")
-        .order_by(_T.updated_at.desc(), _T.id.desc())
-        .limit(limit)
-    )
-    rows = conn.execute(stmt).all()
+    rows = conn.execute(_DEFERRED_TASKS, {"limit": limit}).all()
     next_at: dict[int, float] = {}
     if rows:
-        retries = (
-            sa.select(_J.task_id, sa.func.min(_J.not_before))
-            .where(_J.task_id.in_([r.id for r in rows]), _J.state == "queued")
-            .group_by(_J.task_id)
-        )
-        next_at = {int(task_id): float(nb) for task_id, nb in conn.execute(retries)}
+        retries = conn.execute(_NEXT_RETRIES, {"task_ids": [r.id for r in rows]})
+        next_at = {int(task_id): float(nb) for task_id, nb in retries}
     return [
         DeferredTask(
             task=r.key,
@@ -338,24 +361,26 @@ def deferred_tasks(conn: sa.Connection, limit: int) -> list[DeferredTask]:
     ]
 
 
+_BLOCKED_TASKS = (
+    sa.select(
+        _T.key.label("task"),
+        repos.c.name.label("repo"),
+        _T.stage,
+        _T.reasons,
+        _T.developer_retries,
+        _T.infra_retries,
+        _T.updated_at,
+    )
+    .select_from(tasks.join(repos, repos.c.id == _T.repo_id))
+    .where(_T.state == "blocked")
+    .order_by(_T.updated_at.desc(), _T.id.desc())
+    .limit(_LIMIT)
+)
+
+
 def blocked_tasks(conn: sa.Connection, limit: int) -> Rows:
     """Blocked tasks, most recently blocked first, with the reasons."""
-    stmt = (
-        sa.select(
-            _T.key.label("task"),
-            repos.c.name.label("repo"),
-            _T.stage,
-            _T.reasons,
-            _T.developer_retries,
-            _T.infra_retries,
-            _T.updated_at,
-        )
-        .select_from(tasks.join(repos, repos.c.id == _T.repo_id))
-        .where(_T.state == "blocked")
-        .order_by(_T.updated_at.desc(), _T.id.desc())
-        .limit(limit)
-    )
-    return conn.execute(stmt).all()
+    return conn.execute(_BLOCKED_TASKS, {"limit": limit}).all()
 
 
 # ---- what the API's running totals read (api/totals.py) ----------------------------------
@@ -372,13 +397,16 @@ def job_marks(conn: sa.Connection, after_id: int) -> Rows:
     return conn.execute(stmt).all()
 
 
+_UNFINISHED_IDS = sa.select(_J.id).where(_J.state.in_(UNFINISHED_JOB_STATES))
+_UNFINISHED_IDS_UPTO = _UNFINISHED_IDS.where(_J.id <= sa.bindparam("upto_id"))
+
+
 def unfinished_job_ids(conn: sa.Connection, upto_id: int | None = None) -> set[int]:
     """The ids of the jobs queued or running (up to ``upto_id``): read from the state
     index alone."""
-    stmt = sa.select(_J.id).where(_J.state.in_(UNFINISHED_JOB_STATES))
-    if upto_id is not None:
-        stmt = stmt.where(_J.id <= upto_id)
-    return set(conn.execute(stmt).scalars().all())
+    if upto_id is None:
+        return set(conn.execute(_UNFINISHED_IDS).scalars().all())
+    return set(conn.execute(_UNFINISHED_IDS_UPTO, {"upto_id": upto_id}).scalars().all())
 
 
 @dataclass(frozen=True)
@@ -391,22 +419,25 @@ class Marks:
     unfinished: int
 
 
+def _newest(table: sa.Table) -> sa.ScalarSelect[Any]:
+    return sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0)).scalar_subquery()
+
+
+_MARKS = sa.select(
+    _newest(jobs),
+    _newest(merge_results),
+    _newest(transitions),
+    sa.select(sa.func.count())
+    .select_from(jobs)
+    .where(_J.state.in_(UNFINISHED_JOB_STATES), _J.id <= sa.bindparam("upto_id"))
+    .scalar_subquery(),
+)
+
+
 def marks(conn: sa.Connection, upto_id: int) -> Marks:
     """The newest id of jobs, merge results and transitions (0: none), and how many jobs
     up to ``upto_id`` are queued or running: one statement, each part read by an index."""
-
-    def newest(table: sa.Table) -> sa.ScalarSelect[Any]:
-        return sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0)).scalar_subquery()
-
-    unfinished = (
-        sa.select(sa.func.count())
-        .select_from(jobs)
-        .where(_J.state.in_(UNFINISHED_JOB_STATES), _J.id <= upto_id)
-        .scalar_subquery()
-    )
-    row = conn.execute(
-        sa.select(newest(jobs), newest(merge_results), newest(transitions), unfinished)
-    ).one()
+    row = conn.execute(_MARKS, {"upto_id": upto_id}).one()
     return Marks(*(int(v) for v in row))
 
 
@@ -420,10 +451,12 @@ def unfinished_job_count(conn: sa.Connection, upto_id: int) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
+_RUNNING_IDS = sa.select(_J.id).where(_J.state == "running", _J.id <= sa.bindparam("upto_id"))
+
+
 def running_job_ids(conn: sa.Connection, upto_id: int) -> set[int]:
     """The ids of the jobs running, up to ``upto_id`` (the state index alone)."""
-    stmt = sa.select(_J.id).where(_J.state == "running", _J.id <= upto_id)
-    return set(conn.execute(stmt).scalars().all())
+    return set(conn.execute(_RUNNING_IDS, {"upto_id": upto_id}).scalars().all())
 
 
 def row_marks(conn: sa.Connection, table: sa.Table, after_id: int) -> Rows:
@@ -445,10 +478,15 @@ def cost_rows(conn: sa.Connection, where: sa.ColumnElement[bool]) -> Rows:
     return conn.execute(stmt).all()
 
 
+_TASK_KEY_STATES = sa.select(_T.id, _T.key, _T.state).where(
+    _T.id.in_(sa.bindparam("ids", expanding=True))
+)
+
+
 def task_key_states(conn: sa.Connection, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
     """Task id → (key, state), for the given ids only."""
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    stmt = sa.select(_T.id, _T.key, _T.state).where(_T.id.in_(wanted))
-    return {int(i): (str(k), str(s)) for i, k, s in conn.execute(stmt)}
+    rows = conn.execute(_TASK_KEY_STATES, {"ids": wanted})
+    return {int(i): (str(k), str(s)) for i, k, s in rows}
