@@ -25,6 +25,7 @@ from orchestrator import repo_ops, task_ops, taskdir
 from orchestrator.api import create_app, reads
 from orchestrator.api.guard import Policy, decide
 from orchestrator.api.token import load_token
+from orchestrator.api.totals import Folded
 from orchestrator.cli import app as cli_app
 from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ConfigError
@@ -1000,6 +1001,59 @@ def test_board_escapes_and_shows_cards(env: Env) -> None:
     htmx = env.client.get("/static/htmx.min.js")
     assert htmx.status_code == 200
     assert "htmx" in htmx.text[:200]
+
+
+def _card(html: str, key: str) -> str:
+    return html.split(f'id="card-{key}"', 1)[1].split("</article>", 1)[0]
+
+
+def test_each_card_shows_its_task_s_newest_job(env: Env) -> None:
+    """A card names its task's newest job (agent, attempt, how long it runs); a task with no
+    job yet says so; finished tasks have their own column."""
+    again, fresh, done = env.add("ran twice"), env.add("ran once"), env.add("finished")
+    (first,) = env.jobs(again)
+    env.set_job(first.id, state="finished", outcome="completed", finished_at=time.time())
+    task = env.task(again)
+    with env.engine.begin() as conn:
+        second = queries.insert_job(
+            conn, task_id=task.id, stage="development", agent="codex", attempt=2, now=time.time()
+        )
+        bare = queries.insert_task(
+            conn, repo_id=task.repo_id, title="no job yet", body="", stage="testing",
+            now=time.time(),
+        )  # fmt: skip
+    env.set_job(second.id, state="running", started_at=time.time() - 125, lease_owner="w")
+    env.set_task(done, state="done")
+    html = env.client.get("/").text
+    card = _card(html, again)
+    assert "codex &middot; attempt 2 &middot; running 2m" in card, card
+    assert f"{env.jobs(fresh)[0].agent} &middot; attempt 1 &middot; active " in _card(html, fresh)
+    assert "- &middot; attempt 0 &middot; active " in _card(html, bare.key)
+    finished = html.split('id="column-finished"', 1)[1].split("</section>", 1)[0]
+    assert f'id="card-{done}"' in finished
+    assert f'id="card-{again}"' not in finished
+
+
+def test_a_board_request_reads_the_unfolded_jobs_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue's counters and the spend count from one read of the jobs the totals have
+    not folded, not one read each."""
+    env.add("a task")
+    env.client.get("/")  # the first request folds the history
+    reads_of_the_tail = 0
+    unfolded = Folded.unfolded
+
+    def counted(self: Folded, conn: sa.Connection) -> Any:
+        nonlocal reads_of_the_tail
+        reads_of_the_tail += 1
+        return unfolded(self, conn)
+
+    monkeypatch.setattr(Folded, "unfolded", counted)
+    for path in ("/", "/ui/board"):
+        reads_of_the_tail = 0
+        assert env.client.get(path).status_code == 200
+        assert reads_of_the_tail == 1, path
 
 
 def test_task_page_shows_history_artifacts_and_log(env: Env) -> None:
