@@ -2,7 +2,7 @@
 
     python bench/api.py [--tasks 10000] [--jobs 100000] [--requests 300] [--min-s 12]
                         [--board-tasks 1000] [--board-jobs 10000] [--health-s 5]
-                        [--database-url URL]
+                        [--database-url URL] [--board-only]
 
 1. Fills a fresh database (SQLite in a temp home unless --database-url is given) with
    ``--tasks`` tasks and ``--jobs`` jobs, bulk-inserted with SQLAlchemy Core executemany
@@ -17,7 +17,7 @@
 4. ``/health``: requests per second from 4 client threads over ``--health-s`` seconds.
 5. A second database of ``--board-tasks`` tasks (the dashboard's size): ``/health`` again
    as the baseline, the dashboard ``/`` and its fragment ``/ui/board``, and ``/tasks`` as a
-   client pages it (goal: each under 20 ms median).
+   client pages it (goal: each under 20 ms median). ``--board-only``: this part alone.
 
 No asserts: figures to read, each beside the ``/health`` of the same server.
 """
@@ -346,6 +346,17 @@ def wipe(url: str) -> None:
     engine.dispose()
 
 
+def big(tmp: Path, args: argparse.Namespace) -> None:
+    """Parts 1 to 4: the API on ``--tasks`` tasks and ``--jobs`` jobs."""
+    if args.database_url:
+        wipe(args.database_url)
+    url = filled(tmp, "big", args.database_url, args.tasks, args.jobs)
+    with serving(tmp, "big", url) as port:
+        measure(port, ["/health", "/queue", "/status"], args.requests, args.min_s)
+        rps = health_rps(port, args.health_s)
+        print(f"GET /health  {rps:8.0f} requests/s (4 client threads)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10_000)
@@ -356,17 +367,13 @@ def main() -> None:
     parser.add_argument("--board-jobs", type=int, default=10_000)
     parser.add_argument("--health-s", type=float, default=5.0)
     parser.add_argument("--database-url", default="", help="PostgreSQL: wiped before each fill")
+    parser.add_argument("--board-only", action="store_true", help="only part 5, the dashboard")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="orch-bench-api-"))
     try:
-        if args.database_url:
-            wipe(args.database_url)
-        url = filled(tmp, "big", args.database_url, args.tasks, args.jobs)
-        with serving(tmp, "big", url) as port:
-            measure(port, ["/health", "/queue", "/status"], args.requests, args.min_s)
-            rps = health_rps(port, args.health_s)
-            print(f"GET /health  {rps:8.0f} requests/s (4 client threads)")
+        if not args.board_only:
+            big(tmp, args)
         if args.database_url:
             wipe(args.database_url)
         url = filled(tmp, "board", args.database_url, args.board_tasks, args.board_jobs)
