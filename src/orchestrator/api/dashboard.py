@@ -250,8 +250,10 @@ def dashboard_router(api: Api) -> APIRouter:
         st = api.settings
         with api.reader.connect() as conn:
             columns = board_columns(conn, now, at)
-            # One read of the jobs the totals have not folded, for the counters and the spend.
+            # One read of the jobs the totals have not folded, for the counters and the spend;
+            # one of `orch pause`'s switch, for the switches and the scheduler's state.
             totals = api.totals.snapshot(conn, now)
+            switches = reads.kill_switches(conn, st)
             return {
                 "columns": columns,
                 "page": at,
@@ -260,9 +262,9 @@ def dashboard_router(api: Api) -> APIRouter:
                 "spend": reads.llm_spend(conn, st, now, totals),
                 "alerts": reads.list_alerts(conn, ALERTS_SHOWN),
                 "open_alerts": reads.open_alert_count(conn),
-                "switches": reads.kill_switches(conn, api.settings),
+                "switches": switches,
                 "scheduler": reads.scheduler_state(
-                    conn, api.settings, scheduler=api.scheduler, now=now
+                    conn, st, scheduler=api.scheduler, now=now, switches=switches
                 ),
             }
 

@@ -88,11 +88,21 @@ def kill_switches(conn: sa.Connection, st: Settings) -> M.KillSwitches:
 
 
 def scheduler_state(
-    conn: sa.Connection, st: Settings, *, scheduler: bool, now: float
+    conn: sa.Connection,
+    st: Settings,
+    *,
+    scheduler: bool,
+    now: float,
+    switches: M.KillSwitches | None = None,
 ) -> M.SchedulerStateOut:
-    """The scheduler as this server sees it: ``scheduler``, one runs in this process."""
+    """The scheduler as this server sees it: ``scheduler``, one runs in this process;
+    ``switches``: the kill switches read already in this connection (None: read here)."""
     got = store_reads.scheduler_state(
-        conn, paused_by_setting=st.paused, in_this_process=scheduler, since=now - st.job_lease_s
+        conn,
+        paused_by_setting=st.paused,
+        in_this_process=scheduler,
+        since=now - st.job_lease_s,
+        paused_in_db=None if switches is None else switches.paused_in_db,
     )
     return M.SchedulerStateOut(**asdict(got), text=got.text)
 
@@ -170,15 +180,16 @@ def status(
     totals: Totals,
 ) -> M.StatusOut:
     """Everything ``GET /status`` shows."""
+    switches = kill_switches(conn, st)
     return M.StatusOut(
         version=__version__,
         started_at=started_at,
         uptime_s=max(0.0, now - started_at),
         now=now,
         scheduler=scheduler,
-        scheduler_state=scheduler_state(conn, st, scheduler=scheduler, now=now),
+        scheduler_state=scheduler_state(conn, st, scheduler=scheduler, now=now, switches=switches),
         settings=masked_settings(st),
-        kill_switches=kill_switches(conn, st),
+        kill_switches=switches,
         repos=sorted(repo_names(conn).values()),
         tasks=task_counts(conn),
         llm_spend=llm_spend(conn, st, now, totals.snapshot(conn, now)),

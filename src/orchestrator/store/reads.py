@@ -149,11 +149,14 @@ def scheduler_state(
     paused_by_setting: bool,
     in_this_process: bool | None,
     since: float,
+    paused_in_db: bool | None = None,
 ) -> SchedulerState:
     """The scheduler as the dashboard, ``GET /status`` and ``orch status`` tell it;
-    ``since``: a heartbeat at or after it is a live worker's (now minus a job lease)."""
+    ``since``: a heartbeat at or after it is a live worker's (now minus a job lease);
+    ``paused_in_db``: `orch pause`'s switch as the caller read it in this connection
+    (None: read it here)."""
     paused_by = [PAUSED_BY_SETTING] if paused_by_setting else []
-    if control.is_paused(conn):
+    if control.is_paused(conn) if paused_in_db is None else paused_in_db:
         paused_by.append(PAUSED_BY_SWITCH)
     n = int(conn.execute(_LIVE_WORKERS, {"since": since}).scalar_one())
     runs = in_this_process if in_this_process is not None else n > 0
