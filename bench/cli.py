@@ -7,9 +7,10 @@ temp directory, then times each command ``--runs`` times as a fresh process, the
 interleaved so that a noisy neighbour slows all of them alike, and prints the median and
 the fastest run in ms beside the goal of issue 19 (``orch --help`` 150 ms; ``orch status``,
 ``orch task list`` and ``orch task add`` 300 ms on SQLite). The children import this
-checkout's code (``PYTHONPATH=src``). Two anchors time the libraries alone that
-`orch --help` and a DB command import (``FLOORS``): what no change to orch's own code can
-go below.
+checkout's code (``PYTHONPATH=src``). Two anchors time the libraries alone that a
+command's own help and a DB command import (``FLOORS``): what no change to orch's own code
+can go below. `orch --help` imports none of them (``orchestrator.cli.commands``): its floor
+is `python -c pass`.
 
 ``--compare SRC`` also times each `orch` command with another checkout's code
 (``PYTHONPATH=SRC``, e.g. ``../main/src``), interleaved with this one's: before and after
@@ -41,11 +42,11 @@ COMMANDS: list[tuple[str, list[str], float | None]] = [
     ("orch task add", ["task", "add", "demo", "bench task"], 300.0),
 ]
 
-# Anchors: the libraries alone, what `orch` cannot go below. --help renders with typer's
-# rich help; a DB command needs SQLAlchemy with its SQLite dialect, typer and the settings'
-# pydantic-settings (pydantic with it).
+# Anchors: the libraries alone, what `orch` cannot go below. A command's --help (`orch task
+# --help`) renders with typer's rich help; a DB command needs SQLAlchemy with its SQLite
+# dialect, typer and the settings' pydantic-settings (pydantic with it).
 FLOORS: list[tuple[str, str]] = [
-    ("floor: help libs", "import typer.rich_utils"),
+    ("floor: cmd help libs", "import typer.rich_utils"),
     ("floor: DB cmd libs", "import sqlalchemy.dialects.sqlite, typer, pydantic_settings"),
 ]
 

@@ -1,4 +1,5 @@
-"""What `orch` imports: help without a database layer, a DB command without Alembic.
+"""What `orch` imports: the root help nothing but its table, help without a database layer,
+a DB command without Alembic.
 
 Each command runs in a real child process, through ``orchestrator.cli.main`` as the `orch`
 script calls it; a small wrapper then reports which heavy packages ended up in
@@ -32,8 +33,10 @@ args, report = json.loads(sys.argv[1]), sys.argv[2]
 def write_report():
     watched = ("sqlalchemy", "alembic")
     commands = sorted(m for m in sys.modules if m.startswith("orchestrator.cli."))
+    ui = [m for m in ("typer", "rich") if m in sys.modules]
     with open(report, "w") as f:
-        json.dump({"imported": [m for m in watched if m in sys.modules], "cli": commands}, f)
+        got = {"imported": [m for m in watched if m in sys.modules], "cli": commands, "ui": ui}
+        json.dump(got, f)
 
 atexit.register(write_report)
 sys.argv = ["orch", *args]
@@ -41,9 +44,10 @@ main()
 """
 
 
-def orch_imports(tmp_path: Path, *args: str) -> dict[str, Any]:
-    """Run `orch ARGS` in a child process on a home under ``tmp_path``: its exit code and
-    which of sqlalchemy and alembic it imported, and which modules of orchestrator.cli."""
+def orch_imports(tmp_path: Path, *args: str, code: int = 0) -> dict[str, Any]:
+    """Run `orch ARGS` in a child process on a home under ``tmp_path``, which must exit
+    ``code``: which of sqlalchemy and alembic it imported (``imported``), which of typer and
+    rich (``ui``), which modules of orchestrator.cli (``cli``), and its ``stdout``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))
     report = tmp_path / "imported.json"
@@ -55,14 +59,50 @@ def orch_imports(tmp_path: Path, *args: str) -> dict[str, Any]:
         timeout=120,
         check=False,
     )
-    assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+    assert proc.returncode == code, (args, proc.stdout, proc.stderr)
     got: dict[str, Any] = json.loads(report.read_text())
+    got["stdout"] = proc.stdout
     return got
 
 
 def test_help_imports_no_database_layer(tmp_path: Path) -> None:
     for args in (["--help"], ["task", "--help"], ["--version"]):
         assert orch_imports(tmp_path, *args)["imported"] == [], args
+
+
+def test_the_root_help_imports_no_command_and_no_typer(tmp_path: Path) -> None:
+    # `orch --help` and a bare `orch` print the table of cli.commands: no command module, no
+    # typer and no rich (importing typer alone takes longer than the whole help).
+    for args, code in (["--help"], 0), ([], 2):
+        got = orch_imports(tmp_path, *args, code=code)
+        assert got["cli"] == ["orchestrator.cli.commands", "orchestrator.cli.exits"], args
+        assert got["ui"] == [], args
+        assert got["imported"] == [], args
+    # The same text as the root group prints through click (--home makes it parse).
+    fast = orch_imports(tmp_path, "--help")["stdout"]
+    assert "Commands:" in fast
+    parsed = orch_imports(tmp_path, "--home", str(tmp_path / "home"), "--help")
+    assert parsed["ui"] == ["typer", "rich"]
+    assert parsed["stdout"] == fast
+
+
+def test_python_m_orchestrator_names_itself_as_click_does(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))
+    shown = []
+    for args in (["--help"], ["--home", str(tmp_path), "--help"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, (args, proc.stderr)
+        shown.append(proc.stdout)
+    assert shown[0].startswith("Usage: python -m orchestrator [OPTIONS]")
+    assert shown[0] == shown[1]
 
 
 def test_db_commands_on_a_current_database_do_not_import_alembic(tmp_path: Path) -> None:
@@ -76,7 +116,7 @@ def test_a_command_imports_its_own_command_module_only(tmp_path: Path) -> None:
     # Every command module imports typer, rich and its own helpers, and typer reads the
     # signature of every function it makes a command of: `orch status` pays for its own.
     orch_imports(tmp_path, "init")
-    shared = ["orchestrator.cli._common"]
+    shared = [f"orchestrator.cli.{m}" for m in ("_common", "commands", "exits", "root")]
     cases = [
         (["status", "--json"], "orchestrator.cli.misc"),
         (["task", "list", "--json"], "orchestrator.cli.task"),

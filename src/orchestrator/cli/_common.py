@@ -1,8 +1,9 @@
 """What every command shares: settings, the engine, errors as one clear line, JSON output.
 
-Every module of ``orchestrator.cli`` is imported to build ``orch --help``, so none of them
-imports SQLAlchemy, Alembic, the settings or the engine at module level: each command
-imports what it uses inside its own function.
+The root group imports every module of ``orchestrator.cli`` to draw its help through click
+(``orch --home DIR --help``; a plain ``orch --help`` reads ``cli.commands`` alone), so
+none of them imports SQLAlchemy, Alembic, the settings or the engine at module level: each
+command imports what it uses inside its own function.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from rich.console import Console
 from rich.text import Text
 
 from orchestrator import money
+from orchestrator.cli.exits import EXIT_FAILURE as EXIT_FAILURE
+from orchestrator.cli.exits import EXIT_OK as EXIT_OK
+from orchestrator.cli.exits import EXIT_USAGE as EXIT_USAGE
 from orchestrator.domain import artifacts as A
 from orchestrator.errors import OrchestratorError, UsageError
 
@@ -31,10 +35,6 @@ if TYPE_CHECKING:
 
 console = Console()
 err_console = Console(stderr=True)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 T = TypeVar("T")
 
