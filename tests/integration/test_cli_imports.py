@@ -112,8 +112,31 @@ def test_db_commands_on_a_current_database_do_not_import_alembic(tmp_path: Path)
         assert orch_imports(tmp_path, *args)["imported"] == ["sqlalchemy"], args
 
 
+def test_rich_is_imported_only_to_draw(tmp_path: Path) -> None:
+    # Rich takes longer to import than typer: JSON and one plain line do without it.
+    orch_imports(tmp_path, "init")
+    repo = tmp_path / "repo"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-C", str(repo)]
+    repo.mkdir()
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], check=True)
+    orch_imports(tmp_path, "repo", "add", "demo", str(repo))
+    plain_cases = [
+        ["status", "--json"],
+        ["task", "add", "demo", "a task"],
+        ["task", "list", "--json"],
+        ["task", "show", "DEMO-1", "--json"],
+        ["repo", "list", "--json"],
+        ["alerts", "--json"],
+    ]
+    for args in plain_cases:
+        assert orch_imports(tmp_path, *args)["ui"] == ["typer"], args
+    for args in (["status"], ["task", "list"], ["task", "show", "DEMO-1"], ["repo", "list"]):
+        assert orch_imports(tmp_path, *args)["ui"] == ["typer", "rich"], args
+
+
 def test_a_command_imports_its_own_command_module_only(tmp_path: Path) -> None:
-    # Every command module imports typer, rich and its own helpers, and typer reads the
+    # Every command module imports typer and its own helpers, and typer reads the
     # signature of every function it makes a command of: `orch status` pays for its own.
     orch_imports(tmp_path, "init")
     shared = [f"orchestrator.cli.{m}" for m in ("_common", "commands", "exits", "root")]

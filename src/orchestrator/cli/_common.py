@@ -3,7 +3,10 @@
 The root group imports every module of ``orchestrator.cli`` to draw its help through click
 (``orch --home DIR --help``; a plain ``orch --help`` reads ``cli.commands`` alone), so
 none of them imports SQLAlchemy, Alembic, the settings or the engine at module level: each
-command imports what it uses inside its own function.
+command imports what it uses inside its own function. Rich too (it takes longer to
+import than typer): it is imported where a table or styled text is drawn, and ``console``
+makes its ``Console`` on first use, so a command that prints JSON or one plain line never
+loads it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from orchestrator import money
 from orchestrator.cli.exits import EXIT_FAILURE as EXIT_FAILURE
@@ -30,11 +31,29 @@ from orchestrator.errors import OrchestratorError, UsageError
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
+    from rich.console import Console
+    from rich.text import Text
 
     from orchestrator.config import Settings
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _Console:
+    """A rich ``Console`` made on first use: ``console.print(...)`` imports rich then."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._made: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._made is None:
+            from rich.console import Console
+
+            self._made = Console(stderr=self._stderr)
+        return getattr(self._made, name)
+
+
+console = cast("Console", _Console(stderr=False))
+err_console = cast("Console", _Console(stderr=True))
 
 T = TypeVar("T")
 
@@ -67,6 +86,8 @@ def plain(value: object) -> Text:
     command, ``[red]`` would restyle the line. A ``Text`` is never markup; control
     characters are shown as U+FFFD instead of reaching the terminal.
     """
+    from rich.text import Text
+
     return Text(_CONTROL_RE.sub("\ufffd", str(value)))
 
 
@@ -78,6 +99,8 @@ def print_error(message: str) -> None:
     # The message may quote user input (an unknown repo's name, a path): never read as
     # markup, and a line break in it is shown escaped (\n) so the error stays one line.
     flat = _LINE_BREAK_RE.sub(lambda m: m.group().encode("unicode_escape").decode(), message)
+    from rich.text import Text
+
     err_console.print(
         Text.assemble(("error:", "red"), " ", plain(flat)), highlight=False, soft_wrap=True
     )
@@ -165,6 +188,8 @@ def ago(ts: float | None, now: float) -> str:
 def spent_of(spent_usd: float, budget_usd: float | None) -> Text:
     """``$0.0004 of $0.001 (40%)``, in red once the budget is reached (the next LLM job of
     what it counts would be refused)."""
+    from rich.text import Text
+
     reached = money.budget_reached(spent_usd, budget_usd)
     return Text(money.usd_of(spent_usd, budget_usd), style="red" if reached else "")
 

@@ -6,13 +6,14 @@ import logging
 import signal
 import time
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from orchestrator.cli._common import ago, console, plain, print_json, run, settings
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="text or json.")]
@@ -145,6 +146,8 @@ def alerts_cmd(
     if not rows:
         console.print("no alerts" if show_all else "no open alerts (--all lists resolved ones)")
         return
+    from rich.table import Table
+
     now = time.time()
     columns = ["id", "first raised", "times", "severity", "task", "message"]
     table = Table(*columns, *(["resolved"] if show_all else []))

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from orchestrator import __version__, money
 from orchestrator.cli._common import ago, console, plain, print_json, run, settings, spent_of
 from orchestrator.masking import masked_url
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 config_app = typer.Typer(help="Render configuration files from the settings.", no_args_is_help=True)
@@ -128,6 +129,8 @@ def status(as_json: JsonFlag = False) -> None:
     for b in data["backends"]:
         if b["health"] != "closed":
             console.print(plain(backend_line(b)), style="red", highlight=False, soft_wrap=True)
+    from rich.table import Table
+
     table = Table("stage", "state", "tasks")
     for row in data["tasks"]:
         table.add_row(row["stage"], row["state"], str(row["count"]))
@@ -150,6 +153,8 @@ def backend_line(b: dict[str, Any]) -> str:
 
 def spend_lines(got: dict[str, Any]) -> list[Text]:
     """The day's LLM spend against its budget, then the live tasks that spent most."""
+    from rich.text import Text
+
     lines = [
         Text.assemble(
             "LLM spend, last 24 h: ",

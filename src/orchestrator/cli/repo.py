@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from orchestrator.cli._common import console, engine, plain, print_json, run
 
@@ -247,6 +245,8 @@ def add(
     if as_json:
         print_json(repo_view(repo))
         return
+    from rich.text import Text
+
     console.print(
         Text.assemble(
             "registered ",
@@ -349,6 +349,8 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     if as_json:
         print_json([repo_view(r) for r in repos])
         return
+    from rich.table import Table
+
     table = Table("name", "prefix", "main", "path", "stages")
     for r in repos:
         table.add_row(r.name, r.key_prefix, plain(r.main_branch), plain(r.path), ",".join(r.stages))
@@ -372,6 +374,8 @@ def show(
     if as_json:
         print_json(data)
         return
+    from rich.table import Table
+
     table = Table("field", "value", show_header=False)
     for k, v in data.items():
         table.add_row(k, "-" if v in (None, [], {}) else plain(_shown(k, v)))

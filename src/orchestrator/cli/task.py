@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Column, Table
-from rich.text import Text
 
 from orchestrator import money, taskdir
 from orchestrator.cli._common import (
@@ -25,6 +23,8 @@ from orchestrator.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from orchestrator.store.rows import TaskRow
 
 app = typer.Typer(help="File, inspect and steer tasks.", no_args_is_help=True)
@@ -133,6 +133,8 @@ def list_(
         console.print("no tasks: `orch task add REPO TITLE`")
         return
     now = time.time()
+    from rich.table import Table
+
     table = Table("key", "repo", "stage", "state", "title", "updated", "last reason")
     for t in tasks:
         last = t["reasons"][-1] if t["reasons"] else ""
@@ -229,6 +231,9 @@ def show(
     if as_json:
         print_json(data)
         return
+    from rich.table import Column, Table
+    from rich.text import Text
+
     console.print(
         Text.assemble(
             (data["key"], "bold"), " ", plain(data["title"]), "  (", plain(data["repo"]), ")"
@@ -304,6 +309,9 @@ def show(
 def print_pull(pr: dict[str, Any], now: float) -> None:
     """The task's pull request as the landing last read it: a line with its link, then
     each check on its head (the required ones first) and each review."""
+    from rich.table import Table
+    from rich.text import Text
+
     head = pr["head_sha"][:12]
     line = Text.assemble(
         f"pull request #{pr['number']} ",
@@ -332,6 +340,8 @@ def print_pull(pr: dict[str, Any], now: float) -> None:
 
 def spend_line(total: dict[str, Any]) -> Text:
     """``LLM spend $0.0014 of $0.001 (140%), tokens 1,200 in / 300 out``."""
+    from rich.text import Text
+
     return Text.assemble(
         "LLM spend ",
         spent_of(total["cost_usd"], total["budget_usd"]),
