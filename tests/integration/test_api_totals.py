@@ -198,19 +198,25 @@ def test_the_live_ranking_walks_past_many_finished_tasks(
     ]
 
 
-def test_a_backlog_longer_than_the_drivers_parameter_limit_is_counted(
-    migrated_db_url: str, make_repo: Callable[..., Path], tmp_path: Path
-) -> None:
-    # The pending jobs are read by id. A backlog of queued jobs longer than a statement may
-    # bind (999 on SQLite before 3.32, as this test sets it; 32,766 after; 65,535 for
-    # psycopg) must be counted in statements that each stay under it.
-    engine = make_engine(migrated_db_url)
+def _engine_of_old_limit(url: str) -> sa.Engine:
+    """An engine on ``url`` whose SQLite binds at most 999 values per statement, as builds
+    before 3.32 do (32,766 after; psycopg 65,535, left as it is)."""
+    engine = make_engine(url)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")
         def _old_limit(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
 
+    return engine
+
+
+def test_a_backlog_longer_than_the_drivers_parameter_limit_is_counted(
+    migrated_db_url: str, make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The pending jobs are read by id. A backlog of queued jobs longer than a statement may
+    # bind must be counted in statements that each stay under the limit.
+    engine = _engine_of_old_limit(migrated_db_url)
     settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
     repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES))
     rows = Rows(engine, settings)
@@ -248,4 +254,37 @@ def test_a_backlog_longer_than_the_drivers_parameter_limit_is_counted(
         assert set(totals.folded(conn, now).pending) == store_reads.unfinished_job_ids(conn)
         assert not set(ids) & store_reads.unfinished_job_ids(conn)
         assert totals.counters(conn, now).runners[TEST_RUNNER].jobs == backlog
+    engine.dispose()
+
+
+def test_the_live_ranking_walks_a_history_longer_than_the_parameter_limit(
+    migrated_db_url: str, make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The tasks that spent most are all done: the ranking looks them up in growing batches
+    # (32, 128, 512, 2048 ...), and the fourth is past 999 ids. Each lookup stays under.
+    engine = _engine_of_old_limit(migrated_db_url)
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
+    repo_id = repo_ops.add_repo(engine, "demo", make_repo(), repo_ops.RepoInput(stages=STAGES)).id
+    t0 = time.time()
+    with engine.begin() as conn:
+        for n in range(1_800):
+            task = queries.insert_task(
+                conn, repo_id=repo_id, title=f"t{n}", body="", stage="development",
+                now=t0, state="done",
+            )  # fmt: skip
+            job = queries.insert_job(
+                conn, task_id=task.id, stage="development", agent="claude", attempt=1, now=t0
+            )
+            queries.update_job(
+                conn, job.id, state="finished", outcome="completed", finished_at=t0,
+                cost_usd=10.0 + n, tokens_in=1, tokens_out=1,
+            )  # fmt: skip
+    live = Rows(engine, settings)
+    live.job(live.task("live"), "claude", t0, cost_usd=0.5)
+    totals = Totals()
+    now = t0 + COMMIT_MARGIN_S + 10
+    with engine.connect() as conn:
+        served, full = _served(totals, conn, now), _full(conn, now)
+    assert served == full
+    assert [key for key, _state, _spend in served[4]] == ["DEMO-1801"]
     engine.dispose()

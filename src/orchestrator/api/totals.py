@@ -36,6 +36,7 @@ from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.store import counters, merges
 from orchestrator.store import reads as store_reads
 from orchestrator.store.counters import RunnerTally, Tally
+from orchestrator.store.reads import IDS_PER_STATEMENT
 from orchestrator.store.schema import jobs, merge_results, transitions
 from orchestrator.store.spend import DAY_S, TOP_TASKS, Spend, TaskSpend
 
@@ -49,9 +50,6 @@ COMMIT_MARGIN_S = 30.0
 # Tasks looked up in the first round trip when ranking the live ones by spend (each next
 # round trip looks up four times as many).
 _RANK_BATCH = 32
-# Job ids bound in one statement at most: a backlog of queued jobs is read by id, and a
-# statement may bind 999 values on SQLite before 3.32 (32,766 since, 65,535 for psycopg).
-IDS_PER_STATEMENT = 500
 _J = jobs.c
 _ZERO = Spend(0.0, 0, 0, 0)
 
@@ -182,7 +180,7 @@ class Folded:
         if now_at.unfinished < len(self.pending):
             # A pending job no longer queued or running has finished (and stays so).
             done = self.pending.keys() - store_reads.unfinished_job_ids(conn, self.job_after)
-            parts += _among(sorted(done))
+            parts += _among(done)
         new_rows = (
             now_at.merge_results > self.results_after or now_at.transitions > self.transitions_after
         )
@@ -233,10 +231,9 @@ class Unfolded:
         ]
 
 
-def _among(ids: Sequence[int]) -> list[sa.ColumnElement[bool]]:
+def _among(ids: Iterable[int]) -> list[sa.ColumnElement[bool]]:
     """``id IN ids`` as disjoint parts, each binding at most ``IDS_PER_STATEMENT`` ids."""
-    n = IDS_PER_STATEMENT
-    return [_J.id.in_(ids[i : i + n]) for i in range(0, len(ids), n)]
+    return [_J.id.in_(batch) for batch in store_reads.id_batches(ids)]
 
 
 def _between_but(after: int, upto: int, but: Sequence[int]) -> list[sa.ColumnElement[bool]]:
@@ -288,7 +285,7 @@ def fold(conn: sa.Connection, old: Folded, now: float) -> Folded:
     moved = Unfolded([])
     if job_after > old.job_after:
         moved.parts.extend(_between_but(old.job_after, job_after, sorted(unfinished_new)))
-    moved.parts.extend(_among(sorted(old.pending.keys() - still)))
+    moved.parts.extend(_among(old.pending.keys() - still))
     runners = add_runner_tallies(old.runners, moved.runners(conn))
 
     spend, by_task = old.spend, dict(old.by_task)

@@ -34,6 +34,19 @@ UNKNOWN_REPO = "?"
 
 Rows = Sequence[sa.Row[Any]]
 
+# Ids bound in one statement at most: a driver refuses more than its limit of bound values
+# (999 on SQLite before 3.32, 32,766 since, 65,535 for psycopg), and a list of ids (a
+# backlog of queued jobs, a long history of tasks) can be longer.
+IDS_PER_STATEMENT = 500
+
+
+def id_batches(ids: Iterable[int]) -> list[list[int]]:
+    """``ids``, each once and sorted, in lists of at most ``IDS_PER_STATEMENT``."""
+    wanted = sorted(set(ids))
+    n = IDS_PER_STATEMENT
+    return [wanted[i : i + n] for i in range(0, len(wanted), n)]
+
+
 # The statements the status pages run on every request are built once below: SQLAlchemy
 # builds and keys a statement anew on every call unless it is a constant (the compiled
 # form is cached by that key), which cost more than the reads themselves.
@@ -76,10 +89,11 @@ def repo_names(conn: sa.Connection) -> dict[int, str]:
 
 def task_keys(conn: sa.Connection, ids: Iterable[int]) -> dict[int, str]:
     """Task id → key, for the given ids only."""
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    return {int(i): str(k) for i, k in conn.execute(_TASK_KEYS, {"ids": wanted})}
+    return {
+        int(i): str(k)
+        for batch in id_batches(ids)
+        for i, k in conn.execute(_TASK_KEYS, {"ids": batch})
+    }
 
 
 def is_open_alert() -> sa.ColumnElement[bool]:
@@ -488,8 +502,8 @@ _TASK_KEY_STATES = sa.select(_T.id, _T.key, _T.state).where(
 
 def task_key_states(conn: sa.Connection, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
     """Task id → (key, state), for the given ids only."""
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    rows = conn.execute(_TASK_KEY_STATES, {"ids": wanted})
-    return {int(i): (str(k), str(s)) for i, k, s in rows}
+    return {
+        int(i): (str(k), str(s))
+        for batch in id_batches(ids)
+        for i, k, s in conn.execute(_TASK_KEY_STATES, {"ids": batch})
+    }
