@@ -38,22 +38,36 @@ if TYPE_CHECKING:
 
 
 class _Console:
-    """A rich ``Console`` made on first use: ``console.print(...)`` imports rich then."""
+    """A rich ``Console`` made on first use: ``console.print(...)`` imports rich then.
+
+    Only attribute lookups are passed on: a rich object that is handed the console
+    (``Live(console=...)``, which enters it with ``with``) gets the real one,
+    ``real_console(console)``."""
 
     def __init__(self, *, stderr: bool) -> None:
         self._stderr = stderr
         self._made: Console | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def made(self) -> Console:
         if self._made is None:
             from rich.console import Console
 
             self._made = Console(stderr=self._stderr)
-        return getattr(self._made, name)
+        return self._made
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.made(), name)
 
 
 console = cast("Console", _Console(stderr=False))
 err_console = cast("Console", _Console(stderr=True))
+
+
+def real_console(c: Console) -> Console:
+    """The rich ``Console`` itself behind ``console`` or ``err_console``: for rich objects
+    that use more of it than its attributes (``with console:``)."""
+    return c.made() if isinstance(c, _Console) else c
+
 
 T = TypeVar("T")
 

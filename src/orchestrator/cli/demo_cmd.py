@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.text import Text
 
-from orchestrator.cli._common import console, fail, print_json, to_jsonable
+from orchestrator.cli._common import console, fail, print_json, real_console, to_jsonable
 
 if TYPE_CHECKING:
     from orchestrator.demo import DemoResult
@@ -45,7 +45,7 @@ def demo(
         else:
             where = "home, repo and fake GitHub" if forge else "home and repo"
             console.print(Text(f"orch demo: a throwaway {where} in {root}"), soft_wrap=True)
-            result = demo_board.run_shown(console, run, root, started)
+            result = demo_board.run_shown(real_console(console), run, root, started)
     except Exception as exc:
         if not keep:
             demo_mod.remove(root)
