@@ -263,3 +263,26 @@ def test_ensure_current_hands_an_unknown_revision_to_alembic(db_url: str) -> Non
             migrate.ensure_current(eng)
     finally:
         eng.dispose()
+
+
+def test_a_bare_group_prints_its_help_as_its_help_option_does(tmp_path: Path) -> None:
+    # `orch task` alone is a usage error (exit 2) that shows the group's help: the text
+    # `orch task --help` prints, and no blank line for the error's empty message after it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC), COLUMNS="80")
+
+    def orch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    bare, asked = orch("task"), orch("task", "--help")
+    assert (bare.returncode, asked.returncode) == (2, 0)
+    assert "Usage: python -m orchestrator task" in asked.stdout
+    assert bare.stdout.rstrip("\n") == asked.stdout.rstrip("\n")
+    assert not bare.stdout.endswith("\n\n")

@@ -126,7 +126,9 @@ class _OneLineErrors(TyperGroup):
             error: Any = exc
             if type(exc).__name__ == "NoArgsIsHelpError":
                 # No arguments: the help, on stdout as `orch --help` prints it.
-                sys.stdout.write(error.format_message() + "\n")
+                # (A sub-group's help is drawn by typer itself: its message is empty.)
+                if message := error.format_message():
+                    sys.stdout.write(message + "\n")
                 sys.exit(EXIT_USAGE)
             ctx = getattr(error, "ctx", None)
             where = ""
