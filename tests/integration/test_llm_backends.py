@@ -688,7 +688,6 @@ def test_aider_model_error_after_a_first_answer_is_a_tool_error(aider_job: Any) 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 @pytest.mark.timeout(400)
 def test_aider_mid_run_overload_is_infra_with_the_error_in_the_reasons(
     aider_job: Any,
@@ -697,9 +696,14 @@ def test_aider_mid_run_overload_is_infra_with_the_error_in_the_reasons(
     # "changed nothing", a developer retry, the 529 in no reason.
     from orchestrator.engine.worker import Worker
 
-    job, _server = aider_job(
+    job, server = aider_job(
         [ASKS_FOR_A_FILE],
-        then=F.http_error(529, "Overloaded"),
+        # Retry-After as an overloaded API sends it: the OpenAI client under litellm retries
+        # each of aider's requests twice and, told when, waits that instead of its own
+        # back-off of about a second. aider's own back-off (0.25 s doubling past 60 s, 8
+        # retries, ~64 s) is a constant in its code (`aider.models.RETRY_TIMEOUT`) with no
+        # setting, so that minute stays.
+        then=F.http_error(529, "Overloaded", retry_after="0.01"),
         agents=("development=aider",),
         # aider retries a 529 itself for about a minute (then gives up, and exits 0): one
         # job is enough to show it.
@@ -727,6 +731,9 @@ def test_aider_mid_run_overload_is_infra_with_the_error_in_the_reasons(
     assert (dev.exit_code, dev.outcome) == (0, "crashed")
     assert any("(after " in r and "retries)" in r for r in dev.reasons), dev.reasons
     assert job.artifact(A.DEV_REPORT) is None
+    # The first answer, then aider's 9 tries of the failing request, each tried 3 times by
+    # the OpenAI client (which honoured the Retry-After): the overload was retried as before.
+    assert len(server.requests) == 1 + 9 * 3, len(server.requests)
 
 
 def test_aider_rejected_key_pauses_the_backend_with_one_alert(aider_job: Any) -> None:
