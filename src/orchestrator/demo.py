@@ -169,6 +169,12 @@ def run_git(args: list[str], cwd: Path) -> str:
     return res.stdout
 
 
+# The demo's suite needs no plugin: the ones this interpreter's environment would autoload
+# (hypothesis, xdist, randomly ...) could only change what it shows, and cost seconds of
+# imports on each of its suite runs.
+PYTEST_INI = "[pytest]\ntestpaths = tests\npythonpath = .\naddopts = --disable-plugin-autoload\n"
+
+
 def make_repo(root: Path, files: Mapping[str, str] | None = None) -> Path:
     """The demo's git repository: a package, its pytest suite, staging and deploy scripts,
     and ``files`` (relative path: text) besides, all in its first commit."""
@@ -179,7 +185,7 @@ def make_repo(root: Path, files: Mapping[str, str] | None = None) -> Path:
     (repo / "tests" / "test_add.py").write_text(TEST_ADD)
     (repo / "staging.py").write_text(STAGING)
     (repo / "deploy.py").write_text(DEPLOY)
-    (repo / "pytest.ini").write_text("[pytest]\ntestpaths = tests\npythonpath = .\n")
+    (repo / "pytest.ini").write_text(PYTEST_INI)
     (repo / ".gitignore").write_text("__pycache__/\n.pytest_cache/\n")
     for rel, text in (files or {}).items():
         (repo / rel).write_text(text)
