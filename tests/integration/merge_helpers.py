@@ -33,7 +33,9 @@ from orchestrator.runners.test_runner import run_tests
 from orchestrator.store import merges, queries
 from orchestrator.store.rows import RepoRow, TaskRow
 
-PYTEST = [sys.executable, "-m", "pytest", "-q"]
+# The project's suite needs no plugin; this interpreter's test extras (hypothesis,
+# schemathesis, anyio) would be imported on every run of it, seconds each on a busy machine.
+PYTEST = [sys.executable, "-m", "pytest", "-q", "--disable-plugin-autoload"]
 PIPELINE = (Stage.DEVELOPMENT, Stage.TESTING, Stage.DEPLOY_STAGING)
 
 # A small project whose files the tasks edit: each task has its own slot in the same two
