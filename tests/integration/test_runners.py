@@ -32,7 +32,17 @@ from orchestrator.runners.staging_runner import run_staging
 from orchestrator.runners.test_runner import run_tests
 from orchestrator.self_deploy import ExitStatus, map_exit_code_to_status
 
-PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+# No plugin autoload: the toy suites need none, and this interpreter's test extras
+# (hypothesis, schemathesis, anyio) cost seconds of imports a run on a busy machine.
+PYTEST = [
+    sys.executable,
+    "-m",
+    "pytest",
+    "-q",
+    "-p",
+    "no:cacheprovider",
+    "--disable-plugin-autoload",
+]
 
 PASSING = {
     "test_ok.py": "def test_a():\n    assert 1\n\ndef test_b():\n    assert 2\n\n"

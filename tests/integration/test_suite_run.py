@@ -26,7 +26,8 @@ def _request(tmp_path: Path, files: dict[str, str], **kw: object) -> SuiteReques
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     fields: dict[str, object] = {
-        "argv": [sys.executable, "-m", "pytest", "-q"],
+        # No plugin autoload: this interpreter's test extras cost seconds of imports a run.
+        "argv": [sys.executable, "-m", "pytest", "-q", "--disable-plugin-autoload"],
         "worktree": wt,
         "timeout_s": 120.0,
         "log_path": tmp_path / "runs" / "suite.log",
