@@ -35,6 +35,9 @@ from sqlalchemy import event as sa_event
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 WRITE_ENV = "ORCH_WRITE_RELIABILITY_DOC"
+# The real suites' command: this interpreter's pytest without the test extras' plugins
+# (hypothesis, schemathesis, anyio), whose imports cost seconds a run; the repos need none.
+PYTEST_CMD = f"{sys.executable} -m pytest -q --disable-plugin-autoload"
 
 
 @dataclass(frozen=True)
@@ -742,7 +745,7 @@ def drive_disk_full(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
         h.engine,
         "demo",
         h.repo_path,
-        h.repo_input(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} -m pytest -q"),
+        h.repo_input(stages=STAGES, agents=specs, test_cmd=PYTEST_CMD),
     )
     key = h.add_task()
     h.run_until_idle()
@@ -928,7 +931,7 @@ def drive_no_gitignore_bytecode(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
         h.engine,
         "demo",
         h.repo_path,
-        h.repo_input(stages=STAGES, agents=specs, test_cmd=f"{sys.executable} -m pytest -q"),
+        h.repo_input(stages=STAGES, agents=specs, test_cmd=PYTEST_CMD),
     )
     assert not (h.repo_path / ".gitignore").exists()
     test = "from calc import double\n\n\ndef test_double():\n    assert double(2) == 4\n"
@@ -1093,12 +1096,11 @@ def drive_sandbox_start_failure(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     h.plan = {"*:development:*": {"hold": True}}
     h.save_plan()
     specs = [f"development={h.agent()}", "testing=test-runner", f"deploy-staging={h.agent()}"]
-    pytest_cmd = f"{sys.executable} -m pytest -q"
     repo_ops.add_repo(
         h.engine,
         "demo",
         h.repo_path,
-        h.repo_input(stages=STAGES, agents=specs, test_cmd=pytest_cmd),
+        h.repo_input(stages=STAGES, agents=specs, test_cmd=PYTEST_CMD),
     )
     key = h.add_task()
     # Outside /tmp: the sandbox's /tmp is a fresh one, where any path is free.
