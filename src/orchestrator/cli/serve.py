@@ -12,6 +12,7 @@ missing); ``--insecure-no-token`` serves without one, on loopback only, warning 
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -211,6 +212,11 @@ def serve(
             "can file, cancel and approve tasks and pause the scheduler",
             extra={"action": "serve"},
         )
+    # What is alive now (the modules, the app and its routes, ~140k objects) lives as long
+    # as the process: frozen, a full collection no longer walks it. Unfrozen, each one
+    # took ~100 ms, every few seconds while the dashboard was read: its p99.
+    gc.collect()
+    gc.freeze()
     try:
         server.run(sockets=[sock])
         if not server.started:
