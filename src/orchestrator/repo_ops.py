@@ -285,8 +285,13 @@ def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoR
     if not _REPO_NAME_RE.match(name):
         msg = f"repo name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
         raise UsageError(msg)
-    path = path.expanduser().resolve()
-    if not path.exists():
+    try:
+        path = path.expanduser().resolve()
+        found = path.exists()
+    except OSError as exc:  # a name too long, a folder we may not enter
+        msg = f"{path}: cannot be read: {exc.strerror or exc}"
+        raise UsageError(msg) from exc
+    if not found:
         msg = f"{path}: no such directory"
         raise UsageError(msg)
     if not is_git_repo(path):

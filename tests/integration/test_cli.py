@@ -194,6 +194,10 @@ def test_repo_add_refuses_non_git_and_duplicates(
     plain.mkdir()
     assert "not the top of a git repository" in orch("repo", "add", "x", str(plain), code=2).output
     assert "no such directory" in orch("repo", "add", "x", str(tmp_path / "nope"), code=2).output
+    # A name the system refuses to look up (ENAMETOOLONG) is a usage error too.
+    too_long = orch("repo", "add", "x", "x" * 5000, code=2).output
+    assert "cannot be read" in too_long
+    assert "File name too long" in too_long
     repo = make_repo()
     orch("repo", "add", "demo", str(repo))
     assert "already registered" in orch("repo", "add", "demo", str(repo), code=2).output
