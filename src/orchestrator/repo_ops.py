@@ -145,17 +145,26 @@ def check_smoke_urls(urls: Sequence[str]) -> list[str]:
     return out
 
 
+def _why(exc: Exception) -> str:
+    """What went wrong looking a path up, in a few words."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
 def check_sandbox_paths(paths: Sequence[str], option: str) -> list[str]:
     """``--sandbox-ro`` / ``--sandbox-rw`` values: absolute paths of existing folders or
     files, never ``/`` itself (the system is already visible read-only)."""
     out: list[str] = []
     for raw in _given(paths, option):
-        path = Path(raw).expanduser()
+        try:
+            path = Path(raw).expanduser()
+            resolved, found = str(path.resolve()), path.exists()
+        except (OSError, RuntimeError) as exc:  # a name too long; ~user of no such user
+            msg = f"{option} {raw!r}: cannot be read: {_why(exc)}"
+            raise UsageError(msg) from exc
         if not path.is_absolute() or CONTROL_RE.search(raw):
             msg = f"{option} {raw!r}: give an absolute path"
             raise UsageError(msg)
-        resolved = str(path.resolve())
-        if resolved == "/" or not path.exists():
+        if resolved == "/" or not found:
             msg = f"{option} {raw!r}: not an existing folder or file other than /"
             raise UsageError(msg)
         if resolved not in out:
@@ -288,8 +297,8 @@ def add_repo(engine: sa.Engine, name: str, path: Path, spec: RepoInput) -> RepoR
     try:
         path = path.expanduser().resolve()
         found = path.exists()
-    except OSError as exc:  # a name too long, a folder we may not enter
-        msg = f"{path}: cannot be read: {exc.strerror or exc}"
+    except (OSError, RuntimeError) as exc:  # a name too long; ~user of no such user
+        msg = f"{path}: cannot be read: {_why(exc)}"
         raise UsageError(msg) from exc
     if not found:
         msg = f"{path}: no such directory"

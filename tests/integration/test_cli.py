@@ -153,6 +153,8 @@ def test_cancel_retry_approve_record_history(
         (("repo", "show", "nope"), "unknown repo"),
         (("task", "add", "demo", " "), "needs a title"),
         (("task", "add", "demo", "T", "--patch", "/no/such.patch"), "cannot read"),
+        # ~user of no such user: expanduser raises RuntimeError, not OSError.
+        (("task", "add", "demo", "T", "--patch", "~no-such-user-0/p"), "cannot read"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -198,6 +200,13 @@ def test_repo_add_refuses_non_git_and_duplicates(
     too_long = orch("repo", "add", "x", "x" * 5000, code=2).output
     assert "cannot be read" in too_long
     assert "File name too long" in too_long
+    nobody = "~no-such-user-0/repo"
+    assert "cannot be read" in orch("repo", "add", "x", nobody, code=2).output
+    other = make_repo()
+    for option in ("--sandbox-ro", "--sandbox-rw"):
+        for bad in (nobody, "/" + "x" * 5000):
+            said = orch("repo", "add", "x", str(other), option, bad, code=2).output
+            assert "cannot be read" in said, (option, bad[:20], said)
     repo = make_repo()
     orch("repo", "add", "demo", str(repo))
     assert "already registered" in orch("repo", "add", "demo", str(repo), code=2).output

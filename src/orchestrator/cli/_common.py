@@ -180,8 +180,9 @@ def read_input_file(path: Path, option: str) -> bytes:
     """A file named on the command line, or a clear usage error."""
     try:
         return path.expanduser().read_bytes()
-    except OSError as exc:
-        msg = f"{option}: cannot read {path}: {exc.strerror}"
+    except (OSError, RuntimeError) as exc:  # RuntimeError: ~user of no such user
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        msg = f"{option}: cannot read {path}: {why}"
         raise UsageError(msg) from exc
 
 
