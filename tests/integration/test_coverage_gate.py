@@ -7,24 +7,14 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from tests.integration.test_runners import PYTEST
+
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import VerdictStatus, _parse_coverage_status
 from orchestrator.gates.coverage_gate import measure_coverage, plan_coverage
 from orchestrator.runners.base import RunContext, RunnerResult
-
-# No plugin autoload: the toy suites need none, and this interpreter's test extras
-# (hypothesis, schemathesis, anyio) cost seconds of imports a run on a busy machine.
-PYTEST = [
-    sys.executable,
-    "-m",
-    "pytest",
-    "-q",
-    "-p",
-    "no:cacheprovider",
-    "--disable-plugin-autoload",
-]
 
 # calc.used is tested, calc.unused (most of the module) is not: well under 90% in total,
 # well over 10%, whatever coverage.py counts of the test file itself.
