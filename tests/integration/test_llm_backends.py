@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import threading
 import time
@@ -623,9 +624,7 @@ def aider_job(make_job: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
         job = make_job(
             ["OPENAI_API_BASE", "OPENAI_API_KEY"],
-            aider_command=command,
-            aider_model="openai/gpt-fake",
-            **overrides,
+            **{"aider_command": command, "aider_model": "openai/gpt-fake", **overrides},
         )
         return job, server
 
@@ -687,6 +686,56 @@ def test_aider_model_error_after_a_first_answer_is_a_tool_error(aider_job: Any) 
     assert not commits.has_diff_vs(job.worktree, job.repo.main_branch)[0]
 
 
+# aider's own back-off on a retryable model error (`Coder.send_message` and
+# `Model.simple_send_with_retries`): the delay starts at 0.125 s and doubles before each
+# retry, and it gives up once the doubled delay passes `aider.models.RETRY_TIMEOUT` (60 s,
+# a constant with no setting: 8 retries, about 64 s of sleeping).
+AIDER_FIRST_RETRY_DELAY_S = 0.125
+AIDER_RETRY_TIMEOUT_S = 60.0
+# The overload test's lowered give-up: still more than one retry, so a retry is shown.
+SHORT_AIDER_RETRY_TIMEOUT_S = 1.0
+
+
+def aider_retries(retry_timeout_s: float) -> int:
+    """How many times aider retries one failing request before it gives up: its loop."""
+    delay, retries = AIDER_FIRST_RETRY_DELAY_S, 0
+    while True:
+        delay *= 2
+        if delay > retry_timeout_s:
+            return retries
+        retries += 1
+
+
+def aider_with_retry_timeout(command: str, retry_timeout_s: float) -> tuple[str, float]:
+    """``command`` as a launcher that lowers aider's ``RETRY_TIMEOUT`` and then runs aider's
+    real ``main``, with the give-up it will have; ``command`` itself and the full 60 s when
+    its interpreter cannot be read from its ``#!`` line.
+
+    Sound because the constant only bounds how long aider keeps retrying: the same aider, the
+    same requests, the same litellm errors and "Retrying in" lines, the same give-up and exit
+    0; only the number of retries before it is smaller. The launcher is ``<aider's python>
+    -c <code>``, the way aider's own console script starts it: no file of ours, and the
+    sandbox binds that python's install as it does for the script (its ``toolchain_paths``).
+    ``base_coder`` imports the constant by name, so both modules get the new value."""
+    argv = shlex.split(command)
+    script = Path(shutil.which(argv[0]) or argv[0]) if len(argv) == 1 else None
+    try:
+        first = script.read_bytes()[:256].split(b"\n", 1)[0] if script else b""
+    except OSError:
+        first = b""
+    interpreter = first[2:].decode(errors="replace").strip() if first.startswith(b"#!") else ""
+    if not interpreter or " " in interpreter or "python" not in Path(interpreter).name:
+        return command, AIDER_RETRY_TIMEOUT_S
+    code = (
+        "import sys\n"
+        "from aider.main import main\n"
+        "import aider.models, aider.coders.base_coder as base_coder\n"
+        f"aider.models.RETRY_TIMEOUT = base_coder.RETRY_TIMEOUT = {retry_timeout_s!r}\n"
+        "sys.exit(main())\n"
+    )
+    return shlex.join([interpreter, "-c", code]), retry_timeout_s
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_aider_mid_run_overload_is_infra_with_the_error_in_the_reasons(
@@ -696,19 +745,26 @@ def test_aider_mid_run_overload_is_infra_with_the_error_in_the_reasons(
     # "changed nothing", a developer retry, the 529 in no reason.
     from orchestrator.engine.worker import Worker
 
+    # What is under test is the orchestrator's reading of aider's give-up (exit 0 after its
+    # retries: infra, the 529 in the reasons, no developer retry), not how long aider backs
+    # off: its give-up is lowered from 60 s to 1 s (see `aider_with_retry_timeout`).
+    command, retry_timeout_s = aider_with_retry_timeout(
+        aider_command(), SHORT_AIDER_RETRY_TIMEOUT_S
+    )
+    retries = aider_retries(retry_timeout_s)
+    assert retries >= 1
     job, server = aider_job(
         [ASKS_FOR_A_FILE],
         # Retry-After as an overloaded API sends it: the OpenAI client under litellm retries
         # each of aider's requests twice and, told when, waits that instead of its own
-        # back-off of about a second. aider's own back-off (0.25 s doubling past 60 s, 8
-        # retries, ~64 s) is a constant in its code (`aider.models.RETRY_TIMEOUT`) with no
-        # setting, so that minute stays.
+        # back-off of about a second.
         then=F.http_error(529, "Overloaded", retry_after="0.01"),
         agents=("development=aider",),
-        # aider retries a 529 itself for about a minute (then gives up, and exits 0): one
-        # job is enough to show it.
+        # aider retries a 529 itself (then gives up, and exits 0): one job is enough to
+        # show it.
         infra_retry_budget=0,
         agent_timeout_s=300,
+        aider_command=command,
     )
     Worker(job.settings, job.engine).run(until_idle=True)
     with job.engine.connect() as conn:
@@ -729,11 +785,12 @@ def test_aider_mid_run_overload_is_infra_with_the_error_in_the_reasons(
     with job.engine.connect() as conn:
         (dev,) = queries.list_jobs(conn, task_id=job.task.id)
     assert (dev.exit_code, dev.outcome) == (0, "crashed")
-    assert any("(after " in r and "retries)" in r for r in dev.reasons), dev.reasons
+    assert any(f"(after {retries} retries)" in r for r in dev.reasons), dev.reasons
     assert job.artifact(A.DEV_REPORT) is None
-    # The first answer, then aider's 9 tries of the failing request, each tried 3 times by
-    # the OpenAI client (which honoured the Retry-After): the overload was retried as before.
-    assert len(server.requests) == 1 + 9 * 3, len(server.requests)
+    # The first answer, then aider's tries of the failing request (the first and its
+    # retries), each tried 3 times by the OpenAI client (which honoured the Retry-After):
+    # the overload was retried, by aider and by the client under it.
+    assert len(server.requests) == 1 + (1 + retries) * 3, len(server.requests)
 
 
 def test_aider_rejected_key_pauses_the_backend_with_one_alert(aider_job: Any) -> None:
