@@ -236,7 +236,10 @@ class HealthServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/health"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # poll_interval: how soon close()'s shutdown() returns (socketserver's default: 0.5 s).
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:

@@ -57,7 +57,10 @@ def receiver() -> Iterator[Receiver]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     holder.append(Receiver(f"http://127.0.0.1:{server.server_address[1]}/hooks"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # poll_interval: how soon shutdown() returns (socketserver's default: 0.5 s).
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield holder[0]
     server.shutdown()

@@ -103,7 +103,10 @@ def relay(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with TestClient(app, base_url="http://127.0.0.1:8765") as client:
         handler = type("Relay", (_Relay,), {"client": client})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        # poll_interval: how soon shutdown() returns (socketserver's default: 0.5 s).
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         thread.start()
         try:
             yield f"http://127.0.0.1:{server.server_address[1]}/hook"

@@ -322,7 +322,10 @@ def serve() -> Iterator[Serve]:
         handler = type("H", (_Handler,), {"script": script, "hits": hits})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # poll_interval: how soon shutdown() returns (socketserver's default: 0.5 s).
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return f"http://127.0.0.1:{server.server_address[1]}", hits
 
     yield _serve

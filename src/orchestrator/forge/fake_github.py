@@ -83,8 +83,13 @@ class FakeGitHub(FaultInjection):
         """Listen on a free port of 127.0.0.1, serving from a daemon thread."""
         server = FakeServer(self)
         self._server = server
+        # poll_interval: how soon close()'s shutdown() returns (socketserver's default of
+        # 0.5 s was a quarter of a second, on average, at every close).
         self._thread = threading.Thread(
-            target=server.serve_forever, name="fake-github", daemon=True
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-github",
+            daemon=True,
         )
         self._thread.start()
         return self
