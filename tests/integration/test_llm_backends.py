@@ -600,10 +600,15 @@ def test_codex_hang_is_stopped_by_stall_detection(codex_job: Any) -> None:
 
 def test_codex_unreachable_server_is_owned_by_our_timeout(codex_job: Any) -> None:
     # Codex retries forever while the server is unreachable, printing a line now and then
-    # (so the stall detector may not see it as stalled): the job timeout ends it.
-    job, server = codex_job([], base_url="http://127.0.0.1:9/v1", agent_timeout_s=8)
+    # (so the stall detector may not see it as stalled): the job timeout ends it. Its first
+    # "Reconnecting" line comes about a second after its start; the reason below, read from
+    # those lines, shows it was retrying when the timeout (4 s, was 8 s) stopped it.
+    job, server = codex_job([], base_url="http://127.0.0.1:9/v1", agent_timeout_s=4)
     result = job.run("codex")
     assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
+    assert any("codex could not reach the model server" in r for r in result.reasons), (
+        result.reasons
+    )
     assert server.requests == []
 
 
