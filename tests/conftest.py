@@ -13,6 +13,8 @@ Database (one suite, either backend):
   orch_tmpl_<hash>_<session>``, the hash taken over the migration scripts, the template
   dropped at the session's end. Tests of the migrations themselves take ``db_url`` and run
   Alembic for real.
+- ``migrated_sqlite_at(path)``: a SQLite database at the newest migration, copied from a
+  template to a path the test names (SQLite even when the other tests run on PostgreSQL).
 - ``engine``: an engine on ``migrated_db_url``. A test that needs the URL of the engine's
   database too takes ``migrated_db_url`` beside it (``db_url`` would be another, empty one).
 
@@ -118,6 +120,30 @@ def _db_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A migrated SQLite file, whatever database the session's other tests use (on SQLite:
+    the session's template)."""
+    if _server_url() is None:
+        return Path(request.getfixturevalue("_db_template"))
+    return make_sqlite_template(tmp_path_factory.mktemp("sqlite-template") / "template.db")
+
+
+@pytest.fixture
+def migrated_sqlite_at(_sqlite_template: Path) -> Callable[[Path], str]:
+    """``at(path)``: a SQLite database at the newest migration, copied to ``path`` (for a
+    test whose database must be a file at a path of its own, such as the sandbox tests'
+    ``<ORCH_HOME>/orchestrator.db``); its URL."""
+
+    def at(path: Path) -> str:
+        shutil.copyfile(_sqlite_template, path)
+        return f"sqlite:///{path}"
+
+    return at
 
 
 def _fresh_db(tmp_path_factory: pytest.TempPathFactory, template: str | None) -> Iterator[str]:

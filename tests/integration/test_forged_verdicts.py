@@ -62,12 +62,12 @@ FORGED_PASS = A.render_artifact(
 
 
 @pytest.fixture
-def h(tmp_path: Path, make_repo: Any) -> Iterator[Harness]:
+def h(tmp_path: Path, make_repo: Any, migrated_sqlite_at: Any) -> Iterator[Harness]:
     home = tmp_path / "home"
     home.mkdir()
     harness = Harness(
         tmp_path,
-        f"sqlite:///{home / 'orchestrator.db'}",
+        migrated_sqlite_at(home / "orchestrator.db"),
         make_repo(files={"README.md": "demo\n"}),
         developer_retry_budget=1,
     )

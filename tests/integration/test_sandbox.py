@@ -132,11 +132,12 @@ ATTACKS = [
 
 
 @pytest.fixture
-def box(tmp_path: Path, make_repo: Any) -> Iterator[Harness]:
+def box(tmp_path: Path, make_repo: Any, migrated_sqlite_at: Any) -> Iterator[Harness]:
     home = tmp_path / "home"
     home.mkdir()
     files = {"README.md": "demo\n"}
-    harness = Harness(tmp_path, f"sqlite:///{home / 'orchestrator.db'}", make_repo(files=files))
+    db_url = migrated_sqlite_at(home / "orchestrator.db")
+    harness = Harness(tmp_path, db_url, make_repo(files=files))
     yield harness
     harness.stop()
     harness.engine.dispose()
