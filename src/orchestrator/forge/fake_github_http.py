@@ -141,6 +141,10 @@ class FakeServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: an answer is written as its head, then its body. On a kept-alive
+    # connection Nagle held the body until the client ACKed the head, which the client
+    # delays (~40 ms on Linux): every API call took ~44 ms instead of ~1 ms.
+    disable_nagle_algorithm = True
     server: FakeServer
 
     def do_GET(self) -> None:
