@@ -79,7 +79,7 @@ FAULTS: list[Fault] = [
     Fault(
         "merge-retest-timeout",
         "Timeout (merge re-test)",
-        "the repo's test command sleeps 30 s; merge_retest_timeout_s=1",
+        "the repo's test command sleeps 30 s; merge_retest_timeout_s=0.5",
         "deploy-staging",
         "blocked",
         ("create", "advance", "advance", "defer", "defer", "block"),
@@ -490,7 +490,7 @@ def drive_agent_hang(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
 
 
 def drive_merge_retest_timeout(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
-    h.settings = load_settings(**{**h.settings.model_dump(), "merge_retest_timeout_s": 1.0})
+    h.settings = load_settings(**{**h.settings.model_dump(), "merge_retest_timeout_s": 0.5})
     specs = [f"{s}={h.agent()}" for s in STAGES]
     sleeper = f"{sys.executable} -c 'import time; time.sleep(30)'"
     repo_ops.add_repo(
