@@ -724,10 +724,13 @@ def aider_with_retry_timeout(command: str, retry_timeout_s: float) -> tuple[str,
     ``base_coder`` imports the constant by name, so both modules get the new value."""
     argv = shlex.split(command)
     script = Path(shutil.which(argv[0]) or argv[0]) if len(argv) == 1 else None
-    try:
-        first = script.read_bytes()[:256].split(b"\n", 1)[0] if script else b""
-    except OSError:
-        first = b""
+    first = b""
+    if script is not None:
+        try:
+            with script.open("rb") as fh:
+                first = fh.readline(256).rstrip(b"\n")
+        except OSError:
+            pass
     interpreter = first[2:].decode(errors="replace").strip() if first.startswith(b"#!") else ""
     if not interpreter or " " in interpreter or "python" not in Path(interpreter).name:
         return command, AIDER_RETRY_TIMEOUT_S
