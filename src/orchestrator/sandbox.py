@@ -18,6 +18,7 @@ bubblewrap can run here is ``probe``'s answer, asked once per process.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -125,10 +126,15 @@ class Sandbox:
         the namespace's init (``child-pid``) and, with ``json_status``, the command's
         ``exit-code``, which bubblewrap writes only when its setup finished and the command
         was started. The command inside does not get the fd."""
-        out = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc"]
-        if info_fd is not None:
-            out += ["--json-status-fd" if self.json_status else "--info-fd", str(info_fd)]
-        out += ["--unshare-uts", "--hostname", "orch-sandbox"]
+        return self.plan(cwd).argv(argv, info_fd=info_fd)
+
+    def plan(self, cwd: Path) -> Plan:
+        """This sandbox's bubblewrap options for a run in ``cwd``, its paths looked at once.
+
+        A run asks once and uses the answer twice (its log header shows it, its spawn runs
+        it), so the header shows exactly the mounts the run got."""
+        head = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc"]
+        out = ["--unshare-uts", "--hostname", "orch-sandbox"]
         if self.userns:
             out.append("--unshare-user")
         if not self.network:
@@ -139,41 +145,89 @@ class Sandbox:
         out += ["--tmpfs", "/tmp"]  # noqa: S108
         hidden = _outermost(_existing(self.hidden))
         for path in hidden:
-            out += ["--tmpfs", str(path)]
+            out += ["--tmpfs", path]
         for path in _existing(self.readonly):
-            out += ["--ro-bind", str(path), str(path)]
-        for path in _existing(self.writable):
-            out += ["--bind", str(path), str(path)]
+            out += ["--ro-bind", path, path]
+        writable = _existing(self.writable)
+        for path in writable:
+            out += ["--bind", path, path]
         for path in _existing(self.sealed):
-            out += ["--ro-bind", str(path), str(path)]
+            out += ["--ro-bind", path, path]
         # A hidden place is an empty file system, read-only once the binds inside it are
         # made: what a job writes there would only look like a write to the real place.
-        writable = _existing(self.writable)
         for path in hidden:
-            if not any(path.is_relative_to(w) for w in writable):
-                out += ["--remount-ro", str(path)]
-        out += ["--chdir", str(cwd), "--", *argv]
-        return out
+            if not any(_inside(path, w) for w in writable):
+                out += ["--remount-ro", path]
+        status = "--json-status-fd" if self.json_status else "--info-fd"
+        return Plan(tuple(head), status, tuple(out), str(cwd))
 
 
-def _existing(paths: Iterable[Path]) -> list[Path]:
+@dataclass(frozen=True)
+class Plan:
+    """One run's bubblewrap options (``Sandbox.plan``): its paths are strings, looked at
+    when the plan was made."""
+
+    head: tuple[str, ...]  # bubblewrap and the options before the status fd
+    status_flag: str  # --json-status-fd, or --info-fd (a bubblewrap without the first)
+    mounts: tuple[str, ...]  # the namespaces and the mounts
+    cwd: str
+
+    def argv(self, command: Sequence[str], *, info_fd: int | None = None) -> list[str]:
+        """The bubblewrap argv that runs ``command`` (see ``Sandbox.wrap``)."""
+        status = [] if info_fd is None else [self.status_flag, str(info_fd)]
+        return [*self.head, *status, *self.mounts, "--chdir", self.cwd, "--", *command]
+
+    def options(self) -> list[str]:
+        """Every option before the command, without the status fd: the log header's line."""
+        return [*self.head, *self.mounts, "--chdir", self.cwd]
+
+
+# What Path.exists() takes for "not there" (any other error is raised, as it raises it).
+_ABSENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno in _ABSENT_ERRNOS:
+            return False
+        raise
+    except ValueError:  # an embedded NUL, as Path.exists() answers it
+        return False
+    return True
+
+
+def _existing(paths: Iterable[Path | str]) -> list[str]:
     """Absolute, existing, each once, in the order given (a bind needs its source)."""
-    seen: set[Path] = set()
-    found: list[Path] = []
+    seen: set[str] = set()
+    found: list[str] = []
     for raw in paths:
-        path = Path(os.path.abspath(raw))
-        if path in seen or not path.exists():
+        path = os.path.abspath(raw)
+        if path in seen or not _exists(path):
             continue
         seen.add(path)
         found.append(path)
     return found
 
 
-def _outermost(paths: list[Path]) -> list[Path]:
+def _root(path: str) -> str:
+    # POSIX keeps exactly two leading slashes as a root of their own (as pathlib does).
+    return "//" if path.startswith("//") and not path.startswith("///") else "/"
+
+
+def _inside(path: str, folder: str) -> bool:
+    """``Path(path).is_relative_to(folder)`` for absolute, normalized paths."""
+    if _root(path) != _root(folder):
+        return False
+    return path == folder or path.startswith(folder if folder.endswith("/") else folder + "/")
+
+
+def _outermost(paths: list[str]) -> list[str]:
     """Leave out a place inside another one: the outer empty file system hides it already,
     and bubblewrap cannot remount it read-only once the outer one has covered its mount
     (the default home, ``~/.orchestrator``, lies inside the user's home)."""
-    return [p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)]
+    return [p for p in paths if not any(p != q and _inside(p, q) for q in paths)]
 
 
 def _paths(value: object) -> list[Path]:
@@ -384,6 +438,7 @@ def _config_inputs(repo_path: Path) -> tuple[object, ...] | None:
 __all__ = [
     "BWRAP",
     "INSTALL_HINT",
+    "Plan",
     "Probe",
     "Sandbox",
     "SandboxUnavailable",

@@ -9,6 +9,7 @@ the process group), and then prove it is gone. No timing thresholds: only outcom
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -443,6 +444,60 @@ def test_a_sandboxed_run_leaves_no_daemon_and_needs_no_proc_sweep(
     assert find_marked(marker) == []
     assert scans == []
     assert outcome.swept == 0
+
+
+@NEEDS_BWRAP
+def test_a_run_plans_its_sandbox_once_and_its_log_shows_what_ran(
+    tmp_path: Path, marker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sandbox's paths are looked at once per run (they were twice: for the log header
+    # and again for the spawn), and the header's line is the argv bubblewrap was given.
+    found = sandbox.probe()
+    assert found.bwrap is not None, found.detail
+    seen = tmp_path / "bwrap-argv.json"
+    wrapper = tmp_path / "bin" / "bwrap"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"open({str(seen)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"os.execv({found.bwrap!r}, [{found.bwrap!r}, *sys.argv[1:]])\n"
+    )
+    wrapper.chmod(0o755)
+    work, hidden = tmp_path / "work", tmp_path / "hidden"
+    work.mkdir()
+    hidden.mkdir()
+    box = sandbox.Sandbox(
+        writable=(work,),
+        hidden=(hidden,),
+        userns=found.userns,
+        bwrap=str(wrapper),
+        json_status=found.json_status,
+    )
+    looked: list[str] = []
+    real_stat = os.stat
+
+    def stat(path: object, *args: object, **kw: object) -> os.stat_result:
+        if os.fspath(path) in (str(work), str(hidden)):  # type: ignore[call-overload]
+            looked.append(os.fspath(path))  # type: ignore[call-overload]
+        return real_stat(path, *args, **kw)  # type: ignore[arg-type, call-overload]
+
+    monkeypatch.setattr(os, "stat", stat)
+    req = _request(tmp_path, [sys.executable, "-c", "pass"], marker, log_path=tmp_path / "run.log")
+    outcome = run(dataclasses.replace(req, sandbox=box))
+    monkeypatch.undo()
+
+    assert outcome.exit_code == 0, (tmp_path / "run.log").read_text()
+    assert sorted(looked) == sorted([str(work), str(hidden)])
+    given = json.loads(seen.read_text())
+    status = given.index("--json-status-fd" if found.json_status else "--info-fd")
+    shown = [
+        json.loads(line.removeprefix("sandbox: "))
+        for line in (tmp_path / "run.log").read_text().splitlines()
+        if line.startswith("sandbox: ")
+    ]
+    ran = [str(wrapper), *given[:status], *given[status + 2 : given.index("--")]]
+    assert shown == [ran]
 
 
 def _status(text: bytes) -> spawn._BwrapStatus:

@@ -194,3 +194,132 @@ def test_included_config_is_always_asked(
     extra.write_text('[remote "x"]\n\turl = /srv/git/x.git\n')
     assert local_remotes(repo) == [Path("/srv/git/x.git")]
     assert len(calls) == 1
+
+
+# ----------------------------------------------------------------- the plan, as it was
+
+
+def _old_wrap(box: Sandbox, argv: list[str], cwd: Path, info_fd: int | None) -> list[str]:
+    """``Sandbox.wrap`` as it was before the plan was made once per run (pathlib, every
+    path looked at on each call): the argv the sandbox must still get, to the byte."""
+
+    def existing(paths: tuple[Path, ...]) -> list[Path]:
+        seen: set[Path] = set()
+        found: list[Path] = []
+        for raw in paths:
+            path = Path(os.path.abspath(raw))
+            if path in seen or not path.exists():
+                continue
+            seen.add(path)
+            found.append(path)
+        return found
+
+    def outermost(paths: list[Path]) -> list[Path]:
+        return [p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)]
+
+    out = [box.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc"]
+    if info_fd is not None:
+        out += ["--json-status-fd" if box.json_status else "--info-fd", str(info_fd)]
+    out += ["--unshare-uts", "--hostname", "orch-sandbox"]
+    if box.userns:
+        out.append("--unshare-user")
+    if not box.network:
+        out.append("--unshare-net")
+    out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    out += ["--tmpfs", "/tmp"]
+    hidden = outermost(existing(box.hidden))
+    for path in hidden:
+        out += ["--tmpfs", str(path)]
+    for path in existing(box.readonly):
+        out += ["--ro-bind", str(path), str(path)]
+    for path in existing(box.writable):
+        out += ["--bind", str(path), str(path)]
+    for path in existing(box.sealed):
+        out += ["--ro-bind", str(path), str(path)]
+    writable = existing(box.writable)
+    for path in hidden:
+        if not any(path.is_relative_to(w) for w in writable):
+            out += ["--remount-ro", str(path)]
+    out += ["--chdir", str(cwd), "--", *argv]
+    return out
+
+
+def test_the_plan_is_the_argv_the_sandbox_always_had(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Random layouts of what a job hides, binds and seals: nested, repeated, missing,
+    # relative, through links, with trailing slashes and dots; each argv (with and without
+    # the status fd, either kind of it) is the one the pathlib version made.
+    import random
+
+    rng = random.Random(19)
+    root = tmp_path / "t"
+    names = ["a", "a/b", "a/b/c", "a/bc", "d", "d/e", "f", "g/h", "x y", "u/.git", "u"]
+    for name in names[:-3]:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    (root / "u" / ".git").mkdir(parents=True)
+    (root / "link").symlink_to(root / "a")
+    (root / "file").write_text("x")
+    monkeypatch.chdir(root)
+    pool: list[Path | str] = [
+        *(root / n for n in names),
+        root / "link",
+        root / "link" / "b",
+        root / "file",
+        root / "missing",
+        root / "missing" / "deeper",
+        root / "file" / "under-a-file",
+        Path("a/b"),  # relative: made absolute against the cwd
+        f"{root}/a/",
+        f"{root}/./d/../d",
+        f"{root}//a//b",
+        f"/{root}/a",  # two leading slashes: a root of its own to POSIX (and pathlib)
+        f"/{root}/d/e",
+        "/",
+        root,
+        Path.home(),
+    ]
+    for _ in range(400):
+
+        def pick() -> tuple[Path, ...]:
+            return tuple(Path(p) for p in rng.sample(pool, rng.randint(0, 5)))
+
+        box = Sandbox(
+            writable=pick(),
+            readonly=pick(),
+            hidden=pick(),
+            sealed=pick(),
+            network=rng.random() < 0.5,
+            userns=rng.random() < 0.5,
+            json_status=rng.random() < 0.5,
+        )
+        cwd = Path(rng.choice(names))
+        argv = ["sh", "-c", "echo hi", "--"]
+        fd = rng.choice([None, 3, 17])
+        assert box.wrap(argv, cwd, info_fd=fd) == _old_wrap(box, argv, cwd, fd)
+        plan = box.plan(cwd)
+        assert plan.argv(argv, info_fd=fd) == _old_wrap(box, argv, cwd, fd)
+        # The log header's line: everything before the command, no status fd (as it was).
+        old = _old_wrap(box, ["..."], cwd, None)
+        assert plan.options() == old[: old.index("--")]
+
+
+def test_a_path_that_cannot_be_looked_at_still_fails_the_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pathlib raised for any error but "not there" (a folder we may not search): so does
+    # the plan. A hidden place that cannot be told there is never silently left visible.
+    closed = str(tmp_path / "closed" / "inner")
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kw: Any) -> os.stat_result:
+        if os.fspath(path) == closed:
+            raise PermissionError(13, "Permission denied", closed)
+        return real_stat(path, *args, **kw)
+
+    monkeypatch.setattr(os, "stat", stat)
+    box = Sandbox(writable=(), hidden=(Path(closed),))
+    with pytest.raises(PermissionError):
+        _old_wrap(box, ["x"], tmp_path, None)
+    with pytest.raises(PermissionError):
+        box.plan(tmp_path)

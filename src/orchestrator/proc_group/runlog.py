@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import BinaryIO
 
@@ -32,14 +32,20 @@ def log_line(log: BinaryIO, text: str) -> None:
 
 
 def write_header(
-    log: BinaryIO, request: ExecuteRequest, env: Mapping[str, str], marker: str, at: float
+    log: BinaryIO,
+    request: ExecuteRequest,
+    env: Mapping[str, str],
+    marker: str,
+    at: float,
+    sandbox: Sequence[str] | None = None,
 ) -> None:
+    """The run's header; ``sandbox``: the bubblewrap options it runs with (None: bare)."""
     masked = mask_env(env, request.secret_names)
     lines = [
         f"===== orchestrator run {_now_iso(at)} =====",
         f"argv: {json.dumps(list(request.argv))}",
         f"cwd: {request.cwd}",
-        f"sandbox: {_sandbox_line(request)}",
+        f"sandbox: {'off' if sandbox is None else json.dumps(list(sandbox))}",
         f"marker: {MARKER_ENV}={marker}",
         f"timeout_s: {request.timeout_s} grace_s: {request.grace_s}",
         "env:",
@@ -48,14 +54,6 @@ def write_header(
     ]
     log.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
     log.flush()
-
-
-def _sandbox_line(request: ExecuteRequest) -> str:
-    box = request.sandbox
-    if box is None:
-        return "off"
-    wrapped = box.wrap(["..."], request.cwd)
-    return json.dumps(wrapped[: wrapped.index("--")])
 
 
 def signal_name(sig: int | None) -> str:

@@ -313,7 +313,12 @@ def run(
     info_read: int | None = None
     info_write: int | None = None
     try:
-        write_header(log, request, env, marker, started_at)
+        # The sandbox's options are worked out once per run: the header shows them and the
+        # spawn runs them (its paths are looked at once, so both say the same).
+        plan = None if request.sandbox is None else request.sandbox.plan(Path(request.cwd))
+        write_header(
+            log, request, env, marker, started_at, None if plan is None else plan.options()
+        )
         error = None
         if isinstance(request.argv, str | bytes):
             # A str is a Sequence[str] too: list("pytest -q") would run "p". Never guess a split.
@@ -334,11 +339,11 @@ def run(
         if error is None:
             try:
                 argv = list(request.argv)
-                if request.sandbox is not None:
+                if plan is not None:
                     # Always: bubblewrap's word on whether the command started (see
                     # _read_status), and where its namespace's init is.
                     info_read, info_write = os.pipe()
-                    argv = request.sandbox.wrap(argv, Path(request.cwd), info_fd=info_write)
+                    argv = plan.argv(argv, info_fd=info_write)
                 proc = subprocess.Popen(
                     argv,
                     cwd=request.cwd,
