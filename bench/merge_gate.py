@@ -2,7 +2,8 @@
 
     python bench/merge_gate.py [--merges 10] [--tests 20] [--only overhead,own,sequence]
 
-1. Overhead: ``--merges`` tasks, each one commit on top of main, merged one by one with the
+1. Overhead: ``--merges`` tasks, each one commit on top of main (published to the user's
+   ``orch/<KEY>``, as a development job publishes its attempt), merged one by one with the
    re-test skip switched off (so every merge re-tests). For each: the bare test run (the
    same command in the same worktree, by subprocess.run) and the whole gate (fetch-free
    local repo: rebase, one commit, re-test through proc_group, report, DB rows, CAS,
@@ -119,12 +120,16 @@ class Bed:
         assert made.path is not None, made.error
         return task, made.path
 
-    def develop(self, wt: Path) -> None:
+    def develop(self, task: TaskRow, wt: Path) -> None:
+        """One commit on the task's branch, published to the user's ``orch/<KEY>`` as a
+        development job publishes its attempt (``publish_branch``)."""
         self.count += 1
         n = self.count
         (wt / f"test_task{n}.py").write_text(f"def test_task{n}():\n    assert {n} > 0\n")
         _git(wt, "add", "-A")
         _git(wt, "commit", "-q", "-m", f"task {n}")
+        published, detail = worktrees.publish_branch(self.repo, wt, task.key)
+        assert published, detail
 
     def env(self) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", os.defpath), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -172,7 +177,7 @@ def overhead(n_merges: int, n_tests: int) -> None:
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         for _ in range(n_merges):
             task, wt = bed.task()
-            bed.develop(wt)
+            bed.develop(task, wt)
             t0 = time.perf_counter()
             subprocess.run(
                 [*PYTEST, "-p", "no:cacheprovider"], cwd=wt, env=env, capture_output=True
@@ -199,7 +204,7 @@ def own_cost(n_merges: int, n_tests: int) -> None:
         calls: list[list[tuple[float, float, str]]] = []
         for _ in range(n_merges):
             task, wt = bed.task()
-            bed.develop(wt)
+            bed.develop(task, wt)
             bed.testing_stage(task, wt)  # the tree is validated: the gate skips its re-test
             with GitCounter() as counter:
                 t0 = time.perf_counter()
@@ -239,7 +244,7 @@ def sequence(n_tests: int, skip: bool) -> tuple[dict[str, int], float]:
         for size in WAVES:
             wave = [bed.task() for _ in range(size)]  # all branch from the same main
             for task, wt in wave:
-                bed.develop(wt)
+                bed.develop(task, wt)
                 bed.testing_stage(task, wt)
             for task, wt in wave:
                 fields = bed.gate(task, wt)

@@ -22,7 +22,6 @@ import errno
 import functools
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +31,7 @@ from pathlib import Path
 from orchestrator.config import Settings, sandbox_network_for
 from orchestrator.errors import OrchestratorError
 from orchestrator.gitops import git as gitcmd
+from orchestrator.gitops.config_read import KeptAnswers
 
 BWRAP = "bwrap"
 # What a failed probe tells the user to do.
@@ -334,14 +334,13 @@ def local_remotes(repo_path: Path) -> list[Path]:
     file permissions (what a credential is for a remote on this machine).
 
     Every sandboxed job asks, so git's answer is kept with the bytes of every config file
-    it read (``_config_inputs``) and given again only while those bytes are the same: a
-    remote added since, in any of them, is a change of bytes and so a new ``git config``.
+    it read (``gitops.config_read``) and given again only while those bytes are the same:
+    a remote added since, in any of them, is a change of bytes and so a new ``git config``.
     """
-    inputs = _config_inputs(repo_path)
-    if inputs is not None:
-        kept = _REMOTES_SEEN.get(repo_path)
-        if kept is not None and kept[0] == inputs:
-            return list(kept[1])
+    return list(_REMOTES.ask(repo_path, lambda: _ask_remotes(repo_path)))
+
+
+def _ask_remotes(repo_path: Path) -> tuple[tuple[Path, ...], bool]:
     res = gitcmd.git(
         ["config", "--get-regexp", r"^remote\..*\.(url|pushurl)$"], repo_path, timeout_s=15
     )
@@ -355,84 +354,10 @@ def local_remotes(repo_path: Path) -> list[Path]:
             found.append(Path(url))
     # Exit 1 is "no such key": an answer too. Anything else (a timeout, a refused repo) is
     # asked again next time.
-    if inputs is not None and res.returncode in (0, 1) and not res.timed_out:
-        _REMOTES_SEEN[repo_path] = (inputs, tuple(found))
-    return found
+    return tuple(found), res.returncode in (0, 1) and not res.timed_out
 
 
-# repo path -> (the config files' bytes git read, the local remotes it named then).
-_REMOTES_SEEN: dict[Path, tuple[tuple[object, ...], tuple[Path, ...]]] = {}
-# Environment that changes which config files git reads, or adds config of its own: with
-# any of these set, git is asked every time.
-_CONFIG_ENV = (
-    "GIT_DIR",
-    "GIT_COMMON_DIR",
-    "GIT_WORK_TREE",
-    "GIT_CEILING_DIRECTORIES",
-    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
-    "GIT_CONFIG",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_COUNT",
-    "GIT_CONFIG_SYSTEM",
-    "GIT_CONFIG_GLOBAL",
-    "GIT_CONFIG_NOSYSTEM",
-)
-
-
-@functools.cache
-def _system_configs() -> tuple[Path, ...]:
-    """Where git may keep its system-wide config: ``/etc/gitconfig`` (a build for
-    ``/usr``), and ``<prefix>/etc/gitconfig`` for the prefix git runs from."""
-    found = [Path("/etc/gitconfig"), Path("/usr/local/etc/gitconfig")]
-    res = gitcmd.git(["--exec-path"], Path("/"), timeout_s=15)
-    exec_path = Path(res.stdout.strip()) if res else None
-    # <prefix>/libexec/git-core or <prefix>/lib/git-core
-    if exec_path is not None and exec_path.name == "git-core":
-        found.append(exec_path.parent.parent / "etc" / "gitconfig")
-    return tuple(dict.fromkeys(found))
-
-
-def _config_inputs(repo_path: Path) -> tuple[object, ...] | None:
-    """Everything ``git config`` in ``repo_path`` reads, as bytes (None for a file that is
-    not there), or None when that cannot be told without git: then git is asked.
-
-    Git is asked whenever the environment points it elsewhere or adds config
-    (``_CONFIG_ENV``), the clone's ``.git`` is not a folder of its own (a ``git
-    worktree``, a submodule, a link), or a file says ``include`` anywhere (``[include]``,
-    ``[includeIf]``: files this cannot follow). The owners of the clone and its ``.git``
-    are part of it: git refuses a repository of another user (``safe.directory``).
-    """
-    env = gitcmd.git_environment()
-    if any(name in env for name in _CONFIG_ENV):
-        return None
-    git_dir = repo_path / ".git"
-    try:
-        top, own = os.stat(repo_path), os.lstat(git_dir)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(own.st_mode) or (git_dir / "commondir").exists():
-        return None
-    home = env.get("HOME")
-    xdg = env.get("XDG_CONFIG_HOME") or (f"{home}/.config" if home else None)
-    files = [
-        *_system_configs(),
-        *([Path(xdg, "git", "config")] if xdg else []),
-        *([Path(home, ".gitconfig")] if home else []),
-        git_dir / "config",
-        git_dir / "config.worktree",
-    ]
-    contents: list[object] = [top.st_uid, own.st_uid, home, xdg]
-    for path in files:
-        try:
-            data: bytes | None = path.read_bytes()
-        except FileNotFoundError:
-            data = None
-        except OSError:
-            return None
-        if data is not None and b"include" in data.lower():
-            return None
-        contents.append((str(path), data))
-    return tuple(contents)
+_REMOTES: KeptAnswers[tuple[Path, ...]] = KeptAnswers()
 
 
 __all__ = [

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator.gitops import ancestry, commits, land, worktrees
+from orchestrator.gitops import ancestry, commits, land, merge, worktrees
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.land import Candidate, Judgement, LandRequest
 from orchestrator.runners import protected
@@ -153,19 +153,41 @@ def test_a_job_on_a_workspace_that_records_main_runs_no_git(tmp_path: Path, make
     assert _git(ws, "rev-parse", "main") == _git(repo, "rev-parse", "main")
 
 
-def test_a_tasks_first_workspace_takes_six_git_calls(tmp_path: Path, make_repo: Any) -> None:
-    # Is there an orch/<KEY> already, create it, init, the branch, read-tree, main. Main
-    # and the object store are read from the clone's .git (was: 8 calls).
+def test_a_tasks_first_workspace_takes_four_git_calls(tmp_path: Path, make_repo: Any) -> None:
+    # Create orch/<KEY> at main (the old value "" says it did not exist: no question
+    # first), init, the branch and main in one update-ref, read-tree. Main and the object
+    # store are read from the clone's .git (was: 8 calls, then 6).
     repo = make_repo(files={"README.md": "demo\n"})
     with counted() as calls:
         ws = _workspace(repo, tmp_path / "worktrees")
-    assert len(calls) <= 6, _subcommands(calls)
-    assert _subcommands(calls)["rev-parse"] == 1, calls
+    assert _subcommands(calls) == {"update-ref": 2, "init": 1, "read-tree": 1}, calls
     assert _git(ws, "rev-parse", "main") == _git(repo, "rev-parse", "main")
     assert _git(ws, "rev-parse", "HEAD") == _git(repo, "rev-parse", "orch/DEMO-1")
+    assert _git(repo, "rev-parse", "orch/DEMO-1") == _git(repo, "rev-parse", "main")
     alternates = (ws / ".git" / "objects" / "info" / "alternates").read_text().strip()
     assert alternates == str((repo / ".git" / "objects").resolve())
     assert _git(ws, "status", "--porcelain") == ""
+
+
+def test_a_task_whose_branch_exists_starts_from_it(tmp_path: Path, make_repo: Any) -> None:
+    # The user's orch/<KEY> is there already (a workspace removed, an earlier release),
+    # packed, so no loose file tells: the create is refused, the branch is read, and the
+    # workspace starts from it, the branch untouched.
+    repo = make_repo(files={"README.md": "demo\n"})
+    main = _git(repo, "rev-parse", "main")
+    _git(repo, "checkout", "-q", "-b", "orch/DEMO-1")
+    (repo / "earlier.txt").write_text("earlier work\n")
+    _git(repo, "add", "earlier.txt")
+    _git(repo, "commit", "-qm", "earlier")
+    _git(repo, "checkout", "-q", "main")
+    tip = _git(repo, "rev-parse", "orch/DEMO-1")
+    _git(repo, "pack-refs", "--all")
+    assert worktrees.loose_ref(repo / ".git", "refs/heads/orch/DEMO-1") is None
+    ws = _workspace(repo, tmp_path / "worktrees")
+    assert _git(ws, "rev-parse", "HEAD") == tip
+    assert _git(repo, "rev-parse", "orch/DEMO-1") == tip
+    assert _git(ws, "rev-parse", "main") == main
+    assert (ws / "earlier.txt").read_text() == "earlier work\n"
 
 
 def test_a_first_workspace_of_a_git_worktree_clone_asks_git(tmp_path: Path, make_repo: Any) -> None:
@@ -217,6 +239,51 @@ def test_a_first_job_and_a_removal_run_no_worktree_prune(tmp_path: Path, make_re
     assert not (root / "demo" / "DEMO-2").exists()
 
 
+def test_a_done_tasks_branch_is_deleted_in_one_git_call(tmp_path: Path, make_repo: Any) -> None:
+    # Its tip, main, "is the tip on main" and "is it checked out" are read from the
+    # clone's files (loose refs, the tip is main itself, one HEAD): only the deletion, a
+    # compare-and-delete, is git's (was: 5 calls).
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    ws = _workspace(repo, root)
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    assert worktrees.publish_branch(repo, ws, "DEMO-1")[0]
+    assert _land(repo, ws).status == "MERGED"
+    with counted() as calls:
+        done = worktrees.remove_worktree(repo, root, "demo", "DEMO-1", merged_into="main")
+    assert done is not None
+    assert done.status == "deleted", done.detail
+    assert calls == [("update-ref", "--stdin")]
+    assert _git(repo, "branch", "--list", "orch/*") == ""
+
+
+def test_a_done_tasks_branch_checked_out_in_the_clone_is_kept(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    _workspace(repo, root)  # orch/DEMO-1 at main: merged, nothing of its own
+    _git(repo, "checkout", "-q", "orch/DEMO-1")
+    with counted() as calls:
+        kept = worktrees.remove_worktree(repo, root, "demo", "DEMO-1", merged_into="main")
+    assert kept is not None
+    assert (kept.status, kept.detail) == (
+        "kept",
+        "orch/DEMO-1 kept: it is checked out in a worktree",
+    )
+    assert calls == []
+    # Packed refs and a linked worktree: git answers, the same.
+    _git(repo, "checkout", "-q", "main")
+    _git(repo, "worktree", "add", "-q", str(tmp_path / "linked"), "orch/DEMO-1")
+    _git(repo, "pack-refs", "--all")
+    with counted() as calls:
+        kept = worktrees.remove_worktree(repo, root, "demo", "DEMO-1", merged_into="main")
+    assert kept is not None
+    assert kept.status == "kept", kept.detail
+    assert _subcommands(calls)["worktree"] == 1, calls
+
+
 def test_removing_a_legacy_git_worktree_still_prunes_it(tmp_path: Path, make_repo: Any) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
     root = tmp_path / "worktrees"
@@ -248,7 +315,9 @@ def _land(repo: Path, ws: Path, key: str = "DEMO-1") -> land.Landing:
     return land.land(request, judge)
 
 
-def test_landing_a_branch_takes_at_most_thirteen_git_calls(tmp_path: Path, make_repo: Any) -> None:
+def test_landing_a_published_branch_takes_ten_git_calls_and_no_fetch(
+    tmp_path: Path, make_repo: Any
+) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
     _git(repo, "config", "--add", "user.name", "Last Name Wins")
     ws = _workspace(repo, tmp_path / "worktrees")
@@ -259,11 +328,14 @@ def test_landing_a_branch_takes_at_most_thirteen_git_calls(tmp_path: Path, make_
     with counted() as calls:
         landing = _land(repo, ws)
     assert landing.status == "MERGED", landing.reasons
-    # status, main, HEAD and its trailer, the branch's log, the user's name, commit-tree,
-    # the branch's CAS, fetch + CAS of the user's branch, the checkout's state (2), main's
-    # CAS, the checkout's files. Whether main is under the branch is read from the loose
-    # commits (ancestry.descends). (Before: 28, then 15.)
-    assert len(calls) <= 13, _subcommands(calls)
+    # status, the branch's log, the user's name, commit-tree, the branch's CAS in the
+    # workspace and in the user's clone, the checkout's state (2), main's CAS, the
+    # checkout's files. Main, HEAD and its trailer, and whether main is under the branch
+    # are read from git's files (loose refs and commits); the commit is written into the
+    # user's store, which holds its tree and parent already (the branch was published):
+    # no fetch. (Before: 28, then 15, then 13.)
+    assert _subcommands(calls)["fetch"] == 0, calls
+    assert len(calls) <= 10, _subcommands(calls)
     main = _git(repo, "rev-parse", "main")
     assert landing.merged_sha == main
     assert landing.tree == tree == _git(repo, "rev-parse", "main^{tree}")
@@ -271,10 +343,52 @@ def test_landing_a_branch_takes_at_most_thirteen_git_calls(tmp_path: Path, make_
     assert _git(repo, "log", "-1", "--format=%an", "main") == "Last Name Wins"
     assert _git(repo, "show", "main:feature.txt") == "work"
     assert (repo / "feature.txt").read_text() == "work\n"  # the checkout followed
+    # The commit is in the user's own store (not only the workspace's), and complete.
+    loose = repo / ".git" / "objects" / main[:2] / main[2:]
+    assert loose.is_file()
+    assert not (ws / ".git" / "objects" / main[:2] / main[2:]).exists()
+    _git(repo, "fsck", "--no-dangling", "--connectivity-only")
     # Landed again (a crash before the bookkeeping): recognised, not merged twice.
     again = _land(repo, ws)
     assert (again.status, again.already) == ("MERGED", "already-merged")
     assert _git(repo, "rev-parse", "main") == main
+
+
+def test_landing_asks_the_users_name_again_only_when_a_config_changes(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    names = []
+    for i, key in enumerate(("DEMO-1", "DEMO-2", "DEMO-3")):
+        if i == 2:
+            _git(repo, "config", "user.name", "Renamed")  # a config byte changed
+        ws = _workspace(repo, root, key)
+        (ws / f"f{i}.txt").write_text("work\n")
+        assert commits.commit_all(ws, f"{key}: work")
+        assert worktrees.publish_branch(repo, ws, key)[0]
+        with counted() as calls:
+            assert _land(repo, ws, key).status == "MERGED"
+        names.append((_subcommands(calls)["config"], _git(repo, "log", "-1", "--format=%an")))
+    assert names[1][0] == 0  # nothing changed since the first landing: not asked
+    assert names[2] == (1, "Renamed")
+    assert names[0][1] == names[1][1] != "Renamed"
+
+
+def test_an_unpublished_branch_is_landed_by_a_fetch(tmp_path: Path, make_repo: Any) -> None:
+    # The user's orch/<KEY> is not at the branch tip (its last attempt was never
+    # published): its objects may be in the workspace only, so the commit is made there
+    # and fetched, as it always was.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    with counted() as calls:
+        landing = _land(repo, ws)
+    assert landing.status == "MERGED", landing.reasons
+    assert _subcommands(calls)["fetch"] == 1, calls
+    assert _git(repo, "show", "main:feature.txt") == "work"
+    _git(repo, "fsck", "--no-dangling", "--connectivity-only")
 
 
 def test_a_stopped_rebase_in_the_workspace_is_aborted_before_landing(
@@ -404,3 +518,76 @@ def test_descends_agrees_with_git_on_every_pair_of_a_history(
     _git(repo, "update-ref", "refs/heads/all", shas[-1])
     _git(repo, "gc", "-q")
     assert ancestry.descends(repo, shas[0], shas[-1]) is None
+
+
+def test_a_loose_commit_is_read_as_git_reads_it(tmp_path: Path, make_repo: Any) -> None:
+    # HEAD's SHA and trailer (the merge gate's "already merged?") and a commit's tree (the
+    # baseline's main) from loose objects: the same as git's, or no answer.
+    repo = make_repo()
+    ws = _workspace(repo, tmp_path / "wt")
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    tree = _git(ws, "rev-parse", "HEAD^{tree}")
+    messages = [
+        "DEMO-1: one\n\nbody\n\nOrch-Task: DEMO-1\n",
+        "no trailer",
+        "  spaced subject \n\n\n  trailing lines  \n\n",
+        "Orch-Task: OTHER-2\nOrch-Task: DEMO-1\n",
+        "héllo wörld ✓\n",
+    ]
+    main = _git(ws, "rev-parse", "main")
+    for message in messages:
+        made = subprocess.run(
+            ["git", "commit-tree", tree, "-p", main, "-F", "-"],
+            cwd=ws,
+            input=message,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        _git(ws, "update-ref", "refs/heads/orch/DEMO-1", made)
+        with counted() as calls:
+            head, task = merge.head_and_task(ws)
+            tree_read = merge.tree_of(ws, made)
+        assert calls == []
+        assert head == made
+        logged = subprocess.run(
+            ["git", "log", "-1", "--format=%B", "HEAD"],
+            cwd=ws,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert task == merge.task_of_message(logged)
+        assert tree_read == tree
+        loose = ancestry.read_commit(ws, made)
+        assert loose is not None
+        assert loose.message + "\n" == logged  # %B, and log's newline after it
+        assert loose.parents == (main,)
+    # A message git would re-encode: git reads it.
+    latin = (
+        subprocess.run(
+            ["git", "-c", "i18n.commitEncoding=ISO-8859-1", "commit-tree", tree, "-p", main],
+            cwd=ws,
+            input="caf\xe9\n".encode("latin-1"),
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    assert ancestry.read_commit(ws, latin) is None
+    _git(ws, "update-ref", "refs/heads/orch/DEMO-1", latin)
+    with counted() as calls:
+        assert merge.head_and_task(ws)[0] == latin
+    assert _subcommands(calls) == {"log": 1}
+    # Replaced, or not loose: git's.
+    _git(ws, "replace", latin, main)
+    assert ancestry.read_commit(ws, latin) is None
+    _git(ws, "replace", "-d", latin)
+    assert ancestry.read_commit(ws, main) is not None
+    _git(repo, "gc", "-q")
+    assert ancestry.read_commit(ws, main) is None
+    with counted() as calls:
+        assert merge.tree_of(ws, main) == _git(repo, "rev-parse", "main^{tree}")
+    assert len(calls) == 1

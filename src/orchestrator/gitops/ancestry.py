@@ -25,6 +25,7 @@ import hashlib
 import os
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.gitops import git as gitcmd
@@ -182,9 +183,44 @@ def _object_stores(git_dir: Path) -> list[Path]:
     return stores + [Path(line) for line in text.splitlines() if line.startswith("/")]
 
 
+@dataclass(frozen=True)
+class LooseCommit:
+    """A commit read from its loose object (checked against its name)."""
+
+    sha: str
+    tree: str
+    parents: tuple[str, ...]
+    message: str  # everything after the headers, as ``git log --format=%B`` prints it
+
+
+def read_commit(repo: Path, rev: str) -> LooseCommit | None:
+    """Commit ``rev`` (a full SHA-1, or ``HEAD``) of the repository at ``repo`` (its
+    ``.git`` a folder), read from git's files; None: ask git.
+
+    Exact when it answers: the history is read as its commits say (``_plain_history``),
+    HEAD and its branch are loose files, and the object is a loose commit whose bytes hash
+    to its name. None too for a message git would re-encode (an ``encoding`` header) or
+    that is not UTF-8."""
+    git_dir = repo / ".git"
+    if not _plain_history(git_dir):
+        return None
+    sha = _head(git_dir) if rev == "HEAD" else rev
+    if sha is None or not _is_sha(sha):
+        return None
+    return _loose_commit(_object_stores(git_dir), sha)
+
+
 def _parents(stores: list[Path], sha: str) -> list[str] | None:
     """The parents of commit ``sha`` read from its loose object (checked against its name),
     or None: not loose in any store, not a commit, or not what its name says."""
+    found = _loose_commit(stores, sha, message=False)
+    return None if found is None else list(found.parents)
+
+
+def _loose_commit(stores: list[Path], sha: str, *, message: bool = True) -> LooseCommit | None:
+    """Commit ``sha`` from its loose object in the first store that has it; None: not loose
+    there, not a commit, not what its name says, or (``message``) a message git would not
+    print as it is stored."""
     if not _is_sha(sha):
         return None
     for store in stores:
@@ -204,6 +240,9 @@ def _parents(stores: list[Path], sha: str) -> list[str] | None:
         lines = body.split(b"\n")
         if not lines[0].startswith(b"tree "):
             return None
+        tree = lines[0][5:].decode("ascii", errors="replace")
+        if not _is_sha(tree):
+            return None
         parents = []
         for line in lines[1:]:
             if not line.startswith(b"parent "):
@@ -212,5 +251,14 @@ def _parents(stores: list[Path], sha: str) -> list[str] | None:
             if not _is_sha(parent):
                 return None
             parents.append(parent)
-        return parents
+        text = ""
+        if message:
+            headers, blank, raw_message = body.partition(b"\n\n")
+            if not blank or any(h.startswith(b"encoding ") for h in headers.split(b"\n")):
+                return None
+            try:
+                text = raw_message.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        return LooseCommit(sha, tree, tuple(parents), text)
     return None

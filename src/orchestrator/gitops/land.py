@@ -24,6 +24,7 @@ from typing import Literal
 
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops import squash, worktrees
+from orchestrator.gitops.ancestry import loose_ref
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +231,26 @@ def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> boo
         return True
     got.reasons.append(f"round {round_no}: {rebased.detail}")
 
+    # The user's clone holds every object of the branch tip when its orch/<KEY> is there
+    # (published by a fetch, which checks that): the commit is then written straight into
+    # its store, next to its tree and base, and needs no fetch to be published.
+    store = _user_store(req, head) if rebased.status == "noop" else None
     commit = squash.single_commit(
-        worktree, branch, base, key, req.title, author=req.author, user_repo=req.repo_path
+        worktree,
+        branch,
+        base,
+        key,
+        req.title,
+        author=req.author,
+        user_repo=req.repo_path,
+        objects=store,
     )
+    if store is not None and commit.status == "error":
+        # Not there after all: made in the workspace and fetched, as always.
+        store = None
+        commit = squash.single_commit(
+            worktree, branch, base, key, req.title, author=req.author, user_repo=req.repo_path
+        )
     if commit.status == "error" or commit.sha is None:
         got.stop("INFRA", "other", f"cannot make the task's commit: {commit.detail}")
         return True
@@ -247,7 +265,7 @@ def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> boo
     # The user's branch is most likely still at the tip the rebase started from (each
     # development job publishes it): the compare-and-swap tries that value first.
     published, detail = worktrees.publish_branch(
-        req.repo_path, worktree, key, tip=candidate, expect=head
+        req.repo_path, worktree, key, tip=candidate, expect=head, present=store is not None
     )
     if not published:
         got.stop("INFRA", "other", detail)
@@ -267,6 +285,20 @@ def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> boo
             req, got, req.publish(Candidate(round_no, base, candidate, tree, rebased.status))
         )
     return _move_main(req, got, candidate, base, round_no)
+
+
+def _user_store(req: LandRequest, head: str | None) -> Path | None:
+    """The user's clone's object store when its ``orch/<KEY>`` is at ``head`` (a loose
+    branch file) and the workspace borrows from it; else None."""
+    if head is None:
+        return None
+    git_dir = req.repo_path / ".git"
+    ref = f"refs/heads/{worktrees.branch_name(req.key)}"
+    if loose_ref(git_dir, ref) != head or not worktrees.plain_objects():
+        return None
+    store = git_dir / "objects"
+    borrowed = worktrees.borrowed_stores(req.worktree)
+    return store if borrowed == [store.resolve()] else None
 
 
 def _published(req: LandRequest, got: _Progress, done: Published) -> bool:

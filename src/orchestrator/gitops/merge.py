@@ -101,7 +101,11 @@ def rev_parse(cwd: Path, rev: str) -> str | None:
 
 
 def tree_of(cwd: Path, commit: str) -> str | None:
-    """The tree hash of ``commit``."""
+    """The tree hash of ``commit``: read from its loose object when ``ancestry`` can tell
+    (a full SHA, a plain history), else git's answer."""
+    loose = ancestry.read_commit(cwd, commit)
+    if loose is not None:
+        return loose.tree
     return rev_parse(cwd, f"{commit}^{{tree}}")
 
 
@@ -148,8 +152,12 @@ def task_of_message(message: str) -> str | None:
 
 
 def head_and_task(cwd: Path) -> tuple[str | None, str | None]:
-    """(HEAD's SHA, the task key of its ``Orch-Task:`` trailer) in one git call; (None,
-    None) when HEAD cannot be read."""
+    """(HEAD's SHA, the task key of its ``Orch-Task:`` trailer); (None, None) when HEAD
+    cannot be read. From git's files when HEAD is a loose commit (``ancestry.read_commit``:
+    the workspace's own commit), else in one git call."""
+    loose = ancestry.read_commit(cwd, "HEAD")
+    if loose is not None:
+        return loose.sha, task_of_message(loose.message)
     res = run_git(["log", "-1", "--format=%H%x00%B", "HEAD"], cwd)
     sha, sep, message = res.stdout.partition("\0") if res else ("", "", "")
     if not sep or not sha.strip():
@@ -329,7 +337,10 @@ def fast_forward_local_locked(repo_path: Path, main: str, target: str) -> CasRes
 def refresh_main_locked(repo_path: Path, main: str, remote: str | None) -> FetchResult:
     """Current main: the remote's after a fetch (local main fast-forwarded to it), or local."""
     if not remote:
-        sha = rev_parse(repo_path, f"refs/heads/{main}^{{commit}}")
+        # A loose branch file is git's answer (``ancestry.loose_ref``); else git is asked.
+        sha = ancestry.loose_ref(repo_path / ".git", f"refs/heads/{main}") or rev_parse(
+            repo_path, f"refs/heads/{main}^{{commit}}"
+        )
         if sha is None:
             return FetchResult("error", detail=f"{repo_path} has no branch {main}")
         return FetchResult("ok", sha, f"{main} is at {sha[:12]}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.gitops.config_read import KeptAnswers
 from orchestrator.gitops.merge import (
     ORCH_IDENTITY,
     TASK_TRAILER,
@@ -69,18 +70,29 @@ def configured_user(repo_path: Path) -> Ident | None:
     ``git config`` reads them there), or None when either is unset.
 
     Read explicitly: left to itself, git would make an address up from the host name.
+    Every landing asks, so git's answer is kept with the bytes of every config file it read
+    (``config_read.KeptAnswers``): a change to any of them asks git again.
     """
+    return _USERS.ask(repo_path, lambda: _ask_user(repo_path))
+
+
+def _ask_user(repo_path: Path) -> tuple[Ident | None, bool]:
     # One call for both; a key set more than once counts by its last value, as --get has.
     # -z: "key\nvalue\0", so a value with a line break in it stays one value (and fails).
     res = run_git(["config", "-z", "--get-regexp", r"^user\.(name|email)$"], repo_path)
+    # Exit 1 is "no such key": an answer too; anything else is asked again next time.
+    answered = res.returncode in (0, 1) and not res.timed_out
     found: dict[str, str] = {}
     for entry in res.stdout.split("\0") if res else []:
         name, _, value = entry.partition("\n")
         found[name.lower()] = value.strip()
     values = [found.get("user.name", ""), found.get("user.email", "")]
     if not all(values) or any(_UNSAFE_RE.search(v) or "<" in v or ">" in v for v in values):
-        return None
-    return Ident(values[0], values[1])
+        return None, answered
+    return Ident(values[0], values[1]), answered
+
+
+_USERS: KeptAnswers[Ident | None] = KeptAnswers()
 
 
 def _clean(text: str) -> str:
@@ -150,6 +162,7 @@ def single_commit(
     *,
     author: str | None = None,
     user_repo: Path | None = None,
+    objects: Path | None = None,
 ) -> CommitResult:
     """Make the branch one commit on ``base``, carrying the ``Orch-Task: <key>`` trailer.
 
@@ -163,6 +176,11 @@ def single_commit(
     configured in ``user_repo`` (the user's clone), else the branch's first author. Whoever
     else wrote the branch's commits (the agent) gets a ``Co-authored-by:`` trailer; the
     committer is the orchestrator, and ``Orch-Task: <key>`` is the last trailer.
+
+    ``objects``: the object store the commit is written to (the user's clone's, which
+    already holds ``base`` and the branch tip's tree: see ``land``); None: the workspace's
+    own. Only there is the tree looked for, so a store without it is an error, never a
+    commit whose tree the store lacks.
     """
     commits = _branch_commits(worktree, base)
     if commits is None:
@@ -203,6 +221,8 @@ def single_commit(
         "GIT_AUTHOR_EMAIL": main_author.email,
         "GIT_AUTHOR_DATE": first_date,
     }
+    if objects is not None:
+        env["GIT_OBJECT_DIRECTORY"] = str(objects)
     made = run_git(
         ["commit-tree", tree, "-p", base, "-F", "-"], worktree, env=env, input_text=message
     )

@@ -25,7 +25,7 @@ from typing import Literal
 from orchestrator import taskdir
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import merge
-from orchestrator.gitops.ancestry import loose_ref
+from orchestrator.gitops.ancestry import descends, loose_ref
 from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.lock import repo_lock
 
@@ -99,6 +99,30 @@ def _git_dir_path(repo_path: Path, name: str) -> Path | None:
     return (found if found.is_absolute() else repo_path / found).resolve()
 
 
+def plain_objects() -> bool:
+    """No environment moves where git reads and writes objects (a workspace's object
+    store and the one it borrows are then what their files say)."""
+    env = gitcmd.git_environment()
+    return not any(name in env for name in _OBJECTS_ENV)
+
+
+_OBJECTS_ENV = (
+    "GIT_DIR",
+    "GIT_COMMON_DIR",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+)
+
+
+def borrowed_stores(workspace: Path) -> list[Path]:
+    """The object stores a workspace borrows (its ``objects/info/alternates``), as written."""
+    try:
+        text = (workspace / ".git" / "objects" / "info" / "alternates").read_text()
+    except OSError:
+        return []
+    return [Path(line) for line in text.splitlines() if line.strip()]
+
+
 def is_workspace(path: Path) -> bool:
     """Whether ``path`` holds a task workspace of the current kind (its own ``.git`` folder)."""
     git_dir = path / ".git"
@@ -117,7 +141,7 @@ def sync_main(
     """
     ref = f"refs/heads/{main_branch}"
     if sha is None:
-        sha = loose_ref(repo_path / ".git", ref) or gitcmd.rev_parse_branch(repo_path, main_branch)
+        sha = _main_of(repo_path, main_branch)
     if sha is None:
         return f"cannot read {main_branch} in {repo_path}"
     if is_workspace(workspace) and loose_ref(workspace / ".git", ref) == sha:
@@ -158,20 +182,29 @@ def _make_workspace(
     (git_dir / "objects" / "info" / "alternates").write_text(f"{objects}\n")
     (git_dir / "info").mkdir(exist_ok=True)
     (git_dir / "info" / "attributes").write_text(NEUTRAL_ATTRIBUTES)
-    for step in (
-        ["update-ref", f"refs/heads/{branch}", start_sha],
-        ["read-tree", "--reset", "-u", "HEAD"],
+    main_sha = main_sha or _main_of(repo_path, main_branch)
+    if main_sha is None:
+        shutil.rmtree(staging, ignore_errors=True)
+        return f"cannot read {main_branch} in {repo_path}"
+    # The task's branch and the user's main (what sync_main records), in one transaction.
+    refs = f"update refs/heads/{branch} {start_sha}\nupdate refs/heads/{main_branch} {main_sha}\n"
+    for step, stdin in (
+        (["update-ref", "--stdin"], refs),
+        (["read-tree", "--reset", "-u", "HEAD"], None),
     ):
-        res = gitcmd.git(step, staging)
+        res = gitcmd.git(step, staging, input_text=stdin)
         if not res:
             shutil.rmtree(staging, ignore_errors=True)
             return f"git {step[0]}: {_explain(res)}"
-    why = sync_main(staging, repo_path, main_branch, sha=main_sha)
-    if why is not None:
-        shutil.rmtree(staging, ignore_errors=True)
-        return why
     staging.rename(path)
     return None
+
+
+def _main_of(repo_path: Path, main_branch: str) -> str | None:
+    """The user's main: its loose branch file, else git's answer."""
+    return loose_ref(repo_path / ".git", f"refs/heads/{main_branch}") or gitcmd.rev_parse_branch(
+        repo_path, main_branch
+    )
 
 
 def _drop_stale(repo_path: Path, path: Path) -> None:
@@ -232,14 +265,26 @@ def _add_worktree(
     branch = branch_name(key)
     ref = f"refs/heads/{branch}"
     notes: list[str] = []
-    start_sha = gitcmd.rev_parse(repo_path, f"{ref}^{{commit}}")
+    start_sha = loose_ref(repo_path / ".git", ref)
     main_sha = None
+    if start_sha is None and not remote:
+        # A task's first job, the usual case: create the branch at main if it does not
+        # exist ("" as the old value), which tells whether it did; only if it did is it
+        # read. (Asking first cost a git call on every new task.)
+        main_sha = _main_of(repo_path, main_branch)
+        if main_sha is None:
+            return WorktreeResult(None, created=False, error=f"cannot read {main_branch}")
+        if gitcmd.git(["update-ref", ref, main_sha, ""], repo_path):
+            start_sha = main_sha
+        else:
+            main_sha = None
+    if start_sha is None:
+        start_sha = gitcmd.rev_parse(repo_path, f"{ref}^{{commit}}")
     if start_sha is None:
         start, notes = _start_point(repo_path, main_branch, remote)
         local = start == main_branch
         start_sha = (
-            loose_ref(repo_path / ".git", f"refs/heads/{main_branch}")
-            or gitcmd.rev_parse_branch(repo_path, main_branch)
+            _main_of(repo_path, main_branch)
             if local
             else gitcmd.rev_parse(repo_path, f"{start}^{{commit}}")
         )
@@ -266,6 +311,7 @@ def publish_branch(
     *,
     tip: str | None = None,
     expect: str | None = None,
+    present: bool = False,
 ) -> tuple[bool, str]:
     """Bring the user's ``orch/<KEY>`` to the workspace's branch tip; (published?, detail).
 
@@ -280,7 +326,9 @@ def publish_branch(
     passes the ``tip`` it made; so does anyone for whom the fast-forward was refused (the
     user's branch moved on, or is checked out): then the ref is read and moved by
     ``update-ref <tip> <old>``. ``expect``: where the caller believes the user's branch is;
-    the compare-and-swap tries that value before reading the ref.
+    the compare-and-swap tries that value before reading the ref. ``present``: the user's
+    repository holds every object of ``tip`` already (the merge gate wrote its commit
+    there): no fetch; should the compare-and-swap fail, the long way (fetch, read, swap).
     """
     branch = branch_name(key)
     ref = f"refs/heads/{branch}"
@@ -294,9 +342,16 @@ def publish_branch(
     # A belief is only tried for a move: that the branch already is at the tip is read,
     # never assumed (main's compare-and-swap needs the tip's objects in the user's clone).
     guess = expect is not None and expect != tip
-    current = expect if guess else gitcmd.rev_parse(repo_path, ref)
+    current = (
+        expect if guess else loose_ref(repo_path / ".git", ref) or gitcmd.rev_parse(repo_path, ref)
+    )
     if current == tip:
         return True, f"{branch} is at {tip[:12]}"
+    if present:
+        moved = gitcmd.git(["update-ref", ref, tip, current or ""], repo_path)
+        if moved:
+            return True, f"{branch} is at {tip[:12]}"
+        return publish_branch(repo_path, workspace, key, tip=tip)
     fetched = gitcmd.git([*_FETCH_FROM_WORKSPACE, str(workspace), ref], repo_path)
     if not fetched:
         return False, f"cannot fetch {branch} from the workspace: {_git_message(fetched)}"
@@ -462,32 +517,76 @@ def delete_merged_branch_locked(repo_path: Path, main_branch: str, key: str) -> 
     """
     branch = branch_name(key)
     ref = f"refs/heads/{branch}"
-    tip_res = gitcmd.git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], repo_path)
-    tip = tip_res.stdout.strip() if tip_res else ""
+    git_dir = repo_path / ".git"
+    # Each answer from git's files where they hold it (loose refs, loose commits, the one
+    # HEAD of a clone without linked worktrees), else from git: a done task's branch is
+    # usually main's tip itself, which no walk is needed to find under main.
+    tip = loose_ref(git_dir, f"{ref}") or _rev(repo_path, f"{ref}^{{commit}}")
     if not tip:
         return BranchCleanup("kept", f"{branch}: no such branch, nothing to delete")
-    main_res = gitcmd.git(
-        ["rev-parse", "--verify", "--quiet", f"refs/heads/{main_branch}^{{commit}}"], repo_path
+    main = loose_ref(git_dir, f"refs/heads/{main_branch}") or _rev(
+        repo_path, f"refs/heads/{main_branch}^{{commit}}"
     )
-    main = main_res.stdout.strip() if main_res else ""
     if not main:
         return BranchCleanup("kept", f"{branch} kept: no branch {main_branch} to compare with")
-    merged = gitcmd.git(["merge-base", "--is-ancestor", tip, main], repo_path)
-    if merged.timed_out or merged.returncode not in (0, 1):
-        return BranchCleanup("error", f"{branch} kept: git merge-base: {_explain(merged)}")
-    if merged.returncode == 1:
+    on_main = descends(repo_path, tip, main)
+    if on_main is None:
+        merged = gitcmd.git(["merge-base", "--is-ancestor", tip, main], repo_path)
+        if merged.timed_out or merged.returncode not in (0, 1):
+            return BranchCleanup("error", f"{branch} kept: git merge-base: {_explain(merged)}")
+        on_main = merged.returncode == 0
+    if not on_main:
         return BranchCleanup(
             "kept", f"{branch} kept: its tip {tip[:12]} is not on {main_branch} (unmerged work)"
         )
-    listed = gitcmd.git(["worktree", "list", "--porcelain"], repo_path)
-    if not listed:
-        return BranchCleanup("error", f"{branch} kept: git worktree list: {_explain(listed)}")
-    if f"branch {ref}" in listed.stdout.splitlines():
+    checked_out = _checked_out_plainly(repo_path)
+    if checked_out is None:
+        listed = gitcmd.git(["worktree", "list", "--porcelain"], repo_path)
+        if not listed:
+            return BranchCleanup("error", f"{branch} kept: git worktree list: {_explain(listed)}")
+        checked_out = [
+            line.removeprefix("branch ")
+            for line in listed.stdout.splitlines()
+            if line.startswith("branch ")
+        ]
+    if ref in checked_out:
         return BranchCleanup("kept", f"{branch} kept: it is checked out in a worktree")
     res = gitcmd.git(["update-ref", "--stdin"], repo_path, input_text=f"delete {ref} {tip}\n")
     if not res:
         return BranchCleanup("error", f"{branch} kept: git update-ref: {_explain(res)}")
     return BranchCleanup("deleted", f"{branch} deleted: {main_branch} holds its tip {tip[:12]}")
+
+
+def _rev(repo_path: Path, rev: str) -> str:
+    res = gitcmd.git(["rev-parse", "--verify", "--quiet", rev], repo_path)
+    return res.stdout.strip() if res else ""
+
+
+def _checked_out_plainly(repo_path: Path) -> list[str] | None:
+    """The branches ``git worktree list`` would name as checked out in the user's clone,
+    read from its files when it has one worktree only (its ``.git`` a folder of its own,
+    no linked worktree, nothing in the environment moving git's parts): the branch its
+    ``HEAD`` names, if any. None: ask git."""
+    env = gitcmd.git_environment()
+    if any(name in env for name in ("GIT_DIR", "GIT_COMMON_DIR", "GIT_WORK_TREE")):
+        return None
+    git_dir = repo_path / ".git"
+    if not git_dir.is_dir() or git_dir.is_symlink() or (git_dir / "commondir").exists():
+        return None
+    try:
+        if any((git_dir / "worktrees").iterdir()):
+            return None
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if head.startswith("ref: "):
+        return [head.removeprefix("ref: ").strip()]
+    return [] if len(head) == 40 and all(c in "0123456789abcdef" for c in head) else None
 
 
 def prune_orphan_worktrees(

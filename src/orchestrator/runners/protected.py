@@ -115,9 +115,12 @@ def check_paths(
     workspace_files: bool,
 ) -> ProtectedCheck:
     """The protected changes ``head`` makes against ``base`` (and, with
-    ``workspace_files``, those of files in the workspace that are not in the branch)."""
+    ``workspace_files``, those of files in the workspace that are not in the branch).
+
+    ``base`` and ``head`` are commits the caller holds; the same one twice (the files
+    beside a tree, alone) is no change at all, and git is not asked for that diff."""
     globs, whose = globs_of(options)
-    diff, why = gc.diff_paths(worktree, base, head)
+    diff, why = ([], "") if base == head else gc.diff_paths(worktree, base, head)
     if diff is None:
         return ProtectedCheck(whose=whose, base=base, problem=why)
     entries = [
