@@ -75,6 +75,10 @@ class JobResult:
     # blocks the task by its kind, see domain.faults), and the model calls it made.
     api_fault: ApiFault | None = None
     model_calls: int | None = None
+    # A development job whose commit, made by the orchestrator on main itself, is the
+    # branch's whole change: that commit's summary, for the development gate (which then
+    # runs no git diff of its own). None: the gate asks git.
+    branch_diff: str | None = None
 
 
 def job_marker(job: JobRow) -> str:

@@ -12,6 +12,7 @@ refs git packed, a rebase a crash left stopped.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 import subprocess
 import zlib
@@ -20,10 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import Settings
+from orchestrator.domain.stages import Stage
+from orchestrator.domain.verdicts import Verdict
+from orchestrator.gates import registry
+from orchestrator.gates.context import GateContext
 from orchestrator.gitops import ancestry, commits, land, merge, worktrees
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.land import Candidate, Judgement, LandRequest
 from orchestrator.runners import protected
+from orchestrator.store.rows import RepoRow, TaskRow
 
 try:
     from merge_helpers import run_git
@@ -88,6 +95,111 @@ def test_an_attempt_is_committed_and_published_in_five_git_calls(
     assert len(calls) <= 5, _subcommands(calls)
     assert _git(repo, "rev-parse", "orch/DEMO-1") == _git(ws, "rev-parse", "HEAD")
     assert _git(repo, "show", "orch/DEMO-1:feature.txt") == "work"
+
+
+def _dev_gate(ws: Path, repo: Path, tmp_path: Path, branch_diff: str | None) -> Verdict:
+    """The development gate's branch check on ``ws``, told ``branch_diff`` by the job."""
+    row = RepoRow(
+        id=1,
+        name="demo",
+        path=str(repo),
+        main_branch="main",
+        remote=None,
+        key_prefix="DEMO",
+        next_task_number=2,
+        test_cmd=None,
+        staging_cmd=None,
+        deploy_cmd=None,
+        health_url=None,
+        stages=["development"],
+        agents={},
+        agent_env=[],
+        options={},
+        self_hosting=False,
+        created_at=0.0,
+        updated_at=0.0,
+    )
+    task = TaskRow(
+        id=1,
+        key="DEMO-1",
+        repo_id=1,
+        number=1,
+        title="t",
+        body="",
+        stage="development",
+        state="active",
+        reasons=[],
+        developer_retries=0,
+        infra_retries=0,
+        created_at=0.0,
+        updated_at=0.0,
+    )
+    ctx = GateContext(
+        task, row, Stage.DEVELOPMENT, tmp_path / "task", ws, Settings(home=tmp_path / "home")
+    )
+    return registry.check_branch_has_diff(dataclasses.replace(ctx, branch_diff=branch_diff))
+
+
+def test_a_first_attempts_gate_is_told_the_branch_by_its_commit(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The branch was main itself: the attempt's commit is its whole change. The commit's
+    # summary is what `git diff --stat main...HEAD` says, and the gate runs no git (was:
+    # diff --stat and diff --check, 2 calls, after the 4 of the commit).
+    repo = make_repo(files={"README.md": "demo\n", "old.txt": "a\nb\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("work\n")
+    (ws / "old.txt").write_text("a\n")
+    with counted() as calls:
+        done = commits.commit_all(ws, "DEMO-1: work", main="main")
+    assert len(calls) == 4, _subcommands(calls)
+    assert done.branch_diff is not None, done
+    asked = commits.has_diff_vs(ws, "main")
+    assert (
+        asked
+        == (True, done.branch_diff)
+        == (True, "2 files changed, 1 insertion(+), 1 deletion(-)")
+    )
+    with counted() as calls:
+        told = _dev_gate(ws, repo, tmp_path, done.branch_diff)
+    assert calls == []
+    assert told == _dev_gate(ws, repo, tmp_path, None)  # what git's answer gives, the same
+    assert told.passed
+    # A second attempt (the branch is main plus one commit): the gate asks git.
+    (ws / "more.txt").write_text("more\n")
+    again = commits.commit_all(ws, "DEMO-1: more", main="main")
+    assert again
+    assert again.branch_diff is None
+
+
+def test_the_commit_tells_the_branch_only_when_git_would_agree(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    # A tag named main: "main" is the tag to git, not the branch.
+    ws = _workspace(repo, root, "DEMO-1")
+    _git(ws, "tag", "main", "HEAD")
+    (ws / "a.txt").write_text("a\n")
+    assert commits.commit_all(ws, "DEMO-1: a", main="main").branch_diff is None
+    # The user's branch held a commit of its own (a task continued from a branch): HEAD
+    # is not main.
+    _git(repo, "checkout", "-q", "-b", "orch/DEMO-2")
+    (repo / "mine.txt").write_text("mine\n")
+    _git(repo, "add", "mine.txt")
+    _git(repo, "commit", "-qm", "user's own start")
+    _git(repo, "checkout", "-q", "main")
+    ws2 = _workspace(repo, root, "DEMO-2")
+    (ws2 / "b.txt").write_text("b\n")
+    assert commits.commit_all(ws2, "DEMO-2: b", main="main").branch_diff is None
+    # Conflict debris: refused, nothing told.
+    ws3 = _workspace(repo, root, "DEMO-3")
+    (ws3 / "c.txt").write_text("<<<<<<< ours\nc\n=======\nd\n>>>>>>> theirs\n")
+    refused = commits.commit_all(ws3, "DEMO-3: c", main="main")
+    assert (refused.status, refused.branch_diff) == ("refused", None)
+    # Without a main to compare with (the patch backend's and aider's use), nothing told.
+    (ws3 / "d.txt").write_text("d\n")
+    assert commits.commit_all(ws3, "DEMO-3: d").branch_diff is None
 
 
 def test_an_attempt_with_nothing_to_commit_is_empty_not_an_error(

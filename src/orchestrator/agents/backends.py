@@ -157,13 +157,15 @@ def run_llm_backend(
     collected = collect_artifact(ctx, out_dir, stage)
     reasons_extra = list(collected.reasons)
     artifacts = dict(collected.artifacts)
+    branch_diff = None
     if backend == "aider":
         result = _finish_aider(ctx, plan, run, worktree, reasons_extra, artifacts)
     else:
         result = _parse(backend, st, run)
         if result.outcome is OutcomeKind.COMPLETED and stage is Stage.DEVELOPMENT:
-            refused = commit_leftovers(ctx, worktree, backend, reasons_extra)
-            artifacts.update(refused or {})
+            left = commit_leftovers(ctx, worktree, backend, reasons_extra)
+            artifacts.update(left.refused or {})
+            branch_diff = left.branch_diff
         if result.cut_short:
             _set_aside(ctx, stage, backend, out_dir, result, reasons_extra, artifacts)
     # The parser's final figures, or what streamed when the run ended before them.
@@ -194,6 +196,7 @@ def run_llm_backend(
         refused_artifacts=collected.refused,
         api_fault=result.api_fault,
         model_calls=result.model_calls,
+        branch_diff=branch_diff,
     )
 
 

@@ -25,6 +25,7 @@ from orchestrator.jobcontract import JobContext
 
 __all__ = [
     "Collected",
+    "Leftovers",
     "collect_artifact",
     "commit_leftovers",
     "dev_report",
@@ -109,24 +110,36 @@ def run_agent_process(
     )
 
 
-def commit_leftovers(
-    ctx: JobContext, worktree: Path, agent: str, reasons: list[str]
-) -> dict[str, str] | None:
+@dataclass(frozen=True)
+class Leftovers:
+    """What committing a development agent's leftovers did, for its job's result."""
+
+    # The orchestrator's FAILED record when debris was refused (None: nothing refused).
+    refused: dict[str, str] | None = None
+    # The branch's change against main, when it is exactly this commit's (for the gate).
+    branch_diff: str | None = None
+
+
+def commit_leftovers(ctx: JobContext, worktree: Path, agent: str, reasons: list[str]) -> Leftovers:
     """Commit what a development agent left uncommitted; refused debris is a FAIL.
 
     Unmerged paths or conflict-marker lines are never committed: the attempt is undone and
     the orchestrator records ``dev_status: FAILED`` with the reason, whatever the agent's
-    own report claimed; that record is returned (None when nothing was refused).
+    own report claimed; that record is ``refused``. A commit made on main itself tells the
+    development gate the branch's change (``commits.commit_all``'s ``branch_diff``).
     """
     done = commits.commit_all(
-        worktree, f"{ctx.task.key}: development attempt {ctx.job.attempt} ({agent})"
+        worktree,
+        f"{ctx.task.key}: development attempt {ctx.job.attempt} ({agent})",
+        main=ctx.repo.main_branch,
     )
     if done:
         reasons.append("the orchestrator committed what the agent left uncommitted")
-    elif done.status == "refused":
+        return Leftovers(branch_diff=done.branch_diff)
+    if done.status == "refused":
         reasons.append(done.detail)
-        return dev_report(ctx, "FAILED", [done.detail], agent)
-    return None
+        return Leftovers(refused=dev_report(ctx, "FAILED", [done.detail], agent))
+    return Leftovers()
 
 
 def dev_report(

@@ -108,10 +108,12 @@ def run_command(
     if mapping.tool_error is not None:
         return JobResult(OutcomeKind(mapping.tool_error), reasons, outcome.exit_code, worktree)
     artifacts = collected.artifacts
+    branch_diff = None
     if stage is Stage.DEVELOPMENT:
-        refused = commit_leftovers(ctx, worktree, "command", reasons)
-        if refused is not None:
-            artifacts = refused
+        left = commit_leftovers(ctx, worktree, "command", reasons)
+        if left.refused is not None:
+            artifacts = left.refused
+        branch_diff = left.branch_diff
     # A non-zero exit is the agent's word; the gate reads the artifact and decides.
     return JobResult(
         OutcomeKind.COMPLETED,
@@ -120,4 +122,5 @@ def run_command(
         worktree,
         artifacts=artifacts,
         refused_artifacts=collected.refused,
+        branch_diff=branch_diff,
     )

@@ -466,6 +466,7 @@ class Worker:
                 marker=job_marker(job),
                 produced=result.artifacts,
                 recorded=recorded,
+                branch_diff=result.branch_diff,
             )
             verdict = run_gates(gates)
             # The job's record of what it put in the task folder: its own artifacts and

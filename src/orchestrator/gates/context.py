@@ -54,6 +54,9 @@ class GateContext:
     # The repo's forge, for a repo that lands by pull request (None: connected on demand
     # from the repo's settings).
     forge: Forge | None = None
+    # The branch's change against main as the job's own commit told it (the orchestrator
+    # committed on main itself: ``commits.Committed.branch_diff``); None: ask git.
+    branch_diff: str | None = None
 
     @property
     def workspace(self) -> Path:

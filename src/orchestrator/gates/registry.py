@@ -37,6 +37,11 @@ def check_branch_has_diff(ctx: GateContext) -> Verdict:
     """The development gate: the task branch changes something against main."""
     if ctx.worktree is None:
         return failed("no worktree to look at")
+    if ctx.branch_diff is not None:
+        # The job's commit, made on main itself, is the branch's whole change: it changes
+        # something (git commits no empty change) and its markers were refused before it
+        # was made, in this very change.
+        return passed(f"branch diff: {ctx.branch_diff}")
     ok, detail = commits.has_diff_vs(ctx.worktree, ctx.repo.main_branch)
     if not ok:
         return failed(detail)

@@ -84,6 +84,17 @@ def main_if_ancestor(worktree: Path, main_branch: str) -> str | None:
     return main if descends(worktree, main, head) else None
 
 
+def head_on_main(worktree: Path, main_branch: str) -> str | None:
+    """HEAD's commit when it is the workspace's ``main`` itself, as git would read both
+    names (nothing that ``main`` names first, a plain history), else None: unsure."""
+    git_dir = worktree / ".git"
+    if not _plain_refs(git_dir, main_branch) or not _plain_history(git_dir):
+        return None
+    main = loose_ref(git_dir, f"refs/heads/{main_branch}")
+    head = _head(git_dir)
+    return head if main is not None and main == head else None
+
+
 def descends(repo: Path, ancestor: str, tip: str) -> bool | None:
     """Whether commit ``ancestor`` is reachable from commit ``tip`` (equal counts), both
     full SHA-1s, in the repository at ``repo`` (its ``.git`` a folder): True when the walk

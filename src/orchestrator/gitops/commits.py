@@ -11,10 +11,12 @@ is ``gitops/worktrees.py``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.gitops import ancestry
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.git import CHANGE_PATHSPEC, GitResult, name_paths
 
@@ -151,6 +153,11 @@ class Committed:
 
     status: Literal["committed", "empty", "refused", "error"]
     detail: str
+    # git commit's summary of the change (its diffstat line), when it committed one.
+    summary: str | None = None
+    # The branch's whole change against ``main`` is this commit's (its only parent was
+    # main): its summary, as ``has_diff_vs`` would have found it. None: not known.
+    branch_diff: str | None = None
 
     def __bool__(self) -> bool:
         return self.status == "committed"
@@ -159,7 +166,7 @@ class Committed:
 _ORCH_COMMITTER = ["-c", "user.name=orchestrator", "-c", "user.email=orchestrator@localhost"]
 
 
-def commit_all(worktree: Path, message: str) -> Committed:
+def commit_all(worktree: Path, message: str, *, main: str | None = None) -> Committed:
     """Commit everything the agent left in the worktree, by-products left out.
 
     Conflict debris (unmerged paths, added conflict-marker lines) is refused, and the
@@ -170,7 +177,24 @@ def commit_all(worktree: Path, message: str) -> Committed:
     and its gate): unmerged paths are looked for once, before ``add`` (which would mark
     them resolved; nothing can become unmerged after it), and ``commit`` itself tells
     whether anything was staged (``_commit_or_empty``).
+
+    ``main``: the main branch the development gate compares the branch with. When the
+    branch was at main itself and this commit's only parent is it, the branch's change is
+    exactly this commit's: ``branch_diff`` carries the commit's summary, and the gate needs
+    no ``git diff`` (``has_diff_vs``) to know it, nor ``diff --check`` for its markers,
+    which were looked for in this very change (staged, against the same parent).
     """
+    on_main = None if main is None else ancestry.head_on_main(worktree, main)
+    done = _commit_all(worktree, message)
+    if not done or on_main is None or done.summary is None:
+        return done
+    made = ancestry.read_commit(worktree, "HEAD")
+    if made is None or made.parents != (on_main,):
+        return done
+    return dataclasses.replace(done, branch_diff=done.summary)
+
+
+def _commit_all(worktree: Path, message: str) -> Committed:
     unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
     if not unmerged:
         return Committed("error", f"git ls-files --unmerged failed: {_explain(unmerged)}")
@@ -212,9 +236,13 @@ def _commit_or_empty(worktree: Path, message: str) -> Committed:
     The commit is tried first: asking ``diff --cached --quiet`` beforehand would cost a
     git call on every attempt that has a change, to save one on the rare attempt without.
     """
-    res = gitcmd.git([*_ORCH_COMMITTER, "commit", "--no-verify", "-q", "-m", message], worktree)
+    # Not quiet: its summary says what changed ("[branch sha] subject", then the diffstat
+    # line), which a branch made of this one commit is told by.
+    res = gitcmd.git([*_ORCH_COMMITTER, "commit", "--no-verify", "-m", message], worktree)
     if res:
-        return Committed("committed", "committed")
+        lines = res.stdout.splitlines()
+        said = lines[1].strip() if len(lines) > 1 and lines[0].startswith("[") else ""
+        return Committed("committed", "committed", summary=said or None)
     if not res.timed_out and gitcmd.git(["diff", "--cached", "--quiet"], worktree):
         return Committed("empty", "nothing to commit")
     return Committed("error", f"git commit failed: {_explain(res)}")
