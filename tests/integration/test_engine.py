@@ -25,6 +25,7 @@ from orchestrator.domain.stages import Stage
 from orchestrator.engine.queue import queue_job
 from orchestrator.engine.worker import Worker
 from orchestrator.errors import UsageError
+from orchestrator.gitops import git as gitcmd
 from orchestrator.jobcontract import job_marker
 from orchestrator.store import alert_rows, control, make_engine, queries, upgrade
 from orchestrator.store import jobs as jobq
@@ -180,6 +181,40 @@ def test_straight_through_to_done(h: Harness) -> None:
     assert all(Path(j.log_path).exists() for j in jobs if j.log_path)
     # Done: the worktree is removed, the branch with the work stays.
     assert not (h.settings.worktrees_dir / "demo" / key).exists()
+
+
+def test_a_straight_run_reads_no_records_and_its_development_gate_no_git(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each job's gates read the artifacts it produced from memory: the task's records are
+    # not read from the database (they were, on every job). A first development attempt's
+    # commit tells the gate the branch's change: no `git diff` of the branch (was: two).
+    h.add_repo(FULL)
+    reads: list[int] = []
+    real_records = jobq.recorded_artifacts
+
+    def records(conn: sa.Connection, task_id: int) -> dict[str, set[str]]:
+        reads.append(task_id)
+        return real_records(conn, task_id)
+
+    monkeypatch.setattr(jobq, "recorded_artifacts", records)
+    branch_diffs: list[tuple[str, ...]] = []
+    real_git = gitcmd.git
+
+    def git(args: Any, cwd: Path, **kw: Any) -> gitcmd.GitResult:
+        if "diff" in args and "--cached" not in args and any("..." in a for a in args):
+            branch_diffs.append(tuple(args))
+        return real_git(args, cwd, **kw)
+
+    monkeypatch.setattr(gitcmd, "git", git)
+    key = h.add_task()
+    h.run_until_idle()
+    t = h.task(key)
+    assert (t.stage, t.state) == ("post-deploy-monitor", "done")
+    assert reads == []
+    assert branch_diffs == []
+    dev = h.history(key)[1]
+    assert "check_branch_has_diff: branch diff: 1 file changed, 1 insertion(+)" in dev.reasons
 
 
 def test_rollback_attaches_the_failing_report_then_passes(h: Harness) -> None:

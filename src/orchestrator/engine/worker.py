@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -447,10 +447,14 @@ class Worker:
             result = dataclasses.replace(result, outcome=outcome, reasons=list(reasons))
         verdict = None
         if result.outcome is OutcomeKind.COMPLETED and not result.awaiting_human:
-            recorded = self._until_db_answers(
-                "read the artifacts' records",
-                job.id,
-                lambda: _recorded_artifacts(self.engine, task.id),
+            # Read only if a check reads an artifact this job did not produce (a gate-only
+            # retry, an approval): a job's own artifacts come from memory.
+            recorded = _Records(
+                lambda: self._until_db_answers(
+                    "read the artifacts' records",
+                    job.id,
+                    lambda: _recorded_artifacts(self.engine, task.id),
+                )
             )
             gates = GateContext(
                 task,
@@ -596,6 +600,28 @@ class Worker:
         except sa.exc.SQLAlchemyError as exc:
             # Only the workers list is left stale; its heartbeat time tells it is gone.
             log.warning("could not remove this worker from the list: %s", type(exc).__name__)
+
+
+class _Records(Mapping[str, set[str]]):
+    """The task's artifact records (``GateContext.recorded``), read on first use."""
+
+    def __init__(self, load: Callable[[], dict[str, set[str]]]) -> None:
+        self._load = load
+        self._read: dict[str, set[str]] | None = None
+
+    def _records(self) -> dict[str, set[str]]:
+        if self._read is None:
+            self._read = self._load()
+        return self._read
+
+    def __getitem__(self, name: str) -> set[str]:
+        return self._records()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records())
+
+    def __len__(self) -> int:
+        return len(self._records())
 
 
 def _recorded_artifacts(engine: sa.Engine, task_id: int) -> dict[str, set[str]]:
