@@ -6,8 +6,9 @@ alternates, as ``git clone --shared`` makes), with one branch, no remote and a c
 orchestrator wrote. Inside the sandbox its ``.git`` is read-only and the user's repository
 is out of sight, so the agent edits files and nothing else; the orchestrator commits from
 outside and publishes the branch to the user's ``refs/heads/orch/<KEY>`` by a fetch and a
-compare-and-swap. Nothing an agent writes is ever config, a hook or a ref that one of the
-orchestrator's git calls reads.
+compare-and-swap (the merge gate's commit of a published tip is written into the user's
+store itself, and only swapped in: ``land``). Nothing an agent writes is ever config, a
+hook or a ref that one of the orchestrator's git calls reads.
 
 This module makes, reuses, rebuilds, publishes and removes workspaces; what an attempt
 leaves in one is committed or undone by ``gitops/commits.py``.
