@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from orchestrator.config import Settings
 from orchestrator.domain.stages import Stage
 from orchestrator.domain.verdicts import Verdict
@@ -200,6 +202,28 @@ def test_the_commit_tells_the_branch_only_when_git_would_agree(
     # Without a main to compare with (the patch backend's and aider's use), nothing told.
     (ws3 / "d.txt").write_text("d\n")
     assert commits.commit_all(ws3, "DEMO-3: d").branch_diff is None
+
+
+def test_a_workspace_commit_or_rebase_starts_no_maintenance(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `git commit` and `git rebase` start `git maintenance run --auto` (a process of its
+    # own) unless told not to: a task's workspace, a scratch repository, never needs it.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    trace = tmp_path / "git-trace.log"
+    monkeypatch.setenv("GIT_TRACE", str(trace))
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    (repo / "other.txt").write_text("main moves\n")
+    _git(repo, "add", "other.txt")
+    _git(repo, "commit", "-qm", "main moves")
+    assert worktrees.sync_main(ws, repo, "main") is None
+    assert merge.rebase_onto(ws, _git(repo, "rev-parse", "main")).status == "ok"
+    said = trace.read_text()
+    assert "commit" in said  # both traced
+    assert "rebase" in said
+    assert "maintenance" not in said
 
 
 def test_an_attempt_with_nothing_to_commit_is_empty_not_an_error(

@@ -164,6 +164,11 @@ class Committed:
 
 
 _ORCH_COMMITTER = ["-c", "user.name=orchestrator", "-c", "user.email=orchestrator@localhost"]
+# A commit in a task's workspace starts no `git maintenance run --auto` (a process of its
+# own, ~2 ms, on every attempt): the workspace is a scratch repository whose own objects
+# are a task's few attempts, and it is deleted with the task. The user's clone keeps its
+# automatic maintenance (the fetch that publishes a branch runs it there).
+WORKSPACE_COMMIT = ["-c", "maintenance.auto=false"]
 
 
 def commit_all(worktree: Path, message: str, *, main: str | None = None) -> Committed:
@@ -238,7 +243,9 @@ def _commit_or_empty(worktree: Path, message: str) -> Committed:
     """
     # Not quiet: its summary says what changed ("[branch sha] subject", then the diffstat
     # line), which a branch made of this one commit is told by.
-    res = gitcmd.git([*_ORCH_COMMITTER, "commit", "--no-verify", "-m", message], worktree)
+    res = gitcmd.git(
+        [*_ORCH_COMMITTER, *WORKSPACE_COMMIT, "commit", "--no-verify", "-m", message], worktree
+    )
     if res:
         lines = res.stdout.splitlines()
         said = lines[1].strip() if len(lines) > 1 and lines[0].startswith("[") else ""

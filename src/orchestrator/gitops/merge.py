@@ -477,7 +477,16 @@ def rebase_onto(worktree: Path, onto: str, *, head: str | None = None) -> Rebase
     if on_top:
         return RebaseResult("noop", head, detail=f"already on top of {onto[:12]}")
     res = run_git(
-        ["-c", "rebase.autoStash=false", "rebase", "--no-verify", onto],
+        # No automatic maintenance in the workspace (see commits.WORKSPACE_COMMIT).
+        [
+            "-c",
+            "rebase.autoStash=false",
+            "-c",
+            "maintenance.auto=false",
+            "rebase",
+            "--no-verify",
+            onto,
+        ],
         worktree,
         env=ORCH_IDENTITY,
     )
