@@ -12,8 +12,9 @@ import sqlalchemy as sa
 
 from orchestrator.config import load_settings
 from orchestrator.domain.outcomes import OutcomeKind
-from orchestrator.domain.stages import State, TransitionKind
+from orchestrator.domain.stages import Stage, State, TransitionKind
 from orchestrator.domain.verdicts import VerdictStatus
+from orchestrator.engine.queue import queue_job
 from orchestrator.errors import NotFoundError
 from orchestrator.store import (
     PoolSizes,
@@ -320,6 +321,32 @@ def test_transition_kind_is_checked(engine: sa.Engine) -> None:
 
 
 # ---- jobs --------------------------------------------------------------------------------
+
+
+def test_a_queued_job_is_numbered_by_its_insert_alone(engine: sa.Engine) -> None:
+    # The next attempt at a stage is the INSERT's own subquery: one statement per queued
+    # job (a SELECT of the last attempt went first, a round trip on PostgreSQL).
+    with engine.begin() as conn:
+        repo = add_repo(conn)
+        task = add_task(conn, repo.id)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        numbers = []
+        for stage in (Stage.DEVELOPMENT, Stage.DEVELOPMENT, Stage.TESTING, Stage.DEVELOPMENT):
+            with engine.begin() as conn:
+                before = len(statements)
+                job = queue_job(conn, repo, task, stage, now=300.0, notify=False)
+                assert len(statements) - before == 1, statements[before:]
+                numbers.append((job.stage, job.attempt))
+                assert queries.next_attempt(conn, task.id, stage.value) == job.attempt + 1
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert numbers == [("development", 1), ("development", 2), ("testing", 1), ("development", 3)]
 
 
 def test_job_round_trip(engine: sa.Engine) -> None:

@@ -48,13 +48,12 @@ def queue_job(
 ) -> JobRow:
     """Queue the next attempt of ``stage`` for a task (``fresh_start``: see jobs.fresh_start;
     ``notify``: see queries.insert_job)."""
-    attempt = queries.next_attempt(conn, task.id, stage.value)
     return queries.insert_job(
         conn,
         task_id=task.id,
         stage=stage.value,
         agent=agent or agent_for(repo, stage),
-        attempt=attempt,
+        attempt=None,  # the next at the stage, numbered by the INSERT itself
         now=now,
         not_before=not_before if not_before is not None else now,
         serial_key=repo.name if stage in SERIAL_STAGES else None,

@@ -380,6 +380,21 @@ def list_transitions(conn: sa.Connection, task_id: int) -> list[TransitionRow]:
 
 
 _INSERT_JOB = sa.insert(jobs).returning(*jobs.c)
+_EARLIER = jobs.alias("earlier")
+# The task's next attempt at the stage (1 for the first), worked out by the INSERT itself:
+# one statement, not a SELECT and then the INSERT (a round trip each on PostgreSQL).
+_INSERT_NEXT_JOB = (
+    sa.insert(jobs)
+    .values(
+        attempt=sa.select(sa.func.coalesce(sa.func.max(_EARLIER.c.attempt), 0) + 1)
+        .where(
+            _EARLIER.c.task_id == sa.bindparam("b_task_id"),
+            _EARLIER.c.stage == sa.bindparam("b_stage"),
+        )
+        .scalar_subquery()
+    )
+    .returning(*jobs.c)
+)
 
 
 def insert_job(
@@ -388,7 +403,7 @@ def insert_job(
     task_id: int,
     stage: str,
     agent: str,
-    attempt: int,
+    attempt: int | None,
     now: float,
     not_before: float | None = None,
     serial_key: str | None = None,
@@ -397,13 +412,13 @@ def insert_job(
 ) -> JobRow:
     """Queue a job; it may start once ``now >= not_before`` (None: at once).
 
+    ``attempt``: None for the task's next at the stage (``next_attempt``'s number).
     ``notify``: tell the other workers (PostgreSQL); off when the caller claims the job
     itself in the same transaction, so that nobody wakes for a job already taken."""
-    params = {
+    params: dict[str, object] = {
         "task_id": task_id,
         "stage": stage,
         "agent": agent,
-        "attempt": attempt,
         "state": "queued",
         "reasons": [],
         "not_before": 0.0 if not_before is None else not_before,
@@ -412,7 +427,13 @@ def insert_job(
         "fresh_start": fresh_start,
         "created_at": now,
     }
-    row = JobRow(**conn.execute(_INSERT_JOB, params).one()._mapping)
+    if attempt is None:
+        statement = _INSERT_NEXT_JOB
+        params.update(b_task_id=task_id, b_stage=stage)
+    else:
+        statement = _INSERT_JOB
+        params["attempt"] = attempt
+    row = JobRow(**conn.execute(statement, params).one()._mapping)
     if notify:
         wake.notify(conn, "job-queued")
     return row
