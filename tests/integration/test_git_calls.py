@@ -2,11 +2,14 @@
 
 Real git repositories. Git calls are counted by wrapping ``gitops.git.git`` (every git
 call of the orchestrator goes through that module attribute); counts, never timings. What
-is held: a development attempt's commit and its publication, a job's start on a workspace
-that records main already, the merge gate's landing of a branch whose tree needs no
-re-test, and a workspace's removal. Beside each count, the shortcut's exactness: an
-attempt with nothing to commit, a user's branch that moved on, a main that moved or whose
-refs git packed, a rebase a crash left stopped.
+is held: a development attempt's commit and its publication, a first attempt's gate told
+by that commit, a job's start on a workspace that records main already, a task's first
+workspace, the merge gate's landing of a published branch whose tree needs no re-test (no
+fetch), a workspace's removal and a done task's branch deletion, and no automatic
+maintenance in a workspace. Beside each count, the shortcut's exactness: an attempt with
+nothing to commit, a user's branch that moved on or that exists already, a main that moved
+or whose refs git packed, a tag that ``main`` names first, an unpublished branch, a
+linked worktree, a re-encoded commit message, a rebase a crash left stopped.
 """
 
 from __future__ import annotations
