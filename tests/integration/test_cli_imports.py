@@ -1,5 +1,5 @@
 """What `orch` imports: the root help nothing but its table, help without a database layer,
-a DB command without Alembic.
+a DB command without Alembic, a command on SQLite without PostgreSQL's dialect.
 
 Each command runs in a real child process, through ``orchestrator.cli.main`` as the `orch`
 script calls it; a small wrapper then reports which heavy packages ended up in
@@ -26,7 +26,7 @@ SRC = Path(orchestrator.__file__).resolve().parents[1]
 # argv[1]: the command's arguments as JSON; argv[2]: where to write what was imported, at
 # exit (main() ends the process itself, after the atexit handlers).
 WRAPPER = """
-import atexit, json, sys
+import atexit, gc, json, sys
 from orchestrator.cli import main
 args, report = json.loads(sys.argv[1]), sys.argv[2]
 
@@ -34,8 +34,11 @@ def write_report():
     watched = ("sqlalchemy", "alembic")
     commands = sorted(m for m in sys.modules if m.startswith("orchestrator.cli."))
     ui = [m for m in ("typer", "rich") if m in sys.modules]
+    also = ("sqlalchemy.dialects.postgresql", "typer._adapters", "pydantic")
     with open(report, "w") as f:
         got = {"imported": [m for m in watched if m in sys.modules], "cli": commands, "ui": ui}
+        got["also"] = [m for m in also if m in sys.modules]
+        got["gc"] = gc.isenabled()
         json.dump(got, f)
 
 atexit.register(write_report)
@@ -47,12 +50,15 @@ main()
 def orch_imports(tmp_path: Path, *args: str, code: int = 0) -> dict[str, Any]:
     """Run `orch ARGS` in a child process on a home under ``tmp_path``, which must exit
     ``code``: which of sqlalchemy and alembic it imported (``imported``), which of typer and
-    rich (``ui``), which modules of orchestrator.cli (``cli``), and its ``stdout``."""
+    rich (``ui``), which modules of orchestrator.cli (``cli``), which of PostgreSQL's
+    dialect, typer's pydantic adapters and pydantic (``also``), whether the garbage
+    collector was on at its end (``gc``), and its ``stdout``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))
     report = tmp_path / "imported.json"
     proc = subprocess.run(
         [sys.executable, "-c", WRAPPER, json.dumps(list(args)), str(report)],
+        cwd=tmp_path,  # no `.env` of the checkout's
         env=env,
         capture_output=True,
         text=True,
@@ -112,8 +118,8 @@ def test_db_commands_on_a_current_database_do_not_import_alembic(tmp_path: Path)
         assert orch_imports(tmp_path, *args)["imported"] == ["sqlalchemy"], args
 
 
-def test_rich_is_imported_only_to_draw(tmp_path: Path) -> None:
-    # Rich takes longer to import than typer: JSON and one plain line do without it.
+def _home_with_a_repo(tmp_path: Path) -> None:
+    """`orch init`, and a one-commit repo registered as ``demo``."""
     orch_imports(tmp_path, "init")
     repo = tmp_path / "repo"
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-C", str(repo)]
@@ -121,6 +127,11 @@ def test_rich_is_imported_only_to_draw(tmp_path: Path) -> None:
     subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], check=True)
     orch_imports(tmp_path, "repo", "add", "demo", str(repo))
+
+
+def test_rich_is_imported_only_to_draw(tmp_path: Path) -> None:
+    # Rich takes longer to import than typer: JSON and one plain line do without it.
+    _home_with_a_repo(tmp_path)
     plain_cases = [
         ["status", "--json"],
         ["task", "add", "demo", "a task"],
@@ -133,6 +144,23 @@ def test_rich_is_imported_only_to_draw(tmp_path: Path) -> None:
         assert orch_imports(tmp_path, *args)["ui"] == ["typer"], args
     for args in (["status"], ["task", "list"], ["task", "show", "DEMO-1"], ["repo", "list"]):
         assert orch_imports(tmp_path, *args)["ui"] == ["typer", "rich"], args
+
+
+# The commands issue 19 times (bench/cli.py), and a listing with every filter given.
+TIMED = (
+    ["status"],
+    ["task", "list"],
+    ["task", "add", "demo", "a task"],
+    ["task", "list", "--repo", "demo", "--state", "active", "--stage", "development"],
+)
+
+
+def test_a_sqlite_command_imports_no_postgresql_dialect(tmp_path: Path) -> None:
+    # The schema's JSONB columns and the serial gate's PostgreSQL WHERE are looked up only
+    # on PostgreSQL (store.schema.JSON, PartialIndex): the dialect took ~15 ms to import.
+    _home_with_a_repo(tmp_path)
+    for args in [*TIMED, ["status", "--json"], ["repo", "list"], ["task", "show", "DEMO-1"]]:
+        assert "sqlalchemy.dialects.postgresql" not in orch_imports(tmp_path, *args)["also"], args
 
 
 def test_a_command_imports_its_own_command_module_only(tmp_path: Path) -> None:
