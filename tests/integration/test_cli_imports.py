@@ -1,5 +1,6 @@
 """What `orch` imports: the root help nothing but its table, help without a database layer,
-a DB command without Alembic, a command on SQLite without PostgreSQL's dialect.
+a DB command without Alembic, a command on SQLite without PostgreSQL's dialect; and which
+commands run with the garbage collector off.
 
 Each command runs in a real child process, through ``orchestrator.cli.main`` as the `orch`
 script calls it; a small wrapper then reports which heavy packages ended up in
@@ -161,6 +162,14 @@ def test_a_sqlite_command_imports_no_postgresql_dialect(tmp_path: Path) -> None:
     _home_with_a_repo(tmp_path)
     for args in [*TIMED, ["status", "--json"], ["repo", "list"], ["task", "show", "DEMO-1"]]:
         assert "sqlalchemy.dialects.postgresql" not in orch_imports(tmp_path, *args)["also"], args
+
+
+def test_the_garbage_collector_is_off_only_for_commands_that_end(tmp_path: Path) -> None:
+    # Off while `orch` starts (cli.main); a command that runs on turns it back on.
+    _home_with_a_repo(tmp_path)
+    for args in TIMED:
+        assert orch_imports(tmp_path, *args)["gc"] is False, args
+    assert orch_imports(tmp_path, "run", "--until-idle")["gc"] is True
 
 
 def test_a_command_imports_its_own_command_module_only(tmp_path: Path) -> None:

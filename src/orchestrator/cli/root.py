@@ -4,6 +4,7 @@ answered before it is imported (``orchestrator.cli.commands``)."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -35,9 +36,19 @@ _CLICK_ERROR = _click_class("ClickException")
 _USAGE_ERROR = _click_class("UsageError")
 
 
+# The commands that do their work and end: the garbage collector stays off for them
+# (``cli.main``). Any other (`orch run`, `worker`, `serve`, `demo`: they run on, and a
+# long-lived process needs its cycles collected) turns it back on when it is made.
+ENDS_SOON = frozenset(
+    {"init", "status", "pause", "resume", "alerts", "backend", "repo", "task", "db", "config"}
+)
+
+
 def build_command(name: str) -> Any:
     """The click command of ``orch NAME``, made by typer from its function or sub-app as
     ``app.command(NAME)`` / ``app.add_typer(sub, name=NAME)`` would."""
+    if name not in ENDS_SOON:
+        gc.enable()
     module, attr, _summary = COMMANDS[name]
     target = getattr(importlib.import_module(f"orchestrator.cli.{module}"), attr)
     if isinstance(target, typer.Typer):
