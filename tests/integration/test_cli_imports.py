@@ -1,6 +1,7 @@
 """What `orch` imports: the root help nothing but its table, help without a database layer,
-a DB command without Alembic, a command on SQLite without PostgreSQL's dialect; and which
-commands run with the garbage collector off.
+a DB command without Alembic, a command on SQLite without PostgreSQL's dialect, and typer
+without pydantic where a value needs no adapter; and which commands run with the garbage
+collector off.
 
 Each command runs in a real child process, through ``orchestrator.cli.main`` as the `orch`
 script calls it; a small wrapper then reports which heavy packages ended up in
@@ -162,6 +163,21 @@ def test_a_sqlite_command_imports_no_postgresql_dialect(tmp_path: Path) -> None:
     _home_with_a_repo(tmp_path)
     for args in [*TIMED, ["status", "--json"], ["repo", "list"], ["task", "show", "DEMO-1"]]:
         assert "sqlalchemy.dialects.postgresql" not in orch_imports(tmp_path, *args)["also"], args
+
+
+def test_typer_coerces_plain_values_without_pydantic(tmp_path: Path) -> None:
+    # typer builds a pydantic TypeAdapter to coerce each value, even an option left out;
+    # a left-out option and a str for a str parameter need none (cli.root._SparePydantic).
+    _home_with_a_repo(tmp_path)
+    for args in TIMED:
+        assert "typer._adapters" not in orch_imports(tmp_path, *args)["also"], args
+    # A value only typer's adapter coerces still goes to it, and is coerced as before.
+    body = tmp_path / "body.md"
+    body.write_text("the body\n")
+    got = orch_imports(tmp_path, "task", "add", "demo", "with a body", "--body-file", str(body))
+    assert "typer._adapters" in got["also"]
+    shown = orch_imports(tmp_path, "task", "show", got["stdout"].strip(), "--json")["stdout"]
+    assert json.loads(shown)["body"] == "the body\n"
 
 
 def test_the_garbage_collector_is_off_only_for_commands_that_end(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import gc
 import importlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,68 @@ from orchestrator.cli.commands import (
     render_root_help,
     summary,
 )
+
+try:  # typer >= 0.2x: each value is coerced by a pydantic TypeAdapter typer builds for it
+    from typer._coercion import RuntimeParam, build_runtime_param
+    from typer.core import _TyperParameter
+except ImportError:  # an older typer coerces through click's types: nothing to spare
+    _TyperParameter = None  # type: ignore[assignment,misc]
+
+
+if _TyperParameter is not None:
+
+    @dataclass(frozen=True)
+    class _SparePydantic(RuntimeParam):
+        """typer's coercion of one parameter (``RuntimeParam.coerce``), minus the pydantic
+        TypeAdapter where typer's own answer needs none: a value left out (None) and a str
+        for a plain ``str`` parameter come back as typer returns them; any other value goes
+        to the runtime parameter typer builds, which then replaces this one.
+
+        typer builds that adapter even for an option left out (`--home` is, in nearly
+        every run), and importing pydantic for it (``typer._adapters``) takes ~55 ms.
+        ``tests/unit/test_cli_coercion.py`` holds these answers to typer's own.
+        """
+
+        def coerce(self, value: Any, param: _TyperParameter, ctx: Any) -> Any:
+            many = param.multiple or param.nargs == -1
+            if value is None:
+                return () if many else None
+            plain_str = self.annotation is str and self.parameter_info.parser is None
+            if plain_str and not many and type(value) is str:
+                return value
+            param._runtime_param = real = build_runtime_param(param.type_descriptor)
+            return real.coerce(value, param=param, ctx=ctx)
+
+        def _coerce_value(self, value: Any, param: _TyperParameter, ctx: Any) -> Any:
+            raise NotImplementedError  # never called: coerce above answers or hands on
+
+
+def spare_pydantic(params: Iterable[Any]) -> None:
+    """Give each typer parameter of ``params`` not yet coerced the coercion above."""
+    if _TyperParameter is None:
+        return
+    for param in params:
+        if isinstance(param, _TyperParameter) and param._runtime_param is None:
+            descriptor = param.type_descriptor
+            param._runtime_param = _SparePydantic(
+                parameter_info=descriptor.parameter_info, annotation=descriptor.annotation
+            )
+
+
+def _spare_params_of(command: Any) -> None:
+    """Every parameter ``command`` (and, a group, each command under it) parses with, its
+    ``--help`` too (click makes that one when first asked), gets ``spare_pydantic``'s
+    coercion: ``get_params`` is where click asks for them before it parses."""
+    get_params = command.get_params
+
+    def spared(ctx: Any) -> list[Any]:
+        params: list[Any] = get_params(ctx)
+        spare_pydantic(params)
+        return params
+
+    command.get_params = spared  # on this instance: typer made it, of typer's class
+    for sub in getattr(command, "commands", {}).values():
+        _spare_params_of(sub)
 
 
 def _click_class(name: str) -> type[Exception]:
@@ -58,6 +121,7 @@ def build_command(name: str) -> Any:
         single.command(name)(target)
         command = typer.main.get_command(single)
     command.name = name
+    _spare_params_of(command)
     return command
 
 
@@ -105,6 +169,11 @@ class _OneLineErrors(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.commands = _LazyCommands(self.commands)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        spare_pydantic(params)
+        return params
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         """The root help as ``commands.root_help`` prints it from its table for `orch
