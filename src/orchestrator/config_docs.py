@@ -1,12 +1,13 @@
 """``.env.example`` and ``docs/configuration.md``, rendered from the settings declaration.
 
-Every row comes from ``Settings.model_fields`` in ``config.py`` (env var, type, default,
+Every row comes from the fields of ``Settings`` in ``config.py`` (env var, type, default,
 description), in declaration order; ``orch config env-example`` and ``orch config docs``
 print them, and a test keeps both files in step with the code.
 """
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from typing import Any
 
 from orchestrator.config import ENV_PREFIX, Settings
@@ -23,14 +24,15 @@ def _render_default(value: Any) -> str:
 def settings_rows() -> list[tuple[str, str, str, str]]:
     """(env var, type, default, description) for every setting, in declaration order."""
     rows = []
-    for name, field in Settings.model_fields.items():
-        if field.default_factory is not None:
+    for field in fields(Settings):
+        name = field.name
+        if field.default_factory is not MISSING:
             default = "~/.orchestrator" if name == "home" else ""
         else:
             default = _render_default(field.default)
-        annotation = field.annotation
-        type_name = getattr(annotation, "__name__", str(annotation))
-        rows.append((ENV_PREFIX + name.upper(), type_name, default, field.description or ""))
+        # The type as written (``from __future__ import annotations``): "int", "Path".
+        type_name = str(field.type)
+        rows.append((ENV_PREFIX + name.upper(), type_name, default, field.metadata["description"]))
     return rows
 
 

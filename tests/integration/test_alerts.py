@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -213,7 +214,7 @@ def test_resolved_alert_reopens_when_raised_again(h: Harness) -> None:
 
 def test_a_retried_task_that_blocks_again_has_one_open_alert(h: Harness, hook: Hook) -> None:
     h.settings = load_settings(
-        **{**h.settings.model_dump(), "developer_retry_budget": 0, "alert_webhook_url": hook.url}
+        **{**asdict(h.settings), "developer_retry_budget": 0, "alert_webhook_url": hook.url}
     )
     h.plan = {"*:testing:*": {"verdict": "FAIL"}}
     h.save_plan()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def test_each_part_is_counted_as_its_own(
 ) -> None:
     h.settings = load_settings(
         **{
-            **h.settings.model_dump(),
+            **asdict(h.settings),
             "developer_retry_budget": 0,
             "staging_runner_timeout_s": 0.5,
             "staging_runner_infra_retry_budget": 1,

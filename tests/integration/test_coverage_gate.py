@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.integration.test_runners import PYTEST
 
-from orchestrator.config import Settings
+from orchestrator.config import load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import VerdictStatus, _parse_coverage_status
@@ -44,7 +44,7 @@ def make_ctx(tmp_path: Path, files: Mapping[str, str]) -> RunContext:
         artifact_dir=folder,
         log_path=folder / "runs" / "2-testing-coverage.log",
         env=env,
-        settings=Settings(home=tmp_path / "home", kill_grace_s=0.5),
+        settings=load_settings(home=tmp_path / "home", kill_grace_s=0.5),
     )
 
 

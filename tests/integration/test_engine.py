@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,7 @@ def test_rollback_budget_spent_blocks_with_alert(h: Harness) -> None:
 
 def test_tool_error_defers_without_blaming_the_code(h: Harness) -> None:
     # The first testing attempt hangs past the agent timeout: a tool error, not a FAIL.
-    h.settings = load_settings(**{**h.settings.model_dump(), "agent_timeout_s": 1.0})
+    h.settings = load_settings(**{**asdict(h.settings), "agent_timeout_s": 1.0})
     h.plan = {"*:testing:1": {"sleep": 60}}
     h.save_plan()
     h.add_repo()
@@ -270,7 +271,7 @@ def test_tool_error_defers_without_blaming_the_code(h: Harness) -> None:
 
 
 def test_infra_budget_spent_fails_closed_and_alerts(h: Harness) -> None:
-    h.settings = load_settings(**{**h.settings.model_dump(), "agent_timeout_s": 0.5})
+    h.settings = load_settings(**{**asdict(h.settings), "agent_timeout_s": 0.5})
     h.plan = {"*:testing:*": {"sleep": 60}}
     h.save_plan()
     h.add_repo()
@@ -356,7 +357,7 @@ def test_patch_developer_applies_then_retry_with_new_patch(h: Harness) -> None:
     bad = good.replace(b" demo\n", b" nothing like this\n")
     h.add_repo(STAGES, development="patch")
     key = h.add_task(patch=bad)
-    h.settings = load_settings(**{**h.settings.model_dump(), "developer_retry_budget": 0})
+    h.settings = load_settings(**{**asdict(h.settings), "developer_retry_budget": 0})
     h.run_until_idle()
     t = h.task(key)
     assert (t.stage, t.state) == ("development", "blocked")
@@ -553,7 +554,7 @@ def test_a_job_taken_over_elsewhere_is_stopped_here(h: Harness) -> None:
     # another worker took the job: the next heartbeat sees it, and this copy of the job is
     # killed instead of running twice.
     # No timeout of its own can end the held agent within the test: only the kill can.
-    h.settings = load_settings(**{**h.settings.model_dump(), "agent_timeout_s": 3000})
+    h.settings = load_settings(**{**asdict(h.settings), "agent_timeout_s": 3000})
     h.plan = {"*:development:*": {"hold": True}}
     h.save_plan()
     h.add_repo()
@@ -656,8 +657,8 @@ def test_fenced_out_worker_writes_nothing(h: Harness) -> None:
 def test_reaper_kills_a_job_whose_own_timeout_failed(h: Harness) -> None:
     # The settings refuse a reaper limit below the agent timeout; build them unchecked to
     # stand for a job whose own timeout did not fire (a hung git call, a lost timer).
-    values = {**h.settings.model_dump(), "agent_timeout_s": 600.0, "reaper_max_running_s": 1.0}
-    h.settings = Settings.model_construct(**values)
+    values = {**asdict(h.settings), "agent_timeout_s": 600.0, "reaper_max_running_s": 1.0}
+    h.settings = Settings(**values)  # made directly: no check of the invariants
     h.plan = {"*:testing:1": {"sleep": 120}}
     h.save_plan()
     h.add_repo()

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -480,7 +480,7 @@ def drive_agent_crash(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
 
 
 def drive_agent_hang(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
-    h.settings = load_settings(**{**h.settings.model_dump(), "agent_timeout_s": 0.5})
+    h.settings = load_settings(**{**asdict(h.settings), "agent_timeout_s": 0.5})
     h.plan = {"*:testing:*": {"sleep": 60}}
     h.save_plan()
     h.add_repo()
@@ -490,7 +490,7 @@ def drive_agent_hang(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
 
 
 def drive_merge_retest_timeout(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
-    h.settings = load_settings(**{**h.settings.model_dump(), "merge_retest_timeout_s": 0.5})
+    h.settings = load_settings(**{**asdict(h.settings), "merge_retest_timeout_s": 0.5})
     specs = [f"{s}={h.agent()}" for s in STAGES]
     sleeper = f"{sys.executable} -c 'import time; time.sleep(30)'"
     repo_ops.add_repo(
@@ -562,9 +562,7 @@ def drive_git_conflict(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
 
 
 def drive_lock_busy(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
-    h.settings = load_settings(
-        **{**h.settings.model_dump(), "merge_gate_infra_retry_backoff_s": 2.0}
-    )
+    h.settings = load_settings(**{**asdict(h.settings), "merge_gate_infra_retry_backoff_s": 2.0})
     h.plan = {"*:deploy-staging:*": {"hold": True}}
     h.save_plan()
     h.add_repo()
@@ -706,7 +704,7 @@ def drive_webhook_down(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
         port = s.getsockname()[1]  # closed again when the block ends: nobody listens
     h.settings = load_settings(
         **{
-            **h.settings.model_dump(),
+            **asdict(h.settings),
             "alert_webhook_url": f"http://127.0.0.1:{port}/hook",
             "developer_retry_budget": 0,
         }
@@ -955,9 +953,7 @@ def drive_no_gitignore_bytecode(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
 
 
 def drive_merge_gate_own_budget(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
-    h.settings = load_settings(
-        **{**h.settings.model_dump(), "staging_runner_infra_retry_budget": 0}
-    )
+    h.settings = load_settings(**{**asdict(h.settings), "staging_runner_infra_retry_budget": 0})
     h.add_repo(deploy_staging="staging-runner")
     lock = h.repo_path / ".git" / "refs" / "heads" / "main.lock"
     lock.write_text("held by a test\n")

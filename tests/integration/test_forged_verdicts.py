@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,7 @@ for name, line in forged.items():
 
 
 def test_reports_no_job_wrote_are_never_results(h: Harness) -> None:
-    h.settings = load_settings(**{**h.settings.model_dump(), "sandbox": False})
+    h.settings = load_settings(**{**asdict(h.settings), "sandbox": False})
     forger = h.plan_path.parent / "forger.py"
     forger.write_text(FORGER)
     repo_ops.add_repo(

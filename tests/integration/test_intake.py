@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +248,7 @@ def test_the_poller_thread_polls_until_stopped(bed: Bed) -> None:
 
 
 def test_polling_is_off_at_zero(bed: Bed) -> None:
-    off = bed.settings.model_copy(update={"forge_poll_s": 0.0})
+    off = replace(bed.settings, forge_poll_s=0.0)
     poller = IntakePoller(bed.engine, off, forge_for=bed.forge_for)
     assert poller.start() is False
     assert poller.thread is None

@@ -528,7 +528,7 @@ def test_codex_default_model_offers_apply_patch_and_it_works_in_our_sandbox(
     assert result.outcome is OutcomeKind.COMPLETED, result.reasons
     first = server.scripted_requests(F.RESPONSES)[0]
     assert first.body is not None
-    assert first.body["model"] == Settings.model_fields["codex_model"].default
+    assert first.body["model"] == Settings().codex_model
     offered = [t.get("name") for t in first.body.get("tools", [])]
     assert "apply_patch" in offered, offered
     assert (wt / "hello.txt").read_text() == "hello\n"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import Settings
+from orchestrator.config import load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.verdicts import PARSERS, Verdict, VerdictStatus
@@ -90,7 +90,7 @@ def make_ctx(tmp_path: Path) -> MakeCtx:
             artifact_dir=folder,
             log_path=folder / "runs" / "1-testing-test-runner.log",
             env=child_env(),
-            settings=Settings(home=tmp_path / "home", kill_grace_s=0.5, **settings),
+            settings=load_settings(home=tmp_path / "home", kill_grace_s=0.5, **settings),
         )
 
     return _make

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,7 @@ def _run(
     remote: str | None = None,
 ) -> tuple[str, str]:
     """File a task whose developer is the hostile agent in ``mode``; run it; (key, loot)."""
-    h.settings = load_settings(**{**h.settings.model_dump(), "sandbox": sandboxed})
+    h.settings = load_settings(**{**asdict(h.settings), "sandbox": sandboxed})
     loot = h.tmp / "loot"
     loot.mkdir(exist_ok=True)
     hostile = (

@@ -20,7 +20,7 @@ import pytest
 
 from orchestrator import proc_group, sandbox
 from orchestrator.agents.common import tool_error_of
-from orchestrator.config import Settings
+from orchestrator.config import load_settings
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.runners.suite import SuiteRequest, SuiteSandbox, run_suite
 from orchestrator.self_deploy import ExitStatus, map_outcome
@@ -91,7 +91,7 @@ def _request(tmp_path: Path, argv: list[str], clone: Path, **kw: object) -> Suit
         "log_path": tmp_path / "runs" / "suite.log",
         "evidence_dir": tmp_path / "runs" / "suite.out",
         "env": env,
-        "settings": Settings(home=tmp_path / "home", kill_grace_s=0.5),
+        "settings": load_settings(home=tmp_path / "home", kill_grace_s=0.5),
         "sandbox": SuiteSandbox(repo_path=clone),
         **kw,
     }

@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator.config import Settings
+from orchestrator.config import load_settings
 from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.runners.suite import SuiteRequest, SuiteRun, run_suite
 
@@ -33,7 +33,7 @@ def _request(tmp_path: Path, files: dict[str, str], **kw: object) -> SuiteReques
         "log_path": tmp_path / "runs" / "suite.log",
         "evidence_dir": tmp_path / "runs" / "suite.out",
         "env": env,
-        "settings": Settings(home=tmp_path / "home", kill_grace_s=0.5),
+        "settings": load_settings(home=tmp_path / "home", kill_grace_s=0.5),
         **kw,
     }
     return SuiteRequest(**fields)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -338,7 +339,7 @@ def test_the_secret_is_read_from_the_variable_the_setting_names(
     hook: Hook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MY_HOOK_SECRET", "other-secret")
-    settings = hook.settings.model_copy(update={"github_webhook_secret_env": "MY_HOOK_SECRET"})
+    settings = replace(hook.settings, github_webhook_secret_env="MY_HOOK_SECRET")
     client = hook.make_client(settings)
     assert hook.send(issue_payload("opened"), client=client).status_code == 401
     answer = hook.send(issue_payload("opened"), client=client, secret="other-secret")
@@ -346,7 +347,7 @@ def test_the_secret_is_read_from_the_variable_the_setting_names(
 
 
 def test_a_body_over_the_webhook_cap_is_refused_before_it_is_read(hook: Hook) -> None:
-    settings = hook.settings.model_copy(update={"github_webhook_max_body_bytes": 1024})
+    settings = replace(hook.settings, github_webhook_max_body_bytes=1024)
     client = hook.make_client(settings)
     big = issue_payload("opened", title="x" * 2000)
     answer = hook.send(big, client=client)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Settings
+from orchestrator.config import Settings, load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.runners.base import fenced, runner_available
 from orchestrator.runners.loopback import parse_loopback_url
@@ -19,7 +19,7 @@ from orchestrator.runners.suite import (
 
 
 def settings(tmp_path: Path, **kw: object) -> Settings:
-    return Settings(home=tmp_path, **kw)  # type: ignore[arg-type]
+    return load_settings(home=tmp_path, **kw)
 
 
 def test_enabled_and_in_scope_by_default(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator import sandbox
-from orchestrator.config import Settings, sandbox_network_for
+from orchestrator.config import load_settings, sandbox_network_for
 from orchestrator.sandbox import Sandbox, local_remotes
 
 
@@ -152,7 +152,7 @@ def test_a_local_remote_added_after_a_job_is_hidden_from_the_next(
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     repo = make_repo()
-    settings = Settings(home=tmp_path / "orch")  # type: ignore[call-arg]
+    settings = load_settings(home=tmp_path / "orch")
     work = tmp_path / "wt"
     work.mkdir()
 

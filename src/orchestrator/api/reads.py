@@ -9,7 +9,7 @@ pydantic's ``from_attributes``. Lists that can grow with the history are bounded
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import sqlalchemy as sa
 
@@ -50,7 +50,7 @@ def task_out(t: TaskRow, repo_name: str) -> M.TaskOut:
 def masked_settings(st: Settings) -> dict[str, M.SettingValue]:
     """Every setting, secrets masked by ``masking``'s rule (``***``, or empty when unset)."""
     out: dict[str, M.SettingValue] = {}
-    for name in type(st).model_fields:
+    for name in (f.name for f in fields(st)):
         value = masked_setting(name, getattr(st, name))
         out[name] = (
             value if isinstance(value, str | int | float | bool) or value is None else str(value)

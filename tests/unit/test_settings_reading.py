@@ -1,0 +1,222 @@
+"""The settings read without pydantic are the settings pydantic-settings reads.
+
+``config.load_settings`` reads the environment itself (``read_plainly``) when every
+``ORCH_*`` value is a spelling whose meaning is beyond doubt, and hands anything else to
+pydantic-settings (``read_by_pydantic``). The property: for any environment, whenever the
+plain reading reads, pydantic reads the same settings (each value equal, of the same type);
+where pydantic refuses, the plain reading leaves it to pydantic. It is also shown to fail on
+a plain reading that misreads one spelling.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrator import config
+from orchestrator.config import Settings, load_settings, read_by_pydantic, read_plainly
+from orchestrator.errors import ConfigError
+
+KINDS = {f.name: str(f.type) for f in fields(Settings)}
+
+# Spellings at the edge of "beyond doubt", for every type: pydantic reads some of them and
+# refuses others; the plain reading must take none it would read differently.
+# fmt: off
+ODD = [
+    "", " ", "1 ", " 1", "+1", "-1", "-0", "01", "007", "1_000", "1e3", "1E3", "1.", ".5",
+    "0.0", "1.0", "2.50", "00.5", "inf", "-inf", "nan", "True", "TRUE", "False", "yes",
+    "no", "on", "off", "t", "f", "y", "n", "none", "null", "\u0661", "\uff11", "1\n",
+    "~", "~/x", "/tmp/orch home", "a=b,c", "shared", "none", "agent=none,suite=shared",
+    "127.0.0.1", "0.0.0.0", "example.org", "http://x", "ORCH_SECRET", "sekrit",
+    "acceptEdits", "plan", "read-only", "bogus", "99999999999999999999", "65535", "65536",
+]
+# fmt: on
+
+# What an environment variable can hold: no NUL, no lone surrogate.
+_TEXT = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+
+PLAIN_FOR = {
+    "int": st.integers(0, 10**7).map(str),
+    "float": st.builds(
+        lambda whole, part: f"{whole}.{part}" if part is not None else str(whole),
+        st.integers(0, 10**6),
+        st.none() | st.integers(0, 999),
+    ),
+    "bool": st.sampled_from(["true", "false", "1", "0"]),
+    "str": st.text(_TEXT, max_size=12),
+    "Path": st.text(_TEXT, min_size=1, max_size=12),
+}
+
+_VALUE = st.sampled_from(ODD)
+
+
+def _value(kind: str) -> st.SearchStrategy[str]:
+    return PLAIN_FOR[kind] | _VALUE
+
+
+def _spelling(name: str) -> st.SearchStrategy[str]:
+    return st.sampled_from([f"ORCH_{name.upper()}", f"orch_{name}", f"Orch_{name.title()}"])
+
+
+# A name may come twice, spelled apart (ORCH_PAUSED and orch_paused): the last one wins.
+ENVIRONMENTS = st.lists(st.sampled_from(sorted(KINDS)), max_size=8).flatmap(
+    lambda names: st.lists(
+        st.tuples(*(st.tuples(_spelling(n), _value(KINDS[n])) for n in names)),
+        min_size=1,
+        max_size=1,
+    ).map(lambda pairs: dict(pairs[0]))
+)
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` without any ``ORCH_*`` variable of its own, plus ``values``."""
+    saved = dict(os.environ)
+    try:
+        for key in [k for k in os.environ if k.upper().startswith("ORCH_")]:
+            del os.environ[key]
+        os.environ.update(values)
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _by_pydantic() -> Settings | str:
+    try:
+        return read_by_pydantic({})
+    except ConfigError as exc:
+        return str(exc)
+
+
+def _same(a: Settings, b: Settings) -> bool:
+    return all(
+        getattr(a, f.name) == getattr(b, f.name)
+        and type(getattr(a, f.name)) is type(getattr(b, f.name))
+        for f in fields(Settings)
+    )
+
+
+def check_one_reading(env: dict[str, str]) -> bool:
+    """The property on one environment; True when the plain reading read it."""
+    with environment(env):
+        plain = read_plainly({})
+        if plain is None:
+            return False
+        pydantic = _by_pydantic()
+    assert isinstance(pydantic, Settings), (env, pydantic)
+    assert _same(plain, pydantic), env
+    return True
+
+
+def the_property(env: dict[str, str]) -> None:
+    check_one_reading(env)
+
+
+@pytest.fixture
+def in_empty_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here: the plain reading may read
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(env=ENVIRONMENTS)
+def test_the_plain_reading_is_pydantics(in_empty_folder: None, env: dict[str, str]) -> None:
+    the_property(env)
+
+
+def test_the_plain_reading_reads_plain_values(in_empty_folder: None) -> None:
+    # Without this the property would hold on a plain reading that never reads.
+    plain = {
+        "ORCH_HOME": "/tmp/orch-home",
+        "ORCH_MAX_PARALLEL_JOBS": "8",
+        "ORCH_DB_POOL_SIZE": "12",
+        "ORCH_LLM_BUDGET_PER_DAY_USD": "2.50",
+        "ORCH_JOB_LEASE_S": "60",
+        "ORCH_PAUSED": "true",
+        "ORCH_SANDBOX": "0",
+        "ORCH_CLAUDE_MODEL": "opus",
+        "ORCH_SANDBOX_NETWORK": "agent=none",
+        "orch_api_allowed_hosts": "Orch.Internal.",
+    }
+    assert check_one_reading({})
+    assert check_one_reading(plain)
+    with environment(plain):
+        read = load_settings()
+    assert (read.home, read.max_parallel_jobs, read.paused, read.sandbox) == (
+        Path("/tmp/orch-home"),
+        8,
+        True,
+        False,
+    )
+    assert read.llm_budget_per_day_usd == 2.5
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ORCH_PAUSED": "yes"},  # pydantic reads it; not a plain spelling
+        {"ORCH_DB_POOL_SIZE": "0"},  # out of bounds: pydantic's error
+        {"ORCH_MAX_PARALLEL_JOBS": "1", "ORCH_MAX_PARALLEL_JOBS_PER_REPO": "2"},  # invariant
+        {"ORCH_SANDBOX_NETWORK": "bogus"},  # the setting's check
+        {"ORCH_HOME": ""},
+    ],
+)
+def test_what_is_not_plain_goes_to_pydantic(in_empty_folder: None, env: dict[str, str]) -> None:
+    with environment(env):
+        assert read_plainly({}) is None
+        pydantic = _by_pydantic()
+        loaded: Settings | str
+        try:
+            loaded = load_settings()
+        except ConfigError as exc:
+            loaded = str(exc)
+    if isinstance(pydantic, str):
+        assert loaded == pydantic  # pydantic's error, word for word
+    else:
+        assert isinstance(loaded, Settings)
+        assert _same(loaded, pydantic)
+
+
+def test_a_dotenv_file_or_another_argument_goes_to_pydantic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with environment({}):
+        assert read_plainly({"home": tmp_path}) is not None
+        assert read_plainly({"home": str(tmp_path)}) is None  # pydantic turns it into a Path
+        assert read_plainly({"home": tmp_path, "paused": True}) is None
+        (tmp_path / ".env").write_text("ORCH_PAUSED=true\n")
+        assert read_plainly({}) is None
+        assert load_settings(home=tmp_path).paused is True
+
+
+@pytest.mark.parametrize(
+    ("name", "broken"),
+    [
+        # "1" read as false, "0" as true.
+        ("_PLAIN_BOOL", {"true": True, "false": False, "1": False, "0": True}),
+        # A value out of its bounds taken (ORCH_DB_POOL_SIZE=0).
+        ("_within", lambda value, bounds: True),
+        # No setting's own check: `~` not expanded, a bad sandbox network taken.
+        ("CHECKS", {}),
+    ],
+)
+def test_the_property_catches_a_misreading(
+    in_empty_folder: None, monkeypatch: pytest.MonkeyPatch, name: str, broken: Any
+) -> None:
+    monkeypatch.setattr(config, name, broken)
+    bad = settings(max_examples=3000, database=None, deadline=None)(
+        given(env=ENVIRONMENTS)(the_property)
+    )
+    with pytest.raises(AssertionError):
+        bad()
