@@ -30,7 +30,6 @@ from pathlib import Path
 
 from orchestrator.config import Settings, sandbox_network_for
 from orchestrator.errors import OrchestratorError
-from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.config_read import KeptAnswers
 
 BWRAP = "bwrap"
@@ -341,6 +340,8 @@ def local_remotes(repo_path: Path) -> list[Path]:
 
 
 def _ask_remotes(repo_path: Path) -> tuple[tuple[Path, ...], bool]:
+    from orchestrator.gitops import git as gitcmd  # here: `orch status` needs no git
+
     res = gitcmd.git(
         ["config", "--get-regexp", r"^remote\..*\.(url|pushurl)$"], repo_path, timeout_s=15
     )

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import sandbox
 from orchestrator.config import load_settings, sandbox_network_for
+from orchestrator.gitops import git as gitcmd
 from orchestrator.sandbox import Sandbox, local_remotes
 
 
@@ -119,15 +120,15 @@ def test_local_remotes_are_found(tmp_path: Path, make_repo: Any) -> None:
 
 
 def _counting_git(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
-    """Every git call of the sandbox module, recorded (and still made)."""
+    """Every git call (the sandbox module's, in these tests), recorded (and still made)."""
     calls: list[tuple[str, ...]] = []
-    real = sandbox.gitcmd.git
+    real = gitcmd.git
 
     def counted(args: Any, cwd: Path, **kw: Any) -> Any:
         calls.append(tuple(args))
         return real(args, cwd, **kw)
 
-    monkeypatch.setattr(sandbox.gitcmd, "git", counted)
+    monkeypatch.setattr(gitcmd, "git", counted)
     return calls
 
 

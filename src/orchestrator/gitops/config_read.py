@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from orchestrator.gitops import git as gitcmd
-
 _T = TypeVar("_T")
 
 # Environment that changes which config files git reads, or adds config of its own: with
@@ -42,6 +40,8 @@ CONFIG_ENV = (
 def system_configs() -> tuple[Path, ...]:
     """Where git may keep its system-wide config: ``/etc/gitconfig`` (a build for
     ``/usr``), and ``<prefix>/etc/gitconfig`` for the prefix git runs from."""
+    from orchestrator.gitops import git as gitcmd  # here: `orch status` needs no git
+
     found = [Path("/etc/gitconfig"), Path("/usr/local/etc/gitconfig")]
     res = gitcmd.git(["--exec-path"], Path("/"), timeout_s=15)
     exec_path = Path(res.stdout.strip()) if res else None
@@ -61,6 +61,8 @@ def config_inputs(repo_path: Path) -> tuple[object, ...] | None:
     ``[includeIf]``: files this cannot follow). The owners of the clone and its ``.git``
     are part of it: git refuses a repository of another user (``safe.directory``).
     """
+    from orchestrator.gitops import git as gitcmd
+
     env = gitcmd.git_environment()
     if any(name in env for name in CONFIG_ENV):
         return None
