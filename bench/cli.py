@@ -7,10 +7,12 @@ temp directory, then times each command ``--runs`` times as a fresh process, the
 interleaved so that a noisy neighbour slows all of them alike, and prints the median and
 the fastest run in ms beside the goal of issue 19 (``orch --help`` 150 ms; ``orch status``,
 ``orch task list`` and ``orch task add`` 300 ms on SQLite). The children import this
-checkout's code (``PYTHONPATH=src``). Two anchors time the libraries alone that a
-command's own help and a DB command import (``FLOORS``): what no change to orch's own code
-can go below. `orch --help` imports none of them (``orchestrator.cli.commands``): its floor
-is `python -c pass`.
+checkout's code (``PYTHONPATH=src``), with their bytecode cached as an installed `orch`
+has it (``PYTHONDONTWRITEBYTECODE`` is dropped: the warm-up run writes it; with it, every
+run compiled orch's own modules again, ~25 ms). Three anchors time the libraries alone that
+a command's own help, a DB command and one that draws a table import (``FLOORS``): what no
+change to orch's own code can go below. `orch --help` imports none of them
+(``orchestrator.cli.commands``): its floor is `python -c pass`.
 
 ``--compare SRC`` also times each `orch` command with another checkout's code
 (``PYTHONPATH=SRC``, e.g. ``../main/src``), interleaved with this one's: before and after
@@ -44,10 +46,13 @@ COMMANDS: list[tuple[str, list[str], float | None]] = [
 
 # Anchors: the libraries alone, what `orch` cannot go below. A command's --help (`orch task
 # --help`) renders with typer's rich help; a DB command needs SQLAlchemy with its SQLite
-# dialect, typer and the settings' pydantic-settings (pydantic with it).
+# dialect and typer (its settings are read without pydantic when the environment holds
+# nothing to doubt: config.read_plainly), and one that draws a table (`orch status`,
+# `orch task list`) rich too.
 FLOORS: list[tuple[str, str]] = [
     ("floor: cmd help libs", "import typer.rich_utils"),
-    ("floor: DB cmd libs", "import sqlalchemy.dialects.sqlite, typer, pydantic_settings"),
+    ("floor: DB cmd libs", "import sqlalchemy.dialects.sqlite, typer"),
+    ("floor: + rich table", "import sqlalchemy.dialects.sqlite, typer, rich.console, rich.table"),
 ]
 
 
@@ -59,7 +64,8 @@ def orch_argv() -> list[str]:
 
 
 def child_env(home: Path, src: Path = SRC) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    drop = ("ORCH_", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(ORCH_HOME=str(home), PYTHONPATH=str(src))
     return env
 
