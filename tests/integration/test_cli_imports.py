@@ -94,6 +94,16 @@ def test_the_root_help_imports_no_command_and_no_typer(tmp_path: Path) -> None:
     assert parsed["stdout"] == fast
 
 
+def test_the_version_imports_no_typer_and_says_what_the_root_group_says(tmp_path: Path) -> None:
+    fast = orch_imports(tmp_path, "--version")
+    assert fast["ui"] == [], fast["ui"]
+    assert fast["cli"] == ["orchestrator.cli.exits"], fast["cli"]
+    # --home makes click parse: the eager --version option of the root group answers.
+    parsed = orch_imports(tmp_path, "--home", str(tmp_path / "home"), "--version")
+    assert parsed["ui"] != []
+    assert parsed["stdout"] == fast["stdout"] == f"orch {orchestrator.__version__}\n"
+
+
 def test_python_m_orchestrator_names_itself_as_click_does(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))

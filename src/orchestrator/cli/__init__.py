@@ -1,6 +1,7 @@
 """The `orch` command line. Exit codes (``cli.exits``): 0 ok, 1 failure, 2 usage error.
 
-``main`` answers `orch --help` and a bare `orch` from ``cli.commands`` alone; anything
+``main`` answers `orch --help` and a bare `orch` from ``cli.commands`` alone, and
+`orch --version` from the package's version; anything
 else runs the Typer app of ``cli.root`` (``app``, imported on first use, PEP 562). Nothing
 here imports typer before it is needed: importing it alone takes longer than the whole help.
 """
@@ -56,6 +57,11 @@ def main() -> None:
 
         sys.stdout.write(root_help(program_name()))
         _exit(EXIT_OK if args else EXIT_USAGE)  # no arguments is a usage error, as click says
+    if args == ["--version"]:  # what the root group's eager --version prints, as fast
+        from orchestrator import __version__
+
+        sys.stdout.write(f"orch {__version__}\n")
+        _exit(EXIT_OK)
     from orchestrator.cli.root import app
 
     try:
