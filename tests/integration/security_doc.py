@@ -113,8 +113,9 @@ fast-forward, never `+`; for a branch the merge gate rewrote, a fetch and a
 compare-and-swap of the ref). When the user's branch already holds the tip the gate
 squashes (published by such a fetch, which checked every object) and its rebase changed
 nothing, the gate's one commit is written by `git commit-tree` (plumbing: no hook, no
-automatic gc) straight into the clone's object store, where its tree and parent are, and
-the ref is moved by compare-and-swap alone. The
+automatic gc) straight into the clone's object store, where its tree and parent are, as
+the clone writes objects (its `core.sharedRepository`, fsync and compression settings),
+and the ref is moved by compare-and-swap alone. The
 user's clone is never writable from a sandbox.
 
 Every git command the orchestrator runs has these settings on its command line, whatever

@@ -73,26 +73,54 @@ def configured_user(repo_path: Path) -> Ident | None:
     Every landing asks, so git's answer is kept with the bytes of every config file it read
     (``config_read.KeptAnswers``): a change to any of them asks git again.
     """
+    return _user_config(repo_path).ident
+
+
+@dataclass(frozen=True)
+class _UserConfig:
+    """What the merge gate's commit takes from the user's clone's config (one git call)."""
+
+    ident: Ident | None
+    # ``-c key=value`` for each setting of how the clone writes objects (``_WRITE_KEYS``).
+    writes: tuple[str, ...] = ()
+
+
+# How a repository writes its objects: a commit written into the user's store from the
+# workspace (``single_commit``'s ``objects``) is written as the clone itself would write it
+# (a group-shared clone's objects readable by its group, fsync'ed if it says so).
+_WRITE_KEYS = (
+    "core.sharedrepository",
+    "core.fsync",
+    "core.fsyncobjectfiles",
+    "core.fsyncmethod",
+    "core.compression",
+    "core.loosecompression",
+)
+
+
+def _user_config(repo_path: Path) -> _UserConfig:
     return _USERS.ask(repo_path, lambda: _ask_user(repo_path))
 
 
-def _ask_user(repo_path: Path) -> tuple[Ident | None, bool]:
-    # One call for both; a key set more than once counts by its last value, as --get has.
+def _ask_user(repo_path: Path) -> tuple[_UserConfig, bool]:
+    # One call for all; a key set more than once counts by its last value, as --get has.
     # -z: "key\nvalue\0", so a value with a line break in it stays one value (and fails).
-    res = run_git(["config", "-z", "--get-regexp", r"^user\.(name|email)$"], repo_path)
+    keys = "|".join(k.replace(".", r"\.") for k in ("user.name", "user.email", *_WRITE_KEYS))
+    res = run_git(["config", "-z", "--get-regexp", f"^({keys})$"], repo_path)
     # Exit 1 is "no such key": an answer too; anything else is asked again next time.
     answered = res.returncode in (0, 1) and not res.timed_out
     found: dict[str, str] = {}
     for entry in res.stdout.split("\0") if res else []:
         name, _, value = entry.partition("\n")
         found[name.lower()] = value.strip()
+    writes = tuple(f"{k}={found[k]}" for k in _WRITE_KEYS if k in found)
     values = [found.get("user.name", ""), found.get("user.email", "")]
     if not all(values) or any(_UNSAFE_RE.search(v) or "<" in v or ">" in v for v in values):
-        return None, answered
-    return Ident(values[0], values[1]), answered
+        return _UserConfig(None, writes), answered
+    return _UserConfig(Ident(values[0], values[1]), writes), answered
 
 
-_USERS: KeptAnswers[Ident | None] = KeptAnswers()
+_USERS: KeptAnswers[_UserConfig] = KeptAnswers()
 
 
 def _clean(text: str) -> str:
@@ -180,7 +208,8 @@ def single_commit(
     ``objects``: the object store the commit is written to (the user's clone's, which
     already holds ``base`` and the branch tip's tree: see ``land``); None: the workspace's
     own. Only there is the tree looked for, so a store without it is an error, never a
-    commit whose tree the store lacks.
+    commit whose tree the store lacks. It is written as ``user_repo`` writes objects (its
+    ``core.sharedRepository``, fsync and compression settings), as a fetch there would.
     """
     commits = _branch_commits(worktree, base)
     if commits is None:
@@ -221,10 +250,17 @@ def single_commit(
         "GIT_AUTHOR_EMAIL": main_author.email,
         "GIT_AUTHOR_DATE": first_date,
     }
+    written_as: list[str] = []
     if objects is not None:
         env["GIT_OBJECT_DIRECTORY"] = str(objects)
+        # Written into the user's store: as the clone writes objects, not as the workspace.
+        for setting in _user_config(user_repo).writes if user_repo is not None else ():
+            written_as += ["-c", setting]
     made = run_git(
-        ["commit-tree", tree, "-p", base, "-F", "-"], worktree, env=env, input_text=message
+        [*written_as, "commit-tree", tree, "-p", base, "-F", "-"],
+        worktree,
+        env=env,
+        input_text=message,
     )
     sha = made.stdout.strip()
     if not made or not sha:
