@@ -324,3 +324,31 @@ def test_a_path_that_cannot_be_looked_at_still_fails_the_plan(
         _old_wrap(box, ["x"], tmp_path, None)
     with pytest.raises(PermissionError):
         box.plan(tmp_path)
+
+
+def test_the_plan_matches_pathlib_on_odd_paths(tmp_path: Path) -> None:
+    # Names a job's places may carry: a line break, a link loop (ELOOP: "not there" to
+    # pathlib), a dangling link, a link with ".." after it (made absolute by text, not
+    # followed), a NUL (ValueError: "not there"). Each argv is the pathlib version's.
+    root = tmp_path
+    (root / "a\nb" / "c").mkdir(parents=True)
+    (root / "d" / "in").mkdir(parents=True)
+    (root / "loop").symlink_to(root / "loop")
+    (root / "dangling").symlink_to(root / "nowhere")
+    (root / "dlink").symlink_to(root / "d" / "in")
+    odd = (
+        root / "a\nb",
+        root / "a\nb" / "c",
+        root / "loop",
+        root / "loop" / "x",
+        root / "dangling",
+        root / "dlink" / "..",
+        root / "d",
+        Path(f"{root}/d\x00x"),
+    )
+    for i in range(len(odd)):
+        shifted = odd[i:] + odd[:i]
+        box = Sandbox(
+            writable=shifted[:2], readonly=shifted[2:4], hidden=shifted[4:6], sealed=shifted[6:]
+        )
+        assert box.plan(root).argv(["x"], info_fd=3) == _old_wrap(box, ["x"], root, 3)
