@@ -6,26 +6,16 @@ inside its own transaction; without one, ``sqlalchemy.url`` is opened with ``mak
 
 from __future__ import annotations
 
-from typing import Literal
-
 import sqlalchemy as sa
 from alembic import context
-from alembic.autogenerate.api import AutogenContext
 
 from orchestrator.store.db import make_engine
-from orchestrator.store.schema import Float, metadata
+from orchestrator.store.migrations.render import render_item
+from orchestrator.store.schema import metadata
 
 # Any constant works; all that matters is that every migrator of one PostgreSQL database
 # uses the same one.
 _PG_MIGRATION_LOCK = 7_406_020_001
-
-
-def _render_item(type_: str, obj: object, _autogen: AutogenContext) -> str | Literal[False]:
-    # Autogenerate would write orchestrator.store.schema.Float(), tying a frozen migration
-    # to today's schema module; in the database it is a plain Float.
-    if type_ == "type" and isinstance(obj, Float):
-        return "sa.Float()"
-    return False
 
 
 def _configure(connection: sa.Connection) -> None:
@@ -36,7 +26,7 @@ def _configure(connection: sa.Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         compare_server_default=True,
-        render_item=_render_item,
+        render_item=render_item,
     )
 
 
