@@ -58,14 +58,16 @@ def setting(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    secret: bool = False,
 ) -> Any:
     """One field of ``Settings``: its default (or a factory of it), what it does, and the
-    bounds of a number (pydantic's ``ge``, ``gt``, ``le``), kept in the field's metadata."""
+    bounds of a number (pydantic's ``ge``, ``gt``, ``le``), kept in the field's metadata.
+    A ``secret`` one (a token, a URL that may carry a password) is left out of the repr."""
     bounds = {name: v for name, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
     meta = {"description": description, "bounds": bounds}
     if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=default_factory, metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +81,7 @@ class Settings:
     )
     database_url: str = setting(
         default="",
+        secret=True,
         description="SQLAlchemy URL; empty means SQLite at <home>/orchestrator.db.",
     )
     db_pool_size: int = setting(
@@ -176,6 +179,7 @@ class Settings:
     paused: bool = setting(default=False, description="Global kill switch: claim no new jobs.")
     api_token: str = setting(
         default="",
+        secret=True,
         description="Bearer token of API mutations; empty: the one in <home>/api-token.",
     )
     api_host: str = setting(default="127.0.0.1", description="Address the API binds to.")
@@ -190,7 +194,9 @@ class Settings:
         description="Largest request body the API reads (a 5 MB patch fits); more: 413.",
     )
     alert_webhook_url: str = setting(
-        default="", description="POST alerts as JSON here (Slack-compatible); empty: off."
+        default="",
+        secret=True,
+        description="POST alerts as JSON here (Slack-compatible); empty: off.",
     )
     forge_poll_s: float = setting(
         default=60.0,

@@ -107,3 +107,16 @@ def test_in_scope() -> None:
     assert in_scope("a, b", "b")
     assert not in_scope("a,b", "c")
     assert not in_scope("", "c")
+
+
+def test_a_settings_repr_shows_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Settings in a traceback, a log line or a debugger's print must not carry the API
+    # token, a database password or the alert hook's URL (Slack's carries its secret).
+    monkeypatch.setenv("ORCH_API_TOKEN", "tok-s3cr3t-1")
+    monkeypatch.setenv("ORCH_DATABASE_URL", "postgresql://u:pw-s3cr3t-2@127.0.0.1:5432/x")
+    monkeypatch.setenv("ORCH_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook/s3cr3t-3")
+    s = load_settings()
+    assert s.api_token == "tok-s3cr3t-1"  # read, only not shown
+    shown = repr(s)
+    assert "s3cr3t" not in shown, shown
+    assert "api_host='127.0.0.1'" in shown  # the rest is still shown
