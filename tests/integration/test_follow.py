@@ -7,6 +7,7 @@ agents of ``test_engine`` as real child processes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.engine.worker import Worker
-from orchestrator.store import control
+from orchestrator.store import control, queries
 from orchestrator.store import jobs as jobq
 from orchestrator.store.rows import JobRow
 from orchestrator.store.schema import jobs as jobs_table
@@ -131,6 +132,90 @@ def test_the_known_claim_waits_for_what_the_search_waits_for(h: Harness) -> None
     _set(h, job.id, not_before=0.0, cancel_requested=True)
     assert _claim(h, job) is None
     _set(h, job.id, cancel_requested=False)
+    assert _claim(h, job) is not None
+
+
+@contextlib.contextmanager
+def _statements(engine: sa.Engine) -> Iterator[list[str]]:
+    """The SQL statements sent while the block runs (SAVEPOINT and RELEASE included)."""
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+
+
+def _serial_handover(h: Harness, *, key_ended: str | None) -> tuple[JobRow | None, list[str]]:
+    """A task's running serialized job ends and its next one, of the same serial key, is
+    claimed in the same transaction (as a job's end does): the claim and its statements."""
+    h.add_repo()
+    key = h.add_task()
+    first = _queued(h, key)
+    _set(h, first.id, serial_key="demo")
+    running = _run_other(h, key)
+    assert (running.id, running.serial_key) == (first.id, "demo")
+    now = time.time()
+    with h.engine.begin() as conn:
+        assert jobq.finish_job(
+            conn, running.id, "w-other", now=now, outcome="completed", verdict="PASS",
+            reasons=[], exit_code=0, notify=False,
+        )  # fmt: skip
+        nxt = queries.insert_job(
+            conn, task_id=running.task_id, stage="deploy", agent="deploy-finalizer",
+            attempt=None, now=now, serial_key="demo", notify=False,
+        )  # fmt: skip
+        with _statements(h.engine) as seen:
+            claimed = jobq.claim_queued_job(
+                conn,
+                nxt,
+                task_state="active",
+                repo_id=1,
+                owner="w-other",
+                host="there",
+                now=time.time(),
+                lease_s=30,
+                limits=ROOMY,
+                hold_stages=("deploy", "post-deploy-monitor"),
+                key_ended=key_ended,
+            )
+    return claimed, seen
+
+
+def test_a_handed_over_serial_gate_is_claimed_in_one_read_and_one_update(h: Harness) -> None:
+    # Issue 19: the pause switch, the running jobs and the gate's holders are one read
+    # (they were three), and the transaction that just ended the gate's running job needs
+    # no savepoint around the claim (SAVEPOINT and RELEASE, round trips on PostgreSQL):
+    # no other transaction can be making a running job of that key.
+    claimed, seen = _serial_handover(h, key_ended="demo")
+    assert claimed is not None
+    assert claimed.state == "running"
+    assert len(seen) == 2, seen
+
+
+def test_a_serial_gate_not_held_is_still_claimed_under_a_savepoint(h: Harness) -> None:
+    # A key this transaction did not hold: another worker may be claiming it, and on
+    # PostgreSQL the unique index's refusal must not abort the job's end.
+    claimed, seen = _serial_handover(h, key_ended=None)
+    assert claimed is not None
+    savepoints = [s for s in seen if s.upper().startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(savepoints) == (0 if h.engine.dialect.name == "sqlite" else 2), seen
+    assert len(seen) - len(savepoints) == 2, seen
+
+
+def test_the_known_claim_heeds_orch_pause(h: Harness) -> None:
+    # `orch pause` is read by the claim itself, in its one read.
+    h.add_repo()
+    job = _queued(h, h.add_task())
+    with h.engine.begin() as conn:
+        control.set_paused(conn, True, now=time.time())
+    assert _claim(h, job) is None
+    with h.engine.begin() as conn:
+        control.set_paused(conn, False, now=time.time())
     assert _claim(h, job) is not None
 
 

@@ -236,7 +236,9 @@ def apply_job_end(
     if move.next_job is not None:
         next_job = queue_next(conn, repo, fresh, move.next_job, now=now, notify=claim_next is None)
         if claim_next is not None:
-            following = claim_next(conn, next_job, fresh, repo)
+            # The job just finished was ours (the fence): its serial key is this
+            # transaction's to hand on.
+            following = claim_next(conn, next_job, fresh, repo, job.serial_key)
             if following is not None and fresh.state == State.DEFERRED:
                 # The claim made the task active again, as any claim of its job does.
                 fresh = dataclasses.replace(fresh, state=State.ACTIVE.value)

@@ -23,9 +23,10 @@ from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 __all__ = ["ClaimNext", "agent_for", "follow_claim", "queue_job", "queue_next"]
 
 # Claims a task's next job in the transaction that queued it (the worker's, under its
-# lease and limits): (connection, the job, the task as it is now, its repo) -> the running
-# job, or None when it may not run now.
-ClaimNext = Callable[[sa.Connection, JobRow, TaskRow, RepoRow], JobRow | None]
+# lease and limits): (connection, the job, the task as it is now, its repo, the serial key
+# of the job whose end this transaction wrote) -> the running job, or None when it may not
+# run now.
+ClaimNext = Callable[[sa.Connection, JobRow, TaskRow, RepoRow, str | None], JobRow | None]
 
 
 def agent_for(repo: RepoRow, stage: Stage) -> str:
@@ -92,16 +93,18 @@ def follow_claim(
     lease_s: float,
     limits: jobq.ClaimLimits,
     hold_stages: Sequence[str],
-    refuse: Callable[[sa.Connection], bool],
+    refuse: Callable[[], bool],
 ) -> ClaimNext:
     """How a worker claims a task's next job with the end of the job before it
-    (``jobq.claim_queued_job``): when it is due now and ``refuse`` (the worker stops, or
-    is paused) says nothing against it."""
+    (``jobq.claim_queued_job``, which heeds `orch pause`): when it is due now and
+    ``refuse`` (the worker stops, or its settings pause it) says nothing against it."""
 
-    def claim(conn: sa.Connection, nxt: JobRow, task: TaskRow, repo: RepoRow) -> JobRow | None:
+    def claim(
+        conn: sa.Connection, nxt: JobRow, task: TaskRow, repo: RepoRow, key_ended: str | None
+    ) -> JobRow | None:
         # The clock is read inside the transaction, as for any claim.
         now = time.time()
-        if nxt.not_before > now or refuse(conn):
+        if nxt.not_before > now or refuse():
             return None
         return jobq.claim_queued_job(
             conn,
@@ -114,6 +117,7 @@ def follow_claim(
             lease_s=lease_s,
             limits=limits,
             hold_stages=hold_stages,
+            key_ended=key_ended,
         )
 
     return claim

@@ -551,7 +551,8 @@ class Worker:
             lease_s=st.job_lease_s,
             limits=jobq.ClaimLimits(st.max_parallel_jobs, st.max_parallel_jobs_per_repo),
             hold_stages=SERIAL_HOLD_STAGES,
-            refuse=lambda conn: self.stopping.is_set() or self._paused(conn),
+            # `orch pause` is read by the claim itself, with the limits.
+            refuse=lambda: self.stopping.is_set() or st.paused,
         )
 
         def once() -> Applied:

@@ -15,9 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.store import wake
+from orchestrator.store.control import PAUSED_KEY
 from orchestrator.store.dependencies import waits_for_dependency
 from orchestrator.store.rows import JobRow
-from orchestrator.store.schema import jobs, repos, tasks
+from orchestrator.store.schema import control, jobs, repos, tasks
 
 # Task states whose queued jobs may be claimed.
 _CLAIMABLE_TASK_STATES = ("active", "deferred")
@@ -50,6 +51,30 @@ _HELD_BETWEEN = (
         tasks.c.state.in_(_CLAIMABLE_TASK_STATES),
     )
     .order_by(tasks.c.updated_at)
+)
+
+
+# What ``claim_queued_job`` asks before its UPDATE, in one statement (it was three: the
+# pause switch, the running jobs and the tasks holding serial gates between their jobs, a
+# round trip each on PostgreSQL, in every job's end): `orch pause`, the running jobs in
+# all and in the repo, and who holds the job's serial gate: the task of the running job
+# that has the key (at most one: the unique index), else the first live task of the repo
+# at a hold stage, as in ``serial_gate_holders``.
+_RUNNING_JOBS = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.state == "running")
+_ROOM = sa.select(
+    sa.select(control.c.value).where(control.c.key == PAUSED_KEY).scalar_subquery(),
+    _RUNNING_JOBS.scalar_subquery(),
+    _RUNNING_JOBS.join_from(jobs, tasks, tasks.c.id == jobs.c.task_id)
+    .where(tasks.c.repo_id == sa.bindparam("repo_id"))
+    .scalar_subquery(),
+    sa.select(jobs.c.task_id)
+    .where(jobs.c.state == "running", jobs.c.serial_key == sa.bindparam("serial_key"))
+    .limit(1)
+    .scalar_subquery(),
+    _HELD_BETWEEN.with_only_columns(tasks.c.id)
+    .where(repos.c.name == sa.bindparam("serial_key"))
+    .limit(1)
+    .scalar_subquery(),
 )
 
 
@@ -253,35 +278,45 @@ def claim_queued_job(
     lease_s: float,
     limits: ClaimLimits,
     hold_stages: Sequence[str] = (),
+    key_ended: str | None = None,
 ) -> JobRow | None:
-    """Claim ``job`` itself, if ``claim_jobs`` would claim it now; the running job or None.
+    """Claim ``job`` itself, if ``claim_jobs`` would claim it now and `orch pause` is not
+    in force; the running job or None.
 
     For a task's next job, queued in this same transaction by the worker that ran the
     previous one (``task_state``: the task's state, as written there; ``repo_id``: its
     repo): the same rules as ``claim_jobs`` (due, not cancelled, the task claimable and
     waiting for no dependency, the limits, the serial gate) without the search for
     candidates, and recorded the same way, under a lease, so recovery and other workers
-    see it: a read of the running jobs (and, for a serialized job, of the tasks holding
-    gates between their jobs) and the one UPDATE.
+    see it: one read (the pause switch, the running jobs, the gate's holder) and the one
+    UPDATE.
+
+    ``key_ended``: the serial key of a running job this transaction has just finished
+    (fenced: it was ours), if any. When it is the job's own key, no other transaction can
+    make a running job of that key before this one commits (the unique index holds them
+    to ours, then makes them wait for it), so the UPDATE cannot break the index and needs
+    no savepoint.
     """
-    running = _running(conn)
-    if running.total >= limits.total:
-        return None
-    if running.per_repo.get(repo_id, 0) >= limits.per_repo:
+    params = {"repo_id": repo_id, "serial_key": job.serial_key, "hold_stages": list(hold_stages)}
+    paused, total, in_repo, runs_key, held_by = conn.execute(_ROOM, params).one()
+    if paused or total >= limits.total or in_repo >= limits.per_repo:
         return None
     if job.serial_key is not None:
-        holders = _add_held_between(conn, dict(running.holders), hold_stages)
-        if holders.get(job.serial_key, job.task_id) != job.task_id:
+        holder = runs_key if runs_key is not None else held_by
+        if holder is not None and holder != job.task_id:
             return None
     lease = {"job_id": job.id, "owner": owner, "expires": now + lease_s, "host": host, "now": now}
     # On PostgreSQL the UPDATE locks the row: a worker searching with SKIP LOCKED passes
     # it by, one that updates it waits and then finds it running. The unique index on
-    # running serial keys stays the last word, under a savepoint as in ``claim_jobs``.
+    # running serial keys stays the last word, under a savepoint as in ``claim_jobs``
+    # unless this transaction holds the key (``key_ended``).
     claimed = _take(
         conn,
         _CLAIM_KNOWN,
         lease,
-        guard=conn.dialect.name != "sqlite" and job.serial_key is not None,
+        guard=conn.dialect.name != "sqlite"
+        and job.serial_key is not None
+        and job.serial_key != key_ended,
     )
     if claimed is not None and task_state == "deferred":
         conn.execute(_ACTIVATE, {"task_id": job.task_id, "now": now})
