@@ -421,6 +421,30 @@ def test_pause_stops_claiming(h: Harness) -> None:
     h.wait_for(lambda: h.task(key).state == "done")
 
 
+def test_pause_during_a_job_stops_its_end_claiming_the_next(h: Harness) -> None:
+    # A job's end claims its task's next job in the same transaction; `orch pause` given
+    # while the job ran is read by that claim (issue 19 moved the read into the claim's
+    # one statement): the next job is queued, not run.
+    h.plan = {"*:development:1": {"hold": True}}
+    h.save_plan()
+    h.add_repo()
+    key = h.add_task()
+    h.start()
+    h.wait_for(lambda: any(s.startswith(f"{key}:development:1:") for s in h.starts()))
+    with h.engine.begin() as conn:
+        control.set_paused(conn, True, now=time.time())
+    h.release(key, "development")
+    h.wait_for(lambda: h.task(key).stage == "testing")
+    # The end and the claim are one transaction: what it left is final while paused.
+    assert [(j.stage, j.state) for j in h.jobs(key)] == [
+        ("development", "finished"),
+        ("testing", "queued"),
+    ]
+    with h.engine.begin() as conn:
+        control.set_paused(conn, False, now=time.time())
+    h.wait_for(lambda: h.task(key).state == "done")
+
+
 @pytest.mark.parametrize("case", ["dead-process-on-this-host", "expired-lease-elsewhere"])
 def test_recovery_requeues_without_spending_a_retry(h: Harness, case: str) -> None:
     h.add_repo()
