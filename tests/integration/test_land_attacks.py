@@ -16,15 +16,10 @@ from orchestrator.gitops.land import Judgement, LandRequest
 
 try:
     from merge_helpers import run_git
+    from test_git_calls import _workspace
 except ImportError:  # imported as tests.integration.test_land_attacks
     from tests.integration.merge_helpers import run_git
-
-
-def _workspace(repo: Path, root: Path, key: str = "DEMO-1") -> Path:
-    made = worktrees.ensure_worktree(repo, "main", root, "demo", key)
-    assert made.error is None, made.error
-    assert made.path is not None
-    return made.path
+    from tests.integration.test_git_calls import _workspace
 
 
 def test_a_commit_landed_in_a_group_shared_clone_is_readable_by_its_group(
