@@ -1,5 +1,7 @@
-"""Review of claim_queued_job's one read (_ROOM) against the three reads it replaced,
-and of the savepoint it skips on PostgreSQL when the job's end held the serial gate."""
+"""A task's next job claimed at its previous job's end (``claim_queued_job``): its one read
+(``_ROOM``) decides the serial gate and `orch pause` as the three reads it replaced did
+(``serial_gate_holders``), and the savepoint it skips on PostgreSQL when the job's end held
+the gate's key is never needed: a concurrent claim of that key is refused, not the end."""
 
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ from orchestrator.store.schema import tasks as tasks_table
 
 try:
     from test_engine import Harness
-except ImportError:
+    from test_follow import ROOMY, _queued
+except ImportError:  # imported as tests.integration.test_claim_handover
     from tests.integration.test_engine import Harness
+    from tests.integration.test_follow import ROOMY, _queued
 
-ROOMY = jobq.ClaimLimits(total=10, per_repo=10)
 HOLD = ("deploy", "post-deploy-monitor")
 
 
@@ -31,11 +34,6 @@ def h(tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]) -> I
     yield harness
     harness.stop()
     harness.engine.dispose()
-
-
-def _queued(h: Harness, key: str):
-    (job,) = [j for j in h.jobs(key) if j.state == "queued"]
-    return job
 
 
 def _set_job(h: Harness, job_id: int, **values: object) -> None:
