@@ -522,12 +522,10 @@ def delete_merged_branch_locked(repo_path: Path, main_branch: str, key: str) -> 
     # Each answer from git's files where they hold it (loose refs, loose commits, the one
     # HEAD of a clone without linked worktrees), else from git: a done task's branch is
     # usually main's tip itself, which no walk is needed to find under main.
-    tip = loose_ref(git_dir, f"{ref}") or _rev(repo_path, f"{ref}^{{commit}}")
+    tip = loose_ref(git_dir, ref) or gitcmd.rev_parse(repo_path, f"{ref}^{{commit}}")
     if not tip:
         return BranchCleanup("kept", f"{branch}: no such branch, nothing to delete")
-    main = loose_ref(git_dir, f"refs/heads/{main_branch}") or _rev(
-        repo_path, f"refs/heads/{main_branch}^{{commit}}"
-    )
+    main = _main_of(repo_path, main_branch)
     if not main:
         return BranchCleanup("kept", f"{branch} kept: no branch {main_branch} to compare with")
     on_main = descends(repo_path, tip, main)
@@ -556,11 +554,6 @@ def delete_merged_branch_locked(repo_path: Path, main_branch: str, key: str) -> 
     if not res:
         return BranchCleanup("error", f"{branch} kept: git update-ref: {_explain(res)}")
     return BranchCleanup("deleted", f"{branch} deleted: {main_branch} holds its tip {tip[:12]}")
-
-
-def _rev(repo_path: Path, rev: str) -> str:
-    res = gitcmd.git(["rev-parse", "--verify", "--quiet", rev], repo_path)
-    return res.stdout.strip() if res else ""
 
 
 def _checked_out_plainly(repo_path: Path) -> list[str] | None:
