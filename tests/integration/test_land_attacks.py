@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,107 @@ def test_a_first_attempts_commit_tells_the_gate_what_git_would(
     assert done.branch_diff is not None
     assert commits.has_diff_vs(ws, "main") == (True, done.branch_diff)
     assert commits.branch_markers(ws, "main") == []
+
+
+# ---- a development attempt's objects written into the user's store (no fetch) ----------
+
+
+def _objects_of(repo: Path, rev: str) -> list[str]:
+    """Every object ``rev`` reaches in ``repo``."""
+    listed = run_git(repo, "rev-list", "--objects", rev)
+    return [line.split()[0] for line in listed.splitlines() if line.strip()]
+
+
+def test_an_attempt_in_a_group_shared_clone_is_readable_by_its_group(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The attempt's blobs, trees and commit are written straight into the user's store:
+    # as the clone writes objects (core.sharedRepository), as the fetch they replace did.
+    old_umask = os.umask(0o077)
+    try:
+        repo = make_repo(files={"README.md": "demo\n"})
+        run_git(repo, "config", "core.sharedRepository", "group")
+        # Folders made before the clone was shared keep their modes, as git leaves them.
+        before = {p.name for p in (repo / ".git" / "objects").iterdir()}
+        ws = _workspace(repo, tmp_path / "worktrees")
+        (ws / "sub").mkdir()
+        (ws / "sub" / "feature.txt").write_text("work\n")
+        assert commits.commit_all(ws, "DEMO-1: work")
+        assert worktrees.publish_branch(repo, ws, "DEMO-1")[0]
+    finally:
+        os.umask(old_umask)
+    tip = run_git(repo, "rev-parse", "orch/DEMO-1").strip()
+    assert tip == run_git(ws, "rev-parse", "HEAD").strip()
+    new = [o for o in _objects_of(repo, tip) if o not in _objects_of(repo, "main")]
+    assert len(new) == 4  # the commit, two trees, the blob
+    for sha in new:
+        loose = repo / ".git" / "objects" / sha[:2] / sha[2:]
+        assert loose.is_file(), sha  # written into the user's store (the shortcut)
+        assert loose.stat().st_mode & stat.S_IRGRP, (sha, oct(loose.stat().st_mode))
+        if loose.parent.name not in before:
+            folder = loose.parent.stat().st_mode
+            assert folder & stat.S_IRGRP, oct(folder)
+            assert folder & stat.S_IXGRP, oct(folder)
+    assert worktrees.holds_no_objects(ws)
+
+
+@pytest.mark.parametrize("key", ["fetch.fsckObjects", "transfer.fsckObjects"])
+def test_a_clone_that_checks_what_it_fetches_still_checks_an_attempt(
+    tmp_path: Path, make_repo: Any, key: str
+) -> None:
+    # An agent writes a .gitmodules whose submodule name climbs out of .git/modules (the
+    # kind of object git's fsck refuses: CVE-2018-11235). A clone that asks its fetches to
+    # check objects must get the attempt by a fetch, which refuses it: written straight
+    # into its store, the blob would be there unchecked.
+    repo = make_repo(files={"README.md": "demo\n"})
+    run_git(repo, "config", key, "true")
+    ws = _workspace(repo, tmp_path / "worktrees")
+    hostile = '[submodule "../../modules/evil"]\n\tpath = evil\n\turl = ./evil\n'
+    (ws / ".gitmodules").write_text(hostile)
+    assert commits.commit_all(ws, "DEMO-1: work")
+    published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
+    assert not published
+    assert "gitmodulesName" in detail or "fsck" in detail, detail
+    blob = run_git(ws, "rev-parse", "HEAD:.gitmodules").strip()
+    assert not (repo / ".git" / "objects" / blob[:2] / blob[2:]).exists()
+    assert (
+        run_git(repo, "rev-parse", "orch/DEMO-1").strip()
+        == run_git(repo, "rev-parse", "main").strip()
+    )
+
+
+def test_an_attempt_runs_no_gc_that_judges_the_users_objects_by_the_workspace(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Written into the user's store from the workspace, an automatic gc would see only
+    # the workspace's refs: every object of the user's other branches would be garbage.
+    # A user's global config that asks for eager gc must not get one here.
+    glob = tmp_path / "gitconfig"
+    glob.write_text(
+        "[gc]\n\tauto = 1\n\tautoPackLimit = 1\n\tautoDetach = false\n\tpruneExpire = now\n"
+        "[maintenance]\n\tauto = true\n"
+    )
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(glob))
+    repo = make_repo(files={"README.md": "demo\n"})
+    run_git(repo, "checkout", "-q", "-b", "other")
+    for n in (1, 2):  # two packs: more than gc.autoPackLimit, so an automatic gc would run
+        (repo / "other.txt").write_text(f"the user's own work {n}\n")
+        run_git(repo, "add", "other.txt")
+        run_git(repo, "commit", "-q", "-m", f"other work {n}")
+        run_git(repo, "repack", "-q")
+    run_git(repo, "checkout", "-q", "main")
+    theirs = _objects_of(repo, "other")
+    ws = _workspace(repo, tmp_path / "worktrees")
+    published = []
+    for n in range(3):
+        (ws / f"f{n}.txt").write_text(f"{n}\n")
+        assert commits.commit_all(ws, f"DEMO-1: work {n}")
+        published.append(worktrees.publish_branch(repo, ws, "DEMO-1"))
+    assert [sha for sha in theirs if not _has(repo, sha)] == []
+    assert all(ok for ok, _detail in published), published
+    assert worktrees.holds_no_objects(ws)  # the shortcut was taken each time
+    run_git(repo, "fsck", "--no-dangling", "--connectivity-only")
+
+
+def _has(repo: Path, sha: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", sha], cwd=repo, check=False).returncode == 0
