@@ -110,19 +110,13 @@ orchestrator's. Inside the sandbox its `.git` is read-only: the agent edits file
 orchestrator commits them from outside, then publishes the branch to the user's
 `refs/heads/orch/<KEY>` (a fetch from the workspace whose refspec moves the ref only by a
 fast-forward, never `+`; for a branch the merge gate rewrote, a fetch and a
-compare-and-swap of the ref). While the workspace's own object store is empty, an
-attempt's `git add` and `git commit` write its objects straight into the clone's store
-instead (as the clone writes objects, with `maintenance.auto=false` and `gc.auto=0`: an
-automatic gc there would judge the clone's objects by the workspace's refs), and the
-branch is moved by compare-and-swap alone; every object the workspace reaches is then in
-the clone's store, since it has none of its own. A clone that asks its fetches to check
-objects (`fetch.fsckObjects` or `transfer.fsckObjects`) still gets every attempt by a
-fetch, which checks it. When the user's branch already holds the tip the gate squashes
-(its objects in the clone's store, as above) and its rebase changed nothing, the gate's
-one commit is written by `git commit-tree` (plumbing: no hook, no automatic gc) straight
-into the clone's object store, where its tree and parent are, as the clone writes objects
-(its `core.sharedRepository`, fsync and compression settings), and the ref is moved by
-compare-and-swap alone. The user's clone is never writable from a sandbox.
+compare-and-swap of the ref). When the user's branch already holds the tip the gate
+squashes (published by such a fetch, which checked every object) and its rebase changed
+nothing, the gate's one commit is written by `git commit-tree` (plumbing: no hook, no
+automatic gc) straight into the clone's object store, where its tree and parent are, as
+the clone writes objects (its `core.sharedRepository`, fsync and compression settings),
+and the ref is moved by compare-and-swap alone. The
+user's clone is never writable from a sandbox.
 
 Every git command the orchestrator runs has these settings on its command line, whatever
 a config says: `core.hooksPath=/dev/null`, `core.fsmonitor=false`, `commit.gpgSign=false`,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from orchestrator.gitops import ancestry, squash, worktrees
+from orchestrator.gitops import ancestry
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.git import CHANGE_PATHSPEC, GitResult, name_paths
 
@@ -205,14 +205,13 @@ def _commit_all(worktree: Path, message: str) -> Committed:
         return Committed("error", f"git ls-files --unmerged failed: {_explain(unmerged)}")
     if unmerged.stdout.strip("\0"):
         return _refuse(worktree, commit_problems(worktree))
-    into = _StoreWrite.of(worktree)
-    add = gitcmd.git([*into.settings, "add", "-A", "--", *CHANGE_PATHSPEC], worktree, env=into.env)
+    add = gitcmd.git(["add", "-A", "--", *CHANGE_PATHSPEC], worktree)
     if not add:
         return Committed("error", f"git add failed: {_explain(add)}")
     markers = _staged_markers(worktree)
     if markers:
         return _refuse(worktree, markers)
-    return _commit_or_empty(worktree, message, into)
+    return _commit_or_empty(worktree, message)
 
 
 def commit_staged(worktree: Path, message: str) -> Committed:
@@ -220,40 +219,7 @@ def commit_staged(worktree: Path, message: str) -> Committed:
     problems = commit_problems(worktree)
     if problems:
         return _refuse(worktree, problems)
-    return _commit_or_empty(worktree, message, _StoreWrite.of(worktree))
-
-
-@dataclass(frozen=True)
-class _StoreWrite:
-    """Where an attempt's new objects are written: the user's clone's store, or (empty)
-    the workspace's own.
-
-    Into the user's store while the workspace's own is empty (``holds_no_objects``) and it
-    borrows exactly that store: the branch is then published by a compare-and-swap alone,
-    without a fetch (``worktrees.publish_branch``). Written as the clone writes objects
-    (its shared-repository, fsync and compression settings), and never when the clone has
-    a fetch check what it receives (``fetch.fsckObjects``): that clone gets them by a fetch.
-    No automatic gc runs: one here would judge the user's objects by the workspace's refs.
-    """
-
-    settings: tuple[str, ...] = ()
-    env: dict[str, str] | None = None
-
-    @classmethod
-    def of(cls, worktree: Path) -> _StoreWrite:
-        borrowed = worktrees.borrowed_stores(worktree)
-        if len(borrowed) != 1 or not worktrees.plain_objects():
-            return cls()
-        store = borrowed[0]
-        if store.name != "objects" or store.parent.name != ".git":
-            return cls()
-        if not worktrees.holds_no_objects(worktree):
-            return cls()
-        writes = squash.store_writes(store.parent.parent)
-        if writes is None:
-            return cls()
-        settings = [arg for setting in writes for arg in ("-c", setting)]
-        return cls((*settings, "-c", "gc.auto=0"), {"GIT_OBJECT_DIRECTORY": str(store)})
+    return _commit_or_empty(worktree, message)
 
 
 def _staged_markers(worktree: Path) -> list[str]:
@@ -269,7 +235,7 @@ def _staged_markers(worktree: Path) -> list[str]:
     return []
 
 
-def _commit_or_empty(worktree: Path, message: str, into: _StoreWrite) -> Committed:
+def _commit_or_empty(worktree: Path, message: str) -> Committed:
     """``git commit`` what is staged; when it fails, whether that was for want of a change.
 
     The commit is tried first: asking ``diff --cached --quiet`` beforehand would cost a
@@ -277,11 +243,8 @@ def _commit_or_empty(worktree: Path, message: str, into: _StoreWrite) -> Committ
     """
     # Not quiet: its summary says what changed ("[branch sha] subject", then the diffstat
     # line), which a branch made of this one commit is told by.
-    commit = ["commit", "--no-verify", "-m", message]
     res = gitcmd.git(
-        [*_ORCH_COMMITTER, *WORKSPACE_COMMIT, *into.settings, *commit],
-        worktree,
-        env=into.env,
+        [*_ORCH_COMMITTER, *WORKSPACE_COMMIT, "commit", "--no-verify", "-m", message], worktree
     )
     if res:
         lines = res.stdout.splitlines()

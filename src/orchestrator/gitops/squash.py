@@ -83,9 +83,6 @@ class _UserConfig:
     ident: Ident | None
     # ``-c key=value`` for each setting of how the clone writes objects (``_WRITE_KEYS``).
     writes: tuple[str, ...] = ()
-    # The clone checks the objects it fetches (``fetch.fsckObjects``, else
-    # ``transfer.fsckObjects``): an attempt's objects then reach it by a fetch only.
-    checks_fetched: bool = False
 
 
 # How a repository writes its objects: a commit written into the user's store from the
@@ -101,21 +98,6 @@ _WRITE_KEYS = (
 )
 
 
-# The settings by which a fetch into the clone checks what it receives (fsck).
-_FSCK_KEYS = ("fetch.fsckobjects", "transfer.fsckobjects")
-# What git reads as false; anything else (a key with no value is true) is taken for true,
-# so a value this does not know keeps the fetch and its checks.
-_FALSE = frozenset({"false", "no", "off", "0"})
-
-
-def store_writes(repo_path: Path) -> tuple[str, ...] | None:
-    """``-c`` settings under which new objects are written into the user's clone's store as
-    the clone writes them (``_WRITE_KEYS``); None when the clone wants every object that
-    reaches it checked by its fetch. Kept as ``configured_user`` is (the same git call)."""
-    found = _user_config(repo_path)
-    return None if found.checks_fetched else found.writes
-
-
 def _user_config(repo_path: Path) -> _UserConfig:
     return _USERS.ask(repo_path, lambda: _ask_user(repo_path))
 
@@ -123,8 +105,7 @@ def _user_config(repo_path: Path) -> _UserConfig:
 def _ask_user(repo_path: Path) -> tuple[_UserConfig, bool]:
     # One call for all; a key set more than once counts by its last value, as --get has.
     # -z: "key\nvalue\0", so a value with a line break in it stays one value (and fails).
-    asked = ("user.name", "user.email", *_WRITE_KEYS, *_FSCK_KEYS)
-    keys = "|".join(k.replace(".", r"\.") for k in asked)
+    keys = "|".join(k.replace(".", r"\.") for k in ("user.name", "user.email", *_WRITE_KEYS))
     res = run_git(["config", "-z", "--get-regexp", f"^({keys})$"], repo_path)
     # Exit 1 is "no such key": an answer too; anything else is asked again next time.
     answered = res.returncode in (0, 1) and not res.timed_out
@@ -133,13 +114,10 @@ def _ask_user(repo_path: Path) -> tuple[_UserConfig, bool]:
         name, _, value = entry.partition("\n")
         found[name.lower()] = value.strip()
     writes = tuple(f"{k}={found[k]}" for k in _WRITE_KEYS if k in found)
-    # fetch.fsckObjects wins over transfer.fsckObjects when both are set.
-    fsck = found.get("fetch.fsckobjects", found.get("transfer.fsckobjects"))
-    checks = fsck is not None and fsck.lower() not in _FALSE
     values = [found.get("user.name", ""), found.get("user.email", "")]
     if not all(values) or any(_UNSAFE_RE.search(v) or "<" in v or ">" in v for v in values):
-        return _UserConfig(None, writes, checks), answered
-    return _UserConfig(Ident(values[0], values[1]), writes, checks), answered
+        return _UserConfig(None, writes), answered
+    return _UserConfig(Ident(values[0], values[1]), writes), answered
 
 
 _USERS: KeptAnswers[_UserConfig] = KeptAnswers()

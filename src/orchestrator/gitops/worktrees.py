@@ -6,9 +6,8 @@ alternates, as ``git clone --shared`` makes), with one branch, no remote and a c
 orchestrator wrote. Inside the sandbox its ``.git`` is read-only and the user's repository
 is out of sight, so the agent edits files and nothing else; the orchestrator commits from
 outside and publishes the branch to the user's ``refs/heads/orch/<KEY>`` by a fetch and a
-compare-and-swap. While the workspace's own store is empty, an attempt's objects are
-written into the user's store itself (``commits``), as is the merge gate's commit of a
-published tip (``land``): those are only swapped in. Nothing an agent writes is ever config, a
+compare-and-swap (the merge gate's commit of a published tip is written into the user's
+store itself, and only swapped in: ``land``). Nothing an agent writes is ever config, a
 hook or a ref that one of the orchestrator's git calls reads.
 
 This module makes, reuses, rebuilds, publishes and removes workspaces; what an attempt
@@ -18,7 +17,6 @@ leaves in one is committed or undone by ``gitops/commits.py``.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -124,40 +122,6 @@ def borrowed_stores(workspace: Path) -> list[Path]:
     except OSError:
         return []
     return [Path(line) for line in text.splitlines() if line.strip()]
-
-
-def user_store(repo_path: Path, workspace: Path) -> Path | None:
-    """The user's clone's object store when the workspace borrows exactly it and no
-    environment moves where git reads objects; else None."""
-    if not plain_objects():
-        return None
-    store = repo_path / ".git" / "objects"
-    return store if borrowed_stores(workspace) == [store.resolve()] else None
-
-
-def holds_no_objects(workspace: Path) -> bool:
-    """Whether the workspace's own object store is empty: no loose object, no pack.
-
-    Git reads a workspace's objects from its own store and the stores it borrows, so
-    while its own is empty every object the workspace reaches is in the stores it
-    borrows (the user's clone's): a development attempt writes its objects there, and
-    its branch is published without a fetch. Anything unexpected in the store (a file
-    where a folder belongs, a folder that cannot be read) is not empty.
-    """
-    objects = workspace / ".git" / "objects"
-    try:
-        with os.scandir(objects) as entries:
-            for entry in entries:
-                if entry.name == "info":
-                    continue
-                if not entry.is_dir(follow_symlinks=False):
-                    return False
-                with os.scandir(entry.path) as inside:
-                    if next(inside, None) is not None:
-                        return False
-    except OSError:
-        return False
-    return True
 
 
 def is_workspace(path: Path) -> bool:
@@ -362,21 +326,13 @@ def publish_branch(
     the value it read (never forced: no ``+``). The merge gate, which rewrites the branch,
     passes the ``tip`` it made; so does anyone for whom the fast-forward was refused (the
     user's branch moved on, or is checked out): then the ref is read and moved by
-    ``update-ref <tip> <old>``. A development attempt whose objects were written into the
-    user's store (``commits``: the workspace holds none of its own) needs no fetch: its
-    tip is swapped in as the merge gate's is. ``expect``: where the caller believes the
-    user's branch is; the compare-and-swap tries that value before reading the ref.
-    ``present``: the user's repository holds every object of ``tip`` already (the merge
-    gate wrote its commit there): no fetch; should the compare-and-swap fail, the long
-    way (fetch, read, swap).
+    ``update-ref <tip> <old>``. ``expect``: where the caller believes the user's branch is;
+    the compare-and-swap tries that value before reading the ref. ``present``: the user's
+    repository holds every object of ``tip`` already (the merge gate wrote its commit
+    there): no fetch; should the compare-and-swap fail, the long way (fetch, read, swap).
     """
     branch = branch_name(key)
     ref = f"refs/heads/{branch}"
-    if tip is None and not present:
-        # The attempt's objects were written into the user's store (``commits``): the
-        # branch's tip commit is there, loose, as written; no fetch is needed to move it.
-        tip = _tip_in_user_store(repo_path, workspace, ref)
-        present = tip is not None
     if tip is None:
         forward = gitcmd.git([*_FETCH_FROM_WORKSPACE, str(workspace), f"{ref}:{ref}"], repo_path)
         if forward:
@@ -410,22 +366,6 @@ def publish_branch(
     if not moved:
         return False, f"cannot move {branch} in {repo_path}: {_git_message(moved)}"
     return True, f"{branch} is at {tip[:12]}"
-
-
-def _tip_in_user_store(repo_path: Path, workspace: Path, ref: str) -> str | None:
-    """The workspace's branch tip when the user's store holds every object it reaches: the
-    workspace borrows only that store and holds no object of its own, and the tip itself
-    is a loose object there (what a commit written there leaves) or the user's branch
-    already. Else None: fetch."""
-    store = user_store(repo_path, workspace)
-    if store is None or not holds_no_objects(workspace):
-        return None
-    tip = loose_ref(workspace / ".git", ref)
-    if tip is None:
-        return None
-    if (store / tip[:2] / tip[2:]).is_file() or loose_ref(repo_path / ".git", ref) == tip:
-        return tip
-    return None
 
 
 _FETCH_FROM_WORKSPACE = (
