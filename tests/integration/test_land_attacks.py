@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,10 @@ from orchestrator.gitops.land import Judgement, LandRequest
 
 try:
     from merge_helpers import run_git
-    from test_git_calls import _workspace
+    from test_git_calls import _land, _workspace
 except ImportError:  # imported as tests.integration.test_land_attacks
     from tests.integration.merge_helpers import run_git
-    from tests.integration.test_git_calls import _workspace
+    from tests.integration.test_git_calls import _land, _workspace
 
 
 def test_a_commit_landed_in_a_group_shared_clone_is_readable_by_its_group(
@@ -98,3 +100,230 @@ def test_a_first_attempts_commit_tells_the_gate_what_git_would(
     assert done.branch_diff is not None
     assert commits.has_diff_vs(ws, "main") == (True, done.branch_diff)
     assert commits.branch_markers(ws, "main") == []
+
+
+# ---- a development attempt published into the user's clone ------------------------------
+
+
+def _objects_of(repo: Path, rev: str) -> list[str]:
+    """Every object ``rev`` reaches in ``repo``."""
+    listed = run_git(repo, "rev-list", "--objects", rev)
+    return [line.split()[0] for line in listed.splitlines() if line.strip()]
+
+
+def test_an_attempt_in_a_group_shared_clone_is_readable_by_its_group(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The attempt's blobs, trees and commit reach the user's store as the clone writes
+    # objects (core.sharedRepository): its group can read the branch it is shown.
+    old_umask = os.umask(0o077)
+    try:
+        repo = make_repo(files={"README.md": "demo\n"})
+        run_git(repo, "config", "core.sharedRepository", "group")
+        # Folders made before the clone was shared keep their modes, as git leaves them.
+        before = {p.name for p in (repo / ".git" / "objects").iterdir()}
+        ws = _workspace(repo, tmp_path / "worktrees")
+        (ws / "sub").mkdir()
+        (ws / "sub" / "feature.txt").write_text("work\n")
+        assert commits.commit_all(ws, "DEMO-1: work")
+        assert worktrees.publish_branch(repo, ws, "DEMO-1")[0]
+    finally:
+        os.umask(old_umask)
+    tip = run_git(repo, "rev-parse", "orch/DEMO-1").strip()
+    assert tip == run_git(ws, "rev-parse", "HEAD").strip()
+    new = [o for o in _objects_of(repo, tip) if o not in _objects_of(repo, "main")]
+    assert len(new) == 4  # the commit, two trees, the blob
+    for sha in new:
+        loose = repo / ".git" / "objects" / sha[:2] / sha[2:]
+        assert loose.is_file(), sha  # in the user's store, loose (a small fetch unpacks)
+        assert loose.stat().st_mode & stat.S_IRGRP, (sha, oct(loose.stat().st_mode))
+        if loose.parent.name not in before:
+            folder = loose.parent.stat().st_mode
+            assert folder & stat.S_IRGRP, oct(folder)
+            assert folder & stat.S_IXGRP, oct(folder)
+
+
+@pytest.mark.parametrize("key", ["fetch.fsckObjects", "transfer.fsckObjects"])
+def test_a_clone_that_checks_what_it_fetches_still_checks_an_attempt(
+    tmp_path: Path, make_repo: Any, key: str
+) -> None:
+    # An agent writes a .gitmodules whose submodule name climbs out of .git/modules (the
+    # kind of object git's fsck refuses: CVE-2018-11235). A clone that asks its fetches to
+    # check objects gets every attempt by a fetch, which refuses it: no shortcut may put
+    # the blob in its store unchecked.
+    repo = make_repo(files={"README.md": "demo\n"})
+    run_git(repo, "config", key, "true")
+    ws = _workspace(repo, tmp_path / "worktrees")
+    hostile = '[submodule "../../modules/evil"]\n\tpath = evil\n\turl = ./evil\n'
+    (ws / ".gitmodules").write_text(hostile)
+    assert commits.commit_all(ws, "DEMO-1: work")
+    published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
+    assert not published
+    assert "gitmodulesName" in detail or "fsck" in detail, detail
+    blob = run_git(ws, "rev-parse", "HEAD:.gitmodules").strip()
+    assert not (repo / ".git" / "objects" / blob[:2] / blob[2:]).exists()
+    assert (
+        run_git(repo, "rev-parse", "orch/DEMO-1").strip()
+        == run_git(repo, "rev-parse", "main").strip()
+    )
+
+
+def test_an_attempt_runs_no_gc_that_judges_the_users_objects_by_the_workspace(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gc run from the workspace on the user's store would see only the workspace's refs:
+    # every object of the user's other branches would be garbage. A user's global config
+    # that asks for eager gc gets none that judges the clone by the workspace.
+    glob = tmp_path / "gitconfig"
+    glob.write_text(
+        "[gc]\n\tauto = 1\n\tautoPackLimit = 1\n\tautoDetach = false\n\tpruneExpire = now\n"
+        "[maintenance]\n\tauto = true\n"
+    )
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(glob))
+    repo = make_repo(files={"README.md": "demo\n"})
+    run_git(repo, "checkout", "-q", "-b", "other")
+    for n in (1, 2):  # two packs: more than gc.autoPackLimit, so an automatic gc would run
+        (repo / "other.txt").write_text(f"the user's own work {n}\n")
+        run_git(repo, "add", "other.txt")
+        run_git(repo, "commit", "-q", "-m", f"other work {n}")
+        run_git(repo, "repack", "-q")
+    run_git(repo, "checkout", "-q", "main")
+    theirs = _objects_of(repo, "other")
+    ws = _workspace(repo, tmp_path / "worktrees")
+    published = []
+    for n in range(3):
+        (ws / f"f{n}.txt").write_text(f"{n}\n")
+        assert commits.commit_all(ws, f"DEMO-1: work {n}")
+        published.append(worktrees.publish_branch(repo, ws, "DEMO-1"))
+    assert [sha for sha in theirs if not _has(repo, sha)] == []
+    assert all(ok for ok, _detail in published), published
+    run_git(repo, "fsck", "--no-dangling", "--connectivity-only")
+
+
+def _has(repo: Path, sha: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", sha], cwd=repo, check=False).returncode == 0
+
+
+# Found by a review of a shortcut that wrote an attempt's objects straight into the user's
+# store (withdrawn): what publishing holds, however it is done.
+
+
+def _whole(repo: Path, rev: str) -> bool:
+    """Every object ``rev`` reaches is readable in ``repo`` (what a fetch's connectivity
+    check asks)."""
+    res = subprocess.run(
+        ["git", "rev-list", "--objects", "--missing=error", rev],
+        cwd=repo,
+        capture_output=True,
+        check=False,
+    )
+    return res.returncode == 0
+
+
+def _age(store: Path, days: int) -> None:
+    """Every file in an object store as if written ``days`` ago (time passing)."""
+    then = time.time() - days * 86400
+    for folder, _dirs, files in os.walk(store):
+        for name in files:
+            os.utime(Path(folder, name), (then, then))
+
+
+def test_a_published_branch_is_whole_in_the_users_clone(tmp_path: Path, make_repo: Any) -> None:
+    # `git gc --prune=now` in the user's clone (by hand, or its gc.pruneExpire=now on any
+    # automatic gc) judges reachability first, then deletes unreachable loose objects
+    # folder by folder (00..ff). Between the attempt's commit and its publication, the
+    # attempt's objects are unreachable in the clone: a prune whose walk came first and
+    # that has reached the blob's folder but not yet the commit's leaves the commit there
+    # and the blob gone. Simulated here by removing the blob the way prune does.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("the attempt's work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    blob = run_git(ws, "rev-parse", "HEAD:feature.txt").strip()
+    loose = repo / ".git" / "objects" / blob[:2] / blob[2:]
+    if loose.exists():  # only if a shortcut wrote it there; the fetch path keeps it aside
+        loose.unlink()
+    published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
+    # Published or not, the user's branch never names a commit it cannot read whole (a
+    # fetch checks connectivity before it moves a ref).
+    assert _whole(repo, "refs/heads/orch/DEMO-1"), (published, detail)
+
+
+def test_a_landed_main_is_whole_in_the_users_clone(tmp_path: Path, make_repo: Any) -> None:
+    # The same interleaving, carried on to the merge gate: main never names a tree whose
+    # blobs the clone lacks.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("the attempt's work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    blob = run_git(ws, "rev-parse", "HEAD:feature.txt").strip()
+    loose = repo / ".git" / "objects" / blob[:2] / blob[2:]
+    if loose.exists():
+        loose.unlink()
+    worktrees.publish_branch(repo, ws, "DEMO-1")
+    landing = _land(repo, ws)
+    assert _whole(repo, "refs/heads/main"), (landing.status, landing.reasons)
+
+
+def test_an_attempt_survives_an_eager_gc_in_the_users_clone(tmp_path: Path, make_repo: Any) -> None:
+    # The user's clone prunes eagerly (gc.pruneExpire=now). Between an attempt's commit
+    # and its publication (the same job, or a later one when the publish failed) the
+    # user's gc runs (by hand, or the automatic one any fetch in the clone starts): an
+    # attempt not yet published must not be garbage to it.
+    repo = make_repo(files={"README.md": "demo\n"})
+    run_git(repo, "config", "gc.pruneExpire", "now")
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("the attempt's work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    head = run_git(ws, "rev-parse", "HEAD").strip()
+    run_git(repo, "gc", "--quiet")
+    published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
+    assert published, detail
+    assert run_git(repo, "rev-parse", "orch/DEMO-1").strip() == head
+    assert run_git(repo, "show", "orch/DEMO-1:feature.txt") == "the attempt's work\n"
+
+
+def test_an_attempt_left_unpublished_survives_the_users_default_gc(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # Default config (gc.pruneExpire=2.weeks.ago). A publish failed (infra: "the attempt's
+    # commit stays in the workspace and is published by the next job") and the task waited
+    # three weeks; the user's `git gc` then finds the attempt's objects unreachable and old.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("the attempt's work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    head = run_git(ws, "rev-parse", "HEAD").strip()
+    _age(repo / ".git" / "objects", 21)
+    run_git(repo, "gc", "--quiet")
+    published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
+    assert published, detail
+    assert run_git(repo, "rev-parse", "orch/DEMO-1").strip() == head
+    # And the way out a person has (orch task retry --fresh) saves the old change first.
+    carry = tmp_path / "carry.diff"
+    made = worktrees.rebuild_from_main(
+        repo, "main", tmp_path / "worktrees", "demo", "DEMO-1", carry_to=carry
+    )
+    assert made.error is None, made.error
+
+
+def test_a_refused_attempt_leaves_nothing_in_the_users_clone(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # An attempt with conflict debris is refused and undone: nothing of it (any file the
+    # agent left, of any size) reaches the user's clone.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    payload = b"agent payload " + os.urandom(64).hex().encode() + b"\n"
+    (ws / "payload.bin").write_bytes(payload)
+    (ws / "README.md").write_text("<<<<<<< ours\ndemo\n=======\nother\n>>>>>>> theirs\n")
+    done = commits.commit_all(ws, "DEMO-1: work")
+    assert done.status == "refused", done
+    blob = (
+        subprocess.run(
+            ["git", "hash-object", "--stdin"], input=payload, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .strip()
+    )
+    assert not _has(repo, blob)
