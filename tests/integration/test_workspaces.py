@@ -9,10 +9,12 @@ losing committed work, and a fresh start carries a commit not yet published.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 from orchestrator.gitops import commits, worktrees
+from orchestrator.gitops.lock import repo_lock
 
 try:
     from merge_helpers import run_git
@@ -117,3 +119,53 @@ def test_a_fresh_start_carries_an_unpublished_commit(tmp_path: Path, make_repo: 
     assert not (ws / "feature.txt").exists()
     assert _git(repo, "rev-parse", "orch/DEMO-1") == _git(repo, "rev-parse", "main")
     assert _git(ws, "rev-parse", "HEAD") == _git(repo, "rev-parse", "main")
+
+
+def test_a_removed_workspace_is_deleted_out_of_the_repositorys_lock(
+    tmp_path: Path, make_repo: Any, monkeypatch: Any
+) -> None:
+    # Deleting a workspace's files (large for a large repository) does not hold the lock
+    # the next task's workspace waits for: it is set aside under the lock, deleted after.
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    ws = _workspace(repo, root)
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    real_rmtree = worktrees.shutil.rmtree
+    free: list[bool] = []
+
+    def rmtree(path: Any, *args: Any, **kw: Any) -> None:
+        if Path(path).name.startswith(".DEMO-1.gone-"):
+            took = threading.Event()
+
+            def take() -> None:
+                with repo_lock(repo):
+                    took.set()
+
+            probe = threading.Thread(target=take, daemon=True)
+            probe.start()
+            free.append(took.wait(timeout=10))
+            probe.join(timeout=10)
+        real_rmtree(path, *args, **kw)
+
+    monkeypatch.setattr(worktrees.shutil, "rmtree", rmtree)
+    worktrees.remove_worktree(repo, root, "demo", "DEMO-1")
+    assert free == [True]
+    assert sorted(p.name for p in (root / "demo").iterdir()) == []
+
+
+def test_a_set_aside_workspace_a_crash_left_is_pruned_and_nothing_else(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    root = tmp_path / "worktrees"
+    folder = root / "demo"
+    folder.mkdir(parents=True)
+    left = folder / ".DEMO-1.gone-0123456789ab"
+    (left / "sub").mkdir(parents=True)
+    (left / "sub" / "file.txt").write_text("x\n")
+    others = [".DEMO-1.gone-xyz", ".notes.gone-0123456789ab", "notes", ".DEMO-2.new-x"]
+    for name in others:
+        (folder / name).mkdir()
+    assert worktrees.prune_orphan_worktrees(repo, root, "demo", set()) == []
+    assert sorted(p.name for p in folder.iterdir()) == sorted(others)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,9 @@ def _git_message(res: GitResult) -> str:
 # agent wrote when the orchestrator adds, diffs, checks out or rebases it.
 NEUTRAL_ATTRIBUTES = "* !filter !diff !merge\n"
 _STAGING_SUFFIX = ".new"
+# A removed workspace set aside to be deleted out of the repository's lock; one a crash left
+# there is deleted by the next prune.
+_GONE_SUFFIX = ".gone-"
 
 
 def _git_dir_path(repo_path: Path, name: str) -> Path | None:
@@ -472,6 +476,22 @@ def _drop_worktree_dir(path: Path) -> None:
     shutil.rmtree(path.with_name(f".{path.name}{_STAGING_SUFFIX}"), ignore_errors=True)
 
 
+def _set_aside(path: Path) -> Path | None:
+    """Rename a workspace folder out of its place (``.<KEY>.gone-<random>`` beside it),
+    under the lock, so that deleting it can wait until the lock is free and no new
+    workspace made at the same place is ever deleted with it; None: delete it in place."""
+    if path.is_symlink() or not path.is_dir():
+        return None
+    aside = path.with_name(f".{path.name}{_GONE_SUFFIX}{uuid.uuid4().hex[:12]}")
+    try:
+        path.rename(aside)
+    except OSError:
+        return None
+    # A workspace a crash left half-made beside its place.
+    shutil.rmtree(path.with_name(f".{path.name}{_STAGING_SUFFIX}"), ignore_errors=True)
+    return aside
+
+
 def remove_worktree(
     repo_path: Path,
     worktrees_root: Path,
@@ -486,15 +506,23 @@ def remove_worktree(
     Without ``merged_into`` the branch stays (cancelled, or kept on purpose): None.
     """
     path = worktree_path(worktrees_root, repo_name, key)
+    aside: Path | None = None
+    cleanup: BranchCleanup | None = None
     with repo_lock(repo_path):
         if path.exists():
             legacy = _is_legacy_worktree(path)
-            _drop_worktree_dir(path)
+            aside = None if legacy else _set_aside(path)
+            if aside is None:
+                _drop_worktree_dir(path)
             if legacy:
                 gitcmd.git(["worktree", "prune"], repo_path)
-        if merged_into is None:
-            return None
-        cleanup = delete_merged_branch_locked(repo_path, merged_into, key)
+        if merged_into is not None:
+            cleanup = delete_merged_branch_locked(repo_path, merged_into, key)
+    if aside is not None:
+        # Out of the lock: the next task's workspace in this repository need not wait.
+        shutil.rmtree(aside, ignore_errors=True)
+    if cleanup is None:
+        return None
     level = logging.WARNING if cleanup.status == "error" else logging.INFO
     log.log(level, cleanup.detail, extra={"task": key, "action": f"branch-{cleanup.status}"})
     return cleanup
@@ -583,6 +611,18 @@ def _checked_out_plainly(repo_path: Path) -> list[str] | None:
     return [] if len(head) == 40 and all(c in "0123456789abcdef" for c in head) else None
 
 
+def _set_aside_name(name: str) -> bool:
+    """Whether ``name`` is what ``_set_aside`` names a workspace it set aside."""
+    key, sep, tag = name.removeprefix(".").rpartition(_GONE_SUFFIX)
+    return (
+        name.startswith(".")
+        and bool(sep)
+        and taskdir.valid_key(key)
+        and len(tag) == 12
+        and all(c in "0123456789abcdef" for c in tag)
+    )
+
+
 def prune_orphan_worktrees(
     repo_path: Path, worktrees_root: Path, repo_name: str, live_keys: Iterable[str]
 ) -> list[str]:
@@ -590,7 +630,8 @@ def prune_orphan_worktrees(
 
     The caller passes the keys that must be kept (tasks that exist and are neither done nor
     cancelled; a blocked task keeps its worktree for the human). Only entries named like a
-    task key are touched: anything else in the folder is not ours to delete.
+    task key are touched, and workspaces ``remove_worktree`` set aside and a crash left
+    there: anything else in the folder is not ours to delete.
     """
     keep = set(live_keys)
     folder = worktrees_root / repo_name
@@ -600,6 +641,9 @@ def prune_orphan_worktrees(
         if folder.is_dir():
             for entry in sorted(folder.iterdir()):
                 name = entry.name
+                if _set_aside_name(name) and entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    continue
                 if name in keep or not entry.is_dir() or not taskdir.valid_key(name):
                     continue
                 legacy = legacy or _is_legacy_worktree(entry)
