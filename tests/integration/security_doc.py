@@ -110,13 +110,22 @@ orchestrator's. Inside the sandbox its `.git` is read-only: the agent edits file
 orchestrator commits them from outside, then publishes the branch to the user's
 `refs/heads/orch/<KEY>` (a fetch from the workspace whose refspec moves the ref only by a
 fast-forward, never `+`; for a branch the merge gate rewrote, a fetch and a
-compare-and-swap of the ref). When the user's branch already holds the tip the gate
-squashes (published by such a fetch, which checked every object) and its rebase changed
-nothing, the gate's one commit is written by `git commit-tree` (plumbing: no hook, no
-automatic gc) straight into the clone's object store, where its tree and parent are, as
-the clone writes objects (its `core.sharedRepository`, fsync and compression settings),
-and the ref is moved by compare-and-swap alone. The
-user's clone is never writable from a sandbox.
+compare-and-swap of the ref). An attempt's objects stay in the workspace's own store
+until they are published, so no gc of the clone can take an attempt not yet published and
+a refused attempt leaves nothing there. Where a fetch would leave exactly what a copy
+does (the clone sets no `core.sharedRepository`, fsync or compression of its own, does
+not have its fetches check objects with `fetch.fsckObjects` or `transfer.fsckObjects`,
+and git answered the question; the workspace's store holds loose objects only), the
+attempt's loose objects are copied into the clone's store instead, each checked against
+its name and written as git writes one (mode `0444` less the umask, linked to its name
+when whole), and the ref moves only after `git rev-list --objects` finds the tip whole in
+the clone, as the fetch's own connectivity check did. When the user's branch already
+holds the tip the gate squashes (its objects in the clone's store, as above) and its
+rebase changed nothing, the gate's one commit is written by `git commit-tree` (plumbing:
+no hook, no automatic gc) straight into the clone's object store, where its tree and
+parent are, as the clone writes objects (its `core.sharedRepository`, fsync and
+compression settings), and the ref is moved by compare-and-swap alone. The user's clone
+is never writable from a sandbox.
 
 Every git command the orchestrator runs has these settings on its command line, whatever
 a config says: `core.hooksPath=/dev/null`, `core.fsmonitor=false`, `commit.gpgSign=false`,

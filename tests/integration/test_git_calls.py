@@ -84,22 +84,36 @@ def _workspace(repo: Path, root: Path, key: str = "DEMO-1") -> Path:
 # --------------------------------------------------------------------------- development
 
 
-def test_an_attempt_is_committed_and_published_in_five_git_calls(
+def test_an_attempt_is_committed_and_published_without_a_fetch(
     tmp_path: Path, make_repo: Any
 ) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
-    (ws / "feature.txt").write_text("work\n")
-    with counted() as calls:
-        done = commits.commit_all(ws, "DEMO-1: work")
-        published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
-    assert done.status == "committed", done.detail
-    assert published, detail
-    # ls-files --unmerged, add, diff --cached --check, commit; one fetch that moves the
-    # user's branch by a fast-forward. (Before: ten.)
-    assert len(calls) <= 5, _subcommands(calls)
-    assert _git(repo, "rev-parse", "orch/DEMO-1") == _git(ws, "rev-parse", "HEAD")
-    assert _git(repo, "show", "orch/DEMO-1:feature.txt") == "work"
+    for n in (1, 2):
+        (ws / f"feature{n}.txt").write_text(f"work {n}\n")
+        with counted() as calls:
+            done = commits.commit_all(ws, f"DEMO-1: work {n}")
+            published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
+        assert done.status == "committed", done.detail
+        assert published, detail
+        asked = _subcommands(calls)
+        # The user's clone's config (how it writes objects) is read once, then kept.
+        assert asked.pop("config", 0) == (1 if n == 1 else 0), calls
+        asked.pop("--exec-path", None)  # where git keeps its system config: once a process
+        # ls-files --unmerged, add, diff --cached --check, commit; the attempt's objects
+        # copied into the user's store, rev-list to see the tip whole there, one
+        # compare-and-swap. (Before: a fetch of four processes instead of the last two.)
+        assert asked == {
+            "ls-files": 1,
+            "add": 1,
+            "diff": 1,
+            "commit": 1,
+            "rev-list": 1,
+            "update-ref": 1,
+        }
+        assert _git(repo, "rev-parse", "orch/DEMO-1") == _git(ws, "rev-parse", "HEAD")
+        assert _git(repo, "show", f"orch/DEMO-1:feature{n}.txt") == f"work {n}"
+    _git(repo, "fsck", "--no-dangling", "--connectivity-only")
 
 
 def _dev_gate(ws: Path, repo: Path, tmp_path: Path, branch_diff: str | None) -> Verdict:
@@ -504,9 +518,10 @@ def test_landing_asks_the_users_name_again_only_when_a_config_changes(
             _git(repo, "config", "user.name", "Renamed")  # a config byte changed
         ws = _workspace(repo, root, key)
         (ws / f"f{i}.txt").write_text("work\n")
-        assert commits.commit_all(ws, f"{key}: work")
-        assert worktrees.publish_branch(repo, ws, key)[0]
+        # Publishing asks too (how the clone writes objects): the same answer, kept.
         with counted() as calls:
+            assert commits.commit_all(ws, f"{key}: work")
+            assert worktrees.publish_branch(repo, ws, key)[0]
             assert _land(repo, ws, key).status == "MERGED"
         names.append((_subcommands(calls)["config"], _git(repo, "log", "-1", "--format=%an")))
     assert names[1][0] == 0  # nothing changed since the first landing: not asked

@@ -8,12 +8,15 @@ import os
 import stat
 import subprocess
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator.gitops import commits, land, worktrees
+from orchestrator.gitops import commits, land, squash, worktrees
+from orchestrator.gitops import git as gitcmd
+from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.land import Judgement, LandRequest
 
 try:
@@ -327,3 +330,172 @@ def test_a_refused_attempt_leaves_nothing_in_the_users_clone(
         .strip()
     )
     assert not _has(repo, blob)
+
+
+# ---- an attempt's loose objects copied into the user's store (no fetch) -----------------
+
+
+def _counted_publish(repo: Path, ws: Path) -> tuple[tuple[bool, str], list[str]]:
+    """``publish_branch`` and the git subcommands it ran."""
+    seen: list[str] = []
+    real = gitcmd.git
+
+    def spy(args: Any, cwd: Path, **kw: Any) -> Any:
+        rest = list(args)
+        while rest and rest[0] == "-c":
+            rest = rest[2:]
+        seen.append(rest[0] if rest else "?")
+        return real(args, cwd, **kw)
+
+    gitcmd.git = spy  # type: ignore[assignment]
+    try:
+        return worktrees.publish_branch(repo, ws, "DEMO-1"), seen
+    finally:
+        gitcmd.git = real  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_copied_object_is_what_git_itself_writes_in_the_clone(
+    tmp_path: Path, make_repo: Any, umask: int
+) -> None:
+    # Modes as git gives them under the same umask (a file 0444 less the umask, a folder
+    # 0777 less it), bytes as the workspace's git wrote them, each one found whole by git.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "sub").mkdir()
+    (ws / "sub" / "feature.txt").write_text("the attempt's work\n")
+    old_umask = os.umask(umask)
+    try:
+        assert commits.commit_all(ws, "DEMO-1: work")
+        (published, detail), calls = _counted_publish(repo, ws)
+        # What git itself writes into the clone's store under this umask, for comparison.
+        probe = subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"],
+            cwd=repo,
+            input="probe\n",
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    finally:
+        os.umask(old_umask)
+    assert published, detail
+    assert "fetch" not in calls, calls
+    own = repo / ".git" / "objects"
+    tip = run_git(repo, "rev-parse", "orch/DEMO-1").strip()
+    new = [o for o in _objects_of(repo, tip) if o not in _objects_of(repo, "main")]
+    assert len(new) == 4  # the commit, two trees, the blob
+    git_mode = stat.S_IMODE((own / probe[:2] / probe[2:]).stat().st_mode)
+    assert git_mode == 0o444 & ~umask
+    for sha in new:
+        copied = own / sha[:2] / sha[2:]
+        assert stat.S_IMODE(copied.stat().st_mode) == git_mode, sha
+        assert copied.read_bytes() == (ws / ".git" / "objects" / sha[:2] / sha[2:]).read_bytes()
+    assert not list(own.glob("*/tmp_obj_*"))
+    run_git(repo, "fsck", "--no-dangling")
+
+
+def test_an_object_that_is_not_what_its_name_says_is_never_copied(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The workspace's store holds a loose object whose bytes are another object's (a disk
+    # fault; the agent cannot write .git). Nothing by that name reaches the clone's store,
+    # and the branch does not move to a tip the clone could not read.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("the attempt's work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    blob = run_git(ws, "rev-parse", "HEAD:feature.txt").strip()
+    loose = ws / ".git" / "objects" / blob[:2] / blob[2:]
+    loose.chmod(0o644)
+    loose.write_bytes(zlib.compress(b"blob 6\0forged"))
+    (published, _detail), calls = _counted_publish(repo, ws)
+    assert not published
+    assert "fetch" in calls  # left to the fetch, which refuses it too
+    assert not (repo / ".git" / "objects" / blob[:2] / blob[2:]).exists()
+    assert run_git(repo, "rev-parse", "orch/DEMO-1") == run_git(repo, "rev-parse", "main")
+
+
+def test_a_blob_pruned_after_the_copy_is_fetched_before_the_branch_moves(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A prune in the clone (gc.pruneExpire=now) takes a copied blob before the swap: git's
+    # look at the tip finds it missing, and the fetch brings it; the branch is whole.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("the attempt's work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    blob = run_git(ws, "rev-parse", "HEAD:feature.txt").strip()
+    real = worktrees.objects.bring_loose_objects
+
+    def then_pruned(workspace: Path, store: Path) -> bool:
+        done = real(workspace, store)
+        (store / blob[:2] / blob[2:]).unlink()
+        return done
+
+    monkeypatch.setattr(worktrees.objects, "bring_loose_objects", then_pruned)
+    (published, detail), calls = _counted_publish(repo, ws)
+    assert published, detail
+    assert calls.count("rev-list") == 1
+    assert "fetch" in calls
+    assert _whole(repo, "refs/heads/orch/DEMO-1")
+
+
+def test_a_workspace_with_a_pack_publishes_by_a_fetch(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("the attempt's work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    run_git(ws, "repack", "-q", "-a", "-d", "-l")
+    assert list((ws / ".git" / "objects" / "pack").glob("*.pack"))
+    (published, detail), calls = _counted_publish(repo, ws)
+    assert published, detail
+    assert "fetch" in calls
+    assert _whole(repo, "refs/heads/orch/DEMO-1")
+
+
+def test_a_clone_whose_config_cannot_be_read_gets_its_attempt_by_a_fetch(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The clone asks its fetches to check objects; the one `git config` call that would
+    # tell so times out. Not knowing is not "no": the fetch runs, and refuses the blob.
+    repo = make_repo(files={"README.md": "demo\n"})
+    run_git(repo, "config", "fetch.fsckObjects", "true")
+    real = squash.run_git
+
+    def slow_config(args: Any, cwd: Path, **kw: Any) -> GitResult:
+        if list(args)[:1] == ["config"]:
+            return GitResult(("git", *args), -1, "", "git timed out after 120s", timed_out=True)
+        return real(args, cwd, **kw)
+
+    monkeypatch.setattr(squash, "run_git", slow_config)
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / ".gitmodules").write_text('[submodule "../../modules/evil"]\n\tpath = e\n\turl = ./e\n')
+    assert commits.commit_all(ws, "DEMO-1: work")
+    (published, detail), calls = _counted_publish(repo, ws)
+    assert not published, detail
+    assert "fetch" in calls
+    blob = run_git(ws, "rev-parse", "HEAD:.gitmodules").strip()
+    assert not _has(repo, blob)
+
+
+def test_a_linked_worktree_clone_that_checks_fetches_is_checked(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The user's clone is a linked worktree whose own config (extensions.worktreeConfig)
+    # asks its fetches to check objects: its config is the one read, not the main clone's.
+    main_clone = make_repo(files={"README.md": "demo\n"})
+    repo = tmp_path / "linked"
+    run_git(main_clone, "worktree", "add", "-q", "-b", "trunk", str(repo))
+    run_git(main_clone, "config", "extensions.worktreeConfig", "true")
+    run_git(repo, "config", "--worktree", "fetch.fsckObjects", "true")
+    made = worktrees.ensure_worktree(repo, "trunk", tmp_path / "worktrees", "demo", "DEMO-1")
+    assert made.error is None, made.error
+    assert made.path is not None
+    ws = made.path
+    (ws / ".gitmodules").write_text('[submodule "../../modules/evil"]\n\tpath = e\n\turl = ./e\n')
+    assert commits.commit_all(ws, "DEMO-1: work")
+    published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
+    assert not published, detail
+    blob = run_git(ws, "rev-parse", "HEAD:.gitmodules").strip()
+    assert not _has(main_clone, blob)

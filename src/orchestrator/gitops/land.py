@@ -292,13 +292,10 @@ def _user_store(req: LandRequest, head: str | None) -> Path | None:
     branch file) and the workspace borrows from it; else None."""
     if head is None:
         return None
-    git_dir = req.repo_path / ".git"
     ref = f"refs/heads/{worktrees.branch_name(req.key)}"
-    if loose_ref(git_dir, ref) != head or not worktrees.plain_objects():
+    if loose_ref(req.repo_path / ".git", ref) != head:
         return None
-    store = git_dir / "objects"
-    borrowed = worktrees.borrowed_stores(req.worktree)
-    return store if borrowed == [store.resolve()] else None
+    return worktrees.user_store(req.repo_path, req.worktree)
 
 
 def _published(req: LandRequest, got: _Progress, done: Published) -> bool:

@@ -83,6 +83,11 @@ class _UserConfig:
     ident: Ident | None
     # ``-c key=value`` for each setting of how the clone writes objects (``_WRITE_KEYS``).
     writes: tuple[str, ...] = ()
+    # The clone checks the objects it fetches (``fetch.fsckObjects``, else
+    # ``transfer.fsckObjects``; a value git may read as true counts).
+    checks_fetched: bool = True
+    # Git answered (else every field is a guess: see ``writes_plainly``).
+    answered: bool = False
 
 
 # How a repository writes its objects: a commit written into the user's store from the
@@ -98,6 +103,23 @@ _WRITE_KEYS = (
 )
 
 
+# The settings by which a fetch into the clone checks what it receives (fsck).
+_FSCK_KEYS = ("fetch.fsckobjects", "transfer.fsckobjects")
+# What git reads as false. Anything else (a key with no value is true; an empty value is
+# false to git) counts as true here: a value not known for false keeps the fetch.
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def writes_plainly(repo_path: Path) -> bool:
+    """Whether the user's clone writes a loose object as git does by default (no
+    ``_WRITE_KEYS`` set: no shared-repository modes, fsync or compression of its own) and
+    lets a fetch take objects unchecked (no fsck on fetch): then an object copied into its
+    store as git writes one is what a fetch would have left. False whenever git did not
+    answer. Kept as ``configured_user`` is (the same git call)."""
+    found = _user_config(repo_path)
+    return found.answered and not found.writes and not found.checks_fetched
+
+
 def _user_config(repo_path: Path) -> _UserConfig:
     return _USERS.ask(repo_path, lambda: _ask_user(repo_path))
 
@@ -105,7 +127,8 @@ def _user_config(repo_path: Path) -> _UserConfig:
 def _ask_user(repo_path: Path) -> tuple[_UserConfig, bool]:
     # One call for all; a key set more than once counts by its last value, as --get has.
     # -z: "key\nvalue\0", so a value with a line break in it stays one value (and fails).
-    keys = "|".join(k.replace(".", r"\.") for k in ("user.name", "user.email", *_WRITE_KEYS))
+    asked = ("user.name", "user.email", *_WRITE_KEYS, *_FSCK_KEYS)
+    keys = "|".join(k.replace(".", r"\.") for k in asked)
     res = run_git(["config", "-z", "--get-regexp", f"^({keys})$"], repo_path)
     # Exit 1 is "no such key": an answer too; anything else is asked again next time.
     answered = res.returncode in (0, 1) and not res.timed_out
@@ -114,10 +137,14 @@ def _ask_user(repo_path: Path) -> tuple[_UserConfig, bool]:
         name, _, value = entry.partition("\n")
         found[name.lower()] = value.strip()
     writes = tuple(f"{k}={found[k]}" for k in _WRITE_KEYS if k in found)
+    # fetch.fsckObjects wins over transfer.fsckObjects when both are set.
+    fsck = found.get("fetch.fsckobjects", found.get("transfer.fsckobjects"))
+    checks = not answered or (fsck is not None and fsck.lower() not in _FALSE)
     values = [found.get("user.name", ""), found.get("user.email", "")]
-    if not all(values) or any(_UNSAFE_RE.search(v) or "<" in v or ">" in v for v in values):
-        return _UserConfig(None, writes), answered
-    return _UserConfig(Ident(values[0], values[1]), writes), answered
+    ident = None
+    if all(values) and not any(_UNSAFE_RE.search(v) or "<" in v or ">" in v for v in values):
+        ident = Ident(values[0], values[1])
+    return _UserConfig(ident, writes, checks, answered), answered
 
 
 _USERS: KeptAnswers[_UserConfig] = KeptAnswers()

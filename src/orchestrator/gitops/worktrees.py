@@ -26,7 +26,7 @@ from typing import Literal
 
 from orchestrator import taskdir
 from orchestrator.gitops import git as gitcmd
-from orchestrator.gitops import merge
+from orchestrator.gitops import merge, objects, squash
 from orchestrator.gitops.ancestry import descends, loose_ref
 from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.lock import repo_lock
@@ -330,13 +330,18 @@ def publish_branch(
     the value it read (never forced: no ``+``). The merge gate, which rewrites the branch,
     passes the ``tip`` it made; so does anyone for whom the fast-forward was refused (the
     user's branch moved on, or is checked out): then the ref is read and moved by
-    ``update-ref <tip> <old>``. ``expect``: where the caller believes the user's branch is;
+    ``update-ref <tip> <old>``. A development attempt's few objects need no fetch where
+    a copy leaves what the fetch would (``_copied_to_user``): its tip is then swapped in
+    the same way. ``expect``: where the caller believes the user's branch is;
     the compare-and-swap tries that value before reading the ref. ``present``: the user's
     repository holds every object of ``tip`` already (the merge gate wrote its commit
     there): no fetch; should the compare-and-swap fail, the long way (fetch, read, swap).
     """
     branch = branch_name(key)
     ref = f"refs/heads/{branch}"
+    if tip is None and not present:
+        tip = _copied_to_user(repo_path, workspace, ref)
+        present = tip is not None
     if tip is None:
         forward = gitcmd.git([*_FETCH_FROM_WORKSPACE, str(workspace), f"{ref}:{ref}"], repo_path)
         if forward:
@@ -370,6 +375,34 @@ def publish_branch(
     if not moved:
         return False, f"cannot move {branch} in {repo_path}: {_git_message(moved)}"
     return True, f"{branch} is at {tip[:12]}"
+
+
+def _copied_to_user(repo_path: Path, workspace: Path, ref: str) -> str | None:
+    """The workspace's branch tip, once every object it reaches is in the user's clone by
+    a copy of the workspace's own loose objects (``objects.bring_loose_objects``, where
+    that is what a fetch would leave) and git says so (``rev-list --objects``: what a
+    fetch's own connectivity check asks); None: leave it to the fetch."""
+    store = user_store(repo_path, workspace)
+    if store is None or not squash.writes_plainly(repo_path):
+        return None
+    tip = loose_ref(workspace / ".git", ref)
+    if tip is None or not objects.bring_loose_objects(workspace, store):
+        return None
+    # Objects the user's branch reaches are there (as those of every ref are, to a fetch):
+    # only what the attempt adds is looked for.
+    known = loose_ref(repo_path / ".git", ref)
+    have = [known] if known is not None else ["--all"]
+    whole = gitcmd.git(["rev-list", "--objects", "--quiet", tip, "--not", *have], repo_path)
+    return tip if whole else None
+
+
+def user_store(repo_path: Path, workspace: Path) -> Path | None:
+    """The user's clone's object store when the workspace borrows exactly it and no
+    environment moves where git reads objects; else None."""
+    if not plain_objects():
+        return None
+    store = repo_path / ".git" / "objects"
+    return store if borrowed_stores(workspace) == [store.resolve()] else None
 
 
 _FETCH_FROM_WORKSPACE = (
