@@ -115,11 +115,14 @@ until they are published, so no gc of the clone can take an attempt not yet publ
 a refused attempt leaves nothing there. Where a fetch would leave exactly what a copy
 does (the clone sets no `core.sharedRepository`, fsync or compression of its own, does
 not have its fetches check objects with `fetch.fsckObjects` or `transfer.fsckObjects`,
-and git answered the question; the workspace's store holds loose objects only), the
-attempt's loose objects are copied into the clone's store instead, each checked against
-its name and written as git writes one (mode `0444` less the umask, linked to its name
-when whole), and the ref moves only after `git rev-list --objects` finds the tip whole in
-the clone, as the fetch's own connectivity check did. When the user's branch already
+and git answered the question; fewer objects than the clone's unpack limit, which a
+fetch would keep as a pack; no automatic maintenance due, which a fetch would run; the
+workspace's store holds loose objects only), the loose objects the tip reaches (a fetch
+sends nothing else) are copied into the clone's store instead, each checked against its
+name as it is read, all before any is written, and written as git writes one (mode
+`0444` less the umask, linked to its name when whole), and the ref moves only after `git
+rev-list --objects` finds the tip whole in the clone, as the fetch's own connectivity
+check did. When the user's branch already
 holds the tip the gate squashes (its objects in the clone's store, as above) and its
 rebase changed nothing, the gate's one commit is written by `git commit-tree` (plumbing:
 no hook, no automatic gc) straight into the clone's object store, where its tree and

@@ -426,14 +426,14 @@ def test_a_blob_pruned_after_the_copy_is_fetched_before_the_branch_moves(
     (ws / "feature.txt").write_text("the attempt's work\n")
     assert commits.commit_all(ws, "DEMO-1: work")
     blob = run_git(ws, "rev-parse", "HEAD:feature.txt").strip()
-    real = worktrees.objects.bring_loose_objects
+    real = worktrees.objects.bring_tip
 
-    def then_pruned(workspace: Path, store: Path) -> bool:
-        done = real(workspace, store)
+    def then_pruned(workspace: Path, store: Path, tip: str, limits: Any) -> bool:
+        done = real(workspace, store, tip, limits)
         (store / blob[:2] / blob[2:]).unlink()
         return done
 
-    monkeypatch.setattr(worktrees.objects, "bring_loose_objects", then_pruned)
+    monkeypatch.setattr(worktrees.objects, "bring_tip", then_pruned)
     (published, detail), calls = _counted_publish(repo, ws)
     assert published, detail
     assert calls.count("rev-list") == 1

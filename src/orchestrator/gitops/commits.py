@@ -167,7 +167,8 @@ _ORCH_COMMITTER = ["-c", "user.name=orchestrator", "-c", "user.email=orchestrato
 # A commit in a task's workspace starts no `git maintenance run --auto` (a process of its
 # own, ~2 ms, on every attempt): the workspace is a scratch repository whose own objects
 # are a task's few attempts, and it is deleted with the task. The user's clone keeps its
-# automatic maintenance (the fetch that publishes a branch runs it there).
+# automatic maintenance (a fetch that publishes a branch runs it there; a branch is
+# published by a copy only while that maintenance is not due: ``objects.bring_tip``).
 WORKSPACE_COMMIT = ["-c", "maintenance.auto=false"]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +23,7 @@ from orchestrator.gitops.merge import (
     run_git,
     task_of_message,
 )
+from orchestrator.gitops.objects import Limits
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class _UserConfig:
     checks_fetched: bool = True
     # Git answered (else every field is a guess: see ``writes_plainly``).
     answered: bool = False
+    # When a fetch would keep what it brings as a pack, or run the clone's automatic
+    # maintenance: a copy of an attempt's objects then leaves it to the fetch.
+    limits: Limits = field(default_factory=lambda: Limits(unpack_limit=0))
 
 
 # How a repository writes its objects: a commit written into the user's store from the
@@ -105,6 +109,8 @@ _WRITE_KEYS = (
 
 # The settings by which a fetch into the clone checks what it receives (fsck).
 _FSCK_KEYS = ("fetch.fsckobjects", "transfer.fsckobjects")
+# What tells whether a fetch keeps what it brings as a pack, and runs maintenance.
+_LIMIT_KEYS = ("fetch.unpacklimit", "transfer.unpacklimit", "gc.auto", "maintenance.auto")
 # What git reads as false. Anything else (a key with no value is true; an empty value is
 # false to git) counts as true here: a value not known for false keeps the fetch.
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -120,6 +126,36 @@ def writes_plainly(repo_path: Path) -> bool:
     return found.answered and not found.writes and not found.checks_fetched
 
 
+def copy_limits(repo_path: Path) -> Limits:
+    """The clone's unpack limit and automatic maintenance, as a fetch there reads them
+    (kept with ``configured_user``'s answer); limits that send everything to the fetch
+    when git did not answer or a value is not a plain number."""
+    return _user_config(repo_path).limits
+
+
+def _git_int(text: str | None, default: int) -> int | None:
+    """A git integer (``100``, ``1k``); ``default`` when unset, None when not one."""
+    if text is None:
+        return default
+    value = text.strip().lower()
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(value[-1:], 1)
+    digits = value[:-1] if scale > 1 else value
+    return int(digits) * scale if digits.isdigit() else None
+
+
+def _limits(found: dict[str, str]) -> Limits:
+    unpack = _git_int(found.get("fetch.unpacklimit", found.get("transfer.unpacklimit")), 100)
+    gc_auto = _git_int(found.get("gc.auto"), 6700)
+    auto = found.get("maintenance.auto")
+    if unpack is None or gc_auto is None:
+        return Limits(unpack_limit=0)
+    return Limits(
+        unpack_limit=unpack,
+        gc_auto=gc_auto,
+        auto_maintenance=auto is None or auto.lower() not in _FALSE,
+    )
+
+
 def _user_config(repo_path: Path) -> _UserConfig:
     return _USERS.ask(repo_path, lambda: _ask_user(repo_path))
 
@@ -127,7 +163,7 @@ def _user_config(repo_path: Path) -> _UserConfig:
 def _ask_user(repo_path: Path) -> tuple[_UserConfig, bool]:
     # One call for all; a key set more than once counts by its last value, as --get has.
     # -z: "key\nvalue\0", so a value with a line break in it stays one value (and fails).
-    asked = ("user.name", "user.email", *_WRITE_KEYS, *_FSCK_KEYS)
+    asked = ("user.name", "user.email", *_WRITE_KEYS, *_FSCK_KEYS, *_LIMIT_KEYS)
     keys = "|".join(k.replace(".", r"\.") for k in asked)
     res = run_git(["config", "-z", "--get-regexp", f"^({keys})$"], repo_path)
     # Exit 1 is "no such key": an answer too; anything else is asked again next time.
@@ -144,7 +180,8 @@ def _ask_user(repo_path: Path) -> tuple[_UserConfig, bool]:
     ident = None
     if all(values) and not any(_UNSAFE_RE.search(v) or "<" in v or ">" in v for v in values):
         ident = Ident(values[0], values[1])
-    return _UserConfig(ident, writes, checks, answered), answered
+    limits = _limits(found) if answered else Limits(unpack_limit=0)
+    return _UserConfig(ident, writes, checks, answered, limits), answered
 
 
 _USERS: KeptAnswers[_UserConfig] = KeptAnswers()

@@ -379,14 +379,14 @@ def publish_branch(
 
 def _copied_to_user(repo_path: Path, workspace: Path, ref: str) -> str | None:
     """The workspace's branch tip, once every object it reaches is in the user's clone by
-    a copy of the workspace's own loose objects (``objects.bring_loose_objects``, where
+    a copy of the workspace's own loose objects it reaches (``objects.bring_tip``, where
     that is what a fetch would leave) and git says so (``rev-list --objects``: what a
     fetch's own connectivity check asks); None: leave it to the fetch."""
     store = user_store(repo_path, workspace)
     if store is None or not squash.writes_plainly(repo_path):
         return None
     tip = loose_ref(workspace / ".git", ref)
-    if tip is None or not objects.bring_loose_objects(workspace, store):
+    if tip is None or not objects.bring_tip(workspace, store, tip, squash.copy_limits(repo_path)):
         return None
     # Objects the user's branch reaches are there (as those of every ref are, to a fetch):
     # only what the attempt adds is looked for.
