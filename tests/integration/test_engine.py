@@ -23,7 +23,6 @@ import sqlalchemy as sa
 from orchestrator import proc_group, repo_ops, task_ops
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain.stages import Stage
-from orchestrator.engine import worker as worker_mod
 from orchestrator.engine.queue import queue_job
 from orchestrator.engine.worker import Worker
 from orchestrator.errors import UsageError
@@ -183,51 +182,6 @@ def test_straight_through_to_done(h: Harness) -> None:
     assert all(Path(j.log_path).exists() for j in jobs if j.log_path)
     # Done: the worktree is removed, the branch with the work stays.
     assert not (h.settings.worktrees_dir / "demo" / key).exists()
-
-
-def test_an_ended_tasks_workspace_is_removed_after_the_next_job_has_its_slot(
-    tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path], monkeypatch: Any
-) -> None:
-    # One slot. A done task's workspace removal (and its branch's deletion) is not part of
-    # the gap before the next job: the next task's first job starts while it is held; and
-    # the run does not end before it is done.
-    h = Harness(
-        tmp_path,
-        migrated_db_url,
-        make_repo(files={"README.md": "demo\n"}),
-        max_parallel_jobs=1,
-        max_parallel_jobs_per_repo=1,
-    )
-    try:
-        h.add_repo()
-        first, second = h.add_task("one"), h.add_task("two")
-        second_started = threading.Event()
-        real_launch, real_remove = worker_mod.launch_job, worker_mod.worktrees.remove_worktree
-        held: list[tuple[str, bool]] = []
-
-        def launch(ctx: Any) -> Any:
-            if ctx.task.key == second:
-                second_started.set()
-            return real_launch(ctx)
-
-        def remove(repo: Path, root: Path, name: str, key: str, **kw: Any) -> Any:
-            if key == first:
-                # The next task's job must start meanwhile; inline, it never would.
-                held.append((key, second_started.wait(timeout=15)))
-            else:
-                held.append((key, True))
-            return real_remove(repo, root, name, key, **kw)
-
-        monkeypatch.setattr(worker_mod, "launch_job", launch)
-        monkeypatch.setattr(worker_mod.worktrees, "remove_worktree", remove)
-        h.run_until_idle()
-        assert held == [(first, True), (second, True)]
-        assert [h.task(k).state for k in (first, second)] == ["done", "done"]
-        # run(until_idle) waited for the tidying: both workspaces are gone.
-        assert not (h.settings.worktrees_dir / "demo" / first).exists()
-        assert not (h.settings.worktrees_dir / "demo" / second).exists()
-    finally:
-        h.engine.dispose()
 
 
 def test_a_straight_run_reads_no_records_and_its_development_gate_no_git(

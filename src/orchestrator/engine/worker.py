@@ -19,7 +19,6 @@ admission (``engine.admission``), recovery (``engine.recovery``), waiting out th
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import socket
@@ -64,10 +63,6 @@ _T = TypeVar("_T")
 # cancelled job is killed well within a second.
 WATCH_INTERVAL_S = 0.25
 
-# How soon the loop looks again while a job thread tidies up after its job (an ended
-# task's workspace removal takes a few milliseconds).
-TIDY_LOOK_S = 0.01
-
 # Between its serialized jobs a task keeps its repo's serial gate at these stages.
 SERIAL_HOLD_STAGES = tuple(s.value for s in SERIAL_STAGES if s is not Stage.DEPLOY_STAGING)
 
@@ -79,9 +74,6 @@ class _Running:
     cancel: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.time)
     stop_reason: str | None = None
-    # What is left to do once the job's slot is given back: an ended task's workspace
-    # removed (and its merged branch deleted), out of the gap before the next job.
-    tidy: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +105,6 @@ class Worker:
         self.stopping = threading.Event()
         self.drain = False
         self._running: dict[int, _Running] = {}
-        # Job threads still tidying up after their job's end (``_Running.tidy``).
-        self._tidying: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self.jobs_finished = 0
         self._started_up = False
@@ -212,9 +202,8 @@ class Worker:
         """Until the first duty of the loop falls due; a wake-up cuts it short.
 
         The next poll, a deferred job's ``not_before``, the next heartbeat (a long poll
-        must not cost running jobs their leases), while jobs run the next look for cancels
-        and the reaper, and while a job thread tidies up a look soon (``TIDY_LOOK_S``).
-        Jobs already due that were not claimed are waiting for room
+        must not cost running jobs their leases) and, while jobs run, the next look for
+        cancels and the reaper. Jobs already due that were not claimed are waiting for room
         (a limit or the serial gate): a job ending wakes the loop for them, so they must
         not make it spin.
         """
@@ -225,14 +214,11 @@ class Worker:
         with self._lock:
             if self._running:
                 at.append(self._last_watch + WATCH_INTERVAL_S)
-            if self._tidying:
-                # Only whether the run is idle waits on it (``_idle``).
-                at.append(time.time() + TIDY_LOOK_S)
         return max(min(at) - time.time(), 0.01)
 
     def _idle(self) -> bool:
         with self._lock:
-            if self._running or self._tidying:
+            if self._running:
                 return False
         with self.reads.connect() as conn:
             return not control.work_pending(conn)
@@ -332,7 +318,6 @@ class Worker:
         """Run a job; then the job claimed with its end, if any, in the same thread."""
         current: JobRow | None = job
         known: tuple[TaskRow, RepoRow] | None = None
-        tidy: Callable[[], object] | None = None
         while current is not None:
             with self._lock:
                 running = self._running[current.id]
@@ -349,11 +334,6 @@ class Worker:
                     self._running.pop(current.id, None)
                     if following is not None:
                         self._running[following.job.id] = _Running(following.job, running.thread)
-                    elif running.tidy is not None:
-                        # Counted before the slot shows free: the loop is not idle until
-                        # the tidying is done.
-                        tidy = running.tidy
-                        self._tidying.add(running.thread)
                 self.jobs_finished += 1
                 # The loop claims for a freed slot or serial gate. A next job that took the
                 # slot over leaves nothing to claim: waking the loop would only make it
@@ -365,21 +345,6 @@ class Worker:
                 current, known = None, None
             else:
                 current, known = following.job, (following.task, following.repo)
-        if tidy is not None:
-            self._tidy(tidy)
-
-    def _tidy(self, tidy: Callable[[], object]) -> None:
-        """Run what a job left to do after its slot was given back (the loop may already
-        have started the next job); the loop is not idle, nor the worker gone, before it
-        ends (``_idle``, ``_shutdown``). Its end wakes no claim: the loop looks again
-        soon while it runs (``_sleep_for``)."""
-        try:
-            tidy()
-        except Exception:
-            log.exception("tidying up after a job failed")
-        finally:
-            with self._lock:
-                self._tidying.discard(threading.current_thread())
 
     def _until_db_answers(self, what: str, job: int, fn: Callable[[], _T]) -> _T:
         """``fn()``, tried again while the database is unreachable (``engine.outage``);
@@ -542,9 +507,7 @@ class Worker:
             extra={"task": task.key, "job": job.id, "action": t.kind.value if t else "cancel"},
         )
         if t is None or t.to_state in (State.DONE, State.CANCELLED):
-            # After the slot is given back (``_job_thread``): the next job need not wait.
-            running.tidy = functools.partial(
-                worktrees.remove_worktree,
+            worktrees.remove_worktree(
                 Path(repo.path),
                 st.worktrees_dir,
                 repo.name,
@@ -632,10 +595,6 @@ class Worker:
                 r.cancel.set()
         for r in running:
             r.thread.join()
-        with self._lock:
-            tidying = list(self._tidying)
-        for thread in tidying:
-            thread.join()
         try:
             with self.engine.begin() as conn:
                 control.worker_gone(conn, self.id)
