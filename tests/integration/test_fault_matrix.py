@@ -15,6 +15,7 @@ the faulted stage on their account.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import socket
@@ -158,9 +159,10 @@ FAULTS: list[Fault] = [
     Fault(
         "db-gone",
         "DB gone for a moment",
-        "while the development job ends, the database refuses every connection for ~2 s "
-        "(PostgreSQL: ALLOW_CONNECTIONS false and every session terminated; SQLite: every "
-        "statement fails with OperationalError)",
+        "while the development job ends, the database refuses every connection until the "
+        "job's end and the scheduler loop have each met it, and 0.5 s more (PostgreSQL: "
+        "ALLOW_CONNECTIONS false and every session terminated; SQLite: every statement fails "
+        "with OperationalError)",
         "deploy-staging",
         "done",
         ("create", "advance", "advance", "done"),
@@ -617,13 +619,32 @@ def drive_db_locked(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     return seen(h, key, lambda j: False)
 
 
+# How long the database stays gone once every part of the engine the fault is about has met
+# it: a duration of the fault (each part fails again as its retries back off), not a
+# timing assert.
+OUTAGE_AFTER_MET_S = 0.5
+
+
+class _Met(logging.Handler):
+    """The places that met a database outage, by the engine's own word: engine.outage logs
+    ``database unavailable (<where>)`` once per place as the outage begins for it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.where: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "action", None) == "db-down" and isinstance(record.args, tuple):
+            self.where.add(str(record.args[0]))
+
+
 class Outage:
     """The database refuses everything for a moment.
 
     Real on PostgreSQL: the test database stops taking connections and every session on it
     is terminated. On SQLite a file cannot go away from under open connections, so the
     outage is injected: every statement of the harness's engine fails with the driver's
-    ``OperationalError`` until it ends.
+    ``OperationalError`` until it ends. ``met``: where the engine met it, from its log.
     """
 
     def __init__(self, h: Harness) -> None:
@@ -633,6 +654,13 @@ class Outage:
         self.pg = self.url.get_backend_name() == "postgresql"
         if not self.pg:
             sa_event.listen(self.engine, "before_cursor_execute", self._refuse)
+        self._met = _Met()
+        self._log = logging.getLogger("orchestrator.engine.outage")
+        self._level = self._log.level
+
+    @property
+    def met(self) -> set[str]:
+        return self._met.where
 
     def _refuse(self, _conn: Any, _cursor: Any, statement: str, params: Any, *_rest: Any) -> None:
         if self.down.is_set():
@@ -655,6 +683,10 @@ class Outage:
             admin.dispose()
 
     def begin(self) -> None:
+        # The driver waits on what this handler hears: heard at whatever level another test
+        # left the engine's loggers.
+        self._log.setLevel(logging.WARNING)
+        self._log.addHandler(self._met)
         self.down.set()
         if self.pg:
             name = self.url.database
@@ -668,6 +700,8 @@ class Outage:
         if self.pg:
             self._admin(f'ALTER DATABASE "{self.url.database}" ALLOW_CONNECTIONS true')
         self.down.clear()
+        self._log.removeHandler(self._met)
+        self._log.setLevel(self._level)
 
 
 def drive_db_gone(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
@@ -684,8 +718,9 @@ def drive_db_gone(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
         h.release(key, "development")
         h.wait_for(lambda: spans.exists() and " development " in spans.read_text())
         # The agent has exited: its end, the heartbeats and the claims now meet a dead
-        # database for a while (a duration of the fault, not a timing assert).
-        time.sleep(2.0)
+        # database; each has met it, then keeps meeting it for a while.
+        h.wait_for(lambda: {"apply a job's end", "scheduler loop"} <= outage.met)
+        time.sleep(OUTAGE_AFTER_MET_S)
         assert h.thread is not None
         assert h.thread.is_alive(), "the worker died in the outage"
     finally:
