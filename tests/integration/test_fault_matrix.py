@@ -564,12 +564,25 @@ def drive_git_conflict(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
 
 
 def drive_lock_busy(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
-    h.settings = load_settings(**{**asdict(h.settings), "merge_gate_infra_retry_backoff_s": 2.0})
+    from orchestrator.engine import worker
+
     h.plan = {"*:deploy-staging:*": {"hold": True}}
     h.save_plan()
     h.add_repo()
     key = h.add_task()
     lock = h.repo_path / ".git" / "refs" / "heads" / "main.lock"
+    real_apply = worker.apply_job_end
+
+    def apply_then_unlock(conn: sa.Connection, **kw: Any) -> Any:
+        applied = real_apply(conn, **kw)
+        if applied.transition is not None and applied.transition.kind == "defer":
+            # The holder lets go once the defer is decided, inside the transaction that
+            # queues the gate-only retry: the retry can never meet the lock, however soon
+            # its backoff ends and however slowly this test would have seen the defer.
+            lock.unlink(missing_ok=True)
+        return applied
+
+    mp.setattr(worker, "apply_job_end", apply_then_unlock)
     h.start()
     h.wait_for(lambda: any(":deploy-staging:" in s for s in h.starts()))
     lock.write_text("held by a test\n")
@@ -577,7 +590,7 @@ def drive_lock_busy(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
         h.release(key, "deploy-staging")
         h.wait_for(lambda: "defer" in [x.kind for x in h.history(key)])
     finally:
-        lock.unlink()
+        lock.unlink(missing_ok=True)
     h.wait_for(lambda: h.task(key).state == "done")
     h.stop()
     return seen(h, key, lambda j: j.stage == "deploy-staging" and j.attempt == 1)
