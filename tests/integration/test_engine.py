@@ -408,13 +408,26 @@ def test_a_patch_sent_back_by_red_tests_waits_for_a_fix(h: Harness) -> None:
     assert [a.kind for a in h.alerts()] == ["awaiting-human"]
 
 
-def test_pause_stops_claiming(h: Harness) -> None:
+def test_pause_stops_claiming(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The loop looks for work every 50 ms here: its looks, not a length of time, are counted.
+    h.settings = load_settings(**{**asdict(h.settings), "poll_interval_s": 0.05})
     h.add_repo()
     with h.engine.begin() as conn:
         control.set_paused(conn, True, now=time.time())
     key = h.add_task()
+    looks: list[bool] = []
+    real_is_paused = control.is_paused
+
+    def seen_by_claim(conn: sa.Connection) -> bool:
+        paused = real_is_paused(conn)
+        looks.append(paused)
+        return paused
+
+    monkeypatch.setattr(control, "is_paused", seen_by_claim)
     h.start()
-    time.sleep(1.0)  # a few loop ticks: nothing may be claimed while paused
+    # A few claims looked, and each found the pause: nothing may be claimed while paused.
+    h.wait_for(lambda: looks.count(True) >= 3)
+    assert [j.state for j in h.jobs(key)] == ["queued"]
     assert h.starts() == []
     with h.engine.begin() as conn:
         control.set_paused(conn, False, now=time.time())
