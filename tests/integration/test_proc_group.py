@@ -43,7 +43,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 PROGS = Path(__file__).parent / "progs"
+# Long enough for a helper to start and announce its pids before the timeout ends the run
+# (Watcher.assert_saw_all), also on a loaded machine.
 TIMEOUT_S = 1.0
+# For a command with nothing to get ready (it only sleeps): any limit ends it the same way.
+HANG_TIMEOUT_S = 0.2
 GRACE_S = 0.5
 READY_WAIT_S = 20.0  # generous: only bounds how long a broken test waits, never asserted
 
@@ -141,7 +145,9 @@ def _prog(name: str, *args: str) -> list[str]:
     return [sys.executable, str(PROGS / name), *args]
 
 
-def _assert_timeout_cleaned(outcome: Outcome, marker: str, pids: dict[str, int]) -> None:
+def _assert_timeout_cleaned(
+    outcome: Outcome, marker: str, pids: dict[str, int], timeout_s: float = TIMEOUT_S
+) -> None:
     assert outcome.timed_out
     assert outcome.signal_sent_by_us
     assert not outcome.cancelled
@@ -157,7 +163,7 @@ def _assert_timeout_cleaned(outcome: Outcome, marker: str, pids: dict[str, int])
         assert mapping.status is ExitStatus.TOOL_ERROR
         assert mapping.tool_error == "timeout"
     log = outcome.log_path.read_text()
-    assert "stopping: timeout after 1s" in log
+    assert f"stopping: timeout after {timeout_s:g}s" in log
     assert "timed_out=True" in log
 
 
@@ -172,7 +178,7 @@ def test_child_ignoring_sigterm_is_killed_after_grace(tmp_path: Path, marker: st
         _prog("ignore_term.py", str(pidfile)),
         marker,
         timeout_s=TIMEOUT_S,
-        grace_s=GRACE_S,
+        grace_s=0.2,  # waited in full (both ignore TERM): any grace shows the SIGKILL after it
     )
     outcome = run(req, poll=watch)
 
@@ -229,7 +235,7 @@ def test_hanging_suite_times_out_as_tool_error_never_fail(tmp_path: Path, marker
         tmp_path,
         [sys.executable, "-c", "import time; time.sleep(60)"],
         marker,
-        timeout_s=TIMEOUT_S,
+        timeout_s=HANG_TIMEOUT_S,
         grace_s=GRACE_S,
     )
     outcome = run(req, on_start=lambda pid, pgid: started.append((pid, pgid)))
@@ -237,7 +243,7 @@ def test_hanging_suite_times_out_as_tool_error_never_fail(tmp_path: Path, marker
     assert started == [(outcome.pid, outcome.pgid)]
     assert outcome.pid == outcome.pgid  # its own group, led by itself
     assert outcome.signal == signal.SIGTERM  # python's default TERM handling: it obeyed
-    _assert_timeout_cleaned(outcome, marker, {})
+    _assert_timeout_cleaned(outcome, marker, {}, HANG_TIMEOUT_S)
     assert outcome.kill_latency_s is not None
 
 
@@ -656,7 +662,7 @@ def test_fallback_without_tree_kill_times_out_but_is_uncertain(tmp_path: Path, m
         tmp_path,
         [sys.executable, "-c", "import time; time.sleep(60)"],
         marker,
-        timeout_s=TIMEOUT_S,
+        timeout_s=HANG_TIMEOUT_S,
         grace_s=GRACE_S,
     )
     outcome = run(req, tree_kill=False)
