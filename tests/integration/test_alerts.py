@@ -5,6 +5,7 @@ One alert per task and kind: a repeat counts an occurrence, the task moving on r
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import threading
@@ -111,19 +112,40 @@ def test_failing_webhook_is_retried_a_bounded_number_of_times(
     assert row.delivery_attempts == 3
 
 
-def test_webhook_down_never_raises_and_does_not_block_the_caller(engine: sa.Engine) -> None:
+def test_webhook_down_never_raises_and_does_not_block_the_caller(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     alert = _alert(engine)
     url = _closed_port_url()
     assert not alerts.deliver(engine, alert, url, attempts=2, backoff_s=0.01)
-    # In the background the caller returns at once; the thread finishes on its own.
+    # In the background the caller returns at once; the thread finishes on its own. Its
+    # first POST is held until the caller has returned, so the thread is surely still
+    # under way then; its attempts are 0.01 s apart rather than the default 0.5 s, 1 s.
+    release = threading.Event()
+    real_post = alerts.post_webhook
+
+    def held_post(url: str, body: dict[str, object], **kw: Any) -> str:
+        release.wait(60)
+        return real_post(url, body, **kw)
+
+    monkeypatch.setattr(alerts, "post_webhook", held_post)
+    monkeypatch.setattr(alerts, "deliver", functools.partial(alerts.deliver, backoff_s=0.01))
     before = set(threading.enumerate())
-    alerts.deliver_in_background(engine, [alert], url)
-    with engine.connect() as conn:
-        assert alert_rows.list_alerts(conn)[0].delivered_at is None
+    try:
+        alerts.deliver_in_background(engine, [alert], url)
+        with engine.connect() as conn:
+            assert alert_rows.list_alerts(conn)[0].delivered_at is None
+        (thread,) = [t for t in threading.enumerate() if t not in before and t.name == "alert-1"]
+        assert thread.is_alive()
+    finally:
+        release.set()
     # Wait for it here: left running, it outlives this test's database.
-    (thread,) = [t for t in threading.enumerate() if t not in before and t.name == "alert-1"]
     thread.join(timeout=60)
     assert not thread.is_alive()
+    with engine.connect() as conn:
+        (row,) = alert_rows.list_alerts(conn)
+    assert row.delivered_at is None
+    assert row.delivery_attempts == alerts.WEBHOOK_ATTEMPTS
 
 
 def test_a_database_outage_does_not_stop_the_delivery(
