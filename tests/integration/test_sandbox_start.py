@@ -98,7 +98,9 @@ def _request(tmp_path: Path, argv: list[str], clone: Path, **kw: object) -> Suit
     return SuiteRequest(**fields)  # type: ignore[arg-type]
 
 
-PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly"]
+# Without the test extras' plugins (hypothesis, schemathesis, anyio, randomly), whose imports
+# cost most of a run; the suites here need none.
+PYTEST = [sys.executable, "-m", "pytest", "-q", "--disable-plugin-autoload"]
 
 
 @NEEDS_BWRAP
