@@ -18,8 +18,10 @@ import fake_model_server as F
 from orchestrator.domain import artifacts as A
 
 # A looping agent's answers come this long after each request: the spend meter (which looks
-# every ~50 ms) reads each answer before the next one, also on a loaded machine.
-LOOP_THINK_S = 0.3
+# every ~50 ms) reads each answer before the next one, also on a loaded machine: with the
+# CLI's own time per turn added, 0.1 s still kept every job within one call of its cap at a
+# load average of 4 (three calls are allowed).
+LOOP_THINK_S = 0.15
 WORKSPACE = re.compile(r"task's workspace \(([^)]+)\)")
 ARTIFACT = re.compile(r"write the file `([^`]+)`")
 
