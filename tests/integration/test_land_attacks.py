@@ -231,13 +231,9 @@ def _age(store: Path, days: int) -> None:
             os.utime(Path(folder, name), (then, then))
 
 
-def test_a_published_branch_is_whole_in_the_users_clone(tmp_path: Path, make_repo: Any) -> None:
-    # `git gc --prune=now` in the user's clone (by hand, or its gc.pruneExpire=now on any
-    # automatic gc) judges reachability first, then deletes unreachable loose objects
-    # folder by folder (00..ff). Between the attempt's commit and its publication, the
-    # attempt's objects are unreachable in the clone: a prune whose walk came first and
-    # that has reached the blob's folder but not yet the commit's leaves the commit there
-    # and the blob gone. Simulated here by removing the blob the way prune does.
+def _attempt_whose_blob_a_prune_took(tmp_path: Path, make_repo: Any) -> tuple[Path, Path]:
+    """(the user's clone, a workspace with one attempt committed) where the attempt's blob,
+    if anything had put it in the clone's store before its publication, is gone again."""
     repo = make_repo(files={"README.md": "demo\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
     (ws / "feature.txt").write_text("the attempt's work\n")
@@ -246,6 +242,17 @@ def test_a_published_branch_is_whole_in_the_users_clone(tmp_path: Path, make_rep
     loose = repo / ".git" / "objects" / blob[:2] / blob[2:]
     if loose.exists():  # only if a shortcut wrote it there; the fetch path keeps it aside
         loose.unlink()
+    return repo, ws
+
+
+def test_a_published_branch_is_whole_in_the_users_clone(tmp_path: Path, make_repo: Any) -> None:
+    # `git gc --prune=now` in the user's clone (by hand, or its gc.pruneExpire=now on any
+    # automatic gc) judges reachability first, then deletes unreachable loose objects
+    # folder by folder (00..ff). Between the attempt's commit and its publication, the
+    # attempt's objects are unreachable in the clone: a prune whose walk came first and
+    # that has reached the blob's folder but not yet the commit's leaves the commit there
+    # and the blob gone. Simulated here by removing the blob the way prune does.
+    repo, ws = _attempt_whose_blob_a_prune_took(tmp_path, make_repo)
     published, detail = worktrees.publish_branch(repo, ws, "DEMO-1")
     # Published or not, the user's branch never names a commit it cannot read whole (a
     # fetch checks connectivity before it moves a ref).
@@ -255,14 +262,7 @@ def test_a_published_branch_is_whole_in_the_users_clone(tmp_path: Path, make_rep
 def test_a_landed_main_is_whole_in_the_users_clone(tmp_path: Path, make_repo: Any) -> None:
     # The same interleaving, carried on to the merge gate: main never names a tree whose
     # blobs the clone lacks.
-    repo = make_repo(files={"README.md": "demo\n"})
-    ws = _workspace(repo, tmp_path / "worktrees")
-    (ws / "feature.txt").write_text("the attempt's work\n")
-    assert commits.commit_all(ws, "DEMO-1: work")
-    blob = run_git(ws, "rev-parse", "HEAD:feature.txt").strip()
-    loose = repo / ".git" / "objects" / blob[:2] / blob[2:]
-    if loose.exists():
-        loose.unlink()
+    repo, ws = _attempt_whose_blob_a_prune_took(tmp_path, make_repo)
     worktrees.publish_branch(repo, ws, "DEMO-1")
     landing = _land(repo, ws)
     assert _whole(repo, "refs/heads/main"), (landing.status, landing.reasons)
