@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,20 +131,43 @@ def test_db_commands_on_a_current_database_do_not_import_alembic(tmp_path: Path)
         assert orch_imports(tmp_path, *args)["imported"] == ["sqlalchemy"], args
 
 
-def _home_with_a_repo(tmp_path: Path) -> None:
-    """`orch init`, and a one-commit repo registered as ``demo``."""
-    orch_imports(tmp_path, "init")
-    repo = tmp_path / "repo"
+# The homes the tests below start from are made once, by `orch init` and `orch repo add` in
+# child processes as before, and each test copies one into its own tmp_path (the database
+# with its -wal, the token file): a home of its own, as before, without the two child
+# processes that made it (~1 s). The copies share the registered repo, which no command here
+# changes: no task of theirs runs.
+
+
+@pytest.fixture(scope="module")
+def inited_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home made by `orch init`, to copy."""
+    made = tmp_path_factory.mktemp("inited")
+    orch_imports(made, "init")
+    return made / "home"
+
+
+@pytest.fixture(scope="module")
+def home_with_a_repo(tmp_path_factory: pytest.TempPathFactory, inited_home: Path) -> Path:
+    """A home made by `orch init`, and a one-commit repo registered as ``demo``, to copy."""
+    made = tmp_path_factory.mktemp("with-a-repo")
+    shutil.copytree(inited_home, made / "home")
+    repo = made / "repo"
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-C", str(repo)]
     repo.mkdir()
     subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], check=True)
-    orch_imports(tmp_path, "repo", "add", "demo", str(repo))
+    orch_imports(made, "repo", "add", "demo", str(repo))
+    return made / "home"
 
 
-def test_rich_is_imported_only_to_draw(tmp_path: Path) -> None:
+def copy_home(home: Path, tmp_path: Path) -> None:
+    """``home`` copied to ``tmp_path``'s home, where ``orch_imports(tmp_path, ...)`` runs."""
+    shutil.copytree(home, tmp_path / "home")
+
+
+def test_rich_is_imported_only_to_draw(tmp_path: Path, home_with_a_repo: Path) -> None:
     # Rich takes longer to import than typer: JSON and one plain line do without it.
-    _home_with_a_repo(tmp_path)
+    copy_home(home_with_a_repo, tmp_path)
     plain_cases = [
         ["status", "--json"],
         ["task", "add", "demo", "a task"],
@@ -167,21 +191,39 @@ TIMED = (
 )
 
 
-def test_a_sqlite_command_imports_no_postgresql_dialect(tmp_path: Path) -> None:
+# What the timed commands, then three more, imported: run once, in this order, on a fresh
+# copy of the home with a repo (the task add files DEMO-1). The tests below each check their
+# own part of these reports, where each of them ran the same commands for its own.
+AFTER_TIMED = (["status", "--json"], ["repo", "list"], ["task", "show", "DEMO-1"])
+Reports = dict[tuple[str, ...], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def timed_reports(tmp_path_factory: pytest.TempPathFactory, home_with_a_repo: Path) -> Reports:
+    """``orch_imports(...)`` of each of ``TIMED`` and then ``AFTER_TIMED``, by arguments."""
+    tmp = tmp_path_factory.mktemp("timed")
+    copy_home(home_with_a_repo, tmp)
+    return {tuple(args): orch_imports(tmp, *args) for args in (*TIMED, *AFTER_TIMED)}
+
+
+def test_a_sqlite_command_imports_no_postgresql_dialect(timed_reports: Reports) -> None:
     # The schema's JSONB columns and the serial gate's PostgreSQL WHERE are looked up only
     # on PostgreSQL (store.schema.JSON, PartialIndex): the dialect took ~15 ms to import.
-    _home_with_a_repo(tmp_path)
-    for args in [*TIMED, ["status", "--json"], ["repo", "list"], ["task", "show", "DEMO-1"]]:
-        assert "sqlalchemy.dialects.postgresql" not in orch_imports(tmp_path, *args)["also"], args
+    for args in [*TIMED, *AFTER_TIMED]:
+        assert "sqlalchemy.dialects.postgresql" not in timed_reports[tuple(args)]["also"], args
 
 
-def test_typer_coerces_plain_values_without_pydantic(tmp_path: Path) -> None:
+def test_typer_coerces_plain_values_without_pydantic(
+    tmp_path: Path,
+    home_with_a_repo: Path,
+    timed_reports: Reports,
+) -> None:
     # typer builds a pydantic TypeAdapter to coerce each value, even an option left out;
     # a left-out option and a str for a str parameter need none (cli.root._SparePydantic).
-    _home_with_a_repo(tmp_path)
     for args in TIMED:
-        assert "typer._adapters" not in orch_imports(tmp_path, *args)["also"], args
+        assert "typer._adapters" not in timed_reports[tuple(args)]["also"], args
     # A value only typer's adapter coerces still goes to it, and is coerced as before.
+    copy_home(home_with_a_repo, tmp_path)
     body = tmp_path / "body.md"
     body.write_text("the body\n")
     got = orch_imports(tmp_path, "task", "add", "demo", "with a body", "--body-file", str(body))
@@ -190,32 +232,40 @@ def test_typer_coerces_plain_values_without_pydantic(tmp_path: Path) -> None:
     assert json.loads(shown)["body"] == "the body\n"
 
 
-def test_the_timed_commands_import_no_pydantic(tmp_path: Path) -> None:
+def test_the_timed_commands_import_no_pydantic(
+    tmp_path: Path,
+    home_with_a_repo: Path,
+    timed_reports: Reports,
+) -> None:
     # Their settings are read without it when the environment holds nothing to doubt
     # (config.read_plainly), and typer coerces their values without it: pydantic and
     # pydantic-settings took ~80 ms of CPU, a fifth of each of these commands.
-    _home_with_a_repo(tmp_path)
     for args in TIMED:
-        assert "pydantic" not in orch_imports(tmp_path, *args)["also"], args
+        assert "pydantic" not in timed_reports[tuple(args)]["also"], args
     # A `.env` file is pydantic-settings' to read, as before.
+    copy_home(home_with_a_repo, tmp_path)
     (tmp_path / ".env").write_text("ORCH_PAUSED=false\n")
     assert "pydantic" in orch_imports(tmp_path, "status", "--json")["also"]
 
 
-def test_the_garbage_collector_is_off_only_for_commands_that_end(tmp_path: Path) -> None:
+def test_the_garbage_collector_is_off_only_for_commands_that_end(
+    tmp_path: Path,
+    home_with_a_repo: Path,
+    timed_reports: Reports,
+) -> None:
     # Off while `orch` starts (cli.main); a command that runs on turns it back on.
-    _home_with_a_repo(tmp_path)
-    # Before any task is filed: with one, the scheduler would run it through the pipeline
-    # with the default agents (~35 s) to show what an empty run shows.
+    copy_home(home_with_a_repo, tmp_path)
+    # In a home where no task is filed: with one, the scheduler would run it through the
+    # pipeline with the default agents (~35 s) to show what an empty run shows.
     assert orch_imports(tmp_path, "run", "--until-idle")["gc"] is True
     for args in TIMED:
-        assert orch_imports(tmp_path, *args)["gc"] is False, args
+        assert timed_reports[tuple(args)]["gc"] is False, args
 
 
-def test_a_command_imports_its_own_command_module_only(tmp_path: Path) -> None:
+def test_a_command_imports_its_own_command_module_only(tmp_path: Path, inited_home: Path) -> None:
     # Every command module imports typer and its own helpers, and typer reads the
     # signature of every function it makes a command of: `orch status` pays for its own.
-    orch_imports(tmp_path, "init")
+    copy_home(inited_home, tmp_path)
     shared = [f"orchestrator.cli.{m}" for m in ("_common", "commands", "exits", "root")]
     cases = [
         (["status", "--json"], "orchestrator.cli.misc"),
@@ -227,8 +277,10 @@ def test_a_command_imports_its_own_command_module_only(tmp_path: Path) -> None:
         assert orch_imports(tmp_path, *args)["cli"] == sorted([*shared, own]), args
 
 
-def test_a_database_behind_is_still_upgraded_by_a_command(tmp_path: Path) -> None:
-    orch_imports(tmp_path, "init")
+def test_a_database_behind_is_still_upgraded_by_a_command(
+    tmp_path: Path, inited_home: Path
+) -> None:
+    copy_home(inited_home, tmp_path)
     eng = make_engine(f"sqlite:///{tmp_path / 'home' / 'orchestrator.db'}")
     try:
         migrate.downgrade(eng, "0001")
