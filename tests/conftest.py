@@ -13,6 +13,8 @@ Database (one suite, either backend):
   orch_tmpl_<hash>_<session>``, the hash taken over the migration scripts, the template
   dropped at the session's end. Tests of the migrations themselves take ``db_url`` and run
   Alembic for real.
+- ``module_migrated_db_url``: as ``migrated_db_url``, one for all the tests of a module that
+  take it: for a server started once for several tests whose requests change nothing.
 - ``migrated_sqlite_at(path)``: a SQLite database at the newest migration, copied from a
   template to a path the test names (SQLite even when the other tests run on PostgreSQL).
 - ``engine``: an engine on ``migrated_db_url``. A test that needs the URL of the engine's
@@ -24,6 +26,8 @@ Git:
   git repository with ``files`` (relative path -> text or bytes) committed once on
   ``branch``, with a local user.name / user.email so later commits work too. ``path``
   defaults to a fresh directory under the test's ``tmp_path``. Returns the repo's Path.
+- ``module_make_repo``: the same factory for a module's shared fixtures, its repos under a
+  directory of the module's.
 """
 
 from __future__ import annotations
@@ -181,6 +185,14 @@ def migrated_db_url(tmp_path_factory: pytest.TempPathFactory, _db_template: str)
     yield from _fresh_db(tmp_path_factory, _db_template)
 
 
+@pytest.fixture(scope="module")
+def module_migrated_db_url(
+    tmp_path_factory: pytest.TempPathFactory, _db_template: str
+) -> Iterator[str]:
+    """A fresh database at the newest migration, for the tests of one module to share."""
+    yield from _fresh_db(tmp_path_factory, _db_template)
+
+
 @pytest.fixture
 def engine(migrated_db_url: str) -> Iterator[sa.Engine]:
     """An engine on ``migrated_db_url``: a fresh database at the newest migration."""
@@ -208,6 +220,16 @@ _REPO_CONFIG = (
 @pytest.fixture
 def make_repo(tmp_path: Path) -> MakeRepo:
     """A factory of real git repositories with one commit; see the module docstring."""
+    return _repo_maker(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_make_repo(tmp_path_factory: pytest.TempPathFactory) -> MakeRepo:
+    """``make_repo`` for a module's shared fixtures."""
+    return _repo_maker(tmp_path_factory.mktemp("repos"))
+
+
+def _repo_maker(base: Path) -> MakeRepo:
     counter = itertools.count(1)
 
     def _make(
@@ -217,7 +239,7 @@ def make_repo(tmp_path: Path) -> MakeRepo:
         branch: str = "main",
         message: str = "initial commit",
     ) -> Path:
-        repo = path if path is not None else tmp_path / f"repo{next(counter)}"
+        repo = path if path is not None else base / f"repo{next(counter)}"
         repo.mkdir(parents=True, exist_ok=True)
         # --template= : no sample hooks copied in. The local config is written, not set
         # with three more git processes (a few hundred repos per suite).

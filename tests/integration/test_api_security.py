@@ -19,6 +19,7 @@ checkout too (``PYTHONPATH=<old>/src``), where every one of them fails.
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import os
@@ -38,7 +39,7 @@ import sqlalchemy as sa
 
 from orchestrator import repo_ops, task_ops
 from orchestrator.config import load_settings
-from orchestrator.store import control
+from orchestrator.store import control, make_engine
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,16 +62,32 @@ def server_env(home: Path, db_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def orch(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def orch_started(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """`orch ARGS` started; ``finished`` waits for it. Commands that do not depend on each
+    other can run side by side (each takes ~1 s of CPU, the machine has more than one)."""
+    return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", *args],
         env=env,
         cwd=cwd,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
     )
+
+
+def finished(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    """What ``subprocess.run(..., timeout=120)`` returns (or raises) for ``proc``."""
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def orch(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return finished(orch_started(*args, env=env, cwd=cwd))
 
 
 class Reply:
@@ -106,12 +123,16 @@ class Served:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+
+    def up(self) -> Served:
+        """Once it answers /health; a start that fails fails the test."""
         deadline = time.monotonic() + 90
         while not self._up():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 pytest.fail(f"orch serve did not come up: {self.output()}")
             time.sleep(0.1)
+        return self
 
     def _up(self) -> bool:
         try:
@@ -156,6 +177,15 @@ class Served:
         finally:
             self.log.close()
 
+    def kill(self) -> None:
+        """The end of a server whose stop no test checks (a clean stop waits ~0.2 s)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            self.log.close()
+
 
 class Bed:
     """A home with a registered repo and one task (DEMO-1) whose body is a secret."""
@@ -165,17 +195,26 @@ class Bed:
         self.home = tmp / "home"
         self.db_url = db_url
         self.engine = engine
-        settings = load_settings(home=self.home, database_url=db_url)
+        self.settings = load_settings(home=self.home, database_url=db_url)
         repo_ops.add_repo(
             engine,
             "demo",
             repo,
             repo_ops.RepoInput(stages=["development", "testing", "deploy-staging"]),
         )
-        self.key = task_ops.add_task(engine, settings, "demo", "a task", SECRET).task.key
+        self.key = self.add_task()
         self.servers: list[Served] = []
 
+    def add_task(self) -> str:
+        """Another task like DEMO-1, whose body is the secret; its key."""
+        return task_ops.add_task(self.engine, self.settings, "demo", "a task", SECRET).task.key
+
     def serve(self, *args: str, **env: str) -> Served:
+        """A server with ``args`` and ``env``, up."""
+        return self.start(*args, **env).up()
+
+    def start(self, *args: str, **env: str) -> Served:
+        """A server started, not yet up: its ``up()`` waits (while the test does more)."""
         server = Served(self.tmp, server_env(self.home, self.db_url, **env), *args)
         self.servers.append(server)
         return server
@@ -203,8 +242,46 @@ def bed(
 ) -> Iterator[Bed]:
     b = Bed(tmp_path, migrated_db_url, engine, make_repo())
     yield b
+    # The tests that check a clean stop call stop() themselves.
     for server in b.servers:
-        server.stop()
+        server.kill()
+
+
+# One `orch serve` with the default settings, for the tests whose requests must change
+# nothing: it starts once (~1 s) instead of once per test. Each test gets a task of its own
+# on it, and finds the scheduler not paused (else its set-up fails, saying a test before it
+# paused it: the pause switch is the one state the tests share).
+
+
+@pytest.fixture(scope="module")
+def shared_bed(
+    tmp_path_factory: pytest.TempPathFactory,
+    module_migrated_db_url: str,
+    module_make_repo: Callable[..., Path],
+) -> Iterator[Bed]:
+    engine = make_engine(module_migrated_db_url)
+    tmp = tmp_path_factory.mktemp("shared-bed")
+    b = Bed(tmp, module_migrated_db_url, engine, module_make_repo())
+    try:
+        yield b
+    finally:
+        for server in b.servers:
+            server.kill()
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def shared_server(shared_bed: Bed) -> Served:
+    return shared_bed.serve()
+
+
+@pytest.fixture
+def quiet(shared_bed: Bed, shared_server: Served) -> tuple[Bed, Served]:
+    """The shared server, and the shared bed with a task of this test's own."""
+    assert not shared_bed.paused(), "a test on the shared server before this one paused it"
+    bed = copy.copy(shared_bed)
+    bed.key = bed.add_task()
+    return bed, shared_server
 
 
 def error_of(reply: Reply) -> str:
@@ -217,8 +294,10 @@ def error_of(reply: Reply) -> str:
 
 
 @pytest.mark.parametrize("site", ["cross-site", "same-site"])
-def test_csrf_a_page_of_another_origin_changes_nothing(bed: Bed, site: str) -> None:
-    server = bed.serve()
+def test_csrf_a_page_of_another_origin_changes_nothing(
+    quiet: tuple[Bed, Served], site: str
+) -> None:
+    bed, server = quiet
     # What a browser sends for `fetch(url, {method: "POST", mode: "no-cors"})` from a page on
     # another port: 127.0.0.1 on another port is the same site but another origin.
     page = f"http://127.0.0.1:{free_port()}"
@@ -346,12 +425,19 @@ def chunked_body(size: int, piece: bytes) -> Iterator[bytes]:
     yield b"0\r\n\r\n"
 
 
-@pytest.mark.parametrize("token_from", ["file", "env"])
-def test_a_big_body_without_a_token_is_never_read(bed: Bed, token_from: str) -> None:
-    # The token of the home's file (the default), or one the operator set.
-    server = bed.serve(
-        **({"ORCH_API_TOKEN": "an-operator-chosen-token"} if token_from == "env" else {})
-    )
+@pytest.fixture(params=["file", "env"])
+def big_body_target(request: pytest.FixtureRequest) -> tuple[Bed, Served]:
+    """A server with the token of the home's file (the default: the shared server), or with
+    one the operator set."""
+    if request.param == "file":
+        quiet: tuple[Bed, Served] = request.getfixturevalue("quiet")
+        return quiet
+    bed: Bed = request.getfixturevalue("bed")
+    return bed, bed.serve(ORCH_API_TOKEN="an-operator-chosen-token")
+
+
+def test_a_big_body_without_a_token_is_never_read(big_body_target: tuple[Bed, Served]) -> None:
+    bed, server = big_body_target
     size = 256 * MiB
     piece = b"x" * MiB
     # Warm up: what a first request and a first answer to a POST load is not the body's.
@@ -417,10 +503,13 @@ def test_init_makes_a_private_token_that_serve_uses_and_never_prints(bed: Bed) -
     assert len(token) >= 32
     assert str(path) in init.stdout
     assert token not in init.stdout + init.stderr
-    # Idempotent: a second init keeps the token a client may already hold.
-    assert orch("init", env=env, cwd=bed.tmp).returncode == 0
+    # Idempotent: a second init keeps the token a client may already hold. The server
+    # starts beside it: the token file is there, which neither of them is to change.
+    again = orch_started("init", env=env, cwd=bed.tmp)
+    server = bed.start()
+    assert finished(again).returncode == 0
     assert bed.token() == token
-    server = bed.serve()
+    server.up()
     r = server.request("POST", "/pause", headers={"Authorization": f"Bearer {token}"})
     assert r.status == 200, r.text
     assert server.stop() == 0
@@ -432,12 +521,14 @@ def test_serve_makes_the_token_when_missing_and_the_env_token_wins(bed: Bed) -> 
     path = bed.home / "api-token"
     server = bed.serve()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # The second server (below) starts while this one is checked: the token file is made.
+    second = bed.start(ORCH_API_TOKEN="an-operator-chosen-token")
     auth = {"Authorization": f"Bearer {bed.token()}"}
     assert server.request("POST", "/pause", headers=auth).status == 200
     assert server.stop() == 0
     assert bed.token() not in server.output()
     # ORCH_API_TOKEN wins: the file's token no longer opens anything.
-    server = bed.serve(ORCH_API_TOKEN="an-operator-chosen-token")
+    server = second.up()
     assert server.request("POST", "/resume", headers=auth).status == 401
     mine = {"Authorization": "Bearer an-operator-chosen-token"}
     assert server.request("POST", "/resume", headers=mine).status == 200
@@ -463,13 +554,20 @@ def test_a_token_file_others_can_read_is_refused(bed: Bed) -> None:
 
 def test_insecure_no_token_is_loopback_only_warned_and_keeps_the_other_checks(bed: Bed) -> None:
     env = server_env(bed.home, bed.db_url)
-    for host in ("0.0.0.0", "192.0.2.1"):
-        proc = orch(
+    # The two refusals and the server's start depend on nothing of each other: side by side.
+    refusals = [
+        orch_started(
             "serve", "--insecure-no-token", "--host", host, "--port", "0", env=env, cwd=bed.tmp
         )
-        assert proc.returncode == 2, proc.stderr
+        for host in ("0.0.0.0", "192.0.2.1")
+    ]
+    try:
+        server = bed.serve("--insecure-no-token")
+    finally:
+        done = [finished(proc) for proc in refusals]
+    for proc in done:
+        assert proc.returncode == 2, (proc.args, proc.stderr)
         assert "loopback only" in proc.stderr
-    server = bed.serve("--insecure-no-token")
     assert "--insecure-no-token" in server.output()
     assert "WARNING" in server.output()
     assert server.request("POST", "/pause").json() == {"paused": True}
