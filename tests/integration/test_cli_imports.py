@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,27 +57,51 @@ def orch_imports(tmp_path: Path, *args: str, code: int = 0) -> dict[str, Any]:
     rich (``ui``), which modules of orchestrator.cli (``cli``), which of PostgreSQL's
     dialect, typer's pydantic adapters and pydantic (``also``), whether the garbage
     collector was on at its end (``gc``), and its ``stdout``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))
-    report = tmp_path / "imported.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", WRAPPER, json.dumps(list(args)), str(report)],
-        cwd=tmp_path,  # no `.env` of the checkout's
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == code, (args, proc.stdout, proc.stderr)
-    got: dict[str, Any] = json.loads(report.read_text())
-    got["stdout"] = proc.stdout
+    (got,) = orch_imports_each(tmp_path, [args], code=code)
     return got
 
 
+def orch_imports_each(
+    tmp_path: Path, cases: Sequence[Sequence[str]], code: int = 0
+) -> list[dict[str, Any]]:
+    """``orch_imports`` of each of ``cases``, each in a child process of its own, all
+    started at once: for commands that only read the home, so that their order does not
+    matter (the machine has more than one core)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))
+    started: list[tuple[Sequence[str], Path, subprocess.Popen[str]]] = []
+    try:
+        for i, args in enumerate(cases):
+            report = tmp_path / f"imported-{i}.json"
+            report.unlink(missing_ok=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", WRAPPER, json.dumps(list(args)), str(report)],
+                cwd=tmp_path,  # no `.env` of the checkout's
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            started.append((args, report, proc))
+        reports = []
+        for args, report, proc in started:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == code, (args, out, err)
+            got: dict[str, Any] = json.loads(report.read_text())
+            got["stdout"] = out
+            reports.append(got)
+        return reports
+    finally:
+        for _args, _report, proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_help_imports_no_database_layer(tmp_path: Path) -> None:
-    for args in (["--help"], ["task", "--help"], ["--version"]):
-        assert orch_imports(tmp_path, *args)["imported"] == [], args
+    cases = (["--help"], ["task", "--help"], ["--version"])
+    for args, got in zip(cases, orch_imports_each(tmp_path, cases), strict=True):
+        assert got["imported"] == [], args
 
 
 def test_the_root_help_imports_no_command_and_no_typer(tmp_path: Path) -> None:
@@ -127,8 +152,9 @@ def test_python_m_orchestrator_names_itself_as_click_does(tmp_path: Path) -> Non
 def test_db_commands_on_a_current_database_do_not_import_alembic(tmp_path: Path) -> None:
     # The first command finds no database: it must migrate, so it does need Alembic.
     assert orch_imports(tmp_path, "init")["imported"] == ["sqlalchemy", "alembic"]
-    for args in (["status", "--json"], ["task", "list", "--json"], ["repo", "list"]):
-        assert orch_imports(tmp_path, *args)["imported"] == ["sqlalchemy"], args
+    cases = (["status", "--json"], ["task", "list", "--json"], ["repo", "list"])
+    for args, got in zip(cases, orch_imports_each(tmp_path, cases), strict=True):
+        assert got["imported"] == ["sqlalchemy"], args
 
 
 # The homes the tests below start from are made once, by `orch init` and `orch repo add` in
@@ -176,10 +202,13 @@ def test_rich_is_imported_only_to_draw(tmp_path: Path, home_with_a_repo: Path) -
         ["repo", "list", "--json"],
         ["alerts", "--json"],
     ]
-    for args in plain_cases:
+    drawn_cases = [["status"], ["task", "list"], ["task", "show", "DEMO-1"], ["repo", "list"]]
+    # In order up to the task's filing (a status before it); the reads after it side by side.
+    for args in plain_cases[:2]:
         assert orch_imports(tmp_path, *args)["ui"] == ["typer"], args
-    for args in (["status"], ["task", "list"], ["task", "show", "DEMO-1"], ["repo", "list"]):
-        assert orch_imports(tmp_path, *args)["ui"] == ["typer", "rich"], args
+    reads = [*plain_cases[2:], *drawn_cases]
+    for args, got in zip(reads, orch_imports_each(tmp_path, reads), strict=True):
+        assert got["ui"] == (["typer"] if args in plain_cases else ["typer", "rich"]), args
 
 
 # The commands issue 19 times (bench/cli.py), and a listing with every filter given.
@@ -203,7 +232,11 @@ def timed_reports(tmp_path_factory: pytest.TempPathFactory, home_with_a_repo: Pa
     """``orch_imports(...)`` of each of ``TIMED`` and then ``AFTER_TIMED``, by arguments."""
     tmp = tmp_path_factory.mktemp("timed")
     copy_home(home_with_a_repo, tmp)
-    return {tuple(args): orch_imports(tmp, *args) for args in (*TIMED, *AFTER_TIMED)}
+    reports = {tuple(args): orch_imports(tmp, *args) for args in TIMED}
+    # These three only read: side by side.
+    after = orch_imports_each(tmp, AFTER_TIMED)
+    reports.update(zip(map(tuple, AFTER_TIMED), after, strict=True))
+    return reports
 
 
 def test_a_sqlite_command_imports_no_postgresql_dialect(timed_reports: Reports) -> None:
@@ -273,8 +306,9 @@ def test_a_command_imports_its_own_command_module_only(tmp_path: Path, inited_ho
         (["repo", "list"], "orchestrator.cli.repo"),
         (["alerts", "--json"], "orchestrator.cli.engine_cmds"),
     ]
-    for args, own in cases:
-        assert orch_imports(tmp_path, *args)["cli"] == sorted([*shared, own]), args
+    reports = orch_imports_each(tmp_path, [args for args, _own in cases])
+    for (args, own), got in zip(cases, reports, strict=True):
+        assert got["cli"] == sorted([*shared, own]), args
 
 
 def test_a_database_behind_is_still_upgraded_by_a_command(
