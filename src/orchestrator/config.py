@@ -519,7 +519,11 @@ def settings_model() -> type[Any]:
 # `yes`, an empty path) is pydantic's to read or refuse.
 _PLAIN_INT = re.compile(r"0|[1-9][0-9]{0,17}")
 _PLAIN_FLOAT = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,15})?")
-_PLAIN_BOOL = {"true": True, "false": False, "1": True, "0": False}
+# Every lower-case spelling pydantic reads as a bool (the documented ORCH_SANDBOX=off too).
+_PLAIN_BOOL = {
+    **dict.fromkeys(("true", "1", "on", "yes", "t", "y"), True),
+    **dict.fromkeys(("false", "0", "off", "no", "f", "n"), False),
+}
 _UNSURE = object()
 
 
