@@ -11,7 +11,7 @@ else), each checked against its name as it is read (in bounded pieces, whatever 
 are written into the clone's store as git writes a loose object (a temporary file of mode
 ``0444`` less the umask in its folder, linked to its name once whole).
 
-Only where that is exactly what the fetch would have left (``squash.writes_plainly``:
+Only where that is exactly what the fetch would have left (``squash.copy_limits``:
 the clone sets no shared-repository mode, fsync or compression of its own and does not
 have its fetches check objects; here, too: fewer objects than the clone's unpack limit,
 which a fetch would keep as a pack, and a clone its automatic maintenance would not yet

@@ -85,10 +85,8 @@ class _UserConfig:
     # ``-c key=value`` for each setting of how the clone writes objects (``_WRITE_KEYS``).
     writes: tuple[str, ...] = ()
     # The clone checks the objects it fetches (``fetch.fsckObjects``, else
-    # ``transfer.fsckObjects``; a value git may read as true counts).
+    # ``transfer.fsckObjects``; a value git may read as true counts), or git did not say.
     checks_fetched: bool = True
-    # Git answered (else every field is a guess: see ``writes_plainly``).
-    answered: bool = False
     # When a fetch would keep what it brings as a pack, or run the clone's automatic
     # maintenance: a copy of an attempt's objects then leaves it to the fetch.
     limits: Limits = field(default_factory=lambda: Limits(unpack_limit=0))
@@ -116,21 +114,15 @@ _LIMIT_KEYS = ("fetch.unpacklimit", "transfer.unpacklimit", "gc.auto", "maintena
 _FALSE = frozenset({"false", "no", "off", "0"})
 
 
-def writes_plainly(repo_path: Path) -> bool:
-    """Whether the user's clone writes a loose object as git does by default (no
-    ``_WRITE_KEYS`` set: no shared-repository modes, fsync or compression of its own) and
-    lets a fetch take objects unchecked (no fsck on fetch): then an object copied into its
-    store as git writes one is what a fetch would have left. False whenever git did not
-    answer. Kept as ``configured_user`` is (the same git call)."""
+def copy_limits(repo_path: Path) -> Limits | None:
+    """The clone's unpack limit and automatic maintenance, as a fetch there reads them,
+    when an object copied into its store as git writes one is what a fetch would have
+    left: the clone sets none of ``_WRITE_KEYS`` (shared-repository modes, fsync or
+    compression of its own) and lets a fetch take objects unchecked (no fsck on fetch).
+    None otherwise, and whenever git did not answer. Kept as ``configured_user`` is (the
+    same git call)."""
     found = _user_config(repo_path)
-    return found.answered and not found.writes and not found.checks_fetched
-
-
-def copy_limits(repo_path: Path) -> Limits:
-    """The clone's unpack limit and automatic maintenance, as a fetch there reads them
-    (kept with ``configured_user``'s answer); limits that send everything to the fetch
-    when git did not answer or a value is not a plain number."""
-    return _user_config(repo_path).limits
+    return None if found.writes or found.checks_fetched else found.limits
 
 
 def _git_int(text: str | None, default: int) -> int | None:
@@ -181,7 +173,7 @@ def _ask_user(repo_path: Path) -> tuple[_UserConfig, bool]:
     if all(values) and not any(_UNSAFE_RE.search(v) or "<" in v or ">" in v for v in values):
         ident = Ident(values[0], values[1])
     limits = _limits(found) if answered else Limits(unpack_limit=0)
-    return _UserConfig(ident, writes, checks, answered, limits), answered
+    return _UserConfig(ident, writes, checks, limits), answered
 
 
 _USERS: KeptAnswers[_UserConfig] = KeptAnswers()

@@ -383,10 +383,11 @@ def _copied_to_user(repo_path: Path, workspace: Path, ref: str) -> str | None:
     that is what a fetch would leave) and git says so (``rev-list --objects``: what a
     fetch's own connectivity check asks); None: leave it to the fetch."""
     store = user_store(repo_path, workspace)
-    if store is None or not squash.writes_plainly(repo_path):
+    limits = None if store is None else squash.copy_limits(repo_path)
+    if store is None or limits is None:
         return None
     tip = loose_ref(workspace / ".git", ref)
-    if tip is None or not objects.bring_tip(workspace, store, tip, squash.copy_limits(repo_path)):
+    if tip is None or not objects.bring_tip(workspace, store, tip, limits):
         return None
     # Objects the user's branch reaches are there (as those of every ref are, to a fetch):
     # only what the attempt adds is looked for.
@@ -505,6 +506,10 @@ def _drop_worktree_dir(path: Path) -> None:
         path.unlink(missing_ok=True)
     else:
         shutil.rmtree(path, ignore_errors=True)
+    _drop_staging(path)
+
+
+def _drop_staging(path: Path) -> None:
     # A workspace a crash left half-made beside its place.
     shutil.rmtree(path.with_name(f".{path.name}{_STAGING_SUFFIX}"), ignore_errors=True)
 
@@ -520,8 +525,7 @@ def _set_aside(path: Path) -> Path | None:
         path.rename(aside)
     except OSError:
         return None
-    # A workspace a crash left half-made beside its place.
-    shutil.rmtree(path.with_name(f".{path.name}{_STAGING_SUFFIX}"), ignore_errors=True)
+    _drop_staging(path)
     return aside
 
 
