@@ -9,7 +9,9 @@ fetch), a workspace's removal and a done task's branch deletion, and no automati
 maintenance in a workspace. Beside each count, the shortcut's exactness: an attempt with
 nothing to commit, a user's branch that moved on or that exists already, a main that moved
 or whose refs git packed, a tag that ``main`` names first, an unpublished branch, a
-linked worktree, a re-encoded commit message, a rebase a crash left stopped.
+linked worktree, a re-encoded commit message, a rebase a crash left stopped, and each state
+of the checkout main moves in (dirty, another branch, detached, a bare config, a linked
+worktree, a symbolic-link HEAD).
 """
 
 from __future__ import annotations
@@ -468,7 +470,7 @@ def _land(repo: Path, ws: Path, key: str = "DEMO-1") -> land.Landing:
     return land.land(request, judge)
 
 
-def test_landing_a_published_branch_takes_ten_git_calls_and_no_fetch(
+def test_landing_a_published_branch_takes_eight_git_calls_and_no_fetch(
     tmp_path: Path, make_repo: Any
 ) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
@@ -481,14 +483,15 @@ def test_landing_a_published_branch_takes_ten_git_calls_and_no_fetch(
     with counted() as calls:
         landing = _land(repo, ws)
     assert landing.status == "MERGED", landing.reasons
-    # status, the branch's log, the user's name, commit-tree, the branch's CAS in the
-    # workspace and in the user's clone, the checkout's state (2), main's CAS, the
-    # checkout's files. Main, HEAD and its trailer, and whether main is under the branch
-    # are read from git's files (loose refs and commits); the commit is written into the
+    # status, the branch's log, commit-tree, the branch's CAS in the workspace and in the
+    # user's clone, the checkout's status, main's CAS, the checkout's files. Main, HEAD
+    # and its trailer, whether main is under the branch and the branch the clone has
+    # checked out are read from git's files (loose refs and commits, HEAD); the user's
+    # name was asked by the branch's publication and kept; the commit is written into the
     # user's store, which holds its tree and parent already (the branch was published):
-    # no fetch. (Before: 28, then 15, then 13.)
+    # no fetch. (Before: 28, then 15, then 13, then 9.)
     assert _subcommands(calls)["fetch"] == 0, calls
-    assert len(calls) <= 10, _subcommands(calls)
+    assert len(calls) == 8, _subcommands(calls)
     main = _git(repo, "rev-parse", "main")
     assert landing.merged_sha == main
     assert landing.tree == tree == _git(repo, "rev-parse", "main^{tree}")
@@ -505,6 +508,67 @@ def test_landing_a_published_branch_takes_ten_git_calls_and_no_fetch(
     again = _land(repo, ws)
     assert (again.status, again.already) == ("MERGED", "already-merged")
     assert _git(repo, "rev-parse", "main") == main
+
+
+def _checkout_case(repo: Path, case: str) -> None:
+    """Put the user's clone in one of the states main's checkout can be in."""
+    if case == "other-branch":
+        _git(repo, "checkout", "-q", "-b", "side")
+    elif case == "detached":
+        _git(repo, "checkout", "-q", "--detach")
+    elif case == "bare-config":
+        _git(repo, "config", "core.bare", "true")
+    elif case == "linked-worktree":
+        _git(repo, "worktree", "add", "-q", "--detach", str(repo.parent / "linked"))
+    elif case == "symlinked-head":
+        (repo / ".git" / "HEAD").unlink()
+        (repo / ".git" / "HEAD").symlink_to("refs/heads/main")
+    elif case == "dirty":
+        (repo / "README.md").write_text("edited\n")
+
+
+@pytest.mark.parametrize(
+    ("case", "checkout", "asks_git"),
+    [
+        ("plain", "synced", False),
+        ("dirty", "dirty", False),
+        ("other-branch", "not-checked-out", False),
+        ("detached", "not-checked-out", False),
+        ("bare-config", "not-checked-out", True),
+        ("linked-worktree", "synced", True),
+        ("symlinked-head", "synced", True),
+    ],
+)
+def test_the_checkout_main_moves_in_is_read_from_files_only_when_git_would_agree(
+    tmp_path: Path, make_repo: Any, case: str, checkout: str, asks_git: bool
+) -> None:
+    # Which branch the user's clone has checked out is read from its HEAD file when that
+    # says it plainly; git's rev-parse answers a linked worktree, a symbolic-link HEAD,
+    # and (after its status fails) a .git folder whose config says core.bare.
+    repo = make_repo(files={"README.md": "demo\n"})
+    old = _git(repo, "rev-parse", "main")
+    _git(repo, "checkout", "-q", "-b", "next")
+    (repo / "new.txt").write_text("new\n")
+    _git(repo, "add", "new.txt")
+    _git(repo, "commit", "-q", "-m", "next")
+    new = _git(repo, "rev-parse", "HEAD")
+    _git(repo, "checkout", "-q", "main")
+    _git(repo, "branch", "-q", "-D", "next")
+    _checkout_case(repo, case)
+    with counted() as calls:
+        cas = merge.advance_main(repo, "main", new, old)
+    assert (cas.status, cas.checkout) == ("ok", checkout), cas
+    assert _git(repo, "rev-parse", "main") == new
+    assert (_subcommands(calls)["rev-parse"] > 0) is asks_git, calls
+    if case == "bare-config":
+        assert cas.notes == (f"{repo} is bare",)
+        return
+    synced = checkout == "synced"
+    assert (repo / "new.txt").exists() is synced
+    if case == "dirty":
+        assert (repo / "README.md").read_text() == "edited\n"
+    elif synced:
+        assert _git(repo, "status", "--porcelain", "--untracked-files=no") == ""
 
 
 def test_landing_asks_the_users_name_again_only_when_a_config_changes(

@@ -101,7 +101,7 @@ def descends(repo: Path, ancestor: str, tip: str) -> bool | None:
     from ``tip`` meets it, False when it walked all of ``tip``'s history without, None when
     it could not tell (ask ``git merge-base --is-ancestor``)."""
     git_dir = repo / ".git"
-    if not (_is_sha(ancestor) and _is_sha(tip)) or not _plain_history(git_dir):
+    if not (is_hex(ancestor) and is_hex(tip)) or not _plain_history(git_dir):
         return None
     stores = _object_stores(git_dir)
     seen: set[str] = set()
@@ -178,11 +178,41 @@ def _head(git_dir: Path) -> str | None:
         return None
     if text.startswith("ref: "):
         return loose_ref(git_dir, text.removeprefix("ref: "))
-    return text if _is_sha(text) else None
+    return text if is_hex(text) else None
 
 
-def _is_sha(text: str) -> bool:
-    return len(text) == 40 and all(c in "0123456789abcdef" for c in text)
+def is_hex(text: str, length: int = 40) -> bool:
+    """Whether ``text`` is ``length`` lower-case hex digits (40: a full SHA-1 name)."""
+    return len(text) == length and all(c in "0123456789abcdef" for c in text)
+
+
+def checked_out_plainly(repo_path: Path) -> list[str] | None:
+    """The branch the clone at ``repo_path`` has checked out, read from its files when it
+    has one worktree only (its ``.git`` a folder of its own, no linked worktree, a plain
+    ``HEAD`` file, nothing in the environment moving git's parts): ``[ref]``, or ``[]``
+    when ``HEAD`` is detached. None: ask git."""
+    env = gitcmd.git_environment()
+    if any(name in env for name in ("GIT_DIR", "GIT_COMMON_DIR", "GIT_WORK_TREE")):
+        return None
+    git_dir = repo_path / ".git"
+    if not git_dir.is_dir() or git_dir.is_symlink() or (git_dir / "commondir").exists():
+        return None
+    try:
+        if any((git_dir / "worktrees").iterdir()):
+            return None
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    if (git_dir / "HEAD").is_symlink():
+        return None  # git's old symbolic-link HEAD: git reads it
+    try:
+        head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if head.startswith("ref: "):
+        return [head.removeprefix("ref: ").strip()]
+    return [] if is_hex(head) else None
 
 
 def _object_stores(git_dir: Path) -> list[Path]:
@@ -216,7 +246,7 @@ def read_commit(repo: Path, rev: str) -> LooseCommit | None:
     if not _plain_history(git_dir):
         return None
     sha = _head(git_dir) if rev == "HEAD" else rev
-    if sha is None or not _is_sha(sha):
+    if sha is None or not is_hex(sha):
         return None
     return _loose_commit(_object_stores(git_dir), sha)
 
@@ -232,7 +262,7 @@ def _loose_commit(stores: list[Path], sha: str, *, message: bool = True) -> Loos
     """Commit ``sha`` from its loose object in the first store that has it; None: not loose
     there, not a commit, not what its name says, or (``message``) a message git would not
     print as it is stored."""
-    if not _is_sha(sha):
+    if not is_hex(sha):
         return None
     for store in stores:
         try:
@@ -252,14 +282,14 @@ def _loose_commit(stores: list[Path], sha: str, *, message: bool = True) -> Loos
         if not lines[0].startswith(b"tree "):
             return None
         tree = lines[0][5:].decode("ascii", errors="replace")
-        if not _is_sha(tree):
+        if not is_hex(tree):
             return None
         parents = []
         for line in lines[1:]:
             if not line.startswith(b"parent "):
                 break
             parent = line[7:].decode("ascii", errors="replace")
-            if not _is_sha(parent):
+            if not is_hex(parent):
                 return None
             parents.append(parent)
         text = ""

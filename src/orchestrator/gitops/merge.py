@@ -253,23 +253,36 @@ class _Checkout:
 
 
 def _checkout_state(repo_path: Path, main: str) -> _Checkout:
-    # Both in one call: "true"/"false", then the branch HEAD names ("HEAD" when detached).
-    found = run_git(
-        ["rev-parse", "--is-bare-repository", "--symbolic-full-name", "HEAD"], repo_path
-    )
-    bare, head = ([*found.stdout.split(), "", ""] if found else ["", ""])[:2]
-    if head != f"refs/heads/{main}":
+    # The branch HEAD names, from the clone's files when they say it plainly; else git.
+    plain = ancestry.checked_out_plainly(repo_path)
+    if plain is None:
+        # Both in one call: "true"/"false", then the branch HEAD names ("HEAD" if detached).
+        found = run_git(
+            ["rev-parse", "--is-bare-repository", "--symbolic-full-name", "HEAD"], repo_path
+        )
+        bare, head = ([*found.stdout.split(), "", ""] if found else ["", ""])[:2]
+        if head != f"refs/heads/{main}":
+            return _Checkout(False, False, f"{main} is not checked out in {repo_path}")
+        if bare == "true":
+            return _Checkout(False, False, f"{repo_path} is bare")
+    elif plain != [f"refs/heads/{main}"]:
         return _Checkout(False, False, f"{main} is not checked out in {repo_path}")
-    if bare == "true":
-        return _Checkout(False, False, f"{repo_path} is bare")
     # Tracked changes only: an untracked file is the user's and read-tree below refuses
     # to overwrite one anyway.
     res = run_git(["status", "--porcelain", "--untracked-files=no"], repo_path)
     if not res:
+        if plain is not None and _is_bare(repo_path):
+            # A ``.git`` folder whose config says ``core.bare``: status has no work tree.
+            return _Checkout(False, False, f"{repo_path} is bare")
         return _Checkout(True, False, f"git status failed: {explain(res)}")
     if res.stdout.strip():
         return _Checkout(True, False, f"the checkout of {main} in {repo_path} has local changes")
     return _Checkout(True, True, "clean")
+
+
+def _is_bare(repo_path: Path) -> bool:
+    found = run_git(["rev-parse", "--is-bare-repository"], repo_path)
+    return bool(found) and found.stdout.strip() == "true"
 
 
 def cas_ref(cwd: Path, ref: str, new: str, old: str) -> CasResult:

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-_HEX = frozenset("0123456789abcdef")
+from orchestrator.gitops.ancestry import is_hex
+
 # Types a loose object's header may name.
 _TYPES = (b"blob", b"tree", b"commit", b"tag")
 # How much of an object is read and inflated at a time.
@@ -199,7 +200,7 @@ def _shas(raw: list[bytes]) -> list[str] | None:
     out = []
     for value in raw:
         text = value.decode("ascii", errors="replace")
-        if len(text) != 40 or not _HEX.issuperset(text):
+        if not is_hex(text):
             return None
         out.append(text)
     return out

@@ -27,7 +27,7 @@ from typing import Literal
 from orchestrator import taskdir
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import merge, objects, squash
-from orchestrator.gitops.ancestry import descends, loose_ref
+from orchestrator.gitops.ancestry import checked_out_plainly, descends, is_hex, loose_ref
 from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.lock import repo_lock
 
@@ -603,7 +603,7 @@ def delete_merged_branch_locked(repo_path: Path, main_branch: str, key: str) -> 
         return BranchCleanup(
             "kept", f"{branch} kept: its tip {tip[:12]} is not on {main_branch} (unmerged work)"
         )
-    checked_out = _checked_out_plainly(repo_path)
+    checked_out = checked_out_plainly(repo_path)
     if checked_out is None:
         listed = gitcmd.git(["worktree", "list", "--porcelain"], repo_path)
         if not listed:
@@ -621,43 +621,10 @@ def delete_merged_branch_locked(repo_path: Path, main_branch: str, key: str) -> 
     return BranchCleanup("deleted", f"{branch} deleted: {main_branch} holds its tip {tip[:12]}")
 
 
-def _checked_out_plainly(repo_path: Path) -> list[str] | None:
-    """The branches ``git worktree list`` would name as checked out in the user's clone,
-    read from its files when it has one worktree only (its ``.git`` a folder of its own,
-    no linked worktree, nothing in the environment moving git's parts): the branch its
-    ``HEAD`` names, if any. None: ask git."""
-    env = gitcmd.git_environment()
-    if any(name in env for name in ("GIT_DIR", "GIT_COMMON_DIR", "GIT_WORK_TREE")):
-        return None
-    git_dir = repo_path / ".git"
-    if not git_dir.is_dir() or git_dir.is_symlink() or (git_dir / "commondir").exists():
-        return None
-    try:
-        if any((git_dir / "worktrees").iterdir()):
-            return None
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return None
-    try:
-        head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if head.startswith("ref: "):
-        return [head.removeprefix("ref: ").strip()]
-    return [] if len(head) == 40 and all(c in "0123456789abcdef" for c in head) else None
-
-
 def _set_aside_name(name: str) -> bool:
     """Whether ``name`` is what ``_set_aside`` names a workspace it set aside."""
     key, sep, tag = name.removeprefix(".").rpartition(_GONE_SUFFIX)
-    return (
-        name.startswith(".")
-        and bool(sep)
-        and taskdir.valid_key(key)
-        and len(tag) == 12
-        and all(c in "0123456789abcdef" for c in tag)
-    )
+    return name.startswith(".") and bool(sep) and taskdir.valid_key(key) and is_hex(tag, 12)
 
 
 def prune_orphan_worktrees(
