@@ -9,9 +9,10 @@ fetch), a workspace's removal and a done task's branch deletion, and no automati
 maintenance in a workspace. Beside each count, the shortcut's exactness: an attempt with
 nothing to commit, a user's branch that moved on or that exists already, a main that moved
 or whose refs git packed, a tag that ``main`` names first, an unpublished branch, a
-linked worktree, a re-encoded commit message, a rebase a crash left stopped, and each state
+linked worktree, a re-encoded commit message, a rebase a crash left stopped, each state
 of the checkout main moves in (dirty, another branch, detached, a bare config, a linked
-worktree, a symbolic-link HEAD).
+worktree, a symbolic-link HEAD), and the branch's commits as ``git log`` prints them (odd
+messages and authors; a merge, a long or packed branch, an encoding left to git).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from orchestrator.domain.stages import Stage
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.gates import registry
 from orchestrator.gates.context import GateContext
-from orchestrator.gitops import ancestry, commits, land, merge, worktrees
+from orchestrator.gitops import ancestry, commits, land, merge, squash, worktrees
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.land import Candidate, Judgement, LandRequest
 from orchestrator.runners import protected
@@ -470,7 +471,7 @@ def _land(repo: Path, ws: Path, key: str = "DEMO-1") -> land.Landing:
     return land.land(request, judge)
 
 
-def test_landing_a_published_branch_takes_eight_git_calls_and_no_fetch(
+def test_landing_a_published_branch_takes_seven_git_calls_and_no_fetch(
     tmp_path: Path, make_repo: Any
 ) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
@@ -483,15 +484,15 @@ def test_landing_a_published_branch_takes_eight_git_calls_and_no_fetch(
     with counted() as calls:
         landing = _land(repo, ws)
     assert landing.status == "MERGED", landing.reasons
-    # status, the branch's log, commit-tree, the branch's CAS in the workspace and in the
-    # user's clone, the checkout's status, main's CAS, the checkout's files. Main, HEAD
-    # and its trailer, whether main is under the branch and the branch the clone has
+    # status, commit-tree, the branch's CAS in the workspace and in the user's clone, the
+    # checkout's status, main's CAS, the checkout's files. Main, HEAD and its trailer,
+    # the branch's commits, whether main is under the branch and the branch the clone has
     # checked out are read from git's files (loose refs and commits, HEAD); the user's
     # name was asked by the branch's publication and kept; the commit is written into the
     # user's store, which holds its tree and parent already (the branch was published):
     # no fetch. (Before: 28, then 15, then 13, then 9.)
     assert _subcommands(calls)["fetch"] == 0, calls
-    assert len(calls) == 8, _subcommands(calls)
+    assert len(calls) == 7, _subcommands(calls)
     main = _git(repo, "rev-parse", "main")
     assert landing.merged_sha == main
     assert landing.tree == tree == _git(repo, "rev-parse", "main^{tree}")
@@ -631,6 +632,111 @@ def test_a_stopped_rebase_in_the_workspace_is_aborted_before_landing(
 
 
 # --------------------------------------------------------------------------- testing
+
+
+def _commit_raw(repo: Path, body: bytes) -> str:
+    """A commit object of exactly ``body``'s bytes (headers and message), written loose."""
+    proc = subprocess.run(
+        ["git", "hash-object", "-t", "commit", "-w", "--literally", "--stdin"],
+        cwd=repo,
+        input=body,
+        capture_output=True,
+        check=True,
+    )
+    return proc.stdout.decode().strip()
+
+
+def _chain(repo: Path, base: str, bodies: list[bytes]) -> str:
+    """Commits of ``bodies`` (each after its tree and parent headers) on ``base``; HEAD's
+    branch moved to the last."""
+    tree = _git(repo, "rev-parse", f"{base}^{{tree}}")
+    sha = base
+    for body in bodies:
+        sha = _commit_raw(repo, b"tree %s\nparent %s\n" % (tree.encode(), sha.encode()) + body)
+    _git(repo, "update-ref", "refs/heads/main", sha)
+    return sha
+
+
+# Author headers and messages as git may hold them: blank and white-space-only lines before
+# and inside the subject, CR LF, tabs, form feeds, no final line break, UTF-8, zones on
+# both sides of UTC and "-0000", names with spaces around them.
+_ODD_COMMITS = [
+    b"author Ada Lovelace <ada@tests.invalid> 1733555000 +0000\n"
+    b"committer C <c@tests.invalid> 1733555000 +0000\n\nplain subject\n\nbody\n",
+    b"author  Spaced  Name \t <odd@tests.invalid> 915177600 -0800\n"
+    b"committer C <c@tests.invalid> 1 +0000\n\n\n \t\n\vsubject after blank lines\n"
+    b"second line of it \t\n \nbody\n",
+    b"author Zoned <z@tests.invalid> 981173106 +0530\ncommitter C <c@tests.invalid> 1 +0000\n\n"
+    b"subject with trailing spaces   \r\nnext\r\n\r\nbody\r\n",
+    "author Ünïcödé — Name <u@tests.invalid> 1700000000 -0000\ncommitter C <c@x> 1 +0000\n\n"
+    "ünïcödé subject — dash\nline\f\n\fnext\n".encode(),
+    b"author NoName <> 2000000000 +1400\ncommitter C <c@x> 1 +0000\n\nno line break at the end",
+    b"author Tabbed <t@tests.invalid> 1234567890 -0930\ncommitter C <c@x> 1 +0000\n"
+    b"\n  leading spaces kept\tand a tab\n",
+    b"author A>B <b<c@tests.invalid>1 +0000\ncommitter C <c@x> 1 +0000\n\nangles\n",
+    b"author <only@tests.invalid> 7 +0000\ncommitter C <c@x> 1 +0000\n\nno name\n",
+]
+
+
+def test_the_branchs_commits_are_read_from_files_as_git_log_prints_them(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The merge gate's squash lists the branch's commits; read from their loose objects,
+    # every field is what `git log` prints for it.
+    repo = make_repo(files={"README.md": "demo\n"})
+    base = _git(repo, "rev-parse", "main")
+    _chain(repo, base, _ODD_COMMITS)
+    with counted() as calls:
+        read = squash._branch_commits(repo, base)
+    assert calls == []
+    monkeypatch.setattr(ancestry, "commits_since", lambda *_: None)
+    with counted() as calls:
+        logged = squash._branch_commits(repo, base)
+    assert _subcommands(calls) == {"log": 1}
+    assert read is not None
+    assert logged is not None
+    assert len(read) == len(_ODD_COMMITS)
+    for mine, gits in zip(read, logged, strict=True):
+        assert mine == gits
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["merge", "long", "encoding", "packed", "author-spacing", "far-future", "short-base"],
+)
+def test_a_branch_the_files_cannot_answer_for_is_listed_by_git(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    base = _git(repo, "rev-parse", "main")
+    plain = _ODD_COMMITS[0]
+    if case == "merge":
+        side = _chain(repo, base, [plain])
+        _git(repo, "update-ref", "refs/heads/main", base)
+        tree = _git(repo, "rev-parse", f"{base}^{{tree}}")
+        merged = _commit_raw(repo, f"tree {tree}\nparent {base}\nparent {side}\n".encode() + plain)
+        _git(repo, "update-ref", "refs/heads/main", merged)
+    elif case == "long":
+        _chain(repo, base, [plain.replace(b"plain", b"plain %d" % n) for n in range(70)])
+    elif case == "encoding":
+        _chain(repo, base, [plain.replace(b"\n\nplain", b"\nencoding ISO-8859-1\n\nplain")])
+    elif case == "packed":
+        _chain(repo, base, [plain, plain.replace(b"plain", b"second")])
+        _git(repo, "repack", "-a", "-d", "-q")
+        _git(repo, "prune-packed")
+    elif case == "author-spacing":
+        _chain(repo, base, [plain.replace(b"1733555000 +0000", b"1733555000   +0000")])
+    elif case == "far-future":  # the year 10000
+        _chain(repo, base, [plain.replace(b"1733555000 +0000", b"253402300800 +0000")])
+    else:  # the base given as something other than a full name
+        _chain(repo, base, [plain])
+        base = base[:12]
+    with counted() as calls:
+        read = squash._branch_commits(repo, base)
+    assert _subcommands(calls) == {"log": 1}, calls
+    monkeypatch.setattr(ancestry, "commits_since", lambda *_: None)
+    assert read == squash._branch_commits(repo, base)
+    assert read
 
 
 def test_the_protected_check_of_a_branch_on_main_runs_no_merge_base(

@@ -232,6 +232,7 @@ class LooseCommit:
     tree: str
     parents: tuple[str, ...]
     message: str  # everything after the headers, as ``git log --format=%B`` prints it
+    author: str = ""  # the author header's value, ``Name <email> <seconds> <zone>``
 
 
 def read_commit(repo: Path, rev: str) -> LooseCommit | None:
@@ -249,6 +250,32 @@ def read_commit(repo: Path, rev: str) -> LooseCommit | None:
     if sha is None or not is_hex(sha):
         return None
     return _loose_commit(_object_stores(git_dir), sha)
+
+
+def commits_since(repo: Path, base: str) -> list[LooseCommit] | None:
+    """The commits of ``base..HEAD`` in the repository at ``repo``, oldest first, read from
+    git's files; None: ask git (``git log base..HEAD``).
+
+    Exact when it answers: HEAD reaches ``base`` through at most ``_MAX_COMMITS`` loose
+    commits of one parent each (a task branch as the orchestrator commits it), and such a
+    line holds exactly the commits that HEAD reaches and ``base`` does not. Each is read as
+    ``read_commit`` reads one (its bytes hash to its name, a plain history, no message git
+    would re-encode)."""
+    git_dir = repo / ".git"
+    if not is_hex(base) or not _plain_history(git_dir):
+        return None
+    stores = _object_stores(git_dir)
+    sha = _head(git_dir)
+    walked: list[LooseCommit] = []
+    while sha != base:
+        if sha is None or len(walked) == _MAX_COMMITS:
+            return None
+        found = _loose_commit(stores, sha)
+        if found is None or len(found.parents) != 1:
+            return None
+        walked.append(found)
+        sha = found.parents[0]
+    return walked[::-1]
 
 
 def _parents(stores: list[Path], sha: str) -> list[str] | None:
@@ -292,14 +319,16 @@ def _loose_commit(stores: list[Path], sha: str, *, message: bool = True) -> Loos
             if not is_hex(parent):
                 return None
             parents.append(parent)
-        text = ""
+        text = author = ""
         if message:
             headers, blank, raw_message = body.partition(b"\n\n")
-            if not blank or any(h.startswith(b"encoding ") for h in headers.split(b"\n")):
+            fields = headers.split(b"\n")
+            if not blank or any(h.startswith(b"encoding ") for h in fields):
                 return None
+            written = next((h[7:] for h in fields if h.startswith(b"author ")), b"")
             try:
-                text = raw_message.decode("utf-8")
+                text, author = raw_message.decode("utf-8"), written.decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        return LooseCommit(sha, tree, tuple(parents), text)
+        return LooseCommit(sha, tree, tuple(parents), text, author)
     return None

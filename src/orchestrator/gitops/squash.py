@@ -8,12 +8,14 @@ the tree the branch holds: nothing in the worktree changes, and nothing is force
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.gitops import ancestry
 from orchestrator.gitops.config_read import KeptAnswers
 from orchestrator.gitops.merge import (
     ORCH_IDENTITY,
@@ -194,15 +196,30 @@ class _BranchCommit:
 
 
 # One record per commit of the branch: everything the squash reads, in one `git log`.
-_FIELDS = ("%H", "%T", "%h %s", "%an", "%ae", "%aI", "%B")
+_FIELDS = ("%H", "%T", "%s", "%an", "%ae", "%aI", "%B")
+# What git's own isspace() takes for white space (not C's: no vertical tab, no form feed);
+# git trims and skips by it.
+_GIT_SPACE = " \t\n\r"
+# An author header as git writes it: the name (to the first "<", white space after it
+# trimmed), the address (to the first ">"), seconds since the epoch and the zone.
+_AUTHOR_RE = re.compile(
+    r"(?P<name>[^<]*?)[ \t\n\r]*<(?P<email>[^>]*)>[ \t\n\r]*"
+    r"(?P<seconds>[0-9]{1,12}) (?P<zone>[+-][0-9]{4})"
+)
 
 
 def _branch_commits(worktree: Path, base: str) -> list[_BranchCommit] | None:
     """The commits of ``base..HEAD``, oldest first (HEAD last); None when git cannot say.
 
+    From git's files when the branch is a line of loose commits on ``base``
+    (``ancestry.commits_since``), each field as ``git log`` would print it; else git.
     NUL-separated (-z, and %x00 between fields): a name is the agent's to choose, and may
     hold what splitlines would take for a line break; git keeps NUL out of every field.
     """
+    walked = ancestry.commits_since(worktree, base)
+    read = [_read_commit(c) for c in walked] if walked is not None else [None]
+    if all(c is not None for c in read):
+        return [c for c in read if c is not None]
     res = run_git(
         ["log", "-z", "--reverse", f"--format={'%x00'.join(_FIELDS)}", f"{base}..HEAD"],
         worktree,
@@ -217,13 +234,59 @@ def _branch_commits(worktree: Path, base: str) -> list[_BranchCommit] | None:
         _BranchCommit(
             sha=fields[i].strip(),
             tree=fields[i + 1].strip(),
-            line=fields[i + 2],
+            line=f"{fields[i].strip()[:12]} {fields[i + 2]}",
             author=Ident(_clean(fields[i + 3]), _clean(fields[i + 4])),
             date=fields[i + 5].strip(),
             message=fields[i + 6],
         )
         for i in range(0, len(fields), n)
     ]
+
+
+def _read_commit(commit: ancestry.LooseCommit) -> _BranchCommit | None:
+    """``commit`` as ``git log --format`` with ``_FIELDS`` gives it; None for an author
+    header git would read otherwise than this does (git is asked)."""
+    found = _AUTHOR_RE.fullmatch(commit.author)
+    if found is None:
+        return None
+    zone = int(found["zone"])  # +0530 -> 530; git prints -0000 as +00:00
+    minutes = (abs(zone) // 100 * 60 + abs(zone) % 100) * (1 if zone >= 0 else -1)
+    try:
+        when = datetime.datetime.fromtimestamp(
+            int(found["seconds"]), datetime.timezone(datetime.timedelta(minutes=minutes))
+        )
+    except (ValueError, OverflowError, OSError):
+        return None
+    date = (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T{when.hour:02d}:{when.minute:02d}:"
+        f"{when.second:02d}{'+' if zone >= 0 else '-'}{abs(zone) // 100:02d}:{abs(zone) % 100:02d}"
+    )
+    return _BranchCommit(
+        sha=commit.sha,
+        tree=commit.tree,
+        line=f"{commit.sha[:12]} {_as_read(_subject(commit.message))}",
+        author=Ident(_clean(_as_read(found["name"])), _clean(_as_read(found["email"]))),
+        date=date,
+        message=_as_read(commit.message),
+    )
+
+
+def _as_read(text: str) -> str:
+    """``text`` as ``run_git`` reads git's output: in text mode, every CR LF and CR a LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _subject(message: str) -> str:
+    """``%s``: the first paragraph after any blank lines, its lines joined by a space."""
+    lines = message.split("\n")
+    while lines and not lines[0].strip(_GIT_SPACE):
+        lines.pop(0)
+    first: list[str] = []
+    for line in lines:
+        if not line.strip(_GIT_SPACE):
+            break
+        first.append(line.rstrip(_GIT_SPACE))
+    return " ".join(first)
 
 
 def _co_authors(authors: Sequence[Ident], main: Ident) -> list[Ident]:
