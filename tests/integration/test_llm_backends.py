@@ -58,6 +58,13 @@ INSTALL_HINT = "run scripts/install-agent-clis.sh (or set ORCH_TEST_AGENT_CLI_DI
 # the proxy fails at once instead of reaching the internet.
 DEAD_PROXY = "http://127.0.0.1:9"
 TEST_KEY = "sk-orch-test-not-a-real-key"
+# The stall timeout of the tests where claude or codex must stall (a hang of the model, a
+# silent tool). Each CLI shows activity (output, files in its home) until the moment it
+# sends its request: the longest silent stretch before it was about 0.2 s, so 1.5 s is
+# spent waiting out the hang, also on a loaded machine, and a stall that came before the
+# request would fail the tests' own checks (the turn taken, the model-hang reason). Not
+# aider's: it is silent about 3 s at its start (importing litellm), see its hang test.
+HANG_STALL_TIMEOUT_S = 1.5
 
 
 def cli(name: str) -> Path:
@@ -399,10 +406,11 @@ def test_claude_denied_tool_is_a_tool_error(claude_job: Any) -> None:
 
 
 def test_claude_hang_is_stopped_by_stall_detection(claude_job: Any) -> None:
-    job, server = claude_job([F.hang()], agent_stall_timeout_s=3)
+    job, server = claude_job([F.hang()], agent_stall_timeout_s=HANG_STALL_TIMEOUT_S)
     result = job.run("claude")
     assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
-    assert "stalled: no output and no file change for 3s" in result.reasons[0]
+    stalled = f"stalled: no output and no file change for {HANG_STALL_TIMEOUT_S:g}s"
+    assert stalled in result.reasons[0]
     assert server.turns_taken == 1
     assert "stopping: stalled" in job.log_text
 
@@ -591,7 +599,7 @@ def test_codex_stream_error_is_a_tool_error(codex_job: Any) -> None:
 
 
 def test_codex_hang_is_stopped_by_stall_detection(codex_job: Any) -> None:
-    job, server = codex_job([F.hang()], agent_stall_timeout_s=3)
+    job, server = codex_job([F.hang()], agent_stall_timeout_s=HANG_STALL_TIMEOUT_S)
     result = job.run("codex")
     assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
     assert "stalled:" in result.reasons[0]
@@ -601,9 +609,10 @@ def test_codex_hang_is_stopped_by_stall_detection(codex_job: Any) -> None:
 def test_codex_unreachable_server_is_owned_by_our_timeout(codex_job: Any) -> None:
     # Codex retries forever while the server is unreachable, printing a line now and then
     # (so the stall detector may not see it as stalled): the job timeout ends it. Its first
-    # "Reconnecting" line comes about a second after its start; the reason below, read from
-    # those lines, shows it was retrying when the timeout (4 s, was 8 s) stopped it.
-    job, server = codex_job([], base_url="http://127.0.0.1:9/v1", agent_timeout_s=4)
+    # "Reconnecting" line comes some 0.3 s after its start (measured; the next one only
+    # seconds later); the reason below, read from those lines, shows it was retrying when
+    # the timeout (2 s, was 4 s and 8 s) stopped it.
+    job, server = codex_job([], base_url="http://127.0.0.1:9/v1", agent_timeout_s=2)
     result = job.run("codex")
     assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
     assert any("codex could not reach the model server" in r for r in result.reasons), (
@@ -697,8 +706,9 @@ def test_aider_model_error_after_a_first_answer_is_a_tool_error(aider_job: Any) 
 # a constant with no setting: 8 retries, about 64 s of sleeping).
 AIDER_FIRST_RETRY_DELAY_S = 0.125
 AIDER_RETRY_TIMEOUT_S = 60.0
-# The overload test's lowered give-up: still more than one retry, so a retry is shown.
-SHORT_AIDER_RETRY_TIMEOUT_S = 1.0
+# The overload test's lowered give-up: still more than one retry (two: 0.25 s and 0.5 s of
+# back-off), so a retry is shown. It was 1.0 s, three retries and 1.75 s of back-off.
+SHORT_AIDER_RETRY_TIMEOUT_S = 0.5
 
 
 def aider_retries(retry_timeout_s: float) -> int:
@@ -755,7 +765,7 @@ def test_aider_mid_run_overload_is_infra_with_the_error_in_the_reasons(
 
     # What is under test is the orchestrator's reading of aider's give-up (exit 0 after its
     # retries: infra, the 529 in the reasons, no developer retry), not how long aider backs
-    # off: its give-up is lowered from 60 s to 1 s (see `aider_with_retry_timeout`).
+    # off: its give-up is lowered from 60 s to 0.5 s (see `aider_with_retry_timeout`).
     command, retry_timeout_s = aider_with_retry_timeout(
         aider_command(), SHORT_AIDER_RETRY_TIMEOUT_S
     )
