@@ -16,7 +16,15 @@ from typing import Any
 
 import fake_model_server as F
 import pytest
-from test_llm_backends import Job, claude_job, codex_job, dev_report, make_job, offline_env
+from test_llm_backends import (
+    HANG_STALL_TIMEOUT_S,
+    Job,
+    claude_job,
+    codex_job,
+    dev_report,
+    make_job,
+    offline_env,
+)
 
 from orchestrator.agents.backends import run_llm_backend
 from orchestrator.agents.codex import codex_cost_usd
@@ -129,12 +137,13 @@ def test_codex_cancelled_mid_loop_keeps_what_the_server_billed(codex_job: Any) -
 def test_claude_model_hang_after_answers_is_a_model_hang_and_keeps_its_spend(
     claude_job: Any,
 ) -> None:
-    job, server = claude_job([], agent_stall_timeout_s=3)
+    job, server = claude_job([], agent_stall_timeout_s=HANG_STALL_TIMEOUT_S)
     server.script([read_readme(job), read_readme(job)], then=F.hang())
     result = job.run("claude")
 
     assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
-    assert f"stalled: no output and no file change for 3s: {MODEL_HANG}" in result.reasons[0]
+    stalled = f"stalled: no output and no file change for {HANG_STALL_TIMEOUT_S:g}s"
+    assert f"{stalled}: {MODEL_HANG}" in result.reasons[0]
     assert server.billed() == (200, 40)
     assert (result.tokens_in, result.tokens_out) == server.billed()
     assert result.model_calls == 2
@@ -144,7 +153,7 @@ def test_claude_model_hang_after_answers_is_a_model_hang_and_keeps_its_spend(
 
 
 def test_codex_model_hang_is_a_model_hang(codex_job: Any) -> None:
-    job, _server = codex_job([F.hang()], agent_stall_timeout_s=3)
+    job, _server = codex_job([F.hang()], agent_stall_timeout_s=HANG_STALL_TIMEOUT_S)
     result = job.run("codex")
     assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
     assert MODEL_HANG in result.reasons[0]
@@ -156,7 +165,7 @@ def test_codex_stall_in_a_tool_is_not_a_model_hang(codex_job: Any) -> None:
     # A command that runs silent longer than the stall timeout: the agent's stall.
     job, _server = codex_job(
         [F.tool("exec_command", {"cmd": "sleep 30", "yield_time_ms": 60000})],
-        agent_stall_timeout_s=3,
+        agent_stall_timeout_s=HANG_STALL_TIMEOUT_S,
     )
     result = job.run("codex")
     assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
@@ -167,14 +176,18 @@ def test_codex_stall_in_a_tool_is_not_a_model_hang(codex_job: Any) -> None:
 
 # ------------------------------------------------------------------------------- budget
 
-# Each answer comes this long after its request: the poll hook (every ~50 ms) reads the
-# answer that reaches the cap well before the next one comes.
-THINK_S = 0.5
+# The tool-loop tests' caps are reached at the 4th answer. The answers up to it come at
+# once; every answer after it comes this long after its request, so the poll hook (every
+# ~50 ms) reads the answer that reaches the cap and stops the job well before the next one
+# comes. It was 0.5 s on every answer; the job is stopped within this one, so its length
+# costs nothing while the stop works.
+THINK_S = 1.0
+CAP_AT_ANSWER = 4
 
 
 def test_claude_tool_loop_is_stopped_at_its_cap_from_outside(claude_job: Any) -> None:
     job, server = claude_job([])
-    server.script([], then=read_readme(job, delay_s=THINK_S))
+    server.script([read_readme(job)] * CAP_AT_ANSWER, then=read_readme(job, delay_s=THINK_S))
     cap = 0.003
     # The task has far more left than the job's cap: the CLI's own budget stop is not it.
     _ctx, go = run(job, "claude", spend_cap_usd=cap, task_left_usd=1.0)
@@ -188,7 +201,7 @@ def test_claude_tool_loop_is_stopped_at_its_cap_from_outside(claude_job: Any) ->
     assert cap <= result.cost_usd < cap + per_call
     # At $4/$20 per Mtok an answer is $0.0008: the 4th reaches the cap.
     assert (result.tokens_in, result.tokens_out) == (400, 80)
-    assert result.model_calls == 4
+    assert result.model_calls == CAP_AT_ANSWER
     assert '"--max-budget-usd", "1.0"' in job.log_text
 
 
@@ -205,7 +218,8 @@ def test_claude_caps_itself_at_what_the_task_has_left(claude_job: Any) -> None:
 
 
 def codex_loop_to_its_cap(job: Any) -> JobResult:
-    """Run codex with a cap of 3.5 model calls; the job must be stopped at the 4th."""
+    """Run codex with a cap of 3.5 model calls; the job must be stopped at the 4th
+    (``CAP_AT_ANSWER``)."""
     st = job.settings
     per_call = codex_cost_usd(
         100, 20, st.codex_price_in_per_mtok_usd, st.codex_price_out_per_mtok_usd
@@ -217,12 +231,16 @@ def codex_loop_to_its_cap(job: Any) -> JobResult:
     assert "over budget: streamed spend" in result.reasons[0]
     assert result.cost_usd is not None
     assert cap <= result.cost_usd < cap + per_call
-    assert result.model_calls == 4
+    assert result.model_calls == CAP_AT_ANSWER
     return result
 
 
 def test_codex_tool_loop_is_stopped_at_its_cap_from_outside(codex_job: Any) -> None:
-    job, server = codex_job([], then=F.tool("exec_command", {"cmd": "echo hi"}, delay_s=THINK_S))
+    echo = F.tool("exec_command", {"cmd": "echo hi"})
+    job, server = codex_job(
+        [echo] * CAP_AT_ANSWER,
+        then=F.tool("exec_command", {"cmd": "echo hi"}, delay_s=THINK_S),
+    )
     result = codex_loop_to_its_cap(job)
     assert (result.tokens_in, result.tokens_out) == (400, 80)
     assert server.calls >= 4
@@ -245,8 +263,12 @@ def test_codex_agent_cannot_hide_its_spend_by_swapping_its_session_file(
         else f"python3 -c \"import glob, os; [os.replace(open(f + '.n', 'w').name, f) "
         f'for f in {found}]"'
     )
+    echo = F.tool("exec_command", {"cmd": "echo hi"})
     server.script(
-        [F.tool("exec_command", {"cmd": hide}, delay_s=THINK_S)],
+        # The attack's answer comes late too: by then the meter (looking every ~50 ms) has
+        # found and opened the session file (codex makes it at its start) that the attack
+        # then takes away.
+        [F.tool("exec_command", {"cmd": hide}, delay_s=0.5)] + [echo] * (CAP_AT_ANSWER - 1),
         then=F.tool("exec_command", {"cmd": "echo hi"}, delay_s=THINK_S),
     )
     codex_loop_to_its_cap(job)
@@ -259,11 +281,13 @@ def test_codex_agent_cannot_hide_its_spend_by_swapping_its_session_file(
 
 
 def test_busy_silent_claude_is_not_taken_for_stalled(claude_job: Any) -> None:
-    # Three answers 2 s apart (6 s of model time, twice the stall timeout of 3 s; it was
-    # five, 10 s, which showed no more), and only reads: no file changes. Each answer shows
-    # the agent works.
-    job, server = claude_job([], agent_stall_timeout_s=3)
-    script = [read_readme(job, delay_s=2.0) for _ in range(3)]
+    # Three answers 1 s apart (3 s of model time, twice the stall timeout of 1.5 s; it was
+    # 2 s apart against 3 s, and before that five answers, which showed no more), and only
+    # reads: no file changes. Each answer shows the agent works. The 0.5 s between a delay
+    # and the timeout is for the CLI's own work from an answer to its next request (some
+    # 50 ms measured), also on a loaded machine.
+    job, server = claude_job([], agent_stall_timeout_s=1.5)
+    script = [read_readme(job, delay_s=1.0) for _ in range(3)]
     script += [
         F.tool("Write", {"file_path": str(job.out / A.DEV_REPORT), "content": dev_report()}),
         F.text("Done."),
