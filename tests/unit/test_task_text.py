@@ -11,6 +11,7 @@ the fix, so each one can be run against the old code to show what it catches.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -128,8 +129,15 @@ def lines_of(text: str) -> list[str]:
     return re.sub(r"\r\n?", "\n", text).split("\n")
 
 
+@functools.lru_cache(maxsize=64)
+def parsed(text: str) -> tuple[Token, ...]:
+    """``text`` read by markdown-it, once: each prompt is read by several checks (the
+    tokens are only read, never changed)."""
+    return tuple(MarkdownIt("commonmark").parse(text))
+
+
 def fences(text: str) -> list[Token]:
-    tokens = MarkdownIt("commonmark").parse(text)
+    tokens = parsed(text)
     assert not [t for t in tokens if t.type == "code_block"], "an indented code block"
     return [t for t in tokens if t.type == "fence"]
 
@@ -145,7 +153,7 @@ def outside_fences(text: str) -> list[str]:
 
 def headings(text: str, *, top: bool = False) -> list[str]:
     """The headings of ``text``; ``top``: only those in no container (a block quote)."""
-    tokens = MarkdownIt("commonmark").parse(text)
+    tokens = parsed(text)
     return [
         tokens[i + 1].content
         for i, t in enumerate(tokens)
@@ -186,8 +194,14 @@ def assert_task_quoted(text: str, task_md: str, role: str, stage: Stage) -> None
     assert quote.content == "\n".join(lines) + "\n", "the fence does not hold the task whole"
     assert set(quote.markup) == {"`"}
     assert len(quote.markup) > longest_backtick_run(quote.content), quote.markup
-    plain = prompt(role, stage, task_file())
-    assert outside_fences(text) == outside_fences(plain)
+    assert outside_fences(text) == plain_outside(role, stage)
+
+
+@functools.cache
+def plain_outside(role: str, stage: Stage) -> list[str]:
+    """What a plain task's prompt has outside its fences (made once per role: the
+    properties compare hundreds of prompts with it)."""
+    return outside_fences(prompt(role, stage, task_file()))
 
 
 # ----------------------------------------------------------------------- 00-task.md
