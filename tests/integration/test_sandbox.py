@@ -24,6 +24,7 @@ import pytest
 
 from orchestrator import repo_ops, sandbox, task_ops
 from orchestrator.config import load_settings
+from orchestrator.engine.worker import Worker
 from orchestrator.store import queries
 
 try:
@@ -180,8 +181,13 @@ def _run(
     sandboxed: bool,
     extra: tuple[str, ...] = (),
     remote: str | None = None,
+    own_process: bool = False,
 ) -> tuple[str, str]:
-    """File a task whose developer is the hostile agent in ``mode``; run it; (key, loot)."""
+    """File a task whose developer is the hostile agent in ``mode``; run it; (key, loot).
+
+    ``own_process``: the worker runs as ``orch run --until-idle``, a process of its own
+    whose environment holds the API token; else the same worker in this process, with the
+    settings that command reads (its start-up is not what these attacks are about)."""
     h.settings = load_settings(**{**asdict(h.settings), "sandbox": sandboxed})
     loot = h.tmp / "loot"
     loot.mkdir(exist_ok=True)
@@ -203,6 +209,15 @@ def _run(
         ),
     )
     key = h.add_task("hostile")
+    if not own_process:
+        settings = load_settings(
+            home=h.settings.home,
+            database_url=h.settings.effective_database_url,
+            sandbox=sandboxed,
+            poll_interval_s=0.2,
+        )
+        Worker(settings, h.engine).run(until_idle=True)
+        return key, (loot / mode).read_text().strip()
     # The worker as a user runs it: its own process, the API token in its environment from
     # the start (what /proc/<pid>/environ shows), like `orch serve` holds it.
     env = {
@@ -271,7 +286,7 @@ def test_another_tasks_folder_is_out_of_reach(
 @NEEDS_BWRAP
 @pytest.mark.parametrize("sandboxed", [False, True], ids=["bare", "sandboxed"])
 def test_the_orchestrators_environment_is_out_of_reach(box: Harness, sandboxed: bool) -> None:
-    _key, got = _run(box, "environ", sandboxed=sandboxed)
+    _key, got = _run(box, "environ", sandboxed=sandboxed, own_process=True)
     if not sandboxed:
         assert TOKEN in got, got
         return
