@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
+from orchestrator.forge import github
 from orchestrator.forge.base import Forge, ForgeFault, ForgeFaultKind
 from orchestrator.forge.fake_github import FakeGitHub
 from orchestrator.forge.github import LOG_TAIL_CHARS, GitHubForge
@@ -14,6 +17,31 @@ def test_it_is_a_forge(forge: GitHubForge) -> None:
     for name in [n for n in dir(Forge) if not n.startswith("_")]:
         assert callable(getattr(as_forge, name)), name
     assert "token" not in repr(forge).lower()
+
+
+def test_forge_calls_read_the_ca_bundle_once_per_process(
+    fake: FakeGitHub, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # githubkit makes an HTTP client per call; each used to build its own TLS context,
+    # reading the CA bundle again (~20 ms). Certificates are still checked: the one
+    # context is httpx's own default, built once.
+    loaded: list[object] = []
+    real = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: object, **kw: object) -> None:
+        loaded.append(args or kw)
+        real(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    github.tls_context.cache_clear()
+    for _ in range(2):
+        forge = GitHubForge(repo, fake.token, base_url=fake.url, timeout_s=5.0)
+        for _ in range(3):
+            forge.labeled_issues("orch")
+    assert len(loaded) == 1
+    context = github.tls_context()
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
 
 
 def test_labeled_issues_are_open_oldest_first_without_pull_requests(

@@ -12,7 +12,9 @@ is only ever in the ``Authorization`` header: never in a message, a log record o
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -151,6 +153,15 @@ def _login(user: Any) -> str:
     return login if isinstance(login, str) else "ghost"
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS context of every forge call: the one httpx would build for each client
+    (certificates checked against its CA bundle, ``SSL_CERT_FILE``/``SSL_CERT_DIR`` read
+    from the environment), built once. githubkit makes a client per API call, and each
+    would read the CA bundle again: ~20 ms a call here."""
+    return httpx.create_ssl_context(verify=True, trust_env=True)
+
+
 class GitHubForge:
     """One GitHub repository, ``OWNER/NAME``, with a token (see the module docstring)."""
 
@@ -175,6 +186,7 @@ class GitHubForge:
             TokenAuthStrategy(token),
             base_url=base_url,
             timeout=httpx.Timeout(timeout_s),
+            ssl_verify=tls_context(),
             auto_retry=False,
             http_cache=False,
         )
