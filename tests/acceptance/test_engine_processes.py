@@ -20,7 +20,7 @@ from api_server import Server
 from orchestrator import proc_group, task_ops
 from orchestrator.config import load_settings
 from orchestrator.jobcontract import job_marker
-from orchestrator.store import make_engine, queries
+from orchestrator.store import control, make_engine, queries
 from orchestrator.store.schema import jobs as jobs_table
 
 ORCH = Path(sys.executable).with_name("orch")
@@ -131,7 +131,21 @@ class Env:
         finally:
             engine.dispose()
 
-    def wait_for(self, what: Callable[[], bool], deadline_s: float = 240) -> None:
+    def heartbeats(self) -> list[float]:
+        """The heartbeat times of the workers of the database, newest first."""
+        engine = make_engine(self.db_url)
+        try:
+            with engine.connect() as conn:
+                return [w.heartbeat_at for w in control.list_workers(conn)]
+        finally:
+            engine.dispose()
+
+    def wait_for(
+        self, what: Callable[[], bool], deadline_s: float = 240, poll_s: float = 0.2
+    ) -> None:
+        """Until ``what()``, looking every ``poll_s``: a file's look is cheap enough to make
+        five times as often; a database's (an engine each time) takes CPU from the workers
+        a long wait is for."""
         end = time.monotonic() + deadline_s
         while not what():
             if time.monotonic() > end:
@@ -141,7 +155,7 @@ class Env:
                     pytest.fail(
                         f"orch exited {p.returncode}: {p.stderr.read() if p.stderr else ''}"
                     )
-            time.sleep(0.2)
+            time.sleep(poll_s)
 
 
 @pytest.fixture
@@ -222,8 +236,8 @@ def test_kill_9_mid_job_then_restart_completes_once(env: Env) -> None:
     env.register({"*:testing:*": {"hold_once": True}})
     key = env.orch("task", "add", "demo", "survive a crash").strip()
     run = env.spawn("run")
-    env.wait_for(lambda: any(":testing:" in s for s in env.starts()))
-    env.wait_for(lambda: (env.plan.parent / f"HELD-{key}-testing").exists())
+    env.wait_for(lambda: any(":testing:" in s for s in env.starts()), poll_s=0.05)
+    env.wait_for(lambda: (env.plan.parent / f"HELD-{key}-testing").exists(), poll_s=0.05)
     marker = env.marker_of_running("testing")
     assert proc_group.find_marked(marker)
     os.kill(run.pid, signal.SIGKILL)
@@ -246,8 +260,8 @@ def test_sigterm_requeues_running_jobs_without_spending_a_retry(env: Env) -> Non
     env.register({"*:development:*": {"hold_once": True}})
     key = env.orch("task", "add", "demo", "stop politely").strip()
     run = env.spawn("run")
-    env.wait_for(lambda: any(":development:" in s for s in env.starts()))
-    env.wait_for(lambda: (env.plan.parent / f"HELD-{key}-development").exists())
+    env.wait_for(lambda: any(":development:" in s for s in env.starts()), poll_s=0.05)
+    env.wait_for(lambda: (env.plan.parent / f"HELD-{key}-development").exists(), poll_s=0.05)
     marker = env.marker_of_running("development")
     assert proc_group.find_marked(marker)
     run.send_signal(signal.SIGTERM)
@@ -265,7 +279,7 @@ def test_drain_waits_for_the_running_job(env: Env) -> None:
     env.register({"*:development:*": {"hold": True}})
     key = env.orch("task", "add", "demo", "finish what you started").strip()
     run = env.spawn("run", "--drain")
-    env.wait_for(lambda: any(":development:" in s for s in env.starts()))
+    env.wait_for(lambda: any(":development:" in s for s in env.starts()), poll_s=0.05)
     run.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     assert run.poll() is None  # still draining: the job is running
@@ -283,7 +297,13 @@ def test_pause_and_resume(env: Env) -> None:
     env.orch("pause")
     env.orch("task", "add", "demo", "wait for resume")
     run = env.spawn("run")
-    time.sleep(1.5)  # several loop ticks
+    # Loop ticks counted, not slept for (a start-up slowed by a loaded machine could eat a
+    # fixed sleep whole): the loop's first turn sends a heartbeat, then looks for work; the
+    # next heartbeat is a later turn, 0.5 s on. So the paused worker has looked at least
+    # once by then, and every 0.2 s (ORCH_POLL_INTERVAL_S) in between: three looks, as a rule.
+    env.wait_for(lambda: len(env.heartbeats()) == 1, poll_s=0.05)
+    (first,) = env.heartbeats()
+    env.wait_for(lambda: env.heartbeats()[0] > first, poll_s=0.05)
     assert env.starts() == []
     assert json.loads(env.orch("task", "list", "--json"))[0]["state"] == "active"
     env.orch("resume")
