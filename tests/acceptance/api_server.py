@@ -54,12 +54,14 @@ def base_env(home: Path, db_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(what: Callable[[], bool], deadline_s: float = 120, why: str = "") -> None:
+def wait_for(
+    what: Callable[[], bool], deadline_s: float = 120, why: str = "", poll_s: float = 0.1
+) -> None:
     end = time.monotonic() + deadline_s
     while not what():
         if time.monotonic() > end:
             pytest.fail(f"the condition was not reached: {why}")
-        time.sleep(0.1)
+        time.sleep(poll_s)
 
 
 class Server:
@@ -86,7 +88,9 @@ class Server:
             argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp
         )
         self.client = httpx.Client(base_url=self.url, timeout=30)
-        wait_for(self._up, 90, f"{self.url}/health answers (log: {self.log_path})")
+        # Looked for often: a refused connection costs next to nothing, and every test of
+        # the API, the schema and the dashboard waits for a start-up or two.
+        wait_for(self._up, 90, f"{self.url}/health answers (log: {self.log_path})", 0.02)
         # The client sends the token as a user would: the home's file, which this serve
         # made if missing. With ORCH_API_TOKEN set, a test sends that one itself.
         if "ORCH_API_TOKEN" not in env and "--insecure-no-token" not in args:
