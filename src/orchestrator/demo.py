@@ -322,7 +322,7 @@ def build(
             health_url=server.url,
         ),
     )
-    repo_ops.set_repo_options(engine, "demo", {"monitor": {"checks": 3, "interval_s": 0.2}})
+    repo_ops.set_repo_options(engine, "demo", {"monitor": {"checks": 3, "interval_s": 0.05}})
     return settings, engine, repo, server
 
 
