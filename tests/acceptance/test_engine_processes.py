@@ -181,6 +181,9 @@ def test_two_workers_and_a_server_share_the_tasks(env: Env) -> None:
     first = env.spawn("worker")
     second = env.spawn("worker")
     server = Server(env.tmp, env.env)
+    # Every process on the database before the first task: one still importing when the
+    # work is filed may find none left to take (seen once on a loaded machine).
+    env.wait_for(lambda: len(env.heartbeats()) == 3)
     # Half filed in-process while the workers run (a hundred `orch task add` start-ups
     # would only measure Python), half through the server's API: work filed by any of
     # them reaches every process on the database.
