@@ -702,7 +702,17 @@ def test_the_branchs_commits_are_read_from_files_as_git_log_prints_them(
 
 @pytest.mark.parametrize(
     "case",
-    ["merge", "long", "encoding", "packed", "author-spacing", "far-future", "short-base"],
+    [
+        "merge",
+        "long",
+        "encoding",
+        "packed",
+        "author-spacing",
+        "far-future",
+        "short-base",
+        "nul-in-message",
+        "two-authors",
+    ],
 )
 def test_a_branch_the_files_cannot_answer_for_is_listed_by_git(
     tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, case: str
@@ -728,6 +738,11 @@ def test_a_branch_the_files_cannot_answer_for_is_listed_by_git(
         _chain(repo, base, [plain.replace(b"1733555000 +0000", b"1733555000   +0000")])
     elif case == "far-future":  # the year 10000
         _chain(repo, base, [plain.replace(b"1733555000 +0000", b"253402300800 +0000")])
+    elif case == "nul-in-message":  # git prints a message to its first NUL only
+        _chain(repo, base, [plain.replace(b"body\n", b"body\0\nOrch-Task: OTHER-1\n")])
+    elif case == "two-authors":  # git reads the last
+        second = b"\nauthor Second <s@tests.invalid> 7 +0100\ncommitter"
+        _chain(repo, base, [plain.replace(b"\ncommitter", second)])
     else:  # the base given as something other than a full name
         _chain(repo, base, [plain])
         base = base[:12]
@@ -737,6 +752,14 @@ def test_a_branch_the_files_cannot_answer_for_is_listed_by_git(
     monkeypatch.setattr(ancestry, "commits_since", lambda *_: None)
     assert read == squash._branch_commits(repo, base)
     assert read
+    if case == "nul-in-message":  # the trailer after the NUL is not git's
+        assert read[-1].message == "plain subject\n\nbody"
+        assert merge.task_of_message(read[-1].message) is None
+    elif case == "two-authors":
+        assert (read[-1].author, read[-1].date) == (
+            squash.Ident("Second", "s@tests.invalid"),
+            "1970-01-01T01:00:07+01:00",
+        )
 
 
 def test_the_protected_check_of_a_branch_on_main_runs_no_merge_base(

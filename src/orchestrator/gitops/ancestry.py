@@ -325,7 +325,12 @@ def _loose_commit(stores: list[Path], sha: str, *, message: bool = True) -> Loos
             fields = headers.split(b"\n")
             if not blank or any(h.startswith(b"encoding ") for h in fields):
                 return None
-            written = next((h[7:] for h in fields if h.startswith(b"author ")), b"")
+            # Git prints a message only to its first NUL, and reads the last author header
+            # where there are two: either is left to git.
+            authors = [h[7:] for h in fields if h.startswith(b"author ")]
+            if b"\0" in body or len(authors) > 1:
+                return None
+            written = authors[0] if authors else b""
             try:
                 text, author = raw_message.decode("utf-8"), written.decode("utf-8")
             except UnicodeDecodeError:
