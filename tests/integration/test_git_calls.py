@@ -11,7 +11,8 @@ nothing to commit, a user's branch that moved on or that exists already, a main 
 or whose refs git packed, a tag that ``main`` names first, an unpublished branch, a
 linked worktree, a re-encoded commit message, a rebase a crash left stopped, each state
 of the checkout main moves in (dirty, another branch, detached, a bare config, a linked
-worktree, a symbolic-link HEAD), and the branch's commits as ``git log`` prints them (odd
+worktree, a symbolic-link HEAD, a HEAD file git reads to a NUL or does not trim, a branch
+that is an alias of another), and the branch's commits as ``git log`` prints them (odd
 messages and authors; a merge, a long or packed branch, an encoding left to git).
 """
 
@@ -526,6 +527,13 @@ def _checkout_case(repo: Path, case: str) -> None:
         (repo / ".git" / "HEAD").symlink_to("refs/heads/main")
     elif case == "dirty":
         (repo / "README.md").write_text("edited\n")
+    elif case == "head-nul":  # git reads the file to its first NUL
+        (repo / ".git" / "HEAD").write_bytes(b"ref: refs/heads/main\0junk\n")
+    elif case == "head-form-feed":  # not white space to git: a branch of another name
+        (repo / ".git" / "HEAD").write_bytes(b"ref: refs/heads/main\f\n")
+    elif case == "branch-alias":  # main a symbolic ref to trunk: git names trunk
+        _git(repo, "branch", "trunk")
+        _git(repo, "symbolic-ref", "refs/heads/main", "refs/heads/trunk")
 
 
 @pytest.mark.parametrize(
@@ -538,6 +546,9 @@ def _checkout_case(repo: Path, case: str) -> None:
         ("bare-config", "not-checked-out", True),
         ("linked-worktree", "synced", True),
         ("symlinked-head", "synced", True),
+        ("head-nul", "synced", True),
+        ("head-form-feed", "not-checked-out", False),
+        ("branch-alias", "not-checked-out", True),
     ],
 )
 def test_the_checkout_main_moves_in_is_read_from_files_only_when_git_would_agree(

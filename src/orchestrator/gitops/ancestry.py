@@ -30,6 +30,8 @@ from pathlib import Path
 
 from orchestrator.gitops import git as gitcmd
 
+# What git's own isspace() takes for white space when it trims a file.
+_GIT_SPACE = " \t\n\r"
 # Commits walked from HEAD before leaving the question to git.
 _MAX_COMMITS = 64
 # Environment that makes git read objects, refs or history from elsewhere.
@@ -189,8 +191,8 @@ def is_hex(text: str, length: int = 40) -> bool:
 def checked_out_plainly(repo_path: Path) -> list[str] | None:
     """The branch the clone at ``repo_path`` has checked out, read from its files when it
     has one worktree only (its ``.git`` a folder of its own, no linked worktree, a plain
-    ``HEAD`` file, nothing in the environment moving git's parts): ``[ref]``, or ``[]``
-    when ``HEAD`` is detached. None: ask git."""
+    ``HEAD`` file naming a branch that is no symbolic ref, nothing in the environment moving
+    git's parts): ``[ref]``, or ``[]`` when ``HEAD`` is detached. None: ask git."""
     env = gitcmd.git_environment()
     if any(name in env for name in ("GIT_DIR", "GIT_COMMON_DIR", "GIT_WORK_TREE")):
         return None
@@ -207,12 +209,24 @@ def checked_out_plainly(repo_path: Path) -> list[str] | None:
     if (git_dir / "HEAD").is_symlink():
         return None  # git's old symbolic-link HEAD: git reads it
     try:
-        head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
+        # Trimmed as git trims it (its isspace: no VT, FF or Unicode space); git reads a
+        # file only to its first NUL.
+        head = (git_dir / "HEAD").read_text(encoding="utf-8").rstrip(_GIT_SPACE)
     except (OSError, UnicodeDecodeError):
         return None
-    if head.startswith("ref: "):
-        return [head.removeprefix("ref: ").strip()]
-    return [] if is_hex(head) else None
+    if "\0" in head:
+        return None
+    if not head.startswith("ref: "):
+        return [] if is_hex(head) else None
+    ref = head.removeprefix("ref: ").lstrip(_GIT_SPACE)
+    try:
+        # A branch that is itself a symbolic ref (an alias of another): git names the
+        # branch it ends at.
+        if (git_dir / ref).read_bytes().startswith(b"ref:"):
+            return None
+    except OSError:
+        pass  # packed, or no such branch: not a symbolic ref
+    return [ref]
 
 
 def _object_stores(git_dir: Path) -> list[Path]:
