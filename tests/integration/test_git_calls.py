@@ -711,6 +711,24 @@ def test_the_branchs_commits_are_read_from_files_as_git_log_prints_them(
         assert mine == gits
 
 
+def test_a_log_output_encoding_in_the_config_changes_neither_reading(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A user's i18n.logOutputEncoding (Latin-1 here) would make git log re-encode the
+    # UTF-8 messages and names the files give as they are: git is told UTF-8.
+    repo = make_repo(files={"README.md": "demo\n"})
+    _git(repo, "config", "i18n.logOutputEncoding", "ISO-8859-1")
+    base = _git(repo, "rev-parse", "main")
+    # Latin-1 can hold every letter of it (git keeps the bytes of what it cannot re-encode).
+    latin = "author Ünï <u@tests.invalid> 7 +0000\ncommitter C <c@x> 1 +0000\n\nünï\n"
+    _chain(repo, base, [latin.encode()])
+    read = squash._branch_commits(repo, base)
+    monkeypatch.setattr(ancestry, "commits_since", lambda *_: None)
+    assert read is not None
+    assert (read[0].author.name, read[0].message) == ("Ünï", "ünï\n")
+    assert read == squash._branch_commits(repo, base)
+
+
 @pytest.mark.parametrize(
     "case",
     [

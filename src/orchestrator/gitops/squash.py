@@ -221,7 +221,15 @@ def _branch_commits(worktree: Path, base: str) -> list[_BranchCommit] | None:
     if all(c is not None for c in read):
         return [c for c in read if c is not None]
     res = run_git(
-        ["log", "-z", "--reverse", f"--format={'%x00'.join(_FIELDS)}", f"{base}..HEAD"],
+        # UTF-8 whatever i18n.logOutputEncoding says: run_git reads git's output as UTF-8.
+        [
+            "log",
+            "-z",
+            "--reverse",
+            "--encoding=UTF-8",
+            f"--format={'%x00'.join(_FIELDS)}",
+            f"{base}..HEAD",
+        ],
         worktree,
     )
     if not res:
