@@ -244,7 +244,7 @@ def _branch_commits(worktree: Path, base: str) -> list[_BranchCommit] | None:
             tree=fields[i + 1].strip(),
             line=f"{fields[i].strip()[:12]} {fields[i + 2]}",
             author=Ident(_clean(fields[i + 3]), _clean(fields[i + 4])),
-            date=fields[i + 5].strip(),
+            date=_zone_spelled(fields[i + 5].strip()),
             message=fields[i + 6],
         )
         for i in range(0, len(fields), n)
@@ -277,6 +277,12 @@ def _read_commit(commit: ancestry.LooseCommit) -> _BranchCommit | None:
         date=date,
         message=_as_read(commit.message),
     )
+
+
+def _zone_spelled(date: str) -> str:
+    """``%aI`` with UTC spelled ``+00:00``, as git 2.39 prints it; newer gits (2.50 does)
+    print ``Z``. One spelling whichever git runs: the one ``_read_commit`` gives."""
+    return f"{date.removesuffix('Z')}+00:00" if date.endswith("Z") else date
 
 
 def _as_read(text: str) -> str:
