@@ -583,6 +583,19 @@ def test_the_checkout_main_moves_in_is_read_from_files_only_when_git_would_agree
         assert _git(repo, "status", "--porcelain", "--untracked-files=no") == ""
 
 
+def test_a_clone_whose_refs_are_reftables_is_asked_which_branch_it_has(
+    make_repo: Any,
+) -> None:
+    # Git 2.45+ can keep refs in reftables; such a clone's HEAD file names no branch but a
+    # stub (git 2.39 here cannot read the clone: its layout is written as newer gits do).
+    repo = make_repo(files={"README.md": "demo\n"})
+    assert ancestry.checked_out_plainly(repo) == ["refs/heads/main"]
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/.invalid\n")
+    (repo / ".git" / "reftable").mkdir()
+    (repo / ".git" / "reftable" / "tables.list").write_text("")
+    assert ancestry.checked_out_plainly(repo) is None
+
+
 def test_landing_asks_the_users_name_again_only_when_a_config_changes(
     tmp_path: Path, make_repo: Any
 ) -> None:

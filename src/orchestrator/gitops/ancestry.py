@@ -199,6 +199,8 @@ def checked_out_plainly(repo_path: Path) -> list[str] | None:
     git_dir = repo_path / ".git"
     if not git_dir.is_dir() or git_dir.is_symlink() or (git_dir / "commondir").exists():
         return None
+    if os.path.lexists(git_dir / "reftable"):
+        return None  # refs in reftables (git 2.45+): the HEAD file is a stub, .invalid
     try:
         if any((git_dir / "worktrees").iterdir()):
             return None
