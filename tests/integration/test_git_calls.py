@@ -534,6 +534,10 @@ def _checkout_case(repo: Path, case: str) -> None:
     elif case == "branch-alias":  # main a symbolic ref to trunk: git names trunk
         _git(repo, "branch", "trunk")
         _git(repo, "symbolic-ref", "refs/heads/main", "refs/heads/trunk")
+    elif case == "branch-alias-link":  # the same alias, written as a symbolic link
+        _git(repo, "branch", "trunk")
+        link = ("-c", "core.preferSymlinkRefs=true")
+        _git(repo, *link, "symbolic-ref", "refs/heads/main", "refs/heads/trunk")
 
 
 @pytest.mark.parametrize(
@@ -549,6 +553,7 @@ def _checkout_case(repo: Path, case: str) -> None:
         ("head-nul", "synced", True),
         ("head-form-feed", "not-checked-out", False),
         ("branch-alias", "not-checked-out", True),
+        ("branch-alias-link", "not-checked-out", True),
     ],
 )
 def test_the_checkout_main_moves_in_is_read_from_files_only_when_git_would_agree(

@@ -222,9 +222,10 @@ def checked_out_plainly(repo_path: Path) -> list[str] | None:
         return [] if is_hex(head) else None
     ref = head.removeprefix("ref: ").lstrip(_GIT_SPACE)
     try:
-        # A branch that is itself a symbolic ref (an alias of another): git names the
-        # branch it ends at.
-        if (git_dir / ref).read_bytes().startswith(b"ref:"):
+        # A branch that is itself a symbolic ref (an alias of another, in a file or, as
+        # core.preferSymlinkRefs writes one, a symbolic link): git names the branch it
+        # ends at.
+        if (git_dir / ref).is_symlink() or (git_dir / ref).read_bytes().startswith(b"ref:"):
             return None
     except OSError:
         pass  # packed, or no such branch: not a symbolic ref
