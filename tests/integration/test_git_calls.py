@@ -747,6 +747,27 @@ def test_a_log_output_encoding_in_the_config_changes_neither_reading(
     assert read == squash._branch_commits(repo, base)
 
 
+def test_a_log_output_encoding_in_the_config_does_not_break_a_commits_trailer(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The gate reads HEAD's trailer (and a commit's message) with git log when the commit
+    # is not loose: under a Latin-1 i18n.logOutputEncoding, git re-encoded the message and
+    # reading it as UTF-8 raised out of the landing.
+    repo = make_repo(files={"README.md": "demo\n"})
+    _git(repo, "config", "i18n.logOutputEncoding", "ISO-8859-1")
+    base = _git(repo, "rev-parse", "main")
+    trailer = b"\n\n\xc3\xbcn\xc3\xaf\n\nOrch-Task: DEMO-1\n"
+    head = _chain(repo, base, [_ODD_COMMITS[0].split(b"\n\n")[0] + trailer])
+    _git(repo, "repack", "-a", "-d", "-q")
+    _git(repo, "prune-packed")
+    with counted() as calls:
+        found = merge.head_and_task(repo)
+    assert _subcommands(calls) == {"log": 1}, calls
+    assert found == (head, "DEMO-1")
+    assert (merge.commit_message(repo, head) or "").startswith("ünï\n\nOrch-Task: DEMO-1\n")
+    assert merge.task_of_commit(repo, head) == "DEMO-1"
+
+
 @pytest.mark.parametrize(
     "case",
     [

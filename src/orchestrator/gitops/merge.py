@@ -131,7 +131,8 @@ def commits_between(cwd: Path, base: str, head: str) -> list[str] | None:
 
 def commit_message(cwd: Path, commit: str) -> str | None:
     """The full message of ``commit``."""
-    res = run_git(["log", "-1", "--format=%B", commit], cwd)
+    # UTF-8 whatever i18n.logOutputEncoding says: run_git reads git's output as UTF-8.
+    res = run_git(["log", "-1", "--encoding=UTF-8", "--format=%B", commit], cwd)
     return res.stdout if res else None
 
 
@@ -158,7 +159,7 @@ def head_and_task(cwd: Path) -> tuple[str | None, str | None]:
     loose = ancestry.read_commit(cwd, "HEAD")
     if loose is not None:
         return loose.sha, task_of_message(loose.message)
-    res = run_git(["log", "-1", "--format=%H%x00%B", "HEAD"], cwd)
+    res = run_git(["log", "-1", "--encoding=UTF-8", "--format=%H%x00%B", "HEAD"], cwd)
     sha, sep, message = res.stdout.partition("\0") if res else ("", "", "")
     if not sep or not sha.strip():
         return None, None
