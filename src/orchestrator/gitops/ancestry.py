@@ -30,8 +30,9 @@ from pathlib import Path
 
 from orchestrator.gitops import git as gitcmd
 
-# What git's own isspace() takes for white space when it trims a file.
-_GIT_SPACE = " \t\n\r"
+# What git's own isspace() takes for white space (not C's: no vertical tab, no form feed,
+# no Unicode space): git trims and skips by it, in a file as in a commit.
+GIT_SPACE = " \t\n\r"
 # Commits walked from HEAD before leaving the question to git.
 _MAX_COMMITS = 64
 # Environment that makes git read objects, refs or history from elsewhere.
@@ -213,14 +214,14 @@ def checked_out_plainly(repo_path: Path) -> list[str] | None:
     try:
         # Trimmed as git trims it (its isspace: no VT, FF or Unicode space); git reads a
         # file only to its first NUL.
-        head = (git_dir / "HEAD").read_text(encoding="utf-8").rstrip(_GIT_SPACE)
+        head = (git_dir / "HEAD").read_text(encoding="utf-8").rstrip(GIT_SPACE)
     except (OSError, UnicodeDecodeError):
         return None
     if "\0" in head:
         return None
     if not head.startswith("ref: "):
         return [] if is_hex(head) else None
-    ref = head.removeprefix("ref: ").lstrip(_GIT_SPACE)
+    ref = head.removeprefix("ref: ").lstrip(GIT_SPACE)
     try:
         # A branch that is itself a symbolic ref (an alias of another, in a file or, as
         # core.preferSymlinkRefs writes one, a symbolic link): git names the branch it

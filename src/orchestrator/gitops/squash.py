@@ -197,13 +197,11 @@ class _BranchCommit:
 
 # One record per commit of the branch: everything the squash reads, in one `git log`.
 _FIELDS = ("%H", "%T", "%s", "%an", "%ae", "%aI", "%B")
-# What git's own isspace() takes for white space (not C's: no vertical tab, no form feed);
-# git trims and skips by it.
-_GIT_SPACE = " \t\n\r"
-# An author header as git writes it: the name (to the first "<", white space after it
-# trimmed), the address (to the first ">"), seconds since the epoch and the zone.
+# An author header as git writes it: the name (to the first "<", git's white space after
+# it trimmed), the address (to the first ">"), seconds since the epoch and the zone.
+_SPACE = f"[{ancestry.GIT_SPACE}]*"
 _AUTHOR_RE = re.compile(
-    r"(?P<name>[^<]*?)[ \t\n\r]*<(?P<email>[^>]*)>[ \t\n\r]*"
+    rf"(?P<name>[^<]*?){_SPACE}<(?P<email>[^>]*)>{_SPACE}"
     r"(?P<seconds>[0-9]{1,12}) (?P<zone>[+-][0-9]{4})"
 )
 
@@ -217,9 +215,10 @@ def _branch_commits(worktree: Path, base: str) -> list[_BranchCommit] | None:
     hold what splitlines would take for a line break; git keeps NUL out of every field.
     """
     walked = ancestry.commits_since(worktree, base)
-    read = [_read_commit(c) for c in walked] if walked is not None else [None]
-    if all(c is not None for c in read):
-        return [c for c in read if c is not None]
+    if walked is not None:
+        read = [_read_commit(c) for c in walked]
+        if all(c is not None for c in read):
+            return [c for c in read if c is not None]
     res = run_git(
         # UTF-8 whatever i18n.logOutputEncoding says: run_git reads git's output as UTF-8.
         [
@@ -293,13 +292,13 @@ def _as_read(text: str) -> str:
 def _subject(message: str) -> str:
     """``%s``: the first paragraph after any blank lines, its lines joined by a space."""
     lines = message.split("\n")
-    while lines and not lines[0].strip(_GIT_SPACE):
+    while lines and not lines[0].strip(ancestry.GIT_SPACE):
         lines.pop(0)
     first: list[str] = []
     for line in lines:
-        if not line.strip(_GIT_SPACE):
+        if not line.strip(ancestry.GIT_SPACE):
             break
-        first.append(line.rstrip(_GIT_SPACE))
+        first.append(line.rstrip(ancestry.GIT_SPACE))
     return " ".join(first)
 
 
