@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +22,8 @@ from orchestrator.config import load_settings
 from orchestrator.jobcontract import job_marker
 from orchestrator.store import control, make_engine, queries
 from orchestrator.store.schema import jobs as jobs_table
+
+_T = TypeVar("_T")
 
 ORCH = Path(sys.executable).with_name("orch")
 FAKE = Path(__file__).resolve().parents[1] / "integration" / "agents" / "fake_agent.py"
@@ -124,19 +126,18 @@ class Env:
         """Each task's state, read from the database. What a wait polls: `orch task list`
         five times a second would start a Python process each time, taking the CPU from the
         workers being waited on; the test reads the CLI's answer once the wait is over."""
-        engine = make_engine(self.db_url)
-        try:
-            with engine.connect() as conn:
-                return [t.state for t in queries.list_tasks(conn)]
-        finally:
-            engine.dispose()
+        return self._read(lambda conn: [t.state for t in queries.list_tasks(conn)])
 
     def heartbeats(self) -> list[float]:
         """The heartbeat times of the workers of the database, newest first."""
+        return self._read(lambda conn: [w.heartbeat_at for w in control.list_workers(conn)])
+
+    def _read(self, query: Callable[[sa.Connection], _T]) -> _T:
+        """``query``'s answer on an engine of its own, disposed of at once."""
         engine = make_engine(self.db_url)
         try:
             with engine.connect() as conn:
-                return [w.heartbeat_at for w in control.list_workers(conn)]
+                return query(conn)
         finally:
             engine.dispose()
 
