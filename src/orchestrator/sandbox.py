@@ -102,7 +102,8 @@ class Sandbox:
     """What one job's processes may see and write.
 
     ``hidden`` folders are covered by empty file systems; ``readonly`` ones are bound back
-    read-only over that (a toolchain under the user's home, say); ``writable`` ones next, so
+    read-only over that (a toolchain under the user's home, say; one the read-only system
+    shows as it is needs no bind of its own); ``writable`` ones next, so
     a workspace inside the orchestrator's home is writable although its home is hidden;
     ``sealed`` ones last: read-only places inside a writable one (a workspace's ``.git``),
     which a writable bind made after them would cover.
@@ -142,11 +143,15 @@ class Sandbox:
         # (/tmp here is a mount point inside the sandbox, not a file of ours.)
         out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         out += ["--tmpfs", "/tmp"]  # noqa: S108
-        hidden = _outermost(_existing(self.hidden))
+        every_hidden = _existing(self.hidden)
+        hidden = _outermost(every_hidden)
         for path in hidden:
             out += ["--tmpfs", path]
+        unseen = _spellings([*_FRESH, *hidden])
+        kept_out = _spellings([*_FRESH, *every_hidden])
         for path in _existing(self.readonly):
-            out += ["--ro-bind", path, path]
+            if _needs_bind(path, unseen, kept_out):
+                out += ["--ro-bind", path, path]
         writable = _existing(self.writable)
         for path in writable:
             out += ["--bind", path, path]
@@ -222,6 +227,34 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder if folder.endswith("/") else folder + "/")
 
 
+# Places the sandbox mounts afresh over the read-only system: what lies there on the host
+# is not seen inside unless it is bound back.
+_FRESH = ("/tmp", "/dev", "/proc")  # noqa: S108 (mount points inside the sandbox)
+
+
+def _spellings(paths: list[str]) -> list[str]:
+    """Each path as given and resolved (a place may be reached through a link), once."""
+    return list(dict.fromkeys([*paths, *map(os.path.realpath, paths)]))
+
+
+def _needs_bind(path: str, unseen: list[str], kept_out: list[str]) -> bool:
+    """Whether the read-only place ``path`` is bound back: only where the sandbox does
+    not show it (it lies in a hidden place, or in one mounted afresh), and never when it
+    holds one of them: a bind of ``~`` would show again everything the hidden home keeps
+    (``~/.ssh``, the orchestrator's home and its token). Elsewhere the read-only system
+    shows the place as it is already, and a bind of its own would only cost bubblewrap a
+    mount at every job's start (a few tenths of a millisecond each)."""
+    spelled = _spellings([path])
+    return not _holds(spelled, kept_out) and any(
+        _inside(p, place) for p in spelled for place in unseen
+    )
+
+
+def _holds(spelled: list[str], places: list[str]) -> bool:
+    """Whether a path (its spellings) is, or holds, one of ``places``."""
+    return any(_inside(place, p) for place in places for p in spelled)
+
+
 def _outermost(paths: list[str]) -> list[str]:
     """Leave out a place inside another one: the outer empty file system hides it already,
     and bubblewrap cannot remount it read-only once the outer one has covered its mount
@@ -236,10 +269,20 @@ def _paths(value: object) -> list[Path]:
     return [Path(p) for p in value if isinstance(p, str) and p]
 
 
-def toolchain_paths(argv: Sequence[str], env_path: str | None = None) -> list[Path]:
+def toolchain_paths(
+    argv: Sequence[str], env_path: str | None = None, hidden: Sequence[Path] = ()
+) -> list[Path]:
     """Folders a command needs to run, to bind read-only when they lie in a hidden place:
     the install prefix of its executable (a venv and the Python it links to), and the
-    orchestrator's own Python and code (runners default to ``sys.executable -m pytest``)."""
+    orchestrator's own Python and code (runners default to ``sys.executable -m pytest``).
+
+    None is, or holds, a ``hidden`` place: an executable in ``~/bin`` gets that folder, not
+    its prefix (the user's home), whose bind would show what the sandbox hides."""
+    places = _spellings([os.path.abspath(h) for h in hidden])
+
+    def holds_hidden(path: Path) -> bool:
+        return _holds(_spellings([str(path)]), places)
+
     # The orchestrator's own code too (an editable install lives outside the venv): the
     # self-hosting staging command runs `python -m orchestrator...`.
     package = Path(__file__).resolve().parent
@@ -249,10 +292,11 @@ def toolchain_paths(argv: Sequence[str], env_path: str | None = None) -> list[Pa
         located = exe if os.sep in exe else shutil.which(exe, path=env_path)
         if located:
             as_given = Path(os.path.abspath(located))
-            found.append(as_given.parent.parent)  # e.g. <venv>/bin/python -> <venv>
-            real = as_given.resolve()
-            found.append(real.parent.parent)  # e.g. ~/.pyenv/versions/3.11.7
-    return found
+            # e.g. <venv>/bin/python -> <venv>; resolved, ~/.pyenv/versions/3.11.7
+            for spelled in (as_given, as_given.resolve()):
+                prefix = spelled.parent.parent
+                found.append(spelled.parent if holds_hidden(prefix) else prefix)
+    return [place for place in found if not holds_hidden(place)]
 
 
 def sandbox_state(settings: Settings) -> tuple[str, str]:
@@ -297,16 +341,17 @@ def for_job(
     if not found.ok or found.bwrap is None:
         raise SandboxUnavailable(found.detail)
     opts = options or {}
+    hidden = (settings.home, repo_path, *local_remotes(repo_path), Path.home())
     return Sandbox(
         writable=(*writable, *_paths(opts.get("sandbox_rw"))),
         readonly=(
-            *toolchain_paths(argv, env_path),
+            *toolchain_paths(argv, env_path, hidden),
             *(alt for w in writable for alt in borrowed_objects(w)),
             *readonly,
             *_paths(opts.get("sandbox_ro")),
             *(Path(p.strip()) for p in settings.sandbox_ro.split(",") if p.strip()),
         ),
-        hidden=(settings.home, repo_path, *local_remotes(repo_path), Path.home()),
+        hidden=hidden,
         # A workspace's `.git` (a folder; a `git worktree`'s `.git` file in an earlier
         # release) names where git reads config, hooks and refs from: a job that rewrote it
         # would send the orchestrator's own git calls to a place the job controls.

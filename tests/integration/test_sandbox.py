@@ -543,3 +543,51 @@ def test_a_job_runs_with_the_orchestrators_home_inside_the_users(tmp_path: Path)
     )
     assert proc.returncode == 0, proc.stderr
     assert (work / "out").read_text() == "False"
+
+
+# The attack on the toolchain's binds, for docs/security.md (test_security_doc.py).
+DEFENDED = [
+    {
+        "attack": "an agent whose executable lives in `~/bin` (npm's prefix set to `~`) reads "
+        "`~/.ssh` and the orchestrator's API token",
+        "before": "read both: the executable's install prefix, the home itself, was bound "
+        "back read-only over the hidden home",
+        "now": "only `~/bin` is bound back; a place that is or holds a hidden one never is",
+        "test": "tests/integration/test_sandbox.py",
+    },
+]
+
+
+@NEEDS_BWRAP
+def test_an_agent_installed_in_the_users_home_cannot_read_that_home(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent CLI in ``~/bin`` (npm's prefix set to ``~``, say). Its install prefix, the
+    user's home, was bound back read-only over the hidden home: the agent read ``~/.ssh``
+    and the orchestrator's API token. Now the sandbox binds only ``~/bin``: the agent runs
+    and the home stays hidden."""
+    user = tmp_path / "user"
+    monkeypatch.setenv("HOME", str(user))
+    settings = load_settings(home=user / ".orchestrator")
+    secrets = {user / ".ssh" / "id_ed25519": "PRIVATE KEY", settings.home / "api-token": "T0KEN"}
+    for path, text in secrets.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    agent = user / "bin" / "agent"
+    agent.parent.mkdir()
+    # The attacker: reads each path it is given into its workspace.
+    agent.write_text('#!/bin/sh\nfor f in "$@"; do cat "$f" >> loot 2>&1; done\necho ran >> loot\n')
+    agent.chmod(0o755)
+    argv = [str(agent), *map(str, secrets)]
+    box = sandbox.for_job(settings, kind="agent", repo_path=make_repo(), argv=argv, writable=[work])
+    assert box is not None
+    proc = subprocess.run(
+        box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    loot = (work / "loot").read_text()
+    assert loot.endswith("ran\n"), loot  # the agent ran from ~/bin
+    for text in secrets.values():
+        assert text not in loot

@@ -39,6 +39,7 @@ def test_security_doc_is_current() -> None:
         *(Defended(**row) for row in test_task_text.DEFENDED),
         *(Defended(**row) for row in test_llm_spend.DEFENDED),
         *(Defended(**row) for row in test_sandbox_start.DEFENDED),
+        *(Defended(**row) for row in test_sandbox.DEFENDED),
     ]
     text = render(test_sandbox.ATTACKS, defended)
     if os.environ.get(WRITE_ENV):

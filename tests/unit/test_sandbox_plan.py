@@ -100,6 +100,58 @@ def test_a_hidden_place_inside_another_is_hidden_by_the_outer_one(tmp_path: Path
     assert _pairs(argv, "--remount-ro") == [str(user)]
 
 
+def test_only_what_the_read_only_system_hides_is_bound_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each bind is a mount bubblewrap makes at every job's start. A read-only place the
+    # system already shows as it is (a venv in /opt, /usr) gets none; one in a hidden place
+    # (a toolchain in the user's home), as given or through a link, or in the sandbox's own
+    # /tmp, is bound back.
+    home, tools = tmp_path / "home", tmp_path / "tools"
+    for p in (home / "venv", home / "py", tools):
+        p.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(home / "py")
+    readonly = (tools, home / "venv", tmp_path / "link", Path("/usr"))
+    box = Sandbox(writable=(), readonly=readonly, hidden=(home,))
+    # As it runs: tmp_path lies in /tmp, which the sandbox mounts afresh, so every place
+    # there is bound back; /usr is not.
+    assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == ["/", *map(str, readonly[:3])]
+    # Were /tmp the system's own: only the hidden places.
+    monkeypatch.setattr(sandbox, "_FRESH", ())
+    assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == [
+        "/",
+        str(home / "venv"),
+        str(tmp_path / "link"),
+    ]
+
+
+def test_a_place_that_holds_a_hidden_one_is_never_bound_back(tmp_path: Path) -> None:
+    # Bound back read-only, the user's home (or a folder holding the clone, or `/`) would
+    # show again all that the sandbox hides in it: ~/.ssh, the orchestrator's home.
+    user = tmp_path / "user"
+    home, clone = user / ".orchestrator", user / "src" / "app"
+    for p in (home, clone, user / "bin"):
+        p.mkdir(parents=True)
+    (tmp_path / "user-link").symlink_to(user)
+    readonly = (user, user / "src", tmp_path / "user-link", tmp_path, Path("/"), user / "bin")
+    box = Sandbox(writable=(), readonly=readonly, hidden=(home, clone, user))
+    assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == ["/", str(user / "bin")]
+
+
+def test_a_toolchain_in_the_users_home_is_narrowed_to_its_folder(tmp_path: Path) -> None:
+    # An agent CLI in ~/bin (npm's prefix set to ~): its install prefix is the home itself.
+    user, venv = tmp_path / "user", tmp_path / "user" / "venv"
+    for p in (user / "bin", venv / "bin"):
+        p.mkdir(parents=True)
+    for exe in (user / "bin" / "agent", venv / "bin" / "tool"):
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    found = sandbox.toolchain_paths([str(user / "bin" / "agent")], hidden=[user])
+    assert user / "bin" in found
+    assert user not in found
+    assert venv in sandbox.toolchain_paths([str(venv / "bin" / "tool")], hidden=[user])
+
+
 def test_local_remotes_are_found(tmp_path: Path, make_repo: Any) -> None:
     repo = make_repo()
     for name, url in (
@@ -202,7 +254,9 @@ def test_included_config_is_always_asked(
 
 def _old_wrap(box: Sandbox, argv: list[str], cwd: Path, info_fd: int | None) -> list[str]:
     """``Sandbox.wrap`` as it was before the plan was made once per run (pathlib, every
-    path looked at on each call): the argv the sandbox must still get, to the byte."""
+    path looked at on each call): the argv the sandbox must still get, to the byte, but
+    for the read-only binds of places the read-only system shows as they are anyway, and
+    of places that hold a hidden one."""
 
     def existing(paths: tuple[Path, ...]) -> list[Path]:
         seen: set[Path] = set()
@@ -231,8 +285,16 @@ def _old_wrap(box: Sandbox, argv: list[str], cwd: Path, info_fd: int | None) -> 
     hidden = outermost(existing(box.hidden))
     for path in hidden:
         out += ["--tmpfs", str(path)]
+    fresh = [Path("/tmp"), Path("/dev"), Path("/proc")]
+    unseen = [*fresh, *hidden]
+    unseen += [p.resolve() for p in unseen]
+    kept_out = [*fresh, *existing(box.hidden)]
+    kept_out += [p.resolve() for p in kept_out]
     for path in existing(box.readonly):
-        out += ["--ro-bind", str(path), str(path)]
+        spelled = (path, path.resolve())
+        shown = any(q.is_relative_to(u) for q in spelled for u in unseen)
+        if shown and not any(k.is_relative_to(q) for k in kept_out for q in spelled):
+            out += ["--ro-bind", str(path), str(path)]
     for path in existing(box.writable):
         out += ["--bind", str(path), str(path)]
     for path in existing(box.sealed):
