@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from orchestrator.masking import without_secrets
 
@@ -117,6 +119,35 @@ def git(
     except OSError as exc:
         return GitResult(argv, -1, "", f"git could not start: {exc}")
     return GitResult(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+
+
+def at_once(first: Callable[[], _A], second: Callable[[], _B]) -> tuple[_A, _B]:
+    """``(first(), second())``, run at the same time: two git calls that only read and do
+    not depend on each other cost one process's wait, not two (each is mostly git's own
+    start-up, a few milliseconds). ``second`` runs on a thread of its own; both have ended
+    when this returns, and an exception of either is raised here."""
+    got: list[_B] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            got.append(second())
+        except BaseException as exc:  # handed to the caller below
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="git-at-once", daemon=True)
+    thread.start()
+    try:
+        one = first()
+    finally:
+        thread.join()
+    if failed:
+        raise failed[0]
+    return one, got[0]
 
 
 def is_git_repo(path: Path) -> bool:

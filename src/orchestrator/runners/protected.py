@@ -42,6 +42,7 @@ from typing import Any
 
 from orchestrator.gitops import ancestry
 from orchestrator.gitops import changes as gc
+from orchestrator.gitops import git as gitcmd
 from orchestrator.runners.protected_changes import (
     Entry,
     ProtectedChange,
@@ -120,7 +121,18 @@ def check_paths(
     ``base`` and ``head`` are commits the caller holds; the same one twice (the files
     beside a tree, alone) is no change at all, and git is not asked for that diff."""
     globs, whose = globs_of(options)
-    diff, why = ([], "") if base == head else gc.diff_paths(worktree, base, head)
+
+    def changed() -> tuple[list[gc.PathChange] | None, str]:
+        return ([], "") if base == head else gc.diff_paths(worktree, base, head)
+
+    def beside() -> tuple[list[str] | None, str]:
+        return gc.stray_paths(worktree) if workspace_files else ([], "")
+
+    if base != head and workspace_files:
+        # Both only read: git is asked for the diff and the files beside the tree at once.
+        (diff, why), (strays, stray_why) = gitcmd.at_once(changed, beside)
+    else:
+        (diff, why), (strays, stray_why) = changed(), beside()
     if diff is None:
         return ProtectedCheck(whose=whose, base=base, problem=why)
     entries = [
@@ -128,9 +140,8 @@ def check_paths(
     ]
     texts: dict[str, str | None] = {}
     if workspace_files:
-        strays, why = gc.stray_paths(worktree)
         if strays is None:
-            return ProtectedCheck(whose=whose, base=base, problem=why)
+            return ProtectedCheck(whose=whose, base=base, problem=stray_why)
         for path in strays:
             if uncollected(path) or protected_by(globs, path) is None:
                 continue
