@@ -147,11 +147,8 @@ class Sandbox:
         hidden = _outermost(every_hidden)
         for path in hidden:
             out += ["--tmpfs", path]
-        unseen = _spellings([*_FRESH, *hidden])
-        kept_out = _spellings([*_FRESH, *every_hidden])
-        for path in _existing(self.readonly):
-            if _needs_bind(path, unseen, kept_out):
-                out += ["--ro-bind", path, path]
+        for path in _read_only_binds(_existing(self.readonly), hidden, every_hidden):
+            out += ["--ro-bind", path, path]
         writable = _existing(self.writable)
         for path in writable:
             out += ["--bind", path, path]
@@ -232,27 +229,43 @@ def _inside(path: str, folder: str) -> bool:
 _FRESH = ("/tmp", "/dev", "/proc")  # noqa: S108 (mount points inside the sandbox)
 
 
+@functools.cache
+def _fresh_spellings() -> tuple[str, ...]:
+    return tuple(_spellings(list(_FRESH)))
+
+
 def _spellings(paths: list[str]) -> list[str]:
     """Each path as given and resolved (a place may be reached through a link), once."""
     return list(dict.fromkeys([*paths, *map(os.path.realpath, paths)]))
 
 
-def _needs_bind(path: str, unseen: list[str], kept_out: list[str]) -> bool:
-    """Whether the read-only place ``path`` is bound back: only where the sandbox does
-    not show it (it lies in a hidden place, or in one mounted afresh), and never when it
-    holds one of them: a bind of ``~`` would show again everything the hidden home keeps
-    (``~/.ssh``, the orchestrator's home and its token). Elsewhere the read-only system
-    shows the place as it is already, and a bind of its own would only cost bubblewrap a
-    mount at every job's start (a few tenths of a millisecond each)."""
-    spelled = _spellings([path])
-    return not _holds(spelled, kept_out) and any(
-        _inside(p, place) for p in spelled for place in unseen
-    )
+def _read_only_binds(readonly: list[str], hidden: list[str], every_hidden: list[str]) -> list[str]:
+    """The read-only places to bind back, in the order given.
 
-
-def _holds(spelled: list[str], places: list[str]) -> bool:
-    """Whether a path (its spellings) is, or holds, one of ``places``."""
-    return any(_inside(place, p) for place in places for p in spelled)
+    Only those the sandbox does not show (as given or resolved, they lie in a hidden place
+    or in one mounted afresh): elsewhere the read-only system shows them as they are, and
+    a bind would only cost bubblewrap a mount at every job's start (a few tenths of a
+    millisecond each). Never one that is or holds a hidden place or one mounted afresh: a
+    bind of ``~`` would show again all that the hidden home keeps (``~/.ssh``, the
+    orchestrator's home and its token). Nor one inside a place bound already, which shows
+    it."""
+    real = {path: os.path.realpath(path) for path in every_hidden}
+    fresh = list(_fresh_spellings())
+    unseen = [*fresh, *hidden, *(real[path] for path in hidden)]
+    kept_out = [*fresh, *every_hidden, *real.values()]
+    bound: list[str] = []
+    chosen: list[str] = []
+    for path in readonly:
+        spelled = _spellings([path])
+        if any(_inside(place, p) for place in kept_out for p in spelled):
+            continue
+        if not any(_inside(p, place) for p in spelled for place in unseen):
+            continue
+        if all(any(_inside(p, b) for b in bound) for p in spelled):
+            continue
+        chosen.append(path)
+        bound += spelled
+    return chosen
 
 
 def _outermost(paths: list[str]) -> list[str]:
@@ -269,20 +282,13 @@ def _paths(value: object) -> list[Path]:
     return [Path(p) for p in value if isinstance(p, str) and p]
 
 
-def toolchain_paths(
-    argv: Sequence[str], env_path: str | None = None, hidden: Sequence[Path] = ()
-) -> list[Path]:
+def toolchain_paths(argv: Sequence[str], env_path: str | None = None) -> list[Path]:
     """Folders a command needs to run, to bind read-only when they lie in a hidden place:
     the install prefix of its executable (a venv and the Python it links to), and the
     orchestrator's own Python and code (runners default to ``sys.executable -m pytest``).
 
-    None is, or holds, a ``hidden`` place: an executable in ``~/bin`` gets that folder, not
-    its prefix (the user's home), whose bind would show what the sandbox hides."""
-    places = _spellings([os.path.abspath(h) for h in hidden])
-
-    def holds_hidden(path: Path) -> bool:
-        return _holds(_spellings([str(path)]), places)
-
+    The executable's own folder comes after its prefix: bound only when the prefix is not
+    (an executable in ``~/bin``, whose prefix is the user's home, never bound back)."""
     # The orchestrator's own code too (an editable install lives outside the venv): the
     # self-hosting staging command runs `python -m orchestrator...`.
     package = Path(__file__).resolve().parent
@@ -294,9 +300,8 @@ def toolchain_paths(
             as_given = Path(os.path.abspath(located))
             # e.g. <venv>/bin/python -> <venv>; resolved, ~/.pyenv/versions/3.11.7
             for spelled in (as_given, as_given.resolve()):
-                prefix = spelled.parent.parent
-                found.append(spelled.parent if holds_hidden(prefix) else prefix)
-    return [place for place in found if not holds_hidden(place)]
+                found += [spelled.parent.parent, spelled.parent]
+    return found
 
 
 def sandbox_state(settings: Settings) -> tuple[str, str]:
@@ -341,17 +346,16 @@ def for_job(
     if not found.ok or found.bwrap is None:
         raise SandboxUnavailable(found.detail)
     opts = options or {}
-    hidden = (settings.home, repo_path, *local_remotes(repo_path), Path.home())
     return Sandbox(
         writable=(*writable, *_paths(opts.get("sandbox_rw"))),
         readonly=(
-            *toolchain_paths(argv, env_path, hidden),
+            *toolchain_paths(argv, env_path),
             *(alt for w in writable for alt in borrowed_objects(w)),
             *readonly,
             *_paths(opts.get("sandbox_ro")),
             *(Path(p.strip()) for p in settings.sandbox_ro.split(",") if p.strip()),
         ),
-        hidden=hidden,
+        hidden=(settings.home, repo_path, *local_remotes(repo_path), Path.home()),
         # A workspace's `.git` (a folder; a `git worktree`'s `.git` file in an earlier
         # release) names where git reads config, hooks and refs from: a job that rewrote it
         # would send the orchestrator's own git calls to a place the job controls.

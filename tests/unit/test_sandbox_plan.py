@@ -117,7 +117,7 @@ def test_only_what_the_read_only_system_hides_is_bound_back(
     # there is bound back; /usr is not.
     assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == ["/", *map(str, readonly[:3])]
     # Were /tmp the system's own: only the hidden places.
-    monkeypatch.setattr(sandbox, "_FRESH", ())
+    monkeypatch.setattr(sandbox, "_fresh_spellings", tuple)
     assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == [
         "/",
         str(home / "venv"),
@@ -139,17 +139,24 @@ def test_a_place_that_holds_a_hidden_one_is_never_bound_back(tmp_path: Path) -> 
 
 
 def test_a_toolchain_in_the_users_home_is_narrowed_to_its_folder(tmp_path: Path) -> None:
-    # An agent CLI in ~/bin (npm's prefix set to ~): its install prefix is the home itself.
+    # An agent CLI in ~/bin (npm's prefix set to ~): its install prefix is the home itself,
+    # never bound back; its own folder is. A venv's folder `bin` is shown by the venv's bind.
     user, venv = tmp_path / "user", tmp_path / "user" / "venv"
     for p in (user / "bin", venv / "bin"):
         p.mkdir(parents=True)
     for exe in (user / "bin" / "agent", venv / "bin" / "tool"):
         exe.write_text("#!/bin/sh\n")
         exe.chmod(0o755)
-    found = sandbox.toolchain_paths([str(user / "bin" / "agent")], hidden=[user])
-    assert user / "bin" in found
-    assert user not in found
-    assert venv in sandbox.toolchain_paths([str(venv / "bin" / "tool")], hidden=[user])
+
+    def bound(exe: Path) -> list[str]:
+        found = tuple(sandbox.toolchain_paths([str(exe)]))
+        box = Sandbox(writable=(), readonly=found, hidden=(user,))
+        return _pairs(box.wrap(["x"], tmp_path), "--ro-bind")
+
+    assert str(user / "bin") in bound(user / "bin" / "agent")
+    assert str(user) not in bound(user / "bin" / "agent")
+    assert str(venv) in bound(venv / "bin" / "tool")
+    assert str(venv / "bin") not in bound(venv / "bin" / "tool")
 
 
 def test_local_remotes_are_found(tmp_path: Path, make_repo: Any) -> None:
@@ -255,8 +262,8 @@ def test_included_config_is_always_asked(
 def _old_wrap(box: Sandbox, argv: list[str], cwd: Path, info_fd: int | None) -> list[str]:
     """``Sandbox.wrap`` as it was before the plan was made once per run (pathlib, every
     path looked at on each call): the argv the sandbox must still get, to the byte, but
-    for the read-only binds of places the read-only system shows as they are anyway, and
-    of places that hold a hidden one."""
+    for the read-only binds of places the read-only system shows as they are anyway, of
+    places that hold a hidden one, and of places inside one bound already."""
 
     def existing(paths: tuple[Path, ...]) -> list[Path]:
         seen: set[Path] = set()
@@ -290,11 +297,15 @@ def _old_wrap(box: Sandbox, argv: list[str], cwd: Path, info_fd: int | None) -> 
     unseen += [p.resolve() for p in unseen]
     kept_out = [*fresh, *existing(box.hidden)]
     kept_out += [p.resolve() for p in kept_out]
+    bound: list[Path] = []
     for path in existing(box.readonly):
         spelled = (path, path.resolve())
         shown = any(q.is_relative_to(u) for q in spelled for u in unseen)
-        if shown and not any(k.is_relative_to(q) for k in kept_out for q in spelled):
+        holds = any(k.is_relative_to(q) for k in kept_out for q in spelled)
+        inside_bound = all(any(q.is_relative_to(b) for b in bound) for q in spelled)
+        if shown and not holds and not inside_bound:
             out += ["--ro-bind", str(path), str(path)]
+            bound += spelled
     for path in existing(box.writable):
         out += ["--bind", str(path), str(path)]
     for path in existing(box.sealed):
