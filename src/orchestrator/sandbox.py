@@ -350,7 +350,7 @@ def for_job(
         writable=(*writable, *_paths(opts.get("sandbox_rw"))),
         readonly=(
             *toolchain_paths(argv, env_path),
-            *(alt for w in writable for alt in borrowed_objects(w)),
+            *_borrowed_store(repo_path, writable),
             *readonly,
             *_paths(opts.get("sandbox_ro")),
             *(Path(p.strip()) for p in settings.sandbox_ro.split(",") if p.strip()),
@@ -365,6 +365,24 @@ def for_job(
         bwrap=found.bwrap,
         json_status=found.json_status,
     )
+
+
+def _borrowed_store(repo_path: Path, writable: Sequence[Path]) -> list[Path]:
+    """The user's clone's object store, when a workspace among ``writable`` borrows it.
+
+    Only that store, never another place an alternates file names: a workspace's ``.git``
+    is the orchestrator's (sealed in every run), but a job's other writable folders are the
+    untrusted code's, and the next run may get the same one (the coverage gate's report
+    runs in its suite's evidence folder). An alternates file the suite planted there named
+    ``~/.ssh`` and the API token, and the next run saw both."""
+    named = [alt for w in writable for alt in borrowed_objects(w)]
+    if not named:
+        return []
+    from orchestrator.gitops.worktrees import _git_dir_path  # here: `orch status` needs no git
+
+    # As the workspace was made: the path git gives, resolved (nothing a job can relink).
+    store = _git_dir_path(repo_path, "objects")
+    return [store] if store in named else []
 
 
 def borrowed_objects(workspace: Path) -> list[Path]:

@@ -64,13 +64,14 @@ code runs under bubblewrap (`orchestrator/sandbox.py`):
   `~/.aws`, `~/.config` ...);
 - read-only again over that: what the job needs to run (the command's toolchain: the
   venv its executable lives in and the Python or Node it links to, the orchestrator's own
-  Python), the object store the workspace borrows from the user's clone (its history), the
-  job's prompt, and the paths the repo names with `orch repo set --sandbox-ro PATH`. Only
-  those that lie in a hidden place or in `/tmp` are bound again: elsewhere (`/usr`, a venv
-  in `/opt`) the read-only system shows them as they are, and each bind is a mount at every
-  job's start. A place that is or holds a hidden one is never bound again, whoever names
-  it: an executable in `~/bin` gets that folder, not its install prefix (the home itself,
-  whose bind would show `~/.ssh` and the orchestrator's home);
+  Python), the object store the workspace borrows from the user's clone (its history: that
+  store only, whatever another folder's alternates file names), the job's prompt, and the
+  paths the repo names with `orch repo set --sandbox-ro PATH`. Only those that lie in a
+  hidden place or in `/tmp` are bound again: elsewhere (`/usr`, a venv in `/opt`) the
+  read-only system shows them as they are, and each bind is a mount at every job's start.
+  A place that is or holds a hidden one is never bound again, whoever names it: an
+  executable in `~/bin` gets that folder, not its install prefix (the home itself, whose
+  bind would show `~/.ssh` and the orchestrator's home);
 - writable: the task's workspace and the job's own folders only (`runs/<job>-out`, where an
   agent writes its artifact, which the orchestrator moves into the task folder after the
   run; `runs/<job>-home`, its `HOME`; `runs/<log>.out` for a suite's JUnit XML and coverage

@@ -555,6 +555,16 @@ DEFENDED = [
         "now": "only `~/bin` is bound back; a place that is or holds a hidden one never is",
         "test": "tests/integration/test_sandbox.py",
     },
+    {
+        "attack": "a suite plants `.git/objects/info/alternates` naming `~/.ssh` and the API "
+        "token in its evidence folder, which the coverage gate's next run (`coverage json`) "
+        "gets too",
+        "before": "the next run read both: every writable folder's alternates were bound back "
+        "read-only as the object store a workspace borrows",
+        "now": "only the user's clone's own object store is bound back, and only when a "
+        "workspace borrows it",
+        "test": "tests/integration/test_sandbox.py",
+    },
 ]
 
 
@@ -591,3 +601,53 @@ def test_an_agent_installed_in_the_users_home_cannot_read_that_home(
     assert loot.endswith("ran\n"), loot  # the agent ran from ~/bin
     for text in secrets.values():
         assert text not in loot
+
+
+@NEEDS_BWRAP
+def test_a_suite_cannot_choose_what_the_next_run_in_its_folder_sees(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object store a workspace borrows is bound back read-only, and ``for_job`` read
+    it from every writable place's ``.git/objects/info/alternates``. A suite (the agent's
+    code) writes its evidence folder, and the coverage gate's next run (``coverage json``)
+    gets that same folder: the suite planted an alternates file there naming ``~/.ssh`` and
+    the orchestrator's API token, and the next run read both. Only the clone's own object
+    store is bound now, whoever names another place."""
+    user = tmp_path / "user"
+    monkeypatch.setenv("HOME", str(user))
+    settings = load_settings(home=user / ".orchestrator")
+    secrets = {user / ".ssh" / "id_ed25519": "PRIVATE KEY", settings.home / "api-token": "T0KEN"}
+    for path, text in secrets.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    evidence = settings.home / "tasks" / "APP-1" / "runs" / "coverage.out"
+    for folder in (work, evidence):
+        folder.mkdir(parents=True)
+    repo = make_repo(user / "src" / "app")
+    # The workspace borrows the clone's store, as the orchestrator makes it: still seen.
+    store = (repo / ".git" / "objects").resolve()
+    (work / ".git" / "objects" / "info").mkdir(parents=True)
+    (work / ".git" / "objects" / "info" / "alternates").write_text(f"{store}\n")
+    names = "".join(f"{p}\n" for p in (user / ".ssh", settings.home / "api-token"))
+    plant = (
+        f"import os; d = {str(evidence / '.git' / 'objects' / 'info')!r}; os.makedirs(d); "
+        f"open(d + '/alternates', 'w').write({names!r})"
+    )
+    read = (
+        f"import os\nfor p in {list(map(str, secrets))!r}:\n"
+        "    open('loot', 'a').write(open(p).read() if os.path.exists(p) else 'hidden\\n')\n"
+        f"open('loot', 'a').write(str(os.path.isdir({str(store)!r})))"
+    )
+    for code in (plant, read):
+        argv = [sys.executable, "-c", code]
+        box = sandbox.for_job(
+            settings, kind="suite", repo_path=repo, argv=argv, writable=[work, evidence]
+        )
+        assert box is not None
+        proc = subprocess.run(
+            box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert (evidence / ".git" / "objects" / "info" / "alternates").read_text() == names
+    assert (work / "loot").read_text() == "hidden\nhidden\nTrue"
