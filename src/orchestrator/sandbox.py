@@ -5,8 +5,9 @@ task's code (test-runner, merge re-test, coverage, staging), since the agent wro
 Inside the sandbox a process has its own PID, IPC and UTS namespaces (and a user namespace
 where the kernel allows one), a read-only view of the system, a private ``/tmp``, and can
 write only what the job is for: the task's workspace and the job's own folders. The
-orchestrator's home (database, other tasks, logs, tokens), the user's clone and the user's
-home are hidden under empty file systems; the host's ``/proc`` is replaced by the job's own.
+orchestrator's home (database, other tasks, logs, tokens), the user's clone, the user's
+home and their runtime folder (their session's sockets) are hidden under empty file
+systems; the host's ``/proc`` is replaced by the job's own.
 
 Killing the job is killing its namespace: bubblewrap's init is the namespace's PID 1, and
 when it dies the kernel kills everything left in the namespace, whatever it did to escape
@@ -334,7 +335,8 @@ def for_job(
     ``options`` may add paths (``sandbox_ro``, ``sandbox_rw``: the user's own settings).
 
     Hidden: the orchestrator's home (database, tasks, logs), the user's clone, every remote
-    of it that is a local path, and the user's home. Read-only again over that: the
+    of it that is a local path, the user's home and their runtime folder (their session's
+    sockets). Read-only again over that: the
     command's toolchain, the object store a workspace borrows from the user's clone (its
     history; nothing in the sandbox can write an object, a ref, a hook or a config there)
     and ``readonly``. Writable: ``writable`` only, except each workspace's own ``.git``,
@@ -355,7 +357,7 @@ def for_job(
             *_paths(opts.get("sandbox_ro")),
             *(Path(p.strip()) for p in settings.sandbox_ro.split(",") if p.strip()),
         ),
-        hidden=(settings.home, repo_path, *local_remotes(repo_path), Path.home()),
+        hidden=(settings.home, repo_path, *local_remotes(repo_path), Path.home(), *_runtime_dirs()),
         # A workspace's `.git` (a folder; a `git worktree`'s `.git` file in an earlier
         # release) names where git reads config, hooks and refs from: a job that rewrote it
         # would send the orchestrator's own git calls to a place the job controls.
@@ -365,6 +367,16 @@ def for_job(
         bwrap=found.bwrap,
         json_status=found.json_status,
     )
+
+
+def _runtime_dirs() -> list[Path]:
+    """The user's runtime folder (``XDG_RUNTIME_DIR``; ``/run/user/<uid>`` by default): the
+    sockets of their session, an SSH agent, gpg-agent, the D-Bus session bus (through which
+    ``systemd-run --user`` starts a command outside any sandbox). A socket on a read-only
+    mount still takes connections, so the read-only system is no cover for them."""
+    found = [Path(f"/run/user/{os.getuid()}")]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return [*found, Path(runtime)] if runtime else found
 
 
 def _borrowed_store(repo_path: Path, writable: Sequence[Path]) -> list[Path]:

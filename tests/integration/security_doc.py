@@ -60,8 +60,10 @@ code runs under bubblewrap (`orchestrator/sandbox.py`):
   processes and their environments are not there) and a private `/tmp`;
 - hidden under empty, read-only file systems: the orchestrator's home (`ORCH_HOME`: the
   database, every task folder, the logs, other tasks' workspaces), the user's clone of the
-  repository, every remote of it that is a local path, and the user's home (`~/.ssh`,
-  `~/.aws`, `~/.config` ...);
+  repository, every remote of it that is a local path, the user's home (`~/.ssh`,
+  `~/.aws`, `~/.config` ...) and the user's runtime folder (`XDG_RUNTIME_DIR`,
+  `/run/user/<uid>`: their SSH agent, gpg-agent and D-Bus session bus, whose sockets
+  would take connections on the read-only system);
 - read-only again over that: what the job needs to run (the command's toolchain: the
   venv its executable lives in and the Python or Node it links to, the orchestrator's own
   Python), the object store the workspace borrows from the user's clone (its history: that
@@ -237,6 +239,10 @@ OUTRO = """
   everything its user can.
 - The remote's credentials: an agent gets no SSH agent socket and no credential helper
   of ours, but `--agent-env` can still name a token for it, by the user's choice.
+- Other sockets of the system: a socket on the read-only system still takes connections
+  (`/run/docker.sock` for a user in the `docker` group, the system's D-Bus), and with the
+  network shared so does an abstract socket (an X server's): `ORCH_SANDBOX_NETWORK=none`
+  cuts the abstract ones only.
 """
 
 

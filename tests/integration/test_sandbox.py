@@ -13,8 +13,10 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -565,6 +567,14 @@ DEFENDED = [
         "workspace borrows it",
         "test": "tests/integration/test_sandbox.py",
     },
+    {
+        "attack": "connect to the user's SSH agent in their runtime folder "
+        "(`/run/user/<uid>`, beside the D-Bus session bus that `systemd-run --user` uses)",
+        "before": "reached: the read-only system showed the folder, and a socket on a "
+        "read-only mount still takes connections",
+        "now": "the runtime folder is hidden like the home: no socket there",
+        "test": "tests/integration/test_sandbox.py",
+    },
 ]
 
 
@@ -651,3 +661,41 @@ def test_a_suite_cannot_choose_what_the_next_run_in_its_folder_sees(
         assert proc.returncode == 0, proc.stderr
     assert (evidence / ".git" / "objects" / "info" / "alternates").read_text() == names
     assert (work / "loot").read_text() == "hidden\nhidden\nTrue"
+
+
+@NEEDS_BWRAP
+def test_the_users_session_sockets_are_out_of_reach(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's runtime folder (``XDG_RUNTIME_DIR``, ``/run/user/<uid>``) holds the
+    sockets of their session: an SSH agent (gnome-keyring's, systemd's), gpg-agent, the
+    D-Bus session bus (through which ``systemd-run --user`` starts a command outside any
+    sandbox). The read-only system showed it, and a socket on a read-only mount still takes
+    connections: the agent spoke to the user's SSH agent. Now that folder is hidden."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    # Outside /tmp (which the sandbox mounts afresh), as /run/user is.
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as runtime:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
+        agent = os.path.join(runtime, "ssh-agent.socket")
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(agent)
+            server.listen(1)
+            code = (
+                "import socket\ns = socket.socket(socket.AF_UNIX)\n"
+                f"try:\n    s.connect({agent!r}); print('reached')\n"
+                "except OSError as exc:\n    print(type(exc).__name__)"
+            )
+            argv = [sys.executable, "-c", code]
+            box = sandbox.for_job(
+                settings, kind="agent", repo_path=make_repo(), argv=argv, writable=[work]
+            )
+            assert box is not None
+            proc = subprocess.run(
+                box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
+            )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "FileNotFoundError\n"
