@@ -360,8 +360,15 @@ def for_job(
         hidden=(settings.home, repo_path, *local_remotes(repo_path), Path.home(), *_runtime_dirs()),
         # A workspace's `.git` (a folder; a `git worktree`'s `.git` file in an earlier
         # release) names where git reads config, hooks and refs from: a job that rewrote it
-        # would send the orchestrator's own git calls to a place the job controls.
-        sealed=tuple(w / ".git" for w in writable if (w / ".git").exists()),
+        # would send the orchestrator's own git calls to a place the job controls. Never a
+        # `.git` that is a link: a job can plant one in its other folders (a suite's evidence
+        # folder, which the coverage gate's next run gets), and bubblewrap follows it on the
+        # host for the source and in the sandbox for the target: `../../../../..` bound the
+        # host's home on the empty one. (No process writes those folders between this plan
+        # and the start: the job's run before has ended with its namespace.)
+        sealed=tuple(
+            w / ".git" for w in writable if (w / ".git").exists() and not (w / ".git").is_symlink()
+        ),
         network=sandbox_network_for(settings.sandbox_network, kind),
         userns=found.userns,
         bwrap=found.bwrap,

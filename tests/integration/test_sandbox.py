@@ -558,13 +558,15 @@ DEFENDED = [
         "test": "tests/integration/test_sandbox.py",
     },
     {
-        "attack": "a suite plants `.git/objects/info/alternates` naming `~/.ssh` and the API "
-        "token in its evidence folder, which the coverage gate's next run (`coverage json`) "
-        "gets too",
+        "attack": "a suite plants in its evidence folder, which the coverage gate's next run "
+        "(`coverage json`) gets too, a `.git/objects/info/alternates` naming `~/.ssh` and the "
+        "API token, or a `.git` that links to the home five folders up (`../../../../..`)",
         "before": "the next run read both: every writable folder's alternates were bound back "
-        "read-only as the object store a workspace borrows",
+        "read-only as the object store a workspace borrows, and its `.git` was sealed "
+        "through the link, which bubblewrap followed on the host (the home) and in the "
+        "sandbox (the empty home)",
         "now": "only the user's clone's own object store is bound back, and only when a "
-        "workspace borrows it",
+        "workspace borrows it; a `.git` that is a link is never sealed",
         "test": "tests/integration/test_sandbox.py",
     },
     {
@@ -614,15 +616,18 @@ def test_an_agent_installed_in_the_users_home_cannot_read_that_home(
 
 
 @NEEDS_BWRAP
+@pytest.mark.parametrize("plant", ["alternates", "git-link"])
 def test_a_suite_cannot_choose_what_the_next_run_in_its_folder_sees(
-    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, plant: str
 ) -> None:
-    """The object store a workspace borrows is bound back read-only, and ``for_job`` read
-    it from every writable place's ``.git/objects/info/alternates``. A suite (the agent's
-    code) writes its evidence folder, and the coverage gate's next run (``coverage json``)
-    gets that same folder: the suite planted an alternates file there naming ``~/.ssh`` and
-    the orchestrator's API token, and the next run read both. Only the clone's own object
-    store is bound now, whoever names another place."""
+    """A suite (the agent's code) writes its evidence folder, and the coverage gate's next
+    run (``coverage json``, which imports the worktree's code) gets that same folder. What
+    the suite planted there chose what that run saw: an alternates file naming ``~/.ssh``
+    and the API token (bound back as the object store a workspace borrows), or a ``.git``
+    that links to the home five folders up (sealed as a workspace's ``.git`` is: bubblewrap
+    followed the link on the host and in the sandbox, and bound the host's home on the
+    empty one the sandbox shows there). The next run read both secrets either way. Now only
+    the clone's own object store is bound, and a ``.git`` that is a link is never sealed."""
     user = tmp_path / "user"
     monkeypatch.setenv("HOME", str(user))
     settings = load_settings(home=user / ".orchestrator")
@@ -640,16 +645,17 @@ def test_a_suite_cannot_choose_what_the_next_run_in_its_folder_sees(
     (work / ".git" / "objects" / "info").mkdir(parents=True)
     (work / ".git" / "objects" / "info" / "alternates").write_text(f"{store}\n")
     names = "".join(f"{p}\n" for p in (user / ".ssh", settings.home / "api-token"))
-    plant = (
-        f"import os; d = {str(evidence / '.git' / 'objects' / 'info')!r}; os.makedirs(d); "
-        f"open(d + '/alternates', 'w').write({names!r})"
-    )
+    planting = {
+        "alternates": f"import os; d = {str(evidence / '.git' / 'objects' / 'info')!r}; "
+        f"os.makedirs(d); open(d + '/alternates', 'w').write({names!r})",
+        "git-link": f"import os; os.symlink('../../../../..', {str(evidence / '.git')!r})",
+    }
     read = (
         f"import os\nfor p in {list(map(str, secrets))!r}:\n"
-        "    open('loot', 'a').write(open(p).read() if os.path.exists(p) else 'hidden\\n')\n"
-        f"open('loot', 'a').write(str(os.path.isdir({str(store)!r})))"
+        "    print(open(p).read() if os.path.exists(p) else 'hidden')\n"
+        f"print(os.path.isdir({str(store)!r}))"
     )
-    for code in (plant, read):
+    for code in (planting[plant], read):
         argv = [sys.executable, "-c", code]
         box = sandbox.for_job(
             settings, kind="suite", repo_path=repo, argv=argv, writable=[work, evidence]
@@ -659,8 +665,8 @@ def test_a_suite_cannot_choose_what_the_next_run_in_its_folder_sees(
             box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
         )
         assert proc.returncode == 0, proc.stderr
-    assert (evidence / ".git" / "objects" / "info" / "alternates").read_text() == names
-    assert (work / "loot").read_text() == "hidden\nhidden\nTrue"
+    assert os.path.lexists(evidence / ".git")  # planted
+    assert proc.stdout == "hidden\nhidden\nTrue\n"  # what the next run read
 
 
 @NEEDS_BWRAP
