@@ -258,7 +258,7 @@ def _read_only_binds(readonly: list[str], hidden: list[str], every_hidden: list[
     chosen: list[str] = []
     for path in readonly:
         spelled = _spellings([path])
-        if any(_inside(place, p) for place in kept_out for p in spelled):
+        if _holds(spelled, kept_out):
             continue
         if not any(_inside(p, place) for p in spelled for place in unseen):
             continue
@@ -267,6 +267,11 @@ def _read_only_binds(readonly: list[str], hidden: list[str], every_hidden: list[
         chosen.append(path)
         bound += spelled
     return chosen
+
+
+def _holds(spelled: list[str], places: list[str]) -> bool:
+    """Whether a path (its spellings) is, or holds, one of ``places``."""
+    return any(_inside(place, p) for place in places for p in spelled)
 
 
 def _outermost(paths: list[str]) -> list[str]:
@@ -380,10 +385,15 @@ def _runtime_dirs() -> list[Path]:
     """The user's runtime folder (``XDG_RUNTIME_DIR``; ``/run/user/<uid>`` by default): the
     sockets of their session, an SSH agent, gpg-agent, the D-Bus session bus (through which
     ``systemd-run --user`` starts a command outside any sandbox). A socket on a read-only
-    mount still takes connections, so the read-only system is no cover for them."""
+    mount still takes connections, so the read-only system is no cover for them.
+
+    Not a ``XDG_RUNTIME_DIR`` that is or holds ``/tmp`` (some containers set ``/tmp``): the
+    sandbox's own ``/tmp`` would be covered again, and read-only."""
     found = [Path(f"/run/user/{os.getuid()}")]
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return [*found, Path(runtime)] if runtime else found
+    if runtime and not _holds(_spellings([os.path.abspath(runtime)]), list(_FRESH)):
+        found.append(Path(runtime))
+    return found
 
 
 def _borrowed_store(repo_path: Path, writable: Sequence[Path]) -> list[Path]:

@@ -705,3 +705,24 @@ def test_the_users_session_sockets_are_out_of_reach(
             )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FileNotFoundError\n"
+
+
+@NEEDS_BWRAP
+def test_a_runtime_folder_in_tmp_leaves_the_sandboxs_tmp_writable(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some containers set ``XDG_RUNTIME_DIR=/tmp``: hidden like a runtime folder, it would
+    cover the sandbox's own ``/tmp`` again, read-only, and a job could write no file there."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/tmp/")
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    argv = [sys.executable, "-c", "open('/tmp/scratch', 'w').write('x')"]
+    box = sandbox.for_job(settings, kind="suite", repo_path=make_repo(), argv=argv, writable=[work])
+    assert box is not None
+    proc = subprocess.run(
+        box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
