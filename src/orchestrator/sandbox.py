@@ -341,11 +341,11 @@ def for_job(
 
     Hidden: the orchestrator's home (database, tasks, logs), the user's clone, every remote
     of it that is a local path, the user's home and their runtime folder (their session's
-    sockets). Read-only again over that: the
-    command's toolchain, the object store a workspace borrows from the user's clone (its
-    history; nothing in the sandbox can write an object, a ref, a hook or a config there)
-    and ``readonly``. Writable: ``writable`` only, except each workspace's own ``.git``,
-    which is sealed read-only: the agent edits files, the orchestrator commits them.
+    sockets). Read-only again over that: the command's toolchain, the object store a
+    workspace borrows from the user's clone (its history; nothing in the sandbox can write
+    an object, a ref, a hook or a config there) and ``readonly``. Writable: ``writable``
+    only, except each workspace's own ``.git``, which is sealed read-only: the agent edits
+    files, the orchestrator commits them.
     """
     if not settings.sandbox or (kind == "deploy" and not settings.sandbox_deploy):
         return None
