@@ -726,3 +726,35 @@ def test_a_runtime_folder_in_tmp_leaves_the_sandboxs_tmp_writable(
         box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("clone", ["plain", "git-worktree"])
+def test_a_workspace_reads_its_history_in_the_sandbox(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, clone: str
+) -> None:
+    """Only the clone's own object store is bound back (as git names it, not as an
+    alternates file does): a workspace still reads the history it borrows, from a clone in
+    the hidden home and from one that is a ``git worktree`` of another repository (its
+    objects in that repository's git dir)."""
+    from orchestrator.gitops import worktrees
+
+    user = tmp_path / "user"
+    monkeypatch.setenv("HOME", str(user))
+    settings = load_settings(home=user / ".orchestrator")
+    repo = make_repo(user / "src" / "app")
+    if clone == "git-worktree":
+        _git(repo, "branch", "other")
+        _git(repo, "checkout", "-q", "other")
+        _git(repo, "worktree", "add", "-q", str(user / "src" / "app-main"), "main")
+        repo = user / "src" / "app-main"
+    made = worktrees.ensure_worktree(repo, "main", settings.home / "worktrees", "app", "APP-1")
+    assert made.path is not None, made.error
+    argv = ["git", "log", "--format=%s", "main"]
+    box = sandbox.for_job(settings, kind="agent", repo_path=repo, argv=argv, writable=[made.path])
+    assert box is not None
+    proc = subprocess.run(
+        box.wrap(argv, made.path), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "initial commit\n"
