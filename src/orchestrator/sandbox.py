@@ -243,13 +243,14 @@ def _spellings(paths: list[str]) -> list[str]:
 def _read_only_binds(readonly: list[str], hidden: list[str], every_hidden: list[str]) -> list[str]:
     """The read-only places to bind back, in the order given.
 
-    Only those the sandbox does not show (as given or resolved, they lie in a hidden place
-    or in one mounted afresh): elsewhere the read-only system shows them as they are, and
-    a bind would only cost bubblewrap a mount at every job's start (a few tenths of a
-    millisecond each). Never one that is or holds a hidden place or one mounted afresh: a
-    bind of ``~`` would show again all that the hidden home keeps (``~/.ssh``, the
-    orchestrator's home and its token). Nor one inside a place bound already, which shows
-    it."""
+    Only where the sandbox does not show them: a place that lies in a hidden place or in
+    one mounted afresh is bound as given; one that only resolves there (a link from outside
+    into a hidden place), by the path it resolves to, which the link then shows. Elsewhere
+    the read-only system shows a place as it is, and a bind would only cost bubblewrap a
+    mount at every job's start (a few tenths of a millisecond each). Never one that is or
+    holds (as given or resolved) a hidden place or one mounted afresh: a bind of ``~``
+    would show again all that the hidden home keeps (``~/.ssh``, the orchestrator's home
+    and its token). Nor one inside a place bound already, which shows it."""
     real = {path: os.path.realpath(path) for path in every_hidden}
     fresh = list(_fresh_spellings())
     unseen = [*fresh, *hidden, *(real[path] for path in hidden)]
@@ -257,16 +258,20 @@ def _read_only_binds(readonly: list[str], hidden: list[str], every_hidden: list[
     bound: list[str] = []
     chosen: list[str] = []
     for path in readonly:
-        spelled = _spellings([path])
-        if _holds(spelled, kept_out):
+        resolved = os.path.realpath(path)
+        if _holds([path, resolved], kept_out):
             continue
-        if not any(_inside(p, place) for p in spelled for place in unseen):
+        target = path if _in_any(path, unseen) else resolved
+        if not _in_any(target, unseen) or _in_any(target, bound):
             continue
-        if all(any(_inside(p, b) for b in bound) for p in spelled):
-            continue
-        chosen.append(path)
-        bound += spelled
+        chosen.append(target)
+        bound.append(target)
     return chosen
+
+
+def _in_any(path: str, places: list[str]) -> bool:
+    """Whether ``path`` lies in one of ``places``."""
+    return any(_inside(path, place) for place in places)
 
 
 def _holds(spelled: list[str], places: list[str]) -> bool:
@@ -293,8 +298,9 @@ def toolchain_paths(argv: Sequence[str], env_path: str | None = None) -> list[Pa
     the install prefix of its executable (a venv and the Python it links to), and the
     orchestrator's own Python and code (runners default to ``sys.executable -m pytest``).
 
-    The executable's own folder comes after its prefix: bound only when the prefix is not
-    (an executable in ``~/bin``, whose prefix is the user's home, never bound back)."""
+    The executable's own folder comes after its prefix, and the executable after that: each
+    is bound only when the wider one is not (an executable in ``~/bin``, whose prefix is the
+    user's home, never bound back; one in the home itself)."""
     # The orchestrator's own code too (an editable install lives outside the venv): the
     # self-hosting staging command runs `python -m orchestrator...`.
     package = Path(__file__).resolve().parent
@@ -306,7 +312,7 @@ def toolchain_paths(argv: Sequence[str], env_path: str | None = None) -> list[Pa
             as_given = Path(os.path.abspath(located))
             # e.g. <venv>/bin/python -> <venv>; resolved, ~/.pyenv/versions/3.11.7
             for spelled in (as_given, as_given.resolve()):
-                found += [spelled.parent.parent, spelled.parent]
+                found += [spelled.parent.parent, spelled.parent, spelled]
     return found
 
 

@@ -581,13 +581,15 @@ DEFENDED = [
 
 
 @NEEDS_BWRAP
+@pytest.mark.parametrize("where", ["bin/agent", "agent"])
 def test_an_agent_installed_in_the_users_home_cannot_read_that_home(
-    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """An agent CLI in ``~/bin`` (npm's prefix set to ``~``, say). Its install prefix, the
     user's home, was bound back read-only over the hidden home: the agent read ``~/.ssh``
     and the orchestrator's API token. Now the sandbox binds only ``~/bin``: the agent runs
-    and the home stays hidden."""
+    and the home stays hidden. One in the home itself (``~/agent``) gets its own file: its
+    folder is the home, and without that file it could not start."""
     user = tmp_path / "user"
     monkeypatch.setenv("HOME", str(user))
     settings = load_settings(home=user / ".orchestrator")
@@ -597,8 +599,8 @@ def test_an_agent_installed_in_the_users_home_cannot_read_that_home(
         path.write_text(text)
     work = settings.home / "worktrees" / "app" / "APP-1"
     work.mkdir(parents=True)
-    agent = user / "bin" / "agent"
-    agent.parent.mkdir()
+    agent = user / where
+    agent.parent.mkdir(exist_ok=True)
     # The attacker: reads each path it is given into its workspace.
     agent.write_text('#!/bin/sh\nfor f in "$@"; do cat "$f" >> loot 2>&1; done\necho ran >> loot\n')
     agent.chmod(0o755)
@@ -610,7 +612,7 @@ def test_an_agent_installed_in_the_users_home_cannot_read_that_home(
     )
     assert proc.returncode == 0, proc.stderr
     loot = (work / "loot").read_text()
-    assert loot.endswith("ran\n"), loot  # the agent ran from ~/bin
+    assert loot.endswith("ran\n"), loot  # the agent ran from the home
     for text in secrets.values():
         assert text not in loot
 

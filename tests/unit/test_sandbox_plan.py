@@ -105,8 +105,8 @@ def test_only_what_the_read_only_system_hides_is_bound_back(
 ) -> None:
     # Each bind is a mount bubblewrap makes at every job's start. A read-only place the
     # system already shows as it is (a venv in /opt, /usr) gets none; one in a hidden place
-    # (a toolchain in the user's home), as given or through a link, or in the sandbox's own
-    # /tmp, is bound back.
+    # (a toolchain in the user's home) or in the sandbox's own /tmp is bound back, and one
+    # that only resolves into a hidden place by the path it resolves to.
     home, tools = tmp_path / "home", tmp_path / "tools"
     for p in (home / "venv", home / "py", tools):
         p.mkdir(parents=True)
@@ -121,7 +121,7 @@ def test_only_what_the_read_only_system_hides_is_bound_back(
     assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == [
         "/",
         str(home / "venv"),
-        str(tmp_path / "link"),
+        str(home / "py"),  # the link's target: the link shows it
     ]
 
 
@@ -299,13 +299,15 @@ def _old_wrap(box: Sandbox, argv: list[str], cwd: Path, info_fd: int | None) -> 
     kept_out += [p.resolve() for p in kept_out]
     bound: list[Path] = []
     for path in existing(box.readonly):
-        spelled = (path, path.resolve())
-        shown = any(q.is_relative_to(u) for q in spelled for u in unseen)
-        holds = any(k.is_relative_to(q) for k in kept_out for q in spelled)
-        inside_bound = all(any(q.is_relative_to(b) for b in bound) for q in spelled)
-        if shown and not holds and not inside_bound:
-            out += ["--ro-bind", str(path), str(path)]
-            bound += spelled
+        resolved = path.resolve()
+        if any(k.is_relative_to(q) for k in kept_out for q in (path, resolved)):
+            continue
+        target = path if any(path.is_relative_to(u) for u in unseen) else resolved
+        if not any(target.is_relative_to(u) for u in unseen):
+            continue
+        if not any(target.is_relative_to(b) for b in bound):
+            out += ["--ro-bind", str(target), str(target)]
+            bound.append(target)
     for path in existing(box.writable):
         out += ["--bind", str(path), str(path)]
     for path in existing(box.sealed):
