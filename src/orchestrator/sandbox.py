@@ -220,9 +220,11 @@ def _root(path: str) -> str:
 
 def _inside(path: str, folder: str) -> bool:
     """``Path(path).is_relative_to(folder)`` for absolute, normalized paths."""
-    if _root(path) != _root(folder):
-        return False
-    return path == folder or path.startswith(folder if folder.endswith("/") else folder + "/")
+    if path == folder:
+        return True
+    # The cheap test first (a plan makes some hundreds): the roots only when it passes.
+    prefix = folder if folder.endswith("/") else folder + "/"
+    return path.startswith(prefix) and _root(path) == _root(folder)
 
 
 # Places the sandbox mounts afresh over the read-only system: what lies there on the host
