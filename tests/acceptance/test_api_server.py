@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from api_server import ORCH, FakeRepo, Server, base_env, wait_for
 
@@ -299,7 +300,26 @@ def test_a_signal_stops_server_and_scheduler_and_requeues(
     server = Server(tmp_path, base_env(fake.home, migrated_db_url))
     key = server.client.post("/tasks", json={"repo": "demo", "title": "held"}).json()["key"]
     wait_for(lambda: fake.started(key, "development"), 60, "development starts")
-    assert server.stop(sig) == 0, server.output()
+    (job,) = server.client.get("/queue").json()["running"]["items"]
+    # A followed log is an open request when the signal comes: it ends, told why, and the
+    # server still stops cleanly.
+    events: list[str] = []
+    follower = httpx.Client(base_url=server.url, timeout=30)
+
+    def follow() -> None:
+        with follower.stream("GET", f"/tasks/{key}/jobs/{job['job']}/log?follow=1") as stream:
+            events.extend(stream.iter_lines())
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    try:
+        wait_for(lambda: any(e.startswith(("data: ", ": keep-alive")) for e in events), 30, "tail")
+        assert server.stop(sig) == 0, server.output()
+        reader.join(timeout=60)
+    finally:
+        follower.close()
+    assert not reader.is_alive()
+    assert "data: stream closed before the job finished" in events
     ((state, reasons, attempt),) = fake.query("SELECT state, reasons, attempt FROM jobs")
     assert state == "queued"
     assert attempt == 1

@@ -105,6 +105,7 @@ def serve(
 
     from orchestrator.api import create_app
     from orchestrator.api.guard import LOOPBACK_NAMES
+    from orchestrator.api.server import Server
     from orchestrator.engine.worker import Worker
     from orchestrator.intake import IntakePoller
     from orchestrator.logs import configure
@@ -162,12 +163,7 @@ def serve(
         if worker is not None:
             worker.stop(drain=drain)
 
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            stop_all()
-            super().handle_exit(sig, frame)
-
-    server = Server(config)
+    server = Server(config, on_exit=stop_all)
 
     def scheduler() -> None:
         assert worker is not None
@@ -176,13 +172,13 @@ def serve(
         except Exception:
             log.exception("the scheduler stopped on an error", extra={"action": "serve"})
             failed.set()
-            server.should_exit = True
+            server.exit_soon()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        # While it serves, uvicorn takes the signals (Server.handle_exit above); once it has
-        # stopped it raises them again, and they land here: nothing is left to do but log.
+        # While it serves, uvicorn takes the signals (its handle_exit calls stop_all); once
+        # it has stopped it raises them again, and they land here: nothing is left but log.
         log.warning("signal %d: stopped", signum, extra={"action": "serve"})
-        server.should_exit = True
+        server.exit_soon()
         stop_all()
 
     signal.signal(signal.SIGTERM, on_signal)
