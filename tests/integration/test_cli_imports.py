@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -43,6 +45,7 @@ def write_report():
         got = {"imported": [m for m in watched if m in sys.modules], "cli": commands, "ui": ui}
         got["also"] = [m for m in also if m in sys.modules]
         got["gc"] = gc.isenabled()
+        got["orchestrator"] = sorted(m for m in sys.modules if m.startswith("orchestrator."))
         json.dump(got, f)
 
 atexit.register(write_report)
@@ -309,6 +312,82 @@ def test_a_command_imports_its_own_command_module_only(tmp_path: Path, inited_ho
     reports = orch_imports_each(tmp_path, [args for args, _own in cases])
     for (args, own), got in zip(cases, reports, strict=True):
         assert got["cli"] == sorted([*shared, own]), args
+
+
+def serve_imports(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """``orch_imports`` of `orch serve --port 0 ARGS`: up (``/health`` answered), then
+    stopped by SIGTERM, which it must end with 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_HOME=str(tmp_path / "home"), PYTHONPATH=str(SRC))
+    report = tmp_path / "imported-serve.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, json.dumps(["serve", "--port", "0", *args]), str(report)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        said = ""
+        while "listening on " not in said:
+            line = proc.stderr.readline()
+            assert line, f"orch serve ended before it listened: {said}"
+            said += line
+        url = said.split("listening on ", 1)[1].split()[0]
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (out, err)
+    got: dict[str, Any] = json.loads(report.read_text())
+    return got
+
+
+def test_serve_without_the_forge_imports_none_of_it_and_collects_garbage(
+    tmp_path: Path, inited_home: Path
+) -> None:
+    # Issues are filed from the forge by intake (the scheduler's) and by webhook deliveries
+    # (imported at the first signed one): a server that takes neither never imports them.
+    # The collector is off while the server starts (cli.main) and on once it serves.
+    copy_home(inited_home, tmp_path)
+    forge = ["orchestrator.intake", "orchestrator.webhooks"]
+    bare = serve_imports(tmp_path, "--no-scheduler")
+    assert [m for m in forge if m in bare["orchestrator"]] == []
+    assert bare["gc"] is True
+    assert "sqlalchemy.dialects.postgresql" not in bare["also"]
+    full = serve_imports(tmp_path)
+    assert [m for m in forge if m in full["orchestrator"]] == ["orchestrator.intake"]
+    assert full["gc"] is True
+
+
+def test_the_api_imports_no_engine(tmp_path: Path) -> None:
+    # The serial gate of /status and /queue imports the engine's names where it reads them;
+    # `orch serve` imports them in the background once it listens (api.app.IMPORTED_LATER).
+    code = (
+        "import json, sys\n"
+        "from orchestrator.api import create_app\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('orchestrator.'))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env["PYTHONPATH"] = str(SRC)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    imported = json.loads(proc.stdout)
+    assert [m for m in imported if m.startswith("orchestrator.engine.worker")] == []
+    assert "orchestrator.webhooks" not in imported
+    assert "orchestrator.api.app" in imported
 
 
 def test_a_database_behind_is_still_upgraded_by_a_command(

@@ -105,12 +105,15 @@ _USAGE_ERROR = _click_class("UsageError")
 ENDS_SOON = frozenset(
     {"init", "status", "pause", "resume", "alerts", "backend", "repo", "task", "db", "config"}
 )
+# `orch serve` turns it on itself, once what it made as it started is frozen (cli.serve):
+# until then a collection only walks objects that live as long as the process.
+TURNS_GC_ON_ITSELF = frozenset({"serve"})
 
 
 def build_command(name: str) -> Any:
     """The click command of ``orch NAME``, made by typer from its function or sub-app as
     ``app.command(NAME)`` / ``app.add_typer(sub, name=NAME)`` would."""
-    if name not in ENDS_SOON:
+    if name not in ENDS_SOON | TURNS_GC_ON_ITSELF:
         gc.enable()
     module, attr, _summary = COMMANDS[name]
     target = getattr(importlib.import_module(f"orchestrator.cli.{module}"), attr)
