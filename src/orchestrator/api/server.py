@@ -1,11 +1,11 @@
 """uvicorn's server as `orch serve` runs it: it stops as soon as it is asked.
 
 uvicorn looks for a stop every 0.1 s, and once stopping it waits 0.1 s after asking the open
-connections to close, then looks every 0.1 s for them to be gone: ~150 ms of every stop of
-an idle server, which every test of a real server paid. Here a stop wakes the loop at once,
-and the same steps of the stop look every ``STOP_POLL_S``. What a stop does is uvicorn's:
-no new connection, idle ones closed, open requests finished within the graceful timeout
-(then cancelled), then the app's lifespan ends.
+connections to close, then looks every 0.1 s for them to be gone: ~180 ms of every stop of
+an idle server (bench/serve.py), which every test of a real server paid. Here a stop wakes
+the loop at once, and the same steps of the stop look every ``STOP_POLL_S``. What a stop
+does is uvicorn's: no new connection, idle ones closed, open requests finished within the
+graceful timeout (then cancelled), then the app's lifespan ends.
 """
 
 from __future__ import annotations
