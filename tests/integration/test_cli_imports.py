@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -59,7 +60,8 @@ def orch_imports(tmp_path: Path, *args: str, code: int = 0) -> dict[str, Any]:
     ``code``: which of sqlalchemy and alembic it imported (``imported``), which of typer and
     rich (``ui``), which modules of orchestrator.cli (``cli``), which of PostgreSQL's
     dialect, typer's pydantic adapters and pydantic (``also``), whether the garbage
-    collector was on at its end (``gc``), and its ``stdout``."""
+    collector was on at its end (``gc``), every module of orchestrator (``orchestrator``),
+    and its ``stdout`` and ``stderr``."""
     (got,) = orch_imports_each(tmp_path, [args], code=code)
     return got
 
@@ -92,6 +94,7 @@ def orch_imports_each(
             assert proc.returncode == code, (args, out, err)
             got: dict[str, Any] = json.loads(report.read_text())
             got["stdout"] = out
+            got["stderr"] = err
             reports.append(got)
         return reports
     finally:
@@ -363,6 +366,27 @@ def test_serve_without_the_forge_imports_none_of_it_and_collects_garbage(
     full = serve_imports(tmp_path)
     assert [m for m in forge if m in full["orchestrator"]] == ["orchestrator.intake"]
     assert full["gc"] is True
+
+
+def test_serve_refuses_bad_options_and_a_busy_port_before_importing_the_server(
+    tmp_path: Path, inited_home: Path
+) -> None:
+    # A refusal is told at once: FastAPI and the app's modules (~0.4 s) are imported only
+    # once the options are good and the port is bound.
+    copy_home(inited_home, tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        cases = (
+            (["serve", "--host", "0.0.0.0"], 1, "beyond loopback"),
+            (["serve", "--insecure-no-token", "--host", "0.0.0.0"], 2, "loopback only"),
+            (["serve", "--port", port, "--no-scheduler"], 1, f"cannot listen on 127.0.0.1:{port}"),
+        )
+        for args, code, says in cases:
+            got = orch_imports(tmp_path, *args, code=code)
+            assert says in got["stderr"], (args, got["stderr"])
+            assert "orchestrator.api.app" not in got["orchestrator"], args
 
 
 def test_the_api_imports_no_engine(tmp_path: Path) -> None:
