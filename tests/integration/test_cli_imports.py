@@ -390,8 +390,7 @@ def test_serve_refuses_bad_options_and_a_busy_port_before_importing_the_server(
 
 
 def test_the_api_imports_no_engine(tmp_path: Path) -> None:
-    # The serial gate of /status and /queue imports the engine's names where it reads them;
-    # `orch serve` imports them in the background once it listens (api.app.IMPORTED_LATER).
+    # The serial gate of /status and /queue reads its stages from the domain, not the engine.
     code = (
         "import json, sys\n"
         "from orchestrator.api import create_app\n"

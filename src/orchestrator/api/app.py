@@ -39,12 +39,6 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR / "static"
 
-# Imported where they are used, not with the app: the engine, for the serial gate that
-# /status, /queue and the dashboard show (api.reads.serial_gate); ~70 ms of a start. A
-# server without the scheduler imports them in the background once it listens (cli.serve),
-# so that no request waits for them; with the scheduler, its worker has them already.
-IMPORTED_LATER = ("orchestrator.engine.worker",)
-
 
 def create_app(
     settings: Settings,

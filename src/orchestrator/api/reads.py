@@ -18,6 +18,7 @@ from orchestrator.api import models as M
 from orchestrator.api import task_models as TM
 from orchestrator.api.totals import Snapshot, Totals
 from orchestrator.config import Settings
+from orchestrator.domain.stages import SERIAL_HOLD_STAGES
 from orchestrator.masking import masked_setting, masked_url
 from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.sandbox import sandbox_state
@@ -63,9 +64,6 @@ def masked_settings(st: Settings) -> dict[str, M.SettingValue]:
 
 def serial_gate(conn: sa.Connection) -> dict[str, str | None]:
     """Every repo → the task holding its serial gate (as the claim sees it), or None."""
-    # Not imported with the API: api.app.IMPORTED_LATER.
-    from orchestrator.engine.worker import SERIAL_HOLD_STAGES
-
     holders = jobq.serial_gate_holders(conn, SERIAL_HOLD_STAGES)
     keys = store_reads.task_keys(conn, holders.values())
     gate: dict[str, str | None] = dict.fromkeys(sorted(repo_names(conn).values()))

@@ -13,7 +13,6 @@ missing); ``--insecure-no-token`` serves without one, on loopback only, warning 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import signal
 import socket
@@ -71,14 +70,6 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
-
-
-def _import_later(names: tuple[str, ...]) -> None:
-    """Import what the API imports where it is used, while the server already answers;
-    then freeze it too, as what the server imported to start."""
-    for name in names:
-        importlib.import_module(name)
-    gc.freeze()
 
 
 def serve(
@@ -141,7 +132,6 @@ def serve(
     import uvicorn
 
     from orchestrator.api import create_app
-    from orchestrator.api.app import IMPORTED_LATER
     from orchestrator.api.server import Server
     from orchestrator.store.bootstrap import open_engine
 
@@ -235,11 +225,6 @@ def serve(
     # free, on a new home or a migrated one, in ~60 ms. From here on it runs.
     gc.freeze()
     gc.enable()
-    if not all(name in sys.modules for name in IMPORTED_LATER):
-        # A daemon: a stop does not wait for it, nor does the interpreter's exit.
-        threading.Thread(
-            target=_import_later, args=(IMPORTED_LATER,), name="import-later", daemon=True
-        ).start()
     try:
         server.run(sockets=[sock])
         if not server.started:

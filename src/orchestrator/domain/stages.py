@@ -130,6 +130,10 @@ STAGE_TRANSITIONS: dict[Stage, StageSpec] = {
 }
 
 SERIAL_STAGES = frozenset(s for s, spec in STAGE_TRANSITIONS.items() if spec.serialized)
+# Between its serialized jobs a task keeps its repo's serial gate at these stages: from the
+# moment its merge lands until its health watch ends (not between deploy-staging's jobs: a
+# deferred merge-gate retry lets another task stage and merge first).
+SERIAL_HOLD_STAGES = tuple(s.value for s in SERIAL_STAGES if s is not Stage.DEPLOY_STAGING)
 DEFAULT_STAGES: tuple[Stage, ...] = tuple(s for s in PIPELINE if s is not Stage.ANALYSIS)
 
 

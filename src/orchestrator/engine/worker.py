@@ -37,7 +37,7 @@ from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.decide import reaped
 from orchestrator.domain.outcomes import OutcomeKind
-from orchestrator.domain.stages import SERIAL_STAGES, Stage, State
+from orchestrator.domain.stages import SERIAL_HOLD_STAGES, Stage, State
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.admission import Admitted, admit_llm
 from orchestrator.engine.apply import Applied, apply_job_end
@@ -62,9 +62,6 @@ _T = TypeVar("_T")
 # How often running jobs are checked for a cancel asked in the DB, and for the reaper: a
 # cancelled job is killed well within a second.
 WATCH_INTERVAL_S = 0.25
-
-# Between its serialized jobs a task keeps its repo's serial gate at these stages.
-SERIAL_HOLD_STAGES = tuple(s.value for s in SERIAL_STAGES if s is not Stage.DEPLOY_STAGING)
 
 
 @dataclass
