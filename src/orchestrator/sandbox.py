@@ -415,10 +415,10 @@ def _borrowed_store(repo_path: Path, writable: Sequence[Path]) -> list[Path]:
     named = [alt for w in writable for alt in borrowed_objects(w)]
     if not named:
         return []
-    from orchestrator.gitops.worktrees import _git_dir_path  # here: `orch status` needs no git
+    from orchestrator.gitops.worktrees import git_dir_path  # here: `orch status` needs no git
 
     # As the workspace was made: the path git gives, resolved (nothing a job can relink).
-    store = _git_dir_path(repo_path, "objects")
+    store = git_dir_path(repo_path, "objects")
     return [store] if store in named else []
 
 

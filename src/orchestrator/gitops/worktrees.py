@@ -78,7 +78,7 @@ _STAGING_SUFFIX = ".new"
 _GONE_SUFFIX = ".gone-"
 
 
-def _git_dir_path(repo_path: Path, name: str) -> Path | None:
+def git_dir_path(repo_path: Path, name: str) -> Path | None:
     """``git rev-parse --git-path NAME`` in ``repo_path``, absolute.
 
     A clone whose ``.git`` is a repository folder of its own (not a link, not a ``git
@@ -169,7 +169,7 @@ def _make_workspace(
     It is built beside its place and renamed into it, so a crash never leaves a half-made
     workspace that looks whole.
     """
-    objects = _git_dir_path(repo_path, "objects")
+    objects = git_dir_path(repo_path, "objects")
     if objects is None:
         return f"cannot find the object store of {repo_path}"
     staging = path.with_name(f".{path.name}{_STAGING_SUFFIX}")
