@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from orchestrator import repo_ops, sandbox, task_ops
-from orchestrator.config import load_settings
+from orchestrator.config import Settings, load_settings
 from orchestrator.engine.worker import Worker
 from orchestrator.store import queries
 
@@ -580,6 +580,21 @@ DEFENDED = [
 ]
 
 
+def _home_with_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Settings, dict[Path, str]]:
+    """The default layout under ``tmp_path/user`` (``HOME``, the orchestrator's home in it),
+    with the two secrets an attacker wants there: an SSH key and the API token."""
+    user = tmp_path / "user"
+    monkeypatch.setenv("HOME", str(user))
+    settings = load_settings(home=user / ".orchestrator")
+    secrets = {user / ".ssh" / "id_ed25519": "PRIVATE KEY", settings.home / "api-token": "T0KEN"}
+    for path, text in secrets.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return user, settings, secrets
+
+
 @NEEDS_BWRAP
 @pytest.mark.parametrize("where", ["bin/agent", "agent"])
 def test_an_agent_installed_in_the_users_home_cannot_read_that_home(
@@ -590,13 +605,7 @@ def test_an_agent_installed_in_the_users_home_cannot_read_that_home(
     and the orchestrator's API token. Now the sandbox binds only ``~/bin``: the agent runs
     and the home stays hidden. One in the home itself (``~/agent``) gets its own file: its
     folder is the home, and without that file it could not start."""
-    user = tmp_path / "user"
-    monkeypatch.setenv("HOME", str(user))
-    settings = load_settings(home=user / ".orchestrator")
-    secrets = {user / ".ssh" / "id_ed25519": "PRIVATE KEY", settings.home / "api-token": "T0KEN"}
-    for path, text in secrets.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    user, settings, secrets = _home_with_secrets(tmp_path, monkeypatch)
     work = settings.home / "worktrees" / "app" / "APP-1"
     work.mkdir(parents=True)
     agent = user / where
@@ -630,13 +639,7 @@ def test_a_suite_cannot_choose_what_the_next_run_in_its_folder_sees(
     followed the link on the host and in the sandbox, and bound the host's home on the
     empty one the sandbox shows there). The next run read both secrets either way. Now only
     the clone's own object store is bound, and a ``.git`` that is a link is never sealed."""
-    user = tmp_path / "user"
-    monkeypatch.setenv("HOME", str(user))
-    settings = load_settings(home=user / ".orchestrator")
-    secrets = {user / ".ssh" / "id_ed25519": "PRIVATE KEY", settings.home / "api-token": "T0KEN"}
-    for path, text in secrets.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    user, settings, secrets = _home_with_secrets(tmp_path, monkeypatch)
     work = settings.home / "worktrees" / "app" / "APP-1"
     evidence = settings.home / "tasks" / "APP-1" / "runs" / "coverage.out"
     for folder in (work, evidence):
