@@ -234,6 +234,7 @@ _FRESH = ("/tmp", "/dev", "/proc")  # noqa: S108 (mount points inside the sandbo
 
 @functools.cache
 def _fresh_spellings() -> tuple[str, ...]:
+    """``_FRESH`` as given and resolved: system folders, resolved once per process."""
     return tuple(_spellings(list(_FRESH)))
 
 
@@ -257,17 +258,14 @@ def _read_only_binds(readonly: list[str], hidden: list[str], every_hidden: list[
     fresh = list(_fresh_spellings())
     unseen = [*fresh, *hidden, *(real[path] for path in hidden)]
     kept_out = [*fresh, *every_hidden, *real.values()]
-    bound: list[str] = []
     chosen: list[str] = []
     for path in readonly:
         resolved = os.path.realpath(path)
         if _holds([path, resolved], kept_out):
             continue
         target = path if _in_any(path, unseen) else resolved
-        if not _in_any(target, unseen) or _in_any(target, bound):
-            continue
-        chosen.append(target)
-        bound.append(target)
+        if _in_any(target, unseen) and not _in_any(target, chosen):
+            chosen.append(target)
     return chosen
 
 
