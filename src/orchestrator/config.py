@@ -552,18 +552,33 @@ def _within(value: Any, bounds: dict[str, float]) -> bool:
     )
 
 
+# The types an argument (``load_settings(api_port=...)``) is taken in as it is: pydantic keeps
+# a value that already has its field's own type, exactly (not a bool for an int, an int for
+# a float, a str for a path: those it converts).
+_ARGUMENT_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _plain_argument(kind: str, value: object) -> bool:
+    if kind == "Path":
+        return isinstance(value, Path)
+    wanted = _ARGUMENT_TYPES.get(kind)
+    return wanted is not None and type(value) is wanted
+
+
 def read_plainly(overrides: dict[str, Any]) -> Settings | None:
     """The settings from the environment, read as pydantic-settings reads them, when there
-    is nothing to doubt: no ``.env`` here, no argument but a ``home`` path, and every
-    ``ORCH_*`` value a plain spelling (``_plain_value``) that passes its field's bounds and
-    check, the whole passing the invariants. Else None: pydantic's to read or refuse."""
-    if os.path.lexists(".env") or not set(overrides) <= {"home"}:
+    is nothing to doubt: no ``.env`` here, every argument of its field's own type
+    (``_plain_argument``: `orch serve --port`'s int, a home's path), and every ``ORCH_*``
+    value a plain spelling (``_plain_value``), each passing its field's bounds and check,
+    the whole passing the invariants. Else None: pydantic's to read or refuse."""
+    if os.path.lexists(".env"):
         return None
+    kinds = {f.name: str(f.type) for f in fields(Settings)}
     values: dict[str, Any] = {}
-    if "home" in overrides:
-        if not isinstance(overrides["home"], Path):
+    for name, value in overrides.items():
+        if name not in kinds or not _plain_argument(kinds[name], value):
             return None
-        values["home"] = overrides["home"]
+        values[name] = value
     # As pydantic-settings reads it (case_sensitive=False): names lower-cased, the last of
     # two spellings of one name winning.
     prefix = ENV_PREFIX.lower()

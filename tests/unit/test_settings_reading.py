@@ -134,6 +134,54 @@ def test_the_plain_reading_is_pydantics(in_empty_folder: None, env: dict[str, st
     the_property(env)
 
 
+# Arguments as a caller passes them: of the field's own type, or of one pydantic converts
+# (a bool or a str for an int, an int for a float, a str for a path).
+ARGUMENT_FOR = {
+    "int": st.integers(-5, 10**6) | st.booleans() | st.integers(0, 99).map(str),
+    "float": st.floats(-1, 10**6, allow_nan=False) | st.integers(0, 9),
+    "bool": st.booleans() | st.integers(0, 1),
+    "str": st.text(_TEXT, max_size=12),
+    "Path": st.text(_TEXT, min_size=1, max_size=12).map(Path) | st.just("/tmp/x"),
+}
+ARGUMENTS = st.dictionaries(
+    st.sampled_from(sorted(n for n, k in KINDS.items() if k in ARGUMENT_FOR)),
+    st.none(),
+    max_size=4,
+).flatmap(lambda names: st.fixed_dictionaries({n: ARGUMENT_FOR[KINDS[n]] for n in names}))
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(env=ENVIRONMENTS, arguments=ARGUMENTS)
+def test_the_plain_reading_of_arguments_is_pydantics(
+    in_empty_folder: None, env: dict[str, str], arguments: dict[str, object]
+) -> None:
+    with environment(env):
+        plain = read_plainly(arguments)
+        if plain is None:
+            return
+        try:
+            pydantic: Settings | str = read_by_pydantic(arguments)
+        except ConfigError as exc:
+            pydantic = str(exc)
+    assert isinstance(pydantic, Settings), (env, arguments, pydantic)
+    assert _same(plain, pydantic), (env, arguments)
+
+
+def test_orch_serves_arguments_are_read_plainly(in_empty_folder: None, tmp_path: Path) -> None:
+    # `orch serve --port 8123 --host localhost`: without this the property above would hold
+    # on a reading that never takes an argument.
+    arguments = {"home": tmp_path, "api_port": 8123, "api_host": "localhost"}
+    with environment({}):
+        plain = read_plainly(arguments)
+        assert plain is not None
+        assert _same(plain, read_by_pydantic(arguments))
+        assert (plain.api_port, plain.api_host) == (8123, "localhost")
+        for converted in ({"api_port": "8123"}, {"api_port": True}, {"home": str(tmp_path)}):
+            assert read_plainly(converted) is None, converted
+
+
 def test_the_plain_reading_reads_plain_values(in_empty_folder: None) -> None:
     # Without this the property would hold on a plain reading that never reads.
     plain = {
@@ -209,7 +257,7 @@ def test_a_dotenv_file_or_another_argument_goes_to_pydantic(
     with environment({}):
         assert read_plainly({"home": tmp_path}) is not None
         assert read_plainly({"home": str(tmp_path)}) is None  # pydantic turns it into a Path
-        assert read_plainly({"home": tmp_path, "paused": True}) is None
+        assert read_plainly({"home": tmp_path, "paused": "true"}) is None  # pydantic's word
         (tmp_path / ".env").write_text("ORCH_PAUSED=true\n")
         assert read_plainly({}) is None
         assert load_settings(home=tmp_path).paused is True
