@@ -410,23 +410,15 @@ def _borrowed_store(repo_path: Path, writable: Sequence[Path]) -> list[Path]:
     untrusted code's, and the next run may get the same one (the coverage gate's report
     runs in its suite's evidence folder). An alternates file the suite planted there named
     ``~/.ssh`` and the API token, and the next run saw both."""
-    named = [alt for w in writable for alt in borrowed_objects(w)]
+    # Imported here: `orch status` imports this module and needs no git.
+    from orchestrator.gitops.worktrees import borrowed_stores, git_dir_path
+
+    named = [alt for w in writable for alt in borrowed_stores(w)]
     if not named:
         return []
-    from orchestrator.gitops.worktrees import git_dir_path  # here: `orch status` needs no git
-
     # As the workspace was made: the path git gives, resolved (nothing a job can relink).
     store = git_dir_path(repo_path, "objects")
     return [store] if store in named else []
-
-
-def borrowed_objects(workspace: Path) -> list[Path]:
-    """The object stores a workspace's git borrows (its ``objects/info/alternates``)."""
-    try:
-        text = (workspace / ".git" / "objects" / "info" / "alternates").read_text()
-    except OSError:
-        return []
-    return [Path(line) for line in text.splitlines() if line.startswith("/")]
 
 
 def local_remotes(repo_path: Path) -> list[Path]:
@@ -470,7 +462,6 @@ __all__ = [
     "Probe",
     "Sandbox",
     "SandboxUnavailable",
-    "borrowed_objects",
     "for_job",
     "local_remotes",
     "probe",
