@@ -6,8 +6,9 @@ Inside the sandbox a process has its own PID, IPC and UTS namespaces (and a user
 where the kernel allows one), a read-only view of the system, a private ``/tmp``, and can
 write only what the job is for: the task's workspace and the job's own folders. The
 orchestrator's home (database, other tasks, logs, tokens), the user's clone, the user's
-home and their runtime folder (their session's sockets) are hidden under empty file
-systems; the host's ``/proc`` is replaced by the job's own.
+home, their runtime folder (their session's sockets) and the system's (``/run``, its
+services' sockets) are hidden under empty file systems; the host's ``/proc`` is replaced by
+the job's own.
 
 Killing the job is killing its namespace: bubblewrap's init is the namespace's PID 1, and
 when it dies the kernel kills everything left in the namespace, whatever it did to escape
@@ -346,12 +347,13 @@ def for_job(
     ``options`` may add paths (``sandbox_ro``, ``sandbox_rw``: the user's own settings).
 
     Hidden: the orchestrator's home (database, tasks, logs), the user's clone, every remote
-    of it that is a local path, the user's home and their runtime folder (their session's
-    sockets). Read-only again over that: the command's toolchain, the object store a
-    workspace borrows from the user's clone (its history; nothing in the sandbox can write
-    an object, a ref, a hook or a config there) and ``readonly``. Writable: ``writable``
-    only, except each workspace's own ``.git``, which is sealed read-only: the agent edits
-    files, the orchestrator commits them.
+    of it that is a local path, the user's home, their runtime folder (their session's
+    sockets) and the system's (``/run``: its services' sockets). Read-only again over that:
+    the command's toolchain, the object store a workspace borrows from the user's clone
+    (its history; nothing in the sandbox can write an object, a ref, a hook or a config
+    there), ``readonly``, and what the job runs with from ``/run`` (``_seen_in_run``).
+    Writable: ``writable`` only, except each workspace's own ``.git``, which is sealed
+    read-only: the agent edits files, the orchestrator commits them.
     """
     if not settings.sandbox or (kind == "deploy" and not settings.sandbox_deploy):
         return None
@@ -367,6 +369,7 @@ def for_job(
             *readonly,
             *_paths(opts.get("sandbox_ro")),
             *(Path(p.strip()) for p in settings.sandbox_ro.split(",") if p.strip()),
+            *_seen_in_run(env_path),
         ),
         hidden=(settings.home, repo_path, *local_remotes(repo_path), Path.home(), *_runtime_dirs()),
         # A workspace's `.git` (a folder; a `git worktree`'s `.git` file in an earlier
@@ -387,19 +390,78 @@ def for_job(
     )
 
 
+# The system's runtime folder: where its services keep their sockets. A socket on a
+# read-only mount still takes connections, so the read-only system is no cover for them:
+# PostgreSQL's (peer authentication lets in any process of the database's owner), the system
+# D-Bus and systemd's own (``systemd-run`` as root starts a command outside any sandbox),
+# Docker's (a container with the host's ``/``). ``/var/run`` is a link to it.
+SYSTEM_RUNTIME = "/run"
+# Where the system's configuration lies; a link there may name a file in SYSTEM_RUNTIME.
+SYSTEM_CONFIG = "/etc"
+
+
 def _runtime_dirs() -> list[Path]:
-    """The user's runtime folder (``XDG_RUNTIME_DIR``; ``/run/user/<uid>`` by default): the
-    sockets of their session, an SSH agent, gpg-agent, the D-Bus session bus (through which
-    ``systemd-run --user`` starts a command outside any sandbox). A socket on a read-only
-    mount still takes connections, so the read-only system is no cover for them.
+    """The system's runtime folder (``/run``), which holds the user's (``/run/user/<uid>``),
+    and the user's runtime folder where ``XDG_RUNTIME_DIR`` puts it elsewhere: the sockets
+    of their session, an SSH agent, gpg-agent, the D-Bus session bus (through which
+    ``systemd-run --user`` starts a command outside any sandbox).
 
     Not a ``XDG_RUNTIME_DIR`` that is or holds ``/tmp`` (some containers set ``/tmp``): the
     sandbox's own ``/tmp`` would be covered again, and read-only."""
-    found = [Path(f"/run/user/{os.getuid()}")]
+    found = [Path(SYSTEM_RUNTIME), Path(f"/run/user/{os.getuid()}")]
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and not _holds(_spellings([os.path.abspath(runtime)]), list(_FRESH)):
         found.append(Path(runtime))
     return found
+
+
+def _seen_in_run(env_path: str | None) -> list[Path]:
+    """What a job runs with from the hidden ``/run``, to bind back read-only: the folders of
+    its ``PATH`` that lie there (NixOS keeps every system command in
+    ``/run/current-system/sw/bin``), outside the user's runtime folder, and the system's
+    files that a link in ``/etc`` names there (``/etc/resolv.conf`` under systemd-resolved
+    or resolvconf: without it no name resolves). Folders and regular files only, never a
+    socket."""
+    run = os.path.realpath(SYSTEM_RUNTIME)
+    user = tuple(os.path.realpath(p) for p in _runtime_dirs()[1:])
+    folders = _path_folders_in_run(env_path or "", run, user)
+    return [Path(p) for p in (*folders, *_system_files_in_run(SYSTEM_CONFIG, run))]
+
+
+@functools.lru_cache(maxsize=16)
+def _path_folders_in_run(env_path: str, run: str, user: tuple[str, ...]) -> tuple[str, ...]:
+    """The folders of a ``PATH`` that lie in ``run`` (as written or resolved), outside the
+    user's runtime folders (``user``). The ``PATH`` is the orchestrator's own or one its
+    (trusted) settings give jobs: resolved once per process, since each ``realpath`` is a
+    walk of ``lstat`` calls (a bind is of the folder as written: a link there that moves
+    is followed)."""
+    found = []
+    for entry in dict.fromkeys(env_path.split(os.pathsep)):
+        if not os.path.isabs(entry):
+            continue
+        real = os.path.realpath(entry)
+        in_run = _inside(os.path.abspath(entry), SYSTEM_RUNTIME) or _inside(real, run)
+        if in_run and not _in_any(real, list(user)) and os.path.isdir(real):
+            found.append(entry)
+    return tuple(found)
+
+
+@functools.cache
+def _system_files_in_run(config: str, run: str) -> tuple[str, ...]:
+    """The links directly in ``config`` that name a regular file in ``run``: the system's
+    (trusted) files, looked at once per process."""
+    try:
+        names = os.listdir(config)
+    except OSError:
+        return ()
+    found = []
+    for name in sorted(names):
+        path = os.path.join(config, name)
+        if os.path.islink(path):
+            real = os.path.realpath(path)
+            if _inside(real, run) and os.path.isfile(real):
+                found.append(path)
+    return tuple(found)
 
 
 def _borrowed_store(repo_path: Path, writable: Sequence[Path]) -> list[Path]:

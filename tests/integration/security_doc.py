@@ -61,12 +61,17 @@ code runs under bubblewrap (`orchestrator/sandbox.py`):
 - hidden under empty, read-only file systems: the orchestrator's home (`ORCH_HOME`: the
   database, every task folder, the logs, other tasks' workspaces), the user's clone of the
   repository, every remote of it that is a local path, the user's home (`~/.ssh`,
-  `~/.aws`, `~/.config` ...) and the user's runtime folder (`XDG_RUNTIME_DIR`,
-  `/run/user/<uid>`: their SSH agent, gpg-agent and D-Bus session bus, whose sockets
-  would take connections on the read-only system);
+  `~/.aws`, `~/.config` ...), the system's runtime folder (`/run`, also `/var/run`: the
+  sockets of the system's services, PostgreSQL's, whose peer authentication lets in any
+  process of the database's owner, the system D-Bus, Docker's) and the user's runtime
+  folder (`XDG_RUNTIME_DIR`, `/run/user/<uid>`: their SSH agent, gpg-agent and D-Bus
+  session bus); a socket on the read-only system would still take connections;
 - read-only again over that: what the job needs to run (the command's toolchain: the
   venv its executable lives in and the Python or Node it links to, the orchestrator's own
-  Python), the object store the workspace borrows from the user's clone (its history: that
+  Python; the folders of the job's `PATH` that lie in `/run`, NixOS's
+  `/run/current-system/sw/bin`; the files that links in `/etc` name in `/run`, such as
+  `/etc/resolv.conf` under systemd-resolved), the object store the workspace borrows from
+  the user's clone (its history: that
   store only, whatever another folder's alternates file names), the job's prompt, and the
   paths the repo names with `orch repo set --sandbox-ro PATH`. Only those that lie in a
   hidden place or in `/tmp` are bound again: elsewhere (`/usr`, a venv in `/opt`) the
@@ -239,10 +244,12 @@ OUTRO = """
   everything its user can.
 - The remote's credentials: an agent gets no SSH agent socket and no credential helper
   of ours, but `--agent-env` can still name a token for it, by the user's choice.
-- Other sockets of the system: a socket on the read-only system still takes connections
-  (`/run/docker.sock` for a user in the `docker` group, the system's D-Bus), and with the
-  network shared so does an abstract socket (an X server's): `ORCH_SANDBOX_NETWORK=none`
-  cuts the abstract ones only.
+- Sockets of the system outside `/run` and `/tmp`: a socket on the read-only system still
+  takes connections (one a service keeps in `/var/lib`, say), and with the network shared
+  so does an abstract socket (an X server's) and every server on loopback (a PostgreSQL
+  that trusts `127.0.0.1`): `ORCH_SANDBOX_NETWORK=none` cuts both. A repo whose suite
+  needs a server's socket in `/run` names it: `orch repo set --sandbox-ro
+  /run/postgresql`.
 """
 
 

@@ -577,6 +577,17 @@ DEFENDED = [
         "now": "the runtime folder is hidden like the home: no socket there",
         "test": "tests/integration/test_sandbox.py",
     },
+    {
+        "attack": "connect to a socket of the system's services in `/run`: PostgreSQL's "
+        "(peer authentication lets in any process of the database's owner, and the "
+        "orchestrator's own database holds the verdicts), the system D-Bus (`systemd-run` "
+        "as root), Docker's (a container with the host's `/`)",
+        "before": "reached: the read-only system showed `/run`, and a socket on a read-only "
+        "mount still takes connections",
+        "now": "`/run` is hidden: only the folders of the job's `PATH` that lie there and the "
+        "files that links in `/etc` name there (`resolv.conf`) are bound back, read-only",
+        "test": "tests/integration/test_sandbox.py",
+    },
 ]
 
 
@@ -710,6 +721,130 @@ def test_the_users_session_sockets_are_out_of_reach(
             )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FileNotFoundError\n"
+
+
+def _system_runtime_folder() -> Iterator[Path]:
+    """A folder of our own in the system's ``/run``, where the system's services keep their
+    sockets: only a user who may write there (root, as CI runs) can play that attack."""
+    if not os.access("/run", os.W_OK):
+        pytest.skip("/run is not writable here: the system's sockets cannot be played")
+    folder = Path(tempfile.mkdtemp(prefix="orch-test-", dir="/run"))
+    try:
+        yield folder
+    finally:
+        for path in sorted(folder.rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+        folder.rmdir()
+
+
+system_runtime = pytest.fixture(_system_runtime_folder)
+
+
+@NEEDS_BWRAP
+def test_the_systems_sockets_are_out_of_reach(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, system_runtime: Path
+) -> None:
+    """The system's services keep their sockets in ``/run``: PostgreSQL's (which lets in,
+    by peer authentication, any process of the database's owner: the orchestrator's own
+    database, where an agent would write its verdicts), the system D-Bus (``systemd-run``
+    as root starts a command outside any sandbox), Docker's (a container with the host's
+    ``/``). The read-only system showed them, and a socket on a read-only mount still takes
+    connections. Now ``/run`` is hidden: no socket there, unless the user names its folder
+    for the repo (``--sandbox-ro``), as a suite that needs its database server's would."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    bus = str(system_runtime / "system_bus_socket")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(bus)
+        server.listen(1)
+        code = (
+            "import socket\ns = socket.socket(socket.AF_UNIX)\n"
+            f"try:\n    s.connect({bus!r}); print('reached')\n"
+            "except OSError as exc:\n    print(type(exc).__name__)"
+        )
+        argv = [sys.executable, "-c", code]
+        seen = []
+        # The user may name such a folder for a repo whose suite needs its server there.
+        for options in ({}, {"sandbox_ro": [str(system_runtime)]}):
+            box = sandbox.for_job(
+                settings,
+                kind="agent",
+                repo_path=make_repo(),
+                argv=argv,
+                writable=[work],
+                options=options,
+            )
+            assert box is not None
+            proc = subprocess.run(
+                box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
+            )
+            assert proc.returncode == 0, proc.stderr
+            seen.append(proc.stdout)
+    assert seen == ["FileNotFoundError\n", "reached\n"]
+
+
+@NEEDS_BWRAP
+def test_what_a_job_needs_from_run_is_still_seen(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, system_runtime: Path
+) -> None:
+    """Hiding ``/run`` must not take away what a job runs with: a ``PATH`` folder there
+    (NixOS keeps every system command in ``/run/current-system/sw/bin``) and a file of the
+    system's that a link in ``/etc`` names there (``/etc/resolv.conf`` under
+    systemd-resolved: without it no name resolves, and no agent reaches its model's API).
+    Both are bound back read-only; a socket beside them is not."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    tools = system_runtime / "current-system" / "sw" / "bin"
+    tools.mkdir(parents=True)
+    (tools / "orch-tool").write_text("#!/bin/sh\necho tool ran\n")
+    (tools / "orch-tool").chmod(0o755)
+    resolve = system_runtime / "resolve"
+    resolve.mkdir()
+    (resolve / "stub-resolv.conf").write_text("nameserver 127.0.0.53\n")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(resolve / "io.systemd.Resolve"))
+        server.listen(1)
+        # The system's `/etc` (trusted) names the file through a link; a test cannot change
+        # the host's own /etc, so the link is named as the system's are found.
+        etc = tmp_path / "etc"
+        etc.mkdir()
+        (etc / "resolv.conf").symlink_to(resolve / "stub-resolv.conf")
+        monkeypatch.setattr(sandbox, "SYSTEM_CONFIG", str(etc))
+        path = f"{tools}:/usr/bin:/bin"
+        code = (
+            "import socket, subprocess\n"
+            "print(subprocess.run(['orch-tool'], capture_output=True, text=True).stdout, end='')\n"
+            f"print(open({str(etc / 'resolv.conf')!r}).read(), end='')\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"try:\n    s.connect({str(resolve / 'io.systemd.Resolve')!r}); print('reached')\n"
+            "except OSError as exc:\n    print(type(exc).__name__)"
+        )
+        argv = [sys.executable, "-c", code]
+        box = sandbox.for_job(
+            settings,
+            kind="agent",
+            repo_path=make_repo(),
+            argv=argv,
+            writable=[work],
+            env_path=path,
+        )
+        assert box is not None
+        proc = subprocess.run(
+            box.wrap(argv, work),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PATH": path},
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "tool ran\nnameserver 127.0.0.53\nFileNotFoundError\n"
 
 
 @NEEDS_BWRAP
