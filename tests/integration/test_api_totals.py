@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from orchestrator import repo_ops, task_ops
 from orchestrator.api.totals import COMMIT_MARGIN_S, FOLD_EVERY_S, RUNNERS, Totals, safe_after
 from orchestrator.config import load_settings
-from orchestrator.runners.base import TEST_RUNNER
+from orchestrator.domain.stages import TEST_RUNNER
 from orchestrator.store import counters, make_engine, merges, queries, spend
 from orchestrator.store import reads as store_reads
 from orchestrator.store.spend import DAY_S, TOP_TASKS, Spend

@@ -390,7 +390,9 @@ def test_serve_refuses_bad_options_and_a_busy_port_before_importing_the_server(
 
 
 def test_the_api_imports_no_engine(tmp_path: Path) -> None:
-    # The serial gate of /status and /queue reads its stages from the domain, not the engine.
+    # The serial gate of /status and /queue reads its stages from the domain, not the engine;
+    # the runners' names (the totals, /metrics, /status) come from there too, not from the
+    # runners, whose suite code brings the sandbox, git and the process groups.
     code = (
         "import json, sys\n"
         "from orchestrator.api import create_app\n"
@@ -409,6 +411,7 @@ def test_the_api_imports_no_engine(tmp_path: Path) -> None:
     )
     imported = json.loads(proc.stdout)
     assert [m for m in imported if m.startswith("orchestrator.engine.worker")] == []
+    assert [m for m in imported if m.startswith("orchestrator.runners")] == []
     assert "orchestrator.webhooks" not in imported
     assert "orchestrator.api.app" in imported
 

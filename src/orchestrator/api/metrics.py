@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from orchestrator import __version__
 from orchestrator.api.state import Api
-from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
+from orchestrator.domain.stages import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.store import control, counters, merges, spend
 from orchestrator.store import metrics as figures
 from orchestrator.store.schema import PULL_STATES

@@ -18,9 +18,8 @@ from orchestrator.api import models as M
 from orchestrator.api import task_models as TM
 from orchestrator.api.totals import Snapshot, Totals
 from orchestrator.config import Settings
-from orchestrator.domain.stages import SERIAL_HOLD_STAGES
+from orchestrator.domain.stages import SERIAL_HOLD_STAGES, STAGING_RUNNER, TEST_RUNNER
 from orchestrator.masking import masked_setting, masked_url
-from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.sandbox import sandbox_state
 from orchestrator.store import (
     breakers,

@@ -32,7 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator.runners.base import STAGING_RUNNER, TEST_RUNNER
+from orchestrator.domain.stages import STAGING_RUNNER, TEST_RUNNER
 from orchestrator.store import counters, merges
 from orchestrator.store import reads as store_reads
 from orchestrator.store.counters import RunnerTally, Tally

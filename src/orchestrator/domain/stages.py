@@ -136,6 +136,14 @@ SERIAL_STAGES = frozenset(s for s, spec in STAGE_TRANSITIONS.items() if spec.ser
 SERIAL_HOLD_STAGES = tuple(s.value for s in SERIAL_STAGES if s is not Stage.DEPLOY_STAGING)
 DEFAULT_STAGES: tuple[Stage, ...] = tuple(s for s in PIPELINE if s is not Stage.ANALYSIS)
 
+# The deterministic runners, by the agent name a repo's pipeline gives them (their code is
+# ``orchestrator.runners``; the API and the CLI name them without importing it).
+TEST_RUNNER = "test-runner"
+STAGING_RUNNER = "staging-runner"
+DEPLOY_FINALIZER = "deploy-finalizer"
+POST_DEPLOY_MONITOR = "post-deploy-monitor"
+RUNNERS = (TEST_RUNNER, STAGING_RUNNER, DEPLOY_FINALIZER, POST_DEPLOY_MONITOR)
+
 
 def parse_stage(name: str) -> Stage:
     """A stage from its name; an unknown name is a UsageError listing the known ones."""

@@ -22,16 +22,11 @@ from pathlib import Path
 from orchestrator.config import Settings, in_scope
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import RUNNERS, STAGING_RUNNER, TEST_RUNNER
 from orchestrator.runners.suite import SuiteRequest, SuiteSandbox
 from orchestrator.taskdir import write_atomic
 
 _log = logging.getLogger(__name__)
-
-TEST_RUNNER = "test-runner"
-STAGING_RUNNER = "staging-runner"
-DEPLOY_FINALIZER = "deploy-finalizer"
-POST_DEPLOY_MONITOR = "post-deploy-monitor"
-RUNNERS = (TEST_RUNNER, STAGING_RUNNER, DEPLOY_FINALIZER, POST_DEPLOY_MONITOR)
 
 # How much of a run's log an artifact quotes.
 TAIL_LINES = 40

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
-from orchestrator.runners.base import DEPLOY_FINALIZER, RunContext, RunnerResult
+from orchestrator.domain.stages import DEPLOY_FINALIZER
+from orchestrator.runners.base import RunContext, RunnerResult
 from orchestrator.runners.command_stage import CommandStage, run_command_stage
 
 NO_COMMAND_REASON = "no deploy command configured; nothing to deploy"

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import POST_DEPLOY_MONITOR
 from orchestrator.runners.base import (
-    POST_DEPLOY_MONITOR,
     RunContext,
     RunnerResult,
     guarded,

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from orchestrator.config import Settings
 from orchestrator.domain import artifacts as A
-from orchestrator.runners.base import STAGING_RUNNER, RunContext, RunnerResult
+from orchestrator.domain.stages import STAGING_RUNNER
+from orchestrator.runners.base import RunContext, RunnerResult
 from orchestrator.runners.command_stage import CommandStage, run_command_stage
 
 NO_COMMAND_REASON = "no staging command configured; nothing to stage"

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.stages import TEST_RUNNER
 from orchestrator.runners import baseline as bl
 from orchestrator.runners.base import (
-    TEST_RUNNER,
     RunContext,
     RunnerResult,
     argv_json,
