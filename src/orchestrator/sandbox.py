@@ -419,9 +419,9 @@ def _seen_in_run(env_path: str | None) -> list[Path]:
     """What a job runs with from the hidden ``/run``, to bind back read-only: the folders of
     its ``PATH`` that lie there (NixOS keeps every system command in
     ``/run/current-system/sw/bin``), outside the user's runtime folder, and the system's
-    files that a link in ``/etc`` names there (``/etc/resolv.conf`` under systemd-resolved
-    or resolvconf: without it no name resolves). Folders and regular files only, never a
-    socket."""
+    files that a link in ``/etc`` reaches through it (``/etc/resolv.conf`` under
+    systemd-resolved or resolvconf: without it no name resolves), at the path it enters
+    ``/run`` by. Folders and regular files only, never a socket."""
     run = os.path.realpath(SYSTEM_RUNTIME)
     user = tuple(os.path.realpath(p) for p in _runtime_dirs()[1:])
     folders = _path_folders_in_run(env_path or "", run, user)
@@ -448,8 +448,8 @@ def _path_folders_in_run(env_path: str, run: str, user: tuple[str, ...]) -> tupl
 
 @functools.cache
 def _system_files_in_run(config: str, run: str) -> tuple[str, ...]:
-    """The links directly in ``config`` that name a regular file in ``run``: the system's
-    (trusted) files, looked at once per process."""
+    """Where the links directly in ``config`` reach ``run`` (``_entry_into``), when a regular
+    file is there: the system's (trusted) files, looked at once per process."""
     try:
         names = os.listdir(config)
     except OSError:
@@ -458,10 +458,54 @@ def _system_files_in_run(config: str, run: str) -> tuple[str, ...]:
     for name in sorted(names):
         path = os.path.join(config, name)
         if os.path.islink(path):
-            real = os.path.realpath(path)
-            if _inside(real, run) and os.path.isfile(real):
-                found.append(path)
+            entry = _entry_into(path, run)
+            if entry is not None and os.path.isfile(entry):
+                found.append(entry)
     return tuple(found)
+
+
+# As the kernel does: past this many links a path does not resolve (ELOOP).
+_MAX_LINKS = 40
+
+
+def _entry_into(path: str, folder: str) -> str | None:
+    """The path by which resolving ``path`` first enters ``folder`` (a resolved path), with
+    the rest of ``path`` after it; None if it never does.
+
+    That path, not the file the links end at, is what the sandbox must show when ``folder``
+    is hidden: resolving ``path`` there enters the empty ``folder`` there, and no link of the
+    host's is found in it. Fedora's toolbox links ``/etc/resolv.conf`` to
+    ``/run/host/etc/resolv.conf``, the host's own link to its resolver's file: that file,
+    bound back alone, left the job's ``/etc/resolv.conf`` naming nothing."""
+    done = "/"
+    todo = path.split("/")[::-1]  # the next part last
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            done = os.path.dirname(done)
+            continue
+        step = os.path.join(done, part)
+        if _inside(step, folder):
+            # In the sandbox's empty folder, bubblewrap makes the bind's folders: no links.
+            entry = os.path.normpath(os.path.join(step, *reversed(todo)))
+            return entry if _inside(entry, folder) else None
+        if not os.path.islink(step):
+            done = step
+            continue
+        links += 1
+        try:
+            target = os.readlink(step)
+        except OSError:
+            return None
+        if links > _MAX_LINKS:
+            return None
+        todo += target.split("/")[::-1]
+        if target.startswith("/"):
+            done = "/"
+    return None
 
 
 def _borrowed_store(repo_path: Path, writable: Sequence[Path]) -> list[Path]:

@@ -788,7 +788,11 @@ def test_the_systems_sockets_are_out_of_reach(
 
 @NEEDS_BWRAP
 def test_what_a_job_needs_from_run_is_still_seen(
-    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, system_runtime: Path
+    tmp_path: Path,
+    make_repo: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    system_runtime: Path,
+    system_config: Path,
 ) -> None:
     """Hiding ``/run`` must not take away what a job runs with: a ``PATH`` folder there
     (NixOS keeps every system command in ``/run/current-system/sw/bin``) and a file of the
@@ -810,12 +814,9 @@ def test_what_a_job_needs_from_run_is_still_seen(
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(resolve / "io.systemd.Resolve"))
         server.listen(1)
-        # The system's `/etc` (trusted) names the file through a link; a test cannot change
-        # the host's own /etc, so the link is named as the system's are found.
-        etc = tmp_path / "etc"
-        etc.mkdir()
+        # The system's `/etc` (trusted) names the file through a link.
+        etc = system_config
         (etc / "resolv.conf").symlink_to(resolve / "stub-resolv.conf")
-        monkeypatch.setattr(sandbox, "SYSTEM_CONFIG", str(etc))
         path = f"{tools}:/usr/bin:/bin"
         code = (
             "import socket, subprocess\n"
@@ -845,6 +846,91 @@ def test_what_a_job_needs_from_run_is_still_seen(
         )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "tool ran\nnameserver 127.0.0.53\nFileNotFoundError\n"
+
+
+@pytest.fixture
+def system_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder that stands for the system's ``/etc`` (a test cannot change the host's own:
+    its links are looked for where ``SYSTEM_CONFIG`` says). In ``/var/tmp``, which the
+    read-only system shows as it is, as it shows ``/etc``: the job follows a link there as
+    it would in ``/etc`` (in ``/tmp``, which the sandbox mounts afresh, the link's own path
+    would be bound back, and no link followed)."""
+    folder = Path(tempfile.mkdtemp(prefix="orch-test-", dir="/var/tmp"))
+    monkeypatch.setattr(sandbox, "SYSTEM_CONFIG", str(folder))
+    try:
+        yield folder
+    finally:
+        for path in sorted(folder.rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+        folder.rmdir()
+
+
+def _job_output(
+    settings: Settings, repo: Path, work: Path, code: str
+) -> subprocess.CompletedProcess[str]:
+    """What ``code`` prints as a job in the sandbox ``for_job`` makes for it."""
+    argv = [sys.executable, "-c", code]
+    box = sandbox.for_job(settings, kind="agent", repo_path=repo, argv=argv, writable=[work])
+    assert box is not None
+    return subprocess.run(
+        box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _read_or_error(*paths: Path) -> str:
+    """A job's code that prints each file's text, or the error reading it raised."""
+    lines = ["for path in %r:" % [str(p) for p in paths]]
+    lines += [
+        "    try:\n        print(open(path).read(), end='')",
+        "    except OSError as exc:\n        print(type(exc).__name__)",
+    ]
+    return "\n".join(lines)
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("chain", ["resolved", "var-run", "toolbox"])
+def test_the_resolver_file_is_seen_through_any_chain_of_links(
+    tmp_path: Path,
+    make_repo: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    system_runtime: Path,
+    system_config: Path,
+    chain: str,
+) -> None:
+    """``/etc/resolv.conf`` reaches its file in ``/run`` in more ways than one link:
+    systemd-resolved's names it relatively (``../run/systemd/resolve/stub-resolv.conf``),
+    NetworkManager's through the ``/var/run`` link, and in Fedora's toolbox (where
+    Silverblue's users develop) it names ``/run/host/etc/resolv.conf``, the host's own link
+    to its resolver's file. The sandbox bound back only the file the chain ends at, never
+    the link in ``/run`` a job reads it through: in a toolbox no job resolved a name (no
+    agent reached its model's API), which it did before ``/run`` was hidden. Only that file
+    is seen, not the host's folder (the toolbox's ``/run/host`` is the host's whole ``/``)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    host_etc = system_runtime / "host" / "etc"
+    host_etc.mkdir(parents=True)
+    (host_etc / "shadow").write_text("the host's secret\n")
+    if chain == "toolbox":
+        resolver = system_runtime / "host" / "run" / "systemd" / "resolve" / "stub-resolv.conf"
+        (host_etc / "resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+        named = str(host_etc / "resolv.conf")
+    else:
+        resolver = system_runtime / "systemd" / "resolve" / "stub-resolv.conf"
+        named = (
+            os.path.relpath(resolver, system_config)
+            if chain == "resolved"
+            else f"/var/run/{resolver.relative_to('/run')}"
+        )
+    resolver.parent.mkdir(parents=True)
+    resolver.write_text("nameserver 127.0.0.53\n")
+    (system_config / "resolv.conf").symlink_to(named)
+    code = _read_or_error(system_config / "resolv.conf", host_etc / "shadow")
+    proc = _job_output(settings, make_repo(), work, code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "nameserver 127.0.0.53\nFileNotFoundError\n"
 
 
 @NEEDS_BWRAP

@@ -427,3 +427,32 @@ def test_the_plan_matches_pathlib_on_odd_paths(tmp_path: Path) -> None:
             writable=shifted[:2], readonly=shifted[2:4], hidden=shifted[4:6], sealed=shifted[6:]
         )
         assert box.plan(root).argv(["x"], info_fd=3) == _old_wrap(box, ["x"], root, 3)
+
+
+def test_a_link_enters_the_runtime_folder_by_its_first_path_there(tmp_path: Path) -> None:
+    """``_entry_into``: where a chain of links first enters a folder (``/run``), as the
+    sandbox resolves it: past that point its empty folder has no link of the host's."""
+    run, etc = tmp_path / "run", tmp_path / "etc"
+    (run / "host" / "etc").mkdir(parents=True)
+    (run / "host" / "run" / "resolve").mkdir(parents=True)
+    etc.mkdir()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "run").symlink_to("../run")
+    (run / "host" / "etc" / "resolv.conf").symlink_to("../run/resolve/stub-resolv.conf")
+    cases = {
+        # resolvconf: a relative link; the file need not exist yet
+        "relative": ("../run/resolve/resolv.conf", run / "resolve" / "resolv.conf"),
+        # NetworkManager: through the /var/run link
+        "var-run": (str(tmp_path / "var/run/nm/resolv.conf"), run / "nm" / "resolv.conf"),
+        # toolbox: the host's own link in the folder is not followed
+        "toolbox": (str(run / "host/etc/resolv.conf"), run / "host" / "etc" / "resolv.conf"),
+        "dotdot": (str(run / "x/../y/./f"), run / "y" / "f"),
+        "elsewhere": ("../elsewhere/f", None),
+        "out-again": (str(run / "../etc/f"), None),
+        "loop": ("loop", None),
+    }
+    for name, (target, _) in cases.items():
+        (etc / name).symlink_to(target)
+    for name, (_, entry) in cases.items():
+        found = sandbox._entry_into(str(etc / name), str(run))
+        assert found == (None if entry is None else str(entry)), name
