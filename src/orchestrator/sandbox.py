@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,10 +447,36 @@ def _path_folders_in_run(env_path: str, run: str, user: tuple[str, ...]) -> tupl
     return tuple(found)
 
 
-@functools.cache
-def _system_files_in_run(config: str, run: str) -> tuple[str, ...]:
+# How long after a change of a folder its mtime is trusted to show the next one: a change
+# within the clock's tick after a look leaves the mtime as it was (two seconds: FAT's
+# granularity, and some hundred ticks of the kernel's clock).
+_SETTLED_NS = 2 * 10**9
+
+
+def _system_files_in_run(config: str, run: str) -> list[str]:
     """Where the links directly in ``config`` reach ``run`` (``_entry_into``), when a regular
-    file is there: the system's (trusted) files, looked at once per process."""
+    file is there now: the system's (trusted) files.
+
+    What the links are is looked at again only when ``config`` changed (a link added,
+    replaced or removed changes its mtime); whether a file is there, at every plan (a stat
+    each). An answer kept for the process's life left every job without a resolver when
+    the orchestrator started before the resolver wrote its file, or ran on while the user
+    switched to systemd-resolved."""
+    try:
+        stamp = os.stat(config)
+    except OSError:
+        return []
+    if time.time_ns() - stamp.st_mtime_ns < _SETTLED_NS:
+        # Changed just now: a change still within this tick would not show in the mtime
+        # (as git looks again at a file its index calls racily clean).
+        entries = _links_into(config, run)
+    else:
+        entries = _kept_links_into(config, run, (stamp.st_dev, stamp.st_ino, stamp.st_mtime_ns))
+    return [entry for entry in entries if os.path.isfile(entry)]
+
+
+def _links_into(config: str, run: str) -> tuple[str, ...]:
+    """Where each link directly in ``config`` enters ``run``, if it does."""
     try:
         names = os.listdir(config)
     except OSError:
@@ -459,9 +486,15 @@ def _system_files_in_run(config: str, run: str) -> tuple[str, ...]:
         path = os.path.join(config, name)
         if os.path.islink(path):
             entry = _entry_into(path, run)
-            if entry is not None and os.path.isfile(entry):
+            if entry is not None:
                 found.append(entry)
     return tuple(found)
+
+
+@functools.lru_cache(maxsize=4)
+def _kept_links_into(config: str, run: str, stamp: tuple[int, int, int]) -> tuple[str, ...]:
+    """``_links_into``, kept while ``config``'s ``stamp`` (device, inode, mtime) is the same."""
+    return _links_into(config, run)
 
 
 # As the kernel does: past this many links a path does not resolve (ELOOP).

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -865,6 +866,12 @@ def system_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         folder.rmdir()
 
 
+def _age(folder: Path, seconds: int) -> None:
+    """Set ``folder``'s mtime ``seconds`` back: its last change was that long ago."""
+    then = time.time_ns() - seconds * 10**9
+    os.utime(folder, ns=(then, then))
+
+
 def _job_output(
     settings: Settings, repo: Path, work: Path, code: str
 ) -> subprocess.CompletedProcess[str]:
@@ -931,6 +938,49 @@ def test_the_resolver_file_is_seen_through_any_chain_of_links(
     proc = _job_output(settings, make_repo(), work, code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "nameserver 127.0.0.53\nFileNotFoundError\n"
+
+
+@NEEDS_BWRAP
+@pytest.mark.parametrize("change", ["written", "linked"])
+def test_a_resolver_file_that_comes_after_the_first_job_is_seen(
+    tmp_path: Path,
+    make_repo: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    system_runtime: Path,
+    system_config: Path,
+    change: str,
+) -> None:
+    """What ``/etc`` links to in ``/run`` may change while the orchestrator runs: started at
+    boot before NetworkManager wrote ``/run/NetworkManager/resolv.conf`` (the link named
+    nothing yet), or its user switched to systemd-resolved (``/etc/resolv.conf`` became a
+    link into ``/run``). The first job's answer was kept for the process's life: every later
+    job had no resolver (and no agent its model's API), as none had before ``/run`` was
+    hidden."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    resolver = system_runtime / "resolve" / "stub-resolv.conf"
+    resolver.parent.mkdir()
+    conf = system_config / "resolv.conf"
+    if change == "written":
+        conf.symlink_to(resolver)
+    else:
+        conf.write_text("nameserver 192.0.2.1\n")
+    # Each job starts a while after /etc last changed (an hour, then half an hour).
+    _age(system_config, 3600)
+    repo = make_repo()
+    code = _read_or_error(conf)
+    first = _job_output(settings, repo, work, code)
+    resolver.write_text("nameserver 127.0.0.53\n")
+    if change == "linked":
+        (system_config / "resolv.conf.new").symlink_to(resolver)
+        os.replace(system_config / "resolv.conf.new", conf)
+        _age(system_config, 1800)
+    second = _job_output(settings, repo, work, code)
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert second.stdout == "nameserver 127.0.0.53\n", f"first job: {first.stdout!r}"
 
 
 @NEEDS_BWRAP

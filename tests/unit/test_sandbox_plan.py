@@ -456,3 +456,28 @@ def test_a_link_enters_the_runtime_folder_by_its_first_path_there(tmp_path: Path
     for name, (_, entry) in cases.items():
         found = sandbox._entry_into(str(etc / name), str(run))
         assert found == (None if entry is None else str(entry)), name
+
+
+def test_links_in_etc_are_looked_for_again_while_its_mtime_is_recent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change to ``/etc`` within the clock's tick after a look leaves its mtime as it was:
+    while that mtime is recent, its links are looked for at every plan, not kept."""
+    run, etc = tmp_path / "run", tmp_path / "etc"
+    run.mkdir()
+    etc.mkdir()
+    for name in ("hosts", "resolv.conf"):
+        (run / name).write_text("x\n")
+    (etc / "hosts").symlink_to(run / "hosts")
+    changed = 10**18  # ns: /etc changed at this instant, and the plan comes 1 ms later
+    monkeypatch.setattr(sandbox.time, "time_ns", lambda: changed + 10**6)
+    os.utime(etc, ns=(changed, changed))
+    first = sandbox._system_files_in_run(str(etc), str(run))
+    # A link added in the same tick: the mtime does not move.
+    (etc / "resolv.conf").symlink_to(run / "resolv.conf")
+    os.utime(etc, ns=(changed, changed))
+    second = sandbox._system_files_in_run(str(etc), str(run))
+    assert (first, second) == (
+        [str(run / "hosts")],
+        [str(run / n) for n in ("hosts", "resolv.conf")],
+    )
