@@ -408,11 +408,14 @@ def _runtime_dirs() -> list[Path]:
     ``systemd-run --user`` starts a command outside any sandbox).
 
     Not a ``XDG_RUNTIME_DIR`` that is or holds ``/tmp`` (some containers set ``/tmp``): the
-    sandbox's own ``/tmp`` would be covered again, and read-only."""
+    sandbox's own ``/tmp`` would be covered again, and read-only. One named through a link
+    is hidden where it resolves (the link, on the read-only system, leads there in the
+    sandbox too): ``/var/run/user/<uid>`` was a mount through ``/var/run``'s absolute link,
+    which bubblewrap cannot make, and no job started."""
     found = [Path(SYSTEM_RUNTIME), Path(f"/run/user/{os.getuid()}")]
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and not _holds(_spellings([os.path.abspath(runtime)]), list(_FRESH)):
-        found.append(Path(runtime))
+        found.append(Path(os.path.realpath(runtime)))
     return found
 
 

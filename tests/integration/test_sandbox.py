@@ -984,6 +984,66 @@ def test_a_resolver_file_that_comes_after_the_first_job_is_seen(
 
 
 @NEEDS_BWRAP
+def test_a_runtime_folder_named_through_var_run_is_hidden_and_the_job_starts(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, system_runtime: Path
+) -> None:
+    """``XDG_RUNTIME_DIR=/var/run/user/<uid>`` (set so by older guides and login scripts)
+    names the user's runtime folder through ``/var/run``, a link to ``/run``. Hidden as
+    named, it was a mount through that link, which bubblewrap cannot make ("Can't mkdir"):
+    no job started. ``/run`` hides it already, by either name."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", f"/var/run/{system_runtime.name}")
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    agent = system_runtime / "ssh-agent.socket"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(agent))
+        server.listen(1)
+        names = [str(agent), f"/var/run/{system_runtime.name}/{agent.name}"]
+        code = (
+            f"import socket\nfor name in {names!r}:\n"
+            "    s = socket.socket(socket.AF_UNIX)\n"
+            "    try:\n        s.connect(name); print('reached')\n"
+            "    except OSError as exc:\n        print(type(exc).__name__)"
+        )
+        proc = _job_output(settings, make_repo(), work, code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "FileNotFoundError\nFileNotFoundError\n"
+
+
+@NEEDS_BWRAP
+def test_a_runtime_folder_named_through_a_link_in_the_home_is_hidden(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``XDG_RUNTIME_DIR`` named through a link in the user's home was hidden on the
+    link's path, inside the home that is hidden already: the folder the link leads to stayed
+    on the read-only system, and its SSH agent took the job's connection there."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    # Outside /tmp (which the sandbox mounts afresh), as /run/user is.
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as runtime:
+        (tmp_path / "user" / ".run").symlink_to(runtime)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user" / ".run"))
+        agent = os.path.join(runtime, "ssh-agent.socket")
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(agent)
+            server.listen(1)
+            code = (
+                "import socket\ns = socket.socket(socket.AF_UNIX)\n"
+                f"try:\n    s.connect({agent!r}); print('reached')\n"
+                "except OSError as exc:\n    print(type(exc).__name__)"
+            )
+            proc = _job_output(settings, make_repo(), work, code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "FileNotFoundError\n"
+
+
+@NEEDS_BWRAP
 def test_a_runtime_folder_in_tmp_leaves_the_sandboxs_tmp_writable(
     tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
