@@ -362,6 +362,7 @@ def for_job(
     if not found.ok or found.bwrap is None:
         raise SandboxUnavailable(found.detail)
     opts = options or {}
+    hidden = (settings.home, repo_path, *local_remotes(repo_path), Path.home(), *_runtime_dirs())
     return Sandbox(
         writable=(*writable, *_paths(opts.get("sandbox_rw"))),
         readonly=(
@@ -370,9 +371,9 @@ def for_job(
             *readonly,
             *_paths(opts.get("sandbox_ro")),
             *(Path(p.strip()) for p in settings.sandbox_ro.split(",") if p.strip()),
-            *_seen_in_run(env_path),
+            *_seen_in_run(env_path, hidden),
         ),
-        hidden=(settings.home, repo_path, *local_remotes(repo_path), Path.home(), *_runtime_dirs()),
+        hidden=hidden,
         # A workspace's `.git` (a folder; a `git worktree`'s `.git` file in an earlier
         # release) names where git reads config, hooks and refs from: a job that rewrote it
         # would send the orchestrator's own git calls to a place the job controls. Never a
@@ -419,23 +420,38 @@ def _runtime_dirs() -> list[Path]:
     return found
 
 
-def _seen_in_run(env_path: str | None) -> list[Path]:
+def _seen_in_run(env_path: str | None, hidden: Sequence[Path]) -> list[Path]:
     """What a job runs with from the hidden ``/run``, to bind back read-only: the folders of
     its ``PATH`` that lie there (NixOS keeps every system command in
-    ``/run/current-system/sw/bin``), outside the user's runtime folder, and the system's
-    files that a link in ``/etc`` reaches through it (``/etc/resolv.conf`` under
-    systemd-resolved or resolvconf: without it no name resolves), at the path it enters
-    ``/run`` by. Folders and regular files only, never a socket."""
+    ``/run/current-system/sw/bin``), and the system's files that a link in ``/etc`` reaches
+    through it (``/etc/resolv.conf`` under systemd-resolved or resolvconf: without it no
+    name resolves), at the path it enters ``/run`` by. Folders and regular files only, never
+    a socket; never one in (as written or resolved) another of the ``hidden`` places (the
+    user's runtime folder; a clone on a disk udisks mounted in ``/run/media/<user>``): what
+    hiding ``/run`` took away, not what they hide."""
     run = os.path.realpath(SYSTEM_RUNTIME)
-    user = tuple(os.path.realpath(p) for p in _runtime_dirs()[1:])
-    folders = _path_folders_in_run(env_path or "", run, user)
-    return [Path(p) for p in (*folders, *_system_files_in_run(SYSTEM_CONFIG, run))]
+    others = _other_hidden(tuple(map(str, hidden)), run)
+    folders = _path_folders_in_run(env_path or "", run, others)
+    files = [
+        f
+        for f in _system_files_in_run(SYSTEM_CONFIG, run)
+        if not any(_in_any(p, list(others)) for p in (f, os.path.realpath(f)))
+    ]
+    return [Path(p) for p in (*folders, *files)]
 
 
 @functools.lru_cache(maxsize=16)
-def _path_folders_in_run(env_path: str, run: str, user: tuple[str, ...]) -> tuple[str, ...]:
+def _other_hidden(hidden: tuple[str, ...], run: str) -> tuple[str, ...]:
+    """The ``hidden`` places but ``run`` itself, as given and resolved: the orchestrator's
+    own (trusted) settings, resolved once per process."""
+    spelled = _spellings([os.path.abspath(p) for p in hidden])
+    return tuple(p for p in spelled if p not in (run, SYSTEM_RUNTIME))
+
+
+@functools.lru_cache(maxsize=16)
+def _path_folders_in_run(env_path: str, run: str, others: tuple[str, ...]) -> tuple[str, ...]:
     """The folders of a ``PATH`` that lie in ``run`` (as written or resolved), outside the
-    user's runtime folders (``user``). The ``PATH`` is the orchestrator's own or one its
+    ``others`` hidden places. The ``PATH`` is the orchestrator's own or one its
     (trusted) settings give jobs: resolved once per process, since each ``realpath`` is a
     walk of ``lstat`` calls (a bind is of the folder as written: a link there that moves
     is followed)."""
@@ -443,9 +459,10 @@ def _path_folders_in_run(env_path: str, run: str, user: tuple[str, ...]) -> tupl
     for entry in dict.fromkeys(env_path.split(os.pathsep)):
         if not os.path.isabs(entry):
             continue
-        real = os.path.realpath(entry)
-        in_run = _inside(os.path.abspath(entry), SYSTEM_RUNTIME) or _inside(real, run)
-        if in_run and not _in_any(real, list(user)) and os.path.isdir(real):
+        spelled = [os.path.abspath(entry), os.path.realpath(entry)]
+        in_run = _inside(spelled[0], SYSTEM_RUNTIME) or _inside(spelled[1], run)
+        hidden = any(_in_any(p, list(others)) for p in spelled)
+        if in_run and not hidden and os.path.isdir(spelled[1]):
             found.append(entry)
     return tuple(found)
 

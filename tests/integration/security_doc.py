@@ -68,12 +68,13 @@ code runs under bubblewrap (`orchestrator/sandbox.py`):
   session bus); a socket on the read-only system would still take connections;
 - read-only again over that: what the job needs to run (the command's toolchain: the
   venv its executable lives in and the Python or Node it links to, the orchestrator's own
-  Python; the folders of the job's `PATH` that lie in `/run`, NixOS's
-  `/run/current-system/sw/bin`; the files that links in `/etc` reach through `/run`, at
-  the path they enter it by, such as `/etc/resolv.conf` under systemd-resolved or in
-  Fedora's toolbox, whose link names the host's own link in `/run/host`), the object
-  store the workspace borrows from the user's clone (its history: that
-  store only, whatever another folder's alternates file names), the job's prompt, and the
+  Python; the folders of the job's `PATH` that lie in `/run` and in no other hidden
+  place, NixOS's `/run/current-system/sw/bin`; the files that links in `/etc` reach
+  through `/run`, at the path they enter it by, such as `/etc/resolv.conf` under
+  systemd-resolved or in Fedora's toolbox, whose link names the host's own link in
+  `/run/host`), the object store the workspace borrows from the user's clone (its
+  history: that store only, whatever another folder's alternates file names), the job's
+  prompt, and the
   paths the repo names with `orch repo set --sandbox-ro PATH`. Only those that lie in a
   hidden place or in `/tmp` are bound again: elsewhere (`/usr`, a venv in `/opt`) the
   read-only system shows them as they are, and each bind is a mount at every job's start.

@@ -589,6 +589,16 @@ DEFENDED = [
         "files that links in `/etc` name there (`resolv.conf`) are bound back, read-only",
         "test": "tests/integration/test_sandbox.py",
     },
+    {
+        "attack": "read the user's clone, kept on a disk udisks mounted in "
+        "`/run/media/<user>`, through a folder of it that the user's `PATH` names (direnv's "
+        "`PATH_add bin`, an activated venv)",
+        "before": "read: every folder of the job's `PATH` in `/run` was bound back read-only, "
+        "the hidden clone's too",
+        "now": "only what hiding `/run` took away is bound back: never a folder (or an `/etc` "
+        "file) that lies in another hidden place",
+        "test": "tests/integration/test_sandbox.py",
+    },
 ]
 
 
@@ -847,6 +857,47 @@ def test_what_a_job_needs_from_run_is_still_seen(
         )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "tool ran\nnameserver 127.0.0.53\nFileNotFoundError\n"
+
+
+@NEEDS_BWRAP
+def test_a_path_folder_in_run_inside_the_users_clone_stays_hidden(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, system_runtime: Path
+) -> None:
+    """udisks mounts an external disk under ``/run/media/<user>``: a clone kept there lies in
+    ``/run``, and so do its folders that the user's ``PATH`` names (direnv's ``PATH_add
+    bin``, an activated venv). The ``PATH`` folders in ``/run`` are bound back to give a job
+    what hiding ``/run`` took away; but the clone's were never seen (the clone is hidden),
+    and the job listed the clone's ``bin`` and read it. A ``PATH`` folder in another hidden
+    place stays hidden; one in ``/run`` outside them is still seen."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    clone = make_repo(
+        system_runtime / "media" / "alice" / "disk" / "app",
+        files={"bin/release": "#!/bin/sh\necho the user's own script\n"},
+    )
+    tools = system_runtime / "current-system" / "sw" / "bin"
+    tools.mkdir(parents=True)
+    (tools / "orch-tool").write_text("#!/bin/sh\necho tool ran\n")
+    path = f"{clone / 'bin'}:{tools}:/usr/bin:/bin"
+    code = (
+        "import os\n"
+        f"for folder in {[str(clone / 'bin'), str(tools)]!r}:\n"
+        "    try:\n        print(sorted(os.listdir(folder)))\n"
+        "    except OSError as exc:\n        print(type(exc).__name__)"
+    )
+    argv = [sys.executable, "-c", code]
+    box = sandbox.for_job(
+        settings, kind="agent", repo_path=clone, argv=argv, writable=[work], env_path=path
+    )
+    assert box is not None
+    proc = subprocess.run(
+        box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "FileNotFoundError\n['orch-tool']\n"
 
 
 @pytest.fixture
