@@ -362,7 +362,7 @@ def for_job(
     if not found.ok or found.bwrap is None:
         raise SandboxUnavailable(found.detail)
     opts = options or {}
-    hidden = (settings.home, repo_path, *local_remotes(repo_path), Path.home(), *_runtime_dirs())
+    hidden = (settings.home, repo_path, *local_remotes(repo_path), *_home(), *_runtime_dirs())
     return Sandbox(
         writable=(*writable, *_paths(opts.get("sandbox_rw"))),
         readonly=(
@@ -400,6 +400,15 @@ def for_job(
 SYSTEM_RUNTIME = "/run"
 # Where the system's configuration lies; a link there may name a file in SYSTEM_RUNTIME.
 SYSTEM_CONFIG = "/etc"
+
+
+def _home() -> list[Path]:
+    """The user's home, unless it is the system's root: a user without a home gets
+    ``HOME=/`` (Docker's ``--user`` that ``/etc/passwd`` does not name, every container on
+    OpenShift), which holds nothing of theirs, and hidden would cover the whole system (no
+    command left to run: no job started)."""
+    home = Path.home()
+    return [] if os.path.realpath(home) == "/" else [home]
 
 
 def _runtime_dirs() -> list[Path]:

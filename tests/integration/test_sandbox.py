@@ -1095,6 +1095,27 @@ def test_a_runtime_folder_named_through_a_link_in_the_home_is_hidden(
 
 
 @NEEDS_BWRAP
+def test_a_home_that_is_the_root_leaves_the_system_seen(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process whose user has no home gets ``HOME=/``: Docker sets it so for a ``--user``
+    that ``/etc/passwd`` does not name (OpenShift runs every container so), as systemd does
+    for a service's user whose home is ``/``. Hidden like a home, ``/`` was an empty file
+    system over the whole system: bubblewrap found no command to run, and no job started.
+    Such a home holds nothing of the user's to hide; the sandbox's other places stay
+    hidden."""
+    monkeypatch.setenv("HOME", "/")
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    (settings.home / "orchestrator.db").write_text("the orchestrator's database\n")
+    code = _read_or_error(settings.home / "orchestrator.db")
+    proc = _job_output(settings, make_repo(), work, code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "FileNotFoundError\n"
+
+
+@NEEDS_BWRAP
 def test_a_runtime_folder_in_tmp_leaves_the_sandboxs_tmp_writable(
     tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
