@@ -145,6 +145,11 @@ class Sandbox:
         # The system read-only; a fresh /dev, /proc (this namespace's only) and /tmp.
         # (/tmp here is a mount point inside the sandbox, not a file of ours.)
         out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        # bubblewrap's /dev has /dev/tty: a job in the orchestrator's own session (tree
+        # kill off: no session of its own) opened the user's terminal there, and TIOCSTI
+        # typed a command into the shell that runs orch (outside any sandbox). /dev/null,
+        # on a nodev bind, opens nothing: no job has a terminal to use.
+        out += ["--ro-bind", "/dev/null", "/dev/tty"]
         out += ["--tmpfs", "/tmp"]  # noqa: S108
         every_hidden = _existing(self.hidden)
         hidden = _outermost(every_hidden)

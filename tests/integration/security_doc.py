@@ -56,8 +56,10 @@ code runs under bubblewrap (`orchestrator/sandbox.py`):
 
 - its own PID, IPC and UTS namespaces, and a user namespace where the kernel allows one;
   `--die-with-parent`: if the worker dies, so does the sandbox;
-- the system read-only (`/` bound read-only), a fresh `/dev`, its own `/proc` (the host's
-  processes and their environments are not there) and a private `/tmp`;
+- the system read-only (`/` bound read-only), a fresh `/dev` (whose `/dev/tty` opens no
+  terminal: a job in the orchestrator's session could type into the user's with
+  `TIOCSTI`), its own `/proc` (the host's processes and their environments are not there)
+  and a private `/tmp`;
 - hidden under empty, read-only file systems: the orchestrator's home (`ORCH_HOME`: the
   database, every task folder, the logs, other tasks' workspaces), the user's clone of the
   repository, every remote of it that is a local path, the user's home (`~/.ssh`,

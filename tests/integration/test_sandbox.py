@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -590,6 +591,16 @@ DEFENDED = [
         "test": "tests/integration/test_sandbox.py",
     },
     {
+        "attack": "type a command into the user's terminal with `TIOCSTI`, as a job in the "
+        "orchestrator's own session (`ORCH_SUBPROCESS_TREE_KILL_ENABLED=off`, `orch serve` "
+        "started from a shell)",
+        "before": "typed: bubblewrap's `/dev/tty` opened the user's terminal, and its shell "
+        "ran the command outside any sandbox (where `dev.tty.legacy_tiocsti` allows it)",
+        "now": "the sandbox's `/dev/tty` is `/dev/null` on a bind without devices: it opens "
+        "no terminal",
+        "test": "tests/integration/test_sandbox.py",
+    },
+    {
         "attack": "read the user's clone, kept on a disk udisks mounted in "
         "`/run/media/<user>`, through a folder of it that the user's `PATH` names (direnv's "
         "`PATH_add bin`, an activated venv)",
@@ -732,6 +743,63 @@ def test_the_users_session_sockets_are_out_of_reach(
             )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FileNotFoundError\n"
+
+
+@NEEDS_BWRAP
+def test_the_users_terminal_is_out_of_reach(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job started in the orchestrator's own session (``ORCH_SUBPROCESS_TREE_KILL_ENABLED``
+    off: no new session per command) has the user's terminal as its controlling terminal,
+    and bubblewrap's ``/dev`` has ``/dev/tty``: through it, ``TIOCSTI`` types a command
+    into the shell that started ``orch serve`` (where the kernel still allows it,
+    ``dev.tty.legacy_tiocsti``), which runs it outside any sandbox. The sandbox's
+    ``/dev/tty`` opens no terminal now. (Where ``TIOCSTI`` is off the typing fails bare
+    too; the job's ``/dev/tty`` being a terminal is checked either way.)"""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    code = (
+        "import fcntl, os, termios\n"
+        "try:\n    fd = os.open('/dev/tty', os.O_RDWR)\n"
+        "except OSError as exc:\n    print(type(exc).__name__)\n"
+        "else:\n    print('a terminal' if os.isatty(fd) else 'no terminal')\n"
+        "    for c in b'echo escaped\\n':\n"
+        "        try:\n            fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))\n"
+        "        except OSError:\n            pass\n"
+    )
+    argv = [sys.executable, "-c", code]
+    box = sandbox.for_job(settings, kind="agent", repo_path=make_repo(), argv=argv, writable=[work])
+    assert box is not None
+    master, terminal = os.openpty()
+
+    def in_the_users_terminal() -> None:
+        # The orchestrator's session, whose controlling terminal is the user's.
+        os.setsid()
+        fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+
+    try:
+        proc = subprocess.run(
+            box.wrap(argv, work),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=in_the_users_terminal,
+        )
+        os.set_blocking(terminal, False)
+        try:
+            typed = os.read(terminal, 100)
+        except BlockingIOError:
+            typed = b""
+    finally:
+        os.close(master)
+        os.close(terminal)
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, typed) == ("PermissionError\n", b"")
 
 
 def _system_runtime_folder() -> Iterator[Path]:

@@ -115,11 +115,12 @@ def test_only_what_the_read_only_system_hides_is_bound_back(
     box = Sandbox(writable=(), readonly=readonly, hidden=(home,))
     # As it runs: tmp_path lies in /tmp, which the sandbox mounts afresh, so every place
     # there is bound back; /usr is not.
-    assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == ["/", *map(str, readonly[:3])]
+    system = ["/", "/dev/null"]  # the system, and /dev/null over /dev/tty
+    assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == [*system, *map(str, readonly[:3])]
     # Were /tmp the system's own: only the hidden places.
     monkeypatch.setattr(sandbox, "_fresh_spellings", tuple)
     assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == [
-        "/",
+        *system,
         str(home / "venv"),
         str(home / "py"),  # the link's target: the link shows it
     ]
@@ -135,7 +136,7 @@ def test_a_place_that_holds_a_hidden_one_is_never_bound_back(tmp_path: Path) -> 
     (tmp_path / "user-link").symlink_to(user)
     readonly = (user, user / "src", tmp_path / "user-link", tmp_path, Path("/"), user / "bin")
     box = Sandbox(writable=(), readonly=readonly, hidden=(home, clone, user))
-    assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == ["/", str(user / "bin")]
+    assert _pairs(box.wrap(["x"], tmp_path), "--ro-bind") == ["/", "/dev/null", str(user / "bin")]
 
 
 def test_a_toolchain_in_the_users_home_is_narrowed_to_its_folder(tmp_path: Path) -> None:
@@ -288,6 +289,7 @@ def _old_wrap(box: Sandbox, argv: list[str], cwd: Path, info_fd: int | None) -> 
     if not box.network:
         out.append("--unshare-net")
     out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    out += ["--ro-bind", "/dev/null", "/dev/tty"]
     out += ["--tmpfs", "/tmp"]
     hidden = outermost(existing(box.hidden))
     for path in hidden:
