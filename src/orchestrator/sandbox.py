@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,24 +151,55 @@ class Sandbox:
         # on a nodev bind, opens nothing: no job has a terminal to use.
         out += ["--ro-bind", "/dev/null", "/dev/tty"]
         out += ["--tmpfs", "/tmp"]  # noqa: S108
-        every_hidden = _existing(self.hidden)
+        # Each hidden place as written and where it resolves: an ORCH_HOME linked to
+        # another disk lies open there when only the link (in the hidden home) is covered.
+        # (Each path resolved once in this plan: ``realpath`` is a walk of ``lstat`` calls.)
+        resolve = functools.cache(os.path.realpath)
+        given = _existing(self.hidden)
+        every_hidden = _existing([*given, *map(resolve, given)])
         hidden = _outermost(every_hidden)
+        at = _Destinations(hidden, resolve)
         for path in hidden:
-            out += ["--tmpfs", path]
-        for path in _read_only_binds(_existing(self.readonly), hidden, every_hidden):
-            out += ["--ro-bind", path, path]
+            out += ["--tmpfs", at(path)]
+        readonly = _existing(self.readonly)
+        for path in _read_only_binds(readonly, hidden, every_hidden, resolve):
+            out += ["--ro-bind", path, at(path)]
         writable = _existing(self.writable)
         for path in writable:
-            out += ["--bind", path, path]
+            out += ["--bind", path, at(path)]
         for path in _existing(self.sealed):
-            out += ["--ro-bind", path, path]
+            out += ["--ro-bind", path, at(path)]
         # A hidden place is an empty file system, read-only once the binds inside it are
         # made: what a job writes there would only look like a write to the real place.
         for path in hidden:
             if not any(_inside(path, w) for w in writable):
-                out += ["--remount-ro", path]
+                out += ["--remount-ro", at(path)]
         status = "--json-status-fd" if self.json_status else "--info-fd"
         return Plan(tuple(head), status, tuple(out), str(cwd))
+
+
+class _Destinations:
+    """Where a mount of ``path`` goes inside the sandbox: the path the sandbox resolves it
+    to, which bubblewrap can make.
+
+    A link on the way that the sandbox still shows (the read-only system's: ``/home`` to
+    ``/var/home`` on Fedora Silverblue, an ``ORCH_HOME`` linked to another disk) is
+    followed: bubblewrap cannot make a mount point through a link (``Can't mkdir``), and no
+    job started. One inside a place the sandbox mounts empty (a hidden one, ``/tmp``) is
+    not there in the sandbox: the path goes on from where that place was mounted, as given,
+    and bubblewrap makes its folders.
+    """
+
+    def __init__(self, hidden: list[str], resolve: Callable[[str], str]) -> None:
+        self.empty = [*_FRESH, *hidden]
+        self.resolve = resolve
+
+    def __call__(self, path: str) -> str:
+        outer = [e for e in self.empty if e != path and _inside(path, e)]
+        if not outer:
+            return self.resolve(path)
+        place = min(outer, key=len)
+        return os.path.join(self.resolve(place), os.path.relpath(path, place))
 
 
 @dataclass(frozen=True)
@@ -250,7 +281,12 @@ def _spellings(paths: list[str]) -> list[str]:
     return list(dict.fromkeys([*paths, *map(os.path.realpath, paths)]))
 
 
-def _read_only_binds(readonly: list[str], hidden: list[str], every_hidden: list[str]) -> list[str]:
+def _read_only_binds(
+    readonly: list[str],
+    hidden: list[str],
+    every_hidden: list[str],
+    resolve: Callable[[str], str] = os.path.realpath,
+) -> list[str]:
     """The read-only places to bind back, in the order given.
 
     Only where the sandbox does not show them: a place that lies in a hidden place or in
@@ -261,13 +297,13 @@ def _read_only_binds(readonly: list[str], hidden: list[str], every_hidden: list[
     holds (as given or resolved) a hidden place or one mounted afresh: a bind of ``~``
     would show again all that the hidden home keeps (``~/.ssh``, the orchestrator's home
     and its token). Nor one inside a place bound already, which shows it."""
-    real = {path: os.path.realpath(path) for path in every_hidden}
+    real = {path: resolve(path) for path in every_hidden}
     fresh = list(_fresh_spellings())
     unseen = [*fresh, *hidden, *(real[path] for path in hidden)]
     kept_out = [*fresh, *every_hidden, *real.values()]
     chosen: list[str] = []
     for path in readonly:
-        resolved = os.path.realpath(path)
+        resolved = resolve(path)
         if _holds([path, resolved], kept_out):
             continue
         target = path if _in_any(path, unseen) else resolved

@@ -591,6 +591,14 @@ DEFENDED = [
         "test": "tests/integration/test_sandbox.py",
     },
     {
+        "attack": "read the API token and the database where an `ORCH_HOME` linked to another "
+        "disk really lies (`~/.orchestrator` -> `/data/orchestrator`)",
+        "before": "read both: the home was hidden, and the link with it, but the folder it "
+        "names lay open on the read-only system",
+        "now": "each hidden place is hidden as written and where it resolves",
+        "test": "tests/integration/test_sandbox.py",
+    },
+    {
         "attack": "type a command into the user's terminal with `TIOCSTI`, as a job in the "
         "orchestrator's own session (`ORCH_SUBPROCESS_TREE_KILL_ENABLED=off`, `orch serve` "
         "started from a shell)",
@@ -1202,6 +1210,79 @@ def test_a_runtime_folder_in_tmp_leaves_the_sandboxs_tmp_writable(
         box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@NEEDS_BWRAP
+def test_a_home_reached_through_a_link_still_runs_jobs_and_stays_hidden(
+    make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A home reached through a link the system shows (``/home`` linked to ``/var/home`` on
+    Fedora Silverblue, an ``ORCH_HOME`` linked to another disk): bubblewrap cannot make a
+    mount point through a link (``Can't mkdir``), and no job started. The mounts go where
+    the link leads; the job runs in its workspace and the home is still hidden."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as shown:
+        disk = Path(shown) / "disk"
+        (disk / "user").mkdir(parents=True)
+        (Path(shown) / "home").symlink_to(disk)  # absolute, as a mount point's link is
+        user = Path(shown) / "home" / "user"
+        monkeypatch.setenv("HOME", str(user))
+        settings = load_settings(home=user / ".orchestrator")
+        (user / ".ssh").mkdir()
+        (user / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
+        work = settings.home / "worktrees" / "app" / "APP-1"
+        work.mkdir(parents=True)
+        code = (
+            "import os\nopen('out', 'w').write('ran')\n"
+            f"print(os.path.exists({str(user / '.ssh' / 'id_ed25519')!r}))"
+        )
+        argv = [sys.executable, "-c", code]
+        box = sandbox.for_job(
+            settings, kind="agent", repo_path=make_repo(user / "src"), argv=argv, writable=[work]
+        )
+        assert box is not None
+        proc = subprocess.run(
+            box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "False\n"
+        assert (work / "out").read_text() == "ran"
+
+
+@NEEDS_BWRAP
+def test_a_home_linked_to_another_disk_is_hidden_where_it_lies(
+    make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ORCH_HOME`` is ``~/.orchestrator``, a link to a folder on another disk. The sandbox
+    hid the user's home, and with it the link, but the folder itself lay open on the
+    read-only system: a job read the API token and the database there, by their real path.
+    Each hidden place is hidden as written and where it resolves."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as shown:
+        user = Path(shown) / "user"
+        data = Path(shown) / "disk" / "orchestrator"
+        data.mkdir(parents=True)
+        user.mkdir()
+        (user / ".orchestrator").symlink_to(data)
+        monkeypatch.setenv("HOME", str(user))
+        settings = load_settings(home=user / ".orchestrator")
+        (data / "api-token").write_text("T0KEN")
+        work = settings.home / "worktrees" / "app" / "APP-1"
+        work.mkdir(parents=True)
+        code = (
+            "import os\nopen('out', 'w').write('ran')\n"
+            f"p = {str(data / 'api-token')!r}\n"
+            "print(open(p).read() if os.path.exists(p) else 'hidden')"
+        )
+        argv = [sys.executable, "-c", code]
+        box = sandbox.for_job(
+            settings, kind="agent", repo_path=make_repo(user / "src"), argv=argv, writable=[work]
+        )
+        assert box is not None
+        proc = subprocess.run(
+            box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "hidden\n"
+        assert (work / "out").read_text() == "ran"
 
 
 @NEEDS_BWRAP

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -291,9 +293,21 @@ def _old_wrap(box: Sandbox, argv: list[str], cwd: Path, info_fd: int | None) -> 
     out += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     out += ["--ro-bind", "/dev/null", "/dev/tty"]
     out += ["--tmpfs", "/tmp"]
-    hidden = outermost(existing(box.hidden))
+    given = existing(box.hidden)
+    hidden = outermost(existing((*given, *(p.resolve() for p in given))))
+
+    def at(path: Path) -> str:
+        # Where the sandbox resolves it: through the links it shows, not those inside a
+        # place it mounts empty (from the outermost such place on, as given).
+        outer = [e for e in [Path("/tmp"), Path("/dev"), Path("/proc"), *hidden] if e != path]
+        outer = [e for e in outer if path.is_relative_to(e)]
+        if not outer:
+            return str(path.resolve())
+        place = min(outer, key=lambda e: len(e.parts))
+        return str(place.resolve() / path.relative_to(place))
+
     for path in hidden:
-        out += ["--tmpfs", str(path)]
+        out += ["--tmpfs", at(path)]
     fresh = [Path("/tmp"), Path("/dev"), Path("/proc")]
     unseen = [*fresh, *hidden]
     unseen += [p.resolve() for p in unseen]
@@ -308,30 +322,38 @@ def _old_wrap(box: Sandbox, argv: list[str], cwd: Path, info_fd: int | None) -> 
         if not any(target.is_relative_to(u) for u in unseen):
             continue
         if not any(target.is_relative_to(b) for b in bound):
-            out += ["--ro-bind", str(target), str(target)]
+            out += ["--ro-bind", str(target), at(target)]
             bound.append(target)
     for path in existing(box.writable):
-        out += ["--bind", str(path), str(path)]
+        out += ["--bind", str(path), at(path)]
     for path in existing(box.sealed):
-        out += ["--ro-bind", str(path), str(path)]
+        out += ["--ro-bind", str(path), at(path)]
     writable = existing(box.writable)
     for path in hidden:
         if not any(path.is_relative_to(w) for w in writable):
-            out += ["--remount-ro", str(path)]
+            out += ["--remount-ro", at(path)]
     out += ["--chdir", str(cwd), "--", *argv]
     return out
 
 
+@pytest.mark.parametrize("base", ["tmp", "shown"])
 def test_the_plan_is_the_argv_the_sandbox_always_had(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, base: str
 ) -> None:
     # Random layouts of what a job hides, binds and seals: nested, repeated, missing,
     # relative, through links, with trailing slashes and dots; each argv (with and without
-    # the status fd, either kind of it) is the one the pathlib version made.
+    # the status fd, either kind of it) is the one the pathlib version made. In /tmp (which
+    # the sandbox mounts empty: its links are not there) and in a folder the read-only
+    # system shows (whose links the sandbox follows).
     import random
 
     rng = random.Random(19)
-    root = tmp_path / "t"
+    if base == "shown":
+        shown = Path(tempfile.mkdtemp(prefix="orch-plan-", dir="/var/tmp"))
+        request.addfinalizer(lambda: shutil.rmtree(shown))
+        root = shown / "t"
+    else:
+        root = tmp_path / "t"
     names = ["a", "a/b", "a/b/c", "a/bc", "d", "d/e", "f", "g/h", "x y", "u/.git", "u"]
     for name in names[:-3]:
         (root / name).mkdir(parents=True, exist_ok=True)
