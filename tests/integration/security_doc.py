@@ -254,6 +254,11 @@ OUTRO = """
   that trusts `127.0.0.1`): `ORCH_SANDBOX_NETWORK=none` cuts both. A repo whose suite
   needs a server's socket in `/run` names it: `orch repo set --sandbox-ro
   /run/postgresql`.
+- A user known only to a directory service (LDAP through nslcd, winbind, systemd-homed)
+  has no name inside the sandbox: those lookups go through sockets in the hidden `/run`
+  (`/run/nslcd/socket`, `/run/systemd/userdb`). A tool that needs the name (ssh, say)
+  fails there; binding such a socket back with `--sandbox-ro` is the user's choice, as it
+  lets the job ask that service anything.
 """
 
 
