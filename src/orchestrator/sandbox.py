@@ -156,7 +156,8 @@ class Sandbox:
         # (Each path resolved once in this plan: ``realpath`` is a walk of ``lstat`` calls.)
         resolve = functools.cache(os.path.realpath)
         given = _existing(self.hidden)
-        every_hidden = _existing([*given, *map(resolve, given)])
+        # (A place that is there resolves to one that is there: no second look.)
+        every_hidden = list(dict.fromkeys([*given, *map(resolve, given)]))
         hidden = _outermost(every_hidden)
         at = _Destinations(hidden, resolve)
         for path in hidden:
