@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from orchestrator import repo_ops, task_ops, taskdir
 from orchestrator.agents.backends import run_llm_backend
 from orchestrator.agents.codex import codex_cost_usd
+from orchestrator.agents.stall import MODEL_HANG
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.faults import FaultKind
@@ -721,17 +722,9 @@ def aider_retries(retry_timeout_s: float) -> int:
         retries += 1
 
 
-def aider_with_retry_timeout(command: str, retry_timeout_s: float) -> tuple[str, float]:
-    """``command`` as a launcher that lowers aider's ``RETRY_TIMEOUT`` and then runs aider's
-    real ``main``, with the give-up it will have; ``command`` itself and the full 60 s when
-    its interpreter cannot be read from its ``#!`` line.
-
-    Sound because the constant only bounds how long aider keeps retrying: the same aider, the
-    same requests, the same litellm errors and "Retrying in" lines, the same give-up and exit
-    0; only the number of retries before it is smaller. The launcher is ``<aider's python>
-    -c <code>``, the way aider's own console script starts it: no file of ours, and the
-    sandbox binds that python's install as it does for the script (its ``toolchain_paths``).
-    ``base_coder`` imports the constant by name, so both modules get the new value."""
+def aider_python(command: str) -> str | None:
+    """The interpreter of ``command`` when it is one python script (as the pinned aider's
+    console script is), read from its ``#!`` line; None when it cannot be read."""
     argv = shlex.split(command)
     script = Path(shutil.which(argv[0]) or argv[0]) if len(argv) == 1 else None
     first = b""
@@ -743,6 +736,23 @@ def aider_with_retry_timeout(command: str, retry_timeout_s: float) -> tuple[str,
             pass
     interpreter = first[2:].decode(errors="replace").strip() if first.startswith(b"#!") else ""
     if not interpreter or " " in interpreter or "python" not in Path(interpreter).name:
+        return None
+    return interpreter
+
+
+def aider_with_retry_timeout(command: str, retry_timeout_s: float) -> tuple[str, float]:
+    """``command`` as a launcher that lowers aider's ``RETRY_TIMEOUT`` and then runs aider's
+    real ``main``, with the give-up it will have; ``command`` itself and the full 60 s when
+    its interpreter cannot be read from its ``#!`` line.
+
+    Sound because the constant only bounds how long aider keeps retrying: the same aider, the
+    same requests, the same litellm errors and "Retrying in" lines, the same give-up and exit
+    0; only the number of retries before it is smaller. The launcher is ``<aider's python>
+    -c <code>``, the way aider's own console script starts it: no file of ours, and the
+    sandbox binds that python's install as it does for the script (its ``toolchain_paths``).
+    ``base_coder`` imports the constant by name, so both modules get the new value."""
+    interpreter = aider_python(command)
+    if interpreter is None:
         return command, AIDER_RETRY_TIMEOUT_S
     code = (
         "import sys\n"
@@ -839,11 +849,40 @@ def test_aider_rejected_key_pauses_the_backend_with_one_alert(aider_job: Any) ->
     assert (task.developer_retries, task.infra_retries) == (0, 0)
 
 
+# aider is silent about 2.5 s at its start (importing litellm: nothing in its log, no file
+# changed), longer than HANG_STALL_TIMEOUT_S; a stall timeout above that silence was 4 s,
+# spent waiting out the hang after it.
+AIDER_SILENT_START_STALL_TIMEOUT_S = 4.0
+
+
+def aider_reporting_imports(command: str) -> str | None:
+    """``command`` as a launcher that runs aider's real ``main`` under ``python -X
+    importtime``: the interpreter writes a line to stderr as each module's import ends, so
+    aider's start-up shows in its log (its longest silence then was about 0.2 s, measured,
+    as for claude and codex). None when its interpreter cannot be read.
+
+    Sound for a stall test because the lines end with the imports: from its first request
+    on, aider (the same code, the same requests) shows what it shows without them."""
+    interpreter = aider_python(command)
+    if interpreter is None:
+        return None
+    code = "import sys\nfrom aider.main import main\nsys.exit(main())\n"
+    return shlex.join([interpreter, "-X", "importtime", "-c", code])
+
+
 def test_aider_hang_is_stopped_by_stall_detection(aider_job: Any) -> None:
-    job, _server = aider_job([F.hang()], agent_stall_timeout_s=4)
+    launcher = aider_reporting_imports(aider_command())
+    stall_s = HANG_STALL_TIMEOUT_S if launcher else AIDER_SILENT_START_STALL_TIMEOUT_S
+    job, server = aider_job(
+        [F.hang()], agent_stall_timeout_s=stall_s, aider_command=launcher or aider_command()
+    )
     result = job.run("aider")
     assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
     assert "stalled:" in result.reasons[0]
+    # The stall is the hang: it came while the model owed aider its first answer, not in
+    # aider's start-up.
+    assert MODEL_HANG in result.reasons[0]
+    assert server.turns_taken == 1
 
 
 def test_aider_cannot_take_a_role_it_cannot_report_for(make_job: Any) -> None:
