@@ -251,8 +251,9 @@ def test_codex_agent_cannot_hide_its_spend_by_swapping_its_session_file(
     codex_job: Any, how: str
 ) -> None:
     # The attacker: codex's session file (where its spend streams) is in the job home the
-    # agent works in. Its first command deletes it, or puts an empty one in its place, then
-    # it loops on. The meter reads the file codex writes (held open), not the name.
+    # agent works in. Its third command deletes it, or puts an empty one in its place, then
+    # it loops on: the answer that reaches the cap (the 4th) comes after the attack. The
+    # meter reads the file codex writes (held open), not the name.
     job, server = codex_job([])
     home = job.folder / "runs" / f"{job.job.id}-home" / "codex" / "sessions"
     # Through python: codex itself refuses an `rm -f`; nothing stops an unlink.
@@ -267,8 +268,10 @@ def test_codex_agent_cannot_hide_its_spend_by_swapping_its_session_file(
     server.script(
         # The attack's answer comes late too: by then the meter (looking every ~50 ms) has
         # found and opened the session file (codex makes it at its start) that the attack
-        # then takes away.
-        [F.tool("exec_command", {"cmd": hide}, delay_s=0.5)] + [echo] * (CAP_AT_ANSWER - 1),
+        # then takes away. It is the one before the last: with its file deleted, codex looks
+        # for it some 1.5 s before each request it sends after (measured), so each answer
+        # after the attack costs that; one is what shows the meter still counts.
+        [echo] * (CAP_AT_ANSWER - 2) + [F.tool("exec_command", {"cmd": hide}, delay_s=0.5), echo],
         then=F.tool("exec_command", {"cmd": "echo hi"}, delay_s=THINK_S),
     )
     codex_loop_to_its_cap(job)
