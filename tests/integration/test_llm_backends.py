@@ -672,16 +672,6 @@ def test_aider_answer_without_edit_fails_the_report(aider_job: Any) -> None:
     assert parse_artifact(A.DEV_REPORT, job.artifact(A.DEV_REPORT)).status is VerdictStatus.FAIL
 
 
-def test_aider_api_error_is_a_tool_error(aider_job: Any) -> None:
-    # 401: litellm does not retry it, so the run is quick; aider still exits 0.
-    job, _server = aider_job([], then=F.http_error(401, "bad key"))
-    result = job.run("aider")
-    assert result.outcome is OutcomeKind.CRASHED, result.reasons
-    assert "no message_send" in result.reasons[0]
-    assert result.exit_code == 0
-    assert job.artifact(A.DEV_REPORT) is None
-
-
 # The model's first answer names a file aider then adds to the chat and asks again about:
 # the second request is the one that fails.
 ASKS_FOR_A_FILE = F.text("To do this I need to see app.py first.")
@@ -821,7 +811,9 @@ def test_aider_mid_run_overload_is_infra_with_the_error_in_the_reasons(
     assert len(server.requests) == 1 + (1 + retries) * 3, len(server.requests)
 
 
-def test_aider_rejected_key_pauses_the_backend_with_one_alert(aider_job: Any) -> None:
+def test_aider_rejected_key_is_a_tool_error_and_pauses_the_backend_with_one_alert(
+    aider_job: Any,
+) -> None:
     from orchestrator.engine.worker import Worker
     from orchestrator.store import breakers
 
@@ -841,12 +833,20 @@ def test_aider_rejected_key_pauses_the_backend_with_one_alert(aider_job: Any) ->
     with job.engine.connect() as conn:
         task = queries.get_task(conn, job.task.key)
         alerts = alert_rows.list_alerts(conn)
+        dev = queries.list_jobs(conn, task_id=job.task.id)[0]
     assert row is not None
     assert row.state.health.value == "credentials"
     assert [a.kind for a in alerts] == ["backend-credentials"]
     assert task is not None
     assert task.state in ("active", "deferred")
     assert (task.developer_retries, task.infra_retries) == (0, 0)
+    # The job itself: the API error is a tool error. 401: litellm does not retry it, so the
+    # run is quick; aider still exits 0. (Its own test once, with an aider start-up of its
+    # own: the worker's job is the same run.)
+    assert dev.outcome == OutcomeKind.CRASHED.value, dev.reasons
+    assert "no message_send" in dev.reasons[0], dev.reasons
+    assert dev.exit_code == 0
+    assert job.artifact(A.DEV_REPORT) is None
 
 
 # aider is silent about 2.5 s at its start (importing litellm: nothing in its log, no file
