@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,23 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts and reads later: killed at teardown if a failed assert left
+    them running."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_demo_summary_matches_artifacts_and_main(tmp_path: Path) -> None:
+def test_demo_summary_matches_artifacts_and_main(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
     assert ORCH.exists(), f"orch is not installed next to {sys.executable}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env["TMPDIR"] = str(tmp_path)
@@ -45,6 +60,30 @@ def test_demo_summary_matches_artifacts_and_main(tmp_path: Path) -> None:
     assert result["problems"] == []
     home, repo = Path(result["home"]), Path(result["repo"])
     assert home.is_relative_to(tmp_path)
+    # The checks that start processes (a CLI read, each commit's suite) are started here
+    # and run side by side while the in-process checks run; their answers are read below.
+    shown = subprocess.Popen(
+        [str(ORCH), "task", "show", "DEMO-2", "--json"],
+        env={**env, "ORCH_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started.append(shown)
+    log = git(repo, "log", "--format=%h %s", "main").splitlines()
+    suites = {}
+    for line in log[:-1]:
+        sha = line.split()[0]
+        check = tmp_path / f"check-{sha}"
+        git(repo, "worktree", "add", "--detach", str(check), sha)
+        suites[sha] = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=check,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(suites[sha])
 
     tasks = {t["key"]: t for t in result["tasks"]}
     assert sorted(tasks) == ["DEMO-1", "DEMO-2", "DEMO-3", "DEMO-4"]
@@ -59,22 +98,15 @@ def test_demo_summary_matches_artifacts_and_main(tmp_path: Path) -> None:
             verdict = PARSERS[name]((folder / name).read_text())
             assert verdict.passed, (key, name, verdict.reasons)
     # DEMO-2's first test report was red: its rollback's reasons say so.
-    shown = subprocess.run(
-        [str(ORCH), "task", "show", "DEMO-2", "--json"],
-        env={**env, "ORCH_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    history = json.loads(shown.stdout)["history"]
+    out, err = shown.communicate(timeout=60)
+    assert shown.returncode == 0, err
+    history = json.loads(out)["history"]
     rollback = next(h for h in history if h["kind"] == "rollback")
     assert rollback["from_stage"] == "testing"
     assert any("result=FAILED" in r for r in rollback["reasons"])
 
     # Main holds one commit per task on top of the first, as the summary's log says, and
     # each commit's tree passes the suite.
-    log = git(repo, "log", "--format=%h %s", "main").splitlines()
     assert log == result["main_log"]
     subjects = sorted(line.split(" ", 1)[1] for line in log[:-1])
     assert subjects == [
@@ -87,19 +119,9 @@ def test_demo_summary_matches_artifacts_and_main(tmp_path: Path) -> None:
     assert "return a * b" in calc
     assert "return a + b\n\n\n# --- subtract" in calc  # add() untouched, mul fixed
     rendered_cleanly_at_80_columns(home, result)
-    for line in log[:-1]:
-        sha = line.split()[0]
-        check = tmp_path / f"check-{sha}"
-        git(repo, "worktree", "add", "--detach", str(check), sha)
-        run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-            cwd=check,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert run.returncode == 0, (sha, run.stdout)
+    for sha, run in suites.items():
+        out, _ = run.communicate(timeout=120)
+        assert run.returncode == 0, (sha, out)
 
 
 def rendered_cleanly_at_80_columns(home: Path, shown: dict[str, Any]) -> None:
