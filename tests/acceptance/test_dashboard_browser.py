@@ -25,7 +25,9 @@ POLL_MS = 2_000
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
+# One Chromium for the module (each launch is ~0.5 s); each test opens its own context,
+# so no cookie, storage or page of one test reaches the other.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
