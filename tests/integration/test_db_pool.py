@@ -50,9 +50,13 @@ def test_a_copy_comes_back_empty_with_its_sequences_at_their_start(pool: Any) ->
         for seq in sequences:
             conn.exec_driver_sql(f"SELECT nextval('{seq}')")
     engine.dispose()
+    free = len(pool.free)
     pool.give_back(name)
+    assert len(pool.free) == free + 1  # kept, not dropped: the reset is what is checked
+    returned = pool.free[-1]
+    assert returned != name  # renamed
     again = pool.take()  # the copy just given back: the last one in
-    assert again != name  # renamed
+    assert again == returned
     engine = _engine(pool, again)
     try:
         with engine.connect() as conn:
