@@ -621,6 +621,68 @@ DEFENDED = [
 ]
 
 
+def _user_and_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, Path]:
+    """A user's home (``HOME``, under ``tmp_path``), the orchestrator's home beside it, and a
+    task's workspace there."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    (tmp_path / "user").mkdir()
+    settings = load_settings(home=tmp_path / "orch")
+    work = settings.home / "worktrees" / "app" / "APP-1"
+    work.mkdir(parents=True)
+    return settings, work
+
+
+def _job_output(
+    settings: Settings,
+    repo: Path,
+    work: Path,
+    code: str,
+    *,
+    kind: str = "agent",
+    options: dict[str, Any] | None = None,
+    env_path: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """What ``code`` prints as a job in the sandbox ``for_job`` makes for it (with
+    ``env_path``, the job's ``PATH`` too)."""
+    argv = [sys.executable, "-c", code]
+    box = sandbox.for_job(
+        settings,
+        kind=kind,
+        repo_path=repo,
+        argv=argv,
+        writable=[work],
+        env_path=env_path,
+        options=options,
+    )
+    assert box is not None
+    env = None if env_path is None else {**os.environ, "PATH": env_path}
+    return subprocess.run(
+        box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+
+
+def _read_or_error(*paths: Path) -> str:
+    """A job's code that prints each file's text, or the error reading it raised."""
+    lines = ["for path in %r:" % [str(p) for p in paths]]
+    lines += [
+        "    try:\n        print(open(path).read(), end='')",
+        "    except OSError as exc:\n        print(type(exc).__name__)",
+    ]
+    return "\n".join(lines)
+
+
+def _connect_or_error(*sockets: str) -> str:
+    """A job's code that connects to each socket and prints ``reached``, or the error the
+    connection raised."""
+    lines = ["import socket", f"for name in {list(sockets)!r}:"]
+    lines += [
+        "    s = socket.socket(socket.AF_UNIX)",
+        "    try:\n        s.connect(name); print('reached')",
+        "    except OSError as exc:\n        print(type(exc).__name__)",
+    ]
+    return "\n".join(lines)
+
+
 def _home_with_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, Settings, dict[Path, str]]:
@@ -724,11 +786,7 @@ def test_the_users_session_sockets_are_out_of_reach(
     D-Bus session bus (through which ``systemd-run --user`` starts a command outside any
     sandbox). The read-only system showed it, and a socket on a read-only mount still takes
     connections: the agent spoke to the user's SSH agent. Now that folder is hidden."""
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    (tmp_path / "user").mkdir()
-    settings = load_settings(home=tmp_path / "orch")
-    work = settings.home / "worktrees" / "app" / "APP-1"
-    work.mkdir(parents=True)
+    settings, work = _user_and_workspace(tmp_path, monkeypatch)
     # Outside /tmp (which the sandbox mounts afresh), as /run/user is.
     with tempfile.TemporaryDirectory(dir="/var/tmp") as runtime:
         monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
@@ -736,19 +794,7 @@ def test_the_users_session_sockets_are_out_of_reach(
         with socket.socket(socket.AF_UNIX) as server:
             server.bind(agent)
             server.listen(1)
-            code = (
-                "import socket\ns = socket.socket(socket.AF_UNIX)\n"
-                f"try:\n    s.connect({agent!r}); print('reached')\n"
-                "except OSError as exc:\n    print(type(exc).__name__)"
-            )
-            argv = [sys.executable, "-c", code]
-            box = sandbox.for_job(
-                settings, kind="agent", repo_path=make_repo(), argv=argv, writable=[work]
-            )
-            assert box is not None
-            proc = subprocess.run(
-                box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
-            )
+            proc = _job_output(settings, make_repo(), work, _connect_or_error(agent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FileNotFoundError\n"
 
@@ -764,11 +810,7 @@ def test_the_users_terminal_is_out_of_reach(
     ``dev.tty.legacy_tiocsti``), which runs it outside any sandbox. The sandbox's
     ``/dev/tty`` opens no terminal now. (Where ``TIOCSTI`` is off the typing fails bare
     too; the job's ``/dev/tty`` being a terminal is checked either way.)"""
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    (tmp_path / "user").mkdir()
-    settings = load_settings(home=tmp_path / "orch")
-    work = settings.home / "worktrees" / "app" / "APP-1"
-    work.mkdir(parents=True)
+    settings, work = _user_and_workspace(tmp_path, monkeypatch)
     code = (
         "import fcntl, os, termios\n"
         "try:\n    fd = os.open('/dev/tty', os.O_RDWR)\n"
@@ -838,36 +880,16 @@ def test_the_systems_sockets_are_out_of_reach(
     ``/``). The read-only system showed them, and a socket on a read-only mount still takes
     connections. Now ``/run`` is hidden: no socket there, unless the user names its folder
     for the repo (``--sandbox-ro``), as a suite that needs its database server's would."""
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    (tmp_path / "user").mkdir()
-    settings = load_settings(home=tmp_path / "orch")
-    work = settings.home / "worktrees" / "app" / "APP-1"
-    work.mkdir(parents=True)
+    settings, work = _user_and_workspace(tmp_path, monkeypatch)
     bus = str(system_runtime / "system_bus_socket")
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(bus)
         server.listen(1)
-        code = (
-            "import socket\ns = socket.socket(socket.AF_UNIX)\n"
-            f"try:\n    s.connect({bus!r}); print('reached')\n"
-            "except OSError as exc:\n    print(type(exc).__name__)"
-        )
-        argv = [sys.executable, "-c", code]
         seen = []
         # The user may name such a folder for a repo whose suite needs its server there.
         for options in ({}, {"sandbox_ro": [str(system_runtime)]}):
-            box = sandbox.for_job(
-                settings,
-                kind="agent",
-                repo_path=make_repo(),
-                argv=argv,
-                writable=[work],
-                options=options,
-            )
-            assert box is not None
-            proc = subprocess.run(
-                box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
-            )
+            code = _connect_or_error(bus)
+            proc = _job_output(settings, make_repo(), work, code, options=options)
             assert proc.returncode == 0, proc.stderr
             seen.append(proc.stdout)
     assert seen == ["FileNotFoundError\n", "reached\n"]
@@ -886,11 +908,7 @@ def test_what_a_job_needs_from_run_is_still_seen(
     system's that a link in ``/etc`` names there (``/etc/resolv.conf`` under
     systemd-resolved: without it no name resolves, and no agent reaches its model's API).
     Both are bound back read-only; a socket beside them is not."""
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    (tmp_path / "user").mkdir()
-    settings = load_settings(home=tmp_path / "orch")
-    work = settings.home / "worktrees" / "app" / "APP-1"
-    work.mkdir(parents=True)
+    settings, work = _user_and_workspace(tmp_path, monkeypatch)
     tools = system_runtime / "current-system" / "sw" / "bin"
     tools.mkdir(parents=True)
     (tools / "orch-tool").write_text("#!/bin/sh\necho tool ran\n")
@@ -906,31 +924,12 @@ def test_what_a_job_needs_from_run_is_still_seen(
         (etc / "resolv.conf").symlink_to(resolve / "stub-resolv.conf")
         path = f"{tools}:/usr/bin:/bin"
         code = (
-            "import socket, subprocess\n"
+            "import subprocess\n"
             "print(subprocess.run(['orch-tool'], capture_output=True, text=True).stdout, end='')\n"
             f"print(open({str(etc / 'resolv.conf')!r}).read(), end='')\n"
-            "s = socket.socket(socket.AF_UNIX)\n"
-            f"try:\n    s.connect({str(resolve / 'io.systemd.Resolve')!r}); print('reached')\n"
-            "except OSError as exc:\n    print(type(exc).__name__)"
+            + _connect_or_error(str(resolve / "io.systemd.Resolve"))
         )
-        argv = [sys.executable, "-c", code]
-        box = sandbox.for_job(
-            settings,
-            kind="agent",
-            repo_path=make_repo(),
-            argv=argv,
-            writable=[work],
-            env_path=path,
-        )
-        assert box is not None
-        proc = subprocess.run(
-            box.wrap(argv, work),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env={**os.environ, "PATH": path},
-        )
+        proc = _job_output(settings, make_repo(), work, code, env_path=path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "tool ran\nnameserver 127.0.0.53\nFileNotFoundError\n"
 
@@ -945,11 +944,7 @@ def test_a_path_folder_in_run_inside_the_users_clone_stays_hidden(
     what hiding ``/run`` took away; but the clone's were never seen (the clone is hidden),
     and the job listed the clone's ``bin`` and read it. A ``PATH`` folder in another hidden
     place stays hidden; one in ``/run`` outside them is still seen."""
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    (tmp_path / "user").mkdir()
-    settings = load_settings(home=tmp_path / "orch")
-    work = settings.home / "worktrees" / "app" / "APP-1"
-    work.mkdir(parents=True)
+    settings, work = _user_and_workspace(tmp_path, monkeypatch)
     clone = make_repo(
         system_runtime / "media" / "alice" / "disk" / "app",
         files={"bin/release": "#!/bin/sh\necho the user's own script\n"},
@@ -964,14 +959,7 @@ def test_a_path_folder_in_run_inside_the_users_clone_stays_hidden(
         "    try:\n        print(sorted(os.listdir(folder)))\n"
         "    except OSError as exc:\n        print(type(exc).__name__)"
     )
-    argv = [sys.executable, "-c", code]
-    box = sandbox.for_job(
-        settings, kind="agent", repo_path=clone, argv=argv, writable=[work], env_path=path
-    )
-    assert box is not None
-    proc = subprocess.run(
-        box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
-    )
+    proc = _job_output(settings, clone, work, code, env_path=path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FileNotFoundError\n['orch-tool']\n"
 
@@ -999,28 +987,6 @@ def _age(folder: Path, seconds: int) -> None:
     os.utime(folder, ns=(then, then))
 
 
-def _job_output(
-    settings: Settings, repo: Path, work: Path, code: str
-) -> subprocess.CompletedProcess[str]:
-    """What ``code`` prints as a job in the sandbox ``for_job`` makes for it."""
-    argv = [sys.executable, "-c", code]
-    box = sandbox.for_job(settings, kind="agent", repo_path=repo, argv=argv, writable=[work])
-    assert box is not None
-    return subprocess.run(
-        box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def _read_or_error(*paths: Path) -> str:
-    """A job's code that prints each file's text, or the error reading it raised."""
-    lines = ["for path in %r:" % [str(p) for p in paths]]
-    lines += [
-        "    try:\n        print(open(path).read(), end='')",
-        "    except OSError as exc:\n        print(type(exc).__name__)",
-    ]
-    return "\n".join(lines)
-
-
 @NEEDS_BWRAP
 @pytest.mark.parametrize("chain", ["resolved", "var-run", "toolbox"])
 def test_the_resolver_file_is_seen_through_any_chain_of_links(
@@ -1039,11 +1005,7 @@ def test_the_resolver_file_is_seen_through_any_chain_of_links(
     the link in ``/run`` a job reads it through: in a toolbox no job resolved a name (no
     agent reached its model's API), which it did before ``/run`` was hidden. Only that file
     is seen, not the host's folder (the toolbox's ``/run/host`` is the host's whole ``/``)."""
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    (tmp_path / "user").mkdir()
-    settings = load_settings(home=tmp_path / "orch")
-    work = settings.home / "worktrees" / "app" / "APP-1"
-    work.mkdir(parents=True)
+    settings, work = _user_and_workspace(tmp_path, monkeypatch)
     host_etc = system_runtime / "host" / "etc"
     host_etc.mkdir(parents=True)
     (host_etc / "shadow").write_text("the host's secret\n")
@@ -1083,11 +1045,7 @@ def test_a_resolver_file_that_comes_after_the_first_job_is_seen(
     link into ``/run``). The first job's answer was kept for the process's life: every later
     job had no resolver (and no agent its model's API), as none had before ``/run`` was
     hidden."""
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    (tmp_path / "user").mkdir()
-    settings = load_settings(home=tmp_path / "orch")
-    work = settings.home / "worktrees" / "app" / "APP-1"
-    work.mkdir(parents=True)
+    settings, work = _user_and_workspace(tmp_path, monkeypatch)
     resolver = system_runtime / "resolve" / "stub-resolv.conf"
     resolver.parent.mkdir()
     conf = system_config / "resolv.conf"
@@ -1128,13 +1086,7 @@ def test_a_runtime_folder_named_through_var_run_is_hidden_and_the_job_starts(
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(agent))
         server.listen(1)
-        names = [str(agent), f"/var/run/{system_runtime.name}/{agent.name}"]
-        code = (
-            f"import socket\nfor name in {names!r}:\n"
-            "    s = socket.socket(socket.AF_UNIX)\n"
-            "    try:\n        s.connect(name); print('reached')\n"
-            "    except OSError as exc:\n        print(type(exc).__name__)"
-        )
+        code = _connect_or_error(str(agent), f"/var/run/{system_runtime.name}/{agent.name}")
         proc = _job_output(settings, make_repo(), work, code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FileNotFoundError\nFileNotFoundError\n"
@@ -1147,11 +1099,7 @@ def test_a_runtime_folder_named_through_a_link_in_the_home_is_hidden(
     """An ``XDG_RUNTIME_DIR`` named through a link in the user's home was hidden on the
     link's path, inside the home that is hidden already: the folder the link leads to stayed
     on the read-only system, and its SSH agent took the job's connection there."""
-    monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    (tmp_path / "user").mkdir()
-    settings = load_settings(home=tmp_path / "orch")
-    work = settings.home / "worktrees" / "app" / "APP-1"
-    work.mkdir(parents=True)
+    settings, work = _user_and_workspace(tmp_path, monkeypatch)
     # Outside /tmp (which the sandbox mounts afresh), as /run/user is.
     with tempfile.TemporaryDirectory(dir="/var/tmp") as runtime:
         (tmp_path / "user" / ".run").symlink_to(runtime)
@@ -1160,12 +1108,7 @@ def test_a_runtime_folder_named_through_a_link_in_the_home_is_hidden(
         with socket.socket(socket.AF_UNIX) as server:
             server.bind(agent)
             server.listen(1)
-            code = (
-                "import socket\ns = socket.socket(socket.AF_UNIX)\n"
-                f"try:\n    s.connect({agent!r}); print('reached')\n"
-                "except OSError as exc:\n    print(type(exc).__name__)"
-            )
-            proc = _job_output(settings, make_repo(), work, code)
+            proc = _job_output(settings, make_repo(), work, _connect_or_error(agent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FileNotFoundError\n"
 
@@ -1203,12 +1146,8 @@ def test_a_runtime_folder_in_tmp_leaves_the_sandboxs_tmp_writable(
     settings = load_settings(home=tmp_path / "orch")
     work = settings.home / "worktrees" / "app" / "APP-1"
     work.mkdir(parents=True)
-    argv = [sys.executable, "-c", "open('/tmp/scratch', 'w').write('x')"]
-    box = sandbox.for_job(settings, kind="suite", repo_path=make_repo(), argv=argv, writable=[work])
-    assert box is not None
-    proc = subprocess.run(
-        box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
-    )
+    code = "open('/tmp/scratch', 'w').write('x')"
+    proc = _job_output(settings, make_repo(), work, code, kind="suite")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -1235,14 +1174,7 @@ def test_a_home_reached_through_a_link_still_runs_jobs_and_stays_hidden(
             "import os\nopen('out', 'w').write('ran')\n"
             f"print(os.path.exists({str(user / '.ssh' / 'id_ed25519')!r}))"
         )
-        argv = [sys.executable, "-c", code]
-        box = sandbox.for_job(
-            settings, kind="agent", repo_path=make_repo(user / "src"), argv=argv, writable=[work]
-        )
-        assert box is not None
-        proc = subprocess.run(
-            box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
-        )
+        proc = _job_output(settings, make_repo(user / "src"), work, code)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == "False\n"
         assert (work / "out").read_text() == "ran"
@@ -1272,14 +1204,7 @@ def test_a_home_linked_to_another_disk_is_hidden_where_it_lies(
             f"p = {str(data / 'api-token')!r}\n"
             "print(open(p).read() if os.path.exists(p) else 'hidden')"
         )
-        argv = [sys.executable, "-c", code]
-        box = sandbox.for_job(
-            settings, kind="agent", repo_path=make_repo(user / "src"), argv=argv, writable=[work]
-        )
-        assert box is not None
-        proc = subprocess.run(
-            box.wrap(argv, work), capture_output=True, text=True, timeout=60, check=False
-        )
+        proc = _job_output(settings, make_repo(user / "src"), work, code)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == "hidden\n"
         assert (work / "out").read_text() == "ran"
