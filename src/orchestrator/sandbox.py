@@ -157,7 +157,7 @@ class Sandbox:
         resolve = functools.cache(os.path.realpath)
         given = _existing(self.hidden)
         # (A place that is there resolves to one that is there: no second look.)
-        every_hidden = list(dict.fromkeys([*given, *map(resolve, given)]))
+        every_hidden = _spellings(given, resolve)
         hidden = _outermost(every_hidden)
         at = _Destinations(hidden, resolve)
         for path in hidden:
@@ -277,9 +277,9 @@ def _fresh_spellings() -> tuple[str, ...]:
     return tuple(_spellings(list(_FRESH)))
 
 
-def _spellings(paths: list[str]) -> list[str]:
+def _spellings(paths: list[str], resolve: Callable[[str], str] = os.path.realpath) -> list[str]:
     """Each path as given and resolved (a place may be reached through a link), once."""
-    return list(dict.fromkeys([*paths, *map(os.path.realpath, paths)]))
+    return list(dict.fromkeys([*paths, *map(resolve, paths)]))
 
 
 def _read_only_binds(
