@@ -34,10 +34,14 @@ def test_a_commit_landed_in_a_group_shared_clone_is_readable_by_its_group(
     # user's clone writes objects (core.sharedRepository): a group-shared clone whose main
     # names a commit only its owner can read is broken for everyone else in the group. The
     # fetch it replaces ran in the clone and honoured its config.
+    # The clone is group-shared from the start: made under the usual umask, the folders
+    # of its first objects are the group's already. (Made under 0o077, one of them shared
+    # its name with the commit's own folder about one run in a hundred, and failed the
+    # test for a folder the gate never made.)
+    repo = make_repo(files={"README.md": "demo\n"})
+    run_git(repo, "config", "core.sharedRepository", "group")
     old_umask = os.umask(0o077)
     try:
-        repo = make_repo(files={"README.md": "demo\n"})
-        run_git(repo, "config", "core.sharedRepository", "group")
         ws = _workspace(repo, tmp_path / "worktrees")
         (ws / "feature.txt").write_text("work\n")
         assert commits.commit_all(ws, "DEMO-1: work")
