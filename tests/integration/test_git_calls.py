@@ -300,24 +300,26 @@ def test_a_job_on_a_workspace_that_records_main_runs_no_git(tmp_path: Path, make
     with counted() as calls:
         ws = _workspace(repo, root)
     assert calls == []
-    # Main moved: the workspace records the new main (one write).
+    # Main moved: the workspace records the new main, its branch file swapped under git's
+    # lock (was: one `git update-ref`).
     (repo / "more.txt").write_text("more\n")
     _git(repo, "add", "more.txt")
     _git(repo, "commit", "-qm", "more")
     with counted() as calls:
         _workspace(repo, root)
-    assert _subcommands(calls) == {"update-ref": 1}
+    assert calls == []
     assert _git(ws, "rev-parse", "main") == _git(repo, "rev-parse", "main")
 
 
-def test_a_tasks_first_workspace_takes_four_git_calls(tmp_path: Path, make_repo: Any) -> None:
-    # Create orch/<KEY> at main (the old value "" says it did not exist: no question
-    # first), init, the branch and main in one update-ref, read-tree. Main and the object
-    # store are read from the clone's .git (was: 8 calls, then 6).
+def test_a_tasks_first_workspace_takes_three_git_calls(tmp_path: Path, make_repo: Any) -> None:
+    # Create orch/<KEY> at main in the user's clone (the old value "" says it did not
+    # exist: no question first), init, read-tree. Main and the object store are read from
+    # the clone's .git; the new workspace's branch and main are written as its files (was:
+    # 8 calls, then 6, then 4 with the two refs in one update-ref).
     repo = make_repo(files={"README.md": "demo\n"})
     with counted() as calls:
         ws = _workspace(repo, tmp_path / "worktrees")
-    assert _subcommands(calls) == {"update-ref": 2, "init": 1, "read-tree": 1}, calls
+    assert _subcommands(calls) == {"update-ref": 1, "init": 1, "read-tree": 1}, calls
     assert _git(ws, "rev-parse", "main") == _git(repo, "rev-parse", "main")
     assert _git(ws, "rev-parse", "HEAD") == _git(repo, "rev-parse", "orch/DEMO-1")
     assert _git(repo, "rev-parse", "orch/DEMO-1") == _git(repo, "rev-parse", "main")
@@ -472,7 +474,7 @@ def _land(repo: Path, ws: Path, key: str = "DEMO-1") -> land.Landing:
     return land.land(request, judge)
 
 
-def test_landing_a_published_branch_takes_seven_git_calls_and_no_fetch(
+def test_landing_a_published_branch_takes_six_git_calls_and_no_fetch(
     tmp_path: Path, make_repo: Any
 ) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
@@ -485,15 +487,16 @@ def test_landing_a_published_branch_takes_seven_git_calls_and_no_fetch(
     with counted() as calls:
         landing = _land(repo, ws)
     assert landing.status == "MERGED", landing.reasons
-    # status, commit-tree, the branch's CAS in the workspace and in the user's clone, the
-    # checkout's status, main's CAS, the checkout's files. Main, HEAD and its trailer,
+    # status, commit-tree, the branch's CAS in the user's clone, the checkout's status,
+    # main's CAS, the checkout's files. The branch's CAS in the workspace is a swap of its
+    # file under git's lock. Main, HEAD and its trailer,
     # the branch's commits, whether main is under the branch and the branch the clone has
     # checked out are read from git's files (loose refs and commits, HEAD); the user's
     # name was asked by the branch's publication and kept; the commit is written into the
     # user's store, which holds its tree and parent already (the branch was published):
-    # no fetch. (Before: 28, then 15, then 13, then 9.)
+    # no fetch. (Before: 28, then 15, then 13, then 9, then 7.)
     assert _subcommands(calls)["fetch"] == 0, calls
-    assert len(calls) == 7, _subcommands(calls)
+    assert len(calls) == 6, _subcommands(calls)
     main = _git(repo, "rev-parse", "main")
     assert landing.merged_sha == main
     assert landing.tree == tree == _git(repo, "rev-parse", "main^{tree}")

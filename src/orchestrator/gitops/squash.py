@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from orchestrator.gitops import ancestry
+from orchestrator.gitops import ancestry, workspace_refs
 from orchestrator.gitops.config_read import KeptAnswers
 from orchestrator.gitops.merge import (
     ORCH_IDENTITY,
     TASK_TRAILER,
-    cas_ref,
     explain,
     run_git,
     task_of_message,
@@ -397,7 +396,7 @@ def single_commit(
     sha = made.stdout.strip()
     if not made or not sha:
         return CommitResult("error", detail=f"git commit-tree: {explain(made)}")
-    moved = cas_ref(worktree, f"refs/heads/{branch}", sha, head)
+    moved = workspace_refs.cas(worktree, f"refs/heads/{branch}", sha, head)
     if moved.status != "ok":
         return CommitResult("error", detail=f"moving {branch} to its commit: {moved.detail}")
     return CommitResult(

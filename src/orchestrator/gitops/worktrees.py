@@ -26,7 +26,7 @@ from typing import Literal
 
 from orchestrator import taskdir
 from orchestrator.gitops import git as gitcmd
-from orchestrator.gitops import merge, objects, squash
+from orchestrator.gitops import merge, objects, squash, workspace_refs
 from orchestrator.gitops.ancestry import checked_out_plainly, descends, is_hex, loose_ref
 from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.lock import repo_lock
@@ -149,8 +149,12 @@ def sync_main(
         sha = _main_of(repo_path, main_branch)
     if sha is None:
         return f"cannot read {main_branch} in {repo_path}"
-    if is_workspace(workspace) and loose_ref(workspace / ".git", ref) == sha:
-        return None
+    if is_workspace(workspace):
+        recorded = loose_ref(workspace / ".git", ref)
+        if recorded == sha:
+            return None
+        if recorded is not None and workspace_refs.swap(workspace / ".git", ref, sha, recorded):
+            return None
     res = gitcmd.git(["update-ref", ref, sha], workspace)
     return None if res else f"cannot record {main_branch} in the workspace: {_explain(res)}"
 
@@ -191,13 +195,14 @@ def _make_workspace(
     if main_sha is None:
         shutil.rmtree(staging, ignore_errors=True)
         return f"cannot read {main_branch} in {repo_path}"
-    # The task's branch and the user's main (what sync_main records), in one transaction.
-    refs = f"update refs/heads/{branch} {start_sha}\nupdate refs/heads/{main_branch} {main_sha}\n"
-    for step, stdin in (
-        (["update-ref", "--stdin"], refs),
-        (["read-tree", "--reset", "-u", "HEAD"], None),
-    ):
-        res = gitcmd.git(step, staging, input_text=stdin)
+    # The task's branch and the user's main (what sync_main records): written as files in
+    # this new repository that nothing else sees yet, else by git in one transaction.
+    refs = {f"refs/heads/{branch}": start_sha, f"refs/heads/{main_branch}": main_sha}
+    written = all([workspace_refs.swap(git_dir, ref, sha, None) for ref, sha in refs.items()])
+    stdin = "".join(f"update {ref} {sha}\n" for ref, sha in refs.items())
+    steps = [] if written else [(["update-ref", "--stdin"], stdin)]
+    for step, text in (*steps, (["read-tree", "--reset", "-u", "HEAD"], None)):
+        res = gitcmd.git(step, staging, input_text=text)
         if not res:
             shutil.rmtree(staging, ignore_errors=True)
             return f"git {step[0]}: {_explain(res)}"
