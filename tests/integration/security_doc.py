@@ -254,6 +254,12 @@ OUTRO = """
   that trusts `127.0.0.1`): `ORCH_SANDBOX_NETWORK=none` cuts both. A repo whose suite
   needs a server's socket in `/run` names it: `orch repo set --sandbox-ro
   /run/postgresql`.
+- The API's reads: with the network shared (the default for agents, which must reach
+  their model), a job reaches `orch serve` on 127.0.0.1 as any local process does, and
+  reads need no token. It cannot change anything (every mutation needs the token, which
+  the sandbox hides), but it can read all the API shows of every task, in every repo:
+  other tasks' artifacts, reasons and job logs. `ORCH_SANDBOX_NETWORK=agent=shared,suite=none`
+  keeps suites from it; nothing keeps agents from it yet.
 - A user known only to a directory service (LDAP through nslcd, winbind, systemd-homed)
   has no name inside the sandbox: those lookups go through sockets in the hidden `/run`
   (`/run/nslcd/socket`, `/run/systemd/userdb`). A tool that needs the name (ssh, say)
