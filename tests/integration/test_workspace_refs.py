@@ -113,6 +113,9 @@ def test_a_packed_ref_is_moved_by_git(repo: tuple[Path, str, str]) -> None:
         "refs/heads/x~1",
         "refs/heads/",
         "refs/heads//x",
+        # git refuses ".." anywhere and a name ending in "." (check-ref-format)
+        "refs/heads/a..b",
+        "refs/heads/orch/x.",
     ],
 )
 def test_a_name_off_the_plain_spelling_is_left_to_git(

@@ -34,7 +34,8 @@ from orchestrator.gitops.merge import CasResult, cas_ref
 # Environment that points git at another repository or its refs elsewhere.
 _MOVED_ENV = ("GIT_DIR", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_WORK_TREE")
 # A component git would take as it is, on every file system: nothing it refuses (space,
-# ~ ^ : ? * [ \ and control characters), no leading dot, no ``.lock`` ending, no ``..``.
+# ~ ^ : ? * [ \ and control characters), no leading dot, no ``.lock`` ending (``..``
+# inside a part and a final ``.``, which it lets through, are refused by ``_ref_path``).
 _PLAIN_PART = re.compile(r"[A-Za-z0-9_+=,-][A-Za-z0-9_.+=,-]*")
 
 # The lock is made by this call or not at all, and never through a link.
@@ -90,6 +91,8 @@ def _ref_path(git_dir: Path, ref: str) -> Path | None:
     if parts[:2] != ["refs", "heads"] or len(parts) < 3:
         return None
     if not all(_PLAIN_PART.fullmatch(p) and not p.endswith(".lock") for p in parts[2:]):
+        return None
+    if ".." in ref or ref.endswith("."):  # git refuses both (a "." may start no part)
         return None
     if not git_dir.is_dir() or git_dir.is_symlink():
         return None
