@@ -135,6 +135,11 @@ def test_values_that_are_not_full_names_are_left_to_git(repo: tuple[Path, str, s
     _git(path, "update-ref", REF, first)
     assert not swap(git_dir, REF, second, first[:12])
     # A ref file holding anything but a name (a symbolic ref) is git's to read.
+    # The null name is git's "no ref" (update-ref with it deletes), not a value to write.
+    assert not swap(git_dir, REF, "0" * 40, first)
+    assert not swap(git_dir, "refs/heads/new", "0" * 40, None)
+    assert not (git_dir / "refs/heads/new").exists()
+    assert _git(path, "rev-parse", REF) == first
     (git_dir / REF).write_text("ref: refs/heads/main\n")
     assert not swap(git_dir, REF, second, first)
     assert (git_dir / REF).read_text() == "ref: refs/heads/main\n"

@@ -17,7 +17,7 @@ plainly a loose file that git keeps in a folder of its own: environment moving g
 parts, a ``.git`` that is a file or a link, a linked worktree (``commondir``), refs kept
 as reftable, a name outside a plain ``refs/heads/`` spelling, a folder or ref on the way
 that is a link, a lock already held, packed refs that may hold it, a value that is not a
-full SHA-1. It never answers False once it has moved the ref.
+full SHA-1 or is the null one. It never answers False once it has moved the ref.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def swap(git_dir: Path, ref: str, new: str, old: str | None) -> bool:
     """Move ``ref`` to ``new`` if it is ``old`` now (``old`` None: if it does not exist).
     True: moved. False: nothing written; ask git."""
     path = _ref_path(git_dir, ref)
-    if path is None or not is_hex(new) or (old is not None and not is_hex(old)):
+    if path is None or not _value(new) or (old is not None and not _value(old)):
         return False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +76,15 @@ def cas(workspace: Path, ref: str, new: str, old: str) -> CasResult:
     if swap(workspace / ".git", ref, new, old):
         return CasResult("ok", f"{ref}: {old[:12]} -> {new[:12]}", new)
     return cas_ref(workspace, ref, new, old)
+
+
+def _value(sha: str) -> bool:
+    """A full SHA-1 git would write as a ref's value: not the null name, which is git's
+    "no such ref" (``update-ref`` with it as the new value deletes the ref)."""
+    return is_hex(sha) and sha != _NULL
+
+
+_NULL = "0" * 40
 
 
 class _AskGit(Exception):
