@@ -213,3 +213,24 @@ def test_the_ref_file_is_made_as_git_makes_it(repo: tuple[Path, str, str]) -> No
     assert swap(git_dir, "refs/heads/by-swap", first, None)
     mode = os.stat(git_dir / "refs/heads/by-git").st_mode
     assert os.stat(git_dir / "refs/heads/by-swap").st_mode == mode
+
+
+def test_a_group_shared_workspace_is_written_as_git_writes_it(
+    repo: tuple[Path, str, str],
+) -> None:
+    # core.sharedRepository (which `git init` copies in from a global config) makes git
+    # widen what it writes for the group; a swap writing by the umask alone would leave
+    # refs and folders the group's git cannot lock or rename in: git writes them.
+    path, first, second = repo
+    git_dir = path / ".git"
+    _git(path, "config", "core.sharedRepository", "group")
+    for name in ("by-git", "by-swap"):
+        _git(path, "update-ref", f"refs/heads/{name}/x", first)
+    _git(path, "update-ref", "refs/heads/by-git/x", second, first)
+    assert workspace_refs.cas(path, "refs/heads/by-swap/x", second, first).status == "ok"
+    _git(path, "update-ref", "refs/heads/by-git/new/y", first, "")
+    if not swap(git_dir, "refs/heads/by-swap/new/y", first, None):
+        _git(path, "update-ref", "refs/heads/by-swap/new/y", first, "")
+    for rel in ("x", "new", "new/y"):
+        want = os.stat(git_dir / "refs/heads/by-git" / rel).st_mode
+        assert os.stat(git_dir / "refs/heads/by-swap" / rel).st_mode == want, rel
