@@ -234,3 +234,18 @@ def test_a_group_shared_workspace_is_written_as_git_writes_it(
     for rel in ("x", "new", "new/y"):
         want = os.stat(git_dir / "refs/heads/by-git" / rel).st_mode
         assert os.stat(git_dir / "refs/heads/by-swap" / rel).st_mode == want, rel
+
+
+def test_a_repository_with_extensions_is_left_to_git(
+    repo: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    # `git init` takes its object format (and, from git 2.45, its ref format) from the
+    # user's global config or the environment: a workspace made so holds SHA-256 names
+    # (or no loose refs at all), and a 40-digit value in it is one git would not read.
+    _path, first, _second = repo
+    other = tmp_path / "sha256"
+    _git(tmp_path, "init", "-q", "--template=", "--object-format=sha256", str(other))
+    assert not swap(other / ".git", REF, first, None)
+    assert not (other / ".git" / REF).exists()
+    with pytest.raises(subprocess.CalledProcessError):
+        _git(other, "update-ref", REF, first)  # git refuses it too

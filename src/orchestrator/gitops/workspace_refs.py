@@ -15,10 +15,10 @@ reflog, and the workspace is deleted with its task.
 answers every such case as it always did, when the ref is not ``old`` any more, or not
 plainly a loose file that git keeps in a folder of its own: environment moving git's
 parts, a ``.git`` that is a file or a link, a linked worktree (``commondir``), refs kept
-as reftable, a ``core.sharedRepository`` in its config, a name outside a plain
-``refs/heads/`` spelling, a folder or ref on the way that is a link, a lock already held,
-packed refs that may hold it, a value that is not a full SHA-1 or is the null one. It
-never answers False once it has moved the ref.
+as reftable, a ``core.sharedRepository`` or an extension (SHA-256) in its config, a
+name outside a plain ``refs/heads/`` spelling, a folder or ref on the way that is a link,
+a lock already held, packed refs that may hold it, a value that is not a full SHA-1 or
+is the null one. It never answers False once it has moved the ref.
 """
 
 from __future__ import annotations
@@ -108,21 +108,23 @@ def _ref_path(git_dir: Path, ref: str) -> Path | None:
         return None
     if any(os.path.lexists(git_dir / name) for name in ("commondir", "reftable")):
         return None
-    if not _writes_by_umask(git_dir):
+    if not _plain_config(git_dir):
         return None
     return git_dir.joinpath(*parts)
 
 
-def _writes_by_umask(git_dir: Path) -> bool:
-    """Whether the repository's own config leaves the modes of what git writes to the
-    umask: no ``core.sharedRepository`` (``git init`` copies one in from the user's
-    global config; git then widens every ref file and folder for the group and makes
-    folders set-group-id), and no include that might set one."""
+def _plain_config(git_dir: Path) -> bool:
+    """Whether the repository's own config lets git write a loose ref as ``swap`` does:
+    no ``core.sharedRepository`` (``git init`` copies one in from the user's global
+    config; git then widens every ref file and folder for the group and makes folders
+    set-group-id), no repository extension (an object format other than SHA-1, a ref
+    format other than loose files: ``git init`` takes both from global config or the
+    environment too), and no include that might set either."""
     try:
         text = (git_dir / "config").read_text(encoding="utf-8", errors="replace").lower()
     except OSError:
         return False
-    return "sharedrepository" not in text and "include" not in text
+    return not any(word in text for word in ("sharedrepository", "extensions", "include"))
 
 
 def _plain_folders(git_dir: Path, folder: Path) -> bool:
