@@ -249,3 +249,43 @@ def test_a_repository_with_extensions_is_left_to_git(
     assert not (other / ".git" / REF).exists()
     with pytest.raises(subprocess.CalledProcessError):
         _git(other, "update-ref", REF, first)  # git refuses it too
+
+
+def test_an_interrupt_under_the_lock_leaves_no_lock(
+    repo: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # git removes its <ref>.lock when interrupted (tempfile.c cleans up on a signal and at
+    # exit); one left behind would refuse every later move of the branch, git's included.
+    path, first, second = repo
+    git_dir = path / ".git"
+    _git(path, "update-ref", REF, first)
+
+    def interrupted(_git_dir: Path, _path: Path) -> str | None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workspace_refs, "_current", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        swap(git_dir, REF, second, first)
+    assert not list(git_dir.rglob("*.lock"))
+    assert _git(path, "rev-parse", REF) == first
+
+
+def test_an_interrupt_after_the_rename_keeps_the_next_writers_lock(
+    repo: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, first, second = repo
+    git_dir = path / ".git"
+    _git(path, "update-ref", REF, first)
+    lock = git_dir / f"{REF}.lock"
+    real_replace = os.replace
+
+    def replaced_then_interrupted(src: Path, dst: Path) -> None:
+        real_replace(src, dst)
+        lock.write_text("the next writer\n")  # git took the lock as soon as it was free
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workspace_refs.os, "replace", replaced_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        swap(git_dir, REF, second, first)
+    assert lock.read_text() == "the next writer\n"
+    assert (git_dir / REF).read_text() == f"{second}\n"

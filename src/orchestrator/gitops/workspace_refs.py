@@ -60,8 +60,10 @@ def swap(git_dir: Path, ref: str, new: str, old: str | None) -> bool:
         fd = os.open(lock, _EXCLUSIVE, 0o666)
     except OSError:
         return False  # held by another writer, or not a place to write: git says which
+    own: int | None = None  # the lock's inode, to tell it from a later writer's
     try:
         with os.fdopen(fd, "w", encoding="ascii") as out:
+            own = os.fstat(out.fileno()).st_ino
             if _current(git_dir, path) != (old or ""):
                 raise _AskGit
             out.write(f"{new}\n")
@@ -69,6 +71,13 @@ def swap(git_dir: Path, ref: str, new: str, old: str | None) -> bool:
     except (_AskGit, OSError):
         _drop(lock)
         return False
+    except BaseException:
+        # Interrupted: no lock is left behind, as git leaves none; but once renamed into
+        # place ours is the ref, and a lock there now is another writer's.
+        with contextlib.suppress(OSError):
+            if own is None or os.lstat(lock).st_ino == own:
+                _drop(lock)
+        raise
     return True
 
 
