@@ -49,10 +49,6 @@ def swap(git_dir: Path, ref: str, new: str, old: str | None) -> bool:
     path = _ref_path(git_dir, ref)
     if path is None or not _value(new) or (old is not None and not _value(old)):
         return False
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
     if not _plain_folders(git_dir, path.parent):
         return False
     lock = path.with_name(path.name + ".lock")
@@ -137,10 +133,17 @@ def _plain_config(git_dir: Path) -> bool:
 
 
 def _plain_folders(git_dir: Path, folder: Path) -> bool:
-    """Every folder from ``refs`` down to ``folder`` is a folder, not a link."""
+    """Every folder from ``refs`` down to ``folder`` is a folder, not a link; those that
+    are missing are made, one at a time, so none is ever made through a link."""
     here = git_dir
     for part in folder.relative_to(git_dir).parts:
         here = here / part
+        try:
+            here.mkdir()
+        except FileExistsError:
+            pass
+        except OSError:
+            return False
         if here.is_symlink() or not here.is_dir():
             return False
     return True
