@@ -772,3 +772,52 @@ def test_start_up_prunes_worktrees_of_tasks_that_are_gone(h: Harness) -> None:
     assert not (h.settings.worktrees_dir / "demo" / "DEMO-99").exists()
     assert not (h.settings.worktrees_dir / "demo" / key).exists()
     assert (h.settings.worktrees_dir / "demo" / blocked).exists()
+
+
+def test_the_next_task_does_not_wait_for_the_last_ones_files_to_go(
+    tmp_path: Path,
+    migrated_db_url: str,
+    make_repo: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One slot: the done task's job held it while its workspace's files were deleted (tens
+    # of milliseconds per thousand files), and the next task could not start meanwhile.
+    # The deletion is held here until the next task is done; the worker's end waits for it.
+    from orchestrator.gitops import worktrees
+
+    h = Harness(
+        tmp_path,
+        migrated_db_url,
+        make_repo(files={"README.md": "demo\n"}),
+        max_parallel_jobs=1,
+        max_parallel_jobs_per_repo=1,
+    )
+    h.add_repo()
+    first, second = h.add_task("first"), h.add_task("second")
+    released = threading.Event()
+    held: list[Path] = []
+    discard_now = worktrees.discard_now
+
+    def held_discard(folder: Path) -> None:
+        if folder.name.startswith(f".{first}."):
+            held.append(folder)
+            released.wait(30)
+        discard_now(folder)
+
+    monkeypatch.setattr(worktrees, "discard_now", held_discard)
+    try:
+        worker = h.start()
+        h.wait_for(lambda: h.task(second).state == "done", deadline_s=20)
+        # The second task ran to its end while the first one's files were still there.
+        assert [p.exists() for p in held] == [True]
+        released.set()
+        worker.stop(drain=True)
+        assert h.thread is not None
+        h.thread.join(timeout=60)
+        assert not h.thread.is_alive()
+    finally:
+        released.set()
+        h.engine.dispose()
+    assert h.task(first).state == "done"
+    # The worker's end waited for both deletions: nothing set aside is left.
+    assert list((h.settings.worktrees_dir / "demo").iterdir()) == []
