@@ -10,6 +10,7 @@ stopped). ``ATTACKS`` is the source of the sandbox's table in ``docs/security.md
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -683,6 +684,16 @@ def _connect_or_error(*sockets: str) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _listening(path: str | Path) -> Iterator[None]:
+    """A Unix socket at ``path`` that takes connections while the block runs (an SSH
+    agent's, a bus's, a resolver's), for ``_connect_or_error`` to try."""
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen(1)
+        yield
+
+
 def _home_with_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, Settings, dict[Path, str]]:
@@ -791,9 +802,7 @@ def test_the_users_session_sockets_are_out_of_reach(
     with tempfile.TemporaryDirectory(dir="/var/tmp") as runtime:
         monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
         agent = os.path.join(runtime, "ssh-agent.socket")
-        with socket.socket(socket.AF_UNIX) as server:
-            server.bind(agent)
-            server.listen(1)
+        with _listening(agent):
             proc = _job_output(settings, make_repo(), work, _connect_or_error(agent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FileNotFoundError\n"
@@ -882,9 +891,7 @@ def test_the_systems_sockets_are_out_of_reach(
     for the repo (``--sandbox-ro``), as a suite that needs its database server's would."""
     settings, work = _user_and_workspace(tmp_path, monkeypatch)
     bus = str(system_runtime / "system_bus_socket")
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(bus)
-        server.listen(1)
+    with _listening(bus):
         seen = []
         # The user may name such a folder for a repo whose suite needs its server there.
         for options in ({}, {"sandbox_ro": [str(system_runtime)]}):
@@ -916,9 +923,7 @@ def test_what_a_job_needs_from_run_is_still_seen(
     resolve = system_runtime / "resolve"
     resolve.mkdir()
     (resolve / "stub-resolv.conf").write_text("nameserver 127.0.0.53\n")
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(resolve / "io.systemd.Resolve"))
-        server.listen(1)
+    with _listening(resolve / "io.systemd.Resolve"):
         # The system's `/etc` (trusted) names the file through a link.
         etc = system_config
         (etc / "resolv.conf").symlink_to(resolve / "stub-resolv.conf")
@@ -1083,9 +1088,7 @@ def test_a_runtime_folder_named_through_var_run_is_hidden_and_the_job_starts(
     work = settings.home / "worktrees" / "app" / "APP-1"
     work.mkdir(parents=True)
     agent = system_runtime / "ssh-agent.socket"
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(agent))
-        server.listen(1)
+    with _listening(agent):
         code = _connect_or_error(str(agent), f"/var/run/{system_runtime.name}/{agent.name}")
         proc = _job_output(settings, make_repo(), work, code)
     assert proc.returncode == 0, proc.stderr
@@ -1105,9 +1108,7 @@ def test_a_runtime_folder_named_through_a_link_in_the_home_is_hidden(
         (tmp_path / "user" / ".run").symlink_to(runtime)
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user" / ".run"))
         agent = os.path.join(runtime, "ssh-agent.socket")
-        with socket.socket(socket.AF_UNIX) as server:
-            server.bind(agent)
-            server.listen(1)
+        with _listening(agent):
             proc = _job_output(settings, make_repo(), work, _connect_or_error(agent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FileNotFoundError\n"
