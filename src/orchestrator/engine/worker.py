@@ -102,8 +102,6 @@ class Worker:
         self.stopping = threading.Event()
         self.drain = False
         self._running: dict[int, _Running] = {}
-        # Ended tasks' workspaces being deleted (``_discard``).
-        self._discards: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.jobs_finished = 0
         self._started_up = False
@@ -517,7 +515,6 @@ class Worker:
                 and t.to_state == State.DONE
                 and not repo.options.get("keep_branches")
                 else None,
-                discard=self._discard,
             )
         nxt = applied.following
         if nxt is None or applied.task is None or applied.repo is None:
@@ -586,19 +583,6 @@ class Worker:
             mine = set(self._running)
         return recover_jobs(self.engine, self.settings, self.host, self.id, mine)
 
-    def _discard(self, folder: Path) -> None:
-        """Delete an ended task's workspace, set aside already, on a thread of its own: the
-        job's slot, and the next job it would start, do not wait for its files (tens of
-        milliseconds per thousand). The worker's end waits for it; a crash leaves the
-        folder to the next start's ``prune_worktrees``."""
-        thread = threading.Thread(
-            target=worktrees.discard_now, args=(folder,), name=f"discard-{folder.name}"
-        )
-        with self._lock:
-            self._discards = [t for t in self._discards if t.is_alive()]
-            self._discards.append(thread)
-        thread.start()
-
     def _shutdown(self) -> None:
         with self._lock:
             running = list(self._running.values())
@@ -608,10 +592,6 @@ class Worker:
                 r.cancel.set()
         for r in running:
             r.thread.join()
-        with self._lock:
-            discards = list(self._discards)
-        for thread in discards:
-            thread.join()
         try:
             with self.engine.begin() as conn:
                 control.worker_gone(conn, self.id)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -541,14 +541,11 @@ def remove_worktree(
     key: str,
     *,
     merged_into: str | None = None,
-    discard: Callable[[Path], None] | None = None,
 ) -> BranchCleanup | None:
     """Remove a task's worktree; with ``merged_into`` (a done task's main branch), delete
     its branch too when that branch holds it (``delete_merged_branch_locked``).
 
     Without ``merged_into`` the branch stays (cancelled, or kept on purpose): None.
-    ``discard``: what deletes the folder once it is set aside (renamed out of its place, so
-    nothing else will use it); by default it is deleted here and now.
     """
     path = worktree_path(worktrees_root, repo_name, key)
     aside: Path | None = None
@@ -565,7 +562,7 @@ def remove_worktree(
             cleanup = delete_merged_branch_locked(repo_path, merged_into, key)
     if aside is not None:
         # Out of the lock: the next task's workspace in this repository need not wait.
-        (discard or discard_now)(aside)
+        shutil.rmtree(aside, ignore_errors=True)
     if cleanup is None:
         return None
     level = logging.WARNING if cleanup.status == "error" else logging.INFO
@@ -627,11 +624,6 @@ def delete_merged_branch_locked(repo_path: Path, main_branch: str, key: str) -> 
     if not res:
         return BranchCleanup("error", f"{branch} kept: git update-ref: {_explain(res)}")
     return BranchCleanup("deleted", f"{branch} deleted: {main_branch} holds its tip {tip[:12]}")
-
-
-def discard_now(folder: Path) -> None:
-    """Delete a workspace folder that ``remove_worktree`` set aside, whatever is left of it."""
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _set_aside_name(name: str) -> bool:
