@@ -42,6 +42,9 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="process groups and /proc sweep: Linux only"
 )
 
+# This Python and its venv, bound back read-only where the sandbox hides them (a clone
+# under /tmp, which every sandbox mounts empty), as a job's own command is.
+PYTHON = tuple(sandbox.toolchain_paths([sys.executable]))
 PROGS = Path(__file__).parent / "progs"
 # The helpers' runs: a Watcher's first look waits for the helper to announce its pids, and
 # the run's timeout is only checked between looks, so a helper that starts slowly is still
@@ -425,7 +428,9 @@ NEEDS_BWRAP = pytest.mark.skipif(
 def _box(tmp_path: Path) -> sandbox.Sandbox:
     found = sandbox.probe()
     assert found.bwrap is not None, found.detail
-    return sandbox.Sandbox(writable=(tmp_path,), userns=found.userns, bwrap=found.bwrap)
+    return sandbox.Sandbox(
+        writable=(tmp_path,), readonly=(*PYTHON, PROGS), userns=found.userns, bwrap=found.bwrap
+    )
 
 
 @NEEDS_BWRAP
@@ -478,6 +483,7 @@ def test_a_run_plans_its_sandbox_once_and_its_log_shows_what_ran(
     hidden.mkdir()
     box = sandbox.Sandbox(
         writable=(work,),
+        readonly=PYTHON,
         hidden=(hidden,),
         userns=found.userns,
         bwrap=str(wrapper),

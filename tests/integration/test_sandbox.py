@@ -39,6 +39,9 @@ except ImportError:  # imported as tests.integration.test_sandbox
     from tests.integration.security_doc import Attack
     from tests.integration.test_engine import STAGES, Harness
 
+# This Python and its venv, bound back read-only where the sandbox hides them (a clone
+# under /tmp, which every sandbox mounts empty), as a job's own command is.
+PYTHON = tuple(sandbox.toolchain_paths([sys.executable]))
 HOSTILE = Path(__file__).parent / "agents" / "hostile_agent.py"
 ORCH = Path(sys.executable).with_name("orch")
 TOKEN = "orch-api-token-the-agent-must-not-see"
@@ -537,7 +540,7 @@ def test_a_job_runs_with_the_orchestrators_home_inside_the_users(tmp_path: Path)
     work.mkdir(parents=True)
     clone.mkdir(parents=True)
     (home / "orchestrator.db").write_text("secret")
-    box = sandbox.Sandbox(writable=(work,), hidden=(home, clone, user))
+    box = sandbox.Sandbox(writable=(work,), readonly=PYTHON, hidden=(home, clone, user))
     code = "import os; open('out', 'w').write(str(os.path.exists('../../../orchestrator.db')))"
     proc = subprocess.run(
         box.wrap([sys.executable, "-c", code], work),

@@ -25,6 +25,10 @@ from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.runners.suite import SuiteRequest, SuiteSandbox, run_suite
 from orchestrator.self_deploy import ExitStatus, map_outcome
 
+# This Python and its venv, bound back read-only where the sandbox hides them (a clone
+# under /tmp, which every sandbox mounts empty), as a job's own command is.
+PYTHON = tuple(sandbox.toolchain_paths([sys.executable]))
+
 NEEDS_BWRAP = pytest.mark.skipif(
     not sandbox.probe().ok and not os.environ.get("ORCH_TEST_REQUIRE_SANDBOX"),
     reason=f"bubblewrap cannot run here: {sandbox.probe().detail}",
@@ -196,7 +200,9 @@ def test_a_bubblewrap_without_the_status_fd_runs_as_before(tmp_path: Path) -> No
     found = sandbox.probe.__wrapped__(str(old))
     assert found.ok
     assert not found.json_status
-    box = sandbox.Sandbox(writable=(tmp_path,), bwrap=str(old), json_status=found.json_status)
+    box = sandbox.Sandbox(
+        writable=(tmp_path,), readonly=PYTHON, bwrap=str(old), json_status=found.json_status
+    )
     argv = box.wrap(["true"], tmp_path, info_fd=9)
     assert "--info-fd" in argv
     assert "--json-status-fd" not in argv
