@@ -34,6 +34,7 @@ from pathlib import Path
 from orchestrator.config import Settings, sandbox_network_for
 from orchestrator.errors import OrchestratorError
 from orchestrator.gitops.config_read import KeptAnswers
+from orchestrator.realpath import realpath
 
 BWRAP = "bwrap"
 # What a failed probe tells the user to do.
@@ -153,8 +154,8 @@ class Sandbox:
         out += ["--tmpfs", "/tmp"]  # noqa: S108
         # Each hidden place as written and where it resolves: an ORCH_HOME linked to
         # another disk lies open there when only the link (in the hidden home) is covered.
-        # (Each path resolved once in this plan: ``realpath`` is a walk of ``lstat`` calls.)
-        resolve = functools.cache(os.path.realpath)
+        # (Each path resolved once in this plan: a ``realpath`` is some system calls.)
+        resolve = functools.cache(realpath)
         given = _existing(self.hidden)
         # (A place that is there resolves to one that is there: no second look.)
         every_hidden = _spellings(given, resolve)
@@ -192,14 +193,14 @@ class _Destinations:
     """
 
     def __init__(self, hidden: list[str], resolve: Callable[[str], str]) -> None:
-        self.empty = [*_FRESH, *hidden]
+        self.empty = {*_FRESH, *hidden}
         self.resolve = resolve
 
     def __call__(self, path: str) -> str:
-        outer = [e for e in self.empty if e != path and _inside(path, e)]
-        if not outer:
+        # The outermost empty place it lies in: the first of its folders, from the root.
+        place = next((f for f in _ancestors(path)[:-1] if f in self.empty), None)
+        if place is None:
             return self.resolve(path)
-        place = min(outer, key=len)
         return os.path.join(self.resolve(place), os.path.relpath(path, place))
 
 
@@ -257,6 +258,24 @@ def _root(path: str) -> str:
     return "//" if path.startswith("//") and not path.startswith("///") else "/"
 
 
+def _ancestors(path: str) -> list[str]:
+    """The root, each folder on the way, and ``path`` itself: every ``place`` that
+    ``_inside(path, place)`` holds for, of an absolute, normalized path (as ``abspath`` and
+    ``realpath`` give them). A plan asks "does it lie in one of these places" some hundreds
+    of times: one look in a set per folder of the path, not a comparison per place."""
+    root = _root(path)
+    found = [root]
+    for part in path[len(root) :].split("/"):
+        if part:
+            found.append(f"{found[-1]}{part}" if len(found) == 1 else f"{found[-1]}/{part}")
+    return found
+
+
+def _lies_in(path: str, places: set[str] | frozenset[str]) -> bool:
+    """``_in_any(path, places)`` for an absolute, normalized path and places."""
+    return not places.isdisjoint(_ancestors(path))
+
+
 def _inside(path: str, folder: str) -> bool:
     """``Path(path).is_relative_to(folder)`` for absolute, normalized paths."""
     if path == folder:
@@ -277,7 +296,7 @@ def _fresh_spellings() -> tuple[str, ...]:
     return tuple(_spellings(list(_FRESH)))
 
 
-def _spellings(paths: list[str], resolve: Callable[[str], str] = os.path.realpath) -> list[str]:
+def _spellings(paths: list[str], resolve: Callable[[str], str] = realpath) -> list[str]:
     """Each path as given and resolved (a place may be reached through a link), once."""
     return list(dict.fromkeys([*paths, *map(resolve, paths)]))
 
@@ -286,7 +305,7 @@ def _read_only_binds(
     readonly: list[str],
     hidden: list[str],
     every_hidden: list[str],
-    resolve: Callable[[str], str] = os.path.realpath,
+    resolve: Callable[[str], str] = realpath,
 ) -> list[str]:
     """The read-only places to bind back, in the order given.
 
@@ -300,15 +319,17 @@ def _read_only_binds(
     and its token). Nor one inside a place bound already, which shows it."""
     real = {path: resolve(path) for path in every_hidden}
     fresh = list(_fresh_spellings())
-    unseen = [*fresh, *hidden, *(real[path] for path in hidden)]
-    kept_out = [*fresh, *every_hidden, *real.values()]
+    unseen = {*fresh, *hidden, *(real[path] for path in hidden)}
+    # Every place that is or holds one kept out (each of their folders): a path among them
+    # is one ``_holds`` would refuse.
+    holders = {f for place in (*fresh, *every_hidden, *real.values()) for f in _ancestors(place)}
     chosen: list[str] = []
     for path in readonly:
         resolved = resolve(path)
-        if _holds([path, resolved], kept_out):
+        if path in holders or resolved in holders:
             continue
-        target = path if _in_any(path, unseen) else resolved
-        if _in_any(target, unseen) and not _in_any(target, chosen):
+        target = path if _lies_in(path, unseen) else resolved
+        if _lies_in(target, unseen) and not _lies_in(target, set(chosen)):
             chosen.append(target)
     return chosen
 
@@ -347,7 +368,7 @@ def toolchain_paths(argv: Sequence[str], env_path: str | None = None) -> list[Pa
     user's home, never bound back; one in the home itself)."""
     # The orchestrator's own code too (an editable install lives outside the venv): the
     # self-hosting staging command runs `python -m orchestrator...`.
-    package = Path(__file__).resolve().parent
+    package = Path(realpath(__file__)).parent
     found: list[Path] = [Path(sys.prefix), Path(sys.base_prefix), package.parent]
     if argv:
         exe = argv[0]
@@ -355,7 +376,7 @@ def toolchain_paths(argv: Sequence[str], env_path: str | None = None) -> list[Pa
         if located:
             as_given = Path(os.path.abspath(located))
             # e.g. <venv>/bin/python -> <venv>; resolved, ~/.pyenv/versions/3.11.7
-            for spelled in (as_given, as_given.resolve()):
+            for spelled in (as_given, Path(realpath(as_given))):
                 found += [spelled.parent.parent, spelled.parent, spelled]
     return found
 
@@ -450,7 +471,7 @@ def _home() -> list[Path]:
     OpenShift), which holds nothing of theirs, and hidden would cover the whole system (no
     command left to run: no job started)."""
     home = Path.home()
-    return [] if os.path.realpath(home) == "/" else [home]
+    return [] if realpath(home) == "/" else [home]
 
 
 def _runtime_dirs() -> list[Path]:
@@ -467,7 +488,7 @@ def _runtime_dirs() -> list[Path]:
     found = [Path(SYSTEM_RUNTIME), Path(f"/run/user/{os.getuid()}")]
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and not _holds(_spellings([os.path.abspath(runtime)]), list(_FRESH)):
-        found.append(Path(os.path.realpath(runtime)))
+        found.append(Path(realpath(runtime)))
     return found
 
 
@@ -480,13 +501,13 @@ def _seen_in_run(env_path: str | None, hidden: Sequence[Path]) -> list[Path]:
     a socket; never one in (as written or resolved) another of the ``hidden`` places (the
     user's runtime folder; a clone on a disk udisks mounted in ``/run/media/<user>``): what
     hiding ``/run`` took away, not what they hide."""
-    run = os.path.realpath(SYSTEM_RUNTIME)
+    run = realpath(SYSTEM_RUNTIME)
     others = _other_hidden(tuple(map(str, hidden)), run)
     folders = _path_folders_in_run(env_path or "", run, others)
     files = [
         f
         for f in _system_files_in_run(SYSTEM_CONFIG, run)
-        if not any(_in_any(p, list(others)) for p in (f, os.path.realpath(f)))
+        if not any(_in_any(p, list(others)) for p in (f, realpath(f)))
     ]
     return [Path(p) for p in (*folders, *files)]
 
@@ -510,7 +531,7 @@ def _path_folders_in_run(env_path: str, run: str, others: tuple[str, ...]) -> tu
     for entry in dict.fromkeys(env_path.split(os.pathsep)):
         if not os.path.isabs(entry):
             continue
-        spelled = [os.path.abspath(entry), os.path.realpath(entry)]
+        spelled = [os.path.abspath(entry), realpath(entry)]
         in_run = _inside(spelled[0], SYSTEM_RUNTIME) or _inside(spelled[1], run)
         hidden = any(_in_any(p, list(others)) for p in spelled)
         if in_run and not hidden and os.path.isdir(spelled[1]):

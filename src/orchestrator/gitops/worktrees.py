@@ -30,6 +30,7 @@ from orchestrator.gitops import merge, objects, squash, workspace_refs
 from orchestrator.gitops.ancestry import checked_out_plainly, descends, is_hex, loose_ref
 from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.lock import repo_lock
+from orchestrator.realpath import realpath
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,12 @@ def git_dir_path(repo_path: Path, name: str) -> Path | None:
         and (git_dir / "refs").is_dir()
         and (git_dir / "objects").is_dir()
     ):
-        return (git_dir / "objects").resolve()
+        return Path(realpath(git_dir / "objects"))
     res = gitcmd.git(["rev-parse", "--git-path", name], repo_path)
     if not res or not res.stdout.strip():
         return None
     found = Path(res.stdout.strip())
-    return (found if found.is_absolute() else repo_path / found).resolve()
+    return Path(realpath(found if found.is_absolute() else repo_path / found))
 
 
 def plain_objects() -> bool:
