@@ -94,6 +94,27 @@ def test_repo_override_wins(tmp_path: Path) -> None:
     assert "You are the analyst" in render("analyst", Stage.ANALYSIS, wt=tmp_path)
 
 
+def test_an_override_changed_between_prompts_is_the_one_rendered(tmp_path: Path) -> None:
+    # Compiled templates are kept (prompts._compiled): by their text, so an override edited
+    # (or broken, then mended) between two jobs is what the next prompt renders.
+    override = tmp_path / ".orchestrator" / "agents" / "developer.md"
+    override.parent.mkdir(parents=True)
+    for template, expected in (
+        ("One: {{ task_key }}\n", "One: DEMO-7\n"),
+        ("Two: {{ task_key }}\n", "Two: DEMO-7\n"),
+        ("{% if %}\n", PromptError),
+        ("One: {{ task_key }}\n", "One: DEMO-7\n"),
+        ("Three {{ task_key }}\n", "Three DEMO-7\n"),
+    ):
+        override.write_text(template)
+        if expected is PromptError:
+            with pytest.raises(PromptError, match="syntax error"):
+                render("developer", Stage.DEVELOPMENT, wt=tmp_path)
+        else:
+            assert render("developer", Stage.DEVELOPMENT, wt=tmp_path) == expected
+    assert "You are the developer" in render("developer", Stage.DEVELOPMENT)
+
+
 @pytest.mark.parametrize(
     ("template", "expected"),
     [
