@@ -66,14 +66,14 @@ def _spelling(name: str) -> st.SearchStrategy[str]:
     return st.sampled_from([f"ORCH_{name.upper()}", f"orch_{name}", f"Orch_{name.title()}"])
 
 
+# Each setting's (spelling, value), made once: strategies made inside flatmap were made and
+# validated anew for every example, most of these properties' time.
+_VARIABLE_FOR = {n: st.tuples(_spelling(n), _value(KINDS[n])) for n in sorted(KINDS)}
+
 # A name may come twice, spelled apart (ORCH_PAUSED and orch_paused): the last one wins.
-ENVIRONMENTS = st.lists(st.sampled_from(sorted(KINDS)), max_size=8).flatmap(
-    lambda names: st.lists(
-        st.tuples(*(st.tuples(_spelling(n), _value(KINDS[n])) for n in names)),
-        min_size=1,
-        max_size=1,
-    ).map(lambda pairs: dict(pairs[0]))
-)
+ENVIRONMENTS = st.lists(
+    st.sampled_from(sorted(KINDS)).flatmap(_VARIABLE_FOR.__getitem__), max_size=8
+).map(dict)
 
 
 @contextmanager
@@ -143,11 +143,14 @@ ARGUMENT_FOR = {
     "str": st.text(_TEXT, max_size=12),
     "Path": st.text(_TEXT, min_size=1, max_size=12).map(Path) | st.just("/tmp/x"),
 }
-ARGUMENTS = st.dictionaries(
-    st.sampled_from(sorted(n for n, k in KINDS.items() if k in ARGUMENT_FOR)),
-    st.none(),
+_ARGUMENT_PAIR = {
+    n: st.tuples(st.just(n), ARGUMENT_FOR[k]) for n, k in sorted(KINDS.items()) if k in ARGUMENT_FOR
+}
+ARGUMENTS = st.lists(
+    st.sampled_from(sorted(_ARGUMENT_PAIR)).flatmap(_ARGUMENT_PAIR.__getitem__),
     max_size=4,
-).flatmap(lambda names: st.fixed_dictionaries({n: ARGUMENT_FOR[KINDS[n]] for n in names}))
+    unique_by=lambda pair: pair[0],
+).map(dict)
 
 
 @settings(
