@@ -67,7 +67,10 @@ def claims(name: str) -> st.SearchStrategy[list[str]]:
 
 any_text = st.one_of(artifact_text, hostile_text)
 parser_name = st.sampled_from(sorted(PARSERS))
-parser_claims = parser_name.flatmap(lambda n: st.tuples(st.just(n), claims(n)))
+# Each parser's strategy made once, not inside flatmap: one made there is made and validated
+# anew for every example.
+_NAMED_CLAIMS = {n: st.tuples(st.just(n), claims(n)) for n in sorted(PARSERS)}
+parser_claims = parser_name.flatmap(_NAMED_CLAIMS.__getitem__)
 
 BUDGETS = stages.Budgets(developer_retry_budget=2, infra_retry_budget=2, infra_retry_backoff_s=5)
 OK = verdicts.passed("ok")
@@ -221,11 +224,13 @@ def _key_value(key: A.KeySpec) -> st.SearchStrategy[str | None]:
     return st.none() | value | value
 
 
-_rendered = parser_name.flatmap(
-    lambda n: st.tuples(
+_KEY_VALUES = {
+    n: st.tuples(
         st.just(n), st.fixed_dictionaries({k.name: _key_value(k) for k in A.ARTIFACTS[n].keys})
     )
-)
+    for n in sorted(PARSERS)
+}
+_rendered = parser_name.flatmap(_KEY_VALUES.__getitem__)
 
 
 @prop(
