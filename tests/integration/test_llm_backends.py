@@ -663,6 +663,9 @@ def test_aider_edit_is_committed_and_reported(aider_job: Any) -> None:
     assert commits.has_diff_vs(job.worktree, job.repo.main_branch)[0]
     # Its history and caches stay out of the repository.
     assert not list(job.worktree.glob(".aider*"))
+    # Every job is aider's "first run" (a new home): it did not offer its release notes,
+    # which --yes-always would open in whatever console browser is on PATH.
+    assert "aider.chat/HISTORY.html" not in job.log_text
 
 
 def test_aider_answer_without_edit_fails_the_report(aider_job: Any) -> None:

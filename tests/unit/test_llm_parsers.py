@@ -626,6 +626,7 @@ def test_aider_plan(tmp_path: Path) -> None:
         "--no-gitignore",
         "--no-stream",
         "--no-auto-commits",
+        "--no-show-release-notes",
     ):
         assert flag in a
     assert a[a.index("--analytics-log") + 1] == str(plan.side_output)

@@ -4,9 +4,9 @@ Plan::
 
     aider --message=<prompt> --yes-always --no-analytics --analytics-log <home>/...jsonl
           --no-check-update --no-gitignore --no-stream --no-pretty --no-fancy-input
-          --no-show-model-warnings --no-detect-urls --no-auto-commits --no-dirty-commits
-          --input-history-file <home>/... --chat-history-file <home>/...
-          --llm-history-file <home>/... [--model M]
+          --no-show-model-warnings --no-detect-urls --no-show-release-notes
+          --no-auto-commits --no-dirty-commits --input-history-file <home>/...
+          --chat-history-file <home>/... --llm-history-file <home>/... [--model M]
 
 ``--message=<prompt>`` in one element, so a prompt starting with ``-`` is never an option.
 History files live in the job home, outside the repository (``--no-gitignore``: aider must
@@ -121,6 +121,11 @@ def plan_aider(req: PlanRequest) -> LlmPlan:
         "--no-fancy-input",
         "--no-show-model-warnings",
         "--no-detect-urls",
+        # Every job home is new, so every run is aider's "first run of this version", where
+        # it offers its release notes and, told yes (--yes-always), opens them with Python's
+        # webbrowser: a console browser on PATH (www-browser, lynx, w3m ...) is started in
+        # the job and waited for.
+        "--no-show-release-notes",
         "--no-auto-commits",
         "--no-dirty-commits",
         "--input-history-file",
