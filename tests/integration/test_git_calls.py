@@ -78,6 +78,14 @@ def _git(cwd: Path, *args: str) -> str:
     return run_git(cwd, *args).strip()
 
 
+def _git_in(cwd: Path, text: str, *args: str) -> str:
+    """``git <args>`` in ``cwd`` reading ``text``; its stdout, stripped."""
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, input=text, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
 def _workspace(repo: Path, root: Path, key: str = "DEMO-1") -> Path:
     made = worktrees.ensure_worktree(repo, "main", root, "demo", key)
     assert made.error is None, made.error
@@ -104,17 +112,12 @@ def test_an_attempt_is_committed_and_published_without_a_fetch(
         # The user's clone's config (how it writes objects) is read once, then kept.
         assert asked.pop("config", 0) == (1 if n == 1 else 0), calls
         asked.pop("--exec-path", None)  # where git keeps its system config: once a process
-        # ls-files --unmerged, add, diff --cached --check, commit; the attempt's objects
-        # copied into the user's store, rev-list to see the tip whole there, one
-        # compare-and-swap. (Before: a fetch of four processes instead of the last two.)
-        assert asked == {
-            "ls-files": 1,
-            "add": 1,
-            "diff": 1,
-            "commit": 1,
-            "rev-list": 1,
-            "update-ref": 1,
-        }
+        # add and commit (unmerged paths and what add staged are read from the index
+        # file, and no staged line could be a conflict marker: was ls-files --unmerged and
+        # diff --cached --check besides); the attempt's objects copied into the user's
+        # store, rev-list to see the tip whole there, one compare-and-swap. (Before: a
+        # fetch of four processes instead of the last two.)
+        assert asked == {"add": 1, "commit": 1, "rev-list": 1, "update-ref": 1}
         assert _git(repo, "rev-parse", "orch/DEMO-1") == _git(ws, "rev-parse", "HEAD")
         assert _git(repo, "show", f"orch/DEMO-1:feature{n}.txt") == f"work {n}"
     _git(repo, "fsck", "--no-dangling", "--connectivity-only")
@@ -168,14 +171,14 @@ def test_a_first_attempts_gate_is_told_the_branch_by_its_commit(
 ) -> None:
     # The branch was main itself: the attempt's commit is its whole change. The commit's
     # summary is what `git diff --stat main...HEAD` says, and the gate runs no git (was:
-    # diff --stat and diff --check, 2 calls, after the 4 of the commit).
+    # diff --stat and diff --check, 2 calls, after the 2 of the commit).
     repo = make_repo(files={"README.md": "demo\n", "old.txt": "a\nb\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
     (ws / "feature.txt").write_text("work\n")
     (ws / "old.txt").write_text("a\n")
     with counted() as calls:
         done = commits.commit_all(ws, "DEMO-1: work", main="main")
-    assert len(calls) == 4, _subcommands(calls)
+    assert _subcommands(calls) == {"add": 1, "commit": 1}
     assert done.branch_diff is not None, done
     asked = commits.has_diff_vs(ws, "main")
     assert (
@@ -255,9 +258,13 @@ def test_an_attempt_with_nothing_to_commit_is_empty_not_an_error(
     head = _git(ws, "rev-parse", "HEAD")
     (ws / "__pycache__").mkdir()
     (ws / "__pycache__" / "x.pyc").write_bytes(b"\0")  # a by-product: never committed
-    done = commits.commit_all(ws, "DEMO-1: nothing")
+    with counted() as calls:
+        done = commits.commit_all(ws, "DEMO-1: nothing")
     assert (done.status, done.detail) == ("empty", "nothing to commit")
     assert _git(ws, "rev-parse", "HEAD") == head
+    # The index files told that add staged nothing: no diff --cached --quiet after the
+    # commit git refused.
+    assert _subcommands(calls) == {"add": 1, "commit": 1}
 
 
 def test_conflict_markers_are_refused_and_undone(tmp_path: Path, make_repo: Any) -> None:
@@ -270,6 +277,104 @@ def test_conflict_markers_are_refused_and_undone(tmp_path: Path, make_repo: Any)
     assert "conflict markers: calc.py" in done.detail
     assert _git(ws, "rev-parse", "HEAD") == head
     assert not (ws / "calc.py").exists()
+
+
+def _attempt(ws: Path) -> tuple[commits.Committed, collections.Counter[str], str]:
+    """``commit_all`` in ``ws``: what it did, the git it ran, and HEAD before it."""
+    head = _git(ws, "rev-parse", "HEAD")
+    with counted() as calls:
+        done = commits.commit_all(ws, "DEMO-1: attempt", main="main")
+    return done, _subcommands(calls), head
+
+
+def test_a_staged_line_that_may_be_a_marker_is_left_to_git(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "notes.md").write_text("# Notes\n\n> a quote starts like a marker\n")
+    done, asked, _ = _attempt(ws)
+    assert done.status == "committed", done.detail
+    assert asked == {"add": 1, "diff": 1, "commit": 1}  # git said: no marker
+
+
+def test_markers_of_another_size_are_found_by_git(tmp_path: Path, make_repo: Any) -> None:
+    # An attribute makes markers three characters long: a line "<<< ours" is one to git.
+    repo = make_repo(
+        files={"README.md": "demo\n", ".gitattributes": "*.txt conflict-marker-size=3\n"}
+    )
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "calc.txt").write_text("<<< ours\na = 1\n===\na = 2\n>>> theirs\n")
+    done, asked, head = _attempt(ws)
+    assert done.status == "refused", done.detail
+    assert "conflict markers: calc.txt" in done.detail
+    assert asked["diff"] == 1
+    assert asked["commit"] == 0
+    assert _git(ws, "rev-parse", "HEAD") == head
+
+
+def test_a_marker_on_a_files_first_line_is_found(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "top.py").write_text("=======\na = 1\n")
+    done, asked, _ = _attempt(ws)
+    assert done.status == "refused", done.detail
+    assert "conflict markers: top.py" in done.detail
+    assert asked["commit"] == 0
+
+
+def test_a_staged_file_whose_bytes_are_not_loose_is_left_to_git(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The user's clone keeps main's files in a pack, and the attempt copies one with
+    # markers to a new path: its blob is no loose object the workspace can read.
+    debris = "<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n"
+    repo = make_repo(files={"README.md": "demo\n", "kept.txt": debris})
+    _git(repo, "gc", "-q")
+    assert not list((repo / ".git" / "objects").glob("??/*"))
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "copy.txt").write_text(debris)
+    done, asked, head = _attempt(ws)
+    assert done.status == "refused", done.detail
+    assert "conflict markers: copy.txt" in done.detail
+    assert asked["diff"] == 1
+    assert asked["commit"] == 0
+    assert _git(ws, "rev-parse", "HEAD") == head
+
+
+def test_what_was_staged_before_the_attempt_is_checked_by_git(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The index held more than HEAD before add (its cache of trees says another tree):
+    # comparing it with the index after add would miss the markers staged already.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "early.py").write_text("<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n")
+    _git(ws, "add", "early.py")
+    _git(ws, "write-tree")  # a whole cache of trees, of a tree that is not HEAD's
+    (ws / "later.py").write_text("b = 1\n")
+    done, asked, head = _attempt(ws)
+    assert done.status == "refused", done.detail
+    assert "conflict markers: early.py" in done.detail
+    assert asked["diff"] == 1
+    assert asked["commit"] == 0
+    assert _git(ws, "rev-parse", "HEAD") == head
+
+
+def test_unmerged_paths_are_refused_and_undone(tmp_path: Path, make_repo: Any) -> None:
+    repo = make_repo(files={"README.md": "demo\n", "calc.py": "a = 0\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    blobs = [_git_in(ws, f"a = {n}\n", "hash-object", "-w", "--stdin") for n in (0, 1, 2)]
+    stages = "".join(f"100644 {sha} {n}\tcalc.py\n" for n, sha in enumerate(blobs, 1))
+    _git_in(ws, f"0 {'0' * 40}\tcalc.py\n{stages}", "update-index", "--index-info")
+    assert _git(ws, "ls-files", "--unmerged")
+    (ws / "calc.py").write_text("a = 2\n")
+    done, asked, head = _attempt(ws)
+    assert done.status == "refused", done.detail
+    assert "unmerged paths (a conflict left unresolved): calc.py" in done.detail
+    assert asked["add"] == 0
+    assert asked["commit"] == 0
+    assert _git(ws, "rev-parse", "HEAD") == head
+    assert not _git(ws, "ls-files", "--unmerged")
+    assert (ws / "calc.py").read_text() == "a = 0\n"
 
 
 def test_a_users_branch_that_moved_on_is_still_published(tmp_path: Path, make_repo: Any) -> None:

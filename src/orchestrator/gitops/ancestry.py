@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -354,4 +354,57 @@ def _loose_commit(stores: list[Path], sha: str, *, message: bool = True) -> Loos
             except UnicodeDecodeError:
                 return None
         return LooseCommit(sha, tree, tuple(parents), text, author)
+    return None
+
+
+def loose_blobs(repo: Path, shas: Iterable[str], max_bytes: int) -> dict[str, bytes] | None:
+    """The contents of blobs ``shas`` of the repository at ``repo`` (its ``.git`` a
+    folder), each from its loose object in the first store that has it and checked against
+    its name; None: ask git (a blob not loose, not what its name says, a history git may
+    read otherwise, such as a replaced object, or more than ``max_bytes`` in all)."""
+    git_dir = repo / ".git"
+    if not _plain_history(git_dir):
+        return None
+    stores = _object_stores(git_dir)
+    out: dict[str, bytes] = {}
+    budget = max_bytes
+    for sha in shas:
+        if sha in out:
+            continue
+        found = _loose_blob(stores, sha, budget)
+        if found is None:
+            return None
+        out[sha] = found
+        budget -= len(found)
+    return out
+
+
+def _loose_blob(stores: list[Path], sha: str, max_bytes: int) -> bytes | None:
+    if not is_hex(sha):
+        return None
+    for store in stores:
+        path = store / sha[:2] / sha[2:]
+        try:
+            # zlib never makes a blob much larger than its bytes: a bigger file is no blob
+            # that fits.
+            if path.stat().st_size > max_bytes + max_bytes // 100 + 1024:
+                return None
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        inflate = zlib.decompressobj()
+        try:
+            data = inflate.decompress(raw, max_bytes + 64)
+        except zlib.error:
+            return None
+        if not inflate.eof or inflate.unconsumed_tail:
+            return None  # cut short, or larger than allowed
+        if hashlib.sha1(data, usedforsecurity=False).hexdigest() != sha:
+            return None
+        header, sep, body = data.partition(b"\0")
+        if not sep or header != b"blob %d" % len(body):
+            return None
+        return body
     return None

@@ -12,11 +12,12 @@ is ``gitops/worktrees.py``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from orchestrator.gitops import ancestry
+from orchestrator.gitops import ancestry, index_file
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.git import CHANGE_PATHSPEC, GitResult, name_paths
 
@@ -115,12 +116,14 @@ def commit_problems(worktree: Path) -> list[str]:
     """Why the staged change must not be committed: unmerged paths, or added lines that
     look like conflict markers (what ``git diff --check`` reports)."""
     problems: list[str] = []
-    unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
-    if not unmerged:
-        return [f"git ls-files --unmerged failed: {_git_message(unmerged)}"]
-    names = sorted({e.split("\t", 1)[1] for e in unmerged.stdout.split("\0") if "\t" in e})
-    if names:
-        problems.append(f"unmerged paths (a conflict left unresolved): {name_paths(names)}")
+    index = index_file.read_index(worktree)
+    if index is None or index.unmerged:  # git names them (or says why it cannot)
+        unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
+        if not unmerged:
+            return [f"git ls-files --unmerged failed: {_git_message(unmerged)}"]
+        names = sorted({e.split("\t", 1)[1] for e in unmerged.stdout.split("\0") if "\t" in e})
+        if names:
+            problems.append(f"unmerged paths (a conflict left unresolved): {name_paths(names)}")
     problems.extend(_staged_markers(worktree))
     return problems
 
@@ -179,10 +182,15 @@ def commit_all(worktree: Path, message: str, *, main: str | None = None) -> Comm
     worktree is put back at the branch's last commit: nothing half-merged is committed or
     survives into the next step.
 
-    Four git calls when there is something to commit (this sits between a development job
-    and its gate): unmerged paths are looked for once, before ``add`` (which would mark
-    them resolved; nothing can become unmerged after it), and ``commit`` itself tells
-    whether anything was staged (``_commit_or_empty``).
+    Two git calls, ``add`` and ``commit``, when there is something to commit and git's
+    files can tell the rest (this sits between a development job and its gate): unmerged
+    paths are looked for once, before ``add`` (which would mark them resolved; nothing can
+    become unmerged after it), in the index file (``index_file``); what ``add`` staged is
+    the index after it against the index before it, which held HEAD's tree, and its files
+    are looked at for lines that could be conflict markers: only when one could be is
+    ``diff --cached --check`` asked. ``commit`` itself tells whether anything was staged
+    (``_commit_or_empty``). Whatever the files cannot tell exactly is asked of git, one
+    call each, as before.
 
     ``main``: the main branch the development gate compares the branch with. When the
     branch was at main itself and this commit's only parent is it, the branch's change is
@@ -201,18 +209,36 @@ def commit_all(worktree: Path, message: str, *, main: str | None = None) -> Comm
 
 
 def _commit_all(worktree: Path, message: str) -> Committed:
-    unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
-    if not unmerged:
-        return Committed("error", f"git ls-files --unmerged failed: {_explain(unmerged)}")
-    if unmerged.stdout.strip("\0"):
+    # The index and HEAD's tree, read from git's files where that is exact (else git is
+    # asked, as it always was): whether anything is unmerged, and, once ``add`` has run,
+    # exactly what it staged against HEAD.
+    before = index_file.read_index(worktree)
+    if before is None:
+        unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
+        if not unmerged:
+            return Committed("error", f"git ls-files --unmerged failed: {_explain(unmerged)}")
+        if unmerged.stdout.strip("\0"):
+            return _refuse(worktree, commit_problems(worktree))
+    elif before.unmerged:
         return _refuse(worktree, commit_problems(worktree))
     add = gitcmd.git(["add", "-A", "--", *CHANGE_PATHSPEC], worktree)
     if not add:
         return Committed("error", f"git add failed: {_explain(add)}")
-    markers = _staged_markers(worktree)
+    staged = None if before is None else _staged(worktree, before)
+    markers = _staged_markers(worktree, staged)
     if markers:
         return _refuse(worktree, markers)
-    return _commit_or_empty(worktree, message)
+    return _commit_or_empty(worktree, message, staged)
+
+
+def _staged(worktree: Path, before: index_file.Index) -> index_file.Staged | None:
+    """What ``add`` staged against HEAD, from the index read before it and after it; None
+    when the files cannot tell (git is asked)."""
+    head = ancestry.read_commit(worktree, "HEAD")
+    after = index_file.read_index(worktree)
+    if head is None or after is None:
+        return None
+    return index_file.staged_against(before, after, head.tree)
 
 
 def commit_staged(worktree: Path, message: str) -> Committed:
@@ -220,11 +246,30 @@ def commit_staged(worktree: Path, message: str) -> Committed:
     problems = commit_problems(worktree)
     if problems:
         return _refuse(worktree, problems)
-    return _commit_or_empty(worktree, message)
+    return _commit_or_empty(worktree, message, None)
 
 
-def _staged_markers(worktree: Path) -> list[str]:
-    """The problem of staged lines that look like conflict markers, if any."""
+# A line ``git diff --check`` takes for a conflict marker starts with one of these, whatever
+# size a ``conflict-marker-size`` attribute gives markers (git's ``is_conflict_marker``: at
+# least one of ``<=>|``, the same one, then white space). A staged file without such a line
+# adds none.
+_MAY_BE_MARKER = re.compile(rb"(?:\A|\n)[<=>|]")
+# Modes of a file whose blob ``diff --check`` reads (a file, an executable, a symbolic
+# link); a submodule's entry (160000) is a line ``Subproject commit <sha>``, never a marker.
+_BLOB_MODES = (0o100644, 0o100755, 0o120000)
+_GITLINK_MODE = 0o160000
+# Staged bytes read here before the question is left to git.
+_MAX_STAGED_BYTES = 16 << 20
+
+
+def _staged_markers(worktree: Path, staged: index_file.Staged | None = None) -> list[str]:
+    """The problem of staged lines that look like conflict markers, if any.
+
+    ``staged``: what is staged against HEAD, exactly (``_staged``). When none of its files
+    has a line that could be a marker, ``diff --cached --check`` could report none (every
+    line it checks is a line of one of them): git is not asked."""
+    if staged is not None and not _may_hold_markers(worktree, staged):
+        return []
     check = gitcmd.git(["diff", "--cached", "--check", "--", *CHANGE_PATHSPEC], worktree)
     markers = [
         line.split(": leftover conflict marker")[0]
@@ -236,8 +281,21 @@ def _staged_markers(worktree: Path) -> list[str]:
     return []
 
 
-def _commit_or_empty(worktree: Path, message: str) -> Committed:
-    """``git commit`` what is staged; when it fails, whether that was for want of a change.
+def _may_hold_markers(worktree: Path, staged: index_file.Staged) -> bool:
+    """Whether a staged file may hold a conflict-marker line (True, too, when its bytes
+    cannot be read here)."""
+    entries = [e for e in staged.changed.values() if e.mode != _GITLINK_MODE]
+    if any(e.mode not in _BLOB_MODES for e in entries):
+        return True
+    blobs = ancestry.loose_blobs(worktree, (e.sha for e in entries), _MAX_STAGED_BYTES)
+    if blobs is None:
+        return True
+    return any(_MAY_BE_MARKER.search(data) for data in blobs.values())
+
+
+def _commit_or_empty(worktree: Path, message: str, staged: index_file.Staged | None) -> Committed:
+    """``git commit`` what is staged; when it fails, whether that was for want of a change
+    (``staged``, when known, says; else ``diff --cached --quiet``).
 
     The commit is tried first: asking ``diff --cached --quiet`` beforehand would cost a
     git call on every attempt that has a change, to save one on the rare attempt without.
@@ -251,9 +309,13 @@ def _commit_or_empty(worktree: Path, message: str) -> Committed:
         lines = res.stdout.splitlines()
         said = lines[1].strip() if len(lines) > 1 and lines[0].startswith("[") else ""
         return Committed("committed", "committed", summary=said or None)
-    if not res.timed_out and gitcmd.git(["diff", "--cached", "--quiet"], worktree):
+    if not res.timed_out and (not staged if staged is not None else _nothing_staged(worktree)):
         return Committed("empty", "nothing to commit")
     return Committed("error", f"git commit failed: {_explain(res)}")
+
+
+def _nothing_staged(worktree: Path) -> bool:
+    return bool(gitcmd.git(["diff", "--cached", "--quiet"], worktree))
 
 
 def _refuse(worktree: Path, problems: list[str]) -> Committed:

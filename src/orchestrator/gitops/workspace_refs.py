@@ -113,12 +113,12 @@ def _ref_path(git_dir: Path, ref: str) -> Path | None:
         return None
     if any(os.path.lexists(git_dir / name) for name in ("commondir", "reftable")):
         return None
-    if not _plain_config(git_dir):
+    if not plain_config(git_dir):
         return None
     return git_dir.joinpath(*parts)
 
 
-def _plain_config(git_dir: Path) -> bool:
+def plain_config(git_dir: Path) -> bool:
     """Whether the repository's own config lets git write a loose ref as ``swap`` does:
     no ``core.sharedRepository`` (``git init`` copies one in from the user's global
     config; git then widens every ref file and folder for the group and makes folders
