@@ -324,12 +324,16 @@ def test_a_marker_on_a_files_first_line_is_found(tmp_path: Path, make_repo: Any)
 def test_a_staged_file_whose_bytes_are_not_loose_is_left_to_git(
     tmp_path: Path, make_repo: Any
 ) -> None:
-    # The user's clone keeps main's files in a pack, and the attempt copies one with
-    # markers to a new path: its blob is no loose object the workspace can read.
+    # The user's clone keeps main's older files in a pack, and the attempt copies one with
+    # markers to a new path: its blob is no loose object the workspace can read (main's
+    # last commit and its tree are loose: the rest is read from files).
     debris = "<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n"
     repo = make_repo(files={"README.md": "demo\n", "kept.txt": debris})
     _git(repo, "gc", "-q")
-    assert not list((repo / ".git" / "objects").glob("??/*"))
+    (repo / "README.md").write_text("demo, again\n")
+    _git(repo, "commit", "-qam", "after the gc")
+    kept = _git(repo, "rev-parse", "HEAD:kept.txt")
+    assert not (repo / ".git" / "objects" / kept[:2] / kept[2:]).exists()
     ws = _workspace(repo, tmp_path / "worktrees")
     (ws / "copy.txt").write_text(debris)
     done, asked, head = _attempt(ws)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.gitops import index_file
+from orchestrator.gitops import ancestry, index_file
 from orchestrator.gitops.index_file import IndexEntry, parse_index, read_index
 
 
@@ -88,15 +88,21 @@ def test_entries_are_what_git_lists(repo: Path) -> None:
 
 
 def test_the_cache_of_trees_is_the_tree_git_writes_and_only_when_whole(repo: Path) -> None:
+    # A folder of a long name: an invalid root's record is followed by more than a tree
+    # name's worth of bytes, which must not be read as one.
+    (repo / "a folder whose name is long" / "f.txt").parent.mkdir()
+    (repo / "a folder whose name is long" / "f.txt").write_text("f\n")
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "f")
     head_tree = _git(repo, "rev-parse", "HEAD^{tree}").strip()
     ix = read_index(repo)
     assert ix is not None
     assert ix.tree == head_tree
-    (repo / "src" / "deep" / "new.txt").write_text("new\n")
+    (repo / "new.txt").write_text("new\n")
     _git(repo, "add", "-A")
     ix = read_index(repo)
     assert ix is not None
-    assert ix.tree is None
+    assert ix.tree is None  # add invalidated the root (src/ and its trees stay valid)
     written = _git(repo, "write-tree").strip()  # writes the cache back into the index
     ix = read_index(repo)
     assert ix is not None
@@ -316,3 +322,20 @@ def test_what_add_staged_is_what_git_diff_cached_has(make_repo: Any) -> None:
             _git(repo, "read-tree", "--reset", "-u", "HEAD")
             _git(repo, "clean", "-qfd")
     assert checked > 20
+
+
+def test_a_blob_is_read_only_when_it_is_what_its_name_says(repo: Path) -> None:
+    (repo / "f.txt").write_text("x = 1\n")
+    sha = _git(repo, "hash-object", "-w", "f.txt").strip()
+    assert ancestry.loose_blobs(repo, [sha], 100) == {sha: b"x = 1\n"}
+    assert ancestry.loose_blobs(repo, [sha], 5) is None  # larger than allowed
+    assert ancestry.loose_blobs(repo, ["0" * 40], 100) is None  # not there
+    # Another object's bytes under its name.
+    other = _git(repo, "hash-object", "-w", "--stdin", input="y\n").strip()
+    path = repo / ".git" / "objects" / sha[:2] / sha[2:]
+    path.chmod(0o644)
+    path.write_bytes((repo / ".git" / "objects" / other[:2] / other[2:]).read_bytes())
+    assert ancestry.loose_blobs(repo, [sha], 100) is None
+    # A commit is no blob.
+    head = _git(repo, "rev-parse", "HEAD").strip()
+    assert ancestry.loose_blobs(repo, [head], 10_000) is None

@@ -404,7 +404,7 @@ def _loose_blob(stores: list[Path], sha: str, max_bytes: int) -> bytes | None:
         if hashlib.sha1(data, usedforsecurity=False).hexdigest() != sha:
             return None
         header, sep, body = data.partition(b"\0")
-        if not sep or header != b"blob %d" % len(body):
+        if not sep or header != b"blob %d" % len(body) or len(body) > max_bytes:
             return None
         return body
     return None
