@@ -36,14 +36,14 @@ def _git_bytes(repo: Path, *args: str) -> bytes:
     ).stdout
 
 
-def _stage0(repo: Path) -> dict[bytes, IndexEntry]:
+def _stage0(repo: Path) -> dict[bytes, tuple[int, bytes]]:
     """``git ls-files -s -z``: the merged entries, as the file reading gives them."""
-    out: dict[bytes, IndexEntry] = {}
+    out: dict[bytes, tuple[int, bytes]] = {}
     for record in filter(None, _git_bytes(repo, "ls-files", "-s", "-z").split(b"\0")):
         meta, _, path = record.partition(b"\t")
         mode, sha, stage = meta.split(b" ")
         if stage == b"0":
-            out[path] = IndexEntry(int(mode, 8), sha.decode())
+            out[path] = (int(mode, 8), bytes.fromhex(sha.decode()))
     return out
 
 
@@ -81,9 +81,9 @@ def test_entries_are_what_git_lists(repo: Path) -> None:
     assert ix is not None
     assert dict(ix.entries) == _stage0(repo)
     assert long_name.encode() in ix.entries
-    assert ix.entries[b"sub"] == IndexEntry(0o160000, head)
-    assert ix.entries[b"link"].mode == 0o120000
-    assert ix.entries[b"tool.sh"].mode == 0o100755
+    assert ix.entries[b"sub"] == (0o160000, bytes.fromhex(head))
+    assert ix.entries[b"link"][0] == 0o120000
+    assert ix.entries[b"tool.sh"][0] == 0o100755
     assert not ix.unmerged
 
 
@@ -197,6 +197,8 @@ def _fiddle(repo: Path, case: str, monkeypatch: pytest.MonkeyPatch) -> None:
         git_dir.symlink_to(repo / "real.git")
     elif case == "no index":
         (git_dir / "index").unlink()
+    elif case == "more entries than read here":
+        monkeypatch.setattr(index_file, "MAX_ENTRIES", 3)  # the repo has 4
     else:
         raise AssertionError(case)
 
@@ -219,6 +221,7 @@ CASES = [
     "linked worktree",
     ".git is a link",
     "no index",
+    "more entries than read here",
 ]
 
 
