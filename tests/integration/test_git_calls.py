@@ -7,7 +7,9 @@ by that commit, a job's start on a workspace that records main already, a task's
 workspace, the merge gate's landing of a published branch whose tree needs no re-test (no
 fetch), a workspace's removal and a done task's branch deletion, and no automatic
 maintenance in a workspace. Beside each count, the shortcut's exactness: an attempt with
-nothing to commit, a user's branch that moved on or that exists already, a main that moved
+nothing to commit; unmerged paths, a staged line that may be a marker, markers of another
+size or on a file's first line, a staged blob that is not loose, an index that held more
+than HEAD (the commit's reading of the index file, ``gitops/index_file.py``); a user's branch that moved on or that exists already, a main that moved
 or whose refs git packed, a tag that ``main`` names first, an unpublished branch, a
 linked worktree, a re-encoded commit message, a rebase a crash left stopped, each state
 of the checkout main moves in (dirty, another branch, detached, a bare config, a linked
