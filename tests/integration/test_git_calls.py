@@ -9,13 +9,14 @@ fetch), a workspace's removal and a done task's branch deletion, and no automati
 maintenance in a workspace. Beside each count, the shortcut's exactness: an attempt with
 nothing to commit; unmerged paths, a staged line that may be a marker, markers of another
 size or on a file's first line, a staged blob that is not loose, an index that held more
-than HEAD (the commit's reading of the index file, ``gitops/index_file.py``); a user's branch that moved on or that exists already, a main that moved
-or whose refs git packed, a tag that ``main`` names first, an unpublished branch, a
-linked worktree, a re-encoded commit message, a rebase a crash left stopped, each state
-of the checkout main moves in (dirty, another branch, detached, a bare config, a linked
-worktree, a symbolic-link HEAD, a HEAD file git reads to a NUL or does not trim, a branch
-that is an alias of another), and the branch's commits as ``git log`` prints them (odd
-messages and authors; a merge, a long or packed branch, an encoding left to git).
+than HEAD (the commit reads the index file: ``gitops/index_file.py``); a user's branch
+that moved on or that exists already, a main that moved or whose refs git packed, a tag
+that ``main`` names first, an unpublished branch, a linked worktree, a re-encoded commit
+message, a rebase a crash left stopped, each state of the checkout main moves in (dirty,
+another branch, detached, a bare config, a linked worktree, a symbolic-link HEAD, a HEAD
+file git reads to a NUL or does not trim, a branch that is an alias of another), and the
+branch's commits as ``git log`` prints them (odd messages and authors; a merge, a long or
+packed branch, an encoding left to git).
 """
 
 from __future__ import annotations

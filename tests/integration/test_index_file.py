@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import random
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +340,14 @@ def test_a_blob_is_read_only_when_it_is_what_its_name_says(repo: Path) -> None:
     path.chmod(0o644)
     path.write_bytes((repo / ".git" / "objects" / other[:2] / other[2:]).read_bytes())
     assert ancestry.loose_blobs(repo, [sha], 100) is None
+    # A link to the object's bytes is not followed.
+    path.unlink()
+    (repo / "saved").write_bytes(zlib.compress(b"blob 6\0x = 1\n"))
+    path.symlink_to(repo / "saved")
+    assert ancestry.loose_blobs(repo, [sha], 100) is None
+    path.unlink()
+    (repo / "saved").rename(path)
+    assert ancestry.loose_blobs(repo, [sha], 100) == {sha: b"x = 1\n"}
     # A commit is no blob.
     head = _git(repo, "rev-parse", "HEAD").strip()
     assert ancestry.loose_blobs(repo, [head], 10_000) is None

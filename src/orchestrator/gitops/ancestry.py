@@ -383,16 +383,21 @@ def _loose_blob(stores: list[Path], sha: str, max_bytes: int) -> bytes | None:
     if not is_hex(sha):
         return None
     for store in stores:
-        path = store / sha[:2] / sha[2:]
         try:
-            # zlib never makes a blob much larger than its bytes: a bigger file is no blob
-            # that fits.
-            if path.stat().st_size > max_bytes + max_bytes // 100 + 1024:
-                return None
-            raw = path.read_bytes()
+            fd = os.open(store / sha[:2] / sha[2:], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             continue
         except OSError:
+            return None  # a link, or unreadable: git reads it
+        # zlib never makes a blob much larger than its bytes: a bigger file is no blob
+        # that fits.
+        limit = max_bytes + max_bytes // 100 + 1024
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                raw = fh.read(limit + 1)
+        except OSError:
+            return None
+        if len(raw) > limit:
             return None
         inflate = zlib.decompressobj()
         try:
