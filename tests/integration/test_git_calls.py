@@ -290,6 +290,17 @@ def _attempt(ws: Path) -> tuple[commits.Committed, collections.Counter[str], str
     return done, _subcommands(calls), head
 
 
+def _refused_by_git_for_markers(ws: Path, path: str) -> None:
+    """An attempt in ``ws`` is refused for the conflict markers in ``path``, as git's
+    ``diff --cached --check`` found them, and nothing is committed."""
+    done, asked, head = _attempt(ws)
+    assert done.status == "refused", done.detail
+    assert f"conflict markers: {path}" in done.detail
+    assert asked["diff"] == 1
+    assert asked["commit"] == 0
+    assert _git(ws, "rev-parse", "HEAD") == head
+
+
 def test_a_staged_line_that_may_be_a_marker_is_left_to_git(tmp_path: Path, make_repo: Any) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
@@ -306,22 +317,14 @@ def test_markers_of_another_size_are_found_by_git(tmp_path: Path, make_repo: Any
     )
     ws = _workspace(repo, tmp_path / "worktrees")
     (ws / "calc.txt").write_text("<<< ours\na = 1\n===\na = 2\n>>> theirs\n")
-    done, asked, head = _attempt(ws)
-    assert done.status == "refused", done.detail
-    assert "conflict markers: calc.txt" in done.detail
-    assert asked["diff"] == 1
-    assert asked["commit"] == 0
-    assert _git(ws, "rev-parse", "HEAD") == head
+    _refused_by_git_for_markers(ws, "calc.txt")
 
 
 def test_a_marker_on_a_files_first_line_is_found(tmp_path: Path, make_repo: Any) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
     (ws / "top.py").write_text("=======\na = 1\n")
-    done, asked, _ = _attempt(ws)
-    assert done.status == "refused", done.detail
-    assert "conflict markers: top.py" in done.detail
-    assert asked["commit"] == 0
+    _refused_by_git_for_markers(ws, "top.py")
 
 
 def test_a_staged_file_whose_bytes_are_not_loose_is_left_to_git(
@@ -339,12 +342,7 @@ def test_a_staged_file_whose_bytes_are_not_loose_is_left_to_git(
     assert not (repo / ".git" / "objects" / kept[:2] / kept[2:]).exists()
     ws = _workspace(repo, tmp_path / "worktrees")
     (ws / "copy.txt").write_text(debris)
-    done, asked, head = _attempt(ws)
-    assert done.status == "refused", done.detail
-    assert "conflict markers: copy.txt" in done.detail
-    assert asked["diff"] == 1
-    assert asked["commit"] == 0
-    assert _git(ws, "rev-parse", "HEAD") == head
+    _refused_by_git_for_markers(ws, "copy.txt")
 
 
 def test_what_was_staged_before_the_attempt_is_checked_by_git(
@@ -358,12 +356,7 @@ def test_what_was_staged_before_the_attempt_is_checked_by_git(
     _git(ws, "add", "early.py")
     _git(ws, "write-tree")  # a whole cache of trees, of a tree that is not HEAD's
     (ws / "later.py").write_text("b = 1\n")
-    done, asked, head = _attempt(ws)
-    assert done.status == "refused", done.detail
-    assert "conflict markers: early.py" in done.detail
-    assert asked["diff"] == 1
-    assert asked["commit"] == 0
-    assert _git(ws, "rev-parse", "HEAD") == head
+    _refused_by_git_for_markers(ws, "early.py")
 
 
 def test_unmerged_paths_are_refused_and_undone(tmp_path: Path, make_repo: Any) -> None:
