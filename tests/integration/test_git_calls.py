@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import random
 import subprocess
 import zlib
@@ -325,6 +326,23 @@ def test_a_marker_on_a_files_first_line_is_found(tmp_path: Path, make_repo: Any)
     ws = _workspace(repo, tmp_path / "worktrees")
     (ws / "top.py").write_text("=======\na = 1\n")
     _refused_by_git_for_markers(ws, "top.py")
+
+
+def test_markers_in_a_file_whose_name_is_not_utf8_are_refused(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The agent names its files: git prints a name as its bytes in ``diff --check``'s
+    # report, and a name that is not UTF-8 must not turn the refusal into a crash.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    debris = ws / os.fsdecode(b"\xff-calc.py")
+    debris.write_text("<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n")
+    done, asked, head = _attempt(ws)
+    assert done.status == "refused", done.detail
+    assert "-calc.py" in done.detail
+    assert asked["commit"] == 0
+    assert _git(ws, "rev-parse", "HEAD") == head
+    assert not debris.exists()  # undone: the staged file is gone with the attempt
 
 
 def test_a_staged_file_whose_bytes_are_not_loose_is_left_to_git(
