@@ -270,7 +270,10 @@ def _staged_markers(worktree: Path, staged: index_file.Staged | None = None) -> 
     line it checks is a line of one of them): git is not asked."""
     if staged is not None and not _may_hold_markers(worktree, staged):
         return []
-    check = gitcmd.git(["diff", "--cached", "--check", "--", *CHANGE_PATHSPEC], worktree)
+    # The report names the agent's files, as their bytes: read to be shown, never crashed on.
+    check = gitcmd.git(
+        ["diff", "--cached", "--check", "--", *CHANGE_PATHSPEC], worktree, errors="replace"
+    )
     markers = [
         line.split(": leftover conflict marker")[0]
         for line in check.stdout.splitlines()

@@ -97,8 +97,13 @@ def git(
     timeout_s: float = DEFAULT_GIT_TIMEOUT_S,
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
+    errors: str = "strict",
 ) -> GitResult:
-    """Run ``git <args>`` in ``cwd`` with a timeout; never raises for a failing git."""
+    """Run ``git <args>`` in ``cwd`` with a timeout; never raises for a failing git.
+
+    ``errors``: how bytes of the output that are not UTF-8 are decoded (``replace`` for
+    output read only to be shown, such as paths a task's files named: git prints a path
+    as its bytes)."""
 
     argv = ("git", *SAFE_CONFIG, *args)
     full_env = {**git_environment(), **_GIT_ENV, **(env or {})}
@@ -110,6 +115,7 @@ def git(
             input=input_text,
             capture_output=True,
             text=True,
+            errors=errors,
             timeout=timeout_s,
             check=False,
         )
