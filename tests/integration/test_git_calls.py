@@ -345,6 +345,24 @@ def test_markers_in_a_file_whose_name_is_not_utf8_are_refused(
     assert not debris.exists()  # undone: the staged file is gone with the attempt
 
 
+def test_an_untracked_file_whose_name_is_not_utf8_is_undone_with_the_attempt(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # A by-product ``add`` leaves out, named in bytes that are not UTF-8, beside debris:
+    # the refusal lists the untracked files to delete them, and must not crash on its name.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "calc.py").write_text("<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n")
+    odd = ws / os.fsdecode(b"\xff.pyc")
+    odd.write_bytes(b"\0")
+    done, _, head = _attempt(ws)
+    assert done.status == "refused", done.detail
+    assert "the attempt was undone" in done.detail
+    assert _git(ws, "rev-parse", "HEAD") == head
+    assert not odd.exists()
+    assert not (ws / "calc.py").exists()
+
+
 def test_a_staged_file_whose_bytes_are_not_loose_is_left_to_git(
     tmp_path: Path, make_repo: Any
 ) -> None:
