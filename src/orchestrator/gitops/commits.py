@@ -43,9 +43,11 @@ def patch_present(worktree: Path, patch: Path) -> bool:
 def changed_paths(worktree: Path) -> tuple[list[str] | None, str]:
     """Paths whose files differ from HEAD (tracked changes, untracked files, unmerged),
     by-products left out; (None, why) when git cannot tell."""
+    # The paths are read to be counted and shown: a name that is not UTF-8 is no crash.
     res = gitcmd.git(
         ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *CHANGE_PATHSPEC],
         worktree,
+        errors="replace",
     )
     if not res:
         return None, f"git status failed: {_explain(res)}"
@@ -72,7 +74,11 @@ def restore_to_head(worktree: Path) -> tuple[bool, str]:
     res = gitcmd.git(["read-tree", "--reset", "-u", "HEAD"], worktree)
     if not res:
         return False, f"cannot restore the worktree to HEAD: {_git_message(res)}"
-    others = gitcmd.git(["ls-files", "-z", "--others", "--exclude-standard"], worktree)
+    # Names as their bytes (a task's file may be named in any): each goes back to the file
+    # system as it came (``surrogateescape``, as ``os.fsdecode`` reads a name).
+    others = gitcmd.git(
+        ["ls-files", "-z", "--others", "--exclude-standard"], worktree, errors="surrogateescape"
+    )
     if not others:
         return False, f"cannot list untracked files: {_git_message(others)}"
     root = worktree.resolve()
