@@ -11,7 +11,6 @@ the median and p95 of each and their ratio. No asserts: figures to read.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transitions import figures
 
 from orchestrator.gitops import merge, workspace_refs
 
@@ -58,9 +60,7 @@ def main() -> None:
     print(f"== a workspace branch moved {args.moves} times each way")
     medians = {}
     for name, values in took.items():
-        ms = sorted(v * 1000 for v in values)
-        medians[name] = statistics.median(ms)
-        p95 = ms[int(len(ms) * 0.95) - 1]
+        medians[name], p95 = figures(values)
         print(f"  {name:<16} median {medians[name]:6.3f} ms   p95 {p95:6.3f} ms")
     print(f"  ratio            git / swap {medians['git update-ref'] / medians['swap']:.1f}x")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transitions import figures
 
 from orchestrator import realpath as realpath_module
 from orchestrator import sandbox
@@ -98,9 +100,7 @@ def main() -> None:
     print(f"  paths resolved per plan  {calls}")
     medians = {}
     for name, values in took.items():
-        ms = sorted(v * 1000 for v in values)
-        medians[name] = statistics.median(ms)
-        p95 = ms[int(len(ms) * 0.95) - 1]
+        medians[name], p95 = figures(values)
         print(f"  realpath by {name:<7} median {medians[name]:6.3f} ms   p95 {p95:6.3f} ms")
     print(
         f"  ratio                    python / kernel {medians['python'] / medians['kernel']:.2f}x"
