@@ -318,10 +318,8 @@ def _loose_commit(stores: list[Path], sha: str, *, message: bool = True) -> Loos
             data = zlib.decompress(raw)
         except zlib.error:
             return None
-        if hashlib.sha1(data, usedforsecurity=False).hexdigest() != sha:
-            return None
-        header, sep, body = data.partition(b"\0")
-        if not sep or header != b"commit %d" % len(body):
+        body = _object_body(data, sha, b"commit")
+        if body is None:
             return None
         lines = body.split(b"\n")
         if not lines[0].startswith(b"tree "):
@@ -406,10 +404,17 @@ def _loose_blob(stores: list[Path], sha: str, max_bytes: int) -> bytes | None:
             return None
         if not inflate.eof or inflate.unconsumed_tail:
             return None  # cut short, or larger than allowed
-        if hashlib.sha1(data, usedforsecurity=False).hexdigest() != sha:
-            return None
-        header, sep, body = data.partition(b"\0")
-        if not sep or header != b"blob %d" % len(body) or len(body) > max_bytes:
-            return None
-        return body
+        body = _object_body(data, sha, b"blob")
+        return None if body is None or len(body) > max_bytes else body
     return None
+
+
+def _object_body(data: bytes, sha: str, kind: bytes) -> bytes | None:
+    """The body of an inflated loose object when it is what its name ``sha`` says and of
+    type ``kind`` (its header ``<kind> <size>`` telling the body's size); else None."""
+    if hashlib.sha1(data, usedforsecurity=False).hexdigest() != sha:
+        return None
+    header, sep, body = data.partition(b"\0")
+    if not sep or header != b"%s %d" % (kind, len(body)):
+        return None
+    return body
