@@ -50,6 +50,9 @@ try:
 except ImportError:  # imported as tests.integration.test_git_calls
     from tests.integration.merge_helpers import run_git
 
+# Conflict debris an attempt leaves: git's markers around two sides of a line.
+DEBRIS = "<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n"
+
 
 @contextmanager
 def counted() -> Iterator[list[tuple[str, ...]]]:
@@ -275,7 +278,7 @@ def test_conflict_markers_are_refused_and_undone(tmp_path: Path, make_repo: Any)
     repo = make_repo(files={"README.md": "demo\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
     head = _git(ws, "rev-parse", "HEAD")
-    (ws / "calc.py").write_text("<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n")
+    (ws / "calc.py").write_text(DEBRIS)
     done = commits.commit_all(ws, "DEMO-1: debris")
     assert done.status == "refused"
     assert "conflict markers: calc.py" in done.detail
@@ -336,7 +339,7 @@ def test_markers_in_a_file_whose_name_is_not_utf8_are_refused(
     repo = make_repo(files={"README.md": "demo\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
     debris = ws / os.fsdecode(b"\xff-calc.py")
-    debris.write_text("<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n")
+    debris.write_text(DEBRIS)
     done, asked, head = _attempt(ws)
     assert done.status == "refused", done.detail
     assert "-calc.py" in done.detail
@@ -352,7 +355,7 @@ def test_an_untracked_file_whose_name_is_not_utf8_is_undone_with_the_attempt(
     # the refusal lists the untracked files to delete them, and must not crash on its name.
     repo = make_repo(files={"README.md": "demo\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
-    (ws / "calc.py").write_text("<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n")
+    (ws / "calc.py").write_text(DEBRIS)
     odd = ws / os.fsdecode(b"\xff.pyc")
     odd.write_bytes(b"\0")
     done, _, head = _attempt(ws)
@@ -369,15 +372,14 @@ def test_a_staged_file_whose_bytes_are_not_loose_is_left_to_git(
     # The user's clone keeps main's older files in a pack, and the attempt copies one with
     # markers to a new path: its blob is no loose object the workspace can read (main's
     # last commit and its tree are loose: the rest is read from files).
-    debris = "<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n"
-    repo = make_repo(files={"README.md": "demo\n", "kept.txt": debris})
+    repo = make_repo(files={"README.md": "demo\n", "kept.txt": DEBRIS})
     _git(repo, "gc", "-q")
     (repo / "README.md").write_text("demo, again\n")
     _git(repo, "commit", "-qam", "after the gc")
     kept = _git(repo, "rev-parse", "HEAD:kept.txt")
     assert not (repo / ".git" / "objects" / kept[:2] / kept[2:]).exists()
     ws = _workspace(repo, tmp_path / "worktrees")
-    (ws / "copy.txt").write_text(debris)
+    (ws / "copy.txt").write_text(DEBRIS)
     _refused_by_git_for_markers(ws, "copy.txt")
 
 
@@ -388,7 +390,7 @@ def test_what_was_staged_before_the_attempt_is_checked_by_git(
     # comparing it with the index after add would miss the markers staged already.
     repo = make_repo(files={"README.md": "demo\n"})
     ws = _workspace(repo, tmp_path / "worktrees")
-    (ws / "early.py").write_text("<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n")
+    (ws / "early.py").write_text(DEBRIS)
     _git(ws, "add", "early.py")
     _git(ws, "write-tree")  # a whole cache of trees, of a tree that is not HEAD's
     (ws / "later.py").write_text("b = 1\n")
