@@ -101,9 +101,15 @@ def git(
 ) -> GitResult:
     """Run ``git <args>`` in ``cwd`` with a timeout; never raises for a failing git.
 
-    ``errors``: how bytes of the output that are not UTF-8 are decoded (``replace`` for
-    output read only to be shown, such as paths a task's files named: git prints a path
-    as its bytes)."""
+    ``errors``: how bytes of the output that are not UTF-8 are decoded: ``strict`` (a
+    caller that parses the output and has no name in it), ``surrogateescape`` for names
+    that are matched or go back to the file system (as ``os.fsdecode`` reads a name),
+    ``replace`` for output read only to be shown. Git prints a path as its bytes (always
+    with ``-z``; without it, when ``core.quotePath`` is false), and a task's files are
+    named by the agent. Output is read as ``text=True`` reads it (a ``\\r`` is a line
+    break), but for ``surrogateescape``: its names are exact, a ``\\r`` in one included.
+    Git's stderr is only ever shown, and names files in its warnings as their bytes: it
+    is always decoded with ``replace``."""
 
     argv = ("git", *SAFE_CONFIG, *args)
     full_env = {**git_environment(), **_GIT_ENV, **(env or {})}
@@ -112,10 +118,8 @@ def git(
             argv,
             cwd=cwd,
             env=full_env,
-            input=input_text,
+            input=None if input_text is None else input_text.encode(),
             capture_output=True,
-            text=True,
-            errors=errors,
             timeout=timeout_s,
             check=False,
         )
@@ -124,7 +128,18 @@ def git(
         return GitResult(argv, -1, out, f"git timed out after {timeout_s:g}s", timed_out=True)
     except OSError as exc:
         return GitResult(argv, -1, "", f"git could not start: {exc}")
-    return GitResult(argv, proc.returncode, proc.stdout, proc.stderr)
+    return GitResult(
+        argv, proc.returncode, _text(proc.stdout, errors), _text(proc.stderr, "replace")
+    )
+
+
+def _text(raw: bytes, errors: str) -> str:
+    """Git's output as ``text=True`` read it (UTF-8, universal newlines), or exactly as
+    ``os.fsdecode`` reads a name (``surrogateescape``)."""
+    text = raw.decode("utf-8", errors)
+    if errors == "surrogateescape":
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 _A = TypeVar("_A")
@@ -207,8 +222,22 @@ CHANGE_PATHSPEC = (".", *BYPRODUCT_EXCLUDES)
 _NAMED_PATHS = 10
 
 
+def shown(name: str) -> str:
+    """A file name as a reason shows it: bytes that are not UTF-8 (read as surrogates,
+    ``os.fsdecode``'s way) as U+FFFD, and a character that is not printable (a line break,
+    an escape, a bidirectional override) as its escape.
+
+    A task's files are named by the agent: a surrogate cannot be written as UTF-8 (to a
+    file, a row, a response), and a line break in a name would start a line of its own in
+    a reason. Only for showing: a name to be matched or found again is kept as it is."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def name_paths(paths: Sequence[str]) -> str:
-    """``a, b, c`` (at most ten, then how many more)."""
-    shown = ", ".join(paths[:_NAMED_PATHS])
+    """``a, b, c`` (at most ten, then how many more), each as ``shown``."""
+    listed = ", ".join(shown(p) for p in paths[:_NAMED_PATHS])
     more = len(paths) - _NAMED_PATHS
-    return f"{shown} and {more} more" if more > 0 else shown
+    return f"{listed} and {more} more" if more > 0 else listed
