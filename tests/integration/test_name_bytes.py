@@ -12,18 +12,31 @@ where cheap, the whole pipeline with the real worker and sandboxed test-runner.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.gitops import commits, worktrees
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from orchestrator import task_ops
+from orchestrator.api import create_app
+from orchestrator.cli import app
+from orchestrator.gitops import changes, commits, worktrees
 from orchestrator.gitops import git as gitcmd
+from orchestrator.runners import protected
 
 try:
-    from merge_helpers import run_git
+    from merge_helpers import MergeBed, commit_files, run_git
+    from test_test_cheats import CALC_BROKEN, FAKE_AGENT, FORCE_PASS, SUITE, Bed
 except ImportError:  # imported as tests.integration.test_name_bytes
-    from tests.integration.merge_helpers import run_git
+    from tests.integration.merge_helpers import MergeBed, commit_files, run_git
+    from tests.integration.test_test_cheats import CALC_BROKEN, FAKE_AGENT, FORCE_PASS, SUITE, Bed
 
 DEBRIS = "<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n"
 REPLACED = "\ufffd"
@@ -77,3 +90,224 @@ def test_shown_names_are_writable_and_say_what_they_hide() -> None:
     assert gitcmd.shown("a\nb\x1b[31m.py") == "a\\nb\\x1b[31m.py"
     assert gitcmd.shown("caf\u00e9/\u202etxt.py") == "caf\u00e9/\\u202etxt.py"
     assert gitcmd.name_paths(["ok.py", name(b"\xfe.py")]) == f"ok.py, {REPLACED}.py"
+
+
+# --------------------------------------------------------------------------- protected paths
+
+
+def test_a_protected_test_renamed_to_a_name_that_is_not_utf8_is_a_protected_change(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # `git diff --raw -z` prints the new name as its bytes: the deletion of the protected
+    # test must still be seen (before: UnicodeDecodeError, the job CRASHED).
+    repo = make_repo(files={"calc.py": "x = 1\n", "tests/test_calc.py": SUITE})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    base = _git(ws, "rev-parse", "HEAD")
+    os.rename(ws / "tests/test_calc.py", ws / name(b"\xff.py"))
+    commit_files(ws, {}, "rename")
+
+    diff, why = changes.diff_paths(ws, base, "HEAD")
+    assert diff is not None, why
+    assert sorted((d.status, d.path) for d in diff) == [
+        ("A", name(b"\xff.py")),
+        ("D", "tests/test_calc.py"),
+    ]
+    found = protected.check_paths(ws, base, "HEAD", None, workspace_files=True)
+    assert found.problem is None
+    assert [str(c) for c in found.changes] == ["tests/test_calc.py (deleted)"]
+
+
+def test_a_protected_file_whose_name_is_not_utf8_is_matched_by_its_bytes(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # Main has a test helper whose name is not UTF-8; the branch changes it. It is held,
+    # shown with U+FFFD, and the fingerprint tells it from another name shown the same.
+    odd, other = name(b"tests/data\xff.py"), name(b"tests/data\xfe.py")
+    repo = make_repo(files={"calc.py": "x = 1\n", odd: "A = 1\n", other: "B = 1\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    base = _git(ws, "rev-parse", "HEAD")
+    (ws / odd).write_text("A = 2\n")
+    commit_files(ws, {}, "edit one")
+    found = protected.check_paths(ws, base, "HEAD", None, workspace_files=True)
+    assert found.problem is None
+    assert [c.path for c in found.changes] == [odd]  # its bytes, not a look-alike
+    shown = protected.hold_reasons(found, "DEMO-1")
+    assert f"tests/data{REPLACED}.py (modified)" in _writable(" ".join(shown))
+
+    (ws / odd).write_text("A = 1\n")
+    (ws / other).write_text("B = 2\n")
+    commit_files(ws, {}, "edit the other instead")
+    again = protected.check_paths(ws, base, "HEAD", None, workspace_files=True)
+    assert [c.path for c in again.changes] == [other]
+    assert [str(c) for c in again.changes] == [str(c) for c in found.changes]
+    assert again.fingerprint != found.fingerprint
+
+
+def test_a_conftest_beside_the_tree_in_a_folder_that_is_not_utf8_is_found_and_read(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # `ls-files --others -z` prints the folder's name as its bytes: the stray conftest.py
+    # must be found (before: UnicodeDecodeError) and read where it is (its bytes: a name
+    # with U+FFFD would name no file, and read as "unreadable").
+    repo = make_repo(files={"calc.py": "x = 1\n", ".gitignore": "*.log\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    folder = ws / name(b"\xff")
+    folder.mkdir()
+    (folder / "conftest.py").write_text(FORCE_PASS)
+    (ws / name(b"\xfe.log")).write_text("ignored\n")
+
+    strays, why = changes.stray_paths(ws)
+    assert strays is not None, why
+    assert sorted(strays) == sorted([name(b"\xff/conftest.py"), name(b"\xfe.log")])
+    head = _git(ws, "rev-parse", "HEAD")
+    found = protected.check_paths(ws, head, head, None, workspace_files=True)
+    assert found.problem is None
+    [change] = found.changes
+    assert change.kind == "untracked"
+    assert change.content.startswith("sha256:")  # the file itself was read
+    assert _writable(str(change)).startswith(f"{REPLACED}/conftest.py (untracked: configures")
+
+
+def test_a_carriage_return_in_a_name_is_kept(tmp_path: Path, make_repo: Any) -> None:
+    # Read as text, "\r" was a line break: the folder "sub\r" became "sub\n", a name that
+    # is no file (read as "unreadable"), and the untracked file was never deleted.
+    repo = make_repo(files={"calc.py": "x = 1\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "sub\r").mkdir()
+    (ws / "sub\r" / "conftest.py").write_text(FORCE_PASS)
+    head = _git(ws, "rev-parse", "HEAD")
+    found = protected.check_paths(ws, head, head, None, workspace_files=True)
+    [change] = found.changes
+    assert change.path == "sub\r/conftest.py"
+    assert change.content.startswith("sha256:")  # the file itself was read
+    assert str(change).startswith("sub\\r/conftest.py (untracked")
+
+    (ws / "calc.py").write_text(DEBRIS)
+    done = commits.commit_all(ws, "DEMO-1: attempt")
+    assert done.status == "refused", done.detail
+    assert "the attempt was undone" in done.detail
+    assert not (ws / "sub\r").exists()
+
+
+def test_a_hold_on_a_name_that_is_not_utf8_is_recorded_and_approved(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The record keeps the exact name (JSON escapes it); what approving returns is shown.
+    odd = name(b"tests/data\xff.py")
+    repo = make_repo(files={"calc.py": "x = 1\n", odd: "A = 1\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / odd).write_text("A = 2\n")
+    commit_files(ws, {}, "edit")
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    found = protected.check_task_branch(ws, "main", None, task_dir)
+    assert found.held, found
+    protected.note_hold(task_dir, found, 1.0)
+    accepted = protected.approve_hold(task_dir, "someone", 2.0)
+    assert accepted == [f"tests/data{REPLACED}.py (modified)"]
+    again = protected.check_task_branch(ws, "main", None, task_dir)
+    assert again.approved
+    assert not again.held
+    assert [c.path for c in protected.approval_of(task_dir, again.fingerprint) or []] == [odd]
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def _shown_everywhere(bed: Bed, key: str, expected: str) -> None:
+    """The reasons name ``expected`` in the database, `orch task show --json` and the API."""
+    text = " | ".join(bed.last(key).reasons)
+    assert expected in text, text
+    env = {"ORCH_HOME": str(bed.settings.home), "ORCH_DATABASE_URL": str(bed.settings.database_url)}
+    shown = CliRunner().invoke(app, ["task", "show", key, "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert expected in json.dumps(json.loads(shown.stdout), ensure_ascii=False)
+    api = create_app(bed.settings, bed.engine)
+    token = (bed.settings.home / "api-token").read_text().strip()
+    client = TestClient(
+        api,
+        base_url="http://127.0.0.1",
+        headers={"Authorization": f"Bearer {token}"},
+        raise_server_exceptions=False,
+    )
+    got = client.get(f"/tasks/{key}")
+    assert got.status_code == 200, got.text
+    assert expected in got.content.decode("utf-8")
+
+
+def test_a_patch_that_renames_a_protected_test_to_bytes_waits_for_a_human(
+    bed: Bed,
+) -> None:
+    """The patch developer moves the suite's test module to a name that is not UTF-8 and
+    breaks the code: the task waits at testing for a human, the deletion named, and no
+    suite runs (before: the testing job CRASHED on git's output)."""
+    bed.seed_baseline()
+    key = bed.file({"calc.py": CALC_BROKEN, "tests/test_calc.py": None, name(b"\xff.py"): SUITE})
+    bed.run()
+    bed.assert_awaiting_approval(key, ("tests/test_calc.py (deleted)",))
+    _shown_everywhere(bed, key, "tests/test_calc.py (deleted)")
+
+
+def test_a_conftest_left_in_a_folder_that_is_not_utf8_waits_for_a_human(
+    tmp_path: Path, migrated_db_url: str, make_repo: Any
+) -> None:
+    """A developer agent leaves an untracked conftest.py that forces every report to pass,
+    in a folder whose name is not UTF-8: it is found, named (with U+FFFD) and held; once a
+    human approves it, the run goes on to a verdict."""
+    plan_dir = tmp_path / "plan"
+    plan_dir.mkdir()
+    plan = plan_dir / "plan.json"
+    # A .gitignore keeps the folder out of the branch (`git add -A` commits the rest):
+    # "?" is one byte to git, so "/?/" is the folder \xff.
+    write = {
+        ".gitignore": "__pycache__/\n/?/\n",
+        name(b"\xff/conftest.py"): FORCE_PASS,
+        "calc.py": CALC_BROKEN,
+    }
+    # JSON escapes the name's surrogates; the agent's json.loads gives them back, and
+    # open() writes the name's bytes.
+    plan.write_text(json.dumps({"*:development:*": {"write": write}}))
+    agent = (
+        f"command:{sys.executable} {FAKE_AGENT} {plan} {{task}} {{stage}} {{artifact_dir}} "
+        f"{{worktree}}"
+    )
+    made = Bed(tmp_path, migrated_db_url, make_repo, developer=agent, sandbox_rw=(str(plan_dir),))
+    try:
+        made.seed_baseline()
+        key = made.file({"calc.py": CALC_BROKEN})  # the patch is not used by this developer
+        made.run()
+        held = f"{REPLACED}/conftest.py (untracked: configures the suite"
+        made.assert_awaiting_approval(key, (held,))
+        _shown_everywhere(made, key, held)
+        task_ops.approve_task(made.engine, made.settings, key)
+        made.run()
+        task = made.task(key)
+        assert (task.stage, task.state) == ("testing", "blocked"), made.last(key).reasons
+    finally:
+        made.engine.dispose()
+
+
+def test_the_merge_retest_refuses_a_conftest_in_a_folder_that_is_not_utf8(
+    tmp_path: Path, engine: sa.Engine, make_repo: Any
+) -> None:
+    """A file beside the candidate's tree in a folder whose name is not UTF-8, which would
+    configure the re-test: INFRA, named; main does not move (before: the gate crashed)."""
+    bed = MergeBed(tmp_path, engine, make_repo)
+    task = bed.add_task()
+    bed.develop(task, {"feature.txt": "work\n"}, "work")
+    folder = bed.worktree(task) / name(b"\xff")
+    folder.mkdir()
+    (folder / "conftest.py").write_text(FORCE_PASS)
+    before = bed.main_sha()
+    verdict = bed.gate(task)
+    assert verdict.fields["merge_status"] == "INFRA", verdict.reasons
+    text = _writable(" ".join(verdict.reasons))
+    assert f"{REPLACED}/conftest.py (untracked" in text
+    assert bed.main_sha() == before
+
+
+@pytest.fixture
+def bed(tmp_path: Path, migrated_db_url: str, make_repo: Any) -> Any:
+    made = Bed(tmp_path, migrated_db_url, make_repo)
+    yield made
+    made.engine.dispose()

@@ -48,7 +48,9 @@ def diff_paths(worktree: Path, base: str, head: str) -> tuple[list[PathChange] |
     """Every path that differs between ``base`` and ``head``: (changes, "") or (None, why).
 
     No rename detection (a rename is a deletion and an addition), no external diff or
-    textconv driver, full blob ids.
+    textconv driver, full blob ids. Paths as their bytes (``surrogateescape``): they are
+    matched against the protected globs, and a name that is not UTF-8 is still the
+    agent's file (shown with ``gitcmd.shown``).
     """
     res = gitcmd.git(
         [
@@ -64,6 +66,7 @@ def diff_paths(worktree: Path, base: str, head: str) -> tuple[list[PathChange] |
             "--",
         ],
         worktree,
+        errors="surrogateescape",
     )
     if not res:
         return None, f"git diff {base[:12]} {head[:12]} failed: {_explain(res)}"
@@ -106,8 +109,13 @@ def read_blob(worktree: Path, blob: str) -> str | None:
 
 def stray_paths(worktree: Path) -> tuple[list[str] | None, str]:
     """Files in the workspace that are not in its tree, untracked or ignored alike (the
-    suites' by-products left out): (paths, "") or (None, why)."""
-    res = gitcmd.git(["ls-files", "-z", "--others", "--", ".", *BYPRODUCT_EXCLUDES], worktree)
+    suites' by-products left out): (paths, "") or (None, why). Paths as their bytes
+    (``surrogateescape``): each is matched, then read where it is."""
+    res = gitcmd.git(
+        ["ls-files", "-z", "--others", "--", ".", *BYPRODUCT_EXCLUDES],
+        worktree,
+        errors="surrogateescape",
+    )
     if not res:
         return None, f"git ls-files --others failed: {_explain(res)}"
     return [p for p in res.stdout.split("\0") if p], ""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from orchestrator.gitops.git import shown
 from orchestrator.runners.protected_globs import (
     SECTIONED_FILES,
     SUITE_CONFIG_NAMES,
@@ -82,9 +83,13 @@ class ProtectedChange:
     content: str = ""
 
     def __str__(self) -> str:
-        return f"{self.path} ({self.kind}{': ' + self.detail if self.detail else ''})"
+        # The path is the agent's to name (its bytes, ``surrogateescape``): shown, never
+        # written as it is into a reason.
+        return f"{shown(self.path)} ({self.kind}{': ' + self.detail if self.detail else ''})"
 
     def as_dict(self) -> dict[str, str]:
+        # The path as it is: ``json.dumps`` escapes a surrogate (ASCII), and the record
+        # gives the exact name back to ``approval_of``.
         return {
             "path": self.path,
             "kind": self.kind,
