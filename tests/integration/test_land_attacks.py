@@ -106,7 +106,7 @@ def test_a_first_attempts_commit_tells_the_gate_what_git_would(
         return
     assert done.branch_diff is not None
     assert commits.has_diff_vs(ws, "main") == (True, done.branch_diff)
-    assert commits.branch_markers(ws, "main") == []
+    assert commits.branch_markers(ws, "main") == ([], "")
 
 
 # ---- a development attempt published into the user's clone ------------------------------

@@ -27,6 +27,8 @@ from typer.testing import CliRunner
 from orchestrator import task_ops
 from orchestrator.api import create_app
 from orchestrator.cli import app
+from orchestrator.domain.stages import Stage
+from orchestrator.gates import registry
 from orchestrator.gitops import changes, commits, worktrees
 from orchestrator.gitops import git as gitcmd
 from orchestrator.runners import protected
@@ -211,6 +213,76 @@ def test_a_hold_on_a_name_that_is_not_utf8_is_recorded_and_approved(
     assert [c.path for c in protected.approval_of(task_dir, again.fingerprint) or []] == [odd]
 
 
+# --------------------------------------------------------------------------- commits
+
+
+def test_branch_markers_in_a_file_whose_name_is_not_utf8_are_refused(
+    tmp_path: Path, engine: sa.Engine, make_repo: Any
+) -> None:
+    # An agent commits conflict debris itself under a name that is not UTF-8: `git diff
+    # --check` prints the name as its bytes. Before: UnicodeDecodeError at the gate.
+    bed = MergeBed(tmp_path, engine, make_repo)
+    task = bed.add_task()
+    ws = bed.worktree(task)
+    (ws / name(b"\xfe-calc.py")).write_text(DEBRIS)
+    commit_files(ws, {}, "debris")
+
+    markers, why = commits.branch_markers(ws, "main")
+    assert markers == [f"{REPLACED}-calc.py:1", f"{REPLACED}-calc.py:3", f"{REPLACED}-calc.py:5"]
+    assert why == ""
+    verdict = registry.check_branch_has_diff(bed.context(task, stage=Stage.DEVELOPMENT))
+    assert not verdict.passed
+    assert f"conflict markers: {REPLACED}-calc.py:1" in _writable(" ".join(verdict.reasons))
+
+
+def test_branch_markers_fail_closed_when_git_cannot_tell(tmp_path: Path, make_repo: Any) -> None:
+    # `git diff --check` failing (here: no such base) is not "no markers".
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    markers, why = commits.branch_markers(ws, "no-such-branch")
+    assert markers is None
+    assert "git diff --check" in why
+
+
+def test_names_git_prints_unquoted_do_not_crash_a_commit_or_its_gate(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # A user's `core.quotePath=false` (common where names are not English): `commit`'s
+    # summary and `diff --stat` print a new file's name as its bytes.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    run_git(ws, "config", "core.quotePath", "false")
+    (ws / name(b"\xfd-notes.txt")).write_text("notes\n")
+    done = commits.commit_all(ws, "DEMO-1: notes", main="main")
+    assert done.status == "committed", done.detail
+    (ws / name(b"\xfc-more.txt")).write_text("more\n")
+    assert commits.commit_all(ws, "DEMO-1: more").status == "committed"
+    has, detail = commits.has_diff_vs(ws, "main")
+    assert has, detail
+    assert detail == "2 files changed, 2 insertions(+)"
+
+
+def test_an_unmerged_path_whose_name_is_not_utf8_is_refused(tmp_path: Path, make_repo: Any) -> None:
+    # A conflict left in the index on a name that is not UTF-8 (as `apply --3way` or a
+    # merge leaves one): refused and undone, not a crash listing the unmerged paths.
+    odd = name(b"\xff.txt")
+    repo = make_repo(files={odd: "a\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    head = _git(ws, "rev-parse", "HEAD")
+    run_git(ws, "checkout", "-q", "-b", "other")
+    commit_files(ws, {odd: "b\n"}, "other")
+    run_git(ws, "checkout", "-q", "-")
+    commit_files(ws, {odd: "c\n"}, "ours")
+    subprocess.run(["git", "merge", "-q", "other"], cwd=ws, capture_output=True, check=False)
+    ours = _git(ws, "rev-parse", "HEAD")
+    assert ours != head
+
+    done = commits.commit_all(ws, "DEMO-1: attempt")
+    assert done.status == "refused", done.detail
+    assert f"unmerged paths (a conflict left unresolved): {REPLACED}.txt" in _writable(done.detail)
+    assert _git(ws, "rev-parse", "HEAD") == ours
+
+
 # --------------------------------------------------------------------------- whole runs
 
 
@@ -311,3 +383,31 @@ def bed(tmp_path: Path, migrated_db_url: str, make_repo: Any) -> Any:
     made = Bed(tmp_path, migrated_db_url, make_repo)
     yield made
     made.engine.dispose()
+
+
+# Rows of docs/security.md's attack table (rendered by test_security_doc.py).
+HERE = "tests/integration/test_name_bytes.py"
+DEFENDED = [
+    {
+        "attack": "rename a protected test to a name that is not UTF-8, or leave a "
+        "`conftest.py` in a folder so named beside the branch",
+        "before": "the testing job crashed on git's output (`UnicodeDecodeError`): no "
+        "verdict, a crash the agent could cause at will",
+        "now": "the name is read as its bytes: the deletion, or the stray `conftest.py`, is "
+        "a protected change and the task waits for a human, the name shown with U+FFFD",
+        "test": HERE,
+    },
+    {
+        "attack": "commit conflict markers in a file whose name is not UTF-8",
+        "before": "the development gate crashed on `git diff --check`'s report",
+        "now": "FAIL, the file and lines named; a `diff --check` that fails is FAIL too",
+        "test": HERE,
+    },
+    {
+        "attack": "leave a `conftest.py` in a folder whose name is not UTF-8 before the "
+        "merge re-test",
+        "before": "the merge gate crashed (INFRA: internal error)",
+        "now": "the re-test does not run: INFRA, the file named; main does not move",
+        "test": HERE,
+    },
+]

@@ -15,6 +15,7 @@ try:
     import test_api_security
     import test_forged_verdicts
     import test_llm_spend
+    import test_name_bytes
     import test_sandbox
     import test_sandbox_start
     import test_test_cheats
@@ -24,6 +25,7 @@ except ImportError:  # imported as tests.integration.test_security_doc
         test_api_security,
         test_forged_verdicts,
         test_llm_spend,
+        test_name_bytes,
         test_sandbox,
         test_sandbox_start,
         test_test_cheats,
@@ -35,6 +37,7 @@ def test_security_doc_is_current() -> None:
     defended = [
         *test_forged_verdicts.DEFENDED,
         *(Defended(**row) for row in test_test_cheats.DEFENDED),
+        *(Defended(**row) for row in test_name_bytes.DEFENDED),
         *(Defended(**row) for row in test_api_security.DEFENDED),
         *(Defended(**row) for row in test_task_text.DEFENDED),
         *(Defended(**row) for row in test_llm_spend.DEFENDED),

@@ -46,7 +46,9 @@ def check_branch_has_diff(ctx: GateContext) -> Verdict:
     if not ok:
         return failed(detail)
     # An agent may commit conflict debris itself; the orchestrator's own commit refuses it.
-    markers = commits.branch_markers(ctx.worktree, ctx.repo.main_branch)
+    markers, why = commits.branch_markers(ctx.worktree, ctx.repo.main_branch)
+    if markers is None:
+        return failed(why)
     if markers:
         listed = gitcmd.name_paths(markers)
         return failed(f"the branch adds lines that look like conflict markers: {listed}")

@@ -124,7 +124,8 @@ def commit_problems(worktree: Path) -> list[str]:
     problems: list[str] = []
     index = index_file.read_index(worktree)
     if index is None or index.unmerged:  # git names them (or says why it cannot)
-        unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
+        # The names are only shown: one that is not UTF-8 is no crash.
+        unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree, errors="replace")
         if not unmerged:
             return [f"git ls-files --unmerged failed: {_git_message(unmerged)}"]
         names = sorted({e.split("\t", 1)[1] for e in unmerged.stdout.split("\0") if "\t" in e})
@@ -134,19 +135,28 @@ def commit_problems(worktree: Path) -> list[str]:
     return problems
 
 
-def branch_markers(worktree: Path, base: str) -> list[str]:
-    """``file:line`` of conflict-marker lines the branch adds against ``base``."""
-    check = gitcmd.git(["diff", "--check", f"{base}...HEAD", "--", *CHANGE_PATHSPEC], worktree)
+def branch_markers(worktree: Path, base: str) -> tuple[list[str] | None, str]:
+    """``file:line`` of conflict-marker lines the branch adds against ``base``: (those,
+    "") or (None, why) when git cannot tell (that is no "none")."""
+    # `diff --check` names the files as their bytes (never quoted): read to be shown.
+    check = gitcmd.git(
+        ["diff", "--check", f"{base}...HEAD", "--", *CHANGE_PATHSPEC], worktree, errors="replace"
+    )
+    # Exit 2: it found problems; 0: none; anything else: it could not look.
+    if check.timed_out or check.returncode not in (0, 2):
+        return None, f"git diff --check against {base} failed: {_explain(check)}"
     return [
         line.split(": leftover conflict marker")[0]
         for line in check.stdout.splitlines()
         if line.endswith("leftover conflict marker")
-    ]
+    ], ""
 
 
 def has_diff_vs(worktree: Path, base: str) -> tuple[bool, str]:
     """Whether the task branch changes anything against ``base`` (its merge base)."""
-    res = gitcmd.git(["diff", "--stat", f"{base}...HEAD"], worktree)
+    # Only its last line (the totals) is read; the lines above it name the files, as their
+    # bytes where a user's ``core.quotePath`` is false.
+    res = gitcmd.git(["diff", "--stat", f"{base}...HEAD"], worktree, errors="replace")
     if not res:
         return False, f"git diff against {base} failed: {_explain(res)}"
     stat = res.stdout.strip()
@@ -220,7 +230,8 @@ def _commit_all(worktree: Path, message: str) -> Committed:
     # exactly what it staged against HEAD.
     before = index_file.read_index(worktree)
     if before is None:
-        unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree)
+        # Only whether there are any is read here.
+        unmerged = gitcmd.git(["ls-files", "-z", "--unmerged"], worktree, errors="replace")
         if not unmerged:
             return Committed("error", f"git ls-files --unmerged failed: {_explain(unmerged)}")
         if unmerged.stdout.strip("\0"):
@@ -310,9 +321,12 @@ def _commit_or_empty(worktree: Path, message: str, staged: index_file.Staged | N
     git call on every attempt that has a change, to save one on the rare attempt without.
     """
     # Not quiet: its summary says what changed ("[branch sha] subject", then the diffstat
-    # line), which a branch made of this one commit is told by.
+    # line), which a branch made of this one commit is told by. The lines after it name
+    # new files, as their bytes where a user's ``core.quotePath`` is false: only shown.
     res = gitcmd.git(
-        [*_ORCH_COMMITTER, *WORKSPACE_COMMIT, "commit", "--no-verify", "-m", message], worktree
+        [*_ORCH_COMMITTER, *WORKSPACE_COMMIT, "commit", "--no-verify", "-m", message],
+        worktree,
+        errors="replace",
     )
     if res:
         lines = res.stdout.splitlines()
