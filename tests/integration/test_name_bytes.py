@@ -32,6 +32,7 @@ from orchestrator.gates import registry
 from orchestrator.gitops import changes, commits, worktrees
 from orchestrator.gitops import git as gitcmd
 from orchestrator.runners import protected
+from orchestrator.store import queries
 
 try:
     from merge_helpers import MergeBed, commit_files, run_git
@@ -281,6 +282,46 @@ def test_an_unmerged_path_whose_name_is_not_utf8_is_refused(tmp_path: Path, make
     assert done.status == "refused", done.detail
     assert f"unmerged paths (a conflict left unresolved): {REPLACED}.txt" in _writable(done.detail)
     assert _git(ws, "rev-parse", "HEAD") == ours
+
+
+# --------------------------------------------------------------------------- the database
+
+
+def test_a_reason_that_cannot_be_written_as_utf8_is_stored_with_replacement(
+    engine: sa.Engine,
+) -> None:
+    # A surrogate that reaches a JSON column (a name read as its bytes, shown without
+    # `shown`): PostgreSQL refused the row (and a job's end was tried again and again),
+    # SQLite stored it for every reader to fail on. It is written with U+FFFD.
+    odd = name(b"tests/\xff.py")
+    with engine.begin() as conn:
+        repo = queries.insert_repo(
+            conn,
+            name="demo",
+            path="/srv/demo",
+            key_prefix="DEMO",
+            now=1.0,
+            stages=["development"],
+            agents={"development": "patch"},
+        )
+        task = queries.insert_task(
+            conn, repo_id=repo.id, title="t", body="b", stage="development", now=2.0
+        )
+        queries.insert_transition(
+            conn,
+            task_id=task.id,
+            kind="block",
+            from_stage="development",
+            to_stage="development",
+            from_state="active",
+            to_state="blocked",
+            reasons=[f"{odd} (deleted)", "plain", "caf\u00e9 \U0001f600"],
+            actor="engine",
+            now=3.0,
+        )
+    with engine.connect() as conn:
+        stored = queries.list_transitions(conn, task.id)[-1].reasons
+    assert stored == [f"tests/{REPLACED}.py (deleted)", "plain", "caf\u00e9 \U0001f600"]
 
 
 # --------------------------------------------------------------------------- whole runs

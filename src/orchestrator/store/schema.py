@@ -15,6 +15,7 @@ test fails until there is one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +62,11 @@ class JSON(sa.types.TypeDecorator[Any]):
     is (the migrations write it so), except that JSONB is looked up when a PostgreSQL
     connection first needs the type: a variant is an instance, made when the schema is,
     and importing PostgreSQL's dialect cost every SQLite command ~20 ms.
+
+    A string that cannot be written as UTF-8 (a lone surrogate: a file name the agent chose,
+    read as its bytes) is written with U+FFFD in its place: PostgreSQL refuses it (and a
+    job's end that cannot be stored would be tried again and again), SQLite would store it
+    and every reader that writes it out (the CLI, the API) would fail.
     """
 
     impl = sa.JSON
@@ -69,12 +75,41 @@ class JSON(sa.types.TypeDecorator[Any]):
     def __init__(self) -> None:
         super().__init__(none_as_null=True)
 
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return _writable(value) if _unwritable(value) else value
+
     def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import JSONB
 
             return dialect.type_descriptor(JSONB(none_as_null=True))
         return dialect.type_descriptor(self.impl_instance)
+
+
+# A lone surrogate: what ``surrogateescape`` reads a byte that is not UTF-8 as.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unwritable(value: Any) -> bool:
+    """Whether a JSON value holds a string (a key included) that UTF-8 cannot encode."""
+    if isinstance(value, str):
+        return not value.isascii() and _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_unwritable(k) or _unwritable(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_unwritable(v) for v in value)
+    return False
+
+
+def _writable(value: Any) -> Any:
+    """A JSON value with every lone surrogate of its strings as U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_writable(k): _writable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_writable(v) for v in value]
+    return value
 
 
 def json_type() -> sa.types.TypeEngine[Any]:
