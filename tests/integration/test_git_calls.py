@@ -5,18 +5,18 @@ call of the orchestrator goes through that module attribute); counts, never timi
 is held: a development attempt's commit and its publication, a first attempt's gate told
 by that commit, a job's start on a workspace that records main already, a task's first
 workspace, the merge gate's landing of a published branch whose tree needs no re-test (no
-fetch), a workspace's removal and a done task's branch deletion, and no automatic
-maintenance in a workspace. Beside each count, the shortcut's exactness: an attempt with
-nothing to commit; unmerged paths, a staged line that may be a marker, markers of another
-size or on a file's first line, a staged blob that is not loose, an index that held more
-than HEAD (the commit reads the index file: ``gitops/index_file.py``); a user's branch
-that moved on or that exists already, a main that moved or whose refs git packed, a tag
-that ``main`` names first, an unpublished branch, a linked worktree, a re-encoded commit
-message, a rebase a crash left stopped, each state of the checkout main moves in (dirty,
-another branch, detached, a bare config, a linked worktree, a symbolic-link HEAD, a HEAD
-file git reads to a NUL or does not trim, a branch that is an alias of another), and the
-branch's commits as ``git log`` prints them (odd messages and authors; a merge, a long or
-packed branch, an encoding left to git).
+fetch), its re-test told by the landing's status, a workspace's removal and a done task's
+branch deletion, and no automatic maintenance in a workspace. Beside each count, the
+shortcut's exactness: an attempt with nothing to commit; unmerged paths, a staged line
+that may be a marker, markers of another size or on a file's first line, a staged blob
+that is not loose, an index that held more than HEAD (the commit reads the index file:
+``gitops/index_file.py``); a user's branch that moved on or that exists already, a main
+that moved or whose refs git packed, a tag that ``main`` names first, an unpublished
+branch, a linked worktree, a re-encoded commit message, a rebase a crash left stopped,
+each state of the checkout main moves in (dirty, another branch, detached, a bare config,
+a linked worktree, a symbolic-link HEAD, a HEAD file git reads to a NUL or does not trim,
+a branch that is an alias of another), and the branch's commits as ``git log`` prints them
+(odd messages and authors; a merge, a long or packed branch, an encoding left to git).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from orchestrator.config import Settings
 from orchestrator.domain.stages import Stage
@@ -46,9 +47,9 @@ from orchestrator.runners import protected
 from orchestrator.store.rows import RepoRow, TaskRow
 
 try:
-    from merge_helpers import run_git
+    from merge_helpers import CALC, TESTS, MergeBed, fill_slot, run_git
 except ImportError:  # imported as tests.integration.test_git_calls
-    from tests.integration.merge_helpers import run_git
+    from tests.integration.merge_helpers import CALC, TESTS, MergeBed, fill_slot, run_git
 
 # Conflict debris an attempt leaves: git's markers around two sides of a line.
 DEBRIS = "<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n"
@@ -656,6 +657,44 @@ def test_landing_a_published_branch_takes_six_git_calls_and_no_fetch(
     again = _land(repo, ws)
     assert (again.status, again.already) == ("MERGED", "already-merged")
     assert _git(repo, "rev-parse", "main") == main
+
+
+def test_a_gate_that_retests_reads_the_workspaces_status_once(
+    tmp_path: Path, engine: sa.Engine, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Round 1 on a no-op rebase, a tree not yet validated: the landing's own status lists
+    # the untracked files too, and answers the re-test's "is the worktree clean?" (was: a
+    # status of the gate's own, 9 calls). The other status is the user's clone's checkout.
+    bed = MergeBed(tmp_path, engine, make_repo)
+    task = bed.add_task()
+    bed.develop(task, fill_slot(CALC, TESTS, "a", "a", 2), "a")
+    ws = bed.worktree(task)
+    where: list[tuple[str, Path]] = []
+    real = gitcmd.git
+
+    def wrapper(args: Sequence[str], cwd: Path, **kw: Any) -> gitcmd.GitResult:
+        where.append((args[0], cwd))
+        return real(args, cwd, **kw)
+
+    monkeypatch.setattr(gitcmd, "git", wrapper)
+    with counted() as calls:
+        verdict = bed.gate(task)
+    assert verdict.fields["merge_status"] == "MERGED", verdict.reasons
+    assert verdict.fields["retest"] == "ran"
+    assert any("re-test passed" in r for r in verdict.reasons), verdict.reasons
+    asked = _subcommands(calls)
+    asked.pop("config", None)  # the user's name: asked once a process, then kept
+    # status, commit-tree, the branch's CAS in the user's clone, the protected paths'
+    # ls-files and diff, the checkout's status, main's CAS, the checkout's files.
+    assert asked == {
+        "status": 2,
+        "commit-tree": 1,
+        "update-ref": 2,
+        "ls-files": 1,
+        "diff": 1,
+        "read-tree": 1,
+    }
+    assert [cwd for what, cwd in where if what == "status"] == [ws, bed.repo_path]
 
 
 def _checkout_case(repo: Path, case: str) -> None:

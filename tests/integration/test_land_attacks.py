@@ -1,6 +1,7 @@
 """Attacks on the cheaper transitions (issue 19): the merge gate's landing without a fetch,
-a first attempt's gate told by its own commit. Real git repositories; outcomes, never
-timings. Each case is the shortcut against what git itself (the long way) does."""
+a first attempt's gate told by its own commit, the landing's status that answers the first
+re-test too. Real git repositories; outcomes, never timings. Each case is the shortcut
+against what git itself (the long way) does."""
 
 from __future__ import annotations
 
@@ -13,17 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from orchestrator.gates import merge_gate
 from orchestrator.gitops import commits, land, squash, worktrees
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.land import Judgement, LandRequest
+from orchestrator.store import merges
 
 try:
-    from merge_helpers import run_git
+    from merge_helpers import CALC, PROJECT, TESTS, MergeBed, commit_files, fill_slot, run_git
     from test_git_calls import _land, _workspace
 except ImportError:  # imported as tests.integration.test_land_attacks
-    from tests.integration.merge_helpers import run_git
+    from tests.integration.merge_helpers import (
+        CALC,
+        PROJECT,
+        TESTS,
+        MergeBed,
+        commit_files,
+        fill_slot,
+        run_git,
+    )
     from tests.integration.test_git_calls import _land, _workspace
 
 
@@ -503,3 +515,90 @@ def test_a_linked_worktree_clone_that_checks_fetches_is_checked(
     assert not published, detail
     blob = run_git(ws, "rev-parse", "HEAD:.gitmodules").strip()
     assert not _has(main_clone, blob)
+
+
+# --------------------------------------------------------------------------- the re-test's status
+# Round 1's re-test takes the landing's own ``git status`` (untracked files listed) when
+# its rebase was a no-op; anything else asks git again. What the gate's own status caught
+# must still be caught: a tree that passed beside an untracked file is never recorded as
+# validated (the next gate would skip its re-test on that record).
+
+
+def _recorded(bed: MergeBed, tree: str) -> bool:
+    with bed.engine.connect() as conn:
+        row = merges.find_validated_tree(
+            conn, repo_id=bed.repo.id, tree=tree, cmd_key=merges.cmd_key(bed.repo.test_cmd or [])
+        )
+    return row is not None
+
+
+def _unrecorded_because(verdict: Any, path: str) -> bool:
+    why = f"tree not recorded as validated: worktree not clean (1 uncommitted path(s): {path})"
+    return any(why in reason for reason in verdict.reasons)
+
+
+def test_a_file_left_before_the_gate_keeps_the_retested_tree_unrecorded(
+    tmp_path: Path, engine: sa.Engine, make_repo: Any
+) -> None:
+    # A staging run (untrusted code) left a file in the workspace. Round 1's rebase is a
+    # no-op, so the re-test reads the landing's status: the file is in it.
+    bed = MergeBed(tmp_path, engine, make_repo)
+    task = bed.add_task()
+    bed.develop(task, fill_slot(CALC, TESTS, "a", "a", 2), "a")
+    (bed.worktree(task) / "left-by-staging.txt").write_text("x\n")
+    verdict = bed.gate(task)
+    assert verdict.fields["merge_status"] == "MERGED", verdict.reasons
+    assert (verdict.fields["retest"], verdict.fields["rounds"]) == ("ran", "1")
+    assert _unrecorded_because(verdict, "left-by-staging.txt"), verdict.reasons
+    assert not _recorded(bed, run_git(bed.repo_path, "rev-parse", "main^{tree}").strip())
+
+
+def test_a_file_the_first_retest_leaves_keeps_the_next_rounds_tree_unrecorded(
+    tmp_path: Path, engine: sa.Engine, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Round 1's re-test (the branch's own suite: untrusted) leaves a file, then main moves
+    # under the gate. Round 2 re-tests a new tree: it must see the file, not the status the
+    # landing read before round 1.
+    bed = MergeBed(tmp_path, engine, make_repo)
+    task = bed.add_task()
+    leaves = (
+        "from pathlib import Path\n\n\ndef test_leaves():\n    Path('left.txt').write_text('x')\n"
+    )
+    files = {**fill_slot(CALC, TESTS, "a", "a", 2), "test_leaves.py": leaves}
+    bed.develop(task, files, "a")
+    real = merge_gate.retest_branch
+    trees: list[str] = []
+
+    def retest_then_main_moves(*args: Any, **kwargs: Any) -> merge_gate.RetestResult:
+        trees.append(run_git(bed.worktree(task), "rev-parse", "HEAD^{tree}").strip())
+        result = real(*args, **kwargs)
+        if len(trees) == 1:
+            commit_files(bed.repo_path, {"other.txt": "someone else\n"}, "someone else")
+        return result
+
+    monkeypatch.setattr(merge_gate, "retest_branch", retest_then_main_moves)
+    verdict = bed.gate(task)
+    assert verdict.fields["merge_status"] == "MERGED", verdict.reasons
+    assert (verdict.fields["rounds"], len(trees)) == ("2", 2)
+    assert _recorded(bed, trees[0])  # round 1 ran on a clean worktree
+    assert _unrecorded_because(verdict, "left.txt"), verdict.reasons
+    assert not _recorded(bed, trees[1])
+
+
+def test_a_file_a_rebase_stops_ignoring_keeps_the_retested_tree_unrecorded(
+    tmp_path: Path, engine: sa.Engine, make_repo: Any
+) -> None:
+    # The file was ignored when the landing read its status; round 1's rebase brings a
+    # main whose .gitignore no longer ignores it. A rebase that moved the files is no
+    # no-op: the re-test asks git, and sees the file.
+    ignoring = {**PROJECT, ".gitignore": "__pycache__/\n*.log\n"}
+    bed = MergeBed(tmp_path, engine, make_repo, files=ignoring)
+    task = bed.add_task()
+    bed.develop(task, fill_slot(CALC, TESTS, "a", "a", 2), "a")
+    (bed.worktree(task) / "run.log").write_text("x\n")
+    commit_files(bed.repo_path, {".gitignore": "__pycache__/\n"}, "logs are not ignored")
+    verdict = bed.gate(task)
+    assert verdict.fields["merge_status"] == "MERGED", verdict.reasons
+    assert (verdict.fields["retest"], verdict.fields["rounds"]) == ("ran", "1")
+    assert _unrecorded_because(verdict, "run.log"), verdict.reasons
+    assert not _recorded(bed, run_git(bed.repo_path, "rev-parse", "main^{tree}").strip())

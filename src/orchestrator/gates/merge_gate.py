@@ -294,8 +294,21 @@ def _merge(ctx: GateContext, run: _Run) -> None:
         run.infra("other", *malformed)
         return
 
+    # Whether a tree's re-test is skipped, asked before the landing for the tree HEAD
+    # holds (round 1's candidate's on a no-op rebase) and kept for round 1's judge: a tree
+    # once recorded as validated stays so. A re-test ahead: the landing's own status lists
+    # the untracked files too, and the judge needs no status of its own.
+    skips: dict[str, tuple[bool, str]] = {}
+
+    def retests(tree: str | None) -> bool:
+        if tree is None:
+            return False
+        skips[tree] = validated.skip_reason(ctx, tree, cmd_key, "noop")
+        return not skips[tree][0]
+
     def judge(candidate: Candidate) -> Judgement:
-        return _judge(ctx, run, worktree, markers, cmd_key, candidate)
+        known = skips.pop(candidate.tree, None) if candidate.round_no == 1 else None
+        return _judge(ctx, run, worktree, markers, cmd_key, candidate, known)
 
     # A repo that lands by pull request: the step that lands the candidate there, or why
     # the landing stops before it starts; (None, None) for a repo that pushes main.
@@ -319,6 +332,7 @@ def _merge(ctx: GateContext, run: _Run) -> None:
         main_seen=repo.main_seen,
         max_rounds=MAX_ROUNDS,
         publish=publish,
+        retests=retests,
     )
     landing = land(request, judge)
     run.landed(landing)
@@ -334,30 +348,44 @@ def _judge(
     markers: Sequence[Marker],
     cmd_key: str,
     candidate: Candidate,
+    known: tuple[bool, str] | None = None,
 ) -> Judgement:
     """May ``candidate`` land: no regression marker dropped, and its tree passed the suite
-    (re-tested now, or recorded as validated)."""
+    (re-tested now, or recorded as validated). ``known``: ``validated.skip_reason`` for
+    its tree on a no-op rebase, asked already."""
     dropped, notes, problems = check_markers(worktree, candidate.base, candidate.sha, markers)
     if problems:
         return Judgement("INFRA", "other", (*notes, *problems))
     if dropped:
         return Judgement("RED", "red", (*notes, *dropped))
-    retested = _retest_or_skip(ctx, run, worktree, candidate, cmd_key)
+    retested = _retest_or_skip(ctx, run, worktree, candidate, cmd_key, known)
     return dataclasses.replace(retested, reasons=(*notes, *retested.reasons))
 
 
 def _retest_or_skip(
-    ctx: GateContext, run: _Run, worktree: Path, candidate: Candidate, cmd_key: str
+    ctx: GateContext,
+    run: _Run,
+    worktree: Path,
+    candidate: Candidate,
+    cmd_key: str,
+    known: tuple[bool, str] | None = None,
 ) -> Judgement:
     """Skip or run the re-test: land the candidate, or stop (red or infra)."""
     round_no, tree = candidate.round_no, candidate.tree
-    skip, why = validated.skip_reason(ctx, tree, cmd_key, candidate.rebase)
+    noop = candidate.rebase == "noop"
+    if known is not None and noop:
+        skip, why = known
+    else:
+        skip, why = validated.skip_reason(ctx, tree, cmd_key, candidate.rebase)
     if skip:
         if run.retest != "ran":
             run.retest = "skipped"
         run.retest_reason = why
         return Judgement(reasons=(f"round {round_no}: re-test skipped: {why}",))
-    clean, clean_detail = gm.is_clean(worktree)
+    # Untracked files count: one could have changed the outcome. The landing's status
+    # when nothing has run in the worktree since (``Candidate.seen``), else git's answer.
+    seen = candidate.seen
+    clean, clean_detail = seen.clean() if seen is not None else gm.is_clean(worktree)
     baseline, refused = _before_retest(ctx, run, worktree, candidate)
     if refused is not None:
         return Judgement("INFRA", "other", (f"round {round_no}: {refused}",))

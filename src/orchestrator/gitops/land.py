@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.gitops import ancestry, squash, worktrees
 from orchestrator.gitops import merge as gm
-from orchestrator.gitops import squash, worktrees
 from orchestrator.gitops.ancestry import loose_ref
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,11 @@ class LandRequest:
     # Lands the candidate instead of moving main here (a pull request merged through the
     # forge's API); None: compare-and-swap of main, and a push when there is a remote.
     publish: Publisher | None = None
+    # Will the first round's judge re-test? Asked once, before the landing's own
+    # ``git status``, with the tree HEAD holds (None: git's files did not say), which is
+    # that round's candidate's when its rebase is a no-op. True: that status lists the
+    # untracked files too, and the judge gets it (``Candidate.seen``). None: never.
+    retests: Callable[[str | None], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,12 @@ class Candidate:
     sha: str
     tree: str
     rebase: str  # "ok" (rebased) or "noop" (already on top of main)
+    # The worktree as the landing's own ``git status`` saw it, untracked files listed,
+    # when nothing can have changed it since: round 1 on a no-op rebase (the commit keeps
+    # HEAD's tree, and only the orchestrator's own git reads ran there; no process of the
+    # job that ran before the gate outlives it). None: the judge asks git, as it must
+    # after a rebase moved the files or an earlier round's re-test ran in them.
+    seen: gm.WorktreeStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,9 @@ def land(req: LandRequest, judge: Judge) -> Landing:
 def _land(req: LandRequest, judge: Judge, got: _Progress) -> None:
     # A rebase a crash left half-done would hide the branch's real tip from what follows.
     gm.abort_rebase(req.worktree)
-    tracked_clean, detail = gm.is_clean(req.worktree, untracked=False)
+    # One status for the landing and, when it re-tests, the first round's judge.
+    seen = gm.worktree_status(req.worktree, untracked=_first_judge_retests(req))
+    tracked_clean, detail = seen.clean(untracked=False)
     if not tracked_clean:
         # A judge that re-tests runs in this worktree: with edits to tracked files it would
         # test a tree other than the one that would land on main. Not the code's fault,
@@ -188,13 +201,28 @@ def _land(req: LandRequest, judge: Judge, got: _Progress) -> None:
         return
     for round_no in range(1, req.max_rounds + 1):
         got.rounds = round_no
-        if _round(req, judge, got, round_no):
+        if _round(req, judge, got, round_no, seen if round_no == 1 else None):
             return
     got.stop("INFRA", "lock-busy", f"main kept moving: gave up after {req.max_rounds} rounds")
 
 
-def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> bool:
-    """One round; False when main moved under us and another round may land."""
+def _first_judge_retests(req: LandRequest) -> bool:
+    """The caller's guess (``LandRequest.retests``) that round 1's judge will re-test."""
+    if req.retests is None:
+        return False
+    head = ancestry.read_commit(req.worktree, "HEAD")
+    return req.retests(None if head is None else head.tree)
+
+
+def _round(
+    req: LandRequest,
+    judge: Judge,
+    got: _Progress,
+    round_no: int,
+    seen: gm.WorktreeStatus | None,
+) -> bool:
+    """One round; False when main moved under us and another round may land. ``seen``:
+    the landing's own status, in round 1."""
     worktree, main, key = req.worktree, req.main, req.key
     branch = worktrees.branch_name(key)
     fresh = gm.refresh_main(req.repo_path, main, req.remote)
@@ -275,7 +303,10 @@ def _round(req: LandRequest, judge: Judge, got: _Progress, round_no: int) -> boo
         got.stop("INFRA", "other", f"cannot read the tree of {candidate[:12]}")
         return True
 
-    judged = judge(Candidate(round_no, base, candidate, tree, rebased.status))
+    # A no-op rebase moved no file: the worktree is as the landing's status saw it.
+    first = seen is not None and seen.untracked_read
+    unchanged = seen if first and rebased.status == "noop" else None
+    judged = judge(Candidate(round_no, base, candidate, tree, rebased.status, unchanged))
     if judged.stop is not None:
         got.stop(judged.stop, judged.classification, *judged.reasons)
         return True

@@ -166,19 +166,44 @@ def head_and_task(cwd: Path) -> tuple[str | None, str | None]:
     return sha.strip(), task_of_message(message)
 
 
+@dataclass(frozen=True)
+class WorktreeStatus:
+    """What one ``git status`` of a worktree printed (ignored files and a suite's
+    by-products never count), or why it failed."""
+
+    lines: tuple[str, ...] | None  # its porcelain lines; None: git status failed
+    untracked_read: bool  # untracked files were asked for (their lines start "??")
+    detail: str = ""  # why git status failed
+
+    def clean(self, *, untracked: bool = True) -> tuple[bool | None, str]:
+        """(clean?, detail) as ``is_clean`` gives it: no tracked change and
+        (``untracked``) no untracked file either. None when git failed, or when untracked
+        files count and were not asked for (fail closed)."""
+        if self.lines is None:
+            return None, self.detail
+        if untracked and not self.untracked_read:
+            return None, "git status did not list untracked files"
+        dirty = [line[3:] for line in self.lines if untracked or not line.startswith("??")]
+        if dirty:
+            return False, f"{len(dirty)} uncommitted path(s): {name_paths(dirty)}"
+        return True, "clean"
+
+
+def worktree_status(worktree: Path, *, untracked: bool = True) -> WorktreeStatus:
+    """``git status`` of ``worktree``, untracked files listed too when ``untracked``."""
+    mode = "--untracked-files=normal" if untracked else "--untracked-files=no"
+    res = run_git(["status", "--porcelain", mode, "--", *CHANGE_PATHSPEC], worktree)
+    if not res:
+        return WorktreeStatus(None, untracked, f"git status failed: {explain(res)}")
+    return WorktreeStatus(tuple(li for li in res.stdout.splitlines() if li.strip()), untracked)
+
+
 def is_clean(worktree: Path, *, untracked: bool = True) -> tuple[bool | None, str]:
     """(clean?, detail): no tracked change and (``untracked``) no untracked file either.
 
     Ignored files never count, and neither do a suite's by-products (bytecode, caches).
     """
-    mode = "--untracked-files=normal" if untracked else "--untracked-files=no"
-    res = run_git(["status", "--porcelain", mode, "--", *CHANGE_PATHSPEC], worktree)
-    if not res:
-        return None, f"git status failed: {explain(res)}"
-    dirty = [line[3:] for line in res.stdout.splitlines() if line.strip()]
-    if dirty:
-        return False, f"{len(dirty)} uncommitted path(s): {name_paths(dirty)}"
-    return True, "clean"
+    return worktree_status(worktree, untracked=untracked).clean(untracked=untracked)
 
 
 def path_has_symbol(cwd: Path, commit: str, path: str, symbol: str) -> tuple[bool | None, str]:
