@@ -618,7 +618,7 @@ def _land(repo: Path, ws: Path, key: str = "DEMO-1") -> land.Landing:
     return land.land(request, judge)
 
 
-def test_landing_a_published_branch_takes_six_git_calls_and_no_fetch(
+def test_landing_a_published_branch_takes_five_git_calls_and_no_fetch(
     tmp_path: Path, make_repo: Any
 ) -> None:
     repo = make_repo(files={"README.md": "demo\n"})
@@ -631,16 +631,16 @@ def test_landing_a_published_branch_takes_six_git_calls_and_no_fetch(
     with counted() as calls:
         landing = _land(repo, ws)
     assert landing.status == "MERGED", landing.reasons
-    # status, commit-tree, the branch's CAS in the user's clone, the checkout's status,
-    # main's CAS, the checkout's files. The branch's CAS in the workspace is a swap of its
-    # file under git's lock. Main, HEAD and its trailer,
+    # status, commit-tree, the checkout's status, main's CAS with the branch's in the
+    # user's clone (one transaction), the checkout's files. The branch's CAS in the
+    # workspace is a swap of its file under git's lock. Main, HEAD and its trailer,
     # the branch's commits, whether main is under the branch and the branch the clone has
     # checked out are read from git's files (loose refs and commits, HEAD); the user's
     # name was asked by the branch's publication and kept; the commit is written into the
     # user's store, which holds its tree and parent already (the branch was published):
-    # no fetch. (Before: 28, then 15, then 13, then 9, then 7.)
+    # no fetch. (Before: 28, then 15, then 13, then 9, then 7, then 6.)
     assert _subcommands(calls)["fetch"] == 0, calls
-    assert len(calls) == 6, _subcommands(calls)
+    assert len(calls) == 5, _subcommands(calls)
     main = _git(repo, "rev-parse", "main")
     assert landing.merged_sha == main
     assert landing.tree == tree == _git(repo, "rev-parse", "main^{tree}")
@@ -684,12 +684,12 @@ def test_a_gate_that_retests_reads_the_workspaces_status_once(
     assert any("re-test passed" in r for r in verdict.reasons), verdict.reasons
     asked = _subcommands(calls)
     asked.pop("config", None)  # the user's name: asked once a process, then kept
-    # status, commit-tree, the branch's CAS in the user's clone, the protected paths'
-    # ls-files and diff, the checkout's status, main's CAS, the checkout's files.
+    # status, commit-tree, the protected paths' ls-files and diff, the checkout's status,
+    # main's CAS with the branch's (one transaction), the checkout's files.
     assert asked == {
         "status": 2,
         "commit-tree": 1,
-        "update-ref": 2,
+        "update-ref": 1,
         "ls-files": 1,
         "diff": 1,
         "read-tree": 1,

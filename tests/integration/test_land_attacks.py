@@ -602,3 +602,90 @@ def test_a_file_a_rebase_stops_ignoring_keeps_the_retested_tree_unrecorded(
     assert (verdict.fields["retest"], verdict.fields["rounds"]) == ("ran", "1")
     assert _unrecorded_because(verdict, "run.log"), verdict.reasons
     assert not _recorded(bed, run_git(bed.repo_path, "rev-parse", "main^{tree}").strip())
+
+
+# --------------------------------------------------------------------------- one transaction
+# A no-op rebase of a published branch moves the user's branch in the same transaction as
+# main (was: the branch before the judge, main after it). Whatever comes between, the user's
+# clone ends as it did then.
+
+
+def _published_task(tmp_path: Path, make_repo: Any) -> tuple[Path, Path]:
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "feature.txt").write_text("work\n")
+    assert commits.commit_all(ws, "DEMO-1: work")
+    assert worktrees.publish_branch(repo, ws, "DEMO-1")[0]
+    return repo, ws
+
+
+def _land_judged(repo: Path, ws: Path, judge: land.Judge) -> land.Landing:
+    request = LandRequest(
+        repo_path=repo,
+        main="main",
+        remote=None,
+        worktree=ws,
+        key="DEMO-1",
+        title="a task",
+        author=None,
+        main_seen=None,
+        max_rounds=3,
+    )
+    return land.land(request, judge)
+
+
+def test_a_candidate_judged_red_is_still_shown_on_the_users_branch(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo, ws = _published_task(tmp_path, make_repo)
+    main = run_git(repo, "rev-parse", "main").strip()
+    landing = _land_judged(repo, ws, lambda c: Judgement("RED", "red", ("re-test failed",)))
+    assert (landing.status, landing.classification) == ("RED", "red"), landing.reasons
+    assert landing.candidate is not None
+    assert run_git(repo, "rev-parse", "orch/DEMO-1").strip() == landing.candidate
+    assert run_git(repo, "rev-parse", "main").strip() == main
+
+
+def test_a_users_branch_moved_during_the_judge_still_lands_and_is_published(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # The transaction refuses (the user's branch is not where the landing read it): the
+    # branch is published the long way, as it was when the user's move came before its
+    # publication (the branch is now published with main, after the judge), then main
+    # moves alone.
+    repo, ws = _published_task(tmp_path, make_repo)
+    main = run_git(repo, "rev-parse", "main").strip()
+
+    def judge(candidate: land.Candidate) -> Judgement:
+        run_git(repo, "update-ref", "refs/heads/orch/DEMO-1", main)  # the user's doing
+        return Judgement(reasons=("judged",))
+
+    landing = _land_judged(repo, ws, judge)
+    assert landing.status == "MERGED", landing.reasons
+    assert run_git(repo, "rev-parse", "main").strip() == landing.merged_sha
+    assert run_git(repo, "rev-parse", "orch/DEMO-1").strip() == landing.merged_sha
+    assert run_git(repo, "rev-parse", "main^").strip() == main
+    assert (repo / "feature.txt").read_text() == "work\n"  # the checkout followed
+
+
+def test_main_moved_during_the_judge_moves_neither_ref_and_goes_round_again(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    repo, ws = _published_task(tmp_path, make_repo)
+    judged: list[str] = []
+
+    def judge(candidate: land.Candidate) -> Judgement:
+        judged.append(candidate.sha)
+        if candidate.round_no == 1:
+            commit_files(repo, {"other.txt": "someone else\n"}, "someone else")
+        return Judgement(reasons=("judged",))
+
+    landing = _land_judged(repo, ws, judge)
+    assert (landing.status, landing.rounds) == ("MERGED", 2), landing.reasons
+    assert judged[1] == landing.merged_sha == run_git(repo, "rev-parse", "main").strip()
+    assert run_git(repo, "log", "-1", "--format=%s", "main^").strip() == "someone else"
+    assert run_git(repo, "rev-parse", "orch/DEMO-1").strip() == landing.merged_sha
+    # Each round's candidate was on the user's branch, as when it was published before
+    # the judge: round 1's after main refused it.
+    history = run_git(repo, "reflog", "show", "--format=%H", "orch/DEMO-1").split()
+    assert judged[0] in history

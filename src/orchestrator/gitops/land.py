@@ -6,6 +6,9 @@ rebase the branch onto it, make it one commit, publish the branch to the user's
 repository, ask the caller's ``judge`` whether that candidate may land (the merge gate
 checks its regression markers and re-tests it), then advance main by compare-and-swap,
 pushing first when there is a remote, never forced. Main moved meanwhile: go round again.
+A candidate whose objects the user's repository holds already (a no-op rebase of a
+published branch) moves the user's branch in the same transaction as main, without a
+remote; should the landing stop first, the branch is published then.
 
 Everything expected is a value: a conflict, a red judgement, a rejected push, a busy lock,
 a timeout, main rewound under us all end in a ``Landing``. ``land`` never raises: an
@@ -292,15 +295,17 @@ def _round(
     # repository, which must hold its objects (and shows the branch as it will land).
     # The user's branch is most likely still at the tip the rebase started from (each
     # development job publishes it): the compare-and-swap tries that value first.
-    published, detail = worktrees.publish_branch(
-        req.repo_path, worktree, key, tip=candidate, expect=head, present=store is not None
-    )
-    if not published:
-        got.stop("INFRA", "other", detail)
+    # Its objects in the user's store already, and main moved here: the branch moves with
+    # main, in one transaction (``_move_main``), or alone when the landing stops first.
+    branch_move = None
+    if store is not None and head is not None and req.publish is None and not req.remote:
+        branch_move = (f"refs/heads/{branch}", candidate, head)
+    elif not _publish(req, got, candidate, head, present=store is not None):
         return True
     tree = got.tree = commit.tree or gm.tree_of(worktree, candidate)
     if tree is None:
         got.stop("INFRA", "other", f"cannot read the tree of {candidate[:12]}")
+        _publish_late(req, got, branch_move)
         return True
 
     # A no-op rebase moved no file: the worktree is as the landing's status saw it.
@@ -309,13 +314,36 @@ def _round(
     judged = judge(Candidate(round_no, base, candidate, tree, rebased.status, unchanged))
     if judged.stop is not None:
         got.stop(judged.stop, judged.classification, *judged.reasons)
+        _publish_late(req, got, branch_move)
         return True
     got.reasons.extend(judged.reasons)
     if req.publish is not None:
         return _published(
             req, got, req.publish(Candidate(round_no, base, candidate, tree, rebased.status))
         )
-    return _move_main(req, got, candidate, base, round_no)
+    return _move_main(req, got, candidate, base, round_no, branch_move)
+
+
+def _publish(
+    req: LandRequest, got: _Progress, tip: str, expect: str | None, *, present: bool
+) -> bool:
+    """Bring the user's ``orch/<KEY>`` to ``tip`` (``worktrees.publish_branch``); False
+    (the landing stopped as INFRA) when it cannot."""
+    published, detail = worktrees.publish_branch(
+        req.repo_path, req.worktree, req.key, tip=tip, expect=expect, present=present
+    )
+    if not published:
+        got.stop("INFRA", "other", detail)
+    return published
+
+
+def _publish_late(req: LandRequest, got: _Progress, branch_move: gm.RefMove | None) -> None:
+    """The landing stopped before main moved: the user's branch still shows the candidate
+    it judged, as when it is published before the judge; a branch that cannot be
+    published is INFRA, as it would have been then."""
+    if branch_move is not None:
+        _ref, tip, head = branch_move
+        _publish(req, got, tip, head, present=True)
 
 
 def _user_store(req: LandRequest, head: str | None) -> Path | None:
@@ -345,8 +373,16 @@ def _published(req: LandRequest, got: _Progress, done: Published) -> bool:
     return True
 
 
-def _move_main(req: LandRequest, got: _Progress, candidate: str, base: str, round_no: int) -> bool:
-    """Put ``candidate`` on main, never forced; False when main moved (go round again)."""
+def _move_main(
+    req: LandRequest,
+    got: _Progress,
+    candidate: str,
+    base: str,
+    round_no: int,
+    branch_move: gm.RefMove | None = None,
+) -> bool:
+    """Put ``candidate`` on main, never forced; False when main moved (go round again).
+    ``branch_move``: the user's branch moves with main, in the same transaction."""
     repo_path, main = req.repo_path, req.main
     if req.remote:
         pushed = gm.publish_main(repo_path, req.remote, main, candidate, base)
@@ -361,7 +397,15 @@ def _move_main(req: LandRequest, got: _Progress, candidate: str, base: str, roun
             kind = "timeout" if pushed.status == "timeout" else "other"
             got.stop("INFRA", kind, pushed.detail)
         return True
-    cas = gm.advance_main(repo_path, main, candidate, base)
+    cas = gm.advance_main(repo_path, main, candidate, base, also=branch_move)
+    if cas.status != "ok" and branch_move is not None:
+        # Neither moved: the branch is published alone (the long way when the user moved
+        # it), then main's CAS again when the branch may be what refused it.
+        _ref, tip, head = branch_move
+        if not _publish(req, got, tip, head, present=True):
+            return True
+        if cas.status in ("lock-busy", "error"):
+            cas = gm.advance_main(repo_path, main, candidate, base)
     if cas.status == "ok":
         got.merged_sha = candidate
         got.stop("MERGED", None, cas.detail, *cas.notes)

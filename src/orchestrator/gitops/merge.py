@@ -311,12 +311,24 @@ def _is_bare(repo_path: Path) -> bool:
     return bool(found) and found.stdout.strip() == "true"
 
 
-def cas_ref(cwd: Path, ref: str, new: str, old: str) -> CasResult:
+# A ref's compare-and-swap that rides with another's: (ref, new, old).
+RefMove = tuple[str, str, str]
+
+
+def cas_ref(cwd: Path, ref: str, new: str, old: str, *, also: RefMove | None = None) -> CasResult:
     """``git update-ref <ref> <new> <old>``: moves ``ref`` only if it still is ``old``.
 
+    ``also``: another ref's compare-and-swap, in the same transaction (``update-ref
+    --stdin``): both move, or neither does. The result speaks for ``ref``; when ``ref``
+    did not move although it still is ``old``, ``also`` may be why.
     For main, call it under repo_lock (``advance_main``); a task branch is the task's own.
     """
-    res = run_git(["update-ref", "-m", _REFLOG_MESSAGE, ref, new, old], cwd)
+    if also is None:
+        res = run_git(["update-ref", "-m", _REFLOG_MESSAGE, ref, new, old], cwd)
+    else:
+        # -z: each field ends in a NUL; every update names the value it must find.
+        text = "".join(f"update {r}\0{n}\0{o}\0" for r, n, o in ((ref, new, old), also))
+        res = run_git(["update-ref", "-m", _REFLOG_MESSAGE, "-z", "--stdin"], cwd, input_text=text)
     if res:
         return CasResult("ok", f"{ref}: {old[:12]} -> {new[:12]}", new)
     now = rev_parse(cwd, ref)
@@ -329,8 +341,11 @@ def cas_ref(cwd: Path, ref: str, new: str, old: str) -> CasResult:
     return CasResult(status, f"git update-ref {ref}: {explain(res)}", now)
 
 
-def advance_main_locked(repo_path: Path, main: str, new: str, old: str) -> CasResult:
-    """CAS ``refs/heads/<main>`` from ``old`` to ``new`` and keep a clean checkout in step.
+def advance_main_locked(
+    repo_path: Path, main: str, new: str, old: str, *, also: RefMove | None = None
+) -> CasResult:
+    """CAS ``refs/heads/<main>`` from ``old`` to ``new`` and keep a clean checkout in step;
+    ``also``: another ref's CAS in the same transaction (``cas_ref``).
 
     The ref moves only by ``update-ref <new> <old>``, never by ``merge`` or ``checkout``:
     the CAS is what guarantees nobody's commit on main is lost. When the main repo has
@@ -341,7 +356,7 @@ def advance_main_locked(repo_path: Path, main: str, new: str, old: str) -> CasRe
     sees main ahead of their files and decides.
     """
     checkout = _checkout_state(repo_path, main)
-    cas = cas_ref(repo_path, f"refs/heads/{main}", new, old)
+    cas = cas_ref(repo_path, f"refs/heads/{main}", new, old, also=also)
     if cas.status != "ok":
         return cas
     if not checkout.checked_out:
@@ -397,11 +412,13 @@ def refresh_main(repo_path: Path, main: str, remote: str | None) -> FetchResult:
         return refresh_main_locked(repo_path, main, remote)
 
 
-def advance_main(repo_path: Path, main: str, new: str, old: str) -> CasResult:
+def advance_main(
+    repo_path: Path, main: str, new: str, old: str, *, also: RefMove | None = None
+) -> CasResult:
     """``advance_main_locked`` under the repo lock: two workers of a host never move main
     at once; the CAS itself guards against anyone else (another host, a human)."""
     with repo_lock(repo_path):
-        return advance_main_locked(repo_path, main, new, old)
+        return advance_main_locked(repo_path, main, new, old, also=also)
 
 
 # --------------------------------------------------------------------------- push
