@@ -191,8 +191,11 @@ def land(req: LandRequest, judge: Judge) -> Landing:
 def _land(req: LandRequest, judge: Judge, got: _Progress) -> None:
     # A rebase a crash left half-done would hide the branch's real tip from what follows.
     gm.abort_rebase(req.worktree)
+    # HEAD, read once from git's files: the caller's guess is asked with its tree, and
+    # round 1 takes its SHA and trailer (nothing moves the workspace's HEAD before then).
+    head = ancestry.read_commit(req.worktree, "HEAD")
     # One status for the landing and, when it re-tests, the first round's judge.
-    seen = gm.worktree_status(req.worktree, untracked=_first_judge_retests(req))
+    seen = gm.worktree_status(req.worktree, untracked=_first_judge_retests(req, head))
     tracked_clean, detail = seen.clean(untracked=False)
     if not tracked_clean:
         # A judge that re-tests runs in this worktree: with edits to tracked files it would
@@ -204,17 +207,25 @@ def _land(req: LandRequest, judge: Judge, got: _Progress) -> None:
         return
     for round_no in range(1, req.max_rounds + 1):
         got.rounds = round_no
-        if _round(req, judge, got, round_no, seen if round_no == 1 else None):
+        first = _First(seen, head) if round_no == 1 else None
+        if _round(req, judge, got, round_no, first):
             return
     got.stop("INFRA", "lock-busy", f"main kept moving: gave up after {req.max_rounds} rounds")
 
 
-def _first_judge_retests(req: LandRequest) -> bool:
+def _first_judge_retests(req: LandRequest, head: ancestry.LooseCommit | None) -> bool:
     """The caller's guess (``LandRequest.retests``) that round 1's judge will re-test."""
     if req.retests is None:
         return False
-    head = ancestry.read_commit(req.worktree, "HEAD")
     return req.retests(None if head is None else head.tree)
+
+
+@dataclass(frozen=True)
+class _First:
+    """What the landing read before round 1, for round 1."""
+
+    seen: gm.WorktreeStatus  # its status
+    head: ancestry.LooseCommit | None  # HEAD from git's files (None: git is asked)
 
 
 def _round(
@@ -222,10 +233,10 @@ def _round(
     judge: Judge,
     got: _Progress,
     round_no: int,
-    seen: gm.WorktreeStatus | None,
+    first: _First | None,
 ) -> bool:
-    """One round; False when main moved under us and another round may land. ``seen``:
-    the landing's own status, in round 1."""
+    """One round; False when main moved under us and another round may land. ``first``:
+    what the landing read before it, in round 1."""
     worktree, main, key = req.worktree, req.main, req.key
     branch = worktrees.branch_name(key)
     fresh = gm.refresh_main(req.repo_path, main, req.remote)
@@ -239,7 +250,11 @@ def _round(
         got.rewound = rewound
         got.stop("INFRA", "other")
         return True
-    head, head_task = gm.head_and_task(worktree)
+    head: str | None
+    if first is not None and first.head is not None:  # as ``head_and_task`` reads it
+        head, head_task = first.head.sha, gm.task_of_message(first.head.message)
+    else:
+        head, head_task = gm.head_and_task(worktree)
     if head is not None and head_task == key and gm.is_ancestor(worktree, head, base):
         # A crash between moving main and the bookkeeping: the branch tip is the gate's
         # own commit for this task and main holds it. Recognise it, never merge twice.
@@ -309,8 +324,8 @@ def _round(
         return True
 
     # A no-op rebase moved no file: the worktree is as the landing's status saw it.
-    first = seen is not None and seen.untracked_read
-    unchanged = seen if first and rebased.status == "noop" else None
+    seen = first.seen if first is not None and first.seen.untracked_read else None
+    unchanged = seen if rebased.status == "noop" else None
     judged = judge(Candidate(round_no, base, candidate, tree, rebased.status, unchanged))
     if judged.stop is not None:
         got.stop(judged.stop, judged.classification, *judged.reasons)
