@@ -310,8 +310,9 @@ def _round(
     # repository, which must hold its objects (and shows the branch as it will land).
     # The user's branch is most likely still at the tip the rebase started from (each
     # development job publishes it): the compare-and-swap tries that value first.
-    # Its objects in the user's store already, and main moved here: the branch moves with
-    # main, in one transaction (``_move_main``), or alone when the landing stops first.
+    # Its objects in the user's store already, and main moved in that clone (no remote,
+    # no pull request): the branch moves with main in one transaction (``_move_main``),
+    # or alone when the landing stops first.
     branch_move = None
     if store is not None and head is not None and req.publish is None and not req.remote:
         branch_move = (f"refs/heads/{branch}", candidate, head)
@@ -414,8 +415,8 @@ def _move_main(
         return True
     cas = gm.advance_main(repo_path, main, candidate, base, also=branch_move)
     if cas.status != "ok" and branch_move is not None:
-        # Neither moved: the branch is published alone (the long way when the user moved
-        # it), then main's CAS again when the branch may be what refused it.
+        # Refused (or timed out): the branch is published alone (the long way when the
+        # user moved it), then main's CAS again when the branch may be what refused it.
         _ref, tip, head = branch_move
         if not _publish(req, got, tip, head, present=True):
             return True
