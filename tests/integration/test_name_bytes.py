@@ -419,6 +419,55 @@ def test_the_merge_retest_refuses_a_conftest_in_a_folder_that_is_not_utf8(
     assert bed.main_sha() == before
 
 
+def test_a_rebase_conflict_on_a_name_that_is_not_utf8_is_a_conflict(
+    tmp_path: Path, engine: sa.Engine, make_repo: Any
+) -> None:
+    """Main gained the same file under a name that is not UTF-8 (another task landed it):
+    the rebase conflicts, and git's own report names the file as its bytes. CONFLICT, the
+    file named; main does not move (before: the gate crashed, INFRA internal error)."""
+    odd = name(b"\xff.txt")
+    bed = MergeBed(tmp_path, engine, make_repo)
+    task = bed.add_task()
+    bed.develop(task, {odd: "mine\n"}, "mine")
+    commit_files(bed.repo_path, {odd: "theirs\n"}, "someone else")
+    before = bed.main_sha()
+    verdict = bed.gate(task)
+    assert verdict.fields["merge_status"] == "CONFLICT", verdict.reasons
+    assert f"conflicts in: {REPLACED}.txt" in _writable(" ".join(verdict.reasons))
+    assert bed.main_sha() == before
+
+
+def test_unquoted_names_in_the_statuses_of_the_merge_do_not_crash_it(
+    tmp_path: Path, engine: sa.Engine, make_repo: Any
+) -> None:
+    """A user's `core.quotePath=false`: `git status` prints names as their bytes, in the
+    task's workspace (a file the re-test would see beside the tree) and in the user's
+    checkout of main (a local change to a file landed earlier). Each is read for what it
+    says (before: the gate crashed on the first, INFRA internal error)."""
+    odd = name(b"\xfb-landed.txt")
+    bed = MergeBed(tmp_path, engine, make_repo)
+    commit_files(bed.repo_path, {odd: "landed\n"}, "landed earlier")
+    run_git(bed.repo_path, "config", "core.quotePath", "false")
+
+    first = bed.add_task("beside")
+    bed.develop(first, {"a.txt": "a\n"}, "a")
+    ws = bed.worktree(first)
+    run_git(ws, "config", "core.quotePath", "false")
+    (ws / name(b"\xfe.txt")).write_text("left beside the tree\n")
+    verdict = bed.gate(first)
+    assert verdict.fields["merge_status"] == "MERGED", verdict.reasons
+    assert "internal error" not in " ".join(verdict.reasons)
+    assert verdict.fields["retest"] == "ran"
+
+    (bed.repo_path / odd).write_text("the user's local change\n")
+    second = bed.add_task("local change")
+    bed.develop(second, {"b.txt": "b\n"}, "b")
+    verdict = bed.gate(second)
+    assert verdict.fields["merge_status"] == "MERGED", verdict.reasons
+    assert "has local changes" in " ".join(verdict.reasons)
+    assert (bed.repo_path / odd).read_text() == "the user's local change\n"
+
+
 @pytest.fixture
 def bed(tmp_path: Path, migrated_db_url: str, make_repo: Any) -> Any:
     made = Bed(tmp_path, migrated_db_url, make_repo)
@@ -449,6 +498,16 @@ DEFENDED = [
         "merge re-test",
         "before": "the merge gate crashed (INFRA: internal error)",
         "now": "the re-test does not run: INFRA, the file named; main does not move",
+        "test": HERE,
+    },
+    {
+        "attack": "land a file whose name is not UTF-8, so that a later task changing it "
+        "conflicts on it at the merge gate (or, under a user's `core.quotePath=false`, "
+        "leave one beside the tree or in the checkout of main)",
+        "before": "the merge gate crashed on git's report of the rebase (or on `git status`):"
+        " INFRA, internal error",
+        "now": "CONFLICT, the file named (the task goes back to development); the statuses "
+        "are read for what they say",
         "test": HERE,
     },
 ]

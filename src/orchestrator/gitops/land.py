@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.gitops import ancestry, squash, worktrees
+from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops import merge as gm
 from orchestrator.gitops.ancestry import loose_ref
 
@@ -264,7 +265,7 @@ def _round(
 
     rebased = gm.rebase_onto(worktree, base, head=head)
     if rebased.status == "conflict":
-        listed = ", ".join(rebased.files)
+        listed = gitcmd.name_paths(rebased.files)
         got.stop(
             "CONFLICT",
             "conflict",

@@ -63,12 +63,14 @@ def run_git(
     timeout_s: float = LOCAL_TIMEOUT_S,
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
+    errors: str = "strict",
 ) -> GitResult:
+    """``gitcmd.git`` (``errors`` as there), unless a test forces a problem on ``args``."""
     problem = force_problem(args)
     if problem is not None:
         return GitResult(("git", *args), -1, "", problem)
     # Through the module attribute, so a test that wraps gitops.git.git sees every call.
-    return gitcmd.git(args, cwd, timeout_s=timeout_s, env=env, input_text=input_text)
+    return gitcmd.git(args, cwd, timeout_s=timeout_s, env=env, input_text=input_text, errors=errors)
 
 
 def explain(res: GitResult) -> str:
@@ -192,7 +194,11 @@ class WorktreeStatus:
 def worktree_status(worktree: Path, *, untracked: bool = True) -> WorktreeStatus:
     """``git status`` of ``worktree``, untracked files listed too when ``untracked``."""
     mode = "--untracked-files=normal" if untracked else "--untracked-files=no"
-    res = run_git(["status", "--porcelain", mode, "--", *CHANGE_PATHSPEC], worktree)
+    # Its names are only shown (``name_paths``); under a ``core.quotePath`` of false git
+    # prints them as their bytes, and a task's files are named by the agent.
+    res = run_git(
+        ["status", "--porcelain", mode, "--", *CHANGE_PATHSPEC], worktree, errors="replace"
+    )
     if not res:
         return WorktreeStatus(None, untracked, f"git status failed: {explain(res)}")
     return WorktreeStatus(tuple(li for li in res.stdout.splitlines() if li.strip()), untracked)
@@ -295,7 +301,9 @@ def _checkout_state(repo_path: Path, main: str) -> _Checkout:
         return _Checkout(False, False, f"{main} is not checked out in {repo_path}")
     # Tracked changes only: an untracked file is the user's and read-tree below refuses
     # to overwrite one anyway.
-    res = run_git(["status", "--porcelain", "--untracked-files=no"], repo_path)
+    # Only whether it says anything counts; names of files landed from tasks may not be
+    # UTF-8 (printed as their bytes under a ``core.quotePath`` of false).
+    res = run_git(["status", "--porcelain", "--untracked-files=no"], repo_path, errors="replace")
     if not res:
         if plain is not None and _is_bare(repo_path):
             # A ``.git`` folder whose config says ``core.bare``: status has no work tree.
@@ -545,12 +553,17 @@ def rebase_onto(worktree: Path, onto: str, *, head: str | None = None) -> Rebase
         ],
         worktree,
         env=ORCH_IDENTITY,
+        # Read only to be shown: git names the files it merges as their bytes.
+        errors="replace",
     )
     if res:
         new_head = rev_parse(worktree, "HEAD")
         return RebaseResult("ok", new_head, detail=f"rebased onto {onto[:12]}")
-    unmerged = run_git(["diff", "--name-only", "--diff-filter=U"], worktree)
-    files = sorted(set(unmerged.stdout.split("\n")) - {""}) if unmerged else []
+    # The conflicting files as their names (-z: unquoted; ``surrogateescape``: exact).
+    unmerged = run_git(
+        ["diff", "-z", "--name-only", "--diff-filter=U"], worktree, errors="surrogateescape"
+    )
+    files = sorted(set(unmerged.stdout.split("\0")) - {""}) if unmerged else []
     aborted = abort_rebase(worktree)
     abort_note = "" if aborted is None or aborted else f"; rebase --abort: {explain(aborted)}"
     if files and not res.timed_out:
