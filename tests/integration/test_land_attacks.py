@@ -5,6 +5,7 @@ against what git itself (the long way) does."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
@@ -689,3 +690,33 @@ def test_main_moved_during_the_judge_moves_neither_ref_and_goes_round_again(
     # the judge: round 1's after main refused it.
     history = run_git(repo, "reflog", "show", "--format=%H", "orch/DEMO-1").split()
     assert judged[0] in history
+
+
+def test_a_retest_whose_protected_changes_cannot_be_read_does_not_run(
+    tmp_path: Path, engine: sa.Engine, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The branch's protected changes against main tell which tests a human approved
+    # removing. When git cannot list them, the re-test does not run: INFRA, named. Before,
+    # the failure was read as "no change", so an approved removal would be required anyway
+    # and its absence blamed on the code.
+    bed = MergeBed(tmp_path, engine, make_repo)
+    task = bed.add_task()
+    bed.develop(task, {"feature.txt": "work\n"}, "work")
+    real = merge_gate.protected.check_paths
+
+    def failing(worktree: Path, base: str, head: str, *a: Any, **kw: Any) -> Any:
+        found = real(worktree, base, head, *a, **kw)
+        if base == head:  # the files beside the tree: read as they are
+            return found
+        return dataclasses.replace(found, changes=(), problem="git diff failed: planted")
+
+    monkeypatch.setattr(merge_gate.protected, "check_paths", failing)
+    before = bed.main_sha()
+    verdict = bed.gate(task)
+    assert verdict.fields["merge_status"] == "INFRA", verdict.reasons
+    assert verdict.fields["retest"] != "ran", verdict.fields
+    assert (
+        "cannot tell the branch's protected changes before the re-test: git diff failed: planted"
+        in (" ".join(verdict.reasons))
+    )
+    assert bed.main_sha() == before

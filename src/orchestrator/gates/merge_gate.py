@@ -440,6 +440,13 @@ def _before_retest(
     if ctx.engine is None:
         return None, None
     found = protected.check_paths(worktree, base, head, ctx.repo.options, workspace_files=False)
+    if found.problem is not None:
+        # Unknown, not none: read as none, a test whose removal a human approved would be
+        # required anyway, and its absence blamed on the code (RED).
+        return (
+            None,
+            f"cannot tell the branch's protected changes before the re-test: {found.problem}",
+        )
     approved = protected.approval_of(ctx.task_dir, found.fingerprint) if found.changes else None
     try:
         with reader(ctx.engine).connect() as conn:
