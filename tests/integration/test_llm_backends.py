@@ -18,6 +18,7 @@ not 127.0.0.1, and the CLIs' own telemetry switched off.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -35,9 +36,10 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator import repo_ops, task_ops, taskdir
+from orchestrator.agents import backends as agent_backends
 from orchestrator.agents.backends import run_llm_backend
 from orchestrator.agents.codex import codex_cost_usd
-from orchestrator.agents.stall import MODEL_HANG
+from orchestrator.agents.stall import MODEL_HANG, StallDetector
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.faults import FaultKind
@@ -60,12 +62,34 @@ INSTALL_HINT = "run scripts/install-agent-clis.sh (or set ORCH_TEST_AGENT_CLI_DI
 DEAD_PROXY = "http://127.0.0.1:9"
 TEST_KEY = "sk-orch-test-not-a-real-key"
 # The stall timeout of the tests where claude or codex must stall (a hang of the model, a
-# silent tool). Each CLI shows activity (output, files in its home) until the moment it
-# sends its request: the longest silent stretch before it was about 0.2 s, so 1.5 s is
-# spent waiting out the hang, also on a loaded machine, and a stall that came before the
-# request would fail the tests' own checks (the turn taken, the model-hang reason). Not
-# aider's: it is silent about 3 s at its start (importing litellm), see its hang test.
+# silent tool), counted from the CLI's first request (``stall_clock_from_first_request``).
+# Before that request claude is silent some 1.2-1.5 s on an idle machine (it runs git a few
+# times: nothing in its log, no file changed; measured with claude 2.1.330), longer on a
+# loaded one, so a window counted from its start fired in its start-up now and then, before
+# the hang it was meant to catch. From its first request on, each CLI shows activity (output,
+# a model answer) within about 0.2 s while it works, so 1.5 s is spent waiting out the hang,
+# also on a loaded machine. Not aider's: it is silent about 3 s at its start (importing
+# litellm), see its hang test.
 HANG_STALL_TIMEOUT_S = 1.5
+
+
+def stall_clock_from_first_request(
+    monkeypatch: pytest.MonkeyPatch, server: F.FakeModelServer
+) -> None:
+    """Give the job's stall detector a clock that stands still until ``server`` takes the
+    CLI's first scripted request, then runs as ``time.monotonic`` does: the detector is the
+    engine's, on real time, but the CLI's silent start-up is not part of the stall window."""
+    started: list[float] = []
+
+    def clock() -> float:
+        if not started:
+            if server.turns_taken == 0:
+                return 0.0
+            started.append(time.monotonic())
+        return time.monotonic() - started[0]
+
+    detector = functools.partial(StallDetector, clock=clock)
+    monkeypatch.setattr(agent_backends, "StallDetector", detector)
 
 
 def cli(name: str) -> Path:
@@ -406,12 +430,17 @@ def test_claude_denied_tool_is_a_tool_error(claude_job: Any) -> None:
     assert not marker.exists()
 
 
-def test_claude_hang_is_stopped_by_stall_detection(claude_job: Any) -> None:
+def test_claude_hang_is_stopped_by_stall_detection(
+    claude_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job, server = claude_job([F.hang()], agent_stall_timeout_s=HANG_STALL_TIMEOUT_S)
+    stall_clock_from_first_request(monkeypatch, server)
     result = job.run("claude")
     assert result.outcome is OutcomeKind.TIMEOUT, result.reasons
     stalled = f"stalled: no output and no file change for {HANG_STALL_TIMEOUT_S:g}s"
     assert stalled in result.reasons[0]
+    # The stall is the hang: it came while the model owed claude its first answer.
+    assert MODEL_HANG in result.reasons[0]
     assert server.turns_taken == 1
     assert "stopping: stalled" in job.log_text
 

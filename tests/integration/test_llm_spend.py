@@ -24,6 +24,7 @@ from test_llm_backends import (
     dev_report,
     make_job,
     offline_env,
+    stall_clock_from_first_request,
 )
 
 from orchestrator.agents.backends import run_llm_backend
@@ -135,9 +136,10 @@ def test_codex_cancelled_mid_loop_keeps_what_the_server_billed(codex_job: Any) -
 
 
 def test_claude_model_hang_after_answers_is_a_model_hang_and_keeps_its_spend(
-    claude_job: Any,
+    claude_job: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job, server = claude_job([], agent_stall_timeout_s=HANG_STALL_TIMEOUT_S)
+    stall_clock_from_first_request(monkeypatch, server)
     server.script([read_readme(job), read_readme(job)], then=F.hang())
     result = job.run("claude")
 
@@ -283,13 +285,17 @@ def test_codex_agent_cannot_hide_its_spend_by_swapping_its_session_file(
 # ------------------------------------------------------------------------------- stall
 
 
-def test_busy_silent_claude_is_not_taken_for_stalled(claude_job: Any) -> None:
+def test_busy_silent_claude_is_not_taken_for_stalled(
+    claude_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Three answers 1 s apart (3 s of model time, twice the stall timeout of 1.5 s; it was
     # 2 s apart against 3 s, and before that five answers, which showed no more), and only
     # reads: no file changes. Each answer shows the agent works. The 0.5 s between a delay
     # and the timeout is for the CLI's own work from an answer to its next request (some
-    # 50 ms measured), also on a loaded machine.
+    # 50 ms measured), also on a loaded machine. The window counts from claude's first
+    # request: its silent start-up is no part of what this test asks (HANG_STALL_TIMEOUT_S).
     job, server = claude_job([], agent_stall_timeout_s=1.5)
+    stall_clock_from_first_request(monkeypatch, server)
     script = [read_readme(job, delay_s=1.0) for _ in range(3)]
     script += [
         F.tool("Write", {"file_path": str(job.out / A.DEV_REPORT), "content": dev_report()}),
