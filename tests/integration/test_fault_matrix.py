@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import logging
 import os
 import shutil
@@ -149,8 +150,8 @@ FAULTS: list[Fault] = [
     Fault(
         "db-locked",
         "DB locked for a moment",
-        "a second connection holds the write lock ~1 s (SQLite BEGIN IMMEDIATE; "
-        "PostgreSQL LOCK TABLE tasks) while a job ends",
+        "a second connection holds the write lock (SQLite BEGIN IMMEDIATE; PostgreSQL "
+        "LOCK TABLE tasks) from before a job ends until its end is seen waiting on it",
         "deploy-staging",
         "done",
         ("create", "advance", "advance", "done"),
@@ -605,37 +606,96 @@ def drive_lock_busy(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     return seen(h, key, lambda j: j.stage == "deploy-staging" and j.attempt == 1)
 
 
+class _JobStatements:
+    """The statements the worker's job threads have begun and not yet finished, by number
+    in the order begun (SQLAlchemy's cursor events on the engine the worker uses)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._numbers = itertools.count(1)
+        self._last = 0
+        self._running: dict[int, int] = {}  # thread id -> its statement's number
+        sa_event.listen(engine, "before_cursor_execute", self._before)
+        sa_event.listen(engine, "after_cursor_execute", self._after)
+
+    def _before(self, *_args: Any) -> None:
+        if threading.current_thread().name.startswith("job-"):
+            with self._lock:
+                self._last = next(self._numbers)
+                self._running[threading.get_ident()] = self._last
+
+    def _after(self, *_args: Any) -> None:
+        with self._lock:
+            self._running.pop(threading.get_ident(), None)
+
+    def begun(self) -> int:
+        """The number of the last statement begun (0: none yet)."""
+        with self._lock:
+            return self._last
+
+    def running(self) -> set[int]:
+        with self._lock:
+            return set(self._running.values())
+
+    def close(self) -> None:
+        sa_event.remove(self.engine, "before_cursor_execute", self._before)
+        sa_event.remove(self.engine, "after_cursor_execute", self._after)
+
+
 def drive_db_locked(h: Harness, mp: pytest.MonkeyPatch) -> Seen:
     h.plan = {"*:development:*": {"hold": True}}
     h.save_plan()
     h.add_repo()
     key = h.add_task()
+    statements = _JobStatements(h.engine)
     h.start()
     h.wait_for(lambda: any(":development:" in s for s in h.starts()))
     other = make_engine(h.settings.database_url)
     held = threading.Event()
+    let_go = threading.Event()
 
     def hold() -> None:
-        # Straight through the driver: SQLAlchemy's pysqlite set-up issues its own BEGIN.
+        # Until the driver saw the job's end wait on the lock (a bound if it never does).
         if h.settings.database_url.startswith("sqlite"):
+            # Straight through the driver: SQLAlchemy's pysqlite set-up issues its own BEGIN.
             raw = sqlite3.connect(h.settings.database_url.split(":///", 1)[1], isolation_level=None)
             raw.execute("BEGIN IMMEDIATE")
             held.set()
-            time.sleep(1.0)
+            let_go.wait(60)
             raw.execute("ROLLBACK")
             raw.close()
             return
         with other.begin() as conn:
             conn.exec_driver_sql("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
             held.set()
-            time.sleep(1.0)
+            let_go.wait(60)
+
+    released: list[int] = []
+    seen_running: set[int] = set()
+
+    def end_waits() -> bool:
+        """The job's end is waiting on the lock: a statement its thread began after the
+        release (the job thread touches no database while its command agent runs) is still
+        running at two looks of ``wait_for`` (50 ms apart; the lock keeps it running)."""
+        running = {n for n in statements.running() if n > released[0]}
+        waited = bool(running & seen_running)
+        seen_running.clear()
+        seen_running.update(running)
+        return waited
 
     locker = threading.Thread(target=hold)
     locker.start()
-    assert held.wait(10), "the second connection never took the lock"
-    h.release(key, "development")
-    locker.join()
-    other.dispose()
+    try:
+        assert held.wait(10), "the second connection never took the lock"
+        released.append(statements.begun())
+        h.release(key, "development")
+        h.wait_for(end_waits)
+    finally:
+        let_go.set()
+        locker.join()
+        other.dispose()
+        statements.close()
     h.wait_for(lambda: h.task(key).state == "done")
     h.stop()
     return seen(h, key, lambda j: False)
