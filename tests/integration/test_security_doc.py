@@ -19,6 +19,7 @@ try:
     import test_sandbox
     import test_sandbox_start
     import test_test_cheats
+    import test_unstorable
     from security_doc import DOC, WRITE_ENV, Defended, render
 except ImportError:  # imported as tests.integration.test_security_doc
     from tests.integration import (
@@ -29,6 +30,7 @@ except ImportError:  # imported as tests.integration.test_security_doc
         test_sandbox,
         test_sandbox_start,
         test_test_cheats,
+        test_unstorable,
     )
     from tests.integration.security_doc import DOC, WRITE_ENV, Defended, render
 
@@ -38,6 +40,7 @@ def test_security_doc_is_current() -> None:
         *test_forged_verdicts.DEFENDED,
         *(Defended(**row) for row in test_test_cheats.DEFENDED),
         *(Defended(**row) for row in test_name_bytes.DEFENDED),
+        *(Defended(**row) for row in test_unstorable.DEFENDED),
         *(Defended(**row) for row in test_api_security.DEFENDED),
         *(Defended(**row) for row in test_task_text.DEFENDED),
         *(Defended(**row) for row in test_llm_spend.DEFENDED),

@@ -83,7 +83,9 @@ def prepare_files(files: dict[Path, str]) -> None:
 
 def _append_log(log_path: Path, lines: list[str]) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8") as fh:
+    # The lines quote the CLI's output (a model error's message): a lone surrogate in it
+    # (a JSON escape) is written escaped, as proc_group writes its own lines, not a crash.
+    with log_path.open("a", encoding="utf-8", errors="backslashreplace") as fh:
         for line in lines:
             fh.write(f"[orchestrator] {line}\n")
 

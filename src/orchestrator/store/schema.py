@@ -63,10 +63,8 @@ class JSON(sa.types.TypeDecorator[Any]):
     connection first needs the type: a variant is an instance, made when the schema is,
     and importing PostgreSQL's dialect cost every SQLite command ~20 ms.
 
-    A string that cannot be written as UTF-8 (a lone surrogate: a file name the agent chose,
-    read as its bytes) is written with U+FFFD in its place: PostgreSQL refuses it (and a
-    job's end that cannot be stored would be tried again and again), SQLite would store it
-    and every reader that writes it out (the CLI, the API) would fail.
+    Its strings are written as ``String`` writes one (see there): what no database can
+    hold is written as U+FFFD.
     """
 
     impl = sa.JSON
@@ -86,14 +84,46 @@ class JSON(sa.types.TypeDecorator[Any]):
         return dialect.type_descriptor(self.impl_instance)
 
 
-# A lone surrogate: what ``surrogateescape`` reads a byte that is not UTF-8 as.
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# What no row may hold, in a text or a JSON column: a lone surrogate (what
+# ``surrogateescape`` reads a byte that is not UTF-8 as), which UTF-8 cannot encode, and NUL,
+# which PostgreSQL refuses in text and in JSONB.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` with each character no database column can hold (NUL, a lone surrogate)
+    as U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+
+
+class String(sa.types.TypeDecorator[str]):
+    """``sa.String`` whose value is written as ``storable`` makes it.
+
+    Any text column may hold what an agent wrote (a reason, a name, a message). A NUL or a
+    lone surrogate in it made the row one neither database writes (PostgreSQL refuses NUL,
+    both refuse a string UTF-8 cannot encode): a job's end that cannot be stored was tried
+    again and again, and the task never moved. It is written with U+FFFD in its place, on
+    both databases alike, here where every text value enters the store.
+    """
+
+    impl = sa.String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return storable(value) if isinstance(value, str) else value
+
+
+class Text(String):
+    """``sa.Text``, written as ``String`` writes its values."""
+
+    impl = sa.Text
+    cache_ok = True
 
 
 def _unwritable(value: Any) -> bool:
-    """Whether a JSON value holds a string (a key included) that UTF-8 cannot encode."""
+    """Whether a JSON value holds a string (a key included) that no database can hold."""
     if isinstance(value, str):
-        return not value.isascii() and _SURROGATE.search(value) is not None
+        return _UNSTORABLE.search(value) is not None
     if isinstance(value, dict):
         return any(_unwritable(k) or _unwritable(v) for k, v in value.items())
     if isinstance(value, list | tuple):
@@ -102,9 +132,9 @@ def _unwritable(value: Any) -> bool:
 
 
 def _writable(value: Any) -> Any:
-    """A JSON value with every lone surrogate of its strings as U+FFFD."""
+    """A JSON value with its strings (keys included) as ``storable`` makes them."""
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        return storable(value)
     if isinstance(value, dict):
         return {_writable(k): _writable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -179,16 +209,16 @@ repos = sa.Table(
     "repos",
     metadata,
     sa.Column("id", sa.Integer(), primary_key=True),
-    sa.Column("name", sa.String(), nullable=False, unique=True),
-    sa.Column("path", sa.String(), nullable=False),
-    sa.Column("main_branch", sa.String(), nullable=False, server_default="main"),
-    sa.Column("remote", sa.String(), nullable=True),
-    sa.Column("key_prefix", sa.String(), nullable=False, unique=True),
+    sa.Column("name", String(), nullable=False, unique=True),
+    sa.Column("path", String(), nullable=False),
+    sa.Column("main_branch", String(), nullable=False, server_default="main"),
+    sa.Column("remote", String(), nullable=True),
+    sa.Column("key_prefix", String(), nullable=False, unique=True),
     sa.Column("next_task_number", sa.Integer(), nullable=False, server_default=sa.text("1")),
     sa.Column("test_cmd", json_type(), nullable=True),
     sa.Column("staging_cmd", json_type(), nullable=True),
     sa.Column("deploy_cmd", json_type(), nullable=True),
-    sa.Column("health_url", sa.String(), nullable=True),
+    sa.Column("health_url", String(), nullable=True),
     sa.Column("stages", json_type(), nullable=False),
     sa.Column("agents", json_type(), nullable=False),
     sa.Column("agent_env", json_type(), nullable=False),
@@ -196,7 +226,7 @@ repos = sa.Table(
     sa.Column("self_hosting", sa.Boolean(), nullable=False, server_default=sa.false()),
     # The main the merge gate last put there: a main that does not descend from it was
     # rewound or rewritten by someone, and is never a base to build on.
-    sa.Column("main_seen", sa.String(), nullable=True),
+    sa.Column("main_seen", String(), nullable=True),
     time_column("created_at"),
     time_column("updated_at"),
 )
@@ -205,27 +235,27 @@ tasks = sa.Table(
     "tasks",
     metadata,
     sa.Column("id", sa.Integer(), primary_key=True),
-    sa.Column("key", sa.String(), nullable=False, unique=True),
+    sa.Column("key", String(), nullable=False, unique=True),
     sa.Column("repo_id", sa.Integer(), sa.ForeignKey("repos.id"), nullable=False),
     sa.Column("number", sa.Integer(), nullable=False),
-    sa.Column("title", sa.String(), nullable=False),
-    sa.Column("body", sa.Text(), nullable=False),
-    sa.Column("stage", sa.String(), nullable=False),
-    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("title", String(), nullable=False),
+    sa.Column("body", Text(), nullable=False),
+    sa.Column("stage", String(), nullable=False),
+    sa.Column("state", String(), nullable=False),
     sa.Column("reasons", json_type(), nullable=False),
     sa.Column("developer_retries", sa.Integer(), nullable=False, server_default=sa.text("0")),
     sa.Column("infra_retries", sa.Integer(), nullable=False, server_default=sa.text("0")),
     # Gate-only retries of this stage visit: the merge gate's own infra budget counts these.
     sa.Column("gate_retries", sa.Integer(), nullable=False, server_default=sa.text("0")),
     # "Name <email>" for the task's commit on main; NULL: the repo's configured git user.
-    sa.Column("author", sa.String(), nullable=True),
+    sa.Column("author", String(), nullable=True),
     time_column("created_at"),
     time_column("updated_at"),
     # Who asked for the task (a forge issue's author); NULL: filed by hand.
-    sa.Column("requester", sa.String(), nullable=True),
+    sa.Column("requester", String(), nullable=True),
     # The forge issue the task was filed from (intake.py): its number and its web page.
     sa.Column("forge_issue", sa.Integer(), nullable=True),
-    sa.Column("forge_url", sa.String(), nullable=True),
+    sa.Column("forge_url", String(), nullable=True),
     sa.UniqueConstraint("repo_id", "number"),
     sa.CheckConstraint(in_check("state", TASK_STATES), name="state"),
     sa.Index(None, "state", "stage"),
@@ -240,23 +270,23 @@ jobs = sa.Table(
     metadata,
     sa.Column("id", sa.Integer(), primary_key=True),
     sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=False),
-    sa.Column("stage", sa.String(), nullable=False),
-    sa.Column("agent", sa.String(), nullable=False),
+    sa.Column("stage", String(), nullable=False),
+    sa.Column("agent", String(), nullable=False),
     sa.Column("attempt", sa.Integer(), nullable=False),
-    sa.Column("state", sa.String(), nullable=False),
-    sa.Column("outcome", sa.String(), nullable=True),
-    sa.Column("verdict", sa.String(), nullable=True),
+    sa.Column("state", String(), nullable=False),
+    sa.Column("outcome", String(), nullable=True),
+    sa.Column("verdict", String(), nullable=True),
     sa.Column("reasons", json_type(), nullable=False),
     sa.Column("exit_code", sa.Integer(), nullable=True),
     sa.Column("pid", sa.Integer(), nullable=True),
     sa.Column("pgid", sa.Integer(), nullable=True),
-    sa.Column("host", sa.String(), nullable=True),
-    sa.Column("lease_owner", sa.String(), nullable=True),
+    sa.Column("host", String(), nullable=True),
+    sa.Column("lease_owner", String(), nullable=True),
     time_column("lease_expires_at", nullable=True),
     sa.Column("not_before", Float(), nullable=False),
     sa.Column("cancel_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
-    sa.Column("serial_key", sa.String(), nullable=True),
-    sa.Column("log_path", sa.String(), nullable=True),
+    sa.Column("serial_key", String(), nullable=True),
+    sa.Column("log_path", String(), nullable=True),
     time_column("created_at"),
     time_column("started_at", nullable=True),
     time_column("finished_at", nullable=True),
@@ -265,7 +295,7 @@ jobs = sa.Table(
     sa.Column("tokens_out", sa.Integer(), nullable=True),
     # A development attempt that starts from current main instead of the task branch:
     # "carry" re-offers the branch's old diff, "patch" applies the newest attached patch.
-    sa.Column("fresh_start", sa.String(), nullable=True),
+    sa.Column("fresh_start", String(), nullable=True),
     # {artifact name: SHA-256} of what the orchestrator recorded for this job: a runner's
     # verdict as the runner returned it, an agent's file as it was collected, a gate's
     # report as it wrote it. An artifact in the task folder that matches no job's record
@@ -290,13 +320,13 @@ transitions = sa.Table(
     sa.Column("id", sa.Integer(), primary_key=True),
     sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=False),
     sa.Column("job_id", sa.Integer(), sa.ForeignKey("jobs.id"), nullable=True),
-    sa.Column("kind", sa.String(), nullable=False),
-    sa.Column("from_stage", sa.String(), nullable=True),
-    sa.Column("to_stage", sa.String(), nullable=True),
-    sa.Column("from_state", sa.String(), nullable=True),
-    sa.Column("to_state", sa.String(), nullable=True),
+    sa.Column("kind", String(), nullable=False),
+    sa.Column("from_stage", String(), nullable=True),
+    sa.Column("to_stage", String(), nullable=True),
+    sa.Column("from_state", String(), nullable=True),
+    sa.Column("to_state", String(), nullable=True),
     sa.Column("reasons", json_type(), nullable=False),
-    sa.Column("actor", sa.String(), nullable=False),
+    sa.Column("actor", String(), nullable=False),
     time_column("at"),
     sa.CheckConstraint(in_check("kind", TRANSITION_KINDS), name="kind"),
     sa.Index(None, "task_id"),
@@ -309,9 +339,9 @@ alerts = sa.Table(
     sa.Column("id", sa.Integer(), primary_key=True),
     sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=True),
     sa.Column("repo_id", sa.Integer(), sa.ForeignKey("repos.id"), nullable=True),
-    sa.Column("kind", sa.String(), nullable=False),
-    sa.Column("severity", sa.String(), nullable=False),
-    sa.Column("message", sa.Text(), nullable=False),
+    sa.Column("kind", String(), nullable=False),
+    sa.Column("severity", String(), nullable=False),
+    sa.Column("message", Text(), nullable=False),
     sa.Column("reasons", json_type(), nullable=False),
     time_column("created_at"),
     time_column("delivered_at", nullable=True),
@@ -339,7 +369,7 @@ task_deps = sa.Table(
 control = sa.Table(
     "control",
     metadata,
-    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("key", String(), primary_key=True),
     sa.Column("value", json_type(), nullable=False),
     time_column("updated_at"),
 )
@@ -348,14 +378,14 @@ control = sa.Table(
 model_backends = sa.Table(
     "model_backends",
     metadata,
-    sa.Column("name", sa.String(), primary_key=True),
-    sa.Column("health", sa.String(), nullable=False),
+    sa.Column("name", String(), primary_key=True),
+    sa.Column("health", String(), nullable=False),
     sa.Column("failures", sa.Integer(), nullable=False),
     time_column("opened_at", nullable=True),
     time_column("probe_at", nullable=True),
     sa.Column("probe_delay_s", Float(), nullable=True),
     sa.Column("probe_job_id", sa.Integer(), nullable=True),
-    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("last_error", Text(), nullable=True),
     # The open alert of the outage (or the rejected credentials), resolved when it ends.
     sa.Column("alert_id", sa.Integer(), nullable=True),
     time_column("updated_at"),
@@ -366,9 +396,9 @@ model_backends = sa.Table(
 workers = sa.Table(
     "workers",
     metadata,
-    sa.Column("id", sa.String(), primary_key=True),
-    sa.Column("name", sa.String(), nullable=False),
-    sa.Column("host", sa.String(), nullable=False),
+    sa.Column("id", String(), primary_key=True),
+    sa.Column("name", String(), nullable=False),
+    sa.Column("host", String(), nullable=False),
     sa.Column("pid", sa.Integer(), nullable=False),
     time_column("started_at"),
     time_column("heartbeat_at"),
@@ -380,8 +410,8 @@ workers = sa.Table(
 webhook_deliveries = sa.Table(
     "webhook_deliveries",
     metadata,
-    sa.Column("id", sa.String(), primary_key=True),
-    sa.Column("event", sa.String(), nullable=False),
+    sa.Column("id", String(), primary_key=True),
+    sa.Column("event", String(), nullable=False),
     time_column("received_at"),
 )
 
@@ -400,10 +430,10 @@ validated_trees = sa.Table(
     metadata,
     sa.Column("id", sa.Integer(), primary_key=True),
     sa.Column("repo_id", sa.Integer(), sa.ForeignKey("repos.id"), nullable=False),
-    sa.Column("tree", sa.String(), nullable=False),
+    sa.Column("tree", String(), nullable=False),
     # A stable hash of the test command's argv (store.merges.cmd_key).
-    sa.Column("test_cmd_key", sa.String(), nullable=False),
-    sa.Column("source", sa.String(), nullable=False),
+    sa.Column("test_cmd_key", String(), nullable=False),
+    sa.Column("source", String(), nullable=False),
     time_column("at"),
     # The IDs of the tests that passed on the tree (JUnit ``classname::name``), sorted;
     # None when the run gave none (no JUnit report). On main's tree: the tests every task
@@ -421,10 +451,10 @@ merge_results = sa.Table(
     sa.Column("id", sa.Integer(), primary_key=True),
     sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=False),
     sa.Column("job_id", sa.Integer(), sa.ForeignKey("jobs.id"), nullable=True),
-    sa.Column("status", sa.String(), nullable=False),
-    sa.Column("classification", sa.String(), nullable=True),
-    sa.Column("retest", sa.String(), nullable=False),
-    sa.Column("merged_sha", sa.String(), nullable=True),
+    sa.Column("status", String(), nullable=False),
+    sa.Column("classification", String(), nullable=True),
+    sa.Column("retest", String(), nullable=False),
+    sa.Column("merged_sha", String(), nullable=True),
     sa.Column("rounds", sa.Integer(), nullable=False),
     sa.Column("reasons", json_type(), nullable=False),
     time_column("at"),
@@ -445,16 +475,16 @@ pull_requests = sa.Table(
     metadata,
     sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), primary_key=True),
     sa.Column("number", sa.Integer(), nullable=False),
-    sa.Column("url", sa.String(), nullable=False),
-    sa.Column("head_sha", sa.String(), nullable=False),
-    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("url", String(), nullable=False),
+    sa.Column("head_sha", String(), nullable=False),
+    sa.Column("state", String(), nullable=False),
     # [{name, state, summary, required, details_url}] on head_sha: the required checks
     # first (one not reported yet is "expected"), then the others.
     sa.Column("checks", json_type(), nullable=False),
     # [{id, author, state, commit_sha}], oldest first.
     sa.Column("reviews", json_type(), nullable=False),
     # The commit the forge's merge made; NULL until merged.
-    sa.Column("merged_sha", sa.String(), nullable=True),
+    sa.Column("merged_sha", String(), nullable=True),
     # When the landing first read this pull request (this number), last read it, merged it.
     time_column("opened_at"),
     time_column("updated_at"),
@@ -472,9 +502,9 @@ pull_events = sa.Table(
     sa.Column("id", sa.Integer(), primary_key=True),
     sa.Column("task_id", sa.Integer(), sa.ForeignKey("tasks.id"), nullable=False),
     sa.Column("number", sa.Integer(), nullable=False),
-    sa.Column("kind", sa.String(), nullable=False),
-    sa.Column("seen", sa.String(), nullable=False),
-    sa.Column("name", sa.String(), nullable=False),
+    sa.Column("kind", String(), nullable=False),
+    sa.Column("seen", String(), nullable=False),
+    sa.Column("name", String(), nullable=False),
     time_column("at"),
     sa.UniqueConstraint("task_id", "number", "kind", "seen", "name"),
     sa.CheckConstraint(in_check("kind", PULL_EVENT_KINDS), name="kind"),

@@ -1,0 +1,171 @@
+"""Rows an agent's text could make unstorable: every job still ends, with a reason.
+
+What a job ends with holds text the agent chose (its CLI's error message, a check's log, a
+file name) and figures its CLI printed. A NUL (PostgreSQL refuses it in text and in JSONB)
+or a lone surrogate (UTF-8 cannot encode it: both databases refuse it in text) made the
+job's end a row no database writes: the worker tried it again and again, the task never
+moved and the job never ended. The store writes such characters as U+FFFD, in every text
+and JSON column; and an end that still cannot be stored (a figure out of a column's range)
+is ended as a crash whose reasons say so, holding nothing the agent wrote.
+
+The SQLite or PostgreSQL database comes from the ``migrated_db_url`` fixture, as everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.alerts import raise_alert
+from orchestrator.domain.breaker import BackendState, Health
+from orchestrator.store import breakers, queries
+
+try:
+    from test_engine import Harness
+except ImportError:  # imported as tests.integration.test_unstorable
+    from tests.integration.test_engine import Harness
+
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+REPLACED = "\ufffd"
+# What an agent can put in a string: JSON's escapes give a NUL and a lone surrogate.
+HOSTILE = "overloaded\x00 by \ud800 now"
+SHOWN = f"overloaded{REPLACED} by {REPLACED} now"
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_text_and_json_columns_write_nul_and_lone_surrogates_as_replacement(
+    engine: sa.Engine,
+) -> None:
+    # Before: PostgreSQL refused each write (NUL in text and JSONB, a surrogate in text);
+    # SQLite refused a surrogate in text and kept the NUL for every reader to carry on.
+    with engine.begin() as conn:
+        repo = queries.insert_repo(
+            conn,
+            name="demo",
+            path="/srv/demo",
+            key_prefix="DEMO",
+            now=1.0,
+            stages=["development"],
+            agents={"development": "patch"},
+        )
+        task = queries.insert_task(
+            conn, repo_id=repo.id, title=HOSTILE, body=HOSTILE, stage="development", now=2.0
+        )
+        queries.insert_transition(
+            conn,
+            task_id=task.id,
+            kind="block",
+            from_stage="development",
+            to_stage="development",
+            from_state="active",
+            to_state="blocked",
+            reasons=[HOSTILE, {HOSTILE: HOSTILE}],  # type: ignore[list-item]
+            actor="engine",
+            now=3.0,
+        )
+        raise_alert(
+            conn, kind="task-blocked", message=HOSTILE, reasons=[HOSTILE], now=4.0, task_id=task.id
+        )
+        breakers.save(
+            conn, BackendState("claude", Health.CLOSED, failures=1, last_error=HOSTILE), now=5.0
+        )
+    with engine.connect() as conn:
+        stored = queries.get_task(conn, task.key)
+        assert stored is not None
+        assert (stored.title, stored.body) == (SHOWN, SHOWN)
+        assert queries.list_transitions(conn, task.id)[-1].reasons == [SHOWN, {SHOWN: SHOWN}]
+        alert = conn.execute(sa.text("SELECT message FROM alerts")).scalar_one()
+        assert alert == SHOWN
+        backend = breakers.get(conn, "claude")
+        assert backend is not None
+        assert backend.state.last_error == SHOWN
+
+
+# --------------------------------------------------------------------------- whole runs
+
+# Stands in for the claude CLI: a model-API failure whose message holds a NUL and a lone
+# surrogate (as JSON escapes them), and no work done.
+HOSTILE_CLAUDE = """\
+import json, sys
+result = {
+    "type": "result",
+    "subtype": "error_during_execution",
+    "is_error": True,
+    "api_error_status": 500,
+    "num_turns": 1,
+    "result": MESSAGE,
+    "total_cost_usd": 0.01,
+    "usage": {"input_tokens": 1, "output_tokens": 1},
+}
+sys.stdout.write(json.dumps(result) + "\\n")
+"""
+
+
+@pytest.fixture
+def h(tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]) -> Iterator[Harness]:
+    # In the plan folder: the one folder of the tests' own the sandbox lets the agent see.
+    fake = tmp_path / "plan" / "hostile_claude.py"
+    harness = Harness(
+        tmp_path,
+        migrated_db_url,
+        make_repo(files={"README.md": "demo\n"}),
+        claude_command=f"{sys.executable} {fake}",
+        infra_retry_budget=1,
+        backend_breaker_threshold=5,
+    )
+    fake.write_text(HOSTILE_CLAUDE.replace("MESSAGE", json.dumps(HOSTILE)))
+    yield harness
+    harness.stop()
+    harness.engine.dispose()
+
+
+def _first_job_finished(h: Harness, key: str) -> Any:
+    h.wait_for(lambda: any(j.state == "finished" for j in h.jobs(key)))
+    return next(j for j in h.jobs(key) if j.state == "finished")
+
+
+def test_a_model_error_message_holding_nul_and_a_surrogate_ends_the_job(h: Harness) -> None:
+    """The claude CLI reports a model-API failure whose message holds a NUL and a lone
+    surrogate: the message reaches the job's reasons (JSON) and the backend's last error
+    (text). The job ends CRASHED, the message shown with U+FFFD (before: the end was
+    refused by the database, on SQLite too, and tried again forever)."""
+    h.add_repo(development="claude")
+    key = h.add_task()
+    h.start()
+    job = _first_job_finished(h, key)
+    h.stop()
+    assert job.outcome == "crashed", job.reasons
+    text = " | ".join(job.reasons)
+    assert SHOWN in text, text
+    assert "\x00" not in text
+    with h.engine.connect() as conn:
+        backend = breakers.get(conn, "claude")
+    assert backend is not None
+    assert backend.state.last_error is not None
+    assert SHOWN in backend.state.last_error
+
+
+# Rows of docs/security.md's attack table (rendered by test_security_doc.py).
+HERE = "tests/integration/test_unstorable.py"
+DEFENDED = [
+    {
+        "attack": "make the CLI report an error whose message holds a NUL or a lone "
+        "surrogate (`\\u0000`, `\\ud800` in its JSON), or put one in any text that reaches "
+        "a row",
+        "before": "the database refused the job's end (PostgreSQL: NUL in JSONB or text; "
+        "both: a string UTF-8 cannot encode); the worker tried it again and again, the "
+        "task never moved",
+        "now": "every text and JSON column writes them as U+FFFD: the job ends with its "
+        "reasons, the message shown",
+        "test": HERE,
+    },
+]
