@@ -13,6 +13,7 @@ The SQLite or PostgreSQL database comes from the ``migrated_db_url`` fixture, as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -22,8 +23,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from orchestrator.agents.common import MAX_TOKENS
 from orchestrator.alerts import raise_alert
 from orchestrator.domain.breaker import BackendState, Health
+from orchestrator.engine import worker as worker_mod
+from orchestrator.jobcontract import JobContext, JobResult
 from orchestrator.store import breakers, queries
 
 try:
@@ -154,6 +158,60 @@ def test_a_model_error_message_holding_nul_and_a_surrogate_ends_the_job(h: Harne
     assert SHOWN in backend.state.last_error
 
 
+# --------------------------------------------------------------------------- refused ends
+
+# More tokens than any INTEGER column holds: PostgreSQL refuses it (DataError), SQLite too
+# (OverflowError, not a database error at all). The CLIs' parsers cap what they read
+# (``agents.common.MAX_TOKENS``); planted here as a stand-in for whatever else a job's end
+# may hold that the store refuses, such as the next unforeseen character.
+TOO_MANY = 2**64
+
+
+def test_a_job_end_the_store_refuses_is_a_crash_that_says_so_not_a_loop(
+    tmp_path: Path,
+    migrated_db_url: str,
+    make_repo: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each development job's end holds a token count no column holds, and a reason of the
+    agent's. Each job ends CRASHED with a reason that says its end could not be stored,
+    holding nothing of the job's own (not its reasons, not its count); the infra budget
+    runs out and the task is blocked (before: the end was tried again and again, "job
+    thread failed", and the job never ended)."""
+    h = Harness(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}))
+    real = worker_mod.launch_job
+
+    def launch(ctx: JobContext) -> JobResult:
+        result = real(ctx)
+        if ctx.job.stage != "development":
+            return result
+        return dataclasses.replace(
+            result, reasons=[*result.reasons, "the agent's own words"], tokens_in=TOO_MANY
+        )
+
+    monkeypatch.setattr(worker_mod, "launch_job", launch)
+    try:
+        h.add_repo()
+        key = h.add_task()
+        h.start()
+        h.wait_for(lambda: h.task(key).state == "blocked")
+        h.stop()
+        jobs = h.jobs(key)
+        budget = h.settings.infra_retry_budget
+        assert [(j.stage, j.state, j.outcome) for j in jobs] == [
+            ("development", "finished", "crashed")
+        ] * (budget + 1)
+        for job in jobs:
+            assert len(job.reasons) == 1, job.reasons
+            assert "this job's end could not be stored" in job.reasons[0]
+            assert "the agent's own words" not in job.reasons[0]
+            assert job.tokens_in == MAX_TOKENS  # the safe side of a budget
+        assert h.task(key).stage == "development"
+    finally:
+        h.stop()
+        h.engine.dispose()
+
+
 # Rows of docs/security.md's attack table (rendered by test_security_doc.py).
 HERE = "tests/integration/test_unstorable.py"
 DEFENDED = [
@@ -166,6 +224,14 @@ DEFENDED = [
         "task never moved",
         "now": "every text and JSON column writes them as U+FFFD: the job ends with its "
         "reasons, the message shown",
+        "test": HERE,
+    },
+    {
+        "attack": "end a job with anything else the store refuses (a figure no column "
+        "holds, the next unforeseen character)",
+        "before": "the same endless loop: the end was tried again and again",
+        "now": "the end is recorded once as a crash that says it could not be stored, "
+        "holding none of the job's text; the infra budget blocks the task",
         "test": HERE,
     },
 ]

@@ -12,11 +12,13 @@ transition without its next job.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from orchestrator import taskdir
+from orchestrator.agents.common import MAX_TOKENS
 from orchestrator.alerts import raise_alert, store_breaker_change
 from orchestrator.config import Settings
 from orchestrator.domain import breaker
@@ -152,6 +154,33 @@ def job_end(job: JobRow, result: JobResult, verdict: Verdict | None) -> JobEnd:
         request_refused=fault is not None and fault.kind is FaultKind.REQUEST,
         cost_usd=result.cost_usd,
     )
+
+
+def unstorable_end(result: JobResult, exc: BaseException) -> JobResult:
+    """The end stored in place of ``result`` when the store refused it for good (not a
+    database gone for a while): a crash whose reason says so, holding nothing the job
+    produced (no reason, no artifact record, no verdict), so that it cannot be refused
+    again. Its spend is kept where a column holds it: a count beyond one as the most a
+    count can be (the safe side of a budget), a cost that is no amount as unknown.
+
+    The exception is named by its type only: its text may quote the value refused.
+    """
+    cost = result.cost_usd
+    return JobResult(
+        OutcomeKind.CRASHED,
+        [
+            f"this job's end could not be stored ({type(exc).__name__}): recorded as a "
+            "crash, without its reasons and artifacts; its log has what it printed"
+        ],
+        worktree=result.worktree,
+        cost_usd=cost if cost is not None and math.isfinite(cost) and cost >= 0 else None,
+        tokens_in=_storable_count(result.tokens_in),
+        tokens_out=_storable_count(result.tokens_out),
+    )
+
+
+def _storable_count(value: int | None) -> int | None:
+    return None if value is None else min(max(value, 0), MAX_TOKENS)
 
 
 def apply_job_end(

@@ -40,7 +40,7 @@ from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import SERIAL_HOLD_STAGES, Stage, State
 from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine.admission import Admitted, admit_llm
-from orchestrator.engine.apply import Applied, apply_job_end
+from orchestrator.engine.apply import Applied, apply_job_end, unstorable_end
 from orchestrator.engine.launch import launch_job, llm_backend_of
 from orchestrator.engine.outage import Outage, until_db_answers
 from orchestrator.engine.queue import follow_claim
@@ -534,7 +534,8 @@ class Worker:
 
         A try that failed rolled back whole, so the next one starts from the same state;
         a commit that did happen before the connection dropped makes the next try a no-op,
-        since ``finish_job`` is fenced on the job still running.
+        since ``finish_job`` is fenced on the job still running. An end the store refuses
+        for good is stored once as ``unstorable_end`` makes it, never tried again.
         """
 
         st = self.settings
@@ -552,7 +553,7 @@ class Worker:
             refuse=lambda: self.stopping.is_set() or st.paused,
         )
 
-        def once() -> Applied:
+        def once(result: JobResult, verdict: Verdict | None, backend: str | None) -> Applied:
             with self.engine.begin() as conn:
                 return apply_job_end(
                     conn,
@@ -566,7 +567,25 @@ class Worker:
                     claim_next=claim_next if follow else None,
                 )
 
-        return self._until_db_answers("apply a job's end", job.id, once)
+        try:
+            return self._until_db_answers(
+                "apply a job's end", job.id, lambda: once(result, verdict, backend)
+            )
+        except Exception as exc:
+            if isinstance(exc, sa.exc.SQLAlchemyError) and is_transient(exc):
+                raise  # the worker stops: recovery re-queues the job, its end not lost
+            # Refused for good (a value no column holds: a DataError on PostgreSQL, an
+            # OverflowError or UnicodeEncodeError from the driver): tried again, or left to
+            # recovery, it would be refused again and again and the job never end. It ends
+            # once as a crash that says so, holding nothing of the job's own; the task's
+            # infra budget bounds how often that can happen. A second refusal is a bug of
+            # ours, not the job's: raised, as any.
+            log.exception(
+                "the job's end could not be stored; recording it as a crash",
+                extra={"job": job.id, "action": "unstorable-end"},
+            )
+            crash = unstorable_end(result, exc)
+        return self._until_db_answers("apply a job's end", job.id, lambda: once(crash, None, None))
 
     # ---- recovery and shutdown ----------------------------------------------------------
 
