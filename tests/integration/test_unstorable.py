@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from orchestrator.agents.common import MAX_TOKENS
+from orchestrator.agents.common import MAX_COST_USD, MAX_TOKENS
 from orchestrator.alerts import raise_alert
 from orchestrator.domain.breaker import BackendState, Health
 from orchestrator.engine import worker as worker_mod
 from orchestrator.jobcontract import JobContext, JobResult
-from orchestrator.store import breakers, queries
+from orchestrator.store import breakers, queries, spend
 
 try:
     from test_engine import Harness
@@ -158,6 +158,59 @@ def test_a_model_error_message_holding_nul_and_a_surrogate_ends_the_job(h: Harne
     assert SHOWN in backend.state.last_error
 
 
+# Stands in for the claude CLI: does the work, writes a PASS report, and says it cost
+# 1e308 USD (valid JSON, a finite float).
+COSTLY_CLAUDE = """\
+import json, os, sys
+from pathlib import Path
+artifacts = Path(sys.argv[sys.argv.index("--add-dir") + 1])
+(Path.cwd() / (os.environ["ORCH_TASK"] + ".txt")).write_text("work\\n")
+(artifacts / "10-dev-report.md").write_text("---\\ndev_status: DONE\\n---\\n\\n# dev\\n")
+result = {
+    "type": "result",
+    "subtype": "success",
+    "is_error": False,
+    "num_turns": 1,
+    "result": "done",
+    "total_cost_usd": 1e308,
+    "usage": {"input_tokens": 1, "output_tokens": 1},
+}
+sys.stdout.write(json.dumps(result) + "\\n")
+"""
+
+
+def test_costs_claimed_near_the_largest_float_add_up_on_both_databases(
+    tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]
+) -> None:
+    """Two tasks' claude jobs each say they cost 1e308 USD (no budget set): both are
+    counted, at the most a job's cost can be, and their sum is still a number (before:
+    PostgreSQL's SUM overflowed, "value out of range", so the second job's end, every
+    admission and every spend total failed for good; SQLite's sum was infinity)."""
+    fake = tmp_path / "plan" / "costly_claude.py"
+    h = Harness(
+        tmp_path,
+        migrated_db_url,
+        make_repo(files={"README.md": "demo\n"}),
+        claude_command=f"{sys.executable} {fake}",
+        llm_budget_per_task_usd=0,
+        llm_budget_per_day_usd=0,
+    )
+    fake.write_text(COSTLY_CLAUDE)
+    try:
+        h.add_repo(development="claude")
+        keys = [h.add_task("one"), h.add_task("two")]
+        h.start()
+        h.wait_for(lambda: all(h.task(k).stage != "development" for k in keys))
+        h.stop()
+        costs = [j.cost_usd for k in keys for j in h.jobs(k) if j.stage == "development"]
+        assert costs == [MAX_COST_USD, MAX_COST_USD]
+        with h.engine.connect() as conn:
+            assert spend.total_spend(conn).cost_usd == 2 * MAX_COST_USD
+    finally:
+        h.stop()
+        h.engine.dispose()
+
+
 # --------------------------------------------------------------------------- refused ends
 
 # More tokens than any INTEGER column holds: PostgreSQL refuses it (DataError), SQLite too
@@ -232,6 +285,14 @@ DEFENDED = [
         "before": "the same endless loop: the end was tried again and again",
         "now": "the end is recorded once as a crash that says it could not be stored, "
         "holding none of the job's text; the infra budget blocks the task",
+        "test": HERE,
+    },
+    {
+        "attack": "claim a cost of `1e308` USD (a finite float) in the CLI's result, twice",
+        "before": "PostgreSQL's SUM of the costs overflowed: every later job's end, every "
+        "LLM admission and every spend total failed for good",
+        "now": "a cost is counted as at most $1,000,000 a job (the safe side of a budget); "
+        "the totals add up on both databases",
         "test": HERE,
     },
 ]

@@ -9,7 +9,6 @@ some they must ignore.
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from parser_properties.props_domain import outcome_of
 
 from orchestrator.agents import aider, claude, codex
 from orchestrator.agents.common import (
+    MAX_COST_USD,
     MAX_TOKENS,
     PlanError,
     PlanRequest,
@@ -779,8 +779,16 @@ def test_absurd_token_claims_are_capped_and_the_cost_stays_finite() -> None:
     send = {**SEND, "prompt_tokens": HUGE, "cost": 1.7e308}
     p = aider.parse_aider(ended(0), analytics(dict(send), dict(send)), has_diff=True)
     assert p.result.tokens_in == MAX_TOKENS
-    assert p.result.cost_usd is not None
-    assert math.isfinite(p.result.cost_usd)
+    assert p.result.cost_usd == MAX_COST_USD
+
+
+def test_absurd_cost_claims_are_counted_as_the_most_a_job_can_cost() -> None:
+    # 1e308 is a finite float, but two of them summed by PostgreSQL overflow ("value out
+    # of range"): every spend total, admission and later job's end then failed for good.
+    r = claude.parse_claude(ended(0), claude_result(total_cost_usd=1e308))
+    assert r.cost_usd == MAX_COST_USD
+    r = claude.parse_claude(ended(0), claude_result(total_cost_usd=MAX_COST_USD / 2))
+    assert r.cost_usd == MAX_COST_USD / 2
 
 
 # ------------------------------------------------------------------ model-API faults, by kind

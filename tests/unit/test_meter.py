@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,14 @@ import pytest
 
 from orchestrator.agents.claude import plan_claude
 from orchestrator.agents.codex import codex_cost_usd, plan_codex
-from orchestrator.agents.common import MAX_TOKENS, OUTPUT_MARK, LlmPlan, LlmResult, PlanRequest
+from orchestrator.agents.common import (
+    MAX_COST_USD,
+    MAX_TOKENS,
+    OUTPUT_MARK,
+    LlmPlan,
+    LlmResult,
+    PlanRequest,
+)
 from orchestrator.agents.meter import (
     OVER_BUDGET_PREFIX,
     AiderMeter,
@@ -247,7 +253,7 @@ def test_claude_huge_sums_stay_finite() -> None:
         )
     spend = tally.spend(ClaudePrices(1e308, 1e308, 1e308, 1e308))
     assert spend.tokens_in == MAX_TOKENS
-    assert spend.cost_usd == sys.float_info.max  # the safe side, never infinity
+    assert spend.cost_usd == MAX_COST_USD  # the safe side, never infinity
 
 
 def test_claude_events_of_other_shapes_are_ignored() -> None:
@@ -409,7 +415,7 @@ def test_codex_garbage_and_huge_numbers() -> None:
         tally.feed(obj)
     spend = tally.spend(1e308, 1e308)
     assert spend.tokens_in == MAX_TOKENS
-    assert spend.cost_usd == sys.float_info.max
+    assert spend.cost_usd == MAX_COST_USD
 
 
 # ------------------------------------------------------------------------------- aider
@@ -441,7 +447,7 @@ def test_aider_unanswered_request_is_awaited_and_bad_costs_do_not_count() -> Non
     tally.feed(aider_event("message_send_starting"))
     tally.feed(aider_event("message_send_exception", exception="APIError"))
     spend = tally.spend()
-    assert spend.cost_usd == sys.float_info.max  # a huge total, never infinity
+    assert spend.cost_usd == MAX_COST_USD  # a huge total, never infinity
     assert spend.model_calls == 8
     assert spend.awaiting_model is True  # the last request got no answer
 

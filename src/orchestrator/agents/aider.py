@@ -50,10 +50,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import sys
 from dataclasses import dataclass
 
 from orchestrator.agents.common import (
+    MAX_COST_USD,
     LlmPlan,
     LlmResult,
     PlanError,
@@ -248,8 +248,8 @@ def parse_aider(
             tokens_out = token_sum(tokens_out, props.get("completion_tokens"))
             cost = as_cost(props.get("cost"))
             if cost is not None:
-                # Each cost is finite, their sum need not be: a huge total, never infinity.
-                cost_sum = min(cost_sum + cost, sys.float_info.max)
+                # Each cost is at most MAX_COST_USD, their sum need not be: counted as that much.
+                cost_sum = min(cost_sum + cost, MAX_COST_USD)
                 priced = True
         elif name == "message_send_exception":
             exceptions.append(str(props.get("exception", "")))

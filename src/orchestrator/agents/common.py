@@ -196,6 +196,13 @@ def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
 MAX_TOKENS = 2**31 - 1
 
 
+# The most a job is counted to cost, in USD: far above any real run. A larger claim (1e308
+# is valid JSON) is counted as this much, the safe side of any budget. Not the largest
+# float: PostgreSQL's SUM of two such costs overflows ("value out of range"), and every
+# spend total, every admission and every later job's end would then fail for good.
+MAX_COST_USD = 1_000_000.0
+
+
 def as_int(value: object) -> int:
     """A token count from JSON: ints (and integral floats) count, anything else is 0."""
     if isinstance(value, bool):
@@ -213,7 +220,8 @@ def token_sum(*values: object) -> int:
 
 
 def as_cost(value: object) -> float | None:
-    """A USD amount from JSON, or None when it is not a finite non-negative number."""
+    """A USD amount from JSON, at most ``MAX_COST_USD``, or None when it is not a finite
+    non-negative number."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
@@ -221,7 +229,7 @@ def as_cost(value: object) -> float | None:
     except OverflowError:  # an int too large for a float
         return None
     # Not NaN, not Infinity (JSON allows both): neither is an amount, nor storable as one.
-    return cost if math.isfinite(cost) and cost >= 0 else None
+    return min(cost, MAX_COST_USD) if math.isfinite(cost) and cost >= 0 else None
 
 
 def money(cost: float | None) -> str:

@@ -28,12 +28,11 @@ pending or after an answer. aider: a ``message_send_starting`` without its ``mes
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.agents.codex import codex_cost_usd
-from orchestrator.agents.common import MAX_TOKENS, as_cost, as_int, token_sum
+from orchestrator.agents.common import MAX_COST_USD, MAX_TOKENS, as_cost, as_int, token_sum
 from orchestrator.config import Settings
 
 __all__ = [
@@ -70,11 +69,11 @@ class Spend:
 
 
 def _priced(*terms: tuple[int, float]) -> float:
-    """USD for (tokens, USD per million) pairs: finite and non-negative, as ``as_cost`` has
-    it; a sum too large for a float is the largest float (the safe side of a budget)."""
+    """USD for (tokens, USD per million) pairs, as ``as_cost`` has it; a sum too large for
+    a float is ``MAX_COST_USD`` too (the safe side of a budget)."""
     cost = sum(tokens * price for tokens, price in terms if tokens) / 1_000_000
     checked = as_cost(cost)
-    return checked if checked is not None else sys.float_info.max
+    return checked if checked is not None else MAX_COST_USD
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -267,7 +266,7 @@ class CodexTally:
         return Spend(
             tokens_in,
             tokens_out,
-            sys.float_info.max if cost is None else cost,
+            MAX_COST_USD if cost is None else cost,
             calls,
             self.awaiting_model,
         )
@@ -299,8 +298,8 @@ class AiderTally:
             self.tokens_out = token_sum(self.tokens_out, props.get("completion_tokens"))
             cost = as_cost(props.get("cost"))
             if cost is not None:
-                # Each cost is finite, their sum need not be: a huge total, never infinity.
-                self.cost_usd = min(self.cost_usd + cost, sys.float_info.max)
+                # Each cost is at most MAX_COST_USD, their sum need not be: counted as that much.
+                self.cost_usd = min(self.cost_usd + cost, MAX_COST_USD)
                 self.priced = True
             self.awaiting_model = False
 

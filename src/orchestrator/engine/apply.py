@@ -12,13 +12,12 @@ transition without its next job.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from orchestrator import taskdir
-from orchestrator.agents.common import MAX_TOKENS
+from orchestrator.agents.common import MAX_TOKENS, as_cost
 from orchestrator.alerts import raise_alert, store_breaker_change
 from orchestrator.config import Settings
 from orchestrator.domain import breaker
@@ -160,12 +159,12 @@ def unstorable_end(result: JobResult, exc: BaseException) -> JobResult:
     """The end stored in place of ``result`` when the store refused it for good (not a
     database gone for a while): a crash whose reason says so, holding nothing the job
     produced (no reason, no artifact record, no verdict), so that it cannot be refused
-    again. Its spend is kept where a column holds it: a count beyond one as the most a
-    count can be (the safe side of a budget), a cost that is no amount as unknown.
+    again. Its spend is kept as the CLIs' parsers keep it: a count or a cost beyond the
+    most one can be as that most (the safe side of a budget), a cost that is no amount
+    as unknown.
 
     The exception is named by its type only: its text may quote the value refused.
     """
-    cost = result.cost_usd
     return JobResult(
         OutcomeKind.CRASHED,
         [
@@ -173,7 +172,7 @@ def unstorable_end(result: JobResult, exc: BaseException) -> JobResult:
             "crash, without its reasons and artifacts; its log has what it printed"
         ],
         worktree=result.worktree,
-        cost_usd=cost if cost is not None and math.isfinite(cost) and cost >= 0 else None,
+        cost_usd=as_cost(result.cost_usd),
         tokens_in=_storable_count(result.tokens_in),
         tokens_out=_storable_count(result.tokens_out),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import string
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,7 +13,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from orchestrator.agents import aider, claude, codex, registry
-from orchestrator.agents.common import MAX_TOKENS, LlmResult
+from orchestrator.agents.common import MAX_COST_USD, MAX_TOKENS, LlmResult
 from orchestrator.agents.stall import is_stall
 from orchestrator.domain import stages
 from orchestrator.domain.outcomes import OutcomeKind
@@ -130,7 +129,8 @@ def _ran_clean(o: Outcome) -> bool:
 def _check_figures(r: LlmResult) -> None:
     assert r.outcome in OutcomeKind
     assert r.reasons
-    assert r.cost_usd is None or (math.isfinite(r.cost_usd) and r.cost_usd >= 0), r.cost_usd
+    # At most MAX_COST_USD: PostgreSQL's SUM of two larger (finite) costs overflows.
+    assert r.cost_usd is None or 0 <= r.cost_usd <= MAX_COST_USD, r.cost_usd
     for tokens in (r.tokens_in, r.tokens_out):
         # At most MAX_TOKENS: what the jobs table's INTEGER columns hold on PostgreSQL.
         assert tokens is None or (isinstance(tokens, int) and 0 <= tokens <= MAX_TOKENS), tokens
