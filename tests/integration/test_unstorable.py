@@ -26,7 +26,10 @@ import sqlalchemy as sa
 from orchestrator.agents.common import MAX_COST_USD, MAX_TOKENS
 from orchestrator.alerts import raise_alert
 from orchestrator.domain.breaker import BackendState, Health
+from orchestrator.domain.verdicts import Verdict
 from orchestrator.engine import worker as worker_mod
+from orchestrator.gates import registry
+from orchestrator.gates.context import GateContext
 from orchestrator.jobcontract import JobContext, JobResult
 from orchestrator.store import breakers, queries, spend
 
@@ -265,6 +268,45 @@ def test_a_job_end_the_store_refuses_is_a_crash_that_says_so_not_a_loop(
         h.engine.dispose()
 
 
+def test_a_gate_that_raises_is_a_gate_error_that_says_so_not_a_loop(
+    tmp_path: Path,
+    migrated_db_url: str,
+    make_repo: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A development gate check raises on what the agent left (a bug of ours the agent can
+    find): the job ends with a gate error that names the check and the exception's type,
+    not the agent's text; the gate-only retries run out and the task is blocked (before:
+    "job thread failed", recovery re-queued the job and the agent ran again, forever)."""
+    h = Harness(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}))
+
+    def broken(ctx: GateContext) -> Verdict:
+        msg = "the agent's own words"
+        raise RuntimeError(msg)
+
+    monkeypatch.setitem(registry.CHECKS, "check_dev_report", broken)  # type: ignore[index]
+    try:
+        h.add_repo()
+        key = h.add_task()
+        h.start()
+        h.wait_for(lambda: h.task(key).state == "blocked")
+        h.stop()
+        budget = h.settings.merge_gate_infra_retry_budget
+        jobs = h.jobs(key)
+        assert [(j.stage, j.state, j.outcome) for j in jobs] == [
+            ("development", "finished", "completed")
+        ] * (budget + 1)
+        for job in jobs:
+            text = " | ".join(job.reasons)
+            assert "check_dev_report: internal error (RuntimeError)" in text, text
+            assert "the agent's own words" not in text
+        # The agent ran once: a gate error re-runs the gates alone.
+        assert sum(":development:" in s for s in h.starts()) == 1, h.starts()
+    finally:
+        h.stop()
+        h.engine.dispose()
+
+
 # Rows of docs/security.md's attack table (rendered by test_security_doc.py).
 HERE = "tests/integration/test_unstorable.py"
 DEFENDED = [
@@ -293,6 +335,14 @@ DEFENDED = [
         "LLM admission and every spend total failed for good",
         "now": "a cost is counted as at most $1,000,000 a job (the safe side of a budget); "
         "the totals add up on both databases",
+        "test": HERE,
+    },
+    {
+        "attack": "leave something that makes a gate check raise (a bug of ours)",
+        "before": "the job's thread died; recovery re-queued the job and the agent ran "
+        "again and again",
+        "now": "a gate error naming the check and the exception's type: the gates alone "
+        "run again within the gate's budget, then the task is blocked",
         "test": HERE,
     },
 ]

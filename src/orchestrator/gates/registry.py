@@ -10,6 +10,7 @@ define checks, so what runs is what this file says, whatever was imported before
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,11 @@ def check_branch_has_diff(ctx: GateContext) -> Verdict:
 
 
 # Every check, by the name the pipeline table (domain/stages.py) gives it.
+log = logging.getLogger(__name__)
+
+# The tool error of a gate check that raised (``run_gates``).
+GATE_ERROR = "gate-error"
+
 CHECKS: Mapping[str, Check] = {
     "check_analysis_ready": _artifact_check(A.ANALYSIS),
     "check_dev_report": _artifact_check(A.DEV_REPORT),
@@ -87,7 +93,20 @@ def run_gates(ctx: GateContext) -> Verdict:
             return Verdict(
                 VerdictStatus.FAIL, [*reasons, f"{name}: not available; fail closed"], fields
             )
-        verdict = check(ctx)
+        try:
+            verdict = check(ctx)
+        except Exception as exc:
+            # A check that raises (a bug of ours, which what the agent left can find) is a
+            # gate error: its gates alone run again, within the gate's own budget. Raised,
+            # it left the job to recovery: the agent ran again, met it again, forever.
+            # Named by its type only: the message may quote what the agent wrote.
+            log.exception(
+                "gate check %s raised",
+                name,
+                extra={"task": ctx.task.key, "job": ctx.job_id, "action": "gate-error"},
+            )
+            why = f"{name}: internal error ({type(exc).__name__}); the worker's log has it"
+            return Verdict(VerdictStatus.FAIL, [*reasons, why], fields, tool_error=GATE_ERROR)
         reasons.extend(f"{name}: {r}" for r in verdict.reasons)
         fields.update(verdict.fields)
         if not verdict.passed:
