@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -31,7 +32,7 @@ from orchestrator.engine import worker as worker_mod
 from orchestrator.gates import registry
 from orchestrator.gates.context import GateContext
 from orchestrator.jobcontract import JobContext, JobResult
-from orchestrator.store import breakers, queries, spend
+from orchestrator.store import breakers, is_transient, queries, spend
 
 try:
     from test_engine import Harness
@@ -95,6 +96,27 @@ def test_text_and_json_columns_write_nul_and_lone_surrogates_as_replacement(
         backend = breakers.get(conn, "claude")
         assert backend is not None
         assert backend.state.last_error == SHOWN
+
+
+def test_a_value_past_a_database_limit_is_not_taken_for_an_outage(engine: sa.Engine) -> None:
+    # PostgreSQL reports a value too large for a limit (an index row, a JSONB value) as
+    # SQLSTATE class 54, which psycopg makes an OperationalError, as it does a dropped
+    # connection: taken for an outage, a job's end holding one was tried again for ever.
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TEMP TABLE limited (name TEXT PRIMARY KEY)")
+            with pytest.raises(sa.exc.OperationalError) as caught:
+                conn.execute(
+                    sa.text("INSERT INTO limited VALUES (:name)"),
+                    {"name": "".join(chr(0x4E00 + i % 2000) for i in range(3000))},
+                )
+        assert type(caught.value.orig).__name__ == "ProgramLimitExceeded"
+        assert not is_transient(caught.value)
+    # As SQLAlchemy wraps it, on any database the tests run on.
+    limit = psycopg.errors.ProgramLimitExceeded("index row size exceeds maximum")
+    assert not is_transient(sa.exc.OperationalError("INSERT", {}, limit))
+    gone = psycopg.errors.AdminShutdown("terminating connection")
+    assert is_transient(sa.exc.OperationalError("INSERT", {}, gone))
 
 
 # --------------------------------------------------------------------------- whole runs

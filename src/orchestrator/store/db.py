@@ -107,15 +107,25 @@ def _ping_when_idle(engine: sa.Engine) -> None:
             raise sa.exc.DisconnectionError(msg) from exc
 
 
+# SQLSTATE class 54, "program limit exceeded": the same value is refused every time.
+_PROGRAM_LIMIT_EXCEEDED = "54"
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a database error means "unreachable or busy for now", not a bug of ours.
 
     A dropped or refused connection, a lock wait that ran out (SQLite "database is locked"),
     a deadlock or serialization failure, an exhausted pool: each may succeed when tried
-    again. A constraint violation or a programming error will not.
+    again. A constraint violation or a programming error will not, nor a value past one of
+    PostgreSQL's limits (an index row, a JSONB value: SQLSTATE class 54), which psycopg
+    makes an OperationalError as it does a dropped connection: taken for an outage, a job's
+    end holding one was tried again for ever.
     """
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_PROGRAM_LIMIT_EXCEEDED):
+        return False
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
 
 
