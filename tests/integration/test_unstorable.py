@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +329,41 @@ def test_a_gate_that_raises_is_a_gate_error_that_says_so_not_a_loop(
         h.engine.dispose()
 
 
+def test_an_after_pass_step_that_raises_is_noted_and_the_task_goes_on(
+    tmp_path: Path,
+    migrated_db_url: str,
+    make_repo: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Testing's after-pass step (recording the validated tree) raises: the step is noted
+    as not done and the PASS stands (a tree not recorded is only re-tested by the merge
+    gate); before, the job's thread died after its gates passed, recovery re-queued the
+    job and the testing agent ran again, forever."""
+    h = Harness(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}))
+
+    def broken(ctx: GateContext, passed_tests: Sequence[str] | None) -> str:
+        msg = "the agent's own words"
+        raise RuntimeError(msg)
+
+    # Trusting the fake testing agent, so that the step runs for it.
+    step = registry.AfterPass(trusts=h.agent(), run=broken)
+    monkeypatch.setitem(registry.AFTER_PASS, "record_validated_tree", step)  # type: ignore[index]
+    try:
+        h.add_repo()
+        key = h.add_task()
+        h.start()
+        h.wait_for(lambda: h.task(key).state == "done")
+        h.stop()
+        testing = [j for j in h.jobs(key) if j.stage == "testing"]
+        assert [(j.state, j.outcome, j.verdict) for j in testing] == [
+            ("finished", "completed", "PASS")
+        ]
+        assert sum(":testing:" in s for s in h.starts()) == 1, h.starts()
+    finally:
+        h.stop()
+        h.engine.dispose()
+
+
 # Rows of docs/security.md's attack table (rendered by test_security_doc.py).
 HERE = "tests/integration/test_unstorable.py"
 DEFENDED = [
@@ -360,11 +395,13 @@ DEFENDED = [
         "test": HERE,
     },
     {
-        "attack": "leave something that makes a gate check raise (a bug of ours)",
+        "attack": "leave something that makes a gate check, or a step after a PASS, "
+        "raise (a bug of ours)",
         "before": "the job's thread died; recovery re-queued the job and the agent ran "
         "again and again",
         "now": "a gate error naming the check and the exception's type: the gates alone "
-        "run again within the gate's budget, then the task is blocked",
+        "run again within the gate's budget, then the task is blocked; a step after a "
+        "PASS is noted as not done and the PASS stands",
         "test": HERE,
     },
 ]

@@ -161,8 +161,21 @@ def run_after_pass(
         if step is None:
             notes.append(f"{name}: not available; not run")
         elif agent == step.trusts and llm_backend is None:
-            # A step with nothing to do for this repo says nothing.
-            note = step.run(ctx, passed_tests)
+            try:
+                # A step with nothing to do for this repo says nothing.
+                note = step.run(ctx, passed_tests)
+            except Exception as exc:
+                # Raised, it killed the job's thread after its gates passed: recovery
+                # re-queued the job, and its agent ran again and met it again, forever.
+                # Each step is a help, not a condition of the PASS (a tree not recorded
+                # is re-tested by the merge gate; a pull request not opened yet is
+                # opened by the landing), so the PASS stands and the step is not done.
+                log.exception(
+                    "after-pass step %s raised",
+                    name,
+                    extra={"task": ctx.task.key, "job": ctx.job_id, "action": "after-pass"},
+                )
+                note = f"internal error ({type(exc).__name__}); not done"
             if note:
                 notes.append(f"{name}: {note}")
     return notes
