@@ -98,6 +98,34 @@ def test_text_and_json_columns_write_nul_and_lone_surrogates_as_replacement(
         assert backend.state.last_error == SHOWN
 
 
+def test_a_lone_surrogate_stored_before_is_read_with_replacement(engine: sa.Engine) -> None:
+    # SQLite kept what JSON escapes (``"\\ud800"``) until the store replaced it on write:
+    # such a row, read back, gave a string no reader could write out (`orch task show`,
+    # the API: UnicodeEncodeError). PostgreSQL never holds one: JSONB refuses it.
+    if engine.dialect.name != "sqlite":
+        pytest.skip("only SQLite can hold a lone surrogate in a JSON column")
+    with engine.begin() as conn:
+        repo = queries.insert_repo(
+            conn,
+            name="demo",
+            path="/srv/demo",
+            key_prefix="DEMO",
+            now=1.0,
+            stages=["development"],
+            agents={"development": "patch"},
+        )
+        task = queries.insert_task(
+            conn, repo_id=repo.id, title="t", body="b", stage="development", now=2.0
+        )
+        conn.exec_driver_sql(
+            "UPDATE transitions SET reasons = ? WHERE task_id = ?",
+            (json.dumps(["tests/\udcff.py (deleted)"]), task.id),
+        )
+    with engine.connect() as conn:
+        [created] = queries.list_transitions(conn, task.id)
+    assert created.reasons == [f"tests/{REPLACED}.py (deleted)"]
+
+
 def test_a_value_past_a_database_limit_is_not_taken_for_an_outage(engine: sa.Engine) -> None:
     # PostgreSQL reports a value too large for a limit (an index row, a JSONB value) as
     # SQLSTATE class 54, which psycopg makes an OperationalError, as it does a dropped

@@ -64,7 +64,8 @@ class JSON(sa.types.TypeDecorator[Any]):
     and importing PostgreSQL's dialect cost every SQLite command ~20 ms.
 
     Its strings are written as ``String`` writes one (see there): what no database can
-    hold is written as U+FFFD.
+    hold is written as U+FFFD. A lone surrogate SQLite kept before that (JSON escapes it)
+    is read as U+FFFD too: every reader that writes it out (the CLI, the API) failed on it.
     """
 
     impl = sa.JSON
@@ -74,6 +75,9 @@ class JSON(sa.types.TypeDecorator[Any]):
         super().__init__(none_as_null=True)
 
     def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return _writable(value) if _unwritable(value) else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
         return _writable(value) if _unwritable(value) else value
 
     def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
@@ -90,10 +94,15 @@ class JSON(sa.types.TypeDecorator[Any]):
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+def _unstorable(text: str) -> bool:
+    # Two cheap looks first: most text is ASCII and holds no NUL.
+    return "\x00" in text or (not text.isascii() and _UNSTORABLE.search(text) is not None)
+
+
 def storable(text: str) -> str:
     """``text`` with each character no database column can hold (NUL, a lone surrogate)
     as U+FFFD."""
-    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+    return _UNSTORABLE.sub("\ufffd", text) if _unstorable(text) else text
 
 
 class String(sa.types.TypeDecorator[str]):
@@ -123,7 +132,7 @@ class Text(String):
 def _unwritable(value: Any) -> bool:
     """Whether a JSON value holds a string (a key included) that no database can hold."""
     if isinstance(value, str):
-        return _UNSTORABLE.search(value) is not None
+        return _unstorable(value)
     if isinstance(value, dict):
         return any(_unwritable(k) or _unwritable(v) for k, v in value.items())
     if isinstance(value, list | tuple):
