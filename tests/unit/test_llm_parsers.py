@@ -848,6 +848,19 @@ def test_claude_fault_carries_the_clis_last_retry_delay() -> None:
     assert r.api_fault.retry_after_s == pytest.approx(2.412)
 
 
+def test_claude_fault_keeps_a_retry_delay_longer_than_the_cost_cap() -> None:
+    # A retry-after of an hour (a quota's reset) is read as an hour: the breaker probes
+    # never sooner than the server said (docs/reliability.md). A delay is no cost: the cap
+    # on a claimed cost (MAX_COST_USD, read as milliseconds: 1000 s) does not bound it.
+    retry = json.dumps({"type": "system", "subtype": "api_retry", "retry_delay_ms": 3_600_000})
+    out = claude_result(
+        is_error=True, api_error_status=429, terminal_reason="api_error", result="API Error: 429"
+    )
+    r = claude.parse_claude(ended(1), retry + "\n" + out)
+    assert r.api_fault is not None
+    assert r.api_fault.retry_after_s == pytest.approx(3600.0)
+
+
 def test_claude_error_that_is_no_api_error_has_no_fault() -> None:
     r = claude.parse_claude(ended(1), claude_result(is_error=True, terminal_reason="other"))
     assert r.outcome is OutcomeKind.CRASHED

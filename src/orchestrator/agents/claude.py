@@ -58,6 +58,7 @@ from orchestrator.agents.common import (
     LlmResult,
     PlanError,
     PlanRequest,
+    as_amount,
     as_cost,
     fault_reasons,
     json_objects,
@@ -185,7 +186,9 @@ def _last_retry_delay_s(output: str) -> float | None:
     delay: float | None = None
     for obj in json_objects(output):
         if obj.get("type") == "system" and obj.get("subtype") == "api_retry":
-            ms = as_cost(obj.get("retry_delay_ms"))  # a finite, non-negative number
+            # A finite, non-negative number; no cost, so not capped as one: the breaker
+            # probes never sooner than the server's retry-after, however long.
+            ms = as_amount(obj.get("retry_delay_ms"))
             if ms is not None:
                 delay = ms / 1000
     return delay

@@ -219,17 +219,23 @@ def token_sum(*values: object) -> int:
     return min(sum(as_int(v) for v in values), MAX_TOKENS)
 
 
-def as_cost(value: object) -> float | None:
-    """A USD amount from JSON, at most ``MAX_COST_USD``, or None when it is not a finite
-    non-negative number."""
+def as_amount(value: object) -> float | None:
+    """A finite non-negative number from JSON (a delay, say), or None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
-        cost = float(value)
+        amount = float(value)
     except OverflowError:  # an int too large for a float
         return None
     # Not NaN, not Infinity (JSON allows both): neither is an amount, nor storable as one.
-    return min(cost, MAX_COST_USD) if math.isfinite(cost) and cost >= 0 else None
+    return amount if math.isfinite(amount) and amount >= 0 else None
+
+
+def as_cost(value: object) -> float | None:
+    """A USD amount from JSON, at most ``MAX_COST_USD``, or None when it is not a finite
+    non-negative number. Only for costs: the cap is a budget's (``as_amount`` for others)."""
+    amount = as_amount(value)
+    return None if amount is None else min(amount, MAX_COST_USD)
 
 
 def money(cost: float | None) -> str:
