@@ -315,6 +315,30 @@ def test_a_staged_line_that_may_be_a_marker_is_left_to_git(tmp_path: Path, make_
     assert asked == {"add": 1, "diff": 1, "commit": 1}  # git said: no marker
 
 
+def test_a_marker_check_git_cannot_make_refuses_the_attempt(
+    tmp_path: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `diff --cached --check` failing (killed, out of memory, a broken index) is not "no
+    # markers": the attempt is refused as when the check found some, git's failure named.
+    repo = make_repo(files={"README.md": "demo\n"})
+    ws = _workspace(repo, tmp_path / "worktrees")
+    (ws / "calc.py").write_text(DEBRIS)
+    real = gitcmd.git
+
+    def failing(args: Sequence[str], cwd: Path, **kw: Any) -> gitcmd.GitResult:
+        if "--check" in args:
+            return gitcmd.GitResult(("git", *args), 128, "", "fatal: planted")
+        return real(args, cwd, **kw)
+
+    monkeypatch.setattr(gitcmd, "git", failing)
+    done, asked, head = _attempt(ws)
+    assert done.status == "refused", done.detail
+    assert "git diff --cached --check failed" in done.detail
+    assert "planted" in done.detail
+    assert asked["commit"] == 0
+    assert _git(ws, "rev-parse", "HEAD") == head
+
+
 def test_markers_of_another_size_are_found_by_git(tmp_path: Path, make_repo: Any) -> None:
     # An attribute makes markers three characters long: a line "<<< ours" is one to git.
     repo = make_repo(

@@ -291,6 +291,9 @@ def _staged_markers(worktree: Path, staged: index_file.Staged | None = None) -> 
     check = gitcmd.git(
         ["diff", "--cached", "--check", "--", *CHANGE_PATHSPEC], worktree, errors="replace"
     )
+    # Exit 2: it found problems; 0: none; anything else: it could not look (no "none").
+    if check.timed_out or check.returncode not in (0, 2):
+        return [f"git diff --cached --check failed: {_explain(check)}"]
     markers = [
         line.split(": leftover conflict marker")[0]
         for line in check.stdout.splitlines()
