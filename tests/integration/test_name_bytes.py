@@ -36,9 +36,11 @@ from orchestrator.store import queries
 
 try:
     from merge_helpers import MergeBed, commit_files, run_git
+    from test_store import add_repo, add_task
     from test_test_cheats import CALC_BROKEN, FAKE_AGENT, FORCE_PASS, SUITE, Bed
 except ImportError:  # imported as tests.integration.test_name_bytes
     from tests.integration.merge_helpers import MergeBed, commit_files, run_git
+    from tests.integration.test_store import add_repo, add_task
     from tests.integration.test_test_cheats import CALC_BROKEN, FAKE_AGENT, FORCE_PASS, SUITE, Bed
 
 DEBRIS = "<<<<<<< ours\na = 1\n=======\na = 2\n>>>>>>> theirs\n"
@@ -295,18 +297,7 @@ def test_a_reason_that_cannot_be_written_as_utf8_is_stored_with_replacement(
     # SQLite stored it for every reader to fail on. It is written with U+FFFD.
     odd = name(b"tests/\xff.py")
     with engine.begin() as conn:
-        repo = queries.insert_repo(
-            conn,
-            name="demo",
-            path="/srv/demo",
-            key_prefix="DEMO",
-            now=1.0,
-            stages=["development"],
-            agents={"development": "patch"},
-        )
-        task = queries.insert_task(
-            conn, repo_id=repo.id, title="t", body="b", stage="development", now=2.0
-        )
+        task = add_task(conn, add_repo(conn).id)
         queries.insert_transition(
             conn,
             task_id=task.id,

@@ -55,9 +55,16 @@ def add_repo(conn: sa.Connection, name: str = "demo", prefix: str = "DEMO") -> R
     )
 
 
-def add_task(conn: sa.Connection, repo_id: int, now: float = 200.0) -> TaskRow:
+def add_task(
+    conn: sa.Connection,
+    repo_id: int,
+    now: float = 200.0,
+    *,
+    title: str = "Fix it",
+    body: str = "Details",
+) -> TaskRow:
     return queries.insert_task(
-        conn, repo_id=repo_id, title="Fix it", body="Details", stage="development", now=now
+        conn, repo_id=repo_id, title=title, body=body, stage="development", now=now
     )
 
 

@@ -36,8 +36,10 @@ from orchestrator.store import breakers, is_transient, queries, spend
 
 try:
     from test_engine import Harness
+    from test_store import add_repo, add_task
 except ImportError:  # imported as tests.integration.test_unstorable
     from tests.integration.test_engine import Harness
+    from tests.integration.test_store import add_repo, add_task
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -56,18 +58,7 @@ def test_text_and_json_columns_write_nul_and_lone_surrogates_as_replacement(
     # Before: PostgreSQL refused each write (NUL in text and JSONB, a surrogate in text);
     # SQLite refused a surrogate in text and kept the NUL for every reader to carry on.
     with engine.begin() as conn:
-        repo = queries.insert_repo(
-            conn,
-            name="demo",
-            path="/srv/demo",
-            key_prefix="DEMO",
-            now=1.0,
-            stages=["development"],
-            agents={"development": "patch"},
-        )
-        task = queries.insert_task(
-            conn, repo_id=repo.id, title=HOSTILE, body=HOSTILE, stage="development", now=2.0
-        )
+        task = add_task(conn, add_repo(conn).id, title=HOSTILE, body=HOSTILE)
         queries.insert_transition(
             conn,
             task_id=task.id,
@@ -105,18 +96,7 @@ def test_a_lone_surrogate_stored_before_is_read_with_replacement(engine: sa.Engi
     if engine.dialect.name != "sqlite":
         pytest.skip("only SQLite can hold a lone surrogate in a JSON column")
     with engine.begin() as conn:
-        repo = queries.insert_repo(
-            conn,
-            name="demo",
-            path="/srv/demo",
-            key_prefix="DEMO",
-            now=1.0,
-            stages=["development"],
-            agents={"development": "patch"},
-        )
-        task = queries.insert_task(
-            conn, repo_id=repo.id, title="t", body="b", stage="development", now=2.0
-        )
+        task = add_task(conn, add_repo(conn).id)
         conn.exec_driver_sql(
             "UPDATE transitions SET reasons = ? WHERE task_id = ?",
             (json.dumps(["tests/\udcff.py (deleted)"]), task.id),
