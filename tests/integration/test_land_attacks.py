@@ -59,18 +59,7 @@ def test_a_commit_landed_in_a_group_shared_clone_is_readable_by_its_group(
         (ws / "feature.txt").write_text("work\n")
         assert commits.commit_all(ws, "DEMO-1: work")
         assert worktrees.publish_branch(repo, ws, "DEMO-1")[0]
-        request = LandRequest(
-            repo_path=repo,
-            main="main",
-            remote=None,
-            worktree=ws,
-            key="DEMO-1",
-            title="a task",
-            author=None,
-            main_seen=None,
-            max_rounds=1,
-        )
-        landing = land.land(request, lambda _candidate: Judgement())
+        landing = _land_judged(repo, ws, lambda _candidate: Judgement(), max_rounds=1)
     finally:
         os.umask(old_umask)
     assert landing.status == "MERGED", landing.reasons
@@ -620,7 +609,7 @@ def _published_task(tmp_path: Path, make_repo: Any) -> tuple[Path, Path]:
     return repo, ws
 
 
-def _land_judged(repo: Path, ws: Path, judge: land.Judge) -> land.Landing:
+def _land_judged(repo: Path, ws: Path, judge: land.Judge, *, max_rounds: int = 3) -> land.Landing:
     request = LandRequest(
         repo_path=repo,
         main="main",
@@ -630,7 +619,7 @@ def _land_judged(repo: Path, ws: Path, judge: land.Judge) -> land.Landing:
         title="a task",
         author=None,
         main_seen=None,
-        max_rounds=3,
+        max_rounds=max_rounds,
     )
     return land.land(request, judge)
 
