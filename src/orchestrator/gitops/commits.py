@@ -138,13 +138,22 @@ def commit_problems(worktree: Path) -> list[str]:
 def branch_markers(worktree: Path, base: str) -> tuple[list[str] | None, str]:
     """``file:line`` of conflict-marker lines the branch adds against ``base``: (those,
     "") or (None, why) when git cannot tell (that is no "none")."""
-    # `diff --check` names the files as their bytes (never quoted): read to be shown.
+    markers, why = _diff_check_markers(worktree, f"{base}...HEAD")
+    if markers is None:
+        return None, f"git diff --check against {base} failed: {why}"
+    return markers, ""
+
+
+def _diff_check_markers(worktree: Path, *spec: str) -> tuple[list[str] | None, str]:
+    """``file:line`` of each line ``git diff --check <spec>`` takes for a conflict marker:
+    (those, "") or (None, why git could not look)."""
+    # It names the files as their bytes (never quoted): read to be shown.
     check = gitcmd.git(
-        ["diff", "--check", f"{base}...HEAD", "--", *CHANGE_PATHSPEC], worktree, errors="replace"
+        ["diff", "--check", *spec, "--", *CHANGE_PATHSPEC], worktree, errors="replace"
     )
     # Exit 2: it found problems; 0: none; anything else: it could not look.
     if check.timed_out or check.returncode not in (0, 2):
-        return None, f"git diff --check against {base} failed: {_explain(check)}"
+        return None, _explain(check)
     return [
         line.split(": leftover conflict marker")[0]
         for line in check.stdout.splitlines()
@@ -287,18 +296,9 @@ def _staged_markers(worktree: Path, staged: index_file.Staged | None = None) -> 
     line it checks is a line of one of them): git is not asked."""
     if staged is not None and not _may_hold_markers(worktree, staged):
         return []
-    # The report names the agent's files, as their bytes: read to be shown, never crashed on.
-    check = gitcmd.git(
-        ["diff", "--cached", "--check", "--", *CHANGE_PATHSPEC], worktree, errors="replace"
-    )
-    # Exit 2: it found problems; 0: none; anything else: it could not look (no "none").
-    if check.timed_out or check.returncode not in (0, 2):
-        return [f"git diff --cached --check failed: {_explain(check)}"]
-    markers = [
-        line.split(": leftover conflict marker")[0]
-        for line in check.stdout.splitlines()
-        if line.endswith("leftover conflict marker")
-    ]
+    markers, why = _diff_check_markers(worktree, "--cached")
+    if markers is None:  # not "none": the attempt is refused as with markers
+        return [f"git diff --cached --check failed: {why}"]
     if markers:
         return [f"added lines look like conflict markers: {name_paths(markers)}"]
     return []
