@@ -35,9 +35,11 @@ from orchestrator.jobcontract import JobContext, JobResult
 from orchestrator.store import breakers, is_transient, queries, spend
 
 try:
+    from test_bad_input import FAKE_CLAUDE
     from test_engine import Harness
     from test_store import add_repo, add_task
 except ImportError:  # imported as tests.integration.test_unstorable
+    from tests.integration.test_bad_input import FAKE_CLAUDE
     from tests.integration.test_engine import Harness
     from tests.integration.test_store import add_repo, add_task
 
@@ -191,27 +193,6 @@ def test_a_model_error_message_holding_nul_and_a_surrogate_ends_the_job(h: Harne
     assert SHOWN in backend.state.last_error
 
 
-# Stands in for the claude CLI: does the work, writes a PASS report, and says it cost
-# 1e308 USD (valid JSON, a finite float).
-COSTLY_CLAUDE = """\
-import json, os, sys
-from pathlib import Path
-artifacts = Path(sys.argv[sys.argv.index("--add-dir") + 1])
-(Path.cwd() / (os.environ["ORCH_TASK"] + ".txt")).write_text("work\\n")
-(artifacts / "10-dev-report.md").write_text("---\\ndev_status: DONE\\n---\\n\\n# dev\\n")
-result = {
-    "type": "result",
-    "subtype": "success",
-    "is_error": False,
-    "num_turns": 1,
-    "result": "done",
-    "total_cost_usd": 1e308,
-    "usage": {"input_tokens": 1, "output_tokens": 1},
-}
-sys.stdout.write(json.dumps(result) + "\\n")
-"""
-
-
 def test_costs_claimed_near_the_largest_float_add_up_on_both_databases(
     tmp_path: Path, migrated_db_url: str, make_repo: Callable[..., Path]
 ) -> None:
@@ -219,16 +200,15 @@ def test_costs_claimed_near_the_largest_float_add_up_on_both_databases(
     counted, at the most a job's cost can be, and their sum is still a number (before:
     PostgreSQL's SUM overflowed, "value out of range", so the second job's end, every
     admission and every spend total failed for good; SQLite's sum was infinity)."""
-    fake = tmp_path / "plan" / "costly_claude.py"
     h = Harness(
         tmp_path,
         migrated_db_url,
         make_repo(files={"README.md": "demo\n"}),
-        claude_command=f"{sys.executable} {fake}",
+        # 1e308: valid JSON, a finite float.
+        claude_command=f"{sys.executable} {FAKE_CLAUDE} --fake-cost 1e308",
         llm_budget_per_task_usd=0,
         llm_budget_per_day_usd=0,
     )
-    fake.write_text(COSTLY_CLAUDE)
     try:
         h.add_repo(development="claude")
         keys = [h.add_task("one"), h.add_task("two")]
