@@ -393,3 +393,40 @@ DEFENDED = [
         "test": HERE,
     },
 ]
+
+
+def test_a_job_whose_thread_raises_is_a_crash_that_says_so_not_a_loop(
+    tmp_path: Path,
+    migrated_db_url: str,
+    make_repo: Callable[..., Path],
+) -> None:
+    """The task folder's ``runs`` is a file, so the worker cannot make the job's log there:
+    the job's thread raises before any process starts (a bug of ours or the machine's,
+    not the code's). Each job ends CRASHED with a reason naming the exception; the infra
+    budget runs out and the task is blocked with one alert (before: "job thread failed",
+    the job stayed running until its lease ran out, recovery re-queued it without spending
+    anything, and it failed the same way again, for ever)."""
+    h = Harness(tmp_path, migrated_db_url, make_repo(files={"README.md": "demo\n"}))
+    try:
+        h.add_repo()
+        key = h.add_task()
+        (h.folder(key) / "runs").write_text("not a folder\n")
+        h.start()
+        h.wait_for(lambda: h.task(key).state == "blocked", deadline_s=30)
+        h.stop()
+        jobs = h.jobs(key)
+        budget = h.settings.infra_retry_budget
+        assert [(j.stage, j.state, j.outcome) for j in jobs] == [
+            ("development", "finished", "crashed")
+        ] * (budget + 1)
+        for job in jobs:
+            assert len(job.reasons) == 1, job.reasons
+            assert job.reasons[0].startswith("internal error in the worker (FileExistsError"), (
+                job.reasons
+            )
+        assert h.starts() == []  # no agent ran
+        kinds = [a.kind for a in h.alerts()]
+        assert kinds == ["infra-budget-exhausted"], kinds
+    finally:
+        h.stop()
+        h.engine.dispose()

@@ -58,6 +58,8 @@ from orchestrator.store.wake import WakeListener
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+# How much of an exception's text a crash's reason keeps.
+_MAX_ERROR_CHARS = 500
 
 # How often running jobs are checked for a cancel asked in the DB, and for the reaper: a
 # cancelled job is killed well within a second.
@@ -324,8 +326,9 @@ class Worker:
                     self._requeue(current, "worker stopped before the job started")
                 else:
                     following = self._run_one(current, running, known)
-            except Exception:
+            except Exception as exc:
                 log.exception("job thread failed", extra={"job": current.id})
+                self._end_failed(current, exc)
             finally:
                 with self._lock:
                     self._running.pop(current.id, None)
@@ -342,6 +345,39 @@ class Worker:
                 current, known = None, None
             else:
                 current, known = following.job, (following.task, following.repo)
+
+    def _end_failed(self, job: JobRow, exc: Exception) -> None:
+        """End a job whose thread raised (a bug of ours, or the machine's: a task folder
+        the worker cannot write) as a crash that names the exception, so that the task's
+        infra budget bounds it. Left to its lease, recovery re-queued it without spending
+        anything and it failed the same way again, for ever.
+
+        Fenced as every end is: a job that had its end already (the exception came after
+        it), or that another worker owns now, is left as it is. A worker that stops
+        without draining leaves it to recovery, as it leaves every running job. No process
+        of the job is left to stop: ``launch_job`` returns only once its process is gone.
+        """
+        if self.stopping.is_set() and not self.drain:
+            return
+        what = f"internal error in the worker ({type(exc).__name__}): {exc}"
+        crash = JobResult(OutcomeKind.CRASHED, [what[:_MAX_ERROR_CHARS]])
+        try:
+            applied = self._apply(job, crash, None, follow=False)
+        except Exception:
+            log.exception("could not end the failed job", extra={"job": job.id})
+            return
+        self._announce(applied, applied.task)
+
+    def _announce(self, applied: Applied, task: TaskRow | None) -> None:
+        """Deliver the alerts a job's end raised, and tell the task's forge issue its move."""
+        if applied.alerts:
+            alerts.deliver_in_background(
+                self.engine, applied.alerts, self.settings.alert_webhook_url
+            )
+        if task is not None:
+            forge_notes.notify_in_background(
+                self.engine, task.id, task.key, task.forge_issue, applied.transition
+            )
 
     def _until_db_answers(self, what: str, job: int, fn: Callable[[], _T]) -> _T:
         """``fn()``, tried again while the database is unreachable (``engine.outage``);
@@ -426,8 +462,7 @@ class Worker:
                     OutcomeKind.COMPLETED, admitted.refusal, None, None, over_budget=True
                 )
                 applied = self._apply(job, refused, None, follow=False)
-                if applied.alerts:
-                    alerts.deliver_in_background(self.engine, applied.alerts, st.alert_webhook_url)
+                self._announce(applied, None)
                 return None
             ctx = dataclasses.replace(
                 ctx, task_left_usd=admitted.task_left_usd, spend_cap_usd=admitted.cap_usd
@@ -492,10 +527,8 @@ class Worker:
         if applied.fenced_out:
             log.warning("lost the lease; another worker owns the job now", extra={"job": job.id})
             return None
-        if applied.alerts:
-            alerts.deliver_in_background(self.engine, applied.alerts, st.alert_webhook_url)
+        self._announce(applied, task)
         t = applied.transition
-        forge_notes.notify_in_background(self.engine, task.id, task.key, task.forge_issue, t)
         log.info(
             "%s %s: %s",
             task.key,
