@@ -233,6 +233,22 @@ def test_costs_claimed_near_the_largest_float_add_up_on_both_databases(
 TOO_MANY = 2**64
 
 
+def _crashed_until_blocked(h: Harness, key: str) -> list[Any]:
+    """Run the worker until the task is blocked; its jobs, each a development job that
+    crashed with one reason, as many as the infra budget allows."""
+    h.start()
+    h.wait_for(lambda: h.task(key).state == "blocked", deadline_s=30)
+    h.stop()
+    jobs = h.jobs(key)
+    budget = h.settings.infra_retry_budget
+    assert [(j.stage, j.state, j.outcome) for j in jobs] == [
+        ("development", "finished", "crashed")
+    ] * (budget + 1)
+    for job in jobs:
+        assert len(job.reasons) == 1, job.reasons
+    return jobs
+
+
 def test_a_job_end_the_store_refuses_is_a_crash_that_says_so_not_a_loop(
     tmp_path: Path,
     migrated_db_url: str,
@@ -259,16 +275,7 @@ def test_a_job_end_the_store_refuses_is_a_crash_that_says_so_not_a_loop(
     try:
         h.add_repo()
         key = h.add_task()
-        h.start()
-        h.wait_for(lambda: h.task(key).state == "blocked")
-        h.stop()
-        jobs = h.jobs(key)
-        budget = h.settings.infra_retry_budget
-        assert [(j.stage, j.state, j.outcome) for j in jobs] == [
-            ("development", "finished", "crashed")
-        ] * (budget + 1)
-        for job in jobs:
-            assert len(job.reasons) == 1, job.reasons
+        for job in _crashed_until_blocked(h, key):
             assert "this job's end could not be stored" in job.reasons[0]
             assert "the agent's own words" not in job.reasons[0]
             assert job.tokens_in == MAX_TOKENS  # the safe side of a budget
@@ -411,16 +418,7 @@ def test_a_job_whose_thread_raises_is_a_crash_that_says_so_not_a_loop(
         h.add_repo()
         key = h.add_task()
         (h.folder(key) / "runs").write_text("not a folder\n")
-        h.start()
-        h.wait_for(lambda: h.task(key).state == "blocked", deadline_s=30)
-        h.stop()
-        jobs = h.jobs(key)
-        budget = h.settings.infra_retry_budget
-        assert [(j.stage, j.state, j.outcome) for j in jobs] == [
-            ("development", "finished", "crashed")
-        ] * (budget + 1)
-        for job in jobs:
-            assert len(job.reasons) == 1, job.reasons
+        for job in _crashed_until_blocked(h, key):
             assert job.reasons[0].startswith("internal error in the worker (FileExistsError"), (
                 job.reasons
             )
