@@ -15,6 +15,7 @@ import threading
 
 import sqlalchemy as sa
 
+from orchestrator.domain.quoting import fence_text
 from orchestrator.domain.stages import Transition, TransitionKind
 from orchestrator.errors import OrchestratorError
 from orchestrator.forge.base import ForgeFault
@@ -35,10 +36,16 @@ def note_for(key: str, t: Transition) -> str | None:
         return f"Task {key} is done: its change is on main and through every stage."
     if t.kind is not TransitionKind.BLOCK:
         return None
-    lines = [f"Task {key} is blocked at {t.to_stage.value}; a human must look:", ""]
-    lines += [f"- {r.splitlines()[0] if r else r}" for r in t.reasons]
-    text = "\n".join(lines)
-    return text if len(text) <= MAX_NOTE_CHARS else text[: MAX_NOTE_CHARS - 4] + "\n..."
+    head = f"Task {key} is blocked at {t.to_stage.value}; a human must look:"
+    # The reasons hold what agents wrote: quoted as code, none of it is markdown of a
+    # comment in the user's name (see ``domain.quoting``).
+    quoted = "\n".join(f"- {r.splitlines()[0] if r else r}" for r in t.reasons)
+    note = f"{head}\n\n{fence_text(quoted)}"
+    if len(note) > MAX_NOTE_CHARS:
+        # Cut inside the block, which then needs no longer a fence than before.
+        quoted = quoted[: len(quoted) - (len(note) - MAX_NOTE_CHARS) - 4] + "\n..."
+        note = f"{head}\n\n{fence_text(quoted)}"
+    return note
 
 
 def _send(engine: sa.Engine, task_id: int, body: str) -> None:

@@ -337,6 +337,71 @@ def test_a_blocked_or_done_task_comments_on_its_issue(pb: PullBed, monkeypatch: 
     assert forge_notes.note_for(task.key, advance) is None
 
 
+# What an agent writes to speak on the forge in the user's name: a line that closes a fence
+# the text is put in, a mention (a notification to whoever it names), an image (fetched by
+# every reader's browser) and a link. Inside a code block none of it is more than text.
+SPEECH = "@octocat ![x](http://127.0.0.1:9/t.png) [approve it](http://127.0.0.1:9/ok)"
+
+
+def _outside_code(markdown: str) -> tuple[str, list[str]]:
+    """What CommonMark renders of ``markdown`` as text outside code, and its links and
+    images: the part a forge would read mentions and addresses in."""
+    from markdown_it import MarkdownIt
+
+    text: list[str] = []
+    kinds: list[str] = []
+    for token in MarkdownIt("commonmark").parse(markdown):
+        for child in token.children or []:
+            if child.type in ("link_open", "image"):
+                kinds.append(child.type)
+            elif child.type == "text":
+                text.append(child.content)
+    return " ".join(text), kinds
+
+
+def test_a_blocked_note_quotes_the_agents_reasons_as_code(pb: PullBed, monkeypatch: Any) -> None:
+    """A reason holds what an agent wrote (a CLI's error, a check's log): the issue's note
+    shows it as code, so no mention, image or link of the agent's is sent in the user's
+    name (before: the reasons were markdown of the comment)."""
+    issue = pb.fake.open_issue(REPO, "Add a", labels=["orch"])
+    task = pb.bed.add_task("add a")
+    with pb.bed.engine.begin() as conn:
+        conn.execute(sa.update(tasks).where(tasks.c.id == task.id).values(forge_issue=issue))
+    monkeypatch.setenv("GITHUB_TOKEN", pb.fake.token)
+    reasons = ["testing: FAIL", "```", f"claude: {SPEECH}", "````` " + SPEECH]
+    blocked = Transition(TransitionKind.BLOCK, Stage.TESTING, Stage.TESTING, State.BLOCKED, reasons)
+    body = forge_notes.note_for(task.key, blocked)
+    assert body is not None
+    forge_notes._send(pb.bed.engine, task.id, body)
+    (note,) = [c.body for c in pb.fake.comments(REPO, issue)]
+    shown, kinds = _outside_code(note)
+    assert (kinds, "@" in shown, "http" in shown) == ([], False, False), (shown, note)
+    assert f"- claude: {SPEECH}" in note  # quoted whole, one line per reason
+    # A note cut to its cap still closes its code block.
+    long = Transition(
+        TransitionKind.BLOCK, Stage.TESTING, Stage.TESTING, State.BLOCKED, [SPEECH] * 200
+    )
+    cut = forge_notes.note_for(task.key, long)
+    assert cut is not None
+    assert len(cut) <= forge_notes.MAX_NOTE_CHARS
+    shown, kinds = _outside_code(cut)
+    assert (kinds, "@" in shown) == ([], False), cut
+
+
+def test_the_pull_requests_body_quotes_the_test_report_as_code(pb: PullBed) -> None:
+    """The test report may be an agent's (an LLM testing stage): the pull request's body
+    shows its summary as code that no line of it can close (before: a line of three
+    backticks ended the block, and what followed was markdown in the user's name)."""
+    task = pb.tested_task()
+    report = pb.bed.task_dir(task) / "13-test-report.md"
+    report.write_text(f"---\nresult: PASSED\n---\nall good\n```\n{SPEECH}\n")
+    pb.gate(task)
+    body = pb.fake.pull(REPO, 1).issue.body
+    assert SPEECH in body
+    shown, kinds = _outside_code(body)
+    assert (kinds, "@" in shown, "http" in shown) == ([], False, False), (shown, body)
+
+
 def test_a_red_check_on_the_open_head_sends_it_back_before_any_rebase(pb: PullBed) -> None:
     task = pb.tested_task()
     first = pb.gate(task)
@@ -393,3 +458,21 @@ def test_the_pull_request_opens_right_after_testing_and_the_gate_pushes_the_reba
     assert _said(waiting, "checks not reported yet: ci")
     # The issue heard of its pull request once.
     assert len(pb.fake.comments(REPO, issue)) == 1
+
+
+HERE = "tests/integration/test_pull_land.py"
+
+# Rows of docs/security.md (tests/integration/test_security_doc.py).
+DEFENDED = [
+    {
+        "attack": "put a mention, an image or a link in text that reaches the forge (a "
+        "blocked task's reason: a CLI's error, a check's log; a test report an LLM wrote), "
+        "after a line of backticks that closes a code block",
+        "before": "the issue's note and the pull request's body carried it as markdown in the "
+        "user's name: the mention notified whoever it named, every reader's browser fetched "
+        "the image",
+        "now": "both quote the agent's text in one code block that no line of it can close "
+        "(`domain/quoting.py`): to the forge it is text",
+        "test": HERE,
+    },
+]

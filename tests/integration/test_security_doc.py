@@ -16,6 +16,7 @@ try:
     import test_forged_verdicts
     import test_llm_spend
     import test_name_bytes
+    import test_pull_land
     import test_sandbox
     import test_sandbox_start
     import test_test_cheats
@@ -27,6 +28,7 @@ except ImportError:  # imported as tests.integration.test_security_doc
         test_forged_verdicts,
         test_llm_spend,
         test_name_bytes,
+        test_pull_land,
         test_sandbox,
         test_sandbox_start,
         test_test_cheats,
@@ -41,6 +43,7 @@ def test_security_doc_is_current() -> None:
         *(Defended(**row) for row in test_test_cheats.DEFENDED),
         *(Defended(**row) for row in test_name_bytes.DEFENDED),
         *(Defended(**row) for row in test_unstorable.DEFENDED),
+        *(Defended(**row) for row in test_pull_land.DEFENDED),
         *(Defended(**row) for row in test_api_security.DEFENDED),
         *(Defended(**row) for row in test_task_text.DEFENDED),
         *(Defended(**row) for row in test_llm_spend.DEFENDED),

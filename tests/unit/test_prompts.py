@@ -12,11 +12,11 @@ from orchestrator.agents.prompts import (
     MAX_PROMPT_BYTES,
     ROLES,
     PromptError,
-    fence_text,
     key_docs,
     render_prompt,
 )
 from orchestrator.domain import artifacts as A
+from orchestrator.domain.quoting import fence_text
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.errors import OrchestratorError
 

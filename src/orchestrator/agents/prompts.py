@@ -15,14 +15,13 @@ earlier attempt), so it must not reach Python internals.
 Text that is not ours (the task as filed, a failing report an agent may have written) is
 data, never instructions: ``task_md`` and ``previous_failure`` reach every template, the
 repo's overrides too, already inside a fence that nothing in them can close
-(``fence_text``), so an open fence in a body cannot swallow the instructions after it, and
-headings it mimics stay quoted.
+(``domain.quoting.fence_text``), so an open fence in a body cannot swallow the
+instructions after it, and headings it mimics stay quoted.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,6 +32,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from orchestrator import taskdir
 from orchestrator.domain import artifacts as A
+from orchestrator.domain.quoting import fence_text
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.errors import OrchestratorError
 from orchestrator.store import queries
@@ -44,7 +44,6 @@ __all__ = [
     "OVERRIDE_DIR",
     "ROLES",
     "PromptError",
-    "fence_text",
     "key_docs",
     "previous_failure",
     "render_prompt",
@@ -143,23 +142,6 @@ def _environment() -> SandboxedEnvironment:
 @functools.lru_cache(maxsize=32)
 def _compiled(text: str) -> jinja2.Template:
     return _environment().from_string(text)
-
-
-_BACKTICK_RUN_RE = re.compile(r"`+")
-
-
-def fence_text(text: str) -> str:
-    """``text`` as one fenced code block that no line of it can close.
-
-    A backtick fence closes only at a line of at least as many backticks (CommonMark), so a
-    fence one longer than the longest run of backticks anywhere in ``text`` (three at least)
-    holds all of it: an open fence, a line of ten backticks, ``~~~``. Every line break
-    becomes a LF: a lone CR or U+2028 ends a line for some readers and not for others, and
-    the text must be the same lines to all of them.
-    """
-    longest = max((len(run) for run in _BACKTICK_RUN_RE.findall(text)), default=0)
-    ticks = "`" * max(3, longest + 1)
-    return "\n".join([f"{ticks}text", *text.splitlines(), ticks])
 
 
 def _cut(text: str, limit: int) -> str:

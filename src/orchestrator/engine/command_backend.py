@@ -18,10 +18,10 @@ from pathlib import Path
 from orchestrator import proc_group, taskdir
 from orchestrator.agent_env import scrubbed_env
 from orchestrator.agents.harness import collect_artifact, commit_leftovers, run_agent_process
-from orchestrator.agents.prompts import fence_text
 from orchestrator.agents.registry import STAGE_ROLES
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.domain.quoting import fence_text
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.jobcontract import JobContext, JobResult, job_marker, job_out_dir
 from orchestrator.self_deploy import map_outcome

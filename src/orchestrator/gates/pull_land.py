@@ -35,6 +35,7 @@ from orchestrator import taskdir
 from orchestrator.domain import artifacts as A
 from orchestrator.domain import breaker
 from orchestrator.domain.pullreq import CheckView, ReviewView, judge_pull
+from orchestrator.domain.quoting import fence_text
 from orchestrator.errors import ConfigError
 from orchestrator.forge.base import CheckResult, Forge, ForgeFault, ForgeFaultKind, Review
 from orchestrator.forge.branch import push_task_branch
@@ -393,9 +394,8 @@ def _pull_body(ctx: GateContext) -> str:
         "",
         "### Test report (summary)",
         "",
-        "```",
-        summary or "(no test report)",
-        "```",
+        # Quoted as code no line of it can close: the report may be an agent's.
+        fence_text(summary or "(no test report)"),
         "",
         f"Opened by the orchestrator for task {ctx.task.key}.",
     ]
