@@ -723,23 +723,26 @@ def test_no_git_call_of_the_gate_can_force(
     through_helper: list[tuple[str, ...]] = []
     spawned: list[tuple[str, ...]] = []
     real_git = gitcmd.git
-    real_run = subprocess.run
 
     def recording_git(args: Sequence[str], cwd: Path, **kwargs: Any) -> gitcmd.GitResult:
         through_helper.append(("git", *args))
         return real_git(args, cwd, **kwargs)
 
-    def spying_run(argv: Any, *args: Any, **kwargs: Any) -> Any:
-        env = kwargs.get("env") or {}
-        if isinstance(argv, list | tuple) and argv and argv[0] == "git" and HELPER_MARK not in env:
-            # Every call carries the safe config (no hooks, no fsmonitor) before its verb.
-            safe = len(gitcmd.SAFE_CONFIG)
-            assert tuple(argv[1 : 1 + safe]) == gitcmd.SAFE_CONFIG, argv
-            spawned.append(("git", *argv[1 + safe :]))
-        return real_run(argv, *args, **kwargs)
+    class SpyingPopen(subprocess.Popen):  # type: ignore[type-arg]
+        """Every process started (subprocess.run starts its own through Popen too)."""
+
+        def __init__(self, argv: Any, *args: Any, **kwargs: Any) -> None:
+            env = kwargs.get("env") or {}
+            git_call = isinstance(argv, list | tuple) and argv and argv[0] == "git"
+            if git_call and HELPER_MARK not in env:
+                # Every call carries the safe config (no hooks, no fsmonitor) first.
+                safe = len(gitcmd.SAFE_CONFIG)
+                assert tuple(argv[1 : 1 + safe]) == gitcmd.SAFE_CONFIG, argv
+                spawned.append(("git", *argv[1 + safe :]))
+            super().__init__(argv, *args, **kwargs)
 
     monkeypatch.setattr(gitcmd, "git", recording_git)
-    monkeypatch.setattr(subprocess, "run", spying_run)
+    monkeypatch.setattr(subprocess, "Popen", SpyingPopen)
 
     first = bed.gate(task)
     second = bed.gate(task) if with_remote else first
