@@ -57,14 +57,33 @@ def without_secrets(env: Mapping[str, _V]) -> dict[str, _V]:
 
 
 def masked_url(url: str) -> str:
-    """A URL (a database's) with its password replaced by ``***``; ``***`` when unreadable."""
+    """A URL (a database's) with its password replaced by ``***``, in its userinfo and in a
+    query parameter a secret's name (libpq takes ``?password=``); ``***`` when unreadable."""
     # Imported here, not at the top: proc_group imports this module and is stdlib only.
     import sqlalchemy as sa
 
     try:
-        return sa.make_url(url).render_as_string(hide_password=True)
+        parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
         return MASK
+    query = {k: MASK if is_secret_name(k) else v for k, v in parsed.query.items()}
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    # The query is rendered %-quoted: the mask reads as it does in the userinfo.
+    return shown.replace("=%2A%2A%2A", f"={MASK}")
+
+
+def masked_remote(remote: str) -> str:
+    """A git remote as we show it: a URL's userinfo (``user:token@``, or a token alone as
+    the user, which GitHub takes) replaced by ``***``; a remote's name, a path or an
+    scp-like ``git@host:path`` as it is (none can hold a password)."""
+    scheme, sep, rest = remote.partition("://")
+    if not sep or not scheme:
+        return remote
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return remote
+    host = authority.rpartition("@")[2]
+    return f"{scheme}://{MASK}@{host}{slash}{path}"
 
 
 def masked_setting(name: str, value: object) -> object:

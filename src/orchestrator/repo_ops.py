@@ -29,6 +29,7 @@ from orchestrator.forge.settings import (
     forge_settings,
     land_of,
 )
+from orchestrator.masking import masked_remote
 from orchestrator.store import queries
 from orchestrator.store.rows import RepoRow
 
@@ -471,7 +472,8 @@ def repo_view(r: RepoRow) -> dict[str, object]:
         "name": r.name,
         "path": r.path,
         "main_branch": r.main_branch,
-        "remote": r.remote,
+        # A URL remote may carry a token (``https://user:token@host/...``): shown without it.
+        "remote": masked_remote(r.remote) if r.remote else r.remote,
         "key_prefix": r.key_prefix,
         "test_cmd": r.test_cmd,
         "staging_cmd": r.staging_cmd,

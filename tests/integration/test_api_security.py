@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import select
+import shlex
 import signal
 import socket
 import stat
@@ -37,7 +38,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import repo_ops, task_ops
+from orchestrator import demo, repo_ops, task_ops
 from orchestrator.config import load_settings
 from orchestrator.store import control, make_engine
 
@@ -583,6 +584,114 @@ def test_insecure_no_token_is_loopback_only_warned_and_keeps_the_other_checks(be
     assert "--insecure-no-token" in again.output()
 
 
+# ---- secrets a read may show ----------------------------------------------------------------
+#
+# Reads need no token, and an agent (or the suite it wrote, run by the test-runner) can reach
+# 127.0.0.1 while `orch serve` runs: no read may show a credential of the user's.
+
+CREDENTIAL = "FAKE-credential-0123456789"
+
+
+def reads_without_a_token(server: Served, *paths: str) -> dict[str, str]:
+    """Each path's body, read as anyone on the machine reads it; every read answered 200."""
+    out = {}
+    for path in paths:
+        r = server.request("GET", path)
+        assert r.status == 200, (path, r.status, r.text)
+        out[path] = r.text
+    return out
+
+
+def test_a_deploy_log_read_without_the_token_shows_no_credential_the_deploy_got(
+    tmp_path: Path, migrated_db_url: str, engine: sa.Engine
+) -> None:
+    # The user hands their deploy a credential under a name the masking rule cannot tell
+    # is one (``--agent-env``: agents and the deploy get those variables). The deploy's log
+    # is a read: another task's agent, or its suite, asks for it.
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
+    repo = demo.make_repo(tmp_path)
+    got = tmp_path / "what-the-deploy-got"
+    deploy = "import os, sys; open(sys.argv[1], 'w').write(os.environ['DEPLOY_AUTH'])"
+    py = sys.executable
+    repo_ops.add_repo(
+        engine,
+        "demo",
+        repo,
+        repo_ops.RepoInput(
+            stages=["development", "testing", "deploy-staging", "deploy"],
+            agents=["development=patch"],
+            staging_cmd=f"{py} staging.py",
+            deploy_cmd=f"{py} -c {shlex.quote(deploy)} {got}",
+            agent_env=["DEPLOY_AUTH"],
+        ),
+    )
+    patch = demo.make_patches(repo, demo.TASKS[0])[0]
+    key = task_ops.add_task(engine, settings, "demo", "subtract", "sub()", patch).task.key
+    env = server_env(settings.home, migrated_db_url, DEPLOY_AUTH=CREDENTIAL)
+    ran = orch("run", "--until-idle", env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    # The deploy ran, with the credential.
+    assert got.read_text() == CREDENTIAL
+    with engine.connect() as conn:
+        job = conn.execute(
+            sa.text("SELECT id FROM jobs WHERE agent = 'deploy-finalizer' AND log_path IS NOT NULL")
+        ).scalar_one()
+    server = Served(tmp_path, env, "--no-scheduler").up()
+    try:
+        bodies = reads_without_a_token(
+            server,
+            f"/tasks/{key}/jobs/{job}/log?lines=10000",
+            f"/ui/tasks/{key}/log?job={job}",
+            f"/ui/tasks/{key}?job={job}",
+            f"/tasks/{key}/artifacts/17-deploy-log.md",
+            f"/tasks/{key}",
+        )
+    finally:
+        server.kill()
+    for path, body in bodies.items():
+        assert CREDENTIAL not in body, path
+    # The log still says the deploy had the variable, masked.
+    assert "DEPLOY_AUTH=****" in bodies[f"/tasks/{key}/jobs/{job}/log?lines=10000"]
+
+
+def test_a_remote_with_a_token_in_its_url_is_not_read_back(bed: Bed) -> None:
+    # `orch repo set --remote https://x-access-token:<token>@host/o/r.git`: git takes a URL
+    # as a remote, and the token in it is how many push to a forge.
+    remote = f"https://x-access-token:{CREDENTIAL}@127.0.0.1:9/acme/demo.git"
+    repo_ops.set_repo(bed.engine, "demo", repo_ops.RepoInput(remote=remote))
+    server = bed.serve()
+    bodies = reads_without_a_token(server, "/repos", "/repos/demo", "/status", "/openapi.json")
+    for path, body in bodies.items():
+        assert CREDENTIAL not in body, path
+    # The remote is still shown: where it is, without who it is.
+    shown = server.request("GET", "/repos/demo").json()["remote"]
+    assert shown == "https://***@127.0.0.1:9/acme/demo.git"
+
+
+def test_a_database_password_given_as_a_query_parameter_is_masked_in_status(
+    tmp_path: Path, migrated_db_url: str
+) -> None:
+    # libpq (and so SQLAlchemy's psycopg) takes the password as a query parameter too:
+    # `postgresql://app@db/orch?password=...`. On PostgreSQL the test moves the real
+    # password there; SQLite ignores the parameter.
+    url = sa.make_url(migrated_db_url)
+    password = url.password or CREDENTIAL
+    in_query = url.set(password=None).update_query_dict({"password": password})
+    db_url = in_query.render_as_string(hide_password=False)
+    home = tmp_path / "home"
+    server = Served(tmp_path, server_env(home, db_url), "--no-scheduler").up()
+    try:
+        bodies = reads_without_a_token(server, "/status", "/health", "/metrics")
+        status = server.request("GET", "/status").json()
+    finally:
+        server.kill()
+    for path, body in bodies.items():
+        assert password not in body, path
+    for shown in (status["settings"]["database_url"], status["settings"]["effective_database_url"]):
+        assert "password=***" in shown, shown
+        assert password not in shown, shown
+
+
 # Rows of docs/security.md's attack table (rendered by test_security_doc.py).
 HERE = "tests/integration/test_api_security.py"
 DEFENDED = [
@@ -607,6 +716,32 @@ DEFENDED = [
         "before": "read whole before the 401/422: the server's peak memory grew by 513 MiB",
         "now": "401 before a byte of the body is read (peak memory 88.7 → 89.1 MB); bodies "
         "over `ORCH_API_MAX_BODY_BYTES` are 413, by length or while a chunked body streams",
+        "test": HERE,
+    },
+    {
+        "attack": "code run on 127.0.0.1 reads another task's deploy log without the token "
+        "(`GET /tasks/<KEY>/jobs/<id>/log`, the task page): the deploy got the user's "
+        "credential under a `--agent-env` name the masking rule does not know (`DEPLOY_AUTH`)",
+        "before": "the log's header showed `DEPLOY_AUTH=<the credential>` (so did a "
+        "`command:` agent's log)",
+        "now": "`DEPLOY_AUTH=****`: every job given the repo's `--agent-env` variables masks "
+        "them in its log, as LLM jobs did",
+        "test": HERE,
+    },
+    {
+        "attack": "a read without the token of a repo whose `--remote` is a URL with a token "
+        "in it (`https://x-access-token:<token>@host/o/r.git`)",
+        "before": "`GET /repos` showed the URL whole, and so did the fetch's and the push's "
+        "reasons in the task's history",
+        "now": "`https://***@host/o/r.git` in `/repos`, `orch repo show` and every reason",
+        "test": HERE,
+    },
+    {
+        "attack": "`GET /status` without the token, the database URL holding its password as "
+        "a query parameter (`postgresql://app@db/orch?password=...`, which libpq takes)",
+        "before": "the URL whole in `settings.database_url` and `effective_database_url`",
+        "now": "`?password=***`: a query parameter with a secret's name is masked as the "
+        "URL's password is",
         "test": HERE,
     },
 ]

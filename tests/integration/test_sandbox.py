@@ -493,7 +493,7 @@ def test_no_sandbox_no_untrusted_job(
 SPY = """
 import os, sys
 from pathlib import Path
-Path(sys.argv[1]).write_text(os.environ.get("MODEL_API_KEY_FOR_TEST", "<none>"))
+Path(sys.argv[1]).write_text(os.environ.get("MODEL_CREDS_FOR_TEST", "<none>"))
 if len(sys.argv) > 2:  # as the developer: a change and its report
     Path("spy.txt").write_text("change")
     Path(sys.argv[2], "10-dev-report.md").write_text("---\\ndev_status: DONE\\n---\\n")
@@ -502,8 +502,9 @@ if len(sys.argv) > 2:  # as the developer: a change and its report
 
 def test_suites_never_get_the_agents_keys(box: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     # The repo names a key for its agents. The suite is the agent's code too: it must not
-    # see it (the test-runner, the merge re-test), while the agent does.
-    monkeypatch.setenv("MODEL_API_KEY_FOR_TEST", "sk-agent-only")
+    # see it (the test-runner, the merge re-test), while the agent does. Its name is one
+    # the masking rule does not know for a secret: the repo naming it says it is one.
+    monkeypatch.setenv("MODEL_CREDS_FOR_TEST", "sk-agent-only")
     spy = box.plan_path.parent / "spy.py"
     spy.write_text(SPY)
     seen_by = box.plan_path.parent
@@ -519,7 +520,7 @@ def test_suites_never_get_the_agents_keys(box: Harness, monkeypatch: pytest.Monk
         box.repo_input(
             stages=STAGES,
             agents=specs,
-            agent_env=["MODEL_API_KEY_FOR_TEST"],
+            agent_env=["MODEL_CREDS_FOR_TEST"],
             test_cmd=f"{sys.executable} {spy} {seen_by / 'suite.txt'}",
         ),
     )
@@ -528,6 +529,12 @@ def test_suites_never_get_the_agents_keys(box: Harness, monkeypatch: pytest.Monk
     assert (seen_by / "agent.txt").read_text() == "sk-agent-only"
     assert (seen_by / "suite.txt").read_text() == "<none>"  # the test-runner, the re-test
     assert box.task(key).state == "done"
+    # The job logs (read without a token through the API) show the key masked.
+    logs = sorted((box.settings.tasks_dir / key / "runs").glob("*.log"))
+    agent_log = next(p for p in logs if "-development-" in p.name).read_text()
+    assert "  MODEL_CREDS_FOR_TEST=****\n" in agent_log
+    for log in logs:
+        assert "sk-agent-only" not in log.read_text(), log.name
 
 
 @NEEDS_BWRAP

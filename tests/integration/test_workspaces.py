@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from orchestrator.gitops import commits, worktrees
+from orchestrator.gitops import commits, merge, worktrees
 from orchestrator.gitops.lock import repo_lock
 
 try:
@@ -169,3 +169,28 @@ def test_a_set_aside_workspace_a_crash_left_is_pruned_and_nothing_else(
         (folder / name).mkdir()
     assert worktrees.prune_orphan_worktrees(repo, root, "demo", set()) == []
     assert sorted(p.name for p in folder.iterdir()) == sorted(others)
+
+
+def test_a_remotes_token_stays_out_of_what_a_fetch_or_a_push_says(
+    tmp_path: Path, make_repo: Any
+) -> None:
+    # A URL remote with a token in it (`https://x-access-token:<token>@host/o/r.git`): what
+    # the fetch and the push say becomes a task's reasons, which the API shows without a
+    # token. Nothing listens on 127.0.0.1:9, so both fail, as an unreachable forge does.
+    token = "FAKE-token-in-the-remote-0123"
+    remote = f"https://x-access-token:{token}@127.0.0.1:9/acme/demo.git"
+    repo = make_repo(files={"README.md": "demo\n"})
+    made = worktrees.ensure_worktree(
+        repo, "main", tmp_path / "worktrees", "demo", "DEMO-1", remote=remote
+    )
+    assert made.path is not None
+    sha = _git(repo, "rev-parse", "main")
+    pushed = merge.push_main_locked(repo, remote, "main", sha)
+    fetched = merge.fetch_main_locked(repo, remote, "main")
+    assert pushed.status == "error", pushed
+    assert fetched.status == "error", fetched
+    said = [*made.notes, pushed.detail, fetched.detail]
+    for text in said:
+        assert token not in text, text
+    # The remote is still named: where it is, without who it is.
+    assert any("https://***@127.0.0.1:9/acme/demo.git" in text for text in said), said

@@ -20,6 +20,7 @@ from orchestrator.masking import (
     MASK,
     is_secret_name,
     mask_env,
+    masked_remote,
     masked_setting,
     masked_url,
     without_secrets,
@@ -186,6 +187,32 @@ def test_masked_url() -> None:
     assert masked_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert masked_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     assert masked_url("not a url with pw@x") == MASK
+    # libpq takes the password as a query parameter too (so does SQLAlchemy's psycopg).
+    assert masked_url("postgresql://u@h/db?password=pw&sslmode=require") == (
+        "postgresql://u@h/db?password=***&sslmode=require"
+    )
+    assert masked_url("postgresql:///db?host=/run/pg&sslpassword=pw") == (
+        "postgresql:///db?host=%2Frun%2Fpg&sslpassword=***"
+    )
+
+
+@pytest.mark.parametrize(
+    ("remote", "shown"),
+    [
+        ("https://x-access-token:t0k@github.com/o/r.git", "https://***@github.com/o/r.git"),
+        # GitHub takes a token as the user alone.
+        ("https://t0k@github.com/o/r.git", "https://***@github.com/o/r.git"),
+        ("https://u:p@ss@h:8443/r", "https://***@h:8443/r"),
+        ("ssh://git@github.com/o/r.git", "ssh://***@github.com/o/r.git"),
+        ("https://github.com/o/r.git", "https://github.com/o/r.git"),
+        ("origin", "origin"),
+        ("git@github.com:o/r.git", "git@github.com:o/r.git"),
+        ("/srv/git/r.git", "/srv/git/r.git"),
+        ("file:///srv/git/r.git", "file:///srv/git/r.git"),
+    ],
+)
+def test_masked_remote(remote: str, shown: str) -> None:
+    assert masked_remote(remote) == shown
 
 
 # ---- git's environment -----------------------------------------------------------------

@@ -100,6 +100,8 @@ def run_command(
         timeout_s=ctx.settings.agent_timeout_s,
         grace_s=ctx.settings.kill_grace_s,
         marker=job_marker(ctx.job),
+        # The repo's --agent-env variables are in env: its log's header shows them masked.
+        secret_names=frozenset(ctx.repo.agent_env),
     )
     outcome = run_agent_process(ctx, request, [worktree, job_home, out_dir], prompt)
     collected = collect_artifact(ctx, out_dir, stage)

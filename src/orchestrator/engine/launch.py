@@ -278,6 +278,8 @@ def _runner_ctx(ctx: JobContext, worktree: Path, runner: str) -> RunContext:
         repo_path=Path(ctx.repo.path),
         sandbox_kind="deploy" if runner == "deploy-finalizer" else "suite",
         repo_options=ctx.repo.options,
+        # The deploy gets these (agent_keys): its log's header shows them masked.
+        secret_names=frozenset(ctx.repo.agent_env),
     )
 
 

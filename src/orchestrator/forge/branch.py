@@ -16,6 +16,7 @@ from pathlib import Path
 
 from orchestrator.gitops import git as gitcmd
 from orchestrator.gitops.merge import explain
+from orchestrator.masking import masked_remote
 
 __all__ = ["TASK_BRANCH_RE", "push_task_branch", "task_branch_ref"]
 
@@ -43,11 +44,11 @@ def push_task_branch(
     if not _SHA_RE.match(sha):
         return False, f"refusing to push {sha!r}: not a commit id"
     if remote.startswith("-"):
-        return False, f"refusing remote {remote!r}"
+        return False, f"refusing remote {masked_remote(remote)!r}"
     forced = "+" + sha + ":" + ref
     res = gitcmd.git(["push", "--porcelain", remote, forced], repo_path, timeout_s=PUSH_TIMEOUT_S)
     if res.timed_out:
         return False, f"push of {ref} timed out"
     if not res:
         return False, f"push of {ref} failed: {explain(res)}"
-    return True, f"pushed {sha[:12]} to {remote} {ref}"
+    return True, f"pushed {sha[:12]} to {masked_remote(remote)} {ref}"

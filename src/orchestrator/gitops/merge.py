@@ -29,6 +29,7 @@ from orchestrator.gitops.git import (
     name_paths,
 )
 from orchestrator.gitops.lock import repo_lock
+from orchestrator.masking import masked_remote
 
 # Network operations get longer than local ones; both are bounded.
 NETWORK_TIMEOUT_S = 300.0
@@ -251,14 +252,16 @@ def fetch_main_locked(repo_path: Path, remote: str, main: str) -> FetchResult:
         repo_path,
         timeout_s=NETWORK_TIMEOUT_S,
     )
+    # The detail becomes a task's reasons, which reads show: a URL's token stays out.
+    shown = masked_remote(remote)
     if res.timed_out:
-        return FetchResult("timeout", detail=f"git fetch {remote} timed out")
+        return FetchResult("timeout", detail=f"git fetch {shown} timed out")
     if not res:
-        return FetchResult("error", detail=f"git fetch {remote} {main}: {explain(res)}")
+        return FetchResult("error", detail=f"git fetch {shown} {main}: {explain(res)}")
     sha = rev_parse(repo_path, "FETCH_HEAD^{commit}")
     if sha is None:
-        return FetchResult("error", detail=f"git fetch {remote} {main}: no FETCH_HEAD")
-    return FetchResult("ok", sha, f"{remote}/{main} is at {sha[:12]}")
+        return FetchResult("error", detail=f"git fetch {shown} {main}: no FETCH_HEAD")
+    return FetchResult("ok", sha, f"{shown}/{main} is at {sha[:12]}")
 
 
 # --------------------------------------------------------------------------- CAS of main
@@ -448,16 +451,17 @@ def push_main_locked(repo_path: Path, remote: str, main: str, sha: str) -> PushR
         repo_path,
         timeout_s=NETWORK_TIMEOUT_S,
     )
+    shown = masked_remote(remote)  # as in a fetch's detail: reasons are read without a token
     if res.timed_out:
-        return PushResult("timeout", f"git push {remote} timed out")
+        return PushResult("timeout", f"git push {shown} timed out")
     if res:
-        return PushResult("ok", f"pushed {sha[:12]} to {remote}/{main}")
+        return PushResult("ok", f"pushed {sha[:12]} to {shown}/{main}")
     text = f"{res.stdout}\n{res.stderr}"
     flagged = [line for line in res.stdout.splitlines() if line.startswith("!")]
     if flagged or "[rejected]" in text or "[remote rejected]" in text:
         why = flagged[0].split("\t")[-1] if flagged else explain(res)
         return PushResult("rejected", f"the remote refused {sha[:12]} on {main}: {why}")
-    return PushResult("error", f"git push {remote}: {explain(res)}")
+    return PushResult("error", f"git push {shown}: {explain(res)}")
 
 
 def publish_main(repo_path: Path, remote: str, main: str, new: str, old: str) -> PushResult:

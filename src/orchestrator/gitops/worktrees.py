@@ -30,6 +30,7 @@ from orchestrator.gitops import merge, objects, squash, workspace_refs
 from orchestrator.gitops.ancestry import checked_out_plainly, descends, is_hex, loose_ref
 from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.lock import repo_lock
+from orchestrator.masking import masked_remote
 from orchestrator.realpath import realpath
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ def _start_point(repo_path: Path, main_branch: str, remote: str | None) -> tuple
     # The merge gate rebases onto the remote's main anyway: a stale start costs a bigger
     # rebase later, not correctness, so an unreachable remote does not stop the task.
     return main_branch, [
-        f"fetch of {remote} failed, started from local {main_branch}: {fresh.detail}"
+        f"fetch of {masked_remote(remote)} failed, started from local {main_branch}: {fresh.detail}"
     ]
 
 

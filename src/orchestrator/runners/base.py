@@ -58,6 +58,9 @@ class RunContext:
     repo_path: Path | None = None
     sandbox_kind: str = "suite"
     repo_options: Mapping[str, object] = field(default_factory=dict)
+    # Names in ``env`` the log's header masks although ``masking`` would not: the repo's
+    # ``--agent-env`` variables, which the deploy gets (its log is read without a token).
+    secret_names: frozenset[str] = frozenset()
     # {artifact name: text} of every report this run wrote (``write_report`` fills it):
     # the runner's verdict as it made it, which the gate reads instead of the file.
     produced: dict[str, str] = field(default_factory=dict)
@@ -305,6 +308,7 @@ def suite_request(
         cancel=ctx.cancel,
         on_start=ctx.on_start,
         wrapper=wrapper,
+        secret_names=ctx.secret_names,
         pytest=pytest,
         junit_name=junit_name,
         sweep_on_exit=sweep_on_exit,

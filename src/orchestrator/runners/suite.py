@@ -228,6 +228,7 @@ class SuiteRequest:
     pytest: bool | None = None
     junit_name: str = "junit.xml"
     sweep_on_exit: bool = True
+    secret_names: frozenset[str] = frozenset()  # more env names the log's header masks
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,7 @@ def _execute(request: SuiteRequest, argv: list[str]) -> proc_group.Outcome:
         timeout_s=request.timeout_s,
         grace_s=settings.kill_grace_s,
         marker=request.marker,
+        secret_names=request.secret_names,
     )
     if request.sandbox is not None:
         request.evidence_dir.mkdir(parents=True, exist_ok=True)
