@@ -214,6 +214,16 @@ still reach pytest itself; only a verdict from outside that process would stop i
   read; bodies over `ORCH_API_MAX_BODY_BYTES` are 413.
 - `orch serve --insecure-no-token` removes only the token check (loopback only, a warning
   on every start); any local process or user can then change tasks.
+- The dashboard shows what agents write (artifacts, reasons, logs, checks, an issue's
+  title and body) as text: its templates escape every value, and nothing renders
+  markdown. Links are the page's own, or a forge's http(s) address (anything else,
+  `javascript:` or an address Python cannot parse, is text). Its pages forbid inline
+  script and styles and framing (`Content-Security-Policy`), and htmx evaluates nothing
+  (`allowEval`, `allowScriptTags` off). They hold no token: markup that got in, such as
+  an htmx `hx-post`, which the CSP cannot stop, would send a mutation without it (401).
+  The raw artifact and log views are `text/markdown` and `text/plain` with `nosniff`.
+  `tests/integration/test_dashboard_attacks.py` and the browser test
+  `tests/acceptance/test_dashboard_browser.py` put markup in every such text.
 
 ## Task text stays text
 

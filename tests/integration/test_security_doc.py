@@ -13,6 +13,7 @@ import test_task_text
 
 try:
     import test_api_security
+    import test_dashboard_attacks
     import test_forged_verdicts
     import test_llm_spend
     import test_name_bytes
@@ -25,6 +26,7 @@ try:
 except ImportError:  # imported as tests.integration.test_security_doc
     from tests.integration import (
         test_api_security,
+        test_dashboard_attacks,
         test_forged_verdicts,
         test_llm_spend,
         test_name_bytes,
@@ -45,6 +47,7 @@ def test_security_doc_is_current() -> None:
         *(Defended(**row) for row in test_unstorable.DEFENDED),
         *(Defended(**row) for row in test_pull_land.DEFENDED),
         *(Defended(**row) for row in test_api_security.DEFENDED),
+        *(Defended(**row) for row in test_dashboard_attacks.DEFENDED),
         *(Defended(**row) for row in test_task_text.DEFENDED),
         *(Defended(**row) for row in test_llm_spend.DEFENDED),
         *(Defended(**row) for row in test_sandbox_start.DEFENDED),

@@ -74,10 +74,19 @@ def clock(ts: float | None) -> str:
 
 def web_url(url: str | None) -> str | None:
     """``url`` when it is an http(s) address, else None: a link the forge (or whoever
-    filed the task) gave is never a ``javascript:`` or ``data:`` link on our page."""
-    if url is None or urlsplit(url).scheme.lower() not in ("http", "https"):
+    filed the task) gave is never a ``javascript:`` or ``data:`` link on our page.
+
+    A commit status's address is whatever the code that posted it said (an agent's
+    workflow can post one): one ``urlsplit`` refuses (``http://[::1``, a host NFKC folds
+    into a slash) is no link either, not an error that takes the task page down.
+    """
+    if url is None:
         return None
-    return url
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        return None
+    return url if scheme.lower() in ("http", "https") else None
 
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
