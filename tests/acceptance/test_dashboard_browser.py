@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from api_server import FakeRepo, Server, base_env, wait_for
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from tests.integration.test_dashboard_attacks import hostile_task
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -107,11 +108,11 @@ def test_a_card_moves_and_the_task_page_reads_an_artifact(
         assert server.stop() == 0, server.output()
 
 
-def poll_now(page: Page) -> None:
+def poll_now(page: Page, ms: int = POLL_MS) -> None:
     """The page's next htmx poll, now: its clock a poll interval ahead (the timers due
     fire once, and time goes on flowing). The server has changed before this is called;
     should the answer still miss, the page's next poll of its own picks it up."""
-    page.clock.fast_forward(POLL_MS)
+    page.clock.fast_forward(ms)
 
 
 def test_the_board_reads_without_javascript(
@@ -131,5 +132,68 @@ def test_the_board_reads_without_javascript(
         page.goto(f"{server.url}/ui/tasks/{key}")
         expect(page.locator('details[id="artifact-00-task.md"]')).to_contain_text(f"task: {key}")
         context.close()
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+def test_an_agents_markup_runs_nothing_in_the_browser(
+    tmp_path: Path, migrated_db_url: str, fake: FakeRepo, browser: Browser
+) -> None:
+    """The hostile task of tests/integration/test_dashboard_attacks.py, in Chromium: its
+    script, handlers, htmx attributes, links, styles and refresh in every text the board
+    and the task page show, through several polls of each fragment and a hover over the
+    agent's text. No dialog, no CSP refusal (nothing inline even reached the page), no
+    request but the page's own GETs, the task still blocked and the scheduler not paused."""
+    server = Server(tmp_path, base_env(fake.home, migrated_db_url), scheduler=False)
+    try:
+        key = hostile_task(fake.engine, fake.settings)
+        page = browser.new_page()
+        page.clock.install()
+        seen: list[str] = []
+        page.on("dialog", lambda d: (seen.append(f"dialog {d.message}"), d.dismiss()))
+        page.on("pageerror", lambda exc: seen.append(f"error {exc}"))
+        page.on(
+            "console", lambda m: seen.append(f"console {m.text}") if m.type == "error" else None
+        )
+        own = f"{server.url}/"
+        requests: list[tuple[str, str]] = []
+        page.on("request", lambda r: requests.append((r.method, r.url)))
+        # Nothing leaves this machine, whatever got into the page.
+        page.route(lambda url: not url.startswith(own), lambda route: route.abort())
+
+        def nothing_ran() -> None:
+            foreign = [(m, u) for m, u in requests if m != "GET" or not u.startswith(own)]
+            assert (seen, foreign) == ([], []), (seen, foreign)
+
+        page.goto(server.url + "/")
+        nothing_ran()
+        card = page.locator(f"article#card-{key}")
+        expect(card.locator(".title")).to_contain_text("<script>fetch('/pause'")
+        with page.expect_response(lambda r: r.url.startswith(f"{server.url}/ui/board")):
+            poll_now(page)
+        card.locator(".reason").hover()
+        nothing_ran()
+
+        page.goto(f"{server.url}/ui/tasks/{key}")
+        nothing_ran()
+        expect(page.locator("h1 .title")).to_contain_text("</title></textarea><iframe")
+        expect(page.locator("#task-requester")).to_have_text('"><svg onload=alert(2)>')
+        expect(page.locator("#log pre")).to_contain_text("PASS")
+        keys = page.locator('details[id="artifact-13-test-report.md"] table.keys')
+        expect(keys).to_contain_text('<span class="badge done" data-forged="1">PASS</span>')
+        for fragment in ("summary", "log", "artifacts"):
+            with page.expect_response(lambda r, f=fragment: r.url.endswith(f"/{f}")):
+                poll_now(page, 3 * POLL_MS)
+        for spot in ("#task-author", "#task-requester", "h1 .title", "#log pre", "#history"):
+            page.locator(spot).first.hover()
+        # The payloads' links are text: the check named by markup links nowhere, and the
+        # pull request's javascript: address is no link at all.
+        assert page.locator("a[href^='javascript:' i]").count() == 0
+        assert page.locator("iframe, svg, img, style, form, [onerror], [hx-post]").count() == 0
+        nothing_ran()
+        page.close()
+
+        assert server.client.get(f"/tasks/{key}").json()["state"] == "blocked"
+        assert server.client.get("/status").json()["kill_switches"]["paused"] is False
     finally:
         assert server.stop() == 0, server.output()
