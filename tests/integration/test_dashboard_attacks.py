@@ -331,3 +331,23 @@ class Page(HTMLParser):
     @property
     def hrefs(self) -> list[str]:
         return [a["href"] for tag, a in self.elements if tag == "a" and "href" in a]
+
+
+def test_a_log_of_huge_lines_is_a_light_poll(bed: Bed) -> None:
+    """A job prints 2 MB lines of `"` (each escapes to `&#34;`, 5 bytes): the log's tail the
+    task page polls every 2 s stays small, each line cut with a note that says so (before:
+    ~10 MB of HTML on every poll, and the tab crawled)."""
+    new = task_ops.add_task(bed.engine, bed.settings, "demo", "huge", "")
+    with bed.engine.connect() as conn:
+        job = queries.list_jobs(conn, task_id=new.task.id)[0]
+    log = taskdir.run_log_path(new.folder, job.id, job.stage, job.agent)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_bytes(b"start\n" + (b'"' * 2_000_000 + b"\n") * 3 + b"the last line\n")
+    with bed.engine.begin() as conn:
+        queries.update_job(conn, job.id, state="running", started_at=time.time(), lease_owner="w")
+    page = bed.client.get(f"/ui/tasks/{new.task.key}/log")
+    assert page.status_code == 200
+    assert len(page.content) < 200_000, len(page.content)
+    text = Page.of(page.text).text
+    assert "the last line" in text
+    assert "more characters of this line not shown" in text

@@ -34,6 +34,12 @@ ALERTS_SHOWN = 10
 POLL_S = 2
 NOSCRIPT_REFRESH_S = 5
 LOG_LINES = 120
+# The tail the task page polls every 2 s holds a job's output, which is the agent's: a line
+# of 2 MB (of `"`, five bytes each once escaped) made every poll ~10 MB of HTML. The page
+# reads the log's last 64 KiB at most, each line cut at 2,000 characters; the whole log is
+# a link away (`/tasks/<KEY>/jobs/<id>/log`).
+LOG_TAIL_BYTES = 64 * 1024
+LOG_LINE_CHARS = 2_000
 
 CardLimit = Annotated[int, Query(ge=1, le=MAX_CARDS_PER_COLUMN, description="Cards per column.")]
 CardOffset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Cards skipped per column.")]
@@ -298,7 +304,8 @@ def dashboard_router(api: Api) -> APIRouter:
         if log_job is not None:
             path = files.job_log(api.settings.tasks_dir, key, log_job)
             if path is not None:
-                log_text, _size = files.tail(path, LOG_LINES)
+                log_text, _size = files.tail(path, LOG_LINES, max_bytes=LOG_TAIL_BYTES)
+                log_text = _cut_lines(log_text, LOG_LINE_CHARS)
         # Without a job asked for, the tail follows the task to its newest job.
         return {"task": detail, "log_job": log_job, "log_text": log_text, "pinned": job_id}
 
@@ -340,6 +347,18 @@ def dashboard_router(api: Api) -> APIRouter:
         return page("_task_log.html", **ctx)
 
     return router
+
+
+def _cut_lines(text: str, limit: int) -> str:
+    """Each line of ``text`` at most ``limit`` characters; a cut one says what it lost."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        if len(body) > limit:
+            note = f" [{len(body) - limit} more characters of this line not shown]"
+            line = body[:limit] + note + line[len(body) :]
+        out.append(line)
+    return "".join(out)
 
 
 def _log_job(jobs_: list[TM.JobOut], job_id: int | None) -> TM.JobOut | None:

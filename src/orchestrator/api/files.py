@@ -85,15 +85,16 @@ def job_log(tasks_dir: Path, key: str, job: JobLike) -> Path | None:
     return inside(folder, taskdir.run_log_path(folder, job.id, job.stage, job.agent))
 
 
-def tail(path: Path, lines: int) -> tuple[str, int]:
-    """The last ``lines`` lines of a file, and its size when read (where a follow goes on)."""
+def tail(path: Path, lines: int, *, max_bytes: int = TAIL_MAX_BYTES) -> tuple[str, int]:
+    """The last ``lines`` lines of a file, from its last ``max_bytes`` bytes or so, and its
+    size when read (where a follow goes on)."""
     with path.open("rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         start = size
         buf = b""
         # Read backwards block by block until there are enough newlines or the byte limit.
-        while start > 0 and buf.count(b"\n") <= lines and size - start < TAIL_MAX_BYTES:
-            step = min(_BLOCK, start)
+        while start > 0 and buf.count(b"\n") <= lines and size - start < max_bytes:
+            step = min(_BLOCK, start, max_bytes - (size - start))
             start -= step
             fh.seek(start)
             buf = fh.read(step) + buf
