@@ -3,6 +3,8 @@ takes back, its timeout, and that it waits for git's exit without sleeping."""
 
 from __future__ import annotations
 
+import selectors
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -54,6 +56,36 @@ def test_a_process_that_closes_its_output_but_runs_on_is_killed_at_the_deadline(
     argv = ["sh", "-c", "exec >&- 2>&-; exec sleep 5"]
     done = gitcmd._run(argv, tmp_path, {"PATH": "/usr/bin:/bin"}, None, 0.5)
     assert done.returncode is None  # timed out; _run killed and reaped it
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, RuntimeError])
+def test_an_exception_while_git_runs_kills_and_reaps_it(
+    raised: type[BaseException], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C (or any exception) while the pipes are read: git is killed and reaped, as
+    ``subprocess.run`` did. Popen's own ``__exit__`` only waits: for ever on an exception,
+    0.25 s on a KeyboardInterrupt, and then leaves git running."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    class Recorded(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    class Interrupted(selectors.PollSelector):
+        def select(self, timeout: float | None = None) -> list[Any]:
+            raise raised
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    monkeypatch.setattr(selectors, "PollSelector", Interrupted)
+    try:
+        with pytest.raises(raised):
+            gitcmd._run(["sh", "-c", "exec sleep 5"], tmp_path, {"PATH": "/usr/bin:/bin"}, None, 60)
+        assert [p.returncode for p in started] == [-signal.SIGKILL]
+    finally:
+        for proc in started:  # the code before the fix left it running
+            proc.kill()
+            proc.wait()
 
 
 def test_a_git_call_waits_for_its_exit_without_sleeping(

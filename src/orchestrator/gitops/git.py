@@ -156,8 +156,16 @@ def _run(
         stderr=subprocess.PIPE,
     )
     with proc:
-        out, err, ended = _exchange(proc, data, deadline)
-        if ended and _exited(proc, deadline):
+        try:
+            out, err, ended = _exchange(proc, data, deadline)
+            exited = ended and _exited(proc, deadline)
+        except BaseException:
+            # subprocess.run's rule, a Ctrl-C included: kill, then reap. Popen's __exit__
+            # alone only waits, for ever (or 0.25 s on a KeyboardInterrupt, leaving git on).
+            proc.kill()
+            proc.wait()
+            raise
+        if exited:
             return _Done(proc.wait(), out, err)
         proc.kill()
         proc.wait()
