@@ -3,6 +3,8 @@ takes back, its timeout, and that it waits for git's exit without sleeping."""
 
 from __future__ import annotations
 
+import errno
+import os
 import selectors
 import signal
 import subprocess
@@ -86,6 +88,23 @@ def test_an_exception_while_git_runs_kills_and_reaps_it(
         for proc in started:  # the code before the fix left it running
             proc.kill()
             proc.wait()
+
+
+def test_without_a_pidfd_the_exit_and_the_deadline_hold_all_the_same(
+    make_repo: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel without pidfd_open (before 5.3, or a seccomp filter): subprocess's wait."""
+
+    def unavailable(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open")
+
+    monkeypatch.setattr(os, "pidfd_open", unavailable)
+    repo = make_repo()
+    assert gitcmd.git(["rev-parse", "--verify", "HEAD"], repo)
+    failed = gitcmd.git(["rev-parse", "--verify", "--quiet", "nope"], repo)
+    assert (failed.returncode, failed.timed_out) == (1, False)
+    argv = ["sh", "-c", "exec >&- 2>&-; exec sleep 5"]
+    assert gitcmd._run(argv, tmp_path, {"PATH": "/usr/bin:/bin"}, None, 0.5).returncode is None
 
 
 def test_a_git_call_waits_for_its_exit_without_sleeping(
