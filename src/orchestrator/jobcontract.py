@@ -16,6 +16,7 @@ from pathlib import Path
 from orchestrator.config import Settings
 from orchestrator.domain.faults import ApiFault
 from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.private_files import private_dir
 from orchestrator.store.rows import JobRow, RepoRow, TaskRow
 
 __all__ = ["JobContext", "JobResult", "job_marker", "job_out_dir"]
@@ -93,5 +94,5 @@ def job_out_dir(ctx: JobContext) -> Path:
     out = ctx.task_dir / "runs" / f"{ctx.job.id}-out"
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    private_dir(out)
     return out

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.domain import artifacts as A
+from orchestrator.private_files import private_dir
 
 # The most of an artifact that is ever read. An agent can write a file of any size (a
 # runaway loop, a log pasted in whole); reading it whole would cost the worker, the API and
@@ -43,8 +44,10 @@ def task_dir(tasks_root: Path, key: str) -> Path:
 
 
 def write_atomic(path: Path, data: str | bytes, *, durable: bool = True) -> None:
-    """Write ``path`` whole or not at all; ``durable`` also survives a power cut (fsync)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``path`` whole or not at all; ``durable`` also survives a power cut (fsync).
+
+    The file is its user's alone (``mkstemp`` makes it 0600), in a folder made 0700."""
+    private_dir(path.parent)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -192,8 +195,7 @@ def patches_dir(folder: Path) -> Path:
 
 def add_patch(folder: Path, content: bytes) -> Path:
     """Keep a new patch; the newest one is what the next developer attempt applies."""
-    pdir = patches_dir(folder)
-    pdir.mkdir(parents=True, exist_ok=True)
+    pdir = private_dir(patches_dir(folder))
     n = len(list(pdir.glob("*.patch"))) + 1
     path = pdir / f"{n:03d}.patch"
     write_atomic(path, content)

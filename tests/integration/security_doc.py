@@ -233,6 +233,18 @@ failing report after a rollback, in one fence longer than any backtick run in th
 fence, heading or template syntax in a task can swallow or replace the orchestrator's
 instructions.
 
+## Other users of the machine
+
+A job's log holds what its command printed (a deploy's, with the user's credentials in its
+environment), and the database, prompts and patches hold the tasks. Every folder the
+orchestrator makes under `ORCH_HOME` is mode 0700 and every file it writes 0600, asked for
+when it is made (`orchestrator/private_files.py`), whatever the umask: the home, `tasks/`,
+each task's folder, `runs/` with the logs, prompts, carried diffs and each job's home and
+out folder, `patches/`, the database and its `-wal` and `-shm`, the API token,
+`worktrees/` and each workspace's folder (what git checks out in it has git's modes). A
+folder that was there already keeps its mode; for a home made by an earlier release,
+`chmod 700 <ORCH_HOME>` closes it all.
+
 ## Attacks on the sandbox
 
 Each row is a hostile development agent in a real pipeline, run bare (`ORCH_SANDBOX=off`)

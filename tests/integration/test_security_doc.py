@@ -17,6 +17,7 @@ try:
     import test_forged_verdicts
     import test_llm_spend
     import test_name_bytes
+    import test_private_files
     import test_pull_land
     import test_sandbox
     import test_sandbox_start
@@ -30,6 +31,7 @@ except ImportError:  # imported as tests.integration.test_security_doc
         test_forged_verdicts,
         test_llm_spend,
         test_name_bytes,
+        test_private_files,
         test_pull_land,
         test_sandbox,
         test_sandbox_start,
@@ -47,6 +49,7 @@ def test_security_doc_is_current() -> None:
         *(Defended(**row) for row in test_unstorable.DEFENDED),
         *(Defended(**row) for row in test_pull_land.DEFENDED),
         *(Defended(**row) for row in test_api_security.DEFENDED),
+        *(Defended(**row) for row in test_private_files.DEFENDED),
         *(Defended(**row) for row in test_dashboard_attacks.DEFENDED),
         *(Defended(**row) for row in test_task_text.DEFENDED),
         *(Defended(**row) for row in test_llm_spend.DEFENDED),

@@ -54,6 +54,7 @@ from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.gitops import commits
 from orchestrator.jobcontract import JobContext, JobResult, job_marker, job_out_dir
+from orchestrator.private_files import append_private_text, private_dir
 
 __all__ = ["LLM_PLANNERS", "prepare_files", "run_llm_backend"]
 
@@ -76,16 +77,13 @@ class _Run:
 def prepare_files(files: dict[Path, str]) -> None:
     """Write a plan's files whole, readable by the job's user only (they may name keys)."""
     for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
         taskdir.write_atomic(path, text, durable=False)
-        os.chmod(path, 0o600)
 
 
 def _append_log(log_path: Path, lines: list[str]) -> None:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     # The lines quote the CLI's output (a model error's message): a lone surrogate in it
     # (a JSON escape) is written escaped, as proc_group writes its own lines, not a crash.
-    with log_path.open("a", encoding="utf-8", errors="backslashreplace") as fh:
+    with append_private_text(log_path) as fh:
         for line in lines:
             fh.write(f"[orchestrator] {line}\n")
 
@@ -117,7 +115,7 @@ def run_llm_backend(
     prompt_file = ctx.task_dir / "runs" / f"{ctx.job.id}-prompt.md"
     taskdir.write_atomic(prompt_file, prompt, durable=False)
     job_home = ctx.task_dir / "runs" / f"{ctx.job.id}-home"
-    job_home.mkdir(parents=True, exist_ok=True)
+    private_dir(job_home)
     env = scrubbed_env(
         ctx.repo,
         {

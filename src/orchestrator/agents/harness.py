@@ -22,6 +22,7 @@ from orchestrator.domain import artifacts as A
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.gitops import commits
 from orchestrator.jobcontract import JobContext
+from orchestrator.private_files import append_private_text
 
 __all__ = [
     "Collected",
@@ -152,7 +153,6 @@ def dev_report(
         A.DEV_REPORT, {"dev_status": status, "agent": agent, "attempt": ctx.job.attempt}, body
     )
     taskdir.write_atomic(ctx.task_dir / A.DEV_REPORT, text)
-    ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-    with ctx.log_path.open("a") as fh:
+    with append_private_text(ctx.log_path) as fh:
         fh.write(f"{agent} backend: {status}\n{body}\n")
     return {A.DEV_REPORT: text}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
+from orchestrator.private_files import private_dir
 
 TOKEN_FILE = "api-token"  # noqa: S105 (a file name, not a secret)
 ENV_NAME = "ORCH_API_TOKEN"
@@ -67,7 +68,7 @@ def load_token(settings: Settings) -> ApiToken:
 
 def _create(path: Path) -> bool:
     """Make the token file; False when another process made it first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:

@@ -24,12 +24,13 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def init(as_json: JsonFlag = False) -> None:
     """Create the state directory, the database and the API token (idempotent)."""
     from orchestrator.api.token import load_token
+    from orchestrator.private_files import private_dir
     from orchestrator.store.bootstrap import open_engine
 
     def go() -> dict[str, str]:
         st = settings()
         open_engine(st).dispose()
-        st.tasks_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(st.tasks_dir)
         token = load_token(st)
         return {
             "home": str(st.home),
@@ -181,11 +182,12 @@ def spend_lines(got: dict[str, Any]) -> list[Text]:
 @db_app.command("upgrade")
 def db_upgrade(as_json: JsonFlag = False) -> None:
     """Migrate the database to the newest schema."""
+    from orchestrator.private_files import private_dir
     from orchestrator.store import make_engine, migrate
 
     def go() -> dict[str, str | None]:
         st = settings()
-        st.home.mkdir(parents=True, exist_ok=True)
+        private_dir(st.home)
         eng = make_engine(st.effective_database_url)
         before = migrate.current_revision(eng)
         migrate.upgrade(eng)

@@ -24,6 +24,7 @@ from orchestrator.domain.outcomes import OutcomeKind
 from orchestrator.domain.quoting import fence_text
 from orchestrator.domain.stages import STAGE_TRANSITIONS, Stage
 from orchestrator.jobcontract import JobContext, JobResult, job_marker, job_out_dir
+from orchestrator.private_files import private_dir
 from orchestrator.self_deploy import map_outcome
 
 
@@ -79,7 +80,7 @@ def run_command(
     if argv[0] == "python":
         argv[0] = sys.executable
     job_home = ctx.task_dir / "runs" / f"{ctx.job.id}-home"
-    job_home.mkdir(parents=True, exist_ok=True)
+    private_dir(job_home)
     env = scrubbed_env(
         ctx.repo,
         {

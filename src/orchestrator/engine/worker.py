@@ -49,6 +49,7 @@ from orchestrator.gates.context import GateContext
 from orchestrator.gates.registry import run_after_pass, run_gates
 from orchestrator.gitops import worktrees
 from orchestrator.jobcontract import JobContext, JobResult, job_marker
+from orchestrator.private_files import private_dir
 from orchestrator.store import control, is_transient, queries
 from orchestrator.store import jobs as jobq
 from orchestrator.store.db import reader
@@ -430,7 +431,7 @@ class Worker:
             task, repo, previous = self._until_db_answers("read a claimed job", job.id, read)
         folder = taskdir.task_dir(st.tasks_dir, task.key)
         log_path = taskdir.run_log_path(folder, job.id, job.stage, job.agent)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
 
         def on_start(pid: int, pgid: int) -> None:
             try:

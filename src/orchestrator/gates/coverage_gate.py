@@ -19,6 +19,7 @@ from pathlib import Path
 from orchestrator import proc_group
 from orchestrator.domain import artifacts as A
 from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.private_files import private_dir
 from orchestrator.runners.base import (
     RunContext,
     RunnerResult,
@@ -144,7 +145,7 @@ def _measure(
         return tool_error(OutcomeKind.NOT_STARTED, why)
 
     runs = ctx.runs_dir
-    runs.mkdir(parents=True, exist_ok=True)
+    private_dir(runs)
     stem = ctx.log_path.stem
     aux = min(AUX_TIMEOUT_S, ctx.settings.test_runner_timeout_s)
     probe = _aux_run(ctx, [*plan.coverage, "--version"], aux, runs / f"{stem}.coverage-probe.log")
@@ -159,7 +160,7 @@ def _measure(
     # In the run's own folder: the one place besides the worktree the suite may write.
     # Files left by an earlier attempt must never be read as this run's evidence (run_suite
     # removes its JUnit XML itself).
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(ctx.out_dir)
     data_file = ctx.out_dir / ".coverage"
     report = ctx.out_dir / "coverage.json"
     for old in (data_file, report):

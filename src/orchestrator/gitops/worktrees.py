@@ -31,6 +31,7 @@ from orchestrator.gitops.ancestry import checked_out_plainly, descends, is_hex, 
 from orchestrator.gitops.git import GitResult
 from orchestrator.gitops.lock import repo_lock
 from orchestrator.masking import masked_remote
+from orchestrator.private_files import create_private, private_dir
 from orchestrator.realpath import realpath
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,9 @@ def _make_workspace(
     staging = path.with_name(f".{path.name}{_STAGING_SUFFIX}")
     if staging.exists():
         shutil.rmtree(staging)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # The workspace folder is the user's alone (0700), made before git fills it; what git
+    # checks out in it has the modes git gives it.
+    private_dir(staging)
     # --template= : no sample hooks or anything else copied in from a template folder.
     made = gitcmd.git(
         ["init", "-q", "--template=", f"--initial-branch={branch}", str(staging)], path.parent
@@ -460,7 +463,9 @@ def rebuild_from_main(
         if old is not None and not carry_to.exists():
             fork = gitcmd.git(["merge-base", start_sha, old], repo_path)
             if fork:
-                carry_to.parent.mkdir(parents=True, exist_ok=True)
+                # git keeps the mode of a file its --output truncates: the task's code, the
+                # user's alone (0600).
+                create_private(carry_to)
                 diff = gitcmd.git(
                     [
                         "diff",

@@ -1,7 +1,8 @@
 """Run one command in its own process group and make sure nothing it started outlives it.
 
 The only place in the package that starts processes. Stdlib only, and of the rest of the
-package only ``masking`` (stdlib only itself: the rule of what a log header masks), so it
+package only ``masking`` (stdlib only itself: the rule of what a log header masks) and
+``private_files`` (stdlib only: the log is made 0600 in a folder made 0700), so it
 can be reasoned about (and benchmarked) alone. Callers use the names below; the modules
 are one concept each: ``request`` (what to run, what it did), ``spawn`` (``run``: spawn,
 watch, stop), ``groups`` (process groups), ``sweep`` (the run marker and the ``/proc``

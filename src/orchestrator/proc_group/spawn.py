@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from orchestrator.private_files import open_private_log
 from orchestrator.proc_group.groups import group_alive, terminate_group
 from orchestrator.proc_group.request import ExecuteRequest, Outcome
 from orchestrator.proc_group.runlog import log_line, signal_name, write_header
@@ -232,8 +233,7 @@ def refuse(request: ExecuteRequest, error: str) -> Outcome:
     """A run that must not start (no sandbox where one is required): logged, not started."""
     now = time.time()
     try:
-        request.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(request.log_path, "ab+") as log:
+        with open_private_log(request.log_path) as log:
             log_line(log, f"not started: {error}")
     except OSError:
         pass  # the outcome still says why; a log we cannot write is no reason to start
@@ -304,9 +304,9 @@ def run(
         )
 
     try:
-        request.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Append, so a retry adds to the same log; "+" so log_line can read the last byte.
-        log = open(request.log_path, "ab+")  # noqa: SIM115 (closed in the finally below)
+        # The user's alone (0600): the command's output may quote what its environment holds.
+        log = open_private_log(request.log_path)
     except OSError as exc:
         return not_started(f"cannot open log {request.log_path}: {exc}")
     # A sandboxed run says where its PID namespace's init is (see _namespace_gone).

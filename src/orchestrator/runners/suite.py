@@ -25,6 +25,7 @@ from pathlib import Path
 from orchestrator import proc_group, sandbox
 from orchestrator.config import Settings
 from orchestrator.domain.outcomes import OutcomeKind
+from orchestrator.private_files import private_dir
 from orchestrator.runners import baseline as bl
 from orchestrator.self_deploy import ExitMapping, ExitStatus, map_outcome
 
@@ -274,7 +275,7 @@ def run_suite(request: SuiteRequest) -> SuiteRun:
     junit: Path | None = None
     if pytest:
         junit = request.evidence_dir / request.junit_name
-        junit.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(junit.parent)
         # A file left by an earlier attempt must never be read as this run's evidence.
         junit.unlink(missing_ok=True)
     argv = suite_argv(request.argv, junit, request.wrapper)
@@ -313,7 +314,7 @@ def _execute(request: SuiteRequest, argv: list[str]) -> proc_group.Outcome:
         secret_names=request.secret_names,
     )
     if request.sandbox is not None:
-        request.evidence_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(request.evidence_dir)
         try:
             box = sandbox.for_job(
                 settings,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from orchestrator.config import Settings
+from orchestrator.private_files import private_dir
 from orchestrator.store.db import PoolSizes, make_engine
 from orchestrator.store.migrate import ensure_current
 
@@ -20,7 +21,7 @@ def pool_sizes(settings: Settings) -> PoolSizes:
 def open_engine(settings: Settings, *, migrate: bool = True) -> sa.Engine:
     """An engine on the configured database, upgraded to the newest schema (a plain read of
     its revision when it is there already: see ``migrate.ensure_current``)."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.home)
     engine = make_engine(settings.effective_database_url, pool=pool_sizes(settings))
     if migrate:
         ensure_current(engine)

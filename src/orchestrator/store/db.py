@@ -15,6 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from orchestrator.private_files import create_private
+
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 DEFAULT_POOL_SIZE = 5
 DEFAULT_MAX_OVERFLOW = 10
@@ -146,7 +148,12 @@ def _sqlite_engine(url: sa.URL, *, pool: PoolSizes, busy_timeout_ms: int, echo: 
         # One connection per thread (SingletonThreadPool): pool sizes do not apply.
         engine = sa.create_engine(url, echo=echo)
     else:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        else:
+            # SQLite would make it 0644 less the umask, and its -wal and -shm files take
+            # the database's mode: made here first, the user's alone.
+            create_private(Path(database).expanduser())
         engine = sa.create_engine(
             url,
             pool_size=pool.size,
