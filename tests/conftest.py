@@ -70,6 +70,16 @@ os.environ[SANDBOX_RO_ENV] = str(TESTS_DIR)
 MakeRepo = Callable[..., Path]
 
 
+@pytest.fixture
+def set_umask() -> Iterator[Callable[[int], None]]:
+    """``set_umask(mask)`` sets the process's umask for this test; the old one comes back
+    after it. A test of the modes files are made with means something under any umask."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)
+
+
 def _server_url() -> sa.URL | None:
     server_url = os.environ.get(TEST_DATABASE_ENV, "").strip()
     return normalize_url(server_url) if server_url else None

@@ -49,12 +49,8 @@ PATCH = (
 
 
 @pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
+def umask_022(set_umask: Callable[[int], int]) -> None:
+    set_umask(0o022)
 
 
 def _mode(path: Path) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,13 +19,9 @@ from orchestrator.private_files import (
 
 
 @pytest.fixture(autouse=True)
-def open_umask() -> Iterator[None]:
+def open_umask(set_umask: Callable[[int], int]) -> None:
     # No umask at all: every bit of the mode is the one the code asks for.
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
+    set_umask(0)
 
 
 def _mode(path: Path) -> int:
