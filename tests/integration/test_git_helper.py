@@ -60,6 +60,73 @@ def test_a_process_that_closes_its_output_but_runs_on_is_killed_at_the_deadline(
     assert done.returncode is None  # timed out; _run killed and reaped it
 
 
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has ended (gone, or a zombie waiting for whoever reaps orphans)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
+    # SIGKILL is delivered at once, but the state in /proc follows a moment later.
+    end = time.monotonic() + seconds
+    while not _gone(pid):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("output", ["kept", "closed"])
+def test_a_timeout_kills_what_git_started_too(
+    output: str, make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Git starts programs of its own (a fetch's ``index-pack`` and transport helper, an
+    alias's shell). A timeout that killed git alone left them running, orphaned: with its
+    output kept, such a child also held the pipes open until the deadline. Git runs in a
+    process group of its own, and the whole group is killed."""
+    pid_file = tmp_path / "child.pid"
+    redirect = "exec >/dev/null 2>&1; " if output == "closed" else ""
+    res = gitcmd.git(
+        alias(f"{redirect}sleep 60 & echo $! > {pid_file}; wait"), make_repo(), timeout_s=1.0
+    )
+    assert res.timed_out
+    child = int(pid_file.read_text())
+    try:
+        assert _wait_gone(child), "the child git started outlived git's timeout"
+    finally:
+        if not _gone(child):  # the code before the fix left it running
+            os.kill(child, signal.SIGKILL)
+
+
+def test_an_exception_kills_what_git_started_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    reads = [0]
+    real = selectors.PollSelector.select
+
+    class InterruptedOnceStarted(selectors.PollSelector):
+        def select(self, timeout: float | None = None) -> list[Any]:
+            reads[0] += 1
+            if pid_file.exists() and pid_file.read_text().strip():
+                raise KeyboardInterrupt
+            return real(self, min(timeout or 0.05, 0.05))
+
+    monkeypatch.setattr(selectors, "PollSelector", InterruptedOnceStarted)
+    argv = ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"]
+    with pytest.raises(KeyboardInterrupt):
+        gitcmd._run(argv, tmp_path, {"PATH": "/usr/bin:/bin"}, None, 30)
+    child = int(pid_file.read_text())
+    try:
+        assert _wait_gone(child), "the child outlived the interrupted call"
+    finally:
+        if not _gone(child):
+            os.kill(child, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, RuntimeError])
 def test_an_exception_while_git_runs_kills_and_reaps_it(
     raised: type[BaseException], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -6,10 +6,12 @@ left out) and how a reason names paths.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import select
 import selectors
+import signal
 import subprocess
 import threading
 import time
@@ -145,7 +147,12 @@ def _run(
     polling, sleeping 1, 2, 4 ... ms between looks, and a git that has closed its output
     is often not yet a process that can be reaped at the first look. That sleep came with
     a quarter to half of all git calls, on calls of ~2 ms. No input: stdin is /dev/null,
-    so a git that reads it ends instead of waiting on a terminal."""
+    so a git that reads it ends instead of waiting on a terminal.
+
+    Git runs in a process group of its own, and a git that is stopped is stopped with the
+    programs it started (a fetch's transport helper and ``index-pack``, an alias's shell):
+    killed alone, they ran on, orphaned. A Ctrl-C reaches it through this call, which
+    kills it, not through the terminal."""
     deadline = time.monotonic() + timeout_s
     proc = subprocess.Popen(
         argv,
@@ -154,6 +161,7 @@ def _run(
         stdin=subprocess.DEVNULL if data is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     with proc:
         try:
@@ -162,14 +170,21 @@ def _run(
         except BaseException:
             # subprocess.run's rule, a Ctrl-C included: kill, then reap. Popen's __exit__
             # alone only waits, for ever (or 0.25 s on a KeyboardInterrupt, leaving git on).
-            proc.kill()
+            _kill_group(proc)
             proc.wait()
             raise
         if exited:
             return _Done(proc.wait(), out, err)
-        proc.kill()
+        _kill_group(proc)
         proc.wait()
         return _Done(None, out, err)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to git's process group: git and what it started. Sent before git is
+    reaped, so the group's id (git's pid) is no one else's yet."""
+    with contextlib.suppress(ProcessLookupError):  # the group is empty already
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _exchange(
