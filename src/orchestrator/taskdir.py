@@ -163,7 +163,7 @@ def load_artifact(folder: Path, name: str) -> ArtifactRead:
     read), anything but a regular file, a file over ``MAX_ARTIFACT_BYTES`` (never read
     whole), and bytes that are not UTF-8 text.
     """
-    if not A.ARTIFACT_NAME_RE.match(name):
+    if not A.ARTIFACT_NAME_RE.fullmatch(name):
         msg = f"not an artifact name: {name!r}"
         raise ValueError(msg)
     try:
@@ -218,7 +218,7 @@ def list_artifacts(folder: Path) -> list[str]:
     """The artifact files present in a task folder, in order."""
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if A.ARTIFACT_NAME_RE.match(p.name))
+    return sorted(p.name for p in folder.iterdir() if A.ARTIFACT_NAME_RE.fullmatch(p.name))
 
 
 def digest(text: str) -> str:

@@ -42,7 +42,7 @@ def inside(folder: Path, path: Path) -> Path | None:
 
 def artifact_path(tasks_dir: Path, key: str, name: str) -> Path | None:
     """The artifact file ``name`` of task ``key``, if the name is a contract name and it exists."""
-    if not A.ARTIFACT_NAME_RE.match(name):
+    if not A.ARTIFACT_NAME_RE.fullmatch(name):
         return None
     folder = taskdir.task_dir(tasks_dir, key)
     return inside(folder, folder / name)

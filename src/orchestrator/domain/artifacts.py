@@ -134,8 +134,10 @@ ARTIFACTS: dict[str, ArtifactSpec] = {
     )
 }
 
-# An artifact name a task folder may hold: the contract's names only.
-ARTIFACT_NAME_RE = re.compile(r"^\d\d-[a-z0-9-]+\.md$")
+# An artifact name a task folder may hold: the contract's names only. ASCII digits (``\d``
+# takes any Unicode digit), and matched whole (``fullmatch``: ``$`` alone lets a final
+# newline through); the API's path pattern is the same text.
+ARTIFACT_NAME_RE = re.compile(r"^[0-9]{2}-[a-z0-9-]+\.md$")
 
 _FENCE_RE = re.compile(r"^\s*(```|~~~)")
 # `key: value`, tolerating a list bullet and bold markers around the key.
