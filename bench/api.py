@@ -234,16 +234,19 @@ def fill(engine: sa.Engine, n_tasks: int, n_jobs: int, repo_path: str) -> None:
     )
 
 
-def timed_gets(port: int, path: str, n: int, min_s: float = 0.0) -> list[float]:
+def timed_gets(
+    port: int, path: str, n: int, min_s: float = 0.0, headers: dict[str, str] | None = None
+) -> list[float]:
     """At least ``n`` sequential GETs over one keep-alive connection, for at least
-    ``min_s`` seconds; each latency in ms."""
+    ``min_s`` seconds, with ``headers`` (the token: every read but /health needs it); each
+    latency in ms."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     out: list[float] = []
     until = time.monotonic() + min_s
     try:
         while len(out) < n or time.monotonic() < until:
             t0 = time.perf_counter()
-            conn.request("GET", path)
+            conn.request("GET", path, headers=headers or {})
             resp = conn.getresponse()
             resp.read()
             out.append((time.perf_counter() - t0) * 1000)
@@ -288,10 +291,11 @@ def show(path: str, ms: list[float]) -> None:
     )
 
 
-def measure(port: int, paths: list[str], n: int, min_s: float) -> None:
+def measure(served: tuple[int, dict[str, str]], paths: list[str], n: int, min_s: float) -> None:
+    port, headers = served
     for path in paths:
-        timed_gets(port, path, 10)  # warm-up: connection pool, statement caches
-        show(path, timed_gets(port, path, n, min_s))
+        timed_gets(port, path, 10, headers=headers)  # warm-up: connection pool, caches
+        show(path, timed_gets(port, path, n, min_s, headers))
 
 
 def filled(tmp: Path, name: str, url: str, n_tasks: int, n_jobs: int) -> str:
@@ -308,8 +312,9 @@ def filled(tmp: Path, name: str, url: str, n_tasks: int, n_jobs: int) -> str:
 
 
 @contextlib.contextmanager
-def serving(tmp: Path, name: str, url: str) -> Iterator[int]:
-    """``orch serve --no-scheduler`` on ``url``, on a free loopback port, until exit."""
+def serving(tmp: Path, name: str, url: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """``orch serve --no-scheduler`` on ``url``, on a free loopback port, until exit: its
+    port, and the headers a client that reads sends (the token the server made)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(ORCH_HOME=str(tmp / name), ORCH_DATABASE_URL=url)
@@ -332,7 +337,8 @@ def serving(tmp: Path, name: str, url: str) -> Iterator[int]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     sys.exit(f"the server did not start: {log_path.read_text()}")
                 time.sleep(0.1)
-            yield port
+            token = (tmp / name / "api-token").read_text().strip()
+            yield port, {"Authorization": f"Bearer {token}"}
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
@@ -351,9 +357,9 @@ def big(tmp: Path, args: argparse.Namespace) -> None:
     if args.database_url:
         wipe(args.database_url)
     url = filled(tmp, "big", args.database_url, args.tasks, args.jobs)
-    with serving(tmp, "big", url) as port:
-        measure(port, ["/health", "/queue", "/status"], args.requests, args.min_s)
-        rps = health_rps(port, args.health_s)
+    with serving(tmp, "big", url) as served:
+        measure(served, ["/health", "/queue", "/status"], args.requests, args.min_s)
+        rps = health_rps(served[0], args.health_s)
         print(f"GET /health  {rps:8.0f} requests/s (4 client threads)")
 
 
@@ -377,9 +383,9 @@ def main() -> None:
         if args.database_url:
             wipe(args.database_url)
         url = filled(tmp, "board", args.database_url, args.board_tasks, args.board_jobs)
-        with serving(tmp, "board", url) as port:
+        with serving(tmp, "board", url) as served:
             paths = ["/health", "/", "/ui/board", "/tasks", "/tasks?limit=50"]
-            measure(port, paths, args.requests, 0.0)
+            measure(served, paths, args.requests, 0.0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -9,7 +9,8 @@ runs it in the task's worktree. It:
    ``ORCH_HOME`` and its own SQLite database (never the production one);
 2. checks that the instance really imports the worktree's code and really uses that home;
 3. runs the read-only smoke: ``GET /health``, ``/status`` and ``/queue`` (its ``serial_gate``
-   field included) answer 200 with the fields a monitor relies on;
+   field included) answer 200 with the fields a monitor relies on (with the API token the
+   smoke gave the instance: its reads need one);
 4. stops it with SIGTERM (it must stop by itself within the grace) and removes the home.
 
 It never touches the production process or its database. Exit 0: the smoke passed; 1: it
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -70,8 +72,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def staging_env(src: Path, home: Path, port: int) -> dict[str, str]:
-    """The instance's environment: ours without any ORCH_* or Python path, then its own."""
+def staging_env(src: Path, home: Path, port: int, token: str) -> dict[str, str]:
+    """The instance's environment: ours without any ORCH_* or Python path, then its own,
+    with ``token`` as its API token (its reads need it)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -85,7 +88,7 @@ def staging_env(src: Path, home: Path, port: int) -> dict[str, str]:
         ORCH_DATABASE_URL="",
         ORCH_API_HOST="127.0.0.1",
         ORCH_API_PORT=str(port),
-        ORCH_API_TOKEN="",
+        ORCH_API_TOKEN=token,
         ORCH_ALERT_WEBHOOK_URL="",
     )
     return env
@@ -172,7 +175,10 @@ def smoke(worktree: Path, *, keep: bool = False, out: Callable[[str], None] = pr
     instance: Instance | None = None
     try:
         port = free_port()
-        env = staging_env(src, home, port)
+        # The instance's token is the smoke's own: given, never read back from a file the
+        # instance (the code under test) wrote.
+        token = secrets.token_urlsafe(32)
+        env = staging_env(src, home, port, token)
         out(f"staging: the orchestrator of {worktree} on 127.0.0.1:{port}, home {home}")
         where = tmp / "code-path"
         check = proc_group.run(
@@ -208,7 +214,7 @@ def smoke(worktree: Path, *, keep: bool = False, out: Callable[[str], None] = pr
         for path, fields in SMOKE:
             url, why = parse_loopback_url(base + path)
             assert url is not None, why
-            probe = http_get(url, REQUEST_TIMEOUT_S)
+            probe = http_get(url, REQUEST_TIMEOUT_S, {"Authorization": f"Bearer {token}"})
             if probe.code != 200:
                 problems.append(f"GET {path}: {probe.code or probe.error}, expected 200")
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,6 +97,13 @@ class Server:
         if "ORCH_API_TOKEN" not in env and "--insecure-no-token" not in args:
             token = (Path(env["ORCH_HOME"]) / "api-token").read_text().strip()
             self.client.headers["Authorization"] = f"Bearer {token}"
+
+    def dashboard_link(self) -> str:
+        """The dashboard's link this `orch serve` printed, as a user copies it: opened in a
+        browser, it gives the browser the session that reads."""
+        found = re.search(r"orch serve: the dashboard: (http://\S+)", self.output())
+        assert found is not None, self.output()
+        return found.group(1)
 
     def _up(self) -> bool:
         if self.proc.poll() is not None:

@@ -41,11 +41,13 @@ def fake(
     repo.close()
 
 
-def raw_get(port: int, target: str) -> tuple[int, bytes]:
-    """GET with the target sent exactly as written: no client-side normalization of ``..``."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def raw_get(server: Server, target: str) -> tuple[int, bytes]:
+    """GET with the target sent exactly as written: no client-side normalization of ``..``;
+    with the token the server's client sends (the API's reads need it)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         conn.putrequest("GET", target, skip_accept_encoding=True)
+        conn.putheader("Authorization", server.client.headers["Authorization"])
         conn.endheaders()
         resp = conn.getresponse()
         return resp.status, resp.read()
@@ -178,7 +180,7 @@ def test_every_endpoint_with_the_scheduler(
             "/static/../secret.md",
             "/static/..%2F..%2Fsecret.md",
         ):
-            code, body = raw_get(server.port, target)
+            code, body = raw_get(server, target)
             assert b"TOP SECRET" not in body, target
             assert code in (400, 404, 422), (target, code, body[:200])
     finally:
@@ -198,8 +200,12 @@ def test_auth_on_a_real_server(tmp_path: Path, migrated_db_url: str, fake: FakeR
         assert r.status_code == 401
         assert r.json()["error"].startswith("this needs Authorization: Bearer")
         assert c.post("/pause", headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert c.get("/tasks").json() == []
+        # Reads need it too: before, every GET answered whoever asked.
+        r = c.get("/tasks")
+        assert r.status_code == 401
+        assert r.json()["error"].startswith("reading needs Authorization: Bearer")
         good = {"Authorization": f"Bearer {TOKEN}"}
+        assert c.get("/tasks", headers=good).json() == []
         r = c.post("/tasks", json={"repo": "demo", "title": "token"}, headers=good)
         assert r.status_code == 201
         key = r.json()["key"]
@@ -207,9 +213,16 @@ def test_auth_on_a_real_server(tmp_path: Path, migrated_db_url: str, fake: FakeR
         assert c.post(f"/tasks/{key}/cancel", headers=good).status_code == 200
         assert c.post("/pause", headers=good).json() == {"paused": True}
         assert c.post("/resume", headers=good).json() == {"paused": False}
-        status = c.get("/status")
+        status = c.get("/status", headers=good)
         assert status.status_code == 200
         assert TOKEN not in status.text
+        # The link the server printed gives a browser reads, and only reads.
+        login = c.get(server.dashboard_link(), follow_redirects=False)
+        assert login.status_code == 303
+        assert TOKEN not in login.headers["set-cookie"]
+        session = {"Cookie": login.headers["set-cookie"].split(";")[0]}
+        assert c.get(f"/tasks/{key}", headers=session).status_code == 200
+        assert c.post("/pause", headers=session).status_code == 401
     finally:
         assert server.stop() == 0
 
@@ -304,7 +317,7 @@ def test_a_signal_stops_server_and_scheduler_and_requeues(
     # A followed log is an open request when the signal comes: it ends, told why, and the
     # server still stops cleanly.
     events: list[str] = []
-    follower = httpx.Client(base_url=server.url, timeout=30)
+    follower = httpx.Client(base_url=server.url, headers=server.client.headers, timeout=30)
 
     def follow() -> None:
         with follower.stream("GET", f"/tasks/{key}/jobs/{job['job']}/log?follow=1") as stream:

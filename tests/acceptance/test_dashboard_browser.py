@@ -62,7 +62,8 @@ def test_a_card_moves_and_the_task_page_reads_an_artifact(
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.goto(server.url + "/")
+        page.goto(server.dashboard_link())
+        expect(page).to_have_url(f"{server.url}/")
         expect(page.locator("section.column[data-stage=development] h2")).to_contain_text(
             "development"
         )
@@ -125,7 +126,8 @@ def test_the_board_reads_without_javascript(
         ).json()["key"]
         context = browser.new_context(java_script_enabled=False)
         page = context.new_page()
-        page.goto(server.url + "/")
+        page.goto(server.dashboard_link())
+        expect(page).to_have_url(f"{server.url}/")
         item = page.locator(f"section.column[data-stage=development] article#card-{key}")
         expect(item).to_contain_text("<b>not bold</b>")
         assert page.locator("article b").count() == 0
@@ -165,7 +167,8 @@ def test_an_agents_markup_runs_nothing_in_the_browser(
             foreign = [(m, u) for m, u in requests if m != "GET" or not u.startswith(own)]
             assert (seen, foreign) == ([], []), (seen, foreign)
 
-        page.goto(server.url + "/")
+        page.goto(server.dashboard_link())
+        expect(page).to_have_url(f"{server.url}/")
         nothing_ran()
         card = page.locator(f"article#card-{key}")
         expect(card.locator(".title")).to_contain_text("<script>fetch('/pause'")

@@ -199,21 +199,27 @@ still reach pytest itself; only a verdict from outside that process would stop i
 
 ## The API
 
-- Closed by default: every mutation needs the token (`ORCH_API_TOKEN`, else
-  `<ORCH_HOME>/api-token`, mode 0600, made by `orch init` or the first `orch serve`). The
-  sandbox hides `ORCH_HOME` from agents and suites, so code under test that reaches the
-  API on 127.0.0.1 cannot pause the scheduler or approve its own task.
+- Closed by default: every request but `GET /health` needs the token (`ORCH_API_TOKEN`,
+  else `<ORCH_HOME>/api-token`, mode 0600, made by `orch init` or the first `orch serve`),
+  reads included. The sandbox hides `ORCH_HOME` from agents and suites, so code under
+  test that reaches the API on 127.0.0.1 can neither pause the scheduler or approve its
+  own task nor read other tasks' text, artifacts and job logs.
+- The dashboard's link (`orch serve` prints it, `orch dashboard` prints it again) gives a
+  browser a session cookie (`HttpOnly`, `SameSite=Lax`) that reads and changes nothing.
+  Its code and the cookie are HMACs of the token, not the token, and a new token revokes
+  them. Browsers share 127.0.0.1's cookies across ports: a local program whose page the
+  browser opens gets the session, and can read with it, never change.
 - CSRF: a mutation whose `Origin` is not the server's own, or whose `Sec-Fetch-Site` is
   `cross-site` or `same-site`, is 403 even with the token. Pages on other ports of
-  127.0.0.1 are other origins. No cookie carries credentials: browsers share 127.0.0.1's
-  cookies across ports.
+  127.0.0.1 are other origins. No cookie carries the right to change anything.
 - DNS rebinding: any Host but 127.0.0.1, localhost, ::1, the bound address and
-  `ORCH_API_ALLOWED_HOSTS` is 421, for reads too. Reads stay open on those names; the
-  same-origin policy keeps other pages from reading them.
+  `ORCH_API_ALLOWED_HOSTS` is 421, for reads too; the same-origin policy keeps other
+  pages from reading the answers.
 - Large bodies: Host, origin, token and `Content-Length` are checked before the body is
   read; bodies over `ORCH_API_MAX_BODY_BYTES` are 413.
 - `orch serve --insecure-no-token` removes only the token check (loopback only, a warning
-  on every start); any local process or user can then change tasks.
+  on every start); any local process or user, a job's included, can then read and change
+  tasks.
 - The dashboard shows what agents write (artifacts, reasons, logs, checks, an issue's
   title and body) as text: its templates escape every value, and nothing renders
   markdown. Links are the page's own, or a forge's http(s) address (anything else,
@@ -276,12 +282,10 @@ OUTRO = """
   that trusts `127.0.0.1`): `ORCH_SANDBOX_NETWORK=none` cuts both. A repo whose suite
   needs a server's socket in `/run` names it: `orch repo set --sandbox-ro
   /run/postgresql`.
-- The API's reads: with the network shared (the default for agents, which must reach
-  their model), a job reaches `orch serve` on 127.0.0.1 as any local process does, and
-  reads need no token. It cannot change anything (every mutation needs the token, which
-  the sandbox hides), but it can read all the API shows of every task, in every repo:
-  other tasks' artifacts, reasons and job logs. `ORCH_SANDBOX_NETWORK=agent=shared,suite=none`
-  keeps suites from it; nothing keeps agents from it yet.
+- The dashboard's session cookie: a browser sends it to every port of 127.0.0.1, so a job
+  that serves a page the user opens in that browser (a suite's dev server, say) gets it,
+  and can read the API with it (never change anything). The token itself never reaches a
+  browser.
 - A user known only to a directory service (LDAP through nslcd, winbind, systemd-homed)
   has no name inside the sandbox: those lookups go through sockets in the hidden `/run`
   (`/run/nslcd/socket`, `/run/systemd/userdb`). A tool that needs the name (ssh, say)

@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
+from tests.integration.api_client import api_client
 from tests.integration.test_engine import STAGES, Harness
 from typer.testing import CliRunner
 
 from orchestrator import alerts, task_ops, taskdir
-from orchestrator.api import create_app
 from orchestrator.cli import app as cli_app
 from orchestrator.config import load_settings
 from orchestrator.store import alert_rows
@@ -311,9 +310,7 @@ def test_listings_show_open_alerts_and_all_on_request(
     with h.engine.begin() as conn:
         alerts.resolve_task_alerts(conn, other_id, 13.0)
 
-    client = TestClient(
-        create_app(h.settings, h.engine), base_url="http://127.0.0.1", raise_server_exceptions=False
-    )
+    client = api_client(h.settings, h.engine)
     shown = client.get("/alerts").json()
     assert [(a["task"], a["kind"], a["occurrences"]) for a in shown] == [(key, "task-blocked", 2)]
     assert shown[0]["resolved_at"] is None

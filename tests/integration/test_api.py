@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from orchestrator import repo_ops, task_ops, taskdir
 from orchestrator.api import create_app, files, reads
 from orchestrator.api.guard import Policy, decide
-from orchestrator.api.token import load_token
+from orchestrator.api.token import load_token, login_code, session_value
 from orchestrator.api.totals import Folded
 from orchestrator.cli import app as cli_app
 from orchestrator.config import Settings, load_settings
@@ -150,7 +150,10 @@ def test_health_and_status_when_the_database_is_down(env: Env) -> None:
     # Nothing listens on port 1 of loopback: every connection is refused.
     down = make_engine("postgresql://postgres@127.0.0.1:1/nothing")
     client = TestClient(
-        create_app(env.settings, down), base_url=BASE_URL, raise_server_exceptions=False
+        create_app(env.settings, down),
+        base_url=BASE_URL,
+        headers={"Authorization": f"Bearer {token_of(env.settings)}"},
+        raise_server_exceptions=False,
     )
     r = client.get("/health")
     assert r.status_code == 503
@@ -725,7 +728,9 @@ def test_pause_and_resume(env: Env) -> None:
 
 
 @pytest.mark.parametrize("source", ["file", "env"])
-def test_a_token_guards_every_mutation_and_no_read(env: Env, source: str) -> None:
+def test_a_token_guards_every_request_but_health(env: Env, source: str) -> None:
+    """Reads too: a job's processes reach 127.0.0.1 as any local program does, and a read
+    shows every task's artifacts and job logs. Before, every GET was open."""
     key = env.add()
     settings = env.make_settings(api_token=TOKEN) if source == "env" else env.settings
     client = env.make_client(settings, authorized=False)
@@ -738,6 +743,21 @@ def test_a_token_guards_every_mutation_and_no_read(env: Env, source: str) -> Non
         ("/pause", None),
         ("/resume", None),
     ]
+    reads = [
+        "/status",
+        "/queue",
+        "/tasks",
+        f"/tasks/{key}",
+        f"/tasks/{key}/artifacts/00-task.md",
+        "/alerts",
+        "/repos",
+        "/metrics",
+        "/",
+        f"/ui/tasks/{key}",
+        "/docs",
+        "/openapi.json",
+        "/static/htmx.min.js",
+    ]
     for headers in (
         {},
         {"Authorization": "Bearer wrong"},
@@ -746,24 +766,64 @@ def test_a_token_guards_every_mutation_and_no_read(env: Env, source: str) -> Non
         {"Authorization": f"Bearer {token}x"},
         {"Authorization": f"Bearer {token[:-1]}"},
         {"Authorization": "Bearer é".encode()},
+        # The cookie's name with the token, or the link's code, is no session.
+        {"Cookie": f"orch_session={token}"},
+        {"Cookie": f"orch_session={login_code(token)}"},
     ):
         for path, body in mutations:
             r = client.post(path, json=body, headers=headers)
             assert r.status_code == 401, (path, headers, r.text)
             assert "Bearer" in error_of(r)
             assert r.headers["www-authenticate"] == "Bearer"
+        for path in reads:
+            r = client.get(path, headers=headers)
+            assert r.status_code == 401, (path, headers, r.text)
+            assert "orch dashboard" in error_of(r)
     with env.engine.connect() as conn:
         assert not control.is_paused(conn)
-    assert len(client.get("/tasks").json()) == 1
+    assert client.get("/health").status_code == 200
     good = {"Authorization": f"Bearer {token}"}
+    assert len(client.get("/tasks", headers=good).json()) == 1
     assert client.post("/pause", headers=good).status_code == 200
     r = client.post("/tasks", json={"repo": "demo", "title": "x"}, headers=good)
     assert r.status_code == 201
-    for path in ("/health", "/status", "/queue", "/tasks", f"/tasks/{key}", "/alerts", "/metrics"):
-        assert client.get(path).status_code == 200, path
-    schema = client.get("/openapi.json").json()
+    for path in reads:
+        assert client.get(path, headers=good).status_code == 200, path
+    schema = client.get("/openapi.json", headers=good).json()
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     assert schema["paths"]["/pause"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert schema["paths"]["/status"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in schema["paths"]["/health"]["get"]
+
+
+def test_the_dashboards_link_gives_a_browser_reads_and_nothing_more(env: Env) -> None:
+    key = env.add()
+    client = env.make_client(env.settings, authorized=False)
+    token = token_of(env.settings)
+    for code in ("", "wrong", token, login_code(token)[:-1], session_value(token)):
+        r = client.get("/login", params={"code": code}, follow_redirects=False)
+        assert r.status_code == 401, code
+        assert "set-cookie" not in r.headers
+    r = client.get("/login", params={"code": login_code(token)}, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"orch_session={session_value(token)};")
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie
+    assert token not in cookie
+    session = {"Cookie": f"other=1; orch_session={session_value(token)}"}
+    for path in ("/", f"/ui/tasks/{key}", f"/tasks/{key}", "/docs", "/static/htmx.min.js"):
+        assert client.get(path, headers=session).status_code == 200, path
+    # Reads only: the cookie changes nothing.
+    for path in ("/pause", f"/tasks/{key}/cancel"):
+        assert client.post(path, headers=session).status_code == 401, path
+    with env.engine.connect() as conn:
+        assert not control.is_paused(conn)
+    # A new token revokes the session.
+    (env.settings.home / "api-token").unlink()
+    fresh = env.make_client(env.settings, authorized=False)
+    assert fresh.get("/tasks", headers=session).status_code == 401
 
 
 def test_without_a_token_the_schema_claims_no_auth(env: Env) -> None:
@@ -771,6 +831,11 @@ def test_without_a_token_the_schema_claims_no_auth(env: Env) -> None:
     schema = client.get("/openapi.json").json()
     assert "securitySchemes" not in schema.get("components", {})
     assert "security" not in schema["paths"]["/pause"]["post"]
+    assert "security" not in schema["paths"]["/status"]["get"]
+    # Reads are open, and the dashboard's link goes to the board.
+    assert client.get("/tasks").status_code == 200
+    r = client.get("/login", params={"code": "anything"}, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/")
     assert client.post("/pause").json() == {"paused": True}
     # The other checks stay: another origin, another Host.
     r = client.post(
@@ -838,7 +903,7 @@ def test_the_guard_decides_on_host_origin_token_and_length() -> None:
         "[0:0::1]",
         "orch.internal:443",
     ):
-        assert status("GET", host=host) is None, host
+        assert status("GET", host=host, **auth) is None, host
         assert status("POST", host=host, **auth) is None, host
     for host in ("evil.example", "127.0.0.1.nip.io", "x@127.0.0.1", "127.0.0.1:80:80", "[::2]", ""):
         assert status("GET", host=host) == 421, host
@@ -852,12 +917,15 @@ def test_the_guard_decides_on_host_origin_token_and_length() -> None:
     for site in ("same-site", "cross-site"):
         assert status("POST", **{**own, "sec-fetch-site": site}) == 403, site
     assert status("POST", **{**own, "sec-fetch-site": "none"}) is None
-    # Reads carry no token and may come from anywhere a browser reads (SOP guards them).
-    assert status("GET", host="localhost", origin="http://evil.example") is None
+    # Reads need the token too, or the dashboard's session (none set in this policy); a
+    # read's origin is not checked (the browser's same-origin policy keeps its answer).
+    assert status("GET", host="localhost") == 401
+    assert status("GET", host="localhost", cookie="orch_session=s3cret") == 401
+    assert status("GET", host="localhost", origin="http://evil.example", **auth) is None
     assert status("POST", host="localhost") == 401
     assert status("DELETE", host="localhost", authorization="Bearer wrong") == 401
     assert status("POST", **own, content_length="101") == 413
-    assert status("GET", host="localhost", content_length="101") == 413
+    assert status("GET", host="localhost", content_length="101", **auth) == 413
     assert status("POST", **own, content_length="100") is None
     assert status("POST", **own, content_length="-1") == 400
     # Host before origin before token before length: a foreign page learns nothing more.

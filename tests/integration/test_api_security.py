@@ -23,6 +23,7 @@ import copy
 import http.client
 import json
 import os
+import re
 import select
 import shlex
 import signal
@@ -136,6 +137,17 @@ class Served:
             # here wait for a start or two.
             time.sleep(0.02)
         return self
+
+    def session(self) -> dict[str, str]:
+        """The headers of a browser that opened the dashboard's link, as a user does: the
+        link this `orch serve` printed, answered with the session cookie."""
+        found = re.search(
+            r"the dashboard: http://127\.0\.0\.1:\d+(/login\?code=\w+)", self.output()
+        )
+        assert found is not None, self.output()
+        r = self.request("GET", found.group(1))
+        assert r.status == 303, r.text
+        return {"Cookie": r.headers["set-cookie"].split(";")[0]}
 
     def _up(self) -> bool:
         try:
@@ -339,9 +351,15 @@ def test_mutations_need_the_token_and_the_servers_own_origin(bed: Bed) -> None:
     for origin in (f"http://127.0.0.1:{free_port()}", "null", f"http://localhost:{server.port}"):
         r = server.request("POST", "/resume", headers={**auth, "Origin": origin})
         assert r.status == 403, (origin, r.text)
-    # Reads stay open on loopback: the dashboard and /metrics need no token.
-    assert server.request("GET", f"/tasks/{bed.key}").status == 200
-    assert server.request("GET", "/").status == 200
+    # Reads need the token too (before, every GET was open to any local process), or the
+    # session the dashboard's link gives a browser; that session changes nothing.
+    for path in (f"/tasks/{bed.key}", "/", "/metrics", f"/tasks/{bed.key}/artifacts/00-task.md"):
+        assert server.request("GET", path).status == 401, path
+        assert server.request("GET", path, headers=auth).status == 200, path
+        assert server.request("GET", path, headers=server.session()).status == 200, path
+    r = server.request("POST", "/resume", headers={**server.session(), "Origin": server.origin})
+    assert r.status == 401, r.text
+    assert server.request("GET", "/health").status == 200
 
 
 # ---- DNS rebinding ------------------------------------------------------------------------
@@ -380,7 +398,8 @@ def test_dns_rebinding_a_foreign_host_is_not_answered(bed: Bed) -> None:
         f"orch.internal:{server.port}",
         "ORCH.INTERNAL",
     ):
-        r = server.request("GET", f"/tasks/{bed.key}", headers={"Host": host})
+        auth = {"Host": host, "Authorization": f"Bearer {bed.token()}"}
+        r = server.request("GET", f"/tasks/{bed.key}", headers=auth)
         assert r.status == 200, (host, r.text)
         assert SECRET in r.json()["body"]
 
@@ -586,17 +605,23 @@ def test_insecure_no_token_is_loopback_only_warned_and_keeps_the_other_checks(be
 
 # ---- secrets a read may show ----------------------------------------------------------------
 #
-# Reads need no token, and an agent (or the suite it wrote, run by the test-runner) can reach
-# 127.0.0.1 while `orch serve` runs: no read may show a credential of the user's.
+# An agent (or the suite it wrote, run by the test-runner) can reach 127.0.0.1 while `orch
+# serve` runs. Reads need the token or the dashboard's session, which a job has neither of;
+# and what the dashboard shows the user holds no credential of theirs either.
 
 CREDENTIAL = "FAKE-credential-0123456789"
 
 
-def reads_without_a_token(server: Served, *paths: str) -> dict[str, str]:
-    """Each path's body, read as anyone on the machine reads it; every read answered 200."""
+def reads_of(server: Served, *paths: str) -> dict[str, str]:
+    """Each path's body as the dashboard reads it (its session), every read answered 200;
+    and each refused to code on the machine that has neither the token nor the session."""
     out = {}
+    session = server.session()
     for path in paths:
         r = server.request("GET", path)
+        assert r.status == 401, (path, r.status, r.text)
+        assert CREDENTIAL not in r.text
+        r = server.request("GET", path, headers=session)
         assert r.status == 200, (path, r.status, r.text)
         out[path] = r.text
     return out
@@ -638,7 +663,7 @@ def test_a_deploy_log_read_without_the_token_shows_no_credential_the_deploy_got(
         ).scalar_one()
     server = Served(tmp_path, env, "--no-scheduler").up()
     try:
-        bodies = reads_without_a_token(
+        bodies = reads_of(
             server,
             f"/tasks/{key}/jobs/{job}/log?lines=10000",
             f"/ui/tasks/{key}/log?job={job}",
@@ -654,17 +679,97 @@ def test_a_deploy_log_read_without_the_token_shows_no_credential_the_deploy_got(
     assert "DEPLOY_AUTH=****" in bodies[f"/tasks/{key}/jobs/{job}/log?lines=10000"]
 
 
+SPY = """\
+import json, os, sys, urllib.error, urllib.request
+
+port, victim = sys.argv[1], sys.argv[2]
+seen = []
+for path in ("/tasks/" + victim, "/tasks", "/tasks/" + victim + "/artifacts/00-task.md",
+             "/status", "/", "/ui/tasks/" + victim, "/metrics", "/login"):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:" + port + path, timeout=10) as r:
+            seen.append([path, r.status, r.read().decode(errors="replace")])
+    except urllib.error.HTTPError as e:
+        seen.append([path, e.code, e.read().decode(errors="replace")])
+print("SPY " + json.dumps(seen))
+out = os.path.join(os.environ["ORCH_ARTIFACT_DIR"], "10-dev-report.md")
+open(out, "w").write("---\\ndev_status: DONE\\n---\\nlooked around\\n")
+"""
+
+
+def test_a_job_reads_nothing_of_the_api_without_the_token(
+    tmp_path: Path, migrated_db_url: str, engine: sa.Engine, make_repo: Callable[..., Path]
+) -> None:
+    """The attacker is a task's own agent: in the sandbox, with the network shared (the
+    default: an agent must reach its model), it reaches `orch serve` on 127.0.0.1 as any
+    local program does, and asks for another task's text, the board and every read it
+    knows. Before, every GET answered 200: another task's body, artifacts and job logs."""
+    settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
+    repo = make_repo()
+    repo_ops.add_repo(
+        engine,
+        "demo",
+        repo,
+        repo_ops.RepoInput(stages=["development", "testing", "deploy-staging"]),
+    )
+    victim = task_ops.add_task(engine, settings, "demo", "a task", SECRET).task.key
+    env = server_env(settings.home, migrated_db_url)
+    server = Served(tmp_path, env).up()
+    try:
+        (repo / "spy.py").write_text(SPY, encoding="utf-8")
+        git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+        subprocess.run([*git, "add", "spy.py"], check=True, capture_output=True)
+        subprocess.run([*git, "commit", "-qm", "spy"], check=True, capture_output=True)
+        repo_ops.set_repo(
+            engine,
+            "demo",
+            repo_ops.RepoInput(
+                agents=[f"development=command:python spy.py {server.port} {victim}"]
+            ),
+        )
+        spy = task_ops.add_task(engine, settings, "demo", "look around", "x").task.key
+        runs = settings.home / "tasks" / spy / "runs"
+
+        def spied() -> re.Match[str] | None:
+            text = "".join(p.read_text() for p in sorted(runs.glob("*.log")))
+            return re.search(r"^SPY (.*)$", text, re.MULTILINE)
+
+        # The scheduler runs until the spy's job has run; what comes after is not this test's.
+        scheduler = orch_started("run", env=env, cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 90
+            while spied() is None and scheduler.poll() is None:
+                assert time.monotonic() < deadline, "the spy did not run"
+                time.sleep(0.05)
+        finally:
+            scheduler.terminate()
+            finished(scheduler)
+    finally:
+        server.kill()
+    found = spied()
+    assert found is not None, "the spy did not run"
+    seen = json.loads(found.group(1))
+    assert len(seen) == 8
+    for path, status, body in seen:
+        assert SECRET not in body, path
+        if path == "/login":
+            assert status == 401, (path, status, body)  # no code: no session
+        else:
+            assert status == 401, (path, status, body)
+            assert "orch dashboard" in body
+
+
 def test_a_remote_with_a_token_in_its_url_is_not_read_back(bed: Bed) -> None:
     # `orch repo set --remote https://x-access-token:<token>@host/o/r.git`: git takes a URL
     # as a remote, and the token in it is how many push to a forge.
     remote = f"https://x-access-token:{CREDENTIAL}@127.0.0.1:9/acme/demo.git"
     repo_ops.set_repo(bed.engine, "demo", repo_ops.RepoInput(remote=remote))
     server = bed.serve()
-    bodies = reads_without_a_token(server, "/repos", "/repos/demo", "/status", "/openapi.json")
+    bodies = reads_of(server, "/repos", "/repos/demo", "/status", "/openapi.json")
     for path, body in bodies.items():
         assert CREDENTIAL not in body, path
     # The remote is still shown: where it is, without who it is.
-    shown = server.request("GET", "/repos/demo").json()["remote"]
+    shown = json.loads(bodies["/repos/demo"])["remote"]
     assert shown == "https://***@127.0.0.1:9/acme/demo.git"
 
 
@@ -681,12 +786,13 @@ def test_a_database_password_given_as_a_query_parameter_is_masked_in_status(
     home = tmp_path / "home"
     server = Served(tmp_path, server_env(home, db_url), "--no-scheduler").up()
     try:
-        bodies = reads_without_a_token(server, "/status", "/health", "/metrics")
-        status = server.request("GET", "/status").json()
+        bodies = reads_of(server, "/status", "/metrics")
+        bodies["/health"] = server.request("GET", "/health").text
     finally:
         server.kill()
     for path, body in bodies.items():
         assert password not in body, path
+    status = json.loads(bodies["/status"])
     for shown in (status["settings"]["database_url"], status["settings"]["effective_database_url"]):
         assert "password=***" in shown, shown
         assert password not in shown, shown
@@ -702,6 +808,16 @@ DEFENDED = [
         "now": "403 (the `Origin` is not the server's own; `Sec-Fetch-Site: cross-site`), "
         "with or without the token; every mutation needs the token, made by `orch init` or "
         "the first `orch serve` (`<ORCH_HOME>/api-token`, mode 0600)",
+        "test": HERE,
+    },
+    {
+        "attack": "a task's agent, in the sandbox with the network shared (the default: it "
+        "must reach its model), asks `orch serve` on 127.0.0.1 for another task's text, "
+        "artifacts, task page, the board, `/status` and `/metrics`",
+        "before": "200 for every read: another task's body, artifacts and job logs",
+        "now": "401 for every request but `/health` without the token, which the sandbox "
+        "hides; a browser reads with the session the dashboard's link gives (`orch "
+        "dashboard`), which changes nothing",
         "test": HERE,
     },
     {

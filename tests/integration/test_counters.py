@@ -20,10 +20,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from tests.integration.api_client import api_client
 from tests.integration.test_engine import STAGES, Harness
 
 from orchestrator import repo_ops, task_ops
-from orchestrator.api import create_app
 from orchestrator.config import load_settings
 from orchestrator.store import merges, queries
 from orchestrator.store.merges import reason_starts
@@ -106,9 +106,7 @@ def test_each_part_is_counted_as_its_own(
     assert "staging_status: SKIPPED" in staging_log
     assert "no staging command configured" in staging_log
 
-    client = TestClient(
-        create_app(h.settings, h.engine), base_url="http://127.0.0.1", raise_server_exceptions=False
-    )
+    client = api_client(h.settings, h.engine)
     q = client.get("/queue").json()
     sr, tr = q["staging_runner"], q["test_runner"]
     assert (sr["jobs"], sr["finished"]) == (4, 4)
@@ -223,9 +221,7 @@ def test_counters_from_rows(
         counts = merges.merge_counters(conn)
     assert (counts["infra"], counts["infra_retries"], counts["timeouts"]) == (3, 2, 2)
 
-    client = TestClient(
-        create_app(settings, engine), base_url="http://127.0.0.1", raise_server_exceptions=False
-    )
+    client = api_client(settings, engine)
     q = client.get("/queue").json()
     client.close()
     sr = q["staging_runner"]

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from tests.integration.api_client import api_client
 
 from orchestrator import repo_ops, task_ops, taskdir
-from orchestrator.api import create_app
+from orchestrator.api.token import login_code, session_value
 from orchestrator.config import Settings, load_settings
 from orchestrator.store import alert_rows, pulls, queries
 from orchestrator.store import jobs as jobq
@@ -79,10 +80,9 @@ def bed(
         make_repo(),
         repo_ops.RepoInput(stages=["development", "testing", "deploy-staging"]),
     )
-    # A browser sends no token: the dashboard is read as the user reads it.
-    client = TestClient(
-        create_app(settings, engine), base_url=BASE_URL, raise_server_exceptions=False
-    )
+    # A browser sends no token: the dashboard is read as the user reads it, with the session
+    # cookie its link gave.
+    client = api_client(settings, engine, browser=True, base_url=BASE_URL)
     yield Bed(settings, engine, client)
     client.close()
 
@@ -280,7 +280,7 @@ def test_agent_text_reaches_every_page_as_text_only(bed: Bed) -> None:
 
 def test_no_page_a_browser_reads_holds_the_token(bed: Bed) -> None:
     """Script in the page, had it got in, would find no token to send: the dashboard, the
-    API's reads, its schema and its docs never contain it."""
+    API's reads, its schema and its docs never contain it, nor the session or its link."""
     key = hostile_task(bed.engine, bed.settings)
     job = bed.first_job(key).id
     for path in (
@@ -291,6 +291,9 @@ def test_no_page_a_browser_reads_holds_the_token(bed: Bed) -> None:
         r = bed.client.get(path)
         assert r.status_code == 200, (path, r.status_code, r.text[:200])
         assert TOKEN not in r.text, path
+        # Nor the session (an httponly cookie) or the link that gives it.
+        assert session_value(TOKEN) not in r.text, path
+        assert login_code(TOKEN) not in r.text, path
     # The raw views of agent text are no HTML a browser would run.
     raw = bed.client.get(f"/tasks/{key}/artifacts/13-test-report.md")
     assert raw.headers["content-type"].startswith("text/markdown")

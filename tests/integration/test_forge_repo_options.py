@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 from memory_forge import MemoryForge
+from tests.integration.api_client import api_client
 from typer.testing import CliRunner
 
-from orchestrator.api import create_app
 from orchestrator.cli import app
 from orchestrator.config import load_settings
 from orchestrator.forge.base import Forge
@@ -193,7 +192,7 @@ def test_the_token_is_never_stored_or_shown(
     assert (report.filed, used) == (["DEMO-1"], [TOKEN])
     orch("task", "show", "DEMO-1", "--json")
     # The API's repo output too.
-    client = TestClient(create_app(settings, engine), base_url="http://127.0.0.1")
+    client = api_client(settings, engine)
     answer = client.get("/repos/demo")
     assert answer.status_code == 200
     assert answer.json()["forge"]["token_env"] == "GITHUB_TOKEN"

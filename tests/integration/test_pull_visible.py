@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from tests.integration.api_client import api_client
 from tests.integration.test_pull_land import REPO, PullBed
 from typer.testing import CliRunner
 
-from orchestrator.api import create_app
 from orchestrator.cli import app as cli_app
 from orchestrator.config import load_settings
 from orchestrator.forge.base import CheckResult, MergeResult, PullRequest, Review
@@ -354,8 +353,7 @@ def test_task_show_the_api_the_dashboard_and_metrics_show_the_pull_request(
     assert re.search(r"bob\s+│\s+CHANGES_REQUESTED\s+│\s+this head", text.stdout)
     assert f"in {ISSUE}" in text.stdout
 
-    app = create_app(pb.bed.settings, pb.bed.engine)
-    with TestClient(app, base_url="http://127.0.0.1") as client:
+    with api_client(pb.bed.settings, pb.bed.engine) as client:
         # The API says exactly what the CLI says.
         assert client.get(f"/tasks/{task.key}").json() == data
         html = client.get(f"/ui/tasks/{task.key}").text
@@ -395,7 +393,7 @@ def test_the_dashboard_links_only_web_addresses(
     _file_from_issue(engine, task, evil)
     _record(engine, task, _seen(url=evil), now=1000.0)
     settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
-    with TestClient(create_app(settings, engine), base_url="http://127.0.0.1") as client:
+    with api_client(settings, engine) as client:
         html = client.get(f"/ui/tasks/{task.key}").text
         assert client.get(f"/tasks/{task.key}").json()["pull_request"]["url"] == evil
     assert "javascript:" not in html

@@ -3,14 +3,17 @@
 What its routes share, ``Api``, is in ``state``; the JSON routes are in ``routes``,
 ``/repos`` in ``repos``, ``/metrics`` in ``metrics``, the dashboard in ``dashboard``;
 errors (always JSON ``{"error": message}``) in ``errors``. Every request passes ``guard``
-first: the Host allowlist, and for every mutation the same-origin check and ``Authorization: Bearer
-<token>`` (``token``: ORCH_API_TOKEN or ``<home>/api-token``), and the body cap.
+first: the Host allowlist; ``Authorization: Bearer <token>`` (``token``: ORCH_API_TOKEN or
+``<home>/api-token``), for a read the dashboard's session cookie instead (``GET /login``
+gives it, for the code of the link `orch serve` prints); for every mutation the same-origin
+check; and the body cap.
 ``POST /webhooks/github`` (``webhooks``) is the one mutation without the token: it is
 signed by GitHub instead, and refused unless the signature is right.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +22,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from orchestrator import __version__
@@ -28,9 +31,16 @@ from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.guard import Guard, Policy, allowed_hosts
 from orchestrator.api.metrics import metrics_router
 from orchestrator.api.repos import repos_router
-from orchestrator.api.routes import json_router
+from orchestrator.api.routes import json_routers
 from orchestrator.api.state import Api
-from orchestrator.api.token import load_token
+from orchestrator.api.token import (
+    LOGIN_PATH,
+    SESSION_COOKIE,
+    ApiToken,
+    load_token,
+    login_code,
+    session_value,
+)
 from orchestrator.api.webhooks import GITHUB_PATH, webhook_router
 from orchestrator.config import Settings
 
@@ -66,9 +76,11 @@ def create_app(
         title="orchestrator",
         version=__version__,
         description=(
-            "Tasks from ticket to merged, deployed and watched. Mutations need "
-            "`Authorization: Bearer <token>` (`ORCH_API_TOKEN`, else the token in "
-            "`<ORCH_HOME>/api-token`) and, from a browser, this server's own origin. "
+            "Tasks from ticket to merged, deployed and watched. Every request but "
+            "`/health` needs `Authorization: Bearer <token>` (`ORCH_API_TOKEN`, else the "
+            "token in `<ORCH_HOME>/api-token`); a read may send instead the session cookie "
+            "the dashboard's link gives a browser (`orch dashboard` prints it). Mutations "
+            "from a browser need this server's own origin. "
             "A Host other than 127.0.0.1, localhost, ::1 and `ORCH_API_ALLOWED_HOSTS` is "
             "answered 421; a body over `ORCH_API_MAX_BODY_BYTES`, 413. "
             'Errors are `{"error": message}`.'
@@ -79,7 +91,7 @@ def create_app(
     )
     app.state.api = api
     routers = [
-        json_router(api),
+        *json_routers(api),
         repos_router(api),
         metrics_router(api),
         dashboard_router(api),
@@ -101,6 +113,11 @@ def create_app(
 
     for router in routers:
         app.include_router(router)
+
+    @app.get(LOGIN_PATH, include_in_schema=False)
+    def login(code: str = "") -> Response:
+        return _login(token, code)
+
     policy = Policy(
         allowed_hosts=allowed_hosts(settings),
         token=token.value if token is not None else None,
@@ -108,7 +125,31 @@ def create_app(
         token_source=token.where if token is not None else "",
         # GitHub cannot send the token: the route checks the delivery's signature instead.
         signed_paths={GITHUB_PATH: settings.github_webhook_max_body_bytes},
+        session=session_value(token.value) if token is not None else None,
     )
     # Inside the error handlers, outside the routes: it answers before a route reads a body.
     app.add_middleware(Guard, policy=policy)
     return app
+
+
+def _login(token: ApiToken | None, code: str) -> Response:
+    """The dashboard's link: the right code gets the browser the session cookie (reads
+    only; httponly, so no script of a page reads it) and sends it on to the board."""
+    if token is None:
+        return RedirectResponse("/", status_code=303)
+    right = hmac.compare_digest(code.encode("utf-8", "replace"), login_code(token.value).encode())
+    if not right:
+        return JSONResponse(
+            {"error": "this link is not the dashboard's: `orch dashboard` prints the current one"},
+            status_code=401,
+            headers={"cache-control": "no-store"},
+        )
+    done = RedirectResponse(
+        "/",
+        status_code=303,
+        headers={"cache-control": "no-store", "referrer-policy": "no-referrer"},
+    )
+    done.set_cookie(
+        SESSION_COOKIE, session_value(token.value), httponly=True, samesite="lax", path="/"
+    )
+    return done

@@ -7,8 +7,11 @@
    be this server's own (scheme, the Host, its port) and ``Sec-Fetch-Site``, when sent,
    ``same-origin`` or ``none``. A page on another port of 127.0.0.1 is another origin
    (though the same site): 403. Clients that are no browser send neither header.
-3. **Token** (mutations): ``Authorization: Bearer <token>``, compared in constant time; 401.
-   ``--insecure-no-token`` drops this step only.
+3. **Token**: ``Authorization: Bearer <token>``, compared in constant time; 401. A read
+   (GET, HEAD, OPTIONS) may show the dashboard's session cookie instead (``Policy.session``,
+   which the dashboard's link gives a browser), and ``/health`` and the link itself
+   (``Policy.open_reads``) need neither: a job's processes reach 127.0.0.1 too, and reads
+   show every task's artifacts and logs. ``--insecure-no-token`` drops this step only.
 4. **Body cap**: a ``Content-Length`` over ``ORCH_API_MAX_BODY_BYTES`` is 413 at once; a
    body without one (chunked) is counted as the route reads it and cut off at the cap.
 
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.api.token import LOGIN_PATH, SESSION_COOKIE
 from orchestrator.config import Settings, host_names
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -67,6 +71,11 @@ class Policy:
     # Path -> body cap of the routes that check a signature over the body themselves (a
     # forge's webhook): no token asked, the cap theirs. Matched exactly, as routed.
     signed_paths: Mapping[str, int] = field(default_factory=dict)
+    # The dashboard's session cookie (``token.session_value``): it lets a read through, as
+    # the token does. None: no session (reads need the token itself).
+    session: str | None = field(default=None, repr=False)
+    # Reads that need neither: the liveness probe, and the link that gives the cookie.
+    open_reads: frozenset[str] = frozenset({"/health", LOGIN_PATH})
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,21 @@ def decide(
             f"this server does not answer for Host {host[:100]!r} (a name it is reached "
             "by goes into ORCH_API_ALLOWED_HOSTS)",
         )
-    if method not in READ_METHODS:
+    where = f" (the token is {policy.token_source})" if policy.token_source else ""
+    if method in READ_METHODS:
+        if (
+            policy.token is not None
+            and path not in policy.open_reads
+            and not _bearer_matches(headers.get("authorization", ""), policy.token)
+            and not _session_matches(headers.get("cookie", ""), policy.session)
+        ):
+            return Refusal(
+                401,
+                f"reading needs Authorization: Bearer <token>{where}, or the dashboard's "
+                "session: open the link `orch serve` printed (`orch dashboard` prints it)",
+                (("www-authenticate", "Bearer"),),
+            )
+    else:
         why = _foreign_origin(headers, host)
         if why is not None:
             return Refusal(403, why)
@@ -158,7 +181,6 @@ def decide(
             and policy.token is not None
             and not _bearer_matches(headers.get("authorization", ""), policy.token)
         ):
-            where = f" (the token is {policy.token_source})" if policy.token_source else ""
             return Refusal(
                 401,
                 f"this needs Authorization: Bearer <token>{where}",
@@ -185,6 +207,21 @@ def _bearer_matches(header: str, token: str) -> bool:
     # and a header that is not ASCII must fail like any wrong token, not raise.
     right = hmac.compare_digest(given.strip().encode("latin-1"), token.encode())
     return scheme.lower() == "bearer" and right
+
+
+def _session_matches(header: str, session: str | None) -> bool:
+    """Whether the ``Cookie`` header holds the dashboard's session, compared in constant
+    time. Every cookie of that name is tried: a browser sends those of 127.0.0.1's other
+    ports too, and one of them may share the name."""
+    if session is None:
+        return False
+    right = False
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name == SESSION_COOKIE:
+            given = value.strip().encode("latin-1")
+            right = hmac.compare_digest(given, session.encode()) or right
+    return right
 
 
 def _too_large(cap: int, *, signed: bool = False) -> str:
@@ -220,10 +257,13 @@ class Guard:
         refusal = None
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
             if name in headers and name in _SINGLE_HEADERS:
                 # Two Hosts (or Origins...): the guard and the app might each read another.
                 refusal = Refusal(400, f"{name} is given more than once")
-            headers[name] = raw_value.decode("latin-1")
+            if name == "cookie" and name in headers:
+                value = f"{headers[name]}; {value}"  # HTTP/2 may send one per cookie
+            headers[name] = value
         path = scope.get("path", "")
         refusal = refusal or decide(self.policy, scope["method"], headers, path)
         if refusal is not None:

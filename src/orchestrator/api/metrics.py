@@ -251,7 +251,7 @@ def metrics_router(api: Api) -> APIRouter:
     """``GET /metrics`` with a registry of its own."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(api))
-    router = APIRouter()
+    router = api.auth_router()
 
     @router.get(
         "/metrics",

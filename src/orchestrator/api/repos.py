@@ -62,7 +62,7 @@ def repo_out(repo: RepoRow) -> RepoOut:
 
 def repos_router(api: Api) -> APIRouter:
     """The repo read routes."""
-    router = APIRouter()
+    router = api.auth_router()
 
     @router.get("/repos", response_model=list[RepoOut], tags=["repos"])
     def list_repos() -> list[RepoOut]:

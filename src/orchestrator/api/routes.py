@@ -37,11 +37,12 @@ DEFAULT_TASKS_PAGE = 100
 KeyPath = Annotated[str, PathParam(description="Task key, e.g. DEMO-7.", max_length=40)]
 
 
-def json_router(api: Api) -> APIRouter:
-    """Every JSON route of the API."""
+def json_routers(api: Api) -> list[APIRouter]:
+    """Every JSON route of the API: ``/health``, which needs no token, and the others, which
+    need it (a read: or the dashboard's session) and say so in the schema."""
     router = APIRouter()
+    authed = api.auth_router()
     st = api.settings
-    mutation = api.mutation_dependencies()
 
     @router.get(
         "/health",
@@ -59,7 +60,7 @@ def json_router(api: Api) -> APIRouter:
             return JSONResponse({"status": "unavailable", "database": reason}, status_code=503)
         return M.HealthOut(status="ok", database="ok")
 
-    @router.get("/status", response_model=M.StatusOut, responses=responses(503), tags=["status"])
+    @authed.get("/status", response_model=M.StatusOut, responses=responses(503), tags=["status"])
     def status() -> Response:
         """Version, uptime, settings (secrets masked), kill switches, counts, spend, workers."""
         with api.reader.connect() as conn:
@@ -73,7 +74,7 @@ def json_router(api: Api) -> APIRouter:
             )
         return json_response(out)
 
-    @router.get("/queue", response_model=M.QueueOut, responses=responses(422, 503), tags=["status"])
+    @authed.get("/queue", response_model=M.QueueOut, responses=responses(422, 503), tags=["status"])
     def queue(
         limit: Annotated[
             int, Query(ge=1, le=MAX_LIST_LIMIT, description="Items per list.")
@@ -86,7 +87,7 @@ def json_router(api: Api) -> APIRouter:
             out = reads.queue(conn, st, now=now, limit=limit, totals=totals)
         return json_response(out)
 
-    @router.get(
+    @authed.get(
         "/tasks", response_model=list[M.TaskOut], responses=responses(404, 422), tags=["tasks"]
     )
     def list_tasks(
@@ -122,12 +123,11 @@ def json_router(api: Api) -> APIRouter:
             response.headers["Link"] = ", ".join(links)
         return page
 
-    @router.post(
+    @authed.post(
         "/tasks",
         status_code=201,
         response_model=M.NewTaskOut,
         responses=responses(401, 403, 404, 413, 422),
-        dependencies=mutation,
         tags=["tasks"],
     )
     def add_task(body: M.TaskIn) -> M.NewTaskOut:
@@ -147,7 +147,7 @@ def json_router(api: Api) -> APIRouter:
         summary = reads.task_out(new.task, body.repo)
         return M.NewTaskOut(**summary.model_dump(), folder=str(new.folder), after=list(new.after))
 
-    @router.get(
+    @authed.get(
         "/tasks/{key}",
         response_model=TM.TaskDetailOut,
         responses=responses(404, 422),
@@ -158,12 +158,12 @@ def json_router(api: Api) -> APIRouter:
         with api.reader.connect() as conn:
             return reads.task_detail(conn, st, api.task(conn, key))
 
-    @router.get(
+    @authed.get(
         "/tasks/{key}/artifacts/{name}",
         response_class=PlainTextResponse,
         responses={
             200: {"content": {"text/markdown": {"schema": {"type": "string"}}}},
-            **responses(404, 422, text=True),
+            **responses(*api.auth_codes(), 404, 422, text=True),
         },
         tags=["tasks"],
     )
@@ -191,7 +191,7 @@ def json_router(api: Api) -> APIRouter:
             headers={"X-Content-Type-Options": "nosniff"},
         )
 
-    @router.get(
+    @authed.get(
         "/tasks/{key}/jobs/{job_id}/log",
         response_class=PlainTextResponse,
         responses={
@@ -202,7 +202,7 @@ def json_router(api: Api) -> APIRouter:
                     "text/event-stream": {},
                 },
             },
-            **responses(404, 422, text=True),
+            **responses(*api.auth_codes(), 404, 422, text=True),
         },
         tags=["tasks"],
     )
@@ -267,11 +267,10 @@ def json_router(api: Api) -> APIRouter:
 
     action_responses = responses(401, 403, 404, 409, 413, 422)
 
-    @router.post(
+    @authed.post(
         "/tasks/{key}/cancel",
         response_model=M.TaskOut,
         responses=action_responses,
-        dependencies=mutation,
         tags=["tasks"],
     )
     def cancel(key: KeyPath, body: M.CancelIn | None = None) -> M.TaskOut:
@@ -281,11 +280,10 @@ def json_router(api: Api) -> APIRouter:
             key, lambda: task_ops.cancel_task(api.engine, key, actor=ACTOR, reason=reason)
         )
 
-    @router.post(
+    @authed.post(
         "/tasks/{key}/retry",
         response_model=M.TaskOut,
         responses=action_responses,
-        dependencies=mutation,
         tags=["tasks"],
     )
     def retry(key: KeyPath, body: M.RetryIn | None = None) -> M.TaskOut:
@@ -298,11 +296,10 @@ def json_router(api: Api) -> APIRouter:
             lambda: task_ops.retry_task(api.engine, st, key, patch=patch, fresh=fresh, actor=ACTOR),
         )
 
-    @router.post(
+    @authed.post(
         "/tasks/{key}/approve",
         response_model=M.TaskOut,
         responses=action_responses,
-        dependencies=mutation,
         tags=["tasks"],
     )
     def approve(key: KeyPath, body: M.ApproveIn | None = None) -> M.TaskOut:
@@ -312,7 +309,7 @@ def json_router(api: Api) -> APIRouter:
             key, lambda: task_ops.approve_task(api.engine, st, key, artifact=data, actor=ACTOR)
         )
 
-    @router.get(
+    @authed.get(
         "/alerts", response_model=list[M.AlertOut], responses=responses(422), tags=["status"]
     )
     def alerts(
@@ -331,26 +328,24 @@ def json_router(api: Api) -> APIRouter:
         api.wake()
         return M.PausedOut(paused=paused or st.paused)
 
-    @router.post(
+    @authed.post(
         "/pause",
         response_model=M.PausedOut,
         responses=responses(401, 403, 413),
-        dependencies=mutation,
         tags=["control"],
     )
     def pause() -> M.PausedOut:
         """Global kill switch: no worker claims new jobs (running ones finish)."""
         return _set_paused(True)
 
-    @router.post(
+    @authed.post(
         "/resume",
         response_model=M.PausedOut,
         responses=responses(401, 403, 413),
-        dependencies=mutation,
         tags=["control"],
     )
     def resume() -> M.PausedOut:
         """Let workers claim jobs again (ORCH_PAUSED, if set, still holds)."""
         return _set_paused(False)
 
-    return router
+    return [router, authed]

@@ -9,14 +9,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import Depends
+from fastapi import APIRouter, Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator import taskdir
-from orchestrator.api.errors import ApiError
+from orchestrator.api.errors import ApiError, responses
 from orchestrator.api.token import ApiToken
 from orchestrator.api.totals import Totals
 from orchestrator.config import Settings
@@ -28,7 +28,8 @@ __all__ = ["Api"]
 _bearer = HTTPBearer(
     auto_error=False,
     description="`ORCH_API_TOKEN`, else the token in `<ORCH_HOME>/api-token`. Needed for "
-    "every mutation.",
+    "every request but `/health`; a read may send the dashboard's session cookie instead "
+    "(its link: `orch dashboard`).",
 )
 
 
@@ -64,11 +65,20 @@ class Api:
         # Set at shutdown: open log streams end instead of holding the server up.
         self.stopping = threading.Event()
 
-    def mutation_dependencies(self) -> list[Any]:
-        """What every mutation declares: the bearer scheme, unless the server runs without
-        a token, so ``/openapi.json`` claims no authentication the server does not ask for.
-        """
-        return [Depends(_bearer_in_schema)] if self.token is not None else []
+    def auth_codes(self) -> tuple[int, ...]:
+        """The status a route that needs the token may answer for it: (401,), or none when
+        the server runs without a token (for a route that lists its errors' media type)."""
+        return (401,) if self.token is not None else ()
+
+    def auth_router(self) -> APIRouter:
+        """A router for routes that need the token (every one but ``/health``): each
+        declares the bearer scheme and its 401, unless the server runs without a token, so
+        ``/openapi.json`` claims no authentication the server does not ask for."""
+        if self.token is None:
+            return APIRouter()
+        return APIRouter(
+            dependencies=[Depends(_bearer_in_schema)], responses=responses(*self.auth_codes())
+        )
 
     def task(self, conn: sa.Connection, key: str) -> TaskRow:
         """The task, or 404 (a malformed key is no task either)."""

@@ -5,10 +5,16 @@ mode 0600, written to a private temporary file and linked into place, so two pro
 starting at once end with one token and neither reads a half-written file. A file that
 others could read, a symlink or a file of another user is refused, not used: its token may
 be known. The token is never logged nor printed; only where it is.
+
+The dashboard's link (``login_code``) and the session cookie it gives a browser
+(``session_value``) are derived from the token (HMAC-SHA256 of a purpose): they read, never
+change, and a new token revokes both.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -22,6 +28,9 @@ from orchestrator.private_files import private_dir
 
 TOKEN_FILE = "api-token"  # noqa: S105 (a file name, not a secret)
 ENV_NAME = "ORCH_API_TOKEN"
+# The cookie a browser gets from the dashboard's link: what lets it read without the token.
+SESSION_COOKIE = "orch_session"
+LOGIN_PATH = "/login"
 
 # What a bearer token may hold: visible ASCII, no spaces (it travels in a header). The
 # file's is ours, 43 characters; how long ORCH_API_TOKEN is, is its owner's choice.
@@ -111,3 +120,26 @@ def _read(path: Path) -> str:
         msg = f"the API token {path} is malformed: remove it, and a new one is made"
         raise ConfigError(msg)
     return value
+
+
+def _derived(token: str, purpose: str) -> str:
+    return hmac.new(token.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def login_code(token: str) -> str:
+    """The code in the dashboard's link (``/login?code=...``): the server answers it with
+    the session cookie. Not the token: it can only get a browser the right to read."""
+    return _derived(token, "orch dashboard link")
+
+
+def session_value(token: str) -> str:
+    """The session cookie's value: reads, never changes (a mutation needs the token)."""
+    return _derived(token, "orch dashboard session")
+
+
+def dashboard_link(base_url: str, token: ApiToken | None) -> str:
+    """The URL that opens the dashboard in a browser: the login link, or the board itself
+    when the server takes no token (``--insecure-no-token``)."""
+    if token is None:
+        return f"{base_url}/"
+    return f"{base_url}{LOGIN_PATH}?code={login_code(token.value)}"

@@ -52,6 +52,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "serve",
         "Run the API, the dashboard and the scheduler in one process (127.0.0.1 by default).",
     ),
+    "dashboard": (
+        "serve",
+        "dashboard",
+        "Print the dashboard's link: opening it lets this browser read what `orch serve` shows.",
+    ),
     "backend": (
         "engine_cmds",
         "backend_app",

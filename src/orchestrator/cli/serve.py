@@ -72,6 +72,34 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _shown_host(host: str) -> str:
+    """The host of this server's URLs: loopback for a wildcard bind, IPv6 in brackets."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (a bind address compared, not bound)
+        host = "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def dashboard(
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="The address `orch serve` binds (default ORCH_API_HOST)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="The port `orch serve` listens on (default ORCH_API_PORT)."),
+    ] = None,
+) -> None:
+    """Print the dashboard's link: opening it lets this browser read what `orch serve` shows.
+
+    The link carries a code derived from the API token (not the token): the server answers
+    it with a session cookie that reads and changes nothing. A new token revokes it."""
+    from orchestrator.api.token import dashboard_link, load_token
+
+    st = run(lambda: _settings(host, port))
+    token = run(lambda: load_token(st))
+    typer.echo(dashboard_link(f"http://{_shown_host(st.api_host)}:{st.api_port}", token))
+
+
 def serve(
     host: Annotated[
         str | None,
@@ -133,6 +161,7 @@ def serve(
 
     from orchestrator.api import create_app
     from orchestrator.api.server import Server
+    from orchestrator.api.token import dashboard_link
     from orchestrator.store.bootstrap import open_engine
 
     engine = run(lambda: open_engine(st))
@@ -155,6 +184,7 @@ def serve(
         )
     )
     bound_host, bound_port = sock.getsockname()[:2]
+    shown = _shown_host(bound_host)
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -198,7 +228,6 @@ def serve(
         thread.start()
     if intake is not None:
         intake.start()
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     # One line on stderr that scripts can wait for (the port, when --port 0 picked one).
     sys.stderr.write(
         f"orch serve: listening on http://{shown}:{bound_port} "
@@ -208,9 +237,12 @@ def serve(
     if token is not None:
         made = " (made now)" if token.created else ""
         sys.stderr.write(
-            f"orch serve: changes need Authorization: Bearer <token>; the token is "
+            f"orch serve: requests need Authorization: Bearer <token>; the token is "
             f"{token.where}{made}\n"
         )
+    # The link that lets a browser read (not the token: it can change nothing).
+    link = dashboard_link(f"http://{shown}:{bound_port}", token)
+    sys.stderr.write(f"orch serve: the dashboard: {link}\n")
     sys.stderr.flush()
     if token is None:
         log.warning(

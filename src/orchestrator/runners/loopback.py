@@ -14,7 +14,7 @@ import ipaddress
 import json
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 # Bytes of an HTTP body read by a smoke or health check.
@@ -92,8 +92,9 @@ class Probe:
     error: str | None = None
 
 
-def http_get(url: LoopbackURL, timeout_s: float) -> Probe:
-    """GET a checked loopback URL. Network trouble is a value (``error``), not an exception."""
+def http_get(url: LoopbackURL, timeout_s: float, headers: Mapping[str, str] | None = None) -> Probe:
+    """GET a checked loopback URL, with ``headers``. Network trouble is a value (``error``),
+    not an exception."""
     conn: http.client.HTTPConnection
     if url.scheme == "https":
         conn = http.client.HTTPSConnection(url.host, url.port, timeout=timeout_s)
@@ -101,7 +102,8 @@ def http_get(url: LoopbackURL, timeout_s: float) -> Probe:
         conn = http.client.HTTPConnection(url.host, url.port, timeout=timeout_s)
     t0 = time.monotonic()
     try:
-        conn.request("GET", url.target, headers={"Host": url.host_header, "Accept": "*/*"})
+        sent = {"Host": url.host_header, "Accept": "*/*", **(headers or {})}
+        conn.request("GET", url.target, headers=sent)
         resp = conn.getresponse()
         body = resp.read(_MAX_BODY_BYTES)
         return Probe(resp.status, time.monotonic() - t0, body)

@@ -1,0 +1,32 @@
+"""A test client of the API that reads as its users do: every request but ``/health`` needs
+the API token, and a read may show the dashboard's session cookie instead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from orchestrator.api import create_app
+from orchestrator.api.token import SESSION_COOKIE, load_token, session_value
+from orchestrator.config import Settings
+
+
+def api_client(
+    settings: Settings,
+    engine: sa.Engine,
+    *,
+    browser: bool = False,
+    base_url: str = "http://127.0.0.1",
+    **kwargs: Any,
+) -> TestClient:
+    """A client of a new app on ``engine``: with the token, as a script sends it, or, with
+    ``browser``, with only the session cookie the dashboard's link gives a browser."""
+    app = create_app(settings, engine, **kwargs)
+    token = load_token(settings).value
+    if browser:
+        headers = {"Cookie": f"{SESSION_COOKIE}={session_value(token)}"}
+    else:
+        headers = {"Authorization": f"Bearer {token}"}
+    return TestClient(app, base_url=base_url, headers=headers, raise_server_exceptions=False)
