@@ -180,7 +180,10 @@ class Settings:
     api_token: str = setting(
         default="",
         secret=True,
-        description="Bearer token of API mutations; empty: the one in <home>/api-token.",
+        description=(
+            "Bearer token of the API (every request but /health); empty: the one in "
+            "<home>/api-token."
+        ),
     )
     api_host: str = setting(default="127.0.0.1", description="Address the API binds to.")
     api_port: int = setting(default=8765, ge=0, le=65535, description="Port the API binds to.")
