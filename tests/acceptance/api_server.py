@@ -99,11 +99,14 @@ class Server:
             self.client.headers["Authorization"] = f"Bearer {token}"
 
     def dashboard_link(self) -> str:
-        """The dashboard's link this `orch serve` printed, as a user copies it: opened in a
-        browser, it gives the browser the session that reads."""
-        found = re.search(r"orch serve: the dashboard: (http://\S+)", self.output())
-        assert found is not None, self.output()
-        return found.group(1)
+        """The dashboard's link as `orch dashboard` prints it (`orch serve` writes it to a
+        terminal only), as a user copies it: opened in a browser, it gives the browser the
+        session that reads."""
+        argv = [str(ORCH), "dashboard", "--port", str(self.port)]
+        shown = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert re.fullmatch(r"http://\S+", shown.stdout.strip()), shown.stdout
+        return shown.stdout.strip()
 
     def _up(self) -> bool:
         if self.proc.poll() is not None:

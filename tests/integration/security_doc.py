@@ -204,11 +204,12 @@ still reach pytest itself; only a verdict from outside that process would stop i
   reads included. The sandbox hides `ORCH_HOME` from agents and suites, so code under
   test that reaches the API on 127.0.0.1 can neither pause the scheduler or approve its
   own task nor read other tasks' text, artifacts and job logs.
-- The dashboard's link (`orch serve` prints it, `orch dashboard` prints it again) gives a
-  browser a session cookie (`HttpOnly`, `SameSite=Lax`) that reads and changes nothing.
-  Its code and the cookie are HMACs of the token, not the token, and a new token revokes
-  them. Browsers share 127.0.0.1's cookies across ports: a local program whose page the
-  browser opens gets the session, and can read with it, never change.
+- The dashboard's link (`orch dashboard` prints it; `orch serve` too, to a terminal only,
+  never where its stderr is kept) gives a browser a session cookie (`HttpOnly`,
+  `SameSite=Lax`) that reads and changes nothing. Its code and the cookie are HMACs of the
+  token, not the token, and a new token revokes them. Browsers share 127.0.0.1's cookies
+  across ports: a local program whose page the browser opens gets the session, and can
+  read with it, never change.
 - CSRF: a mutation whose `Origin` is not the server's own, or whose `Sec-Fetch-Site` is
   `cross-site` or `same-site`, is 403 even with the token. Pages on other ports of
   127.0.0.1 are other origins. No cookie carries the right to change anything.

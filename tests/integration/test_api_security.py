@@ -23,6 +23,7 @@ import copy
 import http.client
 import json
 import os
+import pty
 import re
 import select
 import shlex
@@ -114,6 +115,9 @@ class Served:
     def __init__(self, tmp: Path, env: dict[str, str], *args: str) -> None:
         self.port = free_port()
         self.origin = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.tmp = tmp
+        self._session: dict[str, str] | None = None
         self.log_path = tmp / f"serve-{self.port}.log"
         self.log = self.log_path.open("wb")
         argv = [sys.executable, "-m", "orchestrator", "serve", "--no-scheduler", *args]
@@ -138,16 +142,22 @@ class Served:
             time.sleep(0.02)
         return self
 
+    def link(self) -> str:
+        """The dashboard's link, as `orch dashboard` prints it for this server."""
+        shown = orch("dashboard", "--port", str(self.port), env=self.env, cwd=self.tmp)
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout.strip()
+
     def session(self) -> dict[str, str]:
         """The headers of a browser that opened the dashboard's link, as a user does: the
-        link this `orch serve` printed, answered with the session cookie."""
-        found = re.search(
-            r"the dashboard: http://127\.0\.0\.1:\d+(/login\?code=\w+)", self.output()
-        )
-        assert found is not None, self.output()
-        r = self.request("GET", found.group(1))
-        assert r.status == 303, r.text
-        return {"Cookie": r.headers["set-cookie"].split(";")[0]}
+        link `orch dashboard` prints, answered with the session cookie."""
+        if self._session is None:
+            found = re.fullmatch(r"http://127\.0\.0\.1:\d+(/login\?code=\w+)", self.link())
+            assert found is not None, self.link()
+            r = self.request("GET", found.group(1))
+            assert r.status == 303, r.text
+            self._session = {"Cookie": r.headers["set-cookie"].split(";")[0]}
+        return self._session
 
     def _up(self) -> bool:
         try:
@@ -557,6 +567,49 @@ def test_serve_makes_the_token_when_missing_and_the_env_token_wins(bed: Bed) -> 
     assert "an-operator-chosen-token" not in server.output()
 
 
+def serve_on_a_terminal(bed: Bed) -> tuple[subprocess.Popen[bytes], str]:
+    """`orch serve` started from a terminal (its stderr a pseudo-terminal): the process, and
+    what it wrote there until it said where the dashboard is."""
+    master, slave = pty.openpty()
+    argv = [sys.executable, "-m", "orchestrator", "serve", "--no-scheduler", "--port", "0"]
+    env = server_env(bed.home, bed.db_url)
+    proc = subprocess.Popen(argv, env=env, cwd=bed.tmp, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 90
+        while b"the dashboard:" not in seen or not seen.endswith(b"\n"):
+            assert proc.poll() is None, seen
+            assert time.monotonic() < deadline, seen
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 65536)
+    finally:
+        os.close(master)
+    return proc, seen.decode(errors="replace")
+
+
+def test_the_dashboards_link_goes_to_a_terminal_never_to_a_log(bed: Bed) -> None:
+    """The link reads all the dashboard shows for as long as the token lasts. Where `orch
+    serve`'s stderr is kept (journald, which gives a user's own processes' lines to a
+    journal file that user reads, on the system a sandboxed job sees read-only; nohup.out;
+    a service's log file), whoever reads it later has the link: only a terminal gets it."""
+    server = bed.serve()
+    link = server.link()
+    code = link.rpartition("code=")[2]
+    assert len(code) >= 32, link
+    logged = server.output()
+    assert code not in logged
+    assert "/login" not in logged
+    assert "`orch dashboard` prints it" in logged
+    # From a terminal, the user gets the link at once, as before.
+    proc, shown = serve_on_a_terminal(bed)
+    try:
+        assert "/login?code=" in shown, shown
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def test_a_token_file_others_can_read_is_refused(bed: Bed) -> None:
     path = bed.home / "api-token"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -818,6 +871,16 @@ DEFENDED = [
         "now": "401 for every request but `/health` without the token, which the sandbox "
         "hides; a browser reads with the session the dashboard's link gives (`orch "
         "dashboard`), which changes nothing",
+        "test": HERE,
+    },
+    {
+        "attack": "a job reads `orch serve`'s stderr where it is kept (journald's journal "
+        "file of the user's own processes, on the read-only system the sandbox shows; "
+        "`nohup.out`; a service's log) for the dashboard's link, then reads every task",
+        "before": "the link (`/login?code=...`) was written there on every start: a session "
+        "that reads everything for as long as the token lasts",
+        "now": "the link goes to a terminal only; elsewhere `orch serve` says `orch "
+        "dashboard` prints it",
         "test": HERE,
     },
     {

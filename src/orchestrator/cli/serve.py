@@ -240,9 +240,19 @@ def serve(
             f"orch serve: requests need Authorization: Bearer <token>; the token is "
             f"{token.where}{made}\n"
         )
-    # The link that lets a browser read (not the token: it can change nothing).
-    link = dashboard_link(f"http://{shown}:{bound_port}", token)
-    sys.stderr.write(f"orch serve: the dashboard: {link}\n")
+    # The link that lets a browser read (not the token: it can change nothing), on a
+    # terminal only: it reads all the dashboard shows for as long as the token lasts, and
+    # a file or pipe is kept. journald gives the lines of a user's own processes (a unit
+    # with User=, or systemd --user) to a journal file that user reads, on the system a
+    # sandboxed job sees read-only; so would nohup.out or a service's log file.
+    if token is None or sys.stderr.isatty():
+        link = dashboard_link(f"http://{shown}:{bound_port}", token)
+        sys.stderr.write(f"orch serve: the dashboard: {link}\n")
+    else:
+        sys.stderr.write(
+            "orch serve: the dashboard: `orch dashboard` prints its link (never written "
+            "where stderr is kept)\n"
+        )
     sys.stderr.flush()
     if token is None:
         log.warning(
