@@ -8,9 +8,14 @@ browser is the distribution's /usr/bin/chromium (`apt-get install chromium`).
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from api_server import FakeRepo, Server, base_env, wait_for
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -158,13 +163,19 @@ def test_an_agents_markup_runs_nothing_in_the_browser(
             "console", lambda m: seen.append(f"console {m.text}") if m.type == "error" else None
         )
         own = f"{server.url}/"
+
+        def ours(url: str) -> bool:
+            # The server's origin; the link's user and code (Basic's) are no other place.
+            split = urlsplit(url)
+            return f"{split.scheme}://{split.hostname}:{split.port}/" == own
+
         requests: list[tuple[str, str]] = []
         page.on("request", lambda r: requests.append((r.method, r.url)))
         # Nothing leaves this machine, whatever got into the page.
-        page.route(lambda url: not url.startswith(own), lambda route: route.abort())
+        page.route(lambda url: not ours(url), lambda route: route.abort())
 
         def nothing_ran() -> None:
-            foreign = [(m, u) for m, u in requests if m != "GET" or not u.startswith(own)]
+            foreign = [(m, u) for m, u in requests if m != "GET" or not ours(u)]
             assert (seen, foreign) == ([], []), (seen, foreign)
 
         page.goto(server.dashboard_link())
@@ -172,7 +183,7 @@ def test_an_agents_markup_runs_nothing_in_the_browser(
         nothing_ran()
         card = page.locator(f"article#card-{key}")
         expect(card.locator(".title")).to_contain_text("<script>fetch('/pause'")
-        with page.expect_response(lambda r: r.url.startswith(f"{server.url}/ui/board")):
+        with page.expect_response(lambda r: ours(r.url) and urlsplit(r.url).path == "/ui/board"):
             poll_now(page)
         card.locator(".reason").hover()
         nothing_ran()
@@ -199,4 +210,57 @@ def test_an_agents_markup_runs_nothing_in_the_browser(
         assert server.client.get(f"/tasks/{key}").json()["state"] == "blocked"
         assert server.client.get("/status").json()["kill_switches"]["paused"] is False
     finally:
+        assert server.stop() == 0, server.output()
+
+
+class _Listener(http.server.BaseHTTPRequestHandler):
+    """A page on another port of 127.0.0.1: a job's (the network shared, it may listen
+    there), which writes down the headers of every request the browser sends it."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append({k.lower(): v for k, v in self.headers.items()})
+        body = b"<p>a page of a job</p>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_another_port_of_127_0_0_1_gets_nothing_that_reads(
+    tmp_path: Path, migrated_db_url: str, fake: FakeRepo, browser: Browser
+) -> None:
+    """A browser sends the cookies of 127.0.0.1 to each of its ports: a job that listens on
+    one, and whose page the user opens (a link in a task, a check, a log; or any page that
+    sends the browser there), got the dashboard's session with the request, and read every
+    task with it. What lets this browser read must stay with the dashboard's origin."""
+    server = Server(tmp_path, base_env(fake.home, migrated_db_url), scheduler=False)
+    job = http.server.HTTPServer(("127.0.0.1", 0), _Listener)
+    threading.Thread(target=job.serve_forever, name="job-page", daemon=True).start()
+    try:
+        key = server.client.post("/tasks", json={"repo": "demo", "title": "secret"}).json()["key"]
+        page = browser.new_page()
+        page.goto(server.dashboard_link())
+        expect(page.locator(f"article#card-{key}")).to_contain_text("secret")
+        _Listener.seen.clear()
+        page.goto(f"http://127.0.0.1:{job.server_address[1]}/")
+        expect(page.locator("p")).to_have_text("a page of a job")
+        assert _Listener.seen, "the job's page got no request"
+        # Whatever the browser sent the job, the job sends on to the API: it reads nothing.
+        for sent in _Listener.seen:
+            kept = {k: v for k, v in sent.items() if k in ("cookie", "authorization")}
+            r = httpx.get(f"{server.url}/tasks/{key}", headers=kept)
+            assert r.status_code == 401, (kept, r.text[:200])
+        # The browser still reads on the dashboard's own origin, the link not opened again.
+        page.goto(f"{server.url}/ui/tasks/{key}")
+        expect(page.locator("h1 .title")).to_contain_text("secret")
+        page.close()
+    finally:
+        job.shutdown()
+        job.server_close()
         assert server.stop() == 0, server.output()

@@ -205,11 +205,11 @@ still reach pytest itself; only a verdict from outside that process would stop i
   test that reaches the API on 127.0.0.1 can neither pause the scheduler or approve its
   own task nor read other tasks' text, artifacts and job logs.
 - The dashboard's link (`orch dashboard` prints it; `orch serve` too, to a terminal only,
-  never where its stderr is kept) gives a browser a session cookie (`HttpOnly`,
-  `SameSite=Lax`) that reads and changes nothing. Its code and the cookie are HMACs of the
-  token, not the token, and a new token revokes them. Browsers share 127.0.0.1's cookies
-  across ports: a local program whose page the browser opens gets the session, and can
-  read with it, never change.
+  never where its stderr is kept), `http://orch:<code>@127.0.0.1:8765/`, gives a browser
+  HTTP Basic credentials that read and change nothing. The code is an HMAC of the token,
+  not the token, and a new token revokes it. No cookie: a browser sends 127.0.0.1's
+  cookies to every port of it, so to a job listening on one; Basic credentials it keeps
+  for the one origin.
 - CSRF: a mutation whose `Origin` is not the server's own, or whose `Sec-Fetch-Site` is
   `cross-site` or `same-site`, is 403 even with the token. Pages on other ports of
   127.0.0.1 are other origins. No cookie carries the right to change anything.
@@ -283,9 +283,9 @@ OUTRO = """
   that trusts `127.0.0.1`): `ORCH_SANDBOX_NETWORK=none` cuts both. A repo whose suite
   needs a server's socket in `/run` names it: `orch repo set --sandbox-ro
   /run/postgresql`.
-- The dashboard's session cookie: a browser sends it to every port of 127.0.0.1, so a job
-  that serves a page the user opens in that browser (a suite's dev server, say) gets it,
-  and can read the API with it (never change anything). The token itself never reaches a
+- The dashboard's code is asked for by a Basic challenge: a job listening on another port
+  of 127.0.0.1 can ask for it too, and a user who types the code into that prompt gives
+  it away (the browser's prompt names the port). The token itself never reaches a
   browser.
 - A user known only to a directory service (LDAP through nslcd, winbind, systemd-homed)
   has no name inside the sandbox: those lookups go through sockets in the hidden `/run`

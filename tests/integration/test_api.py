@@ -19,12 +19,13 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from tests.integration.api_client import basic
 from typer.testing import CliRunner
 
 from orchestrator import repo_ops, task_ops, taskdir
 from orchestrator.api import create_app, files, reads
 from orchestrator.api.guard import Policy, decide
-from orchestrator.api.token import load_token, login_code, session_value
+from orchestrator.api.token import dashboard_link, load_token, login_code
 from orchestrator.api.totals import Folded
 from orchestrator.cli import app as cli_app
 from orchestrator.config import Settings, load_settings
@@ -766,9 +767,16 @@ def test_a_token_guards_every_request_but_health(env: Env, source: str) -> None:
         {"Authorization": f"Bearer {token}x"},
         {"Authorization": f"Bearer {token[:-1]}"},
         {"Authorization": "Bearer é".encode()},
-        # The cookie's name with the token, or the link's code, is no session.
+        # A cookie is no credential here, whatever it holds.
         {"Cookie": f"orch_session={token}"},
         {"Cookie": f"orch_session={login_code(token)}"},
+        # The link's code reads as Basic's password only, and the token is not the code.
+        {"Authorization": f"Bearer {login_code(token)}"},
+        {"Authorization": basic(f"orch:{token}")},
+        {"Authorization": basic(f"{login_code(token)}:")},
+        {"Authorization": basic(login_code(token))},
+        {"Authorization": basic(f"orch:{login_code(token)[:-1]}")},
+        {"Authorization": f"Basic {login_code(token)}"},
     ):
         for path, body in mutations:
             r = client.post(path, json=body, headers=headers)
@@ -800,27 +808,32 @@ def test_the_dashboards_link_gives_a_browser_reads_and_nothing_more(env: Env) ->
     key = env.add()
     client = env.make_client(env.settings, authorized=False)
     token = token_of(env.settings)
-    for code in ("", "wrong", token, login_code(token)[:-1], session_value(token)):
-        r = client.get("/login", params={"code": code}, follow_redirects=False)
-        assert r.status_code == 401, code
-        assert "set-cookie" not in r.headers
-    r = client.get("/login", params={"code": login_code(token)}, follow_redirects=False)
-    assert r.status_code == 303
-    assert r.headers["location"] == "/"
-    cookie = r.headers["set-cookie"]
-    assert cookie.startswith(f"orch_session={session_value(token)};")
-    assert "HttpOnly" in cookie
-    assert "SameSite=lax" in cookie
-    assert token not in cookie
-    session = {"Cookie": f"other=1; orch_session={session_value(token)}"}
+    code = login_code(token)
+    # The link: HTTP Basic with the code as the password, which a browser keeps for this
+    # origin alone (a cookie it would send to every port of 127.0.0.1).
+    link = dashboard_link("http://127.0.0.1:8765", load_token(env.settings))
+    assert link == f"http://orch:{code}@127.0.0.1:8765/"
+    assert token not in link
+    # A read without it is asked for it: a browser then asks its user, or takes the link's.
+    r = client.get("/")
+    assert r.status_code == 401
+    assert 'Basic realm="orch dashboard"' in r.headers["www-authenticate"]
+    assert "set-cookie" not in r.headers
+    for given in ("", "wrong", token, code[:-1], code + "0"):
+        assert client.get("/", headers={"Authorization": basic(f"orch:{given}")}).status_code == 401
+    session = {"Authorization": basic(f"orch:{code}")}
     for path in ("/", f"/ui/tasks/{key}", f"/tasks/{key}", "/docs", "/static/htmx.min.js"):
-        assert client.get(path, headers=session).status_code == 200, path
-    # Reads only: the cookie changes nothing.
+        r = client.get(path, headers=session)
+        assert r.status_code == 200, path
+        assert "set-cookie" not in r.headers, path
+    # Any user name: the code is what counts (a user may type anything in the prompt).
+    assert client.get("/tasks", headers={"Authorization": basic(f"me:{code}")}).status_code == 200
+    # Reads only: the code changes nothing.
     for path in ("/pause", f"/tasks/{key}/cancel"):
         assert client.post(path, headers=session).status_code == 401, path
     with env.engine.connect() as conn:
         assert not control.is_paused(conn)
-    # A new token revokes the session.
+    # A new token revokes the code.
     (env.settings.home / "api-token").unlink()
     fresh = env.make_client(env.settings, authorized=False)
     assert fresh.get("/tasks", headers=session).status_code == 401
@@ -834,8 +847,8 @@ def test_without_a_token_the_schema_claims_no_auth(env: Env) -> None:
     assert "security" not in schema["paths"]["/status"]["get"]
     # Reads are open, and the dashboard's link goes to the board.
     assert client.get("/tasks").status_code == 200
-    r = client.get("/login", params={"code": "anything"}, follow_redirects=False)
-    assert (r.status_code, r.headers["location"]) == (303, "/")
+    assert dashboard_link("http://127.0.0.1:8765", None) == "http://127.0.0.1:8765/"
+    assert client.get("/").status_code == 200
     assert client.post("/pause").json() == {"paused": True}
     # The other checks stay: another origin, another Host.
     r = client.post(
@@ -917,10 +930,11 @@ def test_the_guard_decides_on_host_origin_token_and_length() -> None:
     for site in ("same-site", "cross-site"):
         assert status("POST", **{**own, "sec-fetch-site": site}) == 403, site
     assert status("POST", **{**own, "sec-fetch-site": "none"}) is None
-    # Reads need the token too, or the dashboard's session (none set in this policy); a
+    # Reads need the token too, or the dashboard's code (none set in this policy); a
     # read's origin is not checked (the browser's same-origin policy keeps its answer).
     assert status("GET", host="localhost") == 401
     assert status("GET", host="localhost", cookie="orch_session=s3cret") == 401
+    assert status("GET", host="localhost", authorization=basic("orch:s3cret")) == 401
     assert status("GET", host="localhost", origin="http://evil.example", **auth) is None
     assert status("POST", host="localhost") == 401
     assert status("DELETE", host="localhost", authorization="Bearer wrong") == 401

@@ -19,6 +19,7 @@ checkout too (``PYTHONPATH=<old>/src``), where every one of them fails.
 
 from __future__ import annotations
 
+import base64
 import copy
 import http.client
 import json
@@ -150,13 +151,16 @@ class Served:
 
     def session(self) -> dict[str, str]:
         """The headers of a browser that opened the dashboard's link, as a user does: the
-        link `orch dashboard` prints, answered with the session cookie."""
+        link `orch dashboard` prints, whose user and code the browser answers the server's
+        Basic challenge with."""
         if self._session is None:
-            found = re.fullmatch(r"http://127\.0\.0\.1:\d+(/login\?code=\w+)", self.link())
+            found = re.fullmatch(r"http://(\w+:\w+)@127\.0\.0\.1:\d+/", self.link())
             assert found is not None, self.link()
-            r = self.request("GET", found.group(1))
-            assert r.status == 303, r.text
-            self._session = {"Cookie": r.headers["set-cookie"].split(";")[0]}
+            r = self.request("GET", "/")
+            assert r.status == 401, r.text
+            assert 'Basic realm="orch dashboard"' in r.headers["www-authenticate"]
+            credentials = base64.b64encode(found.group(1).encode()).decode()
+            self._session = {"Authorization": f"Basic {credentials}"}
         return self._session
 
     def _up(self) -> bool:
@@ -178,7 +182,12 @@ class Served:
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
-            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+            headers: dict[str, str] = {}
+            for name, value in resp.getheaders():
+                # A header given twice (two challenges) reads as one, as RFC 9110 joins them.
+                had = headers.get(name.lower())
+                headers[name.lower()] = value if had is None else f"{had}, {value}"
+            return Reply(resp.status, headers, resp.read())
         finally:
             conn.close()
 
@@ -595,16 +604,16 @@ def test_the_dashboards_link_goes_to_a_terminal_never_to_a_log(bed: Bed) -> None
     a service's log file), whoever reads it later has the link: only a terminal gets it."""
     server = bed.serve()
     link = server.link()
-    code = link.rpartition("code=")[2]
-    assert len(code) >= 32, link
+    found = re.fullmatch(r"http://\w+:(\w{32,})@127\.0\.0\.1:\d+/", link)
+    assert found is not None, link
+    code = found.group(1)
     logged = server.output()
     assert code not in logged
-    assert "/login" not in logged
     assert "`orch dashboard` prints it" in logged
     # From a terminal, the user gets the link at once, as before.
     proc, shown = serve_on_a_terminal(bed)
     try:
-        assert "/login?code=" in shown, shown
+        assert code in shown, shown
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -869,7 +878,7 @@ DEFENDED = [
         "artifacts, task page, the board, `/status` and `/metrics`",
         "before": "200 for every read: another task's body, artifacts and job logs",
         "now": "401 for every request but `/health` without the token, which the sandbox "
-        "hides; a browser reads with the session the dashboard's link gives (`orch "
+        "hides; a browser reads with the code the dashboard's link gives (`orch "
         "dashboard`), which changes nothing",
         "test": HERE,
     },
@@ -882,6 +891,18 @@ DEFENDED = [
         "now": "the link goes to a terminal only; elsewhere `orch serve` says `orch "
         "dashboard` prints it",
         "test": HERE,
+    },
+    {
+        "attack": "a job listens on another port of 127.0.0.1 and the user's browser, which "
+        "has opened the dashboard, is sent there (a link in a task, a check or a log; any "
+        "page that navigates on, even of another site); the job reads the API with "
+        "whatever the browser sent it",
+        "before": "the browser sent it the dashboard's session cookie (a browser sends "
+        "127.0.0.1's cookies to all its ports; `SameSite=Lax` lets a navigation from "
+        "another site take it too): 200 for every read, another task's body included",
+        "now": "no cookie: the dashboard's code is HTTP Basic's password, which the browser "
+        "keeps for the dashboard's origin alone; the job got nothing that reads (401)",
+        "test": "tests/acceptance/test_dashboard_browser.py",
     },
     {
         "attack": "DNS rebinding: requests with `Host: evil.example` read `/tasks` and logs",

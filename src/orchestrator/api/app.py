@@ -4,16 +4,15 @@ What its routes share, ``Api``, is in ``state``; the JSON routes are in ``routes
 ``/repos`` in ``repos``, ``/metrics`` in ``metrics``, the dashboard in ``dashboard``;
 errors (always JSON ``{"error": message}``) in ``errors``. Every request passes ``guard``
 first: the Host allowlist; ``Authorization: Bearer <token>`` (``token``: ORCH_API_TOKEN or
-``<home>/api-token``), for a read the dashboard's session cookie instead (``GET /login``
-gives it, for the code of the link `orch serve` prints); for every mutation the same-origin
-check; and the body cap.
+``<home>/api-token``), for a read the dashboard's code instead (HTTP Basic's password, which
+the link `orch dashboard` prints carries); for every mutation the same-origin check; and the
+body cap.
 ``POST /webhooks/github`` (``webhooks``) is the one mutation without the token: it is
 signed by GitHub instead, and refused unless the signature is right.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from orchestrator import __version__
@@ -33,14 +32,7 @@ from orchestrator.api.metrics import metrics_router
 from orchestrator.api.repos import repos_router
 from orchestrator.api.routes import json_routers
 from orchestrator.api.state import Api
-from orchestrator.api.token import (
-    LOGIN_PATH,
-    SESSION_COOKIE,
-    ApiToken,
-    load_token,
-    login_code,
-    session_value,
-)
+from orchestrator.api.token import load_token, login_code
 from orchestrator.api.webhooks import GITHUB_PATH, webhook_router
 from orchestrator.config import Settings
 
@@ -78,8 +70,9 @@ def create_app(
         description=(
             "Tasks from ticket to merged, deployed and watched. Every request but "
             "`/health` needs `Authorization: Bearer <token>` (`ORCH_API_TOKEN`, else the "
-            "token in `<ORCH_HOME>/api-token`); a read may send instead the session cookie "
-            "the dashboard's link gives a browser (`orch dashboard` prints it). Mutations "
+            "token in `<ORCH_HOME>/api-token`); a read may send instead the dashboard's code "
+            "as HTTP Basic's password, which the dashboard's link gives a browser (`orch "
+            "dashboard` prints it). Mutations "
             "from a browser need this server's own origin. "
             "A Host other than 127.0.0.1, localhost, ::1 and `ORCH_API_ALLOWED_HOSTS` is "
             "answered 421; a body over `ORCH_API_MAX_BODY_BYTES`, 413. "
@@ -114,10 +107,6 @@ def create_app(
     for router in routers:
         app.include_router(router)
 
-    @app.get(LOGIN_PATH, include_in_schema=False)
-    def login(code: str = "") -> Response:
-        return _login(token, code)
-
     policy = Policy(
         allowed_hosts=allowed_hosts(settings),
         token=token.value if token is not None else None,
@@ -125,31 +114,8 @@ def create_app(
         token_source=token.where if token is not None else "",
         # GitHub cannot send the token: the route checks the delivery's signature instead.
         signed_paths={GITHUB_PATH: settings.github_webhook_max_body_bytes},
-        session=session_value(token.value) if token is not None else None,
+        dashboard=login_code(token.value) if token is not None else None,
     )
     # Inside the error handlers, outside the routes: it answers before a route reads a body.
     app.add_middleware(Guard, policy=policy)
     return app
-
-
-def _login(token: ApiToken | None, code: str) -> Response:
-    """The dashboard's link: the right code gets the browser the session cookie (reads
-    only; httponly, so no script of a page reads it) and sends it on to the board."""
-    if token is None:
-        return RedirectResponse("/", status_code=303)
-    right = hmac.compare_digest(code.encode("utf-8", "replace"), login_code(token.value).encode())
-    if not right:
-        return JSONResponse(
-            {"error": "this link is not the dashboard's: `orch dashboard` prints the current one"},
-            status_code=401,
-            headers={"cache-control": "no-store"},
-        )
-    done = RedirectResponse(
-        "/",
-        status_code=303,
-        headers={"cache-control": "no-store", "referrer-policy": "no-referrer"},
-    )
-    done.set_cookie(
-        SESSION_COOKIE, session_value(token.value), httponly=True, samesite="lax", path="/"
-    )
-    return done

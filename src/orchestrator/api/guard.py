@@ -8,10 +8,13 @@
    ``same-origin`` or ``none``. A page on another port of 127.0.0.1 is another origin
    (though the same site): 403. Clients that are no browser send neither header.
 3. **Token**: ``Authorization: Bearer <token>``, compared in constant time; 401. A read
-   (GET, HEAD, OPTIONS) may show the dashboard's session cookie instead (``Policy.session``,
-   which the dashboard's link gives a browser), and ``/health`` and the link itself
-   (``Policy.open_reads``) need neither: a job's processes reach 127.0.0.1 too, and reads
-   show every task's artifacts and logs. ``--insecure-no-token`` drops this step only.
+   (GET, HEAD, OPTIONS) may show the dashboard's code instead, as the password of
+   ``Authorization: Basic`` (``Policy.dashboard``: the dashboard's link holds it), and
+   ``/health`` (``Policy.open_reads``) needs neither: a job's processes reach 127.0.0.1 too,
+   and reads show every task's artifacts and logs. A read's 401 asks for Basic, so a
+   browser asks its user, or takes the link's. Not a cookie: a browser sends 127.0.0.1's
+   cookies to all its ports, so to a job listening on one; Basic credentials it keeps for
+   one origin. ``--insecure-no-token`` drops this step only.
 4. **Body cap**: a ``Content-Length`` over ``ORCH_API_MAX_BODY_BYTES`` is 413 at once; a
    body without one (chunked) is counted as the route reads it and cut off at the cap.
 
@@ -26,6 +29,8 @@ and closes the connection, so an unread body is not drained either.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import ipaddress
 import json
@@ -35,11 +40,16 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.api.token import LOGIN_PATH, SESSION_COOKIE
 from orchestrator.config import Settings, host_names
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A read's 401 asks for the dashboard's code too: a browser then asks its user for it, or
+# answers with the one in the link it was opened with.
+_READ_CHALLENGES = (
+    ("www-authenticate", 'Basic realm="orch dashboard", charset="UTF-8"'),
+    ("www-authenticate", "Bearer"),
+)
 _SINGLE_HEADERS = frozenset(
     {
         "host",
@@ -71,11 +81,11 @@ class Policy:
     # Path -> body cap of the routes that check a signature over the body themselves (a
     # forge's webhook): no token asked, the cap theirs. Matched exactly, as routed.
     signed_paths: Mapping[str, int] = field(default_factory=dict)
-    # The dashboard's session cookie (``token.session_value``): it lets a read through, as
-    # the token does. None: no session (reads need the token itself).
-    session: str | None = field(default=None, repr=False)
-    # Reads that need neither: the liveness probe, and the link that gives the cookie.
-    open_reads: frozenset[str] = frozenset({"/health", LOGIN_PATH})
+    # The dashboard's code (``token.login_code``), Basic's password: it lets a read through,
+    # as the token does. None: no code (reads need the token itself).
+    dashboard: str | None = field(default=None, repr=False)
+    # Reads that need neither: the liveness probe.
+    open_reads: frozenset[str] = frozenset({"/health"})
 
 
 @dataclass(frozen=True)
@@ -160,17 +170,18 @@ def decide(
         )
     where = f" (the token is {policy.token_source})" if policy.token_source else ""
     if method in READ_METHODS:
+        auth = headers.get("authorization", "")
         if (
             policy.token is not None
             and path not in policy.open_reads
-            and not _bearer_matches(headers.get("authorization", ""), policy.token)
-            and not _session_matches(headers.get("cookie", ""), policy.session)
+            and not _bearer_matches(auth, policy.token)
+            and not _dashboard_matches(auth, policy.dashboard)
         ):
             return Refusal(
                 401,
                 f"reading needs Authorization: Bearer <token>{where}, or the dashboard's "
-                "session: open the link `orch serve` printed (`orch dashboard` prints it)",
-                (("www-authenticate", "Bearer"),),
+                "code: open the link `orch dashboard` prints",
+                _READ_CHALLENGES,
             )
     else:
         why = _foreign_origin(headers, host)
@@ -209,19 +220,20 @@ def _bearer_matches(header: str, token: str) -> bool:
     return scheme.lower() == "bearer" and right
 
 
-def _session_matches(header: str, session: str | None) -> bool:
-    """Whether the ``Cookie`` header holds the dashboard's session, compared in constant
-    time. Every cookie of that name is tried: a browser sends those of 127.0.0.1's other
-    ports too, and one of them may share the name."""
-    if session is None:
+def _dashboard_matches(header: str, code: str | None) -> bool:
+    """Whether ``Authorization: Basic`` holds the dashboard's code as its password (any user
+    name), compared in constant time; anything malformed is a wrong code."""
+    if code is None:
         return False
-    right = False
-    for part in header.split(";"):
-        name, sep, value = part.strip().partition("=")
-        if sep and name == SESSION_COOKIE:
-            given = value.strip().encode("latin-1")
-            right = hmac.compare_digest(given, session.encode()) or right
-    return right
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(given.strip().encode("latin-1"), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    _user, sep, password = decoded.partition(b":")
+    return hmac.compare_digest(password, code.encode()) and bool(sep)
 
 
 def _too_large(cap: int, *, signed: bool = False) -> str:
@@ -261,8 +273,6 @@ class Guard:
             if name in headers and name in _SINGLE_HEADERS:
                 # Two Hosts (or Origins...): the guard and the app might each read another.
                 refusal = Refusal(400, f"{name} is given more than once")
-            if name == "cookie" and name in headers:
-                value = f"{headers[name]}; {value}"  # HTTP/2 may send one per cookie
             headers[name] = value
         path = scope.get("path", "")
         refusal = refusal or decide(self.policy, scope["method"], headers, path)

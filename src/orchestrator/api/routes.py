@@ -39,7 +39,7 @@ KeyPath = Annotated[str, PathParam(description="Task key, e.g. DEMO-7.", max_len
 
 def json_routers(api: Api) -> list[APIRouter]:
     """Every JSON route of the API: ``/health``, which needs no token, and the others, which
-    need it (a read: or the dashboard's session) and say so in the schema."""
+    need it (a read: or the dashboard's code) and say so in the schema."""
     router = APIRouter()
     authed = api.auth_router()
     st = api.settings

@@ -28,8 +28,8 @@ __all__ = ["Api"]
 _bearer = HTTPBearer(
     auto_error=False,
     description="`ORCH_API_TOKEN`, else the token in `<ORCH_HOME>/api-token`. Needed for "
-    "every request but `/health`; a read may send the dashboard's session cookie instead "
-    "(its link: `orch dashboard`).",
+    "every request but `/health`; a read may send the dashboard's code instead, as HTTP "
+    "Basic's password (its link: `orch dashboard`).",
 )
 
 

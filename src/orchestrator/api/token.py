@@ -6,9 +6,9 @@ starting at once end with one token and neither reads a half-written file. A fil
 others could read, a symlink or a file of another user is refused, not used: its token may
 be known. The token is never logged nor printed; only where it is.
 
-The dashboard's link (``login_code``) and the session cookie it gives a browser
-(``session_value``) are derived from the token (HMAC-SHA256 of a purpose): they read, never
-change, and a new token revokes both.
+The dashboard's code (``login_code``), which its link carries as the password of HTTP Basic
+authentication, is derived from the token (HMAC-SHA256 of a purpose): it reads, never
+changes, and a new token revokes it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from orchestrator.private_files import private_dir
 
 TOKEN_FILE = "api-token"  # noqa: S105 (a file name, not a secret)
 ENV_NAME = "ORCH_API_TOKEN"
-# The cookie a browser gets from the dashboard's link: what lets it read without the token.
-SESSION_COOKIE = "orch_session"
-LOGIN_PATH = "/login"
+# The user name of the dashboard's link (any name is taken: the password is what counts).
+DASHBOARD_USER = "orch"
 
 # What a bearer token may hold: visible ASCII, no spaces (it travels in a header). The
 # file's is ours, 43 characters; how long ORCH_API_TOKEN is, is its owner's choice.
@@ -127,19 +126,19 @@ def _derived(token: str, purpose: str) -> str:
 
 
 def login_code(token: str) -> str:
-    """The code in the dashboard's link (``/login?code=...``): the server answers it with
-    the session cookie. Not the token: it can only get a browser the right to read."""
+    """The dashboard's code: the password of its link's HTTP Basic authentication. Not the
+    token: it reads, never changes (a mutation needs the token)."""
     return _derived(token, "orch dashboard link")
 
 
-def session_value(token: str) -> str:
-    """The session cookie's value: reads, never changes (a mutation needs the token)."""
-    return _derived(token, "orch dashboard session")
-
-
 def dashboard_link(base_url: str, token: ApiToken | None) -> str:
-    """The URL that opens the dashboard in a browser: the login link, or the board itself
-    when the server takes no token (``--insecure-no-token``)."""
+    """The URL that opens the dashboard in a browser: ``http://orch:<code>@host:port/``, or
+    the board itself when the server takes no token (``--insecure-no-token``).
+
+    The browser answers the server's Basic challenge with the code and keeps it for this
+    origin alone (scheme, host and port), as no cookie can be kept: a browser sends the
+    cookies of 127.0.0.1 to all its ports, so to any job listening on one."""
     if token is None:
         return f"{base_url}/"
-    return f"{base_url}{LOGIN_PATH}?code={login_code(token.value)}"
+    scheme, sep, rest = base_url.partition("://")
+    return f"{scheme}{sep}{DASHBOARD_USER}:{login_code(token.value)}@{rest}/"

@@ -91,8 +91,9 @@ def dashboard(
 ) -> None:
     """Print the dashboard's link: opening it lets this browser read what `orch serve` shows.
 
-    The link carries a code derived from the API token (not the token): the server answers
-    it with a session cookie that reads and changes nothing. A new token revokes it."""
+    The link carries a code derived from the API token (not the token), as the password of
+    HTTP Basic authentication, which the browser keeps for that origin alone: it reads and
+    changes nothing. A new token revokes it."""
     from orchestrator.api.token import dashboard_link, load_token
 
     st = run(lambda: _settings(host, port))
