@@ -742,17 +742,29 @@ def test_a_deploy_log_read_without_the_token_shows_no_credential_the_deploy_got(
 
 
 SPY = """\
-import json, os, sys, urllib.error, urllib.request
+import base64, json, os, subprocess, sys, urllib.error, urllib.parse, urllib.request
 
-port, victim = sys.argv[1], sys.argv[2]
+port, victim, src = sys.argv[1], sys.argv[2], sys.argv[3]
 seen = []
+
+def get(path, headers):
+    request = urllib.request.Request("http://127.0.0.1:" + port + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return [r.status, r.read().decode(errors="replace")]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.read().decode(errors="replace")]
+
 for path in ("/tasks/" + victim, "/tasks", "/tasks/" + victim + "/artifacts/00-task.md",
              "/status", "/", "/ui/tasks/" + victim, "/metrics", "/login"):
-    try:
-        with urllib.request.urlopen("http://127.0.0.1:" + port + path, timeout=10) as r:
-            seen.append([path, r.status, r.read().decode(errors="replace")])
-    except urllib.error.HTTPError as e:
-        seen.append([path, e.code, e.read().decode(errors="replace")])
+    seen.append([path, *get(path, {})])
+# The dashboard's link, as `orch dashboard` prints it in here, sent as a browser sends it.
+shown = subprocess.run([sys.executable, "-m", "orchestrator", "dashboard", "--port", port],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src})
+link = urllib.parse.urlsplit(shown.stdout.strip())
+basic = base64.b64encode(f"{link.username}:{link.password}".encode()).decode()
+seen.append(["orch dashboard: " + shown.stdout.strip() + shown.stderr[-300:],
+             *get("/tasks/" + victim, {"Authorization": "Basic " + basic})])
 print("SPY " + json.dumps(seen))
 out = os.path.join(os.environ["ORCH_ARTIFACT_DIR"], "10-dev-report.md")
 open(out, "w").write("---\\ndev_status: DONE\\n---\\nlooked around\\n")
@@ -765,7 +777,9 @@ def test_a_job_reads_nothing_of_the_api_without_the_token(
     """The attacker is a task's own agent: in the sandbox, with the network shared (the
     default: an agent must reach its model), it reaches `orch serve` on 127.0.0.1 as any
     local program does, and asks for another task's text, the board and every read it
-    knows. Before, every GET answered 200: another task's body, artifacts and job logs."""
+    knows. Before, every GET answered 200: another task's body, artifacts and job logs.
+    It runs `orch dashboard` too (the orchestrator's source readable in the sandbox): with
+    the orchestrator's home hidden, what it prints is the link of a token of its own."""
     settings = load_settings(home=tmp_path / "home", database_url=migrated_db_url)
     repo = make_repo()
     repo_ops.add_repo(
@@ -775,7 +789,9 @@ def test_a_job_reads_nothing_of_the_api_without_the_token(
         repo_ops.RepoInput(stages=["development", "testing", "deploy-staging"]),
     )
     victim = task_ops.add_task(engine, settings, "demo", "a task", SECRET).task.key
-    env = server_env(settings.home, migrated_db_url)
+    python, src = sys.executable, Path(repo_ops.__file__).resolve().parents[1]
+    readable = ",".join(filter(None, (os.environ.get("ORCH_SANDBOX_RO"), str(src))))
+    env = server_env(settings.home, migrated_db_url, ORCH_SANDBOX_RO=readable)
     server = Served(tmp_path, env).up()
     try:
         (repo / "spy.py").write_text(SPY, encoding="utf-8")
@@ -786,7 +802,7 @@ def test_a_job_reads_nothing_of_the_api_without_the_token(
             engine,
             "demo",
             repo_ops.RepoInput(
-                agents=[f"development=command:python spy.py {server.port} {victim}"]
+                agents=[f"development=command:{python} spy.py {server.port} {victim} {src}"]
             ),
         )
         spy = task_ops.add_task(engine, settings, "demo", "look around", "x").task.key
@@ -811,7 +827,9 @@ def test_a_job_reads_nothing_of_the_api_without_the_token(
     found = spied()
     assert found is not None, "the spy did not run"
     seen = json.loads(found.group(1))
-    assert len(seen) == 8
+    assert len(seen) == 9
+    # `orch dashboard` ran and printed a link, whose code reads nothing here.
+    assert re.match(r"orch dashboard: http://orch:\w+@127\.0\.0\.1:\d+/", seen[-1][0]), seen[-1]
     for path, status, body in seen:
         assert SECRET not in body, path
         if path == "/login":
