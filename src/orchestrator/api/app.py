@@ -106,7 +106,6 @@ def create_app(
 
     for router in routers:
         app.include_router(router)
-
     policy = Policy(
         allowed_hosts=allowed_hosts(settings),
         token=token.value if token is not None else None,

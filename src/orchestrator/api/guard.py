@@ -269,11 +269,10 @@ class Guard:
         refusal = None
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
             if name in headers and name in _SINGLE_HEADERS:
                 # Two Hosts (or Origins...): the guard and the app might each read another.
                 refusal = Refusal(400, f"{name} is given more than once")
-            headers[name] = value
+            headers[name] = raw_value.decode("latin-1")
         path = scope.get("path", "")
         refusal = refusal or decide(self.policy, scope["method"], headers, path)
         if refusal is not None:
